@@ -1,0 +1,44 @@
+//! The sidecar's admin server: `/metrics` (its own counters, Prometheus text) and `/ready`.
+
+use std::{convert::Infallible, sync::Arc};
+
+use http::{HeaderValue, StatusCode, header};
+use prometheus_client::registry::Registry;
+use tower::util::BoxCloneService;
+
+use crate::{
+    body,
+    stack::{Request, Response},
+    telemetry::Telemetry,
+};
+
+/// Builds the admin service.
+pub fn service(telemetry: &Telemetry) -> BoxCloneService<Request, Response, Infallible> {
+    let mut registry = Registry::default();
+    telemetry.stats().register(&mut registry);
+    let registry = Arc::new(registry);
+    BoxCloneService::new(tower::service_fn(move |req: Request| {
+        let registry = registry.clone();
+        async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+    }))
+}
+
+fn respond(req: &Request, registry: &Registry) -> Response {
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut r = Response::new(body::full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/metrics") => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, registry) {
+                Ok(()) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")),
+            }
+        }
+        (&http::Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "ready\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /ready\n".into()),
+    }
+}

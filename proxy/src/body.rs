@@ -1,0 +1,231 @@
+//! Body types of the request path, and [`ObservedBody`], which watches a body stream by.
+//!
+//! Bodies are streamed frame by frame, never buffered. An observer counts the bytes,
+//! reads trailers (where gRPC puts its status) and learns how the stream ended, so that
+//! telemetry is recorded when the exchange really finishes rather than at the headers.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+
+use crate::error::BoxError;
+
+/// The body type every layer of the request path uses.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a body stream failed. A concrete type (rather than a boxed trait object) keeps
+/// the request path's futures `Send` for every layer without lifetime gymnastics.
+#[derive(Debug)]
+pub struct BodyError(BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Boxes any body into a [`BoxBody`].
+pub fn boxed<B>(body: B) -> BoxBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(|e| BodyError(e.into())).boxed_unsync()
+}
+
+/// A complete body holding `data`.
+pub fn full(data: impl Into<Bytes>) -> BoxBody {
+    boxed(Full::new(data.into()))
+}
+
+/// How a body stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// All frames were delivered.
+    Complete,
+    /// The stream failed (for example, the peer reset it).
+    Error,
+    /// The body was dropped before its end (for example, the client went away).
+    Dropped,
+}
+
+/// Watches one body stream.
+pub trait BodyObserver: Send + Unpin + 'static {
+    /// A data frame of `len` bytes passed.
+    fn on_data(&mut self, len: usize);
+    /// Trailers passed.
+    fn on_trailers(&mut self, _trailers: &HeaderMap) {}
+    /// The stream ended; called exactly once.
+    fn on_end(&mut self, end: BodyEnd);
+}
+
+/// A byte counter shared with whoever reads it later (the request body's size).
+impl BodyObserver for Arc<AtomicU64> {
+    fn on_data(&mut self, len: usize) {
+        self.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    fn on_end(&mut self, _end: BodyEnd) {}
+}
+
+/// A body that reports its frames and its end to an observer.
+pub struct ObservedBody<O: BodyObserver> {
+    inner: BoxBody,
+    observer: Option<O>,
+}
+
+impl<O: BodyObserver> ObservedBody<O> {
+    /// Wraps `inner`, reporting to `observer`.
+    pub fn new(inner: BoxBody, observer: O) -> Self {
+        Self { inner, observer: Some(observer) }
+    }
+
+    fn end(&mut self, end: BodyEnd) {
+        if let Some(mut observer) = self.observer.take() {
+            observer.on_end(end);
+        }
+    }
+}
+
+impl<O: BodyObserver> Body for ObservedBody<O> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(observer) = this.observer.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        observer.on_data(data.len());
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        observer.on_trailers(trailers);
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.end(BodyEnd::Complete);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.end(BodyEnd::Error),
+            Poll::Ready(None) => this.end(BodyEnd::Complete),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<O: BodyObserver> Drop for ObservedBody<O> {
+    fn drop(&mut self) {
+        // An empty body may never be polled: its end is known from `is_end_stream`.
+        let end = if self.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };
+        self.end(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen {
+        bytes: usize,
+        trailers: bool,
+        end: Option<BodyEnd>,
+    }
+
+    struct Probe(Arc<std::sync::Mutex<Seen>>);
+
+    impl BodyObserver for Probe {
+        fn on_data(&mut self, len: usize) {
+            if let Ok(mut s) = self.0.lock() {
+                s.bytes += len;
+            }
+        }
+        fn on_trailers(&mut self, _: &HeaderMap) {
+            if let Ok(mut s) = self.0.lock() {
+                s.trailers = true;
+            }
+        }
+        fn on_end(&mut self, end: BodyEnd) {
+            if let Ok(mut s) = self.0.lock() {
+                assert!(s.end.is_none(), "on_end called twice");
+                s.end = Some(end);
+            }
+        }
+    }
+
+    /// A body that yields prepared frames, one per poll.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames() -> BoxBody {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        boxed(Frames(
+            [
+                Frame::data(Bytes::from_static(b"hello ")),
+                Frame::data(Bytes::from_static(b"world")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn counts_bytes_sees_trailers_and_completes_once() {
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let body = ObservedBody::new(frames(), Probe(seen.clone()));
+        let collected = body.collect().await.expect("collect");
+        assert!(collected.trailers().is_some());
+        let s = seen.lock().expect("lock");
+        assert_eq!(s.bytes, 11);
+        assert!(s.trailers);
+        assert_eq!(s.end, Some(BodyEnd::Complete));
+    }
+
+    #[tokio::test]
+    async fn dropping_early_reports_dropped() {
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let mut body = ObservedBody::new(frames(), Probe(seen.clone()));
+        let _first = body.frame().await;
+        drop(body);
+        assert_eq!(seen.lock().expect("lock").end, Some(BodyEnd::Dropped));
+    }
+}

@@ -1,0 +1,70 @@
+//! Command-line entry shared by the `meshlens-proxy` binary and `meshlens proxy`.
+//!
+//! Loads the TOML configuration, starts the sidecar and runs it until Ctrl-C or SIGTERM,
+//! then drains connections and flushes telemetry.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::{ProxyConfig, Sidecar};
+
+/// Arguments of the sidecar command.
+#[derive(Debug, clap::Parser)]
+#[command(name = "meshlens-proxy", about = "The meshlens sidecar proxy", version)]
+pub struct ProxyArgs {
+    /// Path to the sidecar's TOML configuration (workload identity, listeners, services).
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Number of tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub worker_threads: usize,
+}
+
+/// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`), writing to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one sidecar until a shutdown signal arrives.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let config = ProxyConfig::from_file(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let sidecar = Sidecar::start(config).await?;
+    let addrs = sidecar.addrs();
+    tracing::info!(
+        inbound = %addrs.inbound, outbound = %addrs.outbound, admin = %addrs.admin,
+        "sidecar ready"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

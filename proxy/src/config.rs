@@ -1,0 +1,409 @@
+//! Sidecar configuration: a TOML file read into [`RawConfig`], validated once into the
+//! typed [`ProxyConfig`] that the rest of the proxy uses.
+//!
+//! The service table is static for now: each service lists its endpoints (the inbound
+//! addresses of its workloads' sidecars) with their workload, version and weight.
+
+use std::{collections::HashSet, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use serde::Deserialize;
+
+use crate::identity::WorkloadIdentity;
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration: {0}")]
+    Read(#[from] std::io::Error),
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The values are well-formed but inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The configuration file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The workload this sidecar speaks for.
+    pub workload: RawWorkload,
+    /// The inbound side.
+    pub inbound: RawInbound,
+    /// The outbound side.
+    pub outbound: RawOutbound,
+    /// The admin server (`/metrics`, `/ready`).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Telemetry export.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// The services this sidecar can route to.
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+/// `[workload]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    /// Service name.
+    pub service: String,
+    /// Workload name; defaults to `<service>-<version>`.
+    pub workload: Option<String>,
+    /// Version label; defaults to `v1`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Namespace; defaults to `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// `[inbound]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    /// Where the inbound side listens.
+    pub listen: SocketAddr,
+    /// The local application's address.
+    pub app: SocketAddr,
+}
+
+/// `[outbound]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    /// Where the outbound side listens for the application's requests.
+    pub listen: SocketAddr,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Where the admin server listens; port 0 picks a free port.
+    #[serde(default = "default_admin")]
+    pub listen: SocketAddr,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { listen: default_admin() }
+    }
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/gRPC endpoint of the collector; empty turns export off.
+    #[serde(default = "default_otlp")]
+    pub otlp_endpoint: String,
+    /// Longest time a span or log record waits before its batch is sent.
+    #[serde(default = "default_flush", deserialize_with = "crate::duration::deserialize")]
+    pub flush_interval: Duration,
+    /// How often request metrics are exported.
+    #[serde(default = "default_metrics_interval", deserialize_with = "crate::duration::deserialize")]
+    pub metrics_interval: Duration,
+    /// Time limit of one export call.
+    #[serde(default = "default_export_timeout", deserialize_with = "crate::duration::deserialize")]
+    pub export_timeout: Duration,
+    /// Capacity of each export queue (spans, logs); when full, new records are dropped and counted.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Largest number of records in one export batch.
+    #[serde(default = "default_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: default_otlp(),
+            flush_interval: default_flush(),
+            metrics_interval: default_metrics_interval(),
+            export_timeout: default_export_timeout(),
+            queue_capacity: default_queue(),
+            max_batch: default_batch(),
+        }
+    }
+}
+
+/// `[[services]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Service name, as applications address it (`http://<name>/...`).
+    pub name: String,
+    /// Namespace; defaults to the sidecar's own.
+    pub namespace: Option<String>,
+    /// The service's endpoints.
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+/// `[[services.endpoints]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    /// The inbound address of the endpoint's sidecar.
+    pub address: SocketAddr,
+    /// Workload name; defaults to `<service>-<version>`.
+    pub workload: Option<String>,
+    /// Version label; defaults to `v1`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Share of the service's traffic, relative to the other endpoints' weights.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_version() -> String {
+    "v1".into()
+}
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+fn default_otlp() -> String {
+    "http://127.0.0.1:4317".into()
+}
+fn default_flush() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_metrics_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_queue() -> usize {
+    8192
+}
+fn default_batch() -> usize {
+    512
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// A validated sidecar configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The workload this sidecar speaks for.
+    pub identity: WorkloadIdentity,
+    /// Inbound listener.
+    pub inbound_listen: SocketAddr,
+    /// The local application.
+    pub app: SocketAddr,
+    /// Outbound listener.
+    pub outbound_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Telemetry export settings.
+    pub telemetry: TelemetryConfig,
+    /// Routable services.
+    pub services: Vec<Arc<ServiceConfig>>,
+}
+
+/// Validated telemetry settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint; `None` turns export off (telemetry is still recorded and counted).
+    pub otlp_endpoint: Option<String>,
+    /// Longest wait of a record before its batch is sent.
+    pub flush_interval: Duration,
+    /// Metric export period.
+    pub metrics_interval: Duration,
+    /// Time limit of one export call.
+    pub export_timeout: Duration,
+    /// Capacity of each export queue.
+    pub queue_capacity: usize,
+    /// Largest batch.
+    pub max_batch: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        let raw = RawTelemetry::default();
+        Self {
+            otlp_endpoint: Some(raw.otlp_endpoint),
+            flush_interval: raw.flush_interval,
+            metrics_interval: raw.metrics_interval,
+            export_timeout: raw.export_timeout,
+            queue_capacity: raw.queue_capacity,
+            max_batch: raw.max_batch,
+        }
+    }
+}
+
+/// A routable service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The name applications use.
+    pub name: Arc<str>,
+    /// Its namespace.
+    pub namespace: Arc<str>,
+    /// Its endpoints, each with a positive weight.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint of a service: a workload's sidecar inbound address.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Where to send requests.
+    pub address: SocketAddr,
+    /// Which workload answers there.
+    pub identity: Arc<WorkloadIdentity>,
+    /// Relative share of traffic.
+    pub weight: u32,
+}
+
+impl ProxyConfig {
+    /// Reads and validates a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Self::try_from(raw)
+    }
+}
+
+fn non_empty(what: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() || value.contains('/') {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be non-empty and contain no '/': {value:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl TryFrom<RawConfig> for ProxyConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let w = raw.workload;
+        non_empty("workload.service", &w.service)?;
+        non_empty("workload.version", &w.version)?;
+        non_empty("workload.namespace", &w.namespace)?;
+        let workload = w.workload.unwrap_or_else(|| format!("{}-{}", w.service, w.version));
+        non_empty("workload.workload", &workload)?;
+        let identity = WorkloadIdentity::new(&w.namespace, &w.service, &workload, &w.version);
+
+        let t = raw.telemetry;
+        if t.queue_capacity == 0 || t.max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "telemetry.queue_capacity and telemetry.max_batch must be positive".into(),
+            ));
+        }
+        if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || t.export_timeout.is_zero() {
+            return Err(ConfigError::Invalid("telemetry intervals must be positive".into()));
+        }
+        let telemetry = TelemetryConfig {
+            otlp_endpoint: Some(t.otlp_endpoint).filter(|e| !e.trim().is_empty()),
+            flush_interval: t.flush_interval,
+            metrics_interval: t.metrics_interval,
+            export_timeout: t.export_timeout,
+            queue_capacity: t.queue_capacity,
+            max_batch: t.max_batch,
+        };
+
+        let mut seen = HashSet::new();
+        let mut services = Vec::with_capacity(raw.services.len());
+        for s in raw.services {
+            non_empty("services.name", &s.name)?;
+            if !seen.insert(s.name.clone()) {
+                return Err(ConfigError::Invalid(format!("service {:?} is listed twice", s.name)));
+            }
+            let namespace = s.namespace.unwrap_or_else(|| w.namespace.clone());
+            let mut endpoints = Vec::with_capacity(s.endpoints.len());
+            for e in s.endpoints {
+                non_empty("services.endpoints.version", &e.version)?;
+                let workload = e.workload.unwrap_or_else(|| format!("{}-{}", s.name, e.version));
+                non_empty("services.endpoints.workload", &workload)?;
+                endpoints.push(Endpoint {
+                    address: e.address,
+                    identity: Arc::new(WorkloadIdentity::new(&namespace, &s.name, &workload, &e.version)),
+                    weight: e.weight,
+                });
+            }
+            if endpoints.iter().all(|e| e.weight == 0) {
+                return Err(ConfigError::Invalid(format!(
+                    "service {:?} needs at least one endpoint with a positive weight",
+                    s.name
+                )));
+            }
+            services.push(Arc::new(ServiceConfig {
+                name: s.name.into(),
+                namespace: namespace.into(),
+                endpoints,
+            }));
+        }
+
+        Ok(Self {
+            identity,
+            inbound_listen: raw.inbound.listen,
+            app: raw.inbound.app,
+            outbound_listen: raw.outbound.listen,
+            admin_listen: raw.admin.listen,
+            telemetry,
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [workload]
+        service = "catalog"
+        namespace = "shop"
+        [inbound]
+        listen = "127.0.0.1:4143"
+        app = "127.0.0.1:8080"
+        [outbound]
+        listen = "127.0.0.1:4140"
+        [telemetry]
+        flush_interval = "500ms"
+        [[services]]
+        name = "reviews"
+        endpoints = [
+            { address = "127.0.0.1:5001", version = "v1", weight = 80 },
+            { address = "127.0.0.1:5002", version = "v2", weight = 20 },
+        ]
+    "#;
+
+    #[test]
+    fn valid_config_gets_defaults() {
+        let cfg = ProxyConfig::from_toml(GOOD).expect("valid");
+        assert_eq!(&*cfg.identity.workload, "catalog-v1");
+        assert_eq!(cfg.telemetry.flush_interval, Duration::from_millis(500));
+        let reviews = &cfg.services[0];
+        assert_eq!(&*reviews.namespace, "shop");
+        assert_eq!(&*reviews.endpoints[1].identity.workload, "reviews-v2");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = GOOD.replace("[outbound]", "[outbound]\nbogus = 1");
+        let err = ProxyConfig::from_toml(&text).expect_err("unknown field");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_service_and_zero_weights_are_rejected() {
+        let dup = format!("{GOOD}\n[[services]]\nname = \"reviews\"\nendpoints = []\n");
+        assert!(ProxyConfig::from_toml(&dup).is_err());
+        let zero = GOOD.replace("weight = 80", "weight = 0").replace("weight = 20", "weight = 0");
+        assert!(ProxyConfig::from_toml(&zero).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! The inbound stack: requests from other workloads to the local application.
+
+use tower::{ServiceBuilder, util::BoxCloneService};
+
+use crate::{
+    config::ProxyConfig,
+    stack::{Request, Response, Upstream, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer},
+    telemetry::Telemetry,
+};
+
+/// The inbound service, outermost layer first.
+pub fn stack(
+    config: &ProxyConfig,
+    telemetry: Telemetry,
+    forward: Forward,
+) -> BoxCloneService<Request, Response, std::convert::Infallible> {
+    let app = config.app;
+    BoxCloneService::new(
+        ServiceBuilder::new()
+        // Records the SERVER span, the access log and the metrics of every request.
+        .layer(ObserveLayer::inbound(telemetry, app))
+        // Turns failures inside the sidecar into responses that carry response flags.
+        .layer(ErrorsLayer)
+        // Every inbound request is for the local application.
+        .map_request(move |mut req: Request| {
+            req.extensions_mut().insert(Upstream(app));
+            req
+        })
+        .service(forward),
+    )
+}

@@ -1,0 +1,32 @@
+//! The outbound stack: requests from the local application to other services.
+
+use tower::{ServiceBuilder, util::BoxCloneService};
+
+use crate::{
+    config::ProxyConfig,
+    stack::{
+        Request, Response, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
+        route::RouteLayer, split::SplitLayer,
+    },
+    telemetry::Telemetry,
+};
+
+/// The outbound service, outermost layer first.
+pub fn stack(
+    config: &ProxyConfig,
+    telemetry: Telemetry,
+    forward: Forward,
+) -> BoxCloneService<Request, Response, std::convert::Infallible> {
+    BoxCloneService::new(
+        ServiceBuilder::new()
+        // Records the CLIENT span, the access log and the metrics of every request.
+        .layer(ObserveLayer::outbound(telemetry))
+        // Turns failures inside the sidecar into responses that carry response flags.
+        .layer(ErrorsLayer)
+        // Resolves the destination service from the request's authority.
+        .layer(RouteLayer::new(&config.services))
+        // Picks one of the service's endpoints by weight (canary splits).
+        .layer(SplitLayer)
+        .service(forward),
+    )
+}

@@ -1,0 +1,105 @@
+//! Starting and stopping one sidecar: its listeners, stacks, admin server and exporters.
+//!
+//! All listeners are bound before anything is spawned, so a port that is already taken
+//! fails the start with a clear error and leaves nothing running.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    admin,
+    config::ProxyConfig,
+    error::StartError,
+    inbound, outbound, server,
+    stack::forward::Forward,
+    telemetry::{ExportHandle, Telemetry},
+};
+
+/// The addresses a running sidecar listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidecarAddrs {
+    /// Inbound side.
+    pub inbound: SocketAddr,
+    /// Outbound side.
+    pub outbound: SocketAddr,
+    /// Admin server.
+    pub admin: SocketAddr,
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    addrs: SidecarAddrs,
+    telemetry: Telemetry,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    export: ExportHandle,
+    export_timeout: Duration,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind { what, addr, source })
+}
+
+impl Sidecar {
+    /// Binds the listeners and starts serving.
+    pub async fn start(config: ProxyConfig) -> Result<Self, StartError> {
+        let inbound_listener = bind("inbound", config.inbound_listen).await?;
+        let outbound_listener = bind("outbound", config.outbound_listen).await?;
+        let admin_listener = bind("admin", config.admin_listen).await?;
+        let addrs = SidecarAddrs {
+            inbound: local_addr("inbound", config.inbound_listen, &inbound_listener)?,
+            outbound: local_addr("outbound", config.outbound_listen, &outbound_listener)?,
+            admin: local_addr("admin", config.admin_listen, &admin_listener)?,
+        };
+
+        let (telemetry, export) = Telemetry::start(Arc::new(config.identity.clone()), &config.telemetry)?;
+        let forward = Forward::new();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let servers = vec![
+            tokio::spawn(server::serve(
+                inbound_listener,
+                inbound::stack(&config, telemetry.clone(), forward.clone()),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(server::serve(
+                outbound_listener,
+                outbound::stack(&config, telemetry.clone(), forward),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(server::serve(admin_listener, admin::service(&telemetry), shutdown_rx)),
+        ];
+        Ok(Self {
+            addrs,
+            telemetry,
+            shutdown,
+            servers,
+            export,
+            export_timeout: config.telemetry.export_timeout,
+        })
+    }
+
+    /// Where the sidecar listens.
+    pub fn addrs(&self) -> SidecarAddrs {
+        self.addrs
+    }
+
+    /// The sidecar's telemetry recorder.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Stops accepting, lets open exchanges finish, then flushes telemetry.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+        self.export.shutdown(self.export_timeout + Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,136 @@
+//! Sends the request to its [`Upstream`] and streams the response back.
+//!
+//! HTTP/1.1 requests go over pooled HTTP/1.1 connections, HTTP/2 requests (gRPC among
+//! them) over pooled HTTP/2 connections (prior knowledge, as between sidecars). Bodies
+//! stream in both directions; hop-by-hop headers are removed.
+
+use std::{task::{Context, Poll}, time::Duration};
+
+use http::{HeaderMap, Uri, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tower::Service;
+
+use crate::{body, error::ProxyError};
+
+use super::{BoxFuture, Request, Response, Upstream};
+
+/// Pooled HTTP clients, shared by both sides of a sidecar.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    http1: Client<HttpConnector, body::BoxBody>,
+    http2: Client<HttpConnector, body::BoxBody>,
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Forward {
+    /// Creates the clients.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self { http1, http2 }
+    }
+}
+
+/// Headers that belong to one connection and must not be forwarded.
+const HOP_BY_HOP: [header::HeaderName; 6] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| name.trim().parse().ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    // `te: trailers` is the one `te` value that must pass (gRPC needs it).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+impl Service<Request> for Forward {
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(Upstream(addr)) = req.extensions().get::<Upstream>().copied() else {
+            return Box::pin(std::future::ready(Err(ProxyError::BadRequest(
+                "no upstream chosen".into(),
+            ))));
+        };
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = match Uri::builder().scheme("http").authority(addr.to_string()).path_and_query(path).build() {
+            Ok(uri) => uri,
+            Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
+        };
+        *req.uri_mut() = uri;
+        strip_hop_by_hop(req.headers_mut());
+        let client = if req.version() == http::Version::HTTP_2 { &self.http2 } else { &self.http1 };
+        let fut = client.request(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(response) => {
+                    let mut response = response.map(body::boxed);
+                    strip_hop_by_hop(response.headers_mut());
+                    Ok(response)
+                }
+                Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect { addr, source: e.into() }),
+                Err(e) => Err(ProxyError::UpstreamReset { addr, source: e.into() }),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-private".parse().expect("value"));
+        h.insert("x-private", "1".parse().expect("value"));
+        h.insert("keep-alive", "timeout=5".parse().expect("value"));
+        h.insert(header::TE, "trailers".parse().expect("value"));
+        h.insert("x-kept", "1".parse().expect("value"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert!(h.get("x-kept").is_some());
+    }
+}

@@ -1,0 +1,85 @@
+//! The layers a request passes through, and the types they share.
+//!
+//! Each layer is one behaviour in its own module; [`crate::inbound`] and
+//! [`crate::outbound`] stack them. Layers talk to each other through request
+//! extensions: [`route`] puts the resolved service there, [`split`] the chosen
+//! [`Upstream`], [`forward`] reads it. The [`EndpointSlot`] lets [`observe`] learn which
+//! endpoint was chosen even when the request then fails.
+
+pub mod errors;
+pub mod forward;
+pub mod observe;
+pub mod route;
+pub mod split;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
+
+use crate::{body::BoxBody, config::Endpoint};
+
+/// A request on the proxy's path.
+pub type Request = http::Request<BoxBody>;
+/// A response on the proxy's path.
+pub type Response = http::Response<BoxBody>;
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Where [`forward::Forward`] sends the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream(pub SocketAddr);
+
+/// The downstream peer of the connection a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Filled by the split layer with the endpoint it picked; read by the observe layer.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSlot(Arc<OnceLock<Endpoint>>);
+
+impl EndpointSlot {
+    /// Records the chosen endpoint (the first choice wins).
+    pub fn set(&self, endpoint: Endpoint) {
+        let _ = self.0.set(endpoint);
+    }
+    /// The chosen endpoint, if any.
+    pub fn get(&self) -> Option<&Endpoint> {
+        self.0.get()
+    }
+}
+
+/// The host and port a request addresses: the URI's authority, else the `Host` header.
+pub fn request_authority<B>(req: &http::Request<B>) -> Option<(String, Option<u16>)> {
+    if let Some(authority) = req.uri().authority() {
+        return Some((authority.host().to_ascii_lowercase(), authority.port_u16()));
+    }
+    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    Some((authority.host().to_ascii_lowercase(), authority.port_u16()))
+}
+
+/// Whether a request is a gRPC call.
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_from_uri_or_host_header() {
+        let req = http::Request::get("http://Reviews:9080/x").body(()).expect("request");
+        assert_eq!(request_authority(&req), Some(("reviews".into(), Some(9080))));
+        let req = http::Request::get("/x").header("host", "catalog").body(()).expect("request");
+        assert_eq!(request_authority(&req), Some(("catalog".into(), None)));
+        let req = http::Request::get("/x").body(()).expect("request");
+        assert_eq!(request_authority(&req), None);
+    }
+}

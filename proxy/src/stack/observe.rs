@@ -1,0 +1,178 @@
+//! The outermost layer: trace context, identity headers, and one telemetry record per exchange.
+//!
+//! On the way in it continues (or starts) the trace with a new span ID and rewrites
+//! `traceparent` so the next hop becomes this span's child; it reads the caller's identity
+//! (inbound) or stamps the sidecar's own (outbound). On the way out it wraps the response
+//! body, and when that body ends — completed, failed or abandoned — it classifies the
+//! exchange and hands a [`RequestRecord`] to [`Telemetry::record`], which never waits.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::{AtomicU64, Ordering}},
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use http::HeaderMap;
+use tower::{Layer, Service};
+
+use crate::{
+    body::{self, BodyEnd, BodyObserver, ObservedBody},
+    classify::{self, Classification, Outcome, ResponseFlags},
+    identity::{SOURCE_HEADER, WorkloadIdentity},
+    telemetry::{RequestRecord, Side, Telemetry, metrics::unix_nanos},
+    trace_context::SpanContext,
+};
+
+use super::{BoxFuture, EndpointSlot, PeerAddr, Request, Response, is_grpc, request_authority};
+
+/// Adds [`Observe`] for one side of the sidecar.
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    side: Side,
+    telemetry: Telemetry,
+    app: Option<SocketAddr>,
+}
+
+impl ObserveLayer {
+    /// For the inbound side, whose upstream is always the local application at `app`.
+    pub fn inbound(telemetry: Telemetry, app: SocketAddr) -> Self {
+        Self { side: Side::Inbound, telemetry, app: Some(app) }
+    }
+
+    /// For the outbound side, whose upstream the split layer chooses.
+    pub fn outbound(telemetry: Telemetry) -> Self {
+        Self { side: Side::Outbound, telemetry, app: None }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner, layer: self.clone() }
+    }
+}
+
+/// Records every exchange that passes through.
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    layer: ObserveLayer,
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let start = Instant::now();
+        let start_unix_nanos = unix_nanos(SystemTime::now());
+        let ObserveLayer { side, telemetry, app } = self.layer.clone();
+        let local = telemetry.identity().clone();
+
+        let context = SpanContext::continue_from(req.headers());
+        context.inject(req.headers_mut());
+        let slot = EndpointSlot::default();
+        let source = match side {
+            Side::Inbound => WorkloadIdentity::take_from(req.headers_mut()).map(Arc::new),
+            Side::Outbound => {
+                req.headers_mut().insert(SOURCE_HEADER, local.to_header());
+                req.extensions_mut().insert(slot.clone());
+                Some(local.clone())
+            }
+        };
+        let authority = request_authority(&req);
+        let destination_service = match side {
+            Side::Inbound => local.service.clone(),
+            Side::Outbound => authority.as_ref().map_or_else(|| Arc::from("unknown"), |(h, _)| Arc::from(h.as_str())),
+        };
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let record = RequestRecord {
+            side,
+            context,
+            start_unix_nanos,
+            duration: Default::default(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            authority_port: authority.as_ref().and_then(|(_, p)| *p),
+            authority: authority.map(|(h, _)| h),
+            version: req.version(),
+            grpc: is_grpc(&req),
+            status: 0,
+            grpc_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            source,
+            destination_service,
+            destination: (side == Side::Inbound).then(|| local.clone()),
+            upstream: app,
+            peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
+            flags: ResponseFlags::empty(),
+            classification: Classification { outcome: Outcome::Success, error_type: None },
+            user_agent: header_string(req.headers(), "user-agent"),
+            request_id: header_string(req.headers(), "x-request-id"),
+        };
+        let req = req.map(|b| body::boxed(ObservedBody::new(b, request_bytes.clone())));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let Ok(response) = fut.await;
+            let mut record = record;
+            record.status = response.status().as_u16();
+            record.grpc_status = classify::grpc_status(response.headers());
+            record.flags = response.extensions().get::<ResponseFlags>().copied().unwrap_or_default();
+            if let Some(endpoint) = slot.get() {
+                record.destination = Some(endpoint.identity.clone());
+                record.upstream = Some(endpoint.address);
+            }
+            let in_flight = InFlight { telemetry, record: Some(record), start, request_bytes };
+            Ok(response.map(|b| body::boxed(ObservedBody::new(b, in_flight))))
+        })
+    }
+}
+
+/// The record of an exchange whose response body is still streaming.
+struct InFlight {
+    telemetry: Telemetry,
+    record: Option<RequestRecord>,
+    start: Instant,
+    request_bytes: Arc<AtomicU64>,
+}
+
+impl BodyObserver for InFlight {
+    fn on_data(&mut self, len: usize) {
+        if let Some(r) = self.record.as_mut() {
+            r.response_bytes += len as u64;
+        }
+    }
+
+    fn on_trailers(&mut self, trailers: &HeaderMap) {
+        if let (Some(r), Some(code)) = (self.record.as_mut(), classify::grpc_status(trailers)) {
+            r.grpc_status = Some(code);
+        }
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        let Some(mut record) = self.record.take() else { return };
+        record.duration = self.start.elapsed();
+        record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        if end == BodyEnd::Dropped {
+            record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
+        }
+        record.classification = classify::classify(record.status, record.grpc_status, end, record.flags);
+        self.telemetry.record(record);
+    }
+}

@@ -1,0 +1,332 @@
+//! Conversion of the sidecar's records into OTLP messages.
+//!
+//! Spans and access logs carry OpenTelemetry's HTTP semantic-convention attributes
+//! plus the mesh attributes (`meshlens.source.*`, `meshlens.destination.*`); the
+//! resource names the sidecar's workload. Metrics are cumulative histograms and sums.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
+    metrics::v1::{
+        AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+    },
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
+};
+
+use crate::{classify::Outcome, identity::WorkloadIdentity};
+
+use super::{
+    RequestRecord, Side,
+    metrics::{DURATION_BOUNDS, RequestKey, RequestStats},
+};
+
+/// Attribute list builder.
+#[derive(Default)]
+pub struct Attributes(pub Vec<KeyValue>);
+
+impl Attributes {
+    /// Adds a string attribute.
+    pub fn str(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.push(key, Value::StringValue(value.into()))
+    }
+    /// Adds an integer attribute.
+    pub fn int(&mut self, key: &str, value: i64) -> &mut Self {
+        self.push(key, Value::IntValue(value))
+    }
+    fn push(&mut self, key: &str, value: Value) -> &mut Self {
+        self.0.push(KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() });
+        self
+    }
+    /// Adds the four mesh attributes of a workload under `prefix` (`meshlens.source`, ...).
+    pub fn workload(&mut self, prefix: &str, id: &WorkloadIdentity) -> &mut Self {
+        self.str(&format!("{prefix}.namespace"), &*id.namespace)
+            .str(&format!("{prefix}.service"), &*id.service)
+            .str(&format!("{prefix}.workload"), &*id.workload)
+            .str(&format!("{prefix}.version"), &*id.version)
+    }
+}
+
+/// The resource of every message a sidecar sends.
+pub fn resource(id: &WorkloadIdentity) -> Resource {
+    let mut attrs = Attributes::default();
+    attrs
+        .str("service.name", &*id.service)
+        .str("service.namespace", &*id.namespace)
+        .str("service.version", &*id.version)
+        .str("meshlens.workload", &*id.workload)
+        .str("telemetry.sdk.name", "meshlens-proxy")
+        .str("telemetry.sdk.language", "rust")
+        .str("telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
+    Resource { attributes: attrs.0, ..Default::default() }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "meshlens-proxy".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+/// The attributes shared by a record's span and access log.
+pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
+    let mut a = Attributes::default();
+    a.str("http.request.method", r.method.as_str())
+        .str("url.path", r.path.as_str())
+        .str("url.scheme", "http")
+        .int("http.response.status_code", i64::from(r.status))
+        .str("network.protocol.name", "http")
+        .str("network.protocol.version", r.protocol_version())
+        .int("http.request.body.size", r.request_bytes as i64)
+        .int("http.response.body.size", r.response_bytes as i64)
+        .str("meshlens.direction", r.side.as_str())
+        .str("meshlens.protocol", r.protocol())
+        .str("meshlens.response_flags", r.flags.to_string())
+        .str("meshlens.destination.service", &*r.destination_service);
+    if let Some(host) = &r.authority {
+        a.str("server.address", host.as_str());
+    }
+    if let Some(port) = r.authority_port {
+        a.int("server.port", i64::from(port));
+    }
+    if let Some(peer) = r.peer {
+        a.str("network.peer.address", peer.ip().to_string()).int("network.peer.port", i64::from(peer.port()));
+    }
+    if let Some(upstream) = r.upstream {
+        a.str("meshlens.upstream.address", upstream.to_string());
+    }
+    if r.grpc {
+        a.str("rpc.system", "grpc");
+        if let Some(code) = r.grpc_status {
+            a.int("rpc.grpc.status_code", i64::from(code));
+        }
+    }
+    if let Some(error) = &r.classification.error_type {
+        a.str("error.type", error.as_str());
+    }
+    if let Some(ua) = &r.user_agent {
+        a.str("user_agent.original", ua.as_str());
+    }
+    if let Some(id) = &r.request_id {
+        a.str("meshlens.request_id", id.as_str());
+    }
+    if let Some(source) = &r.source {
+        a.workload("meshlens.source", source);
+    }
+    if let Some(dest) = &r.destination {
+        a.workload("meshlens.destination", dest);
+    }
+    a.0
+}
+
+/// The span name: the gRPC method for gRPC calls, else the HTTP method.
+pub fn span_name(r: &RequestRecord) -> String {
+    if r.grpc {
+        r.path.trim_start_matches('/').to_owned()
+    } else {
+        r.method.as_str().to_owned()
+    }
+}
+
+/// One record as an OTLP span.
+pub fn span(r: &RequestRecord) -> Span {
+    let kind = match r.side {
+        Side::Inbound => SpanKind::Server,
+        Side::Outbound => SpanKind::Client,
+    };
+    // Server spans do not mark 4xx as errors; client spans do (OpenTelemetry HTTP conventions).
+    let error = r.classification.outcome == Outcome::Failure
+        || (r.side == Side::Outbound && (400..500).contains(&r.status));
+    let status = if error {
+        Status {
+            code: StatusCode::Error as i32,
+            message: r.classification.error_type.clone().unwrap_or_else(|| r.status.to_string()),
+        }
+    } else {
+        Status::default()
+    };
+    Span {
+        trace_id: r.context.trace_id.0.to_vec(),
+        span_id: r.context.span_id.0.to_vec(),
+        parent_span_id: r.context.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags: u32::from(r.context.sampled) | 0x100,
+        name: span_name(r),
+        kind: kind as i32,
+        start_time_unix_nano: r.start_unix_nanos,
+        end_time_unix_nano: r.start_unix_nanos + r.duration.as_nanos() as u64,
+        attributes: record_attributes(r),
+        status: Some(status),
+        ..Default::default()
+    }
+}
+
+/// The Envoy-style access-log line used as a log record's body.
+pub fn access_log_line(r: &RequestRecord) -> String {
+    format!(
+        "{} {} HTTP/{} {} {} {} {} {}ms {} {}",
+        r.method,
+        r.path,
+        r.protocol_version(),
+        r.status,
+        r.flags,
+        r.request_bytes,
+        r.response_bytes,
+        r.duration.as_millis(),
+        r.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+        r.context.trace_id,
+    )
+}
+
+/// One record as an OTLP access-log record.
+pub fn log_record(r: &RequestRecord) -> LogRecord {
+    let severity = match r.classification.outcome {
+        Outcome::Success => SeverityNumber::Info,
+        Outcome::Failure => SeverityNumber::Warn,
+    };
+    let end = r.start_unix_nanos + r.duration.as_nanos() as u64;
+    LogRecord {
+        time_unix_nano: r.start_unix_nanos,
+        observed_time_unix_nano: end,
+        severity_number: severity as i32,
+        severity_text: if severity == SeverityNumber::Info { "INFO" } else { "WARN" }.into(),
+        body: Some(AnyValue { value: Some(Value::StringValue(access_log_line(r))) }),
+        attributes: {
+            let mut attrs = record_attributes(r);
+            attrs.push(KeyValue {
+                key: "event.name".into(),
+                value: Some(AnyValue { value: Some(Value::StringValue("meshlens.access_log".into())) }),
+                ..Default::default()
+            });
+            attrs
+        },
+        flags: u32::from(r.context.sampled),
+        trace_id: r.context.trace_id.0.to_vec(),
+        span_id: r.context.span_id.0.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A trace export request for a batch.
+pub fn trace_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope()),
+                spans: batch.iter().map(|r| span(r)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A logs export request for a batch.
+pub fn logs_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource.clone()),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(scope()),
+                log_records: batch.iter().map(|r| log_record(r)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
+    let mut a = Attributes::default();
+    a.int("http.response.status_code", i64::from(k.status))
+        .str("meshlens.direction", k.side.as_str())
+        .str("meshlens.protocol", if k.grpc { "grpc" } else { "http" })
+        .str("meshlens.classification", k.outcome.as_str())
+        .str("meshlens.response_flags", k.flags.to_string())
+        .str("meshlens.destination.service", &*k.destination_service);
+    if let Some(code) = k.grpc_status {
+        a.int("rpc.grpc.status_code", i64::from(code));
+    }
+    if let Some(source) = &k.source {
+        a.workload("meshlens.source", source);
+    }
+    if let Some(dest) = &k.destination {
+        a.workload("meshlens.destination", dest);
+    }
+    a.0
+}
+
+/// A metrics export request from a cumulative snapshot.
+pub fn metrics_request(
+    resource: &Resource,
+    start_unix_nanos: u64,
+    now_unix_nanos: u64,
+    snapshot: &[(RequestKey, RequestStats)],
+) -> ExportMetricsServiceRequest {
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    let mut server = Vec::new();
+    let mut client = Vec::new();
+    let mut req_bytes = Vec::new();
+    let mut resp_bytes = Vec::new();
+    for (key, stats) in snapshot {
+        let attributes = key_attributes(key);
+        let point = HistogramDataPoint {
+            attributes: attributes.clone(),
+            start_time_unix_nano: start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            count: stats.count,
+            sum: Some(stats.duration_sum),
+            bucket_counts: stats.buckets.to_vec(),
+            explicit_bounds: DURATION_BOUNDS.to_vec(),
+            ..Default::default()
+        };
+        match key.side {
+            Side::Inbound => server.push(point),
+            Side::Outbound => client.push(point),
+        }
+        let number = |v: u64, attributes: Vec<KeyValue>| NumberDataPoint {
+            attributes,
+            start_time_unix_nano: start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            value: Some(number_data_point::Value::AsInt(v as i64)),
+            ..Default::default()
+        };
+        req_bytes.push(number(stats.request_bytes, attributes.clone()));
+        resp_bytes.push(number(stats.response_bytes, attributes));
+    }
+    let histogram = |name: &str, description: &str, points| Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: "s".into(),
+        data: Some(Data::Histogram(Histogram { data_points: points, aggregation_temporality: cumulative })),
+        ..Default::default()
+    };
+    let sum = |name: &str, description: &str, points| Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: "By".into(),
+        data: Some(Data::Sum(Sum { data_points: points, aggregation_temporality: cumulative, is_monotonic: true })),
+        ..Default::default()
+    };
+    let metrics = vec![
+        histogram("http.server.request.duration", "Duration of inbound requests", server),
+        histogram("http.client.request.duration", "Duration of outbound requests", client),
+        sum("meshlens.proxy.request.bytes", "Request body bytes", req_bytes),
+        sum("meshlens.proxy.response.bytes", "Response body bytes", resp_bytes),
+    ];
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource.clone()),
+            scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}

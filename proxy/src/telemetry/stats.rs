@@ -1,0 +1,85 @@
+//! The telemetry pipeline's own counters, served on the sidecar's admin `/metrics`.
+//!
+//! Every record that does not reach the collector is counted here with a fixed label
+//! set (`signal`, `reason`), so a dropping pipeline is visible, never silent.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use super::RequestRecord;
+
+/// Labels of the export counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    /// `spans`, `logs` or `metrics`.
+    pub signal: &'static str,
+    /// Why records were dropped (`queue_full`, `export_failed`, `rejected`), or `ok`.
+    pub reason: &'static str,
+}
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// `success` or `failure`.
+    pub classification: &'static str,
+}
+
+/// Counters of the telemetry pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryStats {
+    requests: Family<RequestLabels, Counter>,
+    exported: Family<SignalLabels, Counter>,
+    dropped: Family<SignalLabels, Counter>,
+}
+
+impl TelemetryStats {
+    /// Registers the counters into `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "meshlens_proxy_requests",
+            "Requests handled by the sidecar",
+            self.requests.clone(),
+        );
+        registry.register(
+            "meshlens_proxy_telemetry_exported",
+            "Telemetry records accepted by the collector",
+            self.exported.clone(),
+        );
+        registry.register(
+            "meshlens_proxy_telemetry_dropped",
+            "Telemetry records dropped before reaching the collector, by reason",
+            self.dropped.clone(),
+        );
+    }
+
+    pub(crate) fn observe_request(&self, record: &RequestRecord) {
+        let labels = RequestLabels {
+            direction: record.side.as_str(),
+            classification: record.classification.outcome.as_str(),
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn exported(&self, signal: &'static str, n: u64) {
+        self.exported.get_or_create(&SignalLabels { signal, reason: "ok" }).inc_by(n);
+    }
+
+    pub(crate) fn dropped(&self, signal: &'static str, reason: &'static str, n: u64) {
+        self.dropped.get_or_create(&SignalLabels { signal, reason }).inc_by(n);
+    }
+
+    /// Records dropped so far for `signal` and `reason` (for tests and the benchmark).
+    pub fn dropped_count(&self, signal: &'static str, reason: &'static str) -> u64 {
+        self.dropped.get_or_create(&SignalLabels { signal, reason }).get()
+    }
+
+    /// Records exported so far for `signal`.
+    pub fn exported_count(&self, signal: &'static str) -> u64 {
+        self.exported.get_or_create(&SignalLabels { signal, reason: "ok" }).get()
+    }
+}
