@@ -1,1 +1,218 @@
-fn main() {}
+//! `meshlens`: the collector, the sidecar, the sample workloads and the demo, in one binary.
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use demo::{
+    DemoOptions,
+    loadgen::{self, LoadSpec},
+    workload::{self, Call, WorkloadSpec},
+};
+
+/// Observability-first service-mesh telemetry.
+#[derive(Debug, Parser)]
+#[command(name = "meshlens", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a sample mesh (services, sidecars, load) and the collector; open the printed URL.
+    Demo(DemoArgs),
+    /// Run the collector: OTLP ingest, topology, Prometheus and Jaeger APIs, web UI.
+    Collector(CollectorArgs),
+    /// Run one sidecar proxy (the same as the `meshlens-proxy` binary).
+    Proxy(meshlens_proxy::cli::ProxyArgs),
+    /// Run one sample workload that calls other services through its sidecar.
+    Workload(WorkloadArgs),
+    /// Send a fixed number of requests through a sidecar and print a JSON report.
+    Load(LoadArgs),
+}
+
+/// An address, or a bare port on 127.0.0.1.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|e| format!("{text:?} is neither a port nor an address: {e}"))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    meshlens_common::duration::parse_duration(text)
+}
+
+/// Listen addresses of the collector.
+#[derive(Debug, clap::Args)]
+struct Listen {
+    /// OTLP/gRPC listen address (or port).
+    #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:4317")]
+    otlp_grpc: SocketAddr,
+    /// OTLP/HTTP listen address (or port).
+    #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:4318")]
+    otlp_http: SocketAddr,
+    /// Web UI, query APIs and /metrics listen address (or port).
+    #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:16686")]
+    web: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// Requests per second sent by the load generator.
+    #[arg(long, default_value_t = 25.0)]
+    rate: f64,
+    /// Stop by itself after this long (e.g. `10m`); by default run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+struct CollectorArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// Directory for the collector's files (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Most spans kept in memory; the oldest traces are evicted beyond it.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_spans: usize,
+    /// How long a span waits for the other side of its hop before it counts as unmatched.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    match_window: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkloadArgs {
+    /// Service name.
+    #[arg(long)]
+    service: String,
+    /// Version.
+    #[arg(long, default_value = "v1")]
+    version: String,
+    /// Where the workload listens.
+    #[arg(long, value_parser = parse_addr)]
+    listen: SocketAddr,
+    /// Its sidecar's outbound address.
+    #[arg(long, value_parser = parse_addr)]
+    sidecar: SocketAddr,
+    /// Latency added to each request.
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    latency: Duration,
+    /// Random extra latency, up to this much.
+    #[arg(long, value_parser = parse_duration, default_value = "0")]
+    jitter: Duration,
+    /// Share of requests answered with 503 (or gRPC UNAVAILABLE).
+    #[arg(long, default_value_t = 0.0)]
+    error_ratio: f64,
+    /// A call made on each request: `http://service/path[@probability]` or `grpc://service/pkg.Svc/Method`.
+    #[arg(long = "call")]
+    calls: Vec<Call>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// The sidecar's outbound address.
+    #[arg(long, value_parser = parse_addr)]
+    sidecar: SocketAddr,
+    /// What to call: `http://service/path` or `grpc://service/pkg.Svc/Method` (repeatable).
+    #[arg(long = "call", required = true)]
+    calls: Vec<Call>,
+    /// How many requests to send.
+    #[arg(long, default_value_t = 100)]
+    requests: u64,
+    /// Requests per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Most requests in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    meshlens_proxy::cli::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => {
+                demo::run(DemoOptions {
+                    otlp_grpc: args.listen.otlp_grpc,
+                    otlp_http: args.listen.otlp_http,
+                    web: args.listen.web,
+                    rate: args.rate,
+                    duration: args.duration,
+                })
+                .await
+            }
+            Command::Collector(args) => run_collector(args).await,
+            Command::Proxy(args) => meshlens_proxy::cli::run(args).await,
+            Command::Workload(args) => run_workload(args).await,
+            Command::Load(args) => run_load(args).await,
+        }
+    })
+}
+
+async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
+    let config = meshlens_collector::CollectorConfig {
+        otlp_grpc: args.listen.otlp_grpc,
+        otlp_http: args.listen.otlp_http,
+        web: args.listen.web,
+        data_dir: args.data_dir,
+        max_spans: args.max_spans,
+        match_window: args.match_window,
+        ..Default::default()
+    };
+    let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;
+    let a = collector.addrs();
+    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, web = %a.web, "collector ready");
+    meshlens_proxy::cli::shutdown_signal().await;
+    collector.shutdown().await;
+    Ok(())
+}
+
+async fn run_workload(args: WorkloadArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the workload on {}", args.listen))?;
+    let spec = WorkloadSpec {
+        service: args.service,
+        version: args.version,
+        latency: args.latency,
+        jitter: args.jitter,
+        error_ratio: args.error_ratio,
+        calls: args.calls,
+        sidecar: args.sidecar,
+    };
+    tracing::info!(service = %spec.service, listen = %args.listen, "workload ready");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(workload::serve(listener, spec, rx));
+    meshlens_proxy::cli::shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let report = loadgen::run(
+        LoadSpec {
+            sidecar: args.sidecar,
+            targets: args.calls,
+            rate: args.rate,
+            concurrency: args.concurrency,
+            limit: Some(args.requests),
+        },
+        rx,
+    )
+    .await;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -1,1 +1,172 @@
-//! placeholder
+//! meshlens-collector: receives OTLP from sidecars and OpenTelemetry SDKs, and turns it
+//! into answers.
+//!
+//! ```text
+//!  OTLP/gRPC :4317 ─┐                         ┌─ topology (edges → per-second rollups)
+//!  OTLP/HTTP :4318 ─┴─ ingest::convert ─ Pipeline ─┼─ trace store (by trace, service index)
+//!                     (protobuf stops here)        ├─ log / metric-point buffers
+//!                                                  └─ Prometheus metrics (per edge, self)
+//!  web :16686 ─ api::app: UI, /api/v1/topology, Jaeger /api/*, /api/v1/logs, /metrics
+//! ```
+//!
+//! The receivers convert OTLP into [`model`] types at the edge; everything behind them
+//! works on those. Each store is bounded and evicts its oldest data first.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod store;
+pub mod topology;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+pub use config::CollectorConfig;
+pub use pipeline::Pipeline;
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// A listener could not be bound.
+    #[error("could not bind the {what} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid collector configuration: {0}")]
+    Config(String),
+    /// The data directory could not be created.
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The addresses a running collector listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorAddrs {
+    /// OTLP/gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
+    /// Web UI and APIs.
+    pub web: SocketAddr,
+}
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Collector {
+    addrs: CollectorAddrs,
+    pipeline: Arc<Pipeline>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), CollectorError> {
+    let err = |source| CollectorError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+impl Collector {
+    /// Binds every listener, then starts serving.
+    pub async fn start(config: CollectorConfig) -> Result<Self, CollectorError> {
+        config.validate().map_err(CollectorError::Config)?;
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).map_err(|source| CollectorError::DataDir { path: dir.clone(), source })?;
+        }
+        let (grpc_listener, otlp_grpc) = bind("OTLP/gRPC", config.otlp_grpc).await?;
+        let (http_listener, otlp_http) = bind("OTLP/HTTP", config.otlp_http).await?;
+        let (web_listener, web) = bind("web", config.web).await?;
+        let pipeline = Pipeline::new(&config);
+        let (shutdown, rx) = watch::channel(false);
+
+        let grpc = {
+            let receiver = ingest::grpc::OtlpGrpc::new(pipeline.clone());
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                if let Err(error) = receiver.serve(grpc_listener, stopped(rx)).await {
+                    tracing::error!(%error, "OTLP/gRPC server failed");
+                }
+            })
+        };
+        let http = {
+            let app = ingest::http::routes().with_state(pipeline.clone());
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(http_listener, app).with_graceful_shutdown(stopped(rx)).await {
+                    tracing::error!(%error, "OTLP/HTTP server failed");
+                }
+            })
+        };
+        let web_task = {
+            let app = api::app(pipeline.clone());
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(web_listener, app).with_graceful_shutdown(stopped(rx)).await {
+                    tracing::error!(%error, "web server failed");
+                }
+            })
+        };
+        let ticker = {
+            let pipeline = pipeline.clone();
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => pipeline.tick(),
+                        _ = rx.changed() => return,
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            addrs: CollectorAddrs { otlp_grpc, otlp_http, web },
+            pipeline,
+            shutdown,
+            tasks: vec![grpc, http, web_task, ticker],
+        })
+    }
+
+    /// Where the collector listens.
+    pub fn addrs(&self) -> CollectorAddrs {
+        self.addrs
+    }
+
+    /// The collector's state.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Stops the servers, letting in-flight requests finish (at most 5 seconds).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let all = async {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+            tracing::warn!("collector servers did not stop within 5s");
+        }
+    }
+}

@@ -102,13 +102,13 @@ pub struct RawTelemetry {
     #[serde(default = "default_otlp")]
     pub otlp_endpoint: String,
     /// Longest time a span or log record waits before its batch is sent.
-    #[serde(default = "default_flush", deserialize_with = "crate::duration::deserialize")]
+    #[serde(default = "default_flush", deserialize_with = "meshlens_common::duration::deserialize")]
     pub flush_interval: Duration,
     /// How often request metrics are exported.
-    #[serde(default = "default_metrics_interval", deserialize_with = "crate::duration::deserialize")]
+    #[serde(default = "default_metrics_interval", deserialize_with = "meshlens_common::duration::deserialize")]
     pub metrics_interval: Duration,
     /// Time limit of one export call.
-    #[serde(default = "default_export_timeout", deserialize_with = "crate::duration::deserialize")]
+    #[serde(default = "default_export_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
     pub export_timeout: Duration,
     /// Capacity of each export queue (spans, logs); when full, new records are dropped and counted.
     #[serde(default = "default_queue")]

@@ -17,7 +17,6 @@ pub mod body;
 pub mod classify;
 pub mod cli;
 pub mod config;
-pub mod duration;
 pub mod error;
 pub mod identity;
 pub mod inbound;

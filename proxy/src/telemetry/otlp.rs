@@ -21,6 +21,8 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
 
+use meshlens_common::semconv;
+
 use crate::{classify::Outcome, identity::WorkloadIdentity};
 
 use super::{
@@ -47,10 +49,10 @@ impl Attributes {
     }
     /// Adds the four mesh attributes of a workload under `prefix` (`meshlens.source`, ...).
     pub fn workload(&mut self, prefix: &str, id: &WorkloadIdentity) -> &mut Self {
-        self.str(&format!("{prefix}.namespace"), &*id.namespace)
-            .str(&format!("{prefix}.service"), &*id.service)
-            .str(&format!("{prefix}.workload"), &*id.workload)
-            .str(&format!("{prefix}.version"), &*id.version)
+        self.str(&semconv::field(prefix, "namespace"), &*id.namespace)
+            .str(&semconv::field(prefix, "service"), &*id.service)
+            .str(&semconv::field(prefix, "workload"), &*id.workload)
+            .str(&semconv::field(prefix, "version"), &*id.version)
     }
 }
 
@@ -61,7 +63,7 @@ pub fn resource(id: &WorkloadIdentity) -> Resource {
         .str("service.name", &*id.service)
         .str("service.namespace", &*id.namespace)
         .str("service.version", &*id.version)
-        .str("meshlens.workload", &*id.workload)
+        .str(semconv::WORKLOAD, &*id.workload)
         .str("telemetry.sdk.name", "meshlens-proxy")
         .str("telemetry.sdk.language", "rust")
         .str("telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
@@ -87,10 +89,11 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         .str("network.protocol.version", r.protocol_version())
         .int("http.request.body.size", r.request_bytes as i64)
         .int("http.response.body.size", r.response_bytes as i64)
-        .str("meshlens.direction", r.side.as_str())
-        .str("meshlens.protocol", r.protocol())
-        .str("meshlens.response_flags", r.flags.to_string())
-        .str("meshlens.destination.service", &*r.destination_service);
+        .str(semconv::DIRECTION, r.side.as_str())
+        .str(semconv::PROTOCOL, r.protocol())
+        .str(semconv::RESPONSE_FLAGS, r.flags.to_string())
+        .str(semconv::CLASSIFICATION, r.classification.outcome.as_str())
+        .str(&semconv::field(semconv::DESTINATION, "service"), &*r.destination_service);
     if let Some(host) = &r.authority {
         a.str("server.address", host.as_str());
     }
@@ -101,7 +104,7 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         a.str("network.peer.address", peer.ip().to_string()).int("network.peer.port", i64::from(peer.port()));
     }
     if let Some(upstream) = r.upstream {
-        a.str("meshlens.upstream.address", upstream.to_string());
+        a.str(semconv::UPSTREAM_ADDRESS, upstream.to_string());
     }
     if r.grpc {
         a.str("rpc.system", "grpc");
@@ -116,13 +119,13 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         a.str("user_agent.original", ua.as_str());
     }
     if let Some(id) = &r.request_id {
-        a.str("meshlens.request_id", id.as_str());
+        a.str(semconv::REQUEST_ID, id.as_str());
     }
     if let Some(source) = &r.source {
-        a.workload("meshlens.source", source);
+        a.workload(semconv::SOURCE, source);
     }
     if let Some(dest) = &r.destination {
-        a.workload("meshlens.destination", dest);
+        a.workload(semconv::DESTINATION, dest);
     }
     a.0
 }
@@ -247,19 +250,19 @@ pub fn logs_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> Export
 fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     let mut a = Attributes::default();
     a.int("http.response.status_code", i64::from(k.status))
-        .str("meshlens.direction", k.side.as_str())
-        .str("meshlens.protocol", if k.grpc { "grpc" } else { "http" })
-        .str("meshlens.classification", k.outcome.as_str())
-        .str("meshlens.response_flags", k.flags.to_string())
-        .str("meshlens.destination.service", &*k.destination_service);
+        .str(semconv::DIRECTION, k.side.as_str())
+        .str(semconv::PROTOCOL, if k.grpc { "grpc" } else { "http" })
+        .str(semconv::CLASSIFICATION, k.outcome.as_str())
+        .str(semconv::RESPONSE_FLAGS, k.flags.to_string())
+        .str(&semconv::field(semconv::DESTINATION, "service"), &*k.destination_service);
     if let Some(code) = k.grpc_status {
         a.int("rpc.grpc.status_code", i64::from(code));
     }
     if let Some(source) = &k.source {
-        a.workload("meshlens.source", source);
+        a.workload(semconv::SOURCE, source);
     }
     if let Some(dest) = &k.destination {
-        a.workload("meshlens.destination", dest);
+        a.workload(semconv::DESTINATION, dest);
     }
     a.0
 }

@@ -1,0 +1,80 @@
+//! `GET /api/v1/topology`: the service graph of a window.
+//!
+//! Parameters: `window` (duration, default `60s`) or explicit `start`/`end` (Unix
+//! milliseconds), and `group` (`service`, `workload` or `version`). Rates are per second
+//! over the window, or over the collector's uptime when that is shorter.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    routing::get,
+};
+use serde::Deserialize;
+
+use crate::{
+    pipeline::{Pipeline, now_nanos},
+    topology::{Grouping, TopologyView},
+};
+
+use super::error::{ApiError, poisoned};
+
+/// Query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyParams {
+    /// Window length ending now, e.g. `60s`, `5m`.
+    pub window: Option<String>,
+    /// Window start, Unix milliseconds.
+    pub start: Option<u64>,
+    /// Window end, Unix milliseconds.
+    pub end: Option<u64>,
+    /// Node grouping.
+    #[serde(default)]
+    pub group: Grouping,
+}
+
+/// The routes.
+pub fn routes() -> Router<Arc<Pipeline>> {
+    Router::new().route("/api/v1/topology", get(topology))
+}
+
+/// Resolves a window to `(from_secs, to_secs, rate_seconds)`.
+pub fn resolve_window(
+    window: Option<&str>,
+    start_ms: Option<u64>,
+    end_ms: Option<u64>,
+    started_unix_nanos: u64,
+) -> Result<(u64, u64, f64), ApiError> {
+    let now_ms = now_nanos() / 1_000_000;
+    let end_ms = end_ms.unwrap_or(now_ms);
+    let start_ms = match (start_ms, window) {
+        (Some(s), _) => s,
+        (None, w) => {
+            let w = meshlens_common::duration::parse_duration(w.unwrap_or("60s"))
+                .map_err(|e| ApiError::BadRequest(format!("window: {e}")))?;
+            if w.is_zero() {
+                return Err(ApiError::BadRequest("window must be positive".into()));
+            }
+            end_ms.saturating_sub(w.as_millis() as u64)
+        }
+    };
+    if start_ms >= end_ms {
+        return Err(ApiError::BadRequest("start must be before end".into()));
+    }
+    // Rates count only the time the collector has been listening.
+    let effective_start = start_ms.max(started_unix_nanos / 1_000_000);
+    let rate_seconds = (end_ms.saturating_sub(effective_start) as f64 / 1000.0).max(1.0);
+    Ok((start_ms / 1000, end_ms / 1000, rate_seconds))
+}
+
+async fn topology(
+    State(pipeline): State<Arc<Pipeline>>,
+    Query(params): Query<TopologyParams>,
+) -> Result<Json<TopologyView>, ApiError> {
+    let (from, to, rate_seconds) =
+        resolve_window(params.window.as_deref(), params.start, params.end, pipeline.started_unix_nanos)?;
+    let topology = pipeline.topology.read().map_err(poisoned)?;
+    Ok(Json(topology.view(from, to, params.group, rate_seconds)))
+}

@@ -1,0 +1,61 @@
+//! Collector settings, validated into typed values once at start.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// How a collector runs.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// OTLP/gRPC listener (default 127.0.0.1:4317).
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP listener (default 127.0.0.1:4318).
+    pub otlp_http: SocketAddr,
+    /// Web UI and query APIs (default 127.0.0.1:16686, Jaeger's query port).
+    pub web: SocketAddr,
+    /// Directory for the collector's files; created if missing.
+    pub data_dir: Option<PathBuf>,
+    /// Most spans held in memory; the oldest traces are evicted beyond it.
+    pub max_spans: usize,
+    /// Most log records held.
+    pub max_log_records: usize,
+    /// Most metric points held.
+    pub max_metric_points: usize,
+    /// History kept in the per-edge rollups.
+    pub rollup_retention: Duration,
+    /// How long a CLIENT or SERVER span waits for the other side of its hop.
+    pub match_window: Duration,
+    /// Most spans waiting for a match.
+    pub max_pending_matches: usize,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            web: SocketAddr::from(([127, 0, 0, 1], 16686)),
+            data_dir: None,
+            max_spans: 1_000_000,
+            max_log_records: 200_000,
+            max_metric_points: 200_000,
+            rollup_retention: Duration::from_secs(3600),
+            match_window: Duration::from_secs(15),
+            max_pending_matches: 500_000,
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Checks the values that could make the collector misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_spans == 0 || self.max_log_records == 0 || self.max_metric_points == 0 {
+            return Err("store sizes must be positive".into());
+        }
+        if self.rollup_retention < Duration::from_secs(60) {
+            return Err("rollup retention must be at least 60s".into());
+        }
+        if self.match_window.is_zero() {
+            return Err("match window must be positive".into());
+        }
+        Ok(())
+    }
+}

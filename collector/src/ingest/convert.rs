@@ -1,0 +1,314 @@
+//! OTLP to the collector's own types: where protobuf stops.
+//!
+//! Every item is validated on its own; an invalid span (bad IDs, missing or reversed
+//! timestamps) is rejected and counted while the valid items of the same batch are kept,
+//! which is what OTLP's partial-success response reports back to the sender.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    common::v1::{AnyValue, KeyValue, any_value},
+    metrics::v1::{metric::Data, number_data_point},
+    resource::v1::Resource as OtlpResource,
+    trace::v1::{Span as OtlpSpan, status},
+};
+
+use crate::model::{
+    Attributes, LogRecord, MetricKind, MetricPoint, Resource, Span, SpanEvent, SpanId, SpanKind,
+    SpanLink, StatusCode, TraceId, Value,
+};
+
+/// Longest attribute string kept; longer values are cut at a character boundary.
+pub const MAX_VALUE_LEN: usize = 8 * 1024;
+
+/// Items converted from one export request, and what was rejected.
+#[derive(Debug)]
+pub struct Converted<T> {
+    /// The valid items.
+    pub items: Vec<T>,
+    /// How many items were rejected.
+    pub rejected: u64,
+    /// The first few rejection reasons, for the partial-success message.
+    pub reasons: Vec<String>,
+}
+
+impl<T> Converted<T> {
+    fn new() -> Self {
+        Self { items: Vec::new(), rejected: 0, reasons: Vec::new() }
+    }
+
+    fn reject(&mut self, reason: String) {
+        self.rejected += 1;
+        if self.reasons.len() < 5 {
+            self.reasons.push(reason);
+        }
+    }
+
+    /// The partial-success message: empty when everything was accepted.
+    pub fn message(&self) -> String {
+        if self.rejected == 0 {
+            return String::new();
+        }
+        format!("{} item(s) rejected: {}", self.rejected, self.reasons.join("; "))
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_VALUE_LEN {
+        let mut cut = MAX_VALUE_LEN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn any_to_json(value: &any_value::Value) -> serde_json::Value {
+    use any_value::Value as V;
+    match value {
+        V::StringValue(s) => s.clone().into(),
+        V::BoolValue(b) => (*b).into(),
+        V::IntValue(i) => (*i).into(),
+        V::DoubleValue(d) => serde_json::Number::from_f64(*d).map_or(serde_json::Value::Null, Into::into),
+        V::BytesValue(b) => hex(b).into(),
+        V::ArrayValue(a) => a.values.iter().filter_map(|v| v.value.as_ref()).map(any_to_json).collect(),
+        V::KvlistValue(kv) => kv
+            .values
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.as_ref().and_then(|v| v.value.as_ref()).map_or(serde_json::Value::Null, any_to_json)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        V::StringValueStrindex(i) => format!("strindex:{i}").into(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Converts an OTLP value.
+pub fn value(v: &AnyValue) -> Option<Value> {
+    use any_value::Value as V;
+    Some(match v.value.as_ref()? {
+        V::StringValue(s) => Value::Str(truncate(s.clone())),
+        V::BoolValue(b) => Value::Bool(*b),
+        V::IntValue(i) => Value::Int(*i),
+        V::DoubleValue(d) => Value::Double(*d),
+        V::BytesValue(b) => Value::Bytes(truncate(hex(b))),
+        other => Value::Json(truncate(any_to_json(other).to_string())),
+    })
+}
+
+/// Converts OTLP attributes, dropping those without a value.
+pub fn attributes(kvs: &[KeyValue]) -> Attributes {
+    kvs.iter()
+        .filter_map(|kv| Some((kv.key.clone(), value(kv.value.as_ref()?)?)))
+        .collect()
+}
+
+/// Converts a resource; the service is `service.name` or `unknown_service`.
+pub fn resource(r: Option<&OtlpResource>) -> Arc<Resource> {
+    let attributes = r.map(|r| attributes(&r.attributes)).unwrap_or_default();
+    let service = crate::model::attr(&attributes, "service.name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown_service")
+        .into();
+    Arc::new(Resource { service, attributes })
+}
+
+/// Converts one OTLP span, or says why it is invalid.
+pub fn span(s: &OtlpSpan, resource: &Arc<Resource>, scope: &Arc<str>) -> Result<Span, String> {
+    let trace_id = TraceId::from_bytes(&s.trace_id)
+        .ok_or_else(|| format!("span {:?}: invalid trace_id ({} bytes)", s.name, s.trace_id.len()))?;
+    let span_id = SpanId::from_bytes(&s.span_id)
+        .ok_or_else(|| format!("span {:?}: invalid span_id ({} bytes)", s.name, s.span_id.len()))?;
+    let parent_span_id = if s.parent_span_id.is_empty() {
+        None
+    } else {
+        Some(SpanId::from_bytes(&s.parent_span_id).ok_or_else(|| format!("span {:?}: invalid parent_span_id", s.name))?)
+    };
+    if s.start_time_unix_nano == 0 || s.end_time_unix_nano == 0 {
+        return Err(format!("span {:?}: missing start or end time", s.name));
+    }
+    if s.end_time_unix_nano < s.start_time_unix_nano {
+        return Err(format!("span {:?}: ends before it starts", s.name));
+    }
+    let (status, status_message) = match &s.status {
+        Some(st) if st.code == status::StatusCode::Error as i32 => (StatusCode::Error, st.message.clone()),
+        Some(st) if st.code == status::StatusCode::Ok as i32 => (StatusCode::Ok, st.message.clone()),
+        _ => (StatusCode::Unset, String::new()),
+    };
+    Ok(Span {
+        trace_id,
+        span_id,
+        parent_span_id,
+        name: truncate(s.name.clone()),
+        kind: SpanKind::from_otlp(s.kind),
+        start_unix_nanos: s.start_time_unix_nano,
+        end_unix_nanos: s.end_time_unix_nano,
+        status,
+        status_message,
+        attributes: attributes(&s.attributes),
+        events: s
+            .events
+            .iter()
+            .map(|e| SpanEvent { time_unix_nanos: e.time_unix_nano, name: e.name.clone(), attributes: attributes(&e.attributes) })
+            .collect(),
+        links: s
+            .links
+            .iter()
+            .filter_map(|l| Some(SpanLink { trace_id: TraceId::from_bytes(&l.trace_id)?, span_id: SpanId::from_bytes(&l.span_id)? }))
+            .collect(),
+        resource: resource.clone(),
+        scope: scope.clone(),
+    })
+}
+
+/// Converts a trace export request.
+pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
+    let mut out = Converted::new();
+    for rs in &req.resource_spans {
+        let resource = resource(rs.resource.as_ref());
+        for ss in &rs.scope_spans {
+            let scope: Arc<str> = ss.scope.as_ref().map_or("", |s| s.name.as_str()).into();
+            for s in &ss.spans {
+                match span(s, &resource, &scope) {
+                    Ok(span) => out.items.push(span),
+                    Err(reason) => out.reject(reason),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Converts a logs export request.
+pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
+    let mut out = Converted::new();
+    for rl in &req.resource_logs {
+        let resource = resource(rl.resource.as_ref());
+        for sl in &rl.scope_logs {
+            for l in &sl.log_records {
+                let trace_id = TraceId::from_bytes(&l.trace_id);
+                if !l.trace_id.is_empty() && trace_id.is_none() {
+                    out.reject(format!("log record: invalid trace_id ({} bytes)", l.trace_id.len()));
+                    continue;
+                }
+                let time = if l.time_unix_nano != 0 { l.time_unix_nano } else { l.observed_time_unix_nano };
+                out.items.push(LogRecord {
+                    time_unix_nanos: time,
+                    severity_number: l.severity_number,
+                    severity_text: l.severity_text.clone(),
+                    body: l.body.as_ref().and_then(value).map(|v| v.to_text()).unwrap_or_default(),
+                    attributes: attributes(&l.attributes),
+                    trace_id,
+                    span_id: SpanId::from_bytes(&l.span_id),
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Converts a metrics export request into one point per data point.
+pub fn metrics(req: &ExportMetricsServiceRequest) -> Converted<MetricPoint> {
+    let mut out = Converted::new();
+    for rm in &req.resource_metrics {
+        let resource = resource(rm.resource.as_ref());
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                let point = |kind, time, value, count, attrs: &[KeyValue]| MetricPoint {
+                    name: m.name.clone(),
+                    unit: m.unit.clone(),
+                    kind,
+                    time_unix_nanos: time,
+                    value,
+                    count,
+                    attributes: attributes(attrs),
+                    resource: resource.clone(),
+                };
+                let number = |v: &Option<number_data_point::Value>| match v {
+                    Some(number_data_point::Value::AsDouble(d)) => *d,
+                    Some(number_data_point::Value::AsInt(i)) => *i as f64,
+                    None => f64::NAN,
+                };
+                match &m.data {
+                    Some(Data::Gauge(g)) => out.items.extend(
+                        g.data_points.iter().map(|p| point(MetricKind::Gauge, p.time_unix_nano, number(&p.value), 0, &p.attributes)),
+                    ),
+                    Some(Data::Sum(s)) => out.items.extend(
+                        s.data_points.iter().map(|p| point(MetricKind::Sum, p.time_unix_nano, number(&p.value), 0, &p.attributes)),
+                    ),
+                    Some(Data::Histogram(h)) => out.items.extend(h.data_points.iter().map(|p| {
+                        point(MetricKind::Histogram, p.time_unix_nano, p.sum.unwrap_or(f64::NAN), p.count, &p.attributes)
+                    })),
+                    Some(Data::ExponentialHistogram(h)) => out.items.extend(h.data_points.iter().map(|p| {
+                        point(MetricKind::ExponentialHistogram, p.time_unix_nano, p.sum.unwrap_or(f64::NAN), p.count, &p.attributes)
+                    })),
+                    Some(Data::Summary(s)) => out.items.extend(
+                        s.data_points.iter().map(|p| point(MetricKind::Summary, p.time_unix_nano, p.sum, p.count, &p.attributes)),
+                    ),
+                    None => out.reject(format!("metric {:?} has no data", m.name)),
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+
+    fn otlp_span(trace: Vec<u8>, span: Vec<u8>, start: u64, end: u64) -> OtlpSpan {
+        OtlpSpan {
+            trace_id: trace,
+            span_id: span,
+            name: "op".into(),
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn invalid_spans_are_rejected_one_by_one() {
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![
+                        otlp_span(vec![1; 16], vec![2; 8], 10, 20),
+                        otlp_span(vec![0; 16], vec![2; 8], 10, 20),
+                        otlp_span(vec![1; 15], vec![2; 8], 10, 20),
+                        otlp_span(vec![1; 16], vec![2; 8], 20, 10),
+                        otlp_span(vec![1; 16], vec![2; 8], 0, 10),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let out = spans(&req);
+        assert_eq!(out.items.len(), 1);
+        assert_eq!(out.rejected, 4);
+        assert_eq!(&*out.items[0].resource.service, "unknown_service");
+        assert!(out.message().contains("invalid trace_id"), "{}", out.message());
+    }
+
+    #[test]
+    fn long_values_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(MAX_VALUE_LEN);
+        let v = value(&AnyValue { value: Some(any_value::Value::StringValue(long)) });
+        let Some(Value::Str(s)) = v else { panic!("string expected") };
+        assert!(s.len() <= MAX_VALUE_LEN);
+    }
+}

@@ -1,0 +1,102 @@
+//! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, with protobuf
+//! (`application/x-protobuf`) or JSON (`application/json`) bodies, answered in the same
+//! encoding. A body that cannot be decoded gets 400 with a `google.rpc.Status`-shaped
+//! message saying why; an unsupported content type or encoding gets 415.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use prost::Message;
+
+use crate::pipeline::{Pipeline, Transport};
+
+use super::{Logs, Metrics, Signal, Traces, grpc::MAX_MESSAGE_BYTES};
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct RpcStatus {
+    /// gRPC code (3: INVALID_ARGUMENT).
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// What went wrong.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// The OTLP/HTTP routes.
+pub fn routes() -> Router<Arc<Pipeline>> {
+    Router::new()
+        .route("/v1/traces", post(export::<Traces>))
+        .route("/v1/metrics", post(export::<Metrics>))
+        .route("/v1/logs", post(export::<Logs>))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+fn encoded<M: Message + serde::Serialize>(status: StatusCode, encoding: Encoding, message: &M) -> Response {
+    let (content_type, body) = match encoding {
+        Encoding::Protobuf => ("application/x-protobuf", message.encode_to_vec()),
+        Encoding::Json => ("application/json", serde_json::to_vec(message).unwrap_or_default()),
+    };
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+}
+
+fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Response {
+    // INVALID_ARGUMENT: the request itself is wrong and must not be retried.
+    encoded(status, encoding, &RpcStatus { code: 3, message })
+}
+
+async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let encoding = match content_type.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
+        "application/json" => Encoding::Json,
+        other => {
+            return rpc_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Encoding::Json,
+                format!("unsupported content type {other:?}: use application/x-protobuf or application/json"),
+            );
+        }
+    };
+    if let Some(ce) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+        if !ce.eq_ignore_ascii_case("identity") {
+            return rpc_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                encoding,
+                format!("unsupported content encoding {ce:?}: send the body uncompressed"),
+            );
+        }
+    }
+    let decoded = match encoding {
+        Encoding::Protobuf => S::Request::decode(body).map_err(|e| format!("malformed protobuf {} request: {e}", S::NAME)),
+        Encoding::Json => serde_json::from_slice::<S::Request>(&body).map_err(|e| format!("malformed JSON {} request: {e}", S::NAME)),
+    };
+    match decoded {
+        Ok(request) => encoded(StatusCode::OK, encoding, &S::accept(&pipeline, &request, Transport::Http)),
+        Err(message) => {
+            pipeline.malformed(S::NAME, Transport::Http);
+            rpc_error(StatusCode::BAD_REQUEST, encoding, message)
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The collector's Prometheus metrics: per-edge RED metrics from the topology, and the
+//! ingest pipeline's own counters, all in one prometheus-client registry.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::topology::EdgeObservation;
+
+/// Bucket bounds of the request duration histogram, seconds.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Labels of one edge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    /// Caller namespace.
+    pub source_namespace: String,
+    /// Caller service.
+    pub source_service: String,
+    /// Caller workload (`unknown` when not reported).
+    pub source_workload: String,
+    /// Callee namespace.
+    pub destination_namespace: String,
+    /// Callee service.
+    pub destination_service: String,
+    /// Callee workload.
+    pub destination_workload: String,
+    /// Callee version.
+    pub destination_version: String,
+    /// `http`, `grpc`, ...
+    pub protocol: String,
+}
+
+/// Edge labels plus the outcome of the request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The edge.
+    #[prometheus(flatten)]
+    pub edge: EdgeLabels,
+    /// HTTP status or `grpc:<code>`.
+    pub response_code: String,
+    /// `success` or `failure`.
+    pub classification: &'static str,
+}
+
+/// Labels of ingest counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    /// `spans`, `log_records` or `metric_points`.
+    pub signal: &'static str,
+    /// `grpc` or `http`.
+    pub transport: &'static str,
+}
+
+/// Labels of store gauges and eviction counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// What is stored: `spans`, `traces`, `log_records`, `metric_points`, `edge_buckets`.
+    pub kind: &'static str,
+}
+
+/// Every metric the collector serves.
+#[derive(Debug, Clone)]
+pub struct CollectorMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<EdgeLabels, Histogram, fn() -> Histogram>,
+    request_bytes: Family<EdgeLabels, Counter>,
+    response_bytes: Family<EdgeLabels, Counter>,
+    /// Items received, by signal and transport.
+    pub received: Family<IngestLabels, Counter>,
+    /// Items accepted.
+    pub accepted: Family<IngestLabels, Counter>,
+    /// Items rejected as invalid.
+    pub rejected: Family<IngestLabels, Counter>,
+    /// Export requests that could not be decoded.
+    pub malformed: Family<IngestLabels, Counter>,
+    /// Items held in the stores.
+    pub stored: Family<StoreLabels, Gauge>,
+    /// Items evicted from the stores.
+    pub evicted: Family<StoreLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+impl Default for CollectorMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            received: Family::default(),
+            accepted: Family::default(),
+            rejected: Family::default(),
+            malformed: Family::default(),
+            stored: Family::default(),
+            evicted: Family::default(),
+        }
+    }
+}
+
+fn or_unknown(s: Option<&str>) -> String {
+    s.filter(|s| !s.is_empty()).unwrap_or("unknown").to_owned()
+}
+
+impl CollectorMetrics {
+    /// A registry holding every metric.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register("meshlens_requests", "Requests between services, by edge and response", self.requests.clone());
+        r.register_with_unit(
+            "meshlens_request_duration",
+            "Request latency between services as seen by the caller",
+            prometheus_client::registry::Unit::Seconds,
+            self.duration.clone(),
+        );
+        r.register_with_unit("meshlens_request", "Request body bytes between services", prometheus_client::registry::Unit::Bytes, self.request_bytes.clone());
+        r.register_with_unit("meshlens_response", "Response body bytes between services", prometheus_client::registry::Unit::Bytes, self.response_bytes.clone());
+        let c = r.sub_registry_with_prefix("meshlens_collector");
+        c.register("received", "Telemetry items received over OTLP", self.received.clone());
+        c.register("accepted", "Telemetry items accepted into the store", self.accepted.clone());
+        c.register("rejected", "Telemetry items rejected as invalid", self.rejected.clone());
+        c.register("malformed_requests", "OTLP export requests that could not be decoded", self.malformed.clone());
+        c.register("stored", "Telemetry items held in memory", self.stored.clone());
+        c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
+        r
+    }
+
+    /// Counts one request on an edge.
+    pub fn observe_edge(&self, o: &EdgeObservation) {
+        let edge = EdgeLabels {
+            source_namespace: o.source.namespace.to_string(),
+            source_service: o.source.service.to_string(),
+            source_workload: or_unknown(o.source.workload.as_deref()),
+            destination_namespace: o.destination.namespace.to_string(),
+            destination_service: o.destination.service.to_string(),
+            destination_workload: or_unknown(o.destination.workload.as_deref()),
+            destination_version: or_unknown(o.destination.version.as_deref()),
+            protocol: o.protocol.to_string(),
+        };
+        self.duration.get_or_create(&edge).observe(o.duration_nanos as f64 / 1e9);
+        self.request_bytes.get_or_create(&edge).inc_by(o.request_bytes);
+        self.response_bytes.get_or_create(&edge).inc_by(o.response_bytes);
+        let labels = RequestLabels {
+            edge,
+            response_code: o.response_code.to_string(),
+            classification: if o.error { "failure" } else { "success" },
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+}

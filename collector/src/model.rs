@@ -1,0 +1,330 @@
+//! The collector's own telemetry types. OTLP is converted into these at the ingest edge
+//! ([`crate::ingest::convert`]); the store, topology and APIs never see protobuf.
+
+use std::{fmt, sync::Arc};
+
+/// A 16-byte trace ID (never all zeroes once validated).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span ID (never all zeroes once validated).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub [u8; 8]);
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+fn parse_hex_padded<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > N * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    // Left-pad with zeroes: Jaeger writes 64-bit trace IDs as 16 hex digits.
+    let padded = format!("{text:0>width$}", width = N * 2);
+    let mut out = [0u8; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(&padded[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+impl TraceId {
+    /// Parses 1 to 32 hex digits; `None` for anything else or for the all-zero ID.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        parse_hex_padded::<16>(text).filter(|b| *b != [0; 16]).map(Self)
+    }
+    /// From OTLP bytes: exactly 16, not all zero.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 16] = bytes.try_into().ok()?;
+        (arr != [0; 16]).then_some(Self(arr))
+    }
+}
+
+impl SpanId {
+    /// Parses 1 to 16 hex digits; `None` for anything else or for the all-zero ID.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        parse_hex_padded::<8>(text).filter(|b| *b != [0; 8]).map(Self)
+    }
+    /// From OTLP bytes: exactly 8, not all zero.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 8] = bytes.try_into().ok()?;
+        (arr != [0; 8]).then_some(Self(arr))
+    }
+}
+
+macro_rules! hex_fmt {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+    };
+}
+hex_fmt!(TraceId);
+hex_fmt!(SpanId);
+
+/// What a span describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpanKind {
+    /// Not specified.
+    Unspecified,
+    /// Internal operation.
+    Internal,
+    /// Server side of a remote call.
+    Server,
+    /// Client side of a remote call.
+    Client,
+    /// Producer of a message.
+    Producer,
+    /// Consumer of a message.
+    Consumer,
+}
+
+impl SpanKind {
+    /// From the OTLP enum value; unknown values are `Unspecified`.
+    pub fn from_otlp(value: i32) -> Self {
+        match value {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
+    /// Lower-case name, as Jaeger's `span.kind` tag and `spanKind` query use it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Internal => "internal",
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
+/// A span's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    /// Not set.
+    Unset,
+    /// Explicitly OK.
+    Ok,
+    /// Failed.
+    Error,
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A double.
+    Double(f64),
+    /// Bytes, kept as base-16 text.
+    Bytes(String),
+    /// Arrays and maps, kept as JSON text.
+    Json(String),
+}
+
+impl Value {
+    /// The value as text (for tag matching and display).
+    pub fn to_text(&self) -> String {
+        match self {
+            Self::Str(s) | Self::Bytes(s) | Self::Json(s) => s.clone(),
+            Self::Bool(b) => b.to_string(),
+            Self::Int(i) => i.to_string(),
+            Self::Double(d) => d.to_string(),
+        }
+    }
+    /// The value if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The value if it is an integer (or a string holding one).
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Self::Int(i) => Some(*i),
+            Self::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Ordered key/value attributes.
+pub type Attributes = Vec<(String, Value)>;
+
+/// Looks up an attribute by key.
+pub fn attr<'a>(attributes: &'a Attributes, key: &str) -> Option<&'a Value> {
+    attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// The entity that produced telemetry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// `service.name`, or `unknown_service` when absent.
+    pub service: Arc<str>,
+    /// All resource attributes.
+    pub attributes: Attributes,
+}
+
+/// A timestamped event inside a span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanEvent {
+    /// When, in Unix nanoseconds.
+    pub time_unix_nanos: u64,
+    /// Event name.
+    pub name: String,
+    /// Event attributes.
+    pub attributes: Attributes,
+}
+
+/// A link from a span to another span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanLink {
+    /// The linked trace.
+    pub trace_id: TraceId,
+    /// The linked span.
+    pub span_id: SpanId,
+}
+
+/// One span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// Trace ID.
+    pub trace_id: TraceId,
+    /// Span ID.
+    pub span_id: SpanId,
+    /// Parent span ID; `None` for a root span.
+    pub parent_span_id: Option<SpanId>,
+    /// Operation name.
+    pub name: String,
+    /// Kind.
+    pub kind: SpanKind,
+    /// Start, Unix nanoseconds.
+    pub start_unix_nanos: u64,
+    /// End, Unix nanoseconds (never before the start).
+    pub end_unix_nanos: u64,
+    /// Status code.
+    pub status: StatusCode,
+    /// Status message.
+    pub status_message: String,
+    /// Span attributes.
+    pub attributes: Attributes,
+    /// Events.
+    pub events: Vec<SpanEvent>,
+    /// Links.
+    pub links: Vec<SpanLink>,
+    /// The producing resource, shared by the spans of one batch.
+    pub resource: Arc<Resource>,
+    /// The instrumentation scope's name.
+    pub scope: Arc<str>,
+}
+
+impl Span {
+    /// Duration in nanoseconds.
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nanos - self.start_unix_nanos
+    }
+    /// The producing service.
+    pub fn service(&self) -> &Arc<str> {
+        &self.resource.service
+    }
+    /// A span attribute by key.
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        attr(&self.attributes, key)
+    }
+    /// A string span attribute by key.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        self.attr(key).and_then(Value::as_str)
+    }
+}
+
+/// One log record (application log or access log).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// When it happened (or was observed), Unix nanoseconds.
+    pub time_unix_nanos: u64,
+    /// OTLP severity number.
+    pub severity_number: i32,
+    /// Severity text.
+    pub severity_text: String,
+    /// The body, as text.
+    pub body: String,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Related trace.
+    pub trace_id: Option<TraceId>,
+    /// Related span.
+    pub span_id: Option<SpanId>,
+    /// Producer.
+    pub resource: Arc<Resource>,
+}
+
+/// What kind of metric a point belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A gauge.
+    Gauge,
+    /// A sum (counter or up-down counter).
+    Sum,
+    /// An explicit-bucket histogram.
+    Histogram,
+    /// An exponential histogram.
+    ExponentialHistogram,
+    /// A summary.
+    Summary,
+}
+
+/// One metric data point, reduced to what queries use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// Metric name.
+    pub name: String,
+    /// Unit.
+    pub unit: String,
+    /// Kind.
+    pub kind: MetricKind,
+    /// Point time, Unix nanoseconds.
+    pub time_unix_nanos: u64,
+    /// The value: the gauge or sum value, or the histogram's sum.
+    pub value: f64,
+    /// Observations, for histograms and summaries.
+    pub count: u64,
+    /// Point attributes.
+    pub attributes: Attributes,
+    /// Producer.
+    pub resource: Arc<Resource>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_padded_hex_and_reject_zero_and_garbage() {
+        let id = TraceId::parse_hex("00f067aa0ba902b7").expect("64-bit id");
+        assert_eq!(id.to_string(), "000000000000000000f067aa0ba902b7");
+        assert!(TraceId::parse_hex("0").is_none());
+        assert!(TraceId::parse_hex("xyz").is_none());
+        assert!(TraceId::parse_hex(&"a".repeat(33)).is_none());
+        assert!(SpanId::from_bytes(&[0; 8]).is_none());
+        assert!(SpanId::from_bytes(&[1; 7]).is_none());
+    }
+}

@@ -1,0 +1,156 @@
+//! The collector's shared state and the one ingest path every transport feeds.
+//!
+//! An accepted batch of spans goes to the topology first (edges and rollups), then to
+//! the per-edge metrics, then to the trace store. Locks are held only for in-memory
+//! updates; nothing on this path waits on I/O.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::SystemTime,
+};
+
+use crate::{
+    config::CollectorConfig,
+    ingest::convert::Converted,
+    metrics::{CollectorMetrics, IngestLabels, StoreLabels},
+    model::{LogRecord, MetricPoint, Span},
+    store::{SignalStore, TraceStore},
+    topology::Topology,
+};
+
+/// Now, in Unix nanoseconds.
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Where a batch came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP.
+    Http,
+}
+
+impl Transport {
+    /// `grpc` or `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Everything the collector holds.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Traces.
+    pub traces: RwLock<TraceStore>,
+    /// Logs and metric points.
+    pub signals: RwLock<SignalStore>,
+    /// Edges and rollups.
+    pub topology: RwLock<Topology>,
+    /// Prometheus metrics.
+    pub metrics: CollectorMetrics,
+    /// When the collector started, Unix nanoseconds.
+    pub started_unix_nanos: u64,
+}
+
+impl Pipeline {
+    /// Empty stores sized by `config`.
+    pub fn new(config: &CollectorConfig) -> Arc<Self> {
+        Arc::new(Self {
+            traces: RwLock::new(TraceStore::new(config.max_spans)),
+            signals: RwLock::new(SignalStore::new(config.max_log_records, config.max_metric_points)),
+            topology: RwLock::new(Topology::new(
+                config.match_window.as_nanos() as u64,
+                config.max_pending_matches,
+                config.rollup_retention.as_secs(),
+            )),
+            metrics: CollectorMetrics::default(),
+            started_unix_nanos: now_nanos(),
+        })
+    }
+
+    fn count<T>(&self, signal: &'static str, transport: Transport, c: &Converted<T>) {
+        let labels = IngestLabels { signal, transport: transport.as_str() };
+        self.metrics.received.get_or_create(&labels).inc_by(c.items.len() as u64 + c.rejected);
+        self.metrics.accepted.get_or_create(&labels).inc_by(c.items.len() as u64);
+        self.metrics.rejected.get_or_create(&labels).inc_by(c.rejected);
+    }
+
+    /// Accepts converted spans.
+    pub fn ingest_spans(&self, converted: Converted<Span>, transport: Transport) {
+        self.count("spans", transport, &converted);
+        let spans: Vec<Arc<Span>> = converted.items.into_iter().map(Arc::new).collect();
+        let observations = match self.topology.write() {
+            Ok(mut topology) => topology.ingest(spans.iter().map(|s| &**s), now_nanos()),
+            Err(_) => Vec::new(),
+        };
+        for o in &observations {
+            self.metrics.observe_edge(o);
+        }
+        if let Ok(mut traces) = self.traces.write() {
+            let before = traces.evicted_spans();
+            traces.insert(spans);
+            let evicted = traces.evicted_spans() - before;
+            self.metrics.evicted.get_or_create(&StoreLabels { kind: "spans" }).inc_by(evicted);
+        }
+    }
+
+    /// Accepts converted log records.
+    pub fn ingest_logs(&self, converted: Converted<LogRecord>, transport: Transport) {
+        self.count("log_records", transport, &converted);
+        if let Ok(mut signals) = self.signals.write() {
+            signals.insert_logs(converted.items);
+        }
+    }
+
+    /// Accepts converted metric points.
+    pub fn ingest_metrics(&self, converted: Converted<MetricPoint>, transport: Transport) {
+        self.count("metric_points", transport, &converted);
+        if let Ok(mut signals) = self.signals.write() {
+            signals.insert_points(converted.items);
+        }
+    }
+
+    /// Counts an export request that could not be decoded.
+    pub fn malformed(&self, signal: &'static str, transport: Transport) {
+        self.metrics.malformed.get_or_create(&IngestLabels { signal, transport: transport.as_str() }).inc();
+    }
+
+    /// Periodic work: settle expired edge matches, evict old rollups, refresh gauges.
+    pub fn tick(&self) {
+        let observations = match self.topology.write() {
+            Ok(mut topology) => topology.tick(now_nanos()),
+            Err(_) => Vec::new(),
+        };
+        for o in &observations {
+            self.metrics.observe_edge(o);
+        }
+        self.refresh_gauges();
+    }
+
+    /// Updates the store-size gauges.
+    pub fn refresh_gauges(&self) {
+        let set = |kind, v: usize| {
+            self.metrics.stored.get_or_create(&StoreLabels { kind }).set(v as i64);
+        };
+        if let Ok(traces) = self.traces.read() {
+            set("spans", traces.span_count());
+            set("traces", traces.trace_count());
+        }
+        if let Ok(signals) = self.signals.read() {
+            let (logs, points, _, _) = signals.sizes();
+            set("log_records", logs);
+            set("metric_points", points);
+        }
+        if let Ok(topology) = self.topology.read() {
+            set("edge_buckets", topology.rollups().bucket_count());
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The topology graph of a time window, at service, workload or versioned-workload grain.
+//!
+//! Built with petgraph from the window's merged rollups: nodes are grouped by the chosen
+//! grain, parallel edges (several workloads or protocols between the same two nodes) are
+//! merged, and each node's inbound traffic is the merge of its incoming edges.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use petgraph::{Direction, graph::DiGraph, visit::EdgeRef};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    edges::{NodeKind, NodeRef},
+    rollup::{EdgeKey, EdgeStats},
+};
+
+/// How nodes are grouped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grouping {
+    /// One node per service.
+    #[default]
+    Service,
+    /// One node per workload.
+    Workload,
+    /// One node per service version.
+    Version,
+}
+
+/// Traffic figures of an edge or of a node's inbound side.
+#[derive(Debug, Clone, Serialize)]
+pub struct Traffic {
+    /// Requests in the window.
+    pub requests: u64,
+    /// Failed requests in the window.
+    pub errors: u64,
+    /// Requests per second.
+    pub request_rate: f64,
+    /// Failed / all.
+    pub error_ratio: f64,
+    /// Median latency, milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 90th percentile latency, milliseconds.
+    pub p90_ms: Option<f64>,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: Option<f64>,
+    /// 99.9th percentile latency, milliseconds.
+    pub p999_ms: Option<f64>,
+    /// Request bytes.
+    pub request_bytes: u64,
+    /// Response bytes.
+    pub response_bytes: u64,
+    /// Requests by response code.
+    pub response_codes: BTreeMap<String, u64>,
+}
+
+impl Traffic {
+    /// Figures of `stats` over a window of `seconds`.
+    pub fn from_stats(stats: &EdgeStats, seconds: f64) -> Self {
+        let ms = |q| stats.latency.quantile(q).map(|ns| (ns / 1e4).round() / 100.0);
+        Self {
+            requests: stats.requests,
+            errors: stats.errors,
+            request_rate: if seconds > 0.0 { stats.requests as f64 / seconds } else { 0.0 },
+            error_ratio: if stats.requests > 0 { stats.errors as f64 / stats.requests as f64 } else { 0.0 },
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            request_bytes: stats.request_bytes,
+            response_bytes: stats.response_bytes,
+            response_codes: stats.codes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+}
+
+/// A node of the view.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Stable ID within the grouping.
+    pub id: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Display name.
+    pub label: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service (or external host).
+    pub service: String,
+    /// Workload (workload grouping).
+    pub workload: Option<String>,
+    /// Version (version grouping).
+    pub version: Option<String>,
+    /// Traffic received.
+    pub inbound: Traffic,
+    /// Requests sent.
+    pub outbound_requests: u64,
+}
+
+/// An edge of the view.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeView {
+    /// `source->target`.
+    pub id: String,
+    /// Source node ID.
+    pub source: String,
+    /// Target node ID.
+    pub target: String,
+    /// Protocols seen (`http`, `grpc`, ...), joined with `+`.
+    pub protocol: String,
+    /// Traffic.
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// The topology of one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopologyView {
+    /// Grouping used.
+    pub grouping: Grouping,
+    /// Window start, Unix milliseconds.
+    pub start_unix_ms: u64,
+    /// Window end, Unix milliseconds.
+    pub end_unix_ms: u64,
+    /// Seconds the rates are computed over.
+    pub rate_seconds: f64,
+    /// Nodes.
+    pub nodes: Vec<NodeView>,
+    /// Edges.
+    pub edges: Vec<EdgeView>,
+}
+
+fn grouped(node: &NodeRef, grouping: Grouping) -> (String, String, Option<String>, Option<String>) {
+    let ns = &*node.namespace;
+    let qualify = |name: &str| if ns.is_empty() { name.to_owned() } else { format!("{name}.{ns}") };
+    match node.kind {
+        NodeKind::Unknown => ("unknown".into(), "unknown".into(), None, None),
+        NodeKind::External => (format!("external:{}", node.service), node.service.to_string(), None, None),
+        NodeKind::Service => match grouping {
+            Grouping::Service => (qualify(&node.service), node.service.to_string(), None, None),
+            Grouping::Workload => {
+                let workload = node.workload.as_deref().unwrap_or(&node.service);
+                (format!("workload:{}", qualify(workload)), workload.to_owned(), Some(workload.to_owned()), None)
+            }
+            Grouping::Version => {
+                let version = node.version.as_deref().unwrap_or("unknown");
+                (
+                    format!("version:{}:{version}", qualify(&node.service)),
+                    format!("{} {version}", node.service),
+                    None,
+                    Some(version.to_owned()),
+                )
+            }
+        },
+    }
+}
+
+struct NodeAcc {
+    view: NodeView,
+}
+
+struct EdgeAcc {
+    stats: EdgeStats,
+    protocols: BTreeSet<String>,
+}
+
+/// Builds the view of a window from its merged edge stats.
+pub fn build(
+    edges: &[(EdgeKey, EdgeStats)],
+    grouping: Grouping,
+    start_unix_ms: u64,
+    end_unix_ms: u64,
+    rate_seconds: f64,
+) -> TopologyView {
+    let mut graph: DiGraph<NodeAcc, EdgeAcc> = DiGraph::new();
+    let mut index = HashMap::new();
+    let mut node = |graph: &mut DiGraph<NodeAcc, EdgeAcc>, n: &NodeRef| {
+        let (id, label, workload, version) = grouped(n, grouping);
+        *index.entry(id.clone()).or_insert_with(|| {
+            graph.add_node(NodeAcc {
+                view: NodeView {
+                    id,
+                    kind: n.kind,
+                    label,
+                    namespace: n.namespace.to_string(),
+                    service: n.service.to_string(),
+                    workload,
+                    version,
+                    inbound: Traffic::from_stats(&EdgeStats::default(), rate_seconds),
+                    outbound_requests: 0,
+                },
+            })
+        })
+    };
+    for (key, stats) in edges {
+        let a = node(&mut graph, &key.source);
+        let b = node(&mut graph, &key.destination);
+        match graph.find_edge(a, b) {
+            Some(e) => {
+                graph[e].stats.merge(stats);
+                graph[e].protocols.insert(key.protocol.to_string());
+            }
+            None => {
+                graph.add_edge(a, b, EdgeAcc { stats: stats.clone(), protocols: [key.protocol.to_string()].into() });
+            }
+        }
+    }
+    let mut nodes = Vec::with_capacity(graph.node_count());
+    for n in graph.node_indices() {
+        let mut inbound = EdgeStats::default();
+        for e in graph.edges_directed(n, Direction::Incoming) {
+            inbound.merge(&e.weight().stats);
+        }
+        let outbound: u64 = graph.edges_directed(n, Direction::Outgoing).map(|e| e.weight().stats.requests).sum();
+        let mut view = graph[n].view.clone();
+        view.inbound = Traffic::from_stats(&inbound, rate_seconds);
+        view.outbound_requests = outbound;
+        nodes.push(view);
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut edge_views: Vec<EdgeView> = graph
+        .edge_references()
+        .map(|e| {
+            let (source, target) = (&graph[e.source()].view.id, &graph[e.target()].view.id);
+            EdgeView {
+                id: format!("{source}->{target}"),
+                source: source.clone(),
+                target: target.clone(),
+                protocol: e.weight().protocols.iter().cloned().collect::<Vec<_>>().join("+"),
+                traffic: Traffic::from_stats(&e.weight().stats, rate_seconds),
+            }
+        })
+        .collect();
+    edge_views.sort_by(|a, b| a.id.cmp(&b.id));
+    TopologyView { grouping, start_unix_ms, end_unix_ms, rate_seconds, nodes, edges: edge_views }
+}

@@ -1,0 +1,71 @@
+//! The live service topology: edges derived from spans ([`edges`]), rolled up per second
+//! ([`rollup`]) with latency sketches ([`sketch`]), and viewed as a graph for any window
+//! ([`graph`]).
+
+pub mod edges;
+pub mod graph;
+pub mod rollup;
+pub mod sketch;
+
+use crate::model::Span;
+
+pub use edges::{EdgeObservation, NodeKind, NodeRef};
+pub use graph::{Grouping, TopologyView};
+
+/// Edge derivation plus rollups.
+#[derive(Debug)]
+pub struct Topology {
+    deriver: edges::EdgeDeriver,
+    rollups: rollup::Rollups,
+}
+
+impl Topology {
+    /// A topology that waits `match_window_nanos` for the other side of a hop and keeps
+    /// `retention_secs` of rollups.
+    pub fn new(match_window_nanos: u64, max_pending: usize, retention_secs: u64) -> Self {
+        Self {
+            deriver: edges::EdgeDeriver::new(match_window_nanos, max_pending),
+            rollups: rollup::Rollups::new(retention_secs),
+        }
+    }
+
+    /// Learns from spans received at `now`; returns the requests they complete.
+    pub fn ingest<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>, now_nanos: u64) -> Vec<EdgeObservation> {
+        let mut out = Vec::new();
+        for span in spans {
+            self.deriver.observe(span, now_nanos, &mut out);
+        }
+        self.deriver.expire(now_nanos, &mut out);
+        for o in &out {
+            self.rollups.add(o);
+        }
+        out
+    }
+
+    /// Settles expired matches and evicts old rollups; returns the requests settled.
+    pub fn tick(&mut self, now_nanos: u64) -> Vec<EdgeObservation> {
+        let mut out = Vec::new();
+        self.deriver.expire(now_nanos, &mut out);
+        for o in &out {
+            self.rollups.add(o);
+        }
+        self.rollups.evict(now_nanos / 1_000_000_000);
+        out
+    }
+
+    /// The graph over `[from, to]` (Unix seconds), with rates over `rate_seconds`.
+    pub fn view(&self, from_secs: u64, to_secs: u64, grouping: Grouping, rate_seconds: f64) -> TopologyView {
+        let edges = self.rollups.window(from_secs, to_secs);
+        graph::build(&edges, grouping, from_secs * 1000, to_secs * 1000, rate_seconds)
+    }
+
+    /// The rollups, for per-edge series.
+    pub fn rollups(&self) -> &rollup::Rollups {
+        &self.rollups
+    }
+
+    /// Pending matches dropped for lack of room.
+    pub fn overflowed(&self) -> u64 {
+        self.deriver.overflowed
+    }
+}

@@ -1,0 +1,9 @@
+//! What the meshlens sidecar and collector agree on.
+//!
+//! The sidecar writes mesh attributes on every span, log record and metric point; the
+//! collector reads them to build the topology. Their names live here, once, so the two
+//! sides cannot drift apart. Duration syntax (`250ms`, `1.5s`, `1m30s`) is shared too.
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod semconv;

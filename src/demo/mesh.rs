@@ -1,0 +1,166 @@
+//! The demo mesh: a small shop of services, its port plan, and each sidecar's config.
+//!
+//! ```text
+//!  loadgen ─▶ frontend ─┬─▶ catalog ─┬─▶ reviews v1 (80%) / v2 (15%) / v3 (5%) ─▶ ratings (slow)
+//!                       │            └─▶ inventory (gRPC)
+//!                       └─▶ checkout ─┬─▶ payments (fails ~5%)
+//!                                     └─▶ inventory (gRPC)
+//! ```
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use meshlens_proxy::{
+    ProxyConfig, WorkloadIdentity,
+    config::{Endpoint, ServiceConfig, TelemetryConfig},
+};
+
+use super::workload::Call;
+
+/// One workload of the mesh.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadDef {
+    /// Service.
+    pub service: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Share of the service's traffic.
+    pub weight: u32,
+    /// Base latency, milliseconds.
+    pub latency_ms: u64,
+    /// Extra random latency, milliseconds.
+    pub jitter_ms: u64,
+    /// Share of requests that fail.
+    pub error_ratio: f64,
+    /// Calls made per request (see [`Call`]'s syntax).
+    pub calls: &'static [&'static str],
+}
+
+const fn workload(service: &'static str, version: &'static str, weight: u32, latency_ms: u64, jitter_ms: u64, error_ratio: f64, calls: &'static [&'static str]) -> WorkloadDef {
+    WorkloadDef { service, version, weight, latency_ms, jitter_ms, error_ratio, calls }
+}
+
+/// The shop: 7 services, 9 workloads, one canary split, one flaky edge, one slow
+/// workload, and a gRPC edge.
+pub const SHOP: &[WorkloadDef] = &[
+    workload("frontend", "v1", 1, 1, 2, 0.0, &["http://catalog/products", "http://checkout/cart@0.3"]),
+    workload("catalog", "v1", 1, 2, 2, 0.0, &["http://reviews/reviews", "grpc://inventory/shop.Inventory/Check"]),
+    workload("reviews", "v1", 80, 2, 2, 0.0, &[]),
+    workload("reviews", "v2", 15, 3, 3, 0.0, &["http://ratings/ratings"]),
+    workload("reviews", "v3", 5, 3, 3, 0.0, &["http://ratings/ratings"]),
+    workload("ratings", "v1", 1, 60, 80, 0.0, &[]),
+    workload("inventory", "v1", 1, 1, 1, 0.0, &[]),
+    workload("checkout", "v1", 1, 3, 3, 0.0, &["http://payments/charge", "grpc://inventory/shop.Inventory/Reserve"]),
+    workload("payments", "v1", 1, 5, 5, 0.05, &[]),
+];
+
+/// The namespace of the demo's services.
+pub const NAMESPACE: &str = "shop";
+
+/// A workload with its addresses.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Its definition.
+    pub def: WorkloadDef,
+    /// Its identity.
+    pub identity: WorkloadIdentity,
+    /// The application's address.
+    pub app: SocketAddr,
+    /// Its sidecar's inbound address.
+    pub inbound: SocketAddr,
+    /// Its sidecar's outbound address.
+    pub outbound: SocketAddr,
+}
+
+impl Planned {
+    /// The calls it makes.
+    pub fn calls(&self) -> anyhow::Result<Vec<Call>> {
+        self.def.calls.iter().map(|c| c.parse::<Call>().map_err(anyhow::Error::msg)).collect()
+    }
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
+}
+
+/// Gives each workload its three addresses.
+pub fn plan(defs: &[WorkloadDef]) -> std::io::Result<Vec<Planned>> {
+    defs.iter()
+        .map(|def| {
+            Ok(Planned {
+                def: *def,
+                identity: WorkloadIdentity::new(NAMESPACE, def.service, &format!("{}-{}", def.service, def.version), def.version),
+                app: free_addr()?,
+                inbound: free_addr()?,
+                outbound: free_addr()?,
+            })
+        })
+        .collect()
+}
+
+/// The service table every sidecar shares: each service's endpoints with their weights.
+pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
+    let mut seen = std::collections::HashSet::new();
+    let names: Vec<&str> = planned.iter().map(|p| p.def.service).filter(|s| seen.insert(*s)).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            Arc::new(ServiceConfig {
+                name: name.into(),
+                namespace: NAMESPACE.into(),
+                endpoints: planned
+                    .iter()
+                    .filter(|p| p.def.service == name)
+                    .map(|p| Endpoint { address: p.inbound, identity: Arc::new(p.identity.clone()), weight: p.def.weight })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The sidecar configuration of one workload.
+pub fn sidecar_config(
+    identity: WorkloadIdentity,
+    inbound: SocketAddr,
+    app: SocketAddr,
+    outbound: SocketAddr,
+    services: Vec<Arc<ServiceConfig>>,
+    otlp: SocketAddr,
+) -> ProxyConfig {
+    ProxyConfig {
+        identity,
+        inbound_listen: inbound,
+        app,
+        outbound_listen: outbound,
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        telemetry: TelemetryConfig {
+            otlp_endpoint: Some(format!("http://{otlp}")),
+            flush_interval: Duration::from_millis(500),
+            metrics_interval: Duration::from_secs(5),
+            ..TelemetryConfig::default()
+        },
+        services,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shop_is_the_mesh_the_demo_promises() {
+        let services: std::collections::BTreeSet<_> = SHOP.iter().map(|w| w.service).collect();
+        assert!(services.len() >= 5 && SHOP.len() >= 7);
+        let reviews: Vec<u32> = SHOP.iter().filter(|w| w.service == "reviews").map(|w| w.weight).collect();
+        assert_eq!(reviews, [80, 15, 5]);
+        assert!(SHOP.iter().any(|w| w.error_ratio > 0.0), "a flaky edge");
+        assert!(SHOP.iter().any(|w| w.latency_ms >= 50), "a slow workload");
+        assert!(SHOP.iter().flat_map(|w| w.calls).any(|c| c.starts_with("grpc://")), "a gRPC edge");
+        for w in SHOP {
+            for c in w.calls {
+                let call: Call = c.parse().expect("valid call");
+                assert!(services.contains(call.service.as_str()), "{c} calls an unknown service");
+            }
+        }
+    }
+}

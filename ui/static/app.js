@@ -1,0 +1,211 @@
+// meshlens dashboard: polls /api/v1/topology and draws the live service graph.
+// Every value that comes from telemetry is set with textContent or as an SVG text node:
+// a service named "<img src=x onerror=alert(1)>" shows as those characters and runs nothing.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const REFRESH_MS = 2000;
+// Health thresholds on the error ratio (documented in the README).
+const WARN_ERROR_RATIO = 0.01;
+const BAD_ERROR_RATIO = 0.05;
+
+const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function health(traffic, kind) {
+  if (kind === "unknown" || kind === "external" || !traffic || traffic.requests === 0) return "idle";
+  if (traffic.error_ratio >= BAD_ERROR_RATIO) return "bad";
+  if (traffic.error_ratio >= WARN_ERROR_RATIO) return "warn";
+  return "ok";
+}
+
+const fmt = {
+  rate: (v) => `${v.toFixed(v < 10 ? 2 : 1)} rps`,
+  pct: (v) => `${(v * 100).toFixed(v < 0.1 ? 2 : 1)}%`,
+  ms: (v) => (v === null || v === undefined ? "–" : `${v < 10 ? v.toFixed(2) : v.toFixed(0)} ms`),
+};
+
+function edgeLabel(e) {
+  switch ($("label").value) {
+    case "error": return fmt.pct(e.error_ratio);
+    case "p99": return fmt.ms(e.p99_ms);
+    default: return fmt.rate(e.request_rate);
+  }
+}
+
+// Layered layout: a node's column is the longest path to it from a node without callers.
+// Positions are kept across refreshes, so nodes never jump; only new nodes are placed.
+function layout(view, width, height) {
+  const incoming = new Map(view.nodes.map((n) => [n.id, []]));
+  for (const e of view.edges) if (e.source !== e.target) incoming.get(e.target)?.push(e.source);
+  const rank = new Map();
+  const visit = (id, depth) => {
+    if (depth > view.nodes.length) return 0;
+    if (rank.has(id)) return rank.get(id);
+    const parents = incoming.get(id) || [];
+    const r = parents.length === 0 ? 0 : 1 + Math.max(...parents.map((p) => visit(p, depth + 1)));
+    rank.set(id, r);
+    return r;
+  };
+  view.nodes.forEach((n) => visit(n.id, 0));
+  const columns = Math.max(1, ...rank.values()) + 1;
+  const colWidth = Math.max(140, (width - 120) / Math.max(1, columns - 1 || 1));
+  const used = new Map();
+  for (const [id, pos] of state.positions) if (rank.has(id)) used.set(pos.col, (used.get(pos.col) || 0) + 1);
+  for (const n of [...view.nodes].sort((a, b) => a.id.localeCompare(b.id))) {
+    if (state.positions.has(n.id)) continue;
+    const col = rank.get(n.id) || 0;
+    const row = used.get(col) || 0;
+    used.set(col, row + 1);
+    state.positions.set(n.id, { col, row });
+  }
+  const place = new Map();
+  for (const n of view.nodes) {
+    const p = state.positions.get(n.id);
+    place.set(n.id, { x: 70 + p.col * colWidth, y: 60 + p.row * 90 });
+  }
+  const rows = Math.max(...[...place.values()].map((p) => p.y), 0) + 60;
+  return { place, height: Math.max(height, rows) };
+}
+
+function draw(view) {
+  const svg = $("graph");
+  const width = svg.clientWidth || 900;
+  const { place, height } = layout(view, width, 520);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.style.height = `${height}px`;
+  svg.replaceChildren();
+  const defs = el("defs");
+  for (const h of ["ok", "warn", "bad", "idle"]) {
+    const m = el("marker", { id: `arrow-${h}`, viewBox: "0 0 10 10", refX: 24, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+    m.appendChild(el("path", { d: "M 0 0 L 10 5 L 0 10 z", class: h }));
+    defs.appendChild(m);
+  }
+  svg.appendChild(defs);
+  const kinds = new Map(view.nodes.map((n) => [n.id, n.kind]));
+  for (const e of view.edges) {
+    const a = place.get(e.source), b = place.get(e.target);
+    if (!a || !b) continue;
+    const h = health(e, kinds.get(e.target));
+    const g = el("g", { class: `edge${state.selected === `edge:${e.id}` ? " selected" : ""}`, "data-id": e.id });
+    const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2 - (a.y === b.y ? 30 : 0);
+    g.appendChild(el("path", { d: `M ${a.x} ${a.y} Q ${mx} ${my} ${b.x} ${b.y}`, class: h, "marker-end": `url(#arrow-${h})` }));
+    g.appendChild(el("text", { x: (a.x + 2 * mx + b.x) / 4, y: (a.y + 2 * my + b.y) / 4 - 6, "text-anchor": "middle" }, edgeLabel(e)));
+    g.addEventListener("click", () => select(`edge:${e.id}`));
+    svg.appendChild(g);
+  }
+  for (const n of view.nodes) {
+    const p = place.get(n.id);
+    const g = el("g", { class: `node${state.selected === `node:${n.id}` ? " selected" : ""}`, "data-id": n.id, transform: `translate(${p.x},${p.y})` });
+    g.appendChild(el("circle", { r: n.kind === "service" ? 16 : 12, class: health(n.inbound, n.kind) }));
+    g.appendChild(el("text", { y: 32, "text-anchor": "middle" }, n.label));
+    g.addEventListener("click", () => select(`node:${n.id}`));
+    svg.appendChild(g);
+  }
+  $("empty").hidden = view.nodes.length > 0;
+}
+
+function row(table, label, value) {
+  const tr = document.createElement("tr");
+  const a = document.createElement("td"); a.textContent = label;
+  const b = document.createElement("td"); b.textContent = value;
+  tr.append(a, b);
+  table.appendChild(tr);
+}
+
+function showTraffic(title, t, extra) {
+  $("detail-title").textContent = title;
+  const table = $("detail-table");
+  table.replaceChildren();
+  for (const [k, v] of extra) row(table, k, v);
+  row(table, "Requests", String(t.requests));
+  row(table, "Request rate", fmt.rate(t.request_rate));
+  row(table, "Error ratio", fmt.pct(t.error_ratio));
+  row(table, "p50", fmt.ms(t.p50_ms));
+  row(table, "p90", fmt.ms(t.p90_ms));
+  row(table, "p99", fmt.ms(t.p99_ms));
+  const codes = $("codes-table");
+  codes.replaceChildren();
+  const entries = Object.entries(t.response_codes || {});
+  $("codes-title").hidden = entries.length === 0;
+  for (const [code, n] of entries) row(codes, code, String(n));
+}
+
+function showSelection() {
+  const view = state.view;
+  if (!view || !state.selected) return;
+  const [kind, ...rest] = state.selected.split(":");
+  const id = rest.join(":");
+  if (kind === "edge") {
+    const e = view.edges.find((x) => x.id === id);
+    if (e) showTraffic(`${e.source} → ${e.target}`, e, [["Protocol", e.protocol]]);
+  } else {
+    const n = view.nodes.find((x) => x.id === id);
+    if (n) showTraffic(n.label, n.inbound, [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]]);
+  }
+}
+
+function select(key) {
+  state.selected = key;
+  if (state.view) render(state.view);
+}
+
+function table(view) {
+  const body = $("edges").tBodies[0];
+  body.replaceChildren();
+  for (const e of [...view.edges].sort((a, b) => b.request_rate - a.request_rate)) {
+    const tr = document.createElement("tr");
+    if (state.selected === `edge:${e.id}`) tr.className = "selected";
+    for (const v of [e.source, e.target, e.protocol, fmt.rate(e.request_rate), fmt.pct(e.error_ratio), fmt.ms(e.p50_ms), fmt.ms(e.p90_ms), fmt.ms(e.p99_ms), String(e.requests)]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+    tr.addEventListener("click", () => select(`edge:${e.id}`));
+    body.appendChild(tr);
+  }
+}
+
+function render(view) {
+  draw(view);
+  table(view);
+  showSelection();
+}
+
+async function refresh() {
+  const params = new URLSearchParams({ window: $("window").value, group: $("group").value });
+  try {
+    const response = await fetch(`/api/v1/topology?${params}`);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const view = await response.json();
+    state.view = view;
+    render(view);
+    $("status").textContent = `updated ${new Date().toLocaleTimeString()} · ${view.nodes.length} nodes · ${view.edges.length} edges`;
+  } catch (err) {
+    $("status").textContent = `cannot reach the collector: ${err.message}`;
+  }
+}
+
+function schedule() {
+  clearTimeout(state.timer);
+  if (!state.paused) state.timer = setTimeout(async () => { await refresh(); schedule(); }, REFRESH_MS);
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("pause").addEventListener("click", () => {
+    state.paused = !state.paused;
+    $("pause").textContent = state.paused ? "Resume" : "Pause";
+    schedule();
+  });
+  $("group").addEventListener("change", () => { state.positions.clear(); state.selected = null; refresh(); });
+  $("window").addEventListener("change", refresh);
+  $("label").addEventListener("change", () => state.view && render(state.view));
+  refresh().then(schedule);
+});
