@@ -57,14 +57,28 @@ function layout(view, width, height) {
   view.nodes.forEach((n) => visit(n.id, 0));
   const columns = Math.max(1, ...rank.values()) + 1;
   const colWidth = Math.max(140, (width - 120) / Math.max(1, columns - 1 || 1));
-  const used = new Map();
-  for (const [id, pos] of state.positions) if (rank.has(id)) used.set(pos.col, (used.get(pos.col) || 0) + 1);
-  for (const n of [...view.nodes].sort((a, b) => a.id.localeCompare(b.id))) {
+  // Rows: new columns are ordered by the mean row of each node's callers (fewer crossings);
+  // nodes that appear later go below the ones already placed in their column.
+  const next = new Map();
+  for (const [id, pos] of state.positions) if (rank.has(id)) next.set(pos.col, Math.max(next.get(pos.col) ?? 0, pos.row + 1));
+  const byColumn = new Map();
+  for (const n of view.nodes) {
     if (state.positions.has(n.id)) continue;
     const col = rank.get(n.id) || 0;
-    const row = used.get(col) || 0;
-    used.set(col, row + 1);
-    state.positions.set(n.id, { col, row });
+    if (!byColumn.has(col)) byColumn.set(col, []);
+    byColumn.get(col).push(n.id);
+  }
+  for (const col of [...byColumn.keys()].sort((a, b) => a - b)) {
+    const weight = (id) => {
+      const rows = (incoming.get(id) || []).map((p) => state.positions.get(p)?.row).filter((r) => r !== undefined);
+      return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
+    };
+    const ids = byColumn.get(col).sort((a, b) => weight(a) - weight(b) || a.localeCompare(b));
+    for (const id of ids) {
+      const row = next.get(col) ?? 0;
+      next.set(col, row + 1);
+      state.positions.set(id, { col, row });
+    }
   }
   const place = new Map();
   for (const n of view.nodes) {

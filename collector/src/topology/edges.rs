@@ -204,7 +204,12 @@ impl EdgeDeriver {
                 let mesh_dest = NodeRef::of_mesh_attrs(span, semconv::DESTINATION);
                 let counted = mesh_dest.is_some();
                 let source = NodeRef::of_mesh_attrs(span, semconv::SOURCE).unwrap_or_else(|| node.clone());
-                if let Some(dest) = mesh_dest {
+                if let Some(mut dest) = mesh_dest {
+                    // A sidecar that found no route knows only the name the app asked for:
+                    // that destination is outside the mesh.
+                    if dest.workload.is_none() && dest.namespace.is_empty() {
+                        dest.kind = NodeKind::External;
+                    }
                     out.push(observation(span, source.clone(), dest));
                 }
                 let peer = span

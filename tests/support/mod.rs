@@ -1,0 +1,380 @@
+//! Helpers for the end-to-end tests: real processes on ephemeral loopback ports.
+//!
+//! Every process is a `meshlens` subcommand (`collector`, `proxy`, `workload`, `load`)
+//! started from the binary cargo just built. Processes are killed when their handle is
+//! dropped; their output goes to files in a per-test directory, printed when a test fails.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The `meshlens` binary under test.
+pub fn meshlens() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshlens"))
+}
+
+/// A free loopback address.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// A scratch directory for one test; kept when the test fails, so its logs can be read.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    /// A new, empty directory named after `test`.
+    pub fn new(test: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "meshlens-{test}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create test dir");
+        Self(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A running process, killed on drop.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `meshlens <args>`, logging to `<dir>/<name>.log`.
+    pub fn start(dir: &TestDir, name: &str, args: &[&str]) -> Self {
+        let log = dir.path(&format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(meshlens())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name: name.into(), child, log }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the process printed so far.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself (at most `limit`); returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.wait_exit(limit)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let out = self.output();
+            let tail: Vec<&str> = out.lines().rev().take(30).collect();
+            eprintln!("----- {} (last lines) -----", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body, as text.
+    pub body: String,
+    /// Body, as bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection (`Connection: close`).
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).to_string(), bytes: body })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// `GET path`.
+pub fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until something accepts connections at `addr`.
+pub fn wait_listening(addr: SocketAddr, what: &str) {
+    wait_for(&format!("{what} to listen on {addr}"), Duration::from_secs(20), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+    });
+}
+
+/// A collector process on free ports.
+pub struct CollectorProc {
+    /// The process.
+    pub proc: Proc,
+    /// OTLP/gRPC address.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http: SocketAddr,
+    /// Web address.
+    pub web: SocketAddr,
+}
+
+impl CollectorProc {
+    /// Starts `meshlens collector` with a short match window, and waits until it serves.
+    pub fn start(dir: &TestDir) -> Self {
+        let (grpc, http, web) = (free_addr(), free_addr(), free_addr());
+        let data = dir.path("data");
+        let proc = Proc::start(dir, "collector", &[
+            "collector",
+            "--otlp-grpc", &grpc.to_string(),
+            "--otlp-http", &http.to_string(),
+            "--web", &web.to_string(),
+            "--data-dir", data.to_str().unwrap_or("data"),
+            "--match-window", "2s",
+        ]);
+        for addr in [grpc, http, web] {
+            wait_listening(addr, "collector");
+        }
+        Self { proc, grpc, http, web }
+    }
+
+    /// `GET` on the web port, as JSON.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        get(self.web, path).json()
+    }
+}
+
+/// One meshed workload: a sample app and its sidecar.
+pub struct Workload {
+    /// Service name.
+    pub service: String,
+    /// Version.
+    pub version: String,
+    /// The app's address.
+    pub app: SocketAddr,
+    /// Sidecar inbound.
+    pub inbound: SocketAddr,
+    /// Sidecar outbound.
+    pub outbound: SocketAddr,
+    /// Sidecar admin.
+    pub admin: SocketAddr,
+    /// Calls the app makes.
+    pub calls: Vec<String>,
+}
+
+impl Workload {
+    /// A workload on free ports.
+    pub fn new(service: &str, calls: &[&str]) -> Self {
+        Self {
+            service: service.into(),
+            version: "v1".into(),
+            app: free_addr(),
+            inbound: free_addr(),
+            outbound: free_addr(),
+            admin: free_addr(),
+            calls: calls.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+}
+
+/// The sidecar TOML of `w`, routing to every workload in `mesh`.
+pub fn sidecar_toml(w: &Workload, mesh: &[&Workload], otlp: SocketAddr) -> String {
+    let mut toml = format!(
+        "[workload]\nservice = \"{}\"\nversion = \"{}\"\nnamespace = \"test\"\n\n\
+         [inbound]\nlisten = \"{}\"\napp = \"{}\"\n\n[outbound]\nlisten = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n\
+         [telemetry]\notlp_endpoint = \"http://{otlp}\"\nflush_interval = \"200ms\"\nmetrics_interval = \"1s\"\n",
+        w.service, w.version, w.inbound, w.app, w.outbound, w.admin
+    );
+    let mut services: Vec<&str> = mesh.iter().map(|m| m.service.as_str()).collect();
+    services.sort();
+    services.dedup();
+    for s in services {
+        toml.push_str(&format!("\n[[services]]\nname = \"{s}\"\n"));
+        for m in mesh.iter().filter(|m| m.service == s) {
+            toml.push_str(&format!("[[services.endpoints]]\naddress = \"{}\"\nversion = \"{}\"\n", m.inbound, m.version));
+        }
+    }
+    toml
+}
+
+/// Starts the app and the sidecar of every workload, and waits until all listen.
+pub fn start_mesh(dir: &TestDir, mesh: &[&Workload], otlp: SocketAddr) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    for w in mesh {
+        let config = dir.path(&format!("{}-{}.toml", w.service, w.version));
+        fs::write(&config, sidecar_toml(w, mesh, otlp)).expect("write sidecar config");
+        procs.push(Proc::start(dir, &format!("{}-sidecar", w.service), &["proxy", "--config", config.to_str().unwrap_or_default()]));
+        let mut args = vec![
+            "workload".to_owned(), "--service".into(), w.service.clone(), "--version".into(), w.version.clone(),
+            "--listen".into(), w.app.to_string(), "--sidecar".into(), w.outbound.to_string(),
+        ];
+        for c in &w.calls {
+            args.push("--call".into());
+            args.push(c.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        procs.push(Proc::start(dir, &format!("{}-app", w.service), &args));
+    }
+    for w in mesh {
+        for (addr, what) in [(w.app, "app"), (w.inbound, "inbound"), (w.outbound, "outbound"), (w.admin, "admin")] {
+            wait_listening(addr, &format!("{} {what}", w.service));
+        }
+    }
+    procs
+}
+
+/// Runs `meshlens load` and returns its JSON report.
+pub fn load(dir: &TestDir, sidecar: SocketAddr, call: &str, requests: u64) -> serde_json::Value {
+    let out = Command::new(meshlens())
+        .args(["load", "--sidecar", &sidecar.to_string(), "--call", call, "--requests", &requests.to_string(), "--rate", "200", "--concurrency", "8"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("run meshlens load");
+    assert!(out.status.success(), "meshlens load failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("load report ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Sums the samples of a Prometheus metric whose labels include all of `labels`.
+pub fn prom_sum(exposition: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if name != metric {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Reads a file, for assertions on logs.
+pub fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
