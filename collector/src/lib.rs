@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
@@ -45,14 +46,9 @@ pub enum CollectorError {
     /// The configuration is inconsistent.
     #[error("invalid collector configuration: {0}")]
     Config(String),
-    /// The data directory could not be created.
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// The data directory could not be used.
+    #[error("cannot use the data directory: {0}")]
+    Journal(#[from] journal::JournalError),
 }
 
 /// The addresses a running collector listens on.
@@ -73,6 +69,7 @@ pub struct Collector {
     pipeline: Arc<Pipeline>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    journal: Option<journal::JournalWriter>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), CollectorError> {
@@ -90,17 +87,29 @@ impl Collector {
     /// Binds every listener, then starts serving.
     pub async fn start(config: CollectorConfig) -> Result<Self, CollectorError> {
         config.validate().map_err(CollectorError::Config)?;
-        if let Some(dir) = &config.data_dir {
-            std::fs::create_dir_all(dir).map_err(|source| CollectorError::DataDir { path: dir.clone(), source })?;
-        }
         let (grpc_listener, otlp_grpc) = bind("OTLP/gRPC", config.otlp_grpc).await?;
         let (http_listener, otlp_http) = bind("OTLP/HTTP", config.otlp_http).await?;
         let (web_listener, web) = bind("web", config.web).await?;
         let pipeline = Pipeline::new(&config);
+        // Replay what earlier runs accepted, then keep journaling.
+        let (journal, journal_writer) = match &config.data_dir {
+            Some(dir) => {
+                let dir = dir.join("journal");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|source| journal::JournalError::Io { path: dir.clone(), source })?;
+                let started = std::time::Instant::now();
+                let report = journal::replay(&dir, |kind, payload| ingest::replay(&pipeline, kind, payload))?;
+                tracing::info!(records = report.records, torn = report.torn_segments, elapsed = ?started.elapsed(), "journal replayed");
+                let (journal, writer) = journal::Journal::open(journal::JournalConfig::new(dir))?;
+                (Some(journal), Some(writer))
+            }
+            None => (None, None),
+        };
+        let ingest = ingest::Ingest::new(pipeline.clone(), journal);
         let (shutdown, rx) = watch::channel(false);
 
         let grpc = {
-            let receiver = ingest::grpc::OtlpGrpc::new(pipeline.clone());
+            let receiver = ingest::grpc::OtlpGrpc::new(ingest.clone());
             let rx = rx.clone();
             tokio::spawn(async move {
                 if let Err(error) = receiver.serve(grpc_listener, stopped(rx)).await {
@@ -109,7 +118,7 @@ impl Collector {
             })
         };
         let http = {
-            let app = ingest::http::routes().with_state(pipeline.clone());
+            let app = ingest::http::routes().with_state(Arc::new(ingest));
             let rx = rx.clone();
             tokio::spawn(async move {
                 if let Err(error) = axum::serve(http_listener, app).with_graceful_shutdown(stopped(rx)).await {
@@ -144,6 +153,7 @@ impl Collector {
             pipeline,
             shutdown,
             tasks: vec![grpc, http, web_task, ticker],
+            journal: journal_writer,
         })
     }
 
@@ -157,7 +167,8 @@ impl Collector {
         &self.pipeline
     }
 
-    /// Stops the servers, letting in-flight requests finish (at most 5 seconds).
+    /// Stops the servers, letting in-flight requests finish (at most 5 seconds), then
+    /// writes and syncs every journaled record.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let all = async {
@@ -167,6 +178,12 @@ impl Collector {
         };
         if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
             tracing::warn!("collector servers did not stop within 5s");
+        }
+        if let Some(writer) = self.journal {
+            let finish = tokio::task::spawn_blocking(move || writer.finish());
+            if tokio::time::timeout(Duration::from_secs(10), finish).await.is_err() {
+                tracing::error!("the journal did not finish writing within 10s");
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum Transport {
     Grpc,
     /// OTLP/HTTP.
     Http,
+    /// Replayed from the journal at start.
+    Journal,
 }
 
 impl Transport {
@@ -41,6 +43,7 @@ impl Transport {
         match self {
             Self::Grpc => "grpc",
             Self::Http => "http",
+            Self::Journal => "journal",
         }
     }
 }

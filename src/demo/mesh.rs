@@ -78,8 +78,15 @@ impl Planned {
     }
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback address, below the kernel's ephemeral range (32768 and up) so that no
+/// outgoing connection takes it as its source port before the demo binds it.
 pub fn free_addr() -> std::io::Result<SocketAddr> {
+    for _ in 0..1000 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(20_000..32_000)));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
     std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
 }
 

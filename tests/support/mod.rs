@@ -20,11 +20,15 @@ pub fn meshlens() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meshlens"))
 }
 
-/// A free loopback address.
+/// A free loopback address, below the kernel's ephemeral range (32768 and up) so that no
+/// outgoing connection takes it as its source port before the process under test binds it.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(20_000..32_000)));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// A scratch directory for one test; kept when the test fails, so its logs can be read.
@@ -102,6 +106,12 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (at most `limit`) for a clean exit; returns the exit code.
@@ -245,9 +255,13 @@ pub struct CollectorProc {
 impl CollectorProc {
     /// Starts `meshlens collector` with a short match window, and waits until it serves.
     pub fn start(dir: &TestDir) -> Self {
+        Self::start_with_data(dir, &dir.path("data"), "collector")
+    }
+
+    /// The same, with its data directory at `data`, logging as `name`.
+    pub fn start_with_data(dir: &TestDir, data: &Path, name: &str) -> Self {
         let (grpc, http, web) = (free_addr(), free_addr(), free_addr());
-        let data = dir.path("data");
-        let proc = Proc::start(dir, "collector", &[
+        let proc = Proc::start(dir, name, &[
             "collector",
             "--otlp-grpc", &grpc.to_string(),
             "--otlp-http", &http.to_string(),

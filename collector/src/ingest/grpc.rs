@@ -12,23 +12,23 @@ use opentelemetry_proto::tonic::collector::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{Pipeline, Transport};
+use crate::pipeline::Transport;
 
-use super::{Logs, Metrics, Signal, Traces};
+use super::{Ingest, Logs, Metrics, Signal, Traces};
 
 /// Largest export request accepted, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
-/// The three OTLP services over one pipeline.
+/// The three OTLP services over one ingest path.
 #[derive(Debug, Clone)]
 pub struct OtlpGrpc {
-    pipeline: Arc<Pipeline>,
+    ingest: Arc<Ingest>,
 }
 
 impl OtlpGrpc {
-    /// Services feeding `pipeline`.
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
-        Self { pipeline }
+    /// Services feeding `ingest`.
+    pub fn new(ingest: Ingest) -> Self {
+        Self { ingest: Arc::new(ingest) }
     }
 
     /// Serves the three services on `listener` until `shutdown` resolves.
@@ -46,28 +46,31 @@ impl OtlpGrpc {
             .await
     }
 
-    fn accept<S: Signal>(&self, request: Request<S::Request>) -> Result<Response<S::Response>, Status> {
-        Ok(Response::new(S::accept(&self.pipeline, request.get_ref(), Transport::Grpc)))
+    async fn accept<S: Signal>(&self, request: Request<S::Request>) -> Result<Response<S::Response>, Status> {
+        match self.ingest.export::<S>(request.get_ref(), None, Transport::Grpc).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl TraceService for OtlpGrpc {
     async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.accept::<Traces>(r)
+        self.accept::<Traces>(r).await
     }
 }
 
 #[tonic::async_trait]
 impl LogsService for OtlpGrpc {
     async fn export(&self, r: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.accept::<Logs>(r)
+        self.accept::<Logs>(r).await
     }
 }
 
 #[tonic::async_trait]
 impl MetricsService for OtlpGrpc {
     async fn export(&self, r: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.accept::<Metrics>(r)
+        self.accept::<Metrics>(r).await
     }
 }

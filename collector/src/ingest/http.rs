@@ -15,9 +15,9 @@ use axum::{
 };
 use prost::Message;
 
-use crate::pipeline::{Pipeline, Transport};
+use crate::pipeline::Transport;
 
-use super::{Logs, Metrics, Signal, Traces, grpc::MAX_MESSAGE_BYTES};
+use super::{Ingest, Logs, Metrics, Signal, Traces, grpc::MAX_MESSAGE_BYTES};
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -31,7 +31,7 @@ pub struct RpcStatus {
 }
 
 /// The OTLP/HTTP routes.
-pub fn routes() -> Router<Arc<Pipeline>> {
+pub fn routes() -> Router<Arc<Ingest>> {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/metrics", post(export::<Metrics>))
@@ -58,7 +58,7 @@ fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Respons
     encoded(status, encoding, &RpcStatus { code: 3, message })
 }
 
-async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -89,14 +89,24 @@ async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, headers: Heade
         }
     }
     let decoded = match encoding {
-        Encoding::Protobuf => S::Request::decode(body).map_err(|e| format!("malformed protobuf {} request: {e}", S::NAME)),
+        Encoding::Protobuf => S::Request::decode(body.clone()).map_err(|e| format!("malformed protobuf {} request: {e}", S::NAME)),
         Encoding::Json => serde_json::from_slice::<S::Request>(&body).map_err(|e| format!("malformed JSON {} request: {e}", S::NAME)),
     };
-    match decoded {
-        Ok(request) => encoded(StatusCode::OK, encoding, &S::accept(&pipeline, &request, Transport::Http)),
+    let request = match decoded {
+        Ok(request) => request,
         Err(message) => {
-            pipeline.malformed(S::NAME, Transport::Http);
-            rpc_error(StatusCode::BAD_REQUEST, encoding, message)
+            ingest.pipeline().malformed(S::NAME, Transport::Http);
+            return rpc_error(StatusCode::BAD_REQUEST, encoding, message);
+        }
+    };
+    let raw = (encoding == Encoding::Protobuf).then(|| body.to_vec());
+    match ingest.export::<S>(&request, raw, Transport::Http).await {
+        Ok(response) => encoded(StatusCode::OK, encoding, &response),
+        Err(e) => {
+            // 503 with Retry-After is retryable for OTLP/HTTP senders.
+            let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, encoding, e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
         }
     }
 }

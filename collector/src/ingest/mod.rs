@@ -15,12 +15,21 @@ use opentelemetry_proto::tonic::collector::{
     trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse},
 };
 
-use crate::pipeline::{Pipeline, Transport};
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::{
+    journal::{Journal, RecordKind},
+    pipeline::{Pipeline, Transport},
+};
 
 /// One OTLP signal: its messages and how an export request is accepted.
 pub trait Signal {
     /// `spans`, `log_records` or `metric_points` (the metrics' `signal` label).
     const NAME: &'static str;
+    /// How its requests are tagged in the journal.
+    const KIND: RecordKind;
     /// The export request.
     type Request: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static;
     /// The export response.
@@ -41,6 +50,7 @@ pub struct Metrics;
 
 impl Signal for Traces {
     const NAME: &'static str = "spans";
+    const KIND: RecordKind = RecordKind::Traces;
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
     fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response {
@@ -56,6 +66,7 @@ impl Signal for Traces {
 
 impl Signal for Logs {
     const NAME: &'static str = "log_records";
+    const KIND: RecordKind = RecordKind::Logs;
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
     fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response {
@@ -71,6 +82,7 @@ impl Signal for Logs {
 
 impl Signal for Metrics {
     const NAME: &'static str = "metric_points";
+    const KIND: RecordKind = RecordKind::Metrics;
     type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
     fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response {
@@ -81,5 +93,61 @@ impl Signal for Metrics {
         });
         pipeline.ingest_metrics(converted, transport);
         ExportMetricsServiceResponse { partial_success }
+    }
+}
+
+/// The request could not be accepted now; the sender should retry later.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry cannot be stored durably right now: {0}")]
+pub struct Unavailable(String);
+
+/// What both receivers call: journal the request (when a data directory is set), then
+/// accept it. The sender is answered only after both.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pipeline: Arc<Pipeline>,
+    journal: Option<Journal>,
+}
+
+impl Ingest {
+    /// Ingest into `pipeline`, journaling to `journal` if given.
+    pub fn new(pipeline: Arc<Pipeline>, journal: Option<Journal>) -> Self {
+        Self { pipeline, journal }
+    }
+
+    /// The pipeline fed.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Journals and accepts one export request; `encoded` is its protobuf form, if at hand.
+    pub async fn export<S: Signal>(
+        &self,
+        request: &S::Request,
+        encoded: Option<Vec<u8>>,
+        transport: Transport,
+    ) -> Result<S::Response, Unavailable> {
+        if let Some(journal) = &self.journal {
+            let bytes = encoded.unwrap_or_else(|| request.encode_to_vec());
+            journal.append(S::KIND, bytes).await.map_err(|e| Unavailable(e.to_string()))?;
+        }
+        Ok(S::accept(&self.pipeline, request, transport))
+    }
+}
+
+/// Replays one journal record into `pipeline`.
+pub fn replay(pipeline: &Pipeline, kind: RecordKind, payload: &[u8]) {
+    fn apply<S: Signal>(pipeline: &Pipeline, payload: &[u8]) {
+        match S::Request::decode(payload) {
+            Ok(request) => {
+                S::accept(pipeline, &request, Transport::Journal);
+            }
+            Err(error) => tracing::warn!(%error, signal = S::NAME, "skipping an undecodable journal record"),
+        }
+    }
+    match kind {
+        RecordKind::Traces => apply::<Traces>(pipeline, payload),
+        RecordKind::Metrics => apply::<Metrics>(pipeline, payload),
+        RecordKind::Logs => apply::<Logs>(pipeline, payload),
     }
 }
