@@ -34,7 +34,7 @@ pub use pipeline::Pipeline;
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     /// A listener could not be bound.
-    #[error("could not bind the {what} listener on {addr}: {source}")]
+    #[error("could not bind the {what} listener on {addr}")]
     Bind {
         /// Which listener.
         what: &'static str,
@@ -47,7 +47,7 @@ pub enum CollectorError {
     #[error("invalid collector configuration: {0}")]
     Config(String),
     /// The data directory could not be used.
-    #[error("cannot use the data directory: {0}")]
+    #[error("cannot use the data directory")]
     Journal(#[from] journal::JournalError),
 }
 

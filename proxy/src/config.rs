@@ -14,10 +14,10 @@ use crate::identity::WorkloadIdentity;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read configuration: {0}")]
+    #[error("cannot read the configuration file")]
     Read(#[from] std::io::Error),
     /// The file is not valid TOML or has unknown or mistyped fields.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Parse(#[from] toml::de::Error),
     /// The values are well-formed but inconsistent.
     #[error("invalid configuration: {0}")]
@@ -396,7 +396,8 @@ mod tests {
     fn unknown_field_is_rejected() {
         let text = GOOD.replace("[outbound]", "[outbound]\nbogus = 1");
         let err = ProxyConfig::from_toml(&text).expect_err("unknown field");
-        assert!(err.to_string().contains("bogus"), "{err}");
+        let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
+        assert!(cause.contains("unknown field `bogus`"), "{cause}");
     }
 
     #[test]

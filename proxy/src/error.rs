@@ -51,7 +51,7 @@ pub enum ProxyError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not be bound.
-    #[error("could not bind the {what} listener on {addr}: {source}")]
+    #[error("could not bind the {what} listener on {addr}")]
     Bind {
         /// Which listener (inbound, outbound, admin).
         what: &'static str,

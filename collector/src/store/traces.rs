@@ -74,7 +74,8 @@ fn tag_matches(span: &Span, key: &str, expected: &str) -> bool {
 pub struct TraceStore {
     traces: HashMap<TraceId, TraceEntry>,
     order: VecDeque<TraceId>,
-    services: BTreeMap<Arc<str>, BTreeSet<(String, SpanKind)>>,
+    /// Each service's operations, with the span kinds seen for each.
+    services: BTreeMap<Arc<str>, BTreeMap<String, BTreeSet<SpanKind>>>,
     spans: usize,
     max_spans: usize,
     evicted_spans: u64,
@@ -96,9 +97,17 @@ impl TraceStore {
     /// Adds spans, then evicts the oldest traces beyond the budget.
     pub fn insert(&mut self, spans: impl IntoIterator<Item = Arc<Span>>) {
         for span in spans {
-            let ops = self.services.entry(span.service().clone()).or_default();
-            if !ops.contains(&(span.name.clone(), span.kind)) {
-                ops.insert((span.name.clone(), span.kind));
+            let ops = match self.services.get_mut(span.service()) {
+                Some(ops) => ops,
+                None => self.services.entry(span.service().clone()).or_default(),
+            };
+            match ops.get_mut(span.name.as_str()) {
+                Some(kinds) => {
+                    kinds.insert(span.kind);
+                }
+                None => {
+                    ops.insert(span.name.clone(), BTreeSet::from([span.kind]));
+                }
             }
             let entry = self.traces.entry(span.trace_id).or_insert_with(|| {
                 self.order.push_back(span.trace_id);
@@ -150,7 +159,7 @@ impl TraceStore {
     pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
         self.services
             .get(service)
-            .map(|ops| ops.iter().cloned().collect())
+            .map(|ops| ops.iter().flat_map(|(name, kinds)| kinds.iter().map(|k| (name.clone(), *k))).collect())
             .unwrap_or_default()
     }
 
