@@ -108,6 +108,13 @@ impl Pipeline {
     /// Accepts converted log records.
     pub fn ingest_logs(&self, converted: Converted<LogRecord>, transport: Transport) {
         self.count("log_records", transport, &converted);
+        let observations = match self.topology.write() {
+            Ok(mut topology) => topology.ingest_access_logs(&converted.items),
+            Err(_) => Vec::new(),
+        };
+        for o in &observations {
+            self.metrics.observe_edge(o);
+        }
         if let Ok(mut signals) = self.signals.write() {
             signals.insert_logs(converted.items);
         }

@@ -20,6 +20,10 @@ pub const CLASSIFICATION: &str = "meshlens.classification";
 pub const UPSTREAM_ADDRESS: &str = "meshlens.upstream.address";
 /// The request's `x-request-id`.
 pub const REQUEST_ID: &str = "meshlens.request_id";
+/// Access-log attribute: the exchange's duration in nanoseconds.
+pub const DURATION_NS: &str = "meshlens.duration_ns";
+/// `event.name` of a sidecar's access-log record.
+pub const ACCESS_LOG_EVENT: &str = "meshlens.access_log";
 /// Resource attribute: the workload name.
 pub const WORKLOAD: &str = "meshlens.workload";
 

@@ -8,7 +8,10 @@ use std::{collections::HashSet, net::SocketAddr, path::Path, sync::Arc, time::Du
 
 use serde::Deserialize;
 
-use crate::identity::WorkloadIdentity;
+use crate::{
+    identity::WorkloadIdentity,
+    trace_context::{Format, Formats},
+};
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,19 @@ pub struct RawTelemetry {
     /// Largest number of records in one export batch.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
+    /// Trace-context formats written to the next hop (`w3c`, `b3`, `b3multi`); formats a
+    /// request arrives with are always written back too.
+    #[serde(default = "default_propagation")]
+    pub propagation: Vec<Format>,
+    /// Share of new traces sampled (0 to 1); a caller's decision is always followed.
+    #[serde(default = "default_ratio")]
+    pub sampling_ratio: f64,
+    /// Keep the spans of failed requests even when their trace is not sampled.
+    #[serde(default = "default_true")]
+    pub keep_errors: bool,
+    /// Keep the spans of requests at least this slow even when not sampled; `0` turns it off.
+    #[serde(default = "default_slow", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub slow_threshold: Duration,
 }
 
 impl Default for RawTelemetry {
@@ -127,6 +143,10 @@ impl Default for RawTelemetry {
             export_timeout: default_export_timeout(),
             queue_capacity: default_queue(),
             max_batch: default_batch(),
+            propagation: default_propagation(),
+            sampling_ratio: default_ratio(),
+            keep_errors: true,
+            slow_threshold: default_slow(),
         }
     }
 }
@@ -189,6 +209,18 @@ fn default_batch() -> usize {
 fn default_weight() -> u32 {
     1
 }
+fn default_propagation() -> Vec<Format> {
+    vec![Format::W3c]
+}
+fn default_ratio() -> f64 {
+    1.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_slow() -> Duration {
+    Duration::from_secs(1)
+}
 
 /// A validated sidecar configuration.
 #[derive(Debug, Clone)]
@@ -224,19 +256,70 @@ pub struct TelemetryConfig {
     pub queue_capacity: usize,
     /// Largest batch.
     pub max_batch: usize,
+    /// Trace-context formats to emit.
+    pub propagation: Formats,
+    /// Which spans are kept.
+    pub sampling: Sampling,
+}
+
+/// Which spans are kept. Metrics and access logs always cover every request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Share of new traces sampled, 0 to 1.
+    pub ratio: f64,
+    /// Keep failed requests' spans regardless.
+    pub keep_errors: bool,
+    /// Keep spans of requests at least this slow regardless.
+    pub slow_threshold: Option<Duration>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        let raw = RawTelemetry::default();
         Self {
-            otlp_endpoint: Some(raw.otlp_endpoint),
-            flush_interval: raw.flush_interval,
-            metrics_interval: raw.metrics_interval,
-            export_timeout: raw.export_timeout,
-            queue_capacity: raw.queue_capacity,
-            max_batch: raw.max_batch,
+            otlp_endpoint: Some(default_otlp()),
+            flush_interval: default_flush(),
+            metrics_interval: default_metrics_interval(),
+            export_timeout: default_export_timeout(),
+            queue_capacity: default_queue(),
+            max_batch: default_batch(),
+            propagation: Formats::W3C,
+            sampling: Sampling { ratio: default_ratio(), keep_errors: true, slow_threshold: Some(default_slow()) },
         }
+    }
+}
+
+impl TryFrom<RawTelemetry> for TelemetryConfig {
+    type Error = ConfigError;
+
+    fn try_from(t: RawTelemetry) -> Result<Self, ConfigError> {
+        if t.queue_capacity == 0 || t.max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "telemetry.queue_capacity and telemetry.max_batch must be positive".into(),
+            ));
+        }
+        if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || t.export_timeout.is_zero() {
+            return Err(ConfigError::Invalid("telemetry intervals must be positive".into()));
+        }
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.sampling_ratio must be between 0 and 1, not {}",
+                t.sampling_ratio
+            )));
+        }
+        Ok(Self {
+            otlp_endpoint: Some(t.otlp_endpoint).filter(|e| !e.trim().is_empty()),
+            flush_interval: t.flush_interval,
+            metrics_interval: t.metrics_interval,
+            export_timeout: t.export_timeout,
+            queue_capacity: t.queue_capacity,
+            max_batch: t.max_batch,
+            propagation: Formats::of(&t.propagation),
+            sampling: Sampling {
+                ratio: t.sampling_ratio,
+                keep_errors: t.keep_errors,
+                slow_threshold: Some(t.slow_threshold).filter(|d| !d.is_zero()),
+            },
+        })
     }
 }
 
@@ -297,23 +380,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
         non_empty("workload.workload", &workload)?;
         let identity = WorkloadIdentity::new(&w.namespace, &w.service, &workload, &w.version);
 
-        let t = raw.telemetry;
-        if t.queue_capacity == 0 || t.max_batch == 0 {
-            return Err(ConfigError::Invalid(
-                "telemetry.queue_capacity and telemetry.max_batch must be positive".into(),
-            ));
-        }
-        if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || t.export_timeout.is_zero() {
-            return Err(ConfigError::Invalid("telemetry intervals must be positive".into()));
-        }
-        let telemetry = TelemetryConfig {
-            otlp_endpoint: Some(t.otlp_endpoint).filter(|e| !e.trim().is_empty()),
-            flush_interval: t.flush_interval,
-            metrics_interval: t.metrics_interval,
-            export_timeout: t.export_timeout,
-            queue_capacity: t.queue_capacity,
-            max_batch: t.max_batch,
-        };
+        let telemetry = TelemetryConfig::try_from(raw.telemetry)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(raw.services.len());

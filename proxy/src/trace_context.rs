@@ -1,8 +1,11 @@
-//! W3C Trace Context (`traceparent`): parsing, formatting and span identifiers.
+//! Trace context on the wire: W3C Trace Context (`traceparent`, `tracestate`) and B3
+//! (single `b3` header and multi `X-B3-*` headers).
 //!
 //! Each side of a sidecar continues the incoming trace (or starts one), gives its own
-//! span a fresh span ID, and rewrites `traceparent` so that the next hop's span becomes
-//! its child. `tracestate` is passed through untouched.
+//! span a fresh span ID, and rewrites the context headers so that the next hop's span
+//! becomes its child. Every format is accepted; the sidecar emits the formats it is
+//! configured to emit plus any format the request arrived with, so an application that
+//! propagates B3 keeps working. `tracestate` passes through untouched.
 
 use std::fmt;
 
@@ -10,6 +13,13 @@ use http::{HeaderMap, HeaderValue};
 
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
+/// The B3 single header.
+pub const B3: &str = "b3";
+const B3_TRACE_ID: &str = "x-b3-traceid";
+const B3_SPAN_ID: &str = "x-b3-spanid";
+const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
+const B3_SAMPLED: &str = "x-b3-sampled";
+const B3_FLAGS: &str = "x-b3-flags";
 
 /// A 16-byte trace ID; never all zeroes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +39,21 @@ impl TraceId {
             }
         }
     }
+
+    /// Whether this trace falls within `ratio` of all traces. Decided from the ID alone,
+    /// so every sidecar on the trace's path decides the same.
+    pub fn within_ratio(&self, ratio: f64) -> bool {
+        if ratio >= 1.0 {
+            return true;
+        }
+        if ratio <= 0.0 {
+            return false;
+        }
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&self.0[8..]);
+        let value = u64::from_be_bytes(low) >> 1;
+        (value as f64) < ratio * (u64::MAX >> 1) as f64
+    }
 }
 
 impl SpanId {
@@ -47,43 +72,168 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
-impl fmt::Display for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
-    }
+macro_rules! hex_fmt {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+    };
 }
-impl fmt::Debug for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
-    }
-}
-impl fmt::Display for SpanId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
-    }
-}
-impl fmt::Debug for SpanId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
-    }
-}
+hex_fmt!(TraceId);
+hex_fmt!(SpanId);
 
+/// Parses exactly `2 * N` lower-case hex digits.
 fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let bytes = text.as_bytes();
-    if bytes.len() != N * 2 {
+    if bytes.len() != N * 2 || bytes.iter().any(u8::is_ascii_uppercase) {
         return None;
     }
     let mut out = [0u8; N];
     for (i, pair) in bytes.chunks_exact(2).enumerate() {
         let hi = (pair[0] as char).to_digit(16)?;
         let lo = (pair[1] as char).to_digit(16)?;
-        // Upper-case hex is invalid in traceparent.
-        if pair.iter().any(u8::is_ascii_uppercase) {
-            return None;
-        }
         out[i] = (hi * 16 + lo) as u8;
     }
     Some(out)
+}
+
+/// A B3 trace ID: 16 or 32 hex digits (64-bit IDs are left-padded).
+fn parse_b3_trace_id(text: &str) -> Option<TraceId> {
+    let text = text.trim().to_ascii_lowercase();
+    let id = match text.len() {
+        32 => parse_hex::<16>(&text)?,
+        16 => {
+            let low = parse_hex::<8>(&text)?;
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&low);
+            id
+        }
+        _ => return None,
+    };
+    (id != [0; 16]).then_some(TraceId(id))
+}
+
+fn parse_b3_span_id(text: &str) -> Option<SpanId> {
+    parse_hex::<8>(&text.trim().to_ascii_lowercase()).filter(|id| *id != [0; 8]).map(SpanId)
+}
+
+/// A wire format of trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// W3C `traceparent` / `tracestate`.
+    W3c,
+    /// B3 single header (`b3: trace-span-sampled`).
+    B3,
+    /// B3 multiple headers (`X-B3-TraceId`, ...).
+    B3multi,
+}
+
+/// A set of formats (emit these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Formats {
+    /// W3C.
+    pub w3c: bool,
+    /// B3 single.
+    pub b3: bool,
+    /// B3 multi.
+    pub b3multi: bool,
+}
+
+impl Formats {
+    /// Only W3C.
+    pub const W3C: Self = Self { w3c: true, b3: false, b3multi: false };
+
+    /// The set of `formats`.
+    pub fn of(formats: &[Format]) -> Self {
+        let has = |f| formats.contains(&f);
+        Self { w3c: has(Format::W3c), b3: has(Format::B3), b3multi: has(Format::B3multi) }
+    }
+
+    fn union(self, other: Self) -> Self {
+        Self { w3c: self.w3c || other.w3c, b3: self.b3 || other.b3, b3multi: self.b3multi || other.b3multi }
+    }
+}
+
+/// The caller's context, as read from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    /// Trace ID.
+    pub trace_id: TraceId,
+    /// The caller's span.
+    pub parent_id: SpanId,
+    /// The caller's sampling decision, if it made one.
+    pub sampled: Option<bool>,
+}
+
+/// Parses a W3C `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`; future versions are
+/// read by their first four fields.
+pub fn parse_traceparent(value: &str) -> Option<Incoming> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version == "ff" || flags.len() != 2 || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    parse_hex::<1>(version)?;
+    let trace_id = TraceId(parse_hex::<16>(trace)?);
+    let parent_id = SpanId(parse_hex::<8>(parent)?);
+    let [flags] = parse_hex::<1>(flags)?;
+    if trace_id.0 == [0; 16] || parent_id.0 == [0; 8] {
+        return None;
+    }
+    Some(Incoming { trace_id, parent_id, sampled: Some(flags & 1 == 1) })
+}
+
+/// Parses a B3 single header: `{trace}-{span}[-{sampled}[-{parent}]]`; a lone `0` or `1`
+/// carries only a decision and no context.
+pub fn parse_b3_single(value: &str) -> Option<Incoming> {
+    let mut parts = value.trim().split('-');
+    let trace_id = parse_b3_trace_id(parts.next()?)?;
+    let parent_id = parse_b3_span_id(parts.next()?)?;
+    let sampled = match parts.next() {
+        None => None,
+        Some("1") | Some("d") => Some(true),
+        Some("0") => Some(false),
+        Some(_) => return None,
+    };
+    Some(Incoming { trace_id, parent_id, sampled })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()
+}
+
+/// Parses B3 multiple headers.
+pub fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
+    let trace_id = parse_b3_trace_id(header(headers, B3_TRACE_ID)?)?;
+    let parent_id = parse_b3_span_id(header(headers, B3_SPAN_ID)?)?;
+    let sampled = if header(headers, B3_FLAGS) == Some("1") {
+        Some(true)
+    } else {
+        match header(headers, B3_SAMPLED).map(str::trim) {
+            Some("1") | Some("true") => Some(true),
+            Some("0") | Some("false") => Some(false),
+            _ => None,
+        }
+    };
+    Some(Incoming { trace_id, parent_id, sampled })
+}
+
+/// The first valid context in `headers` (W3C, then B3 single, then B3 multi), and the
+/// formats the request carried.
+pub fn extract(headers: &HeaderMap) -> (Option<Incoming>, Formats) {
+    let w3c = header(headers, TRACEPARENT).and_then(parse_traceparent);
+    let b3 = header(headers, B3).and_then(parse_b3_single);
+    let b3multi = parse_b3_multi(headers);
+    let seen = Formats { w3c: w3c.is_some(), b3: b3.is_some(), b3multi: b3multi.is_some() };
+    (w3c.or(b3).or(b3multi), seen)
 }
 
 /// The span context a sidecar works in for one request.
@@ -93,104 +243,106 @@ pub struct SpanContext {
     pub trace_id: TraceId,
     /// This sidecar's span for the request.
     pub span_id: SpanId,
-    /// The caller's span, if the request arrived with a valid `traceparent`.
+    /// The caller's span, if the request arrived with a valid context.
     pub parent_span_id: Option<SpanId>,
-    /// Whether the trace is sampled (the `01` flag).
+    /// The head sampling decision: the caller's, or the ratio's for a new trace.
     pub sampled: bool,
-}
-
-/// A parsed `traceparent` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    /// Trace ID.
-    pub trace_id: TraceId,
-    /// The caller's span ID.
-    pub parent_id: SpanId,
-    /// Trace flags (bit 0: sampled).
-    pub flags: u8,
-}
-
-impl TraceParent {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; future versions are read by their first four fields.
-    pub fn parse(value: &str) -> Option<Self> {
-        let value = value.trim();
-        let mut parts = value.split('-');
-        let version = parts.next()?;
-        let trace = parts.next()?;
-        let parent = parts.next()?;
-        let flags = parts.next()?;
-        if version.len() != 2 || version == "ff" || flags.len() != 2 {
-            return None;
-        }
-        if version == "00" && parts.next().is_some() {
-            return None;
-        }
-        let trace_id = TraceId(parse_hex::<16>(trace)?);
-        let parent_id = SpanId(parse_hex::<8>(parent)?);
-        let [flags] = parse_hex::<1>(flags)?;
-        if trace_id.0 == [0; 16] || parent_id.0 == [0; 8] {
-            return None;
-        }
-        Some(Self { trace_id, parent_id, flags })
-    }
-
-    /// Reads the `traceparent` header, if present and valid.
-    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        headers.get(TRACEPARENT)?.to_str().ok().and_then(Self::parse)
-    }
+    /// The formats to write towards the next hop.
+    pub emit: Formats,
 }
 
 impl SpanContext {
-    /// Continues the trace in `headers` with a new span, or starts a sampled trace.
-    pub fn continue_from(headers: &HeaderMap) -> Self {
-        match TraceParent::from_headers(headers) {
+    /// Continues the trace in `headers` with a new span, or starts one. A caller's decision
+    /// is kept (parent-based sampling); without one, `ratio` decides from the trace ID.
+    pub fn continue_from(headers: &HeaderMap, ratio: f64, emit: Formats) -> Self {
+        let (incoming, seen) = extract(headers);
+        let emit = emit.union(seen);
+        match incoming {
             Some(parent) => Self {
                 trace_id: parent.trace_id,
                 span_id: SpanId::random(),
                 parent_span_id: Some(parent.parent_id),
-                sampled: parent.flags & 1 == 1,
+                sampled: parent.sampled.unwrap_or_else(|| parent.trace_id.within_ratio(ratio)),
+                emit,
             },
-            None => Self {
-                trace_id: TraceId::random(),
-                span_id: SpanId::random(),
-                parent_span_id: None,
-                sampled: true,
-            },
+            None => {
+                let trace_id = TraceId::random();
+                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled: trace_id.within_ratio(ratio), emit }
+            }
         }
     }
 
     /// The `traceparent` value that makes the next hop's span a child of this one.
-    pub fn to_header(&self) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        );
+    pub fn traceparent(&self) -> HeaderValue {
+        let text = format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled));
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Writes [`Self::to_header`] into `headers`, replacing any `traceparent`.
+    /// Rewrites the context headers in `headers` for the next hop.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        headers.insert(TRACEPARENT, self.to_header());
+        let value = |s: String| HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""));
+        let sampled = if self.sampled { "1" } else { "0" };
+        if self.emit.w3c {
+            headers.insert(TRACEPARENT, self.traceparent());
+        }
+        if self.emit.b3 {
+            headers.insert(B3, value(format!("{}-{}-{sampled}", self.trace_id, self.span_id)));
+        }
+        if self.emit.b3multi {
+            headers.insert(B3_TRACE_ID, value(self.trace_id.to_string()));
+            headers.insert(B3_SPAN_ID, value(self.span_id.to_string()));
+            headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
+            headers.remove(B3_FLAGS);
+            match self.parent_span_id {
+                Some(p) => headers.insert(B3_PARENT_SPAN_ID, value(p.to_string())),
+                None => headers.remove(B3_PARENT_SPAN_ID),
+            };
+        }
     }
+}
+
+/// The `x-request-id` header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Returns the request's `x-request-id`, first setting a new one (UUID v4) if it has none.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    if let Some(id) = header(headers, REQUEST_ID).filter(|v| !v.is_empty()) {
+        return id.to_owned();
+    }
+    let b = fastrand::u128(..).to_be_bytes();
+    let id = format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0x0f, b[7], 8 | (b[8] & 0x03), b[8] >> 4, b[9],
+        b[10], b[11], b[12], b[13], b[14], b[15]
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    id
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_the_spec_example() {
-        let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .expect("valid");
-        assert_eq!(tp.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(tp.parent_id.to_string(), "00f067aa0ba902b7");
-        assert_eq!(tp.flags, 1);
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("ascii"));
+        }
+        h
     }
 
     #[test]
-    fn rejects_invalid_values() {
+    fn parses_the_w3c_example() {
+        let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("valid");
+        assert_eq!(tp.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(tp.parent_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(tp.sampled, Some(true));
+    }
+
+    #[test]
+    fn rejects_invalid_traceparents() {
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
@@ -201,19 +353,67 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn continuing_keeps_trace_and_links_parent() {
-        let mut headers = HeaderMap::new();
-        let root = SpanContext::continue_from(&headers);
-        assert!(root.parent_span_id.is_none() && root.sampled);
-        root.inject(&mut headers);
-        let child = SpanContext::continue_from(&headers);
-        assert_eq!(child.trace_id, root.trace_id);
-        assert_eq!(child.parent_span_id, Some(root.span_id));
-        assert_ne!(child.span_id, root.span_id);
+    fn parses_b3_single_and_multi() {
+        let one = parse_b3_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").expect("valid");
+        assert_eq!(one.trace_id.to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!((one.parent_id.to_string().as_str(), one.sampled), ("e457b5a2e4d86bd1", Some(true)));
+        let short = parse_b3_single("a3ce929d0e0e4736-00f067aa0ba902b7-d").expect("64-bit trace id");
+        assert_eq!(short.trace_id.to_string(), "0000000000000000a3ce929d0e0e4736");
+        assert_eq!(parse_b3_single("0"), None, "a bare decision carries no context");
+        let multi = parse_b3_multi(&headers(&[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "0"),
+        ]))
+        .expect("valid");
+        assert_eq!(multi.sampled, Some(false));
+    }
+
+    #[test]
+    fn continuing_links_parent_keeps_decision_and_reemits_seen_formats() {
+        let incoming = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0")]);
+        let ctx = SpanContext::continue_from(&incoming, 1.0, Formats::W3C);
+        assert_eq!(ctx.trace_id.to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(ctx.parent_span_id.map(|p| p.to_string()).as_deref(), Some("e457b5a2e4d86bd1"));
+        assert!(!ctx.sampled, "the caller's decision wins over the ratio");
+        let mut out = incoming.clone();
+        ctx.inject(&mut out);
+        let b3 = out.get("b3").and_then(|v| v.to_str().ok()).expect("b3 re-emitted");
+        assert_eq!(b3, format!("{}-{}-0", ctx.trace_id, ctx.span_id));
+        let child = SpanContext::continue_from(&out, 1.0, Formats::W3C);
+        assert_eq!((child.trace_id, child.parent_span_id), (ctx.trace_id, Some(ctx.span_id)));
+    }
+
+    #[test]
+    fn multi_headers_are_rewritten_when_emitted() {
+        let mut h = HeaderMap::new();
+        let ctx = SpanContext::continue_from(&h, 1.0, Formats::of(&[Format::B3multi]));
+        ctx.inject(&mut h);
+        assert!(h.get(TRACEPARENT).is_none());
+        let read = parse_b3_multi(&h).expect("written");
+        assert_eq!((read.trace_id, read.parent_id, read.sampled), (ctx.trace_id, ctx.span_id, Some(true)));
+    }
+
+    #[test]
+    fn ratio_sampling_is_deterministic_and_proportional() {
+        let kept = (0..10_000).filter(|_| TraceId::random().within_ratio(0.25)).count();
+        assert!((2_200..2_800).contains(&kept), "{kept}");
+        let id = TraceId::random();
+        assert_eq!(id.within_ratio(0.5), id.within_ratio(0.5));
+        assert!(id.within_ratio(1.0) && !id.within_ratio(0.0));
+    }
+
+    #[test]
+    fn request_ids_are_generated_once_and_kept() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4', "version 4");
+        assert_eq!(ensure_request_id(&mut h), id);
     }
 }

@@ -297,6 +297,10 @@ pub struct Workload {
     pub admin: SocketAddr,
     /// Calls the app makes.
     pub calls: Vec<String>,
+    /// More `meshlens workload` arguments (`--error-ratio 0.2`, ...).
+    pub app_args: Vec<String>,
+    /// More lines for the sidecar's `[telemetry]` table.
+    pub telemetry: String,
 }
 
 impl Workload {
@@ -310,6 +314,8 @@ impl Workload {
             outbound: free_addr(),
             admin: free_addr(),
             calls: calls.iter().map(|c| (*c).to_owned()).collect(),
+            app_args: Vec::new(),
+            telemetry: String::new(),
         }
     }
 }
@@ -319,8 +325,8 @@ pub fn sidecar_toml(w: &Workload, mesh: &[&Workload], otlp: SocketAddr) -> Strin
     let mut toml = format!(
         "[workload]\nservice = \"{}\"\nversion = \"{}\"\nnamespace = \"test\"\n\n\
          [inbound]\nlisten = \"{}\"\napp = \"{}\"\n\n[outbound]\nlisten = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n\
-         [telemetry]\notlp_endpoint = \"http://{otlp}\"\nflush_interval = \"200ms\"\nmetrics_interval = \"1s\"\n",
-        w.service, w.version, w.inbound, w.app, w.outbound, w.admin
+         [telemetry]\notlp_endpoint = \"http://{otlp}\"\nflush_interval = \"200ms\"\nmetrics_interval = \"1s\"\n{}\n",
+        w.service, w.version, w.inbound, w.app, w.outbound, w.admin, w.telemetry
     );
     let mut services: Vec<&str> = mesh.iter().map(|m| m.service.as_str()).collect();
     services.sort();
@@ -349,6 +355,7 @@ pub fn start_mesh(dir: &TestDir, mesh: &[&Workload], otlp: SocketAddr) -> Vec<Pr
             args.push("--call".into());
             args.push(c.clone());
         }
+        args.extend(w.app_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         procs.push(Proc::start(dir, &format!("{}-app", w.service), &args));
     }

@@ -1,10 +1,12 @@
 //! Derives service-to-service edges from spans.
 //!
 //! Three sources of evidence, so edges appear whether or not traffic passed a sidecar:
-//! 1. **Mesh-reported**: a meshlens sidecar's CLIENT span names source and destination
-//!    workloads in `meshlens.source.*` / `meshlens.destination.*`: one edge, at once.
-//!    Its inbound SERVER span is the same hop seen from the other side and is not counted
-//!    again; an inbound span with no source (an unmeshed caller) gives `unknown → service`.
+//! 1. **Mesh-reported**: a meshlens sidecar's outbound access-log record names source and
+//!    destination workloads in `meshlens.source.*` / `meshlens.destination.*`: one edge, at
+//!    once. Access logs cover every request whatever the trace sampling, so the counts are
+//!    exact. The inbound record of the same hop is not counted again; an inbound record with
+//!    no source (an unmeshed caller) gives `unknown → service`. The sidecars' spans only
+//!    mark their hops as counted, so SDK spans around them are not counted twice.
 //! 2. **Joined**: any OpenTelemetry SDK's SERVER span whose parent is a CLIENT span of
 //!    another service gives `client service → server service`, whichever arrives first.
 //! 3. **Unmatched**: a SERVER span whose parent never shows up within the match window
@@ -18,7 +20,7 @@ use std::{
 
 use meshlens_common::semconv;
 
-use crate::model::{Span, SpanId, SpanKind, StatusCode, TraceId, Value};
+use crate::model::{Attributes, LogRecord, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr};
 
 /// What a node in the topology is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -70,16 +72,22 @@ impl NodeRef {
         }
     }
 
-    /// The node described by `<prefix>.*` mesh span attributes, if the service is there.
-    fn of_mesh_attrs(span: &Span, prefix: &str) -> Option<Self> {
-        let text = |k: &str| span.attr_str(&semconv::field(prefix, k)).map(Arc::<str>::from);
-        Some(Self {
+    /// The node described by `<prefix>.*` mesh attributes, if the service is there. A
+    /// destination with neither namespace nor workload is one the sidecar found no route to:
+    /// it is outside the mesh.
+    fn of_mesh_attrs(attributes: &Attributes, prefix: &str) -> Option<Self> {
+        let text = |k: &str| attr(attributes, &semconv::field(prefix, k)).and_then(Value::as_str).map(Arc::<str>::from);
+        let mut node = Self {
             kind: NodeKind::Service,
             service: text("service")?,
             namespace: text("namespace").unwrap_or_else(|| "".into()),
             workload: text("workload"),
             version: text("version"),
-        })
+        };
+        if node.workload.is_none() && node.namespace.is_empty() {
+            node.kind = NodeKind::External;
+        }
+        Some(node)
     }
 }
 
@@ -105,7 +113,7 @@ pub struct EdgeObservation {
     /// Response bytes.
     pub response_bytes: u64,
     /// A trace this request belongs to, for exemplars and drill-down.
-    pub trace_id: TraceId,
+    pub trace_id: Option<TraceId>,
 }
 
 /// The part of a span that edge matching needs.
@@ -120,52 +128,84 @@ struct Brief {
     peer: Option<Arc<str>>,
 }
 
-fn is_error(span: &Span) -> bool {
-    span.status == StatusCode::Error
-        || span.attr("http.response.status_code").and_then(Value::as_i64).is_some_and(|c| c >= 500)
-        || span.attr(semconv::CLASSIFICATION).and_then(Value::as_str) == Some("failure")
+/// What edge figures are read from: a span's or an access log's attributes.
+struct Facts<'a> {
+    attributes: &'a Attributes,
+    status_error: bool,
 }
 
-fn response_code(span: &Span) -> Arc<str> {
-    if let Some(code) = span.attr("rpc.grpc.status_code").and_then(Value::as_i64) {
-        if code != 0 || span.attr("http.response.status_code").is_none() {
-            return format!("grpc:{code}").into();
+impl Facts<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        attr(self.attributes, key)
+    }
+
+    fn int(&self, key: &str) -> u64 {
+        self.get(key).and_then(Value::as_i64).map_or(0, |v| v.max(0) as u64)
+    }
+
+    fn is_error(&self) -> bool {
+        self.status_error
+            || self.get("http.response.status_code").and_then(Value::as_i64).is_some_and(|c| c >= 500)
+            || self.get(semconv::CLASSIFICATION).and_then(Value::as_str) == Some("failure")
+    }
+
+    fn response_code(&self) -> Arc<str> {
+        let http = self.get("http.response.status_code").and_then(Value::as_i64);
+        if let Some(code) = self.get("rpc.grpc.status_code").and_then(Value::as_i64) {
+            if code != 0 || http.is_none() {
+                return format!("grpc:{code}").into();
+            }
+        }
+        match http {
+            Some(code) => code.to_string().into(),
+            None if self.status_error => "error".into(),
+            None => "-".into(),
         }
     }
-    match span.attr("http.response.status_code").and_then(Value::as_i64) {
-        Some(code) => code.to_string().into(),
-        None if span.status == StatusCode::Error => "error".into(),
-        None => "-".into(),
-    }
-}
 
-fn protocol(span: &Span) -> Arc<str> {
-    if let Some(p) = span.attr_str(semconv::PROTOCOL) {
-        return p.into();
+    fn protocol(&self) -> Arc<str> {
+        let text = |k| self.get(k).and_then(Value::as_str);
+        text(semconv::PROTOCOL).or_else(|| text("rpc.system")).unwrap_or("http").into()
     }
-    if let Some(rpc) = span.attr_str("rpc.system") {
-        return rpc.into();
-    }
-    "http".into()
-}
 
-fn int(span: &Span, key: &str) -> u64 {
-    span.attr(key).and_then(Value::as_i64).map_or(0, |v| v.max(0) as u64)
+    fn observation(&self, source: NodeRef, destination: NodeRef, start: u64, duration: u64, trace_id: Option<TraceId>) -> EdgeObservation {
+        EdgeObservation {
+            source,
+            destination,
+            protocol: self.protocol(),
+            start_unix_nanos: start,
+            duration_nanos: duration,
+            error: self.is_error(),
+            response_code: self.response_code(),
+            request_bytes: self.int("http.request.body.size"),
+            response_bytes: self.int("http.response.body.size"),
+            trace_id,
+        }
+    }
 }
 
 fn observation(span: &Span, source: NodeRef, destination: NodeRef) -> EdgeObservation {
-    EdgeObservation {
-        source,
-        destination,
-        protocol: protocol(span),
-        start_unix_nanos: span.start_unix_nanos,
-        duration_nanos: span.duration_nanos(),
-        error: is_error(span),
-        response_code: response_code(span),
-        request_bytes: int(span, "http.request.body.size"),
-        response_bytes: int(span, "http.response.body.size"),
-        trace_id: span.trace_id,
+    let facts = Facts { attributes: &span.attributes, status_error: span.status == StatusCode::Error };
+    facts.observation(source, destination, span.start_unix_nanos, span.duration_nanos(), Some(span.trace_id))
+}
+
+/// The request a sidecar's access-log record describes, when it is one to count: every
+/// outbound record, and inbound records from callers outside the mesh.
+pub fn from_access_log(log: &LogRecord) -> Option<EdgeObservation> {
+    let a = &log.attributes;
+    let text = |k| attr(a, k).and_then(Value::as_str);
+    if text("event.name") != Some(semconv::ACCESS_LOG_EVENT) {
+        return None;
     }
+    let destination = NodeRef::of_mesh_attrs(a, semconv::DESTINATION)?;
+    let source = NodeRef::of_mesh_attrs(a, semconv::SOURCE);
+    let source = match (text(semconv::DIRECTION)?, source) {
+        ("outbound", Some(source)) => source,
+        ("inbound", None) => NodeRef::unknown(),
+        _ => return None,
+    };
+    let facts = Facts { attributes: a, status_error: false };
+    Some(facts.observation(source, destination, log.time_unix_nanos, facts.int(semconv::DURATION_NS), log.trace_id))
 }
 
 type Key = (TraceId, SpanId);
@@ -201,17 +241,9 @@ impl EdgeDeriver {
         let node = NodeRef::of_span(span);
         match span.kind {
             SpanKind::Client => {
-                let mesh_dest = NodeRef::of_mesh_attrs(span, semconv::DESTINATION);
-                let counted = mesh_dest.is_some();
-                let source = NodeRef::of_mesh_attrs(span, semconv::SOURCE).unwrap_or_else(|| node.clone());
-                if let Some(mut dest) = mesh_dest {
-                    // A sidecar that found no route knows only the name the app asked for:
-                    // that destination is outside the mesh.
-                    if dest.workload.is_none() && dest.namespace.is_empty() {
-                        dest.kind = NodeKind::External;
-                    }
-                    out.push(observation(span, source.clone(), dest));
-                }
+                // A sidecar's CLIENT span: its access log counts the hop; children must not.
+                let counted = span.attr_str(semconv::DIRECTION).is_some();
+                let source = NodeRef::of_mesh_attrs(&span.attributes, semconv::SOURCE).unwrap_or_else(|| node.clone());
                 let peer = span
                     .attr_str("peer.service")
                     .or_else(|| span.attr_str("server.address"))
@@ -235,7 +267,7 @@ impl EdgeDeriver {
             SpanKind::Server => {
                 let is_mesh_inbound = span.attr_str(semconv::DIRECTION) == Some("inbound");
                 let destination = if is_mesh_inbound {
-                    NodeRef::of_mesh_attrs(span, semconv::DESTINATION).unwrap_or_else(|| node.clone())
+                    NodeRef::of_mesh_attrs(&span.attributes, semconv::DESTINATION).unwrap_or_else(|| node.clone())
                 } else {
                     node.clone()
                 };
@@ -254,29 +286,24 @@ impl EdgeDeriver {
                         self.join(&brief, &child, out);
                     }
                 }
-                let mesh_source = NodeRef::of_mesh_attrs(span, semconv::SOURCE);
-                if is_mesh_inbound {
-                    // The caller's sidecar reports this hop; without one the caller is unknown.
-                    if mesh_source.is_none() {
-                        out.push(brief.observation.clone());
-                    }
-                } else {
-                    match span.parent_span_id {
-                        None => out.push(brief.observation.clone()),
-                        Some(parent) => {
-                            let parent_key = (span.trace_id, parent);
-                            if let Some(parent_brief) = self.briefs.get_mut(&parent_key) {
-                                parent_brief.matched = true;
-                                let parent_brief = parent_brief.clone();
-                                self.join(&parent_brief, &brief, out);
-                            } else if self.pending() < self.max_pending {
-                                self.waiting.entry(parent_key).or_default().push(brief.clone());
-                                self.expiry.push_back((now + self.window_nanos, parent_key, true));
-                            } else {
-                                self.overflowed += 1;
-                            }
+                // A sidecar's inbound span is counted by the access logs; SDK spans by their parent.
+                if !is_mesh_inbound {
+                match span.parent_span_id {
+                    None => out.push(brief.observation.clone()),
+                    Some(parent) => {
+                        let parent_key = (span.trace_id, parent);
+                        if let Some(parent_brief) = self.briefs.get_mut(&parent_key) {
+                            parent_brief.matched = true;
+                            let parent_brief = parent_brief.clone();
+                            self.join(&parent_brief, &brief, out);
+                        } else if self.pending() < self.max_pending {
+                            self.waiting.entry(parent_key).or_default().push(brief.clone());
+                            self.expiry.push_back((now + self.window_nanos, parent_key, true));
+                        } else {
+                            self.overflowed += 1;
                         }
                     }
+                }
                 }
                 self.remember(key, brief, now);
             }
@@ -377,8 +404,47 @@ mod tests {
         assert_eq!(edges(&[server, client], None), vec![pair("a", "b")]);
     }
 
+    fn access_log(direction: &str, attrs: &[(&str, &str)], duration_ns: i64) -> LogRecord {
+        let mut attributes: Attributes = vec![
+            ("event.name".into(), Value::Str("meshlens.access_log".into())),
+            ("meshlens.direction".into(), Value::Str(direction.into())),
+            ("meshlens.duration_ns".into(), Value::Int(duration_ns)),
+            ("http.response.status_code".into(), Value::Int(200)),
+        ];
+        attributes.extend(attrs.iter().map(|(k, v)| ((*k).to_owned(), Value::Str((*v).into()))));
+        LogRecord {
+            time_unix_nanos: 1,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: String::new(),
+            attributes,
+            trace_id: None,
+            span_id: None,
+            resource: Arc::new(crate::model::Resource { service: "a".into(), attributes: vec![] }),
+        }
+    }
+
     #[test]
-    fn mesh_client_span_counts_once_and_its_server_side_does_not() {
+    fn mesh_hops_are_counted_from_outbound_access_logs_only() {
+        let hop = [
+            ("meshlens.source.service", "a"),
+            ("meshlens.source.namespace", "ns"),
+            ("meshlens.destination.service", "b"),
+            ("meshlens.destination.namespace", "ns"),
+            ("meshlens.destination.workload", "b-v1"),
+        ];
+        let out = from_access_log(&access_log("outbound", &hop, 7_000)).expect("outbound counts");
+        assert_eq!((&*out.source.service, &*out.destination.service, out.duration_nanos), ("a", "b", 7_000));
+        assert!(from_access_log(&access_log("inbound", &hop, 5_000)).is_none(), "the same hop seen from b");
+        let unmeshed = from_access_log(&access_log("inbound", &hop[2..], 5_000)).expect("unmeshed caller");
+        assert_eq!(unmeshed.source, NodeRef::unknown());
+        let no_route = from_access_log(&access_log("outbound", &[("meshlens.source.service", "a"), ("meshlens.destination.service", "nosuch")], 1))
+            .expect("counted");
+        assert_eq!(no_route.destination.kind, NodeKind::External);
+    }
+
+    #[test]
+    fn mesh_spans_are_not_counted_and_shield_their_sdk_children() {
         let client = with_attrs(span(1, 1, None, "a", SpanKind::Client, 0, 10), &[
             ("meshlens.source.service", "a"),
             ("meshlens.destination.service", "b"),
@@ -389,7 +455,10 @@ mod tests {
             ("meshlens.destination.service", "b"),
             ("meshlens.direction", "inbound"),
         ]);
-        assert_eq!(edges(&[client, server], Some(10_000)), vec![pair("a", "b")]);
+        // The app behind b's sidecar has an SDK whose SERVER span is a child of the sidecar's.
+        let app = (*span(1, 3, Some(2), "b", SpanKind::Server, 2, 6)).clone();
+        assert!(edges(&[app.clone(), client.clone(), server.clone()], Some(10_000)).is_empty());
+        assert!(edges(&[client, server, app], Some(10_000)).is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod graph;
 pub mod rollup;
 pub mod sketch;
 
-use crate::model::Span;
+use crate::model::{LogRecord, Span};
 
 pub use edges::{EdgeObservation, NodeKind, NodeRef};
 pub use graph::{Grouping, TopologyView};
@@ -36,6 +36,15 @@ impl Topology {
             self.deriver.observe(span, now_nanos, &mut out);
         }
         self.deriver.expire(now_nanos, &mut out);
+        for o in &out {
+            self.rollups.add(o);
+        }
+        out
+    }
+
+    /// Counts the requests that sidecars' access-log records describe; returns them.
+    pub fn ingest_access_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>) -> Vec<EdgeObservation> {
+        let out: Vec<EdgeObservation> = logs.into_iter().filter_map(edges::from_access_log).collect();
         for o in &out {
             self.rollups.add(o);
         }

@@ -22,7 +22,8 @@ use crate::{
     classify::{self, Classification, Outcome, ResponseFlags},
     identity::{SOURCE_HEADER, WorkloadIdentity},
     telemetry::{RequestRecord, Side, Telemetry, metrics::unix_nanos},
-    trace_context::SpanContext,
+    telemetry::SpanEvent,
+    trace_context::{SpanContext, ensure_request_id},
 };
 
 use super::{BoxFuture, EndpointSlot, PeerAddr, Request, Response, is_grpc, request_authority};
@@ -84,8 +85,9 @@ where
         let ObserveLayer { side, telemetry, app } = self.layer.clone();
         let local = telemetry.identity().clone();
 
-        let context = SpanContext::continue_from(req.headers());
+        let context = SpanContext::continue_from(req.headers(), telemetry.sampling().ratio, telemetry.propagation());
         context.inject(req.headers_mut());
+        let request_id = ensure_request_id(req.headers_mut());
         let slot = EndpointSlot::default();
         let source = match side {
             Side::Inbound => WorkloadIdentity::take_from(req.headers_mut()).map(Arc::new),
@@ -124,7 +126,8 @@ where
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: header_string(req.headers(), "user-agent"),
-            request_id: header_string(req.headers(), "x-request-id"),
+            request_id: Some(request_id),
+            events: Vec::new(),
         };
         let req = req.map(|b| body::boxed(ObservedBody::new(b, request_bytes.clone())));
         let fut = self.inner.call(req);
@@ -137,6 +140,18 @@ where
             if let Some(endpoint) = slot.get() {
                 record.destination = Some(endpoint.identity.clone());
                 record.upstream = Some(endpoint.address);
+            }
+            let failure = [
+                (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),
+                (ResponseFlags::UPSTREAM_RESET, "upstream_reset"),
+                (ResponseFlags::NO_ROUTE, "no_route"),
+                (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+            ]
+            .into_iter()
+            .find(|(flag, _)| record.flags.contains(*flag));
+            if let Some((_, name)) = failure {
+                let message = header_string(response.headers(), crate::stack::errors::ERROR_HEADER);
+                record.events.push(SpanEvent { offset: start.elapsed(), name, message });
             }
             let in_flight = InFlight { telemetry, record: Some(record), start, request_bytes };
             Ok(response.map(|b| body::boxed(ObservedBody::new(b, in_flight))))
@@ -169,8 +184,15 @@ impl BodyObserver for InFlight {
         let Some(mut record) = self.record.take() else { return };
         record.duration = self.start.elapsed();
         record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        if end == BodyEnd::Dropped {
-            record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
+        match end {
+            BodyEnd::Dropped => {
+                record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
+                record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });
+            }
+            BodyEnd::Error => {
+                record.events.push(SpanEvent { offset: record.duration, name: "stream_error", message: None });
+            }
+            BodyEnd::Complete => {}
         }
         record.classification = classify::classify(record.status, record.grpc_status, end, record.flags);
         self.telemetry.record(record);

@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     classify::{Classification, ResponseFlags},
-    config::TelemetryConfig,
+    config::{Sampling, TelemetryConfig},
     identity::WorkloadIdentity,
-    trace_context::SpanContext,
+    trace_context::{Formats, SpanContext},
 };
 
 pub use export::ExportHandle;
@@ -95,6 +95,19 @@ pub struct RequestRecord {
     pub user_agent: Option<String>,
     /// The `x-request-id` header.
     pub request_id: Option<String>,
+    /// What happened along the way (failures the sidecar saw).
+    pub events: Vec<SpanEvent>,
+}
+
+/// Something that happened during an exchange, recorded as a span event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanEvent {
+    /// When, relative to the start of the exchange.
+    pub offset: Duration,
+    /// Event name (`upstream_connect_failure`, `upstream_reset`, `stream_error`, `downstream_terminated`).
+    pub name: &'static str,
+    /// Details, if any.
+    pub message: Option<String>,
 }
 
 impl RequestRecord {
@@ -131,6 +144,8 @@ pub struct Telemetry {
 #[derive(Debug)]
 struct Inner {
     identity: Arc<WorkloadIdentity>,
+    sampling: Sampling,
+    propagation: Formats,
     metrics: RequestMetrics,
     stats: TelemetryStats,
     spans: Option<Queue>,
@@ -166,13 +181,40 @@ impl Telemetry {
             }
             None => (None, None, ExportHandle::disabled()),
         };
-        let inner = Inner { identity, metrics, stats, spans, logs };
+        let inner = Inner {
+            identity,
+            sampling: config.sampling,
+            propagation: config.propagation,
+            metrics,
+            stats,
+            spans,
+            logs,
+        };
         Ok((Self { inner: Arc::new(inner) }, handle))
     }
 
     /// The workload this recorder speaks for.
     pub fn identity(&self) -> &Arc<WorkloadIdentity> {
         &self.inner.identity
+    }
+
+    /// Which spans are kept.
+    pub fn sampling(&self) -> Sampling {
+        self.inner.sampling
+    }
+
+    /// The trace-context formats to emit.
+    pub fn propagation(&self) -> Formats {
+        self.inner.propagation
+    }
+
+    /// Whether a finished exchange's span is kept: its trace is sampled, or it failed, or
+    /// it was slow (tail decisions, so errors and outliers are never lost to sampling).
+    pub fn keeps_span(&self, record: &RequestRecord) -> bool {
+        let s = &self.inner.sampling;
+        record.context.sampled
+            || (s.keep_errors && record.classification.outcome == crate::classify::Outcome::Failure)
+            || s.slow_threshold.is_some_and(|t| record.duration >= t)
     }
 
     /// The recorder's own counters (for the admin `/metrics`).
@@ -185,9 +227,9 @@ impl Telemetry {
         let inner = &*self.inner;
         inner.metrics.observe(&record);
         inner.stats.observe_request(&record);
-        let sampled = record.context.sampled;
+        let keep = self.keeps_span(&record);
         let record = Arc::new(record);
-        if sampled {
+        if keep {
             self.offer(inner.spans.as_ref(), record.clone());
         }
         self.offer(inner.logs.as_ref(), record);
@@ -198,5 +240,69 @@ impl Telemetry {
         if queue.tx.try_send(record).is_err() {
             self.inner.stats.dropped(queue.signal, "queue_full", 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        classify::Outcome,
+        config::Sampling,
+        trace_context::{SpanId, TraceId},
+    };
+
+    fn record(sampled: bool, outcome: Outcome, duration_ms: u64) -> RequestRecord {
+        RequestRecord {
+            side: Side::Outbound,
+            context: SpanContext {
+                trace_id: TraceId::random(),
+                span_id: SpanId::random(),
+                parent_span_id: None,
+                sampled,
+                emit: Formats::W3C,
+            },
+            start_unix_nanos: 1,
+            duration: Duration::from_millis(duration_ms),
+            method: http::Method::GET,
+            path: "/".into(),
+            authority: None,
+            authority_port: None,
+            version: http::Version::HTTP_11,
+            grpc: false,
+            status: if outcome == Outcome::Failure { 503 } else { 200 },
+            grpc_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            source: None,
+            destination_service: "svc".into(),
+            destination: None,
+            upstream: None,
+            peer: None,
+            flags: ResponseFlags::empty(),
+            classification: Classification { outcome, error_type: None },
+            user_agent: None,
+            request_id: None,
+            events: Vec::new(),
+        }
+    }
+
+    fn recorder(sampling: Sampling) -> Telemetry {
+        let config = TelemetryConfig { otlp_endpoint: None, sampling, ..TelemetryConfig::default() };
+        let identity = Arc::new(WorkloadIdentity::new("ns", "svc", "svc-v1", "v1"));
+        Telemetry::start(identity, &config).map(|(t, _)| t).expect("no export")
+    }
+
+    #[test]
+    fn unsampled_spans_are_kept_only_when_they_fail_or_are_slow() {
+        let t = recorder(Sampling { ratio: 0.0, keep_errors: true, slow_threshold: Some(Duration::from_millis(500)) });
+        assert!(!t.keeps_span(&record(false, Outcome::Success, 10)));
+        assert!(t.keeps_span(&record(false, Outcome::Failure, 10)), "errors are always kept");
+        assert!(t.keeps_span(&record(false, Outcome::Success, 700)), "slow requests are always kept");
+        assert!(t.keeps_span(&record(true, Outcome::Success, 10)), "sampled traces are kept");
+        let strict = recorder(Sampling { ratio: 0.0, keep_errors: false, slow_threshold: None });
+        assert!(!strict.keeps_span(&record(false, Outcome::Failure, 10_000)));
     }
 }

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
         ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
     },
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, span::SpanKind, status::StatusCode},
 };
 
 use meshlens_common::semconv;
@@ -29,6 +29,15 @@ use super::{
     RequestRecord, Side,
     metrics::{DURATION_BOUNDS, RequestKey, RequestStats},
 };
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+
+/// One string attribute.
+pub fn string_kv(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, Value::StringValue(value.into()))
+}
 
 /// Attribute list builder.
 #[derive(Default)]
@@ -44,7 +53,7 @@ impl Attributes {
         self.push(key, Value::IntValue(value))
     }
     fn push(&mut self, key: &str, value: Value) -> &mut Self {
-        self.0.push(KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() });
+        self.0.push(kv(key, value));
         self
     }
     /// Adds the four mesh attributes of a workload under `prefix` (`meshlens.source`, ...).
@@ -166,6 +175,16 @@ pub fn span(r: &RequestRecord) -> Span {
         start_time_unix_nano: r.start_unix_nanos,
         end_time_unix_nano: r.start_unix_nanos + r.duration.as_nanos() as u64,
         attributes: record_attributes(r),
+        events: r
+            .events
+            .iter()
+            .map(|e| span::Event {
+                time_unix_nano: r.start_unix_nanos + e.offset.as_nanos() as u64,
+                name: e.name.into(),
+                attributes: e.message.iter().map(|m| string_kv("exception.message", m.as_str())).collect(),
+                ..Default::default()
+            })
+            .collect(),
         status: Some(status),
         ..Default::default()
     }
@@ -203,11 +222,8 @@ pub fn log_record(r: &RequestRecord) -> LogRecord {
         body: Some(AnyValue { value: Some(Value::StringValue(access_log_line(r))) }),
         attributes: {
             let mut attrs = record_attributes(r);
-            attrs.push(KeyValue {
-                key: "event.name".into(),
-                value: Some(AnyValue { value: Some(Value::StringValue("meshlens.access_log".into())) }),
-                ..Default::default()
-            });
+            attrs.push(string_kv("event.name", semconv::ACCESS_LOG_EVENT));
+            attrs.push(kv(semconv::DURATION_NS, Value::IntValue(r.duration.as_nanos() as i64)));
             attrs
         },
         flags: u32::from(r.context.sampled),

@@ -1,0 +1,95 @@
+//! The sidecar's telemetry under sampling and foreign trace context: with trace sampling
+//! off, only failed requests' spans are kept while the topology still counts every request
+//! (from the access logs); a B3 caller's trace is continued; `x-request-id` is generated
+//! once and follows the request through every hop.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const REQUESTS: u64 = 120;
+
+fn edge(topology: &Value, source: &str, target: &str) -> Option<Value> {
+    topology["edges"].as_array()?.iter().find(|e| e["source"] == source && e["target"] == target).cloned()
+}
+
+fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["tags"].as_array()?.iter().find(|t| t["key"] == key).map(|t| &t["value"])
+}
+
+#[test]
+fn sampling_keeps_errors_while_counts_stay_exact() {
+    let dir = TestDir::new("sampling");
+    let collector = CollectorProc::start(&dir);
+    let unsampled = "sampling_ratio = 0.0\nkeep_errors = true\nslow_threshold = \"0\"";
+    let mut tester = Workload::new("tester", &[]);
+    let mut front = Workload::new("front", &["http://back/work"]);
+    let mut back = Workload::new("back", &[]);
+    back.app_args = vec!["--error-ratio".into(), "0.25".into()];
+    for w in [&mut tester, &mut front, &mut back] {
+        w.telemetry = unsampled.into();
+    }
+    let _procs = start_mesh(&dir, &[&tester, &front, &back], collector.grpc);
+    let report = load(&dir, tester.outbound, "http://front/", REQUESTS);
+    assert_eq!(report["sent"], REQUESTS);
+
+    let topology = wait_for("every request counted despite sampling", Duration::from_secs(20), || {
+        let t = collector.json("/api/v1/topology?window=5m");
+        let done = ["tester.test", "front.test"].iter().zip(["front.test", "back.test"]).all(|(s, d)| {
+            edge(&t, s, d).is_some_and(|e| e["requests"] == REQUESTS)
+        });
+        done.then_some(t)
+    });
+    let errors = edge(&topology, "front.test", "back.test").and_then(|e| e["errors"].as_u64()).expect("errors");
+    assert!(errors > 0 && errors < REQUESTS, "about a quarter fail: {errors}");
+
+    // Spans: exactly the failed requests' CLIENT spans on front→back, and nothing that succeeded.
+    let traces = wait_for("the error spans", Duration::from_secs(10), || {
+        let found = collector.json("/api/traces?service=front&limit=1000");
+        let clients = found["data"].as_array()?.iter()
+            .flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default())
+            .filter(|s| tag(s, "span.kind") == Some(&"client".into()) && tag(s, "meshlens.destination.service") == Some(&"back".into()))
+            .count() as u64;
+        (clients == errors).then_some(found)
+    });
+    for trace in traces["data"].as_array().expect("traces") {
+        for span in trace["spans"].as_array().expect("spans") {
+            assert_eq!(tag(span, "error"), Some(&Value::Bool(true)), "only failed requests are kept: {span}");
+        }
+    }
+    // The sidecars' OTLP metrics and access logs still cover every request.
+    let logs = collector.json("/api/v1/logs?service=tester&limit=1000");
+    assert_eq!(logs.as_array().map(Vec::len), Some(REQUESTS as usize));
+}
+
+#[test]
+fn b3_callers_are_continued_and_request_ids_follow_the_request() {
+    let dir = TestDir::new("b3");
+    let collector = CollectorProc::start(&dir);
+    let mut tester = Workload::new("tester", &[]);
+    tester.telemetry = "propagation = [\"w3c\", \"b3\"]".into();
+    let front = Workload::new("front", &["http://back/work"]);
+    let back = Workload::new("back", &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front, &back], collector.grpc);
+
+    let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let b3 = format!("{b3_trace}-e457b5a2e4d86bd1-1");
+    let reply = http(tester.outbound, "GET", "/", &[("host", "front"), ("b3", &b3)], b"").expect("request");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let trace = wait_for("the B3 trace", Duration::from_secs(10), || {
+        let t = collector.json(&format!("/api/traces/{b3_trace}"));
+        (t["data"][0]["spans"].as_array().map(Vec::len) == Some(4)).then_some(t)
+    });
+    let spans = trace["data"][0]["spans"].as_array().expect("spans");
+    let root = spans.iter().find(|s| tag(s, "span.kind") == Some(&"client".into()) && tag(s, "meshlens.source.service") == Some(&"tester".into())).expect("tester's span");
+    assert_eq!(root["references"][0]["spanID"], "e457b5a2e4d86bd1", "the B3 caller is the parent");
+
+    let logs = collector.json(&format!("/api/v1/logs?trace_id={b3_trace}"));
+    let ids: Vec<&Value> = logs.as_array().expect("logs").iter().map(|l| &l["attributes"]["meshlens.request_id"]).collect();
+    assert_eq!(ids.len(), 4, "{logs}");
+    assert!(ids.iter().all(|id| *id == ids[0] && id.as_str().is_some_and(|s| s.len() == 36)), "{ids:?}");
+}
