@@ -132,6 +132,22 @@ pub struct RawTelemetry {
     /// Keep the spans of requests at least this slow even when not sampled; `0` turns it off.
     #[serde(default = "default_slow", deserialize_with = "meshlens_common::duration::deserialize")]
     pub slow_threshold: Duration,
+    /// Compress export requests: `gzip` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Longest time one batch is retried (only for errors OTLP calls retryable); then it is dropped.
+    #[serde(default = "default_retry_time", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub max_retry_time: Duration,
+}
+
+/// Compression of export requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip.
+    Gzip,
+    /// None.
+    None,
 }
 
 impl Default for RawTelemetry {
@@ -147,6 +163,8 @@ impl Default for RawTelemetry {
             sampling_ratio: default_ratio(),
             keep_errors: true,
             slow_threshold: default_slow(),
+            compression: default_compression(),
+            max_retry_time: default_retry_time(),
         }
     }
 }
@@ -221,6 +239,12 @@ fn default_true() -> bool {
 fn default_slow() -> Duration {
     Duration::from_secs(1)
 }
+fn default_compression() -> Compression {
+    Compression::Gzip
+}
+fn default_retry_time() -> Duration {
+    Duration::from_secs(15)
+}
 
 /// A validated sidecar configuration.
 #[derive(Debug, Clone)]
@@ -260,6 +284,10 @@ pub struct TelemetryConfig {
     pub propagation: Formats,
     /// Which spans are kept.
     pub sampling: Sampling,
+    /// Export compression.
+    pub compression: Compression,
+    /// Longest time one batch is retried.
+    pub max_retry_time: Duration,
 }
 
 /// Which spans are kept. Metrics and access logs always cover every request.
@@ -284,6 +312,8 @@ impl Default for TelemetryConfig {
             max_batch: default_batch(),
             propagation: Formats::W3C,
             sampling: Sampling { ratio: default_ratio(), keep_errors: true, slow_threshold: Some(default_slow()) },
+            compression: default_compression(),
+            max_retry_time: default_retry_time(),
         }
     }
 }
@@ -319,6 +349,8 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
                 keep_errors: t.keep_errors,
                 slow_threshold: Some(t.slow_threshold).filter(|d| !d.is_zero()),
             },
+            compression: t.compression,
+            max_retry_time: t.max_retry_time,
         })
     }
 }

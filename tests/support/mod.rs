@@ -78,12 +78,25 @@ impl Proc {
         let child = Command::new(meshlens())
             .args(args)
             .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Self { name: name.into(), child, log }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, in bytes (from `/proc`).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
     }
 
     /// Whether the process is still running.
@@ -260,7 +273,12 @@ impl CollectorProc {
 
     /// The same, with its data directory at `data`, logging as `name`.
     pub fn start_with_data(dir: &TestDir, data: &Path, name: &str) -> Self {
-        let (grpc, http, web) = (free_addr(), free_addr(), free_addr());
+        Self::start_at(dir, data, name, free_addr())
+    }
+
+    /// The same, with OTLP/gRPC on `grpc`.
+    pub fn start_at(dir: &TestDir, data: &Path, name: &str, grpc: SocketAddr) -> Self {
+        let (http, web) = (free_addr(), free_addr());
         let proc = Proc::start(dir, name, &[
             "collector",
             "--otlp-grpc", &grpc.to_string(),

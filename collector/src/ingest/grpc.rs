@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::{
     },
     trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::{TraceService, TraceServiceServer}},
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, codec::CompressionEncoding::Gzip};
 
 use crate::pipeline::Transport;
 
@@ -39,9 +39,13 @@ impl OtlpGrpc {
     ) -> Result<(), tonic::transport::Error> {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
-            .add_service(MetricsServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
-            .add_service(LogsServiceServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES))
+            .add_service(
+                TraceServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip),
+            )
+            .add_service(
+                MetricsServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip),
+            )
+            .add_service(LogsServiceServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
     }

@@ -13,22 +13,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use meshlens_common::rpc::RpcStatus;
 use prost::Message;
 
 use crate::pipeline::Transport;
 
 use super::{Ingest, Logs, Metrics, Signal, Traces, grpc::MAX_MESSAGE_BYTES};
-
-/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
-pub struct RpcStatus {
-    /// gRPC code (3: INVALID_ARGUMENT).
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    /// What went wrong.
-    #[prost(string, tag = "2")]
-    pub message: String,
-}
 
 /// The OTLP/HTTP routes.
 pub fn routes() -> Router<Arc<Ingest>> {
@@ -54,8 +44,21 @@ fn encoded<M: Message + serde::Serialize>(status: StatusCode, encoding: Encoding
 }
 
 fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Response {
-    // INVALID_ARGUMENT: the request itself is wrong and must not be retried.
-    encoded(status, encoding, &RpcStatus { code: 3, message })
+    // UNAVAILABLE is retryable; INVALID_ARGUMENT says the request itself is wrong.
+    let code = if status == StatusCode::SERVICE_UNAVAILABLE { 14 } else { 3 };
+    encoded(status, encoding, &RpcStatus { code, message, details: Vec::new() })
+}
+
+/// Inflates a gzip body, refusing to grow past [`MAX_MESSAGE_BYTES`].
+fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::GzDecoder::new(body).take(MAX_MESSAGE_BYTES as u64 + 1);
+    decoder.read_to_end(&mut out).map_err(|e| format!("malformed gzip body: {e}"))?;
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(format!("body inflates past {MAX_MESSAGE_BYTES} bytes"));
+    }
+    Ok(out.into())
 }
 
 async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -79,15 +82,24 @@ async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap
             );
         }
     };
-    if let Some(ce) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
-        if !ce.eq_ignore_ascii_case("identity") {
+    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let body = match content_encoding.trim().to_ascii_lowercase().as_str() {
+        "identity" | "" => body,
+        "gzip" => match gunzip(&body) {
+            Ok(inflated) => inflated,
+            Err(message) => {
+                ingest.pipeline().malformed(S::NAME, Transport::Http);
+                return rpc_error(StatusCode::BAD_REQUEST, encoding, message);
+            }
+        },
+        other => {
             return rpc_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 encoding,
-                format!("unsupported content encoding {ce:?}: send the body uncompressed"),
+                format!("unsupported content encoding {other:?}: use gzip or none"),
             );
         }
-    }
+    };
     let decoded = match encoding {
         Encoding::Protobuf => S::Request::decode(body.clone()).map_err(|e| format!("malformed protobuf {} request: {e}", S::NAME)),
         Encoding::Json => serde_json::from_slice::<S::Request>(&body).map_err(|e| format!("malformed JSON {} request: {e}", S::NAME)),

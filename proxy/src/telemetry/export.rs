@@ -2,11 +2,19 @@
 //!
 //! Spans and logs are drained from their bounded queues in batches (up to `max_batch`
 //! records, or whatever arrived within `flush_interval`); metrics are exported every
-//! `metrics_interval`. A failed export drops its batch and counts it; the next batch tries
-//! again on the same lazily reconnecting channel, so export resumes by itself when the
+//! `metrics_interval`. Requests are gzip-compressed. An export that fails with a code OTLP
+//! calls retryable (UNAVAILABLE and the like, or RESOURCE_EXHAUSTED carrying a RetryInfo)
+//! is retried with exponential backoff and jitter, waiting what RetryInfo asks when it says,
+//! for at most `max_retry_time`; then the batch is dropped and counted. Meanwhile the queues
+//! keep taking records until full and drop the rest, so memory stays bounded and the request
+//! path never waits. The channel reconnects lazily, so export resumes by itself when the
 //! collector comes back. On shutdown the queues are drained and flushed once more.
 
-use std::{future::Future, sync::Arc, time::{Duration, SystemTime}};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use opentelemetry_proto::tonic::{
     collector::{
@@ -16,28 +24,98 @@ use opentelemetry_proto::tonic::{
     },
     resource::v1::Resource,
 };
-use tokio::{sync::{mpsc, watch}, task::JoinHandle, time::Instant};
-use tonic::transport::{Channel, Endpoint};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tonic::{
+    Code, Status,
+    codec::CompressionEncoding,
+    transport::{Channel, Endpoint},
+};
 
-use crate::{config::TelemetryConfig, error::StartError, identity::WorkloadIdentity};
+use crate::{
+    config::{Compression, TelemetryConfig},
+    error::StartError,
+    identity::WorkloadIdentity,
+};
 
 use super::{RequestMetrics, RequestRecord, TelemetryStats, metrics::unix_nanos, otlp};
 
+/// First retry delay.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// When and how long to retry a failed export.
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    max_elapsed: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before the next attempt after `status`, or `None` if it must not be retried.
+    fn delay(status: &Status, backoff: Duration) -> Option<Duration> {
+        let hinted = meshlens_common::rpc::retry_delay(status.details());
+        match status.code() {
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
+                Some(hinted.unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64())))
+            }
+            // Only a server that says when to come back is retried for exhaustion.
+            Code::ResourceExhausted => hinted,
+            _ => None,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the time is up.
+    async fn run<F, Fut>(&self, stats: &TelemetryStats, signal: &'static str, mut attempt: F) -> Result<u64, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<u64, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let status = match attempt().await {
+                Ok(rejected) => return Ok(rejected),
+                Err(status) => status,
+            };
+            let Some(delay) = Self::delay(&status, backoff) else { return Err(status) };
+            if started.elapsed() + delay > self.max_elapsed {
+                return Err(status);
+            }
+            stats.retried(signal, code_label(status.code()));
+            tokio::time::sleep(delay).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Unavailable => "unavailable",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::Cancelled => "cancelled",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::DataLoss => "data_loss",
+        _ => "other",
+    }
+}
+
 /// An OTLP client that exports batches of records as one signal.
-trait RecordSink: Clone + Send + 'static {
+trait RecordSink: Clone + Send + Sync + 'static {
     /// `spans` or `logs`.
     const SIGNAL: &'static str;
-    /// Exports a batch; returns how many records the collector rejected.
-    fn export(
-        &mut self,
-        resource: &Resource,
-        batch: &[Arc<RequestRecord>],
-    ) -> impl Future<Output = Result<u64, tonic::Status>> + Send;
+    /// Exports a batch once; returns how many records the collector rejected.
+    fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> impl Future<Output = Result<u64, Status>> + Send;
 }
 
 impl RecordSink for TraceServiceClient<Channel> {
     const SIGNAL: &'static str = "spans";
-    async fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> Result<u64, tonic::Status> {
+    async fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> Result<u64, Status> {
         let response = TraceServiceClient::export(self, otlp::trace_request(resource, batch)).await?;
         Ok(response.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64))
     }
@@ -45,7 +123,7 @@ impl RecordSink for TraceServiceClient<Channel> {
 
 impl RecordSink for LogsServiceClient<Channel> {
     const SIGNAL: &'static str = "logs";
-    async fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> Result<u64, tonic::Status> {
+    async fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> Result<u64, Status> {
         let response = LogsServiceClient::export(self, otlp::logs_request(resource, batch)).await?;
         Ok(response.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64))
     }
@@ -64,21 +142,22 @@ impl ExportHandle {
         Self { shutdown: None, tasks: Vec::new() }
     }
 
-    /// Flushes what is queued and stops, waiting at most `limit`.
+    /// Flushes what is queued and stops, waiting at most `limit`; then gives up on the rest.
     pub async fn shutdown(mut self, limit: Duration) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }
-        let all = futures_join(std::mem::take(&mut self.tasks));
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
         if tokio::time::timeout(limit, all).await.is_err() {
             tracing::warn!("telemetry flush did not finish in {limit:?}; remaining records dropped");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
-    }
-}
-
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
     }
 }
 
@@ -97,88 +176,80 @@ pub(super) fn spawn(
         .connect_timeout(Duration::from_secs(1))
         .timeout(config.export_timeout)
         .connect_lazy();
+    let gzip = config.compression == Compression::Gzip;
+    macro_rules! client {
+        ($client:ident) => {{
+            let client = $client::new(channel.clone());
+            if gzip { client.send_compressed(CompressionEncoding::Gzip) } else { client }
+        }};
+    }
     let resource = Arc::new(otlp::resource(&identity));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let batching = Batching { max_batch: config.max_batch, flush_interval: config.flush_interval };
-
-    let spans = batching.spawn(
-        TraceServiceClient::new(channel.clone()),
-        span_rx,
-        resource.clone(),
-        stats.clone(),
-        shutdown_rx.clone(),
-    );
-    let logs = batching.spawn(
-        LogsServiceClient::new(channel.clone()),
-        log_rx,
-        resource.clone(),
-        stats.clone(),
-        shutdown_rx.clone(),
-    );
-    let metric_task = tokio::spawn(export_metrics(
-        MetricsServiceClient::new(channel),
-        resource,
-        metrics,
-        stats,
-        config.metrics_interval,
-        shutdown_rx,
-    ));
+    let drain = Drain {
+        max_batch: config.max_batch,
+        flush_interval: config.flush_interval,
+        retry: RetryPolicy { max_elapsed: config.max_retry_time },
+        resource: resource.clone(),
+        stats: stats.clone(),
+    };
+    let spans = drain.clone().spawn(client!(TraceServiceClient), span_rx, shutdown_rx.clone());
+    let logs = drain.clone().spawn(client!(LogsServiceClient), log_rx, shutdown_rx.clone());
+    let metric_task = tokio::spawn(export_metrics(client!(MetricsServiceClient), drain, metrics, config.metrics_interval, shutdown_rx));
     Ok(ExportHandle { shutdown: Some(shutdown_tx), tasks: vec![spans, logs, metric_task] })
 }
 
 /// Tracks whether a signal's export works, so failures are logged once per outage.
-#[derive(Clone)]
 struct Health {
     signal: &'static str,
-    failing: Arc<std::sync::atomic::AtomicBool>,
+    failing: bool,
 }
 
 impl Health {
     fn new(signal: &'static str) -> Self {
-        Self { signal, failing: Arc::default() }
+        Self { signal, failing: false }
     }
 
-    fn account(&self, stats: &TelemetryStats, n: u64, result: Result<u64, tonic::Status>) {
-        use std::sync::atomic::Ordering;
+    fn account(&mut self, stats: &TelemetryStats, n: u64, result: Result<u64, Status>) {
         match result {
             Ok(rejected) => {
                 stats.exported(self.signal, n - rejected.min(n));
                 if rejected > 0 {
                     stats.dropped(self.signal, "rejected", rejected);
                 }
-                if self.failing.swap(false, Ordering::Relaxed) {
+                if std::mem::replace(&mut self.failing, false) {
                     tracing::info!(signal = self.signal, "telemetry export recovered");
                 }
             }
             Err(status) => {
                 stats.dropped(self.signal, "export_failed", n);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(signal = self.signal, error = %status.message(), "telemetry export failing; dropping batches until the collector answers");
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(signal = self.signal, code = ?status.code(), error = %status.message(), "telemetry export failing; dropping batches until the collector answers");
                 }
             }
         }
     }
 }
 
-/// Batching settings of a queue drain.
-#[derive(Debug, Clone, Copy)]
-struct Batching {
+/// How queues are drained and batches sent.
+#[derive(Debug, Clone)]
+struct Drain {
     max_batch: usize,
     flush_interval: Duration,
+    retry: RetryPolicy,
+    resource: Arc<Resource>,
+    stats: TelemetryStats,
 }
 
-impl Batching {
+impl Drain {
     /// Spawns a task that drains `rx` in batches into `sink` until shutdown, then flushes.
     fn spawn<S: RecordSink>(
         self,
-        mut sink: S,
+        sink: S,
         mut rx: mpsc::Receiver<Arc<RequestRecord>>,
-        resource: Arc<Resource>,
-        stats: TelemetryStats,
         mut shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        let health = Health::new(S::SIGNAL);
         tokio::spawn(async move {
+            let mut health = Health::new(S::SIGNAL);
             let mut batch = Vec::with_capacity(self.max_batch);
             loop {
                 // Wait for the first record of a batch.
@@ -203,8 +274,15 @@ impl Batching {
                     }
                 }
                 for chunk in batch.chunks(self.max_batch) {
-                    let result = sink.export(&resource, chunk).await;
-                    health.account(&stats, chunk.len() as u64, result);
+                    let resource = &*self.resource;
+                    let result = self
+                        .retry
+                        .run(&self.stats, S::SIGNAL, || {
+                            let mut sink = sink.clone();
+                            async move { sink.export(resource, chunk).await }
+                        })
+                        .await;
+                    health.account(&self.stats, chunk.len() as u64, result);
                 }
                 batch.clear();
                 if stopping {
@@ -216,14 +294,13 @@ impl Batching {
 }
 
 async fn export_metrics(
-    mut client: MetricsServiceClient<Channel>,
-    resource: Arc<Resource>,
+    client: MetricsServiceClient<Channel>,
+    drain: Drain,
     metrics: RequestMetrics,
-    stats: TelemetryStats,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let health = Health::new("metrics");
+    let mut health = Health::new("metrics");
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -235,15 +312,64 @@ async fn export_metrics(
         let snapshot = metrics.snapshot();
         if !snapshot.is_empty() {
             let now = unix_nanos(SystemTime::now());
-            let request = otlp::metrics_request(&resource, metrics.start_unix_nanos(), now, &snapshot);
-            let points = snapshot.len() as u64;
-            let result = client.export(request).await.map(|r| {
-                r.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_data_points.max(0) as u64)
-            });
-            health.account(&stats, points, result);
+            let request = otlp::metrics_request(&drain.resource, metrics.start_unix_nanos(), now, &snapshot);
+            let result = drain
+                .retry
+                .run(&drain.stats, "metrics", || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move {
+                        let response = client.export(request).await?;
+                        Ok(response.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_data_points.max(0) as u64))
+                    }
+                })
+                .await;
+            health.account(&drain.stats, snapshot.len() as u64, result);
         }
         if last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_retryable_codes_are_retried() {
+        let backoff = Duration::from_millis(100);
+        let wait = |s: Status| RetryPolicy::delay(&s, backoff);
+        assert!(wait(Status::unavailable("down")).is_some_and(|d| d >= backoff / 2 && d <= backoff * 3 / 2));
+        assert!(wait(Status::deadline_exceeded("slow")).is_some());
+        assert_eq!(wait(Status::invalid_argument("bad")), None);
+        assert_eq!(wait(Status::internal("bug")), None);
+        assert_eq!(wait(Status::resource_exhausted("full")), None, "no RetryInfo: not retried");
+        let details = meshlens_common::rpc::status_with_retry(8, "full", Duration::from_secs(2));
+        let hinted = Status::with_details(Code::ResourceExhausted, "full", details.into());
+        assert_eq!(wait(hinted), Some(Duration::from_secs(2)), "RetryInfo's delay is honoured");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_when_the_time_is_up() {
+        let stats = TelemetryStats::default();
+        let policy = RetryPolicy { max_elapsed: Duration::from_secs(3) };
+        let mut attempts = 0;
+        let result = policy
+            .run(&stats, "spans", || {
+                attempts += 1;
+                async { Err::<u64, _>(Status::unavailable("down")) }
+            })
+            .await;
+        assert!(result.is_err());
+        assert!((3..=8).contains(&attempts), "{attempts} attempts in 3s of backoff");
+        let mut attempts = 0;
+        let ok = policy
+            .run(&stats, "spans", || {
+                attempts += 1;
+                let outcome = if attempts < 3 { Err(Status::unavailable("down")) } else { Ok(0) };
+                async move { outcome }
+            })
+            .await;
+        assert_eq!((ok.ok(), attempts), (Some(0), 3), "a retried batch gets through");
     }
 }

@@ -35,6 +35,7 @@ pub struct TelemetryStats {
     requests: Family<RequestLabels, Counter>,
     exported: Family<SignalLabels, Counter>,
     dropped: Family<SignalLabels, Counter>,
+    retries: Family<SignalLabels, Counter>,
 }
 
 impl TelemetryStats {
@@ -55,6 +56,11 @@ impl TelemetryStats {
             "Telemetry records dropped before reaching the collector, by reason",
             self.dropped.clone(),
         );
+        registry.register(
+            "meshlens_proxy_telemetry_export_retries",
+            "Export attempts retried after a retryable error, by the error's code",
+            self.retries.clone(),
+        );
     }
 
     pub(crate) fn observe_request(&self, record: &RequestRecord) {
@@ -71,6 +77,10 @@ impl TelemetryStats {
 
     pub(crate) fn dropped(&self, signal: &'static str, reason: &'static str, n: u64) {
         self.dropped.get_or_create(&SignalLabels { signal, reason }).inc_by(n);
+    }
+
+    pub(crate) fn retried(&self, signal: &'static str, reason: &'static str) {
+        self.retries.get_or_create(&SignalLabels { signal, reason }).inc();
     }
 
     /// Records dropped so far for `signal` and `reason` (for tests and the benchmark).
