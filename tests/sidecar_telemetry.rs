@@ -93,3 +93,40 @@ fn b3_callers_are_continued_and_request_ids_follow_the_request() {
     assert_eq!(ids.len(), 4, "{logs}");
     assert!(ids.iter().all(|id| *id == ids[0] && id.as_str().is_some_and(|s| s.len() == 36)), "{ids:?}");
 }
+
+#[test]
+fn access_logs_go_to_stdout_as_json_or_envoy_text() {
+    let dir = TestDir::new("stdout-log");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let front = Workload::new("front", &[]);
+    // The sidecar TOML's last table is [[services]]; an [access_log] table can follow it.
+    let json_sidecar = dir.path("tester-json.toml");
+    let text_sidecar = dir.path("front-text.toml");
+    let mesh = [&tester, &front];
+    std::fs::write(&json_sidecar, format!("{}\n[access_log]\nstdout = \"json\"\n", sidecar_toml(&tester, &mesh, collector.grpc))).expect("write");
+    std::fs::write(
+        &text_sidecar,
+        format!("{}\n[access_log]\nstdout = \"text\"\nformat = \"%DIRECTION% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %TRACE_ID%\"\n", sidecar_toml(&front, &mesh, collector.grpc)),
+    )
+    .expect("write");
+    let tester_proc = Proc::start(&dir, "tester-sidecar", &["proxy", "--config", json_sidecar.to_str().unwrap_or_default()]);
+    let front_proc = Proc::start(&dir, "front-sidecar", &["proxy", "--config", text_sidecar.to_str().unwrap_or_default()]);
+    let _app = Proc::start(&dir, "front-app", &["workload", "--service", "front", "--listen", &front.app.to_string(), "--sidecar", &front.outbound.to_string()]);
+    for addr in [tester.outbound, front.inbound, front.app] {
+        wait_listening(addr, "mesh");
+    }
+    let reply = http(tester.outbound, "GET", "/hello", &[("host", "front")], b"").expect("request");
+    assert_eq!(reply.status, 200);
+
+    let json_line = wait_for("a JSON access log line", Duration::from_secs(10), || {
+        tester_proc.output().lines().find(|l| l.starts_with('{')).map(str::to_owned)
+    });
+    let v: Value = serde_json::from_str(&json_line).expect("JSON");
+    assert_eq!((v["direction"].as_str(), v["path"].as_str(), v["response_code"].as_u64()), (Some("outbound"), Some("/hello"), Some(200)));
+    assert_eq!(v["destination_workload"], "front-v1");
+    let text_line = wait_for("a text access log line", Duration::from_secs(10), || {
+        front_proc.output().lines().find(|l| l.starts_with("inbound ")).map(str::to_owned)
+    });
+    assert_eq!(text_line, format!("inbound GET /hello 200 - {}", v["trace_id"].as_str().unwrap_or_default()), "same trace on both sides");
+}

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     identity::WorkloadIdentity,
+    telemetry::access_log::{self, AccessLogFormat},
     trace_context::{Format, Formats},
 };
 
@@ -43,6 +44,9 @@ pub struct RawConfig {
     /// Telemetry export.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// Access logs on stdout.
+    #[serde(default)]
+    pub access_log: RawAccessLog,
     /// The services this sidecar can route to.
     #[serde(default)]
     pub services: Vec<RawService>,
@@ -169,6 +173,30 @@ impl Default for RawTelemetry {
     }
 }
 
+/// `[access_log]`: access logs on stdout, besides the OTLP log records.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `off` (default), `json`, or `text`.
+    #[serde(default)]
+    pub stdout: StdoutAccessLog,
+    /// The text format, with Envoy-style `%FIELD%`s; defaults to Envoy's default format.
+    pub format: Option<String>,
+}
+
+/// Whether and how access logs go to stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdoutAccessLog {
+    /// Not written.
+    #[default]
+    Off,
+    /// One JSON object per line.
+    Json,
+    /// A text line per request.
+    Text,
+}
+
 /// `[[services]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +316,8 @@ pub struct TelemetryConfig {
     pub compression: Compression,
     /// Longest time one batch is retried.
     pub max_retry_time: Duration,
+    /// Access logs on stdout, if wanted.
+    pub stdout_access_log: Option<AccessLogFormat>,
 }
 
 /// Which spans are kept. Metrics and access logs always cover every request.
@@ -314,6 +344,7 @@ impl Default for TelemetryConfig {
             sampling: Sampling { ratio: default_ratio(), keep_errors: true, slow_threshold: Some(default_slow()) },
             compression: default_compression(),
             max_retry_time: default_retry_time(),
+            stdout_access_log: None,
         }
     }
 }
@@ -351,6 +382,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             },
             compression: t.compression,
             max_retry_time: t.max_retry_time,
+            stdout_access_log: None,
         })
     }
 }
@@ -412,7 +444,15 @@ impl TryFrom<RawConfig> for ProxyConfig {
         non_empty("workload.workload", &workload)?;
         let identity = WorkloadIdentity::new(&w.namespace, &w.service, &workload, &w.version);
 
-        let telemetry = TelemetryConfig::try_from(raw.telemetry)?;
+        let mut telemetry = TelemetryConfig::try_from(raw.telemetry)?;
+        telemetry.stdout_access_log = match raw.access_log.stdout {
+            StdoutAccessLog::Off => None,
+            StdoutAccessLog::Json => Some(AccessLogFormat::Json),
+            StdoutAccessLog::Text => Some(
+                AccessLogFormat::text(raw.access_log.format.as_deref().unwrap_or(access_log::DEFAULT_FORMAT))
+                    .map_err(ConfigError::Invalid)?,
+            ),
+        };
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(raw.services.len());
@@ -497,6 +537,15 @@ mod tests {
         let err = ProxyConfig::from_toml(&text).expect_err("unknown field");
         let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
         assert!(cause.contains("unknown field `bogus`"), "{cause}");
+    }
+
+    #[test]
+    fn access_log_formats_are_checked_at_load() {
+        let text = format!("{GOOD}\n[access_log]\nstdout = \"text\"\nformat = \"%REQ(:METHOD)% %BOGUS%\"\n");
+        let err = ProxyConfig::from_toml(&text).expect_err("unknown field");
+        assert!(err.to_string().contains("%BOGUS%"), "{err}");
+        let json = format!("{GOOD}\n[access_log]\nstdout = \"json\"\n");
+        assert!(ProxyConfig::from_toml(&json).expect("valid").telemetry.stdout_access_log.is_some());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! queue is full the record is dropped and counted, so the request never pays for a slow
 //! or absent collector.
 
+pub mod access_log;
 pub mod export;
 pub mod metrics;
 pub mod otlp;
@@ -150,6 +151,7 @@ struct Inner {
     stats: TelemetryStats,
     spans: Option<Queue>,
     logs: Option<Queue>,
+    stdout: Option<access_log::StdoutAccessLog>,
 }
 
 impl Telemetry {
@@ -181,7 +183,12 @@ impl Telemetry {
             }
             None => (None, None, ExportHandle::disabled()),
         };
+        let stdout = config
+            .stdout_access_log
+            .clone()
+            .map(|format| access_log::StdoutAccessLog::start(format, config.queue_capacity));
         let inner = Inner {
+            stdout,
             identity,
             sampling: config.sampling,
             propagation: config.propagation,
@@ -227,6 +234,9 @@ impl Telemetry {
         let inner = &*self.inner;
         inner.metrics.observe(&record);
         inner.stats.observe_request(&record);
+        if let Some(stdout) = &inner.stdout {
+            stdout.write(&record, &inner.stats);
+        }
         let keep = self.keeps_span(&record);
         let record = Arc::new(record);
         if keep {
@@ -244,7 +254,7 @@ impl Telemetry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -254,7 +264,8 @@ mod tests {
         trace_context::{SpanId, TraceId},
     };
 
-    fn record(sampled: bool, outcome: Outcome, duration_ms: u64) -> RequestRecord {
+    /// A finished outbound exchange for tests.
+    pub(crate) fn record(sampled: bool, outcome: Outcome, duration_ms: u64) -> RequestRecord {
         RequestRecord {
             side: Side::Outbound,
             context: SpanContext {
