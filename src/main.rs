@@ -134,6 +134,9 @@ struct LoadArgs {
     /// Most requests in flight.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Give every request a path of its own (`<path>/<n>`).
+    #[arg(long)]
+    unique_paths: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -209,6 +212,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             rate: args.rate,
             concurrency: args.concurrency,
             limit: Some(args.requests),
+            unique_paths: args.unique_paths,
         },
         rx,
     )

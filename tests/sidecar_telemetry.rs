@@ -130,3 +130,26 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     });
     assert_eq!(text_line, format!("inbound GET /hello 200 - {}", v["trace_id"].as_str().unwrap_or_default()), "same trace on both sides");
 }
+
+#[test]
+fn ten_thousand_distinct_paths_leave_the_series_count_flat() {
+    let dir = TestDir::new("cardinality");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let front = Workload::new("front", &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    let series = || prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_metric_series", &[]);
+
+    load(&dir, tester.outbound, "http://front/items", 50);
+    let before = series();
+    assert!(before >= 1.0);
+    let report = load_with(&dir, tester.outbound, "http://front/items", 10_000, &["--rate", "5000", "--concurrency", "32", "--unique-paths"]);
+    assert_eq!(report["succeeded"], 10_000, "{report}");
+    assert_eq!(series(), before, "paths never become labels");
+
+    // TCP connection metrics, from both sides.
+    let admin = |w: &Workload, metric: &str, direction: &str| prom_sum(&get(w.admin, "/metrics").body, metric, &[("direction", direction)]);
+    assert!(admin(&tester, "meshlens_proxy_tcp_connections_opened_total", "outbound") >= 1.0);
+    assert!(admin(&tester, "meshlens_proxy_tcp_received_bytes_total", "outbound") > 10_000.0 * 20.0, "request bytes from the app");
+    assert!(admin(&front, "meshlens_proxy_tcp_sent_bytes_total", "inbound") > 10_000.0 * 20.0, "response bytes to the caller");
+}

@@ -17,8 +17,11 @@ pub fn service(telemetry: &Telemetry) -> BoxCloneService<Request, Response, Infa
     let mut registry = Registry::default();
     telemetry.stats().register(&mut registry);
     let registry = Arc::new(registry);
+    let telemetry = telemetry.clone();
     BoxCloneService::new(tower::service_fn(move |req: Request| {
         let registry = registry.clone();
+        let stats = telemetry.stats();
+        stats.series.set(telemetry.metrics().series_count() as i64);
         async move { Ok::<_, Infallible>(respond(&req, &registry)) }
     }))
 }

@@ -9,8 +9,12 @@ use std::{collections::HashSet, net::SocketAddr, path::Path, sync::Arc, time::Du
 use serde::Deserialize;
 
 use crate::{
+    http_route::RouteTemplates,
     identity::WorkloadIdentity,
-    telemetry::access_log::{self, AccessLogFormat},
+    telemetry::{
+        access_log::{self, AccessLogFormat},
+        metrics::{Label, LabelPolicy},
+    },
     trace_context::{Format, Formats},
 };
 
@@ -76,6 +80,9 @@ pub struct RawInbound {
     pub listen: SocketAddr,
     /// The local application's address.
     pub app: SocketAddr,
+    /// Route templates of the application's paths (`/products/{id}`), for `http.route`.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// `[outbound]`.
@@ -142,6 +149,13 @@ pub struct RawTelemetry {
     /// Longest time one batch is retried (only for errors OTLP calls retryable); then it is dropped.
     #[serde(default = "default_retry_time", deserialize_with = "meshlens_common::duration::deserialize")]
     pub max_retry_time: Duration,
+    /// Labels of the request metrics: `source`, `destination`, `status_code`, `method`,
+    /// `route`, `response_flags` (default: all).
+    #[serde(default = "default_labels")]
+    pub metric_labels: Vec<Label>,
+    /// Distinct values each label admits; the rest fold into `other` and are counted.
+    #[serde(default = "default_max_label_values")]
+    pub max_label_values: usize,
 }
 
 /// Compression of export requests.
@@ -169,6 +183,8 @@ impl Default for RawTelemetry {
             slow_threshold: default_slow(),
             compression: default_compression(),
             max_retry_time: default_retry_time(),
+            metric_labels: default_labels(),
+            max_label_values: default_max_label_values(),
         }
     }
 }
@@ -207,6 +223,9 @@ pub struct RawService {
     pub namespace: Option<String>,
     /// The service's endpoints.
     pub endpoints: Vec<RawEndpoint>,
+    /// Route templates of the service's paths, for `http.route`.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// `[[services.endpoints]]`.
@@ -273,6 +292,12 @@ fn default_compression() -> Compression {
 fn default_retry_time() -> Duration {
     Duration::from_secs(15)
 }
+fn default_labels() -> Vec<Label> {
+    Label::ALL.to_vec()
+}
+fn default_max_label_values() -> usize {
+    LabelPolicy::default().max_values
+}
 
 /// A validated sidecar configuration.
 #[derive(Debug, Clone)]
@@ -283,6 +308,8 @@ pub struct ProxyConfig {
     pub inbound_listen: SocketAddr,
     /// The local application.
     pub app: SocketAddr,
+    /// Route templates of the local application.
+    pub inbound_routes: Arc<RouteTemplates>,
     /// Outbound listener.
     pub outbound_listen: SocketAddr,
     /// Admin listener.
@@ -318,6 +345,8 @@ pub struct TelemetryConfig {
     pub max_retry_time: Duration,
     /// Access logs on stdout, if wanted.
     pub stdout_access_log: Option<AccessLogFormat>,
+    /// Labels of the request metrics.
+    pub labels: LabelPolicy,
 }
 
 /// Which spans are kept. Metrics and access logs always cover every request.
@@ -345,6 +374,7 @@ impl Default for TelemetryConfig {
             compression: default_compression(),
             max_retry_time: default_retry_time(),
             stdout_access_log: None,
+            labels: LabelPolicy::default(),
         }
     }
 }
@@ -383,6 +413,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             compression: t.compression,
             max_retry_time: t.max_retry_time,
             stdout_access_log: None,
+            labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
         })
     }
 }
@@ -396,6 +427,8 @@ pub struct ServiceConfig {
     pub namespace: Arc<str>,
     /// Its endpoints, each with a positive weight.
     pub endpoints: Vec<Endpoint>,
+    /// Its route templates.
+    pub routes: Arc<RouteTemplates>,
 }
 
 /// One endpoint of a service: a workload's sidecar inbound address.
@@ -479,10 +512,12 @@ impl TryFrom<RawConfig> for ProxyConfig {
                     s.name
                 )));
             }
+            let routes = RouteTemplates::parse(&s.routes).map_err(ConfigError::Invalid)?;
             services.push(Arc::new(ServiceConfig {
                 name: s.name.into(),
                 namespace: namespace.into(),
                 endpoints,
+                routes: Arc::new(routes),
             }));
         }
 
@@ -490,6 +525,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
             identity,
             inbound_listen: raw.inbound.listen,
             app: raw.inbound.app,
+            inbound_routes: Arc::new(RouteTemplates::parse(&raw.inbound.routes).map_err(ConfigError::Invalid)?),
             outbound_listen: raw.outbound.listen,
             admin_listen: raw.admin.listen,
             telemetry,

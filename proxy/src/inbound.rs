@@ -18,7 +18,7 @@ pub fn stack(
     BoxCloneService::new(
         ServiceBuilder::new()
         // Records the SERVER span, the access log and the metrics of every request.
-        .layer(ObserveLayer::inbound(telemetry, app))
+        .layer(ObserveLayer::inbound(telemetry, app, config.inbound_routes.clone()))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
         // Every inbound request is for the local application.

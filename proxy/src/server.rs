@@ -16,14 +16,15 @@ use tower::{Service, ServiceExt};
 
 use crate::{
     body,
+    connection::ConnectionMeter,
     stack::{PeerAddr, Request, Response},
 };
 
 /// How long open connections get to finish after shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `service` on `listener` until `shutdown` turns true.
-pub async fn serve<S>(listener: TcpListener, service: S, mut shutdown: watch::Receiver<bool>)
+/// Serves `service` on `listener` until `shutdown` turns true, counting connections in `meter`.
+pub async fn serve<S>(listener: TcpListener, service: S, meter: ConnectionMeter, mut shutdown: watch::Receiver<bool>)
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -49,7 +50,7 @@ where
                     req.extensions_mut().insert(PeerAddr(peer));
                     service.clone().oneshot(req)
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), hyper_service).into_owned();
+                let connection = builder.serve_connection(TokioIo::new(meter.meter(stream)), hyper_service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {

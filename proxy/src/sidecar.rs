@@ -13,7 +13,8 @@ use crate::{
     error::StartError,
     inbound, outbound, server,
     stack::forward::Forward,
-    telemetry::{ExportHandle, Telemetry},
+    connection::ConnectionMeter,
+    telemetry::{ExportHandle, Side, Telemetry},
 };
 
 /// The addresses a running sidecar listens on.
@@ -65,14 +66,17 @@ impl Sidecar {
             tokio::spawn(server::serve(
                 inbound_listener,
                 inbound::stack(&config, telemetry.clone(), forward.clone()),
+                telemetry.stats().connections(Side::Inbound),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(server::serve(
                 outbound_listener,
                 outbound::stack(&config, telemetry.clone(), forward),
+                telemetry.stats().connections(Side::Outbound),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(server::serve(admin_listener, admin::service(&telemetry), shutdown_rx)),
+            // The admin server's own connections are not the mesh's traffic.
+            tokio::spawn(server::serve(admin_listener, admin::service(&telemetry), ConnectionMeter::default(), shutdown_rx)),
         ];
         Ok(Self {
             addrs,

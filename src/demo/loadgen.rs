@@ -29,6 +29,8 @@ pub struct LoadSpec {
     pub concurrency: usize,
     /// Stop after this many requests.
     pub limit: Option<u64>,
+    /// Append `/<n>` to each request's path, so every request has a path of its own.
+    pub unique_paths: bool,
 }
 
 /// What was sent.
@@ -77,7 +79,10 @@ pub async fn run(spec: LoadSpec, mut shutdown: watch::Receiver<bool>) -> LoadRep
             report.skipped += 1;
             continue;
         };
-        let Some(call) = pick(&spec.targets).cloned() else { break };
+        let Some(mut call) = pick(&spec.targets).cloned() else { break };
+        if spec.unique_paths {
+            call.path = format!("{}/{}", call.path.trim_end_matches('/'), report.sent);
+        }
         report.sent += 1;
         let (client, context, succeeded, failed) = (client.clone(), context.clone(), succeeded.clone(), failed.clone());
         tokio::spawn(async move {

@@ -12,6 +12,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use meshlens_proxy::{
     ProxyConfig, WorkloadIdentity,
     config::{Endpoint, ServiceConfig, TelemetryConfig},
+    http_route::RouteTemplates,
 };
 
 use super::workload::Call;
@@ -105,6 +106,24 @@ pub fn plan(defs: &[WorkloadDef]) -> std::io::Result<Vec<Planned>> {
         .collect()
 }
 
+/// The paths callers use on `service` (the load generator calls the frontend's `/`), as
+/// route templates.
+pub fn routes_of(service: &str) -> Arc<RouteTemplates> {
+    let mut paths: Vec<String> = SHOP
+        .iter()
+        .flat_map(|w| w.calls)
+        .filter_map(|c| c.parse::<Call>().ok())
+        .filter(|c| c.service == service && !c.grpc)
+        .map(|c| c.path)
+        .collect();
+    if service == "frontend" {
+        paths.push("/".into());
+    }
+    paths.sort();
+    paths.dedup();
+    Arc::new(RouteTemplates::parse(&paths).unwrap_or_default())
+}
+
 /// The service table every sidecar shares: each service's endpoints with their weights.
 pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
     let mut seen = std::collections::HashSet::new();
@@ -120,6 +139,7 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
                     .filter(|p| p.def.service == name)
                     .map(|p| Endpoint { address: p.inbound, identity: Arc::new(p.identity.clone()), weight: p.def.weight })
                     .collect(),
+                routes: routes_of(name),
             })
         })
         .collect()
@@ -135,6 +155,7 @@ pub fn sidecar_config(
     otlp: SocketAddr,
 ) -> ProxyConfig {
     ProxyConfig {
+        inbound_routes: routes_of(&identity.service),
         identity,
         inbound_listen: inbound,
         app,

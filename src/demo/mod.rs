@@ -74,6 +74,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             rate: options.rate,
             concurrency: 64,
             limit: None,
+            unique_paths: false,
         },
         stop_rx.clone(),
     ));

@@ -387,8 +387,14 @@ pub fn start_mesh(dir: &TestDir, mesh: &[&Workload], otlp: SocketAddr) -> Vec<Pr
 
 /// Runs `meshlens load` and returns its JSON report.
 pub fn load(dir: &TestDir, sidecar: SocketAddr, call: &str, requests: u64) -> serde_json::Value {
+    load_with(dir, sidecar, call, requests, &["--rate", "200", "--concurrency", "8"])
+}
+
+/// Runs `meshlens load` with more arguments and returns its JSON report.
+pub fn load_with(dir: &TestDir, sidecar: SocketAddr, call: &str, requests: u64, more: &[&str]) -> serde_json::Value {
     let out = Command::new(meshlens())
-        .args(["load", "--sidecar", &sidecar.to_string(), "--call", call, "--requests", &requests.to_string(), "--rate", "200", "--concurrency", "8"])
+        .args(["load", "--sidecar", &sidecar.to_string(), "--call", call, "--requests", &requests.to_string()])
+        .args(more)
         .current_dir(&dir.0)
         .output()
         .expect("run meshlens load");

@@ -3,8 +3,8 @@
 //! Each layer is one behaviour in its own module; [`crate::inbound`] and
 //! [`crate::outbound`] stack them. Layers talk to each other through request
 //! extensions: [`route`] puts the resolved service there, [`split`] the chosen
-//! [`Upstream`], [`forward`] reads it. The [`EndpointSlot`] lets [`observe`] learn which
-//! endpoint was chosen even when the request then fails.
+//! [`Upstream`], [`forward`] reads it. The [`Resolution`] lets [`observe`] learn which
+//! route and endpoint were chosen even when the request then fails.
 
 pub mod errors;
 pub mod forward;
@@ -36,18 +36,27 @@ pub struct Upstream(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// Filled by the split layer with the endpoint it picked; read by the observe layer.
+/// What inner layers decided about a request, read back by the observe layer (even when
+/// the request then fails): the route template (route layer) and the endpoint (split layer).
 #[derive(Debug, Clone, Default)]
-pub struct EndpointSlot(Arc<OnceLock<Endpoint>>);
+pub struct Resolution(Arc<(OnceLock<Arc<str>>, OnceLock<Endpoint>)>);
 
-impl EndpointSlot {
+impl Resolution {
+    /// Records the matched route template (the first wins).
+    pub fn set_route(&self, route: Arc<str>) {
+        let _ = self.0.0.set(route);
+    }
+    /// The matched route template, if any.
+    pub fn route(&self) -> Option<&Arc<str>> {
+        self.0.0.get()
+    }
     /// Records the chosen endpoint (the first choice wins).
-    pub fn set(&self, endpoint: Endpoint) {
-        let _ = self.0.set(endpoint);
+    pub fn set_endpoint(&self, endpoint: Endpoint) {
+        let _ = self.0.1.set(endpoint);
     }
     /// The chosen endpoint, if any.
-    pub fn get(&self) -> Option<&Endpoint> {
-        self.0.get()
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.0.1.get()
     }
 }
 

@@ -20,13 +20,14 @@ use tower::{Layer, Service};
 use crate::{
     body::{self, BodyEnd, BodyObserver, ObservedBody},
     classify::{self, Classification, Outcome, ResponseFlags},
+    http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
     telemetry::{RequestRecord, Side, Telemetry, metrics::unix_nanos},
     telemetry::SpanEvent,
     trace_context::{SpanContext, ensure_request_id},
 };
 
-use super::{BoxFuture, EndpointSlot, PeerAddr, Request, Response, is_grpc, request_authority};
+use super::{BoxFuture, PeerAddr, Request, Resolution, Response, is_grpc, request_authority};
 
 /// Adds [`Observe`] for one side of the sidecar.
 #[derive(Debug, Clone)]
@@ -34,17 +35,19 @@ pub struct ObserveLayer {
     side: Side,
     telemetry: Telemetry,
     app: Option<SocketAddr>,
+    routes: Arc<RouteTemplates>,
 }
 
 impl ObserveLayer {
-    /// For the inbound side, whose upstream is always the local application at `app`.
-    pub fn inbound(telemetry: Telemetry, app: SocketAddr) -> Self {
-        Self { side: Side::Inbound, telemetry, app: Some(app) }
+    /// For the inbound side, whose upstream is always the local application at `app`, whose
+    /// paths match `routes`.
+    pub fn inbound(telemetry: Telemetry, app: SocketAddr, routes: Arc<RouteTemplates>) -> Self {
+        Self { side: Side::Inbound, telemetry, app: Some(app), routes }
     }
 
-    /// For the outbound side, whose upstream the split layer chooses.
+    /// For the outbound side, whose upstream and route the inner layers choose.
     pub fn outbound(telemetry: Telemetry) -> Self {
-        Self { side: Side::Outbound, telemetry, app: None }
+        Self { side: Side::Outbound, telemetry, app: None, routes: Arc::default() }
     }
 }
 
@@ -82,18 +85,18 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let start = Instant::now();
         let start_unix_nanos = unix_nanos(SystemTime::now());
-        let ObserveLayer { side, telemetry, app } = self.layer.clone();
+        let ObserveLayer { side, telemetry, app, routes } = self.layer.clone();
         let local = telemetry.identity().clone();
 
         let context = SpanContext::continue_from(req.headers(), telemetry.sampling().ratio, telemetry.propagation());
         context.inject(req.headers_mut());
         let request_id = ensure_request_id(req.headers_mut());
-        let slot = EndpointSlot::default();
+        let resolution = Resolution::default();
         let source = match side {
             Side::Inbound => WorkloadIdentity::take_from(req.headers_mut()).map(Arc::new),
             Side::Outbound => {
                 req.headers_mut().insert(SOURCE_HEADER, local.to_header());
-                req.extensions_mut().insert(slot.clone());
+                req.extensions_mut().insert(resolution.clone());
                 Some(local.clone())
             }
         };
@@ -110,6 +113,7 @@ where
             duration: Default::default(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            route: routes.route(req.uri().path()).cloned(),
             authority_port: authority.as_ref().and_then(|(_, p)| *p),
             authority: authority.map(|(h, _)| h),
             version: req.version(),
@@ -137,9 +141,12 @@ where
             record.status = response.status().as_u16();
             record.grpc_status = classify::grpc_status(response.headers());
             record.flags = response.extensions().get::<ResponseFlags>().copied().unwrap_or_default();
-            if let Some(endpoint) = slot.get() {
+            if let Some(endpoint) = resolution.endpoint() {
                 record.destination = Some(endpoint.identity.clone());
                 record.upstream = Some(endpoint.address);
+            }
+            if let Some(route) = resolution.route() {
+                record.route = Some(route.clone());
             }
             let failure = [
                 (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),

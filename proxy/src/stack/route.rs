@@ -2,7 +2,8 @@
 //!
 //! Applications address services by name (`http://reviews/...`, or `Host: reviews`);
 //! `reviews.shop` and `reviews.shop.svc.cluster.local` name the same service when its
-//! namespace is `shop`. An unknown name fails with [`ProxyError::NoRoute`].
+//! namespace is `shop`. An unknown name fails with [`ProxyError::NoRoute`]. The path's
+//! route template, if the service has one that matches, is recorded for telemetry.
 
 use std::{collections::HashMap, sync::Arc, task::{Context, Poll}};
 
@@ -10,7 +11,7 @@ use tower::{Layer, Service};
 
 use crate::{config::ServiceConfig, error::ProxyError};
 
-use super::{Request, request_authority};
+use super::{Request, Resolution, request_authority};
 
 /// The service table, by name.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ where
         let Some(service) = self.resolve(&host).cloned() else {
             return Box::pin(std::future::ready(Err(ProxyError::NoRoute { service: host })));
         };
+        if let (Some(resolution), Some(route)) = (req.extensions().get::<Resolution>(), service.routes.route(req.uri().path())) {
+            resolution.set_route(route.clone());
+        }
         req.extensions_mut().insert(service);
         Box::pin(self.inner.call(req))
     }

@@ -13,7 +13,7 @@ use crate::{
     error::ProxyError,
 };
 
-use super::{EndpointSlot, Request, Upstream};
+use super::{Request, Resolution, Upstream};
 
 /// Adds [`Split`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,8 +70,8 @@ where
                 service: service.name.to_string(),
             })));
         };
-        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
-            slot.set(endpoint.clone());
+        if let Some(resolution) = req.extensions().get::<Resolution>() {
+            resolution.set_endpoint(endpoint.clone());
         }
         req.extensions_mut().insert(Upstream(endpoint.address));
         Box::pin(self.inner.call(req))

@@ -41,7 +41,7 @@ use crate::{
     identity::WorkloadIdentity,
 };
 
-use super::{RequestMetrics, RequestRecord, TelemetryStats, metrics::unix_nanos, otlp};
+use super::{RequestMetrics, RequestRecord, Side, TelemetryStats, metrics::unix_nanos, otlp};
 
 /// First retry delay.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -312,7 +312,11 @@ async fn export_metrics(
         let snapshot = metrics.snapshot();
         if !snapshot.is_empty() {
             let now = unix_nanos(SystemTime::now());
-            let request = otlp::metrics_request(&drain.resource, metrics.start_unix_nanos(), now, &snapshot);
+            let tcp = [Side::Inbound, Side::Outbound].map(|side| {
+                let m = drain.stats.connections(side);
+                (side, m.opened.get(), m.closed.get(), m.received.get(), m.sent.get())
+            });
+            let request = otlp::metrics_request(&drain.resource, metrics.start_unix_nanos(), now, &snapshot, &tcp);
             let result = drain
                 .retry
                 .run(&drain.stats, "metrics", || {

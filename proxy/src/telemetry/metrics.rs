@@ -1,11 +1,13 @@
 //! In-process request metrics: count, duration histogram and bytes per label set.
 //!
-//! Labels are bounded by construction: direction, source and destination workload,
-//! status code, gRPC status, classification and response flags; never the path. The
-//! exporter reads cumulative snapshots and sends them as OTLP histograms and sums.
+//! Cardinality is bounded three ways: which labels are carried is configurable; the path
+//! never is a label (only its route template, `http.route`); and each label admits at most
+//! `max_label_values` distinct values, folding the rest into `other` and counting the
+//! overflow. The exporter reads cumulative snapshots and sends them as OTLP histograms and
+//! sums.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -15,7 +17,93 @@ use crate::{
     identity::WorkloadIdentity,
 };
 
-use super::{RequestRecord, Side};
+use super::{RequestRecord, Side, TelemetryStats};
+
+/// A label the request metrics may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Label {
+    /// The calling workload.
+    Source,
+    /// The destination service and workload.
+    Destination,
+    /// HTTP status and gRPC status.
+    StatusCode,
+    /// The HTTP method (unknown methods fold into `_OTHER`).
+    Method,
+    /// The route template (`http.route`).
+    Route,
+    /// The response flags.
+    ResponseFlags,
+}
+
+impl Label {
+    /// Every label.
+    pub const ALL: [Label; 6] = [Self::Source, Self::Destination, Self::StatusCode, Self::Method, Self::Route, Self::ResponseFlags];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+            Self::StatusCode => "status_code",
+            Self::Method => "method",
+            Self::Route => "route",
+            Self::ResponseFlags => "response_flags",
+        }
+    }
+}
+
+/// Which labels are carried, and how many values each may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelPolicy {
+    /// The labels carried.
+    pub labels: HashSet<Label>,
+    /// Distinct values admitted per label before the rest fold into `other`.
+    pub max_values: usize,
+}
+
+impl Default for LabelPolicy {
+    fn default() -> Self {
+        Self { labels: Label::ALL.into_iter().collect(), max_values: 200 }
+    }
+}
+
+/// The value every label folds into past its limit.
+pub const OTHER: &str = "other";
+
+/// The distinct values seen of one label.
+#[derive(Debug, Default)]
+struct Seen(HashSet<Arc<str>>);
+
+impl Seen {
+    /// Whether `value` may be a label value: already seen, or there is room.
+    fn admit(&mut self, value: &Arc<str>, max: usize) -> bool {
+        if self.0.contains(value) {
+            return true;
+        }
+        if self.0.len() < max {
+            self.0.insert(value.clone());
+            return true;
+        }
+        false
+    }
+}
+
+/// The HTTP method as a label: the standard ones, else `_OTHER` (as OpenTelemetry says).
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
 
 /// Upper bounds of the duration histogram, in seconds: 100 µs to 30 s.
 pub const DURATION_BOUNDS: [f64; 17] = [
@@ -34,10 +122,14 @@ pub struct RequestKey {
     pub destination_service: Arc<str>,
     /// The destination workload.
     pub destination: Option<Arc<WorkloadIdentity>>,
-    /// HTTP status.
+    /// HTTP status (0 when the label is off).
     pub status: u16,
     /// gRPC status.
     pub grpc_status: Option<i32>,
+    /// HTTP method.
+    pub method: Option<&'static str>,
+    /// Route template.
+    pub route: Option<Arc<str>>,
     /// Whether it was gRPC.
     pub grpc: bool,
     /// Verdict.
@@ -61,17 +153,21 @@ pub struct RequestStats {
     pub response_bytes: u64,
 }
 
+/// The table and the values seen per label.
+#[derive(Debug, Default)]
+struct Table {
+    series: HashMap<RequestKey, RequestStats>,
+    seen: HashMap<Label, Seen>,
+}
+
 /// The aggregation table, shared by the recorder and the exporter.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
-    inner: Arc<Mutex<HashMap<RequestKey, RequestStats>>>,
+    inner: Arc<Mutex<Table>>,
+    policy: Arc<LabelPolicy>,
+    other: Arc<WorkloadIdentity>,
+    stats: TelemetryStats,
     start_unix_nanos: u64,
-}
-
-impl Default for RequestMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -82,11 +178,24 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 impl RequestMetrics {
-    /// An empty table whose cumulative series start now.
-    pub fn new() -> Self {
+    /// An empty table whose cumulative series start now; overflows are counted in `stats`.
+    pub fn new(policy: LabelPolicy, stats: TelemetryStats) -> Self {
         Self {
             inner: Arc::default(),
+            policy: Arc::new(policy),
+            other: Arc::new(WorkloadIdentity::new(OTHER, OTHER, OTHER, OTHER)),
+            stats,
             start_unix_nanos: unix_nanos(SystemTime::now()),
+        }
+    }
+
+    /// `value` if `label` has room for it, else `other` (counted).
+    fn bounded<T: Clone>(&self, table: &mut Table, label: Label, key: &Arc<str>, value: T, other: T) -> T {
+        if table.seen.entry(label).or_default().admit(key, self.policy.max_values) {
+            value
+        } else {
+            self.stats.label_overflow(label.name());
+            other
         }
     }
 
@@ -97,21 +206,40 @@ impl RequestMetrics {
 
     /// Adds one exchange.
     pub fn observe(&self, r: &RequestRecord) {
+        let on = |l| self.policy.labels.contains(&l);
+        let Ok(mut guard) = self.inner.lock() else { return };
+        let table = &mut *guard;
+        let source = match &r.source {
+            Some(s) if on(Label::Source) => Some(self.bounded(table, Label::Source, &s.workload, s.clone(), self.other.clone())),
+            _ => None,
+        };
+        let (destination_service, destination) = if on(Label::Destination) {
+            let service = self.bounded(table, Label::Destination, &r.destination_service, r.destination_service.clone(), Arc::from(OTHER));
+            let workload = if &*service == OTHER { Some(self.other.clone()) } else { r.destination.clone() };
+            (service, workload)
+        } else {
+            (Arc::from(""), None)
+        };
+        let route = match &r.route {
+            Some(route) if on(Label::Route) => Some(self.bounded(table, Label::Route, route, route.clone(), Arc::from(OTHER))),
+            _ => None,
+        };
         let key = RequestKey {
             side: r.side,
-            source: r.source.clone(),
-            destination_service: r.destination_service.clone(),
-            destination: r.destination.clone(),
-            status: r.status,
-            grpc_status: r.grpc_status,
+            source,
+            destination_service,
+            destination,
+            status: if on(Label::StatusCode) { r.status } else { 0 },
+            grpc_status: r.grpc_status.filter(|_| on(Label::StatusCode)),
+            method: on(Label::Method).then(|| method_label(&r.method)),
+            route,
             grpc: r.grpc,
             outcome: r.classification.outcome,
-            flags: r.flags,
+            flags: if on(Label::ResponseFlags) { r.flags } else { ResponseFlags::empty() },
         };
         let seconds = r.duration.as_secs_f64();
         let bucket = DURATION_BOUNDS.partition_point(|b| *b < seconds);
-        let Ok(mut table) = self.inner.lock() else { return };
-        let stats = table.entry(key).or_default();
+        let stats = table.series.entry(key).or_default();
         stats.count += 1;
         stats.duration_sum += seconds;
         stats.buckets[bucket] += 1;
@@ -119,11 +247,70 @@ impl RequestMetrics {
         stats.response_bytes += r.response_bytes;
     }
 
+    /// How many series the table holds.
+    pub fn series_count(&self) -> usize {
+        self.inner.lock().map_or(0, |t| t.series.len())
+    }
+
     /// A copy of every series.
     pub fn snapshot(&self) -> Vec<(RequestKey, RequestStats)> {
         match self.inner.lock() {
-            Ok(table) => table.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Ok(table) => table.series.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             Err(_) => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::tests::record;
+
+    fn table(labels: &[Label], max_values: usize) -> (RequestMetrics, TelemetryStats) {
+        let stats = TelemetryStats::default();
+        let policy = LabelPolicy { labels: labels.iter().copied().collect(), max_values };
+        (RequestMetrics::new(policy, stats.clone()), stats)
+    }
+
+    #[test]
+    fn ten_thousand_paths_make_one_series() {
+        let (m, _) = table(&Label::ALL, 200);
+        for i in 0..10_000 {
+            let mut r = record(true, Outcome::Success, 1);
+            r.path = format!("/users/{i}");
+            m.observe(&r);
+        }
+        let snapshot = m.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].1.count, 10_000);
+    }
+
+    #[test]
+    fn labels_past_their_limit_fold_into_other_and_are_counted() {
+        let (m, stats) = table(&Label::ALL, 5);
+        for i in 0..50 {
+            let mut r = record(true, Outcome::Success, 1);
+            r.route = Some(format!("/route{i}/{{id}}").into());
+            m.observe(&r);
+        }
+        let snapshot = m.snapshot();
+        assert_eq!(snapshot.len(), 6, "five routes and `other`");
+        let other = snapshot.iter().find(|(k, _)| k.route.as_deref() == Some(OTHER)).expect("other");
+        assert_eq!(other.1.count, 45);
+        assert_eq!(stats.label_overflow_count("route"), 45);
+    }
+
+    #[test]
+    fn labels_that_are_off_are_not_carried() {
+        let (m, _) = table(&[Label::Destination], 200);
+        for status in [200, 404, 503] {
+            let mut r = record(true, Outcome::Success, 1);
+            r.status = status;
+            r.method = http::Method::POST;
+            m.observe(&r);
+        }
+        let snapshot = m.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!((snapshot[0].0.status, snapshot[0].0.method), (0, None));
     }
 }

@@ -62,6 +62,8 @@ pub struct RequestRecord {
     pub method: http::Method,
     /// Request path (no query).
     pub path: String,
+    /// The route template the path matched (`http.route`).
+    pub route: Option<Arc<str>>,
     /// The authority the caller addressed (`server.address`).
     pub authority: Option<String>,
     /// The port the caller addressed, if any.
@@ -161,7 +163,7 @@ impl Telemetry {
         config: &TelemetryConfig,
     ) -> Result<(Self, ExportHandle), crate::error::StartError> {
         let stats = TelemetryStats::default();
-        let metrics = RequestMetrics::new();
+        let metrics = RequestMetrics::new(config.labels.clone(), stats.clone());
         let (spans, logs, handle) = match &config.otlp_endpoint {
             Some(endpoint) => {
                 let (span_tx, span_rx) = mpsc::channel(config.queue_capacity);
@@ -203,6 +205,11 @@ impl Telemetry {
     /// The workload this recorder speaks for.
     pub fn identity(&self) -> &Arc<WorkloadIdentity> {
         &self.inner.identity
+    }
+
+    /// The request metrics table.
+    pub fn metrics(&self) -> &RequestMetrics {
+        &self.inner.metrics
     }
 
     /// Which spans are kept.
@@ -279,6 +286,7 @@ pub(crate) mod tests {
             duration: Duration::from_millis(duration_ms),
             method: http::Method::GET,
             path: "/".into(),
+            route: None,
             authority: None,
             authority_port: None,
             version: http::Version::HTTP_11,

@@ -106,6 +106,9 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
     if let Some(host) = &r.authority {
         a.str("server.address", host.as_str());
     }
+    if let Some(route) = &r.route {
+        a.str("http.route", &**route);
+    }
     if let Some(port) = r.authority_port {
         a.int("server.port", i64::from(port));
     }
@@ -139,12 +142,13 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
     a.0
 }
 
-/// The span name: the gRPC method for gRPC calls, else the HTTP method.
+/// The span name: the gRPC method for gRPC calls, else `{method} {http.route}`, or the
+/// method alone when no route template matched (OpenTelemetry's HTTP conventions).
 pub fn span_name(r: &RequestRecord) -> String {
-    if r.grpc {
-        r.path.trim_start_matches('/').to_owned()
-    } else {
-        r.method.as_str().to_owned()
+    match &r.route {
+        _ if r.grpc => r.path.trim_start_matches('/').to_owned(),
+        Some(route) => format!("{} {route}", r.method),
+        None => r.method.as_str().to_owned(),
     }
 }
 
@@ -265,12 +269,23 @@ pub fn logs_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> Export
 
 fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     let mut a = Attributes::default();
-    a.int("http.response.status_code", i64::from(k.status))
-        .str(semconv::DIRECTION, k.side.as_str())
+    if k.status != 0 {
+        a.int("http.response.status_code", i64::from(k.status));
+    }
+    if let Some(method) = k.method {
+        a.str("http.request.method", method);
+    }
+    if let Some(route) = &k.route {
+        a.str("http.route", &**route);
+    }
+    a.str(semconv::DIRECTION, k.side.as_str())
         .str(semconv::PROTOCOL, if k.grpc { "grpc" } else { "http" })
         .str(semconv::CLASSIFICATION, k.outcome.as_str())
         .str(semconv::RESPONSE_FLAGS, k.flags.to_string())
-        .str(&semconv::field(semconv::DESTINATION, "service"), &*k.destination_service);
+        ;
+    if !k.destination_service.is_empty() {
+        a.str(&semconv::field(semconv::DESTINATION, "service"), &*k.destination_service);
+    }
     if let Some(code) = k.grpc_status {
         a.int("rpc.grpc.status_code", i64::from(code));
     }
@@ -283,12 +298,16 @@ fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     a.0
 }
 
+/// Cumulative TCP counters of both listeners: (side, opened, closed, received, sent).
+pub type TcpSnapshot = [(Side, u64, u64, u64, u64); 2];
+
 /// A metrics export request from a cumulative snapshot.
 pub fn metrics_request(
     resource: &Resource,
     start_unix_nanos: u64,
     now_unix_nanos: u64,
     snapshot: &[(RequestKey, RequestStats)],
+    tcp: &TcpSnapshot,
 ) -> ExportMetricsServiceRequest {
     let cumulative = AggregationTemporality::Cumulative as i32;
     let mut server = Vec::new();
@@ -335,11 +354,27 @@ pub fn metrics_request(
         data: Some(Data::Sum(Sum { data_points: points, aggregation_temporality: cumulative, is_monotonic: true })),
         ..Default::default()
     };
+    let tcp_points = |pick: fn(&(Side, u64, u64, u64, u64)) -> u64| -> Vec<NumberDataPoint> {
+        tcp.iter()
+            .map(|t| NumberDataPoint {
+                attributes: vec![string_kv(semconv::DIRECTION, t.0.as_str())],
+                start_time_unix_nano: start_unix_nanos,
+                time_unix_nano: now_unix_nanos,
+                value: Some(number_data_point::Value::AsInt(pick(t) as i64)),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let connections = |name: &str, description: &str, points| Metric { unit: "{connection}".into(), ..sum(name, description, points) };
     let metrics = vec![
         histogram("http.server.request.duration", "Duration of inbound requests", server),
         histogram("http.client.request.duration", "Duration of outbound requests", client),
         sum("meshlens.proxy.request.bytes", "Request body bytes", req_bytes),
         sum("meshlens.proxy.response.bytes", "Response body bytes", resp_bytes),
+        connections("meshlens.proxy.tcp.connections.opened", "TCP connections accepted", tcp_points(|t| t.1)),
+        connections("meshlens.proxy.tcp.connections.closed", "TCP connections closed", tcp_points(|t| t.2)),
+        sum("meshlens.proxy.tcp.received", "Bytes received from peers", tcp_points(|t| t.3)),
+        sum("meshlens.proxy.tcp.sent", "Bytes sent to peers", tcp_points(|t| t.4)),
     ];
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {

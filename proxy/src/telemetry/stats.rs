@@ -5,11 +5,12 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use super::RequestRecord;
+use super::{RequestRecord, Side};
+use crate::connection::ConnectionMeter;
 
 /// Labels of the export counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +37,27 @@ pub struct TelemetryStats {
     exported: Family<SignalLabels, Counter>,
     dropped: Family<SignalLabels, Counter>,
     retries: Family<SignalLabels, Counter>,
+    label_overflow: Family<OverflowLabels, Counter>,
+    /// Series in the request-metrics table (set when `/metrics` is read).
+    pub series: Gauge,
+    tcp_opened: Family<DirectionLabels, Counter>,
+    tcp_closed: Family<DirectionLabels, Counter>,
+    tcp_received: Family<DirectionLabels, Counter>,
+    tcp_sent: Family<DirectionLabels, Counter>,
+}
+
+/// Labels of the TCP counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+}
+
+/// Labels of the label-overflow counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    /// The metric label that hit its limit.
+    pub label: &'static str,
 }
 
 impl TelemetryStats {
@@ -56,11 +78,32 @@ impl TelemetryStats {
             "Telemetry records dropped before reaching the collector, by reason",
             self.dropped.clone(),
         );
+        registry.register("meshlens_proxy_metric_series", "Series in the sidecar's request metrics", self.series.clone());
+        registry.register("meshlens_proxy_tcp_connections_opened", "TCP connections accepted", self.tcp_opened.clone());
+        registry.register("meshlens_proxy_tcp_connections_closed", "TCP connections closed", self.tcp_closed.clone());
+        registry.register("meshlens_proxy_tcp_received_bytes", "Bytes received from peers", self.tcp_received.clone());
+        registry.register("meshlens_proxy_tcp_sent_bytes", "Bytes sent to peers", self.tcp_sent.clone());
+        registry.register(
+            "meshlens_proxy_metric_label_overflow",
+            "Observations whose label value was folded into `other` because the label hit its limit",
+            self.label_overflow.clone(),
+        );
         registry.register(
             "meshlens_proxy_telemetry_export_retries",
             "Export attempts retried after a retryable error, by the error's code",
             self.retries.clone(),
         );
+    }
+
+    /// The connection counters of one listener (handles onto this registry's counters).
+    pub fn connections(&self, side: Side) -> ConnectionMeter {
+        let labels = DirectionLabels { direction: side.as_str() };
+        ConnectionMeter {
+            opened: self.tcp_opened.get_or_create_owned(&labels),
+            closed: self.tcp_closed.get_or_create_owned(&labels),
+            received: self.tcp_received.get_or_create_owned(&labels),
+            sent: self.tcp_sent.get_or_create_owned(&labels),
+        }
     }
 
     pub(crate) fn observe_request(&self, record: &RequestRecord) {
@@ -81,6 +124,15 @@ impl TelemetryStats {
 
     pub(crate) fn retried(&self, signal: &'static str, reason: &'static str) {
         self.retries.get_or_create(&SignalLabels { signal, reason }).inc();
+    }
+
+    pub(crate) fn label_overflow(&self, label: &'static str) {
+        self.label_overflow.get_or_create(&OverflowLabels { label }).inc();
+    }
+
+    /// Observations folded into `other` so far for `label`.
+    pub fn label_overflow_count(&self, label: &'static str) -> u64 {
+        self.label_overflow.get_or_create(&OverflowLabels { label }).get()
     }
 
     /// Records dropped so far for `signal` and `reason` (for tests and the benchmark).
