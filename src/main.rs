@@ -1,6 +1,7 @@
 //! `meshlens`: the collector, the sidecar, the sample workloads and the demo, in one binary.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -34,6 +35,38 @@ enum Command {
     Workload(WorkloadArgs),
     /// Send a fixed number of requests through a sidecar and print a JSON report.
     Load(LoadArgs),
+    /// Benchmarks, printing figures side by side with references measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// The benchmark's upstream: answers `200 ok` on one thread.
+    #[command(hide = true)]
+    BenchUpstream {
+        /// Where to listen.
+        #[arg(long, value_parser = parse_addr)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The sidecar against the direct path and nginx: throughput, added latency, memory, CPU.
+    Proxy(ProxyBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProxyBenchArgs {
+    /// Length of each measurement.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    duration: Duration,
+    /// Requests per second of the fixed-rate latency measurement.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Connections of the throughput measurement.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// An address, or a bare port on 127.0.0.1.
@@ -142,7 +175,12 @@ struct LoadArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     meshlens_proxy::cli::init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = match &cli.command {
+        // The sidecar runs on as many worker threads as it is told.
+        Command::Proxy(args) => tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).enable_all().build()?,
+        Command::BenchUpstream { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => {
@@ -159,6 +197,16 @@ fn main() -> anyhow::Result<()> {
             Command::Proxy(args) => meshlens_proxy::cli::run(args).await,
             Command::Workload(args) => run_workload(args).await,
             Command::Load(args) => run_load(args).await,
+            Command::Bench(BenchCommand::Proxy(args)) => {
+                bench::run_proxy(bench::ProxyBench {
+                    duration: args.duration,
+                    rate: args.rate,
+                    connections: args.connections,
+                    json: args.json,
+                })
+                .await
+            }
+            Command::BenchUpstream { listen } => bench::upstream::serve(listen).await,
         }
     })
 }

@@ -9,6 +9,10 @@
 //! keep taking records until full and drop the rest, so memory stays bounded and the request
 //! path never waits. The channel reconnects lazily, so export resumes by itself when the
 //! collector comes back. On shutdown the queues are drained and flushed once more.
+//!
+//! Export runs on a thread of its own with its own single-threaded runtime: building,
+//! compressing and sending batches is real CPU work, and on the request threads it would
+//! stall the requests queued behind it.
 
 use std::{
     future::Future,
@@ -129,39 +133,35 @@ impl RecordSink for LogsServiceClient<Channel> {
     }
 }
 
-/// Running export tasks.
+/// The running export thread.
 #[derive(Debug)]
 pub struct ExportHandle {
     shutdown: Option<watch::Sender<bool>>,
-    tasks: Vec<JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ExportHandle {
     /// A handle with nothing to stop (export turned off).
     pub fn disabled() -> Self {
-        Self { shutdown: None, tasks: Vec::new() }
+        Self { shutdown: None, thread: None }
     }
 
-    /// Flushes what is queued and stops, waiting at most `limit`; then gives up on the rest.
+    /// Flushes what is queued and stops, waiting at most `limit`; then gives up on the rest
+    /// (the thread ends with the process).
     pub async fn shutdown(mut self, limit: Duration) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }
-        let tasks = std::mem::take(&mut self.tasks);
-        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
-        let all = async {
-            for task in tasks {
-                let _ = task.await;
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(limit, joined).await.is_err() {
+                tracing::warn!("telemetry flush did not finish in {limit:?}; remaining records dropped");
             }
-        };
-        if tokio::time::timeout(limit, all).await.is_err() {
-            tracing::warn!("telemetry flush did not finish in {limit:?}; remaining records dropped");
-            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 }
 
-/// Starts the three export tasks on a shared lazily connecting channel.
+/// Starts the export thread: three tasks on a shared lazily connecting channel.
 pub(super) fn spawn(
     endpoint: &str,
     config: &TelemetryConfig,
@@ -171,31 +171,48 @@ pub(super) fn spawn(
     metrics: RequestMetrics,
     stats: TelemetryStats,
 ) -> Result<ExportHandle, StartError> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+    let endpoint = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(config.export_timeout)
-        .connect_lazy();
+        .timeout(config.export_timeout);
     let gzip = config.compression == Compression::Gzip;
-    macro_rules! client {
-        ($client:ident) => {{
-            let client = $client::new(channel.clone());
-            if gzip { client.send_compressed(CompressionEncoding::Gzip) } else { client }
-        }};
-    }
-    let resource = Arc::new(otlp::resource(&identity));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let drain = Drain {
         max_batch: config.max_batch,
         flush_interval: config.flush_interval,
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
-        resource: resource.clone(),
-        stats: stats.clone(),
+        resource: Arc::new(otlp::resource(&identity)),
+        stats,
     };
-    let spans = drain.clone().spawn(client!(TraceServiceClient), span_rx, shutdown_rx.clone());
-    let logs = drain.clone().spawn(client!(LogsServiceClient), log_rx, shutdown_rx.clone());
-    let metric_task = tokio::spawn(export_metrics(client!(MetricsServiceClient), drain, metrics, config.metrics_interval, shutdown_rx));
-    Ok(ExportHandle { shutdown: Some(shutdown_tx), tasks: vec![spans, logs, metric_task] })
+    let metrics_interval = config.metrics_interval;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name(format!("export-{}", identity.workload))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the telemetry export runtime; telemetry is dropped");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let channel = endpoint.connect_lazy();
+                macro_rules! client {
+                    ($client:ident) => {{
+                        let client = $client::new(channel.clone());
+                        if gzip { client.send_compressed(CompressionEncoding::Gzip) } else { client }
+                    }};
+                }
+                let spans = drain.clone().spawn(client!(TraceServiceClient), span_rx, shutdown_rx.clone());
+                let logs = drain.clone().spawn(client!(LogsServiceClient), log_rx, shutdown_rx.clone());
+                let metric_task = tokio::spawn(export_metrics(client!(MetricsServiceClient), drain, metrics, metrics_interval, shutdown_rx));
+                for task in [spans, logs, metric_task] {
+                    let _ = task.await;
+                }
+            });
+        })
+        .map_err(|e| StartError::OtlpEndpoint { endpoint: "(export thread)".into(), reason: e.to_string() })?;
+    Ok(ExportHandle { shutdown: Some(shutdown_tx), thread: Some(thread) })
 }
 
 /// Tracks whether a signal's export works, so failures are logged once per outage.

@@ -1,0 +1,329 @@
+//! `meshlens bench proxy`: the sidecar's cost, side by side with the direct path and nginx,
+//! measured in one run on loopback.
+//!
+//! Every scenario sends to the same fast upstream (a separate process answering `200 ok`):
+//! directly; through Debian's nginx as a reverse proxy (one worker, upstream keep-alive,
+//! access log off); and through meshlens-proxy's outbound side (one worker thread) with
+//! telemetry off, with telemetry on at 100 % sampling to a running collector, and with
+//! telemetry on while the collector is down. For each it reports the maximum request rate
+//! with N connections, latency at a fixed open-loop rate (and what the proxy adds over the
+//! direct path), the proxy's resident memory idle and under that load, and its CPU time per
+//! 1,000 requests. The load generator runs on the same cores as everything else.
+
+pub mod load;
+pub mod upstream;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::demo::mesh::free_addr;
+
+use self::load::Target;
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct ProxyBench {
+    /// Length of each measurement.
+    pub duration: Duration,
+    /// The fixed rate of the latency measurement, requests per second.
+    pub rate: f64,
+    /// Connections of the throughput measurement.
+    pub connections: usize,
+    /// Print JSON instead of a table.
+    pub json: bool,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// Requests per second with `connections` connections.
+    pub max_rps: f64,
+    /// Latency at the fixed rate, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: f64,
+    /// Added over the direct path at p50, microseconds.
+    pub added_p50_us: Option<f64>,
+    /// Added at p99.
+    pub added_p99_us: Option<f64>,
+    /// Added at p99.9.
+    pub added_p999_us: Option<f64>,
+    /// The proxy's resident memory before load, MiB.
+    pub rss_idle_mib: Option<f64>,
+    /// The proxy's largest resident memory under the fixed-rate load, MiB.
+    pub rss_load_mib: Option<f64>,
+    /// The proxy's CPU seconds per 1,000 requests at the fixed rate.
+    pub cpu_s_per_1k_requests: Option<f64>,
+    /// The collector's CPU seconds per 1,000 requests, where one receives the telemetry.
+    pub collector_cpu_s_per_1k_requests: Option<f64>,
+    /// Requests that failed during the fixed-rate run.
+    pub errors: u64,
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Children first: nginx's workers outlive a killed master.
+        let pids: Vec<String> = process_tree(self.0.id()).iter().skip(1).map(u32::to_string).collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+    let out = std::fs::File::create(log)?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(Proc(child))
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("{what} did not start listening on {addr}")
+}
+
+/// The process and its children (nginx's workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    pids
+}
+
+/// Resident memory of a process tree, bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .sum()
+}
+
+/// User plus system CPU time of a process tree, seconds (Linux clock ticks are 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Measures one scenario: throughput, then latency at the fixed rate while sampling the
+/// proxy's memory and CPU.
+async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Option<u32>, settings: &ProxyBench) -> anyhow::Result<Row> {
+    // Warm up connections, pools and allocator.
+    load::fixed_rate(target, 200.0, Duration::from_millis(500), 4).await?;
+    let rss_idle = pid.map(rss_bytes);
+    let max_rps = load::max_throughput(target, settings.connections, settings.duration).await?;
+    let cpu_before = pid.map(cpu_seconds);
+    let collector_before = collector.map(cpu_seconds);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = pid.map(|pid| {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let latencies = load::fixed_rate(target, settings.rate, settings.duration, settings.connections).await?;
+    let cpu = pid.zip(cpu_before).map(|(pid, before)| cpu_seconds(pid) - before);
+    let collector_cpu = collector.zip(collector_before).map(|(pid, before)| cpu_seconds(pid) - before);
+    let rss_load = pid.map(|pid| {
+        if let Some(task) = &sampler {
+            task.abort();
+        }
+        peak.load(std::sync::atomic::Ordering::Relaxed).max(rss_bytes(pid))
+    });
+    let requests = latencies.micros.len() as f64;
+    Ok(Row {
+        scenario: name.into(),
+        max_rps,
+        p50_us: latencies.quantile(0.5),
+        p99_us: latencies.quantile(0.99),
+        p999_us: latencies.quantile(0.999),
+        added_p50_us: None,
+        added_p99_us: None,
+        added_p999_us: None,
+        rss_idle_mib: rss_idle.map(|b| b as f64 / MIB),
+        rss_load_mib: rss_load.map(|b| b as f64 / MIB),
+        cpu_s_per_1k_requests: cpu.filter(|_| requests > 0.0).map(|c| c / requests * 1000.0),
+        collector_cpu_s_per_1k_requests: collector_cpu.filter(|_| requests > 0.0).map(|c| c / requests * 1000.0),
+        errors: latencies.errors,
+    })
+}
+
+fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+           upstream backend {{ server {upstream}; keepalive 64; }}\n\
+           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        dir = dir.display()
+    )
+}
+
+fn sidecar_config(listen: SocketAddr, upstream: SocketAddr, otlp: Option<SocketAddr>) -> anyhow::Result<String> {
+    Ok(format!(
+        "[workload]\nservice = \"bench-client\"\nnamespace = \"bench\"\n\n\
+         [inbound]\nlisten = \"{}\"\napp = \"{}\"\n\n[outbound]\nlisten = \"{listen}\"\n\n\
+         [telemetry]\notlp_endpoint = \"{}\"\nsampling_ratio = 1.0\n\n\
+         [[services]]\nname = \"upstream\"\nendpoints = [{{ address = \"{upstream}\" }}]\n",
+        free_addr()?,
+        free_addr()?,
+        otlp.map(|a| format!("http://{a}")).unwrap_or_default(),
+    ))
+}
+
+fn print_table(rows: &[Row], settings: &ProxyBench) {
+    let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
+    println!(
+        "\nmax req/s with {} connections; latency at {} req/s open loop ({} s); proxy memory and CPU\n",
+        settings.connections,
+        settings.rate,
+        settings.duration.as_secs_f64()
+    );
+    println!(
+        "{:<36} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}",
+        "scenario", "max req/s", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "errors"
+    );
+    for r in rows {
+        println!(
+            "{:<36} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}",
+            r.scenario,
+            r.max_rps,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            opt(r.added_p50_us, 0),
+            opt(r.added_p99_us, 0),
+            opt(r.added_p999_us, 0),
+            opt(r.rss_idle_mib, 1),
+            opt(r.rss_load_mib, 1),
+            opt(r.cpu_s_per_1k_requests, 4),
+            opt(r.collector_cpu_s_per_1k_requests, 4),
+            r.errors,
+        );
+    }
+    println!("\nRSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
+    println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores.");
+}
+
+/// Runs every scenario and prints the report.
+pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the meshlens binary")?;
+    let dir: PathBuf = std::env::temp_dir().join(format!("meshlens-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let log = |name: &str| dir.join(format!("{name}.log"));
+    let mut rows = Vec::new();
+
+    let upstream_addr = free_addr()?;
+    let _upstream = spawn(&exe, &["bench-upstream", "--listen", &upstream_addr.to_string()], &log("upstream"))?;
+    wait_listening(upstream_addr, "the upstream").await?;
+    let direct = Target { addr: upstream_addr, host: "upstream".into() };
+    eprintln!("measuring: direct");
+    rows.push(measure("direct", &direct, None, None, &settings).await?);
+
+    match which("nginx") {
+        Some(nginx) => {
+            let listen = free_addr()?;
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_config(&dir, listen, upstream_addr))?;
+            let proc = spawn(&nginx, &["-p", &dir.display().to_string(), "-c", &conf.display().to_string()], &log("nginx"))?;
+            wait_listening(listen, "nginx").await?;
+            eprintln!("measuring: nginx");
+            let target = Target { addr: listen, host: "upstream".into() };
+            rows.push(measure("nginx (1 worker, keep-alive)", &target, Some(proc.0.id()), None, &settings).await?);
+        }
+        None => eprintln!("nginx is not installed (apt-get install nginx): its row is left out"),
+    }
+
+    let collector_grpc = free_addr()?;
+    let (http, web) = (free_addr()?, free_addr()?);
+    let collector = spawn(
+        &exe,
+        &["collector", "--otlp-grpc", &collector_grpc.to_string(), "--otlp-http", &http.to_string(), "--web", &web.to_string()],
+        &log("collector"),
+    )?;
+    wait_listening(collector_grpc, "the collector").await?;
+    let dead = free_addr()?;
+    for (name, otlp) in [
+        ("meshlens-proxy, telemetry off", None),
+        ("meshlens-proxy, telemetry on (100%)", Some(collector_grpc)),
+        ("meshlens-proxy, collector down", Some(dead)),
+    ] {
+        let listen = free_addr()?;
+        let conf = dir.join(format!("sidecar-{}.toml", rows.len()));
+        std::fs::write(&conf, sidecar_config(listen, upstream_addr, otlp)?)?;
+        let proc = spawn(&exe, &["proxy", "--config", &conf.display().to_string(), "--worker-threads", "1"], &log(name))?;
+        wait_listening(listen, "meshlens-proxy").await?;
+        eprintln!("measuring: {name}");
+        let target = Target { addr: listen, host: "upstream".into() };
+        let receiving = (otlp == Some(collector_grpc)).then(|| collector.0.id());
+        rows.push(measure(name, &target, Some(proc.0.id()), receiving, &settings).await?);
+    }
+
+    let base = rows[0].clone();
+    for row in rows.iter_mut().skip(1) {
+        row.added_p50_us = Some(row.p50_us - base.p50_us);
+        row.added_p99_us = Some(row.p99_us - base.p99_us);
+        row.added_p999_us = Some(row.p999_us - base.p999_us);
+    }
+    if settings.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "connections": settings.connections,
+            "rate": settings.rate,
+            "duration_s": settings.duration.as_secs_f64(),
+            "rows": rows,
+        }))?);
+    } else {
+        print_table(&rows, &settings);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
