@@ -77,8 +77,8 @@ mod tests {
     async fn metrics_and_ui_are_served() {
         let (status, content_type, body) = call("/metrics").await;
         assert_eq!(status, 200);
-        assert!(content_type.is_some_and(|c| c.starts_with("application/openmetrics-text")));
-        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(content_type.is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+        assert!(!body.contains("# EOF"), "{body}");
         let (status, content_type, _) = call("/").await;
         assert_eq!((status, content_type.as_deref()), (200, Some("text/html; charset=utf-8")));
         let (status, _, _) = call("/ui/../../etc/passwd").await;

@@ -1,0 +1,142 @@
+//! The collector's `/metrics` as real Prometheus tooling sees it: `promtool check metrics`
+//! accepts it, and a real Prometheus (Debian's `prometheus`, started here on a loopback
+//! port) scrapes it and answers PromQL for per-edge request rate, error ratio and p99 with
+//! the values the test traffic implies.
+
+mod support;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use support::*;
+
+fn require(program: &str) -> String {
+    let path = format!("/usr/bin/{program}");
+    assert!(
+        Path::new(&path).is_file(),
+        "{path} is missing: install Debian's prometheus package (./scripts/test does)"
+    );
+    path
+}
+
+/// Percent-encodes a query-string value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A PromQL instant query's single value.
+fn promql(prometheus: std::net::SocketAddr, query: &str) -> Option<f64> {
+    let reply = get(prometheus, &format!("/api/v1/query?query={}", encode(query)));
+    let v: Value = serde_json::from_str(&reply.body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn promtool_accepts_metrics_and_prometheus_answers_promql() {
+    let promtool = require("promtool");
+    let prometheus_bin = require("prometheus");
+    let dir = TestDir::new("prometheus");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let front = Workload::new("front", &["http://back/work"]);
+    let mut back = Workload::new("back", &[]);
+    back.app_args = vec!["--latency".into(), "30ms".into(), "--error-ratio".into(), "0.2".into()];
+    let _procs = start_mesh(&dir, &[&tester, &front, &back], collector.grpc);
+
+    let web = free_addr();
+    let config = dir.path("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshlens\n    static_configs:\n      - targets: ['{}']\n", collector.web),
+    )
+    .expect("write config");
+    let data = dir.path("tsdb");
+    let log = std::fs::File::create(dir.path("prometheus.log")).expect("log");
+    let mut prometheus = Command::new(prometheus_bin)
+        .args([
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", data.display()),
+            &format!("--web.listen-address={web}"),
+        ])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let _kill = KillOnDrop(&mut prometheus);
+    wait_listening(web, "prometheus");
+    wait_for("Prometheus to scrape the collector", Duration::from_secs(30), || {
+        (promql(web, "up{job=\"meshlens\"}") == Some(1.0)).then_some(())
+    });
+
+    const N: u64 = 200;
+    // Spread over several scrapes, so Prometheus sees the counters grow.
+    let report = load_with(&dir, tester.outbound, "http://front/", N, &["--rate", "50", "--concurrency", "16"]);
+    assert_eq!(report["sent"], N);
+
+    // The exposition passes promtool's lint.
+    let exposition = get(collector.web, "/metrics").body;
+    let mut check = Command::new(promtool).args(["check", "metrics"]).stdin(std::process::Stdio::piped()).output_with_stdin(exposition.as_bytes());
+    assert!(check.0, "promtool check metrics: {}", check.1);
+    check.1.clear();
+
+    // Counts: Prometheus sees exactly the requests sent, once scraped after they arrived.
+    let tester_front = "meshlens_requests_total{source_service=\"tester\",destination_service=\"front\"}";
+    wait_for("Prometheus to scrape every request", Duration::from_secs(30), || {
+        (promql(web, &format!("sum({tester_front})")) == Some(N as f64)).then_some(())
+    });
+    let rate = wait_for("a request rate", Duration::from_secs(10), || promql(web, &format!("sum(rate({tester_front}[1m]))")));
+    assert!(rate > 0.5 && rate < 60.0, "about 50 requests per second over part of the minute: {rate}");
+
+    // Error ratio: what the collector's topology counted.
+    let topology = collector.json("/api/v1/topology?window=5m");
+    let edge = topology["edges"].as_array().and_then(|e| e.iter().find(|e| e["target"] == "back.test")).expect("front→back").clone();
+    let expected_ratio = edge["errors"].as_f64().unwrap_or(0.0) / edge["requests"].as_f64().unwrap_or(1.0);
+    let back_total = "meshlens_requests_total{destination_service=\"back\"}";
+    let ratio = promql(web, &format!("sum({}) / sum({back_total})", back_total.replace('}', ",classification=\"failure\"}"))).expect("error ratio");
+    assert!((ratio - expected_ratio).abs() < 1e-9, "PromQL error ratio {ratio}, topology {expected_ratio}");
+    assert!(ratio > 0.05 && ratio < 0.4, "about a fifth of requests fail: {ratio}");
+
+    // p99 from the histogram: the back service takes 30 ms, so its p99 bucket is (25 ms, 50 ms].
+    let p99 = wait_for("a p99", Duration::from_secs(10), || {
+        promql(web, "histogram_quantile(0.99, sum by (le) (rate(meshlens_request_duration_seconds_bucket{destination_service=\"back\"}[1m])))")
+            .filter(|v| v.is_finite())
+    });
+    assert!((0.025..=0.05).contains(&p99), "p99 {p99}s");
+}
+
+/// Kills a child process when dropped.
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a command with `input` on its stdin; returns (success, output).
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String);
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String) {
+        use std::io::Write;
+        let mut child = match self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn() {
+            Ok(c) => c,
+            Err(e) => return (false, e.to_string()),
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input);
+        }
+        match child.wait_with_output() {
+            Ok(out) => (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+}
