@@ -1,0 +1,65 @@
+//! Interop with the OpenTelemetry Python SDK (its OTLP gRPC and HTTP exporters): traces,
+//! metrics and logs from two services are found through the Jaeger API, the topology, the
+//! logs API and `/metrics`. The Python environment is prepared by `./scripts/test`
+//! (`target/otel-venv`), or named by `MESHLENS_OTEL_PYTHON`.
+
+mod support;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use serde_json::Value;
+use support::*;
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("MESHLENS_OTEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/otel-venv/bin/python"));
+    assert!(path.is_file(), "{} is missing: ./scripts/test creates it (a venv with opentelemetry-sdk and the OTLP exporters)", path.display());
+    path
+}
+
+#[test]
+fn python_sdk_traces_metrics_and_logs_arrive() {
+    let python = python();
+    let dir = TestDir::new("python-sdk");
+    let collector = CollectorProc::start(&dir);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/otel_sdk.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}", collector.grpc))
+        .arg(format!("http://{}", collector.http))
+        .output()
+        .expect("run the Python SDK");
+    assert!(out.status.success(), "the SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let trace_id = printed["trace_id"].as_str().expect("trace id").to_owned();
+
+    // Traces: both services, the SERVER span a child of the CLIENT span, its event and error.
+    let trace = wait_for("the SDK trace", Duration::from_secs(10), || {
+        let t = collector.json(&format!("/api/traces/{trace_id}"));
+        (t["data"][0]["spans"].as_array().map(Vec::len) == Some(2)).then_some(t)
+    });
+    let trace = &trace["data"][0];
+    let services: Vec<&str> = trace["processes"].as_object().expect("processes").values().filter_map(|p| p["serviceName"].as_str()).collect();
+    assert!(services.contains(&"py-checkout") && services.contains(&"py-payments"), "{services:?}");
+    let spans = trace["spans"].as_array().expect("spans");
+    let server = spans.iter().find(|s| !s["references"].as_array().is_none_or(Vec::is_empty)).expect("the child span");
+    let client = spans.iter().find(|s| s["references"].as_array().is_none_or(Vec::is_empty)).expect("the root span");
+    assert_eq!(server["references"][0]["spanID"], client["spanID"]);
+    assert!(server["tags"].as_array().expect("tags").iter().any(|t| t["key"] == "error" && t["value"] == true));
+    assert_eq!(server["logs"][0]["fields"][0]["value"], "card declined");
+
+    // Topology and dependencies: py-checkout → py-payments, failed.
+    let topology = collector.json("/api/v1/topology?window=5m");
+    let edge = topology["edges"].as_array().and_then(|e| e.iter().find(|e| e["source"] == "py-checkout" && e["target"] == "py-payments")).expect("edge").clone();
+    assert_eq!((edge["requests"].as_u64(), edge["errors"].as_u64()), (Some(1), Some(1)), "{edge}");
+
+    // Logs, linked to the trace; metric points and log records counted by transport.
+    let logs = collector.json(&format!("/api/v1/logs?trace_id={trace_id}"));
+    assert_eq!(logs[0]["body"], "payment declined for order 42", "{logs}");
+    assert_eq!(logs[0]["service"], "py-payments");
+    let metrics = get(collector.web, "/metrics").body;
+    assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "metric_points"), ("transport", "grpc")]) >= 1.0);
+    assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "log_records"), ("transport", "http")]) >= 1.0);
+    assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "spans"), ("transport", "http")]) >= 1.0);
+}
