@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod views;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -35,6 +36,21 @@ enum Command {
     Workload(WorkloadArgs),
     /// Send a fixed number of requests through a sidecar and print a JSON report.
     Load(LoadArgs),
+    /// Per service (or workload, or version): success rate, requests/s, latency percentiles.
+    Stat(ViewArgs),
+    /// Every edge between services: success rate, requests/s, latency percentiles.
+    Edges(ViewArgs),
+    /// The busiest edges, refreshed live until Ctrl-C.
+    Top {
+        #[command(flatten)]
+        view: ViewArgs,
+        /// How often to refresh.
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        interval: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
     /// Benchmarks, printing figures side by side with references measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -45,6 +61,29 @@ enum Command {
         #[arg(long, value_parser = parse_addr)]
         listen: SocketAddr,
     },
+}
+
+/// Which collector and what view.
+#[derive(Debug, clap::Args)]
+struct ViewArgs {
+    /// The collector's web address (or port).
+    #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:16686")]
+    collector: SocketAddr,
+    /// The time window, e.g. `1m`, `15m`, `1h`.
+    #[arg(long, short = 'w', default_value = "1m")]
+    window: String,
+    /// Rows per `service`, `workload` or `version`.
+    #[arg(long, short = 'g', default_value = "service")]
+    group: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: views::Output,
+}
+
+impl ViewArgs {
+    fn query(&self) -> views::Query {
+        views::Query { collector: self.collector, window: self.window.clone(), group: self.group.clone() }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +246,9 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::BenchUpstream { listen } => bench::upstream::serve(listen).await,
+            Command::Stat(args) => views::stat(&args.query(), args.output).await,
+            Command::Edges(args) => views::edges(&args.query(), args.output).await,
+            Command::Top { view, interval, iterations } => views::top(&view.query(), interval, iterations, view.output).await,
         }
     })
 }

@@ -83,6 +83,22 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
         "{versions}"
     );
 
+    // Terminal views read the same numbers.
+    let web = collector.web.to_string();
+    let stat: Value = serde_json::from_str(&run(&["stat", "--collector", &web, "--window", "5m", "-o", "json"])).expect("stat JSON");
+    let row = |name: &str| stat.as_array().and_then(|r| r.iter().find(|r| r["name"] == name)).cloned().expect("stat row");
+    for name in ["frontend", "backend", "store", "db"] {
+        assert_eq!(row(name)["requests"], REQUESTS, "{name}");
+        assert_eq!(row(name)["success_rate"], 1.0, "{name}");
+        assert!(row(name)["p95_ms"].as_f64().is_some(), "{name}");
+    }
+    let table = run(&["edges", "--collector", &web, "--window", "5m"]);
+    let header = table.lines().next().unwrap_or("");
+    assert!(header.starts_with("SRC") && header.contains("LATENCY_P99"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("frontend") && l.contains("store") && l.contains("grpc") && l.contains("100.00%")), "{table}");
+    let top = run(&["top", "--collector", &web, "--window", "5m", "--iterations", "1", "-o", "json"]);
+    assert!(serde_json::from_str::<Value>(top.trim()).is_ok_and(|v| v.as_array().is_some_and(|e| e.len() >= 4)), "{top}");
+
     // Prometheus: per-edge counters and histograms with the same counts.
     let metrics = get(collector.web, "/metrics");
     assert_eq!(metrics.status, 200);

@@ -423,3 +423,10 @@ pub fn prom_sum(exposition: &str, metric: &str, labels: &[(&str, &str)]) -> f64 
 pub fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
+
+/// Runs `meshlens <args>` to completion; returns its stdout, failing on a non-zero exit.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(meshlens()).args(args).env("RUST_BACKTRACE", "0").output().expect("run meshlens");
+    assert!(out.status.success(), "meshlens {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -42,6 +42,8 @@ pub struct Traffic {
     pub p50_ms: Option<f64>,
     /// 90th percentile latency, milliseconds.
     pub p90_ms: Option<f64>,
+    /// 95th percentile latency, milliseconds.
+    pub p95_ms: Option<f64>,
     /// 99th percentile latency, milliseconds.
     pub p99_ms: Option<f64>,
     /// 99.9th percentile latency, milliseconds.
@@ -65,6 +67,7 @@ impl Traffic {
             error_ratio: if stats.requests > 0 { stats.errors as f64 / stats.requests as f64 } else { 0.0 },
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
+            p95_ms: ms(0.95),
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             request_bytes: stats.request_bytes,

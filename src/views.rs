@@ -1,0 +1,174 @@
+//! Terminal views of the mesh, read from a collector's topology API: `meshlens stat`
+//! (per service, workload or version: success rate, request rate, latency percentiles, as
+//! `linkerd viz stat` shows them), `meshlens edges`, and `meshlens top` (live, busiest first).
+//! Each prints a table, or JSON with `-o json`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::{Value, json};
+
+/// What to ask the collector.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The collector's web address.
+    pub collector: SocketAddr,
+    /// Window, e.g. `1m`.
+    pub window: String,
+    /// `service`, `workload` or `version`.
+    pub group: String,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+async fn topology(query: &Query) -> anyhow::Result<Value> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{}/api/v1/topology?window={}&group={}", query.collector, query.window, query.group);
+    let response = client
+        .get(uri.parse().context("building the topology URL")?)
+        .await
+        .with_context(|| format!("cannot reach the collector at {} (is it running? see --collector)", query.collector))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let value: Value = serde_json::from_slice(&body).with_context(|| format!("the collector answered {status} with no JSON"))?;
+    anyhow::ensure!(status.is_success(), "the collector refused the query: {}", value["error"].as_str().unwrap_or("unknown error"));
+    Ok(value)
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |v| if v < 10.0 { format!("{v:.2}ms") } else { format!("{v:.0}ms") })
+}
+
+fn success(t: &Value) -> String {
+    match t["requests"].as_u64() {
+        Some(0) | None => "-".into(),
+        Some(_) => format!("{:.2}%", (1.0 - t["error_ratio"].as_f64().unwrap_or(0.0)) * 100.0),
+    }
+}
+
+fn rps(t: &Value) -> String {
+    format!("{:.1}rps", t["request_rate"].as_f64().unwrap_or(0.0))
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// Per-node rows: the node's inbound traffic.
+fn stat_rows(view: &Value) -> Vec<Value> {
+    let mut nodes: Vec<Value> = view["nodes"]
+        .as_array()
+        .map(|n| n.iter().filter(|n| n["kind"] == "service").cloned().collect())
+        .unwrap_or_default();
+    nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    nodes
+        .iter()
+        .map(|n| {
+            let t = &n["inbound"];
+            json!({
+                "name": n["label"], "namespace": n["namespace"], "requests": t["requests"],
+                "success_rate": t["requests"].as_u64().filter(|r| *r > 0).map(|_| 1.0 - t["error_ratio"].as_f64().unwrap_or(0.0)),
+                "request_rate": t["request_rate"], "p50_ms": t["p50_ms"], "p95_ms": t["p95_ms"], "p99_ms": t["p99_ms"],
+            })
+        })
+        .collect()
+}
+
+/// `meshlens stat`.
+pub async fn stat(query: &Query, output: Output) -> anyhow::Result<()> {
+    let view = topology(query).await?;
+    let rows = stat_rows(&view);
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r["name"].as_str().unwrap_or("").to_owned(),
+                r["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or("-").to_owned(),
+                r["success_rate"].as_f64().map_or_else(|| "-".into(), |s| format!("{:.2}%", s * 100.0)),
+                rps(r),
+                ms(&r["p50_ms"]),
+                ms(&r["p95_ms"]),
+                ms(&r["p99_ms"]),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "NAMESPACE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"], &table);
+    Ok(())
+}
+
+fn edge_rows(view: &Value) -> Vec<Vec<String>> {
+    let label = |id: &Value| -> String {
+        view["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == *id)).and_then(|n| n["label"].as_str()).unwrap_or("?").to_owned()
+    };
+    let mut edges: Vec<&Value> = view["edges"].as_array().map(|e| e.iter().collect()).unwrap_or_default();
+    edges.sort_by(|a, b| b["request_rate"].as_f64().unwrap_or(0.0).total_cmp(&a["request_rate"].as_f64().unwrap_or(0.0)));
+    edges
+        .iter()
+        .map(|e| vec![label(&e["source"]), label(&e["target"]), e["protocol"].as_str().unwrap_or("").to_owned(), success(e), rps(e), ms(&e["p50_ms"]), ms(&e["p95_ms"]), ms(&e["p99_ms"])])
+        .collect()
+}
+
+const EDGE_HEADER: [&str; 8] = ["SRC", "DST", "PROTOCOL", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
+
+/// `meshlens edges`.
+pub async fn edges(query: &Query, output: Output) -> anyhow::Result<()> {
+    let view = topology(query).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&view["edges"])?);
+        return Ok(());
+    }
+    print_table(&EDGE_HEADER, &edge_rows(&view));
+    Ok(())
+}
+
+/// `meshlens top`: edges, busiest first, redrawn every `interval` until Ctrl-C (or `iterations`).
+pub async fn top(query: &Query, interval: Duration, iterations: Option<u64>, output: Output) -> anyhow::Result<()> {
+    let mut n = 0;
+    loop {
+        let view = topology(query).await?;
+        match output {
+            Output::Json => println!("{}", serde_json::to_string(&view["edges"])?),
+            Output::Table => {
+                // Clear the screen and go home, as `top` does.
+                print!("\x1b[2J\x1b[H");
+                println!("meshlens top · {} · window {} · every {:?} · Ctrl-C to quit\n", query.collector, query.window, interval);
+                print_table(&EDGE_HEADER, &edge_rows(&view));
+            }
+        }
+        n += 1;
+        if iterations.is_some_and(|max| n >= max) {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {},
+            () = meshlens_proxy::cli::shutdown_signal() => return Ok(()),
+        }
+    }
+}
