@@ -27,7 +27,46 @@ pub const ACCESS_LOG_EVENT: &str = "meshlens.access_log";
 /// Resource attribute: the workload name.
 pub const WORKLOAD: &str = "meshlens.workload";
 
-/// The name of one part of a workload's attributes: `field(SOURCE, "service")`.
-pub fn field(prefix: &str, part: &str) -> String {
-    format!("{prefix}.{part}")
+/// The four attribute names that describe one workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadKeys {
+    /// `<prefix>.namespace`.
+    pub namespace: &'static str,
+    /// `<prefix>.service`.
+    pub service: &'static str,
+    /// `<prefix>.workload`.
+    pub workload: &'static str,
+    /// `<prefix>.version`.
+    pub version: &'static str,
+}
+
+/// The calling workload's attribute names (written once, not formatted per request).
+pub const SOURCE_KEYS: WorkloadKeys = WorkloadKeys {
+    namespace: "meshlens.source.namespace",
+    service: "meshlens.source.service",
+    workload: "meshlens.source.workload",
+    version: "meshlens.source.version",
+};
+
+/// The called workload's attribute names.
+pub const DESTINATION_KEYS: WorkloadKeys = WorkloadKeys {
+    namespace: "meshlens.destination.namespace",
+    service: "meshlens.destination.service",
+    workload: "meshlens.destination.workload",
+    version: "meshlens.destination.version",
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_keys_follow_their_prefix() {
+        for (prefix, keys) in [(SOURCE, SOURCE_KEYS), (DESTINATION, DESTINATION_KEYS)] {
+            let parts = [keys.namespace, keys.service, keys.workload, keys.version];
+            for (key, part) in parts.iter().zip(["namespace", "service", "workload", "version"]) {
+                assert_eq!(*key, format!("{prefix}.{part}"));
+            }
+        }
+    }
 }

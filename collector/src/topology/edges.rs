@@ -72,17 +72,17 @@ impl NodeRef {
         }
     }
 
-    /// The node described by `<prefix>.*` mesh attributes, if the service is there. A
+    /// The node described by a workload's mesh attributes, if the service is there. A
     /// destination with neither namespace nor workload is one the sidecar found no route to:
     /// it is outside the mesh.
-    fn of_mesh_attrs(attributes: &Attributes, prefix: &str) -> Option<Self> {
-        let text = |k: &str| attr(attributes, &semconv::field(prefix, k)).and_then(Value::as_str).map(Arc::<str>::from);
+    fn of_mesh_attrs(attributes: &Attributes, keys: &semconv::WorkloadKeys) -> Option<Self> {
+        let text = |k: &str| attr(attributes, k).and_then(Value::as_str).map(Arc::<str>::from);
         let mut node = Self {
             kind: NodeKind::Service,
-            service: text("service")?,
-            namespace: text("namespace").unwrap_or_else(|| "".into()),
-            workload: text("workload"),
-            version: text("version"),
+            service: text(keys.service)?,
+            namespace: text(keys.namespace).unwrap_or_else(|| "".into()),
+            workload: text(keys.workload),
+            version: text(keys.version),
         };
         if node.workload.is_none() && node.namespace.is_empty() {
             node.kind = NodeKind::External;
@@ -197,8 +197,8 @@ pub fn from_access_log(log: &LogRecord) -> Option<EdgeObservation> {
     if text("event.name") != Some(semconv::ACCESS_LOG_EVENT) {
         return None;
     }
-    let destination = NodeRef::of_mesh_attrs(a, semconv::DESTINATION)?;
-    let source = NodeRef::of_mesh_attrs(a, semconv::SOURCE);
+    let destination = NodeRef::of_mesh_attrs(a, &semconv::DESTINATION_KEYS)?;
+    let source = NodeRef::of_mesh_attrs(a, &semconv::SOURCE_KEYS);
     let source = match (text(semconv::DIRECTION)?, source) {
         ("outbound", Some(source)) => source,
         ("inbound", None) => NodeRef::unknown(),
@@ -243,7 +243,7 @@ impl EdgeDeriver {
             SpanKind::Client => {
                 // A sidecar's CLIENT span: its access log counts the hop; children must not.
                 let counted = span.attr_str(semconv::DIRECTION).is_some();
-                let source = NodeRef::of_mesh_attrs(&span.attributes, semconv::SOURCE).unwrap_or_else(|| node.clone());
+                let source = NodeRef::of_mesh_attrs(&span.attributes, &semconv::SOURCE_KEYS).unwrap_or_else(|| node.clone());
                 let peer = span
                     .attr_str("peer.service")
                     .or_else(|| span.attr_str("server.address"))
@@ -267,7 +267,7 @@ impl EdgeDeriver {
             SpanKind::Server => {
                 let is_mesh_inbound = span.attr_str(semconv::DIRECTION) == Some("inbound");
                 let destination = if is_mesh_inbound {
-                    NodeRef::of_mesh_attrs(&span.attributes, semconv::DESTINATION).unwrap_or_else(|| node.clone())
+                    NodeRef::of_mesh_attrs(&span.attributes, &semconv::DESTINATION_KEYS).unwrap_or_else(|| node.clone())
                 } else {
                     node.clone()
                 };

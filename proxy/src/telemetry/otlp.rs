@@ -56,12 +56,12 @@ impl Attributes {
         self.0.push(kv(key, value));
         self
     }
-    /// Adds the four mesh attributes of a workload under `prefix` (`meshlens.source`, ...).
-    pub fn workload(&mut self, prefix: &str, id: &WorkloadIdentity) -> &mut Self {
-        self.str(&semconv::field(prefix, "namespace"), &*id.namespace)
-            .str(&semconv::field(prefix, "service"), &*id.service)
-            .str(&semconv::field(prefix, "workload"), &*id.workload)
-            .str(&semconv::field(prefix, "version"), &*id.version)
+    /// Adds the four mesh attributes of a workload under `keys` (source or destination).
+    pub fn workload(&mut self, keys: &semconv::WorkloadKeys, id: &WorkloadIdentity) -> &mut Self {
+        self.str(keys.namespace, &*id.namespace)
+            .str(keys.service, &*id.service)
+            .str(keys.workload, &*id.workload)
+            .str(keys.version, &*id.version)
     }
 }
 
@@ -102,7 +102,7 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         .str(semconv::PROTOCOL, r.protocol())
         .str(semconv::RESPONSE_FLAGS, r.flags.to_string())
         .str(semconv::CLASSIFICATION, r.classification.outcome.as_str())
-        .str(&semconv::field(semconv::DESTINATION, "service"), &*r.destination_service);
+        .str(semconv::DESTINATION_KEYS.service, &*r.destination_service);
     if let Some(host) = &r.authority {
         a.str("server.address", host.as_str());
     }
@@ -134,10 +134,10 @@ pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         a.str(semconv::REQUEST_ID, id.as_str());
     }
     if let Some(source) = &r.source {
-        a.workload(semconv::SOURCE, source);
+        a.workload(&semconv::SOURCE_KEYS, source);
     }
     if let Some(dest) = &r.destination {
-        a.workload(semconv::DESTINATION, dest);
+        a.workload(&semconv::DESTINATION_KEYS, dest);
     }
     a.0
 }
@@ -284,16 +284,16 @@ fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
         .str(semconv::RESPONSE_FLAGS, k.flags.to_string())
         ;
     if !k.destination_service.is_empty() {
-        a.str(&semconv::field(semconv::DESTINATION, "service"), &*k.destination_service);
+        a.str(semconv::DESTINATION_KEYS.service, &*k.destination_service);
     }
     if let Some(code) = k.grpc_status {
         a.int("rpc.grpc.status_code", i64::from(code));
     }
     if let Some(source) = &k.source {
-        a.workload(semconv::SOURCE, source);
+        a.workload(&semconv::SOURCE_KEYS, source);
     }
     if let Some(dest) = &k.destination {
-        a.workload(semconv::DESTINATION, dest);
+        a.workload(&semconv::DESTINATION_KEYS, dest);
     }
     a.0
 }
