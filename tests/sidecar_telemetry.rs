@@ -153,3 +153,45 @@ fn ten_thousand_distinct_paths_leave_the_series_count_flat() {
     assert!(admin(&tester, "meshlens_proxy_tcp_received_bytes_total", "outbound") > 10_000.0 * 20.0, "request bytes from the app");
     assert!(admin(&front, "meshlens_proxy_tcp_sent_bytes_total", "inbound") > 10_000.0 * 20.0, "response bytes to the caller");
 }
+
+#[test]
+fn a_slow_upstream_times_out_with_a_flag_an_event_and_an_error_edge() {
+    let dir = TestDir::new("timeout");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let slow = Workload::new("slow", &[]);
+    let mesh = [&tester, &slow];
+    let config = dir.path("tester.toml");
+    let toml = sidecar_toml(&tester, &mesh, collector.grpc).replace("name = \"slow\"\n", "name = \"slow\"\ntimeout = \"300ms\"\n");
+    assert!(toml.contains("timeout = \"300ms\""));
+    std::fs::write(&config, toml).expect("write");
+    let slow_config = dir.path("slow.toml");
+    std::fs::write(&slow_config, sidecar_toml(&slow, &mesh, collector.grpc)).expect("write");
+    let _procs = [
+        Proc::start(&dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]),
+        Proc::start(&dir, "slow-sidecar", &["proxy", "--config", slow_config.to_str().unwrap_or_default()]),
+        Proc::start(&dir, "slow-app", &["workload", "--service", "slow", "--listen", &slow.app.to_string(), "--sidecar", &slow.outbound.to_string(), "--latency", "2s"]),
+    ];
+    for addr in [tester.outbound, slow.inbound, slow.app] {
+        wait_listening(addr, "mesh");
+    }
+
+    let started = std::time::Instant::now();
+    let reply = http(tester.outbound, "GET", "/work", &[("host", "slow")], b"").expect("request");
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(started.elapsed() < Duration::from_millis(1500), "answered at the timeout, not after the app: {:?}", started.elapsed());
+    assert!(reply.body.contains("did not answer within 300ms"), "{}", reply.body);
+
+    let span = wait_for("the timed-out span", Duration::from_secs(10), || {
+        let found = collector.json("/api/traces?service=tester&limit=5");
+        found["data"][0]["spans"].as_array()?.iter().find(|s| tag(s, "span.kind") == Some(&"client".into())).cloned()
+    });
+    assert_eq!(tag(&span, "meshlens.response_flags"), Some(&"UT".into()));
+    assert_eq!(tag(&span, "error.type"), Some(&"timeout".into()));
+    assert_eq!(span["logs"][0]["fields"][0]["value"], "timeout", "a span event marks the timeout: {span}");
+    let topology = wait_for("the failed edge", Duration::from_secs(10), || {
+        let t = collector.json("/api/v1/topology?window=5m");
+        edge(&t, "tester.test", "slow.test").filter(|e| e["errors"] == 1).map(|_| t)
+    });
+    assert_eq!(edge(&topology, "tester.test", "slow.test").map(|e| e["response_codes"]["504"].clone()), Some(1.into()));
+}

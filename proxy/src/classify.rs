@@ -27,14 +27,17 @@ impl ResponseFlags {
     pub const NO_HEALTHY_UPSTREAM: Self = Self(1 << 4);
     /// Invalid request the sidecar could not forward (`DPE`).
     pub const BAD_REQUEST: Self = Self(1 << 5);
+    /// The upstream did not answer in time (`UT`).
+    pub const UPSTREAM_TIMEOUT: Self = Self(1 << 6);
 
-    const NAMES: [(Self, &'static str); 6] = [
+    const NAMES: [(Self, &'static str); 7] = [
         (Self::NO_ROUTE, "NR"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::UPSTREAM_RESET, "UC"),
         (Self::DOWNSTREAM_TERMINATED, "DC"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::BAD_REQUEST, "DPE"),
+        (Self::UPSTREAM_TIMEOUT, "UT"),
     ];
 
     /// No flag set.
@@ -159,6 +162,9 @@ pub fn classify(
     }
     if flags.contains(ResponseFlags::UPSTREAM_RESET) {
         return failure("upstream_reset".into());
+    }
+    if flags.contains(ResponseFlags::UPSTREAM_TIMEOUT) {
+        return failure("timeout".into());
     }
     if status >= 500 {
         return failure(status.to_string());

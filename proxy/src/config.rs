@@ -227,6 +227,9 @@ pub struct RawService {
     /// Route templates of the service's paths, for `http.route`.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// How long the service may take to send its response headers; `0` means no limit.
+    #[serde(default = "default_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub timeout: Duration,
 }
 
 /// `[[services.endpoints]]`.
@@ -291,6 +294,9 @@ fn default_compression() -> Compression {
     Compression::None
 }
 fn default_retry_time() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_timeout() -> Duration {
     Duration::from_secs(15)
 }
 fn default_labels() -> Vec<Label> {
@@ -430,6 +436,8 @@ pub struct ServiceConfig {
     pub endpoints: Vec<Endpoint>,
     /// Its route templates.
     pub routes: Arc<RouteTemplates>,
+    /// Its response timeout, if any.
+    pub timeout: Option<Duration>,
 }
 
 /// One endpoint of a service: a workload's sidecar inbound address.
@@ -519,6 +527,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
                 namespace: namespace.into(),
                 endpoints,
                 routes: Arc::new(routes),
+                timeout: Some(s.timeout).filter(|t| !t.is_zero()),
             }));
         }
 

@@ -42,6 +42,12 @@ pub enum ProxyError {
         /// What the client reported.
         source: BoxError,
     },
+    /// The upstream did not answer within the service's timeout.
+    #[error("upstream did not answer within {after:?}")]
+    Timeout {
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
     /// The request could not be rewritten for the upstream (invalid URI parts).
     #[error("request cannot be forwarded: {0}")]
     BadRequest(String),

@@ -6,7 +6,7 @@ use crate::{
     config::ProxyConfig,
     stack::{
         Request, Response, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
-        route::RouteLayer, split::SplitLayer,
+        route::RouteLayer, split::SplitLayer, timeout::TimeoutLayer,
     },
     telemetry::Telemetry,
 };
@@ -25,6 +25,8 @@ pub fn stack(
         .layer(ErrorsLayer)
         // Resolves the destination service from the request's authority.
         .layer(RouteLayer::new(&config.services))
+        // Bounds how long the service may take to answer.
+        .layer(TimeoutLayer)
         // Picks one of the service's endpoints by weight (canary splits).
         .layer(SplitLayer)
         .service(forward),

@@ -140,6 +140,7 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
                     .map(|p| Endpoint { address: p.inbound, identity: Arc::new(p.identity.clone()), weight: p.def.weight })
                     .collect(),
                 routes: routes_of(name),
+                timeout: Some(Duration::from_secs(15)),
             })
         })
         .collect()

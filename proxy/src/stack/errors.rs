@@ -1,6 +1,6 @@
 //! Turns every [`ProxyError`] into a response the caller can read.
 //!
-//! HTTP callers get a status (404 no route, 503 unreachable, 502 reset, 400 bad request),
+//! HTTP callers get a status (404 no route, 503 unreachable, 502 reset, 504 timeout, 400 bad request),
 //! a `meshlens-proxy-error` header and a one-line text body; gRPC callers get a
 //! trailers-only response with the matching `grpc-status`. The response carries the
 //! [`ResponseFlags`] that telemetry records. Nothing below this layer can fail the connection.
@@ -77,6 +77,7 @@ pub fn status_and_flags(error: &ProxyError) -> (StatusCode, ResponseFlags, i32) 
             (StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_CONNECT_FAILURE, 14)
         }
         ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, ResponseFlags::UPSTREAM_RESET, 14),
+        ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, 4),
     }
 }
 

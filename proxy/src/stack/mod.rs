@@ -11,6 +11,7 @@ pub mod forward;
 pub mod observe;
 pub mod route;
 pub mod split;
+pub mod timeout;
 
 use std::{
     future::Future,

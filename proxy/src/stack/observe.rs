@@ -151,6 +151,7 @@ where
             let failure = [
                 (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),
                 (ResponseFlags::UPSTREAM_RESET, "upstream_reset"),
+                (ResponseFlags::UPSTREAM_TIMEOUT, "timeout"),
                 (ResponseFlags::NO_ROUTE, "no_route"),
                 (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
             ]
