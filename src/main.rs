@@ -132,6 +132,9 @@ struct Listen {
     /// Web UI, query APIs and /metrics listen address (or port).
     #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:16686")]
     web: SocketAddr,
+    /// Also expose the mesh metrics under Istio's names and labels (`istio_requests_total`, ...).
+    #[arg(long)]
+    istio_metrics: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,6 +230,7 @@ fn main() -> anyhow::Result<()> {
                     otlp_grpc: args.listen.otlp_grpc,
                     otlp_http: args.listen.otlp_http,
                     web: args.listen.web,
+                    istio_metrics: args.listen.istio_metrics,
                     rate: args.rate,
                     duration: args.duration,
                 })
@@ -261,6 +265,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         max_spans: args.max_spans,
         match_window: args.match_window,
+        istio_metrics: args.listen.istio_metrics,
         ..Default::default()
     };
     let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;

@@ -25,6 +25,8 @@ pub struct CollectorConfig {
     pub match_window: Duration,
     /// Most spans waiting for a match.
     pub max_pending_matches: usize,
+    /// Also expose the mesh metrics under Istio's names and labels.
+    pub istio_metrics: bool,
 }
 
 impl Default for CollectorConfig {
@@ -40,6 +42,7 @@ impl Default for CollectorConfig {
             rollup_retention: Duration::from_secs(3600),
             match_window: Duration::from_secs(15),
             max_pending_matches: 500_000,
+            istio_metrics: false,
         }
     }
 }

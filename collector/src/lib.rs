@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod istio;
 pub mod journal;
 pub mod metrics;
 pub mod model;

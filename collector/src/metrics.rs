@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::topology::EdgeObservation;
+use crate::{istio::IstioMetrics, topology::EdgeObservation};
 
 /// Bucket bounds of the request duration histogram, seconds.
 pub const DURATION_BUCKETS: [f64; 16] = [
@@ -82,6 +82,8 @@ pub struct CollectorMetrics {
     pub stored: Family<StoreLabels, Gauge>,
     /// Items evicted from the stores.
     pub evicted: Family<StoreLabels, Counter>,
+    /// Istio-compatible families, when asked for.
+    istio: Option<IstioMetrics>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -90,7 +92,15 @@ fn duration_histogram() -> Histogram {
 
 impl Default for CollectorMetrics {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl CollectorMetrics {
+    /// Every family, plus Istio's when `istio` is set.
+    pub fn new(istio: bool) -> Self {
         Self {
+            istio: istio.then(IstioMetrics::default),
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::default(),
@@ -129,11 +139,17 @@ impl CollectorMetrics {
         c.register("malformed_requests", "OTLP export requests that could not be decoded", self.malformed.clone());
         c.register("stored", "Telemetry items held in memory", self.stored.clone());
         c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
+        if let Some(istio) = &self.istio {
+            istio.register(&mut r);
+        }
         r
     }
 
     /// Counts one request on an edge.
     pub fn observe_edge(&self, o: &EdgeObservation) {
+        if let Some(istio) = &self.istio {
+            istio.observe(o);
+        }
         let edge = EdgeLabels {
             source_namespace: o.source.namespace.to_string(),
             source_service: o.source.service.to_string(),

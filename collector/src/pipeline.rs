@@ -74,7 +74,7 @@ impl Pipeline {
                 config.max_pending_matches,
                 config.rollup_retention.as_secs(),
             )),
-            metrics: CollectorMetrics::default(),
+            metrics: CollectorMetrics::new(config.istio_metrics),
             started_unix_nanos: now_nanos(),
         })
     }

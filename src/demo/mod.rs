@@ -23,6 +23,8 @@ pub struct DemoOptions {
     pub otlp_http: SocketAddr,
     /// Web listener.
     pub web: SocketAddr,
+    /// Expose Istio-compatible metrics too.
+    pub istio_metrics: bool,
     /// Load generator rate, requests per second.
     pub rate: f64,
     /// Stop by itself after this long.
@@ -35,6 +37,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         otlp_grpc: options.otlp_grpc,
         otlp_http: options.otlp_http,
         web: options.web,
+        istio_metrics: options.istio_metrics,
         ..CollectorConfig::default()
     })
     .await

@@ -278,15 +278,27 @@ impl CollectorProc {
 
     /// The same, with OTLP/gRPC on `grpc`.
     pub fn start_at(dir: &TestDir, data: &Path, name: &str, grpc: SocketAddr) -> Self {
+        Self::launch(dir, data, name, grpc, &[])
+    }
+
+    /// Starts a collector with more command-line arguments.
+    pub fn start_with_args(dir: &TestDir, extra: &[&str]) -> Self {
+        Self::launch(dir, &dir.path("data"), "collector", free_addr(), extra)
+    }
+
+    fn launch(dir: &TestDir, data: &Path, name: &str, grpc: SocketAddr, extra: &[&str]) -> Self {
         let (http, web) = (free_addr(), free_addr());
-        let proc = Proc::start(dir, name, &[
+        let (grpc_s, http_s, web_s) = (grpc.to_string(), http.to_string(), web.to_string());
+        let mut args = vec![
             "collector",
-            "--otlp-grpc", &grpc.to_string(),
-            "--otlp-http", &http.to_string(),
-            "--web", &web.to_string(),
+            "--otlp-grpc", &grpc_s,
+            "--otlp-http", &http_s,
+            "--web", &web_s,
             "--data-dir", data.to_str().unwrap_or("data"),
             "--match-window", "2s",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::start(dir, name, &args);
         for addr in [grpc, http, web] {
             wait_listening(addr, "collector");
         }

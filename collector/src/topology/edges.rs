@@ -108,6 +108,12 @@ pub struct EdgeObservation {
     pub error: bool,
     /// Response code (HTTP status, or gRPC status name), if known.
     pub response_code: Arc<str>,
+    /// The HTTP status, when one was seen.
+    pub http_status: Option<u16>,
+    /// The gRPC status, for gRPC calls.
+    pub grpc_status: Option<i32>,
+    /// Envoy-style response flags reported by a sidecar (`-` when none or unknown).
+    pub response_flags: Arc<str>,
     /// Request bytes.
     pub request_bytes: u64,
     /// Response bytes.
@@ -177,6 +183,9 @@ impl Facts<'_> {
             duration_nanos: duration,
             error: self.is_error(),
             response_code: self.response_code(),
+            http_status: self.get("http.response.status_code").and_then(Value::as_i64).and_then(|c| u16::try_from(c).ok()),
+            grpc_status: self.get("rpc.grpc.status_code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
+            response_flags: self.get(semconv::RESPONSE_FLAGS).and_then(Value::as_str).unwrap_or("-").into(),
             request_bytes: self.int("http.request.body.size"),
             response_bytes: self.int("http.response.body.size"),
             trace_id,
@@ -338,6 +347,8 @@ impl EdgeDeriver {
         obs.error |= child.observation.error;
         if &*obs.response_code == "-" {
             obs.response_code = child.observation.response_code.clone();
+            obs.http_status = obs.http_status.or(child.observation.http_status);
+            obs.grpc_status = obs.grpc_status.or(child.observation.grpc_status);
         }
         out.push(obs);
     }
