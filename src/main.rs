@@ -162,6 +162,9 @@ struct CollectorArgs {
     /// How long a span waits for the other side of its hop before it counts as unmatched.
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     match_window: Duration,
+    /// Per-edge Prometheus series not updated for this long are removed.
+    #[arg(long, value_parser = parse_duration, default_value = "15m")]
+    series_ttl: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -266,6 +269,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         max_spans: args.max_spans,
         match_window: args.match_window,
         istio_metrics: args.listen.istio_metrics,
+        series_ttl: args.series_ttl,
         ..Default::default()
     };
     let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;

@@ -27,6 +27,8 @@ pub struct CollectorConfig {
     pub max_pending_matches: usize,
     /// Also expose the mesh metrics under Istio's names and labels.
     pub istio_metrics: bool,
+    /// Per-edge Prometheus series not updated for this long are removed.
+    pub series_ttl: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -43,6 +45,7 @@ impl Default for CollectorConfig {
             match_window: Duration::from_secs(15),
             max_pending_matches: 500_000,
             istio_metrics: false,
+            series_ttl: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -55,6 +58,9 @@ impl CollectorConfig {
         }
         if self.rollup_retention < Duration::from_secs(60) {
             return Err("rollup retention must be at least 60s".into());
+        }
+        if self.series_ttl.is_zero() {
+            return Err("series ttl must be positive".into());
         }
         if self.match_window.is_zero() {
             return Err("match window must be positive".into());

@@ -14,7 +14,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::topology::{EdgeObservation, NodeKind};
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    series_ttl::LastSeen,
+    topology::{EdgeObservation, NodeKind},
+};
 
 /// Istio's default buckets for `istio_request_duration_milliseconds`.
 const DURATION_MS_BUCKETS: [f64; 19] = [
@@ -105,6 +110,7 @@ pub struct IstioMetrics {
     duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
     request_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
     response_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    seen: Arc<LastSeen<IstioLabels>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -122,6 +128,7 @@ impl Default for IstioMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
+            seen: Arc::default(),
         }
     }
 }
@@ -138,9 +145,22 @@ impl IstioMetrics {
     /// Counts one request.
     pub fn observe(&self, o: &EdgeObservation) {
         let labels = IstioLabels::of(o);
+        self.seen.touch(&labels);
         self.duration.get_or_create(&labels).observe(o.duration_nanos as f64 / 1e6);
         self.request_bytes.get_or_create(&labels).observe(o.request_bytes as f64);
         self.response_bytes.get_or_create(&labels).observe(o.response_bytes as f64);
         self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Removes the series not updated within `ttl`; returns how many label sets.
+    pub fn expire_idle(&self, ttl: Duration) -> usize {
+        let idle = self.seen.expire(ttl);
+        for labels in &idle {
+            self.requests.remove(labels);
+            self.duration.remove(labels);
+            self.request_bytes.remove(labels);
+            self.response_bytes.remove(labels);
+        }
+        idle.len()
     }
 }

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod series_ttl;
 pub mod store;
 pub mod topology;
 

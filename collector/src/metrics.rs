@@ -7,7 +7,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{istio::IstioMetrics, topology::EdgeObservation};
+use std::time::Duration;
+
+use crate::{istio::IstioMetrics, series_ttl::LastSeen, topology::EdgeObservation};
 
 /// Bucket bounds of the request duration histogram, seconds.
 pub const DURATION_BUCKETS: [f64; 16] = [
@@ -84,6 +86,8 @@ pub struct CollectorMetrics {
     pub evicted: Family<StoreLabels, Counter>,
     /// Istio-compatible families, when asked for.
     istio: Option<IstioMetrics>,
+    edges_seen: std::sync::Arc<LastSeen<EdgeLabels>>,
+    requests_seen: std::sync::Arc<LastSeen<RequestLabels>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -101,6 +105,8 @@ impl CollectorMetrics {
     pub fn new(istio: bool) -> Self {
         Self {
             istio: istio.then(IstioMetrics::default),
+            edges_seen: Default::default(),
+            requests_seen: Default::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::default(),
@@ -160,6 +166,7 @@ impl CollectorMetrics {
             destination_version: or_unknown(o.destination.version.as_deref()),
             protocol: o.protocol.to_string(),
         };
+        self.edges_seen.touch(&edge);
         self.duration.get_or_create(&edge).observe(o.duration_nanos as f64 / 1e9);
         self.request_bytes.get_or_create(&edge).inc_by(o.request_bytes);
         self.response_bytes.get_or_create(&edge).inc_by(o.response_bytes);
@@ -168,6 +175,26 @@ impl CollectorMetrics {
             response_code: o.response_code.to_string(),
             classification: if o.error { "failure" } else { "success" },
         };
+        self.requests_seen.touch(&labels);
         self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Removes the per-edge series not updated within `ttl`; returns how many.
+    pub fn expire_idle(&self, ttl: Duration) -> usize {
+        let mut removed = 0;
+        for labels in self.edges_seen.expire(ttl) {
+            self.duration.remove(&labels);
+            self.request_bytes.remove(&labels);
+            self.response_bytes.remove(&labels);
+            removed += 1;
+        }
+        for labels in self.requests_seen.expire(ttl) {
+            self.requests.remove(&labels);
+            removed += 1;
+        }
+        if let Some(istio) = &self.istio {
+            removed += istio.expire_idle(ttl);
+        }
+        removed
     }
 }

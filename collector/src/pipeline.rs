@@ -61,6 +61,8 @@ pub struct Pipeline {
     pub metrics: CollectorMetrics,
     /// When the collector started, Unix nanoseconds.
     pub started_unix_nanos: u64,
+    /// Idle per-edge series expire after this long.
+    pub series_ttl: std::time::Duration,
 }
 
 impl Pipeline {
@@ -76,6 +78,7 @@ impl Pipeline {
             )),
             metrics: CollectorMetrics::new(config.istio_metrics),
             started_unix_nanos: now_nanos(),
+            series_ttl: config.series_ttl,
         })
     }
 
@@ -133,7 +136,8 @@ impl Pipeline {
         self.metrics.malformed.get_or_create(&IngestLabels { signal, transport: transport.as_str() }).inc();
     }
 
-    /// Periodic work: settle expired edge matches, evict old rollups, refresh gauges.
+    /// Periodic work: settle expired edge matches, evict old rollups, expire idle series,
+    /// refresh gauges.
     pub fn tick(&self) {
         let observations = match self.topology.write() {
             Ok(mut topology) => topology.tick(now_nanos()),
@@ -142,6 +146,7 @@ impl Pipeline {
         for o in &observations {
             self.metrics.observe_edge(o);
         }
+        self.metrics.expire_idle(self.series_ttl);
         self.refresh_gauges();
     }
 
