@@ -72,6 +72,7 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
             &format!("--config.file={}", config.display()),
             &format!("--storage.tsdb.path={}", data.display()),
             &format!("--web.listen-address={web}"),
+            "--enable-feature=exemplar-storage",
         ])
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -144,6 +145,23 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     assert!((25.0..=50.0).contains(&istio_p99), "p99 {istio_p99} ms");
     let total = promql(web, "sum(istio_requests_total{destination_service=\"back.test.svc.cluster.local\"})").expect("by service host");
     assert_eq!(total, edge["requests"].as_f64().unwrap_or(0.0));
+
+    // Exemplars: OpenMetrics latency buckets name a trace that landed in them; Prometheus
+    // stores them, and the trace opens in the Jaeger API.
+    let openmetrics = http(collector.web, "GET", "/metrics", &[("accept", "application/openmetrics-text; version=1.0.0")], b"").expect("metrics");
+    assert!(openmetrics.body.lines().any(|l| l.starts_with("meshlens_request_duration_seconds_bucket") && l.contains(" # {trace_id=\"")), "no exemplar");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let query = format!(
+        "/api/v1/query_exemplars?query={}&start={}&end={}",
+        encode("meshlens_request_duration_seconds_bucket{destination_service=\"back\"}"),
+        now - 300,
+        now + 60
+    );
+    let trace_id = wait_for("Prometheus to store exemplars", Duration::from_secs(10), || {
+        let v: Value = serde_json::from_str(&get(web, &query).body).ok()?;
+        v["data"][0]["exemplars"][0]["labels"]["trace_id"].as_str().map(str::to_owned)
+    });
+    assert_eq!(get(collector.web, &format!("/api/traces/{trace_id}")).status, 200, "the exemplar's trace {trace_id} is stored");
 }
 
 /// Kills a child process when dropped.

@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -49,6 +49,13 @@ pub struct RequestLabels {
     pub classification: &'static str,
 }
 
+/// The exemplar of a latency bucket: a trace that landed in it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// Trace ID, 32 hex digits.
+    pub trace_id: String,
+}
+
 /// Labels of ingest counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IngestLabels {
@@ -69,7 +76,7 @@ pub struct StoreLabels {
 #[derive(Debug, Clone)]
 pub struct CollectorMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Family<EdgeLabels, Histogram, fn() -> Histogram>,
+    duration: Family<EdgeLabels, HistogramWithExemplars<TraceExemplar>, fn() -> HistogramWithExemplars<TraceExemplar>>,
     request_bytes: Family<EdgeLabels, Counter>,
     response_bytes: Family<EdgeLabels, Counter>,
     /// Items received, by signal and transport.
@@ -90,8 +97,8 @@ pub struct CollectorMetrics {
     requests_seen: std::sync::Arc<LastSeen<RequestLabels>>,
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+fn duration_histogram() -> HistogramWithExemplars<TraceExemplar> {
+    HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
 }
 
 impl Default for CollectorMetrics {
@@ -167,7 +174,9 @@ impl CollectorMetrics {
             protocol: o.protocol.to_string(),
         };
         self.edges_seen.touch(&edge);
-        self.duration.get_or_create(&edge).observe(o.duration_nanos as f64 / 1e9);
+        let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_string() });
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(o.start_unix_nanos + o.duration_nanos);
+        self.duration.get_or_create(&edge).observe(o.duration_nanos as f64 / 1e9, exemplar, Some(at));
         self.request_bytes.get_or_create(&edge).inc_by(o.request_bytes);
         self.response_bytes.get_or_create(&edge).inc_by(o.response_bytes);
         let labels = RequestLabels {

@@ -3,8 +3,9 @@
 //! Content is negotiated as a Prometheus server does it: clients that accept
 //! `application/openmetrics-text` (Prometheus itself) get OpenMetrics, as prometheus-client
 //! writes it; others (`curl`, `promtool check metrics`, older scrapers) get the classic text
-//! format 0.0.4, where a counter's HELP and TYPE name its `_total` series and there is no
-//! `# UNIT` or `# EOF` line.
+//! format 0.0.4, where a counter's HELP and TYPE name its `_total` series, and there are no
+//! `# UNIT` or `# EOF` lines and no exemplars. Exemplars (OpenMetrics only) link each
+//! latency bucket to a trace that landed in it.
 
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub fn to_text_004(openmetrics: &str) -> String {
         });
         match renamed {
             Some(l) => out.push_str(&l),
+            // Exemplars follow a sample after ` # `; the classic format has none.
+            None if !line.starts_with('#') => out.push_str(line.split_once(" # ").map_or(line, |(sample, _)| sample)),
             None => out.push_str(line),
         }
         out.push('\n');
@@ -78,7 +81,7 @@ mod tests {
     #[test]
     fn counters_are_named_by_their_total_series_in_the_classic_format() {
         let om = "# HELP requests Requests.\n# TYPE requests counter\nrequests_total{a=\"b\"} 3\n\
-                  # HELP latency Latency.\n# TYPE latency histogram\n# UNIT latency seconds\nlatency_count 1\n# EOF\n";
+                  # HELP latency Latency.\n# TYPE latency histogram\n# UNIT latency seconds\nlatency_count 1 # {trace_id=\"ab\"} 0.2 1.5\n# EOF\n";
         let text = to_text_004(om);
         assert_eq!(
             text,
