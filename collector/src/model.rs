@@ -1,74 +1,9 @@
 //! The collector's own telemetry types. OTLP is converted into these at the ingest edge
 //! ([`crate::ingest::convert`]); the store, topology and APIs never see protobuf.
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-/// A 16-byte trace ID (never all zeroes once validated).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TraceId(pub [u8; 16]);
-
-/// An 8-byte span ID (never all zeroes once validated).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpanId(pub [u8; 8]);
-
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
-}
-
-fn parse_hex_padded<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.trim();
-    if text.is_empty() || text.len() > N * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    // Left-pad with zeroes: Jaeger writes 64-bit trace IDs as 16 hex digits.
-    let padded = format!("{text:0>width$}", width = N * 2);
-    let mut out = [0u8; N];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(&padded[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-impl TraceId {
-    /// Parses 1 to 32 hex digits; `None` for anything else or for the all-zero ID.
-    pub fn parse_hex(text: &str) -> Option<Self> {
-        parse_hex_padded::<16>(text).filter(|b| *b != [0; 16]).map(Self)
-    }
-    /// From OTLP bytes: exactly 16, not all zero.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; 16] = bytes.try_into().ok()?;
-        (arr != [0; 16]).then_some(Self(arr))
-    }
-}
-
-impl SpanId {
-    /// Parses 1 to 16 hex digits; `None` for anything else or for the all-zero ID.
-    pub fn parse_hex(text: &str) -> Option<Self> {
-        parse_hex_padded::<8>(text).filter(|b| *b != [0; 8]).map(Self)
-    }
-    /// From OTLP bytes: exactly 8, not all zero.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; 8] = bytes.try_into().ok()?;
-        (arr != [0; 8]).then_some(Self(arr))
-    }
-}
-
-macro_rules! hex_fmt {
-    ($t:ty) => {
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_hex(f, &self.0)
-            }
-        }
-        impl fmt::Debug for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_hex(f, &self.0)
-            }
-        }
-    };
-}
-hex_fmt!(TraceId);
-hex_fmt!(SpanId);
+pub use meshlens_common::ids::{SpanId, TraceId};
 
 /// What a span describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -311,20 +246,4 @@ pub struct MetricPoint {
     pub attributes: Attributes,
     /// Producer.
     pub resource: Arc<Resource>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_parse_padded_hex_and_reject_zero_and_garbage() {
-        let id = TraceId::parse_hex("00f067aa0ba902b7").expect("64-bit id");
-        assert_eq!(id.to_string(), "000000000000000000f067aa0ba902b7");
-        assert!(TraceId::parse_hex("0").is_none());
-        assert!(TraceId::parse_hex("xyz").is_none());
-        assert!(TraceId::parse_hex(&"a".repeat(33)).is_none());
-        assert!(SpanId::from_bytes(&[0; 8]).is_none());
-        assert!(SpanId::from_bytes(&[1; 7]).is_none());
-    }
 }

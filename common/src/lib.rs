@@ -3,9 +3,11 @@
 //! The sidecar writes mesh attributes on every span, log record and metric point; the
 //! collector reads them to build the topology. Their names live here, once, so the two
 //! sides cannot drift apart. Duration syntax (`250ms`, `1.5s`, `1m30s`) is shared too, and
-//! so are the `google.rpc` messages that carry OTLP errors and retry hints.
+//! so are trace and span IDs and the `google.rpc` messages that carry OTLP errors and retry
+//! hints.
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod ids;
 pub mod rpc;
 pub mod semconv;

@@ -7,8 +7,6 @@
 //! configured to emit plus any format the request arrived with, so an application that
 //! propagates B3 keeps working. `tracestate` passes through untouched.
 
-use std::fmt;
-
 use http::{HeaderMap, HeaderValue};
 
 /// The `traceparent` header name.
@@ -21,73 +19,7 @@ const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
 const B3_SAMPLED: &str = "x-b3-sampled";
 const B3_FLAGS: &str = "x-b3-flags";
 
-/// A 16-byte trace ID; never all zeroes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TraceId(pub [u8; 16]);
-
-/// An 8-byte span ID; never all zeroes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SpanId(pub [u8; 8]);
-
-impl TraceId {
-    /// A random, non-zero trace ID.
-    pub fn random() -> Self {
-        loop {
-            let id = fastrand::u128(..).to_be_bytes();
-            if id != [0; 16] {
-                return Self(id);
-            }
-        }
-    }
-
-    /// Whether this trace falls within `ratio` of all traces. Decided from the ID alone,
-    /// so every sidecar on the trace's path decides the same.
-    pub fn within_ratio(&self, ratio: f64) -> bool {
-        if ratio >= 1.0 {
-            return true;
-        }
-        if ratio <= 0.0 {
-            return false;
-        }
-        let mut low = [0u8; 8];
-        low.copy_from_slice(&self.0[8..]);
-        let value = u64::from_be_bytes(low) >> 1;
-        (value as f64) < ratio * (u64::MAX >> 1) as f64
-    }
-}
-
-impl SpanId {
-    /// A random, non-zero span ID.
-    pub fn random() -> Self {
-        loop {
-            let id = fastrand::u64(..).to_be_bytes();
-            if id != [0; 8] {
-                return Self(id);
-            }
-        }
-    }
-}
-
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
-}
-
-macro_rules! hex_fmt {
-    ($t:ty) => {
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_hex(f, &self.0)
-            }
-        }
-        impl fmt::Debug for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_hex(f, &self.0)
-            }
-        }
-    };
-}
-hex_fmt!(TraceId);
-hex_fmt!(SpanId);
+pub use meshlens_common::ids::{SpanId, TraceId};
 
 /// Parses exactly `2 * N` lower-case hex digits.
 fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -397,15 +329,6 @@ mod tests {
         assert!(h.get(TRACEPARENT).is_none());
         let read = parse_b3_multi(&h).expect("written");
         assert_eq!((read.trace_id, read.parent_id, read.sampled), (ctx.trace_id, ctx.span_id, Some(true)));
-    }
-
-    #[test]
-    fn ratio_sampling_is_deterministic_and_proportional() {
-        let kept = (0..10_000).filter(|_| TraceId::random().within_ratio(0.25)).count();
-        assert!((2_200..2_800).contains(&kept), "{kept}");
-        let id = TraceId::random();
-        assert_eq!(id.within_ratio(0.5), id.within_ratio(0.5));
-        assert!(id.within_ratio(1.0) && !id.within_ratio(0.0));
     }
 
     #[test]
