@@ -47,13 +47,23 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
 
     // Topology: every edge carries exactly the requests sent.
     let expected = [("tester", "frontend"), ("frontend", "backend"), ("frontend", "store"), ("backend", "db")];
-    let topology = wait_for("the topology to count every request", Duration::from_secs(20), || {
+    let mut last = Value::Null;
+    let topology = wait_for("the topology to count every request", Duration::from_secs(60), || {
         let t = collector.json("/api/v1/topology?window=5m");
+        let counts: Vec<Value> = expected.iter().map(|(s, d)| edge(&t, s, d).map_or(Value::Null, |e| e["requests"].clone())).collect();
+        if counts.iter().any(|c| c.as_u64().is_some_and(|c| c > REQUESTS)) {
+            panic!("more requests counted than sent: {counts:?}");
+        }
+        if counts != last.as_array().cloned().unwrap_or_default() {
+            eprintln!("edge counts so far (tester→frontend, frontend→backend, frontend→store, backend→db): {counts:?}");
+        }
+        last = Value::from(counts);
         expected
             .iter()
             .all(|(s, d)| edge(&t, s, d).is_some_and(|e| e["requests"] == REQUESTS))
             .then_some(t)
     });
+    let _ = last;
     for (s, d) in expected {
         let e = edge(&topology, s, d).expect("edge");
         assert_eq!(e["errors"], 0, "{s}->{d}: {e}");
