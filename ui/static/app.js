@@ -98,7 +98,8 @@ function draw(view) {
   svg.replaceChildren();
   const defs = el("defs");
   for (const h of ["ok", "warn", "bad", "idle"]) {
-    const m = el("marker", { id: `arrow-${h}`, viewBox: "0 0 10 10", refX: 24, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+    // Sized in user space, so a thicker (selected) edge keeps a normal arrowhead.
+    const m = el("marker", { id: `arrow-${h}`, viewBox: "0 0 10 10", refX: 26, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 12, markerHeight: 12, orient: "auto-start-reverse" });
     m.appendChild(el("path", { d: "M 0 0 L 10 5 L 0 10 z", class: h }));
     defs.appendChild(m);
   }
@@ -159,15 +160,63 @@ function showSelection() {
   const id = rest.join(":");
   if (kind === "edge") {
     const e = view.edges.find((x) => x.id === id);
-    if (e) showTraffic(`${e.source} → ${e.target}`, e, [["Protocol", e.protocol]]);
+    if (e) {
+      showTraffic(`${e.source} → ${e.target}`, e, [["Protocol", e.protocol]]);
+      charts({ source: e.source, target: e.target });
+    }
   } else {
     const n = view.nodes.find((x) => x.id === id);
-    if (n) showTraffic(n.label, n.inbound, [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]]);
+    if (n) {
+      showTraffic(n.label, n.inbound, [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]]);
+      charts({ target: n.id });
+    }
   }
 }
 
+// Request rate, error ratio and p99 over the window, for the selected node or edge.
+async function charts(params) {
+  const query = new URLSearchParams({ ...params, window: $("window").value, group: $("group").value });
+  let points;
+  try {
+    const response = await fetch(`/api/v1/series?${query}`);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    points = await response.json();
+  } catch (err) {
+    $("charts").replaceChildren(document.createTextNode(`no history: ${err.message}`));
+    return;
+  }
+  const box = $("charts");
+  box.replaceChildren();
+  const specs = [
+    ["Requests/s", (p) => p.request_rate, fmt.rate],
+    ["Error ratio", (p) => p.error_ratio, fmt.pct],
+    ["p99", (p) => p.p99_ms, fmt.ms],
+  ];
+  for (const [title, value, format] of specs) {
+    const values = points.map(value);
+    const known = values.filter((v) => v !== null && v !== undefined);
+    const max = Math.max(...known, 1e-9);
+    const div = document.createElement("div");
+    div.className = "chart";
+    const head = document.createElement("div");
+    head.className = "title";
+    const name = document.createElement("span"); name.textContent = title;
+    const last = document.createElement("span"); last.textContent = known.length ? `now ${format(known[known.length - 1])} · max ${format(max)}` : "no data";
+    head.append(name, last);
+    const svg = el("svg", { viewBox: "0 0 100 40", preserveAspectRatio: "none" });
+    const coords = values
+      .map((v, i) => (v === null || v === undefined ? null : `${(i / Math.max(1, values.length - 1)) * 100},${38 - (v / max) * 36}`))
+      .filter((c) => c !== null);
+    svg.appendChild(el("polyline", { points: coords.join(" ") }));
+    div.append(head, svg);
+    box.appendChild(div);
+  }
+}
+
+// The selection lives in the URL fragment (#select=edge:a->b), so a view can be linked.
 function select(key) {
   state.selected = key;
+  history.replaceState(null, "", `#select=${encodeURIComponent(key)}`);
   if (state.view) render(state.view);
 }
 
@@ -213,6 +262,8 @@ function schedule() {
 }
 
 window.addEventListener("DOMContentLoaded", () => {
+  const linked = new URLSearchParams(location.hash.slice(1)).get("select");
+  if (linked) state.selected = linked;
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
     $("pause").textContent = state.paused ? "Resume" : "Pause";

@@ -56,6 +56,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn series_cover_the_window_and_need_a_target() {
+        let (status, _, body) = call("/api/v1/series?target=a&window=60s").await;
+        assert_eq!(status, 200);
+        let points: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+        assert!((60..=62).contains(&points.len()), "{} points", points.len());
+        assert!(points.iter().all(|p| p["request_rate"] == 0.0));
+        let (status, _, _) = call("/api/v1/series?window=60s").await;
+        assert_eq!(status, 400);
+    }
+
+    #[tokio::test]
     async fn jaeger_errors_use_the_envelope() {
         let (status, _, body) = call("/api/traces/abc").await;
         assert_eq!(status, 404);

@@ -37,7 +37,67 @@ pub struct TopologyParams {
 
 /// The routes.
 pub fn routes() -> Router<Arc<Pipeline>> {
-    Router::new().route("/api/v1/topology", get(topology))
+    Router::new().route("/api/v1/topology", get(topology)).route("/api/v1/series", get(series))
+}
+
+/// `GET /api/v1/series` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesParams {
+    /// The node receiving the traffic (a topology node ID).
+    pub target: String,
+    /// The calling node, for one edge; absent for everything `target` receives.
+    pub source: Option<String>,
+    /// Window length ending now.
+    pub window: Option<String>,
+    /// Node grouping the IDs are written in.
+    #[serde(default)]
+    pub group: Grouping,
+}
+
+/// One point of a series.
+#[derive(Debug, serde::Serialize)]
+pub struct SeriesPoint {
+    /// Bucket start, Unix milliseconds.
+    pub t: u64,
+    /// Requests per second in the bucket.
+    pub request_rate: f64,
+    /// Failed / all in the bucket (0 when idle).
+    pub error_ratio: f64,
+    /// p50 latency, ms.
+    pub p50_ms: Option<f64>,
+    /// p90 latency, ms.
+    pub p90_ms: Option<f64>,
+    /// p99 latency, ms.
+    pub p99_ms: Option<f64>,
+}
+
+/// Points per series: the window is cut into this many steps (at least one second each).
+const POINTS: u64 = 60;
+
+async fn series(
+    State(pipeline): State<Arc<Pipeline>>,
+    Query(p): Query<SeriesParams>,
+) -> Result<Json<Vec<SeriesPoint>>, ApiError> {
+    let (from, to, _) = resolve_window(p.window.as_deref(), None, None, pipeline.started_unix_nanos)?;
+    let step = ((to - from) / POINTS).max(1);
+    let topology = pipeline.topology.read().map_err(poisoned)?;
+    let points = topology
+        .series(from, to, step, p.group, p.source.as_deref(), &p.target)
+        .into_iter()
+        .map(|(t, stats)| {
+            let traffic = crate::topology::graph::Traffic::from_stats(&stats, step as f64);
+            SeriesPoint {
+                t: t * 1000,
+                request_rate: traffic.request_rate,
+                error_ratio: traffic.error_ratio,
+                p50_ms: traffic.p50_ms,
+                p90_ms: traffic.p90_ms,
+                p99_ms: traffic.p99_ms,
+            }
+        })
+        .collect();
+    Ok(Json(points))
 }
 
 /// Resolves a window to `(from_secs, to_secs, rate_seconds)`.

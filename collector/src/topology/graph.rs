@@ -133,6 +133,11 @@ pub struct TopologyView {
     pub edges: Vec<EdgeView>,
 }
 
+/// A node's ID under `grouping` (the `id` of [`NodeView`]).
+pub fn node_id(node: &NodeRef, grouping: Grouping) -> String {
+    grouped(node, grouping).0
+}
+
 fn grouped(node: &NodeRef, grouping: Grouping) -> (String, String, Option<String>, Option<String>) {
     let ns = &*node.namespace;
     let qualify = |name: &str| if ns.is_empty() { name.to_owned() } else { format!("{name}.{ns}") };

@@ -68,6 +68,36 @@ impl Topology {
         graph::build(&edges, grouping, from_secs * 1000, to_secs * 1000, rate_seconds)
     }
 
+    /// Traffic over time between `[from, to]` (Unix seconds) in steps of `step` seconds, for
+    /// the edge `source → target` or, with no source, everything `target` receives (node IDs
+    /// as the grouping writes them).
+    pub fn series(
+        &self,
+        from_secs: u64,
+        to_secs: u64,
+        step: u64,
+        grouping: Grouping,
+        source: Option<&str>,
+        target: &str,
+    ) -> Vec<(u64, rollup::EdgeStats)> {
+        let step = step.max(1);
+        let per_second = self.rollups.series(from_secs, to_secs, |key| {
+            graph::node_id(&key.destination, grouping) == target
+                && source.is_none_or(|s| graph::node_id(&key.source, grouping) == s)
+        });
+        let mut out: Vec<(u64, rollup::EdgeStats)> = Vec::new();
+        let mut t = from_secs - from_secs % step;
+        while t <= to_secs {
+            let mut bucket = rollup::EdgeStats::default();
+            for (_, stats) in per_second.range(t..t + step) {
+                bucket.merge(stats);
+            }
+            out.push((t, bucket));
+            t += step;
+        }
+        out
+    }
+
     /// The rollups, for per-edge series.
     pub fn rollups(&self) -> &rollup::Rollups {
         &self.rollups
