@@ -119,4 +119,20 @@ async fn jaeger_answers_match_the_golden_files() {
     check("search_nothing", &get(&app, &format!("/api/traces?service=frontend&operation=GET%20/health&minDuration=5ms&start={start_us}")).await);
     check("dependencies", &get(&app, &format!("/api/dependencies?endTs={}&lookback=60000", T0 / MS + 1000)).await);
     check("trace_unknown", &get(&app, "/api/traces/0123").await);
+
+    // API v3: OTLP JSON.
+    check("v3_services", &get(&app, "/api/v3/services").await);
+    check("v3_operations_frontend_client", &get(&app, "/api/v3/operations?service=frontend&span_kind=client").await);
+    let v3_trace = get(&app, "/api/v3/traces/01010101010101010101010101010101").await;
+    check("v3_trace", &v3_trace);
+    // It is OTLP JSON: opentelemetry-proto reads it back, every span intact.
+    let data: opentelemetry_proto::tonic::trace::v1::TracesData = serde_json::from_value(v3_trace).expect("OTLP JSON");
+    let spans: usize = data.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    assert_eq!(spans, 3);
+    check(
+        "v3_search_checkout",
+        &get(&app, "/api/v3/traces?query.service_name=checkout&query.start_time_min=2026-01-01T00:00:00Z&query.start_time_max=2026-01-01T00:01:00Z&query.duration_min=10ms").await,
+    );
+    check("v3_search_without_times", &get(&app, "/api/v3/traces?query.service_name=checkout").await);
+    check("v3_trace_unknown", &get(&app, "/api/v3/traces/0123").await);
 }

@@ -11,3 +11,4 @@ pub mod duration;
 pub mod ids;
 pub mod rpc;
 pub mod semconv;
+pub mod time;

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod jaeger;
+pub mod jaeger_v3;
 pub mod logs;
 pub mod metrics;
 pub mod topology;
@@ -19,6 +20,7 @@ pub fn app(pipeline: Arc<Pipeline>) -> Router {
     Router::new()
         .merge(topology::routes())
         .merge(jaeger::routes())
+        .merge(jaeger_v3::routes())
         .merge(logs::routes())
         .merge(metrics::routes())
         .merge(ui::routes())

@@ -136,21 +136,7 @@ impl AccessLogFormat {
 }
 
 fn start_time(r: &RequestRecord) -> String {
-    let secs = r.start_unix_nanos / 1_000_000_000;
-    let millis = (r.start_unix_nanos / 1_000_000) % 1000;
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let days = (secs / 86_400) as i64;
-    let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    meshlens_common::time::format_rfc3339_millis(r.start_unix_nanos)
 }
 
 fn dash<T: ToString>(v: Option<T>) -> String {
