@@ -104,9 +104,12 @@ fn otlp_span(s: &Span) -> OtlpSpan {
     }
 }
 
+/// The spans of one instrumentation scope.
+type ScopeGroup = (Arc<str>, Vec<OtlpSpan>);
+
 /// Spans as OTLP `TracesData`: one `ResourceSpans` per resource, one `ScopeSpans` per scope.
 pub fn traces_data<'a>(spans: impl IntoIterator<Item = &'a Arc<Span>>) -> TracesData {
-    let mut groups: Vec<(Arc<Resource>, Vec<(Arc<str>, Vec<OtlpSpan>)>)> = Vec::new();
+    let mut groups: Vec<(Arc<Resource>, Vec<ScopeGroup>)> = Vec::new();
     for s in spans {
         let index = match groups.iter().position(|(r, _)| Arc::ptr_eq(r, &s.resource) || **r == *s.resource) {
             Some(i) => i,
