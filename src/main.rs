@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod sql;
 mod views;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -50,6 +51,21 @@ enum Command {
         /// Stop after this many refreshes.
         #[arg(long)]
         iterations: Option<u64>,
+    },
+    /// Run one read-only SQL query over the collector's tables (spans, logs, edges, services).
+    Sql {
+        /// The query, e.g. `SELECT service, count(*) FROM spans GROUP BY 1`.
+        #[arg(required_unless_present = "schema_markdown")]
+        query: Option<String>,
+        /// The collector's web address (or port).
+        #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:16686")]
+        collector: SocketAddr,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: sql::SqlOutput,
+        /// Print the tables' documented schemas as Markdown and exit.
+        #[arg(long)]
+        schema_markdown: bool,
     },
     /// Benchmarks, printing figures side by side with references measured in the same run.
     #[command(subcommand)]
@@ -165,6 +181,21 @@ struct CollectorArgs {
     /// Per-edge Prometheus series not updated for this long are removed.
     #[arg(long, value_parser = parse_duration, default_value = "15m")]
     series_ttl: Duration,
+    /// Rows of the spans and logs tables older than this are evicted.
+    #[arg(long, value_parser = parse_duration, default_value = "6h")]
+    retention: Duration,
+    /// Memory for the spans and logs tables, in MiB; the oldest rows go beyond it.
+    #[arg(long, default_value_t = 1024)]
+    memory_budget_mib: usize,
+    /// Longest an SQL query may run.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    sql_timeout: Duration,
+    /// Memory an SQL query's operators may use, in MiB.
+    #[arg(long, default_value_t = 256)]
+    sql_memory_mib: usize,
+    /// Most rows an SQL query returns.
+    #[arg(long, default_value_t = 10_000)]
+    sql_max_rows: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -253,6 +284,11 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::BenchUpstream { listen } => bench::upstream::serve(listen).await,
+            Command::Sql { schema_markdown: true, .. } => {
+                print!("{}", meshlens_collector::tables::schema::markdown());
+                Ok(())
+            }
+            Command::Sql { query, collector, output, .. } => sql::run(collector, query.as_deref().unwrap_or_default(), output).await,
             Command::Stat(args) => views::stat(&args.query(), args.output).await,
             Command::Edges(args) => views::edges(&args.query(), args.output).await,
             Command::Top { view, interval, iterations } => views::top(&view.query(), interval, iterations, view.output).await,
@@ -270,6 +306,14 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         match_window: args.match_window,
         istio_metrics: args.listen.istio_metrics,
         series_ttl: args.series_ttl,
+        retention: args.retention,
+        memory_budget: args.memory_budget_mib << 20,
+        sql: meshlens_collector::sql::SqlLimits {
+            timeout: args.sql_timeout,
+            memory_bytes: args.sql_memory_mib << 20,
+            max_rows: args.sql_max_rows,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;

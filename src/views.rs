@@ -60,7 +60,7 @@ fn rps(t: &Value) -> String {
     format!("{:.1}rps", t["request_rate"].as_f64().unwrap_or(0.0))
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -116,6 +116,24 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
     let top = run(&["top", "--collector", &web, "--window", "5m", "--iterations", "1", "-o", "json"]);
     assert!(serde_json::from_str::<Value>(top.trim()).is_ok_and(|v| v.as_array().is_some_and(|e| e.len() >= 4)), "{top}");
 
+    // SQL over the edge rollups and the spans gives the same counts.
+    let rows = collector.sql_rows(
+        "SELECT source_service, destination_service, sum(requests) AS n, sum(errors) AS e FROM edges \
+         WHERE destination_kind = 'service' GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    for (s, d) in expected {
+        let (s, d) = (s.trim_end_matches(".test"), d.trim_end_matches(".test"));
+        let row = rows.iter().find(|r| r[0] == s && r[1] == d).unwrap_or_else(|| panic!("{s}->{d} in {rows:?}"));
+        assert_eq!((row[2].as_u64(), row[3].as_u64()), (Some(REQUESTS), Some(0)), "{s}->{d}");
+    }
+    let rows = collector.sql_rows("SELECT count(*) FROM spans WHERE kind = 'client' AND source_workload = 'frontend-v1' AND destination_service = 'backend'");
+    assert_eq!(rows[0][0].as_u64(), Some(REQUESTS), "one sidecar CLIENT span per request");
+    let csv = run(&["sql", "--collector", &web, "-o", "csv", "SELECT service, count(*) AS spans FROM spans GROUP BY service ORDER BY service"]);
+    assert!(csv.starts_with("service,spans\r\n") && csv.contains("\r\nfrontend,"), "{csv}");
+    let refused = std::process::Command::new(meshlens()).args(["sql", "--collector", &web, "DROP TABLE spans"]).output().expect("run meshlens sql");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("DROP TABLE"), "{}", String::from_utf8_lossy(&refused.stderr));
+
     // Prometheus: per-edge counters and histograms with the same counts.
     let metrics = get(collector.web, "/metrics");
     assert_eq!(metrics.status, 200);

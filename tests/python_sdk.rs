@@ -1,6 +1,6 @@
 //! Interop with the OpenTelemetry Python SDK (its OTLP gRPC and HTTP exporters): traces,
-//! metrics and logs from two services are found through the Jaeger API, the topology, the
-//! logs API and `/metrics`. The Python environment is prepared by `./scripts/test`
+//! metrics and logs from two services are found through the Jaeger API, SQL, the topology,
+//! the logs API and `/metrics`. The Python environment is prepared by `./scripts/test`
 //! (`target/otel-venv`), or named by `MESHLENS_OTEL_PYTHON`.
 
 mod support;
@@ -48,6 +48,19 @@ fn python_sdk_traces_metrics_and_logs_arrive() {
     assert_eq!(server["references"][0]["spanID"], client["spanID"]);
     assert!(server["tags"].as_array().expect("tags").iter().any(|t| t["key"] == "error" && t["value"] == true));
     assert_eq!(server["logs"][0]["fields"][0]["value"], "card declined");
+
+    // SQL: both spans, with their status and parentage, and the log record.
+    let rows = collector.sql_rows(&format!(
+        "SELECT service, kind, status, parent_span_id IS NULL AS root FROM spans WHERE trace_id = '{trace_id}' ORDER BY service"
+    ));
+    assert_eq!(
+        serde_json::Value::from(rows),
+        serde_json::json!([["py-checkout", "client", "unset", true], ["py-payments", "server", "error", false]])
+    );
+    let rows = collector.sql_rows(&format!("SELECT service, body FROM logs WHERE trace_id = '{trace_id}'"));
+    assert_eq!(serde_json::Value::from(rows), serde_json::json!([["py-payments", "payment declined for order 42"]]));
+    let rows = collector.sql_rows("SELECT inbound_requests, inbound_errors FROM services WHERE service = 'py-payments'");
+    assert_eq!(serde_json::Value::from(rows), serde_json::json!([[1, 1]]));
 
     // Topology and dependencies: py-checkout → py-payments, failed.
     let topology = collector.json("/api/v1/topology?window=5m");

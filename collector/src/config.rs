@@ -29,6 +29,12 @@ pub struct CollectorConfig {
     pub istio_metrics: bool,
     /// Per-edge Prometheus series not updated for this long are removed.
     pub series_ttl: Duration,
+    /// Rows of the `spans` and `logs` tables older than this are evicted.
+    pub retention: Duration,
+    /// The `spans` and `logs` tables together stay under this many bytes.
+    pub memory_budget: usize,
+    /// Limits on each SQL query.
+    pub sql: crate::sql::SqlLimits,
 }
 
 impl Default for CollectorConfig {
@@ -46,6 +52,9 @@ impl Default for CollectorConfig {
             max_pending_matches: 500_000,
             istio_metrics: false,
             series_ttl: Duration::from_secs(15 * 60),
+            retention: Duration::from_secs(6 * 3600),
+            memory_budget: 1 << 30,
+            sql: crate::sql::SqlLimits::default(),
         }
     }
 }
@@ -61,6 +70,15 @@ impl CollectorConfig {
         }
         if self.series_ttl.is_zero() {
             return Err("series ttl must be positive".into());
+        }
+        if self.retention < Duration::from_secs(60) {
+            return Err("retention must be at least 60s".into());
+        }
+        if self.memory_budget < (16 << 20) {
+            return Err("memory budget must be at least 16 MiB".into());
+        }
+        if self.sql.timeout.is_zero() || self.sql.max_rows == 0 || self.sql.memory_bytes == 0 {
+            return Err("SQL limits must be positive".into());
         }
         if self.match_window.is_zero() {
             return Err("match window must be positive".into());

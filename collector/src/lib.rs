@@ -22,7 +22,9 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod series_ttl;
+pub mod sql;
 pub mod store;
+pub mod tables;
 pub mod topology;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -72,6 +72,13 @@ pub struct StoreLabels {
     pub kind: &'static str,
 }
 
+/// Labels of an outcome count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, `rejected`, `timeout`, `memory`, `busy` or `error`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the collector serves.
 #[derive(Debug, Clone)]
 pub struct CollectorMetrics {
@@ -91,6 +98,10 @@ pub struct CollectorMetrics {
     pub stored: Family<StoreLabels, Gauge>,
     /// Items evicted from the stores.
     pub evicted: Family<StoreLabels, Counter>,
+    /// Bytes held by the columnar tables.
+    pub memory: Family<StoreLabels, Gauge>,
+    /// SQL queries, by outcome.
+    pub sql_queries: Family<OutcomeLabels, Counter>,
     /// Istio-compatible families, when asked for.
     istio: Option<IstioMetrics>,
     edges_seen: std::sync::Arc<LastSeen<EdgeLabels>>,
@@ -124,6 +135,8 @@ impl CollectorMetrics {
             malformed: Family::default(),
             stored: Family::default(),
             evicted: Family::default(),
+            memory: Family::default(),
+            sql_queries: Family::default(),
         }
     }
 }
@@ -152,6 +165,8 @@ impl CollectorMetrics {
         c.register("malformed_requests", "OTLP export requests that could not be decoded", self.malformed.clone());
         c.register("stored", "Telemetry items held in memory", self.stored.clone());
         c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
+        c.register_with_unit("store_memory", "Memory held by the columnar tables", prometheus_client::registry::Unit::Bytes, self.memory.clone());
+        c.register("sql_queries", "SQL queries run, by outcome", self.sql_queries.clone());
         if let Some(istio) = &self.istio {
             istio.register(&mut r);
         }

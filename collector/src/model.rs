@@ -85,6 +85,17 @@ impl Value {
             Self::Double(d) => d.to_string(),
         }
     }
+    /// The value as JSON: strings, booleans and numbers as themselves, arrays and maps
+    /// parsed back from their JSON text.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Str(s) | Self::Bytes(s) => s.as_str().into(),
+            Self::Bool(b) => (*b).into(),
+            Self::Int(i) => (*i).into(),
+            Self::Double(d) => serde_json::Number::from_f64(*d).map_or(serde_json::Value::Null, Into::into),
+            Self::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.as_str().into()),
+        }
+    }
     /// The value if it is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -104,6 +115,17 @@ impl Value {
 
 /// Ordered key/value attributes.
 pub type Attributes = Vec<(String, Value)>;
+
+/// Attributes as one JSON object (the first of repeated keys wins), skipping `skip` keys.
+pub fn attributes_json(attributes: &Attributes, skip: impl Fn(&str) -> bool) -> String {
+    let mut map = serde_json::Map::new();
+    for (k, v) in attributes {
+        if !skip(k) && !map.contains_key(k) {
+            map.insert(k.clone(), v.to_json());
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
 
 /// Looks up an attribute by key.
 pub fn attr<'a>(attributes: &'a Attributes, key: &str) -> Option<&'a Value> {

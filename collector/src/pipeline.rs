@@ -14,7 +14,9 @@ use crate::{
     ingest::convert::Converted,
     metrics::{CollectorMetrics, IngestLabels, StoreLabels},
     model::{LogRecord, MetricPoint, Span},
+    sql::SqlEngine,
     store::{SignalStore, TraceStore},
+    tables::{Retention, Tables},
     topology::Topology,
 };
 
@@ -57,6 +59,10 @@ pub struct Pipeline {
     pub signals: RwLock<SignalStore>,
     /// Edges and rollups.
     pub topology: RwLock<Topology>,
+    /// The columnar `spans` and `logs` tables.
+    pub tables: RwLock<Tables>,
+    /// Runs SQL over the tables.
+    pub sql: SqlEngine,
     /// Prometheus metrics.
     pub metrics: CollectorMetrics,
     /// When the collector started, Unix nanoseconds.
@@ -76,6 +82,8 @@ impl Pipeline {
                 config.max_pending_matches,
                 config.rollup_retention.as_secs(),
             )),
+            tables: RwLock::new(Tables::new(Retention { max_age: config.retention, memory_budget: config.memory_budget })),
+            sql: SqlEngine::new(config.sql),
             metrics: CollectorMetrics::new(config.istio_metrics),
             started_unix_nanos: now_nanos(),
             series_ttl: config.series_ttl,
@@ -100,6 +108,9 @@ impl Pipeline {
         for o in &observations {
             self.metrics.observe_edge(o);
         }
+        if let Ok(mut tables) = self.tables.write() {
+            tables.add_spans(spans.iter().map(|s| &**s));
+        }
         if let Ok(mut traces) = self.traces.write() {
             let before = traces.evicted_spans();
             traces.insert(spans);
@@ -117,6 +128,9 @@ impl Pipeline {
         };
         for o in &observations {
             self.metrics.observe_edge(o);
+        }
+        if let Ok(mut tables) = self.tables.write() {
+            tables.add_logs(&converted.items);
         }
         if let Ok(mut signals) = self.signals.write() {
             signals.insert_logs(converted.items);
@@ -147,6 +161,11 @@ impl Pipeline {
             self.metrics.observe_edge(o);
         }
         self.metrics.expire_idle(self.series_ttl);
+        if let Ok(mut tables) = self.tables.write() {
+            let evicted = tables.enforce(now_nanos());
+            self.metrics.evicted.get_or_create(&StoreLabels { kind: "span_rows" }).inc_by(evicted.spans);
+            self.metrics.evicted.get_or_create(&StoreLabels { kind: "log_rows" }).inc_by(evicted.logs);
+        }
         self.refresh_gauges();
     }
 
@@ -163,6 +182,13 @@ impl Pipeline {
             let (logs, points, _, _) = signals.sizes();
             set("log_records", logs);
             set("metric_points", points);
+        }
+        if let Ok(tables) = self.tables.read() {
+            set("span_rows", tables.spans.rows());
+            set("log_rows", tables.logs.rows());
+            let memory = |kind, v: usize| self.metrics.memory.get_or_create(&StoreLabels { kind }).set(v as i64);
+            memory("spans", tables.spans.bytes());
+            memory("logs", tables.logs.bytes());
         }
         if let Ok(topology) = self.topology.read() {
             set("edge_buckets", topology.rollups().bucket_count());

@@ -42,6 +42,15 @@ macro_rules! id {
                 }
             }
 
+            /// Appends its lower-case hex digits to `out`.
+            pub fn push_hex(&self, out: &mut String) {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                for b in self.0 {
+                    out.push(char::from(DIGITS[usize::from(b >> 4)]));
+                    out.push(char::from(DIGITS[usize::from(b & 15)]));
+                }
+            }
+
             /// From its bytes: exactly the right length, not all zero.
             pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
                 let id: [u8; $n] = bytes.try_into().ok()?;
@@ -97,6 +106,9 @@ mod tests {
         let id = TraceId::parse_hex("00f067aa0ba902b7").expect("64-bit id");
         assert_eq!(id.to_string(), "000000000000000000f067aa0ba902b7");
         assert_eq!(TraceId::parse_hex(&id.to_string()), Some(id));
+        let mut pushed = String::new();
+        id.push_hex(&mut pushed);
+        assert_eq!(pushed, id.to_string());
         assert!(TraceId::parse_hex("0").is_none());
         assert!(TraceId::parse_hex("xyz").is_none());
         assert!(TraceId::parse_hex(&"a".repeat(33)).is_none());

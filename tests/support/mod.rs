@@ -309,6 +309,19 @@ impl CollectorProc {
     pub fn json(&self, path: &str) -> serde_json::Value {
         get(self.web, path).json()
     }
+
+    /// Runs an SQL query through `POST /api/v1/sql`; returns the reply (JSON rows on 200).
+    pub fn sql(&self, query: &str) -> Reply {
+        let body = serde_json::json!({ "query": query }).to_string();
+        http(self.web, "POST", "/api/v1/sql", &[("content-type", "application/json")], body.as_bytes()).expect("SQL request")
+    }
+
+    /// The rows of an SQL query that must succeed.
+    pub fn sql_rows(&self, query: &str) -> Vec<serde_json::Value> {
+        let reply = self.sql(query);
+        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+        reply.json()["rows"].as_array().cloned().unwrap_or_default()
+    }
 }
 
 /// One meshed workload: a sample app and its sidecar.

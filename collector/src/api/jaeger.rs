@@ -172,11 +172,10 @@ fn trace_query(params: &Params) -> Result<TraceQuery, JaegerError> {
     };
     let duration_min = params.duration_nanos("minDuration")?;
     let duration_max = params.duration_nanos("maxDuration")?;
-    if let (Some(min), Some(max)) = (duration_min, duration_max) {
-        if max < min {
+    if let (Some(min), Some(max)) = (duration_min, duration_max)
+        && max < min {
             return Err(JaegerError::bad_request("'maxDuration' should be greater than 'minDuration'"));
         }
-    }
     let limit = match params.int("limit")? {
         Some(l) if l > 0 => l as usize,
         _ => DEFAULT_LIMIT,

@@ -6,6 +6,7 @@ pub mod jaeger;
 pub mod jaeger_v3;
 pub mod logs;
 pub mod metrics;
+pub mod sql;
 pub mod topology;
 pub mod ui;
 
@@ -23,6 +24,7 @@ pub fn app(pipeline: Arc<Pipeline>) -> Router {
         .merge(jaeger_v3::routes())
         .merge(logs::routes())
         .merge(metrics::routes())
+        .merge(sql::routes())
         .merge(ui::routes())
         .with_state(pipeline)
 }

@@ -141,11 +141,10 @@ impl TraceStore {
                 break;
             }
             let Some(entry) = self.traces.get(id) else { continue };
-            if entry.spans.iter().any(|s| query.matches(s)) {
-                if let Some(spans) = self.get(id) {
+            if entry.spans.iter().any(|s| query.matches(s))
+                && let Some(spans) = self.get(id) {
                     found.push(spans);
                 }
-            }
         }
         found
     }
@@ -161,6 +160,11 @@ impl TraceStore {
             .get(service)
             .map(|ops| ops.iter().flat_map(|(name, kinds)| kinds.iter().map(|k| (name.clone(), *k))).collect())
             .unwrap_or_default()
+    }
+
+    /// Each service's number of distinct operations.
+    pub fn operation_counts(&self) -> BTreeMap<Arc<str>, usize> {
+        self.services.iter().map(|(s, ops)| (s.clone(), ops.len())).collect()
     }
 
     /// Spans held.

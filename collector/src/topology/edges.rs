@@ -34,6 +34,17 @@ pub enum NodeKind {
     External,
 }
 
+impl NodeKind {
+    /// `service`, `unknown` or `external`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Unknown => "unknown",
+            Self::External => "external",
+        }
+    }
+}
+
 /// One end of an edge, at the finest grain known (workload and version when reported).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeRef {
@@ -157,11 +168,10 @@ impl Facts<'_> {
 
     fn response_code(&self) -> Arc<str> {
         let http = self.get("http.response.status_code").and_then(Value::as_i64);
-        if let Some(code) = self.get("rpc.grpc.status_code").and_then(Value::as_i64) {
-            if code != 0 || http.is_none() {
+        if let Some(code) = self.get("rpc.grpc.status_code").and_then(Value::as_i64)
+            && (code != 0 || http.is_none()) {
                 return format!("grpc:{code}").into();
             }
-        }
         match http {
             Some(code) => code.to_string().into(),
             None if self.status_error => "error".into(),
@@ -367,13 +377,12 @@ impl EdgeDeriver {
                         out.push(child.observation);
                     }
                 }
-            } else if let Some(brief) = self.briefs.remove(&key) {
-                if brief.kind == SpanKind::Client && !brief.counted && !brief.matched {
+            } else if let Some(brief) = self.briefs.remove(&key)
+                && brief.kind == SpanKind::Client && !brief.counted && !brief.matched {
                     let mut obs = brief.observation;
                     obs.destination = NodeRef::external(brief.peer.as_deref().unwrap_or("external"));
                     out.push(obs);
                 }
-            }
         }
     }
 }

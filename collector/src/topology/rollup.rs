@@ -127,6 +127,11 @@ impl Rollups {
         out
     }
 
+    /// Every (edge, second, stats) bucket held.
+    pub fn buckets(&self) -> impl Iterator<Item = (&EdgeKey, u64, &EdgeStats)> + '_ {
+        self.edges.iter().flat_map(|(key, buckets)| buckets.iter().map(move |(second, stats)| (key, *second, stats)))
+    }
+
     /// Number of (edge, second) buckets held.
     pub fn bucket_count(&self) -> usize {
         self.edges.values().map(BTreeMap::len).sum()

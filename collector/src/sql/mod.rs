@@ -1,0 +1,341 @@
+//! Read-only SQL over the collector's tables, with DataFusion.
+//!
+//! Every query runs on its own thread and its own single-threaded runtime, so a heavy
+//! query never takes a core from ingest or the web server. Before anything runs:
+//! exactly one statement, and it must be a query (`SELECT`, `WITH`, `VALUES`,
+//! `EXPLAIN`); only our tables (and `information_schema`) can be named; functions that
+//! can build unbounded values are refused ([`guard`]). While it runs: a time limit (the
+//! query is cancelled), a memory limit for its operators (no spilling to disk), and a
+//! row limit on what is returned (the rest is cut, and the answer says so).
+
+pub mod coop;
+pub mod format;
+pub mod guard;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use datafusion::{
+    arrow::record_batch::RecordBatch,
+    catalog::MemTable,
+    config::Dialect,
+    error::DataFusionError,
+    execution::{
+        disk_manager::{DiskManagerBuilder, DiskManagerMode},
+        runtime_env::RuntimeEnvBuilder,
+        session_state::SessionStateBuilder,
+    },
+    prelude::{SessionConfig, SessionContext},
+};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::{
+    pipeline::Pipeline,
+    tables::{edges, schema},
+};
+
+/// Bounds on every query.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    /// Longest a query may run.
+    pub timeout: Duration,
+    /// Memory its operators may reserve (sorts, joins, aggregations).
+    pub memory_bytes: usize,
+    /// Most rows returned.
+    pub max_rows: usize,
+    /// Queries running at once; more are refused as busy.
+    pub concurrency: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(10), memory_bytes: 256 << 20, max_rows: 10_000, concurrency: 2 }
+    }
+}
+
+/// Why a query gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The query is not allowed or not valid; the message says why.
+    #[error("{0}")]
+    Rejected(String),
+    /// It ran past its time limit and was cancelled.
+    #[error("query cancelled: it ran longer than the {0:?} limit")]
+    Timeout(Duration),
+    /// It needed more memory than its limit.
+    #[error("query stopped: {0}")]
+    Memory(String),
+    /// Too many queries are running.
+    #[error("too many SQL queries are running; retry shortly")]
+    Busy,
+    /// Something failed inside the collector.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for SqlError {
+    fn from(error: DataFusionError) -> Self {
+        let message = error.message().to_string();
+        match error.find_root() {
+            DataFusionError::ResourcesExhausted(m) => Self::Memory(m.clone()),
+            DataFusionError::Internal(m) => Self::Internal(m.clone()),
+            DataFusionError::IoError(e) => Self::Internal(e.to_string()),
+            _ => Self::Rejected(message),
+        }
+    }
+}
+
+/// A query's answer.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// The result batches (at most `max_rows` rows in all).
+    pub batches: Vec<RecordBatch>,
+    /// The result schema.
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    /// Rows returned.
+    pub rows: usize,
+    /// Whether rows past the limit were cut.
+    pub truncated: bool,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// Runs queries within [`SqlLimits`].
+#[derive(Debug)]
+pub struct SqlEngine {
+    limits: SqlLimits,
+    running: Arc<Semaphore>,
+}
+
+/// The tables a query may name.
+pub const TABLE_NAMES: [&str; 4] = ["spans", "logs", "edges", "services"];
+
+impl SqlEngine {
+    /// An engine with these limits.
+    pub fn new(limits: SqlLimits) -> Self {
+        Self { limits, running: Arc::new(Semaphore::new(limits.concurrency.max(1))) }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> SqlLimits {
+        self.limits
+    }
+
+    /// Runs `sql` against `pipeline`'s tables.
+    pub async fn run(&self, pipeline: Arc<Pipeline>, sql: String) -> Result<QueryResult, SqlError> {
+        let permit = self.running.clone().try_acquire_owned().map_err(|_| SqlError::Busy)?;
+        let limits = self.limits;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("meshlens-sql".into())
+            .spawn(move || {
+                let result = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                    Ok(rt) => rt.block_on(async move {
+                        // The query is its own task: when the limit passes it is aborted at
+                        // its next yield, which DataFusion's operators make every batch.
+                        let mut task = tokio::spawn(async move { execute(&pipeline, &sql, limits).await });
+                        tokio::select! {
+                            joined = &mut task => joined.unwrap_or_else(|e| Err(SqlError::Internal(format!("the query task failed: {e}")))),
+                            () = tokio::time::sleep(limits.timeout) => {
+                                task.abort();
+                                Err(SqlError::Timeout(limits.timeout))
+                            }
+                        }
+                    }),
+                    Err(e) => Err(SqlError::Internal(format!("cannot start the query runtime: {e}"))),
+                };
+                drop(permit);
+                let _ = tx.send(result);
+            })
+            .map_err(|e| SqlError::Internal(format!("cannot start a query thread: {e}")))?;
+        // The query thread enforces the limit; this only guards against a stuck thread.
+        match tokio::time::timeout(limits.timeout + Duration::from_secs(2), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SqlError::Internal("the query thread ended without an answer".into())),
+            Err(_) => Err(SqlError::Timeout(limits.timeout)),
+        }
+    }
+}
+
+fn context(limits: SqlLimits) -> Result<SessionContext, SqlError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()?;
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("meshlens", "public");
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(coop::YieldEverywhere))
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+async fn execute(pipeline: &Pipeline, sql: &str, limits: SqlLimits) -> Result<QueryResult, SqlError> {
+    let started = Instant::now();
+    let ctx = context(limits)?;
+    let state = ctx.state();
+    let statement = state.sql_to_statement(sql, &Dialect::Generic)?;
+    guard::only_queries(&statement)?;
+    // Only the tables the query names are loaded; the others are there empty, so
+    // `information_schema` still shows every table.
+    let named = guard::tables(&state.resolve_table_references(&statement)?)?;
+    for name in TABLE_NAMES {
+        let batches = if named.contains(&name) { snapshot(pipeline, name)? } else { Vec::new() };
+        let table = MemTable::try_new(table_schema(name), vec![batches])?;
+        ctx.register_table(name, Arc::new(table))?;
+    }
+    let plan = state.statement_to_plan(statement).await?;
+    guard::plan(&plan)?;
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let mut stream = frame.execute_stream().await?;
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    let mut truncated = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let room = limits.max_rows - rows;
+        if batch.num_rows() > room {
+            batches.push(batch.slice(0, room));
+            rows += room;
+            truncated = true;
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    Ok(QueryResult { batches, schema, rows, truncated, elapsed: started.elapsed() })
+}
+
+fn table_schema(name: &str) -> datafusion::arrow::datatypes::SchemaRef {
+    let columns = schema::TABLES.iter().find(|(n, _, _)| *n == name).map_or(&[][..], |(_, _, c)| c);
+    schema::schema(columns)
+}
+
+fn poisoned<T>(_: T) -> SqlError {
+    SqlError::Internal("store lock poisoned".into())
+}
+
+/// The current rows of one table.
+fn snapshot(pipeline: &Pipeline, name: &str) -> Result<Vec<RecordBatch>, SqlError> {
+    let built = match name {
+        "spans" | "logs" => {
+            let tables = pipeline.tables.read().map_err(poisoned)?;
+            return Ok(tables.snapshot(name).unwrap_or_default());
+        }
+        "edges" => {
+            let topology = pipeline.topology.read().map_err(poisoned)?;
+            edges::edges_batch(topology.rollups().buckets())
+        }
+        _ => {
+            let operations = pipeline.traces.read().map_err(poisoned)?.operation_counts();
+            let topology = pipeline.topology.read().map_err(poisoned)?;
+            edges::services_batch(topology.rollups().buckets(), &operations)
+        }
+    };
+    built.map(|b| vec![b]).map_err(|e| SqlError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::CollectorConfig,
+        ingest::convert::Converted,
+        model::{SpanKind, Value},
+        pipeline::Transport,
+        store::traces::tests::span,
+    };
+
+    fn pipeline_with_spans(n: u8, limits: SqlLimits) -> Arc<Pipeline> {
+        let config = CollectorConfig { sql: limits, ..Default::default() };
+        let pipeline = Pipeline::new(&config);
+        let items = (1..=n)
+            .map(|i| {
+                let mut s = (*span(i, i, None, if i % 2 == 0 { "even" } else { "odd" }, SpanKind::Server, 1_000 + u64::from(i), u64::from(i))).clone();
+                s.attributes.push(("http.route".into(), Value::Str("/items/{id}".into())));
+                s
+            })
+            .collect();
+        pipeline.ingest_spans(Converted { items, rejected: 0, reasons: vec![] }, Transport::Grpc);
+        pipeline
+    }
+
+    async fn query(pipeline: &Arc<Pipeline>, sql: &str) -> Result<QueryResult, SqlError> {
+        pipeline.sql.run(pipeline.clone(), sql.to_owned()).await
+    }
+
+    #[tokio::test]
+    async fn aggregates_over_spans() {
+        let p = pipeline_with_spans(10, SqlLimits::default());
+        let r = query(&p, "SELECT service, count(*) AS n, max(duration_ns) AS slowest FROM spans GROUP BY service ORDER BY service")
+            .await
+            .expect("query");
+        let doc = format::to_json(&r).expect("json");
+        assert_eq!(doc["rows"], serde_json::json!([["even", 5, 10_000_000], ["odd", 5, 9_000_000]]), "{doc}");
+        assert_eq!(doc["columns"][0]["name"], "service");
+        let r = query(&p, "SELECT http_route, trace_id FROM spans WHERE http_route = '/items/{id}' LIMIT 1").await.expect("query");
+        assert_eq!(format::to_csv(&r).expect("csv"), format!("http_route,trace_id\r\n/items/{{id}},{}\r\n", "01".repeat(16)));
+        let r = query(&p, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1").await.expect("query");
+        assert_eq!(r.rows, 4, "every table is listed");
+        let r = query(&p, "SELECT count(*) FROM edges").await.expect("edges table");
+        assert_eq!(r.rows, 1);
+        let r = query(&p, "SELECT service, operations FROM services WHERE kind = 'service' ORDER BY service").await.expect("services table");
+        assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([["even", 5], ["odd", 5]]));
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_query_is_rejected_with_a_reason() {
+        let p = pipeline_with_spans(3, SqlLimits::default());
+        for (sql, expect) in [
+            ("DROP TABLE spans", "DROP TABLE"),
+            ("CREATE TABLE x AS SELECT 1", "CREATE TABLE"),
+            ("INSERT INTO spans SELECT * FROM spans", "INSERT INTO"),
+            ("DELETE FROM spans", "DELETE FROM"),
+            ("COPY spans TO '/tmp/out.csv'", "COPY"),
+            ("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE"),
+            ("SET datafusion.execution.batch_size = 1", "SET"),
+            ("SELECT * FROM '/etc/passwd'", "unknown table"),
+            ("SELECT * FROM secrets", "unknown table 'secrets'"),
+            ("SELECT * FROM generate_series(1, 100000000000)", "unknown table"),
+            ("SELECT repeat('x', 2000000000)", "repeat() is disabled"),
+            ("SELECT 1; SELECT 2", "single SQL statement"),
+            ("SELEC 1", "Expected"),
+            ("SELECT nope FROM spans", "nope"),
+        ] {
+            match query(&p, sql).await {
+                Err(SqlError::Rejected(message)) => assert!(message.contains(expect), "{sql}: {message}"),
+                other => panic!("{sql}: expected a rejection, got {other:?}"),
+            }
+        }
+        let r = query(&p, "EXPLAIN SELECT count(*) FROM spans").await.expect("EXPLAIN is read-only");
+        assert!(r.rows > 0);
+    }
+
+    #[tokio::test]
+    async fn runaway_queries_are_stopped_by_their_limits() {
+        let limits = SqlLimits { timeout: Duration::from_millis(500), max_rows: 7, memory_bytes: 1 << 20, concurrency: 1 };
+        let p = pipeline_with_spans(200, limits);
+        let r = query(&p, "SELECT a.span_id FROM spans a, spans b").await.expect("row limit cuts");
+        assert_eq!((r.rows, r.truncated), (7, true));
+        let started = Instant::now();
+        let e = query(&p, "SELECT count(*) FROM spans a, spans b, spans c, spans d, spans e WHERE a.duration_ns + b.duration_ns + c.duration_ns + d.duration_ns + e.duration_ns < 0")
+            .await
+            .expect_err("2e11 rows cannot finish");
+        assert!(matches!(e, SqlError::Timeout(_)), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "cancelled promptly: {:?}", started.elapsed());
+        let e = query(&p, "SELECT a.span_id || b.span_id || c.span_id AS k FROM spans a, spans b, spans c ORDER BY k")
+            .await
+            .expect_err("sorting 8 million rows needs more than 1 MiB");
+        assert!(matches!(e, SqlError::Memory(_)), "{e:?}");
+        assert!(query(&p, "SELECT count(*) FROM spans").await.is_ok(), "the engine still answers");
+    }
+}

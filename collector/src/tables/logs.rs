@@ -1,0 +1,63 @@
+//! Writes log records into the `logs` table's columns ([`super::schema::LOGS`]).
+
+use datafusion::arrow::{
+    array::{Int64Builder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder},
+    datatypes::Int32Type,
+};
+
+use super::{
+    columnar::{RowWriter, column_builders},
+    spans::signed,
+};
+use crate::model::{LogRecord, attr, attributes_json};
+
+type Dict = StringDictionaryBuilder<Int32Type>;
+
+/// The builders of the `logs` table.
+pub struct LogRows {
+    time: TimestampNanosecondBuilder,
+    service: Dict,
+    severity_number: Int64Builder,
+    severity: Dict,
+    body: StringBuilder,
+    trace_id: StringBuilder,
+    span_id: StringBuilder,
+    event_name: Dict,
+    attributes: StringBuilder,
+    resource: Dict,
+}
+
+column_builders!(LogRows { time, service, severity_number, severity, body, trace_id, span_id, event_name, attributes, resource });
+
+impl Default for LogRows {
+    fn default() -> Self {
+        Self {
+            time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
+            service: Dict::new(),
+            severity_number: Int64Builder::new(),
+            severity: Dict::new(),
+            body: StringBuilder::new(),
+            trace_id: StringBuilder::new(),
+            span_id: StringBuilder::new(),
+            event_name: Dict::new(),
+            attributes: StringBuilder::new(),
+            resource: Dict::new(),
+        }
+    }
+}
+
+impl RowWriter<LogRecord> for LogRows {
+    fn append(&mut self, log: &LogRecord) -> u64 {
+        self.time.append_value(signed(log.time_unix_nanos));
+        self.service.append_value(&*log.resource.service);
+        self.severity_number.append_value(i64::from(log.severity_number));
+        self.severity.append_option(Some(log.severity_text.as_str()).filter(|s| !s.is_empty()));
+        self.body.append_option(Some(log.body.as_str()).filter(|s| !s.is_empty()));
+        self.trace_id.append_option(log.trace_id.map(|t| t.to_string()));
+        self.span_id.append_option(log.span_id.map(|s| s.to_string()));
+        self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
+        self.attributes.append_value(attributes_json(&log.attributes, |_| false));
+        self.resource.append_value(attributes_json(&log.resource.attributes, |_| false));
+        log.time_unix_nanos
+    }
+}

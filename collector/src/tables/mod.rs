@@ -1,0 +1,125 @@
+//! The SQL tables: `spans` and `logs` are columnar tables appended on ingest
+//! ([`columnar`]); `edges` and `services` are built from the topology's rollups when a
+//! query reads them ([`edges`]). Schemas are defined once in [`schema`].
+//!
+//! Retention: sealed batches are evicted oldest first when their newest row is older than
+//! the configured age, and while the two tables together exceed the memory budget.
+
+pub mod columnar;
+pub mod edges;
+pub mod logs;
+pub mod schema;
+pub mod spans;
+
+use std::time::Duration;
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::model::{LogRecord, Span};
+
+pub use columnar::Table;
+
+/// Retention limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Rows older than this go.
+    pub max_age: Duration,
+    /// The spans and logs tables together stay under this many bytes.
+    pub memory_budget: usize,
+}
+
+/// What one enforcement pass evicted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Span rows.
+    pub spans: u64,
+    /// Log rows.
+    pub logs: u64,
+}
+
+/// The appended tables.
+#[derive(Debug)]
+pub struct Tables {
+    /// `spans`.
+    pub spans: Table<spans::SpanRows>,
+    /// `logs`.
+    pub logs: Table<logs::LogRows>,
+    retention: Retention,
+}
+
+impl Tables {
+    /// Empty tables with these limits.
+    pub fn new(retention: Retention) -> Self {
+        Self {
+            spans: Table::new(schema::schema(schema::SPANS)),
+            logs: Table::new(schema::schema(schema::LOGS)),
+            retention,
+        }
+    }
+
+    /// Appends spans.
+    pub fn add_spans<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>) {
+        self.spans.extend(spans);
+    }
+
+    /// Appends log records.
+    pub fn add_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>) {
+        self.logs.extend(logs);
+    }
+
+    /// Bytes held by both tables.
+    pub fn bytes(&self) -> usize {
+        self.spans.bytes() + self.logs.bytes()
+    }
+
+    /// Evicts by age, then by memory (whichever table holds the oldest batch goes first).
+    pub fn enforce(&mut self, now_nanos: u64) -> Evicted {
+        let cutoff = now_nanos.saturating_sub(self.retention.max_age.as_nanos() as u64);
+        let mut evicted =
+            Evicted { spans: self.spans.evict_older_than(cutoff), logs: self.logs.evict_older_than(cutoff) };
+        while self.bytes() > self.retention.memory_budget {
+            match (self.spans.oldest_sealed(), self.logs.oldest_sealed()) {
+                (Some(s), Some(l)) if l < s => evicted.logs += self.logs.pop_oldest(),
+                (Some(_), _) => evicted.spans += self.spans.pop_oldest(),
+                (None, Some(_)) => evicted.logs += self.logs.pop_oldest(),
+                (None, None) => break,
+            }
+        }
+        evicted
+    }
+
+    /// A snapshot of one appended table by name.
+    pub fn snapshot(&self, name: &str) -> Option<Vec<RecordBatch>> {
+        match name {
+            "spans" => Some(self.spans.snapshot()),
+            "logs" => Some(self.logs.snapshot()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::SpanKind, store::traces::tests::span};
+
+    #[test]
+    fn retention_evicts_oldest_batches_by_age_and_by_memory() {
+        let mut tables = Tables::new(Retention { max_age: Duration::from_secs(60), memory_budget: usize::MAX });
+        let old: Vec<_> = (0..columnar::SEAL_ROWS).map(|i| span(1, (i % 250) as u8 + 1, None, "a", SpanKind::Server, 1_000, 1)).collect();
+        tables.add_spans(old.iter().map(|s| &**s));
+        let now_ms = 1_000 + 3_600_000;
+        let fresh: Vec<_> = (0..columnar::SEAL_ROWS).map(|_| span(2, 1, None, "a", SpanKind::Server, now_ms, 1)).collect();
+        tables.add_spans(fresh.iter().map(|s| &**s));
+        assert_eq!(tables.spans.rows(), 2 * columnar::SEAL_ROWS);
+        let evicted = tables.enforce(now_ms * 1_000_000);
+        assert_eq!(evicted.spans, columnar::SEAL_ROWS as u64, "the hour-old batch goes");
+        assert_eq!(tables.spans.rows(), columnar::SEAL_ROWS);
+        let per_span = tables.spans.bytes() / tables.spans.rows();
+        assert!(per_span > 0, "memory is measured");
+        tables.retention.memory_budget = 1;
+        let evicted = tables.enforce(now_ms * 1_000_000);
+        assert_eq!(evicted.spans, columnar::SEAL_ROWS as u64, "over budget: the rest goes");
+        assert_eq!(tables.spans.evicted_rows, 2 * columnar::SEAL_ROWS as u64);
+    }
+}
