@@ -33,6 +33,8 @@ pub struct CollectorConfig {
     pub retention: Duration,
     /// The `spans` and `logs` tables together stay under this many bytes.
     pub memory_budget: usize,
+    /// Bytes of export requests processed at once; more are refused as retryable.
+    pub ingest_inflight_bytes: usize,
     /// Limits on each SQL query.
     pub sql: crate::sql::SqlLimits,
 }
@@ -55,6 +57,7 @@ impl Default for CollectorConfig {
             retention: Duration::from_secs(6 * 3600),
             memory_budget: 1 << 30,
             sql: crate::sql::SqlLimits::default(),
+            ingest_inflight_bytes: 256 << 20,
         }
     }
 }

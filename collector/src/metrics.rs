@@ -94,6 +94,12 @@ pub struct CollectorMetrics {
     pub rejected: Family<IngestLabels, Counter>,
     /// Export requests that could not be decoded.
     pub malformed: Family<IngestLabels, Counter>,
+    /// Export requests refused because the ingest budget was full.
+    pub refused: Family<IngestLabels, Counter>,
+    /// Attribute values cut to the maximum length.
+    pub truncated: Family<IngestLabels, Counter>,
+    /// Bytes of export requests being processed (the ingest queue).
+    pub inflight: Gauge,
     /// Items held in the stores.
     pub stored: Family<StoreLabels, Gauge>,
     /// Items evicted from the stores.
@@ -133,6 +139,9 @@ impl CollectorMetrics {
             accepted: Family::default(),
             rejected: Family::default(),
             malformed: Family::default(),
+            refused: Family::default(),
+            truncated: Family::default(),
+            inflight: Gauge::default(),
             stored: Family::default(),
             evicted: Family::default(),
             memory: Family::default(),
@@ -163,6 +172,9 @@ impl CollectorMetrics {
         c.register("accepted", "Telemetry items accepted into the store", self.accepted.clone());
         c.register("rejected", "Telemetry items rejected as invalid", self.rejected.clone());
         c.register("malformed_requests", "OTLP export requests that could not be decoded", self.malformed.clone());
+        c.register("refused_requests", "OTLP export requests refused while the ingest budget was full (retryable)", self.refused.clone());
+        c.register("truncated_values", "Attribute values cut to the maximum length", self.truncated.clone());
+        c.register_with_unit("ingest_inflight", "Bytes of export requests being processed", prometheus_client::registry::Unit::Bytes, self.inflight.clone());
         c.register("stored", "Telemetry items held in memory", self.stored.clone());
         c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
         c.register_with_unit("store_memory", "Memory held by the columnar tables", prometheus_client::registry::Unit::Bytes, self.memory.clone());

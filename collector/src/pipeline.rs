@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     config::CollectorConfig,
-    ingest::convert::Converted,
+    ingest::{admission::Admission, convert::Converted},
     metrics::{CollectorMetrics, IngestLabels, StoreLabels},
     model::{LogRecord, MetricPoint, Span},
     sql::SqlEngine,
@@ -63,6 +63,8 @@ pub struct Pipeline {
     pub tables: RwLock<Tables>,
     /// Runs SQL over the tables.
     pub sql: SqlEngine,
+    /// The ingest budget.
+    pub admission: Admission,
     /// Prometheus metrics.
     pub metrics: CollectorMetrics,
     /// When the collector started, Unix nanoseconds.
@@ -84,6 +86,7 @@ impl Pipeline {
             )),
             tables: RwLock::new(Tables::new(Retention { max_age: config.retention, memory_budget: config.memory_budget })),
             sql: SqlEngine::new(config.sql),
+            admission: Admission::new(config.ingest_inflight_bytes),
             metrics: CollectorMetrics::new(config.istio_metrics),
             started_unix_nanos: now_nanos(),
             series_ttl: config.series_ttl,
@@ -95,6 +98,9 @@ impl Pipeline {
         self.metrics.received.get_or_create(&labels).inc_by(c.items.len() as u64 + c.rejected);
         self.metrics.accepted.get_or_create(&labels).inc_by(c.items.len() as u64);
         self.metrics.rejected.get_or_create(&labels).inc_by(c.rejected);
+        if c.truncated > 0 {
+            self.metrics.truncated.get_or_create(&labels).inc_by(c.truncated);
+        }
     }
 
     /// Accepts converted spans.
@@ -145,6 +151,11 @@ impl Pipeline {
         }
     }
 
+    /// Counts an export request refused for lack of room.
+    pub fn refused(&self, signal: &'static str, transport: Transport) {
+        self.metrics.refused.get_or_create(&IngestLabels { signal, transport: transport.as_str() }).inc();
+    }
+
     /// Counts an export request that could not be decoded.
     pub fn malformed(&self, signal: &'static str, transport: Transport) {
         self.metrics.malformed.get_or_create(&IngestLabels { signal, transport: transport.as_str() }).inc();
@@ -171,6 +182,7 @@ impl Pipeline {
 
     /// Updates the store-size gauges.
     pub fn refresh_gauges(&self) {
+        self.metrics.inflight.set(self.admission.inflight_bytes() as i64);
         let set = |kind, v: usize| {
             self.metrics.stored.get_or_create(&StoreLabels { kind }).set(v as i64);
         };

@@ -1,7 +1,8 @@
 //! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, with protobuf
 //! (`application/x-protobuf`) or JSON (`application/json`) bodies, answered in the same
 //! encoding. A body that cannot be decoded gets 400 with a `google.rpc.Status`-shaped
-//! message saying why; an unsupported content type or encoding gets 415.
+//! message saying why; an unsupported content type or encoding gets 415. When the ingest
+//! budget is full the answer is 429 with `Retry-After` (retryable, per OTLP).
 
 use std::sync::Arc;
 
@@ -44,8 +45,13 @@ fn encoded<M: Message + serde::Serialize>(status: StatusCode, encoding: Encoding
 }
 
 fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Response {
-    // UNAVAILABLE is retryable; INVALID_ARGUMENT says the request itself is wrong.
-    let code = if status == StatusCode::SERVICE_UNAVAILABLE { 14 } else { 3 };
+    // UNAVAILABLE and RESOURCE_EXHAUSTED are retryable; INVALID_ARGUMENT says the request
+    // itself is wrong.
+    let code = match status {
+        StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::TOO_MANY_REQUESTS => 8,
+        _ => 3,
+    };
     encoded(status, encoding, &RpcStatus { code, message, details: Vec::new() })
 }
 
@@ -80,6 +86,18 @@ async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap
                 Encoding::Json,
                 format!("unsupported content type {other:?}: use application/x-protobuf or application/json"),
             );
+        }
+    };
+    let _admitted = match ingest.pipeline().admission.admit(body.len()) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            ingest.pipeline().refused(S::NAME, Transport::Http);
+            let mut r = rpc_error(StatusCode::TOO_MANY_REQUESTS, encoding, refused.to_string());
+            let seconds = refused.retry_after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                r.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return r;
         }
     };
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
@@ -120,5 +138,35 @@ async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{config::CollectorConfig, pipeline::Pipeline};
+
+    async fn post(app: Router, body: &'static [u8]) -> Response {
+        let request = axum::http::Request::post("/v1/traces")
+            .header("content-type", "application/x-protobuf")
+            .body(Body::from(body))
+            .expect("request");
+        app.oneshot(request).await.expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_answers_429_with_retry_after_and_garbage_answers_400() {
+        let pipeline = Pipeline::new(&CollectorConfig { ingest_inflight_bytes: 4096, ..Default::default() });
+        let app = routes().with_state(Arc::new(Ingest::new(pipeline.clone(), None)));
+        let held = pipeline.admission.admit(4096).expect("take the whole budget");
+        let r = post(app.clone(), b"").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        drop(held);
+        assert_eq!(post(app.clone(), b"").await.status(), StatusCode::OK, "an empty request is valid");
+        assert_eq!(post(app, b"\xff\xff\xff").await.status(), StatusCode::BAD_REQUEST);
     }
 }

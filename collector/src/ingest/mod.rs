@@ -5,6 +5,7 @@
 //! converted, fed to the [`Pipeline`], and answered — with OTLP's partial success when
 //! some items were invalid. Both receivers are thin adapters over that one path.
 
+pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
@@ -118,6 +119,11 @@ impl Ingest {
     /// The pipeline fed.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// The pipeline fed, shared.
+    pub fn pipeline_arc(&self) -> Arc<Pipeline> {
+        self.pipeline.clone()
     }
 
     /// Journals and accepts one export request; `encoded` is its protobuf form, if at hand.
