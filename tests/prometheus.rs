@@ -5,51 +5,14 @@
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
-use support::*;
-
-fn require(program: &str) -> String {
-    let path = format!("/usr/bin/{program}");
-    assert!(
-        Path::new(&path).is_file(),
-        "{path} is missing: install Debian's prometheus package (./scripts/test does)"
-    );
-    path
-}
-
-/// Percent-encodes a query-string value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A PromQL instant query's vector: each series' labels and value.
-fn promql_vector(prometheus: std::net::SocketAddr, query: &str) -> Vec<(Value, f64)> {
-    let reply = get(prometheus, &format!("/api/v1/query?query={}", encode(query)));
-    let v: Value = serde_json::from_str(&reply.body).unwrap_or_default();
-    v["data"]["result"]
-        .as_array()
-        .map(|r| r.iter().filter_map(|s| Some((s["metric"].clone(), s["value"][1].as_str()?.parse().ok()?))).collect())
-        .unwrap_or_default()
-}
-
-/// A PromQL instant query's single value.
-fn promql(prometheus: std::net::SocketAddr, query: &str) -> Option<f64> {
-    let reply = get(prometheus, &format!("/api/v1/query?query={}", encode(query)));
-    let v: Value = serde_json::from_str(&reply.body).ok()?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
+use support::{prometheus::*, *};
 
 #[test]
 fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     let promtool = require("promtool");
-    let prometheus_bin = require("prometheus");
     let dir = TestDir::new("prometheus");
     let collector = CollectorProc::start_with_args(&dir, &["--istio-metrics"]);
     let tester = Workload::new("tester", &[]);
@@ -58,31 +21,11 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     back.app_args = vec!["--latency".into(), "30ms".into(), "--error-ratio".into(), "0.2".into()];
     let _procs = start_mesh(&dir, &[&tester, &front, &back], collector.grpc);
 
-    let web = free_addr();
-    let config = dir.path("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshlens\n    static_configs:\n      - targets: ['{}']\n", collector.web),
-    )
-    .expect("write config");
-    let data = dir.path("tsdb");
-    let log = std::fs::File::create(dir.path("prometheus.log")).expect("log");
-    let mut prometheus = Command::new(prometheus_bin)
-        .args([
-            &format!("--config.file={}", config.display()),
-            &format!("--storage.tsdb.path={}", data.display()),
-            &format!("--web.listen-address={web}"),
-            "--enable-feature=exemplar-storage",
-        ])
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let _kill = KillOnDrop(&mut prometheus);
-    wait_listening(web, "prometheus");
-    wait_for("Prometheus to scrape the collector", Duration::from_secs(30), || {
-        (promql(web, "up{job=\"meshlens\"}") == Some(1.0)).then_some(())
-    });
+    let prom = Prometheus::start(
+        &dir,
+        &format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshlens\n    static_configs:\n      - targets: ['{}']\n", collector.web),
+    );
+    let web = prom.web;
 
     const N: u64 = 200;
     // Spread over several scrapes, so Prometheus sees the counters grow.
@@ -106,9 +49,9 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     // Counts: Prometheus sees exactly the requests sent, once scraped after they arrived.
     let tester_front = "meshlens_requests_total{source_service=\"tester\",destination_service=\"front\"}";
     wait_for("Prometheus to scrape every request", Duration::from_secs(30), || {
-        (promql(web, &format!("sum({tester_front})")) == Some(N as f64)).then_some(())
+        (prom.value(&format!("sum({tester_front})")) == Some(N as f64)).then_some(())
     });
-    let rate = wait_for("a request rate", Duration::from_secs(10), || promql(web, &format!("sum(rate({tester_front}[1m]))")));
+    let rate = wait_for("a request rate", Duration::from_secs(10), || prom.value(&format!("sum(rate({tester_front}[1m]))")));
     assert!(rate > 0.5 && rate < 60.0, "about 50 requests per second over part of the minute: {rate}");
 
     // Error ratio: what the collector's topology counted.
@@ -116,13 +59,13 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     let edge = topology["edges"].as_array().and_then(|e| e.iter().find(|e| e["target"] == "back.test")).expect("front→back").clone();
     let expected_ratio = edge["errors"].as_f64().unwrap_or(0.0) / edge["requests"].as_f64().unwrap_or(1.0);
     let back_total = "meshlens_requests_total{destination_service=\"back\"}";
-    let ratio = promql(web, &format!("sum({}) / sum({back_total})", back_total.replace('}', ",classification=\"failure\"}"))).expect("error ratio");
+    let ratio = prom.value(&format!("sum({}) / sum({back_total})", back_total.replace('}', ",classification=\"failure\"}"))).expect("error ratio");
     assert!((ratio - expected_ratio).abs() < 1e-9, "PromQL error ratio {ratio}, topology {expected_ratio}");
     assert!(ratio > 0.05 && ratio < 0.4, "about a fifth of requests fail: {ratio}");
 
     // p99 from the histogram: the back service takes 30 ms, so its p99 bucket is (25 ms, 50 ms].
     let p99 = wait_for("a p99", Duration::from_secs(10), || {
-        promql(web, "histogram_quantile(0.99, sum by (le) (rate(meshlens_request_duration_seconds_bucket{destination_service=\"back\"}[1m])))")
+        prom.value("histogram_quantile(0.99, sum by (le) (rate(meshlens_request_duration_seconds_bucket{destination_service=\"back\"}[1m])))")
             .filter(|v| v.is_finite())
     });
     assert!((0.025..=0.05).contains(&p99), "p99 {p99}s");
@@ -130,7 +73,7 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     // Istio-compatible names: Kiali's graph query, unchanged, finds the mesh's edges.
     let kiali = "sum(rate(istio_requests_total{reporter=\"source\"}[1m])) by (source_workload, destination_workload, response_code)";
     let rows = wait_for("Kiali's query to answer", Duration::from_secs(10), || {
-        let rows = promql_vector(web, kiali);
+        let rows = prom.vector(kiali);
         (rows.len() >= 3).then_some(rows)
     });
     let has = |src: &str, dst: &str, code: &str| {
@@ -139,11 +82,11 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     assert!(has("tester-v1", "front-v1", "200"), "{rows:?}");
     assert!(has("front-v1", "back-v1", "200") && has("front-v1", "back-v1", "503"), "{rows:?}");
     let istio_p99 = wait_for("an Istio p99", Duration::from_secs(10), || {
-        promql(web, "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"source\",destination_service_name=\"back\"}[1m])))")
+        prom.value("histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"source\",destination_service_name=\"back\"}[1m])))")
             .filter(|v| v.is_finite())
     });
     assert!((25.0..=50.0).contains(&istio_p99), "p99 {istio_p99} ms");
-    let total = promql(web, "sum(istio_requests_total{destination_service=\"back.test.svc.cluster.local\"})").expect("by service host");
+    let total = prom.value("sum(istio_requests_total{destination_service=\"back.test.svc.cluster.local\"})").expect("by service host");
     assert_eq!(total, edge["requests"].as_f64().unwrap_or(0.0));
 
     // Exemplars: OpenMetrics latency buckets name a trace that landed in them; Prometheus
@@ -162,16 +105,6 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
         v["data"][0]["exemplars"][0]["labels"]["trace_id"].as_str().map(str::to_owned)
     });
     assert_eq!(get(collector.web, &format!("/api/traces/{trace_id}")).status, 200, "the exemplar's trace {trace_id} is stored");
-}
-
-/// Kills a child process when dropped.
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs a command with `input` on its stdin; returns (success, output).

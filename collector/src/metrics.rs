@@ -118,6 +118,11 @@ fn duration_histogram() -> HistogramWithExemplars<TraceExemplar> {
     HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
 }
 
+/// Every signal and transport, so the ingest counters start at zero (rates and alerts
+/// then see 0 rather than no data).
+const SIGNALS: [&str; 3] = ["spans", "log_records", "metric_points"];
+const TRANSPORTS: [&str; 2] = ["grpc", "http"];
+
 impl Default for CollectorMetrics {
     fn default() -> Self {
         Self::new(false)
@@ -127,7 +132,7 @@ impl Default for CollectorMetrics {
 impl CollectorMetrics {
     /// Every family, plus Istio's when `istio` is set.
     pub fn new(istio: bool) -> Self {
-        Self {
+        let metrics = Self {
             istio: istio.then(IstioMetrics::default),
             edges_seen: Default::default(),
             requests_seen: Default::default(),
@@ -146,7 +151,16 @@ impl CollectorMetrics {
             evicted: Family::default(),
             memory: Family::default(),
             sql_queries: Family::default(),
+        };
+        for signal in SIGNALS {
+            for transport in TRANSPORTS {
+                let labels = IngestLabels { signal, transport };
+                for family in [&metrics.received, &metrics.accepted, &metrics.rejected, &metrics.malformed, &metrics.refused, &metrics.truncated] {
+                    let _ = family.get_or_create(&labels);
+                }
+            }
         }
+        metrics
     }
 }
 

@@ -5,6 +5,8 @@
 //! dropped; their output goes to files in a per-test directory, printed when a test fails.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::{
     fs,
     io::{Read, Write},
