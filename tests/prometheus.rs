@@ -89,6 +89,19 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     let total = prom.value("sum(istio_requests_total{destination_service=\"back.test.svc.cluster.local\"})").expect("by service host");
     assert_eq!(total, edge["requests"].as_f64().unwrap_or(0.0));
 
+    // Istio TCP series from the sidecars' per-upstream connection counters: Kiali's TCP
+    // graph query finds the same edges, with bytes both ways and connections opened.
+    let kiali_tcp = "sum(rate(istio_tcp_sent_bytes_total{reporter=\"source\"}[1m])) by (source_workload, destination_workload)";
+    let tcp = wait_for("Kiali's TCP query to answer", Duration::from_secs(20), || {
+        let rows = prom.vector(kiali_tcp);
+        rows.iter().any(|(m, v)| m["source_workload"] == "front-v1" && m["destination_workload"] == "back-v1" && *v > 0.0).then_some(rows)
+    });
+    assert!(tcp.iter().any(|(m, _)| m["source_workload"] == "tester-v1" && m["destination_workload"] == "front-v1"), "{tcp:?}");
+    let edge_tcp = "{reporter=\"source\",source_workload=\"front-v1\",destination_workload=\"back-v1\",request_protocol=\"tcp\"}";
+    let received = prom.value(&format!("sum(istio_tcp_received_bytes_total{edge_tcp})")).unwrap_or(0.0);
+    assert!(received > 0.0, "request bytes reached back: {received}");
+    assert!(prom.value(&format!("sum(istio_tcp_connections_opened_total{edge_tcp})")).is_some_and(|v| v >= 1.0));
+
     // Exemplars: OpenMetrics latency buckets name a trace that landed in them; Prometheus
     // stores them, and the trace opens in the Jaeger API.
     let openmetrics = http(collector.web, "GET", "/metrics", &[("accept", "application/openmetrics-text; version=1.0.0")], b"").expect("metrics");

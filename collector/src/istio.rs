@@ -5,8 +5,14 @@
 //! `reporter` is `source` for what a caller's sidecar (or an SDK's CLIENT span) saw and
 //! `destination` for requests from callers outside the mesh. Identity labels meshlens does
 //! not know (principals, clusters) are `unknown`; `connection_security_policy` is `none`
-//! until the mesh has mTLS. TCP series are not emitted yet: sidecars count TCP per listener,
-//! not per edge.
+//! until the mesh has mTLS.
+//!
+//! TCP series (`istio_tcp_connections_opened_total`, `…_closed_total`,
+//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`, reporter `source`) come
+//! from the sidecars' per-upstream connection counters, exported as cumulative OTLP sums
+//! (`meshlens.proxy.tcp.*` with `meshlens.direction=upstream`): the collector adds each
+//! sum's growth since the previous export. As in Istio, `sent` is what the destination sent
+//! back (bytes the caller's sidecar read) and `received` what it received.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -17,8 +23,9 @@ use prometheus_client::{
 use std::{sync::Arc, time::Duration};
 
 use crate::{
+    model::{MetricPoint, Value, attr},
     series_ttl::LastSeen,
-    topology::{EdgeObservation, NodeKind},
+    topology::{EdgeObservation, NodeKind, NodeRef},
 };
 
 /// Istio's default buckets for `istio_request_duration_milliseconds`.
@@ -29,9 +36,9 @@ const DURATION_MS_BUCKETS: [f64; 19] = [
 /// Buckets for request and response sizes, bytes.
 const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
-/// Istio's standard metric labels.
+/// Istio's standard labels naming both ends.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IstioLabels {
+pub struct IstioPeers {
     reporter: &'static str,
     source_workload: String,
     source_workload_namespace: String,
@@ -52,6 +59,13 @@ pub struct IstioLabels {
     destination_canonical_service: String,
     destination_canonical_revision: String,
     destination_cluster: &'static str,
+}
+
+/// Istio's standard request metric labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioLabels {
+    #[prometheus(flatten)]
+    peers: IstioPeers,
     request_protocol: String,
     response_code: String,
     grpc_response_status: String,
@@ -63,10 +77,18 @@ fn known(value: Option<&str>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or("unknown").to_owned()
 }
 
-impl IstioLabels {
-    /// The labels of one observed request.
-    pub fn of(o: &EdgeObservation) -> Self {
-        let (s, d) = (&o.source, &o.destination);
+/// Istio's standard TCP metric labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioTcpLabels {
+    #[prometheus(flatten)]
+    peers: IstioPeers,
+    request_protocol: &'static str,
+    response_flags: &'static str,
+    connection_security_policy: &'static str,
+}
+
+impl IstioPeers {
+    fn of(s: &NodeRef, d: &NodeRef) -> Self {
         let reporter = if s.kind == NodeKind::Unknown { "destination" } else { "source" };
         let service_host = match d.kind {
             NodeKind::Service if !d.namespace.is_empty() => format!("{}.{}.svc.cluster.local", d.service, d.namespace),
@@ -94,6 +116,15 @@ impl IstioLabels {
             destination_canonical_service: d.service.to_string(),
             destination_canonical_revision: known(d.version.as_deref()),
             destination_cluster: "unknown",
+        }
+    }
+}
+
+impl IstioLabels {
+    /// The labels of one observed request.
+    pub fn of(o: &EdgeObservation) -> Self {
+        Self {
+            peers: IstioPeers::of(&o.source, &o.destination),
             request_protocol: o.protocol.to_string(),
             response_code: o.http_status.map_or_else(|| "0".to_owned(), |c| c.to_string()),
             grpc_response_status: o.grpc_status.map(|c| c.to_string()).unwrap_or_default(),
@@ -111,6 +142,13 @@ pub struct IstioMetrics {
     request_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
     response_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
     seen: Arc<LastSeen<IstioLabels>>,
+    tcp_opened: Family<IstioTcpLabels, Counter>,
+    tcp_closed: Family<IstioTcpLabels, Counter>,
+    tcp_sent: Family<IstioTcpLabels, Counter>,
+    tcp_received: Family<IstioTcpLabels, Counter>,
+    tcp_seen: Arc<LastSeen<IstioTcpLabels>>,
+    /// The last cumulative value of each sidecar's upstream sum, to count its growth.
+    tcp_last: Arc<std::sync::Mutex<std::collections::HashMap<(IstioTcpLabels, &'static str), u64>>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -129,6 +167,12 @@ impl Default for IstioMetrics {
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
             seen: Arc::default(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+            tcp_seen: Arc::default(),
+            tcp_last: Arc::default(),
         }
     }
 }
@@ -140,6 +184,46 @@ impl IstioMetrics {
         r.register("istio_request_duration_milliseconds", "Request duration, as Istio measures it", self.duration.clone());
         r.register("istio_request_bytes", "Request body sizes", self.request_bytes.clone());
         r.register("istio_response_bytes", "Response body sizes", self.response_bytes.clone());
+        r.register("istio_tcp_connections_opened", "TCP connections opened, as Istio counts them", self.tcp_opened.clone());
+        r.register("istio_tcp_connections_closed", "TCP connections closed, as Istio counts them", self.tcp_closed.clone());
+        r.register("istio_tcp_sent_bytes", "Bytes the destination sent over TCP", self.tcp_sent.clone());
+        r.register("istio_tcp_received_bytes", "Bytes the destination received over TCP", self.tcp_received.clone());
+    }
+
+    /// Counts the growth of sidecars' per-upstream TCP sums.
+    pub fn observe_tcp(&self, points: &[MetricPoint]) {
+        for p in points {
+            let (family, metric) = match p.name.as_str() {
+                "meshlens.proxy.tcp.connections.opened" => (&self.tcp_opened, "opened"),
+                "meshlens.proxy.tcp.connections.closed" => (&self.tcp_closed, "closed"),
+                // Read by the caller's sidecar: what the destination sent.
+                "meshlens.proxy.tcp.received" => (&self.tcp_sent, "sent"),
+                "meshlens.proxy.tcp.sent" => (&self.tcp_received, "received"),
+                _ => continue,
+            };
+            if attr(&p.attributes, meshlens_common::semconv::DIRECTION).and_then(Value::as_str) != Some("upstream") {
+                continue;
+            }
+            let Some(destination) = NodeRef::of_mesh_attrs(&p.attributes, &meshlens_common::semconv::DESTINATION_KEYS) else {
+                continue;
+            };
+            let labels = IstioTcpLabels {
+                peers: IstioPeers::of(&NodeRef::of_resource(&p.resource), &destination),
+                request_protocol: "tcp",
+                response_flags: "-",
+                connection_security_policy: "none",
+            };
+            let value = p.value.max(0.0) as u64;
+            let Ok(mut last) = self.tcp_last.lock() else { return };
+            let previous = last.insert((labels.clone(), metric), value);
+            // A smaller value means the sidecar restarted: count from zero.
+            let growth = match previous {
+                Some(before) if value >= before => value - before,
+                _ => value,
+            };
+            self.tcp_seen.touch(&labels);
+            family.get_or_create(&labels).inc_by(growth);
+        }
     }
 
     /// Counts one request.
@@ -161,6 +245,15 @@ impl IstioMetrics {
             self.request_bytes.remove(labels);
             self.response_bytes.remove(labels);
         }
-        idle.len()
+        let idle_tcp = self.tcp_seen.expire(ttl);
+        for labels in &idle_tcp {
+            for family in [&self.tcp_opened, &self.tcp_closed, &self.tcp_sent, &self.tcp_received] {
+                family.remove(labels);
+            }
+            if let Ok(mut last) = self.tcp_last.lock() {
+                last.retain(|(l, _), _| l != labels);
+            }
+        }
+        idle.len() + idle_tcp.len()
     }
 }

@@ -199,6 +199,13 @@ impl CollectorMetrics {
         r
     }
 
+    /// Feeds metric points from sidecars to the Istio TCP families (when enabled).
+    pub fn observe_points(&self, points: &[crate::model::MetricPoint]) {
+        if let Some(istio) = &self.istio {
+            istio.observe_tcp(points);
+        }
+    }
+
     /// Counts one request on an edge.
     pub fn observe_edge(&self, o: &EdgeObservation) {
         if let Some(istio) = &self.istio {

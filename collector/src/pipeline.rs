@@ -146,6 +146,7 @@ impl Pipeline {
     /// Accepts converted metric points.
     pub fn ingest_metrics(&self, converted: Converted<MetricPoint>, transport: Transport) {
         self.count("metric_points", transport, &converted);
+        self.metrics.observe_points(&converted.items);
         if let Ok(mut signals) = self.signals.write() {
             signals.insert_points(converted.items);
         }

@@ -60,7 +60,14 @@ impl Sidecar {
         };
 
         let (telemetry, export) = Telemetry::start(Arc::new(config.identity.clone()), &config.telemetry)?;
-        let forward = Forward::new();
+        // Connections to each upstream workload are counted under its identity.
+        let upstreams = config
+            .services
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .map(|e| (e.address, telemetry.stats().upstream_connections(e.identity.clone())))
+            .collect();
+        let forward = Forward::new(upstreams);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let servers = vec![
             tokio::spawn(server::serve(

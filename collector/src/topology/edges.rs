@@ -72,12 +72,17 @@ impl NodeRef {
 
     /// The node a span's resource describes (plus `meshlens.workload` if the resource has it).
     fn of_span(span: &Span) -> Self {
-        let res = &span.resource.attributes;
+        Self::of_resource(&span.resource)
+    }
+
+    /// The node a resource describes: its service, namespace, version and workload.
+    pub fn of_resource(resource: &crate::model::Resource) -> Self {
+        let res = &resource.attributes;
         let text = |k: &str| crate::model::attr(res, k).and_then(Value::as_str).map(Arc::<str>::from);
         Self {
             kind: NodeKind::Service,
             namespace: text("service.namespace").unwrap_or_else(|| "".into()),
-            service: span.service().clone(),
+            service: resource.service.clone(),
             workload: text(semconv::WORKLOAD),
             version: text("service.version"),
         }
@@ -86,7 +91,7 @@ impl NodeRef {
     /// The node described by a workload's mesh attributes, if the service is there. A
     /// destination with neither namespace nor workload is one the sidecar found no route to:
     /// it is outside the mesh.
-    fn of_mesh_attrs(attributes: &Attributes, keys: &semconv::WorkloadKeys) -> Option<Self> {
+    pub fn of_mesh_attrs(attributes: &Attributes, keys: &semconv::WorkloadKeys) -> Option<Self> {
         let text = |k: &str| attr(attributes, k).and_then(Value::as_str).map(Arc::<str>::from);
         let mut node = Self {
             kind: NodeKind::Service,

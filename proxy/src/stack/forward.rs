@@ -2,9 +2,15 @@
 //!
 //! HTTP/1.1 requests go over pooled HTTP/1.1 connections, HTTP/2 requests (gRPC among
 //! them) over pooled HTTP/2 connections (prior knowledge, as between sidecars). Bodies
-//! stream in both directions; hop-by-hop headers are removed.
+//! stream in both directions; hop-by-hop headers are removed. Connections to a known
+//! upstream workload are metered (opened, closed, bytes) under that workload's identity.
 
-use std::{task::{Context, Poll}, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::{HeaderMap, Uri, header};
 use hyper_util::{
@@ -13,29 +19,75 @@ use hyper_util::{
 };
 use tower::Service;
 
-use crate::{body, error::ProxyError};
+use crate::{
+    body,
+    connection::{ConnectionMeter, Metered},
+    error::ProxyError,
+};
 
 use super::{BoxFuture, Request, Response, Upstream};
+
+/// Connects over TCP and meters each connection by the upstream it reaches.
+#[derive(Debug, Clone)]
+pub struct MeteredConnector {
+    inner: HttpConnector,
+    /// Meters by upstream authority (`ip:port`).
+    upstreams: Arc<HashMap<String, ConnectionMeter>>,
+    /// Connections to anything else (the local application).
+    other: ConnectionMeter,
+}
+
+type Connected = hyper_util::rt::TokioIo<Metered<tokio::net::TcpStream>>;
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<Uri> for MeteredConnector {
+    type Response = Connected;
+    type Error = ConnectError;
+    type Future = BoxFuture<Result<Connected, ConnectError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let meter = uri
+            .authority()
+            .and_then(|a| self.upstreams.get(a.as_str()))
+            .cloned()
+            .unwrap_or_else(|| self.other.clone());
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(hyper_util::rt::TokioIo::new(meter.meter(io.into_inner())))
+        })
+    }
+}
 
 /// Pooled HTTP clients, shared by both sides of a sidecar.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    http1: Client<HttpConnector, body::BoxBody>,
-    http2: Client<HttpConnector, body::BoxBody>,
+    http1: Client<MeteredConnector, body::BoxBody>,
+    http2: Client<MeteredConnector, body::BoxBody>,
 }
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new()
+        Self::new(HashMap::new())
     }
 }
 
 impl Forward {
-    /// Creates the clients.
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    /// Creates the clients; connections to the addresses in `upstreams` are counted by
+    /// their meters.
+    pub fn new(upstreams: HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        inner.set_connect_timeout(Some(Duration::from_secs(2)));
+        let connector = MeteredConnector {
+            inner,
+            upstreams: Arc::new(upstreams.into_iter().map(|(a, m)| (a.to_string(), m)).collect()),
+            other: ConnectionMeter::default(),
+        };
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector.clone());

@@ -329,10 +329,11 @@ async fn export_metrics(
         let snapshot = metrics.snapshot();
         if !snapshot.is_empty() {
             let now = unix_nanos(SystemTime::now());
-            let tcp = [Side::Inbound, Side::Outbound].map(|side| {
-                let m = drain.stats.connections(side);
-                (side, m.opened.get(), m.closed.get(), m.received.get(), m.sent.get())
-            });
+            let mut tcp: Vec<otlp::TcpCounters> = [Side::Inbound, Side::Outbound]
+                .iter()
+                .map(|side| otlp::TcpCounters::listener(*side, &drain.stats.connections(*side)))
+                .collect();
+            tcp.extend(drain.stats.upstreams().iter().map(|(id, m)| otlp::TcpCounters::upstream(id, m)));
             let request = otlp::metrics_request(&drain.resource, metrics.start_unix_nanos(), now, &snapshot, &tcp);
             let result = drain
                 .retry

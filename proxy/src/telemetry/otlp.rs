@@ -298,8 +298,51 @@ fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     a.0
 }
 
-/// Cumulative TCP counters of both listeners: (side, opened, closed, received, sent).
-pub type TcpSnapshot = [(Side, u64, u64, u64, u64); 2];
+/// Cumulative TCP counters of one set of connections: a listener side
+/// (`meshlens.direction` inbound/outbound) or the connections to one upstream workload
+/// (`meshlens.direction` upstream, with the destination's identity).
+#[derive(Debug, Clone)]
+pub struct TcpCounters {
+    /// The point's attributes.
+    pub attributes: Vec<KeyValue>,
+    /// Connections opened.
+    pub opened: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Bytes read.
+    pub received: u64,
+    /// Bytes written.
+    pub sent: u64,
+}
+
+impl TcpCounters {
+    /// The counters of one listener side.
+    pub fn listener(side: Side, m: &crate::connection::ConnectionMeter) -> Self {
+        Self::of(vec![string_kv(semconv::DIRECTION, side.as_str())], m)
+    }
+
+    /// The counters of the connections to one upstream workload.
+    pub fn upstream(destination: &WorkloadIdentity, m: &crate::connection::ConnectionMeter) -> Self {
+        let k = &semconv::DESTINATION_KEYS;
+        Self::of(
+            vec![
+                string_kv(semconv::DIRECTION, "upstream"),
+                string_kv(k.namespace, &*destination.namespace),
+                string_kv(k.service, &*destination.service),
+                string_kv(k.workload, &*destination.workload),
+                string_kv(k.version, &*destination.version),
+            ],
+            m,
+        )
+    }
+
+    fn of(attributes: Vec<KeyValue>, m: &crate::connection::ConnectionMeter) -> Self {
+        Self { attributes, opened: m.opened.get(), closed: m.closed.get(), received: m.received.get(), sent: m.sent.get() }
+    }
+}
+
+/// Cumulative TCP counters of the listeners and upstreams.
+pub type TcpSnapshot = [TcpCounters];
 
 /// A metrics export request from a cumulative snapshot.
 pub fn metrics_request(
@@ -354,10 +397,10 @@ pub fn metrics_request(
         data: Some(Data::Sum(Sum { data_points: points, aggregation_temporality: cumulative, is_monotonic: true })),
         ..Default::default()
     };
-    let tcp_points = |pick: fn(&(Side, u64, u64, u64, u64)) -> u64| -> Vec<NumberDataPoint> {
+    let tcp_points = |pick: fn(&TcpCounters) -> u64| -> Vec<NumberDataPoint> {
         tcp.iter()
             .map(|t| NumberDataPoint {
-                attributes: vec![string_kv(semconv::DIRECTION, t.0.as_str())],
+                attributes: t.attributes.clone(),
                 start_time_unix_nano: start_unix_nanos,
                 time_unix_nano: now_unix_nanos,
                 value: Some(number_data_point::Value::AsInt(pick(t) as i64)),
@@ -371,10 +414,10 @@ pub fn metrics_request(
         histogram("http.client.request.duration", "Duration of outbound requests", client),
         sum("meshlens.proxy.request.bytes", "Request body bytes", req_bytes),
         sum("meshlens.proxy.response.bytes", "Response body bytes", resp_bytes),
-        connections("meshlens.proxy.tcp.connections.opened", "TCP connections accepted", tcp_points(|t| t.1)),
-        connections("meshlens.proxy.tcp.connections.closed", "TCP connections closed", tcp_points(|t| t.2)),
-        sum("meshlens.proxy.tcp.received", "Bytes received from peers", tcp_points(|t| t.3)),
-        sum("meshlens.proxy.tcp.sent", "Bytes sent to peers", tcp_points(|t| t.4)),
+        connections("meshlens.proxy.tcp.connections.opened", "TCP connections opened", tcp_points(|t| t.opened)),
+        connections("meshlens.proxy.tcp.connections.closed", "TCP connections closed", tcp_points(|t| t.closed)),
+        sum("meshlens.proxy.tcp.received", "Bytes received from peers", tcp_points(|t| t.received)),
+        sum("meshlens.proxy.tcp.sent", "Bytes sent to peers", tcp_points(|t| t.sent)),
     ];
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {

@@ -44,7 +44,11 @@ pub struct TelemetryStats {
     tcp_closed: Family<DirectionLabels, Counter>,
     tcp_received: Family<DirectionLabels, Counter>,
     tcp_sent: Family<DirectionLabels, Counter>,
+    upstreams: std::sync::Arc<std::sync::Mutex<Vec<UpstreamMeter>>>,
 }
+
+/// The connection counters of one upstream workload.
+pub type UpstreamMeter = (std::sync::Arc<crate::identity::WorkloadIdentity>, ConnectionMeter);
 
 /// Labels of the TCP counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +108,21 @@ impl TelemetryStats {
             received: self.tcp_received.get_or_create_owned(&labels),
             sent: self.tcp_sent.get_or_create_owned(&labels),
         }
+    }
+
+    /// The counters of connections to one upstream workload (exported over OTLP with the
+    /// destination's identity, for per-edge TCP metrics).
+    pub fn upstream_connections(&self, destination: std::sync::Arc<crate::identity::WorkloadIdentity>) -> ConnectionMeter {
+        let meter = ConnectionMeter::default();
+        if let Ok(mut upstreams) = self.upstreams.lock() {
+            upstreams.push((destination, meter.clone()));
+        }
+        meter
+    }
+
+    /// Every upstream workload's connection counters.
+    pub fn upstreams(&self) -> Vec<UpstreamMeter> {
+        self.upstreams.lock().map(|u| u.clone()).unwrap_or_default()
     }
 
     pub(crate) fn observe_request(&self, record: &RequestRecord) {
