@@ -106,6 +106,24 @@ impl ViewArgs {
 enum BenchCommand {
     /// The sidecar against the direct path and nginx: throughput, added latency, memory, CPU.
     Proxy(ProxyBenchArgs),
+    /// OTLP span ingest into a collector against the decode-only ceiling, then queries over the stored spans.
+    Ingest(IngestBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestBenchArgs {
+    /// Length of the throughput measurement.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Sending connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Spans stored before the query measurements.
+    #[arg(long, default_value_t = 2_000_000)]
+    stored: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -279,6 +297,15 @@ fn main() -> anyhow::Result<()> {
                     duration: args.duration,
                     rate: args.rate,
                     connections: args.connections,
+                    json: args.json,
+                })
+                .await
+            }
+            Command::Bench(BenchCommand::Ingest(args)) => {
+                bench::ingest::run_ingest(bench::ingest::IngestBench {
+                    duration: args.duration,
+                    connections: args.connections,
+                    stored: args.stored,
                     json: args.json,
                 })
                 .await

@@ -21,7 +21,8 @@ pub enum SqlOutput {
     Csv,
 }
 
-async fn post(collector: SocketAddr, query: &str, format: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+/// Posts `query` to the collector's SQL API; returns the status and body.
+pub async fn post(collector: SocketAddr, query: &str, format: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body = serde_json::json!({ "query": query, "format": format }).to_string();
     let request = hyper::Request::post(format!("http://{collector}/api/v1/sql"))

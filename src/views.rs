@@ -31,15 +31,31 @@ pub enum Output {
     Json,
 }
 
-async fn topology(query: &Query) -> anyhow::Result<Value> {
+/// `GET path` on a collector's web port: the status and the body.
+pub async fn get_raw(addr: SocketAddr, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("http://{}/api/v1/topology?window={}&group={}", query.collector, query.window, query.group);
     let response = client
-        .get(uri.parse().context("building the topology URL")?)
+        .get(format!("http://{addr}{path}").parse().context("building the URL")?)
         .await
-        .with_context(|| format!("cannot reach the collector at {} (is it running? see --collector)", query.collector))?;
+        .with_context(|| format!("cannot reach the collector at {addr} (is it running? see --collector)"))?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
+}
+
+/// The body of `GET path`, as text.
+pub async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let (_, body) = get_raw(addr, path).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The status of `GET path`, once the body has been read.
+pub async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    Ok(get_raw(addr, path).await?.0.as_u16())
+}
+
+async fn topology(query: &Query) -> anyhow::Result<Value> {
+    let path = format!("/api/v1/topology?window={}&group={}", query.window, query.group);
+    let (status, body) = get_raw(query.collector, &path).await?;
     let value: Value = serde_json::from_slice(&body).with_context(|| format!("the collector answered {status} with no JSON"))?;
     anyhow::ensure!(status.is_success(), "the collector refused the query: {}", value["error"].as_str().unwrap_or("unknown error"));
     Ok(value)

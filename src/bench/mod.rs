@@ -10,6 +10,7 @@
 //! direct path), the proxy's resident memory idle and under that load, and its CPU time per
 //! 1,000 requests. The load generator runs on the same cores as everything else.
 
+pub mod ingest;
 pub mod load;
 pub mod upstream;
 
@@ -72,7 +73,7 @@ pub struct Row {
 }
 
 /// A child process, killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -86,7 +87,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+pub(crate) fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
     let out = std::fs::File::create(log)?;
     let child = Command::new(program)
         .args(args)
@@ -98,7 +99,7 @@ fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
     Ok(Proc(child))
 }
 
-async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
@@ -117,7 +118,7 @@ fn process_tree(pid: u32) -> Vec<u32> {
 }
 
 /// Resident memory of a process tree, bytes.
-fn rss_bytes(pid: u32) -> u64 {
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
     process_tree(pid)
         .iter()
         .filter_map(|p| {
@@ -129,7 +130,7 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// User plus system CPU time of a process tree, seconds (Linux clock ticks are 1/100 s).
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     process_tree(pid)
         .iter()
         .filter_map(|p| {
@@ -142,7 +143,7 @@ fn cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 /// Measures one scenario: throughput, then latency at the fixed rate while sampling the
 /// proxy's memory and CPU.
