@@ -21,10 +21,12 @@ pub const CONTENT_SECURITY_POLICY: &str =
 const ASSETS: &[(&str, Asset)] = &[
     ("index.html", Asset { content_type: "text/html; charset=utf-8", bytes: include_bytes!("../static/index.html") }),
     ("app.js", Asset { content_type: "text/javascript; charset=utf-8", bytes: include_bytes!("../static/app.js") }),
+    ("traces.js", Asset { content_type: "text/javascript; charset=utf-8", bytes: include_bytes!("../static/traces.js") }),
+    ("sql.js", Asset { content_type: "text/javascript; charset=utf-8", bytes: include_bytes!("../static/sql.js") }),
     ("app.css", Asset { content_type: "text/css; charset=utf-8", bytes: include_bytes!("../static/app.css") }),
 ];
 
-/// The asset named `name` (`index.html`, `app.js`, `app.css`).
+/// The asset named `name` (`index.html`, `app.js`, `traces.js`, `sql.js`, `app.css`).
 pub fn asset(name: &str) -> Option<Asset> {
     ASSETS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
 }
@@ -35,17 +37,19 @@ mod tests {
 
     #[test]
     fn every_asset_is_present_and_unknown_names_are_not() {
-        for name in ["index.html", "app.js", "app.css"] {
+        for name in ["index.html", "app.js", "traces.js", "sql.js", "app.css"] {
             assert!(asset(name).is_some_and(|a| !a.bytes.is_empty()), "{name}");
         }
         assert!(asset("../Cargo.toml").is_none());
     }
 
     #[test]
-    fn the_script_never_writes_markup() {
-        let js = std::str::from_utf8(asset("app.js").map_or(&[][..], |a| a.bytes)).unwrap_or("");
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
-            assert!(!js.contains(sink), "app.js uses {sink}");
+    fn the_scripts_never_write_markup() {
+        for name in ["app.js", "traces.js", "sql.js"] {
+            let js = std::str::from_utf8(asset(name).map_or(&[][..], |a| a.bytes)).unwrap_or("");
+            for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"] {
+                assert!(!js.contains(sink), "{name} uses {sink}");
+            }
         }
     }
 }

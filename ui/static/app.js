@@ -89,7 +89,30 @@ function layout(view, width, height) {
   return { place, height: Math.max(height, rows) };
 }
 
-function draw(view) {
+// Find dims what does not match; Hide removes nodes (and their edges) by health.
+function visible(view) {
+  const hide = $("hide").value;
+  const hidden = new Set();
+  for (const n of view.nodes) {
+    const h = health(n.inbound, n.kind);
+    const outside = n.kind === "unknown" || n.kind === "external";
+    if ((hide === "healthy" && (h === "ok" || h === "idle")) ||
+        (hide === "under5" && !(n.inbound && n.inbound.error_ratio > BAD_ERROR_RATIO)) ||
+        (hide === "outside" && outside)) hidden.add(n.id);
+  }
+  return {
+    nodes: view.nodes.filter((n) => !hidden.has(n.id)),
+    edges: view.edges.filter((e) => !hidden.has(e.source) && !hidden.has(e.target)),
+  };
+}
+
+function matches(n) {
+  const q = $("find").value.trim().toLowerCase();
+  return !q || n.label.toLowerCase().includes(q) || n.id.toLowerCase().includes(q);
+}
+
+function draw(full) {
+  const view = visible(full);
   const svg = $("graph");
   const width = svg.clientWidth || 900;
   const { place, height } = layout(view, width, 520);
@@ -118,7 +141,8 @@ function draw(view) {
   }
   for (const n of view.nodes) {
     const p = place.get(n.id);
-    const g = el("g", { class: `node${state.selected === `node:${n.id}` ? " selected" : ""}`, "data-id": n.id, transform: `translate(${p.x},${p.y})` });
+    const dim = matches(n) ? "" : " dim";
+    const g = el("g", { class: `node${state.selected === `node:${n.id}` ? " selected" : ""}${dim}`, "data-id": n.id, transform: `translate(${p.x},${p.y})` });
     g.appendChild(el("circle", { r: n.kind === "service" ? 16 : 12, class: health(n.inbound, n.kind) }));
     g.appendChild(el("text", { y: 32, "text-anchor": "middle" }, n.label));
     g.addEventListener("click", () => select(`node:${n.id}`));
@@ -158,24 +182,53 @@ function showSelection() {
   if (!view || !state.selected) return;
   const [kind, ...rest] = state.selected.split(":");
   const id = rest.join(":");
+  const label = (nodeId) => view.nodes.find((x) => x.id === nodeId)?.label ?? nodeId;
   if (kind === "edge") {
     const e = view.edges.find((x) => x.id === id);
     if (e) {
       showTraffic(`${e.source} → ${e.target}`, e, [["Protocol", e.protocol]]);
       charts({ source: e.source, target: e.target });
+      detailExtras(label(e.source), label(e.target));
     }
   } else {
     const n = view.nodes.find((x) => x.id === id);
     if (n) {
       showTraffic(n.label, n.inbound, [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]]);
       charts({ target: n.id });
+      detailExtras(n.label, null);
     }
+  }
+}
+
+// A string as an SQL literal.
+const sqlText = (s) => `'${String(s).replaceAll("'", "''")}'`;
+
+// The busiest operations of a service (or of a caller towards one destination), and a
+// button to its traces.
+async function detailExtras(service, destination) {
+  const where = [`service = ${sqlText(service)}`];
+  if (destination) where.push(`destination_service = ${sqlText(destination)}`);
+  const query = `SELECT operation, count(*) AS spans, approx_percentile_cont(duration_ns / 1e6, 0.99) AS p99_ms
+    FROM spans WHERE ${where.join(" AND ")} GROUP BY operation ORDER BY spans DESC LIMIT 5`;
+  const ops = $("ops-table");
+  ops.replaceChildren();
+  const button = $("detail-traces");
+  button.hidden = false;
+  button.onclick = () => openTraces(service, destination ? { "meshlens.destination.service": destination } : {});
+  try {
+    const response = await fetch("/api/v1/sql", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ query }) });
+    const result = await response.json();
+    if (!response.ok) throw new Error(result.error || `HTTP ${response.status}`);
+    $("ops-title").hidden = result.rows.length === 0;
+    for (const [op, n, p99] of result.rows) row(ops, op, `${n} spans · p99 ${fmt.ms(p99)}`);
+  } catch (err) {
+    $("ops-title").hidden = true;
   }
 }
 
 // Request rate, error ratio and p99 over the window, for the selected node or edge.
 async function charts(params) {
-  const query = new URLSearchParams({ ...params, window: $("window").value, group: $("group").value });
+  const query = new URLSearchParams({ ...params, ...windowParams(), group: $("group").value });
   let points;
   try {
     const response = await fetch(`/api/v1/series?${query}`);
@@ -242,8 +295,16 @@ function render(view) {
   showSelection();
 }
 
+// The window as query parameters: `window=5m`, or `start`/`end` in Unix ms when custom.
+function windowParams() {
+  if ($("window").value !== "custom") return { window: $("window").value };
+  const start = Date.parse($("window-start").value), end = Date.parse($("window-end").value);
+  if (Number.isNaN(start) || Number.isNaN(end) || end <= start) return { window: "15m" };
+  return { start: String(start), end: String(end) };
+}
+
 async function refresh() {
-  const params = new URLSearchParams({ window: $("window").value, group: $("group").value });
+  const params = new URLSearchParams({ ...windowParams(), group: $("group").value });
   try {
     const response = await fetch(`/api/v1/topology?${params}`);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
@@ -261,9 +322,27 @@ function schedule() {
   if (!state.paused) state.timer = setTimeout(async () => { await refresh(); schedule(); }, REFRESH_MS);
 }
 
+// Tabs: the topology, trace search and the SQL console; the open tab is in the URL too.
+function showTab(name) {
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const t of document.querySelectorAll(".tab")) t.hidden = t.id !== `tab-${name}`;
+  for (const id of ["custom-window", "pause"]) $(id).classList.toggle("off", name !== "topology");
+  document.dispatchEvent(new CustomEvent("meshlens:tab", { detail: name }));
+}
+
 window.addEventListener("DOMContentLoaded", () => {
-  const linked = new URLSearchParams(location.hash.slice(1)).get("select");
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const linked = fragment.get("select");
   if (linked) state.selected = linked;
+  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  if (fragment.get("tab")) showTab(fragment.get("tab"));
+  const local = (ms) => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  $("window-start").value = local(Date.now() - 15 * 60000);
+  $("window-end").value = local(Date.now());
+  $("window").addEventListener("change", () => { $("custom-window").hidden = $("window").value !== "custom"; });
+  for (const id of ["window-start", "window-end"]) $(id).addEventListener("change", refresh);
+  $("find").addEventListener("input", () => state.view && render(state.view));
+  $("hide").addEventListener("change", () => state.view && render(state.view));
   $("pause").addEventListener("click", () => {
     state.paused = !state.paused;
     $("pause").textContent = state.paused ? "Resume" : "Pause";

@@ -1,0 +1,70 @@
+//! The dashboard in a real browser: Debian's chromium driven by Playwright
+//! (`tests/browser/dashboard.mjs`, playwright-core from npm) against the demo mesh, plus an
+//! XSS probe (a service and span named with markup) sent over OTLP/HTTP. Screenshots are
+//! kept in `target/browser-artifacts/`. `./scripts/test` installs chromium and the npm
+//! package.
+
+mod support;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use support::*;
+
+const PROBE: &str = "<img src=x onerror=alert(1)>";
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+#[test]
+fn the_dashboard_works_in_chromium() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    assert!(PathBuf::from("/usr/bin/chromium").is_file(), "/usr/bin/chromium is missing: ./scripts/test installs Debian's chromium");
+    let script = root.join("tests/browser/dashboard.mjs");
+    assert!(root.join("tests/browser/node_modules/playwright-core").is_dir(), "playwright-core is missing: ./scripts/test runs npm ci in tests/browser");
+    let dir = TestDir::new("browser");
+    let (grpc, http_addr, web) = (free_addr(), free_addr(), free_addr());
+    let _demo = Proc::start(
+        &dir,
+        "demo",
+        &["demo", "--otlp-grpc", &grpc.to_string(), "--otlp-http", &http_addr.to_string(), "--web", &web.to_string(), "--rate", "40", "--duration", "300s"],
+    );
+    wait_listening(web, "demo collector");
+
+    // The probe: a CLIENT span in an ordinary service and its SERVER child in a service
+    // whose name is markup, with a span name that is a script tag.
+    let (start, trace) = (now_nanos(), format!("{:032x}", fastrand::u128(1..)));
+    let span = |service: &str, id: &str, parent: &str, kind: u8, name: &str| {
+        serde_json::json!({
+            "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": service } }] },
+            "scopeSpans": [{ "spans": [{
+                "traceId": trace, "spanId": id, "parentSpanId": parent, "name": name, "kind": kind,
+                "startTimeUnixNano": start.to_string(), "endTimeUnixNano": (start + 3_000_000).to_string(),
+                "attributes": [{ "key": "http.request.method", "value": { "stringValue": "GET" } }]
+            }] }]
+        })
+    };
+    let body = serde_json::json!({ "resourceSpans": [
+        span("xss-caller", "00000000000000a1", "", 3, "GET /probe"),
+        span(PROBE, "00000000000000a2", "00000000000000a1", 2, "<script>alert(2)</script>"),
+    ] });
+    let reply = http(http_addr, "POST", "/v1/traces", &[("content-type", "application/json")], body.to_string().as_bytes()).expect("probe");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let artifacts = root.join("target/browser-artifacts");
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{web}"))
+        .arg(&artifacts)
+        .arg(PROBE)
+        .current_dir(root.join("tests/browser"))
+        .output()
+        .expect("run node");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+    assert!(out.status.success(), "browser checks failed (screenshots in {}):\n{report}", artifacts.display());
+    for shot in ["topology", "edge-panel", "trace", "sql", "xss-probe"] {
+        assert!(artifacts.join(format!("{shot}.png")).is_file(), "screenshot {shot}.png");
+    }
+}

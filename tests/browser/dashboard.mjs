@@ -1,0 +1,103 @@
+// Drives the meshlens dashboard in Debian's chromium (playwright-core, headless) against a
+// running demo: the graph's nodes and edges, an edge's panel with data, a trace as a
+// waterfall, an SQL query's rows and error, and the XSS probe shown as text. Screenshots go
+// to the artifacts directory. Exits non-zero with the failures listed.
+//
+//   node tests/browser/dashboard.mjs http://127.0.0.1:16686 target/browser-artifacts '<img src=x onerror=alert(1)>'
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const [base, artifacts, probe] = process.argv.slice(2);
+mkdirSync(artifacts, { recursive: true });
+const failures = [];
+const check = (ok, what) => { if (!ok) failures.push(what); console.log(`${ok ? "ok  " : "FAIL"} ${what}`); };
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+const dialogs = [];
+page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss(); });
+const pageErrors = [];
+page.on("pageerror", (e) => pageErrors.push(e.message));
+const shot = (name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
+
+try {
+  // The live graph: the demo's services and edges.
+  await page.goto(base);
+  await page.waitForFunction(() => document.querySelectorAll("#graph g.edge").length >= 8, null, { timeout: 30000 });
+  const labels = await page.$$eval("#graph g.node text", (ts) => ts.map((t) => t.textContent));
+  for (const s of ["frontend", "catalog", "reviews", "ratings", "inventory", "checkout", "payments"]) check(labels.includes(s), `node ${s} is drawn`);
+  const edgeIds = await page.$$eval("#graph g.edge", (gs) => gs.map((g) => g.dataset.id));
+  check(edgeIds.includes("checkout.shop->payments.shop"), "edge checkout → payments is drawn");
+  await shot("topology");
+
+  // Find dims the others; hide takes the healthy ones away.
+  await page.fill("#find", "pay");
+  check(await page.$$eval("#graph g.node.dim", (n) => n.length) >= 5, "find dims the nodes that do not match");
+  await page.fill("#find", "");
+
+  // An edge's panel: figures, charts, response codes, busiest operations.
+  await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
+  await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
+  await page.waitForFunction(() => document.querySelectorAll("#charts .chart polyline").length === 3);
+  await page.waitForFunction(() => document.querySelectorAll("#ops-table tr").length > 0, null, { timeout: 10000 });
+  const detail = await page.$$eval("#detail-table tr", (rows) => rows.map((r) => r.textContent));
+  check(detail.some((r) => r.startsWith("Requests") && !r.endsWith("0")), `the edge panel counts requests (${detail[1]})`);
+  check(await page.$$eval("#codes-table tr", (r) => r.length) >= 1, "the edge panel breaks responses down by code");
+  check(page.url().includes("select=edge"), "the selection is in the URL");
+  await shot("edge-panel");
+
+  // One click to the edge's traces, then a trace as a waterfall.
+  await page.click("#detail-traces");
+  await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 15000 });
+  check(await page.$$eval("#ts-scatter circle", (c) => c.length) > 0, "search results are plotted");
+  await page.click("#ts-results tbody tr");
+  await page.waitForFunction(() => document.querySelectorAll("#tv-waterfall .span-row").length >= 2, null, { timeout: 10000 });
+  check(await page.$$eval("#tv-waterfall .bar.critical", (b) => b.length) >= 1, "the critical path is marked");
+  await page.click("#tv-waterfall .span-row:nth-child(2)");
+  await page.waitForFunction(() => document.querySelector("#tv-detail").textContent.includes("Attributes"));
+  check((await page.textContent("#tv-detail")).includes("http.request.method"), "span details show attributes");
+  await shot("trace");
+
+  // SQL: rows, and a refused statement's message.
+  await page.click('#tabs button[data-tab="sql"]');
+  await page.waitForFunction(() => document.querySelectorAll("#sql-tables details").length === 4);
+  await page.fill("#sql-query", "SELECT service, count(*) AS spans FROM spans GROUP BY service ORDER BY spans DESC");
+  await page.click("#sql-run");
+  await page.waitForFunction(() => document.querySelectorAll("#sql-results tbody tr").length > 0);
+  const header = await page.$$eval("#sql-results thead th", (h) => h.map((x) => x.textContent));
+  check(header.join(",") === "service,spans", `SQL results have the query's columns (${header})`);
+  await shot("sql");
+  await page.fill("#sql-query", "DROP TABLE spans");
+  await page.click("#sql-run");
+  await page.waitForSelector("#sql-error:not([hidden])");
+  check((await page.textContent("#sql-error")).includes("DROP TABLE"), "a refused statement's reason is shown");
+
+  // The XSS probe: a service and a span named with markup show as those characters.
+  await page.click('#tabs button[data-tab="topology"]');
+  await page.waitForFunction((p) => [...document.querySelectorAll("#graph g.node text")].some((t) => t.textContent === p), probe, { timeout: 20000 });
+  check(await page.$$eval("img", (imgs) => imgs.length) === 0, "no <img> element was created from telemetry");
+  await page.click('#tabs button[data-tab="traces"]');
+  await page.waitForFunction((p) => [...document.querySelectorAll("#ts-service option")].some((o) => o.value === p), probe, { timeout: 10000 });
+  await page.selectOption("#ts-service", probe);
+  await page.fill("#ts-tags", "");
+  await page.click('#trace-search button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0);
+  await page.click("#ts-results tbody tr");
+  await page.waitForFunction(() => document.querySelector("#tv-waterfall").textContent.includes("alert(2)"));
+  const waterfall = await page.textContent("#tv-waterfall");
+  check(waterfall.includes("<script>alert(2)</script>") && waterfall.includes(probe), `span and service names stay text (${waterfall})`);
+  await shot("xss-probe");
+  check(await page.$$eval("script", (s) => s.every((x) => x.src.includes("/ui/"))), "no script element was created from telemetry");
+  check(dialogs.length === 0, `no dialog was opened (${dialogs})`);
+  check(pageErrors.length === 0, `no page errors (${pageErrors})`);
+} catch (err) {
+  failures.push(`exception: ${err.message}`);
+  await shot("failure").catch(() => {});
+} finally {
+  await browser.close();
+}
+if (failures.length) {
+  console.error(`${failures.length} failure(s):\n${failures.join("\n")}`);
+  process.exit(1);
+}
+console.log("all browser checks passed");
