@@ -108,6 +108,18 @@ enum BenchCommand {
     Proxy(ProxyBenchArgs),
     /// OTLP span ingest into a collector against the decode-only ceiling, then queries over the stored spans.
     Ingest(IngestBenchArgs),
+    /// The dashboard at scale: API latency and, with chromium, render and zoom times for a large mesh.
+    Ui {
+        /// Services in the generated mesh.
+        #[arg(long, default_value_t = 300)]
+        services: usize,
+        /// Edges in the generated mesh.
+        #[arg(long, default_value_t = 1500)]
+        edges: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -309,6 +321,9 @@ fn main() -> anyhow::Result<()> {
                     json: args.json,
                 })
                 .await
+            }
+            Command::Bench(BenchCommand::Ui { services, edges, json }) => {
+                bench::ui::run_ui(bench::ui::UiBench { services, edges, json }).await
             }
             Command::BenchUpstream { listen } => bench::upstream::serve(listen).await,
             Command::Sql { schema_markdown: true, .. } => {

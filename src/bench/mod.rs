@@ -12,6 +12,7 @@
 
 pub mod ingest;
 pub mod load;
+pub mod ui;
 pub mod upstream;
 
 use std::{

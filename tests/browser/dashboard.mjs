@@ -34,6 +34,12 @@ try {
   await page.fill("#find", "pay");
   check(await page.$$eval("#graph g.node.dim", (n) => n.length) >= 5, "find dims the nodes that do not match");
   await page.fill("#find", "");
+  const before = await page.getAttribute("#graph", "viewBox");
+  await page.hover("#graph", { position: { x: 300, y: 200 } });
+  await page.mouse.wheel(0, -300);
+  await page.waitForFunction((b) => document.querySelector("#graph").getAttribute("viewBox") !== b, before);
+  check(true, "the wheel zooms the graph");
+  await page.dblclick("#graph", { position: { x: 5, y: 5 } });
 
   // An edge's panel: figures, charts, response codes, busiest operations.
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
@@ -44,6 +50,8 @@ try {
   check(detail.some((r) => r.startsWith("Requests") && !r.endsWith("0")), `the edge panel counts requests (${detail[1]})`);
   check(await page.$$eval("#codes-table tr", (r) => r.length) >= 1, "the edge panel breaks responses down by code");
   check(page.url().includes("select=edge"), "the selection is in the URL");
+  await page.waitForFunction(() => document.querySelectorAll("#slowest-table tr").length > 0 && document.querySelectorAll("#recent-table tr").length > 0, null, { timeout: 10000 });
+  check(true, "the edge panel lists its recent and slowest traces");
   await shot("edge-panel");
 
   // One click to the edge's traces, then a trace as a waterfall.

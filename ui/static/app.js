@@ -8,8 +8,9 @@ const REFRESH_MS = 2000;
 // Health thresholds on the error ratio (documented in the README).
 const WARN_ERROR_RATIO = 0.01;
 const BAD_ERROR_RATIO = 0.05;
+const LABELED_EDGES = 150;
 
-const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null };
+const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null, zoom: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, text) {
@@ -86,7 +87,8 @@ function layout(view, width, height) {
     place.set(n.id, { x: 70 + p.col * colWidth, y: 60 + p.row * 90 });
   }
   const rows = Math.max(...[...place.values()].map((p) => p.y), 0) + 60;
-  return { place, height: Math.max(height, rows) };
+  const cols = Math.max(...[...place.values()].map((p) => p.x), 0) + 90;
+  return { place, height: Math.max(height, rows), extent: { w: cols, h: rows } };
 }
 
 // Find dims what does not match; Hide removes nodes (and their edges) by health.
@@ -115,10 +117,16 @@ function draw(full) {
   const view = visible(full);
   const svg = $("graph");
   const width = svg.clientWidth || 900;
-  const { place, height } = layout(view, width, 520);
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.style.height = `${height}px`;
+  const { place, height, extent } = layout(view, width, 520);
+  // The graph keeps its own size; wheel zooms and drag pans move the view box, which
+  // survives refreshes until the layout is reset.
+  const visibleHeight = Math.min(height, 640);
+  if (!state.zoom) state.zoom = { x: 0, y: 0, w: Math.max(width, extent.w), h: Math.max(visibleHeight, extent.h) };
+  const z = state.zoom;
+  svg.setAttribute("viewBox", `${z.x} ${z.y} ${z.w} ${z.h}`);
+  svg.style.height = `${visibleHeight}px`;
   svg.replaceChildren();
+  svg.classList.toggle("large", view.edges.length > LABELED_EDGES);
   const defs = el("defs");
   for (const h of ["ok", "warn", "bad", "idle"]) {
     // Sized in user space, so a thicker (selected) edge keeps a normal arrowhead.
@@ -135,7 +143,13 @@ function draw(full) {
     const g = el("g", { class: `edge${state.selected === `edge:${e.id}` ? " selected" : ""}`, "data-id": e.id });
     const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2 - (a.y === b.y ? 30 : 0);
     g.appendChild(el("path", { d: `M ${a.x} ${a.y} Q ${mx} ${my} ${b.x} ${b.y}`, class: h, "marker-end": `url(#arrow-${h})` }));
-    g.appendChild(el("text", { x: (a.x + 2 * mx + b.x) / 4, y: (a.y + 2 * my + b.y) / 4 - 6, "text-anchor": "middle" }, edgeLabel(e)));
+    // Past LABELED_EDGES edges, only the selected edge is labelled (the table lists all):
+    // thousands of labels cost more to paint than they tell.
+    if (view.edges.length <= LABELED_EDGES || state.selected === `edge:${e.id}`) {
+      g.appendChild(el("text", { x: (a.x + 2 * mx + b.x) / 4, y: (a.y + 2 * my + b.y) / 4 - 6, "text-anchor": "middle" }, edgeLabel(e)));
+    } else {
+      g.appendChild(el("title", {}, `${e.source} → ${e.target}: ${edgeLabel(e)}`));
+    }
     g.addEventListener("click", () => select(`edge:${e.id}`));
     svg.appendChild(g);
   }
@@ -149,6 +163,38 @@ function draw(full) {
     svg.appendChild(g);
   }
   $("empty").hidden = view.nodes.length > 0;
+}
+
+// Wheel zooms around the pointer; dragging the background pans.
+function panZoom() {
+  const svg = $("graph");
+  const point = (event) => {
+    const r = svg.getBoundingClientRect(), z = state.zoom;
+    return { x: z.x + ((event.clientX - r.left) / r.width) * z.w, y: z.y + ((event.clientY - r.top) / r.height) * z.h };
+  };
+  svg.addEventListener("wheel", (event) => {
+    if (!state.zoom) return;
+    event.preventDefault();
+    const p = point(event), z = state.zoom;
+    const k = Math.exp(Math.sign(event.deltaY) * 0.15);
+    state.zoom = { x: p.x - (p.x - z.x) * k, y: p.y - (p.y - z.y) * k, w: z.w * k, h: z.h * k };
+    svg.setAttribute("viewBox", `${state.zoom.x} ${state.zoom.y} ${state.zoom.w} ${state.zoom.h}`);
+  }, { passive: false });
+  let drag = null;
+  svg.addEventListener("pointerdown", (event) => {
+    if (event.target !== svg || !state.zoom) return;
+    drag = { x: event.clientX, y: event.clientY, from: { ...state.zoom } };
+    svg.setPointerCapture(event.pointerId);
+  });
+  svg.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    const r = svg.getBoundingClientRect();
+    const dx = ((event.clientX - drag.x) / r.width) * drag.from.w, dy = ((event.clientY - drag.y) / r.height) * drag.from.h;
+    state.zoom = { ...drag.from, x: drag.from.x - dx, y: drag.from.y - dy };
+    svg.setAttribute("viewBox", `${state.zoom.x} ${state.zoom.y} ${state.zoom.w} ${state.zoom.h}`);
+  });
+  svg.addEventListener("pointerup", () => { drag = null; });
+  svg.addEventListener("dblclick", () => { state.zoom = null; if (state.view) render(state.view); });
 }
 
 function row(table, label, value) {
@@ -200,6 +246,30 @@ function showSelection() {
   }
 }
 
+// Traces from an SQL query (trace_id, operation, ms), each opening the trace view.
+async function traceList(tableId, titleId, query) {
+  const table = $(tableId);
+  table.replaceChildren();
+  try {
+    const response = await fetch("/api/v1/sql", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ query }) });
+    const result = await response.json();
+    if (!response.ok) throw new Error(result.error);
+    $(titleId).hidden = result.rows.length === 0;
+    for (const [trace, op, ms] of result.rows) {
+      const tr = document.createElement("tr");
+      const a = document.createElement("td"); a.textContent = op;
+      const b = document.createElement("td"); b.textContent = fmt.ms(ms);
+      tr.append(a, b);
+      tr.className = "link";
+      tr.title = `trace ${trace}`;
+      tr.addEventListener("click", () => { showTab("traces"); openTrace(trace); });
+      table.appendChild(tr);
+    }
+  } catch (err) {
+    $(titleId).hidden = true;
+  }
+}
+
 // A string as an SQL literal.
 const sqlText = (s) => `'${String(s).replaceAll("'", "''")}'`;
 
@@ -212,6 +282,8 @@ async function detailExtras(service, destination) {
     FROM spans WHERE ${where.join(" AND ")} GROUP BY operation ORDER BY spans DESC LIMIT 5`;
   const ops = $("ops-table");
   ops.replaceChildren();
+  traceList("recent-table", "recent-title", `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY start_time DESC LIMIT 5`);
+  traceList("slowest-table", "slowest-title", `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY duration_ns DESC LIMIT 5`);
   const button = $("detail-traces");
   button.hidden = false;
   button.onclick = () => openTraces(service, destination ? { "meshlens.destination.service": destination } : {});
@@ -348,7 +420,8 @@ window.addEventListener("DOMContentLoaded", () => {
     $("pause").textContent = state.paused ? "Resume" : "Pause";
     schedule();
   });
-  $("group").addEventListener("change", () => { state.positions.clear(); state.selected = null; refresh(); });
+  $("group").addEventListener("change", () => { state.positions.clear(); state.zoom = null; state.selected = null; refresh(); });
+  panZoom();
   $("window").addEventListener("change", refresh);
   $("label").addEventListener("change", () => state.view && render(state.view));
   refresh().then(schedule);
