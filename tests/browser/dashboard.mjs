@@ -44,7 +44,8 @@ try {
   // An edge's panel: figures, charts, response codes, busiest operations.
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
   await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
-  await page.waitForFunction(() => document.querySelectorAll("#charts .chart polyline").length === 3);
+  await page.waitForFunction(() => document.querySelectorAll("#charts .chart polyline").length === 5);
+  check((await page.textContent("#charts")).includes("p90"), "the latency chart draws p50, p90 and p99");
   await page.waitForFunction(() => document.querySelectorAll("#ops-table tr").length > 0, null, { timeout: 10000 });
   const detail = await page.$$eval("#detail-table tr", (rows) => rows.map((r) => r.textContent));
   check(detail.some((r) => r.startsWith("Requests") && !r.endsWith("0")), `the edge panel counts requests (${detail[1]})`);

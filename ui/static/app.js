@@ -312,27 +312,32 @@ async function charts(params) {
   }
   const box = $("charts");
   box.replaceChildren();
+  // Each chart: a title, its lines (label, value of a point) and a formatter.
   const specs = [
-    ["Requests/s", (p) => p.request_rate, fmt.rate],
-    ["Error ratio", (p) => p.error_ratio, fmt.pct],
-    ["p99", (p) => p.p99_ms, fmt.ms],
+    ["Requests/s", [["", (p) => p.request_rate]], fmt.rate],
+    ["Error ratio", [["", (p) => p.error_ratio]], fmt.pct],
+    ["Latency p50 / p90 / p99", [["p50", (p) => p.p50_ms], ["p90", (p) => p.p90_ms], ["p99", (p) => p.p99_ms]], fmt.ms],
   ];
-  for (const [title, value, format] of specs) {
-    const values = points.map(value);
-    const known = values.filter((v) => v !== null && v !== undefined);
+  for (const [title, lines, format] of specs) {
+    const series = lines.map(([name, value]) => [name, points.map(value)]);
+    const known = series.flatMap(([, values]) => values.filter((v) => v !== null && v !== undefined));
     const max = Math.max(...known, 1e-9);
     const div = document.createElement("div");
     div.className = "chart";
     const head = document.createElement("div");
     head.className = "title";
     const name = document.createElement("span"); name.textContent = title;
-    const last = document.createElement("span"); last.textContent = known.length ? `now ${format(known[known.length - 1])} · max ${format(max)}` : "no data";
+    const lastOf = (values) => values.filter((v) => v !== null && v !== undefined).at(-1);
+    const now = series.map(([n, values]) => `${n ? `${n} ` : ""}${lastOf(values) === undefined ? "–" : format(lastOf(values))}`).join(" · ");
+    const last = document.createElement("span"); last.textContent = known.length ? `now ${now} · max ${format(max)}` : "no data";
     head.append(name, last);
     const svg = el("svg", { viewBox: "0 0 100 40", preserveAspectRatio: "none" });
-    const coords = values
-      .map((v, i) => (v === null || v === undefined ? null : `${(i / Math.max(1, values.length - 1)) * 100},${38 - (v / max) * 36}`))
-      .filter((c) => c !== null);
-    svg.appendChild(el("polyline", { points: coords.join(" ") }));
+    series.forEach(([n, values], i) => {
+      const coords = values
+        .map((v, j) => (v === null || v === undefined ? null : `${(j / Math.max(1, values.length - 1)) * 100},${38 - (v / max) * 36}`))
+        .filter((c) => c !== null);
+      svg.appendChild(el("polyline", { points: coords.join(" "), class: `line${i}` }));
+    });
     div.append(head, svg);
     box.appendChild(div);
   }
