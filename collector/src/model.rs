@@ -61,8 +61,8 @@ pub enum StatusCode {
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    /// A string.
-    Str(String),
+    /// A string (short ones shared, see [`intern_value`]).
+    Str(Arc<str>),
     /// A boolean.
     Bool(bool),
     /// A 64-bit integer.
@@ -70,16 +70,16 @@ pub enum Value {
     /// A double.
     Double(f64),
     /// Bytes, kept as base-16 text.
-    Bytes(String),
+    Bytes(Arc<str>),
     /// Arrays and maps, kept as JSON text.
-    Json(String),
+    Json(Arc<str>),
 }
 
 impl Value {
     /// The value as text (for tag matching and display).
     pub fn to_text(&self) -> String {
         match self {
-            Self::Str(s) | Self::Bytes(s) | Self::Json(s) => s.clone(),
+            Self::Str(s) | Self::Bytes(s) | Self::Json(s) => s.to_string(),
             Self::Bool(b) => b.to_string(),
             Self::Int(i) => i.to_string(),
             Self::Double(d) => d.to_string(),
@@ -89,11 +89,11 @@ impl Value {
     /// parsed back from their JSON text.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            Self::Str(s) | Self::Bytes(s) => s.as_str().into(),
+            Self::Str(s) | Self::Bytes(s) => (**s).into(),
             Self::Bool(b) => (*b).into(),
             Self::Int(i) => (*i).into(),
             Self::Double(d) => serde_json::Number::from_f64(*d).map_or(serde_json::Value::Null, Into::into),
-            Self::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.as_str().into()),
+            Self::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| (**s).into()),
         }
     }
     /// The value if it is a string.
@@ -113,15 +113,65 @@ impl Value {
     }
 }
 
-/// Ordered key/value attributes.
-pub type Attributes = Vec<(String, Value)>;
+/// Ordered key/value attributes. Keys are shared ([`intern`]): the same few dozen keys
+/// repeat on every span, and one copy of each is enough.
+pub type Attributes = Vec<(Arc<str>, Value)>;
+
+/// Most distinct keys kept for sharing per thread; beyond it keys are copied.
+const MAX_INTERNED: usize = 16 * 1024;
+
+thread_local! {
+    static INTERNED: std::cell::RefCell<std::collections::HashSet<Arc<str>>> = std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// Values up to this long are shared; longer ones (paths, IDs, messages) rarely repeat.
+const MAX_SHARED_VALUE: usize = 48;
+
+thread_local! {
+    static VALUES: std::cell::RefCell<std::collections::HashSet<Arc<str>>> = std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// A string value, shared with earlier equal values when short. The set is emptied when it
+/// fills, so values that stop repeating do not stay forever.
+pub fn shared_value(value: String) -> Arc<str> {
+    if value.len() > MAX_SHARED_VALUE {
+        return Arc::from(value);
+    }
+    VALUES.with(|set| {
+        let mut set = set.borrow_mut();
+        if let Some(v) = set.get(value.as_str()) {
+            return v.clone();
+        }
+        if set.len() >= MAX_INTERNED {
+            set.clear();
+        }
+        let v: Arc<str> = Arc::from(value);
+        set.insert(v.clone());
+        v
+    })
+}
+
+/// The shared copy of an attribute key (one per thread that converts telemetry).
+pub fn intern(key: &str) -> Arc<str> {
+    INTERNED.with(|set| {
+        let mut set = set.borrow_mut();
+        if let Some(k) = set.get(key) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(key);
+        if set.len() < MAX_INTERNED {
+            set.insert(k.clone());
+        }
+        k
+    })
+}
 
 /// Attributes as one JSON object (the first of repeated keys wins), skipping `skip` keys.
 pub fn attributes_json(attributes: &Attributes, skip: impl Fn(&str) -> bool) -> String {
     let mut map = serde_json::Map::new();
     for (k, v) in attributes {
-        if !skip(k) && !map.contains_key(k) {
-            map.insert(k.clone(), v.to_json());
+        if !skip(k) && !map.contains_key(&**k) {
+            map.insert(k.to_string(), v.to_json());
         }
     }
     serde_json::Value::Object(map).to_string()
@@ -129,7 +179,7 @@ pub fn attributes_json(attributes: &Attributes, skip: impl Fn(&str) -> bool) -> 
 
 /// Looks up an attribute by key.
 pub fn attr<'a>(attributes: &'a Attributes, key: &str) -> Option<&'a Value> {
-    attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    attributes.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
 }
 
 /// The entity that produced telemetry.

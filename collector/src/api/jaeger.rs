@@ -248,7 +248,7 @@ async fn dependencies(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) -
 
 fn tag(key: &str, value: &Value) -> Json_ {
     let (kind, v) = match value {
-        Value::Str(s) | Value::Json(s) => ("string", json!(s)),
+        Value::Str(s) | Value::Json(s) => ("string", json!(&**s)),
         Value::Bool(b) => ("bool", json!(b)),
         Value::Int(i) => ("int64", json!(i)),
         Value::Double(d) => ("float64", json!(d)),
@@ -295,20 +295,20 @@ pub fn trace_json(spans: &[Arc<Span>]) -> Json_ {
                     span_tags.push(tag("otel.status_code", &Value::Str("ERROR".into())));
                     span_tags.push(tag("error", &Value::Bool(true)));
                     if !s.status_message.is_empty() {
-                        span_tags.push(tag("otel.status_description", &Value::Str(s.status_message.clone())));
+                        span_tags.push(tag("otel.status_description", &Value::Str(s.status_message.as_str().into())));
                     }
                 }
                 SpanStatus::Ok => span_tags.push(tag("otel.status_code", &Value::Str("OK".into()))),
                 SpanStatus::Unset => {}
             }
             if !s.scope.is_empty() {
-                span_tags.push(tag("otel.scope.name", &Value::Str(s.scope.to_string())));
+                span_tags.push(tag("otel.scope.name", &Value::Str(s.scope.clone())));
             }
             let logs: Vec<Json_> = s
                 .events
                 .iter()
                 .map(|e| {
-                    let mut fields = vec![tag("event", &Value::Str(e.name.clone()))];
+                    let mut fields = vec![tag("event", &Value::Str(e.name.as_str().into()))];
                     fields.extend(tags(&e.attributes));
                     json!({ "timestamp": e.time_unix_nanos / 1000, "fields": fields })
                 })
@@ -337,7 +337,7 @@ pub fn trace_json(spans: &[Arc<Span>]) -> Json_ {
         .enumerate()
         .map(|(i, r)| {
             let process_tags: Vec<Json_> =
-                r.attributes.iter().filter(|(k, _)| k != "service.name").map(|(k, v)| tag(k, v)).collect();
+                r.attributes.iter().filter(|(k, _)| &**k != "service.name").map(|(k, v)| tag(k, v)).collect();
             (format!("p{}", i + 1), json!({ "serviceName": &*r.service, "tags": process_tags }))
         })
         .collect();

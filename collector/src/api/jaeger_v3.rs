@@ -58,7 +58,7 @@ fn internal<T>(_: T) -> V3Error {
 fn any(value: &Value) -> AnyValue {
     use any_value::Value as V;
     let v = match value {
-        Value::Str(s) | Value::Bytes(s) | Value::Json(s) => V::StringValue(s.clone()),
+        Value::Str(s) | Value::Bytes(s) | Value::Json(s) => V::StringValue(s.to_string()),
         Value::Bool(b) => V::BoolValue(*b),
         Value::Int(i) => V::IntValue(*i),
         Value::Double(d) => V::DoubleValue(*d),
@@ -67,7 +67,7 @@ fn any(value: &Value) -> AnyValue {
 }
 
 fn key_values(attributes: &Attributes) -> Vec<KeyValue> {
-    attributes.iter().map(|(k, v)| KeyValue { key: k.clone(), value: Some(any(v)), ..Default::default() }).collect()
+    attributes.iter().map(|(k, v)| KeyValue { key: k.to_string(), value: Some(any(v)), ..Default::default() }).collect()
 }
 
 fn otlp_span(s: &Span) -> OtlpSpan {

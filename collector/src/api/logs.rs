@@ -68,7 +68,7 @@ async fn logs(State(pipeline): State<Arc<Pipeline>>, Query(p): Query<LogParams>)
                 body: l.body.clone(),
                 trace_id: l.trace_id.map(|t| t.to_string()),
                 span_id: l.span_id.map(|s| s.to_string()),
-                attributes: l.attributes.iter().map(|(k, v)| (k.clone(), v.to_text().into())).collect(),
+                attributes: l.attributes.iter().map(|(k, v)| (k.to_string(), v.to_text().into())).collect(),
             })
             .collect(),
     ))

@@ -110,19 +110,19 @@ fn hex(bytes: &[u8]) -> String {
 pub fn value(v: &AnyValue) -> Option<Value> {
     use any_value::Value as V;
     Some(match v.value.as_ref()? {
-        V::StringValue(s) => Value::Str(truncate(s.clone())),
+        V::StringValue(s) => Value::Str(crate::model::shared_value(truncate(s.clone()))),
         V::BoolValue(b) => Value::Bool(*b),
         V::IntValue(i) => Value::Int(*i),
         V::DoubleValue(d) => Value::Double(*d),
-        V::BytesValue(b) => Value::Bytes(truncate(hex(b))),
-        other => Value::Json(truncate(any_to_json(other).to_string())),
+        V::BytesValue(b) => Value::Bytes(truncate(hex(b)).into()),
+        other => Value::Json(truncate(any_to_json(other).to_string()).into()),
     })
 }
 
 /// Converts OTLP attributes, dropping those without a value.
 pub fn attributes(kvs: &[KeyValue]) -> Attributes {
     kvs.iter()
-        .filter_map(|kv| Some((kv.key.clone(), value(kv.value.as_ref()?)?)))
+        .filter_map(|kv| Some((crate::model::intern(&kv.key), value(kv.value.as_ref()?)?)))
         .collect()
 }
 

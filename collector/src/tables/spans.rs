@@ -126,7 +126,7 @@ fn events_json(span: &Span) -> Option<String> {
         .iter()
         .map(|e| {
             let attributes: serde_json::Map<String, serde_json::Value> =
-                e.attributes.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+                e.attributes.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
             serde_json::json!({ "time_unix_nano": e.time_unix_nanos, "name": e.name, "attributes": attributes })
         })
         .collect();
