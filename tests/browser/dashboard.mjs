@@ -59,6 +59,12 @@ try {
   await page.click("#detail-traces");
   await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 15000 });
   check(await page.$$eval("#ts-scatter circle", (c) => c.length) > 0, "search results are plotted");
+  await page.selectOption("#ts-lookback", "custom");
+  await page.evaluate(() => { document.querySelector("#ts-status").textContent = ""; document.querySelector("#ts-results tbody").replaceChildren(); });
+  await page.click('#trace-search button[type="submit"]');
+  await page.waitForFunction(() => /^\d+ traces$/.test(document.querySelector("#ts-status").textContent));
+  check(await page.$$eval("#ts-results tbody tr", (r) => r.length) > 0, "a custom time range finds the traces too");
+  await page.selectOption("#ts-lookback", "1h");
   await page.click("#ts-results tbody tr");
   await page.waitForFunction(() => document.querySelectorAll("#tv-waterfall .span-row").length >= 2, null, { timeout: 10000 });
   check(await page.$$eval("#tv-waterfall .bar.critical", (b) => b.length) >= 1, "the critical path is marked");

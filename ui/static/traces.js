@@ -66,7 +66,15 @@ async function search(event) {
   event?.preventDefault();
   const status = $("ts-status");
   try {
-    const params = new URLSearchParams({ service: $("ts-service").value, lookback: $("ts-lookback").value, limit: $("ts-limit").value || "20" });
+    const params = new URLSearchParams({ service: $("ts-service").value, limit: $("ts-limit").value || "20" });
+    if ($("ts-lookback").value === "custom") {
+      const start = Date.parse($("ts-start").value), end = Date.parse($("ts-end").value);
+      if (Number.isNaN(start) || Number.isNaN(end) || end <= start) throw new Error("pick a start before the end");
+      params.set("start", String(start * 1000));
+      params.set("end", String(end * 1000));
+    } else {
+      params.set("lookback", $("ts-lookback").value);
+    }
     if ($("ts-operation").value) params.set("operation", $("ts-operation").value);
     const tags = parseTags($("ts-tags").value);
     if (Object.keys(tags).length) params.set("tags", JSON.stringify(tags));
@@ -231,6 +239,10 @@ async function openTraces(service, tags) {
 
 window.addEventListener("DOMContentLoaded", () => {
   $("trace-search").addEventListener("submit", search);
+  const local = (ms) => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  $("ts-start").value = local(Date.now() - 60 * 60000);
+  $("ts-end").value = local(Date.now() + 60000);
+  $("ts-lookback").addEventListener("change", () => { $("ts-range").hidden = $("ts-lookback").value !== "custom"; });
   $("ts-service").addEventListener("change", () => loadOperations().catch(() => {}));
   document.addEventListener("meshlens:tab", (e) => {
     if (e.detail === "traces" && !traces.loaded) loadServices().catch((err) => { $("ts-status").textContent = err.message; });
