@@ -14,6 +14,8 @@ const check = (ok, what) => { if (!ok) failures.push(what); console.log(`${ok ? 
 
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
 const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+// A loaded 2-core CI machine builds and tests in parallel: wait generously, never forever.
+page.setDefaultTimeout(30000);
 const dialogs = [];
 page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss(); });
 const pageErrors = [];
@@ -46,18 +48,18 @@ try {
   await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
   await page.waitForFunction(() => document.querySelectorAll("#charts .chart polyline").length === 5);
   check((await page.textContent("#charts")).includes("p90"), "the latency chart draws p50, p90 and p99");
-  await page.waitForFunction(() => document.querySelectorAll("#ops-table tr").length > 0, null, { timeout: 10000 });
+  await page.waitForFunction(() => document.querySelectorAll("#ops-table tr").length > 0, null, { timeout: 30000 });
   const detail = await page.$$eval("#detail-table tr", (rows) => rows.map((r) => r.textContent));
   check(detail.some((r) => r.startsWith("Requests") && !r.endsWith("0")), `the edge panel counts requests (${detail[1]})`);
   check(await page.$$eval("#codes-table tr", (r) => r.length) >= 1, "the edge panel breaks responses down by code");
   check(page.url().includes("select=edge"), "the selection is in the URL");
-  await page.waitForFunction(() => document.querySelectorAll("#slowest-table tr").length > 0 && document.querySelectorAll("#recent-table tr").length > 0, null, { timeout: 10000 });
+  await page.waitForFunction(() => document.querySelectorAll("#slowest-table tr").length > 0 && document.querySelectorAll("#recent-table tr").length > 0, null, { timeout: 30000 });
   check(true, "the edge panel lists its recent and slowest traces");
   await shot("edge-panel");
 
   // One click to the edge's traces, then a trace as a waterfall.
   await page.click("#detail-traces");
-  await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 30000 });
   check(await page.$$eval("#ts-scatter circle", (c) => c.length) > 0, "search results are plotted");
   await page.selectOption("#ts-lookback", "custom");
   await page.evaluate(() => { document.querySelector("#ts-status").textContent = ""; document.querySelector("#ts-results tbody").replaceChildren(); });
@@ -66,7 +68,7 @@ try {
   check(await page.$$eval("#ts-results tbody tr", (r) => r.length) > 0, "a custom time range finds the traces too");
   await page.selectOption("#ts-lookback", "1h");
   await page.click("#ts-results tbody tr");
-  await page.waitForFunction(() => document.querySelectorAll("#tv-waterfall .span-row").length >= 2, null, { timeout: 10000 });
+  await page.waitForFunction(() => document.querySelectorAll("#tv-waterfall .span-row").length >= 2, null, { timeout: 30000 });
   check(await page.$$eval("#tv-waterfall .bar.critical", (b) => b.length) >= 1, "the critical path is marked");
   await page.click("#tv-waterfall .span-row:nth-child(2)");
   await page.waitForFunction(() => document.querySelector("#tv-detail").textContent.includes("Attributes"));
@@ -89,10 +91,10 @@ try {
 
   // The XSS probe: a service and a span named with markup show as those characters.
   await page.click('#tabs button[data-tab="topology"]');
-  await page.waitForFunction((p) => [...document.querySelectorAll("#graph g.node text")].some((t) => t.textContent === p), probe, { timeout: 20000 });
+  await page.waitForFunction((p) => [...document.querySelectorAll("#graph g.node text")].some((t) => t.textContent === p), probe, { timeout: 30000 });
   check(await page.$$eval("img", (imgs) => imgs.length) === 0, "no <img> element was created from telemetry");
   await page.click('#tabs button[data-tab="traces"]');
-  await page.waitForFunction((p) => [...document.querySelectorAll("#ts-service option")].some((o) => o.value === p), probe, { timeout: 10000 });
+  await page.waitForFunction((p) => [...document.querySelectorAll("#ts-service option")].some((o) => o.value === p), probe, { timeout: 30000 });
   await page.selectOption("#ts-service", probe);
   await page.fill("#ts-tags", "");
   await page.click('#trace-search button[type="submit"]');
@@ -106,7 +108,7 @@ try {
   check(dialogs.length === 0, `no dialog was opened (${dialogs})`);
   check(pageErrors.length === 0, `no page errors (${pageErrors})`);
 } catch (err) {
-  failures.push(`exception: ${err.message}`);
+  failures.push(`exception: ${err.message.split("\n")[0]} (at ${err.stack?.split("\n").find((l) => l.includes("dashboard.mjs"))?.trim()})`);
   await shot("failure").catch(() => {});
 } finally {
   await browser.close();
