@@ -2,7 +2,8 @@
 //!
 //! Spans and logs are drained from their bounded queues in batches (up to `max_batch`
 //! records, or whatever arrived within `flush_interval`); metrics are exported every
-//! `metrics_interval`. Requests are gzip-compressed. An export that fails with a code OTLP
+//! `metrics_interval`. Spans and logs are encoded straight to protobuf ([`wire`]), once
+//! per batch whatever the retries. Requests are gzip-compressed when configured. An export that fails with a code OTLP
 //! calls retryable (UNAVAILABLE and the like, or RESOURCE_EXHAUSTED carrying a RetryInfo)
 //! is retried with exponential backoff and jitter, waiting what RetryInfo asks when it says,
 //! for at most `max_retry_time`; then the batch is dropped and counted. Meanwhile the queues
@@ -20,14 +21,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::{
     collector::{
-        logs::v1::logs_service_client::LogsServiceClient,
-        metrics::v1::metrics_service_client::MetricsServiceClient,
-        trace::v1::trace_service_client::TraceServiceClient,
+        logs::v1::ExportLogsServiceResponse, metrics::v1::metrics_service_client::MetricsServiceClient,
+        trace::v1::ExportTraceServiceResponse,
     },
     resource::v1::Resource,
 };
+use prost::Message;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -45,7 +47,7 @@ use crate::{
     identity::WorkloadIdentity,
 };
 
-use super::{RequestMetrics, RequestRecord, Side, TelemetryStats, metrics::unix_nanos, otlp};
+use super::{RequestMetrics, RequestRecord, Side, TelemetryStats, metrics::unix_nanos, otlp, wire};
 
 /// First retry delay.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -109,27 +111,112 @@ fn code_label(code: Code) -> &'static str {
     }
 }
 
-/// An OTLP client that exports batches of records as one signal.
-trait RecordSink: Clone + Send + Sync + 'static {
-    /// `spans` or `logs`.
-    const SIGNAL: &'static str;
-    /// Exports a batch once; returns how many records the collector rejected.
-    fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> impl Future<Output = Result<u64, Status>> + Send;
-}
+/// Sends export requests already encoded ([`wire`]) and decodes the response `R`.
+#[derive(Debug)]
+struct WireCodec<R>(std::marker::PhantomData<fn() -> R>);
 
-impl RecordSink for TraceServiceClient<Channel> {
-    const SIGNAL: &'static str = "spans";
-    async fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> Result<u64, Status> {
-        let response = TraceServiceClient::export(self, otlp::trace_request(resource, batch)).await?;
-        Ok(response.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64))
+impl<R> Default for WireCodec<R> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
     }
 }
 
-impl RecordSink for LogsServiceClient<Channel> {
+#[derive(Debug)]
+struct BytesEncoder;
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ProstDecoder<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R: Message + Default + 'static> tonic::codec::Decoder for ProstDecoder<R> {
+    type Item = R;
+    type Error = Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<R>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        R::decode(bytes).map(Some).map_err(|e| Status::internal(format!("undecodable export response: {e}")))
+    }
+}
+
+impl<R: Message + Default + Send + 'static> tonic::codec::Codec for WireCodec<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = BytesEncoder;
+    type Decoder = ProstDecoder<R>;
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+    fn decoder(&mut self) -> ProstDecoder<R> {
+        ProstDecoder(std::marker::PhantomData)
+    }
+}
+
+/// One exported signal: how its batches are encoded and where they are sent.
+trait RecordSignal: Send + Sync + 'static {
+    /// `spans` or `logs`.
+    const SIGNAL: &'static str;
+    /// The gRPC method.
+    const PATH: &'static str;
+    /// The export response.
+    type Response: Message + Default + Send + 'static;
+    /// Encodes one batch as an export request.
+    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> Vec<u8>;
+    /// Records the collector rejected, from its response.
+    fn rejected(response: &Self::Response) -> u64;
+}
+
+struct Spans;
+struct Logs;
+
+impl RecordSignal for Spans {
+    const SIGNAL: &'static str = "spans";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    type Response = ExportTraceServiceResponse;
+    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> Vec<u8> {
+        encoder.trace_request(resource, scope, batch)
+    }
+    fn rejected(response: &Self::Response) -> u64 {
+        response.partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64)
+    }
+}
+
+impl RecordSignal for Logs {
     const SIGNAL: &'static str = "logs";
-    async fn export(&mut self, resource: &Resource, batch: &[Arc<RequestRecord>]) -> Result<u64, Status> {
-        let response = LogsServiceClient::export(self, otlp::logs_request(resource, batch)).await?;
-        Ok(response.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64))
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    type Response = ExportLogsServiceResponse;
+    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> Vec<u8> {
+        encoder.logs_request(resource, scope, batch)
+    }
+    fn rejected(response: &Self::Response) -> u64 {
+        response.partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64)
+    }
+}
+
+/// Sends one signal's encoded requests over the shared channel.
+#[derive(Debug, Clone)]
+struct WireClient {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+impl WireClient {
+    fn new(channel: Channel, gzip: bool) -> Self {
+        let grpc = tonic::client::Grpc::new(channel);
+        Self { grpc: if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc } }
+    }
+
+    /// Sends one encoded request; returns how many records the collector rejected.
+    async fn export<S: RecordSignal>(&mut self, request: Bytes) -> Result<u64, Status> {
+        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("the collector's channel: {e}")))?;
+        let path = http::uri::PathAndQuery::from_static(S::PATH);
+        let response = self.grpc.unary(tonic::Request::new(request), path, WireCodec::<S::Response>::default()).await?;
+        Ok(S::rejected(response.get_ref()))
     }
 }
 
@@ -181,6 +268,8 @@ pub(super) fn spawn(
         flush_interval: config.flush_interval,
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
         resource: Arc::new(otlp::resource(&identity)),
+        encoded_resource: Arc::new(otlp::resource(&identity).encode_to_vec()),
+        encoded_scope: Arc::new(otlp::scope().encode_to_vec()),
         stats,
     };
     let metrics_interval = config.metrics_interval;
@@ -197,15 +286,11 @@ pub(super) fn spawn(
             };
             runtime.block_on(async move {
                 let channel = endpoint.connect_lazy();
-                macro_rules! client {
-                    ($client:ident) => {{
-                        let client = $client::new(channel.clone());
-                        if gzip { client.send_compressed(CompressionEncoding::Gzip) } else { client }
-                    }};
-                }
-                let spans = drain.clone().spawn(client!(TraceServiceClient), span_rx, shutdown_rx.clone());
-                let logs = drain.clone().spawn(client!(LogsServiceClient), log_rx, shutdown_rx.clone());
-                let metric_task = tokio::spawn(export_metrics(client!(MetricsServiceClient), drain, metrics, metrics_interval, shutdown_rx));
+                let spans = drain.clone().spawn::<Spans>(WireClient::new(channel.clone(), gzip), span_rx, shutdown_rx.clone());
+                let logs = drain.clone().spawn::<Logs>(WireClient::new(channel.clone(), gzip), log_rx, shutdown_rx.clone());
+                let metrics_client = MetricsServiceClient::new(channel);
+                let metrics_client = if gzip { metrics_client.send_compressed(CompressionEncoding::Gzip) } else { metrics_client };
+                let metric_task = tokio::spawn(export_metrics(metrics_client, drain, metrics, metrics_interval, shutdown_rx));
                 for task in [spans, logs, metric_task] {
                     let _ = task.await;
                 }
@@ -254,20 +339,23 @@ struct Drain {
     flush_interval: Duration,
     retry: RetryPolicy,
     resource: Arc<Resource>,
+    encoded_resource: Arc<Vec<u8>>,
+    encoded_scope: Arc<Vec<u8>>,
     stats: TelemetryStats,
 }
 
 impl Drain {
     /// Spawns a task that drains `rx` in batches into `sink` until shutdown, then flushes.
-    fn spawn<S: RecordSink>(
+    fn spawn<S: RecordSignal>(
         self,
-        sink: S,
+        sink: WireClient,
         mut rx: mpsc::Receiver<Arc<RequestRecord>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut health = Health::new(S::SIGNAL);
             let mut batch = Vec::with_capacity(self.max_batch);
+            let mut encoder = wire::Encoder::default();
             loop {
                 // Wait for the first record of a batch.
                 let mut stopping = tokio::select! {
@@ -291,12 +379,13 @@ impl Drain {
                     }
                 }
                 for chunk in batch.chunks(self.max_batch) {
-                    let resource = &*self.resource;
+                    // Encoded once; a retry resends the same bytes.
+                    let request = Bytes::from(S::encode(&mut encoder, &self.encoded_resource, &self.encoded_scope, chunk));
                     let result = self
                         .retry
                         .run(&self.stats, S::SIGNAL, || {
-                            let mut sink = sink.clone();
-                            async move { sink.export(resource, chunk).await }
+                            let (mut sink, request) = (sink.clone(), request.clone());
+                            async move { sink.export::<S>(request).await }
                         })
                         .await;
                     health.account(&self.stats, chunk.len() as u64, result);

@@ -65,6 +65,15 @@ impl Attributes {
     }
 }
 
+/// The instrumentation scope of the sidecar's spans and logs.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "meshlens-proxy".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
 /// The resource of every message a sidecar sends.
 pub fn resource(id: &WorkloadIdentity) -> Resource {
     let mut attrs = Attributes::default();
@@ -79,67 +88,109 @@ pub fn resource(id: &WorkloadIdentity) -> Resource {
     Resource { attributes: attrs.0, ..Default::default() }
 }
 
-fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: "meshlens-proxy".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
+/// Where attributes are written: prost `KeyValue`s ([`Attributes`]) or protobuf bytes
+/// directly ([`super::wire`]), from one description of a record's attributes.
+pub trait AttributeSink {
+    /// A string attribute.
+    fn string(&mut self, key: &str, value: &str);
+    /// An integer attribute.
+    fn integer(&mut self, key: &str, value: i64);
+}
+
+impl AttributeSink for Attributes {
+    fn string(&mut self, key: &str, value: &str) {
+        self.str(key, value);
+    }
+    fn integer(&mut self, key: &str, value: i64) {
+        self.int(key, value);
     }
 }
 
-/// The attributes shared by a record's span and access log.
-pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
-    let mut a = Attributes::default();
-    a.str("http.request.method", r.method.as_str())
-        .str("url.path", r.path.as_str())
-        .str("url.scheme", "http")
-        .int("http.response.status_code", i64::from(r.status))
-        .str("network.protocol.name", "http")
-        .str("network.protocol.version", r.protocol_version())
-        .int("http.request.body.size", r.request_bytes as i64)
-        .int("http.response.body.size", r.response_bytes as i64)
-        .str(semconv::DIRECTION, r.side.as_str())
-        .str(semconv::PROTOCOL, r.protocol())
-        .str(semconv::RESPONSE_FLAGS, r.flags.to_string())
-        .str(semconv::CLASSIFICATION, r.classification.outcome.as_str())
-        .str(semconv::DESTINATION_KEYS.service, &*r.destination_service);
+fn workload_attributes(a: &mut impl AttributeSink, keys: &semconv::WorkloadKeys, id: &WorkloadIdentity) {
+    a.string(keys.namespace, &id.namespace);
+    a.string(keys.service, &id.service);
+    a.string(keys.workload, &id.workload);
+    a.string(keys.version, &id.version);
+}
+
+/// Writes the attributes shared by a record's span and access log; `scratch` holds the
+/// values that must be formatted.
+pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String) {
+    use std::fmt::Write;
+    a.string("http.request.method", r.method.as_str());
+    a.string("url.path", r.path.as_str());
+    a.string("url.scheme", "http");
+    a.integer("http.response.status_code", i64::from(r.status));
+    a.string("network.protocol.name", "http");
+    a.string("network.protocol.version", r.protocol_version());
+    a.integer("http.request.body.size", r.request_bytes as i64);
+    a.integer("http.response.body.size", r.response_bytes as i64);
+    a.string(semconv::DIRECTION, r.side.as_str());
+    a.string(semconv::PROTOCOL, r.protocol());
+    scratch.clear();
+    let _ = write!(scratch, "{}", r.flags);
+    a.string(semconv::RESPONSE_FLAGS, scratch);
+    a.string(semconv::CLASSIFICATION, r.classification.outcome.as_str());
+    a.string(semconv::DESTINATION_KEYS.service, &r.destination_service);
     if let Some(host) = &r.authority {
-        a.str("server.address", host.as_str());
+        a.string("server.address", host.as_str());
     }
     if let Some(route) = &r.route {
-        a.str("http.route", &**route);
+        a.string("http.route", route);
     }
     if let Some(port) = r.authority_port {
-        a.int("server.port", i64::from(port));
+        a.integer("server.port", i64::from(port));
     }
     if let Some(peer) = r.peer {
-        a.str("network.peer.address", peer.ip().to_string()).int("network.peer.port", i64::from(peer.port()));
+        scratch.clear();
+        let _ = write!(scratch, "{}", peer.ip());
+        a.string("network.peer.address", scratch);
+        a.integer("network.peer.port", i64::from(peer.port()));
     }
     if let Some(upstream) = r.upstream {
-        a.str(semconv::UPSTREAM_ADDRESS, upstream.to_string());
+        scratch.clear();
+        let _ = write!(scratch, "{upstream}");
+        a.string(semconv::UPSTREAM_ADDRESS, scratch);
     }
     if r.grpc {
-        a.str("rpc.system", "grpc");
+        a.string("rpc.system", "grpc");
         if let Some(code) = r.grpc_status {
-            a.int("rpc.grpc.status_code", i64::from(code));
+            a.integer("rpc.grpc.status_code", i64::from(code));
         }
     }
     if let Some(error) = &r.classification.error_type {
-        a.str("error.type", error.as_str());
+        a.string("error.type", error.as_str());
     }
     if let Some(ua) = &r.user_agent {
-        a.str("user_agent.original", ua.as_str());
+        a.string("user_agent.original", ua.as_str());
     }
     if let Some(id) = &r.request_id {
-        a.str(semconv::REQUEST_ID, id.as_str());
+        a.string(semconv::REQUEST_ID, id.as_str());
     }
     if let Some(source) = &r.source {
-        a.workload(&semconv::SOURCE_KEYS, source);
+        workload_attributes(a, &semconv::SOURCE_KEYS, source);
     }
     if let Some(dest) = &r.destination {
-        a.workload(&semconv::DESTINATION_KEYS, dest);
+        workload_attributes(a, &semconv::DESTINATION_KEYS, dest);
     }
+}
+
+/// The attributes shared by a record's span and access log, as `KeyValue`s.
+pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
+    let mut a = Attributes::default();
+    write_record_attributes(r, &mut a, &mut String::new());
     a.0
+}
+
+/// Whether a record's span has error status: failures, and 4xx on the client side
+/// (OpenTelemetry's HTTP conventions).
+pub fn span_failed(r: &RequestRecord) -> bool {
+    r.classification.outcome == Outcome::Failure || (r.side == Side::Outbound && (400..500).contains(&r.status))
+}
+
+/// The span's status message when it failed.
+pub fn status_message(r: &RequestRecord) -> String {
+    r.classification.error_type.clone().unwrap_or_else(|| r.status.to_string())
 }
 
 /// The span name: the gRPC method for gRPC calls, else `{method} {http.route}`, or the
@@ -159,13 +210,8 @@ pub fn span(r: &RequestRecord) -> Span {
         Side::Outbound => SpanKind::Client,
     };
     // Server spans do not mark 4xx as errors; client spans do (OpenTelemetry HTTP conventions).
-    let error = r.classification.outcome == Outcome::Failure
-        || (r.side == Side::Outbound && (400..500).contains(&r.status));
-    let status = if error {
-        Status {
-            code: StatusCode::Error as i32,
-            message: r.classification.error_type.clone().unwrap_or_else(|| r.status.to_string()),
-        }
+    let status = if span_failed(r) {
+        Status { code: StatusCode::Error as i32, message: status_message(r) }
     } else {
         Status::default()
     };
