@@ -240,10 +240,12 @@ pub fn span(r: &RequestRecord) -> Span {
     }
 }
 
-/// The Envoy-style access-log line used as a log record's body.
-pub fn access_log_line(r: &RequestRecord) -> String {
-    format!(
-        "{} {} HTTP/{} {} {} {} {} {}ms {} {}",
+/// Writes the Envoy-style access-log line used as a log record's body.
+pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "{} {} HTTP/{} {} {} {} {} {}ms ",
         r.method,
         r.path,
         r.protocol_version(),
@@ -252,9 +254,21 @@ pub fn access_log_line(r: &RequestRecord) -> String {
         r.request_bytes,
         r.response_bytes,
         r.duration.as_millis(),
-        r.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
-        r.context.trace_id,
-    )
+    );
+    match r.upstream {
+        Some(u) => {
+            let _ = write!(out, "{u}");
+        }
+        None => out.push('-'),
+    }
+    let _ = write!(out, " {}", r.context.trace_id);
+}
+
+/// The Envoy-style access-log line used as a log record's body.
+pub fn access_log_line(r: &RequestRecord) -> String {
+    let mut line = String::new();
+    write_access_log_line(r, &mut line);
+    line
 }
 
 /// One record as an OTLP access-log record.

@@ -180,25 +180,7 @@ impl Encoder {
         put_varint(buf, 2, severity);
         put_len(buf, 3, text.as_bytes());
         self.text.clear();
-        let _ = write!(
-            self.text,
-            "{} {} HTTP/{} {} {} {} {} {}ms ",
-            r.method,
-            r.path,
-            r.protocol_version(),
-            r.status,
-            r.flags,
-            r.request_bytes,
-            r.response_bytes,
-            r.duration.as_millis(),
-        );
-        match r.upstream {
-            Some(u) => {
-                let _ = write!(self.text, "{u}");
-            }
-            None => self.text.push('-'),
-        }
-        let _ = write!(self.text, " {}", r.context.trace_id);
+        otlp::write_access_log_line(r, &mut self.text);
         // body: AnyValue { 1: string_value }
         encode_key(5, WireType::LengthDelimited, buf);
         encode_varint(field_len(self.text.len()) as u64, buf);
