@@ -278,6 +278,12 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
         None => eprintln!("nginx is not installed (apt-get install nginx): its row is left out"),
     }
 
+    // The sidecar as deployed is the slim `meshlens-proxy` binary (no collector, no query
+    // engine); `meshlens proxy` runs the same code from the big binary, with more memory.
+    let sidecar = exe.parent().map(|d| d.join("meshlens-proxy")).filter(|p| p.is_file());
+    if sidecar.is_none() {
+        eprintln!("meshlens-proxy is not built next to this binary (cargo build --release builds it): measuring `meshlens proxy`, whose memory includes the collector's code");
+    }
     let collector_grpc = free_addr()?;
     let (http, web) = (free_addr()?, free_addr()?);
     let collector = spawn(
@@ -295,7 +301,11 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
         let listen = free_addr()?;
         let conf = dir.join(format!("sidecar-{}.toml", rows.len()));
         std::fs::write(&conf, sidecar_config(listen, upstream_addr, otlp)?)?;
-        let proc = spawn(&exe, &["proxy", "--config", &conf.display().to_string(), "--worker-threads", "1"], &log(name))?;
+        let config_arg = conf.display().to_string();
+        let proc = match &sidecar {
+            Some(bin) => spawn(bin, &["--config", &config_arg, "--worker-threads", "1"], &log(name))?,
+            None => spawn(&exe, &["proxy", "--config", &config_arg, "--worker-threads", "1"], &log(name))?,
+        };
         wait_listening(listen, "meshlens-proxy").await?;
         eprintln!("measuring: {name}");
         let target = Target { addr: listen, host: "upstream".into() };
