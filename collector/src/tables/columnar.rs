@@ -3,7 +3,7 @@
 //! copy of the open one, so a query never waits for a seal and never sees half a row.
 //! Eviction drops whole sealed batches, oldest first, by age or by a memory budget.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::collections::VecDeque;
 
 use datafusion::arrow::{
     array::{ArrayBuilder, ArrayRef},
@@ -160,19 +160,6 @@ impl<W: Builders + Default> Table<W> {
         out
     }
 
-    /// The sealed batches (what persistence writes).
-    pub fn sealed_batches(&self) -> impl Iterator<Item = &RecordBatch> {
-        self.sealed.iter().map(|s| &s.batch)
-    }
-
-    /// Adds an already-built batch (read back from disk) as sealed, with its time range.
-    pub fn push_sealed(&mut self, batch: RecordBatch, oldest_nanos: u64, newest_nanos: u64) {
-        let bytes = batch.get_array_memory_size();
-        self.sealed_rows += batch.num_rows();
-        self.sealed_bytes += bytes;
-        self.sealed.push_back(Sealed { batch, newest_nanos, oldest_nanos, bytes });
-    }
-
     /// Rows held.
     pub fn rows(&self) -> usize {
         self.sealed_rows + self.open_rows
@@ -207,12 +194,4 @@ impl<W: Builders + Default> Table<W> {
         self.evicted_rows += rows as u64;
         rows as u64
     }
-}
-
-/// A snapshot shared with a query.
-pub type Snapshot = (SchemaRef, Vec<RecordBatch>);
-
-/// Shares one snapshot among readers.
-pub fn share(table: &Table<impl Builders + Default>) -> Arc<Snapshot> {
-    Arc::new((table.schema().clone(), table.snapshot()))
 }

@@ -4,21 +4,14 @@
 //! plus the mesh attributes (`meshlens.source.*`, `meshlens.destination.*`); the
 //! resource names the sidecar's workload. Metrics are cumulative histograms and sums.
 
-use std::sync::Arc;
-
 use opentelemetry_proto::tonic::{
-    collector::{
-        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
-        trace::v1::ExportTraceServiceRequest,
-    },
+    collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
-    logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
     metrics::v1::{
         AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
         ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
     },
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, span::SpanKind, status::StatusCode},
 };
 
 use meshlens_common::semconv;
@@ -175,13 +168,6 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
 }
 
-/// The attributes shared by a record's span and access log, as `KeyValue`s.
-pub fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
-    let mut a = Attributes::default();
-    write_record_attributes(r, &mut a, &mut String::new());
-    a.0
-}
-
 /// Whether a record's span has error status: failures, and 4xx on the client side
 /// (OpenTelemetry's HTTP conventions).
 pub fn span_failed(r: &RequestRecord) -> bool {
@@ -193,50 +179,16 @@ pub fn status_message(r: &RequestRecord) -> String {
     r.classification.error_type.clone().unwrap_or_else(|| r.status.to_string())
 }
 
-/// The span name: the gRPC method for gRPC calls, else `{method} {http.route}`, or the
-/// method alone when no route template matched (OpenTelemetry's HTTP conventions).
-pub fn span_name(r: &RequestRecord) -> String {
+/// Writes the span name: the gRPC method for gRPC calls, else `{method} {http.route}`, or
+/// the method alone when no route template matched (OpenTelemetry's HTTP conventions).
+pub fn write_span_name(r: &RequestRecord, out: &mut String) {
+    use std::fmt::Write;
     match &r.route {
-        _ if r.grpc => r.path.trim_start_matches('/').to_owned(),
-        Some(route) => format!("{} {route}", r.method),
-        None => r.method.as_str().to_owned(),
-    }
-}
-
-/// One record as an OTLP span.
-pub fn span(r: &RequestRecord) -> Span {
-    let kind = match r.side {
-        Side::Inbound => SpanKind::Server,
-        Side::Outbound => SpanKind::Client,
-    };
-    // Server spans do not mark 4xx as errors; client spans do (OpenTelemetry HTTP conventions).
-    let status = if span_failed(r) {
-        Status { code: StatusCode::Error as i32, message: status_message(r) }
-    } else {
-        Status::default()
-    };
-    Span {
-        trace_id: r.context.trace_id.0.to_vec(),
-        span_id: r.context.span_id.0.to_vec(),
-        parent_span_id: r.context.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
-        flags: u32::from(r.context.sampled) | 0x100,
-        name: span_name(r),
-        kind: kind as i32,
-        start_time_unix_nano: r.start_unix_nanos,
-        end_time_unix_nano: r.start_unix_nanos + r.duration.as_nanos() as u64,
-        attributes: record_attributes(r),
-        events: r
-            .events
-            .iter()
-            .map(|e| span::Event {
-                time_unix_nano: r.start_unix_nanos + e.offset.as_nanos() as u64,
-                name: e.name.into(),
-                attributes: e.message.iter().map(|m| string_kv("exception.message", m.as_str())).collect(),
-                ..Default::default()
-            })
-            .collect(),
-        status: Some(status),
-        ..Default::default()
+        _ if r.grpc => out.push_str(r.path.trim_start_matches('/')),
+        Some(route) => {
+            let _ = write!(out, "{} {route}", r.method);
+        }
+        None => out.push_str(r.method.as_str()),
     }
 }
 
@@ -262,69 +214,6 @@ pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
         None => out.push('-'),
     }
     let _ = write!(out, " {}", r.context.trace_id);
-}
-
-/// The Envoy-style access-log line used as a log record's body.
-pub fn access_log_line(r: &RequestRecord) -> String {
-    let mut line = String::new();
-    write_access_log_line(r, &mut line);
-    line
-}
-
-/// One record as an OTLP access-log record.
-pub fn log_record(r: &RequestRecord) -> LogRecord {
-    let severity = match r.classification.outcome {
-        Outcome::Success => SeverityNumber::Info,
-        Outcome::Failure => SeverityNumber::Warn,
-    };
-    let end = r.start_unix_nanos + r.duration.as_nanos() as u64;
-    LogRecord {
-        time_unix_nano: r.start_unix_nanos,
-        observed_time_unix_nano: end,
-        severity_number: severity as i32,
-        severity_text: if severity == SeverityNumber::Info { "INFO" } else { "WARN" }.into(),
-        body: Some(AnyValue { value: Some(Value::StringValue(access_log_line(r))) }),
-        attributes: {
-            let mut attrs = record_attributes(r);
-            attrs.push(string_kv("event.name", semconv::ACCESS_LOG_EVENT));
-            attrs.push(kv(semconv::DURATION_NS, Value::IntValue(r.duration.as_nanos() as i64)));
-            attrs
-        },
-        flags: u32::from(r.context.sampled),
-        trace_id: r.context.trace_id.0.to_vec(),
-        span_id: r.context.span_id.0.to_vec(),
-        ..Default::default()
-    }
-}
-
-/// A trace export request for a batch.
-pub fn trace_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(scope()),
-                spans: batch.iter().map(|r| span(r)).collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-/// A logs export request for a batch.
-pub fn logs_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(resource.clone()),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(scope()),
-                log_records: batch.iter().map(|r| log_record(r)).collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
 }
 
 fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
@@ -485,5 +374,132 @@ pub fn metrics_request(
             scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
             ..Default::default()
         }],
+    }
+}
+
+/// The same span and log messages built as prost structs: the reference `wire`'s bytes are
+/// checked against.
+#[cfg(test)]
+pub(crate) mod reference {
+    use std::sync::Arc;
+
+    use opentelemetry_proto::tonic::{
+        collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest},
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
+        resource::v1::Resource,
+        trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, span::SpanKind, status::StatusCode},
+    };
+
+    use meshlens_common::semconv;
+
+    use super::*;
+    use crate::classify::Outcome;
+
+    /// The attributes shared by a record's span and access log, as `KeyValue`s.
+    pub(crate) fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
+        let mut a = Attributes::default();
+        write_record_attributes(r, &mut a, &mut String::new());
+        a.0
+    }
+
+    /// One record as an OTLP span.
+    pub(crate) fn span(r: &RequestRecord) -> Span {
+        let kind = match r.side {
+            Side::Inbound => SpanKind::Server,
+            Side::Outbound => SpanKind::Client,
+        };
+        // Server spans do not mark 4xx as errors; client spans do (OpenTelemetry HTTP conventions).
+        let status = if span_failed(r) {
+            Status { code: StatusCode::Error as i32, message: status_message(r) }
+        } else {
+            Status::default()
+        };
+        Span {
+            trace_id: r.context.trace_id.0.to_vec(),
+            span_id: r.context.span_id.0.to_vec(),
+            parent_span_id: r.context.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+            flags: u32::from(r.context.sampled) | 0x100,
+            name: { let mut n = String::new(); write_span_name(r, &mut n); n },
+            kind: kind as i32,
+            start_time_unix_nano: r.start_unix_nanos,
+            end_time_unix_nano: r.start_unix_nanos + r.duration.as_nanos() as u64,
+            attributes: record_attributes(r),
+            events: r
+                .events
+                .iter()
+                .map(|e| span::Event {
+                    time_unix_nano: r.start_unix_nanos + e.offset.as_nanos() as u64,
+                    name: e.name.into(),
+                    attributes: e.message.iter().map(|m| string_kv("exception.message", m.as_str())).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            status: Some(status),
+            ..Default::default()
+        }
+    }
+
+    /// The Envoy-style access-log line used as a log record's body.
+    pub(crate) fn access_log_line(r: &RequestRecord) -> String {
+        let mut line = String::new();
+        write_access_log_line(r, &mut line);
+        line
+    }
+
+    /// One record as an OTLP access-log record.
+    pub(crate) fn log_record(r: &RequestRecord) -> LogRecord {
+        let severity = match r.classification.outcome {
+            Outcome::Success => SeverityNumber::Info,
+            Outcome::Failure => SeverityNumber::Warn,
+        };
+        let end = r.start_unix_nanos + r.duration.as_nanos() as u64;
+        LogRecord {
+            time_unix_nano: r.start_unix_nanos,
+            observed_time_unix_nano: end,
+            severity_number: severity as i32,
+            severity_text: if severity == SeverityNumber::Info { "INFO" } else { "WARN" }.into(),
+            body: Some(AnyValue { value: Some(Value::StringValue(access_log_line(r))) }),
+            attributes: {
+                let mut attrs = record_attributes(r);
+                attrs.push(string_kv("event.name", semconv::ACCESS_LOG_EVENT));
+                attrs.push(kv(semconv::DURATION_NS, Value::IntValue(r.duration.as_nanos() as i64)));
+                attrs
+            },
+            flags: u32::from(r.context.sampled),
+            trace_id: r.context.trace_id.0.to_vec(),
+            span_id: r.context.span_id.0.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// A trace export request for a batch.
+    pub(crate) fn trace_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans: batch.iter().map(|r| span(r)).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// A logs export request for a batch.
+    pub(crate) fn logs_request(resource: &Resource, batch: &[Arc<RequestRecord>]) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records: batch.iter().map(|r| log_record(r)).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
     }
 }

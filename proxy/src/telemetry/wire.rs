@@ -3,13 +3,11 @@
 //! Building prost messages costs two allocations per attribute (key and value strings) and
 //! a second pass to encode; at tens of thousands of requests per second that was most of
 //! the sidecar's telemetry cost. Here each record's span or log record is written field
-//! by field into reused buffers, from the same attribute description the prost path uses
-//! ([`otlp::write_record_attributes`]). A test decodes these bytes with prost and compares
-//! them with the prost-built messages.
+//! by field into reused buffers, from the attribute description in [`otlp::write_record_attributes`]. A test decodes
+//! these bytes with prost and compares them with the same messages built as prost structs
+//! (`otlp::reference`, test-only).
 //!
 //! Field numbers are those of `opentelemetry/proto/{trace,logs,common}/v1/*.proto`.
-
-use std::fmt::Write as _;
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
@@ -134,13 +132,7 @@ impl Encoder {
             put_len(buf, 4, &parent.0);
         }
         self.text.clear();
-        match &r.route {
-            _ if r.grpc => self.text.push_str(r.path.trim_start_matches('/')),
-            Some(route) => {
-                let _ = write!(self.text, "{} {route}", r.method);
-            }
-            None => self.text.push_str(r.method.as_str()),
-        }
+        otlp::write_span_name(r, &mut self.text);
         put_len(buf, 5, self.text.as_bytes());
         let kind = match r.side {
             Side::Inbound => 2u64,  // SPAN_KIND_SERVER
@@ -260,10 +252,10 @@ mod tests {
             // Twice: reused buffers must not leak one request into the next.
             let bytes = encoder.trace_request(&resource_bytes, &scope_bytes, &batch);
             let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
-            assert_eq!(decoded, otlp::trace_request(&resource, &batch));
+            assert_eq!(decoded, otlp::reference::trace_request(&resource, &batch));
             let bytes = encoder.logs_request(&resource_bytes, &scope_bytes, &batch);
             let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
-            assert_eq!(decoded, otlp::logs_request(&resource, &batch));
+            assert_eq!(decoded, otlp::reference::logs_request(&resource, &batch));
         }
     }
 }
