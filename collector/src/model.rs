@@ -166,17 +166,6 @@ pub fn intern(key: &str) -> Arc<str> {
     })
 }
 
-/// Attributes as one JSON object (the first of repeated keys wins), skipping `skip` keys.
-pub fn attributes_json(attributes: &Attributes, skip: impl Fn(&str) -> bool) -> String {
-    let mut map = serde_json::Map::new();
-    for (k, v) in attributes {
-        if !skip(k) && !map.contains_key(&**k) {
-            map.insert(k.to_string(), v.to_json());
-        }
-    }
-    serde_json::Value::Object(map).to_string()
-}
-
 /// Looks up an attribute by key.
 pub fn attr<'a>(attributes: &'a Attributes, key: &str) -> Option<&'a Value> {
     attributes.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)

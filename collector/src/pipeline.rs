@@ -1,7 +1,7 @@
 //! The collector's shared state and the one ingest path every transport feeds.
 //!
 //! An accepted batch of spans goes to the topology first (edges and rollups), then to
-//! the per-edge metrics, then to the trace store. Locks are held only for in-memory
+//! the per-edge metrics, then to the `spans` table (which is also the trace store). Locks are held only for in-memory
 //! updates; nothing on this path waits on I/O.
 
 use std::{
@@ -15,7 +15,7 @@ use crate::{
     metrics::{CollectorMetrics, IngestLabels, StoreLabels},
     model::{LogRecord, MetricPoint, Span},
     sql::SqlEngine,
-    store::{SignalStore, TraceStore},
+    store::SignalStore,
     tables::{Retention, Tables},
     topology::Topology,
 };
@@ -53,8 +53,6 @@ impl Transport {
 /// Everything the collector holds.
 #[derive(Debug)]
 pub struct Pipeline {
-    /// Traces.
-    pub traces: RwLock<TraceStore>,
     /// Logs and metric points.
     pub signals: RwLock<SignalStore>,
     /// Edges and rollups.
@@ -77,14 +75,17 @@ impl Pipeline {
     /// Empty stores sized by `config`.
     pub fn new(config: &CollectorConfig) -> Arc<Self> {
         Arc::new(Self {
-            traces: RwLock::new(TraceStore::new(config.max_spans)),
             signals: RwLock::new(SignalStore::new(config.max_log_records, config.max_metric_points)),
             topology: RwLock::new(Topology::new(
                 config.match_window.as_nanos() as u64,
                 config.max_pending_matches,
                 config.rollup_retention.as_secs(),
             )),
-            tables: RwLock::new(Tables::new(Retention { max_age: config.retention, memory_budget: config.memory_budget })),
+            tables: RwLock::new(Tables::new(Retention {
+                max_age: config.retention,
+                memory_budget: config.memory_budget,
+                max_spans: config.max_spans,
+            })),
             sql: SqlEngine::new(config.sql),
             admission: Admission::new(config.ingest_inflight_bytes),
             metrics: CollectorMetrics::new(config.istio_metrics),
@@ -115,13 +116,7 @@ impl Pipeline {
             self.metrics.observe_edge(o);
         }
         if let Ok(mut tables) = self.tables.write() {
-            tables.add_spans(spans.iter().map(|s| &**s));
-        }
-        if let Ok(mut traces) = self.traces.write() {
-            let before = traces.evicted_spans();
-            traces.insert(spans);
-            let evicted = traces.evicted_spans() - before;
-            self.metrics.evicted.get_or_create(&StoreLabels { kind: "spans" }).inc_by(evicted);
+            tables.add_spans(spans);
         }
     }
 
@@ -187,20 +182,16 @@ impl Pipeline {
         let set = |kind, v: usize| {
             self.metrics.stored.get_or_create(&StoreLabels { kind }).set(v as i64);
         };
-        if let Ok(traces) = self.traces.read() {
-            set("spans", traces.span_count());
-            set("traces", traces.trace_count());
-        }
         if let Ok(signals) = self.signals.read() {
             let (logs, points, _, _) = signals.sizes();
             set("log_records", logs);
             set("metric_points", points);
         }
         if let Ok(tables) = self.tables.read() {
-            set("span_rows", tables.spans.rows());
+            set("span_rows", tables.spans.span_count());
             set("log_rows", tables.logs.rows());
             let memory = |kind, v: usize| self.metrics.memory.get_or_create(&StoreLabels { kind }).set(v as i64);
-            memory("spans", tables.spans.bytes());
+            memory("spans", tables.spans.table().bytes());
             memory("logs", tables.logs.bytes());
         }
         if let Ok(topology) = self.topology.read() {

@@ -104,8 +104,21 @@ fn check(name: &str, actual: &serde_json::Value) {
 
 #[tokio::test]
 async fn jaeger_answers_match_the_golden_files() {
+    answers_match(false).await;
+}
+
+/// The same answers once the spans are sealed into a columnar batch and rebuilt from it.
+#[tokio::test]
+async fn jaeger_answers_from_sealed_spans_match_the_golden_files() {
+    answers_match(true).await;
+}
+
+async fn answers_match(sealed: bool) {
     let pipeline = Pipeline::new(&CollectorConfig::default());
     Traces::accept(&pipeline, &span_set(), Transport::Http);
+    if sealed {
+        pipeline.tables.write().expect("tables").spans.seal();
+    }
     let app = meshlens_collector::api::app(pipeline);
     let start_us = T0 / 1000;
     check("services", &get(&app, "/api/services").await);

@@ -250,7 +250,7 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
 
 /// Waits until something accepts connections at `addr`.
 pub fn wait_listening(addr: SocketAddr, what: &str) {
-    wait_for(&format!("{what} to listen on {addr}"), Duration::from_secs(20), || {
+    wait_for(&format!("{what} to listen on {addr}"), Duration::from_secs(60), || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
     });
 }

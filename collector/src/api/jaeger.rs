@@ -22,7 +22,7 @@ use serde_json::{Value as Json_, json};
 use crate::{
     model::{Attributes, Resource, Span, SpanKind, StatusCode as SpanStatus, TraceId, Value},
     pipeline::{Pipeline, now_nanos},
-    store::TraceQuery,
+    tables::TraceQuery,
     topology::{Grouping, NodeKind},
 };
 
@@ -105,13 +105,13 @@ fn read_store<T>(lock: &std::sync::RwLock<T>) -> Result<std::sync::RwLockReadGua
 }
 
 async fn services(State(p): State<Arc<Pipeline>>) -> Result<Response, JaegerError> {
-    let services: Vec<String> = read_store(&p.traces)?.services().iter().map(|s| s.to_string()).collect();
+    let services: Vec<String> = read_store(&p.tables)?.spans.services().iter().map(|s| s.to_string()).collect();
     let total = services.len();
     Ok(envelope(services, total))
 }
 
 async fn service_operations(State(p): State<Arc<Pipeline>>, Path(service): Path<String>) -> Result<Response, JaegerError> {
-    let mut names: Vec<String> = read_store(&p.traces)?.operations(&service).into_iter().map(|(n, _)| n).collect();
+    let mut names: Vec<String> = read_store(&p.tables)?.spans.operations(&service).into_iter().map(|(n, _)| n).collect();
     names.dedup();
     let total = names.len();
     Ok(envelope(names, total))
@@ -133,7 +133,8 @@ async fn operations(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) -> 
     let params = Params::parse(raw);
     let service = params.get("service").ok_or_else(|| JaegerError::bad_request("parameter 'service' is required"))?;
     let kind = params.get("spanKind").map(parse_span_kind).transpose()?;
-    let ops: Vec<Json_> = read_store(&p.traces)?
+    let ops: Vec<Json_> = read_store(&p.tables)?
+        .spans
         .operations(service)
         .into_iter()
         .filter(|(_, k)| kind.is_none_or(|want| *k == want))
@@ -199,7 +200,7 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
         .all("traceID")
         .map(|t| TraceId::parse_hex(t).ok_or_else(|| JaegerError::bad_request(format!("cannot parse traceID param: {t:?}"))))
         .collect::<Result<_, _>>()?;
-    let store = read_store(&p.traces)?;
+    let store = read_store(&p.tables)?.spans.view();
     let traces: Vec<Json_> = if !ids.is_empty() {
         ids.iter().filter_map(|id| store.get(id)).map(|spans| trace_json(&spans)).collect()
     } else {
@@ -216,7 +217,8 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
 async fn get_trace(State(p): State<Arc<Pipeline>>, Path(trace_id): Path<String>) -> Result<Response, JaegerError> {
     let id = TraceId::parse_hex(&trace_id)
         .ok_or_else(|| JaegerError::bad_request(format!("cannot parse traceID {trace_id:?}: expected 1 to 32 hex digits")))?;
-    match read_store(&p.traces)?.get(&id) {
+    let view = read_store(&p.tables)?.spans.view();
+    match view.get(&id) {
         Some(spans) => Ok(envelope([trace_json(&spans)], 1)),
         None => Err(JaegerError { status: StatusCode::NOT_FOUND, message: "trace not found".into() }),
     }

@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::{
     model::{Attributes, Resource, Span, SpanKind, StatusCode as SpanStatus, TraceId, Value},
     pipeline::Pipeline,
-    store::TraceQuery,
+    tables::TraceQuery,
 };
 
 /// The routes.
@@ -152,7 +152,7 @@ fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 async fn services(State(p): State<Arc<Pipeline>>) -> Result<Response, V3Error> {
-    let services: Vec<String> = p.traces.read().map_err(internal)?.services().iter().map(|s| s.to_string()).collect();
+    let services: Vec<String> = p.tables.read().map_err(internal)?.spans.services().iter().map(|s| s.to_string()).collect();
     Ok(Json(json!({ "services": services })).into_response())
 }
 
@@ -161,9 +161,10 @@ async fn operations(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) -> 
     let service = param(&params, "service").ok_or_else(|| bad("parameter service is required".into()))?;
     let kind = param(&params, "span_kind");
     let operations: Vec<serde_json::Value> = p
-        .traces
+        .tables
         .read()
         .map_err(internal)?
+        .spans
         .operations(service)
         .into_iter()
         .filter(|(_, k)| kind.is_none_or(|want| k.as_str() == want))
@@ -174,7 +175,8 @@ async fn operations(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) -> 
 
 async fn get_trace(State(p): State<Arc<Pipeline>>, Path(trace_id): Path<String>) -> Result<Response, V3Error> {
     let id = TraceId::parse_hex(&trace_id).ok_or_else(|| bad(format!("malformed parameter trace_id: {trace_id:?}")))?;
-    let spans = p.traces.read().map_err(internal)?.get(&id).ok_or_else(|| V3Error(StatusCode::NOT_FOUND, "trace not found".into()))?;
+    let view = p.tables.read().map_err(internal)?.spans.view();
+    let spans = view.get(&id).ok_or_else(|| V3Error(StatusCode::NOT_FOUND, "trace not found".into()))?;
     Ok(Json(traces_data(&spans)).into_response())
 }
 
@@ -202,6 +204,7 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
         },
         ..TraceQuery::default()
     };
-    let traces = p.traces.read().map_err(internal)?.search(&query);
+    let view = p.tables.read().map_err(internal)?.spans.view();
+    let traces = view.search(&query);
     Ok(Json(traces_data(traces.iter().flatten())).into_response())
 }

@@ -119,11 +119,14 @@ pub fn value(v: &AnyValue) -> Option<Value> {
     })
 }
 
-/// Converts OTLP attributes, dropping those without a value.
+/// Converts OTLP attributes, dropping those without a value, sorted by key (repeated keys
+/// keep their order), so a span reads the same whether it comes from memory or is rebuilt
+/// from the `spans` table.
 pub fn attributes(kvs: &[KeyValue]) -> Attributes {
-    kvs.iter()
-        .filter_map(|kv| Some((crate::model::intern(&kv.key), value(kv.value.as_ref()?)?)))
-        .collect()
+    let mut out: Attributes =
+        kvs.iter().filter_map(|kv| Some((crate::model::intern(&kv.key), value(kv.value.as_ref()?)?))).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Converts a resource; the service is `service.name` or `unknown_service`.

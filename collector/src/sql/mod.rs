@@ -236,7 +236,7 @@ fn snapshot(pipeline: &Pipeline, name: &str) -> Result<Vec<RecordBatch>, SqlErro
             edges::edges_batch(topology.rollups().buckets())
         }
         _ => {
-            let operations = pipeline.traces.read().map_err(poisoned)?.operation_counts();
+            let operations = pipeline.tables.read().map_err(poisoned)?.spans.operation_counts();
             let topology = pipeline.topology.read().map_err(poisoned)?;
             edges::services_batch(topology.rollups().buckets(), &operations)
         }
@@ -252,7 +252,7 @@ mod tests {
         ingest::convert::Converted,
         model::{SpanKind, Value},
         pipeline::Transport,
-        store::traces::tests::span,
+        tables::traces::tests::span,
     };
 
     fn pipeline_with_spans(n: u8, limits: SqlLimits) -> Arc<Pipeline> {

@@ -1,9 +1,7 @@
-//! Where accepted telemetry is kept: traces by ID with per-service indexes, and bounded
-//! buffers of log records and metric points. Each store evicts its oldest data first
-//! when it reaches its configured size, and counts what it evicted.
+//! Where accepted logs and metric points are kept for the APIs: bounded buffers that
+//! evict their oldest data first when they reach their configured size, and count what
+//! they evicted. (Spans are kept in the `spans` table, see [`crate::tables::traces`].)
 
 pub mod signals;
-pub mod traces;
 
 pub use signals::SignalStore;
-pub use traces::{TraceQuery, TraceStore};

@@ -1,12 +1,15 @@
 //! An append-only columnar table: rows go into Arrow builders, which are sealed into an
 //! immutable `RecordBatch` every [`SEAL_ROWS`] rows. Readers get the sealed batches plus a
 //! copy of the open one, so a query never waits for a seal and never sees half a row.
-//! Eviction drops whole sealed batches, oldest first, by age or by a memory budget.
+//! A table may name a column its sealed batches are sorted by (the `spans` table sorts by
+//! trace ID, so one trace is a binary search per batch). Eviction drops whole sealed
+//! batches, oldest first, by age or by a memory budget.
 
 use std::collections::VecDeque;
 
 use datafusion::arrow::{
     array::{ArrayBuilder, ArrayRef},
+    compute::{sort_to_indices, take_record_batch},
     datatypes::SchemaRef,
     record_batch::RecordBatch,
 };
@@ -20,17 +23,34 @@ pub trait Builders: Send + Sync + 'static {
     fn each(&self) -> Vec<&dyn ArrayBuilder>;
     /// Each column's builder, for sealing.
     fn each_mut(&mut self) -> Vec<&mut dyn ArrayBuilder>;
+    /// The column sealed batches are sorted by, if any.
+    fn sorted_by() -> Option<&'static str>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// Implements [`Builders`] for a struct whose listed fields are its columns' builders.
+/// Optionally `sorted_by "column"` after the struct name.
 macro_rules! column_builders {
     ($ty:ident { $($field:ident),* $(,)? }) => {
+        $crate::tables::columnar::column_builders!(@impl $ty, None, { $($field),* });
+    };
+    ($ty:ident sorted_by $column:literal { $($field:ident),* $(,)? }) => {
+        $crate::tables::columnar::column_builders!(@impl $ty, Some($column), { $($field),* });
+    };
+    (@impl $ty:ident, $sorted:expr, { $($field:ident),* }) => {
         impl $crate::tables::columnar::Builders for $ty {
             fn each(&self) -> Vec<&dyn datafusion::arrow::array::ArrayBuilder> {
                 vec![$(&self.$field),*]
             }
             fn each_mut(&mut self) -> Vec<&mut dyn datafusion::arrow::array::ArrayBuilder> {
                 vec![$(&mut self.$field),*]
+            }
+            fn sorted_by() -> Option<&'static str> {
+                $sorted
             }
         }
 
@@ -49,11 +69,15 @@ pub trait RowWriter<T>: Builders + Default {
     fn append(&mut self, item: &T) -> u64;
 }
 
-#[derive(Debug)]
-struct Sealed {
-    batch: RecordBatch,
-    newest_nanos: u64,
-    oldest_nanos: u64,
+/// A sealed batch with the time range of its rows.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The rows.
+    pub batch: RecordBatch,
+    /// The newest row time, Unix nanoseconds.
+    pub newest_nanos: u64,
+    /// The oldest row time, Unix nanoseconds.
+    pub oldest_nanos: u64,
     bytes: usize,
 }
 
@@ -83,6 +107,13 @@ impl<W> std::fmt::Debug for Table<W> {
 
 fn seal_columns(columns: Vec<&mut dyn ArrayBuilder>) -> Vec<ArrayRef> {
     columns.into_iter().map(|b| b.finish()).collect()
+}
+
+/// The batch with its rows sorted by `column`.
+fn sorted(batch: RecordBatch, column: &str) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let Some(key) = batch.column_by_name(column) else { return Ok(batch) };
+    let order = sort_to_indices(key, None, None)?;
+    take_record_batch(&batch, &order)
 }
 
 impl<W: Builders + Default> Table<W> {
@@ -128,7 +159,11 @@ impl<W: Builders + Default> Table<W> {
             return;
         }
         let columns = seal_columns(self.open.each_mut());
-        match RecordBatch::try_new(self.schema.clone(), columns) {
+        let batch = RecordBatch::try_new(self.schema.clone(), columns);
+        match batch.and_then(|b| match W::sorted_by() {
+            Some(column) => sorted(b, column),
+            None => Ok(b),
+        }) {
             Ok(batch) => {
                 let bytes = batch.get_array_memory_size();
                 self.sealed_rows += batch.num_rows();
@@ -158,6 +193,16 @@ impl<W: Builders + Default> Table<W> {
             }
         }
         out
+    }
+
+    /// The sealed batches, oldest first.
+    pub fn sealed(&self) -> impl DoubleEndedIterator<Item = &Sealed> {
+        self.sealed.iter()
+    }
+
+    /// Rows in the open batch.
+    pub fn open_rows(&self) -> usize {
+        self.open_rows
     }
 
     /// Rows held.

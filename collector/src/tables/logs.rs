@@ -9,7 +9,8 @@ use super::{
     columnar::{RowWriter, column_builders},
     spans::signed,
 };
-use crate::model::{LogRecord, attr, attributes_json};
+use super::json::write_attributes;
+use crate::model::{LogRecord, attr};
 
 type Dict = StringDictionaryBuilder<Int32Type>;
 
@@ -25,6 +26,7 @@ pub struct LogRows {
     event_name: Dict,
     attributes: StringBuilder,
     resource: Dict,
+    json: Vec<u8>,
 }
 
 column_builders!(LogRows { time, service, severity_number, severity, body, trace_id, span_id, event_name, attributes, resource });
@@ -42,6 +44,7 @@ impl Default for LogRows {
             event_name: Dict::new(),
             attributes: StringBuilder::new(),
             resource: Dict::new(),
+            json: Vec::with_capacity(256),
         }
     }
 }
@@ -56,8 +59,12 @@ impl RowWriter<LogRecord> for LogRows {
         self.trace_id.append_option(log.trace_id.map(|t| t.to_string()));
         self.span_id.append_option(log.span_id.map(|s| s.to_string()));
         self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
-        self.attributes.append_value(attributes_json(&log.attributes, |_| false));
-        self.resource.append_value(attributes_json(&log.resource.attributes, |_| false));
+        self.json.clear();
+        write_attributes(&mut self.json, &log.attributes, |_, _| false);
+        self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
+        self.json.clear();
+        write_attributes(&mut self.json, &log.resource.attributes, |_, _| false);
+        self.resource.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
         log.time_unix_nanos
     }
 }

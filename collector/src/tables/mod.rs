@@ -1,23 +1,28 @@
-//! The SQL tables: `spans` and `logs` are columnar tables appended on ingest
-//! ([`columnar`]); `edges` and `services` are built from the topology's rollups when a
-//! query reads them ([`edges`]). Schemas are defined once in [`schema`].
+//! The tables: `spans` and `logs` are columnar tables appended on ingest ([`columnar`]);
+//! `spans` is also the trace store the Jaeger APIs read ([`traces`]); `edges` and
+//! `services` are built from the topology's rollups when a query reads them ([`edges`]).
+//! Schemas are defined once in [`schema`].
 //!
 //! Retention: sealed batches are evicted oldest first when their newest row is older than
-//! the configured age, and while the two tables together exceed the memory budget.
+//! the configured age, while the two tables together exceed the memory budget, and while
+//! the spans exceed their row limit.
 
 pub mod columnar;
 pub mod edges;
+pub mod json;
 pub mod logs;
 pub mod schema;
 pub mod spans;
+pub mod traces;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::model::{LogRecord, Span};
 
 pub use columnar::Table;
+pub use traces::{SpanTable, SpanView, TraceQuery};
 
 /// Retention limits.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +31,8 @@ pub struct Retention {
     pub max_age: Duration,
     /// The spans and logs tables together stay under this many bytes.
     pub memory_budget: usize,
+    /// At most this many spans are kept.
+    pub max_spans: usize,
 }
 
 /// What one enforcement pass evicted.
@@ -40,8 +47,8 @@ pub struct Evicted {
 /// The appended tables.
 #[derive(Debug)]
 pub struct Tables {
-    /// `spans`.
-    pub spans: Table<spans::SpanRows>,
+    /// `spans`, with trace lookups.
+    pub spans: SpanTable,
     /// `logs`.
     pub logs: Table<logs::LogRows>,
     retention: Retention,
@@ -51,15 +58,15 @@ impl Tables {
     /// Empty tables with these limits.
     pub fn new(retention: Retention) -> Self {
         Self {
-            spans: Table::new(schema::schema(schema::SPANS)),
+            spans: SpanTable::default(),
             logs: Table::new(schema::schema(schema::LOGS)),
             retention,
         }
     }
 
     /// Appends spans.
-    pub fn add_spans<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>) {
-        self.spans.extend(spans);
+    pub fn add_spans(&mut self, spans: impl IntoIterator<Item = Arc<Span>>) {
+        self.spans.insert(spans);
     }
 
     /// Appends log records.
@@ -69,18 +76,22 @@ impl Tables {
 
     /// Bytes held by both tables.
     pub fn bytes(&self) -> usize {
-        self.spans.bytes() + self.logs.bytes()
+        self.spans.table().bytes() + self.logs.bytes()
     }
 
     /// Evicts by age, then by memory (whichever table holds the oldest batch goes first).
     pub fn enforce(&mut self, now_nanos: u64) -> Evicted {
         let cutoff = now_nanos.saturating_sub(self.retention.max_age.as_nanos() as u64);
-        let mut evicted =
-            Evicted { spans: self.spans.evict_older_than(cutoff), logs: self.logs.evict_older_than(cutoff) };
+        let spans = self.spans.table_mut();
+        let mut evicted = Evicted { spans: spans.evict_older_than(cutoff), logs: self.logs.evict_older_than(cutoff) };
+        while spans.rows() > self.retention.max_spans && spans.oldest_sealed().is_some() {
+            evicted.spans += spans.pop_oldest();
+        }
         while self.bytes() > self.retention.memory_budget {
-            match (self.spans.oldest_sealed(), self.logs.oldest_sealed()) {
+            let spans = self.spans.table_mut();
+            match (spans.oldest_sealed(), self.logs.oldest_sealed()) {
                 (Some(s), Some(l)) if l < s => evicted.logs += self.logs.pop_oldest(),
-                (Some(_), _) => evicted.spans += self.spans.pop_oldest(),
+                (Some(_), _) => evicted.spans += spans.pop_oldest(),
                 (None, Some(_)) => evicted.logs += self.logs.pop_oldest(),
                 (None, None) => break,
             }
@@ -91,7 +102,7 @@ impl Tables {
     /// A snapshot of one appended table by name.
     pub fn snapshot(&self, name: &str) -> Option<Vec<RecordBatch>> {
         match name {
-            "spans" => Some(self.spans.snapshot()),
+            "spans" => Some(self.spans.table().snapshot()),
             "logs" => Some(self.logs.snapshot()),
             _ => None,
         }
@@ -101,25 +112,25 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::SpanKind, store::traces::tests::span};
+    use crate::{model::SpanKind, tables::traces::tests::span};
 
     #[test]
     fn retention_evicts_oldest_batches_by_age_and_by_memory() {
-        let mut tables = Tables::new(Retention { max_age: Duration::from_secs(60), memory_budget: usize::MAX });
+        let mut tables = Tables::new(Retention { max_age: Duration::from_secs(60), memory_budget: usize::MAX, max_spans: usize::MAX });
         let old: Vec<_> = (0..columnar::SEAL_ROWS).map(|i| span(1, (i % 250) as u8 + 1, None, "a", SpanKind::Server, 1_000, 1)).collect();
-        tables.add_spans(old.iter().map(|s| &**s));
+        tables.add_spans(old);
         let now_ms = 1_000 + 3_600_000;
         let fresh: Vec<_> = (0..columnar::SEAL_ROWS).map(|_| span(2, 1, None, "a", SpanKind::Server, now_ms, 1)).collect();
-        tables.add_spans(fresh.iter().map(|s| &**s));
-        assert_eq!(tables.spans.rows(), 2 * columnar::SEAL_ROWS);
+        tables.add_spans(fresh);
+        assert_eq!(tables.spans.span_count(), 2 * columnar::SEAL_ROWS);
         let evicted = tables.enforce(now_ms * 1_000_000);
         assert_eq!(evicted.spans, columnar::SEAL_ROWS as u64, "the hour-old batch goes");
-        assert_eq!(tables.spans.rows(), columnar::SEAL_ROWS);
-        let per_span = tables.spans.bytes() / tables.spans.rows();
+        assert_eq!(tables.spans.span_count(), columnar::SEAL_ROWS);
+        let per_span = tables.spans.table().bytes() / tables.spans.span_count();
         assert!(per_span > 0, "memory is measured");
         tables.retention.memory_budget = 1;
         let evicted = tables.enforce(now_ms * 1_000_000);
         assert_eq!(evicted.spans, columnar::SEAL_ROWS as u64, "over budget: the rest goes");
-        assert_eq!(tables.spans.evicted_rows, 2 * columnar::SEAL_ROWS as u64);
+        assert_eq!(tables.spans.table().evicted_rows, 2 * columnar::SEAL_ROWS as u64);
     }
 }

@@ -90,9 +90,11 @@ pub const SPANS: &[Column] = &[
     col("destination_version", Dict, true, "`meshlens.destination.version`."),
     col("destination_namespace", Dict, true, "`meshlens.destination.namespace`."),
     col("response_flags", Dict, true, "`meshlens.response_flags` (Envoy-style: UF, UT, NR, …)."),
-    col("attributes", Text, false, "Every other span attribute, as a JSON object."),
+    col("attributes", Text, false, "Every other span attribute (incl. `peer.service`), as a JSON object in arrival order."),
     col("resource", Dict, false, "Resource attributes, as a JSON object."),
     col("events", Text, true, "Span events as a JSON array of {time_unix_nano, name, attributes}; null when none."),
+    col("links", Text, true, "Links to other spans as a JSON array of {trace_id, span_id}; null when none."),
+    col("scope", Dict, false, "Instrumentation scope name (empty when not given)."),
 ];
 
 /// `logs`: one row per log record (sidecar access logs and application logs).

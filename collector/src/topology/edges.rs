@@ -395,7 +395,7 @@ impl EdgeDeriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::traces::tests::span;
+    use crate::tables::traces::tests::span;
 
     fn with_attrs(s: Arc<Span>, attrs: &[(&str, &str)]) -> Span {
         let mut s = (*s).clone();

@@ -1,0 +1,144 @@
+//! Attributes as JSON objects, the form the tables keep them in: written straight into a
+//! byte buffer at ingest (no intermediate map, keys in arrival order, the first of
+//! repeated keys wins) and read back, in the same order, when a stored span is rebuilt.
+//!
+//! Strings, booleans and numbers are themselves; arrays and maps (kept as JSON text in
+//! [`Value::Json`]) are embedded as JSON; a non-finite double is `null`.
+
+use std::{fmt, sync::Arc};
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+use crate::model::{Attributes, Value, intern, shared_value};
+
+/// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts.
+pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(&str, &Value) -> bool) {
+    out.push(b'{');
+    let mut first = true;
+    for (i, (key, value)) in attributes.iter().enumerate() {
+        if skip(key, value) || attributes[..i].iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_str(out, key);
+        out.push(b':');
+        write_value(out, value);
+    }
+    out.push(b'}');
+}
+
+/// Attributes as a JSON object string.
+pub fn attributes_string(attributes: &Attributes) -> String {
+    let mut out = Vec::with_capacity(64);
+    write_attributes(&mut out, attributes, |_, _| false);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a `str` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Str(s) | Value::Bytes(s) => write_str(out, s),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Double(d) if d.is_finite() => {
+            let _ = serde_json::to_writer(&mut *out, d);
+        }
+        Value::Double(_) => out.extend_from_slice(b"null"),
+        Value::Json(s) => {
+            if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() {
+                out.extend_from_slice(s.as_bytes());
+            } else {
+                write_str(out, s);
+            }
+        }
+    }
+}
+
+/// The attributes of a JSON object written by [`write_attributes`], in order. Text that is
+/// not such an object gives no attributes.
+pub fn read_attributes(text: &str) -> Attributes {
+    serde_json::from_str::<Ordered>(text).map(|o| o.0).unwrap_or_default()
+}
+
+/// A JSON value back as an attribute value: strings, booleans, integers and doubles as
+/// themselves, arrays and maps as JSON text.
+pub fn value_of(json: serde_json::Value) -> Option<Value> {
+    Some(match json {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Double(n.as_f64()?),
+        },
+        serde_json::Value::String(s) => Value::Str(shared_value(s)),
+        other => Value::Json(Arc::from(other.to_string())),
+    })
+}
+
+/// A JSON object's members in document order.
+struct Ordered(Attributes);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((key, value)) = map.next_entry::<std::borrow::Cow<'de, str>, serde_json::Value>()? {
+                    if let Some(value) = value_of(value) {
+                        out.push((intern(&key), value));
+                    }
+                }
+                Ok(Ordered(out))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_in_order_with_their_types() {
+        let attributes: Attributes = vec![
+            ("z.first".into(), Value::Str("a \"quoted\" <b>".into())),
+            ("count".into(), Value::Int(-42)),
+            ("ratio".into(), Value::Double(0.25)),
+            ("whole".into(), Value::Double(2.0)),
+            ("ok".into(), Value::Bool(true)),
+            ("list".into(), Value::Json("[1,\"x\"]".into())),
+            ("count".into(), Value::Int(7)),
+            ("skipped".into(), Value::Str("gone".into())),
+        ];
+        let mut out = Vec::new();
+        write_attributes(&mut out, &attributes, |k, _| k == "skipped");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text, r#"{"z.first":"a \"quoted\" <b>","count":-42,"ratio":0.25,"whole":2.0,"ok":true,"list":[1,"x"]}"#);
+        let back = read_attributes(&text);
+        assert_eq!(back, attributes[..6].to_vec(), "same keys, order and types; the repeated key and the skipped one are gone");
+        assert!(read_attributes("not json").is_empty());
+        assert!(read_attributes("[1]").is_empty());
+    }
+
+    #[test]
+    fn unusual_values_stay_valid_json() {
+        let attributes: Attributes =
+            vec![("nan".into(), Value::Double(f64::NAN)), ("broken".into(), Value::Json("[1,".into())), ("b".into(), Value::Bytes("00ff".into()))];
+        let text = attributes_string(&attributes);
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{text}");
+        assert_eq!(text, r#"{"nan":null,"broken":"[1,","b":"00ff"}"#);
+    }
+}

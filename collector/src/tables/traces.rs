@@ -1,0 +1,379 @@
+//! The `spans` table is also the trace store: the Jaeger APIs read traces from it, so a
+//! span is kept once, in columns. Sealed batches are sorted by trace ID, so fetching a
+//! trace is a binary search per batch; the open batch's spans are kept as they arrived
+//! (at most [`super::columnar::SEAL_ROWS`]) and read directly.
+//!
+//! Readers take a [`SpanView`] (shared batches, no copying) under the lock and search it
+//! after releasing the lock, so a slow search never holds up ingest. Search walks the
+//! newest spans first, filters on the columns (service, operation, kind, time, duration,
+//! then tags) and stops at the limit.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+};
+
+use super::{
+    columnar::{Sealed, Table},
+    json::read_attributes,
+    schema,
+    spans::{SpanRows, StoredSpans},
+};
+use crate::model::{Span, SpanKind, StatusCode, TraceId, attr};
+
+/// Search criteria, as the Jaeger API takes them. A trace matches when one of its spans
+/// satisfies all of them.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// Service that produced the span.
+    pub service: Option<String>,
+    /// Span name.
+    pub operation: Option<String>,
+    /// Span kind.
+    pub span_kind: Option<SpanKind>,
+    /// Tags that must all match (span attributes, then resource attributes).
+    pub tags: Vec<(String, String)>,
+    /// Earliest span start, Unix nanoseconds.
+    pub start_min: Option<u64>,
+    /// Latest span start, Unix nanoseconds.
+    pub start_max: Option<u64>,
+    /// Shortest span duration, nanoseconds.
+    pub duration_min: Option<u64>,
+    /// Longest span duration, nanoseconds.
+    pub duration_max: Option<u64>,
+    /// Most traces to return (after filtering).
+    pub limit: usize,
+}
+
+impl TraceQuery {
+    /// Whether a span (of the open batch) matches.
+    fn matches(&self, span: &Span) -> bool {
+        self.matches_columns(span.service(), &span.name, span.kind.as_str(), span.start_unix_nanos, span.duration_nanos())
+            && self.tags.iter().all(|(k, v)| tag_matches(span, k, v))
+    }
+
+    fn matches_columns(&self, service: &str, operation: &str, kind: &str, start: u64, duration: u64) -> bool {
+        self.service.as_deref().is_none_or(|s| service == s)
+            && self.operation.as_deref().is_none_or(|o| operation == o)
+            && self.span_kind.is_none_or(|k| kind == k.as_str())
+            && self.start_min.is_none_or(|t| start >= t)
+            && self.start_max.is_none_or(|t| start <= t)
+            && self.duration_min.is_none_or(|d| duration >= d)
+            && self.duration_max.is_none_or(|d| duration <= d)
+    }
+
+    /// Whether a stored row matches.
+    fn matches_row(&self, spans: &StoredSpans<'_>, row: usize) -> bool {
+        self.matches_columns(spans.service(row), spans.operation(row), spans.kind(row), spans.start(row), spans.duration(row))
+            && self.tags.iter().all(|(k, v)| row_tag_matches(spans, row, k, v))
+    }
+
+    /// Whether a sealed batch can hold matching rows, from its time range.
+    fn may_match(&self, sealed: &Sealed) -> bool {
+        self.start_min.is_none_or(|t| sealed.newest_nanos >= t) && self.start_max.is_none_or(|t| sealed.oldest_nanos <= t)
+    }
+}
+
+fn tag_matches(span: &Span, key: &str, expected: &str) -> bool {
+    match key {
+        "error" => (span.status == StatusCode::Error) == (expected == "true"),
+        "span.kind" => span.kind.as_str() == expected,
+        _ => span
+            .attr(key)
+            .or_else(|| attr(&span.resource.attributes, key))
+            .is_some_and(|v| v.to_text() == expected),
+    }
+}
+
+fn row_tag_matches(spans: &StoredSpans<'_>, row: usize, key: &str, expected: &str) -> bool {
+    match key {
+        "error" => spans.is_error(row) == (expected == "true"),
+        "span.kind" => spans.kind(row) == expected,
+        _ => {
+            if let Some(v) = spans.column_attribute(row, key) {
+                return v == expected;
+            }
+            // Cheap pre-check before parsing: the key must appear in one of the objects.
+            let (attributes, resource) = (spans.attributes_text(row), spans.resource_text(row));
+            let found = |text: &str| {
+                text.contains(key).then(|| attr(&read_attributes(text), key).map(|v| v.to_text())).flatten()
+            };
+            found(attributes).or_else(|| found(resource)).is_some_and(|v| v == expected)
+        }
+    }
+}
+
+/// The `spans` table with trace lookups and the service/operation index.
+#[derive(Debug)]
+pub struct SpanTable {
+    table: Table<SpanRows>,
+    /// The open batch's spans, in arrival order.
+    open: Vec<Arc<Span>>,
+    /// Each service's operations, with the span kinds seen for each.
+    services: BTreeMap<Arc<str>, BTreeMap<String, BTreeSet<SpanKind>>>,
+}
+
+impl Default for SpanTable {
+    fn default() -> Self {
+        Self { table: Table::new(schema::schema(schema::SPANS)), open: Vec::new(), services: BTreeMap::new() }
+    }
+}
+
+impl SpanTable {
+    /// Appends spans.
+    pub fn insert(&mut self, spans: impl IntoIterator<Item = Arc<Span>>) {
+        for span in spans {
+            self.index(&span);
+            self.table.extend([&*span]);
+            if self.table.open_rows() == 0 {
+                self.open.clear();
+            } else {
+                self.open.push(span);
+            }
+        }
+    }
+
+    fn index(&mut self, span: &Span) {
+        let ops = match self.services.get_mut(span.service()) {
+            Some(ops) => ops,
+            None => self.services.entry(span.service().clone()).or_default(),
+        };
+        match ops.get_mut(span.name.as_str()) {
+            Some(kinds) => {
+                kinds.insert(span.kind);
+            }
+            None => {
+                ops.insert(span.name.clone(), BTreeSet::from([span.kind]));
+            }
+        }
+    }
+
+    /// Seals the open batch.
+    pub fn seal(&mut self) {
+        self.table.seal();
+        self.open.clear();
+    }
+
+    /// The columnar table (for SQL snapshots and retention).
+    pub fn table(&self) -> &Table<SpanRows> {
+        &self.table
+    }
+
+    /// The columnar table, for retention.
+    pub fn table_mut(&mut self) -> &mut Table<SpanRows> {
+        &mut self.table
+    }
+
+    /// What readers search: shared batches and the open spans.
+    pub fn view(&self) -> SpanView {
+        SpanView { sealed: self.table.sealed().cloned().collect(), open: self.open.clone() }
+    }
+
+    /// Every service that sent spans.
+    pub fn services(&self) -> Vec<Arc<str>> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// A service's operations with their span kinds.
+    pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
+        self.services
+            .get(service)
+            .map(|ops| ops.iter().flat_map(|(name, kinds)| kinds.iter().map(|k| (name.clone(), *k))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Each service's number of distinct operations.
+    pub fn operation_counts(&self) -> BTreeMap<Arc<str>, usize> {
+        self.services.iter().map(|(s, ops)| (s.clone(), ops.len())).collect()
+    }
+
+    /// Spans held.
+    pub fn span_count(&self) -> usize {
+        self.table.rows()
+    }
+}
+
+/// A consistent set of spans to read, taken from a [`SpanTable`].
+#[derive(Debug)]
+pub struct SpanView {
+    sealed: Vec<Sealed>,
+    open: Vec<Arc<Span>>,
+}
+
+impl SpanView {
+    /// The spans of one trace, ordered by start time.
+    pub fn get(&self, id: &TraceId) -> Option<Vec<Arc<Span>>> {
+        let hex = id.to_string();
+        let mut resources = Vec::new();
+        let mut spans: Vec<Arc<Span>> = Vec::new();
+        for sealed in &self.sealed {
+            let Some(stored) = StoredSpans::new(&sealed.batch) else { continue };
+            for row in stored.rows_of(&hex) {
+                if let Some(span) = stored.span(row, &mut resources) {
+                    spans.push(Arc::new(span));
+                }
+            }
+        }
+        spans.extend(self.open.iter().filter(|s| s.trace_id == *id).cloned());
+        if spans.is_empty() {
+            return None;
+        }
+        spans.sort_by_key(|s| (s.start_unix_nanos, s.span_id));
+        Some(spans)
+    }
+
+    /// Traces matching `query`, the most recently active first.
+    pub fn search(&self, query: &TraceQuery) -> Vec<Vec<Arc<Span>>> {
+        let mut ids: Vec<TraceId> = Vec::new();
+        let mut seen: HashSet<TraceId> = HashSet::new();
+        for span in self.open.iter().rev() {
+            if ids.len() >= query.limit {
+                break;
+            }
+            if query.matches(span) && seen.insert(span.trace_id) {
+                ids.push(span.trace_id);
+            }
+        }
+        for sealed in self.sealed.iter().rev() {
+            if ids.len() >= query.limit {
+                break;
+            }
+            if !query.may_match(sealed) {
+                continue;
+            }
+            let Some(stored) = StoredSpans::new(&sealed.batch) else { continue };
+            let mut hits: Vec<(u64, usize)> =
+                (0..stored.len()).filter(|&row| query.matches_row(&stored, row)).map(|row| (stored.start(row), row)).collect();
+            hits.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, row) in hits {
+                if ids.len() >= query.limit {
+                    break;
+                }
+                if let Some(id) = TraceId::parse_hex(stored.trace_hex(row))
+                    && seen.insert(id)
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.iter().filter_map(|id| self.get(id)).collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{
+        model::{Resource, SpanEvent, SpanId, SpanLink, Value},
+        tables::columnar::SEAL_ROWS,
+    };
+
+    /// A span for tests: `trace`, `span`, optional parent, service, kind, start and duration in ms.
+    pub fn span(trace: u8, id: u8, parent: Option<u8>, service: &str, kind: SpanKind, start_ms: u64, dur_ms: u64) -> Arc<Span> {
+        Arc::new(Span {
+            trace_id: TraceId([trace; 16]),
+            span_id: SpanId([id; 8]),
+            parent_span_id: parent.map(|p| SpanId([p; 8])),
+            name: format!("op-{id}"),
+            kind,
+            start_unix_nanos: start_ms * 1_000_000,
+            end_unix_nanos: (start_ms + dur_ms) * 1_000_000,
+            status: StatusCode::Unset,
+            status_message: String::new(),
+            attributes: vec![("http.response.status_code".into(), Value::Int(200))],
+            events: vec![],
+            links: vec![],
+            resource: Arc::new(Resource { service: service.into(), attributes: vec![("service.name".into(), Value::Str(service.into()))] }),
+            scope: "test".into(),
+        })
+    }
+
+    /// A span with every field set, in trace `trace`.
+    fn rich(trace: u8, id: u8) -> Span {
+        let mut s = (*span(trace, id, Some(1), "checkout", SpanKind::Client, 100, 7)).clone();
+        s.status = StatusCode::Error;
+        s.status_message = "upstream reset".into();
+        s.attributes = vec![
+            ("http.request.method".into(), Value::Str("POST".into())),
+            ("custom".into(), Value::Str("<b>x</b>".into())),
+            ("http.response.status_code".into(), Value::Int(503)),
+            ("retries".into(), Value::Int(2)),
+            ("peer.service".into(), Value::Str("payments".into())),
+            ("meshlens.destination.workload".into(), Value::Str("payments-v1".into())),
+        ];
+        s.events = vec![SpanEvent { time_unix_nanos: 101, name: "retry".into(), attributes: vec![("attempt".into(), Value::Int(1))] }];
+        s.links = vec![SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]) }];
+        s
+    }
+
+    fn table_with(spans: impl IntoIterator<Item = Arc<Span>>) -> SpanTable {
+        let mut table = SpanTable::default();
+        table.insert(spans);
+        table
+    }
+
+    #[test]
+    fn a_sealed_span_reads_back_as_it_went_in() {
+        let original = rich(3, 2);
+        let mut table = table_with([Arc::new(original.clone())]);
+        let open = table.view().get(&TraceId([3; 16])).expect("open trace");
+        assert_eq!(*open[0], original);
+        table.seal();
+        let back = table.view().get(&TraceId([3; 16])).expect("sealed trace");
+        let mut expected = original;
+        expected.attributes.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(*back[0], expected, "as ingest gives it: attributes sorted by key");
+        assert!(table.view().get(&TraceId([4; 16])).is_none(), "unknown trace");
+    }
+
+    #[test]
+    fn traces_are_found_across_sealed_batches_and_the_open_one() {
+        let mut spans = Vec::new();
+        for i in 0..(SEAL_ROWS + 10) {
+            let trace = (i % 200) as u8 + 1;
+            spans.push(span(trace, (i % 250) as u8 + 1, None, "a", SpanKind::Server, i as u64, 1));
+        }
+        let table = table_with(spans);
+        assert_eq!(table.table().sealed().count(), 1);
+        assert_eq!(table.open.len(), 10);
+        let trace = table.view().get(&TraceId([5; 16])).expect("trace 5");
+        let expected = (0..SEAL_ROWS + 10).filter(|i| i % 200 == 4).count();
+        assert_eq!(trace.len(), expected);
+        assert!(trace.windows(2).all(|w| w[0].start_unix_nanos <= w[1].start_unix_nanos), "ordered by start");
+        assert_eq!(table.span_count(), SEAL_ROWS + 10);
+    }
+
+    #[test]
+    fn search_filters_then_limits_newest_first() {
+        for sealed in [false, true] {
+            let mut table = table_with((1..=5u8).map(|t| span(t, t, None, "a", SpanKind::Server, u64::from(t), u64::from(t) * 10)));
+            table.insert([Arc::new(rich(6, 6))]);
+            if sealed {
+                table.seal();
+            }
+            let view = table.view();
+            let q = TraceQuery { service: Some("a".into()), duration_min: Some(25_000_000), limit: 2, ..Default::default() };
+            let found = view.search(&q);
+            assert_eq!(found.len(), 2, "limit applies after the filter (sealed: {sealed})");
+            assert_eq!(found[0][0].trace_id, TraceId([5; 16]), "newest first");
+            let q = TraceQuery { service: Some("a".into()), tags: vec![("http.response.status_code".into(), "200".into())], limit: 10, ..Default::default() };
+            assert_eq!(view.search(&q).len(), 5);
+            let q = TraceQuery { service: Some("nope".into()), limit: 10, ..Default::default() };
+            assert!(view.search(&q).is_empty());
+            for (key, value, hits) in [
+                ("custom", "<b>x</b>", 1),
+                ("retries", "2", 1),
+                ("retries", "3", 0),
+                ("error", "true", 1),
+                ("span.kind", "client", 1),
+                ("meshlens.destination.workload", "payments-v1", 1),
+                ("service.name", "checkout", 1),
+            ] {
+                let q = TraceQuery { service: Some("checkout".into()), tags: vec![(key.into(), value.into())], limit: 10, ..Default::default() };
+                assert_eq!(view.search(&q).len(), hits, "{key}={value} (sealed: {sealed})");
+            }
+            let q = TraceQuery { start_min: Some(50_000_000), limit: 10, ..Default::default() };
+            assert_eq!(view.search(&q).len(), 1, "time bounds");
+        }
+    }
+}
