@@ -21,6 +21,7 @@ pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod segments;
 pub mod series_ttl;
 pub mod sql;
 pub mod store;
@@ -53,6 +54,9 @@ pub enum CollectorError {
     /// The data directory could not be used.
     #[error("cannot use the data directory")]
     Journal(#[from] journal::JournalError),
+    /// The data directory's segments could not be read.
+    #[error("cannot read the data directory's segments")]
+    Segments(#[from] segments::SegmentError),
 }
 
 /// The addresses a running collector listens on.
@@ -74,6 +78,7 @@ pub struct Collector {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     journal: Option<journal::JournalWriter>,
+    segments: Option<segments::SegmentWriter>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), CollectorError> {
@@ -95,19 +100,13 @@ impl Collector {
         let (http_listener, otlp_http) = bind("OTLP/HTTP", config.otlp_http).await?;
         let (web_listener, web) = bind("web", config.web).await?;
         let pipeline = Pipeline::new(&config);
-        // Replay what earlier runs accepted, then keep journaling.
-        let (journal, journal_writer) = match &config.data_dir {
+        // Read back the segments, replay what the journal has beyond them, keep journaling.
+        let (journal, journal_writer, segment_writer) = match &config.data_dir {
             Some(dir) => {
-                let dir = dir.join("journal");
-                std::fs::create_dir_all(&dir)
-                    .map_err(|source| journal::JournalError::Io { path: dir.clone(), source })?;
-                let started = std::time::Instant::now();
-                let report = journal::replay(&dir, |kind, payload| ingest::replay(&pipeline, kind, payload))?;
-                tracing::info!(records = report.records, torn = report.torn_segments, elapsed = ?started.elapsed(), "journal replayed");
-                let (journal, writer) = journal::Journal::open(journal::JournalConfig::new(dir))?;
-                (Some(journal), Some(writer))
+                let (journal, journal_writer, segment_writer) = restore(&pipeline, dir)?;
+                (Some(journal), Some(journal_writer), Some(segment_writer))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let ingest = ingest::Ingest::new(pipeline.clone(), journal);
         let (shutdown, rx) = watch::channel(false);
@@ -158,6 +157,7 @@ impl Collector {
             shutdown,
             tasks: vec![grpc, http, web_task, ticker],
             journal: journal_writer,
+            segments: segment_writer,
         })
     }
 
@@ -189,5 +189,49 @@ impl Collector {
                 tracing::error!("the journal did not finish writing within 10s");
             }
         }
+        if let Some(writer) = self.segments {
+            // Everything is journaled already; sealing now only saves the next start a replay.
+            if let Ok(mut tables) = self.pipeline.tables.write() {
+                tables.seal_all();
+            }
+            let finish = tokio::task::spawn_blocking(move || writer.finish());
+            if tokio::time::timeout(Duration::from_secs(10), finish).await.is_err() {
+                tracing::error!("the last segments were not written within 10s");
+            }
+        }
     }
+}
+
+/// Loads the segments in `<dir>/segments`, replays the journal records in `<dir>/journal`
+/// they do not hold, and opens the journal and the segment writer.
+fn restore(
+    pipeline: &Pipeline,
+    dir: &std::path::Path,
+) -> Result<(journal::Journal, journal::JournalWriter, segments::SegmentWriter), CollectorError> {
+    let started = std::time::Instant::now();
+    let segment_dir = dir.join("segments");
+    let schemas = match pipeline.tables.read() {
+        Ok(tables) => tables.schemas(),
+        Err(_) => return Err(CollectorError::Config("the tables' lock is poisoned".into())),
+    };
+    let loaded = segments::load(&segment_dir, &schemas)?;
+    let persisted = loaded.records;
+    let (segment_count, skipped) = (loaded.segments.iter().map(|(_, s)| s.len()).sum::<usize>(), loaded.skipped);
+    let (segments, segment_writer) = segments::Segments::start(segment_dir)?;
+    if let Ok(mut tables) = pipeline.tables.write() {
+        tables.restore(loaded.segments);
+        tables.persist_to(segments);
+    }
+    tracing::info!(segments = segment_count, skipped, elapsed = ?started.elapsed(), "segments loaded");
+
+    let journal_dir = dir.join("journal");
+    std::fs::create_dir_all(&journal_dir).map_err(|source| journal::JournalError::Io { path: journal_dir.clone(), source })?;
+    let report = journal::replay(&journal_dir, |kind, id, payload| {
+        let record = if persisted.contains(&id) { pipeline::Record::Persisted } else { pipeline::Record::Journaled(id) };
+        ingest::replay(pipeline, kind, record, payload);
+    })?;
+    tracing::info!(records = report.records, torn = report.torn_segments, elapsed = ?started.elapsed(), "journal replayed");
+    let first_id = report.last_id.max(persisted.iter().copied().max().unwrap_or(0)) + 1;
+    let (journal, journal_writer) = journal::Journal::open(journal::JournalConfig::new(journal_dir), first_id)?;
+    Ok((journal, journal_writer, segment_writer))
 }

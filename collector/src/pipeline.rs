@@ -50,6 +50,29 @@ impl Transport {
     }
 }
 
+/// Where an accepted batch stands in the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Not journaled (no data directory).
+    Unjournaled,
+    /// Journal record with this ID.
+    Journaled(u64),
+    /// A replayed journal record whose rows a loaded Parquet segment already holds: it
+    /// rebuilds the topology and metrics but is not added to the tables again.
+    Persisted,
+}
+
+impl Record {
+    /// The journal record ID the tables keep, or `None` when the tables skip the batch.
+    fn table_record(self) -> Option<Option<u64>> {
+        match self {
+            Self::Unjournaled => Some(None),
+            Self::Journaled(id) => Some(Some(id)),
+            Self::Persisted => None,
+        }
+    }
+}
+
 /// Everything the collector holds.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -105,7 +128,7 @@ impl Pipeline {
     }
 
     /// Accepts converted spans.
-    pub fn ingest_spans(&self, converted: Converted<Span>, transport: Transport) {
+    pub fn ingest_spans(&self, converted: Converted<Span>, transport: Transport, record: Record) {
         self.count("spans", transport, &converted);
         let spans: Vec<Arc<Span>> = converted.items.into_iter().map(Arc::new).collect();
         let observations = match self.topology.write() {
@@ -115,13 +138,15 @@ impl Pipeline {
         for o in &observations {
             self.metrics.observe_edge(o);
         }
-        if let Ok(mut tables) = self.tables.write() {
-            tables.add_spans(spans);
+        if let Some(record) = record.table_record()
+            && let Ok(mut tables) = self.tables.write()
+        {
+            tables.add_spans(spans, record);
         }
     }
 
     /// Accepts converted log records.
-    pub fn ingest_logs(&self, converted: Converted<LogRecord>, transport: Transport) {
+    pub fn ingest_logs(&self, converted: Converted<LogRecord>, transport: Transport, record: Record) {
         self.count("log_records", transport, &converted);
         let observations = match self.topology.write() {
             Ok(mut topology) => topology.ingest_access_logs(&converted.items),
@@ -130,8 +155,10 @@ impl Pipeline {
         for o in &observations {
             self.metrics.observe_edge(o);
         }
-        if let Ok(mut tables) = self.tables.write() {
-            tables.add_logs(&converted.items);
+        if let Some(record) = record.table_record()
+            && let Ok(mut tables) = self.tables.write()
+        {
+            tables.add_logs(&converted.items, record);
         }
         if let Ok(mut signals) = self.signals.write() {
             signals.insert_logs(converted.items);

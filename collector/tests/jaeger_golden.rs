@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use meshlens_collector::{
     CollectorConfig, Pipeline,
     ingest::{Signal, Traces},
-    pipeline::Transport,
+    pipeline::{Record, Transport},
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
@@ -115,7 +115,7 @@ async fn jaeger_answers_from_sealed_spans_match_the_golden_files() {
 
 async fn answers_match(sealed: bool) {
     let pipeline = Pipeline::new(&CollectorConfig::default());
-    Traces::accept(&pipeline, &span_set(), Transport::Http);
+    Traces::accept(&pipeline, &span_set(), Transport::Http, Record::Unjournaled);
     if sealed {
         pipeline.tables.write().expect("tables").spans.seal();
     }

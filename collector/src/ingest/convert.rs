@@ -408,7 +408,7 @@ mod tests {
                 let converted = spans(&request);
                 let total: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
                 assert_eq!(converted.items.len() + converted.rejected as usize, total, "every span accepted or rejected");
-                pipeline.ingest_spans(converted, crate::pipeline::Transport::Grpc);
+                pipeline.ingest_spans(converted, crate::pipeline::Transport::Grpc, crate::pipeline::Record::Unjournaled);
             }
         }
         assert!(decoded > 1_000, "mutations still decode often enough to exercise conversion ({decoded})");

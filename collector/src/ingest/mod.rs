@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::{
     journal::{Journal, RecordKind},
-    pipeline::{Pipeline, Transport},
+    pipeline::{Pipeline, Record, Transport},
 };
 
 /// One OTLP signal: its messages and how an export request is accepted.
@@ -36,7 +36,7 @@ pub trait Signal {
     /// The export response.
     type Response: prost::Message + serde::Serialize + Send + 'static;
     /// Converts, ingests and answers one export request.
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response;
+    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response;
 }
 
 /// Traces.
@@ -54,13 +54,13 @@ impl Signal for Traces {
     const KIND: RecordKind = RecordKind::Traces;
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response {
+    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
         let converted = convert::spans(request);
         let partial_success = (converted.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: converted.rejected as i64,
             error_message: converted.message(),
         });
-        pipeline.ingest_spans(converted, transport);
+        pipeline.ingest_spans(converted, transport, record);
         ExportTraceServiceResponse { partial_success }
     }
 }
@@ -70,13 +70,13 @@ impl Signal for Logs {
     const KIND: RecordKind = RecordKind::Logs;
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response {
+    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
         let converted = convert::logs(request);
         let partial_success = (converted.rejected > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: converted.rejected as i64,
             error_message: converted.message(),
         });
-        pipeline.ingest_logs(converted, transport);
+        pipeline.ingest_logs(converted, transport, record);
         ExportLogsServiceResponse { partial_success }
     }
 }
@@ -86,12 +86,13 @@ impl Signal for Metrics {
     const KIND: RecordKind = RecordKind::Metrics;
     type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport) -> Self::Response {
+    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
         let converted = convert::metrics(request);
         let partial_success = (converted.rejected > 0).then(|| ExportMetricsPartialSuccess {
             rejected_data_points: converted.rejected as i64,
             error_message: converted.message(),
         });
+        let _ = record;
         pipeline.ingest_metrics(converted, transport);
         ExportMetricsServiceResponse { partial_success }
     }
@@ -133,27 +134,31 @@ impl Ingest {
         encoded: Option<Vec<u8>>,
         transport: Transport,
     ) -> Result<S::Response, Unavailable> {
-        if let Some(journal) = &self.journal {
-            let bytes = encoded.unwrap_or_else(|| request.encode_to_vec());
-            journal.append(S::KIND, bytes).await.map_err(|e| Unavailable(e.to_string()))?;
-        }
-        Ok(S::accept(&self.pipeline, request, transport))
+        let record = match &self.journal {
+            Some(journal) => {
+                let bytes = encoded.unwrap_or_else(|| request.encode_to_vec());
+                Record::Journaled(journal.append(S::KIND, bytes).await.map_err(|e| Unavailable(e.to_string()))?)
+            }
+            None => Record::Unjournaled,
+        };
+        Ok(S::accept(&self.pipeline, request, transport, record))
     }
 }
 
-/// Replays one journal record into `pipeline`.
-pub fn replay(pipeline: &Pipeline, kind: RecordKind, payload: &[u8]) {
-    fn apply<S: Signal>(pipeline: &Pipeline, payload: &[u8]) {
+/// Replays one journal record into `pipeline` (`record` says whether its rows are already
+/// in a loaded segment).
+pub fn replay(pipeline: &Pipeline, kind: RecordKind, record: Record, payload: &[u8]) {
+    fn apply<S: Signal>(pipeline: &Pipeline, record: Record, payload: &[u8]) {
         match S::Request::decode(payload) {
             Ok(request) => {
-                S::accept(pipeline, &request, Transport::Journal);
+                S::accept(pipeline, &request, Transport::Journal, record);
             }
             Err(error) => tracing::warn!(%error, signal = S::NAME, "skipping an undecodable journal record"),
         }
     }
     match kind {
-        RecordKind::Traces => apply::<Traces>(pipeline, payload),
-        RecordKind::Metrics => apply::<Metrics>(pipeline, payload),
-        RecordKind::Logs => apply::<Logs>(pipeline, payload),
+        RecordKind::Traces => apply::<Traces>(pipeline, record, payload),
+        RecordKind::Metrics => apply::<Metrics>(pipeline, record, payload),
+        RecordKind::Logs => apply::<Logs>(pipeline, record, payload),
     }
 }

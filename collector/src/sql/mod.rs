@@ -265,7 +265,7 @@ mod tests {
                 s
             })
             .collect();
-        pipeline.ingest_spans(Converted { items, rejected: 0, reasons: vec![], truncated: 0 }, Transport::Grpc);
+        pipeline.ingest_spans(Converted { items, rejected: 0, reasons: vec![], truncated: 0 }, Transport::Grpc, crate::pipeline::Record::Unjournaled);
         pipeline
     }
 

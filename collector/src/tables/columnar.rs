@@ -5,7 +5,7 @@
 //! trace ID, so one trace is a binary search per batch). Eviction drops whole sealed
 //! batches, oldest first, by age or by a memory budget.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use datafusion::arrow::{
     array::{ArrayBuilder, ArrayRef},
@@ -69,7 +69,7 @@ pub trait RowWriter<T>: Builders + Default {
     fn append(&mut self, item: &T) -> u64;
 }
 
-/// A sealed batch with the time range of its rows.
+/// A sealed batch with the time range of its rows and the journal records they came from.
 #[derive(Debug, Clone)]
 pub struct Sealed {
     /// The rows.
@@ -78,7 +78,19 @@ pub struct Sealed {
     pub newest_nanos: u64,
     /// The oldest row time, Unix nanoseconds.
     pub oldest_nanos: u64,
+    /// The IDs of the journal records whose rows it holds (all of their rows).
+    pub records: Arc<[u64]>,
+    /// Its number in its table, increasing (names its Parquet segment).
+    pub seq: u64,
     bytes: usize,
+}
+
+impl Sealed {
+    /// A batch read back from a segment.
+    pub fn restored(batch: RecordBatch, oldest_nanos: u64, newest_nanos: u64, records: Arc<[u64]>, seq: u64) -> Self {
+        let bytes = batch.get_array_memory_size();
+        Self { batch, newest_nanos, oldest_nanos, records, seq, bytes }
+    }
 }
 
 /// A table of sealed batches plus one open batch.
@@ -88,6 +100,8 @@ pub struct Table<W> {
     open_rows: usize,
     open_oldest: u64,
     open_newest: u64,
+    open_records: Vec<u64>,
+    next_seq: u64,
     sealed: VecDeque<Sealed>,
     sealed_rows: usize,
     sealed_bytes: usize,
@@ -125,6 +139,8 @@ impl<W: Builders + Default> Table<W> {
             open_rows: 0,
             open_oldest: u64::MAX,
             open_newest: 0,
+            open_records: Vec::new(),
+            next_seq: 1,
             sealed: VecDeque::new(),
             sealed_rows: 0,
             sealed_bytes: 0,
@@ -137,8 +153,10 @@ impl<W: Builders + Default> Table<W> {
         &self.schema
     }
 
-    /// Appends rows, sealing the open batch when it is full.
-    pub fn extend<'a, T: 'a>(&mut self, items: impl IntoIterator<Item = &'a T>)
+    /// Appends the rows of one journal record (`record`, when journaled); seals the open
+    /// batch afterwards when it is full, so a record's rows always share a batch. Returns
+    /// the batch it sealed.
+    pub fn extend<'a, T: 'a>(&mut self, items: impl IntoIterator<Item = &'a T>, record: Option<u64>) -> Option<Sealed>
     where
         W: RowWriter<T>,
     {
@@ -147,39 +165,48 @@ impl<W: Builders + Default> Table<W> {
             self.open_rows += 1;
             self.open_oldest = self.open_oldest.min(time);
             self.open_newest = self.open_newest.max(time);
-            if self.open_rows >= SEAL_ROWS {
-                self.seal();
-            }
         }
+        if let Some(id) = record {
+            self.open_records.push(id);
+        }
+        (self.open_rows >= SEAL_ROWS).then(|| self.seal()).flatten()
     }
 
-    /// Seals the open batch (if it has rows).
-    pub fn seal(&mut self) {
+    /// Seals the open batch (if it has rows); returns it.
+    pub fn seal(&mut self) -> Option<Sealed> {
         if self.open_rows == 0 {
-            return;
+            return None;
         }
         let columns = seal_columns(self.open.each_mut());
         let batch = RecordBatch::try_new(self.schema.clone(), columns);
+        let records: Arc<[u64]> = std::mem::take(&mut self.open_records).into();
+        let (oldest_nanos, newest_nanos) = (self.open_oldest, self.open_newest);
+        self.open_rows = 0;
+        self.open_oldest = u64::MAX;
+        self.open_newest = 0;
         match batch.and_then(|b| match W::sorted_by() {
             Some(column) => sorted(b, column),
             None => Ok(b),
         }) {
             Ok(batch) => {
-                let bytes = batch.get_array_memory_size();
-                self.sealed_rows += batch.num_rows();
-                self.sealed_bytes += bytes;
-                self.sealed.push_back(Sealed {
-                    batch,
-                    newest_nanos: self.open_newest,
-                    oldest_nanos: self.open_oldest,
-                    bytes,
-                });
+                let seq = self.next_seq;
+                let sealed = Sealed::restored(batch, oldest_nanos, newest_nanos, records, seq);
+                self.push_sealed(sealed.clone());
+                Some(sealed)
             }
-            Err(error) => tracing::error!(%error, "a table batch does not match its schema; rows lost"),
+            Err(error) => {
+                tracing::error!(%error, "a table batch does not match its schema; rows lost");
+                None
+            }
         }
-        self.open_rows = 0;
-        self.open_oldest = u64::MAX;
-        self.open_newest = 0;
+    }
+
+    /// Adds a sealed batch (one just sealed, or one read back at start) as the newest.
+    pub fn push_sealed(&mut self, sealed: Sealed) {
+        self.next_seq = self.next_seq.max(sealed.seq + 1);
+        self.sealed_rows += sealed.batch.num_rows();
+        self.sealed_bytes += sealed.bytes;
+        self.sealed.push_back(sealed);
     }
 
     /// Every row now: the sealed batches and a copy of the open one.
@@ -221,22 +248,22 @@ impl<W: Builders + Default> Table<W> {
         self.sealed.front().map(|s| s.oldest_nanos)
     }
 
-    /// Drops sealed batches whose newest row is older than `cutoff_nanos`.
-    pub fn evict_older_than(&mut self, cutoff_nanos: u64) -> u64 {
-        let mut dropped = 0;
+    /// Removes the sealed batches whose newest row is older than `cutoff_nanos`.
+    pub fn evict_older_than(&mut self, cutoff_nanos: u64) -> Vec<Sealed> {
+        let mut dropped = Vec::new();
         while self.sealed.front().is_some_and(|s| s.newest_nanos < cutoff_nanos) {
-            dropped += self.pop_oldest();
+            dropped.extend(self.pop_oldest());
         }
         dropped
     }
 
-    /// Drops the oldest sealed batch; returns its rows.
-    pub fn pop_oldest(&mut self) -> u64 {
-        let Some(s) = self.sealed.pop_front() else { return 0 };
+    /// Removes the oldest sealed batch.
+    pub fn pop_oldest(&mut self) -> Option<Sealed> {
+        let s = self.sealed.pop_front()?;
         let rows = s.batch.num_rows();
         self.sealed_rows -= rows;
         self.sealed_bytes -= s.bytes;
         self.evicted_rows += rows as u64;
-        rows as u64
+        Some(s)
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Retention: sealed batches are evicted oldest first when their newest row is older than
 //! the configured age, while the two tables together exceed the memory budget, and while
-//! the spans exceed their row limit.
+//! the spans exceed their row limit. With a data directory, every sealed batch is also
+//! written as a Parquet segment ([`crate::segments`]) and read back at start.
 
 pub mod columnar;
 pub mod edges;
@@ -17,11 +18,19 @@ pub mod traces;
 
 use std::{sync::Arc, time::Duration};
 
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
 
-use crate::model::{LogRecord, Span};
+use crate::{
+    model::{LogRecord, Span},
+    segments::Segments,
+};
 
-pub use columnar::Table;
+pub use columnar::{Sealed, Table};
+
+/// The `spans` table's name.
+pub const SPANS: &str = "spans";
+/// The `logs` table's name.
+pub const LOGS: &str = "logs";
 pub use traces::{SpanTable, SpanView, TraceQuery};
 
 /// Retention limits.
@@ -52,6 +61,8 @@ pub struct Tables {
     /// `logs`.
     pub logs: Table<logs::LogRows>,
     retention: Retention,
+    /// Where sealed batches are persisted, when there is a data directory.
+    segments: Option<Segments>,
 }
 
 impl Tables {
@@ -61,17 +72,65 @@ impl Tables {
             spans: SpanTable::default(),
             logs: Table::new(schema::schema(schema::LOGS)),
             retention,
+            segments: None,
         }
     }
 
-    /// Appends spans.
-    pub fn add_spans(&mut self, spans: impl IntoIterator<Item = Arc<Span>>) {
-        self.spans.insert(spans);
+    /// Persists every batch sealed from now on, and deletes the segments of evicted ones.
+    pub fn persist_to(&mut self, segments: Segments) {
+        self.segments = Some(segments);
     }
 
-    /// Appends log records.
-    pub fn add_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>) {
-        self.logs.extend(logs);
+    /// Adds the batches read back from segments.
+    pub fn restore(&mut self, loaded: Vec<(&'static str, Vec<Sealed>)>) {
+        for (table, batches) in loaded {
+            for sealed in batches {
+                match table {
+                    SPANS => self.spans.restore(sealed),
+                    LOGS => self.logs.push_sealed(sealed),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The appended tables' names and schemas, for reading segments.
+    pub fn schemas(&self) -> Vec<(&'static str, SchemaRef)> {
+        vec![(SPANS, self.spans.table().schema().clone()), (LOGS, self.logs.schema().clone())]
+    }
+
+    fn persist(&self, table: &'static str, sealed: Option<Sealed>) {
+        if let (Some(segments), Some(sealed)) = (&self.segments, sealed) {
+            segments.write(table, sealed);
+        }
+    }
+
+    /// Appends the spans of one journal record (`record`, when journaled).
+    pub fn add_spans(&mut self, spans: impl IntoIterator<Item = Arc<Span>>, record: Option<u64>) {
+        let sealed = self.spans.insert(spans, record);
+        self.persist(SPANS, sealed);
+    }
+
+    /// Appends the log records of one journal record.
+    pub fn add_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>, record: Option<u64>) {
+        let sealed = self.logs.extend(logs, record);
+        self.persist(LOGS, sealed);
+    }
+
+    /// Seals both open batches (persisting them), e.g. before a clean stop.
+    pub fn seal_all(&mut self) {
+        let sealed = self.spans.seal();
+        self.persist(SPANS, sealed);
+        let sealed = self.logs.seal();
+        self.persist(LOGS, sealed);
+    }
+
+    fn evicted(&self, table: &'static str, sealed: Option<Sealed>) -> u64 {
+        let Some(sealed) = sealed else { return 0 };
+        if let Some(segments) = &self.segments {
+            segments.delete(table, sealed.seq);
+        }
+        sealed.batch.num_rows() as u64
     }
 
     /// Bytes held by both tables.
@@ -82,17 +141,31 @@ impl Tables {
     /// Evicts by age, then by memory (whichever table holds the oldest batch goes first).
     pub fn enforce(&mut self, now_nanos: u64) -> Evicted {
         let cutoff = now_nanos.saturating_sub(self.retention.max_age.as_nanos() as u64);
-        let spans = self.spans.table_mut();
-        let mut evicted = Evicted { spans: spans.evict_older_than(cutoff), logs: self.logs.evict_older_than(cutoff) };
-        while spans.rows() > self.retention.max_spans && spans.oldest_sealed().is_some() {
-            evicted.spans += spans.pop_oldest();
+        let mut evicted = Evicted::default();
+        for sealed in self.spans.table_mut().evict_older_than(cutoff) {
+            evicted.spans += self.evicted(SPANS, Some(sealed));
+        }
+        for sealed in self.logs.evict_older_than(cutoff) {
+            evicted.logs += self.evicted(LOGS, Some(sealed));
+        }
+        while self.spans.span_count() > self.retention.max_spans && self.spans.table().oldest_sealed().is_some() {
+            let sealed = self.spans.table_mut().pop_oldest();
+            evicted.spans += self.evicted(SPANS, sealed);
         }
         while self.bytes() > self.retention.memory_budget {
-            let spans = self.spans.table_mut();
-            match (spans.oldest_sealed(), self.logs.oldest_sealed()) {
-                (Some(s), Some(l)) if l < s => evicted.logs += self.logs.pop_oldest(),
-                (Some(_), _) => evicted.spans += spans.pop_oldest(),
-                (None, Some(_)) => evicted.logs += self.logs.pop_oldest(),
+            match (self.spans.table().oldest_sealed(), self.logs.oldest_sealed()) {
+                (Some(s), Some(l)) if l < s => {
+                    let sealed = self.logs.pop_oldest();
+                    evicted.logs += self.evicted(LOGS, sealed);
+                }
+                (Some(_), _) => {
+                    let sealed = self.spans.table_mut().pop_oldest();
+                    evicted.spans += self.evicted(SPANS, sealed);
+                }
+                (None, Some(_)) => {
+                    let sealed = self.logs.pop_oldest();
+                    evicted.logs += self.evicted(LOGS, sealed);
+                }
                 (None, None) => break,
             }
         }
@@ -118,10 +191,10 @@ mod tests {
     fn retention_evicts_oldest_batches_by_age_and_by_memory() {
         let mut tables = Tables::new(Retention { max_age: Duration::from_secs(60), memory_budget: usize::MAX, max_spans: usize::MAX });
         let old: Vec<_> = (0..columnar::SEAL_ROWS).map(|i| span(1, (i % 250) as u8 + 1, None, "a", SpanKind::Server, 1_000, 1)).collect();
-        tables.add_spans(old);
+        tables.add_spans(old, None);
         let now_ms = 1_000 + 3_600_000;
         let fresh: Vec<_> = (0..columnar::SEAL_ROWS).map(|_| span(2, 1, None, "a", SpanKind::Server, now_ms, 1)).collect();
-        tables.add_spans(fresh);
+        tables.add_spans(fresh, None);
         assert_eq!(tables.spans.span_count(), 2 * columnar::SEAL_ROWS);
         let evicted = tables.enforce(now_ms * 1_000_000);
         assert_eq!(evicted.spans, columnar::SEAL_ROWS as u64, "the hour-old batch goes");

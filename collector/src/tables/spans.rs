@@ -512,7 +512,7 @@ mod tests {
         client.attributes.push(("custom".into(), Value::Str("<b>x</b>".into())));
         client.events.push(SpanEvent { time_unix_nanos: 12, name: "retry".into(), attributes: vec![] });
         let root = span(1, 1, None, "frontend", SpanKind::Server, 9, 20);
-        table.extend([&*root, &client]);
+        table.extend([&*root, &client], None);
         let batches = table.snapshot();
         assert_eq!(batches.len(), 1);
         let batch = &batches[0];

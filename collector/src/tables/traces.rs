@@ -120,38 +120,51 @@ impl Default for SpanTable {
 }
 
 impl SpanTable {
-    /// Appends spans.
-    pub fn insert(&mut self, spans: impl IntoIterator<Item = Arc<Span>>) {
+    /// Appends the spans of one journal record (`record`, when journaled); returns the batch
+    /// this sealed, if any.
+    pub fn insert(&mut self, spans: impl IntoIterator<Item = Arc<Span>>, record: Option<u64>) -> Option<Sealed> {
+        let first = self.open.len();
         for span in spans {
-            self.index(&span);
-            self.table.extend([&*span]);
-            if self.table.open_rows() == 0 {
-                self.open.clear();
-            } else {
-                self.open.push(span);
-            }
+            self.index(span.service(), &span.name, span.kind);
+            self.open.push(span);
         }
+        let sealed = self.table.extend(self.open[first..].iter().map(|s| &**s), record);
+        if sealed.is_some() {
+            self.open.clear();
+        }
+        sealed
     }
 
-    fn index(&mut self, span: &Span) {
-        let ops = match self.services.get_mut(span.service()) {
+    fn index(&mut self, service: &str, operation: &str, kind: SpanKind) {
+        let ops = match self.services.get_mut(service) {
             Some(ops) => ops,
-            None => self.services.entry(span.service().clone()).or_default(),
+            None => self.services.entry(Arc::from(service)).or_default(),
         };
-        match ops.get_mut(span.name.as_str()) {
+        match ops.get_mut(operation) {
             Some(kinds) => {
-                kinds.insert(span.kind);
+                kinds.insert(kind);
             }
             None => {
-                ops.insert(span.name.clone(), BTreeSet::from([span.kind]));
+                ops.insert(operation.to_owned(), BTreeSet::from([kind]));
             }
         }
     }
 
-    /// Seals the open batch.
-    pub fn seal(&mut self) {
-        self.table.seal();
+    /// Seals the open batch; returns it.
+    pub fn seal(&mut self) -> Option<Sealed> {
         self.open.clear();
+        self.table.seal()
+    }
+
+    /// Adds a batch read back from a segment (as the newest sealed batch), indexing its
+    /// services and operations.
+    pub fn restore(&mut self, sealed: Sealed) {
+        if let Some(stored) = StoredSpans::new(&sealed.batch) {
+            for row in 0..stored.len() {
+                self.index(stored.service(row), stored.operation(row), super::spans::kind_from_str(stored.kind(row)));
+            }
+        }
+        self.table.push_sealed(sealed);
     }
 
     /// The columnar table (for SQL snapshots and retention).
@@ -308,7 +321,7 @@ pub(crate) mod tests {
 
     fn table_with(spans: impl IntoIterator<Item = Arc<Span>>) -> SpanTable {
         let mut table = SpanTable::default();
-        table.insert(spans);
+        table.insert(spans, None);
         table
     }
 
@@ -333,7 +346,9 @@ pub(crate) mod tests {
             let trace = (i % 200) as u8 + 1;
             spans.push(span(trace, (i % 250) as u8 + 1, None, "a", SpanKind::Server, i as u64, 1));
         }
-        let table = table_with(spans);
+        let rest = spans.split_off(SEAL_ROWS);
+        let mut table = table_with(spans);
+        assert!(table.insert(rest, None).is_none(), "the second call leaves an open batch");
         assert_eq!(table.table().sealed().count(), 1);
         assert_eq!(table.open.len(), 10);
         let trace = table.view().get(&TraceId([5; 16])).expect("trace 5");
@@ -347,7 +362,7 @@ pub(crate) mod tests {
     fn search_filters_then_limits_newest_first() {
         for sealed in [false, true] {
             let mut table = table_with((1..=5u8).map(|t| span(t, t, None, "a", SpanKind::Server, u64::from(t), u64::from(t) * 10)));
-            table.insert([Arc::new(rich(6, 6))]);
+            table.insert([Arc::new(rich(6, 6))], None);
             if sealed {
                 table.seal();
             }
