@@ -195,3 +195,75 @@ fn a_slow_upstream_times_out_with_a_flag_an_event_and_an_error_edge() {
     });
     assert_eq!(edge(&topology, "tester.test", "slow.test").map(|e| e["response_codes"]["504"].clone()), Some(1.into()));
 }
+
+#[test]
+fn retried_requests_show_one_client_span_per_attempt() {
+    let dir = TestDir::new("retry");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let flaky = Workload::new("flaky", &[]);
+    let mesh = [&tester, &flaky];
+    let config = dir.path("tester.toml");
+    let retry = "[services.retry]\nattempts = 4\non = [\"5xx\"]\nbackoff = \"5ms\"\n";
+    let toml = sidecar_toml(&tester, &mesh, collector.grpc).replace("\n[[services]]\nname = \"tester\"\n", &format!("{retry}\n[[services]]\nname = \"tester\"\n"));
+    assert!(toml.contains("[services.retry]"), "{toml}");
+    std::fs::write(&config, toml).expect("write");
+    let flaky_config = dir.path("flaky.toml");
+    std::fs::write(&flaky_config, sidecar_toml(&flaky, &mesh, collector.grpc)).expect("write");
+    let _procs = [
+        Proc::start(&dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]),
+        Proc::start(&dir, "flaky-sidecar", &["proxy", "--config", flaky_config.to_str().unwrap_or_default()]),
+        Proc::start(&dir, "flaky-app", &["workload", "--service", "flaky", "--listen", &flaky.app.to_string(), "--sidecar", &flaky.outbound.to_string(), "--error-ratio", "0.5"]),
+    ];
+    for addr in [tester.outbound, flaky.inbound, flaky.app] {
+        wait_listening(addr, "mesh");
+    }
+
+    const SENT: u64 = 40;
+    let mut ok = 0;
+    for _ in 0..SENT {
+        let reply = http(tester.outbound, "POST", "/work", &[("host", "flaky"), ("content-type", "text/plain")], b"order=7").expect("request");
+        ok += u64::from(reply.status == 200);
+    }
+    assert!(ok >= SENT * 3 / 4, "4 attempts at 50% failure: most requests succeed ({ok} of {SENT})");
+
+    // A retried request: its CLIENT span counts the retries and has a `retry` event per
+    // retry; each attempt is a CLIENT span under it, and flaky's SERVER span of each
+    // attempt hangs under that attempt.
+    let complete = |t: &Value| {
+        let spans = t["spans"].as_array().cloned().unwrap_or_default();
+        let retried = spans.iter().any(|s| tag(s, "meshlens.retry.count").and_then(Value::as_i64).is_some_and(|n| n >= 1));
+        let servers = spans.iter().filter(|s| tag(s, "span.kind") == Some(&"server".into())).count();
+        let attempts = spans.iter().filter(|s| tag(s, "meshlens.retry.attempt").is_some()).count();
+        retried && attempts >= 2 && servers == attempts
+    };
+    let trace = wait_for("a retried request's whole trace", Duration::from_secs(15), || {
+        let found = collector.json(&format!("/api/traces?service=tester&limit={SENT}"));
+        found["data"].as_array()?.iter().find(|t| complete(t)).cloned()
+    });
+    let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+    let request = spans.iter().find(|s| tag(s, "meshlens.retry.count").is_some()).expect("the request's span");
+    let retries = tag(request, "meshlens.retry.count").and_then(Value::as_i64).unwrap_or(0);
+    let retry_events = request["logs"].as_array().map_or(0, |l| l.iter().filter(|l| l["fields"][0]["value"] == "retry").count());
+    assert_eq!(retry_events as i64, retries, "{request}");
+    let mut attempts: Vec<&Value> = spans.iter().filter(|s| tag(s, "meshlens.retry.attempt").is_some()).collect();
+    attempts.sort_by_key(|s| tag(s, "meshlens.retry.attempt").and_then(Value::as_i64));
+    assert_eq!(attempts.len() as i64, retries + 1, "one span per attempt: {trace}");
+    for (i, attempt) in attempts.iter().enumerate() {
+        assert_eq!(tag(attempt, "meshlens.retry.attempt").and_then(Value::as_i64), Some(i as i64 + 1));
+        assert_eq!(tag(attempt, "span.kind"), Some(&"client".into()));
+        assert_eq!(attempt["references"][0]["spanID"], request["spanID"], "attempts are children of the request's span");
+        let server = spans.iter().find(|s| s["references"][0]["spanID"] == attempt["spanID"] && tag(s, "span.kind") == Some(&"server".into()));
+        assert!(server.is_some(), "flaky's SERVER span of attempt {} is its child: {trace}", i + 1);
+    }
+    let failed = &attempts[0];
+    assert!(tag(failed, "http.response.status_code").and_then(Value::as_i64).is_some_and(|s| s >= 500), "{failed}");
+    assert!(failed["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "retried")), "{failed}");
+
+    // Metrics and the topology count requests, not attempts.
+    let topology = wait_for("every request on the edge", Duration::from_secs(15), || {
+        let t = collector.json("/api/v1/topology?window=5m");
+        edge(&t, "tester.test", "flaky.test").filter(|e| e["requests"] == SENT).map(|_| t)
+    });
+    assert!(edge(&topology, "tester.test", "flaky.test").is_some());
+}

@@ -20,6 +20,10 @@ pub const CLASSIFICATION: &str = "meshlens.classification";
 pub const UPSTREAM_ADDRESS: &str = "meshlens.upstream.address";
 /// The request's `x-request-id`.
 pub const REQUEST_ID: &str = "meshlens.request_id";
+/// How many times the sidecar retried the request (on its span and access log, when > 0).
+pub const RETRY_COUNT: &str = "meshlens.retry.count";
+/// On the CLIENT span of one attempt of a retried request: the attempt's number, from 1.
+pub const RETRY_ATTEMPT: &str = "meshlens.retry.attempt";
 /// Access-log attribute: the exchange's duration in nanoseconds.
 pub const DURATION_NS: &str = "meshlens.duration_ns";
 /// `event.name` of a sidecar's access-log record.

@@ -230,6 +230,43 @@ pub struct RawService {
     /// How long the service may take to send its response headers; `0` means no limit.
     #[serde(default = "default_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
     pub timeout: Duration,
+    /// Retries of failed requests; none when absent.
+    pub retry: Option<RawRetry>,
+}
+
+/// `[services.retry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in all, the first included (2 to 10).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// What is retried: `5xx`, `gateway-error`, `reset`, `connect-failure`, and for gRPC
+    /// `unavailable`, `cancelled`, `deadline-exceeded`, `resource-exhausted`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+    /// Time limit of one attempt (until response headers); `0` means only the service timeout.
+    #[serde(default, deserialize_with = "meshlens_common::duration::deserialize")]
+    pub per_try_timeout: Duration,
+    /// First backoff; each retry doubles it (with jitter), up to ten times it.
+    #[serde(default = "default_backoff", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub backoff: Duration,
+    /// Largest request body buffered for replay; a larger (or unknown-length) body is sent once.
+    #[serde(default = "default_replay_bytes")]
+    pub max_body_bytes: u64,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_retry_on() -> Vec<String> {
+    vec!["gateway-error".into(), "reset".into(), "connect-failure".into(), "unavailable".into()]
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_replay_bytes() -> u64 {
+    64 * 1024
 }
 
 /// `[[services.endpoints]]`.
@@ -438,6 +475,75 @@ pub struct ServiceConfig {
     pub routes: Arc<RouteTemplates>,
     /// Its response timeout, if any.
     pub timeout: Option<Duration>,
+    /// How its failed requests are retried, if they are.
+    pub retry: Option<Arc<RetryPolicy>>,
+}
+
+/// What a failed attempt may be retried for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any 5xx response, and an attempt that timed out.
+    pub server_error: bool,
+    /// 502, 503 and 504 responses, and an attempt that timed out.
+    pub gateway_error: bool,
+    /// The upstream connection failed after the request was sent.
+    pub reset: bool,
+    /// The upstream could not be reached.
+    pub connect_failure: bool,
+    /// gRPC status codes retried (UNAVAILABLE 14, CANCELLED 1, DEADLINE_EXCEEDED 4, RESOURCE_EXHAUSTED 8).
+    pub grpc_codes: [bool; 17],
+}
+
+/// A service's retry policy, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// What is retried.
+    pub on: RetryOn,
+    /// Time limit of one attempt, if any.
+    pub per_try_timeout: Option<Duration>,
+    /// First backoff.
+    pub backoff: Duration,
+    /// Largest request body buffered for replay.
+    pub max_body_bytes: u64,
+}
+
+impl TryFrom<RawRetry> for RetryPolicy {
+    type Error = ConfigError;
+    fn try_from(raw: RawRetry) -> Result<Self, ConfigError> {
+        if !(2..=10).contains(&raw.attempts) {
+            return Err(ConfigError::Invalid(format!("retry.attempts must be 2 to 10 (attempts in all), not {}", raw.attempts)));
+        }
+        let mut on = RetryOn::default();
+        for condition in &raw.on {
+            match condition.as_str() {
+                "5xx" => on.server_error = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" => on.reset = true,
+                "connect-failure" => on.connect_failure = true,
+                "unavailable" => on.grpc_codes[14] = true,
+                "cancelled" => on.grpc_codes[1] = true,
+                "deadline-exceeded" => on.grpc_codes[4] = true,
+                "resource-exhausted" => on.grpc_codes[8] = true,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "unknown retry condition {other:?}; known: 5xx, gateway-error, reset, connect-failure, unavailable, cancelled, deadline-exceeded, resource-exhausted"
+                    )));
+                }
+            }
+        }
+        if raw.backoff.is_zero() {
+            return Err(ConfigError::Invalid("retry.backoff must be positive".into()));
+        }
+        Ok(Self {
+            attempts: raw.attempts,
+            on,
+            per_try_timeout: Some(raw.per_try_timeout).filter(|t| !t.is_zero()),
+            backoff: raw.backoff,
+            max_body_bytes: raw.max_body_bytes,
+        })
+    }
 }
 
 /// One endpoint of a service: a workload's sidecar inbound address.
@@ -528,6 +634,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
                 endpoints,
                 routes: Arc::new(routes),
                 timeout: Some(s.timeout).filter(|t| !t.is_zero()),
+                retry: s.retry.map(RetryPolicy::try_from).transpose()?.map(Arc::new),
             }));
         }
 

@@ -6,7 +6,7 @@ use crate::{
     config::ProxyConfig,
     stack::{
         Request, Response, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
-        route::RouteLayer, split::SplitLayer, timeout::TimeoutLayer,
+        retry::RetryLayer, route::RouteLayer, split::SplitLayer, timeout::TimeoutLayer,
     },
     telemetry::Telemetry,
 };
@@ -20,13 +20,15 @@ pub fn stack(
     BoxCloneService::new(
         ServiceBuilder::new()
         // Records the CLIENT span, the access log and the metrics of every request.
-        .layer(ObserveLayer::outbound(telemetry))
+        .layer(ObserveLayer::outbound(telemetry.clone()))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
         // Resolves the destination service from the request's authority.
         .layer(RouteLayer::new(&config.services))
-        // Bounds how long the service may take to answer.
+        // Bounds how long the service may take to answer, all attempts together.
         .layer(TimeoutLayer)
+        // Retries failed attempts as the service's retry policy says; each attempt is a span.
+        .layer(RetryLayer::new(telemetry))
         // Picks one of the service's endpoints by weight (canary splits).
         .layer(SplitLayer)
         .service(forward),

@@ -141,6 +141,7 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
                     .collect(),
                 routes: routes_of(name),
                 timeout: Some(Duration::from_secs(15)),
+                retry: None,
             })
         })
         .collect()

@@ -4,11 +4,13 @@
 //! [`crate::outbound`] stack them. Layers talk to each other through request
 //! extensions: [`route`] puts the resolved service there, [`split`] the chosen
 //! [`Upstream`], [`forward`] reads it. The [`Resolution`] lets [`observe`] learn which
-//! route and endpoint were chosen even when the request then fails.
+//! route and endpoint were chosen, and which retries [`retry`] made, even when the
+//! request then fails.
 
 pub mod errors;
 pub mod forward;
 pub mod observe;
+pub mod retry;
 pub mod route;
 pub mod split;
 pub mod timeout;
@@ -17,7 +19,8 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
+    time::Instant,
 };
 
 use crate::{body::BoxBody, config::Endpoint};
@@ -38,26 +41,53 @@ pub struct Upstream(pub SocketAddr);
 pub struct PeerAddr(pub SocketAddr);
 
 /// What inner layers decided about a request, read back by the observe layer (even when
-/// the request then fails): the route template (route layer) and the endpoint (split layer).
+/// the request then fails): the route template (route layer), the endpoint (split layer)
+/// and the retries (retry layer).
 #[derive(Debug, Clone, Default)]
-pub struct Resolution(Arc<(OnceLock<Arc<str>>, OnceLock<Endpoint>)>);
+pub struct Resolution(Arc<Resolved>);
+
+#[derive(Debug, Default)]
+struct Resolved {
+    route: OnceLock<Arc<str>>,
+    endpoint: OnceLock<Endpoint>,
+    retries: Mutex<Vec<Retried>>,
+}
+
+/// One retry: when it was decided and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retried {
+    /// When the failed attempt ended.
+    pub at: Instant,
+    /// What failed (`503`, `connect failure`, ...).
+    pub reason: String,
+}
 
 impl Resolution {
     /// Records the matched route template (the first wins).
     pub fn set_route(&self, route: Arc<str>) {
-        let _ = self.0.0.set(route);
+        let _ = self.0.route.set(route);
     }
     /// The matched route template, if any.
     pub fn route(&self) -> Option<&Arc<str>> {
-        self.0.0.get()
+        self.0.route.get()
     }
     /// Records the chosen endpoint (the first choice wins).
     pub fn set_endpoint(&self, endpoint: Endpoint) {
-        let _ = self.0.1.set(endpoint);
+        let _ = self.0.endpoint.set(endpoint);
     }
     /// The chosen endpoint, if any.
     pub fn endpoint(&self) -> Option<&Endpoint> {
-        self.0.1.get()
+        self.0.endpoint.get()
+    }
+    /// Records a retry.
+    pub fn add_retry(&self, retried: Retried) {
+        if let Ok(mut retries) = self.0.retries.lock() {
+            retries.push(retried);
+        }
+    }
+    /// The retries made, oldest first.
+    pub fn retries(&self) -> Vec<Retried> {
+        self.0.retries.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 

@@ -90,6 +90,7 @@ where
 
         let context = SpanContext::continue_from(req.headers(), telemetry.sampling().ratio, telemetry.propagation());
         context.inject(req.headers_mut());
+        req.extensions_mut().insert(context);
         let request_id = ensure_request_id(req.headers_mut());
         let resolution = Resolution::default();
         let source = match side {
@@ -132,6 +133,8 @@ where
             user_agent: header_string(req.headers(), "user-agent"),
             request_id: Some(request_id),
             events: Vec::new(),
+            retries: 0,
+            attempt: None,
         };
         let req = req.map(|b| body::boxed(ObservedBody::new(b, request_bytes.clone())));
         let fut = self.inner.call(req);
@@ -147,6 +150,11 @@ where
             }
             if let Some(route) = resolution.route() {
                 record.route = Some(route.clone());
+            }
+            for retried in resolution.retries() {
+                record.retries += 1;
+                let offset = retried.at.saturating_duration_since(start);
+                record.events.push(SpanEvent { offset, name: "retry", message: Some(retried.reason) });
             }
             let failure = [
                 (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),

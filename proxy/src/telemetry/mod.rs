@@ -99,8 +99,14 @@ pub struct RequestRecord {
     pub user_agent: Option<String>,
     /// The `x-request-id` header.
     pub request_id: Option<String>,
-    /// What happened along the way (failures the sidecar saw).
+    /// What happened along the way (failures the sidecar saw, retries).
     pub events: Vec<SpanEvent>,
+    /// Retries the sidecar made (attempts beyond the first).
+    pub retries: u32,
+    /// Set on the record of one attempt of a request the retry layer handled: the
+    /// attempt's number. Such a record is a CLIENT span only (the request's metrics and
+    /// access log come from its own record).
+    pub attempt: Option<u32>,
 }
 
 /// Something that happened during an exchange, recorded as a span event.
@@ -240,6 +246,12 @@ impl Telemetry {
     /// Records one finished exchange. Never blocks: full queues drop and count.
     pub fn record(&self, record: RequestRecord) {
         let inner = &*self.inner;
+        if record.attempt.is_some() {
+            if self.keeps_span(&record) {
+                self.offer(inner.spans.as_ref(), Arc::new(record));
+            }
+            return;
+        }
         inner.metrics.observe(&record);
         inner.stats.observe_request(&record);
         if let Some(stdout) = &inner.stdout {
@@ -306,7 +318,14 @@ pub(crate) mod tests {
             user_agent: None,
             request_id: None,
             events: Vec::new(),
+            retries: 0,
+            attempt: None,
         }
+    }
+
+    /// A recorder that exports nothing.
+    pub(crate) fn telemetry() -> Telemetry {
+        recorder(Sampling { ratio: 1.0, keep_errors: true, slow_threshold: None })
     }
 
     fn recorder(sampling: Sampling) -> Telemetry {

@@ -124,7 +124,9 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     let _ = write!(scratch, "{}", r.flags);
     a.string(semconv::RESPONSE_FLAGS, scratch);
     a.string(semconv::CLASSIFICATION, r.classification.outcome.as_str());
-    a.string(semconv::DESTINATION_KEYS.service, &r.destination_service);
+    if r.destination.is_none() {
+        a.string(semconv::DESTINATION_KEYS.service, &r.destination_service);
+    }
     if let Some(host) = &r.authority {
         a.string("server.address", host.as_str());
     }
@@ -159,6 +161,12 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     if let Some(id) = &r.request_id {
         a.string(semconv::REQUEST_ID, id.as_str());
+    }
+    if r.retries > 0 {
+        a.integer(semconv::RETRY_COUNT, i64::from(r.retries));
+    }
+    if let Some(attempt) = r.attempt {
+        a.integer(semconv::RETRY_ATTEMPT, i64::from(attempt));
     }
     if let Some(source) = &r.source {
         workload_attributes(a, &semconv::SOURCE_KEYS, source);

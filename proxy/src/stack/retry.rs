@@ -1,0 +1,411 @@
+//! Retries failed requests as the resolved service's `[services.retry]` policy says: up
+//! to `attempts` in all, for the failures it names (5xx, gateway errors, resets, connect
+//! failures, gRPC codes), each attempt optionally bounded by `per_try_timeout`, with
+//! jittered exponential backoff between them. It sits inside the service timeout, which
+//! bounds all attempts together, and outside the split, so each attempt picks an endpoint.
+//!
+//! Only requests whose body is known to fit `max_body_bytes` are retried (the body is
+//! buffered for replay); any other request is sent once, untouched.
+//!
+//! Every attempt of a retried request is its own CLIENT span, a child of the request's
+//! span, whose ID goes upstream in the trace context, so the server side of each attempt
+//! hangs under the attempt that made it. Each retry is a `retry` event on the request's
+//! span and counted in its `meshlens.retry.count` (via the [`Resolution`]).
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::request::Parts;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{
+    body::{self, BodyEnd},
+    classify::{self, Classification, Outcome, ResponseFlags},
+    config::{RetryOn, RetryPolicy, ServiceConfig},
+    error::ProxyError,
+    telemetry::{RequestRecord, Side, SpanEvent, Telemetry, metrics::unix_nanos},
+    trace_context::{SpanContext, SpanId},
+};
+
+use super::{BoxFuture, Request, Resolution, Response, Retried, errors, is_grpc, request_authority};
+
+/// Adds [`Retry`].
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    telemetry: Telemetry,
+}
+
+impl RetryLayer {
+    /// Retries that report their attempts to `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self { telemetry }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner, telemetry: self.telemetry.clone() }
+    }
+}
+
+/// Retries failed attempts of requests whose service has a retry policy.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    telemetry: Telemetry,
+}
+
+impl<S> Service<Request> for Retry<S>
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let policy = req.extensions().get::<Arc<ServiceConfig>>().and_then(|s| s.retry.clone());
+        let Some(policy) = policy.filter(|p| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes)) else {
+            return Box::pin(self.inner.call(req));
+        };
+        // The ready service takes this request; a fresh clone waits for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(attempts(inner, self.telemetry.clone(), policy, req))
+    }
+}
+
+/// Why an attempt's result may be retried, or `None`.
+fn retry_reason(on: &RetryOn, result: &Result<Response, ProxyError>) -> Option<String> {
+    match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let grpc = classify::grpc_status(response.headers());
+            let gateway = matches!(status, 502..=504);
+            if (on.server_error && status >= 500) || (on.gateway_error && gateway) {
+                return Some(format!("upstream answered {status}"));
+            }
+            let code = grpc.and_then(|c| usize::try_from(c).ok()).filter(|c| on.grpc_codes.get(*c).copied().unwrap_or(false))?;
+            Some(format!("upstream answered grpc-status {code}"))
+        }
+        Err(ProxyError::UpstreamConnect { .. }) if on.connect_failure => Some("upstream connect failure".into()),
+        Err(ProxyError::UpstreamReset { .. }) if on.reset => Some("upstream reset".into()),
+        Err(ProxyError::Timeout { after }) if on.server_error || on.gateway_error => {
+            Some(format!("attempt timed out after {after:?}"))
+        }
+        Err(_) => None,
+    }
+}
+
+/// The wait before retry number `retry` (from 1): `base` doubled each time, at most ten
+/// times `base`, with full jitter between half and all of it.
+fn backoff(base: Duration, retry: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << retry.saturating_sub(1).min(4)).min(base.saturating_mul(10));
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn copy_parts(parts: &Parts) -> Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req.into_parts().0
+}
+
+async fn attempts<S>(mut inner: S, telemetry: Telemetry, policy: Arc<RetryPolicy>, req: Request) -> Result<Response, ProxyError>
+where
+    S: Service<Request, Response = Response, Error = ProxyError>,
+{
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("the request body could not be read: {e}")))?
+        .to_bytes();
+    let request = parts.extensions.get::<Resolution>().cloned().unwrap_or_default();
+    let parent = parts.extensions.get::<SpanContext>().copied();
+    let mut attempt = 1;
+    loop {
+        let resolution = Resolution::default();
+        if let Some(route) = request.route() {
+            resolution.set_route(route.clone());
+        }
+        let mut req = Request::from_parts(copy_parts(&parts), body::full(body.clone()));
+        req.extensions_mut().insert(resolution.clone());
+        let context = parent.map(|p| SpanContext { span_id: SpanId::random(), parent_span_id: Some(p.span_id), ..p });
+        if let Some(context) = &context {
+            context.inject(req.headers_mut());
+        }
+        let span = context.map(|context| AttemptSpan::start(&req, &telemetry, attempt, context));
+        let result = match inner.ready().await {
+            Ok(ready) => {
+                let fut = ready.call(req);
+                match policy.per_try_timeout {
+                    Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or(Err(ProxyError::Timeout { after: limit })),
+                    None => fut.await,
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let reason = retry_reason(&policy.on, &result);
+        let last = attempt >= policy.attempts || reason.is_none();
+        if let Some(span) = span {
+            telemetry.record(span.finish(&resolution, &result, reason.as_deref().filter(|_| !last)));
+        }
+        if last {
+            if let Some(endpoint) = resolution.endpoint() {
+                request.set_endpoint(endpoint.clone());
+            }
+            return result;
+        }
+        request.add_retry(Retried { at: Instant::now(), reason: reason.unwrap_or_default() });
+        drop(result);
+        tokio::time::sleep(backoff(policy.backoff, attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// What an attempt's CLIENT span needs from the request, taken before it is sent.
+struct AttemptSpan {
+    record: RequestRecord,
+    start: Instant,
+}
+
+impl AttemptSpan {
+    fn start(req: &Request, telemetry: &Telemetry, attempt: u32, context: SpanContext) -> Self {
+        let local = telemetry.identity().clone();
+        let authority = request_authority(req);
+        let destination_service: Arc<str> = authority.as_ref().map_or_else(|| Arc::from("unknown"), |(h, _)| Arc::from(h.as_str()));
+        let record = RequestRecord {
+            side: Side::Outbound,
+            context,
+            start_unix_nanos: unix_nanos(SystemTime::now()),
+            duration: Duration::ZERO,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            route: None,
+            authority_port: authority.as_ref().and_then(|(_, p)| *p),
+            authority: authority.map(|(h, _)| h),
+            version: req.version(),
+            grpc: is_grpc(req),
+            status: 0,
+            grpc_status: None,
+            request_bytes: req.body().size_hint().exact().unwrap_or(0),
+            response_bytes: 0,
+            source: Some(local),
+            destination_service,
+            destination: None,
+            upstream: None,
+            peer: None,
+            flags: ResponseFlags::empty(),
+            classification: Classification { outcome: Outcome::Success, error_type: None },
+            user_agent: None,
+            request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            events: Vec::new(),
+            retries: 0,
+            attempt: Some(attempt),
+        };
+        Self { record, start: Instant::now() }
+    }
+
+    /// The attempt's record: it lasted until its response headers (or its failure).
+    fn finish(self, resolution: &Resolution, result: &Result<Response, ProxyError>, retried: Option<&str>) -> RequestRecord {
+        let Self { mut record, start } = self;
+        record.duration = start.elapsed();
+        record.route = resolution.route().cloned();
+        if let Some(endpoint) = resolution.endpoint() {
+            record.destination = Some(endpoint.identity.clone());
+            record.upstream = Some(endpoint.address);
+        }
+        match result {
+            Ok(response) => {
+                record.status = response.status().as_u16();
+                record.grpc_status = classify::grpc_status(response.headers());
+            }
+            Err(error) => {
+                let (status, flags, grpc_code) = errors::status_and_flags(error);
+                record.status = if record.grpc { 200 } else { status.as_u16() };
+                record.grpc_status = record.grpc.then_some(grpc_code);
+                record.flags = flags;
+                let name = if flags.contains(ResponseFlags::UPSTREAM_TIMEOUT) {
+                    "timeout"
+                } else if flags.contains(ResponseFlags::UPSTREAM_RESET) {
+                    "upstream_reset"
+                } else {
+                    "upstream_connect_failure"
+                };
+                record.events.push(SpanEvent { offset: record.duration, name, message: Some(error.to_string()) });
+            }
+        }
+        if let Some(reason) = retried {
+            record.events.push(SpanEvent { offset: record.duration, name: "retried", message: Some(reason.to_owned()) });
+        }
+        record.classification = classify::classify(record.status, record.grpc_status, BodyEnd::Complete, record.flags);
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn on(conditions: &[&str]) -> RetryOn {
+        let raw = crate::config::RawRetry {
+            attempts: 3,
+            on: conditions.iter().map(|c| (*c).to_owned()).collect(),
+            per_try_timeout: Duration::ZERO,
+            backoff: Duration::from_millis(1),
+            max_body_bytes: 1024,
+        };
+        RetryPolicy::try_from(raw).expect("valid policy").on
+    }
+
+    fn response(status: u16, grpc: Option<i32>) -> Result<Response, ProxyError> {
+        let mut r = Response::new(body::full(""));
+        *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+        if let Some(code) = grpc {
+            r.headers_mut().insert("grpc-status", code.into());
+        }
+        Ok(r)
+    }
+
+    #[test]
+    fn only_the_named_failures_are_retried() {
+        let gateway = on(&["gateway-error"]);
+        assert!(retry_reason(&gateway, &response(503, None)).is_some());
+        assert!(retry_reason(&gateway, &response(500, None)).is_none(), "500 is not a gateway error");
+        assert!(retry_reason(&on(&["5xx"]), &response(500, None)).is_some());
+        assert!(retry_reason(&on(&["5xx"]), &response(404, None)).is_none());
+        assert!(retry_reason(&on(&["unavailable"]), &response(200, Some(14))).is_some());
+        assert!(retry_reason(&on(&["unavailable"]), &response(200, Some(13))).is_none());
+        let reset = Err(ProxyError::UpstreamReset { addr: ([127, 0, 0, 1], 1).into(), source: "reset".into() });
+        assert!(retry_reason(&on(&["reset"]), &reset).is_some());
+        assert!(retry_reason(&on(&["connect-failure"]), &reset).is_none());
+        assert!(retry_reason(&on(&["5xx"]), &Err(ProxyError::NoRoute { service: "x".into() })).is_none(), "no route is final");
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_ten_times_the_base() {
+        let base = Duration::from_millis(20);
+        for _ in 0..100 {
+            let first = backoff(base, 1);
+            assert!(first >= base / 2 && first <= base);
+            let fourth = backoff(base, 4);
+            assert!(fourth >= base * 4 && fourth <= base * 8);
+            assert!(backoff(base, 9) <= base * 10);
+        }
+    }
+
+    #[test]
+    fn bad_policies_are_rejected() {
+        let raw = |attempts, on: &str| crate::config::RawRetry {
+            attempts,
+            on: vec![on.to_owned()],
+            per_try_timeout: Duration::ZERO,
+            backoff: Duration::from_millis(25),
+            max_body_bytes: 1024,
+        };
+        assert!(RetryPolicy::try_from(raw(1, "5xx")).is_err());
+        assert!(RetryPolicy::try_from(raw(11, "5xx")).is_err());
+        assert!(RetryPolicy::try_from(raw(3, "sometimes")).is_err());
+    }
+
+    /// Fails the first `failures` calls with 503, then answers 200; echoes the body length.
+    #[derive(Clone)]
+    struct Flaky {
+        calls: Arc<AtomicU32>,
+        failures: u32,
+    }
+
+    impl Service<Request> for Flaky {
+        type Response = Response;
+        type Error = ProxyError;
+        type Future = BoxFuture<Result<Response, ProxyError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: Request) -> Self::Future {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let failures = self.failures;
+            Box::pin(async move {
+                let body = req.into_body().collect().await.map(|c| c.to_bytes().len()).unwrap_or(0);
+                let status = if n < failures { 503 } else { 200 };
+                let mut r = Response::new(body::full(body.to_string()));
+                *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                Ok(r)
+            })
+        }
+    }
+
+    fn request_for(policy: Option<RetryPolicy>, body_text: &'static str) -> (Request, Resolution) {
+        let service = crate::config::ServiceConfig {
+            name: "payments".into(),
+            namespace: "shop".into(),
+            endpoints: vec![],
+            routes: Arc::default(),
+            timeout: None,
+            retry: policy.map(Arc::new),
+        };
+        let resolution = Resolution::default();
+        let mut req = http::Request::post("http://payments/charge").body(body::full(body_text)).expect("request");
+        req.extensions_mut().insert(Arc::new(service));
+        req.extensions_mut().insert(resolution.clone());
+        (req, resolution)
+    }
+
+    fn policy(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            on: on(&["gateway-error"]),
+            per_try_timeout: None,
+            backoff: Duration::from_millis(1),
+            max_body_bytes: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_retried_with_the_same_body_and_noted() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let telemetry = crate::telemetry::tests::telemetry();
+        let mut retry = RetryLayer::new(telemetry).layer(Flaky { calls: calls.clone(), failures: 2 });
+        let (req, resolution) = request_for(Some(policy(3)), "card=4242");
+        let response = retry.ready().await.expect("ready").call(req).await.expect("response");
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"9", "the third attempt got the whole body again");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let retries = resolution.retries();
+        assert_eq!(retries.len(), 2);
+        assert_eq!(retries[0].reason, "upstream answered 503");
+    }
+
+    #[tokio::test]
+    async fn attempts_stop_at_the_limit_and_without_a_policy_there_is_one() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut retry = RetryLayer::new(crate::telemetry::tests::telemetry()).layer(Flaky { calls: calls.clone(), failures: 10 });
+        let (req, resolution) = request_for(Some(policy(2)), "");
+        let response = retry.ready().await.expect("ready").call(req).await.expect("response");
+        assert_eq!(response.status(), 503, "the last attempt's answer goes back");
+        assert_eq!((calls.load(Ordering::SeqCst), resolution.retries().len()), (2, 1));
+
+        calls.store(0, Ordering::SeqCst);
+        let (req, resolution) = request_for(None, "");
+        let response = retry.ready().await.expect("ready").call(req).await.expect("response");
+        assert_eq!((response.status().as_u16(), calls.load(Ordering::SeqCst), resolution.retries().len()), (503, 1, 0));
+    }
+}
