@@ -267,3 +267,41 @@ fn retried_requests_show_one_client_span_per_attempt() {
     });
     assert!(edge(&topology, "tester.test", "flaky.test").is_some());
 }
+
+#[test]
+fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
+    let dir = TestDir::new("outlier");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let good = Workload::new("pay", &[]);
+    let mut bad = Workload::new("pay", &[]);
+    bad.version = "v2".into();
+    bad.app_args = vec!["--error-ratio".into(), "1.0".into()];
+    let mesh = [&tester, &good, &bad];
+    let outlier = "[services.outlier]\nconsecutive_failures = 3\nbase_ejection_time = \"60s\"\n";
+    let toml = sidecar_toml(&tester, &mesh, collector.grpc).replace("\n[[services]]\nname = \"tester\"\n", &format!("{outlier}\n[[services]]\nname = \"tester\"\n"));
+    assert!(toml.contains("[services.outlier]"), "{toml}");
+    let mut procs = start_mesh(&dir, &[&good, &bad], collector.grpc);
+    let config = dir.path("tester.toml");
+    std::fs::write(&config, toml).expect("write");
+    procs.push(Proc::start(&dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]));
+    wait_listening(tester.outbound, "tester outbound");
+
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(http(tester.outbound, "GET", "/work", &[("host", "pay")], b"").expect("request").status);
+    }
+    let failures: Vec<usize> = statuses.iter().enumerate().filter(|(_, s)| **s >= 500).map(|(i, _)| i).collect();
+    assert_eq!(failures.len(), 3, "three failures in a row from v2 eject it; v1 answers the rest: {statuses:?}");
+    assert!(statuses[failures[2] + 1..].iter().all(|s| *s == 200), "{statuses:?}");
+
+    let ejection = wait_for("the span of the request that ejected v2", Duration::from_secs(15), || {
+        let found = collector.json("/api/traces?service=tester&tag=error:true&limit=10");
+        found["data"].as_array()?.iter().flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default()).find(|s| {
+            s["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "ejection"))
+        })
+    });
+    assert_eq!(tag(&ejection, "meshlens.destination.version"), Some(&"v2".into()), "{ejection}");
+    let message = ejection["logs"].as_array().and_then(|l| l.iter().find(|l| l["fields"][0]["value"] == "ejection")).map(|l| l["fields"][1]["value"].clone());
+    assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("ejected for 60s")), "{message:?}");
+}

@@ -232,6 +232,34 @@ pub struct RawService {
     pub timeout: Duration,
     /// Retries of failed requests; none when absent.
     pub retry: Option<RawRetry>,
+    /// Ejection of failing endpoints; none when absent.
+    pub outlier: Option<RawOutlier>,
+}
+
+/// `[services.outlier]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Failures in a row (5xx, connect failures, resets, timeouts) that eject an endpoint.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; the n-th lasts n times as long (at most 300 s).
+    #[serde(default = "default_ejection_time", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub base_ejection_time: Duration,
+    /// Most of the service's endpoints ejected at once, in percent (at least one endpoint
+    /// may always be ejected when there are two or more).
+    #[serde(default = "default_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_ejection_time() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ejection_percent() -> u32 {
+    50
 }
 
 /// `[services.retry]`.
@@ -477,6 +505,35 @@ pub struct ServiceConfig {
     pub timeout: Option<Duration>,
     /// How its failed requests are retried, if they are.
     pub retry: Option<Arc<RetryPolicy>>,
+    /// When its endpoints are ejected, if they are.
+    pub outlier: Option<OutlierPolicy>,
+}
+
+/// A service's outlier-ejection policy, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Failures in a row that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// The first ejection's length.
+    pub base_ejection_time: Duration,
+    /// Most endpoints ejected at once, in percent.
+    pub max_ejection_percent: u32,
+}
+
+impl TryFrom<RawOutlier> for OutlierPolicy {
+    type Error = ConfigError;
+    fn try_from(raw: RawOutlier) -> Result<Self, ConfigError> {
+        if raw.consecutive_failures == 0 || raw.base_ejection_time.is_zero() || raw.max_ejection_percent > 100 {
+            return Err(ConfigError::Invalid(
+                "outlier: consecutive_failures and base_ejection_time must be positive, max_ejection_percent at most 100".into(),
+            ));
+        }
+        Ok(Self {
+            consecutive_failures: raw.consecutive_failures,
+            base_ejection_time: raw.base_ejection_time,
+            max_ejection_percent: raw.max_ejection_percent,
+        })
+    }
 }
 
 /// What a failed attempt may be retried for.
@@ -635,6 +692,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
                 routes: Arc::new(routes),
                 timeout: Some(s.timeout).filter(|t| !t.is_zero()),
                 retry: s.retry.map(RetryPolicy::try_from).transpose()?.map(Arc::new),
+                outlier: s.outlier.map(OutlierPolicy::try_from).transpose()?,
             }));
         }
 

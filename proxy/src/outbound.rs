@@ -1,12 +1,15 @@
 //! The outbound stack: requests from the local application to other services.
 
+use std::sync::Arc;
+
 use tower::{ServiceBuilder, util::BoxCloneService};
 
 use crate::{
     config::ProxyConfig,
     stack::{
         Request, Response, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
-        retry::RetryLayer, route::RouteLayer, split::SplitLayer, timeout::TimeoutLayer,
+        outlier::{OutlierDetector, OutlierLayer}, retry::RetryLayer, route::RouteLayer, split::SplitLayer,
+        timeout::TimeoutLayer,
     },
     telemetry::Telemetry,
 };
@@ -17,6 +20,7 @@ pub fn stack(
     telemetry: Telemetry,
     forward: Forward,
 ) -> BoxCloneService<Request, Response, std::convert::Infallible> {
+    let detector = Arc::new(OutlierDetector::default());
     BoxCloneService::new(
         ServiceBuilder::new()
         // Records the CLIENT span, the access log and the metrics of every request.
@@ -29,8 +33,10 @@ pub fn stack(
         .layer(TimeoutLayer)
         // Retries failed attempts as the service's retry policy says; each attempt is a span.
         .layer(RetryLayer::new(telemetry))
-        // Picks one of the service's endpoints by weight (canary splits).
-        .layer(SplitLayer)
+        // Picks one of the service's endpoints by weight (canary splits), skipping ejected ones.
+        .layer(SplitLayer::new(detector.clone()))
+        // Counts each endpoint's failures in a row and ejects the ones that keep failing.
+        .layer(OutlierLayer::new(detector))
         .service(forward),
     )
 }

@@ -142,6 +142,7 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
                 routes: routes_of(name),
                 timeout: Some(Duration::from_secs(15)),
                 retry: None,
+                outlier: None,
             })
         })
         .collect()

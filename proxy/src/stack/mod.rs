@@ -4,12 +4,13 @@
 //! [`crate::outbound`] stack them. Layers talk to each other through request
 //! extensions: [`route`] puts the resolved service there, [`split`] the chosen
 //! [`Upstream`], [`forward`] reads it. The [`Resolution`] lets [`observe`] learn which
-//! route and endpoint were chosen, and which retries [`retry`] made, even when the
+//! route and endpoint were chosen, and what [`retry`] and [`outlier`] did, even when the
 //! request then fails.
 
 pub mod errors;
 pub mod forward;
 pub mod observe;
+pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod split;
@@ -50,16 +51,19 @@ pub struct Resolution(Arc<Resolved>);
 struct Resolved {
     route: OnceLock<Arc<str>>,
     endpoint: OnceLock<Endpoint>,
-    retries: Mutex<Vec<Retried>>,
+    notes: Mutex<Vec<Note>>,
 }
 
-/// One retry: when it was decided and why.
+/// Something an inner layer did that the request's span should show as an event:
+/// a `retry` (what failed), an `ejection` (which endpoint, for how long).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retried {
-    /// When the failed attempt ended.
+pub struct Note {
+    /// When.
     pub at: Instant,
-    /// What failed (`503`, `connect failure`, ...).
-    pub reason: String,
+    /// The span event's name.
+    pub name: &'static str,
+    /// Details.
+    pub message: String,
 }
 
 impl Resolution {
@@ -79,16 +83,28 @@ impl Resolution {
     pub fn endpoint(&self) -> Option<&Endpoint> {
         self.0.endpoint.get()
     }
-    /// Records a retry.
-    pub fn add_retry(&self, retried: Retried) {
-        if let Ok(mut retries) = self.0.retries.lock() {
-            retries.push(retried);
+    /// Records a note for the request's span.
+    pub fn note(&self, name: &'static str, message: String) {
+        if let Ok(mut notes) = self.0.notes.lock() {
+            notes.push(Note { at: Instant::now(), name, message });
         }
     }
-    /// The retries made, oldest first.
-    pub fn retries(&self) -> Vec<Retried> {
-        self.0.retries.lock().map(|r| r.clone()).unwrap_or_default()
+    /// The notes, oldest first.
+    pub fn notes(&self) -> Vec<Note> {
+        self.0.notes.lock().map(|r| r.clone()).unwrap_or_default()
     }
+    /// The retries made (`retry` notes).
+    pub fn retries(&self) -> usize {
+        self.0.notes.lock().map(|n| n.iter().filter(|n| n.name == RETRY).count()).unwrap_or(0)
+    }
+}
+
+/// The name of a retry's note and span event.
+pub const RETRY: &str = "retry";
+/// The name of an ejection's note and span event.
+pub const EJECTION: &str = "ejection";
+
+impl Resolution {
 }
 
 /// The host and port a request addresses: the URI's authority, else the `Host` header.

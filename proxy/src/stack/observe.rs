@@ -151,10 +151,10 @@ where
             if let Some(route) = resolution.route() {
                 record.route = Some(route.clone());
             }
-            for retried in resolution.retries() {
-                record.retries += 1;
-                let offset = retried.at.saturating_duration_since(start);
-                record.events.push(SpanEvent { offset, name: "retry", message: Some(retried.reason) });
+            for note in resolution.notes() {
+                record.retries += u32::from(note.name == super::RETRY);
+                let offset = note.at.saturating_duration_since(start);
+                record.events.push(SpanEvent { offset, name: note.name, message: Some(note.message) });
             }
             let failure = [
                 (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),

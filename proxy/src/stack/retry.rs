@@ -32,7 +32,7 @@ use crate::{
     trace_context::{SpanContext, SpanId},
 };
 
-use super::{BoxFuture, Request, Resolution, Response, Retried, errors, is_grpc, request_authority};
+use super::{BoxFuture, RETRY, Request, Resolution, Response, errors, is_grpc, request_authority};
 
 /// Adds [`Retry`].
 #[derive(Debug, Clone)]
@@ -171,7 +171,7 @@ where
             }
             return result;
         }
-        request.add_retry(Retried { at: Instant::now(), reason: reason.unwrap_or_default() });
+        request.note(RETRY, reason.unwrap_or_default());
         drop(result);
         tokio::time::sleep(backoff(policy.backoff, attempt)).await;
         attempt += 1;
@@ -360,6 +360,7 @@ mod tests {
             routes: Arc::default(),
             timeout: None,
             retry: policy.map(Arc::new),
+            outlier: None,
         };
         let resolution = Resolution::default();
         let mut req = http::Request::post("http://payments/charge").body(body::full(body_text)).expect("request");
@@ -389,9 +390,9 @@ mod tests {
         let body = response.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"9", "the third attempt got the whole body again");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        let retries = resolution.retries();
-        assert_eq!(retries.len(), 2);
-        assert_eq!(retries[0].reason, "upstream answered 503");
+        let notes = resolution.notes();
+        assert_eq!((resolution.retries(), notes.len()), (2, 2));
+        assert_eq!((notes[0].name, notes[0].message.as_str()), (RETRY, "upstream answered 503"));
     }
 
     #[tokio::test]
@@ -401,11 +402,11 @@ mod tests {
         let (req, resolution) = request_for(Some(policy(2)), "");
         let response = retry.ready().await.expect("ready").call(req).await.expect("response");
         assert_eq!(response.status(), 503, "the last attempt's answer goes back");
-        assert_eq!((calls.load(Ordering::SeqCst), resolution.retries().len()), (2, 1));
+        assert_eq!((calls.load(Ordering::SeqCst), resolution.retries()), (2, 1));
 
         calls.store(0, Ordering::SeqCst);
         let (req, resolution) = request_for(None, "");
         let response = retry.ready().await.expect("ready").call(req).await.expect("response");
-        assert_eq!((response.status().as_u16(), calls.load(Ordering::SeqCst), resolution.retries().len()), (503, 1, 0));
+        assert_eq!((response.status().as_u16(), calls.load(Ordering::SeqCst), resolution.retries()), (503, 1, 0));
     }
 }

@@ -1,10 +1,11 @@
-//! Picks one endpoint of the resolved service, at random in proportion to the weights.
+//! Picks one endpoint of the resolved service, at random in proportion to the weights,
+//! among those the [`OutlierDetector`] has not ejected.
 //!
 //! This is how a canary split works: `reviews` with v1/v2/v3 weighted 80/15/5 sends
 //! each request to one version with those odds. Balancing by load replaces this layer's
 //! choice later without changing its neighbours.
 
-use std::{sync::Arc, task::{Context, Poll}};
+use std::{sync::Arc, task::{Context, Poll}, time::Instant};
 
 use tower::{Layer, Service};
 
@@ -13,16 +14,25 @@ use crate::{
     error::ProxyError,
 };
 
-use super::{Request, Resolution, Upstream};
+use super::{Request, Resolution, Upstream, outlier::OutlierDetector};
 
 /// Adds [`Split`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SplitLayer;
+#[derive(Debug, Clone, Default)]
+pub struct SplitLayer {
+    detector: Arc<OutlierDetector>,
+}
+
+impl SplitLayer {
+    /// Skips the endpoints `detector` has ejected.
+    pub fn new(detector: Arc<OutlierDetector>) -> Self {
+        Self { detector }
+    }
+}
 
 impl<S> Layer<S> for SplitLayer {
     type Service = Split<S>;
     fn layer(&self, inner: S) -> Split<S> {
-        Split { inner }
+        Split { inner, detector: self.detector.clone() }
     }
 }
 
@@ -30,6 +40,7 @@ impl<S> Layer<S> for SplitLayer {
 #[derive(Debug, Clone)]
 pub struct Split<S> {
     inner: S,
+    detector: Arc<OutlierDetector>,
 }
 
 /// Picks an endpoint with probability proportional to its weight; `roll` is in `0..total`.
@@ -61,10 +72,10 @@ where
                 "no service resolved before the split".into(),
             ))));
         };
-        let total: u64 = service.endpoints.iter().map(|e| u64::from(e.weight)).sum();
-        let chosen = (total > 0)
-            .then(|| pick(&service.endpoints, fastrand::u64(0..total)))
-            .flatten();
+        let available = self.detector.available(&service, Instant::now());
+        let endpoints = available.as_deref().unwrap_or(&service.endpoints);
+        let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+        let chosen = (total > 0).then(|| pick(endpoints, fastrand::u64(0..total))).flatten();
         let Some(endpoint) = chosen else {
             return Box::pin(std::future::ready(Err(ProxyError::NoEndpoint {
                 service: service.name.to_string(),
