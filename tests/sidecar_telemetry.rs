@@ -1,7 +1,8 @@
 //! The sidecar's telemetry under sampling and foreign trace context: with trace sampling
 //! off, only failed requests' spans are kept while the topology still counts every request
 //! (from the access logs); a B3 caller's trace is continued; `x-request-id` is generated
-//! once and follows the request through every hop.
+//! once and follows the request through every hop; timeouts, retries (one CLIENT span per
+//! attempt) and outlier ejections show as flags, spans and span events.
 
 mod support;
 
@@ -18,6 +19,18 @@ fn edge(topology: &Value, source: &str, target: &str) -> Option<Value> {
 
 fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["tags"].as_array()?.iter().find(|t| t["key"] == key).map(|t| &t["value"])
+}
+
+/// Starts `tester`'s sidecar with `settings` (keys, then tables) added to `service`'s entry.
+fn start_tester(dir: &TestDir, tester: &Workload, mesh: &[&Workload], collector: &CollectorProc, service: &str, settings: &str) -> Proc {
+    let entry = format!("name = \"{service}\"\n");
+    let toml = sidecar_toml(tester, mesh, collector.grpc).replace(&entry, &format!("{entry}{settings}"));
+    assert!(toml.contains(settings), "{toml}");
+    let config = dir.path("tester.toml");
+    std::fs::write(&config, toml).expect("write");
+    let proc = Proc::start(dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]);
+    wait_listening(tester.outbound, "tester outbound");
+    proc
 }
 
 #[test]
@@ -159,22 +172,11 @@ fn a_slow_upstream_times_out_with_a_flag_an_event_and_an_error_edge() {
     let dir = TestDir::new("timeout");
     let collector = CollectorProc::start(&dir);
     let tester = Workload::new("tester", &[]);
-    let slow = Workload::new("slow", &[]);
+    let mut slow = Workload::new("slow", &[]);
+    slow.app_args = vec!["--latency".into(), "2s".into()];
     let mesh = [&tester, &slow];
-    let config = dir.path("tester.toml");
-    let toml = sidecar_toml(&tester, &mesh, collector.grpc).replace("name = \"slow\"\n", "name = \"slow\"\ntimeout = \"300ms\"\n");
-    assert!(toml.contains("timeout = \"300ms\""));
-    std::fs::write(&config, toml).expect("write");
-    let slow_config = dir.path("slow.toml");
-    std::fs::write(&slow_config, sidecar_toml(&slow, &mesh, collector.grpc)).expect("write");
-    let _procs = [
-        Proc::start(&dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]),
-        Proc::start(&dir, "slow-sidecar", &["proxy", "--config", slow_config.to_str().unwrap_or_default()]),
-        Proc::start(&dir, "slow-app", &["workload", "--service", "slow", "--listen", &slow.app.to_string(), "--sidecar", &slow.outbound.to_string(), "--latency", "2s"]),
-    ];
-    for addr in [tester.outbound, slow.inbound, slow.app] {
-        wait_listening(addr, "mesh");
-    }
+    let _procs = start_mesh(&dir, &[&slow], collector.grpc);
+    let _tester = start_tester(&dir, &tester, &mesh, &collector, "slow", "timeout = \"300ms\"\n");
 
     let started = std::time::Instant::now();
     let reply = http(tester.outbound, "GET", "/work", &[("host", "slow")], b"").expect("request");
@@ -201,23 +203,12 @@ fn retried_requests_show_one_client_span_per_attempt() {
     let dir = TestDir::new("retry");
     let collector = CollectorProc::start(&dir);
     let tester = Workload::new("tester", &[]);
-    let flaky = Workload::new("flaky", &[]);
+    let mut flaky = Workload::new("flaky", &[]);
+    flaky.app_args = vec!["--error-ratio".into(), "0.5".into()];
     let mesh = [&tester, &flaky];
-    let config = dir.path("tester.toml");
+    let _procs = start_mesh(&dir, &[&flaky], collector.grpc);
     let retry = "[services.retry]\nattempts = 4\non = [\"5xx\"]\nbackoff = \"5ms\"\n";
-    let toml = sidecar_toml(&tester, &mesh, collector.grpc).replace("\n[[services]]\nname = \"tester\"\n", &format!("{retry}\n[[services]]\nname = \"tester\"\n"));
-    assert!(toml.contains("[services.retry]"), "{toml}");
-    std::fs::write(&config, toml).expect("write");
-    let flaky_config = dir.path("flaky.toml");
-    std::fs::write(&flaky_config, sidecar_toml(&flaky, &mesh, collector.grpc)).expect("write");
-    let _procs = [
-        Proc::start(&dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]),
-        Proc::start(&dir, "flaky-sidecar", &["proxy", "--config", flaky_config.to_str().unwrap_or_default()]),
-        Proc::start(&dir, "flaky-app", &["workload", "--service", "flaky", "--listen", &flaky.app.to_string(), "--sidecar", &flaky.outbound.to_string(), "--error-ratio", "0.5"]),
-    ];
-    for addr in [tester.outbound, flaky.inbound, flaky.app] {
-        wait_listening(addr, "mesh");
-    }
+    let _tester = start_tester(&dir, &tester, &mesh, &collector, "flaky", retry);
 
     const SENT: u64 = 40;
     let mut ok = 0;
@@ -278,14 +269,9 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     bad.version = "v2".into();
     bad.app_args = vec!["--error-ratio".into(), "1.0".into()];
     let mesh = [&tester, &good, &bad];
+    let _procs = start_mesh(&dir, &[&good, &bad], collector.grpc);
     let outlier = "[services.outlier]\nconsecutive_failures = 3\nbase_ejection_time = \"60s\"\n";
-    let toml = sidecar_toml(&tester, &mesh, collector.grpc).replace("\n[[services]]\nname = \"tester\"\n", &format!("{outlier}\n[[services]]\nname = \"tester\"\n"));
-    assert!(toml.contains("[services.outlier]"), "{toml}");
-    let mut procs = start_mesh(&dir, &[&good, &bad], collector.grpc);
-    let config = dir.path("tester.toml");
-    std::fs::write(&config, toml).expect("write");
-    procs.push(Proc::start(&dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]));
-    wait_listening(tester.outbound, "tester outbound");
+    let _tester = start_tester(&dir, &tester, &mesh, &collector, "pay", outlier);
 
     let mut statuses = Vec::new();
     for _ in 0..60 {
