@@ -325,9 +325,7 @@ impl<'a> StoredSpans<'a> {
 
     /// The rows of one trace, in a batch sorted by trace ID.
     pub fn rows_of(&self, trace_hex: &str) -> std::ops::Range<usize> {
-        let start = partition_point(self.len(), |i| self.trace_id.value(i) < trace_hex);
-        let end = partition_point(self.len(), |i| self.trace_id.value(i) <= trace_hex);
-        start..end
+        rows_of(self.trace_id, trace_hex)
     }
 
     /// A row's trace ID, hex.
@@ -433,6 +431,13 @@ impl<'a> StoredSpans<'a> {
             scope: self.scope.value(row).into(),
         })
     }
+}
+
+/// The rows of one trace in a sorted `trace_id` column (the table's first column).
+pub fn rows_of(trace_ids: &StringArray, trace_hex: &str) -> std::ops::Range<usize> {
+    let start = partition_point(trace_ids.len(), |i| trace_ids.value(i) < trace_hex);
+    let end = partition_point(trace_ids.len(), |i| trace_ids.value(i) <= trace_hex);
+    start..end
 }
 
 /// The first index in `0..len` for which `before` is false (`before` must be true for a
