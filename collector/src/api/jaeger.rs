@@ -200,16 +200,18 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
         .all("traceID")
         .map(|t| TraceId::parse_hex(t).ok_or_else(|| JaegerError::bad_request(format!("cannot parse traceID param: {t:?}"))))
         .collect::<Result<_, _>>()?;
-    let store = read_store(&p.tables)?.spans.view();
-    let traces: Vec<Json_> = if !ids.is_empty() {
-        ids.iter().filter_map(|id| store.get(id)).map(|spans| trace_json(&spans)).collect()
+    let ids = if !ids.is_empty() {
+        ids
     } else {
         let query = trace_query(&params)?;
         if query.service.is_none() {
             return Err(JaegerError::bad_request("parameter 'service' is required"));
         }
-        store.search(&query).iter().map(|spans| trace_json(spans)).collect()
+        let view = read_store(&p.tables)?.spans.view();
+        view.search(&query)
     };
+    let view = read_store(&p.tables)?.spans.traces(&ids);
+    let traces: Vec<Json_> = ids.iter().filter_map(|id| view.get(id)).map(|spans| trace_json(&spans)).collect();
     let total = traces.len();
     Ok(envelope(traces, total))
 }
@@ -217,7 +219,7 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
 async fn get_trace(State(p): State<Arc<Pipeline>>, Path(trace_id): Path<String>) -> Result<Response, JaegerError> {
     let id = TraceId::parse_hex(&trace_id)
         .ok_or_else(|| JaegerError::bad_request(format!("cannot parse traceID {trace_id:?}: expected 1 to 32 hex digits")))?;
-    let view = read_store(&p.tables)?.spans.view();
+    let view = read_store(&p.tables)?.spans.traces(&[id]);
     match view.get(&id) {
         Some(spans) => Ok(envelope([trace_json(&spans)], 1)),
         None => Err(JaegerError { status: StatusCode::NOT_FOUND, message: "trace not found".into() }),

@@ -175,7 +175,7 @@ async fn operations(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) -> 
 
 async fn get_trace(State(p): State<Arc<Pipeline>>, Path(trace_id): Path<String>) -> Result<Response, V3Error> {
     let id = TraceId::parse_hex(&trace_id).ok_or_else(|| bad(format!("malformed parameter trace_id: {trace_id:?}")))?;
-    let view = p.tables.read().map_err(internal)?.spans.view();
+    let view = p.tables.read().map_err(internal)?.spans.traces(&[id]);
     let spans = view.get(&id).ok_or_else(|| V3Error(StatusCode::NOT_FOUND, "trace not found".into()))?;
     Ok(Json(traces_data(&spans)).into_response())
 }
@@ -205,6 +205,8 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
         ..TraceQuery::default()
     };
     let view = p.tables.read().map_err(internal)?.spans.view();
-    let traces = view.search(&query);
+    let ids = view.search(&query);
+    let view = p.tables.read().map_err(internal)?.spans.traces(&ids);
+    let traces: Vec<Vec<Arc<crate::model::Span>>> = ids.iter().filter_map(|id| view.get(id)).collect();
     Ok(Json(traces_data(traces.iter().flatten())).into_response())
 }

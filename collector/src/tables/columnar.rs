@@ -227,6 +227,12 @@ impl<W: Builders + Default> Table<W> {
         self.sealed.iter()
     }
 
+    /// The sealed batch with this sequence number, if still held.
+    pub fn sealed_by_seq(&self, seq: u64) -> Option<&Sealed> {
+        let i = self.sealed.partition_point(|s| s.seq < seq);
+        self.sealed.get(i).filter(|s| s.seq == seq)
+    }
+
     /// Rows in the open batch.
     pub fn open_rows(&self) -> usize {
         self.open_rows

@@ -142,14 +142,14 @@ impl Tables {
     pub fn enforce(&mut self, now_nanos: u64) -> Evicted {
         let cutoff = now_nanos.saturating_sub(self.retention.max_age.as_nanos() as u64);
         let mut evicted = Evicted::default();
-        for sealed in self.spans.table_mut().evict_older_than(cutoff) {
+        for sealed in self.spans.evict_older_than(cutoff) {
             evicted.spans += self.evicted(SPANS, Some(sealed));
         }
         for sealed in self.logs.evict_older_than(cutoff) {
             evicted.logs += self.evicted(LOGS, Some(sealed));
         }
         while self.spans.span_count() > self.retention.max_spans && self.spans.table().oldest_sealed().is_some() {
-            let sealed = self.spans.table_mut().pop_oldest();
+            let sealed = self.spans.pop_oldest();
             evicted.spans += self.evicted(SPANS, sealed);
         }
         while self.bytes() > self.retention.memory_budget {
@@ -159,7 +159,7 @@ impl Tables {
                     evicted.logs += self.evicted(LOGS, sealed);
                 }
                 (Some(_), _) => {
-                    let sealed = self.spans.table_mut().pop_oldest();
+                    let sealed = self.spans.pop_oldest();
                     evicted.spans += self.evicted(SPANS, sealed);
                 }
                 (None, Some(_)) => {

@@ -1,15 +1,17 @@
 //! The `spans` table is also the trace store: the Jaeger APIs read traces from it, so a
-//! span is kept once, in columns. Sealed batches are sorted by trace ID, so fetching a
-//! trace is a binary search per batch; the open batch's spans are kept as they arrived
-//! (at most [`super::columnar::SEAL_ROWS`]) and read directly.
+//! span is kept once, in columns. An index maps each trace (by the first 8 bytes of its
+//! ID) to the range of sealed batches that hold its spans; sealed batches are sorted by
+//! trace ID, so fetching a trace is a hash lookup and a binary search in a batch or two.
+//! The open batch's spans are kept as they arrived (at most [`super::columnar::SEAL_ROWS`])
+//! and read directly.
 //!
-//! Readers take a [`SpanView`] (shared batches, no copying) under the lock and search it
+//! Readers take a [`SpanView`] (shared batches, no copying) under the lock and read it
 //! after releasing the lock, so a slow search never holds up ingest. Search walks the
 //! newest spans first, filters on the columns (service, operation, kind, time, duration,
-//! then tags) and stops at the limit.
+//! then tags) and stops at the limit; the traces it found are then fetched by ID.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -113,12 +115,34 @@ pub struct SpanTable {
     open: Vec<Arc<Span>>,
     /// Each service's operations, with the span kinds seen for each.
     services: BTreeMap<Arc<str>, BTreeMap<String, BTreeSet<SpanKind>>>,
+    /// Each trace's first and last sealed batch (sequence numbers), by ID prefix.
+    batches_of: HashMap<u64, (u64, u64)>,
 }
 
 impl Default for SpanTable {
     fn default() -> Self {
-        Self { table: Table::new(schema::schema(schema::SPANS)), open: Vec::new(), services: BTreeMap::new() }
+        Self {
+            table: Table::new(schema::schema(schema::SPANS)),
+            open: Vec::new(),
+            services: BTreeMap::new(),
+            batches_of: HashMap::new(),
+        }
     }
+}
+
+/// The index key of a trace: the first 8 bytes of its ID.
+fn prefix(id: &TraceId) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.0[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The distinct index keys of a sealed batch's rows (sorted by trace ID).
+fn prefixes(sealed: &Sealed) -> Vec<u64> {
+    let Some(ids) = sealed.batch.column(0).as_string_opt::<i32>() else { return Vec::new() };
+    let mut out: Vec<u64> = ids.iter().flatten().filter_map(|hex| u64::from_str_radix(hex.get(..16)?, 16).ok()).collect();
+    out.dedup();
+    out
 }
 
 impl SpanTable {
@@ -131,10 +155,46 @@ impl SpanTable {
             self.open.push(span);
         }
         let sealed = self.table.extend(self.open[first..].iter().map(|s| &**s), record);
-        if sealed.is_some() {
+        if let Some(sealed) = &sealed {
             self.open.clear();
+            self.index_batch(sealed);
         }
         sealed
+    }
+
+    fn index_batch(&mut self, sealed: &Sealed) {
+        for key in prefixes(sealed) {
+            let range = self.batches_of.entry(key).or_insert((sealed.seq, sealed.seq));
+            *range = (range.0.min(sealed.seq), range.1.max(sealed.seq));
+        }
+    }
+
+    fn unindex_batch(&mut self, sealed: &Sealed) {
+        for key in prefixes(sealed) {
+            if let Some(range) = self.batches_of.get_mut(&key) {
+                if range.1 <= sealed.seq {
+                    self.batches_of.remove(&key);
+                } else if range.0 <= sealed.seq {
+                    range.0 = sealed.seq + 1;
+                }
+            }
+        }
+    }
+
+    /// Removes the sealed batches whose newest row is older than `cutoff_nanos`.
+    pub fn evict_older_than(&mut self, cutoff_nanos: u64) -> Vec<Sealed> {
+        let evicted = self.table.evict_older_than(cutoff_nanos);
+        for sealed in &evicted {
+            self.unindex_batch(sealed);
+        }
+        evicted
+    }
+
+    /// Removes the oldest sealed batch.
+    pub fn pop_oldest(&mut self) -> Option<Sealed> {
+        let sealed = self.table.pop_oldest()?;
+        self.unindex_batch(&sealed);
+        Some(sealed)
     }
 
     fn index(&mut self, service: &str, operation: &str, kind: SpanKind) {
@@ -155,7 +215,11 @@ impl SpanTable {
     /// Seals the open batch; returns it.
     pub fn seal(&mut self) -> Option<Sealed> {
         self.open.clear();
-        self.table.seal()
+        let sealed = self.table.seal();
+        if let Some(sealed) = &sealed {
+            self.index_batch(sealed);
+        }
+        sealed
     }
 
     /// Adds a batch read back from a segment (as the newest sealed batch), indexing its
@@ -166,22 +230,34 @@ impl SpanTable {
                 self.index(stored.service(row), stored.operation(row), super::spans::kind_from_str(stored.kind(row)));
             }
         }
+        self.index_batch(&sealed);
         self.table.push_sealed(sealed);
     }
 
-    /// The columnar table (for SQL snapshots and retention).
+    /// The columnar table (for SQL snapshots and sizes).
     pub fn table(&self) -> &Table<SpanRows> {
         &self.table
-    }
-
-    /// The columnar table, for retention.
-    pub fn table_mut(&mut self) -> &mut Table<SpanRows> {
-        &mut self.table
     }
 
     /// What readers search: shared batches and the open spans.
     pub fn view(&self) -> SpanView {
         SpanView { sealed: self.table.sealed().cloned().collect(), open: self.open.clone() }
+    }
+
+    /// What reading the traces `ids` needs: only the batches that hold them, and their
+    /// open spans.
+    pub fn traces(&self, ids: &[TraceId]) -> SpanView {
+        let mut seqs: Vec<u64> = Vec::new();
+        for id in ids {
+            if let Some(&(first, last)) = self.batches_of.get(&prefix(id)) {
+                seqs.extend(first..=last);
+            }
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        let sealed = seqs.iter().filter_map(|seq| self.table.sealed_by_seq(*seq)).cloned().collect();
+        let open = self.open.iter().filter(|s| ids.contains(&s.trace_id)).cloned().collect();
+        SpanView { sealed, open }
     }
 
     /// Every service that sent spans.
@@ -242,8 +318,9 @@ impl SpanView {
         Some(spans)
     }
 
-    /// Traces matching `query`, the most recently active first.
-    pub fn search(&self, query: &TraceQuery) -> Vec<Vec<Arc<Span>>> {
+    /// The IDs of the traces matching `query`, the most recently active first (fetch them
+    /// with [`SpanTable::traces`]).
+    pub fn search(&self, query: &TraceQuery) -> Vec<TraceId> {
         let mut ids: Vec<TraceId> = Vec::new();
         let mut seen: HashSet<TraceId> = HashSet::new();
         for span in self.open.iter().rev() {
@@ -276,7 +353,7 @@ impl SpanView {
                 }
             }
         }
-        ids.iter().filter_map(|id| self.get(id)).collect()
+        ids
     }
 }
 
@@ -359,11 +436,19 @@ pub(crate) mod tests {
         assert!(table.insert(rest, None).is_none(), "the second call leaves an open batch");
         assert_eq!(table.table().sealed().count(), 1);
         assert_eq!(table.open.len(), 10);
-        let trace = table.view().get(&TraceId([5; 16])).expect("trace 5");
-        let expected = (0..SEAL_ROWS + 10).filter(|i| i % 200 == 4).count();
+        let id = TraceId([2; 16]);
+        let view = table.traces(&[id]);
+        assert_eq!((view.sealed.len(), view.open.len()), (1, 1), "only the batch that holds the trace, and its open span");
+        let trace = view.get(&id).expect("trace 2");
+        assert_eq!(table.view().get(&id), Some(trace.clone()), "the index finds what a full scan finds");
+        let expected = (0..SEAL_ROWS + 10).filter(|i| i % 200 == 1).count();
         assert_eq!(trace.len(), expected);
         assert!(trace.windows(2).all(|w| w[0].start_unix_nanos <= w[1].start_unix_nanos), "ordered by start");
         assert_eq!(table.span_count(), SEAL_ROWS + 10);
+        assert!(table.traces(&[TraceId([201; 16])]).sealed.is_empty(), "an unknown trace reads no batch");
+        assert!(table.pop_oldest().is_some());
+        assert!(table.batches_of.is_empty(), "evicting the batch drops its traces from the index");
+        assert_eq!(table.traces(&[id]).get(&id).map(|t| t.len()), Some(1), "the open span is left");
     }
 
     #[test]
@@ -378,7 +463,7 @@ pub(crate) mod tests {
             let q = TraceQuery { service: Some("a".into()), duration_min: Some(25_000_000), limit: 2, ..Default::default() };
             let found = view.search(&q);
             assert_eq!(found.len(), 2, "limit applies after the filter (sealed: {sealed})");
-            assert_eq!(found[0][0].trace_id, TraceId([5; 16]), "newest first");
+            assert_eq!(found[0], TraceId([5; 16]), "newest first");
             let q = TraceQuery { service: Some("a".into()), tags: vec![("http.response.status_code".into(), "200".into())], limit: 10, ..Default::default() };
             assert_eq!(view.search(&q).len(), 5);
             let q = TraceQuery { service: Some("nope".into()), limit: 10, ..Default::default() };
