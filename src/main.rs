@@ -278,6 +278,9 @@ struct LoadArgs {
     unique_paths: bool,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     meshlens_proxy::cli::init_logging();

@@ -341,7 +341,8 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
     let decode_only = decoded as f64 / started.elapsed().as_secs_f64();
 
     let (grpc, http, web) = (free_addr()?, free_addr()?, free_addr()?);
-    let max_spans = (settings.stored + 1_000_000).to_string();
+    // Nothing may be evicted: the trace looked up by ID is from the first batch sent.
+    let max_spans = u64::MAX.to_string();
     let collector = spawn(
         &exe,
         &[
