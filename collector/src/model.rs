@@ -120,15 +120,19 @@ pub type Attributes = Vec<(Arc<str>, Value)>;
 /// Most distinct keys kept for sharing per thread; beyond it keys are copied.
 const MAX_INTERNED: usize = 16 * 1024;
 
+/// A set of shared strings, hashed with aHash (the attribute path hashes twice per
+/// attribute; SipHash showed in ingest profiles).
+type StringSet = std::collections::HashSet<Arc<str>, ahash::RandomState>;
+
 thread_local! {
-    static INTERNED: std::cell::RefCell<std::collections::HashSet<Arc<str>>> = std::cell::RefCell::new(std::collections::HashSet::new());
+    static INTERNED: std::cell::RefCell<StringSet> = std::cell::RefCell::new(StringSet::default());
 }
 
 /// Values up to this long are shared; longer ones (paths, IDs, messages) rarely repeat.
 const MAX_SHARED_VALUE: usize = 48;
 
 thread_local! {
-    static VALUES: std::cell::RefCell<std::collections::HashSet<Arc<str>>> = std::cell::RefCell::new(std::collections::HashSet::new());
+    static VALUES: std::cell::RefCell<StringSet> = std::cell::RefCell::new(StringSet::default());
 }
 
 /// A string value, shared with earlier equal values when short. The set is emptied when it

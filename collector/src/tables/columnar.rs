@@ -1,15 +1,13 @@
 //! An append-only columnar table: rows go into Arrow builders, which are sealed into an
 //! immutable `RecordBatch` every [`SEAL_ROWS`] rows. Readers get the sealed batches plus a
 //! copy of the open one, so a query never waits for a seal and never sees half a row.
-//! A table may name a column its sealed batches are sorted by (the `spans` table sorts by
-//! trace ID, so one trace is a binary search per batch). Eviction drops whole sealed
-//! batches, oldest first, by age or by a memory budget.
+//! Eviction drops whole sealed batches, oldest first, by age or by a memory budget.
 
 use std::{collections::VecDeque, sync::Arc};
 
 use datafusion::arrow::{
-    array::{ArrayBuilder, ArrayRef},
-    compute::{sort_to_indices, take_record_batch},
+    array::{Array, ArrayBuilder, ArrayRef, UInt32Array},
+    compute::take,
     datatypes::SchemaRef,
     record_batch::RecordBatch,
 };
@@ -23,34 +21,17 @@ pub trait Builders: Send + Sync + 'static {
     fn each(&self) -> Vec<&dyn ArrayBuilder>;
     /// Each column's builder, for sealing.
     fn each_mut(&mut self) -> Vec<&mut dyn ArrayBuilder>;
-    /// The column sealed batches are sorted by, if any.
-    fn sorted_by() -> Option<&'static str>
-    where
-        Self: Sized,
-    {
-        None
-    }
 }
 
 /// Implements [`Builders`] for a struct whose listed fields are its columns' builders.
-/// Optionally `sorted_by "column"` after the struct name.
 macro_rules! column_builders {
     ($ty:ident { $($field:ident),* $(,)? }) => {
-        $crate::tables::columnar::column_builders!(@impl $ty, None, { $($field),* });
-    };
-    ($ty:ident sorted_by $column:literal { $($field:ident),* $(,)? }) => {
-        $crate::tables::columnar::column_builders!(@impl $ty, Some($column), { $($field),* });
-    };
-    (@impl $ty:ident, $sorted:expr, { $($field:ident),* }) => {
         impl $crate::tables::columnar::Builders for $ty {
             fn each(&self) -> Vec<&dyn datafusion::arrow::array::ArrayBuilder> {
                 vec![$(&self.$field),*]
             }
             fn each_mut(&mut self) -> Vec<&mut dyn datafusion::arrow::array::ArrayBuilder> {
                 vec![$(&mut self.$field),*]
-            }
-            fn sorted_by() -> Option<&'static str> {
-                $sorted
             }
         }
 
@@ -119,16 +100,20 @@ impl<W> std::fmt::Debug for Table<W> {
     }
 }
 
+/// The finished columns, copied into buffers of exactly their size (builders grow by
+/// doubling; a sealed batch keeps no spare capacity, and the builders' large buffers are
+/// freed whole, which gives their memory back more readily than shrinking them in place).
 fn seal_columns(columns: Vec<&mut dyn ArrayBuilder>) -> Vec<ArrayRef> {
-    columns.into_iter().map(|b| b.finish()).collect()
+    columns
+        .into_iter()
+        .map(|b| {
+            let array = b.finish();
+            let rows = UInt32Array::from_iter_values(0..array.len() as u32);
+            take(&array, &rows, None).unwrap_or(array)
+        })
+        .collect()
 }
 
-/// The batch with its rows sorted by `column`.
-fn sorted(batch: RecordBatch, column: &str) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    let Some(key) = batch.column_by_name(column) else { return Ok(batch) };
-    let order = sort_to_indices(key, None, None)?;
-    take_record_batch(&batch, &order)
-}
 
 impl<W: Builders + Default> Table<W> {
     /// An empty table with this schema (which must match the builders).
@@ -184,10 +169,7 @@ impl<W: Builders + Default> Table<W> {
         self.open_rows = 0;
         self.open_oldest = u64::MAX;
         self.open_newest = 0;
-        match batch.and_then(|b| match W::sorted_by() {
-            Some(column) => sorted(b, column),
-            None => Ok(b),
-        }) {
+        match batch {
             Ok(batch) => {
                 let seq = self.next_seq;
                 let sealed = Sealed::restored(batch, oldest_nanos, newest_nanos, records, seq);

@@ -1,7 +1,7 @@
 //! The `spans` table's rows ([`super::schema::SPANS`]): [`SpanRows`] writes spans into the
 //! columns (the attributes queries filter on most get their own dictionary-encoded
 //! columns; the rest stay together as one JSON object), and [`StoredSpans`] rebuilds a
-//! span from a stored row, for trace lookups. Sealed batches are sorted by trace ID.
+//! span from a stored row, for trace lookups.
 
 use std::sync::Arc;
 
@@ -97,7 +97,7 @@ pub struct SpanRows {
     json: Vec<u8>,
 }
 
-column_builders!(SpanRows sorted_by "trace_id" {
+column_builders!(SpanRows {
     trace_id, span_id, parent_span_id, service, operation, kind, start_time, duration_ns, status,
     status_message, http_method, http_route, http_status_code, peer_service, source_workload,
     source_version, source_namespace, destination_service, destination_workload,
@@ -323,11 +323,6 @@ impl<'a> StoredSpans<'a> {
         self.len() == 0
     }
 
-    /// The rows of one trace, in a batch sorted by trace ID.
-    pub fn rows_of(&self, trace_hex: &str) -> std::ops::Range<usize> {
-        rows_of(self.trace_id, trace_hex)
-    }
-
     /// A row's trace ID, hex.
     pub fn trace_hex(&self, row: usize) -> &'a str {
         self.trace_id.value(row)
@@ -433,26 +428,9 @@ impl<'a> StoredSpans<'a> {
     }
 }
 
-/// The rows of one trace in a sorted `trace_id` column (the table's first column).
-pub fn rows_of(trace_ids: &StringArray, trace_hex: &str) -> std::ops::Range<usize> {
-    let start = partition_point(trace_ids.len(), |i| trace_ids.value(i) < trace_hex);
-    let end = partition_point(trace_ids.len(), |i| trace_ids.value(i) <= trace_hex);
-    start..end
-}
-
-/// The first index in `0..len` for which `before` is false (`before` must be true for a
-/// prefix and false after).
-fn partition_point(len: usize, before: impl Fn(usize) -> bool) -> usize {
-    let (mut lo, mut hi) = (0, len);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if before(mid) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
+/// The rows of one trace in a `trace_id` column (the table's first column).
+pub fn rows_of(trace_ids: &StringArray, trace_hex: &str) -> Vec<usize> {
+    (0..trace_ids.len()).filter(|&i| trace_ids.value(i) == trace_hex).collect()
 }
 
 /// The kind [`SpanKind::as_str`] spells this way.

@@ -1,7 +1,7 @@
 //! The `spans` table is also the trace store: the Jaeger APIs read traces from it, so a
 //! span is kept once, in columns. An index maps each trace (by the first 8 bytes of its
-//! ID) to the range of sealed batches that hold its spans; sealed batches are sorted by
-//! trace ID, so fetching a trace is a hash lookup and a binary search in a batch or two.
+//! ID) to the range of sealed batches that hold its spans, so fetching a trace is a hash
+//! lookup and a scan of the ID column of a batch or two.
 //! The open batch's spans are kept as they arrived (at most [`super::columnar::SEAL_ROWS`])
 //! and read directly.
 //!
@@ -137,10 +137,11 @@ fn prefix(id: &TraceId) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// The distinct index keys of a sealed batch's rows (sorted by trace ID).
+/// The distinct index keys of a sealed batch's rows.
 fn prefixes(sealed: &Sealed) -> Vec<u64> {
     let Some(ids) = sealed.batch.column(0).as_string_opt::<i32>() else { return Vec::new() };
     let mut out: Vec<u64> = ids.iter().flatten().filter_map(|hex| u64::from_str_radix(hex.get(..16)?, 16).ok()).collect();
+    out.sort_unstable();
     out.dedup();
     out
 }
@@ -298,13 +299,14 @@ impl SpanView {
         let mut resources = Vec::new();
         let mut spans: Vec<Arc<Span>> = Vec::new();
         for sealed in &self.sealed {
-            // Most batches do not hold the trace: search the ID column alone first.
+            // Read the ID column alone first: a full view holds many batches without the trace.
             let Some(ids) = sealed.batch.column(0).as_string_opt::<i32>() else { continue };
-            if rows_of(ids, &hex).is_empty() {
+            let rows = rows_of(ids, &hex);
+            if rows.is_empty() {
                 continue;
             }
             let Some(stored) = StoredSpans::new(&sealed.batch) else { continue };
-            for row in stored.rows_of(&hex) {
+            for row in rows {
                 if let Some(span) = stored.span(row, &mut resources) {
                     spans.push(Arc::new(span));
                 }
