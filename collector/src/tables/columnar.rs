@@ -215,11 +215,6 @@ impl<W: Builders + Default> Table<W> {
         self.sealed.get(i).filter(|s| s.seq == seq)
     }
 
-    /// Rows in the open batch.
-    pub fn open_rows(&self) -> usize {
-        self.open_rows
-    }
-
     /// Rows held.
     pub fn rows(&self) -> usize {
         self.sealed_rows + self.open_rows
