@@ -17,7 +17,7 @@ use std::{
 
 use datafusion::arrow::{
     compute::concat_batches,
-    datatypes::{Schema, SchemaRef},
+    datatypes::Schema,
     record_batch::RecordBatch,
 };
 use parquet::{
@@ -26,7 +26,10 @@ use parquet::{
     file::{metadata::KeyValue, properties::WriterProperties},
 };
 
-use crate::tables::columnar::Sealed;
+use crate::tables::{
+    columnar::Sealed,
+    schema::{self, Column},
+};
 
 /// A segment could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -111,19 +114,21 @@ pub fn write(dir: &Path, table: &str, sealed: &Sealed) -> Result<PathBuf, Segmen
     ];
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(sealed.batch.num_rows().max(1)))
+        .set_max_row_group_row_count(Some(sealed.rows().max(1)))
         .set_key_value_metadata(Some(metadata))
         .build();
-    let mut writer = ArrowWriter::try_new(file, sealed.batch.schema(), Some(props)).map_err(|e| format_err(&tmp, e))?;
-    writer.write(&sealed.batch).map_err(|e| format_err(&tmp, e))?;
+    let batch = sealed.batch().map_err(|e| format_err(&tmp, e))?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| format_err(&tmp, e))?;
+    writer.write(&batch).map_err(|e| format_err(&tmp, e))?;
     let file = writer.into_inner().map_err(|e| format_err(&tmp, e))?;
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     Ok(path)
 }
 
-/// Reads one segment back; its columns must be `schema`'s.
-pub fn read(path: &Path, schema: &SchemaRef) -> Result<Sealed, SegmentError> {
+/// Reads one segment back; its columns must be `columns`.
+pub fn read(path: &Path, columns: &'static [Column]) -> Result<Sealed, SegmentError> {
+    let schema = &schema::schema(columns);
     let seq = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -146,7 +151,7 @@ pub fn read(path: &Path, schema: &SchemaRef) -> Result<Sealed, SegmentError> {
     let reader = builder.with_batch_size(1 << 20).build().map_err(|e| format_err(path, e))?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| format_err(path, e))?;
     let batch = concat_batches(schema, &batches).map_err(|e| format_err(path, e))?;
-    Ok(Sealed::restored(batch, oldest, newest, records.into(), seq))
+    Ok(Sealed::pack(batch, columns, oldest, newest, records.into(), seq))
 }
 
 /// The segments of `table` in `dir`, oldest first.
@@ -177,14 +182,14 @@ pub struct Loaded {
     pub skipped: usize,
 }
 
-/// Reads every segment of `tables` (name and schema) in `dir`.
-pub fn load(dir: &Path, tables: &[(&'static str, SchemaRef)]) -> Result<Loaded, SegmentError> {
+/// Reads every segment of `tables` (name and columns) in `dir`.
+pub fn load(dir: &Path, tables: &[(&'static str, &'static [Column])]) -> Result<Loaded, SegmentError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut loaded = Loaded::default();
-    for (table, schema) in tables {
+    for (table, columns) in tables {
         let mut segments = Vec::new();
         for path in list(dir, table)? {
-            match read(&path, schema) {
+            match read(&path, columns) {
                 Ok(sealed) => {
                     loaded.records.extend(sealed.records.iter().copied());
                     segments.push(sealed);
@@ -240,7 +245,7 @@ impl Segments {
                 while let Ok(job) = rx.recv() {
                     match job {
                         Job::Write(table, sealed) => match write(&dir, table, &sealed) {
-                            Ok(path) => tracing::debug!(path = %path.display(), rows = sealed.batch.num_rows(), "segment written"),
+                            Ok(path) => tracing::debug!(path = %path.display(), rows = sealed.rows(), "segment written"),
                             // The rows stay in memory and in the journal.
                             Err(error) => tracing::error!(%error, "segment not written"),
                         },
@@ -306,16 +311,16 @@ mod tests {
         tables.spans.insert(spans, Some(41));
         let sealed = tables.spans.seal().expect("sealed");
         let path = write(&dir, "spans", &sealed).expect("write");
-        let schema = tables.spans.table().schema().clone();
-        let back = read(&path, &schema).expect("read");
-        assert_eq!(back.batch, sealed.batch, "same rows, same dictionary columns");
+        let columns = tables.spans.table().columns();
+        let back = read(&path, columns).expect("read");
+        assert_eq!(back.batch().expect("batch"), sealed.batch().expect("batch"), "same rows, same dictionary columns");
         assert_eq!((&*back.records, back.oldest_nanos, back.newest_nanos, back.seq), (&[41][..], 0, 9_000_000, sealed.seq));
-        let loaded = load(&dir, &[("spans", schema.clone()), ("logs", tables.logs.schema().clone())]).expect("load");
+        let loaded = load(&dir, &tables.schemas()).expect("load");
         assert_eq!(loaded.records, HashSet::from([41]));
         assert_eq!(loaded.segments[0].1.len(), 1);
         // A file that is not a segment of this schema is set aside, not loaded.
         fs::write(dir.join("spans-00000000000000000099.parquet"), b"not parquet").expect("write");
-        let loaded = load(&dir, &[("spans", schema)]).expect("load");
+        let loaded = load(&dir, &[("spans", columns)]).expect("load");
         assert_eq!((loaded.skipped, loaded.segments[0].1.len()), (1, 1));
         let _ = fs::remove_dir_all(&dir);
     }

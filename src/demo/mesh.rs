@@ -79,12 +79,20 @@ impl Planned {
     }
 }
 
+/// Ports this process has handed out: a port is free only until its owner binds it, so
+/// the same one must not be handed out twice meanwhile.
+static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// A free loopback address, below the kernel's ephemeral range (32768 and up) so that no
-/// outgoing connection takes it as its source port before the demo binds it.
+/// outgoing connection takes it as its source port before the demo binds it, and never
+/// one this process handed out before.
 pub fn free_addr() -> std::io::Result<SocketAddr> {
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..1000 {
-        let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(20_000..32_000)));
-        if std::net::TcpListener::bind(addr).is_ok() {
+        let port = fastrand::u16(20_000..32_000);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if !given.contains(&port) && std::net::TcpListener::bind(addr).is_ok() {
+            given.insert(port);
             return Ok(addr);
         }
     }

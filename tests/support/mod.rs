@@ -25,9 +25,14 @@ pub fn meshlens() -> PathBuf {
 /// A free loopback address, below the kernel's ephemeral range (32768 and up) so that no
 /// outgoing connection takes it as its source port before the process under test binds it.
 pub fn free_addr() -> SocketAddr {
+    // A port is free only until its owner binds it: never hand out the same one twice.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
-        let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(20_000..32_000)));
-        if std::net::TcpListener::bind(addr).is_ok() {
+        let port = fastrand::u16(20_000..32_000);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if !given.contains(&port) && std::net::TcpListener::bind(addr).is_ok() {
+            given.insert(port);
             return addr;
         }
     }

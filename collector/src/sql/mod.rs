@@ -11,6 +11,7 @@
 pub mod coop;
 pub mod format;
 pub mod guard;
+pub mod snapshot;
 
 use std::{
     sync::Arc,
@@ -19,7 +20,7 @@ use std::{
 
 use datafusion::{
     arrow::record_batch::RecordBatch,
-    catalog::MemTable,
+    catalog::{MemTable, TableProvider},
     config::Dialect,
     error::DataFusionError,
     execution::{
@@ -34,7 +35,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     pipeline::Pipeline,
-    tables::{edges, schema},
+    tables::{Part, edges, schema},
 };
 
 /// Bounds on every query.
@@ -188,9 +189,11 @@ async fn execute(pipeline: &Pipeline, sql: &str, limits: SqlLimits) -> Result<Qu
     // `information_schema` still shows every table.
     let named = guard::tables(&state.resolve_table_references(&statement)?)?;
     for name in TABLE_NAMES {
-        let batches = if named.contains(&name) { snapshot(pipeline, name)? } else { Vec::new() };
-        let table = MemTable::try_new(table_schema(name), vec![batches])?;
-        ctx.register_table(name, Arc::new(table))?;
+        let table: Arc<dyn TableProvider> = match snapshot(pipeline, name, named.contains(&name))? {
+            Snapshot::Parts(parts) => Arc::new(snapshot::SnapshotTable::new(table_columns(name), parts)),
+            Snapshot::Batches(batches) => Arc::new(MemTable::try_new(table_schema(name), vec![batches])?),
+        };
+        ctx.register_table(name, table)?;
     }
     let plan = state.statement_to_plan(statement).await?;
     guard::plan(&plan)?;
@@ -215,21 +218,35 @@ async fn execute(pipeline: &Pipeline, sql: &str, limits: SqlLimits) -> Result<Qu
     Ok(QueryResult { batches, schema, rows, truncated, elapsed: started.elapsed() })
 }
 
+fn table_columns(name: &str) -> &'static [schema::Column] {
+    schema::TABLES.iter().find(|(n, _, _)| *n == name).map_or(&[][..], |(_, _, c)| c)
+}
+
 fn table_schema(name: &str) -> datafusion::arrow::datatypes::SchemaRef {
-    let columns = schema::TABLES.iter().find(|(n, _, _)| *n == name).map_or(&[][..], |(_, _, c)| c);
-    schema::schema(columns)
+    schema::schema(table_columns(name))
 }
 
 fn poisoned<T>(_: T) -> SqlError {
     SqlError::Internal("store lock poisoned".into())
 }
 
-/// The current rows of one table.
-fn snapshot(pipeline: &Pipeline, name: &str) -> Result<Vec<RecordBatch>, SqlError> {
+/// The rows of one table a query reads.
+enum Snapshot {
+    /// The appended tables' batches, unpacked as the query reads them.
+    Parts(Vec<Part>),
+    /// A table built for the query.
+    Batches(Vec<RecordBatch>),
+}
+
+/// The current rows of one table (none when the query does not name it).
+fn snapshot(pipeline: &Pipeline, name: &str, named: bool) -> Result<Snapshot, SqlError> {
+    if !named {
+        return Ok(Snapshot::Batches(Vec::new()));
+    }
     let built = match name {
         "spans" | "logs" => {
             let tables = pipeline.tables.read().map_err(poisoned)?;
-            return Ok(tables.snapshot(name).unwrap_or_default());
+            return Ok(Snapshot::Parts(tables.snapshot(name).unwrap_or_default()));
         }
         "edges" => {
             let topology = pipeline.topology.read().map_err(poisoned)?;
@@ -241,7 +258,7 @@ fn snapshot(pipeline: &Pipeline, name: &str) -> Result<Vec<RecordBatch>, SqlErro
             edges::services_batch(topology.rollups().buckets(), &operations)
         }
     };
-    built.map(|b| vec![b]).map_err(|e| SqlError::Internal(e.to_string()))
+    built.map(|b| Snapshot::Batches(vec![b])).map_err(|e| SqlError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -318,6 +335,32 @@ mod tests {
         }
         let r = query(&p, "EXPLAIN SELECT count(*) FROM spans").await.expect("EXPLAIN is read-only");
         assert!(r.rows > 0);
+    }
+
+    #[tokio::test]
+    async fn sealed_batches_read_back_their_packed_columns() {
+        let p = pipeline_with_spans(0, SqlLimits::default());
+        let items: Vec<_> = (0..crate::tables::columnar::SEAL_ROWS + 10)
+            .map(|i| {
+                let mut s = (*span((i % 200) as u8, (i % 250) as u8 + 1, Some(9), "svc", SpanKind::Client, 1_000, 1)).clone();
+                s.attributes.push(("row".into(), Value::Int(i as i64)));
+                if i % 3 == 0 {
+                    s.status_message = format!("failed <{i}>");
+                }
+                s
+            })
+            .collect();
+        p.ingest_spans(Converted { items, rejected: 0, reasons: vec![], truncated: 0 }, Transport::Grpc, crate::pipeline::Record::Unjournaled);
+        assert!(p.tables.read().expect("lock").spans.table().sealed().count() == 1, "one batch sealed, some rows open");
+        let sql = "SELECT count(*), count(status_message), min(trace_id), max(parent_span_id), \
+                   sum(CAST(json_row AS BIGINT)) FROM (SELECT *, regexp_replace(attributes, '.*\"row\":([0-9]+).*', '\\1') AS json_row FROM spans)";
+        let r = query(&p, sql).await.expect("query");
+        let doc = format::to_json(&r).expect("json");
+        let n = crate::tables::columnar::SEAL_ROWS + 10;
+        let expected = serde_json::json!([[n, n.div_ceil(3), "00".repeat(16), "09".repeat(8), n * (n - 1) / 2]]);
+        assert_eq!(doc["rows"], expected, "{doc}");
+        let r = query(&p, &format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", "07".repeat(16))).await.expect("query");
+        assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([[(0..n).filter(|i| i % 200 == 7).count()]]));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! An append-only columnar table: rows go into Arrow builders, which are sealed into an
-//! immutable `RecordBatch` every [`SEAL_ROWS`] rows. Readers get the sealed batches plus a
-//! copy of the open one, so a query never waits for a seal and never sees half a row.
-//! Eviction drops whole sealed batches, oldest first, by age or by a memory budget.
+//! immutable batch every [`SEAL_ROWS`] rows, its ID and large text columns packed
+//! ([`super::packed`]). Readers get the sealed batches plus a copy of the open one, so a
+//! query never waits for a seal and never sees half a row. Eviction drops whole sealed
+//! batches, oldest first, by age or by a memory budget.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -9,7 +10,13 @@ use datafusion::arrow::{
     array::{Array, ArrayBuilder, ArrayRef, UInt32Array},
     compute::take,
     datatypes::SchemaRef,
-    record_batch::RecordBatch,
+    error::ArrowError,
+    record_batch::{RecordBatch, RecordBatchOptions},
+};
+
+use super::{
+    packed::Stored,
+    schema::{self, Column},
 };
 
 /// Rows per sealed batch.
@@ -51,10 +58,12 @@ pub trait RowWriter<T>: Builders + Default {
 }
 
 /// A sealed batch with the time range of its rows and the journal records they came from.
+/// Cloning it is cheap (its columns are shared).
 #[derive(Debug, Clone)]
 pub struct Sealed {
-    /// The rows.
-    pub batch: RecordBatch,
+    schema: SchemaRef,
+    columns: Arc<[Stored]>,
+    rows: usize,
     /// The newest row time, Unix nanoseconds.
     pub newest_nanos: u64,
     /// The oldest row time, Unix nanoseconds.
@@ -67,15 +76,83 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// A batch read back from a segment.
-    pub fn restored(batch: RecordBatch, oldest_nanos: u64, newest_nanos: u64, records: Arc<[u64]>, seq: u64) -> Self {
-        let bytes = batch.get_array_memory_size();
-        Self { batch, newest_nanos, oldest_nanos, records, seq, bytes }
+    /// A batch of `columns`' rows (just sealed, or read back from a segment), its columns
+    /// packed as their storage says.
+    pub fn pack(batch: RecordBatch, columns: &[Column], oldest_nanos: u64, newest_nanos: u64, records: Arc<[u64]>, seq: u64) -> Self {
+        let rows = batch.num_rows();
+        let schema = batch.schema();
+        let stored: Arc<[Stored]> = batch
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, array)| Stored::pack(array.clone(), columns.get(i).map_or(schema::Storage::Plain, |c| c.storage)))
+            .collect();
+        let bytes = stored.iter().map(Stored::bytes).sum();
+        Self { schema, columns: stored, rows, newest_nanos, oldest_nanos, records, seq, bytes }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Column `index`, as stored.
+    pub fn column(&self, index: usize) -> Option<&Stored> {
+        self.columns.get(index)
+    }
+
+    /// The column named `name`, as stored.
+    pub fn column_by_name(&self, name: &str) -> Option<&Stored> {
+        self.columns.get(self.schema.index_of(name).ok()?)
+    }
+
+    /// The columns at `projection` (all when `None`), unpacked.
+    pub fn project(&self, projection: Option<&[usize]>) -> Result<RecordBatch, ArrowError> {
+        let all: Vec<usize>;
+        let indices = match projection {
+            Some(p) => p,
+            None => {
+                all = (0..self.columns.len()).collect();
+                &all
+            }
+        };
+        let arrays = indices
+            .iter()
+            .map(|&i| self.columns.get(i).ok_or_else(|| ArrowError::SchemaError(format!("no column {i}")))?.array())
+            .collect::<Result<Vec<_>, _>>()?;
+        let schema = Arc::new(self.schema.project(indices)?);
+        RecordBatch::try_new_with_options(schema, arrays, &RecordBatchOptions::new().with_row_count(Some(self.rows)))
+    }
+
+    /// Every column, unpacked.
+    pub fn batch(&self) -> Result<RecordBatch, ArrowError> {
+        self.project(None)
+    }
+}
+
+/// A part of a table snapshot: a sealed batch, or a copy of the open rows.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// Sealed rows (columns unpacked when read).
+    Sealed(Sealed),
+    /// A copy of the open rows.
+    Open(RecordBatch),
+}
+
+impl Part {
+    /// The columns at `projection` (all when `None`).
+    pub fn project(&self, projection: Option<&[usize]>) -> Result<RecordBatch, ArrowError> {
+        match (self, projection) {
+            (Self::Sealed(sealed), _) => sealed.project(projection),
+            (Self::Open(batch), Some(p)) => batch.project(p),
+            (Self::Open(batch), None) => Ok(batch.clone()),
+        }
     }
 }
 
 /// A table of sealed batches plus one open batch.
 pub struct Table<W> {
+    columns: &'static [Column],
     schema: SchemaRef,
     open: W,
     open_rows: usize,
@@ -116,10 +193,11 @@ fn seal_columns(columns: Vec<&mut dyn ArrayBuilder>) -> Vec<ArrayRef> {
 
 
 impl<W: Builders + Default> Table<W> {
-    /// An empty table with this schema (which must match the builders).
-    pub fn new(schema: SchemaRef) -> Self {
+    /// An empty table of these columns (which must match the builders).
+    pub fn new(columns: &'static [Column]) -> Self {
         Self {
-            schema,
+            columns,
+            schema: schema::schema(columns),
             open: W::default(),
             open_rows: 0,
             open_oldest: u64::MAX,
@@ -136,6 +214,11 @@ impl<W: Builders + Default> Table<W> {
     /// The schema.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The columns.
+    pub fn columns(&self) -> &'static [Column] {
+        self.columns
     }
 
     /// Appends the rows of one journal record (`record`, when journaled); seals the open
@@ -172,7 +255,7 @@ impl<W: Builders + Default> Table<W> {
         match batch {
             Ok(batch) => {
                 let seq = self.next_seq;
-                let sealed = Sealed::restored(batch, oldest_nanos, newest_nanos, records, seq);
+                let sealed = Sealed::pack(batch, self.columns, oldest_nanos, newest_nanos, records, seq);
                 self.push_sealed(sealed.clone());
                 Some(sealed)
             }
@@ -186,18 +269,18 @@ impl<W: Builders + Default> Table<W> {
     /// Adds a sealed batch (one just sealed, or one read back at start) as the newest.
     pub fn push_sealed(&mut self, sealed: Sealed) {
         self.next_seq = self.next_seq.max(sealed.seq + 1);
-        self.sealed_rows += sealed.batch.num_rows();
+        self.sealed_rows += sealed.rows;
         self.sealed_bytes += sealed.bytes;
         self.sealed.push_back(sealed);
     }
 
     /// Every row now: the sealed batches and a copy of the open one.
-    pub fn snapshot(&self) -> Vec<RecordBatch> {
-        let mut out: Vec<RecordBatch> = self.sealed.iter().map(|s| s.batch.clone()).collect();
+    pub fn snapshot(&self) -> Vec<Part> {
+        let mut out: Vec<Part> = self.sealed.iter().map(|s| Part::Sealed(s.clone())).collect();
         if self.open_rows > 0 {
             let columns = self.open.each().into_iter().map(|b| b.finish_cloned()).collect();
             match RecordBatch::try_new(self.schema.clone(), columns) {
-                Ok(batch) => out.push(batch),
+                Ok(batch) => out.push(Part::Open(batch)),
                 Err(error) => tracing::error!(%error, "the open batch does not match its schema"),
             }
         }
@@ -243,7 +326,7 @@ impl<W: Builders + Default> Table<W> {
     /// Removes the oldest sealed batch.
     pub fn pop_oldest(&mut self) -> Option<Sealed> {
         let s = self.sealed.pop_front()?;
-        let rows = s.batch.num_rows();
+        let rows = s.rows;
         self.sealed_rows -= rows;
         self.sealed_bytes -= s.bytes;
         self.evicted_rows += rows as u64;

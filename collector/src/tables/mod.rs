@@ -12,20 +12,20 @@ pub mod columnar;
 pub mod edges;
 pub mod json;
 pub mod logs;
+pub mod packed;
 pub mod schema;
 pub mod spans;
 pub mod traces;
 
 use std::{sync::Arc, time::Duration};
 
-use datafusion::arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
 
 use crate::{
     model::{LogRecord, Span},
     segments::Segments,
 };
 
-pub use columnar::{Sealed, Table};
+pub use columnar::{Part, Sealed, Table};
 
 /// The `spans` table's name.
 pub const SPANS: &str = "spans";
@@ -70,7 +70,7 @@ impl Tables {
     pub fn new(retention: Retention) -> Self {
         Self {
             spans: SpanTable::default(),
-            logs: Table::new(schema::schema(schema::LOGS)),
+            logs: Table::new(schema::LOGS),
             retention,
             segments: None,
         }
@@ -94,9 +94,9 @@ impl Tables {
         }
     }
 
-    /// The appended tables' names and schemas, for reading segments.
-    pub fn schemas(&self) -> Vec<(&'static str, SchemaRef)> {
-        vec![(SPANS, self.spans.table().schema().clone()), (LOGS, self.logs.schema().clone())]
+    /// The appended tables' names and columns, for reading segments.
+    pub fn schemas(&self) -> Vec<(&'static str, &'static [schema::Column])> {
+        vec![(SPANS, self.spans.table().columns()), (LOGS, self.logs.columns())]
     }
 
     fn persist(&self, table: &'static str, sealed: Option<Sealed>) {
@@ -130,7 +130,7 @@ impl Tables {
         if let Some(segments) = &self.segments {
             segments.delete(table, sealed.seq);
         }
-        sealed.batch.num_rows() as u64
+        sealed.rows() as u64
     }
 
     /// Bytes held by both tables.
@@ -173,7 +173,7 @@ impl Tables {
     }
 
     /// A snapshot of one appended table by name.
-    pub fn snapshot(&self, name: &str) -> Option<Vec<RecordBatch>> {
+    pub fn snapshot(&self, name: &str) -> Option<Vec<Part>> {
         match name {
             "spans" => Some(self.spans.table().snapshot()),
             "logs" => Some(self.logs.snapshot()),

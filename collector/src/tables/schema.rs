@@ -47,37 +47,60 @@ impl ColumnType {
     }
 }
 
+/// How a column of a sealed batch is kept in memory (queries always see [`ColumnType`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// As its Arrow type.
+    Plain,
+    /// Hex IDs kept as their bytes.
+    HexBytes,
+    /// Large text kept compressed in blocks.
+    Compressed,
+}
+
 /// One documented column.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
     /// Name.
     pub name: &'static str,
-    /// Storage type.
+    /// SQL type.
     pub ty: ColumnType,
     /// May be null.
     pub nullable: bool,
     /// What it holds.
     pub doc: &'static str,
+    /// How sealed batches keep it.
+    pub storage: Storage,
 }
 
 const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static str) -> Column {
-    Column { name, ty, nullable, doc }
+    Column { name, ty, nullable, doc, storage: Storage::Plain }
+}
+
+/// A hex ID column, kept as bytes in sealed batches.
+const fn id(name: &'static str, nullable: bool, doc: &'static str) -> Column {
+    Column { name, ty: Text, nullable, doc, storage: Storage::HexBytes }
+}
+
+/// A large text column (JSON), kept compressed in sealed batches.
+const fn packed(name: &'static str, nullable: bool, doc: &'static str) -> Column {
+    Column { name, ty: Text, nullable, doc, storage: Storage::Compressed }
 }
 
 use ColumnType::{Dict, Float64, Int64, Text, Timestamp, UInt64};
 
 /// `spans`: one row per span, from sidecars and SDKs.
 pub const SPANS: &[Column] = &[
-    col("trace_id", Text, false, "Trace ID, 32 lower-case hex digits."),
-    col("span_id", Text, false, "Span ID, 16 hex digits."),
-    col("parent_span_id", Text, true, "Parent span ID; null for a root span."),
+    id("trace_id", false, "Trace ID, 32 lower-case hex digits."),
+    id("span_id", false, "Span ID, 16 hex digits."),
+    id("parent_span_id", true, "Parent span ID; null for a root span."),
     col("service", Dict, false, "Producing service (`service.name`)."),
     col("operation", Dict, false, "Span name."),
     col("kind", Dict, false, "server, client, internal, producer, consumer or unspecified."),
     col("start_time", Timestamp, false, "Span start."),
     col("duration_ns", Int64, false, "Duration in nanoseconds."),
     col("status", Dict, false, "unset, ok or error."),
-    col("status_message", Text, true, "Status message, when set."),
+    packed("status_message", true, "Status message, when set."),
     col("http_method", Dict, true, "`http.request.method`."),
     col("http_route", Dict, true, "`http.route` (a template, never a raw path)."),
     col("http_status_code", Int64, true, "`http.response.status_code`."),
@@ -90,10 +113,10 @@ pub const SPANS: &[Column] = &[
     col("destination_version", Dict, true, "`meshlens.destination.version`."),
     col("destination_namespace", Dict, true, "`meshlens.destination.namespace`."),
     col("response_flags", Dict, true, "`meshlens.response_flags` (Envoy-style: UF, UT, NR, …)."),
-    col("attributes", Text, false, "Every other span attribute (incl. `peer.service`), as a JSON object in arrival order."),
+    packed("attributes", false, "Every other span attribute (incl. `peer.service`), as a JSON object, keys sorted."),
     col("resource", Dict, false, "Resource attributes, as a JSON object."),
-    col("events", Text, true, "Span events as a JSON array of {time_unix_nano, name, attributes}; null when none."),
-    col("links", Text, true, "Links to other spans as a JSON array of {trace_id, span_id}; null when none."),
+    packed("events", true, "Span events as a JSON array of {time_unix_nano, name, attributes}; null when none."),
+    packed("links", true, "Links to other spans as a JSON array of {trace_id, span_id}; null when none."),
     col("scope", Dict, false, "Instrumentation scope name (empty when not given)."),
 ];
 
@@ -103,11 +126,11 @@ pub const LOGS: &[Column] = &[
     col("service", Dict, false, "Producing service (`service.name`)."),
     col("severity_number", Int64, false, "OTLP severity number (0 when unset)."),
     col("severity", Dict, true, "Severity text."),
-    col("body", Text, true, "The body, as text."),
-    col("trace_id", Text, true, "Related trace ID, hex."),
-    col("span_id", Text, true, "Related span ID, hex."),
+    packed("body", true, "The body, as text."),
+    id("trace_id", true, "Related trace ID, hex."),
+    id("span_id", true, "Related span ID, hex."),
     col("event_name", Dict, true, "`event.name`; `meshlens.access_log` for sidecar access logs."),
-    col("attributes", Text, false, "All record attributes, as a JSON object."),
+    packed("attributes", false, "All record attributes, as a JSON object."),
     col("resource", Dict, false, "Resource attributes, as a JSON object."),
 ];
 

@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use datafusion::arrow::{
     array::{
-        Array, ArrayAccessor, AsArray, Int64Array, Int64Builder, StringArray, StringBuilder, StringDictionaryBuilder,
-        TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
+        Array, ArrayAccessor, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, Int64Builder, StringArray, StringBuilder,
+        StringDictionaryBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
     },
     datatypes::{Int32Type, TimestampNanosecondType},
-    record_batch::RecordBatch,
 };
 use meshlens_common::semconv;
 
 use super::{
-    columnar::{RowWriter, column_builders},
+    columnar::{RowWriter, Sealed, column_builders},
     json::{read_attributes, value_of, write_attributes},
+    packed::{Stored, TextColumn},
 };
 use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern, shared_value};
 
@@ -248,68 +248,136 @@ impl RowWriter<Span> for SpanRows {
 
 type DictColumn<'a> = TypedDictionaryArray<'a, Int32Type, StringArray>;
 
-/// The columns of one stored batch of spans, typed, for reading rows back.
+/// An ID column of a sealed batch: bytes, or hex text when it could not be packed.
+enum IdColumn<'a> {
+    Bytes(&'a FixedSizeBinaryArray),
+    Hex(&'a StringArray),
+}
+
+impl<'a> IdColumn<'a> {
+    fn new(stored: &'a Stored) -> Option<Self> {
+        match stored {
+            Stored::Hex(bytes) => Some(Self::Bytes(bytes)),
+            Stored::Plain(array) => array.as_string_opt::<i32>().map(Self::Hex),
+            Stored::Text(_) => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::Hex(h) => h.len(),
+        }
+    }
+
+    /// Row `row`'s ID bytes (`N` of them), unless null.
+    fn get<const N: usize>(&self, row: usize) -> Option<[u8; N]> {
+        match self {
+            Self::Bytes(b) => b.is_valid(row).then(|| b.value(row).try_into().ok()).flatten(),
+            Self::Hex(h) => {
+                let hex = h.is_valid(row).then(|| h.value(row))?;
+                let mut out = [0u8; N];
+                (hex.len() == 2 * N).then_some(())?;
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// The rows whose ID is `id`.
+    fn rows_of<const N: usize>(&self, id: &[u8; N]) -> Vec<usize> {
+        match self {
+            Self::Bytes(b) => (0..b.len()).filter(|&i| b.value(i) == id).collect(),
+            Self::Hex(_) => (0..self.len()).filter(|&i| self.get::<N>(i).as_ref() == Some(id)).collect(),
+        }
+    }
+}
+
+/// The columns of one sealed batch of spans, typed, for reading rows back.
 pub struct StoredSpans<'a> {
-    trace_id: &'a StringArray,
-    span_id: &'a StringArray,
-    parent_span_id: &'a StringArray,
+    trace_id: IdColumn<'a>,
+    span_id: IdColumn<'a>,
+    parent_span_id: IdColumn<'a>,
     service: DictColumn<'a>,
     operation: DictColumn<'a>,
     kind: DictColumn<'a>,
     start_time: &'a TimestampNanosecondArray,
     duration_ns: &'a Int64Array,
     status: DictColumn<'a>,
-    status_message: &'a StringArray,
+    status_message: TextColumn<'a>,
     http_status_code: &'a Int64Array,
     strings: [DictColumn<'a>; 10],
-    attributes: &'a StringArray,
+    attributes: TextColumn<'a>,
     resource: DictColumn<'a>,
-    events: &'a StringArray,
-    links: &'a StringArray,
+    events: TextColumn<'a>,
+    links: TextColumn<'a>,
     scope: DictColumn<'a>,
 }
 
-fn string<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
-    batch.column_by_name(name)?.as_string_opt::<i32>()
+fn plain<'a>(sealed: &'a Sealed, name: &str) -> Option<&'a ArrayRef> {
+    match sealed.column_by_name(name)? {
+        Stored::Plain(array) => Some(array),
+        _ => None,
+    }
 }
 
-fn dict<'a>(batch: &'a RecordBatch, name: &str) -> Option<DictColumn<'a>> {
-    batch.column_by_name(name)?.as_dictionary_opt::<Int32Type>()?.downcast_dict::<StringArray>()
+fn dict<'a>(sealed: &'a Sealed, name: &str) -> Option<DictColumn<'a>> {
+    plain(sealed, name)?.as_dictionary_opt::<Int32Type>()?.downcast_dict::<StringArray>()
+}
+
+fn text_column<'a>(sealed: &'a Sealed, name: &str) -> Option<TextColumn<'a>> {
+    TextColumn::new(sealed.column_by_name(name)?)
+}
+
+fn id_column<'a>(sealed: &'a Sealed, name: &str) -> Option<IdColumn<'a>> {
+    IdColumn::new(sealed.column_by_name(name)?)
 }
 
 fn dict_value<'a>(column: &DictColumn<'a>, row: usize) -> Option<&'a str> {
     column.is_valid(row).then(|| column.value(row))
 }
 
-fn nonnull(column: &StringArray, row: usize) -> Option<&str> {
-    column.is_valid(row).then(|| column.value(row))
+/// The rows of trace `id` in a sealed `spans` batch (reading its ID column only).
+pub fn rows_of(sealed: &Sealed, id: &TraceId) -> Vec<usize> {
+    id_column(sealed, "trace_id").map(|ids| ids.rows_of(&id.0)).unwrap_or_default()
+}
+
+/// The distinct trace IDs of a sealed `spans` batch.
+pub fn trace_ids(sealed: &Sealed) -> Vec<TraceId> {
+    let Some(ids) = id_column(sealed, "trace_id") else { return Vec::new() };
+    let mut out: Vec<TraceId> = (0..ids.len()).filter_map(|row| ids.get(row).map(TraceId)).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 impl<'a> StoredSpans<'a> {
-    /// The typed columns of a `spans` batch; `None` if it is not one.
-    pub fn new(batch: &'a RecordBatch) -> Option<Self> {
+    /// The typed columns of a sealed `spans` batch; `None` if it is not one.
+    pub fn new(sealed: &'a Sealed) -> Option<Self> {
         let mut strings = Vec::with_capacity(STRING_COLUMNS.len());
         for name in STRING_COLUMNS {
-            strings.push(dict(batch, name)?);
+            strings.push(dict(sealed, name)?);
         }
         Some(Self {
-            trace_id: string(batch, "trace_id")?,
-            span_id: string(batch, "span_id")?,
-            parent_span_id: string(batch, "parent_span_id")?,
-            service: dict(batch, "service")?,
-            operation: dict(batch, "operation")?,
-            kind: dict(batch, "kind")?,
-            start_time: batch.column_by_name("start_time")?.as_primitive_opt::<TimestampNanosecondType>()?,
-            duration_ns: batch.column_by_name("duration_ns")?.as_primitive_opt()?,
-            status: dict(batch, "status")?,
-            status_message: string(batch, "status_message")?,
-            http_status_code: batch.column_by_name("http_status_code")?.as_primitive_opt()?,
+            trace_id: id_column(sealed, "trace_id")?,
+            span_id: id_column(sealed, "span_id")?,
+            parent_span_id: id_column(sealed, "parent_span_id")?,
+            service: dict(sealed, "service")?,
+            operation: dict(sealed, "operation")?,
+            kind: dict(sealed, "kind")?,
+            start_time: plain(sealed, "start_time")?.as_primitive_opt::<TimestampNanosecondType>()?,
+            duration_ns: plain(sealed, "duration_ns")?.as_primitive_opt()?,
+            status: dict(sealed, "status")?,
+            status_message: text_column(sealed, "status_message")?,
+            http_status_code: plain(sealed, "http_status_code")?.as_primitive_opt()?,
             strings: strings.try_into().ok()?,
-            attributes: string(batch, "attributes")?,
-            resource: dict(batch, "resource")?,
-            events: string(batch, "events")?,
-            links: string(batch, "links")?,
-            scope: dict(batch, "scope")?,
+            attributes: text_column(sealed, "attributes")?,
+            resource: dict(sealed, "resource")?,
+            events: text_column(sealed, "events")?,
+            links: text_column(sealed, "links")?,
+            scope: dict(sealed, "scope")?,
         })
     }
 
@@ -323,9 +391,9 @@ impl<'a> StoredSpans<'a> {
         self.len() == 0
     }
 
-    /// A row's trace ID, hex.
-    pub fn trace_hex(&self, row: usize) -> &'a str {
-        self.trace_id.value(row)
+    /// A row's trace ID.
+    pub fn trace_id(&self, row: usize) -> Option<TraceId> {
+        self.trace_id.get(row).map(TraceId)
     }
 
     /// A row's service.
@@ -368,8 +436,8 @@ impl<'a> StoredSpans<'a> {
     }
 
     /// A row's `attributes` JSON text.
-    pub fn attributes_text(&self, row: usize) -> &'a str {
-        self.attributes.value(row)
+    pub fn attributes_text(&self, row: usize) -> &str {
+        self.attributes.get(row).unwrap_or("{}")
     }
 
     /// A row's `resource` JSON text.
@@ -380,9 +448,9 @@ impl<'a> StoredSpans<'a> {
     /// The span stored in a row, its attributes sorted by key as ingest sorts them.
     /// `resources` shares equal resources between the spans it rebuilds.
     pub fn span(&self, row: usize, resources: &mut Vec<(String, Arc<Resource>)>) -> Option<Span> {
-        let trace_id = TraceId::parse_hex(self.trace_id.value(row))?;
-        let span_id = SpanId::parse_hex(self.span_id.value(row))?;
-        let mut attributes = read_attributes(self.attributes.value(row));
+        let trace_id = self.trace_id(row)?;
+        let span_id = SpanId(self.span_id.get(row)?);
+        let mut attributes = read_attributes(self.attributes_text(row));
         if self.http_status_code.is_valid(row) && !attributes.iter().any(|(k, _)| &**k == STATUS_CODE) {
             attributes.push((intern(STATUS_CODE), Value::Int(self.http_status_code.value(row))));
         }
@@ -408,7 +476,7 @@ impl<'a> StoredSpans<'a> {
         Some(Span {
             trace_id,
             span_id,
-            parent_span_id: nonnull(self.parent_span_id, row).and_then(SpanId::parse_hex),
+            parent_span_id: self.parent_span_id.get(row).map(SpanId),
             name: self.operation.value(row).to_owned(),
             kind: kind_from_str(self.kind.value(row)),
             start_unix_nanos: start,
@@ -418,19 +486,14 @@ impl<'a> StoredSpans<'a> {
                 "error" => StatusCode::Error,
                 _ => StatusCode::Unset,
             },
-            status_message: nonnull(self.status_message, row).unwrap_or_default().to_owned(),
+            status_message: self.status_message.get(row).unwrap_or_default().to_owned(),
             attributes,
-            events: nonnull(self.events, row).map(read_events).unwrap_or_default(),
-            links: nonnull(self.links, row).map(read_links).unwrap_or_default(),
+            events: self.events.get(row).map(read_events).unwrap_or_default(),
+            links: self.links.get(row).map(read_links).unwrap_or_default(),
             resource,
             scope: self.scope.value(row).into(),
         })
     }
-}
-
-/// The rows of one trace in a `trace_id` column (the table's first column).
-pub fn rows_of(trace_ids: &StringArray, trace_hex: &str) -> Vec<usize> {
-    (0..trace_ids.len()).filter(|&i| trace_ids.value(i) == trace_hex).collect()
 }
 
 /// The kind [`SpanKind::as_str`] spells this way.
@@ -488,7 +551,7 @@ mod tests {
 
     #[test]
     fn spans_fill_every_column_in_schema_order() {
-        let mut table: Table<SpanRows> = Table::new(schema::schema(schema::SPANS));
+        let mut table: Table<SpanRows> = Table::new(schema::SPANS);
         let mut client = (*span(1, 2, Some(1), "frontend", SpanKind::Client, 10, 5)).clone();
         client.attributes.push(("server.address".into(), Value::Str("reviews".into())));
         client.attributes.push(("http.request.method".into(), Value::Str("GET".into())));
@@ -496,9 +559,9 @@ mod tests {
         client.events.push(SpanEvent { time_unix_nanos: 12, name: "retry".into(), attributes: vec![] });
         let root = span(1, 1, None, "frontend", SpanKind::Server, 9, 20);
         table.extend([&*root, &client], None);
-        let batches = table.snapshot();
-        assert_eq!(batches.len(), 1);
-        let batch = &batches[0];
+        let parts = table.snapshot();
+        assert_eq!(parts.len(), 1);
+        let batch = &parts[0].project(None).expect("batch");
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.column_by_name("trace_id").expect("col").as_string::<i32>().value(0), "01".repeat(16));
         assert!(batch.column_by_name("parent_span_id").expect("col").is_null(0));

@@ -15,13 +15,11 @@ use std::{
     sync::Arc,
 };
 
-use datafusion::arrow::array::AsArray;
-
 use super::{
     columnar::{Sealed, Table},
     json::read_attributes,
     schema,
-    spans::{SpanRows, StoredSpans, rows_of},
+    spans::{SpanRows, StoredSpans, rows_of, trace_ids},
 };
 use crate::model::{Span, SpanKind, StatusCode, TraceId, attr};
 
@@ -122,7 +120,7 @@ pub struct SpanTable {
 impl Default for SpanTable {
     fn default() -> Self {
         Self {
-            table: Table::new(schema::schema(schema::SPANS)),
+            table: Table::new(schema::SPANS),
             open: Vec::new(),
             services: BTreeMap::new(),
             batches_of: HashMap::new(),
@@ -139,8 +137,7 @@ fn prefix(id: &TraceId) -> u64 {
 
 /// The distinct index keys of a sealed batch's rows.
 fn prefixes(sealed: &Sealed) -> Vec<u64> {
-    let Some(ids) = sealed.batch.column(0).as_string_opt::<i32>() else { return Vec::new() };
-    let mut out: Vec<u64> = ids.iter().flatten().filter_map(|hex| u64::from_str_radix(hex.get(..16)?, 16).ok()).collect();
+    let mut out: Vec<u64> = trace_ids(sealed).iter().map(prefix).collect();
     out.sort_unstable();
     out.dedup();
     out
@@ -226,7 +223,7 @@ impl SpanTable {
     /// Adds a batch read back from a segment (as the newest sealed batch), indexing its
     /// services and operations.
     pub fn restore(&mut self, sealed: Sealed) {
-        if let Some(stored) = StoredSpans::new(&sealed.batch) {
+        if let Some(stored) = StoredSpans::new(&sealed) {
             for row in 0..stored.len() {
                 self.index(stored.service(row), stored.operation(row), super::spans::kind_from_str(stored.kind(row)));
             }
@@ -295,17 +292,15 @@ pub struct SpanView {
 impl SpanView {
     /// The spans of one trace, ordered by start time.
     pub fn get(&self, id: &TraceId) -> Option<Vec<Arc<Span>>> {
-        let hex = id.to_string();
         let mut resources = Vec::new();
         let mut spans: Vec<Arc<Span>> = Vec::new();
         for sealed in &self.sealed {
             // Read the ID column alone first: a full view holds many batches without the trace.
-            let Some(ids) = sealed.batch.column(0).as_string_opt::<i32>() else { continue };
-            let rows = rows_of(ids, &hex);
+            let rows = rows_of(sealed, id);
             if rows.is_empty() {
                 continue;
             }
-            let Some(stored) = StoredSpans::new(&sealed.batch) else { continue };
+            let Some(stored) = StoredSpans::new(sealed) else { continue };
             for row in rows {
                 if let Some(span) = stored.span(row, &mut resources) {
                     spans.push(Arc::new(span));
@@ -340,7 +335,7 @@ impl SpanView {
             if !query.may_match(sealed) {
                 continue;
             }
-            let Some(stored) = StoredSpans::new(&sealed.batch) else { continue };
+            let Some(stored) = StoredSpans::new(sealed) else { continue };
             let mut hits: Vec<(u64, usize)> =
                 (0..stored.len()).filter(|&row| query.matches_row(&stored, row)).map(|row| (stored.start(row), row)).collect();
             hits.sort_unstable_by(|a, b| b.cmp(a));
@@ -348,7 +343,7 @@ impl SpanView {
                 if ids.len() >= query.limit {
                     break;
                 }
-                if let Some(id) = TraceId::parse_hex(stored.trace_hex(row))
+                if let Some(id) = stored.trace_id(row)
                     && seen.insert(id)
                 {
                     ids.push(id);

@@ -1,0 +1,94 @@
+//! The `spans` and `logs` tables as DataFusion reads them: a snapshot of their batches in
+//! which only the columns a query names are unpacked from their compact storage (a query
+//! that never reads `attributes` never decompresses it). When it reads none of the packed
+//! columns, the scan shares the stored arrays and tells the planner its exact row counts,
+//! as an in-memory table does; when it does, the batches are unpacked one at a time as the
+//! query consumes them, so memory stays bounded whatever the table holds.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::{
+    arrow::datatypes::SchemaRef,
+    catalog::{Session, TableProvider, memory::MemorySourceConfig},
+    error::{DataFusionError, Result},
+    execution::{SendableRecordBatchStream, TaskContext},
+    logical_expr::{Expr, TableType},
+    physical_plan::{
+        ExecutionPlan,
+        stream::RecordBatchStreamAdapter,
+        streaming::{PartitionStream, StreamingTableExec},
+    },
+};
+
+use crate::tables::{
+    Part,
+    schema::{self, Column, Storage},
+};
+
+/// A table snapshot DataFusion can scan.
+#[derive(Debug)]
+pub struct SnapshotTable {
+    columns: &'static [Column],
+    schema: SchemaRef,
+    parts: Arc<[Part]>,
+}
+
+impl SnapshotTable {
+    /// The table of these columns holding these parts.
+    pub fn new(columns: &'static [Column], parts: Vec<Part>) -> Self {
+        Self { columns, schema: schema::schema(columns), parts: parts.into() }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        if let Some(p) = projection
+            && p.iter().all(|&i| self.columns.get(i).is_some_and(|c| c.storage == Storage::Plain))
+        {
+            let batches = self.parts.iter().map(|part| part.project(Some(p))).collect::<Result<Vec<_>, _>>()?;
+            return Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?);
+        }
+        let stream = PartStream { schema: schema.clone(), parts: self.parts.clone(), projection: projection.cloned() };
+        Ok(Arc::new(StreamingTableExec::try_new(schema, vec![Arc::new(stream)], None, [], false, limit)?))
+    }
+}
+
+/// The parts in order, each projected when the stream reaches it.
+#[derive(Debug)]
+struct PartStream {
+    schema: SchemaRef,
+    parts: Arc<[Part]>,
+    projection: Option<Vec<usize>>,
+}
+
+impl PartitionStream for PartStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (parts, projection) = (self.parts.clone(), self.projection.clone());
+        let batches = (0..parts.len()).map(move |i| parts[i].project(projection.as_deref()).map_err(DataFusionError::from));
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures_util::stream::iter(batches)))
+    }
+}

@@ -1,0 +1,328 @@
+//! Compact columns for sealed batches. Hex ID columns are kept as their bytes (16 or 8 a row
+//! instead of 32 or 16 characters and an offset), and large text columns (JSON attributes,
+//! events, bodies) zstd-compressed in blocks of [`BLOCK_ROWS`] rows. A query that reads
+//! such a column gets the ordinary Arrow text array back ([`Stored::array`]); a row lookup
+//! decompresses only the block that holds the row ([`PackedText::block`]).
+
+use std::{cell::OnceCell, sync::Arc};
+
+use datafusion::arrow::{
+    array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray},
+    buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer},
+    error::ArrowError,
+};
+
+use super::schema::Storage;
+
+/// Rows per compressed block.
+pub const BLOCK_ROWS: usize = 1024;
+
+/// zstd's fastest regular level: sealing must not slow ingest much.
+const LEVEL: i32 = 1;
+
+/// Marks a null row in a block's length list.
+const NULL: u32 = u32::MAX;
+
+/// One column of a sealed batch.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// Kept as its Arrow array.
+    Plain(ArrayRef),
+    /// Hex IDs kept as bytes.
+    Hex(FixedSizeBinaryArray),
+    /// Text kept compressed.
+    Text(Arc<PackedText>),
+}
+
+impl Stored {
+    /// Packs a finished column as `storage` says, when its values allow it (hex IDs must be
+    /// lower-case hex of one length); otherwise keeps it as it is.
+    pub fn pack(array: ArrayRef, storage: Storage) -> Self {
+        let packed = match storage {
+            Storage::Plain => None,
+            Storage::HexBytes => array.as_string_opt::<i32>().and_then(hex_bytes).map(Self::Hex),
+            Storage::Compressed => array.as_string_opt::<i32>().and_then(PackedText::pack).map(|p| Self::Text(Arc::new(p))),
+        };
+        packed.unwrap_or(Self::Plain(array))
+    }
+
+    /// The column as its schema's Arrow type.
+    pub fn array(&self) -> Result<ArrayRef, ArrowError> {
+        match self {
+            Self::Plain(array) => Ok(array.clone()),
+            Self::Hex(bytes) => Ok(Arc::new(hex_text(bytes)?)),
+            Self::Text(text) => Ok(Arc::new(text.unpack()?)),
+        }
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Plain(array) => array.len(),
+            Self::Hex(bytes) => bytes.len(),
+            Self::Text(text) => text.rows,
+        }
+    }
+
+    /// Whether it has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Plain(array) => array.get_array_memory_size(),
+            Self::Hex(bytes) => bytes.get_array_memory_size(),
+            Self::Text(text) => text.bytes(),
+        }
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The bytes of a column of lower-case hex IDs of one length; `None` if it has another
+/// value (or only nulls).
+fn hex_bytes(text: &StringArray) -> Option<FixedSizeBinaryArray> {
+    let width = text.iter().flatten().next()?.len();
+    if width == 0 || width % 2 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(text.len() * width / 2);
+    for row in 0..text.len() {
+        if text.is_null(row) {
+            bytes.resize(bytes.len() + width / 2, 0);
+            continue;
+        }
+        let hex = text.value(row).as_bytes();
+        if hex.len() != width {
+            return None;
+        }
+        for pair in hex.chunks_exact(2) {
+            bytes.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+        }
+    }
+    FixedSizeBinaryArray::try_new(i32::try_from(width / 2).ok()?, Buffer::from_vec(bytes), text.nulls().cloned()).ok()
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The hex text of a column of IDs.
+fn hex_text(bytes: &FixedSizeBinaryArray) -> Result<StringArray, ArrowError> {
+    let width = usize::try_from(bytes.value_length()).unwrap_or(0) * 2;
+    let mut text = Vec::with_capacity(bytes.len() * width);
+    for byte in bytes.values().iter() {
+        text.push(HEX[usize::from(byte >> 4)]);
+        text.push(HEX[usize::from(byte & 15)]);
+    }
+    let offsets = (0..=bytes.len()).map(|i| i32::try_from(i * width)).collect::<Result<Vec<i32>, _>>();
+    let offsets = offsets.map_err(|_| ArrowError::ComputeError("an ID column over 2 GiB".into()))?;
+    StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(text), bytes.nulls().cloned())
+}
+
+/// A text column compressed in blocks of [`BLOCK_ROWS`] rows. A block, before
+/// compression, is the rows' byte lengths (little-endian `u32`, `u32::MAX` for null)
+/// followed by their text.
+#[derive(Debug)]
+pub struct PackedText {
+    rows: usize,
+    blocks: Vec<Block>,
+}
+
+#[derive(Debug)]
+struct Block {
+    /// Its size before compression.
+    raw: usize,
+    data: Box<[u8]>,
+}
+
+fn corrupt(what: &str) -> ArrowError {
+    ArrowError::ComputeError(format!("a compressed column block is damaged: {what}"))
+}
+
+impl PackedText {
+    /// Compresses a text column; `None` if compression fails (the column is then kept as is).
+    pub fn pack(text: &StringArray) -> Option<Self> {
+        let mut compressor = zstd::bulk::Compressor::new(LEVEL).ok()?;
+        let mut blocks = Vec::with_capacity(text.len().div_ceil(BLOCK_ROWS));
+        let mut raw = Vec::new();
+        let offsets = text.value_offsets();
+        let values = text.values().as_slice();
+        for start in (0..text.len()).step_by(BLOCK_ROWS) {
+            let end = (start + BLOCK_ROWS).min(text.len());
+            raw.clear();
+            for row in start..end {
+                let len = if text.is_null(row) { NULL } else { u32::try_from(offsets[row + 1] - offsets[row]).ok()? };
+                raw.extend_from_slice(&len.to_le_bytes());
+            }
+            for row in start..end {
+                if text.is_valid(row) {
+                    let (from, to) = (usize::try_from(offsets[row]).ok()?, usize::try_from(offsets[row + 1]).ok()?);
+                    raw.extend_from_slice(values.get(from..to)?);
+                }
+            }
+            let data = compressor.compress(&raw).ok()?;
+            blocks.push(Block { raw: raw.len(), data: data.into_boxed_slice() });
+        }
+        Some(Self { rows: text.len(), blocks })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.blocks.iter().map(|b| b.data.len() + std::mem::size_of::<Block>()).sum::<usize>()
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether it has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows of block `index` (rows `index * BLOCK_ROWS ..`).
+    pub fn block(&self, index: usize) -> Result<StringArray, ArrowError> {
+        let block = self.blocks.get(index).ok_or_else(|| corrupt("no such block"))?;
+        let raw = zstd::bulk::decompress(&block.data, block.raw).map_err(|e| corrupt(&e.to_string()))?;
+        let rows = (self.rows - index * BLOCK_ROWS).min(BLOCK_ROWS);
+        let mut offsets = Vec::with_capacity(rows + 1);
+        let mut valid = Vec::with_capacity(rows);
+        offsets.push(0i32);
+        let mut at = 0i32;
+        for row in 0..rows {
+            let len = raw.get(row * 4..row * 4 + 4).ok_or_else(|| corrupt("short length list"))?;
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+            valid.push(len != NULL);
+            if len != NULL {
+                at = i32::try_from(len).ok().and_then(|l| at.checked_add(l)).ok_or_else(|| corrupt("lengths overflow"))?;
+            }
+            offsets.push(at);
+        }
+        let header = rows * 4;
+        if raw.len() != header + usize::try_from(at).unwrap_or(usize::MAX) {
+            return Err(corrupt("lengths do not match the text"));
+        }
+        let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+        let values = Buffer::from_vec(raw).slice(header);
+        StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), values, nulls)
+    }
+
+    /// The whole column.
+    pub fn unpack(&self) -> Result<StringArray, ArrowError> {
+        let mut values = Vec::with_capacity(self.blocks.iter().map(|b| b.raw).sum());
+        let mut offsets = Vec::with_capacity(self.rows + 1);
+        let mut valid = Vec::with_capacity(self.rows);
+        offsets.push(0i32);
+        for index in 0..self.blocks.len() {
+            let block = self.block(index)?;
+            let base = i32::try_from(values.len()).map_err(|_| corrupt("a text column over 2 GiB"))?;
+            values.extend_from_slice(block.values().as_slice());
+            let first = block.value_offsets()[0];
+            for end in &block.value_offsets()[1..] {
+                offsets.push(base + (end - first));
+            }
+            valid.extend((0..block.len()).map(|row| block.is_valid(row)));
+        }
+        let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+        StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(values), nulls)
+    }
+}
+
+/// A text column of a sealed batch, read row by row: a packed block is decompressed the
+/// first time one of its rows is read, and kept while the reader lives.
+#[derive(Debug)]
+pub enum TextColumn<'a> {
+    /// Kept as text.
+    Plain(&'a StringArray),
+    /// Kept compressed.
+    Packed {
+        /// The column.
+        text: &'a PackedText,
+        /// Its blocks, once read (`None` when damaged).
+        blocks: Box<[OnceCell<Option<StringArray>>]>,
+    },
+}
+
+impl<'a> TextColumn<'a> {
+    /// A reader of a stored text column; `None` if it is not text.
+    pub fn new(stored: &'a Stored) -> Option<Self> {
+        match stored {
+            Stored::Plain(array) => array.as_string_opt::<i32>().map(Self::Plain),
+            Stored::Text(text) => Some(Self::Packed { text, blocks: (0..text.blocks.len()).map(|_| OnceCell::new()).collect() }),
+            Stored::Hex(_) => None,
+        }
+    }
+
+    /// Row `row`'s value (`None` when null, or unreadable).
+    pub fn get(&self, row: usize) -> Option<&str> {
+        match self {
+            Self::Plain(array) => (row < array.len() && array.is_valid(row)).then(|| array.value(row)),
+            Self::Packed { text, blocks } => {
+                let block = blocks
+                    .get(row / BLOCK_ROWS)?
+                    .get_or_init(|| {
+                        text.block(row / BLOCK_ROWS)
+                            .map_err(|error| tracing::error!(%error, "stored rows cannot be read"))
+                            .ok()
+                    })
+                    .as_ref()?;
+                let i = row % BLOCK_ROWS;
+                (i < block.len() && block.is_valid(i)).then(|| block.value(i))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_through_blocks_with_nulls() {
+        let rows: Vec<Option<String>> =
+            (0..2500).map(|i| (i % 7 != 3).then(|| if i % 11 == 0 { String::new() } else { format!("{{\"k\":\"v-{i}\"}}") })).collect();
+        let text = StringArray::from(rows.clone());
+        let packed = PackedText::pack(&text).expect("packs");
+        assert_eq!(packed.blocks.len(), 3);
+        assert!(packed.bytes() < text.get_array_memory_size() / 3, "{} vs {}", packed.bytes(), text.get_array_memory_size());
+        assert_eq!(packed.unpack().expect("unpacks"), text);
+        let stored = Stored::Text(Arc::new(packed));
+        let reader = TextColumn::new(&stored).expect("text");
+        for row in [0, 3, 1023, 1024, 2499, 11] {
+            assert_eq!(reader.get(row), rows[row].as_deref(), "row {row}");
+        }
+        assert_eq!(reader.get(2500), None, "past the end");
+        let sliced = text.slice(5, 1500);
+        assert_eq!(PackedText::pack(&sliced).expect("packs").unpack().expect("unpacks"), sliced, "offsets not from zero");
+    }
+
+    #[test]
+    fn hex_ids_are_kept_as_bytes_and_read_back_as_hex() {
+        let ids = StringArray::from(vec![Some("00ff10ab00000000"), None, Some("0123456789abcdef")]);
+        let stored = Stored::pack(Arc::new(ids.clone()), Storage::HexBytes);
+        assert!(matches!(stored, Stored::Hex(_)));
+        assert_eq!(stored.array().expect("array").as_string::<i32>(), &ids);
+        for odd in [vec![Some("ABCD")], vec![Some("abcd"), Some("ab")], vec![Some("xyz0")], vec![None]] {
+            let text = StringArray::from(odd);
+            assert!(matches!(Stored::pack(Arc::new(text), Storage::HexBytes), Stored::Plain(_)), "kept as text");
+        }
+    }
+
+    #[test]
+    fn a_damaged_block_is_an_error_not_a_panic() {
+        let text = StringArray::from(vec!["a", "b"]);
+        let mut packed = PackedText::pack(&text).expect("packs");
+        packed.blocks[0].data = vec![1, 2, 3].into_boxed_slice();
+        assert!(packed.unpack().is_err());
+        let stored = Stored::Text(Arc::new(packed));
+        assert_eq!(TextColumn::new(&stored).expect("text").get(0), None);
+    }
+}
