@@ -103,6 +103,14 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The shared text if it is a string.
+    pub fn as_shared(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
     /// The value if it is an integer (or a string holding one).
     pub fn as_i64(&self) -> Option<i64> {
         match self {

@@ -20,7 +20,12 @@ use std::{
 
 use meshlens_common::semconv;
 
-use crate::model::{Attributes, LogRecord, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr};
+use crate::model::{Attributes, LogRecord, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern};
+
+/// An attribute's string value, shared (not copied).
+fn shared(attributes: &Attributes, key: &str) -> Option<Arc<str>> {
+    attr(attributes, key).and_then(Value::as_shared).cloned()
+}
 
 /// What a node in the topology is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -63,11 +68,11 @@ pub struct NodeRef {
 impl NodeRef {
     /// The node for unknown callers.
     pub fn unknown() -> Self {
-        Self { kind: NodeKind::Unknown, namespace: "".into(), service: "unknown".into(), workload: None, version: None }
+        Self { kind: NodeKind::Unknown, namespace: intern(""), service: intern("unknown"), workload: None, version: None }
     }
 
     fn external(host: &str) -> Self {
-        Self { kind: NodeKind::External, namespace: "".into(), service: host.into(), workload: None, version: None }
+        Self { kind: NodeKind::External, namespace: intern(""), service: intern(host), workload: None, version: None }
     }
 
     /// The node a span's resource describes (plus `meshlens.workload` if the resource has it).
@@ -78,10 +83,10 @@ impl NodeRef {
     /// The node a resource describes: its service, namespace, version and workload.
     pub fn of_resource(resource: &crate::model::Resource) -> Self {
         let res = &resource.attributes;
-        let text = |k: &str| crate::model::attr(res, k).and_then(Value::as_str).map(Arc::<str>::from);
+        let text = |k: &str| shared(res, k);
         Self {
             kind: NodeKind::Service,
-            namespace: text("service.namespace").unwrap_or_else(|| "".into()),
+            namespace: text("service.namespace").unwrap_or_else(|| intern("")),
             service: resource.service.clone(),
             workload: text(semconv::WORKLOAD),
             version: text("service.version"),
@@ -92,11 +97,11 @@ impl NodeRef {
     /// destination with neither namespace nor workload is one the sidecar found no route to:
     /// it is outside the mesh.
     pub fn of_mesh_attrs(attributes: &Attributes, keys: &semconv::WorkloadKeys) -> Option<Self> {
-        let text = |k: &str| attr(attributes, k).and_then(Value::as_str).map(Arc::<str>::from);
+        let text = |k: &str| shared(attributes, k);
         let mut node = Self {
             kind: NodeKind::Service,
             service: text(keys.service)?,
-            namespace: text(keys.namespace).unwrap_or_else(|| "".into()),
+            namespace: text(keys.namespace).unwrap_or_else(|| intern("")),
             workload: text(keys.workload),
             version: text(keys.version),
         };
@@ -175,18 +180,18 @@ impl Facts<'_> {
         let http = self.get("http.response.status_code").and_then(Value::as_i64);
         if let Some(code) = self.get("rpc.grpc.status_code").and_then(Value::as_i64)
             && (code != 0 || http.is_none()) {
-                return format!("grpc:{code}").into();
+                return intern(&format!("grpc:{code}"));
             }
         match http {
-            Some(code) => code.to_string().into(),
-            None if self.status_error => "error".into(),
-            None => "-".into(),
+            Some(code) => intern(&code.to_string()),
+            None if self.status_error => intern("error"),
+            None => intern("-"),
         }
     }
 
     fn protocol(&self) -> Arc<str> {
         let text = |k| self.get(k).and_then(Value::as_str);
-        text(semconv::PROTOCOL).or_else(|| text("rpc.system")).unwrap_or("http").into()
+        intern(text(semconv::PROTOCOL).or_else(|| text("rpc.system")).unwrap_or("http"))
     }
 
     fn observation(&self, source: NodeRef, destination: NodeRef, start: u64, duration: u64, trace_id: Option<TraceId>) -> EdgeObservation {
@@ -200,7 +205,7 @@ impl Facts<'_> {
             response_code: self.response_code(),
             http_status: self.get("http.response.status_code").and_then(Value::as_i64).and_then(|c| u16::try_from(c).ok()),
             grpc_status: self.get("rpc.grpc.status_code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
-            response_flags: self.get(semconv::RESPONSE_FLAGS).and_then(Value::as_str).unwrap_or("-").into(),
+            response_flags: self.get(semconv::RESPONSE_FLAGS).and_then(Value::as_shared).cloned().unwrap_or_else(|| intern("-")),
             request_bytes: self.int("http.request.body.size"),
             response_bytes: self.int("http.response.body.size"),
             trace_id,
@@ -234,12 +239,23 @@ pub fn from_access_log(log: &LogRecord) -> Option<EdgeObservation> {
 
 type Key = (TraceId, SpanId);
 
+/// What is kept of a span while children may still name it as their parent.
+#[derive(Debug)]
+enum Remembered {
+    /// A span whose children add no edge (a SERVER span: a hop inside its service; a
+    /// sidecar's CLIENT span: the hop is counted by its access log). Kept so that they do
+    /// not wait for it and end up as calls from an unknown caller.
+    Settled,
+    /// An SDK's CLIENT span: the caller's side of a hop not counted yet.
+    Client(Box<Brief>),
+}
+
 /// Matches CLIENT and SERVER spans into edges; state is bounded by the match window.
 #[derive(Debug)]
 pub struct EdgeDeriver {
     window_nanos: u64,
     max_pending: usize,
-    briefs: HashMap<Key, Brief>,
+    briefs: HashMap<Key, Remembered>,
     waiting: HashMap<Key, Vec<Brief>>,
     expiry: VecDeque<(u64, Key, bool)>,
     /// Pending state dropped because `max_pending` was reached.
@@ -268,10 +284,7 @@ impl EdgeDeriver {
                 // A sidecar's CLIENT span: its access log counts the hop; children must not.
                 let counted = span.attr_str(semconv::DIRECTION).is_some();
                 let source = NodeRef::of_mesh_attrs(&span.attributes, &semconv::SOURCE_KEYS).unwrap_or_else(|| node.clone());
-                let peer = span
-                    .attr_str("peer.service")
-                    .or_else(|| span.attr_str("server.address"))
-                    .map(Arc::<str>::from);
+                let peer = shared(&span.attributes, "peer.service").or_else(|| shared(&span.attributes, "server.address"));
                 let mut brief = Brief {
                     kind: SpanKind::Client,
                     node: source.clone(),
@@ -286,7 +299,8 @@ impl EdgeDeriver {
                         self.join(&brief, &child, out);
                     }
                 }
-                self.remember(key, brief, now);
+                let remembered = if brief.counted { Remembered::Settled } else { Remembered::Client(Box::new(brief)) };
+                self.remember(key, remembered, now);
             }
             SpanKind::Server => {
                 let is_mesh_inbound = span.attr_str(semconv::DIRECTION) == Some("inbound");
@@ -316,10 +330,12 @@ impl EdgeDeriver {
                     None => out.push(brief.observation.clone()),
                     Some(parent) => {
                         let parent_key = (span.trace_id, parent);
-                        if let Some(parent_brief) = self.briefs.get_mut(&parent_key) {
-                            parent_brief.matched = true;
-                            let parent_brief = parent_brief.clone();
-                            self.join(&parent_brief, &brief, out);
+                        if let Some(parent) = self.briefs.get_mut(&parent_key) {
+                            if let Remembered::Client(parent) = parent {
+                                parent.matched = true;
+                                let parent = parent.clone();
+                                self.join(&parent, &brief, out);
+                            }
                         } else if self.pending() < self.max_pending {
                             self.waiting.entry(parent_key).or_default().push(brief.clone());
                             self.expiry.push_back((now + self.window_nanos, parent_key, true));
@@ -329,7 +345,7 @@ impl EdgeDeriver {
                     }
                 }
                 }
-                self.remember(key, brief, now);
+                self.remember(key, Remembered::Settled, now);
             }
             _ => {}
         }
@@ -339,12 +355,12 @@ impl EdgeDeriver {
         self.briefs.len() + self.waiting.len()
     }
 
-    fn remember(&mut self, key: Key, brief: Brief, now: u64) {
+    fn remember(&mut self, key: Key, remembered: Remembered, now: u64) {
         if self.pending() >= self.max_pending {
             self.overflowed += 1;
             return;
         }
-        self.briefs.insert(key, brief);
+        self.briefs.insert(key, remembered);
         self.expiry.push_back((now + self.window_nanos, key, false));
     }
 
@@ -382,8 +398,9 @@ impl EdgeDeriver {
                         out.push(child.observation);
                     }
                 }
-            } else if let Some(brief) = self.briefs.remove(&key)
-                && brief.kind == SpanKind::Client && !brief.counted && !brief.matched {
+            } else if let Some(Remembered::Client(brief)) = self.briefs.remove(&key)
+                && !brief.matched {
+                    let brief = *brief;
                     let mut obs = brief.observation;
                     obs.destination = NodeRef::external(brief.peer.as_deref().unwrap_or("external"));
                     out.push(obs);
