@@ -1,7 +1,7 @@
 //! The `spans` and `logs` tables as DataFusion reads them: a snapshot of their batches in
 //! which only the columns a query names are unpacked from their compact storage (a query
-//! that never reads `attributes` never decompresses it). When it reads none of the packed
-//! columns, the scan shares the stored arrays and tells the planner its exact row counts,
+//! that never reads `attributes` never decompresses it). When it reads none of the compressed
+//! columns, the scan shares the stored arrays (widening 16-bit dictionary keys) and tells the planner its exact row counts,
 //! as an in-memory table does; when it does, the batches are unpacked one at a time as the
 //! query consumes them, so memory stays bounded whatever the table holds.
 
@@ -23,7 +23,7 @@ use datafusion::{
 
 use crate::tables::{
     Part,
-    schema::{self, Column, Storage},
+    schema::{self, Column},
 };
 
 /// A table snapshot DataFusion can scan.
@@ -63,7 +63,7 @@ impl TableProvider for SnapshotTable {
             None => self.schema.clone(),
         };
         if let Some(p) = projection
-            && p.iter().all(|&i| self.columns.get(i).is_some_and(|c| c.storage == Storage::Plain))
+            && p.iter().all(|&i| self.columns.get(i).is_some_and(|c| c.storage.is_cheap()))
         {
             let batches = self.parts.iter().map(|part| part.project(Some(p))).collect::<Result<Vec<_>, _>>()?;
             return Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?);

@@ -1,14 +1,16 @@
 //! Compact columns for sealed batches. Hex ID columns are kept as their bytes (16 or 8 a row
-//! instead of 32 or 16 characters and an offset), and large text columns (JSON attributes,
-//! events, bodies) zstd-compressed in blocks of [`BLOCK_ROWS`] rows. A query that reads
+//! instead of 32 or 16 characters and an offset), large text columns (JSON attributes,
+//! events, bodies) zstd-compressed in blocks of [`BLOCK_ROWS`] rows, and dictionary columns
+//! with 16-bit keys. A query that reads
 //! such a column gets the ordinary Arrow text array back ([`Stored::array`]); a row lookup
 //! decompresses only the block that holds the row ([`PackedText::block`]).
 
 use std::{cell::OnceCell, sync::Arc};
 
 use datafusion::arrow::{
-    array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray},
+    array::{Array, ArrayRef, AsArray, DictionaryArray, FixedSizeBinaryArray, Int16Array, Int32Array, StringArray},
     buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer},
+    datatypes::{Int16Type, Int32Type},
     error::ArrowError,
 };
 
@@ -32,6 +34,8 @@ pub enum Stored {
     Hex(FixedSizeBinaryArray),
     /// Text kept compressed.
     Text(Arc<PackedText>),
+    /// A dictionary column with 16-bit keys (the schema's are 32-bit).
+    SmallKeys(DictionaryArray<Int16Type>),
 }
 
 impl Stored {
@@ -42,6 +46,7 @@ impl Stored {
             Storage::Plain => None,
             Storage::HexBytes => array.as_string_opt::<i32>().and_then(hex_bytes).map(Self::Hex),
             Storage::Compressed => array.as_string_opt::<i32>().and_then(PackedText::pack).map(|p| Self::Text(Arc::new(p))),
+            Storage::SmallKeys => narrow_keys(&array).map(Self::SmallKeys),
         };
         packed.unwrap_or(Self::Plain(array))
     }
@@ -52,6 +57,7 @@ impl Stored {
             Self::Plain(array) => Ok(array.clone()),
             Self::Hex(bytes) => Ok(Arc::new(hex_text(bytes)?)),
             Self::Text(text) => Ok(Arc::new(text.unpack()?)),
+            Self::SmallKeys(dict) => widen_keys(dict),
         }
     }
 
@@ -61,6 +67,7 @@ impl Stored {
             Self::Plain(array) => array.len(),
             Self::Hex(bytes) => bytes.len(),
             Self::Text(text) => text.rows,
+            Self::SmallKeys(dict) => dict.len(),
         }
     }
 
@@ -75,8 +82,26 @@ impl Stored {
             Self::Plain(array) => array.get_array_memory_size(),
             Self::Hex(bytes) => bytes.get_array_memory_size(),
             Self::Text(text) => text.bytes(),
+            Self::SmallKeys(dict) => dict.get_array_memory_size(),
         }
     }
+}
+
+/// A 32-bit-keyed dictionary column with 16-bit keys, when its dictionary fits.
+fn narrow_keys(array: &ArrayRef) -> Option<DictionaryArray<Int16Type>> {
+    let dict = array.as_dictionary_opt::<Int32Type>()?;
+    if dict.values().len() > i16::MAX as usize {
+        return None;
+    }
+    let keys: Int16Array = dict.keys().unary_opt(|k| i16::try_from(k).ok());
+    (keys.null_count() == dict.keys().null_count()).then_some(())?;
+    DictionaryArray::try_new(keys, dict.values().clone()).ok()
+}
+
+/// The schema's 32-bit-keyed form of a 16-bit-keyed dictionary column.
+fn widen_keys(dict: &DictionaryArray<Int16Type>) -> Result<ArrayRef, ArrowError> {
+    let keys: Int32Array = dict.keys().unary(i32::from);
+    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, dict.values().clone())?))
 }
 
 fn nibble(c: u8) -> Option<u8> {
@@ -257,7 +282,7 @@ impl<'a> TextColumn<'a> {
         match stored {
             Stored::Plain(array) => array.as_string_opt::<i32>().map(Self::Plain),
             Stored::Text(text) => Some(Self::Packed { text, blocks: (0..text.blocks.len()).map(|_| OnceCell::new()).collect() }),
-            Stored::Hex(_) => None,
+            Stored::Hex(_) | Stored::SmallKeys(_) => None,
         }
     }
 
@@ -314,6 +339,17 @@ mod tests {
             let text = StringArray::from(odd);
             assert!(matches!(Stored::pack(Arc::new(text), Storage::HexBytes), Stored::Plain(_)), "kept as text");
         }
+    }
+
+    #[test]
+    fn dictionary_keys_narrow_and_widen_back() {
+        let dict: DictionaryArray<Int32Type> = vec![Some("a"), None, Some("b"), Some("a")].into_iter().collect();
+        let array: ArrayRef = Arc::new(dict);
+        let stored = Stored::pack(array.clone(), Storage::SmallKeys);
+        assert!(matches!(stored, Stored::SmallKeys(_)));
+        assert_eq!(&stored.array().expect("array"), &array);
+        let many: DictionaryArray<Int32Type> = (0..40_000).map(|i| i.to_string()).map(Some).collect::<Vec<_>>().iter().map(|s| s.as_deref()).collect();
+        assert!(matches!(Stored::pack(Arc::new(many), Storage::SmallKeys), Stored::Plain(_)), "too many values for 16 bits");
     }
 
     #[test]

@@ -56,6 +56,17 @@ pub enum Storage {
     HexBytes,
     /// Large text kept compressed in blocks.
     Compressed,
+    /// Dictionary-encoded text with 16-bit keys when its dictionary fits (a sealed batch
+    /// rarely has more than a few hundred distinct values in a column).
+    SmallKeys,
+}
+
+impl Storage {
+    /// Whether a query can share the stored column, or has to rebuild it only cheaply
+    /// (no decompression).
+    pub fn is_cheap(self) -> bool {
+        matches!(self, Self::Plain | Self::SmallKeys)
+    }
 }
 
 /// One documented column.
@@ -74,7 +85,8 @@ pub struct Column {
 }
 
 const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static str) -> Column {
-    Column { name, ty, nullable, doc, storage: Storage::Plain }
+    let storage = if matches!(ty, Dict) { Storage::SmallKeys } else { Storage::Plain };
+    Column { name, ty, nullable, doc, storage }
 }
 
 /// A hex ID column, kept as bytes in sealed batches.

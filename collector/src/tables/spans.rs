@@ -10,7 +10,7 @@ use datafusion::arrow::{
         Array, ArrayAccessor, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, Int64Builder, StringArray, StringBuilder,
         StringDictionaryBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
     },
-    datatypes::{Int32Type, TimestampNanosecondType},
+    datatypes::{Int16Type, Int32Type, TimestampNanosecondType},
 };
 use meshlens_common::semconv;
 
@@ -246,7 +246,28 @@ impl RowWriter<Span> for SpanRows {
     }
 }
 
-type DictColumn<'a> = TypedDictionaryArray<'a, Int32Type, StringArray>;
+/// A dictionary column of a sealed batch, with 32- or 16-bit keys.
+enum DictColumn<'a> {
+    Wide(TypedDictionaryArray<'a, Int32Type, StringArray>),
+    Narrow(TypedDictionaryArray<'a, Int16Type, StringArray>),
+}
+
+impl<'a> DictColumn<'a> {
+    fn is_valid(&self, row: usize) -> bool {
+        match self {
+            Self::Wide(d) => d.is_valid(row),
+            Self::Narrow(d) => d.is_valid(row),
+        }
+    }
+
+    /// Row `row`'s value (empty when null).
+    fn value(&self, row: usize) -> &'a str {
+        match self {
+            Self::Wide(d) => d.value(row),
+            Self::Narrow(d) => d.value(row),
+        }
+    }
+}
 
 /// An ID column of a sealed batch: bytes, or hex text when it could not be packed.
 enum IdColumn<'a> {
@@ -259,7 +280,7 @@ impl<'a> IdColumn<'a> {
         match stored {
             Stored::Hex(bytes) => Some(Self::Bytes(bytes)),
             Stored::Plain(array) => array.as_string_opt::<i32>().map(Self::Hex),
-            Stored::Text(_) => None,
+            Stored::Text(_) | Stored::SmallKeys(_) => None,
         }
     }
 
@@ -324,7 +345,11 @@ fn plain<'a>(sealed: &'a Sealed, name: &str) -> Option<&'a ArrayRef> {
 }
 
 fn dict<'a>(sealed: &'a Sealed, name: &str) -> Option<DictColumn<'a>> {
-    plain(sealed, name)?.as_dictionary_opt::<Int32Type>()?.downcast_dict::<StringArray>()
+    match sealed.column_by_name(name)? {
+        Stored::Plain(array) => array.as_dictionary_opt::<Int32Type>()?.downcast_dict::<StringArray>().map(DictColumn::Wide),
+        Stored::SmallKeys(dict) => dict.downcast_dict::<StringArray>().map(DictColumn::Narrow),
+        _ => None,
+    }
 }
 
 fn text_column<'a>(sealed: &'a Sealed, name: &str) -> Option<TextColumn<'a>> {
