@@ -177,20 +177,24 @@ impl<W> std::fmt::Debug for Table<W> {
     }
 }
 
-/// The finished columns, copied into buffers of exactly their size (builders grow by
-/// doubling; a sealed batch keeps no spare capacity, and the builders' large buffers are
-/// freed whole, which gives their memory back more readily than shrinking them in place).
-fn seal_columns(columns: Vec<&mut dyn ArrayBuilder>) -> Vec<ArrayRef> {
-    columns
+/// The finished columns. Those kept as they are get copied into buffers of exactly their
+/// size (builders grow by doubling; a sealed batch keeps no spare capacity, and the
+/// builders' large buffers are freed whole, which gives their memory back more readily
+/// than shrinking them in place); packed columns are rebuilt by packing, so not copied.
+fn seal_columns(builders: Vec<&mut dyn ArrayBuilder>, columns: &[Column]) -> Vec<ArrayRef> {
+    builders
         .into_iter()
-        .map(|b| {
+        .enumerate()
+        .map(|(i, b)| {
             let array = b.finish();
+            if columns.get(i).is_some_and(|c| c.storage != schema::Storage::Plain) {
+                return array;
+            }
             let rows = UInt32Array::from_iter_values(0..array.len() as u32);
             take(&array, &rows, None).unwrap_or(array)
         })
         .collect()
 }
-
 
 impl<W: Builders + Default> Table<W> {
     /// An empty table of these columns (which must match the builders).
@@ -245,7 +249,7 @@ impl<W: Builders + Default> Table<W> {
         if self.open_rows == 0 {
             return None;
         }
-        let columns = seal_columns(self.open.each_mut());
+        let columns = seal_columns(self.open.each_mut(), self.columns);
         let batch = RecordBatch::try_new(self.schema.clone(), columns);
         let records: Arc<[u64]> = std::mem::take(&mut self.open_records).into();
         let (oldest_nanos, newest_nanos) = (self.open_oldest, self.open_newest);
