@@ -286,7 +286,7 @@ fn main() -> anyhow::Result<()> {
     meshlens_proxy::cli::init_logging();
     let runtime = match &cli.command {
         // The sidecar runs on as many worker threads as it is told.
-        Command::Proxy(args) => tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).enable_all().build()?,
+        Command::Proxy(args) => meshlens_proxy::cli::runtime(args.worker_threads)?,
         Command::BenchUpstream { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
     };

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::hex;
+
 /// A 16-byte trace ID.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TraceId(pub [u8; 16]);
@@ -10,23 +12,19 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpanId(pub [u8; 8]);
 
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
-}
-
 /// Parses 1 to `2 * N` hex digits, left-padded with zeroes (Jaeger writes 64-bit trace IDs
 /// as 16 digits).
 fn parse_hex_padded<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.trim();
-    if text.is_empty() || text.len() > N * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let text = text.trim().as_bytes();
+    if text.is_empty() || text.len() > N * 2 {
         return None;
     }
-    let padded = format!("{text:0>width$}", width = N * 2);
-    let mut out = [0u8; N];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(&padded[i * 2..i * 2 + 2], 16).ok()?;
+    if text.len() == N * 2 {
+        return hex::decode(text);
     }
-    Some(out)
+    let mut padded = vec![b'0'; N * 2];
+    padded[N * 2 - text.len()..].copy_from_slice(text);
+    hex::decode(&padded)
 }
 
 macro_rules! id {
@@ -44,11 +42,12 @@ macro_rules! id {
 
             /// Appends its lower-case hex digits to `out`.
             pub fn push_hex(&self, out: &mut String) {
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
-                for b in self.0 {
-                    out.push(char::from(DIGITS[usize::from(b >> 4)]));
-                    out.push(char::from(DIGITS[usize::from(b & 15)]));
-                }
+                hex::push(&self.0, out);
+            }
+
+            /// Its lower-case hex digits, on the stack.
+            pub fn hex(&self) -> hex::Hex<{ $n * 2 }> {
+                hex::Hex::new(&self.0)
             }
 
             /// From its bytes: exactly the right length, not all zero.
@@ -65,13 +64,13 @@ macro_rules! id {
 
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_hex(f, &self.0)
+                f.write_str(self.hex().as_str())
             }
         }
 
         impl fmt::Debug for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_hex(f, &self.0)
+                f.write_str(self.hex().as_str())
             }
         }
     };

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod hex;
 pub mod ids;
 pub mod rpc;
 pub mod semconv;

@@ -21,6 +21,17 @@ pub struct ProxyArgs {
     pub worker_threads: usize,
 }
 
+/// The runtime the sidecar runs on. With one worker thread (the default) it is tokio's
+/// single-threaded scheduler, which the requests then never leave: no work-stealing
+/// queues, no cross-thread wake-ups. More threads get the multi-threaded scheduler.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
+    }
+}
+
 /// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`), writing to stderr.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -23,26 +23,26 @@ pub struct WorkloadIdentity {
     pub workload: Arc<str>,
     /// Version label, e.g. `v2`.
     pub version: Arc<str>,
+    /// [`Self::to_header`], built once.
+    header: HeaderValue,
 }
 
 impl WorkloadIdentity {
     /// Builds an identity from its four parts.
     pub fn new(namespace: &str, service: &str, workload: &str, version: &str) -> Self {
+        let text = format!("{namespace}/{service}/{workload}/{version}");
         Self {
             namespace: namespace.into(),
             service: service.into(),
             workload: workload.into(),
             version: version.into(),
+            header: HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         }
     }
 
     /// The header value that carries this identity: `namespace/service/workload/version`.
     pub fn to_header(&self) -> HeaderValue {
-        let text = format!(
-            "{}/{}/{}/{}",
-            self.namespace, self.service, self.workload, self.version
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        self.header.clone()
     }
 
     /// Parses the value written by [`Self::to_header`]; `None` if it is not four non-empty parts.

@@ -3,12 +3,12 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = meshlens_proxy::cli::ProxyArgs::parse();
     meshlens_proxy::cli::init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads)
-        .enable_all()
-        .build()?;
+    let runtime = meshlens_proxy::cli::runtime(args.worker_threads)?;
     runtime.block_on(meshlens_proxy::cli::run(args))
 }

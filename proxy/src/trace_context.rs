@@ -8,6 +8,7 @@
 //! propagates B3 keeps working. `tracestate` passes through untouched.
 
 use http::{HeaderMap, HeaderValue};
+use meshlens_common::hex;
 
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -206,27 +207,35 @@ impl SpanContext {
 
     /// The `traceparent` value that makes the next hop's span a child of this one.
     pub fn traceparent(&self) -> HeaderValue {
-        let text = format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled));
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        // 00-<32 digits>-<16 digits>-<flags>
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex::encode_into(&self.trace_id.0, &mut text[3..35]);
+        hex::encode_into(&self.span_id.0, &mut text[36..52]);
+        text[54] = if self.sampled { b'1' } else { b'0' };
+        header_value(&text)
     }
 
     /// Rewrites the context headers in `headers` for the next hop.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let value = |s: String| HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""));
         let sampled = if self.sampled { "1" } else { "0" };
         if self.emit.w3c {
             headers.insert(TRACEPARENT, self.traceparent());
         }
         if self.emit.b3 {
-            headers.insert(B3, value(format!("{}-{}-{sampled}", self.trace_id, self.span_id)));
+            // <32 digits>-<16 digits>-<sampled>
+            let mut text = *b"00000000000000000000000000000000-0000000000000000-0";
+            hex::encode_into(&self.trace_id.0, &mut text[..32]);
+            hex::encode_into(&self.span_id.0, &mut text[33..49]);
+            text[50] = sampled.as_bytes()[0];
+            headers.insert(B3, header_value(&text));
         }
         if self.emit.b3multi {
-            headers.insert(B3_TRACE_ID, value(self.trace_id.to_string()));
-            headers.insert(B3_SPAN_ID, value(self.span_id.to_string()));
+            headers.insert(B3_TRACE_ID, header_value(self.trace_id.hex().as_str().as_bytes()));
+            headers.insert(B3_SPAN_ID, header_value(self.span_id.hex().as_str().as_bytes()));
             headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
             headers.remove(B3_FLAGS);
             match self.parent_span_id {
-                Some(p) => headers.insert(B3_PARENT_SPAN_ID, value(p.to_string())),
+                Some(p) => headers.insert(B3_PARENT_SPAN_ID, header_value(p.hex().as_str().as_bytes())),
                 None => headers.remove(B3_PARENT_SPAN_ID),
             };
         }
@@ -241,16 +250,22 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     if let Some(id) = header(headers, REQUEST_ID).filter(|v| !v.is_empty()) {
         return id.to_owned();
     }
-    let b = fastrand::u128(..).to_be_bytes();
-    let id = format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0x0f, b[7], 8 | (b[8] & 0x03), b[8] >> 4, b[9],
-        b[10], b[11], b[12], b[13], b[14], b[15]
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert(REQUEST_ID, v);
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = 0x40 | (b[6] & 0x0f); // version 4
+    b[8] = 0x80 | (b[8] & 0x3f); // RFC 4122 variant
+    let mut text = [b'-'; 36];
+    for (bytes, at) in [(&b[..4], 0), (&b[4..6], 9), (&b[6..8], 14), (&b[8..10], 19), (&b[10..], 24)] {
+        hex::encode_into(bytes, &mut text[at..at + 2 * bytes.len()]);
     }
+    let value = header_value(&text);
+    let id = value.to_str().unwrap_or_default().to_owned();
+    headers.insert(REQUEST_ID, value);
     id
+}
+
+/// A header value from text known to be valid (hex digits and dashes).
+fn header_value(text: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
@@ -337,6 +352,10 @@ mod tests {
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4', "version 4");
+        assert!(b"89ab".contains(&id.as_bytes()[19]), "RFC 4122 variant: {id}");
+        let dashes: Vec<usize> = id.char_indices().filter(|(_, c)| *c == '-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_eq!(ensure_request_id(&mut h), id);
     }
 }

@@ -14,6 +14,8 @@ use datafusion::arrow::{
     error::ArrowError,
 };
 
+use meshlens_common::hex;
+
 use super::schema::Storage;
 
 /// Rows per compressed block.
@@ -104,13 +106,6 @@ fn widen_keys(dict: &DictionaryArray<Int16Type>) -> Result<ArrayRef, ArrowError>
     Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, dict.values().clone())?))
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
 
 /// The bytes of a column of lower-case hex IDs of one length; `None` if it has another
 /// value (or only nulls).
@@ -125,27 +120,22 @@ fn hex_bytes(text: &StringArray) -> Option<FixedSizeBinaryArray> {
             bytes.resize(bytes.len() + width / 2, 0);
             continue;
         }
-        let hex = text.value(row).as_bytes();
-        if hex.len() != width {
+        let digits = text.value(row).as_bytes();
+        if digits.len() != width {
             return None;
         }
-        for pair in hex.chunks_exact(2) {
-            bytes.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+        for pair in digits.chunks_exact(2) {
+            bytes.push(hex::decode_lower::<1>(pair)?[0]);
         }
     }
     FixedSizeBinaryArray::try_new(i32::try_from(width / 2).ok()?, Buffer::from_vec(bytes), text.nulls().cloned()).ok()
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// The hex text of a column of IDs.
 fn hex_text(bytes: &FixedSizeBinaryArray) -> Result<StringArray, ArrowError> {
     let width = usize::try_from(bytes.value_length()).unwrap_or(0) * 2;
-    let mut text = Vec::with_capacity(bytes.len() * width);
-    for byte in bytes.values().iter() {
-        text.push(HEX[usize::from(byte >> 4)]);
-        text.push(HEX[usize::from(byte & 15)]);
-    }
+    let mut text = vec![0u8; bytes.values().len() * 2];
+    hex::encode_into(bytes.values(), &mut text);
     let offsets = (0..=bytes.len()).map(|i| i32::try_from(i * width)).collect::<Result<Vec<i32>, _>>();
     let offsets = offsets.map_err(|_| ArrowError::ComputeError("an ID column over 2 GiB".into()))?;
     StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(text), bytes.nulls().cloned())

@@ -12,7 +12,7 @@ use datafusion::arrow::{
     },
     datatypes::{Int16Type, Int32Type, TimestampNanosecondType},
 };
-use meshlens_common::semconv;
+use meshlens_common::{hex, semconv};
 
 use super::{
     columnar::{RowWriter, Sealed, column_builders},
@@ -295,15 +295,7 @@ impl<'a> IdColumn<'a> {
     fn get<const N: usize>(&self, row: usize) -> Option<[u8; N]> {
         match self {
             Self::Bytes(b) => b.is_valid(row).then(|| b.value(row).try_into().ok()).flatten(),
-            Self::Hex(h) => {
-                let hex = h.is_valid(row).then(|| h.value(row))?;
-                let mut out = [0u8; N];
-                (hex.len() == 2 * N).then_some(())?;
-                for (i, byte) in out.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some(out)
-            }
+            Self::Hex(h) => h.is_valid(row).then(|| hex::decode(h.value(row).as_bytes())).flatten(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, Uri, header};
+use http::{HeaderMap, Uri, header, uri::Authority};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -68,6 +68,8 @@ impl Service<Uri> for MeteredConnector {
 pub struct Forward {
     http1: Client<MeteredConnector, body::BoxBody>,
     http2: Client<MeteredConnector, body::BoxBody>,
+    /// The URI authority of each configured upstream, built once.
+    authorities: Arc<HashMap<std::net::SocketAddr, Authority>>,
 }
 
 impl Default for Forward {
@@ -83,6 +85,7 @@ impl Forward {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(Duration::from_secs(2)));
+        let authorities = upstreams.keys().filter_map(|a| Some((*a, Authority::try_from(a.to_string()).ok()?))).collect();
         let connector = MeteredConnector {
             inner,
             upstreams: Arc::new(upstreams.into_iter().map(|(a, m)| (a.to_string(), m)).collect()),
@@ -95,7 +98,15 @@ impl Forward {
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Self { http1, http2 }
+        Self { http1, http2, authorities: Arc::new(authorities) }
+    }
+
+    /// The URI authority that addresses `addr`.
+    fn authority(&self, addr: std::net::SocketAddr) -> Result<Authority, http::Error> {
+        match self.authorities.get(&addr) {
+            Some(authority) => Ok(authority.clone()),
+            None => Ok(Authority::try_from(addr.to_string())?),
+        }
     }
 }
 
@@ -109,6 +120,9 @@ const HOP_BY_HOP: [header::HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by `Connection` are hop-by-hop too.
     let named: Vec<header::HeaderName> = headers
@@ -121,8 +135,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     // `te: trailers` is the one `te` value that must pass (gRPC needs it).
     if headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
@@ -145,7 +159,7 @@ impl Service<Request> for Forward {
             ))));
         };
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = match Uri::builder().scheme("http").authority(addr.to_string()).path_and_query(path).build() {
+        let uri = match self.authority(addr).and_then(|a| Uri::builder().scheme("http").authority(a).path_and_query(path).build()) {
             Ok(uri) => uri,
             Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
         };
