@@ -149,9 +149,17 @@ pub fn shared_value(value: String) -> Arc<str> {
     if value.len() > MAX_SHARED_VALUE {
         return Arc::from(value);
     }
+    shared_str(&value)
+}
+
+/// [`shared_value`] for borrowed text: copied only when not already shared.
+pub fn shared_str(value: &str) -> Arc<str> {
+    if value.len() > MAX_SHARED_VALUE {
+        return Arc::from(value);
+    }
     VALUES.with(|set| {
         let mut set = set.borrow_mut();
-        if let Some(v) = set.get(value.as_str()) {
+        if let Some(v) = set.get(value) {
             return v.clone();
         }
         if set.len() >= MAX_INTERNED {

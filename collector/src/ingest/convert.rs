@@ -39,18 +39,18 @@ pub struct Converted<T> {
 }
 
 impl<T> Converted<T> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         TRUNCATED.set(0);
         Self { items: Vec::new(), rejected: 0, reasons: Vec::new(), truncated: 0 }
     }
 
     /// Takes the count of values cut while converting this request.
-    fn finish(mut self) -> Self {
+    pub(super) fn finish(mut self) -> Self {
         self.truncated = TRUNCATED.replace(0);
         self
     }
 
-    fn reject(&mut self, reason: String) {
+    pub(super) fn reject(&mut self, reason: String) {
         self.rejected += 1;
         if self.reasons.len() < 5 {
             self.reasons.push(reason);
@@ -72,15 +72,45 @@ thread_local! {
 }
 
 fn truncate(mut s: String) -> String {
-    if s.len() > MAX_VALUE_LEN {
-        TRUNCATED.set(TRUNCATED.get() + 1);
-        let mut cut = MAX_VALUE_LEN;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
+    let kept = truncated(&s).len();
+    s.truncate(kept);
     s
+}
+
+/// `s` cut to [`MAX_VALUE_LEN`] at a character boundary (and counted when cut).
+pub(super) fn truncated(s: &str) -> &str {
+    if s.len() <= MAX_VALUE_LEN {
+        return s;
+    }
+    TRUNCATED.set(TRUNCATED.get() + 1);
+    let mut cut = MAX_VALUE_LEN;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// Runs `f` without counting the values it cuts.
+pub(super) fn uncounted<T>(f: impl FnOnce() -> T) -> T {
+    let before = TRUNCATED.get();
+    let out = f();
+    TRUNCATED.set(before);
+    out
+}
+
+/// A string attribute value.
+pub(super) fn string_value(s: &str) -> Value {
+    Value::Str(crate::model::shared_str(truncated(s)))
+}
+
+/// A bytes attribute value.
+pub(super) fn bytes_value(b: &[u8]) -> Value {
+    Value::Bytes(truncate(hex(b)).into())
+}
+
+/// An array or map attribute value (kept as JSON).
+pub(super) fn json_value(v: &any_value::Value) -> Value {
+    Value::Json(truncate(any_to_json(v).to_string()).into())
 }
 
 fn any_to_json(value: &any_value::Value) -> serde_json::Value {
@@ -103,19 +133,21 @@ fn any_to_json(value: &any_value::Value) -> serde_json::Value {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    meshlens_common::hex::push(bytes, &mut out);
+    out
 }
 
 /// Converts an OTLP value.
 pub fn value(v: &AnyValue) -> Option<Value> {
     use any_value::Value as V;
     Some(match v.value.as_ref()? {
-        V::StringValue(s) => Value::Str(crate::model::shared_value(truncate(s.clone()))),
+        V::StringValue(s) => string_value(s),
         V::BoolValue(b) => Value::Bool(*b),
         V::IntValue(i) => Value::Int(*i),
         V::DoubleValue(d) => Value::Double(*d),
-        V::BytesValue(b) => Value::Bytes(truncate(hex(b)).into()),
-        other => Value::Json(truncate(any_to_json(other).to_string()).into()),
+        V::BytesValue(b) => bytes_value(b),
+        other => json_value(other),
     })
 }
 
@@ -132,12 +164,27 @@ pub fn attributes(kvs: &[KeyValue]) -> Attributes {
 /// Converts a resource; the service is `service.name` or `unknown_service`.
 pub fn resource(r: Option<&OtlpResource>) -> Arc<Resource> {
     let attributes = r.map(|r| attributes(&r.attributes)).unwrap_or_default();
-    let service = crate::model::attr(&attributes, "service.name")
+    Arc::new(Resource { service: service_name(&attributes), attributes })
+}
+
+/// A resource's service: its `service.name`, or `unknown_service`.
+pub(super) fn service_name(attributes: &Attributes) -> Arc<str> {
+    crate::model::attr(attributes, "service.name")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .unwrap_or("unknown_service")
-        .into();
-    Arc::new(Resource { service, attributes })
+        .into()
+}
+
+/// A span's status from its OTLP code and message (the message only goes with a set code).
+pub(super) fn status(code: i32, message: &str) -> (StatusCode, String) {
+    if code == status::StatusCode::Error as i32 {
+        (StatusCode::Error, message.to_owned())
+    } else if code == status::StatusCode::Ok as i32 {
+        (StatusCode::Ok, message.to_owned())
+    } else {
+        (StatusCode::Unset, String::new())
+    }
 }
 
 /// Converts one OTLP span, or says why it is invalid.
@@ -157,16 +204,12 @@ pub fn span(s: &OtlpSpan, resource: &Arc<Resource>, scope: &Arc<str>) -> Result<
     if s.end_time_unix_nano < s.start_time_unix_nano {
         return Err(format!("span {:?}: ends before it starts", s.name));
     }
-    let (status, status_message) = match &s.status {
-        Some(st) if st.code == status::StatusCode::Error as i32 => (StatusCode::Error, st.message.clone()),
-        Some(st) if st.code == status::StatusCode::Ok as i32 => (StatusCode::Ok, st.message.clone()),
-        _ => (StatusCode::Unset, String::new()),
-    };
+    let (status, status_message) = s.status.as_ref().map_or_else(|| status(0, ""), |st| status(st.code, &st.message));
     Ok(Span {
         trace_id,
         span_id,
         parent_span_id,
-        name: truncate(s.name.clone()),
+        name: truncated(&s.name).to_owned(),
         kind: SpanKind::from_otlp(s.kind),
         start_unix_nanos: s.start_time_unix_nano,
         end_unix_nanos: s.end_time_unix_nano,
@@ -282,7 +325,7 @@ pub fn metrics(req: &ExportMetricsServiceRequest) -> Converted<MetricPoint> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
@@ -332,7 +375,7 @@ mod tests {
 
     /// A request with every kind of field: attributes of each type, nested values, events,
     /// links, an oversized value.
-    fn rich_request() -> ExportTraceServiceRequest {
+    pub(crate) fn rich_request() -> ExportTraceServiceRequest {
         use opentelemetry_proto::tonic::{
             common::v1::{ArrayValue, KeyValueList},
             trace::v1::span::{Event, Link},

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::{
         ExportMetricsServiceRequest, ExportMetricsServiceResponse,
         metrics_service_server::{MetricsService, MetricsServiceServer},
     },
-    trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::{TraceService, TraceServiceServer}},
+    trace::v1::ExportTraceServiceResponse,
 };
 use meshlens_common::rpc::status_with_retry;
 use prost::Message;
@@ -48,9 +48,7 @@ impl OtlpGrpc {
         let pipeline = self.ingest.pipeline_arc();
         tonic::transport::Server::builder()
             .layer(tower::layer::layer_fn(move |inner| DecodeErrors { inner, pipeline: pipeline.clone() }))
-            .add_service(
-                TraceServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip),
-            )
+            .add_service(TraceExport { ingest: self.ingest.clone() })
             .add_service(
                 MetricsServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip),
             )
@@ -63,12 +61,7 @@ impl OtlpGrpc {
         let pipeline = self.ingest.pipeline();
         let _admitted = match pipeline.admission.admit(request.get_ref().encoded_len()) {
             Ok(permit) => permit,
-            Err(refused) => {
-                pipeline.refused(S::NAME, Transport::Grpc);
-                let message = refused.to_string();
-                let details = status_with_retry(Code::ResourceExhausted as i32, &message, refused.retry_after);
-                return Err(Status::with_details(Code::ResourceExhausted, message, details.into()));
-            }
+            Err(refused) => return Err(exhausted::<S>(pipeline, &refused)),
         };
         match self.ingest.export::<S>(request.get_ref(), None, Transport::Grpc).await {
             Ok(response) => Ok(Response::new(response)),
@@ -77,11 +70,126 @@ impl OtlpGrpc {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for OtlpGrpc {
-    async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.accept::<Traces>(r).await
+/// The trace service. Unlike logs and metrics it takes the export request as bytes and
+/// converts them directly ([`wire`](super::wire)): traces are the bulk of what arrives.
+#[derive(Debug, Clone)]
+struct TraceExport {
+    ingest: Arc<Ingest>,
+}
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl tonic::server::NamedService for TraceExport {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<B> tower::Service<http::Request<B>> for TraceExport
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != TRACE_EXPORT {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let method = TraceMethod { ingest: self.ingest.clone() };
+        Box::pin(async move {
+            let mut accept = tonic::codec::EnabledCompressionEncodings::default();
+            accept.enable(Gzip);
+            let mut grpc = tonic::server::Grpc::new(RawTraceCodec)
+                .apply_compression_config(accept, tonic::codec::EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// The export method over the request's bytes.
+struct TraceMethod {
+    ingest: Arc<Ingest>,
+}
+
+impl tonic::server::UnaryService<bytes::Bytes> for TraceMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Result<Response<ExportTraceServiceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<bytes::Bytes>) -> Self::Future {
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            let encoded = request.into_inner();
+            let pipeline = ingest.pipeline();
+            let _admitted = match pipeline.admission.admit(encoded.len()) {
+                Ok(permit) => permit,
+                Err(refused) => return Err(exhausted::<Traces>(pipeline, &refused)),
+            };
+            match ingest.export_encoded_traces(&encoded, Transport::Grpc).await {
+                Ok(Ok(response)) => Ok(Response::new(response)),
+                Ok(Err(error)) => {
+                    pipeline.malformed(Traces::NAME, Transport::Grpc);
+                    Err(Status::invalid_argument(error.to_string()))
+                }
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            }
+        })
+    }
+}
+
+/// Reads a request's bytes as they are; writes the response with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawTraceCodec;
+
+#[derive(Debug)]
+struct BytesDecoder;
+
+impl tonic::codec::Decoder for BytesDecoder {
+    type Item = bytes::Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[derive(Debug)]
+struct ResponseEncoder;
+
+impl tonic::codec::Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+    fn encode(&mut self, item: ExportTraceServiceResponse, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(format!("encoding the export response: {e}")))
+    }
+}
+
+impl tonic::codec::Codec for RawTraceCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = bytes::Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = BytesDecoder;
+    fn encoder(&mut self) -> ResponseEncoder {
+        ResponseEncoder
+    }
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+/// RESOURCE_EXHAUSTED with a RetryInfo, counted.
+fn exhausted<S: Signal>(pipeline: &Pipeline, refused: &super::admission::Refused) -> Status {
+    pipeline.refused(S::NAME, Transport::Grpc);
+    let message = refused.to_string();
+    let details = status_with_retry(Code::ResourceExhausted as i32, &message, refused.retry_after);
+    Status::with_details(Code::ResourceExhausted, message, details.into())
 }
 
 #[tonic::async_trait]
@@ -152,7 +260,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+    use tonic::server::UnaryService;
 
     use super::*;
     use crate::{config::CollectorConfig, ingest::Ingest};
@@ -160,22 +272,23 @@ mod tests {
     #[tokio::test]
     async fn a_full_budget_answers_resource_exhausted_with_retry_info() {
         let pipeline = Pipeline::new(&CollectorConfig { ingest_inflight_bytes: 4096, ..Default::default() });
-        let grpc = OtlpGrpc::new(Ingest::new(pipeline.clone(), None));
+        let mut grpc = TraceMethod { ingest: Arc::new(Ingest::new(pipeline.clone(), None)) };
         let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() };
         let request = || {
-            Request::new(ExportTraceServiceRequest {
+            let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
                     scope_spans: vec![ScopeSpans { spans: vec![span.clone()], ..Default::default() }],
                     ..Default::default()
                 }],
-            })
+            };
+            Request::new(bytes::Bytes::from(request.encode_to_vec()))
         };
         let held = pipeline.admission.admit(4096).expect("take the whole budget");
-        let status = TraceService::export(&grpc, request()).await.expect_err("refused");
+        let status = grpc.call(request()).await.expect_err("refused");
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(meshlens_common::rpc::retry_delay(status.details()), Some(super::super::admission::RETRY_AFTER));
         drop(held);
-        assert!(TraceService::export(&grpc, request()).await.is_ok(), "accepted once there is room");
+        assert!(grpc.call(request()).await.is_ok(), "accepted once there is room");
         let mut exposition = String::new();
         prometheus_client::encoding::text::encode(&mut exposition, &pipeline.metrics.registry()).expect("encode");
         assert!(exposition.contains("meshlens_collector_refused_requests_total{signal=\"spans\",transport=\"grpc\"} 1"), "{exposition}");

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod wire;
 
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
@@ -55,7 +56,13 @@ impl Signal for Traces {
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
     fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
-        let converted = convert::spans(request);
+        Self::ingest(pipeline, convert::spans(request), transport, record)
+    }
+}
+
+impl Traces {
+    /// Ingests converted spans and answers with what was rejected.
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<crate::model::Span>, transport: Transport, record: Record) -> ExportTraceServiceResponse {
         let partial_success = (converted.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: converted.rejected as i64,
             error_message: converted.message(),
@@ -142,6 +149,26 @@ impl Ingest {
             None => Record::Unjournaled,
         };
         Ok(S::accept(&self.pipeline, request, transport, record))
+    }
+
+    /// Converts ([`wire`]), journals and accepts one encoded trace export request. Bytes
+    /// that are not a valid request are refused before anything is journaled.
+    pub async fn export_encoded_traces(
+        &self,
+        encoded: &[u8],
+        transport: Transport,
+    ) -> Result<Result<ExportTraceServiceResponse, wire::DecodeError>, Unavailable> {
+        let converted = match wire::spans(encoded) {
+            Ok(converted) => converted,
+            Err(error) => return Ok(Err(error)),
+        };
+        let record = match &self.journal {
+            Some(journal) => Record::Journaled(
+                journal.append(RecordKind::Traces, encoded.to_vec()).await.map_err(|e| Unavailable(e.to_string()))?,
+            ),
+            None => Record::Unjournaled,
+        };
+        Ok(Ok(Traces::ingest(&self.pipeline, converted, transport, record)))
     }
 }
 
