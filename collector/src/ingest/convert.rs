@@ -411,6 +411,28 @@ pub(crate) mod tests {
         assert!(big.len() <= MAX_VALUE_LEN && big.chars().all(|c| c == 'é'));
     }
 
+    /// `source` with one to three random mutations: a bit flipped, a cut, an inserted byte,
+    /// or random bytes instead.
+    pub(crate) fn mutated(source: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
+        let mut bytes = source.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            match rng.u8(0..4) {
+                0 if !bytes.is_empty() => {
+                    let i = rng.usize(..bytes.len());
+                    bytes[i] ^= 1 << rng.u8(0..8);
+                }
+                1 => bytes.truncate(rng.usize(..=bytes.len())),
+                2 if !bytes.is_empty() => {
+                    let i = rng.usize(..bytes.len());
+                    bytes.insert(i, rng.u8(..));
+                }
+                3 => bytes = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect(),
+                _ => {}
+            }
+        }
+        bytes
+    }
+
     /// Property: any byte string, decoded as an export request if it decodes at all, then
     /// converted and ingested, never panics, and valid items of a batch are never lost to
     /// invalid neighbours. Mutations of a rich valid request (bit flips, cuts, splices, random
@@ -425,22 +447,7 @@ pub(crate) mod tests {
         let mut decoded = 0;
         for round in 0..20_000 {
             let source = if round % 4 == 0 { &json } else { &valid };
-            let mut bytes = source.clone();
-            for _ in 0..rng.usize(1..4) {
-                match rng.u8(0..4) {
-                    0 if !bytes.is_empty() => {
-                        let i = rng.usize(..bytes.len());
-                        bytes[i] ^= 1 << rng.u8(0..8);
-                    }
-                    1 => bytes.truncate(rng.usize(..=bytes.len())),
-                    2 if !bytes.is_empty() => {
-                        let i = rng.usize(..bytes.len());
-                        let b = rng.u8(..);
-                        bytes.insert(i, b);
-                    }
-                    _ => bytes = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect(),
-                }
-            }
+            let bytes = mutated(source, &mut rng);
             let request = if round % 4 == 0 {
                 serde_json::from_slice::<ExportTraceServiceRequest>(&bytes).ok()
             } else {

@@ -498,22 +498,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(0x7769_7265);
         let (mut agreed, mut rejected_both) = (0, 0);
         for _ in 0..30_000 {
-            let mut bytes = valid.clone();
-            for _ in 0..rng.usize(1..4) {
-                match rng.u8(0..4) {
-                    0 if !bytes.is_empty() => {
-                        let i = rng.usize(..bytes.len());
-                        bytes[i] ^= 1 << rng.u8(0..8);
-                    }
-                    1 => bytes.truncate(rng.usize(..=bytes.len())),
-                    2 if !bytes.is_empty() => {
-                        let i = rng.usize(..bytes.len());
-                        bytes.insert(i, rng.u8(..));
-                    }
-                    3 => bytes = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect(),
-                    _ => {}
-                }
-            }
+            let bytes = convert::tests::mutated(&valid, &mut rng);
             let wire = spans(&bytes);
             match ExportTraceServiceRequest::decode(bytes.as_slice()) {
                 Ok(req) => {
