@@ -157,8 +157,16 @@ pub fn value(v: &AnyValue) -> Option<Value> {
 pub fn attributes(kvs: &[KeyValue]) -> Attributes {
     let mut out: Attributes =
         kvs.iter().filter_map(|kv| Some((crate::model::intern(&kv.key), value(kv.value.as_ref()?)?))).collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    sort_by_key(&mut out);
     out
+}
+
+/// Sorts attributes by key, keeping the order of repeated keys; most senders (the sidecar
+/// among them) already send them sorted, which costs one pass to see.
+pub(super) fn sort_by_key(attributes: &mut Attributes) {
+    if !attributes.is_sorted_by(|a, b| a.0 <= b.0) {
+        attributes.sort_by(|a, b| a.0.cmp(&b.0));
+    }
 }
 
 /// Converts a resource; the service is `service.name` or `unknown_service`.

@@ -8,12 +8,10 @@
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_server::{LogsService, LogsServiceServer}},
     metrics::v1::{
         ExportMetricsServiceRequest, ExportMetricsServiceResponse,
         metrics_service_server::{MetricsService, MetricsServiceServer},
     },
-    trace::v1::ExportTraceServiceResponse,
 };
 use meshlens_common::rpc::status_with_retry;
 use prost::Message;
@@ -21,7 +19,7 @@ use tonic::{Code, Request, Response, Status, codec::CompressionEncoding::Gzip};
 
 use crate::pipeline::{Pipeline, Transport};
 
-use super::{Ingest, Logs, Metrics, Signal, Traces};
+use super::{Ingest, Logs, Metrics, Signal, Traces, WireSignal};
 
 /// Largest export request accepted, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -48,11 +46,11 @@ impl OtlpGrpc {
         let pipeline = self.ingest.pipeline_arc();
         tonic::transport::Server::builder()
             .layer(tower::layer::layer_fn(move |inner| DecodeErrors { inner, pipeline: pipeline.clone() }))
-            .add_service(TraceExport { ingest: self.ingest.clone() })
+            .add_service(WireExport::<Traces>::new(self.ingest.clone()))
             .add_service(
                 MetricsServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip),
             )
-            .add_service(LogsServiceServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip))
+            .add_service(WireExport::<Logs>::new(self.ingest.clone()))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
     }
@@ -70,23 +68,35 @@ impl OtlpGrpc {
     }
 }
 
-/// The trace service. Unlike logs and metrics it takes the export request as bytes and
-/// converts them directly ([`wire`](super::wire)): traces are the bulk of what arrives.
-#[derive(Debug, Clone)]
-struct TraceExport {
+/// The trace and logs services. Unlike metrics they take the export request as bytes and
+/// convert them directly ([`wire`](super::wire)): spans and access logs are the bulk of what
+/// arrives.
+struct WireExport<S> {
     ingest: Arc<Ingest>,
+    signal: std::marker::PhantomData<fn() -> S>,
 }
 
-const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+impl<S> WireExport<S> {
+    fn new(ingest: Arc<Ingest>) -> Self {
+        Self { ingest, signal: std::marker::PhantomData }
+    }
+}
 
-impl tonic::server::NamedService for TraceExport {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+impl<S> Clone for WireExport<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.ingest.clone())
+    }
+}
+
+impl<S: WireSignal> tonic::server::NamedService for WireExport<S> {
+    const NAME: &'static str = S::SERVICE;
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-impl<B> tower::Service<http::Request<B>> for TraceExport
+impl<S, B> tower::Service<http::Request<B>> for WireExport<S>
 where
+    S: WireSignal + 'static,
     B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
@@ -99,14 +109,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != TRACE_EXPORT {
+        if request.uri().path().strip_prefix('/').and_then(|p| p.strip_prefix(S::SERVICE)) != Some("/Export") {
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
-        let method = TraceMethod { ingest: self.ingest.clone() };
+        let method = ExportMethod::<S>(self.clone());
         Box::pin(async move {
             let mut accept = tonic::codec::EnabledCompressionEncodings::default();
             accept.enable(Gzip);
-            let mut grpc = tonic::server::Grpc::new(RawTraceCodec)
+            let mut grpc = tonic::server::Grpc::new(RawCodec::<S::Response>::default())
                 .apply_compression_config(accept, tonic::codec::EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), None);
             Ok(grpc.unary(method, request).await)
@@ -115,27 +125,25 @@ where
 }
 
 /// The export method over the request's bytes.
-struct TraceMethod {
-    ingest: Arc<Ingest>,
-}
+struct ExportMethod<S>(WireExport<S>);
 
-impl tonic::server::UnaryService<bytes::Bytes> for TraceMethod {
-    type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<Result<Response<ExportTraceServiceResponse>, Status>>;
+impl<S: WireSignal + 'static> tonic::server::UnaryService<bytes::Bytes> for ExportMethod<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<Result<Response<S::Response>, Status>>;
 
     fn call(&mut self, request: Request<bytes::Bytes>) -> Self::Future {
-        let ingest = self.ingest.clone();
+        let ingest = self.0.ingest.clone();
         Box::pin(async move {
             let encoded = request.into_inner();
             let pipeline = ingest.pipeline();
             let _admitted = match pipeline.admission.admit(encoded.len()) {
                 Ok(permit) => permit,
-                Err(refused) => return Err(exhausted::<Traces>(pipeline, &refused)),
+                Err(refused) => return Err(exhausted::<S>(pipeline, &refused)),
             };
-            match ingest.export_encoded_traces(&encoded, Transport::Grpc).await {
+            match ingest.export_encoded::<S>(&encoded, Transport::Grpc).await {
                 Ok(Ok(response)) => Ok(Response::new(response)),
                 Ok(Err(error)) => {
-                    pipeline.malformed(Traces::NAME, Transport::Grpc);
+                    pipeline.malformed(S::NAME, Transport::Grpc);
                     Err(Status::invalid_argument(error.to_string()))
                 }
                 Err(e) => Err(Status::unavailable(e.to_string())),
@@ -144,9 +152,14 @@ impl tonic::server::UnaryService<bytes::Bytes> for TraceMethod {
     }
 }
 
-/// Reads a request's bytes as they are; writes the response with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawTraceCodec;
+/// Reads a request's bytes as they are; writes the response `R` with prost.
+struct RawCodec<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R> Default for RawCodec<R> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
 
 #[derive(Debug)]
 struct BytesDecoder;
@@ -160,24 +173,23 @@ impl tonic::codec::Decoder for BytesDecoder {
     }
 }
 
-#[derive(Debug)]
-struct ResponseEncoder;
+struct ResponseEncoder<R>(std::marker::PhantomData<fn() -> R>);
 
-impl tonic::codec::Encoder for ResponseEncoder {
-    type Item = ExportTraceServiceResponse;
+impl<R: Message> tonic::codec::Encoder for ResponseEncoder<R> {
+    type Item = R;
     type Error = Status;
-    fn encode(&mut self, item: ExportTraceServiceResponse, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: R, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst).map_err(|e| Status::internal(format!("encoding the export response: {e}")))
     }
 }
 
-impl tonic::codec::Codec for RawTraceCodec {
-    type Encode = ExportTraceServiceResponse;
+impl<R: Message + Send + 'static> tonic::codec::Codec for RawCodec<R> {
+    type Encode = R;
     type Decode = bytes::Bytes;
-    type Encoder = ResponseEncoder;
+    type Encoder = ResponseEncoder<R>;
     type Decoder = BytesDecoder;
-    fn encoder(&mut self) -> ResponseEncoder {
-        ResponseEncoder
+    fn encoder(&mut self) -> ResponseEncoder<R> {
+        ResponseEncoder(std::marker::PhantomData)
     }
     fn decoder(&mut self) -> BytesDecoder {
         BytesDecoder
@@ -192,12 +204,6 @@ fn exhausted<S: Signal>(pipeline: &Pipeline, refused: &super::admission::Refused
     Status::with_details(Code::ResourceExhausted, message, details.into())
 }
 
-#[tonic::async_trait]
-impl LogsService for OtlpGrpc {
-    async fn export(&self, r: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.accept::<Logs>(r).await
-    }
-}
 
 #[tonic::async_trait]
 impl MetricsService for OtlpGrpc {
@@ -272,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_budget_answers_resource_exhausted_with_retry_info() {
         let pipeline = Pipeline::new(&CollectorConfig { ingest_inflight_bytes: 4096, ..Default::default() });
-        let mut grpc = TraceMethod { ingest: Arc::new(Ingest::new(pipeline.clone(), None)) };
+        let mut grpc = ExportMethod::<Traces>(WireExport::new(Arc::new(Ingest::new(pipeline.clone(), None))));
         let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() };
         let request = || {
             let request = ExportTraceServiceRequest {

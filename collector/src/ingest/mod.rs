@@ -50,19 +50,41 @@ pub struct Logs;
 #[derive(Debug)]
 pub struct Metrics;
 
+/// A signal whose export requests are also converted straight from their bytes ([`wire`]),
+/// as the OTLP/gRPC receiver does.
+pub trait WireSignal: Signal {
+    /// The gRPC service, e.g. `opentelemetry.proto.collector.trace.v1.TraceService`.
+    const SERVICE: &'static str;
+    /// What one request converts into.
+    type Item: Send;
+    /// Converts a decoded request.
+    fn convert(request: &Self::Request) -> convert::Converted<Self::Item>;
+    /// Converts an encoded request.
+    fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError>;
+    /// Ingests converted items and answers with what was rejected.
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response;
+}
+
 impl Signal for Traces {
     const NAME: &'static str = "spans";
     const KIND: RecordKind = RecordKind::Traces;
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
     fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
-        Self::ingest(pipeline, convert::spans(request), transport, record)
+        Self::ingest(pipeline, Self::convert(request), transport, record)
     }
 }
 
-impl Traces {
-    /// Ingests converted spans and answers with what was rejected.
-    fn ingest(pipeline: &Pipeline, converted: convert::Converted<crate::model::Span>, transport: Transport, record: Record) -> ExportTraceServiceResponse {
+impl WireSignal for Traces {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    type Item = crate::model::Span;
+    fn convert(request: &Self::Request) -> convert::Converted<Self::Item> {
+        convert::spans(request)
+    }
+    fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
+        wire::spans(encoded)
+    }
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
         let partial_success = (converted.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: converted.rejected as i64,
             error_message: converted.message(),
@@ -78,7 +100,20 @@ impl Signal for Logs {
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
     fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
-        let converted = convert::logs(request);
+        Self::ingest(pipeline, Self::convert(request), transport, record)
+    }
+}
+
+impl WireSignal for Logs {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    type Item = crate::model::LogRecord;
+    fn convert(request: &Self::Request) -> convert::Converted<Self::Item> {
+        convert::logs(request)
+    }
+    fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
+        wire::logs(encoded)
+    }
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
         let partial_success = (converted.rejected > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: converted.rejected as i64,
             error_message: converted.message(),
@@ -151,24 +186,24 @@ impl Ingest {
         Ok(S::accept(&self.pipeline, request, transport, record))
     }
 
-    /// Converts ([`wire`]), journals and accepts one encoded trace export request. Bytes
-    /// that are not a valid request are refused before anything is journaled.
-    pub async fn export_encoded_traces(
+    /// Converts ([`wire`]), journals and accepts one encoded export request. Bytes that are
+    /// not a valid request are refused before anything is journaled.
+    pub async fn export_encoded<S: WireSignal>(
         &self,
         encoded: &[u8],
         transport: Transport,
-    ) -> Result<Result<ExportTraceServiceResponse, wire::DecodeError>, Unavailable> {
-        let converted = match wire::spans(encoded) {
+    ) -> Result<Result<S::Response, wire::DecodeError>, Unavailable> {
+        let converted = match S::convert_encoded(encoded) {
             Ok(converted) => converted,
             Err(error) => return Ok(Err(error)),
         };
         let record = match &self.journal {
             Some(journal) => Record::Journaled(
-                journal.append(RecordKind::Traces, encoded.to_vec()).await.map_err(|e| Unavailable(e.to_string()))?,
+                journal.append(S::KIND, encoded.to_vec()).await.map_err(|e| Unavailable(e.to_string()))?,
             ),
             None => Record::Unjournaled,
         };
-        Ok(Ok(Traces::ingest(&self.pipeline, converted, transport, record)))
+        Ok(Ok(S::ingest(&self.pipeline, converted, transport, record)))
     }
 }
 

@@ -9,14 +9,21 @@ use std::{fmt, sync::Arc};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::model::{Attributes, Value, intern, shared_value};
+use crate::model::{Attributes, Resource, Value, intern, shared_value};
 
 /// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts.
 pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(&str, &Value) -> bool) {
     out.push(b'{');
     let mut first = true;
+    // Converted attributes are sorted by key, so a repeated key follows its first.
+    let sorted = attributes.is_sorted_by(|a, b| a.0 <= b.0);
     for (i, (key, value)) in attributes.iter().enumerate() {
-        if skip(key, value) || attributes[..i].iter().any(|(k, _)| k == key) {
+        let repeated = if sorted {
+            i > 0 && attributes[i - 1].0 == *key
+        } else {
+            attributes[..i].iter().any(|(k, _)| k == key)
+        };
+        if repeated || skip(key, value) {
             continue;
         }
         if !first {
@@ -30,7 +37,34 @@ pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl F
     out.push(b'}');
 }
 
+/// The JSON of the resource rows were last written for, kept while the next rows come from
+/// the same resource (the items of one export request's resource entry share it).
+#[derive(Debug, Default)]
+pub struct ResourceJson {
+    last: Option<(Arc<Resource>, String)>,
+}
+
+impl ResourceJson {
+    /// `resource`'s attributes as a JSON object.
+    pub fn of(&mut self, resource: &Arc<Resource>) -> &str {
+        if !self.last.as_ref().is_some_and(|(r, _)| Arc::ptr_eq(r, resource)) {
+            let mut out = Vec::with_capacity(256);
+            write_attributes(&mut out, &resource.attributes, |_, _| false);
+            self.last = Some((resource.clone(), String::from_utf8(out).unwrap_or_else(|_| "{}".into())));
+        }
+        self.last.as_ref().map_or("{}", |(_, json)| json.as_str())
+    }
+}
+
 fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape (serde_json leaves other bytes, UTF-8 included, as they are).
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing a `str` into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -39,7 +73,9 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Str(s) | Value::Bytes(s) => write_str(out, s),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Int(i) => {
+            let _ = serde_json::to_writer(&mut *out, i);
+        }
         Value::Double(d) if d.is_finite() => {
             let _ = serde_json::to_writer(&mut *out, d);
         }
@@ -135,5 +171,20 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{text}");
         assert_eq!(text, r#"{"nan":null,"broken":"[1,","b":"00ff"}"#);
+    }
+
+    #[test]
+    fn sorted_attributes_drop_repeated_keys_and_escape_what_needs_it() {
+        let attributes: Attributes = vec![
+            ("a".into(), Value::Str("x\ty".into())),
+            ("a".into(), Value::Str("second".into())),
+            ("b".into(), Value::Str("é\u{1}\\".into())),
+            ("c".into(), Value::Str("plain é".into())),
+        ];
+        let mut out = Vec::new();
+        write_attributes(&mut out, &attributes, |_, _| false);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text, r#"{"a":"x\ty","b":"é\u0001\\","c":"plain é"}"#);
+        assert_eq!(read_attributes(&text), vec![attributes[0].clone(), attributes[2].clone(), attributes[3].clone()]);
     }
 }

@@ -9,7 +9,7 @@ use super::{
     columnar::{RowWriter, column_builders},
     spans::signed,
 };
-use super::json::write_attributes;
+use super::json::{ResourceJson, write_attributes};
 use crate::model::{LogRecord, attr};
 
 type Dict = StringDictionaryBuilder<Int32Type>;
@@ -27,6 +27,7 @@ pub struct LogRows {
     attributes: StringBuilder,
     resource: Dict,
     json: Vec<u8>,
+    resource_json: ResourceJson,
 }
 
 column_builders!(LogRows { time, service, severity_number, severity, body, trace_id, span_id, event_name, attributes, resource });
@@ -45,6 +46,7 @@ impl Default for LogRows {
             attributes: StringBuilder::new(),
             resource: Dict::new(),
             json: Vec::with_capacity(256),
+            resource_json: ResourceJson::default(),
         }
     }
 }
@@ -56,15 +58,13 @@ impl RowWriter<LogRecord> for LogRows {
         self.severity_number.append_value(i64::from(log.severity_number));
         self.severity.append_option(Some(log.severity_text.as_str()).filter(|s| !s.is_empty()));
         self.body.append_option(Some(log.body.as_str()).filter(|s| !s.is_empty()));
-        self.trace_id.append_option(log.trace_id.map(|t| t.to_string()));
-        self.span_id.append_option(log.span_id.map(|s| s.to_string()));
+        self.trace_id.append_option(log.trace_id.map(|t| t.hex()).as_ref().map(|h| h.as_str()));
+        self.span_id.append_option(log.span_id.map(|s| s.hex()).as_ref().map(|h| h.as_str()));
         self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
         self.json.clear();
         write_attributes(&mut self.json, &log.attributes, |_, _| false);
         self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
-        self.json.clear();
-        write_attributes(&mut self.json, &log.resource.attributes, |_, _| false);
-        self.resource.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
+        self.resource.append_value(self.resource_json.of(&log.resource));
         log.time_unix_nanos
     }
 }

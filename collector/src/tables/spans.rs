@@ -16,7 +16,7 @@ use meshlens_common::{hex, semconv};
 
 use super::{
     columnar::{RowWriter, Sealed, column_builders},
-    json::{read_attributes, value_of, write_attributes},
+    json::{ResourceJson, read_attributes, value_of, write_attributes},
     packed::{Stored, TextColumn},
 };
 use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern, shared_value};
@@ -95,6 +95,7 @@ pub struct SpanRows {
     scope: Dict,
     scratch: String,
     json: Vec<u8>,
+    resource_json: ResourceJson,
 }
 
 column_builders!(SpanRows {
@@ -137,6 +138,7 @@ impl Default for SpanRows {
             scope: Dict::new(),
             scratch: String::with_capacity(32),
             json: Vec::with_capacity(512),
+            resource_json: ResourceJson::default(),
         }
     }
 }
@@ -236,9 +238,7 @@ impl RowWriter<Span> for SpanRows {
         self.json.clear();
         write_attributes(&mut self.json, &span.attributes, in_column);
         self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
-        self.json.clear();
-        write_attributes(&mut self.json, &span.resource.attributes, |_, _| false);
-        self.resource.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
+        self.resource.append_value(self.resource_json.of(&span.resource));
         self.events.append_option(events_json(span));
         self.links.append_option(links_json(span));
         self.scope.append_value(&*span.scope);
