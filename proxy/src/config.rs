@@ -326,7 +326,7 @@ fn default_otlp() -> String {
     "http://127.0.0.1:4317".into()
 }
 fn default_flush() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(200)
 }
 fn default_metrics_interval() -> Duration {
     Duration::from_secs(10)
