@@ -74,18 +74,20 @@ pub struct Forward {
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new(HashMap::new())
+        Self::new(HashMap::new(), None)
     }
 }
 
 impl Forward {
     /// Creates the clients; connections to the addresses in `upstreams` are counted by
-    /// their meters.
-    pub fn new(upstreams: HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
+    /// their meters. `app` is the local application's address, if any: the inbound side's
+    /// upstream.
+    pub fn new(upstreams: HashMap<std::net::SocketAddr, ConnectionMeter>, app: Option<std::net::SocketAddr>) -> Self {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(Duration::from_secs(2)));
-        let authorities = upstreams.keys().filter_map(|a| Some((*a, Authority::try_from(a.to_string()).ok()?))).collect();
+        let authorities =
+            upstreams.keys().chain(&app).filter_map(|a| Some((*a, Authority::try_from(a.to_string()).ok()?))).collect();
         let connector = MeteredConnector {
             inner,
             upstreams: Arc::new(upstreams.into_iter().map(|(a, m)| (a.to_string(), m)).collect()),
