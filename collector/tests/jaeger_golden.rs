@@ -115,7 +115,7 @@ async fn jaeger_answers_from_sealed_spans_match_the_golden_files() {
 
 async fn answers_match(sealed: bool) {
     let pipeline = Pipeline::new(&CollectorConfig::default());
-    Traces::accept(&pipeline, &span_set(), Transport::Http, Record::Unjournaled);
+    Traces::ingest(&pipeline, Traces::convert(&span_set()), Transport::Http, Record::Unjournaled);
     if sealed {
         pipeline.tables.write().expect("tables").spans.seal();
     }

@@ -1,25 +1,21 @@
 //! OTLP/gRPC receiver: the trace, metrics and logs services on one tonic server.
 //!
-//! A request is admitted against the ingest budget ([`super::admission`]); when it is full
-//! the answer is RESOURCE_EXHAUSTED with a `RetryInfo` delay, which OTLP senders retry. A
-//! body that is not valid protobuf is answered INVALID_ARGUMENT (tonic itself would say
-//! INTERNAL, which senders would retry forever) and counted as malformed.
+//! Each service takes its export request as bytes (tonic's framing and gzip, no message
+//! decoding) and hands them to [`Ingest::export_encoded`], which converts them
+//! ([`wire`](super::wire) for traces and logs). A request is admitted against the ingest
+//! budget ([`super::admission`]) by its size; when it is full the answer is
+//! RESOURCE_EXHAUSTED with a `RetryInfo` delay, which OTLP senders retry. A body that is
+//! not valid protobuf is answered INVALID_ARGUMENT and counted as malformed.
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::{
-    metrics::v1::{
-        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-        metrics_service_server::{MetricsService, MetricsServiceServer},
-    },
-};
 use meshlens_common::rpc::status_with_retry;
 use prost::Message;
 use tonic::{Code, Request, Response, Status, codec::CompressionEncoding::Gzip};
 
 use crate::pipeline::{Pipeline, Transport};
 
-use super::{Ingest, Logs, Metrics, Signal, Traces, WireSignal};
+use super::{Ingest, Logs, Metrics, Signal, Traces};
 
 /// Largest export request accepted, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -43,34 +39,16 @@ impl OtlpGrpc {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let pipeline = self.ingest.pipeline_arc();
         tonic::transport::Server::builder()
-            .layer(tower::layer::layer_fn(move |inner| DecodeErrors { inner, pipeline: pipeline.clone() }))
             .add_service(WireExport::<Traces>::new(self.ingest.clone()))
-            .add_service(
-                MetricsServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).accept_compressed(Gzip),
-            )
-            .add_service(WireExport::<Logs>::new(self.ingest.clone()))
+            .add_service(WireExport::<Metrics>::new(self.ingest.clone()))
+            .add_service(WireExport::<Logs>::new(self.ingest))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
     }
-
-    async fn accept<S: Signal>(&self, request: Request<S::Request>) -> Result<Response<S::Response>, Status> {
-        let pipeline = self.ingest.pipeline();
-        let _admitted = match pipeline.admission.admit(request.get_ref().encoded_len()) {
-            Ok(permit) => permit,
-            Err(refused) => return Err(exhausted::<S>(pipeline, &refused)),
-        };
-        match self.ingest.export::<S>(request.get_ref(), None, Transport::Grpc).await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        }
-    }
 }
 
-/// The trace and logs services. Unlike metrics they take the export request as bytes and
-/// convert them directly ([`wire`](super::wire)): spans and access logs are the bulk of what
-/// arrives.
+/// One signal's export service.
 struct WireExport<S> {
     ingest: Arc<Ingest>,
     signal: std::marker::PhantomData<fn() -> S>,
@@ -88,7 +66,7 @@ impl<S> Clone for WireExport<S> {
     }
 }
 
-impl<S: WireSignal> tonic::server::NamedService for WireExport<S> {
+impl<S: Signal> tonic::server::NamedService for WireExport<S> {
     const NAME: &'static str = S::SERVICE;
 }
 
@@ -96,7 +74,7 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 
 impl<S, B> tower::Service<http::Request<B>> for WireExport<S>
 where
-    S: WireSignal + 'static,
+    S: Signal + 'static,
     B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
@@ -127,7 +105,7 @@ where
 /// The export method over the request's bytes.
 struct ExportMethod<S>(WireExport<S>);
 
-impl<S: WireSignal + 'static> tonic::server::UnaryService<bytes::Bytes> for ExportMethod<S> {
+impl<S: Signal + 'static> tonic::server::UnaryService<bytes::Bytes> for ExportMethod<S> {
     type Response = S::Response;
     type Future = BoxFuture<Result<Response<S::Response>, Status>>;
 
@@ -204,65 +182,6 @@ fn exhausted<S: Signal>(pipeline: &Pipeline, refused: &super::admission::Refused
     Status::with_details(Code::ResourceExhausted, message, details.into())
 }
 
-
-#[tonic::async_trait]
-impl MetricsService for OtlpGrpc {
-    async fn export(&self, r: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.accept::<Metrics>(r).await
-    }
-}
-
-/// Rewrites tonic's INTERNAL answer to an undecodable request into INVALID_ARGUMENT, and
-/// counts it.
-#[derive(Debug, Clone)]
-pub struct DecodeErrors<S> {
-    inner: S,
-    pipeline: std::sync::Arc<Pipeline>,
-}
-
-fn signal_of(path: &str) -> &'static str {
-    if path.contains("TraceService") {
-        "spans"
-    } else if path.contains("LogsService") {
-        "log_records"
-    } else {
-        "metric_points"
-    }
-}
-
-impl<S, B, ReqBody> tower::Service<http::Request<ReqBody>> for DecodeErrors<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<B>;
-    type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let signal = signal_of(request.uri().path());
-        let pipeline = self.pipeline.clone();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            let headers = response.headers_mut();
-            let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
-            let decode = headers
-                .get("grpc-message")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|m| m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode"));
-            if internal && decode {
-                headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-                pipeline.malformed(signal, Transport::Grpc);
-            }
-            Ok(response)
-        })
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -118,20 +118,22 @@ async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap
             );
         }
     };
-    let decoded = match encoding {
-        Encoding::Protobuf => S::Request::decode(body.clone()).map_err(|e| format!("malformed protobuf {} request: {e}", S::NAME)),
-        Encoding::Json => serde_json::from_slice::<S::Request>(&body).map_err(|e| format!("malformed JSON {} request: {e}", S::NAME)),
+    let exported = match encoding {
+        Encoding::Protobuf => ingest
+            .export_encoded::<S>(&body, Transport::Http)
+            .await
+            .map(|r| r.map_err(|e| format!("malformed protobuf {} request: {e}", S::NAME))),
+        Encoding::Json => match serde_json::from_slice::<S::Request>(&body) {
+            Ok(request) => ingest.export::<S>(&request, Transport::Http).await.map(Ok),
+            Err(e) => Ok(Err(format!("malformed JSON {} request: {e}", S::NAME))),
+        },
     };
-    let request = match decoded {
-        Ok(request) => request,
-        Err(message) => {
+    match exported {
+        Ok(Ok(response)) => encoded(StatusCode::OK, encoding, &response),
+        Ok(Err(message)) => {
             ingest.pipeline().malformed(S::NAME, Transport::Http);
-            return rpc_error(StatusCode::BAD_REQUEST, encoding, message);
+            rpc_error(StatusCode::BAD_REQUEST, encoding, message)
         }
-    };
-    let raw = (encoding == Encoding::Protobuf).then(|| body.to_vec());
-    match ingest.export::<S>(&request, raw, Transport::Http).await {
-        Ok(response) => encoded(StatusCode::OK, encoding, &response),
         Err(e) => {
             // 503 with Retry-After is retryable for OTLP/HTTP senders.
             let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, encoding, e.to_string());

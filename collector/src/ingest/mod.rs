@@ -3,7 +3,9 @@
 //!
 //! Each signal (traces, metrics, logs) is a [`Signal`]: how its export request is
 //! converted, fed to the [`Pipeline`], and answered — with OTLP's partial success when
-//! some items were invalid. Both receivers are thin adapters over that one path.
+//! some items were invalid. Both receivers are thin adapters over that one path. Protobuf
+//! requests (gRPC, HTTP, the journal) are converted from their bytes ([`wire`] for traces
+//! and logs, the bulk of what arrives; prost for metrics), JSON ones after decoding.
 
 pub mod admission;
 pub mod convert;
@@ -26,18 +28,30 @@ use crate::{
     pipeline::{Pipeline, Record, Transport},
 };
 
-/// One OTLP signal: its messages and how an export request is accepted.
+/// One OTLP signal: its messages, how a request is converted, and how the converted items
+/// are fed to the pipeline and answered.
 pub trait Signal {
     /// `spans`, `log_records` or `metric_points` (the metrics' `signal` label).
     const NAME: &'static str;
     /// How its requests are tagged in the journal.
     const KIND: RecordKind;
+    /// The gRPC service, e.g. `opentelemetry.proto.collector.trace.v1.TraceService`.
+    const SERVICE: &'static str;
     /// The export request.
     type Request: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static;
     /// The export response.
     type Response: prost::Message + serde::Serialize + Send + 'static;
-    /// Converts, ingests and answers one export request.
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response;
+    /// What one request converts into.
+    type Item: Send;
+    /// Converts a decoded request (OTLP/JSON).
+    fn convert(request: &Self::Request) -> convert::Converted<Self::Item>;
+    /// Converts an encoded request (OTLP/gRPC, OTLP/HTTP protobuf, the journal). By
+    /// default it is decoded first; traces and logs are read straight from the bytes.
+    fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
+        Self::Request::decode(encoded).map(|request| Self::convert(&request)).map_err(wire::DecodeError::from)
+    }
+    /// Ingests converted items and answers with what was rejected.
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response;
 }
 
 /// Traces.
@@ -50,33 +64,12 @@ pub struct Logs;
 #[derive(Debug)]
 pub struct Metrics;
 
-/// A signal whose export requests are also converted straight from their bytes ([`wire`]),
-/// as the OTLP/gRPC receiver does.
-pub trait WireSignal: Signal {
-    /// The gRPC service, e.g. `opentelemetry.proto.collector.trace.v1.TraceService`.
-    const SERVICE: &'static str;
-    /// What one request converts into.
-    type Item: Send;
-    /// Converts a decoded request.
-    fn convert(request: &Self::Request) -> convert::Converted<Self::Item>;
-    /// Converts an encoded request.
-    fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError>;
-    /// Ingests converted items and answers with what was rejected.
-    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response;
-}
-
 impl Signal for Traces {
     const NAME: &'static str = "spans";
     const KIND: RecordKind = RecordKind::Traces;
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
-        Self::ingest(pipeline, Self::convert(request), transport, record)
-    }
-}
-
-impl WireSignal for Traces {
-    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     type Item = crate::model::Span;
     fn convert(request: &Self::Request) -> convert::Converted<Self::Item> {
         convert::spans(request)
@@ -97,15 +90,9 @@ impl WireSignal for Traces {
 impl Signal for Logs {
     const NAME: &'static str = "log_records";
     const KIND: RecordKind = RecordKind::Logs;
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
-        Self::ingest(pipeline, Self::convert(request), transport, record)
-    }
-}
-
-impl WireSignal for Logs {
-    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     type Item = crate::model::LogRecord;
     fn convert(request: &Self::Request) -> convert::Converted<Self::Item> {
         convert::logs(request)
@@ -126,14 +113,19 @@ impl WireSignal for Logs {
 impl Signal for Metrics {
     const NAME: &'static str = "metric_points";
     const KIND: RecordKind = RecordKind::Metrics;
+    const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
     type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
-    fn accept(pipeline: &Pipeline, request: &Self::Request, transport: Transport, record: Record) -> Self::Response {
-        let converted = convert::metrics(request);
+    type Item = crate::model::MetricPoint;
+    fn convert(request: &Self::Request) -> convert::Converted<Self::Item> {
+        convert::metrics(request)
+    }
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
         let partial_success = (converted.rejected > 0).then(|| ExportMetricsPartialSuccess {
             rejected_data_points: converted.rejected as i64,
             error_message: converted.message(),
         });
+        // Metric points live in the pipeline's aggregates, not in journaled tables.
         let _ = record;
         pipeline.ingest_metrics(converted, transport);
         ExportMetricsServiceResponse { partial_success }
@@ -169,26 +161,15 @@ impl Ingest {
         self.pipeline.clone()
     }
 
-    /// Journals and accepts one export request; `encoded` is its protobuf form, if at hand.
-    pub async fn export<S: Signal>(
-        &self,
-        request: &S::Request,
-        encoded: Option<Vec<u8>>,
-        transport: Transport,
-    ) -> Result<S::Response, Unavailable> {
-        let record = match &self.journal {
-            Some(journal) => {
-                let bytes = encoded.unwrap_or_else(|| request.encode_to_vec());
-                Record::Journaled(journal.append(S::KIND, bytes).await.map_err(|e| Unavailable(e.to_string()))?)
-            }
-            None => Record::Unjournaled,
-        };
-        Ok(S::accept(&self.pipeline, request, transport, record))
+    /// Journals and accepts one decoded export request (OTLP/JSON).
+    pub async fn export<S: Signal>(&self, request: &S::Request, transport: Transport) -> Result<S::Response, Unavailable> {
+        let record = self.journal::<S>(|| request.encode_to_vec()).await?;
+        Ok(S::ingest(&self.pipeline, S::convert(request), transport, record))
     }
 
-    /// Converts ([`wire`]), journals and accepts one encoded export request. Bytes that are
-    /// not a valid request are refused before anything is journaled.
-    pub async fn export_encoded<S: WireSignal>(
+    /// Converts, journals and accepts one encoded export request. Bytes that are not a
+    /// valid request are refused before anything is journaled.
+    pub async fn export_encoded<S: Signal>(
         &self,
         encoded: &[u8],
         transport: Transport,
@@ -197,13 +178,18 @@ impl Ingest {
             Ok(converted) => converted,
             Err(error) => return Ok(Err(error)),
         };
-        let record = match &self.journal {
-            Some(journal) => Record::Journaled(
-                journal.append(S::KIND, encoded.to_vec()).await.map_err(|e| Unavailable(e.to_string()))?,
-            ),
-            None => Record::Unjournaled,
-        };
+        let record = self.journal::<S>(|| encoded.to_vec()).await?;
         Ok(Ok(S::ingest(&self.pipeline, converted, transport, record)))
+    }
+
+    /// Appends a request's protobuf form to the journal, when there is one.
+    async fn journal<S: Signal>(&self, encoded: impl FnOnce() -> Vec<u8>) -> Result<Record, Unavailable> {
+        match &self.journal {
+            Some(journal) => {
+                Ok(Record::Journaled(journal.append(S::KIND, encoded()).await.map_err(|e| Unavailable(e.to_string()))?))
+            }
+            None => Ok(Record::Unjournaled),
+        }
     }
 }
 
@@ -211,9 +197,9 @@ impl Ingest {
 /// in a loaded segment).
 pub fn replay(pipeline: &Pipeline, kind: RecordKind, record: Record, payload: &[u8]) {
     fn apply<S: Signal>(pipeline: &Pipeline, record: Record, payload: &[u8]) {
-        match S::Request::decode(payload) {
-            Ok(request) => {
-                S::accept(pipeline, &request, Transport::Journal, record);
+        match S::convert_encoded(payload) {
+            Ok(converted) => {
+                S::ingest(pipeline, converted, Transport::Journal, record);
             }
             Err(error) => tracing::warn!(%error, signal = S::NAME, "skipping an undecodable journal record"),
         }

@@ -22,7 +22,19 @@ use crate::model::StatusCode;
 /// Why the bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("failed to decode protobuf: {0}")]
-pub struct DecodeError(&'static str);
+pub struct DecodeError(std::borrow::Cow<'static, str>);
+
+impl DecodeError {
+    const fn new(reason: &'static str) -> Self {
+        Self(std::borrow::Cow::Borrowed(reason))
+    }
+}
+
+impl From<prost::DecodeError> for DecodeError {
+    fn from(error: prost::DecodeError) -> Self {
+        Self(error.to_string().into())
+    }
+}
 
 /// One field's payload.
 #[derive(Debug, Clone, Copy)]
@@ -37,26 +49,26 @@ impl<'a> Wire<'a> {
     fn varint(self) -> Result<u64, DecodeError> {
         match self {
             Self::Varint(v) => Ok(v),
-            _ => Err(DecodeError("invalid wire type for a varint field")),
+            _ => Err(DecodeError::new("invalid wire type for a varint field")),
         }
     }
 
     fn fixed64(self) -> Result<u64, DecodeError> {
         match self {
             Self::Fixed64(v) => Ok(v),
-            _ => Err(DecodeError("invalid wire type for a fixed64 field")),
+            _ => Err(DecodeError::new("invalid wire type for a fixed64 field")),
         }
     }
 
     fn bytes(self) -> Result<&'a [u8], DecodeError> {
         match self {
             Self::Bytes(b) => Ok(b),
-            _ => Err(DecodeError("invalid wire type for a length-delimited field")),
+            _ => Err(DecodeError::new("invalid wire type for a length-delimited field")),
         }
     }
 
     fn str(self) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError("invalid string value: data is not UTF-8 encoded"))
+        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError::new("invalid string value: data is not UTF-8 encoded"))
     }
 }
 
@@ -82,12 +94,12 @@ impl<'a> Fields<'a> {
                 return Ok(value);
             }
         }
-        Err(DecodeError("invalid varint"))
+        Err(DecodeError::new("invalid varint"))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError("buffer underflow"));
+            return Err(DecodeError::new("buffer underflow"));
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -101,15 +113,15 @@ impl<'a> Fields<'a> {
                 return Ok(None);
             }
             let key = self.varint()?;
-            let tag = u32::try_from(key >> 3).map_err(|_| DecodeError("invalid tag value"))?;
+            let tag = u32::try_from(key >> 3).map_err(|_| DecodeError::new("invalid tag value"))?;
             if tag == 0 {
-                return Err(DecodeError("invalid tag value: 0"));
+                return Err(DecodeError::new("invalid tag value: 0"));
             }
             let wire = match key & 7 {
                 0 => Wire::Varint(self.varint()?),
-                1 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| DecodeError("buffer underflow"))?)),
+                1 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| DecodeError::new("buffer underflow"))?)),
                 2 => {
-                    let len = usize::try_from(self.varint()?).map_err(|_| DecodeError("buffer underflow"))?;
+                    let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::new("buffer underflow"))?;
                     Wire::Bytes(self.take(len)?)
                 }
                 3 => {
@@ -120,7 +132,7 @@ impl<'a> Fields<'a> {
                     self.take(4)?;
                     Wire::Fixed32
                 }
-                _ => return Err(DecodeError("invalid wire type")),
+                _ => return Err(DecodeError::new("invalid wire type")),
             };
             return Ok(Some((tag, wire)));
         }
@@ -130,10 +142,10 @@ impl<'a> Fields<'a> {
     fn skip_group(&mut self, tag: u32) -> Result<(), DecodeError> {
         loop {
             if self.buf.is_empty() {
-                return Err(DecodeError("unterminated group"));
+                return Err(DecodeError::new("unterminated group"));
             }
             let key = self.varint()?;
-            let inner = u32::try_from(key >> 3).map_err(|_| DecodeError("invalid tag value"))?;
+            let inner = u32::try_from(key >> 3).map_err(|_| DecodeError::new("invalid tag value"))?;
             match key & 7 {
                 0 => {
                     self.varint()?;
@@ -142,16 +154,16 @@ impl<'a> Fields<'a> {
                     self.take(8)?;
                 }
                 2 => {
-                    let len = usize::try_from(self.varint()?).map_err(|_| DecodeError("buffer underflow"))?;
+                    let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::new("buffer underflow"))?;
                     self.take(len)?;
                 }
                 3 => self.skip_group(inner)?,
                 4 if inner == tag => return Ok(()),
-                4 => return Err(DecodeError("unexpected end group tag")),
+                4 => return Err(DecodeError::new("unexpected end group tag")),
                 5 => {
                     self.take(4)?;
                 }
-                _ => return Err(DecodeError("invalid wire type")),
+                _ => return Err(DecodeError::new("invalid wire type")),
             }
         }
     }
@@ -474,10 +486,10 @@ fn any_value(buf: &[u8]) -> Result<Option<Value>, DecodeError> {
         3 => Value::Int(wire.varint()? as i64),
         4 => Value::Double(f64::from_bits(wire.fixed64()?)),
         5 => convert::json_value(&any_value::Value::ArrayValue(
-            ArrayValue::decode(wire.bytes()?).map_err(|_| DecodeError("invalid array value"))?,
+            ArrayValue::decode(wire.bytes()?).map_err(|_| DecodeError::new("invalid array value"))?,
         )),
         6 => convert::json_value(&any_value::Value::KvlistValue(
-            KeyValueList::decode(wire.bytes()?).map_err(|_| DecodeError("invalid key-value list"))?,
+            KeyValueList::decode(wire.bytes()?).map_err(|_| DecodeError::new("invalid key-value list"))?,
         )),
         7 => convert::bytes_value(wire.bytes()?),
         _ => convert::json_value(&any_value::Value::StringValueStrindex(wire.varint()? as i32)),
