@@ -36,12 +36,17 @@ impl From<prost::DecodeError> for DecodeError {
     }
 }
 
+/// How deep groups may nest (prost's recursion limit).
+const MAX_GROUP_DEPTH: usize = 100;
+
 /// One field's payload.
 #[derive(Debug, Clone, Copy)]
 enum Wire<'a> {
     Varint(u64),
     Fixed64(u64),
+    /// Read past; fields the collector keeps are never of these types.
     Fixed32,
+    Group,
     Bytes(&'a [u8]),
 }
 
@@ -108,45 +113,53 @@ impl<'a> Fields<'a> {
 
     /// The next field, or `None` at the end.
     fn next_field(&mut self) -> Result<Option<(u32, Wire<'a>)>, DecodeError> {
-        loop {
-            if self.buf.is_empty() {
-                return Ok(None);
-            }
-            let key = self.varint()?;
-            let tag = u32::try_from(key >> 3).map_err(|_| DecodeError::new("invalid tag value"))?;
-            if tag == 0 {
-                return Err(DecodeError::new("invalid tag value: 0"));
-            }
-            let wire = match key & 7 {
-                0 => Wire::Varint(self.varint()?),
-                1 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| DecodeError::new("buffer underflow"))?)),
-                2 => {
-                    let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::new("buffer underflow"))?;
-                    Wire::Bytes(self.take(len)?)
-                }
-                3 => {
-                    self.skip_group(tag)?;
-                    continue;
-                }
-                5 => {
-                    self.take(4)?;
-                    Wire::Fixed32
-                }
-                _ => return Err(DecodeError::new("invalid wire type")),
-            };
-            return Ok(Some((tag, wire)));
+        if self.buf.is_empty() {
+            return Ok(None);
         }
+        let (tag, wire_type) = self.key()?;
+        let wire = match wire_type {
+            0 => Wire::Varint(self.varint()?),
+            1 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| DecodeError::new("buffer underflow"))?)),
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::new("buffer underflow"))?;
+                Wire::Bytes(self.take(len)?)
+            }
+            3 => {
+                // Skipped; a field the collector reads is never a group, so reading one of
+                // those as a group fails on its wire type, as in prost.
+                self.skip_group(tag, 1)?;
+                Wire::Group
+            }
+            5 => {
+                self.take(4)?;
+                Wire::Fixed32
+            }
+            _ => return Err(DecodeError::new("invalid wire type")),
+        };
+        Ok(Some((tag, wire)))
     }
 
-    /// Skips a (deprecated) group up to its end marker.
-    fn skip_group(&mut self, tag: u32) -> Result<(), DecodeError> {
+    /// A field key: its tag and wire type (as prost reads them: at most 32 bits, tag ≥ 1).
+    fn key(&mut self) -> Result<(u32, u64), DecodeError> {
+        let key = u32::try_from(self.varint()?).map_err(|_| DecodeError::new("invalid key value"))?;
+        if key >> 3 == 0 {
+            return Err(DecodeError::new("invalid tag value: 0"));
+        }
+        Ok((key >> 3, u64::from(key & 7)))
+    }
+
+    /// Skips a (deprecated) group up to its end marker; groups nest at most
+    /// [`MAX_GROUP_DEPTH`] deep, so hostile input cannot exhaust the stack.
+    fn skip_group(&mut self, tag: u32, depth: usize) -> Result<(), DecodeError> {
+        if depth > MAX_GROUP_DEPTH {
+            return Err(DecodeError::new("recursion limit reached"));
+        }
         loop {
             if self.buf.is_empty() {
                 return Err(DecodeError::new("unterminated group"));
             }
-            let key = self.varint()?;
-            let inner = u32::try_from(key >> 3).map_err(|_| DecodeError::new("invalid tag value"))?;
-            match key & 7 {
+            let (inner, wire_type) = self.key()?;
+            match wire_type {
                 0 => {
                     self.varint()?;
                 }
@@ -157,7 +170,7 @@ impl<'a> Fields<'a> {
                     let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::new("buffer underflow"))?;
                     self.take(len)?;
                 }
-                3 => self.skip_group(inner)?,
+                3 => self.skip_group(inner, depth + 1)?,
                 4 if inner == tag => return Ok(()),
                 4 => return Err(DecodeError::new("unexpected end group tag")),
                 5 => {
@@ -567,6 +580,11 @@ mod tests {
         assert!(spans(&[0x0f]).is_err(), "wire type 7");
         assert!(spans(&[0x09, 1, 2]).is_err(), "short fixed64");
         assert!(spans(&[]).is_ok_and(|c| c.items.is_empty()), "an empty request is valid");
+        assert!(spans(&[0xf8, 0xff, 0xff, 0xff, 0x1f, 0x00]).is_err(), "a key past 32 bits");
+        // 100,000 nested groups (start-group of field 1) must be an error, not a stack overflow.
+        assert!(spans(&vec![0x0b; 100_000]).is_err(), "deeply nested groups");
+        assert!(spans(&[0x13, 0x08, 0x01, 0x14]).is_ok(), "a group of an unknown field is skipped");
+        assert!(spans(&[0x0b, 0x0c]).is_err(), "a field read as a message cannot be a group");
     }
 
     /// Property: for any byte string prost decodes, converting the bytes directly gives
