@@ -361,6 +361,13 @@ mod tests {
         assert_eq!(doc["rows"], expected, "{doc}");
         let r = query(&p, &format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", "07".repeat(16))).await.expect("query");
         assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([[(0..n).filter(|i| i % 200 == 7).count()]]));
+        // Only dictionary and plain columns: the stored arrays are shared as they are, the
+        // sealed batch's 16-bit dictionary keys widened, the open rows' 32-bit ones not.
+        let r = query(&p, "SELECT service, kind, count(*), sum(duration_ns) FROM spans WHERE kind = 'client' GROUP BY service, kind")
+            .await
+            .expect("query");
+        // Every span lasts 1 ms.
+        assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([["svc", "client", n, n * 1_000_000]]));
     }
 
     #[tokio::test]

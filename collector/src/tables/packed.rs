@@ -63,21 +63,6 @@ impl Stored {
         }
     }
 
-    /// Rows.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Plain(array) => array.len(),
-            Self::Hex(bytes) => bytes.len(),
-            Self::Text(text) => text.rows,
-            Self::SmallKeys(dict) => dict.len(),
-        }
-    }
-
-    /// Whether it has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match self {
@@ -191,16 +176,6 @@ impl PackedText {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.blocks.iter().map(|b| b.data.len() + std::mem::size_of::<Block>()).sum::<usize>()
-    }
-
-    /// Rows.
-    pub fn len(&self) -> usize {
-        self.rows
-    }
-
-    /// Whether it has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
     }
 
     /// The rows of block `index` (rows `index * BLOCK_ROWS ..`).
