@@ -280,6 +280,8 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     let failures: Vec<usize> = statuses.iter().enumerate().filter(|(_, s)| **s >= 500).map(|(i, _)| i).collect();
     assert_eq!(failures.len(), 3, "three failures in a row from v2 eject it; v1 answers the rest: {statuses:?}");
     assert!(statuses[failures[2] + 1..].iter().all(|s| *s == 200), "{statuses:?}");
+    let ejections = prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_outlier_ejections_total", &[("service", "pay")]);
+    assert_eq!(ejections, 1.0, "the ejection is counted on the admin endpoint");
 
     let ejection = wait_for("the span of the request that ejected v2", Duration::from_secs(15), || {
         let found = collector.json("/api/traces?service=tester&tag=error:true&limit=10");

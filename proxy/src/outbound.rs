@@ -32,11 +32,11 @@ pub fn stack(
         // Bounds how long the service may take to answer, all attempts together.
         .layer(TimeoutLayer)
         // Retries failed attempts as the service's retry policy says; each attempt is a span.
-        .layer(RetryLayer::new(telemetry))
+        .layer(RetryLayer::new(telemetry.clone()))
         // Picks one of the service's endpoints by weight (canary splits), skipping ejected ones.
         .layer(SplitLayer::new(detector.clone()))
         // Counts each endpoint's failures in a row and ejects the ones that keep failing.
-        .layer(OutlierLayer::new(detector))
+        .layer(OutlierLayer::new(detector, telemetry.stats().clone()))
         .service(forward),
     )
 }

@@ -23,6 +23,7 @@ use tower::{Layer, Service};
 use crate::{
     config::{Endpoint, OutlierPolicy, ServiceConfig},
     error::ProxyError,
+    telemetry::TelemetryStats,
 };
 
 use super::{BoxFuture, EJECTION, Request, Resolution, Response, Upstream};
@@ -91,19 +92,20 @@ impl OutlierDetector {
 #[derive(Debug, Clone, Default)]
 pub struct OutlierLayer {
     detector: Arc<OutlierDetector>,
+    stats: TelemetryStats,
 }
 
 impl OutlierLayer {
-    /// Reports to `detector`.
-    pub fn new(detector: Arc<OutlierDetector>) -> Self {
-        Self { detector }
+    /// Reports to `detector`; ejections are counted in `stats`.
+    pub fn new(detector: Arc<OutlierDetector>, stats: TelemetryStats) -> Self {
+        Self { detector, stats }
     }
 }
 
 impl<S> Layer<S> for OutlierLayer {
     type Service = Outlier<S>;
     fn layer(&self, inner: S) -> Outlier<S> {
-        Outlier { inner, detector: self.detector.clone() }
+        Outlier { inner, detector: self.detector.clone(), stats: self.stats.clone() }
     }
 }
 
@@ -112,6 +114,7 @@ impl<S> Layer<S> for OutlierLayer {
 pub struct Outlier<S> {
     inner: S,
     detector: Arc<OutlierDetector>,
+    stats: TelemetryStats,
 }
 
 /// Whether a result counts against its endpoint.
@@ -142,11 +145,12 @@ where
         let resolution = req.extensions().get::<Resolution>().cloned();
         let fut = self.inner.call(req);
         let (Some(service), Some(Upstream(addr))) = (service, upstream) else { return Box::pin(fut) };
-        let detector = self.detector.clone();
+        let (detector, stats) = (self.detector.clone(), self.stats.clone());
         Box::pin(async move {
             let result = fut.await;
             if let Some(length) = detector.observe(&service, addr, failed(&result), Instant::now()) {
                 tracing::info!(service = %service.name, endpoint = %addr, ?length, "endpoint ejected");
+                stats.ejected(&service.name);
                 if let Some(resolution) = resolution {
                     resolution.note(EJECTION, format!("endpoint {addr} ejected for {length:?} after consecutive failures"));
                 }

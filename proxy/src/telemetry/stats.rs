@@ -38,6 +38,7 @@ pub struct TelemetryStats {
     dropped: Family<SignalLabels, Counter>,
     retries: Family<SignalLabels, Counter>,
     label_overflow: Family<OverflowLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
     /// Series in the request-metrics table (set when `/metrics` is read).
     pub series: Gauge,
     tcp_opened: Family<DirectionLabels, Counter>,
@@ -55,6 +56,13 @@ pub type UpstreamMeter = (std::sync::Arc<crate::identity::WorkloadIdentity>, Con
 pub struct DirectionLabels {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
+}
+
+/// Labels of the ejection counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The destination service (one of the configured ones, so the set is bounded).
+    pub service: String,
 }
 
 /// Labels of the label-overflow counter.
@@ -93,10 +101,20 @@ impl TelemetryStats {
             self.label_overflow.clone(),
         );
         registry.register(
+            "meshlens_proxy_outlier_ejections",
+            "Endpoints ejected by outlier detection, by destination service",
+            self.ejections.clone(),
+        );
+        registry.register(
             "meshlens_proxy_telemetry_export_retries",
             "Export attempts retried after a retryable error, by the error's code",
             self.retries.clone(),
         );
+    }
+
+    /// Counts an endpoint of `service` ejected by outlier detection.
+    pub fn ejected(&self, service: &str) {
+        self.ejections.get_or_create(&ServiceLabels { service: service.to_owned() }).inc();
     }
 
     /// The connection counters of one listener (handles onto this registry's counters).
