@@ -156,11 +156,6 @@ impl Ingest {
         &self.pipeline
     }
 
-    /// The pipeline fed, shared.
-    pub fn pipeline_arc(&self) -> Arc<Pipeline> {
-        self.pipeline.clone()
-    }
-
     /// Journals and accepts one decoded export request (OTLP/JSON).
     pub async fn export<S: Signal>(&self, request: &S::Request, transport: Transport) -> Result<S::Response, Unavailable> {
         let record = self.journal::<S>(|| request.encode_to_vec()).await?;
