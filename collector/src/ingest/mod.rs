@@ -11,6 +11,7 @@ pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
+mod key_order;
 pub mod wire;
 
 use opentelemetry_proto::tonic::collector::{

@@ -14,8 +14,11 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList, any_value};
 use prost::Message;
 
-use super::convert::{self, Converted};
-use crate::model::{Attributes, LogRecord, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, TraceId, Value, intern};
+use super::{
+    convert::{self, Converted},
+    key_order::{KeyOrders, Run},
+};
+use crate::model::{Attributes, LogRecord, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, TraceId, Value};
 #[cfg(test)]
 use crate::model::StatusCode;
 
@@ -193,8 +196,9 @@ fn each_field<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Wire<'a>) -> Result<(), 
 
 /// Converts an encoded `ExportTraceServiceRequest`.
 pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
+    let mut orders = KeyOrders::default();
     resources(request, |buf, resource, scope, out| {
-        match span(buf, resource, scope)? {
+        match span(buf, resource, scope, &mut orders)? {
             Ok(span) => out.items.push(span),
             Err(reason) => out.reject(reason),
         }
@@ -204,8 +208,9 @@ pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
 
 /// Converts an encoded `ExportLogsServiceRequest`.
 pub fn logs(request: &[u8]) -> Result<Converted<LogRecord>, DecodeError> {
+    let mut orders = KeyOrders::default();
     resources(request, |buf, resource, _scope, out| {
-        match log_record(buf, resource)? {
+        match log_record(buf, resource, &mut orders)? {
             Ok(record) => out.items.push(record),
             Err(reason) => out.reject(reason),
         }
@@ -279,7 +284,7 @@ fn resource_entry<T>(
 
 /// One log record: a decode error fails the request, an invalid record only itself (the
 /// checks and messages of [`convert::logs`]).
-fn log_record(buf: &[u8], resource: &Arc<Resource>) -> Result<Result<LogRecord, String>, DecodeError> {
+fn log_record(buf: &[u8], resource: &Arc<Resource>, orders: &mut KeyOrders) -> Result<Result<LogRecord, String>, DecodeError> {
     let (mut time, mut observed, mut severity_number, mut severity_text) = (0, 0, 0, "");
     let (mut body, mut attrs): (Option<&[u8]>, Vec<&[u8]>) = (None, Vec::new());
     let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
@@ -311,7 +316,7 @@ fn log_record(buf: &[u8], resource: &Arc<Resource>) -> Result<Result<LogRecord, 
         severity_number,
         severity_text: severity_text.to_owned(),
         body,
-        attributes: attributes(&attrs)?,
+        attributes: attributes_in(&attrs, orders.start(attrs.len()))?,
         trace_id: trace,
         span_id: SpanId::from_bytes(span_id),
         resource: resource.clone(),
@@ -336,7 +341,7 @@ struct RawSpan<'a> {
 }
 
 /// One span: a decode error fails the request, an invalid span only itself.
-fn span(buf: &[u8], resource: &Arc<Resource>, scope: &Arc<str>) -> Result<Result<Span, String>, DecodeError> {
+fn span(buf: &[u8], resource: &Arc<Resource>, scope: &Arc<str>, orders: &mut KeyOrders) -> Result<Result<Span, String>, DecodeError> {
     let mut s = RawSpan::default();
     each_field(buf, |tag, wire| {
         match tag {
@@ -370,11 +375,11 @@ fn span(buf: &[u8], resource: &Arc<Resource>, scope: &Arc<str>) -> Result<Result
         Err(reason) => {
             // A broken nested message fails the whole request even under a rejected span,
             // as decoding the request first would; nothing of it is counted.
-            convert::uncounted(|| nested(&s))?;
+            convert::uncounted(|| nested(&s, Run::plain()))?;
             return Ok(Err(reason));
         }
     };
-    let (attributes, events, links) = nested(&s)?;
+    let (attributes, events, links) = nested(&s, orders.start(s.attributes.len()))?;
     let (status, status_message) = convert::status(s.status_code, s.status_message);
     Ok(Ok(Span {
         trace_id,
@@ -417,8 +422,8 @@ fn validate(s: &RawSpan<'_>) -> Result<Ids, String> {
 }
 
 /// A span's attributes, events and links.
-fn nested(s: &RawSpan<'_>) -> Result<(Attributes, Vec<SpanEvent>, Vec<SpanLink>), DecodeError> {
-    let attributes = attributes(&s.attributes)?;
+fn nested(s: &RawSpan<'_>, run: Run<'_>) -> Result<(Attributes, Vec<SpanEvent>, Vec<SpanLink>), DecodeError> {
+    let attributes = attributes_in(&s.attributes, run)?;
     let events = s.events.iter().map(|e| event(e)).collect::<Result<Vec<_>, _>>()?;
     let links = s.links.iter().map(|l| link(l)).collect::<Result<Vec<Option<_>>, _>>()?;
     Ok((attributes, events, links.into_iter().flatten().collect()))
@@ -461,6 +466,11 @@ fn link(buf: &[u8]) -> Result<Option<SpanLink>, DecodeError> {
 /// Encoded `KeyValue`s converted as [`convert::attributes`] does: without the ones that
 /// have no value, sorted by key.
 fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
+    attributes_in(kvs, Run::plain())
+}
+
+/// [`attributes`], its keys and their order taken from `run` when they match.
+fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeError> {
     let mut out = Attributes::with_capacity(kvs.len());
     for kv in kvs {
         let (mut key, mut value) = ("", None);
@@ -473,10 +483,10 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
             Ok(())
         })?;
         if let Some(Some(value)) = value {
-            out.push((intern(key), value));
+            out.push((run.key(out.len(), key), value));
         }
     }
-    convert::sort_by_key(&mut out);
+    run.finish(&mut out);
     Ok(out)
 }
 
@@ -569,6 +579,42 @@ mod tests {
         assert_eq!(&*wire.items[0].scope, "meshlens-proxy");
         assert_eq!((wire.items[0].status, wire.items[0].status_message.as_str()), (StatusCode::Error, "boom"));
         assert_eq!(wire.items[1].status_message, "", "a message without a set code is dropped");
+    }
+
+    #[test]
+    fn spans_repeating_or_varying_key_orders_convert_the_same_either_way() {
+        // Remembered key orders must give what sorting each span's attributes gives:
+        // spans with the same keys in the same order, in another order, with one key
+        // changed, with a repeated key, with a value-less key, in a mixed sequence.
+        let mut req = request();
+        let ss = &mut req.resource_spans[0].scope_spans[0];
+        let template = ss.spans[0].clone();
+        let kv = |k: &str, v: Option<i64>| KeyValue {
+            key: k.into(),
+            value: v.map(|v| AnyValue { value: Some(any_value::Value::IntValue(v)) }),
+            ..Default::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let keys = ["c", "a", "b", "a", "d", "e"];
+        ss.spans.clear();
+        for i in 0..200 {
+            let mut span = template.clone();
+            span.span_id = (i as u64 + 1).to_be_bytes().to_vec();
+            let n = rng.usize(3..=keys.len());
+            let mut attrs: Vec<KeyValue> = keys[..n].iter().map(|k| kv(k, Some(i))).collect();
+            match rng.u8(0..4) {
+                0 => rng.shuffle(&mut attrs),
+                1 => attrs[rng.usize(0..n)].key = "z".into(),
+                2 => attrs[rng.usize(0..n)].value = None,
+                _ => {}
+            }
+            span.attributes = attrs;
+            ss.spans.push(span);
+        }
+        let bytes = req.encode_to_vec();
+        let (wire, decoded) = (spans(&bytes).expect("valid"), convert::spans(&req));
+        assert_eq!(wire.items.len(), 200);
+        assert!(same(&wire, &decoded), "{:?}\n{:?}", wire.items, decoded.items);
     }
 
     #[test]

@@ -15,13 +15,22 @@ use crate::model::{Attributes, Resource, Value, intern, shared_value};
 pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(&str, &Value) -> bool) {
     out.push(b'{');
     let mut first = true;
-    // Converted attributes are sorted by key, so a repeated key follows its first.
-    let sorted = attributes.is_sorted_by(|a, b| a.0 <= b.0);
+    // Converted attributes are sorted by key, so a repeated key follows its first: one
+    // comparison with the previous key tells both; keys out of order are looked for.
+    let mut sorted = true;
     for (i, (key, value)) in attributes.iter().enumerate() {
-        let repeated = if sorted {
-            i > 0 && attributes[i - 1].0 == *key
-        } else {
-            attributes[..i].iter().any(|(k, _)| k == key)
+        let repeated = match i.checked_sub(1).map(|p| &attributes[p].0) {
+            None => false,
+            Some(previous) if sorted && Arc::ptr_eq(previous, key) => true,
+            Some(previous) if sorted => match (**previous).cmp(&**key) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => true,
+                std::cmp::Ordering::Greater => {
+                    sorted = false;
+                    attributes[..i].iter().any(|(k, _)| k == key)
+                }
+            },
+            Some(_) => attributes[..i].iter().any(|(k, _)| k == key),
         };
         if repeated || skip(key, value) {
             continue;
@@ -57,7 +66,9 @@ impl ResourceJson {
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // No early exit: the check over every byte compiles to vector instructions, which
+    // beat stopping at the first escape for the short keys and values attributes hold.
+    if s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\')) {
         // Nothing to escape (serde_json leaves other bytes, UTF-8 included, as they are).
         out.reserve(s.len() + 2);
         out.push(b'"');

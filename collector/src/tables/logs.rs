@@ -1,12 +1,12 @@
 //! Writes log records into the `logs` table's columns ([`super::schema::LOGS`]).
 
 use datafusion::arrow::{
-    array::{Int64Builder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder},
+    array::{ArrayBuilder, Int64Builder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder},
     datatypes::Int32Type,
 };
 
 use super::{
-    columnar::{RowWriter, column_builders},
+    columnar::{NextBatch, RowWriter, column_builders, dict_like, text_like},
     spans::signed,
 };
 use super::json::{ResourceJson, write_attributes};
@@ -47,6 +47,25 @@ impl Default for LogRows {
             resource: Dict::new(),
             json: Vec::with_capacity(256),
             resource_json: ResourceJson::default(),
+        }
+    }
+}
+
+impl NextBatch for LogRows {
+    fn next_batch(&self) -> Self {
+        let rows = ArrayBuilder::len(&self.body);
+        Self {
+            time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            service: dict_like(&self.service),
+            severity_number: Int64Builder::with_capacity(rows),
+            severity: dict_like(&self.severity),
+            body: text_like(&self.body),
+            trace_id: text_like(&self.trace_id),
+            span_id: text_like(&self.span_id),
+            event_name: dict_like(&self.event_name),
+            attributes: text_like(&self.attributes),
+            resource: dict_like(&self.resource),
+            ..Self::default()
         }
     }
 }

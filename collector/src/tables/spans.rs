@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::{
     array::{
-        Array, ArrayAccessor, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, Int64Builder, StringArray, StringBuilder,
+        Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, Int64Builder, StringArray, StringBuilder,
         StringDictionaryBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
     },
     datatypes::{Int16Type, Int32Type, TimestampNanosecondType},
@@ -15,7 +15,7 @@ use datafusion::arrow::{
 use meshlens_common::{hex, semconv};
 
 use super::{
-    columnar::{RowWriter, Sealed, column_builders},
+    columnar::{NextBatch, RowWriter, Sealed, column_builders, dict_like, text_like},
     json::{ResourceJson, read_attributes, value_of, write_attributes},
     packed::{Stored, TextColumn},
 };
@@ -61,6 +61,57 @@ fn in_column(key: &str, value: &Value) -> bool {
         Value::Str(s) => !s.is_empty() && STRING_ATTRIBUTES.contains(&key),
         Value::Int(_) => key == STATUS_CODE,
         _ => false,
+    }
+}
+
+/// Where [`ColumnValues`] keeps an attribute: the string columns, then these.
+const PEER_SERVICE: usize = STRING_ATTRIBUTES.len();
+const SERVER_ADDRESS: usize = PEER_SERVICE + 1;
+const STATUS: usize = SERVER_ADDRESS + 1;
+/// [`semconv::DESTINATION_KEYS`]' service in [`STRING_ATTRIBUTES`].
+const DESTINATION_SERVICE: usize = 5;
+
+/// The attributes of one span that go to their own columns, found in one pass over its
+/// attributes (a lookup per column scanned them a dozen times). As [`Span::attr`], the first
+/// attribute with a key decides.
+struct ColumnValues<'a> {
+    strings: [Option<&'a str>; STATUS],
+    status_code: Option<i64>,
+}
+
+impl<'a> ColumnValues<'a> {
+    fn of(span: &'a Span) -> Self {
+        let mut out = Self { strings: [None; STATUS], status_code: None };
+        let mut seen = 0u16;
+        for (key, value) in &span.attributes {
+            let slot = match &**key {
+                STATUS_CODE => STATUS,
+                "peer.service" => PEER_SERVICE,
+                "server.address" => SERVER_ADDRESS,
+                key => match STRING_ATTRIBUTES.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => continue,
+                },
+            };
+            if seen & (1 << slot) != 0 {
+                continue;
+            }
+            seen |= 1 << slot;
+            if slot == STATUS {
+                out.status_code = value.as_i64();
+            } else {
+                out.strings[slot] = value.as_str().filter(|s| !s.is_empty());
+            }
+        }
+        out
+    }
+
+    /// The span's peer: `peer.service`, the mesh destination service, or the address a
+    /// client span called.
+    fn peer(&self, kind: SpanKind) -> Option<&'a str> {
+        self.strings[PEER_SERVICE]
+            .or(self.strings[DESTINATION_SERVICE])
+            .or_else(|| (kind == SpanKind::Client).then_some(self.strings[SERVER_ADDRESS]).flatten())
     }
 }
 
@@ -143,21 +194,45 @@ impl Default for SpanRows {
     }
 }
 
+impl NextBatch for SpanRows {
+    fn next_batch(&self) -> Self {
+        let rows = ArrayBuilder::len(&self.trace_id);
+        Self {
+            trace_id: text_like(&self.trace_id),
+            span_id: text_like(&self.span_id),
+            parent_span_id: text_like(&self.parent_span_id),
+            service: dict_like(&self.service),
+            operation: dict_like(&self.operation),
+            kind: dict_like(&self.kind),
+            start_time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            duration_ns: Int64Builder::with_capacity(rows),
+            status: dict_like(&self.status),
+            status_message: text_like(&self.status_message),
+            http_method: dict_like(&self.http_method),
+            http_route: dict_like(&self.http_route),
+            http_status_code: Int64Builder::with_capacity(rows),
+            peer_service: dict_like(&self.peer_service),
+            source_workload: dict_like(&self.source_workload),
+            source_version: dict_like(&self.source_version),
+            source_namespace: dict_like(&self.source_namespace),
+            destination_service: dict_like(&self.destination_service),
+            destination_workload: dict_like(&self.destination_workload),
+            destination_version: dict_like(&self.destination_version),
+            destination_namespace: dict_like(&self.destination_namespace),
+            response_flags: dict_like(&self.response_flags),
+            attributes: text_like(&self.attributes),
+            resource: dict_like(&self.resource),
+            events: text_like(&self.events),
+            links: text_like(&self.links),
+            scope: dict_like(&self.scope),
+            ..Self::default()
+        }
+    }
+}
+
 /// Nanoseconds as Arrow's signed timestamp (saturating far in the future).
 pub fn signed(nanos: u64) -> i64 {
     i64::try_from(nanos).unwrap_or(i64::MAX)
-}
-
-fn text<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    span.attr_str(key).filter(|s| !s.is_empty())
-}
-
-/// The span's peer: `peer.service`, the mesh destination service, or the address a
-/// client span called.
-fn peer(span: &Span) -> Option<&str> {
-    text(span, "peer.service").or_else(|| text(span, semconv::DESTINATION_KEYS.service)).or_else(|| {
-        (span.kind == crate::model::SpanKind::Client).then(|| text(span, "server.address")).flatten()
-    })
 }
 
 /// Events as a JSON array, or `None` when there are none.
@@ -218,8 +293,9 @@ impl RowWriter<Span> for SpanRows {
             StatusCode::Error => "error",
         });
         self.status_message.append_option(Some(span.status_message.as_str()).filter(|m| !m.is_empty()));
-        self.http_status_code.append_option(span.attr(STATUS_CODE).and_then(Value::as_i64));
-        self.peer_service.append_option(peer(span));
+        let found = ColumnValues::of(span);
+        self.http_status_code.append_option(found.status_code);
+        self.peer_service.append_option(found.peer(span.kind));
         let columns = [
             &mut self.http_method,
             &mut self.http_route,
@@ -232,8 +308,8 @@ impl RowWriter<Span> for SpanRows {
             &mut self.destination_namespace,
             &mut self.response_flags,
         ];
-        for (column, key) in columns.into_iter().zip(STRING_ATTRIBUTES) {
-            column.append_option(text(span, key));
+        for (column, value) in columns.into_iter().zip(found.strings) {
+            column.append_option(value);
         }
         self.json.clear();
         write_attributes(&mut self.json, &span.attributes, in_column);
@@ -592,5 +668,31 @@ mod tests {
         table.seal();
         assert_eq!(table.snapshot().len(), 1, "sealing moves the open rows, it does not copy them");
         assert_eq!(table.rows(), 2);
+    }
+
+    #[test]
+    fn column_values_take_the_first_attribute_of_each_key() {
+        assert_eq!(STRING_ATTRIBUTES[DESTINATION_SERVICE], semconv::DESTINATION_KEYS.service);
+        let mut s = (*span(1, 2, Some(1), "frontend", SpanKind::Client, 10, 5)).clone();
+        s.attributes = vec![
+            ("server.address".into(), Value::Str("10.0.0.7".into())),
+            ("http.route".into(), Value::Int(3)),
+            ("http.route".into(), Value::Str("/later".into())),
+            ("http.request.method".into(), Value::Str("GET".into())),
+            ("http.request.method".into(), Value::Str("PUT".into())),
+            (STATUS_CODE.into(), Value::Str("503".into())),
+            ("meshlens.response_flags".into(), Value::Str(String::new().into())),
+        ];
+        let found = ColumnValues::of(&s);
+        assert_eq!(found.strings[0], Some("GET"));
+        assert_eq!(found.strings[1], None, "the first http.route is not a string");
+        assert_eq!(found.strings[9], None, "empty strings are no value");
+        assert_eq!(found.status_code, Some(503));
+        assert_eq!(found.peer(SpanKind::Client), Some("10.0.0.7"), "a client's called address");
+        assert_eq!(found.peer(SpanKind::Server), None);
+        s.attributes.push((semconv::DESTINATION_KEYS.service.into(), Value::Str("reviews".into())));
+        assert_eq!(ColumnValues::of(&s).peer(SpanKind::Client), Some("reviews"), "the mesh destination before the address");
+        s.attributes.push(("peer.service".into(), Value::Str("ratings".into())));
+        assert_eq!(ColumnValues::of(&s).peer(SpanKind::Client), Some("ratings"), "peer.service first");
     }
 }

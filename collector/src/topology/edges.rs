@@ -239,6 +239,10 @@ pub fn from_access_log(log: &LogRecord) -> Option<EdgeObservation> {
 
 type Key = (TraceId, SpanId);
 
+/// Span-keyed state, hashed with aHash (SipHash showed in ingest profiles; aHash is keyed
+/// per process, so senders cannot pick colliding IDs).
+type ByKey<V> = HashMap<Key, V, ahash::RandomState>;
+
 /// What is kept of a span while children may still name it as their parent.
 #[derive(Debug)]
 enum Remembered {
@@ -255,8 +259,8 @@ enum Remembered {
 pub struct EdgeDeriver {
     window_nanos: u64,
     max_pending: usize,
-    briefs: HashMap<Key, Remembered>,
-    waiting: HashMap<Key, Vec<Brief>>,
+    briefs: ByKey<Remembered>,
+    waiting: ByKey<Vec<Brief>>,
     expiry: VecDeque<(u64, Key, bool)>,
     /// Pending state dropped because `max_pending` was reached.
     pub overflowed: u64,
@@ -268,8 +272,8 @@ impl EdgeDeriver {
         Self {
             window_nanos,
             max_pending,
-            briefs: HashMap::new(),
-            waiting: HashMap::new(),
+            briefs: ByKey::default(),
+            waiting: ByKey::default(),
             expiry: VecDeque::new(),
             overflowed: 0,
         }
