@@ -197,8 +197,10 @@ fn each_field<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Wire<'a>) -> Result<(), 
 /// Converts an encoded `ExportTraceServiceRequest`.
 pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
     let mut orders = KeyOrders::default();
+    // One list of attribute slices for all the spans (it grew from nothing for each).
+    let mut attributes = Vec::new();
     resources(request, |buf, resource, scope, out| {
-        match span(buf, resource, scope, &mut orders)? {
+        match span(buf, resource, scope, &mut orders, &mut attributes)? {
             Ok(span) => out.items.push(span),
             Err(reason) => out.reject(reason),
         }
@@ -221,9 +223,9 @@ pub fn logs(request: &[u8]) -> Result<Converted<LogRecord>, DecodeError> {
 /// Walks an export request of any signal: they all nest items in scopes in resources
 /// (field 1 of the request, of the resource entry and of the scope entry is the next level
 /// down; field 2 of the scope entry holds the items). `item` converts one encoded item.
-fn resources<T>(
-    request: &[u8],
-    mut item: impl FnMut(&[u8], &Arc<Resource>, &Arc<str>, &mut Converted<T>) -> Result<(), DecodeError>,
+fn resources<'a, T>(
+    request: &'a [u8],
+    mut item: impl FnMut(&'a [u8], &Arc<Resource>, &Arc<str>, &mut Converted<T>) -> Result<(), DecodeError>,
 ) -> Result<Converted<T>, DecodeError> {
     let mut out = Converted::new();
     each_field(request, |tag, wire| {
@@ -235,10 +237,10 @@ fn resources<T>(
     Ok(out.finish())
 }
 
-fn resource_entry<T>(
-    buf: &[u8],
+fn resource_entry<'a, T>(
+    buf: &'a [u8],
     out: &mut Converted<T>,
-    item: &mut impl FnMut(&[u8], &Arc<Resource>, &Arc<str>, &mut Converted<T>) -> Result<(), DecodeError>,
+    item: &mut impl FnMut(&'a [u8], &Arc<Resource>, &Arc<str>, &mut Converted<T>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     // The resource may follow its items on the wire; repeated occurrences merge.
     let mut resource_attrs = Vec::new();
@@ -341,8 +343,27 @@ struct RawSpan<'a> {
 }
 
 /// One span: a decode error fails the request, an invalid span only itself.
-fn span(buf: &[u8], resource: &Arc<Resource>, scope: &Arc<str>, orders: &mut KeyOrders) -> Result<Result<Span, String>, DecodeError> {
-    let mut s = RawSpan::default();
+fn span<'a>(
+    buf: &'a [u8],
+    resource: &Arc<Resource>,
+    scope: &Arc<str>,
+    orders: &mut KeyOrders,
+    attributes: &mut Vec<&'a [u8]>,
+) -> Result<Result<Span, String>, DecodeError> {
+    attributes.clear();
+    let mut s = RawSpan { attributes: std::mem::take(attributes), ..RawSpan::default() };
+    let converted = span_from(buf, &mut s, resource, scope, orders);
+    *attributes = s.attributes;
+    converted
+}
+
+fn span_from<'a>(
+    buf: &'a [u8],
+    s: &mut RawSpan<'a>,
+    resource: &Arc<Resource>,
+    scope: &Arc<str>,
+    orders: &mut KeyOrders,
+) -> Result<Result<Span, String>, DecodeError> {
     each_field(buf, |tag, wire| {
         match tag {
             1 => s.trace_id = wire.bytes()?,
@@ -370,16 +391,16 @@ fn span(buf: &[u8], resource: &Arc<Resource>, scope: &Arc<str>, orders: &mut Key
         }
         Ok(())
     })?;
-    let (trace_id, span_id, parent_span_id) = match validate(&s) {
+    let (trace_id, span_id, parent_span_id) = match validate(s) {
         Ok(ids) => ids,
         Err(reason) => {
             // A broken nested message fails the whole request even under a rejected span,
             // as decoding the request first would; nothing of it is counted.
-            convert::uncounted(|| nested(&s, Run::plain()))?;
+            convert::uncounted(|| nested(s, Run::plain()))?;
             return Ok(Err(reason));
         }
     };
-    let (attributes, events, links) = nested(&s, orders.start(s.attributes.len()))?;
+    let (attributes, events, links) = nested(s, orders.start(s.attributes.len()))?;
     let (status, status_message) = convert::status(s.status_code, s.status_message);
     Ok(Ok(Span {
         trace_id,
