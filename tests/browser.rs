@@ -23,13 +23,8 @@ fn the_dashboard_works_in_chromium() {
     let script = root.join("tests/browser/dashboard.mjs");
     assert!(root.join("tests/browser/node_modules/playwright-core").is_dir(), "playwright-core is missing: ./scripts/test runs npm ci in tests/browser");
     let dir = TestDir::new("browser");
-    let (grpc, http_addr, web) = (free_addr(), free_addr(), free_addr());
-    let _demo = Proc::start(
-        &dir,
-        "demo",
-        &["demo", "--otlp-grpc", &grpc.to_string(), "--otlp-http", &http_addr.to_string(), "--web", &web.to_string(), "--rate", "40", "--duration", "300s"],
-    );
-    wait_listening(web, "demo collector");
+    let demo = start_demo(&dir, "40", "300s");
+    let (http_addr, web) = (demo.http, demo.web);
 
     // The probe: a CLIENT span in an ordinary service and its SERVER child in a service
     // whose name is markup, with a span name that is a script tag.

@@ -92,13 +92,8 @@ fn promtool_checks_and_tests_the_rules() {
 #[test]
 fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
     let dir = TestDir::new("dashboards");
-    let (grpc, http_addr, web) = (free_addr(), free_addr(), free_addr());
-    let _demo = Proc::start(
-        &dir,
-        "demo",
-        &["demo", "--otlp-grpc", &grpc.to_string(), "--otlp-http", &http_addr.to_string(), "--web", &web.to_string(), "--rate", "60", "--duration", "240s"],
-    );
-    wait_listening(web, "demo collector");
+    let demo = start_demo(&dir, "60", "240s");
+    let (http_addr, web) = (demo.http, demo.web);
     let rules_dir = repo("dashboards/prometheus");
     let prom = Prometheus::start(
         &dir,

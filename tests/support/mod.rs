@@ -253,6 +253,41 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// A running `meshlens demo` and its collector's addresses.
+pub struct Demo {
+    /// The demo process.
+    pub proc: Proc,
+    /// OTLP/HTTP.
+    pub http: SocketAddr,
+    /// The web UI and APIs.
+    pub web: SocketAddr,
+}
+
+/// Starts `meshlens demo --rate <rate> --duration <duration>` on free ports and waits for its
+/// collector. A port found free here can still be taken by another process before the demo
+/// binds it; the demo then exits saying so, and is started again on other ports (3 tries).
+pub fn start_demo(dir: &TestDir, rate: &str, duration: &str) -> Demo {
+    for attempt in 1..=3 {
+        let (grpc, http, web) = (free_addr(), free_addr(), free_addr());
+        let (grpc_arg, http_arg, web_arg) = (grpc.to_string(), http.to_string(), web.to_string());
+        let args = ["demo", "--otlp-grpc", &grpc_arg, "--otlp-http", &http_arg, "--web", &web_arg, "--rate", rate, "--duration", duration];
+        let mut proc = Proc::start(dir, &format!("demo-{attempt}"), &args);
+        let up = wait_for(&format!("the demo's collector to listen on {web} or the demo to exit"), Duration::from_secs(60), || {
+            if TcpStream::connect_timeout(&web, Duration::from_millis(200)).is_ok() {
+                return Some(true);
+            }
+            (!proc.running()).then_some(false)
+        });
+        if up {
+            return Demo { proc, http, web };
+        }
+        let output = proc.output();
+        assert!(output.contains("Address already in use"), "the demo exited:\n{output}");
+        eprintln!("attempt {attempt}: a port was taken before the demo bound it; trying other ports");
+    }
+    panic!("the demo could not bind free ports in 3 attempts");
+}
+
 /// Waits until something accepts connections at `addr`.
 pub fn wait_listening(addr: SocketAddr, what: &str) {
     wait_for(&format!("{what} to listen on {addr}"), Duration::from_secs(60), || {
