@@ -58,11 +58,15 @@ pub enum StatusCode {
     Error,
 }
 
+/// Attribute text: inline up to 24 bytes (most values: methods, routes, hosts, status
+/// words), so converting a value neither allocates nor looks anything up.
+pub type Text = compact_str::CompactString;
+
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    /// A string (short ones shared, see [`intern_value`]).
-    Str(Arc<str>),
+    /// A string.
+    Str(Text),
     /// A boolean.
     Bool(bool),
     /// A 64-bit integer.
@@ -70,9 +74,9 @@ pub enum Value {
     /// A double.
     Double(f64),
     /// Bytes, kept as base-16 text.
-    Bytes(Arc<str>),
+    Bytes(Text),
     /// Arrays and maps, kept as JSON text.
-    Json(Arc<str>),
+    Json(Text),
 }
 
 impl Value {
@@ -104,13 +108,6 @@ impl Value {
         }
     }
 
-    /// The shared text if it is a string.
-    pub fn as_shared(&self) -> Option<&Arc<str>> {
-        match self {
-            Self::Str(s) => Some(s),
-            _ => None,
-        }
-    }
     /// The value if it is an integer (or a string holding one).
     pub fn as_i64(&self) -> Option<i64> {
         match self {
@@ -136,23 +133,16 @@ thread_local! {
     static INTERNED: std::cell::RefCell<StringSet> = std::cell::RefCell::new(StringSet::default());
 }
 
-/// Values up to this long are shared; longer ones (paths, IDs, messages) rarely repeat.
+/// Values up to this long are shared by [`shared_str`]; longer ones rarely repeat.
 const MAX_SHARED_VALUE: usize = 48;
 
 thread_local! {
     static VALUES: std::cell::RefCell<StringSet> = std::cell::RefCell::new(StringSet::default());
 }
 
-/// A string value, shared with earlier equal values when short. The set is emptied when it
-/// fills, so values that stop repeating do not stay forever.
-pub fn shared_value(value: String) -> Arc<str> {
-    if value.len() > MAX_SHARED_VALUE {
-        return Arc::from(value);
-    }
-    shared_str(&value)
-}
-
-/// [`shared_value`] for borrowed text: copied only when not already shared.
+/// A shared copy of `value` (node and label names the topology keeps), shared with earlier
+/// equal values when short. The set is emptied when it fills, so values that stop
+/// repeating do not stay forever.
 pub fn shared_str(value: &str) -> Arc<str> {
     if value.len() > MAX_SHARED_VALUE {
         return Arc::from(value);

@@ -256,7 +256,7 @@ fn tag(key: &str, value: &Value) -> Json_ {
         Value::Bool(b) => ("bool", json!(b)),
         Value::Int(i) => ("int64", json!(i)),
         Value::Double(d) => ("float64", json!(d)),
-        Value::Bytes(b) => ("binary", json!(b)),
+        Value::Bytes(b) => ("binary", json!(b.as_str())),
     };
     json!({ "key": key, "type": kind, "value": v })
 }
@@ -306,7 +306,7 @@ pub fn trace_json(spans: &[Arc<Span>]) -> Json_ {
                 SpanStatus::Unset => {}
             }
             if !s.scope.is_empty() {
-                span_tags.push(tag("otel.scope.name", &Value::Str(s.scope.clone())));
+                span_tags.push(tag("otel.scope.name", &Value::Str((*s.scope).into())));
             }
             let logs: Vec<Json_> = s
                 .events

@@ -100,7 +100,7 @@ pub(super) fn uncounted<T>(f: impl FnOnce() -> T) -> T {
 
 /// A string attribute value.
 pub(super) fn string_value(s: &str) -> Value {
-    Value::Str(crate::model::shared_str(truncated(s)))
+    Value::Str(truncated(s).into())
 }
 
 /// A bytes attribute value.

@@ -9,7 +9,7 @@ use std::{fmt, sync::Arc};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::model::{Attributes, Resource, Value, intern, shared_value};
+use crate::model::{Attributes, Resource, Value, intern};
 
 /// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts.
 pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(&str, &Value) -> bool) {
@@ -117,8 +117,8 @@ pub fn value_of(json: serde_json::Value) -> Option<Value> {
             Some(i) => Value::Int(i),
             None => Value::Double(n.as_f64()?),
         },
-        serde_json::Value::String(s) => Value::Str(shared_value(s)),
-        other => Value::Json(Arc::from(other.to_string())),
+        serde_json::Value::String(s) => Value::Str(s.into()),
+        other => Value::Json(other.to_string().into()),
     })
 }
 

@@ -19,7 +19,7 @@ use super::{
     json::{ResourceJson, read_attributes, value_of, write_attributes},
     packed::{Stored, TextColumn},
 };
-use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern, shared_value};
+use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
 
 type Dict = StringDictionaryBuilder<Int32Type>;
 
@@ -551,7 +551,7 @@ impl<'a> StoredSpans<'a> {
             if let Some(v) = dict_value(column, row)
                 && !attributes.iter().any(|(k, _)| &**k == key)
             {
-                attributes.push((intern(key), Value::Str(shared_value(v.to_owned()))));
+                attributes.push((intern(key), Value::Str(v.into())));
             }
         }
         attributes.sort_by(|a, b| a.0.cmp(&b.0));

@@ -20,11 +20,11 @@ use std::{
 
 use meshlens_common::semconv;
 
-use crate::model::{Attributes, LogRecord, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern};
+use crate::model::{Attributes, LogRecord, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern, shared_str};
 
-/// An attribute's string value, shared (not copied).
+/// An attribute's string value, shared with earlier equal names.
 fn shared(attributes: &Attributes, key: &str) -> Option<Arc<str>> {
-    attr(attributes, key).and_then(Value::as_shared).cloned()
+    attr(attributes, key).and_then(Value::as_str).map(shared_str)
 }
 
 /// What a node in the topology is.
@@ -205,7 +205,7 @@ impl Facts<'_> {
             response_code: self.response_code(),
             http_status: self.get("http.response.status_code").and_then(Value::as_i64).and_then(|c| u16::try_from(c).ok()),
             grpc_status: self.get("rpc.grpc.status_code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
-            response_flags: self.get(semconv::RESPONSE_FLAGS).and_then(Value::as_shared).cloned().unwrap_or_else(|| intern("-")),
+            response_flags: self.get(semconv::RESPONSE_FLAGS).and_then(Value::as_str).map_or_else(|| intern("-"), shared_str),
             request_bytes: self.int("http.request.body.size"),
             response_bytes: self.int("http.response.body.size"),
             trace_id,
