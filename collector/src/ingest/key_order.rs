@@ -63,30 +63,31 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// The interned key of the attribute kept at position `index`.
-    pub fn key(&mut self, index: usize, key: &str) -> Arc<str> {
+    /// The interned key of the attribute kept at position `index`, from its encoded bytes:
+    /// checked to be UTF-8 only when it is not a remembered key; `None` when it is not.
+    pub fn key(&mut self, index: usize, key: &[u8]) -> Option<Arc<str>> {
         if self.matching
             && let (Some(orders), Some(current)) = (&self.orders, self.entry)
         {
             let entries = &orders.entries;
-            if let Some(known) = entries[current].keys.get(index).filter(|k| ***k == *key) {
-                return known.clone();
+            if let Some(known) = entries[current].keys.get(index).filter(|k| k.as_bytes() == key) {
+                return Some(known.clone());
             }
             // Another shape with as many attributes, the same so far and this key next
             // (a client span and a server span differ in a key or two).
             let kept = &entries[current].keys[..index.min(entries[current].keys.len())];
             let other = entries.iter().position(|e| {
                 e.encoded == self.encoded
-                    && e.keys.get(index).is_some_and(|k| **k == *key)
+                    && e.keys.get(index).is_some_and(|k| k.as_bytes() == key)
                     && e.keys[..index].iter().zip(kept).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
             });
             if let Some(other) = other {
                 self.entry = Some(other);
-                return entries[other].keys[index].clone();
+                return Some(entries[other].keys[index].clone());
             }
         }
         self.matching = false;
-        intern(key)
+        std::str::from_utf8(key).ok().map(intern)
     }
 
     /// Sorts the converted list by key (repeated keys keep their order): by the remembered
@@ -148,7 +149,7 @@ mod tests {
         let mut run = orders.start(keys.len());
         let mut out: Attributes = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let key = run.key(out.len(), k);
+            let key = run.key(out.len(), k.as_bytes()).expect("UTF-8");
             out.push((key, Value::Int(i as i64)));
         }
         run.finish(&mut out);

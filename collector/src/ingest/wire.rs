@@ -76,8 +76,18 @@ impl<'a> Wire<'a> {
     }
 
     fn str(self) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError::new("invalid string value: data is not UTF-8 encoded"))
+        utf8(self.bytes()?)
     }
+}
+
+/// What prost says of a string field that is not UTF-8.
+fn not_utf8() -> DecodeError {
+    DecodeError::new("invalid string value: data is not UTF-8 encoded")
+}
+
+/// `bytes` as text, or [`not_utf8`].
+fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|_| not_utf8())
 }
 
 /// The fields of one message, in order.
@@ -494,17 +504,31 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
 fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeError> {
     let mut out = Attributes::with_capacity(kvs.len());
     for kv in kvs {
-        let (mut key, mut value) = ("", None);
+        // The key's bytes: checked to be UTF-8 when replaced, when the attribute has no value,
+        // and by `run` unless they are a remembered key (most keys, most of the time).
+        let (mut key, mut value): (Option<&[u8]>, _) = (None, None);
         each_field(kv, |tag, wire| {
             match tag {
-                1 => key = wire.str()?,
+                1 => {
+                    if let Some(replaced) = key {
+                        utf8(replaced)?;
+                    }
+                    key = Some(wire.bytes()?);
+                }
                 2 => value = Some(any_value(wire.bytes()?)?),
                 _ => {}
             }
             Ok(())
         })?;
-        if let Some(Some(value)) = value {
-            out.push((run.key(out.len(), key), value));
+        let key = key.unwrap_or_default();
+        match value {
+            Some(Some(value)) => {
+                let key = run.key(out.len(), key).ok_or_else(not_utf8)?;
+                out.push((key, value));
+            }
+            _ => {
+                utf8(key)?;
+            }
         }
     }
     run.finish(&mut out);
@@ -636,6 +660,40 @@ mod tests {
         let (wire, decoded) = (spans(&bytes).expect("valid"), convert::spans(&req));
         assert_eq!(wire.items.len(), 200);
         assert!(same(&wire, &decoded), "{:?}\n{:?}", wire.items, decoded.items);
+    }
+
+    #[test]
+    fn keys_that_are_not_utf8_fail_the_request_even_after_a_remembered_order() {
+        // A key is compared as bytes with the remembered keys before it is checked; one that
+        // is not UTF-8 must still fail, with a value (after spans that taught the order) or
+        // without one. The marker is replaced by as many invalid bytes after encoding.
+        for value_less in [false, true] {
+            let mut req = request();
+            let ss = &mut req.resource_spans[0].scope_spans[0];
+            let template = ss.spans[0].clone();
+            ss.spans.clear();
+            for i in 0..3u8 {
+                let mut span = template.clone();
+                span.span_id = vec![1, 2, 3, 4, 5, 6, 7, i + 1];
+                let last = if i == 2 { "~~~~" } else { "dddd" };
+                span.attributes = ["aaaa", "cccc", last]
+                    .iter()
+                    .map(|k| KeyValue {
+                        key: (*k).into(),
+                        value: (!(value_less && *k == "~~~~")).then(|| AnyValue { value: Some(any_value::Value::IntValue(1)) }),
+                        ..Default::default()
+                    })
+                    .collect();
+                ss.spans.push(span);
+            }
+            let mut bytes = req.encode_to_vec();
+            assert!(spans(&bytes).is_ok_and(|c| c.items.len() == 3), "valid before the damage");
+            let at = bytes.windows(4).position(|w| w == b"~~~~").expect("marker");
+            bytes[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0xff, 0xfe]);
+            let error = spans(&bytes).expect_err("a key that is not UTF-8");
+            assert!(error.to_string().contains("UTF-8"), "{error}");
+            assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err(), "prost agrees");
+        }
     }
 
     #[test]

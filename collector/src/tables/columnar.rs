@@ -59,14 +59,22 @@ pub trait NextBatch: Builders + Default {
     fn next_batch(&self) -> Self;
 }
 
-/// An empty string builder with room for `like`'s rows and bytes.
+/// Room for this many more than the last batch held: a batch takes whole export requests, so
+/// its rows (and bytes) vary, and a builder that outgrows its buffer copies megabytes into a
+/// new one and faults in its pages (~4 % of ingest CPU when the room was exact). The spare
+/// room is never kept: sealing copies or packs each column.
+pub fn with_headroom(n: usize) -> usize {
+    n + n / 4
+}
+
+/// An empty string builder with room for `like`'s rows and bytes, and some more.
 pub fn text_like(like: &StringBuilder) -> StringBuilder {
-    StringBuilder::with_capacity(like.len(), like.values_slice().len())
+    StringBuilder::with_capacity(with_headroom(like.len()), with_headroom(like.values_slice().len()))
 }
 
 /// An empty dictionary builder with room for `like`'s rows (its distinct values are few).
 pub fn dict_like<K: ArrowDictionaryKeyType>(like: &StringDictionaryBuilder<K>) -> StringDictionaryBuilder<K> {
-    StringDictionaryBuilder::with_capacity(like.len(), 256, 4096)
+    StringDictionaryBuilder::with_capacity(with_headroom(like.len()), 256, 4096)
 }
 
 /// How rows of `T` are written into builders `Self`.

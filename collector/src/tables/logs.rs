@@ -6,7 +6,7 @@ use datafusion::arrow::{
 };
 
 use super::{
-    columnar::{NextBatch, RowWriter, column_builders, dict_like, text_like},
+    columnar::{NextBatch, RowWriter, column_builders, dict_like, text_like, with_headroom},
     spans::signed,
 };
 use super::json::{ResourceJson, write_attributes};
@@ -53,7 +53,7 @@ impl Default for LogRows {
 
 impl NextBatch for LogRows {
     fn next_batch(&self) -> Self {
-        let rows = ArrayBuilder::len(&self.body);
+        let rows = with_headroom(ArrayBuilder::len(&self.body));
         Self {
             time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             service: dict_like(&self.service),

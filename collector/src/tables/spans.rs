@@ -15,7 +15,7 @@ use datafusion::arrow::{
 use meshlens_common::{hex, semconv};
 
 use super::{
-    columnar::{NextBatch, RowWriter, Sealed, column_builders, dict_like, text_like},
+    columnar::{NextBatch, RowWriter, Sealed, column_builders, dict_like, text_like, with_headroom},
     json::{ResourceJson, read_attributes, value_of, write_attributes},
     packed::{Stored, TextColumn},
 };
@@ -196,7 +196,7 @@ impl Default for SpanRows {
 
 impl NextBatch for SpanRows {
     fn next_batch(&self) -> Self {
-        let rows = ArrayBuilder::len(&self.trace_id);
+        let rows = with_headroom(ArrayBuilder::len(&self.trace_id));
         Self {
             trace_id: text_like(&self.trace_id),
             span_id: text_like(&self.span_id),
