@@ -680,7 +680,7 @@ mod tests {
                     .iter()
                     .map(|k| KeyValue {
                         key: (*k).into(),
-                        value: (!(value_less && *k == "~~~~")).then(|| AnyValue { value: Some(any_value::Value::IntValue(1)) }),
+                        value: (!(value_less && *k == "~~~~")).then_some(AnyValue { value: Some(any_value::Value::IntValue(1)) }),
                         ..Default::default()
                     })
                     .collect();
