@@ -538,18 +538,24 @@ fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeEr
 /// An encoded `AnyValue`; `None` when no value is set.
 fn any_value(buf: &[u8]) -> Result<Option<Value>, DecodeError> {
     // A oneof: the last field on the wire wins.
-    let mut last: Option<(u32, Wire<'_>)> = None;
+    let mut last: Option<(u32, Wire<'_>, &str)> = None;
     each_field(buf, |tag, wire| {
         if (1..=8).contains(&tag) {
-            // Checked now, so a malformed value fails even when a later one replaces it.
-            check_any(tag, wire)?;
-            last = Some((tag, wire));
+            // Checked now, so a malformed value fails even when a later one replaces it; a
+            // string's text is kept, so it is checked once.
+            let text = if tag == 1 {
+                wire.str()?
+            } else {
+                check_any(tag, wire)?;
+                ""
+            };
+            last = Some((tag, wire, text));
         }
         Ok(())
     })?;
-    let Some((tag, wire)) = last else { return Ok(None) };
+    let Some((tag, wire, text)) = last else { return Ok(None) };
     Ok(Some(match tag {
-        1 => convert::string_value(wire.str()?),
+        1 => convert::string_value(text),
         2 => Value::Bool(wire.varint()? != 0),
         3 => Value::Int(wire.varint()? as i64),
         4 => Value::Double(f64::from_bits(wire.fixed64()?)),
