@@ -100,7 +100,15 @@ impl<'a> Fields<'a> {
         Self { buf }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Most varints on the wire (field keys, lengths of attributes and names) are one byte.
+        if let Some((&first, rest)) = self.buf.split_first()
+            && first < 0x80
+        {
+            self.buf = rest;
+            return Ok(u64::from(first));
+        }
         let mut value = 0u64;
         for (i, &byte) in self.buf.iter().enumerate().take(10) {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -125,6 +133,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field, or `None` at the end.
+    #[inline]
     fn next_field(&mut self) -> Result<Option<(u32, Wire<'a>)>, DecodeError> {
         if self.buf.is_empty() {
             return Ok(None);
