@@ -9,13 +9,13 @@ use std::{collections::VecDeque, sync::Arc};
 use datafusion::arrow::{
     array::{Array, ArrayBuilder, ArrayRef, StringBuilder, StringDictionaryBuilder, UInt32Array},
     compute::take,
-    datatypes::{ArrowDictionaryKeyType, SchemaRef},
+    datatypes::{ArrowDictionaryKeyType, DataType, SchemaRef},
     error::ArrowError,
     record_batch::{RecordBatch, RecordBatchOptions},
 };
 
 use super::{
-    packed::Stored,
+    packed::{self, Stored},
     schema::{self, Column},
 };
 
@@ -106,12 +106,25 @@ impl Sealed {
     /// packed as their storage says.
     pub fn pack(batch: RecordBatch, columns: &[Column], oldest_nanos: u64, newest_nanos: u64, records: Arc<[u64]>, seq: u64) -> Self {
         let rows = batch.num_rows();
-        let schema = batch.schema();
-        let stored: Arc<[Stored]> = batch
-            .columns()
-            .iter()
+        Self::packed(batch.schema(), batch.columns().to_vec(), rows, columns, oldest_nanos, newest_nanos, records, seq)
+    }
+
+    /// [`Sealed::pack`] for arrays already checked against `schema` ([`check_columns`]).
+    #[allow(clippy::too_many_arguments)]
+    fn packed(
+        schema: SchemaRef,
+        arrays: Vec<ArrayRef>,
+        rows: usize,
+        columns: &[Column],
+        oldest_nanos: u64,
+        newest_nanos: u64,
+        records: Arc<[u64]>,
+        seq: u64,
+    ) -> Self {
+        let stored: Arc<[Stored]> = arrays
+            .into_iter()
             .enumerate()
-            .map(|(i, array)| Stored::pack(array.clone(), columns.get(i).map_or(schema::Storage::Plain, |c| c.storage)))
+            .map(|(i, array)| Stored::pack(array, columns.get(i).map_or(schema::Storage::Plain, |c| c.storage)))
             .collect();
         let bytes = stored.iter().map(Stored::bytes).sum();
         Self { schema, columns: stored, rows, newest_nanos, oldest_nanos, records, seq, bytes }
@@ -222,6 +235,27 @@ fn seal_columns(builders: Vec<&mut dyn ArrayBuilder>, columns: &[Column]) -> Vec
         .collect()
 }
 
+/// Checks sealed builders' arrays against the schema as `RecordBatch::try_new` would, except
+/// that an ID column kept as bytes may be written as bytes (its schema type is hex text).
+fn check_columns(schema: &SchemaRef, columns: &[Column], arrays: &[ArrayRef], rows: usize) -> Result<(), ArrowError> {
+    if arrays.len() != schema.fields().len() {
+        return Err(ArrowError::SchemaError(format!("{} columns for {} fields", arrays.len(), schema.fields().len())));
+    }
+    for ((field, array), column) in schema.fields().iter().zip(arrays).zip(columns) {
+        let as_bytes = column.storage == schema::Storage::HexBytes && matches!(array.data_type(), DataType::FixedSizeBinary(_));
+        if array.data_type() != field.data_type() && !as_bytes {
+            return Err(ArrowError::SchemaError(format!("column {} is {}, not {}", field.name(), array.data_type(), field.data_type())));
+        }
+        if array.len() != rows {
+            return Err(ArrowError::SchemaError(format!("column {} has {} rows, not {rows}", field.name(), array.len())));
+        }
+        if !field.is_nullable() && array.null_count() > 0 {
+            return Err(ArrowError::SchemaError(format!("column {} has nulls", field.name())));
+        }
+    }
+    Ok(())
+}
+
 impl<W: NextBatch> Table<W> {
     /// An empty table of these columns (which must match the builders).
     pub fn new(columns: &'static [Column]) -> Self {
@@ -277,17 +311,18 @@ impl<W: NextBatch> Table<W> {
         }
         let next = self.open.next_batch();
         let mut full = std::mem::replace(&mut self.open, next);
-        let columns = seal_columns(full.each_mut(), self.columns);
-        let batch = RecordBatch::try_new(self.schema.clone(), columns);
+        let arrays = seal_columns(full.each_mut(), self.columns);
+        let rows = self.open_rows;
+        let checked = check_columns(&self.schema, self.columns, &arrays, rows);
         let records: Arc<[u64]> = std::mem::take(&mut self.open_records).into();
         let (oldest_nanos, newest_nanos) = (self.open_oldest, self.open_newest);
         self.open_rows = 0;
         self.open_oldest = u64::MAX;
         self.open_newest = 0;
-        match batch {
-            Ok(batch) => {
+        match checked {
+            Ok(()) => {
                 let seq = self.next_seq;
-                let sealed = Sealed::pack(batch, self.columns, oldest_nanos, newest_nanos, records, seq);
+                let sealed = Sealed::packed(self.schema.clone(), arrays, rows, self.columns, oldest_nanos, newest_nanos, records, seq);
                 self.push_sealed(sealed.clone());
                 Some(sealed)
             }
@@ -310,8 +345,8 @@ impl<W: NextBatch> Table<W> {
     pub fn snapshot(&self) -> Vec<Part> {
         let mut out: Vec<Part> = self.sealed.iter().map(|s| Part::Sealed(s.clone())).collect();
         if self.open_rows > 0 {
-            let columns = self.open.each().into_iter().map(|b| b.finish_cloned()).collect();
-            match RecordBatch::try_new(self.schema.clone(), columns) {
+            let columns = self.open.each().into_iter().zip(self.columns).map(|(b, c)| packed::schema_form(b.finish_cloned(), c.storage));
+            match columns.collect::<Result<Vec<_>, _>>().and_then(|columns| RecordBatch::try_new(self.schema.clone(), columns)) {
                 Ok(batch) => out.push(Part::Open(batch)),
                 Err(error) => tracing::error!(%error, "the open batch does not match its schema"),
             }

@@ -10,7 +10,7 @@ use std::{cell::OnceCell, sync::Arc};
 use datafusion::arrow::{
     array::{Array, ArrayRef, AsArray, DictionaryArray, FixedSizeBinaryArray, Int16Array, Int32Array, StringArray, UInt32Array},
     compute::take,
-    buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer},
+    buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer},
     datatypes::{Int16Type, Int32Type},
     error::ArrowError,
 };
@@ -47,7 +47,12 @@ impl Stored {
     pub fn pack(array: ArrayRef, storage: Storage) -> Self {
         let packed = match storage {
             Storage::Plain => None,
-            Storage::HexBytes => array.as_string_opt::<i32>().and_then(hex_bytes).map(Self::Hex),
+            Storage::HexBytes => match array.as_fixed_size_binary_opt() {
+                // Written as bytes: copied to their exact size (a builder's buffer has room
+                // to spare).
+                Some(bytes) => exact_bytes(bytes).map(Self::Hex),
+                None => array.as_string_opt::<i32>().and_then(hex_bytes).map(Self::Hex),
+            },
             Storage::Compressed => array.as_string_opt::<i32>().and_then(PackedText::pack).map(|p| Self::Text(Arc::new(p))),
             Storage::SmallKeys => narrow_keys(&array).map(Self::SmallKeys),
         };
@@ -119,6 +124,23 @@ fn hex_bytes(text: &StringArray) -> Option<FixedSizeBinaryArray> {
         }
     }
     FixedSizeBinaryArray::try_new(i32::try_from(width / 2).ok()?, Buffer::from_vec(bytes), text.nulls().cloned()).ok()
+}
+
+/// `bytes` in buffers of their size.
+fn exact_bytes(bytes: &FixedSizeBinaryArray) -> Option<FixedSizeBinaryArray> {
+    let nulls = bytes.nulls().map(|n| {
+        NullBuffer::new(BooleanBuffer::new(Buffer::from_slice_ref(n.inner().inner().as_slice()), n.offset(), n.len()))
+    });
+    FixedSizeBinaryArray::try_new(bytes.value_length(), Buffer::from_slice_ref(bytes.value_data()), nulls).ok()
+}
+
+/// A column of IDs kept as bytes in the schema's form: their hex text (other columns as
+/// they are).
+pub fn schema_form(array: ArrayRef, storage: Storage) -> Result<ArrayRef, ArrowError> {
+    match (storage, array.as_fixed_size_binary_opt()) {
+        (Storage::HexBytes, Some(bytes)) => Ok(Arc::new(hex_text(bytes)?)),
+        _ => Ok(array),
+    }
 }
 
 /// The hex text of a column of IDs.

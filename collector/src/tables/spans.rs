@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::{
     array::{
-        Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, Int64Builder, StringArray, StringBuilder,
+        Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Array, Int64Builder, StringArray, StringBuilder,
         StringDictionaryBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
     },
     datatypes::{Int16Type, Int32Type, TimestampNanosecondType},
@@ -117,9 +117,11 @@ impl<'a> ColumnValues<'a> {
 
 /// The builders of the `spans` table.
 pub struct SpanRows {
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    parent_span_id: StringBuilder,
+    /// IDs as their bytes (the schema's hex text is made when a copy of the open batch is
+    /// read; a sealed batch keeps the bytes).
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent_span_id: FixedSizeBinaryBuilder,
     service: Dict,
     operation: Dict,
     kind: Dict,
@@ -144,7 +146,6 @@ pub struct SpanRows {
     events: StringBuilder,
     links: StringBuilder,
     scope: Dict,
-    scratch: String,
     json: Vec<u8>,
     resource_json: ResourceJson,
 }
@@ -160,9 +161,9 @@ column_builders!(SpanRows {
 impl Default for SpanRows {
     fn default() -> Self {
         Self {
-            trace_id: StringBuilder::new(),
-            span_id: StringBuilder::new(),
-            parent_span_id: StringBuilder::new(),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            span_id: FixedSizeBinaryBuilder::new(8),
+            parent_span_id: FixedSizeBinaryBuilder::new(8),
             service: Dict::new(),
             operation: Dict::new(),
             kind: Dict::new(),
@@ -187,7 +188,6 @@ impl Default for SpanRows {
             events: StringBuilder::new(),
             links: StringBuilder::new(),
             scope: Dict::new(),
-            scratch: String::with_capacity(32),
             json: Vec::with_capacity(512),
             resource_json: ResourceJson::default(),
         }
@@ -198,9 +198,9 @@ impl NextBatch for SpanRows {
     fn next_batch(&self) -> Self {
         let rows = with_headroom(ArrayBuilder::len(&self.trace_id));
         Self {
-            trace_id: text_like(&self.trace_id),
-            span_id: text_like(&self.span_id),
-            parent_span_id: text_like(&self.parent_span_id),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
+            parent_span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
             service: dict_like(&self.service),
             operation: dict_like(&self.operation),
             kind: dict_like(&self.kind),
@@ -268,17 +268,12 @@ fn links_json(span: &Span) -> Option<String> {
 
 impl RowWriter<Span> for SpanRows {
     fn append(&mut self, span: &Span) -> u64 {
-        self.scratch.clear();
-        span.trace_id.push_hex(&mut self.scratch);
-        self.trace_id.append_value(&self.scratch);
-        self.scratch.clear();
-        span.span_id.push_hex(&mut self.scratch);
-        self.span_id.append_value(&self.scratch);
+        // The widths are the builders' own, so these appends cannot fail.
+        let _ = self.trace_id.append_value(span.trace_id.0);
+        let _ = self.span_id.append_value(span.span_id.0);
         match span.parent_span_id {
             Some(parent) => {
-                self.scratch.clear();
-                parent.push_hex(&mut self.scratch);
-                self.parent_span_id.append_value(&self.scratch);
+                let _ = self.parent_span_id.append_value(parent.0);
             }
             None => self.parent_span_id.append_null(),
         }
@@ -665,9 +660,16 @@ mod tests {
         assert!(!attrs.value(0).contains("\"http.response.status_code\""), "column attributes are not repeated");
         let events = batch.column_by_name("events").expect("col").as_string::<i32>();
         assert!(events.is_null(0) && events.value(1).contains("\"retry\""));
-        table.seal();
+        let sealed = table.seal().expect("sealed");
         assert_eq!(table.snapshot().len(), 1, "sealing moves the open rows, it does not copy them");
         assert_eq!(table.rows(), 2);
+        // IDs are written as bytes and kept so; read back as the same text.
+        let unpacked = sealed.batch().expect("unpacked");
+        for id in ["trace_id", "span_id", "parent_span_id"] {
+            assert_eq!(unpacked.column_by_name(id).expect("col").as_ref(), batch.column_by_name(id).expect("col").as_ref(), "{id}");
+            let Some(Stored::Hex(bytes)) = sealed.column_by_name(id) else { panic!("{id} kept as bytes") };
+            assert_eq!(bytes.value_data().len(), 2 * bytes.value_length() as usize, "{id}");
+        }
     }
 
     #[test]
