@@ -400,3 +400,32 @@ impl<W: NextBatch> Table<W> {
         Some(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{FixedSizeBinaryArray, Int64Array, StringArray};
+
+    use super::*;
+
+    /// A two-column table: a hex ID kept as bytes, and a plain number.
+    const COLUMNS: &[Column] = &[
+        Column { name: "id", ty: schema::ColumnType::Text, nullable: false, doc: "", storage: schema::Storage::HexBytes },
+        Column { name: "n", ty: schema::ColumnType::Int64, nullable: true, doc: "", storage: schema::Storage::Plain },
+    ];
+
+    #[test]
+    fn sealed_columns_are_checked_like_a_record_batch_but_ids_may_be_bytes() {
+        let schema = schema::schema(COLUMNS);
+        let ids: ArrayRef = Arc::new(FixedSizeBinaryArray::try_from_iter([[1u8, 2], [3, 4]].into_iter()).expect("ids"));
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["0102", "0304"]));
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone(), n.clone()], 2).is_ok(), "bytes for a hex ID column");
+        assert!(check_columns(&schema, COLUMNS, &[text.clone(), n.clone()], 2).is_ok(), "or its text");
+        assert!(check_columns(&schema, COLUMNS, &[n.clone(), n.clone()], 2).is_err(), "another type");
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone(), ids.clone()], 2).is_err(), "bytes where the column is plain");
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone(), n.clone()], 3).is_err(), "another row count");
+        assert!(check_columns(&schema, COLUMNS, std::slice::from_ref(&ids), 2).is_err(), "a missing column");
+        let null_id: ArrayRef = Arc::new(StringArray::from(vec![Some("0102"), None]));
+        assert!(check_columns(&schema, COLUMNS, &[null_id, n], 2).is_err(), "a null in a non-nullable column");
+    }
+}
