@@ -40,10 +40,8 @@ macro_rules! id {
                 }
             }
 
-            /// Appends its lower-case hex digits to `out`.
-            pub fn push_hex(&self, out: &mut String) {
-                hex::push(&self.0, out);
-            }
+            /// Its length in bytes.
+            pub const LEN: usize = $n;
 
             /// Its lower-case hex digits, on the stack.
             pub fn hex(&self) -> hex::Hex<{ $n * 2 }> {
@@ -105,9 +103,6 @@ mod tests {
         let id = TraceId::parse_hex("00f067aa0ba902b7").expect("64-bit id");
         assert_eq!(id.to_string(), "000000000000000000f067aa0ba902b7");
         assert_eq!(TraceId::parse_hex(&id.to_string()), Some(id));
-        let mut pushed = String::new();
-        id.push_hex(&mut pushed);
-        assert_eq!(pushed, id.to_string());
         assert!(TraceId::parse_hex("0").is_none());
         assert!(TraceId::parse_hex("xyz").is_none());
         assert!(TraceId::parse_hex(&"a".repeat(33)).is_none());

@@ -161,9 +161,9 @@ column_builders!(SpanRows {
 impl Default for SpanRows {
     fn default() -> Self {
         Self {
-            trace_id: FixedSizeBinaryBuilder::new(16),
-            span_id: FixedSizeBinaryBuilder::new(8),
-            parent_span_id: FixedSizeBinaryBuilder::new(8),
+            trace_id: FixedSizeBinaryBuilder::new(TraceId::LEN as i32),
+            span_id: FixedSizeBinaryBuilder::new(SpanId::LEN as i32),
+            parent_span_id: FixedSizeBinaryBuilder::new(SpanId::LEN as i32),
             service: Dict::new(),
             operation: Dict::new(),
             kind: Dict::new(),
@@ -198,9 +198,9 @@ impl NextBatch for SpanRows {
     fn next_batch(&self) -> Self {
         let rows = with_headroom(ArrayBuilder::len(&self.trace_id));
         Self {
-            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, 16),
-            span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
-            parent_span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, TraceId::LEN as i32),
+            span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
+            parent_span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
             service: dict_like(&self.service),
             operation: dict_like(&self.operation),
             kind: dict_like(&self.kind),
