@@ -3,13 +3,14 @@
 //! Spans and logs are drained from their bounded queues in batches (up to `max_batch`
 //! records, or whatever arrived within `flush_interval`); metrics are exported every
 //! `metrics_interval`. Spans and logs are encoded straight to protobuf ([`wire`]), once
-//! per batch whatever the retries. Requests are gzip-compressed when configured. An export that fails with a code OTLP
-//! calls retryable (UNAVAILABLE and the like, or RESOURCE_EXHAUSTED carrying a RetryInfo)
-//! is retried with exponential backoff and jitter, waiting what RetryInfo asks when it says,
-//! for at most `max_retry_time`; then the batch is dropped and counted. Meanwhile the queues
-//! keep taking records until full and drop the rest, so memory stays bounded and the request
-//! path never waits. The channel reconnects lazily, so export resumes by itself when the
-//! collector comes back. On shutdown the queues are drained and flushed once more.
+//! per batch whatever the retries, and copied once into the gRPC frame. Requests are
+//! gzip-compressed when configured. An export that fails with a code OTLP calls retryable
+//! (UNAVAILABLE and the like, or RESOURCE_EXHAUSTED carrying a RetryInfo) is retried with
+//! exponential backoff and jitter, waiting what RetryInfo asks when it says, for at most
+//! `max_retry_time`; then the batch is dropped and counted. Meanwhile the queues keep taking
+//! records until full and drop the rest, so memory stays bounded and the request path never
+//! waits. The channel reconnects lazily, so export resumes by itself when the collector comes
+//! back. On shutdown the queues are drained and flushed once more.
 //!
 //! Export runs on a thread of its own with its own single-threaded runtime: building,
 //! compressing and sending batches is real CPU work, and on the request threads it would
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Buf;
 use opentelemetry_proto::tonic::{
     collector::{
         logs::v1::ExportLogsServiceResponse, metrics::v1::metrics_service_client::MetricsServiceClient,
@@ -127,10 +128,11 @@ impl<R> Default for WireCodec<R> {
 struct BytesEncoder;
 
 impl tonic::codec::Encoder for BytesEncoder {
-    type Item = Bytes;
+    type Item = Arc<wire::Request>;
     type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
+    fn encode(&mut self, item: Arc<wire::Request>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.len());
+        item.write_to(dst);
         Ok(())
     }
 }
@@ -148,7 +150,7 @@ impl<R: Message + Default + 'static> tonic::codec::Decoder for ProstDecoder<R> {
 }
 
 impl<R: Message + Default + Send + 'static> tonic::codec::Codec for WireCodec<R> {
-    type Encode = Bytes;
+    type Encode = Arc<wire::Request>;
     type Decode = R;
     type Encoder = BytesEncoder;
     type Decoder = ProstDecoder<R>;
@@ -169,7 +171,7 @@ trait RecordSignal: Send + Sync + 'static {
     /// The export response.
     type Response: Message + Default + Send + 'static;
     /// Encodes one batch as an export request.
-    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> Vec<u8>;
+    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> wire::Request;
     /// Records the collector rejected, from its response.
     fn rejected(response: &Self::Response) -> u64;
 }
@@ -181,7 +183,7 @@ impl RecordSignal for Spans {
     const SIGNAL: &'static str = "spans";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     type Response = ExportTraceServiceResponse;
-    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> Vec<u8> {
+    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> wire::Request {
         encoder.trace_request(resource, scope, batch)
     }
     fn rejected(response: &Self::Response) -> u64 {
@@ -193,7 +195,7 @@ impl RecordSignal for Logs {
     const SIGNAL: &'static str = "logs";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     type Response = ExportLogsServiceResponse;
-    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> Vec<u8> {
+    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> wire::Request {
         encoder.logs_request(resource, scope, batch)
     }
     fn rejected(response: &Self::Response) -> u64 {
@@ -214,7 +216,7 @@ impl WireClient {
     }
 
     /// Sends one encoded request; returns how many records the collector rejected.
-    async fn export<S: RecordSignal>(&mut self, request: Bytes) -> Result<u64, Status> {
+    async fn export<S: RecordSignal>(&mut self, request: Arc<wire::Request>) -> Result<u64, Status> {
         self.grpc.ready().await.map_err(|e| Status::unavailable(format!("the collector's channel: {e}")))?;
         let path = http::uri::PathAndQuery::from_static(S::PATH);
         let response = self.grpc.unary(tonic::Request::new(request), path, WireCodec::<S::Response>::default()).await?;
@@ -387,7 +389,7 @@ impl Drain {
                 }
                 for chunk in batch.chunks(self.max_batch) {
                     // Encoded once; a retry resends the same bytes.
-                    let request = Bytes::from(S::encode(&mut encoder, &self.encoded_resource, &self.encoded_scope, chunk));
+                    let request = Arc::new(S::encode(&mut encoder, &self.encoded_resource, &self.encoded_scope, chunk));
                     let result = self
                         .retry
                         .run(&self.stats, S::SIGNAL, || {
@@ -396,6 +398,9 @@ impl Drain {
                         })
                         .await;
                     health.account(&self.stats, chunk.len() as u64, result);
+                    if let Ok(request) = Arc::try_unwrap(request) {
+                        encoder.recycle(request);
+                    }
                 }
                 batch.clear();
                 if stopping {

@@ -12,6 +12,7 @@ pub mod export;
 pub mod metrics;
 pub mod otlp;
 pub mod stats;
+pub mod text;
 pub mod wire;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -20,6 +20,7 @@ use crate::{classify::Outcome, identity::WorkloadIdentity};
 
 use super::{
     RequestRecord, Side,
+    text,
     metrics::{DURATION_BOUNDS, RequestKey, RequestStats},
 };
 
@@ -120,9 +121,13 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     a.integer("http.response.body.size", r.response_bytes as i64);
     a.string(semconv::DIRECTION, r.side.as_str());
     a.string(semconv::PROTOCOL, r.protocol());
-    scratch.clear();
-    let _ = write!(scratch, "{}", r.flags);
-    a.string(semconv::RESPONSE_FLAGS, scratch);
+    if r.flags.is_empty() {
+        a.string(semconv::RESPONSE_FLAGS, "-");
+    } else {
+        scratch.clear();
+        let _ = write!(scratch, "{}", r.flags);
+        a.string(semconv::RESPONSE_FLAGS, scratch);
+    }
     a.string(semconv::CLASSIFICATION, r.classification.outcome.as_str());
     if r.destination.is_none() {
         a.string(semconv::DESTINATION_KEYS.service, &r.destination_service);
@@ -138,13 +143,13 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     if let Some(peer) = r.peer {
         scratch.clear();
-        let _ = write!(scratch, "{}", peer.ip());
+        text::push_ip(scratch, peer.ip());
         a.string("network.peer.address", scratch);
         a.integer("network.peer.port", i64::from(peer.port()));
     }
     if let Some(upstream) = r.upstream {
         scratch.clear();
-        let _ = write!(scratch, "{upstream}");
+        text::push_socket_addr(scratch, upstream);
         a.string(semconv::UPSTREAM_ADDRESS, scratch);
     }
     if r.grpc {
@@ -202,26 +207,31 @@ pub fn write_span_name(r: &RequestRecord, out: &mut String) {
 
 /// Writes the Envoy-style access-log line used as a log record's body.
 pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
-    use std::fmt::Write;
-    let _ = write!(
-        out,
-        "{} {} HTTP/{} {} {} {} {} {}ms ",
-        r.method,
-        r.path,
-        r.protocol_version(),
-        r.status,
-        r.flags,
-        r.request_bytes,
-        r.response_bytes,
-        r.duration.as_millis(),
-    );
+    out.push_str(r.method.as_str());
+    out.push(' ');
+    out.push_str(r.path.as_str());
+    out.push_str(" HTTP/");
+    out.push_str(r.protocol_version());
+    out.push(' ');
+    text::push_uint(out, u64::from(r.status));
+    out.push(' ');
+    if r.flags.is_empty() {
+        out.push('-');
+    } else {
+        use std::fmt::Write;
+        let _ = write!(out, "{}", r.flags);
+    }
+    for n in [r.request_bytes, r.response_bytes, r.duration.as_millis() as u64] {
+        out.push(' ');
+        text::push_uint(out, n);
+    }
+    out.push_str("ms ");
     match r.upstream {
-        Some(u) => {
-            let _ = write!(out, "{u}");
-        }
+        Some(u) => text::push_socket_addr(out, u),
         None => out.push('-'),
     }
-    let _ = write!(out, " {}", r.context.trace_id);
+    out.push(' ');
+    meshlens_common::hex::push(&r.context.trace_id.0, out);
 }
 
 fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
@@ -509,5 +519,38 @@ pub(crate) mod reference {
                 ..Default::default()
             }],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::classify::ResponseFlags;
+
+    #[test]
+    fn access_log_line_has_envoy_style_fields_in_order() {
+        let mut r = super::super::tests::record(true, Outcome::Failure, 1234);
+        r.method = http::Method::POST;
+        r.path = "/orders/7?x=1".into();
+        r.version = http::Version::HTTP_2;
+        r.request_bytes = 17;
+        r.response_bytes = 0;
+        r.duration = Duration::from_micros(1_234_900);
+        r.upstream = Some("10.1.200.3:8080".parse().expect("address"));
+        r.flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::UPSTREAM_TIMEOUT;
+        let trace = meshlens_common::hex::Hex::<32>::new(&r.context.trace_id.0);
+        let mut line = String::new();
+        write_access_log_line(&r, &mut line);
+        assert_eq!(line, format!("POST /orders/7?x=1 HTTP/2 503 {} 17 0 1234ms 10.1.200.3:8080 {}", r.flags, trace.as_str()));
+        assert!(line.contains(" UF,"), "{line}");
+
+        r.upstream = None;
+        r.flags = ResponseFlags::empty();
+        r.status = 200;
+        line.clear();
+        write_access_log_line(&r, &mut line);
+        assert_eq!(line, format!("POST /orders/7?x=1 HTTP/2 200 - 17 0 1234ms - {}", trace.as_str()));
     }
 }

@@ -9,32 +9,48 @@
 //!
 //! Field numbers are those of `opentelemetry/proto/{trace,logs,common}/v1/*.proto`.
 
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_varint, encoded_len_varint};
 
 use meshlens_common::semconv;
 
 use super::{RequestRecord, Side, otlp};
 use crate::classify::Outcome;
 
+/// A varint: the field keys and most lengths written here fit in one byte.
+#[inline]
+fn varint(buf: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        buf.push(value as u8);
+    } else {
+        encode_varint(value, buf);
+    }
+}
+
+/// A field key (field number and wire type).
+#[inline]
+fn key(buf: &mut Vec<u8>, field: u32, wire_type: WireType) {
+    varint(buf, u64::from(field << 3 | wire_type as u32));
+}
+
 fn put_len(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    encode_key(field, WireType::LengthDelimited, buf);
-    encode_varint(bytes.len() as u64, buf);
+    key(buf, field, WireType::LengthDelimited);
+    varint(buf, bytes.len() as u64);
     buf.extend_from_slice(bytes);
 }
 
 fn put_fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
-    encode_key(field, WireType::SixtyFourBit, buf);
+    key(buf, field, WireType::SixtyFourBit);
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
 fn put_fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
-    encode_key(field, WireType::ThirtyTwoBit, buf);
+    key(buf, field, WireType::ThirtyTwoBit);
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
 fn put_varint(buf: &mut Vec<u8>, field: u32, value: u64) {
-    encode_key(field, WireType::Varint, buf);
-    encode_varint(value, buf);
+    key(buf, field, WireType::Varint);
+    varint(buf, value);
 }
 
 /// Length of a length-delimited field with a one-byte key.
@@ -51,13 +67,14 @@ struct KeyValues<'a> {
 impl KeyValues<'_> {
     /// One `KeyValue { key: 1, value: 2 AnyValue }` whose AnyValue content is `value_len`
     /// bytes written by `write_value`.
-    fn put(&mut self, key: &str, value_len: usize, write_value: impl FnOnce(&mut Vec<u8>)) {
-        let kv_len = field_len(key.len()) + field_len(value_len);
-        encode_key(self.field, WireType::LengthDelimited, self.buf);
-        encode_varint(kv_len as u64, self.buf);
-        put_len(self.buf, 1, key.as_bytes());
-        encode_key(2, WireType::LengthDelimited, self.buf);
-        encode_varint(value_len as u64, self.buf);
+    fn put(&mut self, name: &str, value_len: usize, write_value: impl FnOnce(&mut Vec<u8>)) {
+        let kv_len = field_len(name.len()) + field_len(value_len);
+        self.buf.reserve(field_len(kv_len));
+        key(self.buf, self.field, WireType::LengthDelimited);
+        varint(self.buf, kv_len as u64);
+        put_len(self.buf, 1, name.as_bytes());
+        key(self.buf, 2, WireType::LengthDelimited);
+        varint(self.buf, value_len as u64);
         write_value(self.buf);
     }
 }
@@ -74,6 +91,40 @@ impl otlp::AttributeSink for KeyValues<'_> {
     }
 }
 
+/// One encoded export request: a short envelope (the request, resource and scope fields with
+/// their lengths) and the records after it, kept apart so the records are copied once, into
+/// the gRPC frame, and their buffer is reused for the next batch.
+#[derive(Debug, Default)]
+pub struct Request {
+    head: Vec<u8>,
+    items: Vec<u8>,
+}
+
+impl Request {
+    /// Encoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.items.len()
+    }
+
+    /// Whether nothing is encoded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the whole message to `out`.
+    pub fn write_to(&self, out: &mut impl bytes::BufMut) {
+        out.put_slice(&self.head);
+        out.put_slice(&self.items);
+    }
+
+    /// The whole message in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_to(&mut out);
+        out
+    }
+}
+
 /// Reused buffers for one signal's export requests.
 #[derive(Debug, Default)]
 pub struct Encoder {
@@ -87,7 +138,7 @@ pub struct Encoder {
 impl Encoder {
     /// An `ExportTraceServiceRequest` for `batch`, with the pre-encoded `resource` and `scope`
     /// messages.
-    pub fn trace_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Vec<u8> {
+    pub fn trace_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Request {
         self.items.clear();
         for r in batch {
             self.item.clear();
@@ -98,7 +149,7 @@ impl Encoder {
     }
 
     /// An `ExportLogsServiceRequest` for `batch`.
-    pub fn logs_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Vec<u8> {
+    pub fn logs_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Request {
         self.items.clear();
         for r in batch {
             self.item.clear();
@@ -108,20 +159,27 @@ impl Encoder {
         self.wrap(resource, scope)
     }
 
+    /// Takes back the records buffer of a request that was sent, to encode the next one in.
+    pub fn recycle(&mut self, request: Request) {
+        if request.items.capacity() > self.items.capacity() {
+            self.items = request.items;
+        }
+    }
+
     /// `Request { 1: Resource{Spans,Logs} { 1: resource, 2: Scope{Spans,Logs} { 1: scope, items } } }`;
     /// the trace and logs messages share this shape.
-    fn wrap(&self, resource: &[u8], scope: &[u8]) -> Vec<u8> {
-        let scoped_len = field_len(scope.len()) + self.items.len();
+    fn wrap(&mut self, resource: &[u8], scope: &[u8]) -> Request {
+        let items = std::mem::take(&mut self.items);
+        let scoped_len = field_len(scope.len()) + items.len();
         let resourced_len = field_len(resource.len()) + field_len(scoped_len);
-        let mut out = Vec::with_capacity(field_len(resourced_len));
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(resourced_len as u64, &mut out);
-        put_len(&mut out, 1, resource);
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(scoped_len as u64, &mut out);
-        put_len(&mut out, 1, scope);
-        out.extend_from_slice(&self.items);
-        out
+        let mut head = Vec::with_capacity(field_len(resourced_len) - items.len());
+        key(&mut head, 1, WireType::LengthDelimited);
+        varint(&mut head, resourced_len as u64);
+        put_len(&mut head, 1, resource);
+        key(&mut head, 2, WireType::LengthDelimited);
+        varint(&mut head, scoped_len as u64);
+        put_len(&mut head, 1, scope);
+        Request { head, items }
     }
 
     fn span(&mut self, r: &RequestRecord) {
@@ -174,8 +232,8 @@ impl Encoder {
         self.text.clear();
         otlp::write_access_log_line(r, &mut self.text);
         // body: AnyValue { 1: string_value }
-        encode_key(5, WireType::LengthDelimited, buf);
-        encode_varint(field_len(self.text.len()) as u64, buf);
+        key(buf, 5, WireType::LengthDelimited);
+        varint(buf, field_len(self.text.len()) as u64);
         put_len(buf, 1, self.text.as_bytes());
         let mut attributes = KeyValues { buf, field: 6 };
         otlp::write_record_attributes(r, &mut attributes, &mut self.scratch);
@@ -250,12 +308,16 @@ mod tests {
         let mut encoder = Encoder::default();
         for _ in 0..2 {
             // Twice: reused buffers must not leak one request into the next.
-            let bytes = encoder.trace_request(&resource_bytes, &scope_bytes, &batch);
+            let request = encoder.trace_request(&resource_bytes, &scope_bytes, &batch);
+            let bytes = request.to_vec();
+            assert_eq!(bytes.len(), request.len());
             let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::trace_request(&resource, &batch));
-            let bytes = encoder.logs_request(&resource_bytes, &scope_bytes, &batch);
-            let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
+            encoder.recycle(request);
+            let request = encoder.logs_request(&resource_bytes, &scope_bytes, &batch);
+            let decoded = ExportLogsServiceRequest::decode(request.to_vec().as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::logs_request(&resource, &batch));
+            encoder.recycle(request);
         }
     }
 }
