@@ -35,6 +35,8 @@ pub struct Sidecar {
     telemetry: Telemetry,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// [`keep_timer_armed`](crate::stack::timeout::keep_timer_armed) on the request thread.
+    timer_anchor: JoinHandle<()>,
     export: ExportHandle,
     export_timeout: Duration,
 }
@@ -90,6 +92,7 @@ impl Sidecar {
             telemetry,
             shutdown,
             servers,
+            timer_anchor: tokio::spawn(crate::stack::timeout::keep_timer_armed()),
             export,
             export_timeout: config.telemetry.export_timeout,
         })
@@ -111,6 +114,7 @@ impl Sidecar {
         for server in self.servers {
             let _ = server.await;
         }
+        self.timer_anchor.abort();
         self.export.shutdown(self.export_timeout + Duration::from_secs(1)).await;
     }
 }

@@ -6,6 +6,7 @@
 use std::{
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tower::{Layer, Service};
@@ -55,5 +56,24 @@ where
                 Err(_) => Err(ProxyError::Timeout { after: limit }),
             }
         })
+    }
+}
+
+/// How often [`keep_timer_armed`] wakes.
+pub const ANCHOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keeps a timer due within [`ANCHOR_PERIOD`] always pending on the runtime it runs on.
+///
+/// tokio's timer wakes its own driver (an eventfd write, then an extra `epoll_wait` round)
+/// whenever a new timer is due earlier than every pending one. At low request rates no
+/// timer is pending between requests, so each request's timeout paid that wake: 0.8 extra
+/// syscalls per request at 1,000 req/s (`perf stat`, `meshlens bench proxy`). With a timer
+/// always due within a second, timeouts longer than that register without waking anything;
+/// shorter ones wake the driver as before, so every deadline still fires on time.
+pub async fn keep_timer_armed() {
+    let mut tick = tokio::time::interval(ANCHOR_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
