@@ -1,7 +1,10 @@
 //! Writes log records into the `logs` table's columns ([`super::schema::LOGS`]).
 
 use datafusion::arrow::{
-    array::{ArrayBuilder, Int64Builder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder},
+    array::{
+        ArrayBuilder, FixedSizeBinaryBuilder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+        TimestampNanosecondBuilder,
+    },
     datatypes::Int32Type,
 };
 
@@ -11,6 +14,7 @@ use super::{
 };
 use super::json::{ResourceJson, write_attributes};
 use crate::model::{LogRecord, attr};
+use meshlens_common::ids::{SpanId, TraceId};
 
 type Dict = StringDictionaryBuilder<Int32Type>;
 
@@ -21,8 +25,9 @@ pub struct LogRows {
     severity_number: Int64Builder,
     severity: Dict,
     body: StringBuilder,
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
+    /// IDs are written as bytes, as in `spans` (the column reads as hex text).
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
     event_name: Dict,
     attributes: StringBuilder,
     resource: Dict,
@@ -40,8 +45,8 @@ impl Default for LogRows {
             severity_number: Int64Builder::new(),
             severity: Dict::new(),
             body: StringBuilder::new(),
-            trace_id: StringBuilder::new(),
-            span_id: StringBuilder::new(),
+            trace_id: FixedSizeBinaryBuilder::new(TraceId::LEN as i32),
+            span_id: FixedSizeBinaryBuilder::new(SpanId::LEN as i32),
             event_name: Dict::new(),
             attributes: StringBuilder::new(),
             resource: Dict::new(),
@@ -60,8 +65,8 @@ impl NextBatch for LogRows {
             severity_number: Int64Builder::with_capacity(rows),
             severity: dict_like(&self.severity),
             body: text_like(&self.body),
-            trace_id: text_like(&self.trace_id),
-            span_id: text_like(&self.span_id),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, TraceId::LEN as i32),
+            span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
             event_name: dict_like(&self.event_name),
             attributes: text_like(&self.attributes),
             resource: dict_like(&self.resource),
@@ -77,13 +82,103 @@ impl RowWriter<LogRecord> for LogRows {
         self.severity_number.append_value(i64::from(log.severity_number));
         self.severity.append_option(Some(log.severity_text.as_str()).filter(|s| !s.is_empty()));
         self.body.append_option(Some(log.body.as_str()).filter(|s| !s.is_empty()));
-        self.trace_id.append_option(log.trace_id.map(|t| t.hex()).as_ref().map(|h| h.as_str()));
-        self.span_id.append_option(log.span_id.map(|s| s.hex()).as_ref().map(|h| h.as_str()));
+        // The widths are the builders' own, so these appends cannot fail.
+        match log.trace_id {
+            Some(id) => {
+                let _ = self.trace_id.append_value(id.0);
+            }
+            None => self.trace_id.append_null(),
+        }
+        match log.span_id {
+            Some(id) => {
+                let _ = self.span_id.append_value(id.0);
+            }
+            None => self.span_id.append_null(),
+        }
         self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
         self.json.clear();
         write_attributes(&mut self.json, &log.attributes, |_, _| false);
         self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
         self.resource.append_value(self.resource_json.of(&log.resource));
         log.time_unix_nanos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, AsArray};
+
+    use super::*;
+    use crate::{
+        model::{Resource, Value},
+        tables::{columnar::Table, packed::Stored, schema},
+    };
+
+    fn log(trace: Option<u8>, span: Option<u8>) -> LogRecord {
+        LogRecord {
+            time_unix_nanos: 5,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: "GET / 200".into(),
+            attributes: vec![("event.name".into(), Value::Str("access".into()))],
+            trace_id: trace.map(|b| TraceId([b; TraceId::LEN])),
+            span_id: span.map(|b| SpanId([b; SpanId::LEN])),
+            resource: Arc::new(Resource {
+                service: "checkout".into(),
+                attributes: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn log_ids_are_kept_as_bytes_and_read_as_hex_text() {
+        let mut table: Table<LogRows> = Table::new(schema::LOGS);
+        let logs = [
+            log(Some(0xab), Some(0x01)),
+            log(None, None),
+            log(Some(0x02), None),
+        ];
+        table.extend(logs.iter(), None);
+        let open = table.snapshot()[0].project(None).expect("open copy");
+        let trace = open
+            .column_by_name("trace_id")
+            .expect("col")
+            .as_string::<i32>();
+        assert_eq!(trace.value(0), "ab".repeat(16));
+        assert!(trace.is_null(1));
+        assert_eq!(trace.value(2), "02".repeat(16));
+        let span = open
+            .column_by_name("span_id")
+            .expect("col")
+            .as_string::<i32>();
+        assert_eq!(span.value(0), "01".repeat(8));
+        assert!(span.is_null(1) && span.is_null(2));
+        assert_eq!(
+            open.column_by_name("event_name")
+                .expect("col")
+                .as_dictionary::<Int32Type>()
+                .len(),
+            3
+        );
+
+        let sealed = table.seal().expect("sealed");
+        let unpacked = sealed.batch().expect("unpacked");
+        for id in ["trace_id", "span_id"] {
+            assert_eq!(
+                unpacked.column_by_name(id).expect("col").as_ref(),
+                open.column_by_name(id).expect("col").as_ref(),
+                "{id}"
+            );
+            let Some(Stored::Hex(bytes)) = sealed.column_by_name(id) else {
+                panic!("{id} kept as bytes")
+            };
+            assert_eq!(
+                bytes.value_data().len(),
+                3 * bytes.value_length() as usize,
+                "{id}"
+            );
+        }
     }
 }
