@@ -69,23 +69,38 @@ impl std::ops::BitOrAssign for ResponseFlags {
     }
 }
 
-impl fmt::Display for ResponseFlags {
-    /// `-` when empty, else the flags joined by commas (`UF,DC`), as Envoy writes them.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ResponseFlags {
+    /// Hands `piece` the Envoy form a piece at a time: `-` when empty, else the flag names
+    /// separated by commas (`UF,DC`).
+    fn each_piece(self, mut piece: impl FnMut(&'static str)) {
         if self.is_empty() {
-            return f.write_str("-");
+            return piece("-");
         }
         let mut first = true;
         for (flag, name) in Self::NAMES {
             if self.contains(flag) {
                 if !first {
-                    f.write_str(",")?;
+                    piece(",");
                 }
-                f.write_str(name)?;
+                piece(name);
                 first = false;
             }
         }
-        Ok(())
+    }
+
+    /// Appends the Envoy form (as `Display` writes it) without `core::fmt`: every exported
+    /// record carries it.
+    pub fn push_to(self, out: &mut String) {
+        self.each_piece(|p| out.push_str(p));
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    /// `-` when empty, else the flags joined by commas (`UF,DC`), as Envoy writes them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut result = Ok(());
+        self.each_piece(|p| result = result.and_then(|()| f.write_str(p)));
+        result
     }
 }
 
@@ -209,5 +224,21 @@ mod tests {
         assert_eq!(nr.error_type.as_deref(), Some("no_route"));
         assert_eq!((ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::DOWNSTREAM_TERMINATED).to_string(), "UF,DC");
         assert_eq!(ResponseFlags::empty().to_string(), "-");
+    }
+
+    #[test]
+    fn flags_pushed_read_as_displayed() {
+        let all = ResponseFlags::NAMES.iter().fold(ResponseFlags::empty(), |acc, (f, _)| acc | *f);
+        for flags in [
+            ResponseFlags::empty(),
+            ResponseFlags::UPSTREAM_TIMEOUT,
+            ResponseFlags::NO_ROUTE | ResponseFlags::UPSTREAM_RESET,
+            all,
+        ] {
+            let mut pushed = String::from("x=");
+            flags.push_to(&mut pushed);
+            assert_eq!(pushed, format!("x={flags}"));
+        }
+        assert_eq!(all.to_string().split(',').count(), ResponseFlags::NAMES.len());
     }
 }

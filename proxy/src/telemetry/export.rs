@@ -125,13 +125,13 @@ impl<R> Default for WireCodec<R> {
 }
 
 #[derive(Debug)]
-struct BytesEncoder;
+struct RequestEncoder;
 
-impl tonic::codec::Encoder for BytesEncoder {
+impl tonic::codec::Encoder for RequestEncoder {
     type Item = Arc<wire::Request>;
     type Error = Status;
     fn encode(&mut self, item: Arc<wire::Request>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.len());
+        dst.reserve(item.encoded_len());
         item.write_to(dst);
         Ok(())
     }
@@ -152,10 +152,10 @@ impl<R: Message + Default + 'static> tonic::codec::Decoder for ProstDecoder<R> {
 impl<R: Message + Default + Send + 'static> tonic::codec::Codec for WireCodec<R> {
     type Encode = Arc<wire::Request>;
     type Decode = R;
-    type Encoder = BytesEncoder;
+    type Encoder = RequestEncoder;
     type Decoder = ProstDecoder<R>;
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
+    fn encoder(&mut self) -> RequestEncoder {
+        RequestEncoder
     }
     fn decoder(&mut self) -> ProstDecoder<R> {
         ProstDecoder(std::marker::PhantomData)

@@ -110,7 +110,6 @@ fn workload_attributes(a: &mut impl AttributeSink, keys: &semconv::WorkloadKeys,
 /// Writes the attributes shared by a record's span and access log; `scratch` holds the
 /// values that must be formatted.
 pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String) {
-    use std::fmt::Write;
     a.string("http.request.method", r.method.as_str());
     a.string("url.path", r.path.as_str());
     a.string("url.scheme", "http");
@@ -121,13 +120,9 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     a.integer("http.response.body.size", r.response_bytes as i64);
     a.string(semconv::DIRECTION, r.side.as_str());
     a.string(semconv::PROTOCOL, r.protocol());
-    if r.flags.is_empty() {
-        a.string(semconv::RESPONSE_FLAGS, "-");
-    } else {
-        scratch.clear();
-        let _ = write!(scratch, "{}", r.flags);
-        a.string(semconv::RESPONSE_FLAGS, scratch);
-    }
+    scratch.clear();
+    r.flags.push_to(scratch);
+    a.string(semconv::RESPONSE_FLAGS, scratch);
     a.string(semconv::CLASSIFICATION, r.classification.outcome.as_str());
     if r.destination.is_none() {
         a.string(semconv::DESTINATION_KEYS.service, &r.destination_service);
@@ -215,12 +210,7 @@ pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
     out.push(' ');
     text::push_uint(out, u64::from(r.status));
     out.push(' ');
-    if r.flags.is_empty() {
-        out.push('-');
-    } else {
-        use std::fmt::Write;
-        let _ = write!(out, "{}", r.flags);
-    }
+    r.flags.push_to(out);
     for n in [r.request_bytes, r.response_bytes, r.duration.as_millis() as u64] {
         out.push(' ');
         text::push_uint(out, n);

@@ -102,13 +102,8 @@ pub struct Request {
 
 impl Request {
     /// Encoded length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         self.head.len() + self.items.len()
-    }
-
-    /// Whether nothing is encoded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Appends the whole message to `out`.
@@ -119,7 +114,7 @@ impl Request {
 
     /// The whole message in one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
+        let mut out = Vec::with_capacity(self.encoded_len());
         self.write_to(&mut out);
         out
     }
@@ -310,7 +305,7 @@ mod tests {
             // Twice: reused buffers must not leak one request into the next.
             let request = encoder.trace_request(&resource_bytes, &scope_bytes, &batch);
             let bytes = request.to_vec();
-            assert_eq!(bytes.len(), request.len());
+            assert_eq!(bytes.len(), request.encoded_len());
             let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::trace_request(&resource, &batch));
             encoder.recycle(request);
