@@ -11,8 +11,9 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::model::{Attributes, Resource, Value, intern};
 
-/// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts.
-pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(&str, &Value) -> bool) {
+/// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts (it is
+/// given each attribute's position, key and value; only the first of repeated keys is asked).
+pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(usize, &str, &Value) -> bool) {
     out.push(b'{');
     let mut first = true;
     // Converted attributes are sorted by key, so a repeated key follows its first: one
@@ -32,7 +33,7 @@ pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl F
             },
             Some(_) => attributes[..i].iter().any(|(k, _)| k == key),
         };
-        if repeated || skip(key, value) {
+        if repeated || skip(i, key, value) {
             continue;
         }
         if !first {
@@ -58,7 +59,7 @@ impl ResourceJson {
     pub fn of(&mut self, resource: &Arc<Resource>) -> &str {
         if !self.last.as_ref().is_some_and(|(r, _)| Arc::ptr_eq(r, resource)) {
             let mut out = Vec::with_capacity(256);
-            write_attributes(&mut out, &resource.attributes, |_, _| false);
+            write_attributes(&mut out, &resource.attributes, |_, _, _| false);
             self.last = Some((resource.clone(), String::from_utf8(out).unwrap_or_else(|_| "{}".into())));
         }
         self.last.as_ref().map_or("{}", |(_, json)| json.as_str())
@@ -164,7 +165,7 @@ mod tests {
             ("skipped".into(), Value::Str("gone".into())),
         ];
         let mut out = Vec::new();
-        write_attributes(&mut out, &attributes, |k, _| k == "skipped");
+        write_attributes(&mut out, &attributes, |_, k, _| k == "skipped");
         let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(text, r#"{"z.first":"a \"quoted\" <b>","count":-42,"ratio":0.25,"whole":2.0,"ok":true,"list":[1,"x"]}"#);
         let back = read_attributes(&text);
@@ -178,7 +179,7 @@ mod tests {
         let attributes: Attributes =
             vec![("nan".into(), Value::Double(f64::NAN)), ("broken".into(), Value::Json("[1,".into())), ("b".into(), Value::Bytes("00ff".into()))];
         let mut out = Vec::new();
-        write_attributes(&mut out, &attributes, |_, _| false);
+        write_attributes(&mut out, &attributes, |_, _, _| false);
         let text = String::from_utf8(out).expect("utf-8");
         assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{text}");
         assert_eq!(text, r#"{"nan":null,"broken":"[1,","b":"00ff"}"#);
@@ -193,7 +194,7 @@ mod tests {
             ("c".into(), Value::Str("plain é".into())),
         ];
         let mut out = Vec::new();
-        write_attributes(&mut out, &attributes, |_, _| false);
+        write_attributes(&mut out, &attributes, |_, _, _| false);
         let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(text, r#"{"a":"x\ty","b":"é\u0001\\","c":"plain é"}"#);
         assert_eq!(read_attributes(&text), vec![attributes[0].clone(), attributes[2].clone(), attributes[3].clone()]);

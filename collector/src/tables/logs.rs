@@ -97,7 +97,7 @@ impl RowWriter<LogRecord> for LogRows {
         }
         self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
         self.json.clear();
-        write_attributes(&mut self.json, &log.attributes, |_, _| false);
+        write_attributes(&mut self.json, &log.attributes, |_, _, _| false);
         self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
         self.resource.append_value(self.resource_json.of(&log.resource));
         log.time_unix_nanos

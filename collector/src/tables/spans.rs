@@ -77,13 +77,16 @@ const DESTINATION_SERVICE: usize = 5;
 struct ColumnValues<'a> {
     strings: [Option<&'a str>; STATUS],
     status_code: Option<i64>,
+    /// The positions (the first 64) of the attributes written to their own column, which
+    /// `attributes` leaves out: found here, so the JSON writer compares no keys again.
+    in_columns: u64,
 }
 
 impl<'a> ColumnValues<'a> {
     fn of(span: &'a Span) -> Self {
-        let mut out = Self { strings: [None; STATUS], status_code: None };
+        let mut out = Self { strings: [None; STATUS], status_code: None, in_columns: 0 };
         let mut seen = 0u16;
-        for (key, value) in &span.attributes {
+        for (i, (key, value)) in span.attributes.iter().enumerate() {
             let slot = match &**key {
                 STATUS_CODE => STATUS,
                 "peer.service" => PEER_SERVICE,
@@ -97,13 +100,24 @@ impl<'a> ColumnValues<'a> {
                 continue;
             }
             seen |= 1 << slot;
-            if slot == STATUS {
+            let own_column = if slot == STATUS {
                 out.status_code = value.as_i64();
+                matches!(value, Value::Int(_))
             } else {
                 out.strings[slot] = value.as_str().filter(|s| !s.is_empty());
+                slot < PEER_SERVICE && out.strings[slot].is_some()
+            };
+            if own_column && i < 64 {
+                out.in_columns |= 1 << i;
             }
         }
         out
+    }
+
+    /// Whether the attribute at position `i` went to its own column (past the 64th, as
+    /// [`in_column`] says). Asked only of the first attribute with a key, as the columns take.
+    fn in_column(&self, i: usize, key: &str, value: &Value) -> bool {
+        if i < 64 { self.in_columns >> i & 1 == 1 } else { in_column(key, value) }
     }
 
     /// The span's peer: `peer.service`, the mesh destination service, or the address a
@@ -249,7 +263,7 @@ fn events_json(span: &Span) -> Option<String> {
         out.extend_from_slice(format!("{{\"time_unix_nano\":{},\"name\":", e.time_unix_nanos).as_bytes());
         let _ = serde_json::to_writer(&mut out, &e.name);
         out.extend_from_slice(b",\"attributes\":");
-        write_attributes(&mut out, &e.attributes, |_, _| false);
+        write_attributes(&mut out, &e.attributes, |_, _, _| false);
         out.push(b'}');
     }
     out.push(b']');
@@ -307,7 +321,7 @@ impl RowWriter<Span> for SpanRows {
             column.append_option(value);
         }
         self.json.clear();
-        write_attributes(&mut self.json, &span.attributes, in_column);
+        write_attributes(&mut self.json, &span.attributes, |i, key, value| found.in_column(i, key, value));
         self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
         self.resource.append_value(self.resource_json.of(&span.resource));
         self.events.append_option(events_json(span));
@@ -632,7 +646,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{SpanEvent, SpanKind},
+        model::{Attributes, SpanEvent, SpanKind},
         tables::traces::tests::span,
         tables::{columnar::Table, schema},
     };
@@ -696,5 +710,41 @@ mod tests {
         assert_eq!(ColumnValues::of(&s).peer(SpanKind::Client), Some("reviews"), "the mesh destination before the address");
         s.attributes.push(("peer.service".into(), Value::Str("ratings".into())));
         assert_eq!(ColumnValues::of(&s).peer(SpanKind::Client), Some("ratings"), "peer.service first");
+    }
+
+    #[test]
+    fn attributes_left_out_of_the_json_are_those_in_their_own_columns() {
+        // Column keys early and past the 64th attribute, repeated, empty, of other types.
+        let column_attributes = |at: usize| -> Attributes {
+            vec![
+                ("http.route".into(), Value::Int(3)),
+                ("http.route".into(), Value::Str("/later".into())),
+                ("http.request.method".into(), Value::Str("GET".into())),
+                ("http.request.method".into(), Value::Str("PUT".into())),
+                (STATUS_CODE.into(), Value::Str("503".into())),
+                (semconv::RESPONSE_FLAGS.into(), Value::Str(String::new().into())),
+                ("peer.service".into(), Value::Str("ratings".into())),
+                (semconv::SOURCE_KEYS.workload.into(), Value::Str(format!("w{at}").into())),
+            ]
+        };
+        let mut s = (*span(1, 2, Some(1), "frontend", SpanKind::Client, 10, 5)).clone();
+        s.attributes = column_attributes(0);
+        s.attributes.extend((0..60).map(|i| (format!("k{i}").into(), Value::Int(i))));
+        s.attributes.push((STATUS_CODE.into(), Value::Int(200)));
+        s.attributes.extend(column_attributes(1));
+        s.attributes.push((semconv::DESTINATION_KEYS.service.into(), Value::Str("reviews".into())));
+        assert!(s.attributes.len() > 64);
+        let found = ColumnValues::of(&s);
+        let (mut by_position, mut by_key) = (Vec::new(), Vec::new());
+        write_attributes(&mut by_position, &s.attributes, |i, key, value| found.in_column(i, key, value));
+        write_attributes(&mut by_key, &s.attributes, |_, key, value| in_column(key, value));
+        let text = String::from_utf8(by_position).expect("utf-8");
+        assert_eq!(text, String::from_utf8(by_key).expect("utf-8"));
+        for kept in ["\"http.route\":3", "\"http.response.status_code\":\"503\"", "\"peer.service\"", "\"meshlens.response_flags\":\"\""] {
+            assert!(text.contains(kept), "{kept} in {text}");
+        }
+        for left in ["GET", "w0", "\"reviews\"", "\"http.response.status_code\":200"] {
+            assert!(!text.contains(left), "{left} not in {text}");
+        }
     }
 }
