@@ -6,7 +6,9 @@
 //! read them. This reader walks the bytes instead and builds the collector's [`Span`]s
 //! from borrowed slices, with the same validation, the same rejection messages and the
 //! same result as [`convert::spans`](super::convert::spans) over the decoded message (a
-//! property test holds the two to that). Arrays and maps inside attribute values, which
+//! property test holds the two to that). An attribute in the layout every encoder writes
+//! (key, then a string, integer, boolean or double value, short lengths) is read by matching
+//! its bytes, without walking its fields. Arrays and maps inside attribute values, which
 //! are rare, are decoded with prost.
 
 use std::sync::Arc;
@@ -513,6 +515,21 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
 fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeError> {
     let mut out = Attributes::with_capacity(kvs.len());
     for kv in kvs {
+        if let Some((key, value)) = plain_key_value(kv) {
+            let value = match plain_any_value(value) {
+                Some(value) => value?,
+                None => match any_value(value)? {
+                    Some(value) => value,
+                    None => {
+                        utf8(key)?;
+                        continue;
+                    }
+                },
+            };
+            let key = run.key(out.len(), key).ok_or_else(not_utf8)?;
+            out.push((key, value));
+            continue;
+        }
         // The key's bytes: checked to be UTF-8 when replaced, when the attribute has no value,
         // and by `run` unless they are a remembered key (most keys, most of the time).
         let (mut key, mut value): (Option<&[u8]>, _) = (None, None);
@@ -542,6 +559,34 @@ fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeEr
     }
     run.finish(&mut out);
     Ok(out)
+}
+
+/// A `KeyValue` laid out as encoders write it: the key (field 1), then the value (field 2),
+/// each with a one-byte length, and nothing else. `None` for any other layout (repeated or
+/// reordered fields, longer lengths, no value), which the general reader takes.
+#[inline]
+fn plain_key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [0x0a, key_len @ 0..0x80, rest @ ..] = kv else { return None };
+    let (key, rest) = rest.split_at_checked(usize::from(*key_len))?;
+    let [0x12, value_len @ 0..0x80, value @ ..] = rest else { return None };
+    (usize::from(*value_len) == value.len()).then_some((key, value))
+}
+
+/// An `AnyValue` holding exactly one string (one-byte length), integer, boolean or double
+/// field, as [`any_value`] would convert it; `None` for anything else, which it reads.
+#[inline]
+fn plain_any_value(buf: &[u8]) -> Option<Result<Value, DecodeError>> {
+    match buf {
+        [0x0a, len @ 0..0x80, text @ ..] if usize::from(*len) == text.len() => Some(utf8(text).map(convert::string_value)),
+        [0x10, b @ 0..0x80] => Some(Ok(Value::Bool(*b != 0))),
+        [0x18, rest @ ..] => {
+            let mut fields = Fields::new(rest);
+            let int = fields.varint().ok()?;
+            fields.buf.is_empty().then_some(Ok(Value::Int(int as i64)))
+        }
+        [0x21, rest @ ..] => Some(Ok(Value::Double(f64::from_bits(u64::from_le_bytes(rest.try_into().ok()?))))),
+        _ => None,
+    }
 }
 
 /// An encoded `AnyValue`; `None` when no value is set.
@@ -709,6 +754,40 @@ mod tests {
             assert!(error.to_string().contains("UTF-8"), "{error}");
             assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err(), "prost agrees");
         }
+    }
+
+    #[test]
+    fn plain_key_values_read_as_the_general_reader_reads_them() {
+        // The short path must be taken for what encoders write and give what the field
+        // walk gives; a layout it does not know is left to the walk.
+        let kv = |value: any_value::Value| KeyValue {
+            key: "k.e.y".into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        };
+        let values = [
+            any_value::Value::StringValue("GET".into()),
+            any_value::Value::StringValue(String::new()),
+            any_value::Value::IntValue(-7),
+            any_value::Value::IntValue(1 << 40),
+            any_value::Value::BoolValue(true),
+            any_value::Value::BoolValue(false),
+            any_value::Value::DoubleValue(0.25),
+        ];
+        for value in values {
+            let bytes = kv(value.clone()).encode_to_vec();
+            let (key, encoded) = plain_key_value(&bytes).unwrap_or_else(|| panic!("{value:?} is plain"));
+            assert_eq!(key, b"k.e.y");
+            let short = plain_any_value(encoded).unwrap_or_else(|| panic!("{value:?} is plain")).expect("valid");
+            assert_eq!(Some(short), any_value(encoded).expect("valid"), "{value:?}");
+        }
+        let long = kv(any_value::Value::StringValue("x".repeat(200))).encode_to_vec();
+        assert!(plain_key_value(&long).is_none(), "a two-byte length");
+        let mut repeated = kv(any_value::Value::IntValue(1)).encode_to_vec();
+        repeated.extend_from_slice(&[0x0a, 1, b'z']);
+        assert!(plain_key_value(&repeated).is_none(), "a key after the value");
+        assert!(plain_any_value(&[0x18, 0x01, 0x18, 0x02]).is_none(), "a repeated field");
+        assert!(plain_any_value(&[0x0a, 0x01, 0xff]).is_some_and(|v| v.is_err()), "a string that is not UTF-8");
     }
 
     #[test]
