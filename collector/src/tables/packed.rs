@@ -5,7 +5,10 @@
 //! such a column gets the ordinary Arrow text array back ([`Stored::array`]); a row lookup
 //! decompresses only the block that holds the row ([`PackedText::block`]).
 
-use std::{cell::OnceCell, sync::Arc};
+use std::{
+    cell::{OnceCell, RefCell},
+    sync::Arc,
+};
 
 use datafusion::arrow::{
     array::{Array, ArrayRef, AsArray, DictionaryArray, FixedSizeBinaryArray, Int16Array, Int32Array, StringArray, UInt32Array},
@@ -24,6 +27,12 @@ pub const BLOCK_ROWS: usize = 1024;
 
 /// zstd's fastest regular level: sealing must not slow ingest much.
 const LEVEL: i32 = 1;
+
+thread_local! {
+    /// A compression context per thread, kept: making one for each column of each sealed
+    /// batch allocated and faulted in its tables every time.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
 
 /// Marks a null row in a block's length list.
 const NULL: u32 = u32::MAX;
@@ -176,7 +185,16 @@ fn corrupt(what: &str) -> ArrowError {
 impl PackedText {
     /// Compresses a text column; `None` if compression fails (the column is then kept as is).
     pub fn pack(text: &StringArray) -> Option<Self> {
-        let mut compressor = zstd::bulk::Compressor::new(LEVEL).ok()?;
+        COMPRESSOR.with(|cell| {
+            let mut compressor = cell.borrow_mut();
+            if compressor.is_none() {
+                *compressor = zstd::bulk::Compressor::new(LEVEL).ok();
+            }
+            Self::pack_with(text, compressor.as_mut()?)
+        })
+    }
+
+    fn pack_with(text: &StringArray, compressor: &mut zstd::bulk::Compressor<'static>) -> Option<Self> {
         let mut blocks = Vec::with_capacity(text.len().div_ceil(BLOCK_ROWS));
         let mut raw = Vec::new();
         let offsets = text.value_offsets();
