@@ -15,7 +15,7 @@ use datafusion::arrow::{
 };
 
 use super::{
-    packed::{self, Stored},
+    packed::{self, PackedText, Stored, TextPacker},
     schema::{self, Column},
 };
 
@@ -51,8 +51,8 @@ macro_rules! column_builders {
 }
 pub(crate) use column_builders;
 
-/// Builders that start each batch at the size of the last one: a batch's large text columns
-/// (attributes, IDs) are megabytes, and growing them by doubling from nothing again at each
+/// Builders that start each batch at the size of the last one: a batch's large columns
+/// (IDs, text not packed as it is written, [`TextPacker`]) are megabytes, and growing them by doubling from nothing again at each
 /// seal copied and page-faulted them ~5 % of ingest's CPU (`meshlens bench ingest`, perf).
 pub trait NextBatch: Builders + Default {
     /// Empty builders with room for as many rows and bytes as these hold.
@@ -106,14 +106,15 @@ impl Sealed {
     /// packed as their storage says.
     pub fn pack(batch: RecordBatch, columns: &[Column], oldest_nanos: u64, newest_nanos: u64, records: Arc<[u64]>, seq: u64) -> Self {
         let rows = batch.num_rows();
-        Self::packed(batch.schema(), batch.columns().to_vec(), rows, columns, oldest_nanos, newest_nanos, records, seq)
+        let arrays = batch.columns().iter().cloned().map(Finished::Array).collect();
+        Self::packed(batch.schema(), arrays, rows, columns, oldest_nanos, newest_nanos, records, seq)
     }
 
     /// [`Sealed::pack`] for arrays already checked against `schema` ([`check_columns`]).
     #[allow(clippy::too_many_arguments)]
     fn packed(
         schema: SchemaRef,
-        arrays: Vec<ArrayRef>,
+        arrays: Vec<Finished>,
         rows: usize,
         columns: &[Column],
         oldest_nanos: u64,
@@ -124,7 +125,10 @@ impl Sealed {
         let stored: Arc<[Stored]> = arrays
             .into_iter()
             .enumerate()
-            .map(|(i, array)| Stored::pack(array, columns.get(i).map_or(schema::Storage::Plain, |c| c.storage)))
+            .map(|(i, finished)| match finished {
+                Finished::Array(array) => Stored::pack(array, columns.get(i).map_or(schema::Storage::Plain, |c| c.storage)),
+                Finished::Packed(text) => Stored::Text(Arc::new(text)),
+            })
             .collect();
         let bytes = stored.iter().map(Stored::bytes).sum();
         Self { schema, columns: stored, rows, newest_nanos, oldest_nanos, records, seq, bytes }
@@ -220,24 +224,63 @@ impl<W> std::fmt::Debug for Table<W> {
 /// size (builders grow by doubling; a sealed batch keeps no spare capacity, and the
 /// builders' large buffers are freed whole, which gives their memory back more readily
 /// than shrinking them in place); packed columns are rebuilt by packing, so not copied.
-fn seal_columns(builders: Vec<&mut dyn ArrayBuilder>, columns: &[Column]) -> Vec<ArrayRef> {
+fn seal_columns(builders: Vec<&mut dyn ArrayBuilder>, columns: &[Column]) -> Vec<Finished> {
     builders
         .into_iter()
         .enumerate()
         .map(|(i, b)| {
+            if let Some(packer) = b.as_any_mut().downcast_mut::<TextPacker>() {
+                return Finished::Packed(packer.finish());
+            }
             let array = b.finish();
             if columns.get(i).is_some_and(|c| c.storage != schema::Storage::Plain) {
-                return array;
+                return Finished::Array(array);
             }
             let rows = UInt32Array::from_iter_values(0..array.len() as u32);
-            take(&array, &rows, None).unwrap_or(array)
+            Finished::Array(take(&array, &rows, None).unwrap_or(array))
         })
         .collect()
 }
 
+/// A sealed builder's column: an Arrow array, or text a [`TextPacker`] packed as it was written.
+#[derive(Debug)]
+enum Finished {
+    Array(ArrayRef),
+    Packed(PackedText),
+}
+
+impl Finished {
+    fn data_type(&self) -> &DataType {
+        match self {
+            Self::Array(array) => array.data_type(),
+            Self::Packed(_) => &DataType::Utf8,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Array(array) => array.len(),
+            Self::Packed(text) => text.len(),
+        }
+    }
+
+    fn null_count(&self) -> usize {
+        match self {
+            Self::Array(array) => array.null_count(),
+            Self::Packed(text) => text.null_count(),
+        }
+    }
+}
+
+impl From<ArrayRef> for Finished {
+    fn from(array: ArrayRef) -> Self {
+        Self::Array(array)
+    }
+}
+
 /// Checks sealed builders' arrays against the schema as `RecordBatch::try_new` would, except
 /// that an ID column kept as bytes may be written as bytes (its schema type is hex text).
-fn check_columns(schema: &SchemaRef, columns: &[Column], arrays: &[ArrayRef], rows: usize) -> Result<(), ArrowError> {
+fn check_columns(schema: &SchemaRef, columns: &[Column], arrays: &[Finished], rows: usize) -> Result<(), ArrowError> {
     if arrays.len() != schema.fields().len() {
         return Err(ArrowError::SchemaError(format!("{} columns for {} fields", arrays.len(), schema.fields().len())));
     }
@@ -419,13 +462,13 @@ mod tests {
         let ids: ArrayRef = Arc::new(FixedSizeBinaryArray::try_from_iter([[1u8, 2], [3, 4]].into_iter()).expect("ids"));
         let text: ArrayRef = Arc::new(StringArray::from(vec!["0102", "0304"]));
         let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
-        assert!(check_columns(&schema, COLUMNS, &[ids.clone(), n.clone()], 2).is_ok(), "bytes for a hex ID column");
-        assert!(check_columns(&schema, COLUMNS, &[text.clone(), n.clone()], 2).is_ok(), "or its text");
-        assert!(check_columns(&schema, COLUMNS, &[n.clone(), n.clone()], 2).is_err(), "another type");
-        assert!(check_columns(&schema, COLUMNS, &[ids.clone(), ids.clone()], 2).is_err(), "bytes where the column is plain");
-        assert!(check_columns(&schema, COLUMNS, &[ids.clone(), n.clone()], 3).is_err(), "another row count");
-        assert!(check_columns(&schema, COLUMNS, std::slice::from_ref(&ids), 2).is_err(), "a missing column");
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone().into(), n.clone().into()], 2).is_ok(), "bytes for a hex ID column");
+        assert!(check_columns(&schema, COLUMNS, &[text.clone().into(), n.clone().into()], 2).is_ok(), "or its text");
+        assert!(check_columns(&schema, COLUMNS, &[n.clone().into(), n.clone().into()], 2).is_err(), "another type");
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone().into(), ids.clone().into()], 2).is_err(), "bytes where the column is plain");
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone().into(), n.clone().into()], 3).is_err(), "another row count");
+        assert!(check_columns(&schema, COLUMNS, &[ids.clone().into()], 2).is_err(), "a missing column");
         let null_id: ArrayRef = Arc::new(StringArray::from(vec![Some("0102"), None]));
-        assert!(check_columns(&schema, COLUMNS, &[null_id, n], 2).is_err(), "a null in a non-nullable column");
+        assert!(check_columns(&schema, COLUMNS, &[null_id.into(), n.into()], 2).is_err(), "a null in a non-nullable column");
     }
 }

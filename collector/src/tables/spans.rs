@@ -17,7 +17,7 @@ use meshlens_common::{hex, semconv};
 use super::{
     columnar::{NextBatch, RowWriter, Sealed, column_builders, dict_like, text_like, with_headroom},
     json::{ResourceJson, read_attributes, value_of, write_attributes},
-    packed::{Stored, TextColumn},
+    packed::{Stored, TextColumn, TextPacker},
 };
 use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
 
@@ -155,12 +155,12 @@ pub struct SpanRows {
     destination_version: Dict,
     destination_namespace: Dict,
     response_flags: Dict,
-    attributes: StringBuilder,
+    /// Packed as it is written (the largest column: megabytes of JSON a batch).
+    attributes: TextPacker,
     resource: Dict,
     events: StringBuilder,
     links: StringBuilder,
     scope: Dict,
-    json: Vec<u8>,
     resource_json: ResourceJson,
 }
 
@@ -197,12 +197,11 @@ impl Default for SpanRows {
             destination_version: Dict::new(),
             destination_namespace: Dict::new(),
             response_flags: Dict::new(),
-            attributes: StringBuilder::new(),
+            attributes: TextPacker::default(),
             resource: Dict::new(),
             events: StringBuilder::new(),
             links: StringBuilder::new(),
             scope: Dict::new(),
-            json: Vec::with_capacity(512),
             resource_json: ResourceJson::default(),
         }
     }
@@ -234,7 +233,7 @@ impl NextBatch for SpanRows {
             destination_version: dict_like(&self.destination_version),
             destination_namespace: dict_like(&self.destination_namespace),
             response_flags: dict_like(&self.response_flags),
-            attributes: text_like(&self.attributes),
+            attributes: TextPacker::default(),
             resource: dict_like(&self.resource),
             events: text_like(&self.events),
             links: text_like(&self.links),
@@ -320,9 +319,7 @@ impl RowWriter<Span> for SpanRows {
         for (column, value) in columns.into_iter().zip(found.strings) {
             column.append_option(value);
         }
-        self.json.clear();
-        write_attributes(&mut self.json, &span.attributes, |i, key, value| found.in_column(i, key, value));
-        self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
+        self.attributes.append_with(|out| write_attributes(out, &span.attributes, |i, key, value| found.in_column(i, key, value)));
         self.resource.append_value(self.resource_json.of(&span.resource));
         self.events.append_option(events_json(span));
         self.links.append_option(links_json(span));
