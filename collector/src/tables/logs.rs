@@ -2,14 +2,14 @@
 
 use datafusion::arrow::{
     array::{
-        ArrayBuilder, FixedSizeBinaryBuilder, Int64Builder, StringBuilder, StringDictionaryBuilder,
-        TimestampNanosecondBuilder,
+        ArrayBuilder, FixedSizeBinaryBuilder, Int64Builder, StringDictionaryBuilder, TimestampNanosecondBuilder,
     },
     datatypes::Int32Type,
 };
 
 use super::{
-    columnar::{NextBatch, RowWriter, column_builders, dict_like, text_like, with_headroom},
+    columnar::{NextBatch, RowWriter, column_builders, dict_like, with_headroom},
+    packed::TextPacker,
     spans::signed,
 };
 use super::json::{ResourceJson, write_attributes};
@@ -24,14 +24,14 @@ pub struct LogRows {
     service: Dict,
     severity_number: Int64Builder,
     severity: Dict,
-    body: StringBuilder,
+    /// Packed as they are written, as the `spans` attributes ([`TextPacker`]).
+    body: TextPacker,
     /// IDs are written as bytes, as in `spans` (the column reads as hex text).
     trace_id: FixedSizeBinaryBuilder,
     span_id: FixedSizeBinaryBuilder,
     event_name: Dict,
-    attributes: StringBuilder,
+    attributes: TextPacker,
     resource: Dict,
-    json: Vec<u8>,
     resource_json: ResourceJson,
 }
 
@@ -44,13 +44,12 @@ impl Default for LogRows {
             service: Dict::new(),
             severity_number: Int64Builder::new(),
             severity: Dict::new(),
-            body: StringBuilder::new(),
+            body: TextPacker::default(),
             trace_id: FixedSizeBinaryBuilder::new(TraceId::LEN as i32),
             span_id: FixedSizeBinaryBuilder::new(SpanId::LEN as i32),
             event_name: Dict::new(),
-            attributes: StringBuilder::new(),
+            attributes: TextPacker::default(),
             resource: Dict::new(),
-            json: Vec::with_capacity(256),
             resource_json: ResourceJson::default(),
         }
     }
@@ -58,17 +57,17 @@ impl Default for LogRows {
 
 impl NextBatch for LogRows {
     fn next_batch(&self) -> Self {
-        let rows = with_headroom(ArrayBuilder::len(&self.body));
+        let rows = with_headroom(ArrayBuilder::len(&self.time));
         Self {
             time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             service: dict_like(&self.service),
             severity_number: Int64Builder::with_capacity(rows),
             severity: dict_like(&self.severity),
-            body: text_like(&self.body),
+            body: TextPacker::default(),
             trace_id: FixedSizeBinaryBuilder::with_capacity(rows, TraceId::LEN as i32),
             span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
             event_name: dict_like(&self.event_name),
-            attributes: text_like(&self.attributes),
+            attributes: TextPacker::default(),
             resource: dict_like(&self.resource),
             ..Self::default()
         }
@@ -96,9 +95,7 @@ impl RowWriter<LogRecord> for LogRows {
             None => self.span_id.append_null(),
         }
         self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
-        self.json.clear();
-        write_attributes(&mut self.json, &log.attributes, |_, _, _| false);
-        self.attributes.append_value(std::str::from_utf8(&self.json).unwrap_or("{}"));
+        self.attributes.append_with(|out| write_attributes(out, &log.attributes, |_, _, _| false));
         self.resource.append_value(self.resource_json.of(&log.resource));
         log.time_unix_nanos
     }
