@@ -293,18 +293,17 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
     )?;
     wait_listening(collector_grpc, "the collector").await?;
     let dead = free_addr()?;
-    for (name, otlp) in [
-        ("meshlens-proxy, telemetry off", None),
-        ("meshlens-proxy, telemetry on (100%)", Some(collector_grpc)),
-        ("meshlens-proxy, collector down", Some(dead)),
-    ] {
+    // Rows measured through the big binary say so in their names, in the table and the JSON.
+    let measured = if sidecar.is_some() { "meshlens-proxy" } else { "`meshlens proxy` (no meshlens-proxy built)" };
+    for (scenario, otlp) in [("telemetry off", None), ("telemetry on (100%)", Some(collector_grpc)), ("collector down", Some(dead))] {
+        let name = &format!("{measured}, {scenario}");
         let listen = free_addr()?;
         let conf = dir.join(format!("sidecar-{}.toml", rows.len()));
         std::fs::write(&conf, sidecar_config(listen, upstream_addr, otlp)?)?;
         let config_arg = conf.display().to_string();
         let proc = match &sidecar {
-            Some(bin) => spawn(bin, &["--config", &config_arg, "--worker-threads", "1"], &log(name))?,
-            None => spawn(&exe, &["proxy", "--config", &config_arg, "--worker-threads", "1"], &log(name))?,
+            Some(bin) => spawn(bin, &["--config", &config_arg, "--worker-threads", "1"], &log(scenario))?,
+            None => spawn(&exe, &["proxy", "--config", &config_arg, "--worker-threads", "1"], &log(scenario))?,
         };
         wait_listening(listen, "meshlens-proxy").await?;
         eprintln!("measuring: {name}");
