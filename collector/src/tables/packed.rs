@@ -197,8 +197,13 @@ impl Block {
         });
         match data {
             Some(data) => Self { raw: raw.len(), data: data.into_boxed_slice(), compressed: true },
-            None => Self { raw: raw.len(), data: raw.into(), compressed: false },
+            None => Self::stored(raw),
         }
+    }
+
+    /// `raw` kept as it is.
+    fn stored(raw: &[u8]) -> Self {
+        Self { raw: raw.len(), data: raw.into(), compressed: false }
     }
 
     /// The block as it was before compression.
@@ -367,6 +372,10 @@ impl TextPacker {
         self.open.drain(self.open_rows * 4..BLOCK_ROWS * 4);
         self.packed.blocks.push(Block::compress(&self.open));
         self.packed.rows += self.open_rows;
+        self.empty_open_block();
+    }
+
+    fn empty_open_block(&mut self) {
         self.open.clear();
         self.open.resize(BLOCK_ROWS * 4, 0);
         self.open_rows = 0;
@@ -378,12 +387,18 @@ impl TextPacker {
         std::mem::take(&mut self.packed)
     }
 
-    /// The rows so far as text.
-    fn text(&mut self) -> StringArray {
-        let rows = self.len();
-        self.finish().unpack().unwrap_or_else(|error| {
+    /// The rows so far as text (the open block is read as it is, not compressed first).
+    fn text(&self) -> StringArray {
+        let mut packed = self.packed.clone();
+        if self.open_rows > 0 {
+            let mut raw = self.open[..self.open_rows * 4].to_vec();
+            raw.extend_from_slice(&self.open[BLOCK_ROWS * 4..]);
+            packed.blocks.push(Block::stored(&raw));
+            packed.rows += self.open_rows;
+        }
+        packed.unpack().unwrap_or_else(|error| {
             tracing::error!(%error, "packed rows cannot be read");
-            StringArray::new_null(rows)
+            StringArray::new_null(packed.rows)
         })
     }
 }
@@ -394,11 +409,14 @@ impl ArrayBuilder for TextPacker {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(self.text())
+        let text = self.text();
+        self.packed = PackedText::default();
+        self.empty_open_block();
+        Arc::new(text)
     }
 
     fn finish_cloned(&self) -> ArrayRef {
-        Arc::new(self.clone().text())
+        Arc::new(self.text())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -511,6 +529,11 @@ mod tests {
         assert_eq!(ArrayBuilder::len(&packer), 0, "empty after finishing");
         packer.append_option(Some("again"));
         assert_eq!(packer.finish().unpack().expect("unpacks"), StringArray::from(vec!["again"]));
+        for row in &rows {
+            packer.append_option(row.as_deref());
+        }
+        assert_eq!(ArrayBuilder::finish(&mut packer).as_string::<i32>(), &text, "finished as an Arrow array");
+        assert_eq!(ArrayBuilder::len(&packer), 0);
     }
 
     #[test]
