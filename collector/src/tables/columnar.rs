@@ -51,9 +51,10 @@ macro_rules! column_builders {
 }
 pub(crate) use column_builders;
 
-/// Builders that start each batch at the size of the last one: a batch's large columns
-/// (IDs, text not packed as it is written, [`TextPacker`]) are megabytes, and growing them by doubling from nothing again at each
-/// seal copied and page-faulted them ~5 % of ingest's CPU (`meshlens bench ingest`, perf).
+/// Builders that start each batch at the size of the last one: a batch's large columns (IDs,
+/// text not packed as it is written by a [`TextPacker`]) are megabytes, and growing them by
+/// doubling from nothing again at each seal copied and page-faulted them ~5 % of ingest's CPU
+/// (`meshlens bench ingest`, perf).
 pub trait NextBatch: Builders + Default {
     /// Empty builders with room for as many rows and bytes as these hold.
     fn next_batch(&self) -> Self;
