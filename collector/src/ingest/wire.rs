@@ -515,50 +515,47 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
 fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeError> {
     let mut out = Attributes::with_capacity(kvs.len());
     for kv in kvs {
-        if let Some((key, value)) = plain_key_value(kv) {
-            let value = match plain_any_value(value) {
-                Some(value) => value?,
-                None => match any_value(value)? {
-                    Some(value) => value,
-                    None => {
-                        utf8(key)?;
-                        continue;
-                    }
-                },
-            };
-            let key = run.key(out.len(), key).ok_or_else(not_utf8)?;
-            out.push((key, value));
-            continue;
-        }
-        // The key's bytes: checked to be UTF-8 when replaced, when the attribute has no value,
-        // and by `run` unless they are a remembered key (most keys, most of the time).
-        let (mut key, mut value): (Option<&[u8]>, _) = (None, None);
-        each_field(kv, |tag, wire| {
-            match tag {
-                1 => {
-                    if let Some(replaced) = key {
-                        utf8(replaced)?;
-                    }
-                    key = Some(wire.bytes()?);
-                }
-                2 => value = Some(any_value(wire.bytes()?)?),
-                _ => {}
-            }
-            Ok(())
-        })?;
-        let key = key.unwrap_or_default();
+        let (key, value) = match plain_key_value(kv) {
+            Some((key, value)) => match plain_any_value(value) {
+                Some(plain) => (key, Some(plain?)),
+                None => (key, any_value(value)?),
+            },
+            None => key_value(kv)?,
+        };
+        // The key's bytes: checked to be UTF-8 when the attribute has no value, and by `run`
+        // unless they are a remembered key (most keys, most of the time).
         match value {
-            Some(Some(value)) => {
+            Some(value) => {
                 let key = run.key(out.len(), key).ok_or_else(not_utf8)?;
                 out.push((key, value));
             }
-            _ => {
+            None => {
                 utf8(key)?;
             }
         }
     }
     run.finish(&mut out);
     Ok(out)
+}
+
+/// A `KeyValue` in any layout, read field by field: its key's bytes (a replaced key is checked
+/// to be UTF-8) and its value, if it has one.
+fn key_value(kv: &[u8]) -> Result<(&[u8], Option<Value>), DecodeError> {
+    let (mut key, mut value): (Option<&[u8]>, _) = (None, None);
+    each_field(kv, |tag, wire| {
+        match tag {
+            1 => {
+                if let Some(replaced) = key {
+                    utf8(replaced)?;
+                }
+                key = Some(wire.bytes()?);
+            }
+            2 => value = Some(any_value(wire.bytes()?)?),
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((key.unwrap_or_default(), value.flatten()))
 }
 
 /// A `KeyValue` laid out as encoders write it: the key (field 1), then the value (field 2),
