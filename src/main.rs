@@ -226,6 +226,9 @@ struct CollectorArgs {
     /// Most rows an SQL query returns.
     #[arg(long, default_value_t = 10_000)]
     sql_max_rows: usize,
+    /// Threads one SQL query runs on (by default one per core; 1 keeps a query to one core).
+    #[arg(long, default_value_t = meshlens_collector::sql::cores(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    sql_threads: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -357,6 +360,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
             timeout: args.sql_timeout,
             memory_bytes: args.sql_memory_mib << 20,
             max_rows: args.sql_max_rows,
+            threads: args.sql_threads,
             ..Default::default()
         },
         ..Default::default()

@@ -1,7 +1,9 @@
 //! Read-only SQL over the collector's tables, with DataFusion.
 //!
-//! Every query runs on its own thread and its own single-threaded runtime, so a heavy
-//! query never takes a core from ingest or the web server. Before anything runs:
+//! Every query runs on threads of its own ([`SqlLimits::threads`], by default one per core),
+//! never on the runtime that serves ingest and the web server; its scans are split into as
+//! many partitions, so an aggregate over millions of spans uses every core (one thread per
+//! query keeps a query to one core). Before anything runs:
 //! exactly one statement, and it must be a query (`SELECT`, `WITH`, `VALUES`,
 //! `EXPLAIN`); only our tables (and `information_schema`) can be named; functions that
 //! can build unbounded values are refused ([`guard`]). While it runs: a time limit (the
@@ -49,12 +51,19 @@ pub struct SqlLimits {
     pub max_rows: usize,
     /// Queries running at once; more are refused as busy.
     pub concurrency: usize,
+    /// Threads one query runs on; its table scans are split into as many partitions.
+    pub threads: usize,
 }
 
 impl Default for SqlLimits {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), memory_bytes: 256 << 20, max_rows: 10_000, concurrency: 2 }
+        Self { timeout: Duration::from_secs(10), memory_bytes: 256 << 20, max_rows: 10_000, concurrency: 2, threads: cores() }
     }
+}
+
+/// The cores this process may run on (one when that cannot be told).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Why a query gave no result.
@@ -133,7 +142,11 @@ impl SqlEngine {
         std::thread::Builder::new()
             .name("meshlens-sql".into())
             .spawn(move || {
-                let result = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                let runtime = match limits.threads {
+                    0 | 1 => tokio::runtime::Builder::new_current_thread().enable_time().build(),
+                    n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).thread_name("meshlens-sql").enable_time().build(),
+                };
+                let result = match runtime {
                     Ok(rt) => rt.block_on(async move {
                         // The query is its own task: when the limit passes it is aborted at
                         // its next yield, which DataFusion's operators make every batch.
@@ -167,7 +180,7 @@ fn context(limits: SqlLimits) -> Result<SessionContext, SqlError> {
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
         .build_arc()?;
     let config = SessionConfig::new()
-        .with_target_partitions(1)
+        .with_target_partitions(limits.threads.max(1))
         .with_information_schema(true)
         .with_default_catalog_and_schema("meshlens", "public");
     let state = SessionStateBuilder::new()
@@ -372,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn runaway_queries_are_stopped_by_their_limits() {
-        let limits = SqlLimits { timeout: Duration::from_millis(500), max_rows: 7, memory_bytes: 1 << 20, concurrency: 1 };
+        let limits = SqlLimits { timeout: Duration::from_millis(500), max_rows: 7, memory_bytes: 1 << 20, concurrency: 1, threads: 2 };
         let p = pipeline_with_spans(200, limits);
         let r = query(&p, "SELECT a.span_id FROM spans a, spans b").await.expect("row limit cuts");
         assert_eq!((r.rows, r.truncated), (7, true));

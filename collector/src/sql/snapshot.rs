@@ -3,7 +3,9 @@
 //! that never reads `attributes` never decompresses it). When it reads none of the compressed
 //! columns, the scan shares the stored arrays (widening 16-bit dictionary keys) and tells the planner its exact row counts,
 //! as an in-memory table does; when it does, the batches are unpacked one at a time as the
-//! query consumes them, so memory stays bounded whatever the table holds.
+//! query consumes them, so memory stays bounded whatever the table holds. The parts are
+//! split into as many runs of neighbouring parts as the query has partitions, scanned side by
+//! side.
 
 use std::sync::Arc;
 
@@ -53,7 +55,7 @@ impl TableProvider for SnapshotTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         limit: Option<usize>,
@@ -62,22 +64,42 @@ impl TableProvider for SnapshotTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
+        let ranges = partitions(self.parts.len(), state.config().target_partitions());
         if let Some(p) = projection
             && p.iter().all(|&i| self.columns.get(i).is_some_and(|c| c.storage.is_cheap()))
         {
-            let batches = self.parts.iter().map(|part| part.project(Some(p))).collect::<Result<Vec<_>, _>>()?;
-            return Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?);
+            let batches = ranges
+                .map(|r| self.parts[r].iter().map(|part| part.project(Some(p))).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(MemorySourceConfig::try_new_exec(&batches, schema, None)?);
         }
-        let stream = PartStream { schema: schema.clone(), parts: self.parts.clone(), projection: projection.cloned() };
-        Ok(Arc::new(StreamingTableExec::try_new(schema, vec![Arc::new(stream)], None, [], false, limit)?))
+        let streams = ranges
+            .map(|range| {
+                let stream = PartStream { schema: schema.clone(), parts: self.parts.clone(), range, projection: projection.cloned() };
+                Arc::new(stream) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Ok(Arc::new(StreamingTableExec::try_new(schema, streams, None, [], false, limit)?))
     }
 }
 
-/// The parts in order, each projected when the stream reaches it.
+/// `parts` split into at most `n` runs of neighbouring parts (one run when there are none, so
+/// a scan always has a partition), the longer runs first.
+fn partitions(parts: usize, n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let n = n.clamp(1, parts.max(1));
+    let (each, longer) = (parts / n, parts % n);
+    (0..n).map(move |i| {
+        let start = i * each + i.min(longer);
+        start..start + each + usize::from(i < longer)
+    })
+}
+
+/// A run of the parts, in order, each projected when the stream reaches it.
 #[derive(Debug)]
 struct PartStream {
     schema: SchemaRef,
     parts: Arc<[Part]>,
+    range: std::ops::Range<usize>,
     projection: Option<Vec<usize>>,
 }
 
@@ -88,7 +110,22 @@ impl PartitionStream for PartStream {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (parts, projection) = (self.parts.clone(), self.projection.clone());
-        let batches = (0..parts.len()).map(move |i| parts[i].project(projection.as_deref()).map_err(DataFusionError::from));
+        let batches = self.range.clone().map(move |i| parts[i].project(projection.as_deref()).map_err(DataFusionError::from));
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures_util::stream::iter(batches)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partitions;
+
+    #[test]
+    fn parts_split_into_neighbouring_runs() {
+        let runs = |parts, n| partitions(parts, n).map(|r| (r.start, r.end)).collect::<Vec<_>>();
+        assert_eq!(runs(7, 3), [(0, 3), (3, 5), (5, 7)]);
+        assert_eq!(runs(2, 4), [(0, 1), (1, 2)]);
+        assert_eq!(runs(0, 2), [(0, 0)]);
+        assert_eq!(runs(5, 1), [(0, 5)]);
+        assert_eq!(runs(4, 0), [(0, 4)]);
     }
 }
