@@ -15,10 +15,6 @@ pub struct CollectorConfig {
     pub data_dir: Option<PathBuf>,
     /// Most spans held in memory; the oldest traces are evicted beyond it.
     pub max_spans: usize,
-    /// Most log records held.
-    pub max_log_records: usize,
-    /// Most metric points held.
-    pub max_metric_points: usize,
     /// History kept in the per-edge rollups.
     pub rollup_retention: Duration,
     /// How long a CLIENT or SERVER span waits for the other side of its hop.
@@ -47,8 +43,6 @@ impl Default for CollectorConfig {
             web: SocketAddr::from(([127, 0, 0, 1], 16686)),
             data_dir: None,
             max_spans: 1_000_000,
-            max_log_records: 200_000,
-            max_metric_points: 200_000,
             rollup_retention: Duration::from_secs(3600),
             match_window: Duration::from_secs(15),
             max_pending_matches: 500_000,
@@ -65,8 +59,8 @@ impl Default for CollectorConfig {
 impl CollectorConfig {
     /// Checks the values that could make the collector misbehave.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_spans == 0 || self.max_log_records == 0 || self.max_metric_points == 0 {
-            return Err("store sizes must be positive".into());
+        if self.max_spans == 0 {
+            return Err("the span limit must be positive".into());
         }
         if self.rollup_retention < Duration::from_secs(60) {
             return Err("rollup retention must be at least 60s".into());

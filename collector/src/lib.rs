@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  OTLP/gRPC :4317 ─┐                         ┌─ topology (edges → per-second rollups)
-//!  OTLP/HTTP :4318 ─┴─ ingest::convert ─ Pipeline ─┼─ trace store (by trace, service index)
-//!                     (protobuf stops here)        ├─ log / metric-point buffers
+//!  OTLP/HTTP :4318 ─┴─ ingest::convert ─ Pipeline ─┼─ `spans` table (trace store, by trace, service index)
+//!                     (protobuf stops here)        ├─ `logs` table (the logs API)
 //!                                                  └─ Prometheus metrics (per edge, self)
 //!  web :16686 ─ api::app: UI, /api/v1/topology, Jaeger /api/*, /api/v1/logs, /metrics
 //! ```
@@ -24,7 +24,6 @@ pub mod pipeline;
 pub mod segments;
 pub mod series_ttl;
 pub mod sql;
-pub mod store;
 pub mod tables;
 pub mod topology;
 

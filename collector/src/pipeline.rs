@@ -15,7 +15,6 @@ use crate::{
     metrics::{CollectorMetrics, IngestLabels, StoreLabels},
     model::{LogRecord, MetricPoint, Span},
     sql::SqlEngine,
-    store::SignalStore,
     tables::{Retention, Tables},
     topology::Topology,
 };
@@ -76,8 +75,6 @@ impl Record {
 /// Everything the collector holds.
 #[derive(Debug)]
 pub struct Pipeline {
-    /// Logs and metric points.
-    pub signals: RwLock<SignalStore>,
     /// Edges and rollups.
     pub topology: RwLock<Topology>,
     /// The columnar `spans` and `logs` tables.
@@ -98,7 +95,6 @@ impl Pipeline {
     /// Empty stores sized by `config`.
     pub fn new(config: &CollectorConfig) -> Arc<Self> {
         Arc::new(Self {
-            signals: RwLock::new(SignalStore::new(config.max_log_records, config.max_metric_points)),
             topology: RwLock::new(Topology::new(
                 config.match_window.as_nanos() as u64,
                 config.max_pending_matches,
@@ -160,18 +156,12 @@ impl Pipeline {
         {
             tables.add_logs(&converted.items, record);
         }
-        if let Ok(mut signals) = self.signals.write() {
-            signals.insert_logs(converted.items);
-        }
     }
 
     /// Accepts converted metric points.
     pub fn ingest_metrics(&self, converted: Converted<MetricPoint>, transport: Transport) {
         self.count("metric_points", transport, &converted);
         self.metrics.observe_points(&converted.items);
-        if let Ok(mut signals) = self.signals.write() {
-            signals.insert_points(converted.items);
-        }
     }
 
     /// Counts an export request refused for lack of room.
@@ -209,11 +199,6 @@ impl Pipeline {
         let set = |kind, v: usize| {
             self.metrics.stored.get_or_create(&StoreLabels { kind }).set(v as i64);
         };
-        if let Ok(signals) = self.signals.read() {
-            let (logs, points, _, _) = signals.sizes();
-            set("log_records", logs);
-            set("metric_points", points);
-        }
         if let Ok(tables) = self.tables.read() {
             set("span_rows", tables.spans.span_count());
             set("log_rows", tables.logs.rows());

@@ -1,19 +1,24 @@
-//! Writes log records into the `logs` table's columns ([`super::schema::LOGS`]).
+//! Writes log records into the `logs` table's columns ([`super::schema::LOGS`]), and reads
+//! the newest of them back for the logs API ([`newest`]).
 
 use datafusion::arrow::{
     array::{
-        ArrayBuilder, FixedSizeBinaryBuilder, Int64Builder, StringDictionaryBuilder, TimestampNanosecondBuilder,
+        Array, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryBuilder, Int64Builder, StringArray, StringDictionaryBuilder,
+        TimestampNanosecondBuilder,
     },
-    datatypes::Int32Type,
+    compute::cast,
+    datatypes::{DataType, Int32Type, TimestampNanosecondType},
+    error::ArrowError,
 };
 
 use super::{
+    Part,
     columnar::{NextBatch, RowWriter, column_builders, dict_like, with_headroom},
     packed::TextPacker,
     spans::signed,
 };
-use super::json::{ResourceJson, write_attributes};
-use crate::model::{LogRecord, attr};
+use super::json::{ResourceJson, read_attributes, write_attributes};
+use crate::model::{Attributes, LogRecord, attr};
 use meshlens_common::ids::{SpanId, TraceId};
 
 type Dict = StringDictionaryBuilder<Int32Type>;
@@ -101,6 +106,86 @@ impl RowWriter<LogRecord> for LogRows {
     }
 }
 
+/// A stored log record, as [`newest`] reads it back (and the logs API shows it, attribute
+/// values as text).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredLog {
+    /// Unix nanoseconds.
+    pub time_unix_nanos: u64,
+    /// Producing service.
+    pub service: String,
+    /// Severity text (empty when unset).
+    pub severity: String,
+    /// The body (empty when unset).
+    pub body: String,
+    /// Related trace, hex.
+    pub trace_id: Option<String>,
+    /// Related span, hex.
+    pub span_id: Option<String>,
+    /// The attributes.
+    #[serde(serialize_with = "values_as_text")]
+    pub attributes: Attributes,
+}
+
+fn values_as_text<S: serde::Serializer>(attributes: &Attributes, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_map(attributes.iter().map(|(key, value)| (&**key, value.to_text())))
+}
+
+/// The `logs` columns [`newest`] reads, by position in [`super::schema::LOGS`].
+const TIME: usize = 0;
+const SERVICE: usize = 1;
+const SEVERITY: usize = 3;
+const BODY: usize = 4;
+const TRACE_ID: usize = 5;
+const SPAN_ID: usize = 6;
+const ATTRIBUTES: usize = 8;
+
+/// The newest rows of the `logs` table (`parts`, its snapshot, oldest first) from `service`
+/// and about `trace` (hex), newest first, at most `limit`. A part's service and trace ID
+/// columns are read to find its matching rows; its compressed body and attributes are
+/// unpacked only when it holds one, so the newest records of a large table cost about one part.
+pub fn newest(parts: &[Part], service: Option<&str>, trace: Option<&str>, limit: usize) -> Result<Vec<StoredLog>, ArrowError> {
+    let mut out = Vec::new();
+    for part in parts.iter().rev() {
+        let room = limit.saturating_sub(out.len());
+        if room == 0 {
+            break;
+        }
+        let filters = part.project(Some(&[SERVICE, TRACE_ID]))?;
+        let services = service.map(|_| text(filters.column(0))).transpose()?;
+        let traces = filters.column(1).as_string::<i32>();
+        let rows: Vec<usize> = (0..filters.num_rows())
+            .rev()
+            .filter(|&i| service.zip(services.as_ref()).is_none_or(|(s, column)| column.is_valid(i) && column.value(i) == s))
+            .filter(|&i| trace.is_none_or(|t| traces.is_valid(i) && traces.value(i) == t))
+            .take(room)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let batch = part.project(Some(&[TIME, SERVICE, SEVERITY, BODY, TRACE_ID, SPAN_ID, ATTRIBUTES]))?;
+        let time = batch.column(0).as_primitive::<TimestampNanosecondType>();
+        let (services, severities) = (text(batch.column(1))?, text(batch.column(2))?);
+        let [body, trace_ids, span_ids, attributes] = [3, 4, 5, 6].map(|i| batch.column(i).as_string::<i32>());
+        let value = |column: &StringArray, i: usize| column.is_valid(i).then(|| column.value(i).to_owned());
+        out.extend(rows.into_iter().map(|i| StoredLog {
+            time_unix_nanos: u64::try_from(time.value(i)).unwrap_or(0),
+            service: services.value(i).to_owned(),
+            severity: value(&severities, i).unwrap_or_default(),
+            body: value(body, i).unwrap_or_default(),
+            trace_id: value(trace_ids, i),
+            span_id: value(span_ids, i),
+            attributes: read_attributes(attributes.value(i)),
+        }));
+    }
+    Ok(out)
+}
+
+/// A dictionary or plain text column as plain text.
+fn text(column: &ArrayRef) -> Result<StringArray, ArrowError> {
+    Ok(cast(column, &DataType::Utf8)?.as_string::<i32>().clone())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -177,5 +262,47 @@ mod tests {
                 "{id}"
             );
         }
+    }
+
+    #[test]
+    fn newest_records_are_read_back_newest_first_across_sealed_and_open_rows() {
+        let columns = [(TIME, "time"), (SERVICE, "service"), (SEVERITY, "severity"), (BODY, "body"), (TRACE_ID, "trace_id")];
+        for (i, name) in columns.into_iter().chain([(SPAN_ID, "span_id"), (ATTRIBUTES, "attributes")]) {
+            assert_eq!(schema::LOGS[i].name, name);
+        }
+        let mut table: Table<LogRows> = Table::new(schema::LOGS);
+        let record = |n: u64| {
+            let mut l = log(Some((n % 3) as u8), None);
+            l.time_unix_nanos = n;
+            l.body = format!("request {n}");
+            if n.is_multiple_of(2) {
+                l.resource = Arc::new(Resource { service: "cart".into(), attributes: Vec::new() });
+            }
+            l.attributes.push(("http.response.status_code".into(), Value::Int(200 + n as i64)));
+            l
+        };
+        let sealed: Vec<_> = (1..=3).map(record).collect();
+        table.extend(sealed.iter(), None);
+        assert!(table.seal().is_some());
+        let open: Vec<_> = (4..=6).map(record).collect();
+        table.extend(open.iter(), None);
+        let parts = table.snapshot();
+        assert!(matches!(parts.as_slice(), [Part::Sealed(_), Part::Open(_)]));
+
+        let bodies = |service, trace: Option<&str>, limit| -> Vec<String> {
+            newest(&parts, service, trace, limit).expect("read").into_iter().map(|l| l.body).collect()
+        };
+        assert_eq!(bodies(None, None, 4), ["request 6", "request 5", "request 4", "request 3"]);
+        assert_eq!(bodies(Some("cart"), None, 10), ["request 6", "request 4", "request 2"]);
+        assert_eq!(bodies(Some("checkout"), Some(&"00".repeat(16)), 10), ["request 3"]);
+        assert_eq!(bodies(None, Some(&"01".repeat(16)), 10), ["request 4", "request 1"]);
+        assert!(bodies(Some("nobody"), None, 10).is_empty());
+        assert!(bodies(None, None, 0).is_empty());
+
+        let got = newest(&parts, None, None, 1).expect("read").remove(0);
+        assert_eq!((got.time_unix_nanos, got.service.as_str(), got.severity.as_str()), (6, "cart", "INFO"));
+        assert_eq!((got.trace_id, got.span_id), (Some("00".repeat(16)), None));
+        let text: Vec<_> = got.attributes.iter().map(|(k, v)| (k.to_string(), v.to_text())).collect();
+        assert_eq!(text, [("event.name".into(), "access".into()), ("http.response.status_code".into(), "206".into())]);
     }
 }
