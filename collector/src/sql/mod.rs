@@ -181,6 +181,10 @@ fn context(limits: SqlLimits) -> Result<SessionContext, SqlError> {
         .build_arc()?;
     let config = SessionConfig::new()
         .with_target_partitions(limits.threads.max(1))
+        // Four sealed parts per batch: aggregates that merge state per batch and group
+        // (`approx_percentile_cont`'s t-digests) do it a quarter as often; the p99-per-edge
+        // aggregate over 3M spans took 112-129 ms instead of 142-208 (`bench ingest`).
+        .with_batch_size(32_768)
         .with_information_schema(true)
         .with_default_catalog_and_schema("meshlens", "public");
     let state = SessionStateBuilder::new()
@@ -389,8 +393,10 @@ mod tests {
         let p = pipeline_with_spans(200, limits);
         let r = query(&p, "SELECT a.span_id FROM spans a, spans b").await.expect("row limit cuts");
         assert_eq!((r.rows, r.truncated), (7, true));
+        // The time limit, with room enough in memory for the joins' batches.
+        let roomy = pipeline_with_spans(200, SqlLimits { memory_bytes: 64 << 20, ..limits });
         let started = Instant::now();
-        let e = query(&p, "SELECT count(*) FROM spans a, spans b, spans c, spans d, spans e WHERE a.duration_ns + b.duration_ns + c.duration_ns + d.duration_ns + e.duration_ns < 0")
+        let e = query(&roomy, "SELECT count(*) FROM spans a, spans b, spans c, spans d, spans e WHERE a.duration_ns + b.duration_ns + c.duration_ns + d.duration_ns + e.duration_ns < 0")
             .await
             .expect_err("2e11 rows cannot finish");
         assert!(matches!(e, SqlError::Timeout(_)), "{e:?}");
