@@ -227,7 +227,11 @@ struct CollectorArgs {
     #[arg(long, default_value_t = 10_000)]
     sql_max_rows: usize,
     /// Threads one SQL query runs on (by default one per core; 1 keeps a query to one core).
-    #[arg(long, default_value_t = meshlens_collector::sql::cores(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(
+        long,
+        default_value_t = meshlens_collector::sql::cores(),
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256)
+    )]
     sql_threads: usize,
 }
 

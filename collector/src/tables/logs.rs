@@ -151,13 +151,18 @@ pub fn newest(parts: &[Part], service: Option<&str>, trace: Option<&str>, limit:
         if room == 0 {
             break;
         }
-        let filters = part.project(Some(&[SERVICE, TRACE_ID]))?;
-        let services = service.map(|_| text(filters.column(0))).transpose()?;
-        let traces = filters.column(1).as_string::<i32>();
+        // Only the columns a filter needs (none without filters: the time column, for the count).
+        let wanted: Vec<usize> = [(SERVICE, service.is_some()), (TRACE_ID, trace.is_some())].iter().filter(|w| w.1).map(|w| w.0).collect();
+        let filters = part.project(Some(if wanted.is_empty() { &[TIME] } else { &wanted }))?;
+        let column = |index| wanted.iter().position(|&w| w == index).map(|i| text(filters.column(i))).transpose();
+        let (services, traces) = (column(SERVICE)?, column(TRACE_ID)?);
+        let matches = |values: Option<&StringArray>, wanted: Option<&str>, i: usize| match (values, wanted) {
+            (Some(values), Some(wanted)) => values.is_valid(i) && values.value(i) == wanted,
+            _ => true,
+        };
         let rows: Vec<usize> = (0..filters.num_rows())
             .rev()
-            .filter(|&i| service.zip(services.as_ref()).is_none_or(|(s, column)| column.is_valid(i) && column.value(i) == s))
-            .filter(|&i| trace.is_none_or(|t| traces.is_valid(i) && traces.value(i) == t))
+            .filter(|&i| matches(services.as_ref(), service, i) && matches(traces.as_ref(), trace, i))
             .take(room)
             .collect();
         if rows.is_empty() {
