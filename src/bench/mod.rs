@@ -69,6 +69,9 @@ pub struct Row {
     pub cpu_s_per_1k_requests: Option<f64>,
     /// The collector's CPU seconds per 1,000 requests, where one receives the telemetry.
     pub collector_cpu_s_per_1k_requests: Option<f64>,
+    /// The collector's largest resident memory over both measurements (it keeps what it
+    /// receives, within its retention), MiB, where one receives the telemetry.
+    pub collector_rss_mib: Option<f64>,
     /// Requests that failed during the fixed-rate run.
     pub errors: u64,
 }
@@ -152,28 +155,15 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
     // Warm up connections, pools and allocator.
     load::fixed_rate(target, 200.0, Duration::from_millis(500), 4).await?;
     let rss_idle = pid.map(rss_bytes);
+    let collector_rss = collector.map(PeakRss::sample);
     let max_rps = load::max_throughput(target, settings.connections, settings.duration).await?;
     let cpu_before = pid.map(cpu_seconds);
     let collector_before = collector.map(cpu_seconds);
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sampler = pid.map(|pid| {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    });
+    let proxy_rss = pid.map(PeakRss::sample);
     let latencies = load::fixed_rate(target, settings.rate, settings.duration, settings.connections).await?;
     let cpu = pid.zip(cpu_before).map(|(pid, before)| cpu_seconds(pid) - before);
     let collector_cpu = collector.zip(collector_before).map(|(pid, before)| cpu_seconds(pid) - before);
-    let rss_load = pid.map(|pid| {
-        if let Some(task) = &sampler {
-            task.abort();
-        }
-        peak.load(std::sync::atomic::Ordering::Relaxed).max(rss_bytes(pid))
-    });
+    let rss_load = proxy_rss.map(PeakRss::finish);
     let requests = latencies.micros.len() as f64;
     Ok(Row {
         scenario: name.into(),
@@ -188,8 +178,38 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         rss_load_mib: rss_load.map(|b| b as f64 / MIB),
         cpu_s_per_1k_requests: cpu.filter(|_| requests > 0.0).map(|c| c / requests * 1000.0),
         collector_cpu_s_per_1k_requests: collector_cpu.filter(|_| requests > 0.0).map(|c| c / requests * 1000.0),
+        collector_rss_mib: collector_rss.map(|peak| peak.finish() as f64 / MIB),
         errors: latencies.errors,
     })
+}
+
+/// A process's largest resident memory, sampled every 100 ms until [`PeakRss::finish`].
+struct PeakRss {
+    pid: u32,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn sample(pid: u32) -> Self {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sampler = tokio::spawn({
+            let peak = peak.clone();
+            async move {
+                loop {
+                    peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Self { pid, peak, sampler }
+    }
+
+    /// The peak, bytes (including a last reading now).
+    fn finish(self) -> u64 {
+        self.sampler.abort();
+        self.peak.load(std::sync::atomic::Ordering::Relaxed).max(rss_bytes(self.pid))
+    }
 }
 
 fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
@@ -224,12 +244,13 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<36} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}",
-        "scenario", "max req/s", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "errors"
+        "{:<36} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
+        "scenario", "max req/s", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
+        "errors"
     );
     for r in rows {
         println!(
-            "{:<36} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}",
+            "{:<36} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
             r.scenario,
             r.max_rps,
             r.p50_us,
@@ -242,11 +263,13 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
             opt(r.rss_load_mib, 1),
             opt(r.cpu_s_per_1k_requests, 4),
             opt(r.collector_cpu_s_per_1k_requests, 4),
+            opt(r.collector_rss_mib, 1),
             r.errors,
         );
     }
     println!("\nRSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
-    println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores.");
+    println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
+    println!("coll. RSS: its largest resident memory over the row's two measurements.");
 }
 
 /// Runs every scenario and prints the report.
