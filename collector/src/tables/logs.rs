@@ -169,26 +169,31 @@ pub fn newest(parts: &[Part], service: Option<&str>, trace: Option<&str>, limit:
             continue;
         }
         let batch = part.project(Some(&[TIME, SERVICE, SEVERITY, BODY, TRACE_ID, SPAN_ID, ATTRIBUTES]))?;
-        let time = batch.column(0).as_primitive::<TimestampNanosecondType>();
-        let (services, severities) = (text(batch.column(1))?, text(batch.column(2))?);
-        let [body, trace_ids, span_ids, attributes] = [3, 4, 5, 6].map(|i| batch.column(i).as_string::<i32>());
+        let time = batch
+            .column(0)
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or_else(|| ArrowError::SchemaError("the logs table's time column is not a timestamp".into()))?;
+        let [services, severities, body, trace_ids, span_ids, attributes] = [1, 2, 3, 4, 5, 6].map(|i| text(batch.column(i)));
+        let [services, severities, body, trace_ids, span_ids, attributes] =
+            [services?, severities?, body?, trace_ids?, span_ids?, attributes?];
         let value = |column: &StringArray, i: usize| column.is_valid(i).then(|| column.value(i).to_owned());
         out.extend(rows.into_iter().map(|i| StoredLog {
             time_unix_nanos: u64::try_from(time.value(i)).unwrap_or(0),
-            service: services.value(i).to_owned(),
+            service: value(&services, i).unwrap_or_default(),
             severity: value(&severities, i).unwrap_or_default(),
-            body: value(body, i).unwrap_or_default(),
-            trace_id: value(trace_ids, i),
-            span_id: value(span_ids, i),
-            attributes: read_attributes(attributes.value(i)),
+            body: value(&body, i).unwrap_or_default(),
+            trace_id: value(&trace_ids, i),
+            span_id: value(&span_ids, i),
+            attributes: if attributes.is_valid(i) { read_attributes(attributes.value(i)) } else { Attributes::new() },
         }));
     }
     Ok(out)
 }
 
-/// A dictionary or plain text column as plain text.
+/// A dictionary or plain text column as plain text (an error for any other column).
 fn text(column: &ArrayRef) -> Result<StringArray, ArrowError> {
-    Ok(cast(column, &DataType::Utf8)?.as_string::<i32>().clone())
+    let plain = cast(column, &DataType::Utf8)?;
+    plain.as_string_opt::<i32>().cloned().ok_or_else(|| ArrowError::SchemaError("a logs text column is not text".into()))
 }
 
 #[cfg(test)]
