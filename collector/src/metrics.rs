@@ -2,7 +2,7 @@
 //! ingest pipeline's own counters, all in one prometheus-client registry.
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -15,6 +15,7 @@ use std::{
 
 use crate::{
     istio::IstioMetrics,
+    model::TraceId,
     topology::{EdgeObservation, NodeRef},
 };
 
@@ -56,12 +57,21 @@ pub struct RequestLabels {
     pub classification: &'static str,
 }
 
-/// The exemplar of a latency bucket: a trace that landed in it.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The exemplar of a latency bucket: a trace that landed in it. The ID is kept as its
+/// bytes and written as 32 hex digits only when the metrics are scraped: a bucket's
+/// exemplar is replaced on every observation, and formatting each one took a string.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub struct TraceExemplar {
-    /// Trace ID, 32 hex digits.
-    pub trace_id: String,
+    /// The trace.
+    pub trace_id: TraceId,
 }
+
+impl EncodeLabelSet for TraceExemplar {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        [("trace_id", self.trace_id.to_string())].encode(encoder)
+    }
+}
+
 
 /// Labels of ingest counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -275,7 +285,7 @@ impl CollectorMetrics {
         if let Some(istio) = &self.istio {
             istio.observe(o);
         }
-        let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_string() });
+        let exemplar = o.trace_id.map(|trace_id| TraceExemplar { trace_id });
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(o.start_unix_nanos + o.duration_nanos);
         let Ok(mut cache) = self.series.lock() else { return };
         let hash = cache.hash(o);
@@ -429,5 +439,16 @@ mod tests {
         let text = exposition(&metrics);
         assert_eq!(value(&text, "meshlens_requests_total{"), vec!["1"], "{text}");
         assert_eq!(value(&text, "meshlens_request_duration_seconds_count{"), vec!["1"], "{text}");
+    }
+
+    #[test]
+    fn a_bucket_exemplar_names_its_trace_in_hex() {
+        let metrics = CollectorMetrics::new(false);
+        let mut o = observation(Some("v1"), "200");
+        o.trace_id = Some(TraceId([0xab; 16]));
+        metrics.observe_edge(&o);
+        let text = exposition(&metrics);
+        let hex = "ab".repeat(16);
+        assert!(text.lines().any(|l| l.starts_with("meshlens_request_duration_seconds_bucket") && l.contains(&format!("# {{trace_id=\"{hex}\"}} 0.002"))), "{text}");
     }
 }
