@@ -205,9 +205,15 @@ struct CollectorArgs {
     /// Most spans kept in memory; the oldest traces are evicted beyond it.
     #[arg(long, default_value_t = 1_000_000)]
     max_spans: usize,
-    /// How long a span waits for the other side of its hop before it counts as unmatched.
+    /// How long a span waits for the other side of its hop before it counts as unmatched
+    /// (at least this long, at most about twice).
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     match_window: Duration,
+    /// Most spans waiting for the other side of their hop; 16 times as many fingerprints of
+    /// spans that may still be named as a parent are kept. Spans past it are counted in
+    /// meshlens_collector_edge_match_overflow_total.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_pending_matches: u32,
     /// Per-edge Prometheus series not updated for this long are removed.
     #[arg(long, value_parser = parse_duration, default_value = "15m")]
     series_ttl: Duration,
@@ -356,6 +362,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         max_spans: args.max_spans,
         match_window: args.match_window,
+        max_pending_matches: args.max_pending_matches as usize,
         istio_metrics: args.listen.istio_metrics,
         series_ttl: args.series_ttl,
         retention: args.retention,

@@ -17,9 +17,11 @@ pub struct CollectorConfig {
     pub max_spans: usize,
     /// History kept in the per-edge rollups.
     pub rollup_retention: Duration,
-    /// How long a CLIENT or SERVER span waits for the other side of its hop.
+    /// How long a CLIENT or SERVER span waits for the other side of its hop (at least this
+    /// long, at most about twice).
     pub match_window: Duration,
-    /// Most spans waiting for a match.
+    /// Most spans waiting for a match. Spans that need none but may still be named as a
+    /// parent (most of them) are kept as fingerprints, up to 16 times as many.
     pub max_pending_matches: usize,
     /// Also expose the mesh metrics under Istio's names and labels.
     pub istio_metrics: bool,

@@ -72,7 +72,6 @@ impl EncodeLabelSet for TraceExemplar {
     }
 }
 
-
 /// Labels of ingest counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IngestLabels {
@@ -123,6 +122,8 @@ pub struct CollectorMetrics {
     pub evicted: Family<StoreLabels, Counter>,
     /// Bytes held by the columnar tables.
     pub memory: Family<StoreLabels, Gauge>,
+    /// CLIENT and SERVER spans the edge matcher could not hold (its pending state was full).
+    pub match_overflow: Counter,
     /// SQL queries, by outcome.
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// Istio-compatible families, when asked for.
@@ -224,6 +225,7 @@ impl CollectorMetrics {
             stored: Family::default(),
             evicted: Family::default(),
             memory: Family::default(),
+            match_overflow: Counter::default(),
             sql_queries: Family::default(),
         };
         for signal in SIGNALS {
@@ -267,6 +269,11 @@ impl CollectorMetrics {
         c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
         c.register_with_unit("store_memory", "Memory held by the columnar tables", prometheus_client::registry::Unit::Bytes, self.memory.clone());
         c.register("sql_queries", "SQL queries run, by outcome", self.sql_queries.clone());
+        c.register(
+            "edge_match_overflow",
+            "CLIENT and SERVER spans the edge matcher could not hold because max_pending_matches was reached; edges they would have completed are missing",
+            self.match_overflow.clone(),
+        );
         if let Some(istio) = &self.istio {
             istio.register(&mut r);
         }

@@ -178,7 +178,13 @@ impl Pipeline {
     /// refresh gauges.
     pub fn tick(&self) {
         let observations = match self.topology.write() {
-            Ok(mut topology) => topology.tick(now_nanos()),
+            Ok(mut topology) => {
+                // The matcher counts its overflow itself; the counter catches up with it.
+                let overflowed = topology.overflowed();
+                let counted = self.metrics.match_overflow.get();
+                self.metrics.match_overflow.inc_by(overflowed.saturating_sub(counted));
+                topology.tick(now_nanos())
+            }
             Err(_) => Vec::new(),
         };
         for o in &observations {
@@ -209,5 +215,24 @@ impl Pipeline {
         if let Ok(topology) = self.topology.read() {
             set("edge_buckets", topology.rollups().bucket_count());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::CollectorConfig, ingest::convert::Converted, model::SpanKind, tables::traces::tests::span};
+
+    #[test]
+    fn spans_the_edge_matcher_cannot_hold_are_counted() {
+        let pipeline = Pipeline::new(&CollectorConfig { max_pending_matches: 2, ..Default::default() });
+        // Four SERVER spans whose callers have not arrived: two wait, two do not fit.
+        let items = (1..=4).map(|trace| (*span(trace, 2, Some(1), "cart", SpanKind::Server, 100, 5)).clone()).collect();
+        pipeline.ingest_spans(Converted { items, rejected: 0, reasons: Vec::new(), truncated: 0 }, Transport::Grpc, Record::Unjournaled);
+        assert_eq!(pipeline.metrics.match_overflow.get(), 0, "counted at the next tick");
+        pipeline.tick();
+        assert_eq!(pipeline.metrics.match_overflow.get(), 2);
+        pipeline.tick();
+        assert_eq!(pipeline.metrics.match_overflow.get(), 2, "a tick adds only what is new");
     }
 }

@@ -285,6 +285,9 @@ pub struct IngestReport {
     pub rss_bytes_per_span: f64,
     /// The SQL `spans` table's bytes per row.
     pub table_bytes_per_span: f64,
+    /// CLIENT and SERVER spans the topology's edge matcher had no room for (their edges
+    /// are missing from the topology), over the whole run.
+    pub edge_match_overflow: u64,
     /// Median latencies of the queries, milliseconds.
     pub topology_15m_ms: f64,
     /// Jaeger search: service + tag + minDuration.
@@ -387,6 +390,7 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
     let exposition = crate::views::get_text(web, "/metrics").await?;
     let table_bytes = sample(&exposition, "meshlens_collector_store_memory_bytes{kind=\"spans\"}");
     let table_rows = sample(&exposition, "meshlens_collector_stored{kind=\"span_rows\"}");
+    let overflow = sample(&exposition, "meshlens_collector_edge_match_overflow_total");
 
     eprintln!("measuring: queries over {stored} spans");
     let trace_id = {
@@ -419,6 +423,7 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
         rss_mib: rss as f64 / MIB,
         rss_bytes_per_span: rss.saturating_sub(rss_idle) as f64 / stored.max(1) as f64,
         table_bytes_per_span: if table_rows > 0.0 { table_bytes / table_rows } else { 0.0 },
+        edge_match_overflow: overflow as u64,
         topology_15m_ms: topology,
         search_ms: search,
         trace_by_id_ms: by_id,
@@ -449,6 +454,7 @@ fn print_report(r: &IngestReport) {
     row("collector RSS (MiB)", format!("{:.0}", r.rss_mib), "");
     row("RSS growth per stored span (bytes)", format!("{:.0}", r.rss_bytes_per_span), "<= 200");
     row("SQL table bytes per span", format!("{:.0}", r.table_bytes_per_span), "");
+    row("spans past the edge matcher's capacity", format!("{}", r.edge_match_overflow), "0 (their edges are missing)");
     row("topology, 15-minute window (ms)", format!("{:.1}", r.topology_15m_ms), "<= 50");
     row("search: service + tag + minDuration (ms)", format!("{:.1}", r.search_ms), "<= 100");
     row("trace by ID (ms)", format!("{:.1}", r.trace_by_id_ms), "<= 5");

@@ -14,7 +14,7 @@
 //!    `service → external host` (from `peer.service` or `server.address`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet},
     sync::Arc,
 };
 
@@ -156,7 +156,6 @@ struct Brief {
     node: NodeRef,
     /// Counted already (mesh-reported), so children must not count it again.
     counted: bool,
-    matched: bool,
     observation: EdgeObservation,
     peer: Option<Arc<str>>,
 }
@@ -332,47 +331,88 @@ type Key = (TraceId, SpanId);
 /// per process, so senders cannot pick colliding IDs).
 type ByKey<V> = HashMap<Key, V, ahash::RandomState>;
 
-/// What is kept of a span while children may still name it as their parent.
-#[derive(Debug)]
-enum Remembered {
-    /// A span whose children add no edge (a SERVER span: a hop inside its service; a
-    /// sidecar's CLIENT span: the hop is counted by its access log). Kept so that they do
-    /// not wait for it and end up as calls from an unknown caller.
-    Settled,
-    /// An SDK's CLIENT span: the caller's side of a hop not counted yet.
-    Client(Box<Brief>),
+/// Spans whose children add no edge, by a 64-bit fingerprint of their key: a SERVER span
+/// (a child SERVER span is a hop inside its service) and a sidecar's CLIENT span (its
+/// access log counts the hop). Kept so that such children neither wait nor end up as calls
+/// from an unknown caller. These are most spans, so each costs about 9 bytes here, not a
+/// key, an entry and a place in a queue. An SDK CLIENT span joined to its SERVER side is
+/// not kept at all: a request has one SERVER side.
+type Fingerprints = HashSet<u64, ahash::RandomState>;
+
+/// Fingerprints kept for each span the matcher may hold waiting (`max_pending`): settled
+/// spans are the bulk of a busy mesh's, and a window of them must fit.
+const SETTLED_PER_PENDING: usize = 16;
+
+/// The matcher's state from one stretch of time, at least a match window long.
+#[derive(Debug, Default)]
+struct Generation {
+    /// SDK CLIENT spans waiting for their SERVER side (boxed: a brief is hundreds of bytes,
+    /// and a map's free slots would be as large).
+    clients: ByKey<Box<Brief>>,
+    /// SERVER spans waiting for their parent, by the parent's key.
+    waiting: ByKey<Vec<Brief>>,
+    settled: Fingerprints,
+    /// When it became the current generation, and when it last took a span.
+    opened: u64,
+    newest: u64,
 }
 
-/// Matches CLIENT and SERVER spans into edges; state is bounded by the match window.
+impl Generation {
+    fn is_empty(&self) -> bool {
+        self.clients.is_empty() && self.waiting.is_empty() && self.settled.is_empty()
+    }
+
+    /// What its unmatched spans say once no match can come: unknown callers, external
+    /// callees. It is left empty, its tables' capacity kept for reuse.
+    fn settle(&mut self, out: &mut Vec<EdgeObservation>) {
+        for (_, children) in self.waiting.drain() {
+            out.extend(children.into_iter().filter(|child| !child.counted).map(|child| child.observation));
+        }
+        for (_, client) in self.clients.drain() {
+            let mut obs = client.observation;
+            obs.destination = NodeRef::external(client.peer.as_deref().unwrap_or("external"));
+            out.push(obs);
+        }
+        self.settled.clear();
+    }
+}
+
+/// Matches CLIENT and SERVER spans into edges. State lives in two generations: spans go
+/// into the current one; when it is a match window old it becomes the previous one, and
+/// the previous one is settled once its newest span is a window old. So every span waits
+/// at least the window for its other side, at most about two, with no per-span timer.
+/// Waiting spans are bounded by `max_pending`, fingerprints by a multiple of it; what does
+/// not fit is counted in `overflowed`.
 #[derive(Debug)]
 pub struct EdgeDeriver {
     window_nanos: u64,
     max_pending: usize,
-    briefs: ByKey<Remembered>,
-    waiting: ByKey<Vec<Brief>>,
-    expiry: VecDeque<(u64, Key, bool)>,
+    current: Generation,
+    previous: Generation,
+    /// Keys the fingerprints (per process, like the maps').
+    fingerprint: ahash::RandomState,
     /// The node of the resource the last span came from: the spans of one export request's
     /// resource entry share it, so it is built once for them.
     resource_node: Option<(Arc<Resource>, NodeRef)>,
-    /// Pending state dropped because `max_pending` was reached.
+    /// Spans dropped from matching because `max_pending` (or the fingerprints' share of
+    /// it) was reached; the edges they would have completed are missing.
     pub overflowed: u64,
 }
 
 impl EdgeDeriver {
-    /// A deriver that waits up to `window_nanos` for the other side of a hop.
+    /// A deriver that waits at least `window_nanos` for the other side of a hop.
     pub fn new(window_nanos: u64, max_pending: usize) -> Self {
         Self {
             window_nanos,
             max_pending,
-            briefs: ByKey::default(),
-            waiting: ByKey::default(),
-            expiry: VecDeque::new(),
+            current: Generation::default(),
+            previous: Generation::default(),
+            fingerprint: ahash::RandomState::new(),
             resource_node: None,
             overflowed: 0,
         }
     }
 
-    /// The node `resource` describes, built once for a run of spans sharing it.
     fn node_of(&mut self, resource: &Arc<Resource>) -> NodeRef {
         match &self.resource_node {
             Some((last, node)) if Arc::ptr_eq(last, resource) => node.clone(),
@@ -389,6 +429,10 @@ impl EdgeDeriver {
         if !matches!(span.kind, SpanKind::Client | SpanKind::Server) {
             return;
         }
+        if self.current.is_empty() && self.previous.is_empty() {
+            self.current.opened = now;
+        }
+        self.current.newest = self.current.newest.max(now);
         let key = (span.trace_id, span.span_id);
         let node = self.node_of(&span.resource);
         let facts = Facts::of(&span.attributes, span.status == StatusCode::Error);
@@ -397,22 +441,26 @@ impl EdgeDeriver {
                 // A sidecar's CLIENT span: its access log counts the hop; children must not.
                 let counted = facts.text(DIRECTION).is_some();
                 let source = facts.node(SOURCE).unwrap_or(node);
-                let mut brief = Brief {
+                let brief = Brief {
                     kind: SpanKind::Client,
                     node: source.clone(),
                     counted,
-                    matched: false,
                     observation: facts.of_span(span, source, NodeRef::unknown()),
                     peer: facts.peer(),
                 };
-                if let Some(children) = self.waiting.remove(&key) {
-                    brief.matched = true;
-                    for child in children {
-                        self.join(&brief, &child, out);
-                    }
+                let children = self.take_waiting(&key);
+                for child in &children {
+                    self.join(&brief, child, out);
                 }
-                let remembered = if brief.counted { Remembered::Settled } else { Remembered::Client(Box::new(brief)) };
-                self.remember(key, remembered, now);
+                if brief.counted {
+                    self.settle(key);
+                } else if !children.is_empty() {
+                    // Joined: nothing more can come of it.
+                } else if self.pending() < self.max_pending {
+                    self.current.clients.insert(key, Box::new(brief));
+                } else {
+                    self.overflowed += 1;
+                }
             }
             SpanKind::Server => {
                 let is_mesh_inbound = facts.text(DIRECTION) == Some("inbound");
@@ -421,55 +469,72 @@ impl EdgeDeriver {
                     kind: SpanKind::Server,
                     node: destination.clone(),
                     counted: is_mesh_inbound,
-                    matched: false,
                     observation: facts.of_span(span, NodeRef::unknown(), destination),
                     peer: None,
                 };
                 // SDK spans that arrived before this one and name it as parent are settled:
                 // a SERVER parent means the hop was inside one service.
-                if let Some(children) = self.waiting.remove(&key) {
-                    for child in children {
-                        self.join(&brief, &child, out);
-                    }
+                for child in self.take_waiting(&key) {
+                    self.join(&brief, &child, out);
                 }
                 // A sidecar's inbound span is counted by the access logs; SDK spans by their parent.
                 if !is_mesh_inbound {
-                match span.parent_span_id {
-                    None => out.push(brief.observation.clone()),
-                    Some(parent) => {
-                        let parent_key = (span.trace_id, parent);
-                        if let Some(parent) = self.briefs.get_mut(&parent_key) {
-                            if let Remembered::Client(parent) = parent {
-                                parent.matched = true;
-                                let parent = parent.clone();
-                                self.join(&parent, &brief, out);
-                            }
-                        } else if self.pending() < self.max_pending {
-                            self.waiting.entry(parent_key).or_default().push(brief.clone());
-                            self.expiry.push_back((now + self.window_nanos, parent_key, true));
-                        } else {
-                            self.overflowed += 1;
-                        }
-                    }
+                    self.find_caller(span, brief, out);
                 }
-                }
-                self.remember(key, Remembered::Settled, now);
+                self.settle(key);
             }
             _ => {}
         }
     }
 
-    fn pending(&self) -> usize {
-        self.briefs.len() + self.waiting.len()
+    /// A SDK SERVER span's edge: joined with its CLIENT parent if that is here, nothing if
+    /// the parent is settled, `unknown → service` if it has none; otherwise it waits.
+    fn find_caller(&mut self, span: &Span, brief: Brief, out: &mut Vec<EdgeObservation>) {
+        let Some(parent) = span.parent_span_id else {
+            out.push(brief.observation);
+            return;
+        };
+        let parent_key = (span.trace_id, parent);
+        let client = match self.current.clients.remove(&parent_key) {
+            Some(client) => Some(client),
+            None => self.previous.clients.remove(&parent_key),
+        };
+        if let Some(client) = client {
+            self.join(&client, &brief, out);
+        } else if !self.is_settled(&parent_key) {
+            if self.pending() < self.max_pending {
+                self.current.waiting.entry(parent_key).or_default().push(brief);
+            } else {
+                self.overflowed += 1;
+            }
+        }
     }
 
-    fn remember(&mut self, key: Key, remembered: Remembered, now: u64) {
-        if self.pending() >= self.max_pending {
+    /// The SERVER spans waiting for `key`, from both generations.
+    fn take_waiting(&mut self, key: &Key) -> Vec<Brief> {
+        let mut children = self.current.waiting.remove(key).unwrap_or_default();
+        if let Some(older) = self.previous.waiting.remove(key) {
+            children.extend(older);
+        }
+        children
+    }
+
+    fn pending(&self) -> usize {
+        self.current.clients.len() + self.current.waiting.len() + self.previous.clients.len() + self.previous.waiting.len()
+    }
+
+    /// Marks `key` as a span whose children add no edge.
+    fn settle(&mut self, key: Key) {
+        if self.current.settled.len() + self.previous.settled.len() >= self.max_pending.saturating_mul(SETTLED_PER_PENDING) {
             self.overflowed += 1;
             return;
         }
-        self.briefs.insert(key, remembered);
-        self.expiry.push_back((now + self.window_nanos, key, false));
+        self.current.settled.insert(self.fingerprint.hash_one(key));
+    }
+
+    fn is_settled(&self, key: &Key) -> bool {
+        let fingerprint = self.fingerprint.hash_one(key);
+        self.current.settled.contains(&fingerprint) || self.previous.settled.contains(&fingerprint)
     }
 
     /// A parent span and its SERVER child: an edge when the parent is another service's
@@ -492,27 +557,20 @@ impl EdgeDeriver {
         out.push(obs);
     }
 
-    /// Settles everything older than the match window: unknown callers, external callees.
+    /// Settles what has waited a whole match window: unknown callers, external callees.
     pub fn expire(&mut self, now: u64, out: &mut Vec<EdgeObservation>) {
-        while let Some(&(deadline, key, waiting)) = self.expiry.front() {
-            if deadline > now {
-                break;
+        if self.previous.newest.saturating_add(self.window_nanos) <= now {
+            self.previous.settle(out);
+            if self.current.opened.saturating_add(self.window_nanos) <= now {
+                // The current generation is a window old: it becomes the previous one, and
+                // the emptied tables start the next.
+                std::mem::swap(&mut self.previous, &mut self.current);
+                self.current.opened = now;
+                self.current.newest = now;
+                if self.previous.newest.saturating_add(self.window_nanos) <= now {
+                    self.previous.settle(out);
+                }
             }
-            self.expiry.pop_front();
-            if waiting {
-                // SERVER spans whose parent never arrived: their caller is unknown.
-                for child in self.waiting.remove(&key).unwrap_or_default() {
-                    if !child.counted {
-                        out.push(child.observation);
-                    }
-                }
-            } else if let Some(Remembered::Client(brief)) = self.briefs.remove(&key)
-                && !brief.matched {
-                    let brief = *brief;
-                    let mut obs = brief.observation;
-                    obs.destination = NodeRef::external(brief.peer.as_deref().unwrap_or("external"));
-                    out.push(obs);
-                }
         }
     }
 }
@@ -552,6 +610,48 @@ mod tests {
         let server = (*span(1, 2, Some(1), "b", SpanKind::Server, 1, 8)).clone();
         assert_eq!(edges(&[client.clone(), server.clone()], None), vec![pair("a", "b")]);
         assert_eq!(edges(&[server, client], None), vec![pair("a", "b")]);
+    }
+
+    #[test]
+    fn spans_wait_a_whole_window_across_the_generations() {
+        let mut d = EdgeDeriver::new(1_000, 100);
+        let mut out = Vec::new();
+        let seen = |out: &mut Vec<EdgeObservation>| {
+            out.drain(..).map(|o| (o.source.service.to_string(), o.destination.service.to_string())).collect::<Vec<_>>()
+        };
+        d.observe(&span(1, 1, None, "a", SpanKind::Client, 0, 10), 0, &mut out);
+        d.expire(600, &mut out);
+        d.observe(&span(2, 2, Some(9), "c", SpanKind::Server, 0, 10), 900, &mut out);
+        // A window after the first span its generation becomes the previous one.
+        d.expire(1_000, &mut out);
+        assert!(seen(&mut out).is_empty());
+        // The client's SERVER side, later than a window after it, is still matched.
+        d.observe(&span(1, 3, Some(1), "b", SpanKind::Server, 1, 8), 1_500, &mut out);
+        assert_eq!(seen(&mut out), vec![pair("a", "b")]);
+        // The orphan waits a whole window from its own arrival; the matched client is gone.
+        d.expire(1_899, &mut out);
+        assert!(seen(&mut out).is_empty());
+        d.expire(1_900, &mut out);
+        assert_eq!(seen(&mut out), vec![pair("unknown", "c")]);
+        // The SERVER span, now in the previous generation, still settles its SDK child.
+        d.observe(&span(1, 4, Some(3), "b", SpanKind::Server, 2, 6), 2_500, &mut out);
+        d.expire(10_000, &mut out);
+        assert!(seen(&mut out).is_empty());
+        assert_eq!(d.overflowed, 0);
+    }
+
+    #[test]
+    fn spans_past_the_bounds_are_counted() {
+        // One waiting span, sixteen fingerprints.
+        let mut d = EdgeDeriver::new(1_000, 1);
+        let mut out = Vec::new();
+        for trace in 0..20 {
+            d.observe(&span(trace, 1, None, "a", SpanKind::Server, 0, 10), 0, &mut out);
+        }
+        assert_eq!((out.len(), d.overflowed), (20, 4), "root spans are counted; four find no room to settle");
+        d.observe(&span(30, 2, Some(1), "b", SpanKind::Server, 0, 10), 0, &mut out);
+        d.observe(&span(31, 2, Some(1), "b", SpanKind::Server, 0, 10), 0, &mut out);
+        assert_eq!(d.overflowed, 4 + 2 + 1, "the second orphan cannot wait; neither settles");
     }
 
     fn access_log(direction: &str, attrs: &[(&str, &str)], duration_ns: i64) -> LogRecord {

@@ -20,7 +20,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// A topology that waits `match_window_nanos` for the other side of a hop and keeps
+    /// A topology that waits at least `match_window_nanos` for the other side of a hop and keeps
     /// `retention_secs` of rollups.
     pub fn new(match_window_nanos: u64, max_pending: usize, retention_secs: u64) -> Self {
         Self {
