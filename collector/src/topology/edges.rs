@@ -633,7 +633,11 @@ mod tests {
         assert!(seen(&mut out).is_empty());
         d.expire(1_900, &mut out);
         assert_eq!(seen(&mut out), vec![pair("unknown", "c")]);
-        // The SERVER span, now in the previous generation, still settles its SDK child.
+        // At 2,000 the generation holding the SERVER span (opened at 1,000) is a window old
+        // and becomes the previous one; from there it still settles its SDK child.
+        d.expire(2_000, &mut out);
+        assert!(seen(&mut out).is_empty());
+        assert_eq!((d.current.settled.len(), d.previous.settled.len()), (0, 1));
         d.observe(&span(1, 4, Some(3), "b", SpanKind::Server, 2, 6), 2_500, &mut out);
         d.expire(10_000, &mut out);
         assert!(seen(&mut out).is_empty());
