@@ -84,7 +84,9 @@ pub struct IngestLabels {
 /// Labels of store gauges and eviction counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
-    /// What is stored: `spans`, `traces`, `log_records`, `metric_points`, `edge_buckets`.
+    /// What is held: `span_rows`, `log_rows`, `edge_buckets`, `edge_match_waiting` (spans
+    /// waiting for the other side of their hop), `edge_match_fingerprints`; the memory gauge
+    /// uses `spans` and `logs`.
     pub kind: &'static str,
 }
 

@@ -214,6 +214,9 @@ impl Pipeline {
         }
         if let Ok(topology) = self.topology.read() {
             set("edge_buckets", topology.rollups().bucket_count());
+            let (waiting, settled) = topology.matcher_load();
+            set("edge_match_waiting", waiting);
+            set("edge_match_fingerprints", settled);
         }
     }
 }
@@ -234,5 +237,7 @@ mod tests {
         assert_eq!(pipeline.metrics.match_overflow.get(), 2);
         pipeline.tick();
         assert_eq!(pipeline.metrics.match_overflow.get(), 2, "a tick adds only what is new");
+        let stored = |kind| pipeline.metrics.stored.get_or_create(&crate::metrics::StoreLabels { kind }).get();
+        assert_eq!((stored("edge_match_waiting"), stored("edge_match_fingerprints")), (2, 4), "the matcher's load is shown");
     }
 }

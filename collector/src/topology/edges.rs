@@ -519,6 +519,11 @@ impl EdgeDeriver {
         children
     }
 
+    /// Spans waiting for a match, and fingerprints of settled spans.
+    pub fn load(&self) -> (usize, usize) {
+        (self.pending(), self.current.settled.len() + self.previous.settled.len())
+    }
+
     fn pending(&self) -> usize {
         self.current.clients.len() + self.current.waiting.len() + self.previous.clients.len() + self.previous.waiting.len()
     }

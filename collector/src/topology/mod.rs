@@ -107,4 +107,9 @@ impl Topology {
     pub fn overflowed(&self) -> u64 {
         self.deriver.overflowed
     }
+
+    /// Spans waiting for the other side of their hop, and fingerprints of settled spans.
+    pub fn matcher_load(&self) -> (usize, usize) {
+        self.deriver.load()
+    }
 }
