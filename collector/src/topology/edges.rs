@@ -363,8 +363,10 @@ impl Generation {
     }
 
     /// What its unmatched spans say once no match can come: unknown callers, external
-    /// callees. It is left empty, its tables' capacity kept for reuse.
+    /// callees. It is left empty, its tables' capacity kept for reuse up to twice what they
+    /// held, so a burst's tables do not stay.
     fn settle(&mut self, out: &mut Vec<EdgeObservation>) {
+        let held = (self.clients.len(), self.waiting.len(), self.settled.len());
         for (_, children) in self.waiting.drain() {
             out.extend(children.into_iter().filter(|child| !child.counted).map(|child| child.observation));
         }
@@ -374,6 +376,9 @@ impl Generation {
             out.push(obs);
         }
         self.settled.clear();
+        self.clients.shrink_to(2 * held.0);
+        self.waiting.shrink_to(2 * held.1);
+        self.settled.shrink_to(2 * held.2);
     }
 }
 
@@ -647,6 +652,25 @@ mod tests {
         d.expire(10_000, &mut out);
         assert!(seen(&mut out).is_empty());
         assert_eq!(d.overflowed, 0);
+    }
+
+    #[test]
+    fn a_burst_leaves_no_large_tables_behind() {
+        let mut d = EdgeDeriver::new(1_000, 100_000);
+        let mut out = Vec::new();
+        for id in 0..50_000u32 {
+            let mut s = (*span(1, 1, None, "a", SpanKind::Server, 0, 10)).clone();
+            s.span_id = SpanId(u64::from(id).to_be_bytes());
+            d.observe(&s, 0, &mut out);
+        }
+        // The burst's generation goes by, then a quiet one with a single span.
+        d.expire(1_000, &mut out);
+        d.expire(2_000, &mut out);
+        d.observe(&span(2, 1, None, "a", SpanKind::Server, 2_000, 10), 2_000, &mut out);
+        d.expire(3_000, &mut out);
+        d.expire(4_000, &mut out);
+        let capacity = d.current.settled.capacity() + d.previous.settled.capacity();
+        assert!(capacity < 1_000, "{capacity} fingerprint slots kept after the burst");
     }
 
     #[test]
