@@ -399,8 +399,8 @@ pub struct EdgeDeriver {
     /// The node of the resource the last span came from: the spans of one export request's
     /// resource entry share it, so it is built once for them.
     resource_node: Option<(Arc<Resource>, NodeRef)>,
-    /// Spans dropped from matching because `max_pending` (or the fingerprints' share of
-    /// it) was reached; the edges they would have completed are missing.
+    /// Spans dropped from matching (each counted once) because `max_pending` (or the
+    /// fingerprints' share of it) was reached; the edges they would have completed are missing.
     pub overflowed: u64,
 }
 
@@ -458,7 +458,9 @@ impl EdgeDeriver {
                     self.join(&brief, child, out);
                 }
                 if brief.counted {
-                    self.settle(key);
+                    if !self.settle(key) {
+                        self.overflowed += 1;
+                    }
                 } else if !children.is_empty() {
                     // Joined: nothing more can come of it.
                 } else if self.pending() < self.max_pending {
@@ -483,21 +485,23 @@ impl EdgeDeriver {
                     self.join(&brief, &child, out);
                 }
                 // A sidecar's inbound span is counted by the access logs; SDK spans by their parent.
-                if !is_mesh_inbound {
-                    self.find_caller(span, brief, out);
+                let placed = is_mesh_inbound || self.find_caller(span, brief, out);
+                // One count per span, whether its wait, its fingerprint or both found no room.
+                if !self.settle(key) || !placed {
+                    self.overflowed += 1;
                 }
-                self.settle(key);
             }
             _ => {}
         }
     }
 
     /// A SDK SERVER span's edge: joined with its CLIENT parent if that is here, nothing if
-    /// the parent is settled, `unknown → service` if it has none; otherwise it waits.
-    fn find_caller(&mut self, span: &Span, brief: Brief, out: &mut Vec<EdgeObservation>) {
+    /// the parent is settled, `unknown → service` if it has none; otherwise it waits. False
+    /// if it had to wait and there was no room.
+    fn find_caller(&mut self, span: &Span, brief: Brief, out: &mut Vec<EdgeObservation>) -> bool {
         let Some(parent) = span.parent_span_id else {
             out.push(brief.observation);
-            return;
+            return true;
         };
         let parent_key = (span.trace_id, parent);
         let client = match self.current.clients.remove(&parent_key) {
@@ -507,12 +511,12 @@ impl EdgeDeriver {
         if let Some(client) = client {
             self.join(&client, &brief, out);
         } else if !self.is_settled(&parent_key) {
-            if self.pending() < self.max_pending {
-                self.current.waiting.entry(parent_key).or_default().push(brief);
-            } else {
-                self.overflowed += 1;
+            if self.pending() >= self.max_pending {
+                return false;
             }
+            self.current.waiting.entry(parent_key).or_default().push(brief);
         }
+        true
     }
 
     /// The SERVER spans waiting for `key`, from both generations.
@@ -533,13 +537,13 @@ impl EdgeDeriver {
         self.current.clients.len() + self.current.waiting.len() + self.previous.clients.len() + self.previous.waiting.len()
     }
 
-    /// Marks `key` as a span whose children add no edge.
-    fn settle(&mut self, key: Key) {
+    /// Marks `key` as a span whose children add no edge; false if there was no room.
+    fn settle(&mut self, key: Key) -> bool {
         if self.current.settled.len() + self.previous.settled.len() >= self.max_pending.saturating_mul(SETTLED_PER_PENDING) {
-            self.overflowed += 1;
-            return;
+            return false;
         }
         self.current.settled.insert(self.fingerprint.hash_one(key));
+        true
     }
 
     fn is_settled(&self, key: &Key) -> bool {
@@ -684,7 +688,7 @@ mod tests {
         assert_eq!((out.len(), d.overflowed), (20, 4), "root spans are counted; four find no room to settle");
         d.observe(&span(30, 2, Some(1), "b", SpanKind::Server, 0, 10), 0, &mut out);
         d.observe(&span(31, 2, Some(1), "b", SpanKind::Server, 0, 10), 0, &mut out);
-        assert_eq!(d.overflowed, 4 + 2 + 1, "the second orphan cannot wait; neither settles");
+        assert_eq!(d.overflowed, 4 + 1 + 1, "neither orphan settles, the second cannot wait either: one count each");
     }
 
     fn access_log(direction: &str, attrs: &[(&str, &str)], duration_ns: i64) -> LogRecord {
