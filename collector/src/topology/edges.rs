@@ -15,6 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
     sync::Arc,
 };
 
@@ -337,7 +338,28 @@ type ByKey<V> = HashMap<Key, V, ahash::RandomState>;
 /// from an unknown caller. These are most spans, so each costs about 9 bytes here, not a
 /// key, an entry and a place in a queue. An SDK CLIENT span joined to its SERVER side is
 /// not kept at all: a request has one SERVER side.
-type Fingerprints = HashSet<u64, ahash::RandomState>;
+type Fingerprints = HashSet<u64, BuildHasherDefault<Prehashed>>;
+
+/// Hashes a fingerprint as itself: it is already a keyed hash of the span's key.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the set holds `u64`s); any other input still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// Fingerprints kept for each span the matcher may hold waiting (`max_pending`): settled
 /// spans are the bulk of a busy mesh's, and a window of them must fit.
@@ -365,7 +387,7 @@ impl Generation {
     /// What its unmatched spans say once no match can come: unknown callers, external
     /// callees. It is left empty, its tables' capacity kept for reuse up to twice what they
     /// held, so a burst's tables do not stay.
-    fn settle(&mut self, out: &mut Vec<EdgeObservation>) {
+    fn close(&mut self, out: &mut Vec<EdgeObservation>) {
         let held = (self.clients.len(), self.waiting.len(), self.settled.len());
         for (_, children) in self.waiting.drain() {
             out.extend(children.into_iter().filter(|child| !child.counted).map(|child| child.observation));
@@ -384,7 +406,7 @@ impl Generation {
 
 /// Matches CLIENT and SERVER spans into edges. State lives in two generations: spans go
 /// into the current one; when it is a match window old it becomes the previous one, and
-/// the previous one is settled once its newest span is a window old. So every span waits
+/// the previous one is closed once its newest span is a window old. So every span waits
 /// at least the window for its other side, at most about two, with no per-span timer.
 /// Waiting spans are bounded by `max_pending`, fingerprints by a multiple of it; what does
 /// not fit is counted in `overflowed`.
@@ -571,10 +593,10 @@ impl EdgeDeriver {
         out.push(obs);
     }
 
-    /// Settles what has waited a whole match window: unknown callers, external callees.
+    /// Closes out what has waited a whole match window: unknown callers, external callees.
     pub fn expire(&mut self, now: u64, out: &mut Vec<EdgeObservation>) {
         if self.previous.newest.saturating_add(self.window_nanos) <= now {
-            self.previous.settle(out);
+            self.previous.close(out);
             if self.current.opened.saturating_add(self.window_nanos) <= now {
                 // The current generation is a window old: it becomes the previous one, and
                 // the emptied tables start the next.
@@ -582,7 +604,7 @@ impl EdgeDeriver {
                 self.current.opened = now;
                 self.current.newest = now;
                 if self.previous.newest.saturating_add(self.window_nanos) <= now {
-                    self.previous.settle(out);
+                    self.previous.close(out);
                 }
             }
         }
