@@ -131,9 +131,7 @@ impl Pipeline {
             Ok(mut topology) => topology.ingest(spans.iter().map(|s| &**s), now_nanos()),
             Err(_) => Vec::new(),
         };
-        for o in &observations {
-            self.metrics.observe_edge(o);
-        }
+        self.metrics.observe_edges(&observations);
         if let Some(record) = record.table_record()
             && let Ok(mut tables) = self.tables.write()
         {
@@ -148,9 +146,7 @@ impl Pipeline {
             Ok(mut topology) => topology.ingest_access_logs(&converted.items),
             Err(_) => Vec::new(),
         };
-        for o in &observations {
-            self.metrics.observe_edge(o);
-        }
+        self.metrics.observe_edges(&observations);
         if let Some(record) = record.table_record()
             && let Ok(mut tables) = self.tables.write()
         {
@@ -187,9 +183,7 @@ impl Pipeline {
             }
             Err(_) => Vec::new(),
         };
-        for o in &observations {
-            self.metrics.observe_edge(o);
-        }
+        self.metrics.observe_edges(&observations);
         self.metrics.expire_idle(self.series_ttl);
         if let Ok(mut tables) = self.tables.write() {
             let evicted = tables.enforce(now_nanos());

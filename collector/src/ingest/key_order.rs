@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{Attributes, intern};
+use crate::model::{Attributes, intern, same_text};
 
 /// Orders remembered at most (instrumentations send a few shapes: server, client, database
 /// spans; entries are looked up by their number of attributes, then told apart key by key).
@@ -70,7 +70,7 @@ impl Run<'_> {
             && let (Some(orders), Some(current)) = (&self.orders, self.entry)
         {
             let entries = &orders.entries;
-            if let Some(known) = entries[current].keys.get(index).filter(|k| k.as_bytes() == key) {
+            if let Some(known) = entries[current].keys.get(index).filter(|k| same_text(k.as_bytes(), key)) {
                 return Some(known.clone());
             }
             // Another shape with as many attributes, the same so far and this key next
@@ -78,7 +78,7 @@ impl Run<'_> {
             let kept = &entries[current].keys[..index.min(entries[current].keys.len())];
             let other = entries.iter().position(|e| {
                 e.encoded == self.encoded
-                    && e.keys.get(index).is_some_and(|k| k.as_bytes() == key)
+                    && e.keys.get(index).is_some_and(|k| same_text(k.as_bytes(), key))
                     && e.keys[..index].iter().zip(kept).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
             });
             if let Some(other) = other {

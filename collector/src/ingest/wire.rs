@@ -244,25 +244,38 @@ pub fn logs(request: &[u8]) -> Result<Converted<LogRecord>, DecodeError> {
 /// Walks an export request of any signal: they all nest items in scopes in resources
 /// (field 1 of the request, of the resource entry and of the scope entry is the next level
 /// down; field 2 of the scope entry holds the items). `item` converts one encoded item.
+///
+/// The items are found first and converted after, so the output is allocated once at its
+/// size (grown by doubling, a batch's spans were copied about twice over).
 fn resources<'a, T>(
     request: &'a [u8],
     mut item: impl FnMut(&'a [u8], &Arc<Resource>, &Arc<str>, &mut Converted<T>) -> Result<(), DecodeError>,
 ) -> Result<Converted<T>, DecodeError> {
-    let mut out = Converted::new();
+    let mut scopes = Vec::new();
     each_field(request, |tag, wire| {
         if tag == 1 {
-            resource_entry(wire.bytes()?, &mut out, &mut item)?;
+            resource_entry(wire.bytes()?, &mut scopes)?;
         }
         Ok(())
     })?;
+    let mut out = Converted::new();
+    out.items.reserve_exact(scopes.iter().map(|s| s.items.len()).sum());
+    for scope in scopes {
+        for buf in scope.items {
+            item(buf, &scope.resource, &scope.name, &mut out)?;
+        }
+    }
     Ok(out.finish())
 }
 
-fn resource_entry<'a, T>(
-    buf: &'a [u8],
-    out: &mut Converted<T>,
-    item: &mut impl FnMut(&'a [u8], &Arc<Resource>, &Arc<str>, &mut Converted<T>) -> Result<(), DecodeError>,
-) -> Result<(), DecodeError> {
+/// The encoded items of one scope entry, with their resource and scope name.
+struct ScopeItems<'a> {
+    resource: Arc<Resource>,
+    name: Arc<str>,
+    items: Vec<&'a [u8]>,
+}
+
+fn resource_entry<'a>(buf: &'a [u8], out: &mut Vec<ScopeItems<'a>>) -> Result<(), DecodeError> {
     // The resource may follow its items on the wire; repeated occurrences merge.
     let mut resource_attrs = Vec::new();
     let mut scopes = Vec::new();
@@ -297,10 +310,7 @@ fn resource_entry<'a, T>(
             }
             Ok(())
         })?;
-        let scope: Arc<str> = scope.into();
-        for buf in items {
-            item(buf, &resource, &scope, out)?;
-        }
+        out.push(ScopeItems { resource: resource.clone(), name: scope.into(), items });
     }
     Ok(())
 }

@@ -7,9 +7,9 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use datafusion::arrow::{
-    array::{Array, ArrayBuilder, ArrayRef, StringBuilder, StringDictionaryBuilder, UInt32Array},
+    array::{Array, ArrayBuilder, ArrayRef, StringBuilder, UInt32Array},
     compute::take,
-    datatypes::{ArrowDictionaryKeyType, DataType, SchemaRef},
+    datatypes::{DataType, SchemaRef},
     error::ArrowError,
     record_batch::{RecordBatch, RecordBatchOptions},
 };
@@ -71,11 +71,6 @@ pub fn with_headroom(n: usize) -> usize {
 /// An empty string builder with room for `like`'s rows and bytes, and some more.
 pub fn text_like(like: &StringBuilder) -> StringBuilder {
     StringBuilder::with_capacity(with_headroom(like.len()), with_headroom(like.values_slice().len()))
-}
-
-/// An empty dictionary builder with room for `like`'s rows (its distinct values are few).
-pub fn dict_like<K: ArrowDictionaryKeyType>(like: &StringDictionaryBuilder<K>) -> StringDictionaryBuilder<K> {
-    StringDictionaryBuilder::with_capacity(with_headroom(like.len()), 256, 4096)
 }
 
 /// How rows of `T` are written into builders `Self`.

@@ -8,11 +8,7 @@ use std::{
 };
 
 use datafusion::arrow::{
-    array::{
-        ArrayRef, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder,
-        UInt64Builder,
-    },
-    datatypes::Int32Type,
+    array::{ArrayRef, Float64Builder, Int64Builder, StringBuilder, TimestampNanosecondBuilder, UInt64Builder},
     error::ArrowError,
     record_batch::RecordBatch,
 };
@@ -26,7 +22,7 @@ use crate::topology::{
     rollup::{EdgeKey, EdgeStats},
 };
 
-type Dict = StringDictionaryBuilder<Int32Type>;
+use super::dict::Dict;
 
 /// Nanoseconds per millisecond.
 const MS: f64 = 1e6;
@@ -92,8 +88,8 @@ impl Default for EdgeRows {
 
 fn node(kind: &mut Dict, ns: &mut Dict, service: &mut Dict, workload: &mut Dict, version: &mut Dict, n: &NodeRef) {
     kind.append_value(n.kind.as_str());
-    ns.append_value(&*n.namespace);
-    service.append_value(&*n.service);
+    ns.append_value(&n.namespace);
+    service.append_value(&n.service);
     workload.append_option(n.workload.as_deref());
     version.append_option(n.version.as_deref());
 }
@@ -117,7 +113,7 @@ impl EdgeRows {
             &mut self.destination_version,
             &key.destination,
         );
-        self.protocol.append_value(&*key.protocol);
+        self.protocol.append_value(&key.protocol);
         self.requests.append_value(stats.requests);
         self.errors.append_value(stats.errors);
         self.request_bytes.append_value(stats.request_bytes);

@@ -9,7 +9,7 @@ use std::{fmt, sync::Arc};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::model::{Attributes, Resource, Value, intern};
+use crate::model::{Attributes, Resource, Value, intern, text_order};
 
 /// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts (it is
 /// given each attribute's position, key and value; only the first of repeated keys is asked).
@@ -23,7 +23,7 @@ pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl F
         let repeated = match i.checked_sub(1).map(|p| &attributes[p].0) {
             None => false,
             Some(previous) if sorted && Arc::ptr_eq(previous, key) => true,
-            Some(previous) if sorted => match (**previous).cmp(&**key) {
+            Some(previous) if sorted => match text_order(previous.as_bytes(), key.as_bytes()) {
                 std::cmp::Ordering::Less => false,
                 std::cmp::Ordering::Equal => true,
                 std::cmp::Ordering::Greater => {
@@ -67,9 +67,7 @@ impl ResourceJson {
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    // No early exit: the check over every byte compiles to vector instructions, which
-    // beat stopping at the first escape for the short keys and values attributes hold.
-    if s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\')) {
+    if !needs_escape(s.as_bytes()) {
         // Nothing to escape (serde_json leaves other bytes, UTF-8 included, as they are).
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -79,6 +77,36 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     }
     // Writing a `str` into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Whether JSON needs any byte of `s` escaped: a control byte, `"` or `\`. Checked eight
+/// bytes at a time (attribute keys and values are a dozen bytes: a loop over bytes, vector
+/// or not, took ~4 % of ingest CPU).
+#[inline]
+fn needs_escape(s: &[u8]) -> bool {
+    let mut rest = s;
+    while let Some((word, next)) = rest.split_first_chunk::<8>() {
+        if word_needs_escape(u64::from_le_bytes(*word)) {
+            return true;
+        }
+        rest = next;
+    }
+    match s.last_chunk::<8>() {
+        // The last eight bytes, some checked already, cover the rest.
+        Some(last) if !rest.is_empty() => word_needs_escape(u64::from_le_bytes(*last)),
+        _ => rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+    }
+}
+
+/// Whether any byte of `word` is below 0x20, `"` or `\` (the exact tests of "has a byte
+/// less than n" and "has a zero byte", one subtraction each).
+#[inline]
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    control | zero_byte(word ^ (ONES * u64::from(b'"'))) | zero_byte(word ^ (ONES * u64::from(b'\\'))) != 0
 }
 
 fn write_value(out: &mut Vec<u8>, value: &Value) {
@@ -151,6 +179,27 @@ impl<'de> Deserialize<'de> for Ordered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_escape_check_finds_every_byte_json_escapes_and_no_other() {
+        let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        // Each byte, at each position of texts of 1 to 24 bytes around it.
+        for b in 0..=255u8 {
+            for len in 1..=24 {
+                for at in 0..len {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    assert_eq!(needs_escape(&text), escaped(b), "byte {b:#x} at {at} of {len}");
+                    // Next to bytes just past the tested ranges, and UTF-8.
+                    let mut mixed: Vec<u8> = (0..len).map(|i| [0x20, b'#', b']', 0xc3, 0xa9, 0x7f][i % 6]).collect();
+                    mixed[at] = b;
+                    assert_eq!(needs_escape(&mixed), escaped(b), "byte {b:#x} at {at} of {len}, mixed");
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("ünïcödé text".as_bytes()));
+    }
 
     #[test]
     fn attributes_round_trip_in_order_with_their_types() {

@@ -3,17 +3,16 @@
 
 use datafusion::arrow::{
     array::{
-        Array, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryBuilder, Int64Builder, StringArray, StringDictionaryBuilder,
-        TimestampNanosecondBuilder,
+        Array, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryBuilder, Int64Builder, StringArray, TimestampNanosecondBuilder,
     },
     compute::cast,
-    datatypes::{DataType, Int32Type, TimestampNanosecondType},
+    datatypes::{DataType, TimestampNanosecondType},
     error::ArrowError,
 };
 
 use super::{
     Part,
-    columnar::{NextBatch, RowWriter, column_builders, dict_like, with_headroom},
+    columnar::{NextBatch, RowWriter, column_builders, with_headroom},
     packed::TextPacker,
     spans::signed,
 };
@@ -21,7 +20,7 @@ use super::json::{ResourceJson, read_attributes, write_attributes};
 use crate::model::{Attributes, LogRecord, attr};
 use meshlens_common::ids::{SpanId, TraceId};
 
-type Dict = StringDictionaryBuilder<Int32Type>;
+use super::dict::Dict;
 
 /// The builders of the `logs` table.
 pub struct LogRows {
@@ -65,15 +64,15 @@ impl NextBatch for LogRows {
         let rows = with_headroom(ArrayBuilder::len(&self.time));
         Self {
             time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            service: dict_like(&self.service),
+            service: Dict::like(&self.service),
             severity_number: Int64Builder::with_capacity(rows),
-            severity: dict_like(&self.severity),
-            body: TextPacker::default(),
+            severity: Dict::like(&self.severity),
+            body: TextPacker::like(&self.body),
             trace_id: FixedSizeBinaryBuilder::with_capacity(rows, TraceId::LEN as i32),
             span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
-            event_name: dict_like(&self.event_name),
-            attributes: TextPacker::default(),
-            resource: dict_like(&self.resource),
+            event_name: Dict::like(&self.event_name),
+            attributes: TextPacker::like(&self.attributes),
+            resource: Dict::like(&self.resource),
             ..Self::default()
         }
     }
@@ -82,7 +81,7 @@ impl NextBatch for LogRows {
 impl RowWriter<LogRecord> for LogRows {
     fn append(&mut self, log: &LogRecord) -> u64 {
         self.time.append_value(signed(log.time_unix_nanos));
-        self.service.append_value(&*log.resource.service);
+        self.service.append_value(&log.resource.service);
         self.severity_number.append_value(i64::from(log.severity_number));
         self.severity.append_option(Some(log.severity_text.as_str()).filter(|s| !s.is_empty()));
         self.body.append_option(Some(log.body.as_str()).filter(|s| !s.is_empty()));
@@ -200,7 +199,10 @@ fn text(column: &ArrayRef) -> Result<StringArray, ArrowError> {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::{
+        array::{Array, AsArray},
+        datatypes::Int32Type,
+    };
 
     use super::*;
     use crate::{

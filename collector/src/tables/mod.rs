@@ -9,6 +9,7 @@
 //! written as a Parquet segment ([`crate::segments`]) and read back at start.
 
 pub mod columnar;
+pub mod dict;
 pub mod edges;
 pub mod json;
 pub mod logs;

@@ -332,6 +332,14 @@ impl Default for TextPacker {
 }
 
 impl TextPacker {
+    /// An empty packer whose open block has room for as much text as `like`'s (a batch's
+    /// first block grew its buffer by doubling, copying and faulting in each size).
+    pub fn like(like: &Self) -> Self {
+        let mut open = Vec::with_capacity(like.open.capacity());
+        open.resize(BLOCK_ROWS * 4, 0);
+        Self { packed: PackedText::default(), open, open_rows: 0 }
+    }
+
     /// Appends a row whose text `write` writes (it may only append). Text of 4 GiB or more
     /// (no export request is that large) is kept as an empty row.
     pub fn append_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
@@ -534,6 +542,14 @@ mod tests {
         }
         assert_eq!(ArrayBuilder::finish(&mut packer).as_string::<i32>(), &text, "finished as an Arrow array");
         assert_eq!(ArrayBuilder::len(&packer), 0);
+
+        // The next batch's packer starts with the room this one grew to, and packs alike.
+        let mut next = TextPacker::like(&packer);
+        assert!(next.open.capacity() >= packer.open.capacity() && next.open.capacity() >= 2 * BLOCK_ROWS * 4);
+        for row in &rows {
+            next.append_option(row.as_deref());
+        }
+        assert_eq!(next.finish().unpack().expect("unpacks"), text);
     }
 
     #[test]

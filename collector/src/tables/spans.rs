@@ -8,20 +8,20 @@ use std::sync::Arc;
 use datafusion::arrow::{
     array::{
         Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Array, Int64Builder, StringArray, StringBuilder,
-        StringDictionaryBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
+        TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
     },
     datatypes::{Int16Type, Int32Type, TimestampNanosecondType},
 };
 use meshlens_common::{hex, semconv};
 
 use super::{
-    columnar::{NextBatch, RowWriter, Sealed, column_builders, dict_like, text_like, with_headroom},
+    columnar::{NextBatch, RowWriter, Sealed, column_builders, text_like, with_headroom},
     json::{ResourceJson, read_attributes, value_of, write_attributes},
     packed::{Stored, TextColumn, TextPacker},
 };
-use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
+use crate::model::{KeyLengths, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
 
-type Dict = StringDictionaryBuilder<Int32Type>;
+use super::dict::Dict;
 
 /// String span attributes that have their own column, by position in [`STRING_COLUMNS`].
 const STRING_ATTRIBUTES: [&str; 10] = [
@@ -82,11 +82,17 @@ struct ColumnValues<'a> {
     in_columns: u64,
 }
 
+/// The lengths of the keys [`ColumnValues`] reads.
+const COLUMN_KEY_LENGTHS: KeyLengths = KeyLengths::of(&STRING_ATTRIBUTES).with(STATUS_CODE).with("peer.service").with("server.address");
+
 impl<'a> ColumnValues<'a> {
     fn of(span: &'a Span) -> Self {
         let mut out = Self { strings: [None; STATUS], status_code: None, in_columns: 0 };
         let mut seen = 0u16;
         for (i, (key, value)) in span.attributes.iter().enumerate() {
+            if !COLUMN_KEY_LENGTHS.may_hold(key) {
+                continue;
+            }
             let slot = match &**key {
                 STATUS_CODE => STATUS,
                 "peer.service" => PEER_SERVICE,
@@ -214,30 +220,30 @@ impl NextBatch for SpanRows {
             trace_id: FixedSizeBinaryBuilder::with_capacity(rows, TraceId::LEN as i32),
             span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
             parent_span_id: FixedSizeBinaryBuilder::with_capacity(rows, SpanId::LEN as i32),
-            service: dict_like(&self.service),
-            operation: dict_like(&self.operation),
-            kind: dict_like(&self.kind),
+            service: Dict::like(&self.service),
+            operation: Dict::like(&self.operation),
+            kind: Dict::like(&self.kind),
             start_time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             duration_ns: Int64Builder::with_capacity(rows),
-            status: dict_like(&self.status),
+            status: Dict::like(&self.status),
             status_message: text_like(&self.status_message),
-            http_method: dict_like(&self.http_method),
-            http_route: dict_like(&self.http_route),
+            http_method: Dict::like(&self.http_method),
+            http_route: Dict::like(&self.http_route),
             http_status_code: Int64Builder::with_capacity(rows),
-            peer_service: dict_like(&self.peer_service),
-            source_workload: dict_like(&self.source_workload),
-            source_version: dict_like(&self.source_version),
-            source_namespace: dict_like(&self.source_namespace),
-            destination_service: dict_like(&self.destination_service),
-            destination_workload: dict_like(&self.destination_workload),
-            destination_version: dict_like(&self.destination_version),
-            destination_namespace: dict_like(&self.destination_namespace),
-            response_flags: dict_like(&self.response_flags),
-            attributes: TextPacker::default(),
-            resource: dict_like(&self.resource),
+            peer_service: Dict::like(&self.peer_service),
+            source_workload: Dict::like(&self.source_workload),
+            source_version: Dict::like(&self.source_version),
+            source_namespace: Dict::like(&self.source_namespace),
+            destination_service: Dict::like(&self.destination_service),
+            destination_workload: Dict::like(&self.destination_workload),
+            destination_version: Dict::like(&self.destination_version),
+            destination_namespace: Dict::like(&self.destination_namespace),
+            response_flags: Dict::like(&self.response_flags),
+            attributes: TextPacker::like(&self.attributes),
+            resource: Dict::like(&self.resource),
             events: text_like(&self.events),
             links: text_like(&self.links),
-            scope: dict_like(&self.scope),
+            scope: Dict::like(&self.scope),
             ..Self::default()
         }
     }
@@ -290,7 +296,7 @@ impl RowWriter<Span> for SpanRows {
             }
             None => self.parent_span_id.append_null(),
         }
-        self.service.append_value(&**span.service());
+        self.service.append_value(span.service());
         self.operation.append_value(&span.name);
         self.kind.append_value(span.kind.as_str());
         self.start_time.append_value(signed(span.start_unix_nanos));
@@ -323,7 +329,7 @@ impl RowWriter<Span> for SpanRows {
         self.resource.append_value(self.resource_json.of(&span.resource));
         self.events.append_option(events_json(span));
         self.links.append_option(links_json(span));
-        self.scope.append_value(&*span.scope);
+        self.scope.append_value(&span.scope);
         span.start_unix_nanos
     }
 }

@@ -21,7 +21,7 @@ use super::{
     schema,
     spans::{SpanRows, StoredSpans, rows_of, trace_ids},
 };
-use crate::model::{Span, SpanKind, StatusCode, TraceId, attr};
+use crate::model::{Span, SpanKind, StatusCode, TraceId, attr, same_text};
 
 /// Search criteria, as the Jaeger API takes them. A trace matches when one of its spans
 /// satisfies all of them.
@@ -113,6 +113,11 @@ pub struct SpanTable {
     open: Vec<Arc<Span>>,
     /// Each service's operations, with the span kinds seen for each.
     services: BTreeMap<Arc<str>, BTreeMap<String, BTreeSet<SpanKind>>>,
+    /// The (service, operation, kind)s indexed most recently: most spans repeat one of them
+    /// and skip the index's lookups (string comparisons down two trees).
+    recent: Vec<(Box<str>, Box<str>, SpanKind)>,
+    /// The entry of `recent` replaced next.
+    recent_next: usize,
     /// Each trace's first and last sealed batch (sequence numbers), by ID prefix.
     batches_of: HashMap<u64, (u64, u64)>,
 }
@@ -123,10 +128,15 @@ impl Default for SpanTable {
             table: Table::new(schema::SPANS),
             open: Vec::new(),
             services: BTreeMap::new(),
+            recent: Vec::new(),
+            recent_next: 0,
             batches_of: HashMap::new(),
         }
     }
 }
+
+/// How many (service, operation, kind)s [`SpanTable`] remembers having indexed.
+const RECENTLY_INDEXED: usize = 8;
 
 /// The index key of a trace: the first 8 bytes of its ID.
 fn prefix(id: &TraceId) -> u64 {
@@ -196,6 +206,19 @@ impl SpanTable {
     }
 
     fn index(&mut self, service: &str, operation: &str, kind: SpanKind) {
+        let seen = |(s, o, k): &(Box<str>, Box<str>, SpanKind)| {
+            *k == kind && same_text(o.as_bytes(), operation.as_bytes()) && same_text(s.as_bytes(), service.as_bytes())
+        };
+        if self.recent.iter().any(seen) {
+            return;
+        }
+        let remembered = (Box::from(service), Box::from(operation), kind);
+        if self.recent.len() < RECENTLY_INDEXED {
+            self.recent.push(remembered);
+        } else {
+            self.recent[self.recent_next] = remembered;
+            self.recent_next = (self.recent_next + 1) % RECENTLY_INDEXED;
+        }
         let ops = match self.services.get_mut(service) {
             Some(ops) => ops,
             None => self.services.entry(Arc::from(service)).or_default(),
@@ -404,6 +427,35 @@ pub(crate) mod tests {
         let mut table = SpanTable::default();
         table.insert(spans, None);
         table
+    }
+
+    #[test]
+    fn the_index_holds_every_service_operation_and_kind_however_often_they_repeat() {
+        // More combinations than are remembered as recent, each seen many times, interleaved.
+        let mut spans = Vec::new();
+        for round in 0..5u8 {
+            for id in 0..12u8 {
+                let kind = if id % 2 == 0 { SpanKind::Server } else { SpanKind::Client };
+                spans.push(span(round, id, None, ["web", "cart", "web-api"][usize::from(id % 3)], kind, 1, 1));
+            }
+        }
+        spans.push(span(9, 0, None, "web", SpanKind::Client, 1, 1));
+        let table = table_with(spans);
+        assert_eq!(table.services().iter().map(|s| &**s).collect::<Vec<_>>(), ["cart", "web", "web-api"]);
+        let web = table.operations("web");
+        let want: Vec<(String, SpanKind)> = vec![
+            ("op-0".into(), SpanKind::Server),
+            ("op-0".into(), SpanKind::Client),
+            ("op-3".into(), SpanKind::Client),
+            ("op-6".into(), SpanKind::Server),
+            ("op-9".into(), SpanKind::Client),
+        ];
+        let mut sorted_web = web.clone();
+        sorted_web.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.as_str().cmp(b.1.as_str())));
+        let mut sorted_want = want;
+        sorted_want.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.as_str().cmp(b.1.as_str())));
+        assert_eq!(sorted_web, sorted_want);
+        assert_eq!(table.operations("cart").len(), 4);
     }
 
     #[test]

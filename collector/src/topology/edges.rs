@@ -15,13 +15,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{BuildHasherDefault, Hasher},
+    hash::BuildHasherDefault,
     sync::Arc,
 };
 
 use meshlens_common::semconv;
 
-use crate::model::{Attributes, LogRecord, Resource, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern, shared_str};
+use crate::model::{Attributes, KeyLengths, LogRecord, Prehashed, Resource, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern, shared_str};
 
 /// An attribute's string value, shared with earlier equal names.
 fn shared(attributes: &Attributes, key: &str) -> Option<Arc<str>> {
@@ -192,32 +192,48 @@ const DESTINATION_NAMESPACE: &str = semconv::DESTINATION_KEYS.namespace;
 const DESTINATION_WORKLOAD: &str = semconv::DESTINATION_KEYS.workload;
 const DESTINATION_VERSION: &str = semconv::DESTINATION_KEYS.version;
 
+/// The attribute keys edge matching reads, with their [`Facts`] slots.
+const SLOT_KEYS: [(&str, usize); SLOTS] = [
+    ("http.response.status_code", HTTP_STATUS),
+    ("rpc.grpc.status_code", GRPC_STATUS),
+    (semconv::CLASSIFICATION, CLASSIFICATION),
+    (semconv::PROTOCOL, PROTOCOL),
+    ("rpc.system", RPC_SYSTEM),
+    (semconv::RESPONSE_FLAGS, RESPONSE_FLAGS),
+    ("http.request.body.size", REQUEST_BYTES),
+    ("http.response.body.size", RESPONSE_BYTES),
+    (semconv::DURATION_NS, DURATION_NS),
+    (semconv::DIRECTION, DIRECTION),
+    ("event.name", EVENT_NAME),
+    ("peer.service", PEER_SERVICE),
+    ("server.address", SERVER_ADDRESS),
+    (SOURCE_SERVICE, SOURCE),
+    (SOURCE_NAMESPACE, SOURCE + 1),
+    (SOURCE_WORKLOAD, SOURCE + 2),
+    (SOURCE_VERSION, SOURCE + 3),
+    (DESTINATION_SERVICE, DESTINATION),
+    (DESTINATION_NAMESPACE, DESTINATION + 1),
+    (DESTINATION_WORKLOAD, DESTINATION + 2),
+    (DESTINATION_VERSION, DESTINATION + 3),
+];
+
+/// The lengths of [`SLOT_KEYS`].
+const SLOT_KEY_LENGTHS: KeyLengths = {
+    let mut lengths = KeyLengths::NONE;
+    let mut i = 0;
+    while i < SLOT_KEYS.len() {
+        lengths = lengths.with(SLOT_KEYS[i].0);
+        i += 1;
+    }
+    lengths
+};
+
 /// The [`Facts`] slot of an attribute key, if edge matching reads it.
 fn slot(key: &str) -> Option<usize> {
-    Some(match key {
-        "http.response.status_code" => HTTP_STATUS,
-        "rpc.grpc.status_code" => GRPC_STATUS,
-        semconv::CLASSIFICATION => CLASSIFICATION,
-        semconv::PROTOCOL => PROTOCOL,
-        "rpc.system" => RPC_SYSTEM,
-        semconv::RESPONSE_FLAGS => RESPONSE_FLAGS,
-        "http.request.body.size" => REQUEST_BYTES,
-        "http.response.body.size" => RESPONSE_BYTES,
-        semconv::DURATION_NS => DURATION_NS,
-        semconv::DIRECTION => DIRECTION,
-        "event.name" => EVENT_NAME,
-        "peer.service" => PEER_SERVICE,
-        "server.address" => SERVER_ADDRESS,
-        SOURCE_SERVICE => SOURCE,
-        SOURCE_NAMESPACE => SOURCE + 1,
-        SOURCE_WORKLOAD => SOURCE + 2,
-        SOURCE_VERSION => SOURCE + 3,
-        DESTINATION_SERVICE => DESTINATION,
-        DESTINATION_NAMESPACE => DESTINATION + 1,
-        DESTINATION_WORKLOAD => DESTINATION + 2,
-        DESTINATION_VERSION => DESTINATION + 3,
-        _ => return None,
-    })
+    if !SLOT_KEY_LENGTHS.may_hold(key) {
+        return None;
+    }
+    SLOT_KEYS.iter().find(|(k, _)| *k == key).map(|(_, slot)| *slot)
 }
 
 /// What edge figures are read from: the attributes of a span or an access log that edge
@@ -339,27 +355,6 @@ type ByKey<V> = HashMap<Key, V, ahash::RandomState>;
 /// key, an entry and a place in a queue. An SDK CLIENT span joined to its SERVER side is
 /// not kept at all: a request has one SERVER side.
 type Fingerprints = HashSet<u64, BuildHasherDefault<Prehashed>>;
-
-/// Hashes a fingerprint as itself: it is already a keyed hash of the span's key.
-#[derive(Debug, Default, Clone, Copy)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (the set holds `u64`s); any other input still hashes.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
 
 /// Fingerprints kept for each span the matcher may hold waiting (`max_pending`): settled
 /// spans are the bulk of a busy mesh's, and a window of them must fit.
@@ -615,6 +610,20 @@ impl EdgeDeriver {
 mod tests {
     use super::*;
     use crate::tables::traces::tests::span;
+
+    #[test]
+    fn every_read_key_has_its_own_slot() {
+        let mut slots = Vec::new();
+        for (key, want) in SLOT_KEYS {
+            assert_eq!(slot(key), Some(want), "{key}");
+            slots.push(want);
+        }
+        slots.sort_unstable();
+        assert_eq!(slots, (0..SLOTS).collect::<Vec<_>>());
+        for key in ["peer.servicf", "url.path", "bench.attr.10", "server.addresz"] {
+            assert_eq!(slot(key), None, "{key}");
+        }
+    }
 
     fn with_attrs(s: Arc<Span>, attrs: &[(&str, &str)]) -> Span {
         let mut s = (*s).clone();
