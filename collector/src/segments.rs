@@ -27,7 +27,7 @@ use parquet::{
 };
 
 use crate::tables::{
-    columnar::Sealed,
+    columnar::{BatchInfo, Sealed},
     schema::{self, Column},
 };
 
@@ -151,7 +151,7 @@ pub fn read(path: &Path, columns: &'static [Column]) -> Result<Sealed, SegmentEr
     let reader = builder.with_batch_size(1 << 20).build().map_err(|e| format_err(path, e))?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| format_err(path, e))?;
     let batch = concat_batches(schema, &batches).map_err(|e| format_err(path, e))?;
-    Ok(Sealed::pack(batch, columns, oldest, newest, records.into(), seq))
+    Ok(Sealed::pack(batch, columns, BatchInfo { oldest_nanos: oldest, newest_nanos: newest, records: records.into(), seq }))
 }
 
 /// The segments of `table` in `dir`, oldest first.

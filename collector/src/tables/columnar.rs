@@ -97,27 +97,32 @@ pub struct Sealed {
     bytes: usize,
 }
 
+/// What a sealed batch holds besides its rows: their time range, the journal records they
+/// came from and the batch's number in its table.
+#[derive(Debug, Clone)]
+pub struct BatchInfo {
+    /// The oldest row time, Unix nanoseconds.
+    pub oldest_nanos: u64,
+    /// The newest row time, Unix nanoseconds.
+    pub newest_nanos: u64,
+    /// The IDs of the journal records whose rows it holds.
+    pub records: Arc<[u64]>,
+    /// Its number in its table.
+    pub seq: u64,
+}
+
 impl Sealed {
     /// A batch of `columns`' rows (just sealed, or read back from a segment), its columns
     /// packed as their storage says.
-    pub fn pack(batch: RecordBatch, columns: &[Column], oldest_nanos: u64, newest_nanos: u64, records: Arc<[u64]>, seq: u64) -> Self {
+    pub fn pack(batch: RecordBatch, columns: &[Column], info: BatchInfo) -> Self {
         let rows = batch.num_rows();
         let arrays = batch.columns().iter().cloned().map(Finished::Array).collect();
-        Self::packed(batch.schema(), arrays, rows, columns, oldest_nanos, newest_nanos, records, seq)
+        Self::packed(batch.schema(), arrays, rows, columns, info)
     }
 
     /// [`Sealed::pack`] for arrays already checked against `schema` ([`check_columns`]).
-    #[allow(clippy::too_many_arguments)]
-    fn packed(
-        schema: SchemaRef,
-        arrays: Vec<Finished>,
-        rows: usize,
-        columns: &[Column],
-        oldest_nanos: u64,
-        newest_nanos: u64,
-        records: Arc<[u64]>,
-        seq: u64,
-    ) -> Self {
+    fn packed(schema: SchemaRef, arrays: Vec<Finished>, rows: usize, columns: &[Column], info: BatchInfo) -> Self {
+        let BatchInfo { oldest_nanos, newest_nanos, records, seq } = info;
         let stored: Arc<[Stored]> = arrays
             .into_iter()
             .enumerate()
@@ -360,8 +365,8 @@ impl<W: NextBatch> Table<W> {
         self.open_newest = 0;
         match checked {
             Ok(()) => {
-                let seq = self.next_seq;
-                let sealed = Sealed::packed(self.schema.clone(), arrays, rows, self.columns, oldest_nanos, newest_nanos, records, seq);
+                let info = BatchInfo { oldest_nanos, newest_nanos, records, seq: self.next_seq };
+                let sealed = Sealed::packed(self.schema.clone(), arrays, rows, self.columns, info);
                 self.push_sealed(sealed.clone());
                 Some(sealed)
             }
