@@ -294,12 +294,15 @@ impl<'a> Facts<'a> {
             // Formatted on the stack: a status code is shared like any other name.
             Some(code) => intern(itoa::Buffer::new().format(code)),
             None if self.status_error => intern("error"),
-            None => intern("-"),
+            None => none_text(),
         }
     }
 
     fn protocol(&self) -> Arc<str> {
-        intern(self.text(PROTOCOL).or_else(|| self.text(RPC_SYSTEM)).unwrap_or("http"))
+        match self.text(PROTOCOL).or_else(|| self.text(RPC_SYSTEM)) {
+            Some(protocol) => intern(protocol),
+            None => HTTP.with(Arc::clone),
+        }
     }
 
     fn observation(&self, source: NodeRef, destination: NodeRef, start: u64, duration: u64, trace_id: Option<TraceId>) -> EdgeObservation {
@@ -313,7 +316,7 @@ impl<'a> Facts<'a> {
             response_code: self.response_code(),
             http_status: self.int(HTTP_STATUS).and_then(|c| u16::try_from(c).ok()),
             grpc_status: self.int(GRPC_STATUS).and_then(|c| i32::try_from(c).ok()),
-            response_flags: self.text(RESPONSE_FLAGS).map_or_else(|| intern("-"), shared_str),
+            response_flags: self.text(RESPONSE_FLAGS).map_or_else(none_text, shared_str),
             request_bytes: self.count(REQUEST_BYTES),
             response_bytes: self.count(RESPONSE_BYTES),
             trace_id,
@@ -324,6 +327,18 @@ impl<'a> Facts<'a> {
     fn of_span(&self, span: &Span, source: NodeRef, destination: NodeRef) -> EdgeObservation {
         self.observation(source, destination, span.start_unix_nanos, span.duration_nanos(), Some(span.trace_id))
     }
+}
+
+thread_local! {
+    // The names most observations take, made once per thread instead of looked up in the
+    // interner for each.
+    static HTTP: Arc<str> = intern("http");
+    static NONE: Arc<str> = intern("-");
+}
+
+/// `-`: no response code or response flags.
+fn none_text() -> Arc<str> {
+    NONE.with(Arc::clone)
 }
 
 /// The request a sidecar's access-log record describes, when it is one to count: every
