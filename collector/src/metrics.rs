@@ -289,11 +289,6 @@ impl CollectorMetrics {
         }
     }
 
-    /// Counts one request on an edge.
-    pub fn observe_edge(&self, o: &EdgeObservation) {
-        self.observe_edges(std::slice::from_ref(o));
-    }
-
     /// Counts requests on edges: the series cache is locked, and the clock read, once for
     /// all of them (an export request's spans give hundreds).
     pub fn observe_edges(&self, observations: &[EdgeObservation]) {
@@ -439,10 +434,9 @@ mod tests {
         let metrics = CollectorMetrics::new(false);
         // The source's version is not a label: both keys update one series.
         for _ in 0..3 {
-            metrics.observe_edge(&observation(Some("v1"), "200"));
-            metrics.observe_edge(&observation(Some("v2"), "200"));
+            metrics.observe_edges(&[observation(Some("v1"), "200"), observation(Some("v2"), "200")]);
         }
-        metrics.observe_edge(&observation(None, "503"));
+        metrics.observe_edges(&[observation(None, "503")]);
         let text = exposition(&metrics);
         assert_eq!(value(&text, "meshlens_requests_total{"), vec!["1", "6"], "{text}");
         assert_eq!(value(&text, "meshlens_request_bytes_total{"), vec!["70"], "{text}");
@@ -450,7 +444,7 @@ mod tests {
 
         // One key of the shared series stays in use: nothing of it goes.
         std::thread::sleep(Duration::from_millis(30));
-        metrics.observe_edge(&observation(Some("v2"), "200"));
+        metrics.observe_edges(&[observation(Some("v2"), "200")]);
         assert_eq!(metrics.expire_idle(Duration::from_millis(15)), 1, "only the 503 series");
         let text = exposition(&metrics);
         assert_eq!(value(&text, "meshlens_requests_total{"), vec!["7"], "{text}");
@@ -458,7 +452,7 @@ mod tests {
         // All idle: every series goes, and traffic brings them back from zero.
         assert_eq!(metrics.expire_idle(Duration::ZERO), 2, "the request series and the edge's");
         assert!(value(&exposition(&metrics), "meshlens_requests_total{").is_empty());
-        metrics.observe_edge(&observation(Some("v1"), "200"));
+        metrics.observe_edges(&[observation(Some("v1"), "200")]);
         let text = exposition(&metrics);
         assert_eq!(value(&text, "meshlens_requests_total{"), vec!["1"], "{text}");
         assert_eq!(value(&text, "meshlens_request_duration_seconds_count{"), vec!["1"], "{text}");
@@ -469,7 +463,7 @@ mod tests {
         let metrics = CollectorMetrics::new(false);
         let mut o = observation(Some("v1"), "200");
         o.trace_id = Some(TraceId([0xab; 16]));
-        metrics.observe_edge(&o);
+        metrics.observe_edges(std::slice::from_ref(&o));
         let text = exposition(&metrics);
         let hex = "ab".repeat(16);
         assert!(text.lines().any(|l| l.starts_with("meshlens_request_duration_seconds_bucket") && l.contains(&format!("# {{trace_id=\"{hex}\"}} 0.002"))), "{text}");
