@@ -18,6 +18,7 @@ pub mod config;
 pub mod ingest;
 pub mod istio;
 pub mod journal;
+pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -9,7 +9,10 @@
 
 use std::sync::Arc;
 
-use crate::model::{Attributes, intern, same_text};
+use crate::{
+    lookup::same_text,
+    model::{Attributes, intern},
+};
 
 /// Orders remembered at most (instrumentations send a few shapes: server, client, database
 /// spans; entries are looked up by their number of attributes, then told apart key by key).

@@ -18,7 +18,7 @@ use datafusion::arrow::{
 };
 
 use super::columnar::with_headroom;
-use crate::model::{Prehashed, same_text};
+use crate::lookup::{Prehashed, same_text};
 
 /// A string column with 32-bit dictionary keys.
 #[derive(Debug)]

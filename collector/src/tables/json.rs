@@ -9,7 +9,10 @@ use std::{fmt, sync::Arc};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::model::{Attributes, Resource, Value, intern, text_order};
+use crate::{
+    lookup::text_order,
+    model::{Attributes, Resource, Value, intern},
+};
 
 /// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts (it is
 /// given each attribute's position, key and value; only the first of repeated keys is asked).

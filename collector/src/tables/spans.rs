@@ -19,7 +19,8 @@ use super::{
     json::{ResourceJson, read_attributes, value_of, write_attributes},
     packed::{Stored, TextColumn, TextPacker},
 };
-use crate::model::{KeyLengths, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
+use crate::lookup::KeyLengths;
+use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
 
 use super::dict::Dict;
 

@@ -21,7 +21,10 @@ use super::{
     schema,
     spans::{SpanRows, StoredSpans, rows_of, trace_ids},
 };
-use crate::model::{Span, SpanKind, StatusCode, TraceId, attr, same_text};
+use crate::{
+    lookup::same_text,
+    model::{Span, SpanKind, StatusCode, TraceId, attr},
+};
 
 /// Search criteria, as the Jaeger API takes them. A trace matches when one of its spans
 /// satisfies all of them.

@@ -21,7 +21,8 @@ use std::{
 
 use meshlens_common::semconv;
 
-use crate::model::{Attributes, KeyLengths, LogRecord, Prehashed, Resource, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern, shared_str};
+use crate::lookup::{KeyLengths, Prehashed};
+use crate::model::{Attributes, LogRecord, Resource, Span, SpanId, SpanKind, StatusCode, TraceId, Value, attr, intern, shared_str};
 
 /// An attribute's string value, shared with earlier equal names.
 fn shared(attributes: &Attributes, key: &str) -> Option<Arc<str>> {
