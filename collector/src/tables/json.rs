@@ -17,6 +17,23 @@ use crate::{
 /// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts (it is
 /// given each attribute's position, key and value; only the first of repeated keys is asked).
 pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl Fn(usize, &str, &Value) -> bool) {
+    write_attributes_keyed(out, attributes, skip, |out, key| write_key(out, key));
+}
+
+/// A key as an object member's start: `"key":`.
+pub fn write_key(out: &mut Vec<u8>, key: &str) {
+    write_str(out, key);
+    out.push(b':');
+}
+
+/// [`write_attributes`], with each member's start (`"key":`) written by `key`, which may
+/// write it in a packed form (see [`TextPacker::append_attributes`](super::packed::TextPacker::append_attributes)).
+pub fn write_attributes_keyed(
+    out: &mut Vec<u8>,
+    attributes: &Attributes,
+    skip: impl Fn(usize, &str, &Value) -> bool,
+    mut key_start: impl FnMut(&mut Vec<u8>, &Arc<str>),
+) {
     out.push(b'{');
     let mut first = true;
     // Converted attributes are sorted by key, so a repeated key follows its first: one
@@ -43,8 +60,7 @@ pub fn write_attributes(out: &mut Vec<u8>, attributes: &Attributes, skip: impl F
             out.push(b',');
         }
         first = false;
-        write_str(out, key);
-        out.push(b':');
+        key_start(out, key);
         write_value(out, value);
     }
     out.push(b'}');

@@ -16,7 +16,7 @@ use super::{
     packed::TextPacker,
     spans::signed,
 };
-use super::json::{ResourceJson, read_attributes, write_attributes};
+use super::json::{ResourceJson, read_attributes};
 use crate::model::{Attributes, LogRecord, attr};
 use meshlens_common::ids::{SpanId, TraceId};
 
@@ -99,7 +99,7 @@ impl RowWriter<LogRecord> for LogRows {
             None => self.span_id.append_null(),
         }
         self.event_name.append_option(attr(&log.attributes, "event.name").and_then(|v| v.as_str()));
-        self.attributes.append_with(|out| write_attributes(out, &log.attributes, |_, _, _| false));
+        self.attributes.append_attributes(&log.attributes, |_, _, _| false);
         self.resource.append_value(self.resource_json.of(&log.resource));
         log.time_unix_nanos
     }

@@ -3,8 +3,9 @@
 //! events, bodies) zstd-compressed in blocks of [`BLOCK_ROWS`] rows, and dictionary columns
 //! with 16-bit keys. A query that reads
 //! such a column gets the ordinary Arrow text array back ([`Stored::array`]); a row lookup
-//! decompresses only the block that holds the row ([`PackedText::block`]). The spans'
-//! attributes are packed block by block as rows are written ([`TextPacker`]).
+//! decompresses only the block that holds the row ([`PackedText::block`]). The spans' and
+//! logs' attributes are packed block by block as rows are written ([`TextPacker`]), each
+//! key written once per block: its rows hold a two-byte mark in its place.
 
 use std::{
     cell::{OnceCell, RefCell},
@@ -25,6 +26,7 @@ use datafusion::arrow::{
 use meshlens_common::hex;
 
 use super::schema::Storage;
+use crate::model::{Attributes, Value};
 
 /// Rows per compressed block.
 pub const BLOCK_ROWS: usize = 1024;
@@ -40,6 +42,15 @@ thread_local! {
 
 /// Marks a null row in a block's length list.
 const NULL: u32 = u32::MAX;
+
+/// Stands for an attribute key in the rows of a block written by
+/// [`TextPacker::append_attributes`]: the byte after it is the key's place in the block's
+/// key table, whose entry is the member's start (`"key":`). JSON text never holds this byte
+/// unescaped, so it marks nothing else.
+const KEY_MARK: u8 = 0x01;
+
+/// Keys a block's table holds at most (a place is one byte).
+const MAX_BLOCK_KEYS: usize = 256;
 
 /// One column of a sealed batch.
 #[derive(Debug, Clone)]
@@ -168,7 +179,8 @@ fn hex_text(bytes: &FixedSizeBinaryArray) -> Result<StringArray, ArrowError> {
 
 /// A text column compressed in blocks of [`BLOCK_ROWS`] rows. A block, before
 /// compression, is the rows' byte lengths (little-endian `u32`, `u32::MAX` for null)
-/// followed by their text.
+/// followed by their text, in which [`KEY_MARK`]s stand for the entries of the block's key
+/// table, if it has one.
 #[derive(Debug, Clone, Default)]
 pub struct PackedText {
     rows: usize,
@@ -183,11 +195,14 @@ struct Block {
     /// zstd's frame, or the block itself when compressing it failed.
     data: Box<[u8]>,
     compressed: bool,
+    /// The key table: each entry's length (one byte), then its text; empty when the rows
+    /// hold no [`KEY_MARK`]s.
+    keys: Box<[u8]>,
 }
 
 impl Block {
     /// `raw` compressed with this thread's context (kept as it is if that fails).
-    fn compress(raw: &[u8]) -> Self {
+    fn compress(raw: &[u8], keys: &[u8]) -> Self {
         let data = COMPRESSOR.with(|cell| {
             let mut compressor = cell.borrow_mut();
             if compressor.is_none() {
@@ -196,14 +211,26 @@ impl Block {
             compressor.as_mut()?.compress(raw).ok()
         });
         match data {
-            Some(data) => Self { raw: raw.len(), data: data.into_boxed_slice(), compressed: true },
-            None => Self::stored(raw),
+            Some(data) => Self { raw: raw.len(), data: data.into_boxed_slice(), compressed: true, keys: keys.into() },
+            None => Self::stored(raw, keys),
         }
     }
 
     /// `raw` kept as it is.
-    fn stored(raw: &[u8]) -> Self {
-        Self { raw: raw.len(), data: raw.into(), compressed: false }
+    fn stored(raw: &[u8], keys: &[u8]) -> Self {
+        Self { raw: raw.len(), data: raw.into(), compressed: false, keys: keys.into() }
+    }
+
+    /// The entries of the key table.
+    fn key_table(&self) -> Result<Vec<&[u8]>, ArrowError> {
+        let mut table = Vec::new();
+        let mut rest = &self.keys[..];
+        while let [len, tail @ ..] = rest {
+            let (entry, next) = tail.split_at_checked(usize::from(*len)).ok_or_else(|| corrupt("short key table"))?;
+            table.push(entry);
+            rest = next;
+        }
+        Ok(table)
     }
 
     /// The block as it was before compression.
@@ -217,6 +244,27 @@ impl Block {
 
 fn corrupt(what: &str) -> ArrowError {
     ArrowError::ComputeError(format!("a compressed column block is damaged: {what}"))
+}
+
+/// The rows of `text` (ending at `offsets`, after a leading 0) with each [`KEY_MARK`] and
+/// the place after it replaced by that entry of `keys`; the new text and its offsets.
+fn expand_keys(text: &[u8], offsets: &[i32], keys: &[&[u8]]) -> Result<(Vec<i32>, Vec<u8>), ArrowError> {
+    let mut out = Vec::with_capacity(text.len() * 2);
+    let mut expanded = Vec::with_capacity(offsets.len());
+    expanded.push(0);
+    for bounds in offsets.windows(2) {
+        let (from, to) = (usize::try_from(bounds[0]).unwrap_or(usize::MAX), usize::try_from(bounds[1]).unwrap_or(0));
+        let mut row = text.get(from..to).ok_or_else(|| corrupt("lengths do not match the text"))?;
+        while let Some(at) = row.iter().position(|&b| b == KEY_MARK) {
+            out.extend_from_slice(&row[..at]);
+            let place = row.get(at + 1).ok_or_else(|| corrupt("a key mark ends a row"))?;
+            out.extend_from_slice(keys.get(usize::from(*place)).ok_or_else(|| corrupt("a key mark past the key table"))?);
+            row = &row[at + 2..];
+        }
+        out.extend_from_slice(row);
+        expanded.push(i32::try_from(out.len()).map_err(|_| corrupt("a block over 2 GiB"))?);
+    }
+    Ok((expanded, out))
 }
 
 impl PackedText {
@@ -239,7 +287,7 @@ impl PackedText {
                     raw.extend_from_slice(values.get(from..to)?);
                 }
             }
-            blocks.push(Block::compress(&raw));
+            blocks.push(Block::compress(&raw, &[]));
         }
         Some(Self { rows: text.len(), nulls: text.null_count(), blocks })
     }
@@ -261,12 +309,13 @@ impl PackedText {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.blocks.iter().map(|b| b.data.len() + std::mem::size_of::<Block>()).sum::<usize>()
+        std::mem::size_of::<Self>() + self.blocks.iter().map(|b| b.data.len() + b.keys.len() + std::mem::size_of::<Block>()).sum::<usize>()
     }
 
     /// The rows of block `index` (rows `index * BLOCK_ROWS ..`).
     pub fn block(&self, index: usize) -> Result<StringArray, ArrowError> {
-        let raw = self.blocks.get(index).ok_or_else(|| corrupt("no such block"))?.raw()?;
+        let block = self.blocks.get(index).ok_or_else(|| corrupt("no such block"))?;
+        let raw = block.raw()?;
         let rows = (self.rows - index * BLOCK_ROWS).min(BLOCK_ROWS);
         let mut offsets = Vec::with_capacity(rows + 1);
         let mut valid = Vec::with_capacity(rows);
@@ -286,8 +335,12 @@ impl PackedText {
             return Err(corrupt("lengths do not match the text"));
         }
         let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
-        let values = Buffer::from_vec(raw).slice(header);
-        StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), values, nulls)
+        if block.keys.is_empty() {
+            let values = Buffer::from_vec(raw).slice(header);
+            return StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), values, nulls);
+        }
+        let (offsets, text) = expand_keys(&raw[header..], &offsets, &block.key_table()?)?;
+        StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(text), nulls)
     }
 
     /// The whole column.
@@ -323,11 +376,108 @@ pub struct TextPacker {
     open: Vec<u8>,
     /// Rows in the open block.
     open_rows: usize,
+    /// The open block's key table.
+    keys: BlockKeys,
 }
 
 impl Default for TextPacker {
     fn default() -> Self {
-        Self { packed: PackedText::default(), open: vec![0; BLOCK_ROWS * 4], open_rows: 0 }
+        Self { packed: PackedText::default(), open: vec![0; BLOCK_ROWS * 4], open_rows: 0, keys: BlockKeys::default() }
+    }
+}
+
+/// Slots of [`BlockKeys`]' index: twice the keys it holds at most.
+const KEY_SLOTS: usize = 2 * MAX_BLOCK_KEYS;
+
+/// The key table of a block being written, with an index from each key's address (keys
+/// are interned, so a key is nearly always the same `Arc`) to its place. The keys are held
+/// until the block closes, so no other key takes an address while it is indexed. A key
+/// whose member start is longer than 255 bytes, and keys past [`MAX_BLOCK_KEYS`], are
+/// written out in full.
+#[derive(Debug, Clone, Default)]
+struct BlockKeys {
+    /// `(address, place + 1)`, or `(address, LITERAL)` for a key written in full; `(_, 0)`
+    /// is free. Allocated with the first key.
+    index: Vec<(usize, u16)>,
+    /// The table as a block stores it.
+    table: Vec<u8>,
+    /// Entries in `table`.
+    entries: usize,
+    held: Vec<Arc<str>>,
+    /// The last row's keys by position, `(address, place)` as [`BlockKeys::place`] gave it
+    /// (rows of one shape repeat their keys in order, so most are found here first).
+    recent: Vec<(usize, Option<u8>)>,
+}
+
+/// A key [`BlockKeys`] writes in full.
+const LITERAL: u16 = u16::MAX;
+
+impl BlockKeys {
+    /// The place of the key of a row's `n`th member, as [`BlockKeys::place`].
+    fn place_at(&mut self, n: usize, key: &Arc<str>) -> Option<u8> {
+        let address = Arc::as_ptr(key).cast::<u8>() as usize;
+        if let Some(&(recent, place)) = self.recent.get(n)
+            && recent == address
+        {
+            return place;
+        }
+        let place = self.place(key);
+        if n < self.recent.len() {
+            self.recent[n] = (address, place);
+        } else if n == self.recent.len() && n < MAX_BLOCK_KEYS {
+            self.recent.push((address, place));
+        }
+        place
+    }
+
+    /// `key`'s place in the table, entered if new; `None` to write it in full.
+    fn place(&mut self, key: &Arc<str>) -> Option<u8> {
+        if self.index.is_empty() {
+            self.index = vec![(0, 0); KEY_SLOTS];
+        }
+        let address = Arc::as_ptr(key).cast::<u8>() as usize;
+        // Fibonacci hashing of the address into the index's nine bits.
+        let mut slot = (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> (usize::BITS - KEY_SLOTS.trailing_zeros());
+        loop {
+            match self.index[slot] {
+                (_, 0) => break,
+                (held, LITERAL) if held == address => return None,
+                (held, place) if held == address => return u8::try_from(place - 1).ok(),
+                _ => slot = (slot + 1) % KEY_SLOTS,
+            }
+        }
+        if self.held.len() == MAX_BLOCK_KEYS {
+            return None;
+        }
+        self.held.push(key.clone());
+        let start = self.table.len();
+        self.table.push(0);
+        super::json::write_key(&mut self.table, key);
+        match u8::try_from(self.table.len() - start - 1) {
+            Ok(len) => {
+                self.table[start] = len;
+                let place = self.entries;
+                self.entries += 1;
+                self.index[slot] = (address, place as u16 + 1);
+                u8::try_from(place).ok()
+            }
+            Err(_) => {
+                self.table.truncate(start);
+                self.index[slot] = (address, LITERAL);
+                None
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if !self.held.is_empty() {
+            self.index.fill((0, 0));
+            self.table.clear();
+            self.entries = 0;
+            self.held.clear();
+            // Addresses are told apart only while their keys are held.
+            self.recent.clear();
+        }
     }
 }
 
@@ -337,7 +487,7 @@ impl TextPacker {
     pub fn like(like: &Self) -> Self {
         let mut open = Vec::with_capacity(like.open.capacity());
         open.resize(BLOCK_ROWS * 4, 0);
-        Self { packed: PackedText::default(), open, open_rows: 0 }
+        Self { packed: PackedText::default(), open, open_rows: 0, keys: BlockKeys::default() }
     }
 
     /// Appends a row whose text `write` writes (it may only append). Text of 4 GiB or more
@@ -345,6 +495,29 @@ impl TextPacker {
     pub fn append_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let start = self.open.len();
         write(&mut self.open);
+        self.end_written(start);
+    }
+
+    /// Appends `attributes` as a JSON object ([`write_attributes`](super::json::write_attributes),
+    /// leaving out what `skip` accepts), each key as a mark for its entry in the block's key
+    /// table. Rows of attributes repeat their keys: here the keys are written and escaped
+    /// once a block, and compressing the block reads less than half the bytes.
+    pub fn append_attributes(&mut self, attributes: &Attributes, skip: impl Fn(usize, &str, &Value) -> bool) {
+        let start = self.open.len();
+        let keys = &mut self.keys;
+        let mut n = 0;
+        super::json::write_attributes_keyed(&mut self.open, attributes, skip, |out, key| {
+            match keys.place_at(n, key) {
+                Some(place) => out.extend_from_slice(&[KEY_MARK, place]),
+                None => super::json::write_key(out, key),
+            }
+            n += 1;
+        });
+        self.end_written(start);
+    }
+
+    /// Ends the row written since `start`.
+    fn end_written(&mut self, start: usize) {
         let len = u32::try_from(self.open.len() - start).ok().filter(|&len| len != NULL).unwrap_or_else(|| {
             self.open.truncate(start);
             0
@@ -378,7 +551,7 @@ impl TextPacker {
             return;
         }
         self.open.drain(self.open_rows * 4..BLOCK_ROWS * 4);
-        self.packed.blocks.push(Block::compress(&self.open));
+        self.packed.blocks.push(Block::compress(&self.open, &self.keys.table));
         self.packed.rows += self.open_rows;
         self.empty_open_block();
     }
@@ -387,6 +560,7 @@ impl TextPacker {
         self.open.clear();
         self.open.resize(BLOCK_ROWS * 4, 0);
         self.open_rows = 0;
+        self.keys.clear();
     }
 
     /// The rows so far, packed; the packer starts again empty (keeping its buffer).
@@ -401,7 +575,7 @@ impl TextPacker {
         if self.open_rows > 0 {
             let mut raw = self.open[..self.open_rows * 4].to_vec();
             raw.extend_from_slice(&self.open[BLOCK_ROWS * 4..]);
-            packed.blocks.push(Block::stored(&raw));
+            packed.blocks.push(Block::stored(&raw, &self.keys.table));
             packed.rows += self.open_rows;
         }
         packed.unpack().unwrap_or_else(|error| {
@@ -550,6 +724,67 @@ mod tests {
             next.append_option(row.as_deref());
         }
         assert_eq!(next.finish().unpack().expect("unpacks"), text);
+    }
+
+    #[test]
+    fn attributes_packed_with_key_marks_read_back_as_their_json() {
+        use crate::model::intern;
+        // Keys that repeat (interned, and once as another `Arc` of the same text), a key to
+        // escape, a key too long for the table, 300 distinct keys in one block (past the
+        // table's 256), a value holding the mark byte, and rows with nothing left.
+        let long = "k".repeat(300);
+        let row = |i: usize| -> Attributes {
+            let mut a: Attributes = vec![
+                (intern("http.route"), Value::Str(format!("/items/{i}").into())),
+                (intern("a \"quoted\" key"), Value::Int(i as i64)),
+                (intern(&long), Value::Bool(i.is_multiple_of(2))),
+                (Arc::from("http.route"), Value::Str("a second of the same key".into())),
+                (intern("mark"), Value::Str("\u{1}\u{1}x".into())),
+            ];
+            if (1100..1400).contains(&i) {
+                a.push((intern(&format!("distinct.{i}")), Value::Double(0.5)));
+            }
+            a
+        };
+        let mut packer = TextPacker::default();
+        let mut expected = Vec::new();
+        for i in 0..2500 {
+            if i == 1300 {
+                let so_far = packer.finish_cloned();
+                assert_eq!(so_far.as_string::<i32>(), &StringArray::from(expected.clone()), "the open rows");
+            }
+            if i % 13 == 0 {
+                packer.append_option(None);
+                expected.push(None);
+            }
+            let attributes = row(i);
+            let skip = |_: usize, key: &str, _: &Value| i % 5 == 0 || (i % 3 == 0 && key == "mark");
+            let mut json = Vec::new();
+            super::super::json::write_attributes(&mut json, &attributes, skip);
+            expected.push(Some(String::from_utf8(json).expect("utf-8")));
+            packer.append_attributes(&attributes, skip);
+        }
+        let text = StringArray::from(expected.clone());
+        let packed = packer.finish();
+        assert_eq!(packed.len(), text.len());
+        assert!(packed.blocks.iter().all(|b| !b.keys.is_empty()), "every block has its key table");
+        let written: usize = expected.iter().map(|r| 4 + r.as_ref().map_or(0, String::len)).sum();
+        let raw: usize = packed.blocks.iter().map(|b| b.raw).sum();
+        assert!(raw + 2500 * 20 < written, "keys are written once a block, not once a row: {raw} of {written} bytes");
+        assert_eq!(packed.unpack().expect("unpacks"), text);
+        let stored = Stored::Text(Arc::new(packed.clone()));
+        let reader = TextColumn::new(&stored).expect("text");
+        for row in [0, 13, 14, 1023, 1024, 1200, 2499, text.len() - 1] {
+            assert_eq!(reader.get(row), expected[row].as_deref(), "row {row}");
+        }
+
+        // A damaged table or mark is an error, not a panic.
+        let mut damaged = packed.clone();
+        damaged.blocks[0].keys = vec![200, b'x'].into_boxed_slice();
+        assert!(damaged.unpack().is_err());
+        let mut damaged = packed;
+        damaged.blocks[1].keys = damaged.blocks[1].keys[..damaged.blocks[1].keys[0] as usize + 1].into();
+        assert!(damaged.unpack().is_err(), "marks past a one-entry table");
     }
 
     #[test]

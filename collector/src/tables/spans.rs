@@ -326,7 +326,7 @@ impl RowWriter<Span> for SpanRows {
         for (column, value) in columns.into_iter().zip(found.strings) {
             column.append_option(value);
         }
-        self.attributes.append_with(|out| write_attributes(out, &span.attributes, |i, key, value| found.in_column(i, key, value)));
+        self.attributes.append_attributes(&span.attributes, |i, key, value| found.in_column(i, key, value));
         self.resource.append_value(self.resource_json.of(&span.resource));
         self.events.append_option(events_json(span));
         self.links.append_option(links_json(span));
