@@ -8,6 +8,7 @@
 //! key written once per block: its rows hold a two-byte mark in its place.
 
 use std::{
+    borrow::Cow,
     cell::{OnceCell, RefCell},
     sync::Arc,
 };
@@ -49,8 +50,9 @@ const NULL: u32 = u32::MAX;
 /// unescaped, so it marks nothing else.
 const KEY_MARK: u8 = 0x01;
 
-/// Keys a block's table holds at most (a place is one byte).
-const MAX_BLOCK_KEYS: usize = 256;
+/// Keys a block's table holds at most: a place is one byte below 0x80, so that rows with
+/// their marks are still ASCII-compatible UTF-8 and can be read without expanding them.
+const MAX_BLOCK_KEYS: usize = 128;
 
 /// One column of a sealed batch.
 #[derive(Debug, Clone)]
@@ -222,12 +224,12 @@ impl Block {
     }
 
     /// The entries of the key table.
-    fn key_table(&self) -> Result<Vec<&[u8]>, ArrowError> {
+    fn key_table(&self) -> Result<Vec<&str>, ArrowError> {
         let mut table = Vec::new();
         let mut rest = &self.keys[..];
         while let [len, tail @ ..] = rest {
             let (entry, next) = tail.split_at_checked(usize::from(*len)).ok_or_else(|| corrupt("short key table"))?;
-            table.push(entry);
+            table.push(std::str::from_utf8(entry).map_err(|_| corrupt("a key is not UTF-8"))?);
             rest = next;
         }
         Ok(table)
@@ -246,25 +248,29 @@ fn corrupt(what: &str) -> ArrowError {
     ArrowError::ComputeError(format!("a compressed column block is damaged: {what}"))
 }
 
-/// The rows of `text` (ending at `offsets`, after a leading 0) with each [`KEY_MARK`] and
-/// the place after it replaced by that entry of `keys`; the new text and its offsets.
-fn expand_keys(text: &[u8], offsets: &[i32], keys: &[&[u8]]) -> Result<(Vec<i32>, Vec<u8>), ArrowError> {
-    let mut out = Vec::with_capacity(text.len() * 2);
-    let mut expanded = Vec::with_capacity(offsets.len());
-    expanded.push(0);
-    for bounds in offsets.windows(2) {
-        let (from, to) = (usize::try_from(bounds[0]).unwrap_or(usize::MAX), usize::try_from(bounds[1]).unwrap_or(0));
-        let mut row = text.get(from..to).ok_or_else(|| corrupt("lengths do not match the text"))?;
-        while let Some(at) = row.iter().position(|&b| b == KEY_MARK) {
-            out.extend_from_slice(&row[..at]);
-            let place = row.get(at + 1).ok_or_else(|| corrupt("a key mark ends a row"))?;
-            out.extend_from_slice(keys.get(usize::from(*place)).ok_or_else(|| corrupt("a key mark past the key table"))?);
-            row = &row[at + 2..];
-        }
-        out.extend_from_slice(row);
-        expanded.push(i32::try_from(out.len()).map_err(|_| corrupt("a block over 2 GiB"))?);
+/// `row` with each [`KEY_MARK`] and the place after it replaced by that entry of `keys`;
+/// borrowed when it has no marks.
+fn expand_row<'r>(row: &'r str, keys: &[&str]) -> Result<Cow<'r, str>, ArrowError> {
+    if !row.as_bytes().contains(&KEY_MARK) {
+        return Ok(Cow::Borrowed(row));
     }
-    Ok((expanded, out))
+    let mut out = String::with_capacity(row.len() * 3);
+    expand_into(row, keys, &mut out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// Appends `row` to `out` with its key marks replaced (see [`expand_row`]).
+fn expand_into(row: &str, keys: &[&str], out: &mut String) -> Result<(), ArrowError> {
+    let mut rest = row;
+    while let Some(mark) = rest.bytes().position(|b| b == KEY_MARK) {
+        out.push_str(&rest[..mark]);
+        // A place is below 0x80: one ASCII byte, so slicing after it keeps to characters.
+        let place = rest.as_bytes().get(mark + 1).filter(|p| p.is_ascii()).ok_or_else(|| corrupt("a key mark ends a row"))?;
+        out.push_str(keys.get(usize::from(*place)).ok_or_else(|| corrupt("a key mark past the key table"))?);
+        rest = &rest[mark + 2..];
+    }
+    out.push_str(rest);
+    Ok(())
 }
 
 impl PackedText {
@@ -312,8 +318,27 @@ impl PackedText {
         std::mem::size_of::<Self>() + self.blocks.iter().map(|b| b.data.len() + b.keys.len() + std::mem::size_of::<Block>()).sum::<usize>()
     }
 
-    /// The rows of block `index` (rows `index * BLOCK_ROWS ..`).
+    /// The rows of block `index` (rows `index * BLOCK_ROWS ..`), their keys in place.
     pub fn block(&self, index: usize) -> Result<StringArray, ArrowError> {
+        let stored = self.stored_rows(index)?;
+        if stored.keys.is_empty() {
+            return Ok(stored.rows);
+        }
+        let rows = &stored.rows;
+        let mut text = String::with_capacity(rows.values().len() * 3);
+        let mut offsets = Vec::with_capacity(rows.len() + 1);
+        offsets.push(0i32);
+        for row in 0..rows.len() {
+            if rows.is_valid(row) {
+                expand_into(rows.value(row), &stored.keys, &mut text)?;
+            }
+            offsets.push(i32::try_from(text.len()).map_err(|_| corrupt("a block over 2 GiB"))?);
+        }
+        StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(text.into_bytes()), rows.nulls().cloned())
+    }
+
+    /// The rows of block `index` as stored, key marks and all, with its key table.
+    fn stored_rows(&self, index: usize) -> Result<StoredRows<'_>, ArrowError> {
         let block = self.blocks.get(index).ok_or_else(|| corrupt("no such block"))?;
         let raw = block.raw()?;
         let rows = (self.rows - index * BLOCK_ROWS).min(BLOCK_ROWS);
@@ -335,12 +360,9 @@ impl PackedText {
             return Err(corrupt("lengths do not match the text"));
         }
         let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
-        if block.keys.is_empty() {
-            let values = Buffer::from_vec(raw).slice(header);
-            return StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), values, nulls);
-        }
-        let (offsets, text) = expand_keys(&raw[header..], &offsets, &block.key_table()?)?;
-        StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(text), nulls)
+        let values = Buffer::from_vec(raw).slice(header);
+        let rows = StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), values, nulls)?;
+        Ok(StoredRows { rows, keys: block.key_table()? })
     }
 
     /// The whole column.
@@ -361,6 +383,23 @@ impl PackedText {
         }
         let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
         StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(values), nulls)
+    }
+}
+
+/// A block's rows as stored (key marks in them) and its key table.
+#[derive(Debug)]
+pub struct StoredRows<'a> {
+    rows: StringArray,
+    keys: Vec<&'a str>,
+}
+
+impl StoredRows<'_> {
+    /// Row `i` of the block, its keys in place (`None` when null, past the end or damaged).
+    fn get(&self, i: usize) -> Option<Cow<'_, str>> {
+        if i >= self.rows.len() || self.rows.is_null(i) {
+            return None;
+        }
+        expand_row(self.rows.value(i), &self.keys).map_err(|error| tracing::error!(%error, "a stored row cannot be read")).ok()
     }
 }
 
@@ -624,8 +663,9 @@ pub enum TextColumn<'a> {
     Packed {
         /// The column.
         text: &'a PackedText,
-        /// Its blocks, once read (`None` when damaged).
-        blocks: Box<[OnceCell<Option<StringArray>>]>,
+        /// Its blocks as stored, once read (`None` when damaged): a row's keys are put back
+        /// in place when it is read, not the whole block's.
+        blocks: Box<[OnceCell<Option<StoredRows<'a>>>]>,
     },
 }
 
@@ -640,21 +680,16 @@ impl<'a> TextColumn<'a> {
     }
 
     /// Row `row`'s value (`None` when null, or unreadable).
-    pub fn get(&self, row: usize) -> Option<&str> {
+    pub fn get(&self, row: usize) -> Option<Cow<'_, str>> {
         match self {
-            Self::Plain(array) => (row < array.len() && array.is_valid(row)).then(|| array.value(row)),
-            Self::Packed { text, blocks } => {
-                let block = blocks
-                    .get(row / BLOCK_ROWS)?
-                    .get_or_init(|| {
-                        text.block(row / BLOCK_ROWS)
-                            .map_err(|error| tracing::error!(%error, "stored rows cannot be read"))
-                            .ok()
-                    })
-                    .as_ref()?;
-                let i = row % BLOCK_ROWS;
-                (i < block.len() && block.is_valid(i)).then(|| block.value(i))
-            }
+            Self::Plain(array) => (row < array.len() && array.is_valid(row)).then(|| Cow::Borrowed(array.value(row))),
+            Self::Packed { text, blocks } => blocks
+                .get(row / BLOCK_ROWS)?
+                .get_or_init(|| {
+                    text.stored_rows(row / BLOCK_ROWS).map_err(|error| tracing::error!(%error, "stored rows cannot be read")).ok()
+                })
+                .as_ref()?
+                .get(row % BLOCK_ROWS),
         }
     }
 }
@@ -675,7 +710,7 @@ mod tests {
         let stored = Stored::Text(Arc::new(packed));
         let reader = TextColumn::new(&stored).expect("text");
         for row in [0, 3, 1023, 1024, 2499, 11] {
-            assert_eq!(reader.get(row), rows[row].as_deref(), "row {row}");
+            assert_eq!(reader.get(row).as_deref(), rows[row].as_deref(), "row {row}");
         }
         assert_eq!(reader.get(2500), None, "past the end");
         let sliced = text.slice(5, 1500);
@@ -731,7 +766,7 @@ mod tests {
         use crate::model::intern;
         // Keys that repeat (interned, and once as another `Arc` of the same text), a key to
         // escape, a key too long for the table, 300 distinct keys in one block (past the
-        // table's 256), a value holding the mark byte, and rows with nothing left.
+        // table's 128), a value holding the mark byte, and rows with nothing left.
         let long = "k".repeat(300);
         let row = |i: usize| -> Attributes {
             let mut a: Attributes = vec![
@@ -775,7 +810,7 @@ mod tests {
         let stored = Stored::Text(Arc::new(packed.clone()));
         let reader = TextColumn::new(&stored).expect("text");
         for row in [0, 13, 14, 1023, 1024, 1200, 2499, text.len() - 1] {
-            assert_eq!(reader.get(row), expected[row].as_deref(), "row {row}");
+            assert_eq!(reader.get(row).as_deref(), expected[row].as_deref(), "row {row}");
         }
 
         // A damaged table or mark is an error, not a panic.
@@ -785,6 +820,10 @@ mod tests {
         let mut damaged = packed;
         damaged.blocks[1].keys = damaged.blocks[1].keys[..damaged.blocks[1].keys[0] as usize + 1].into();
         assert!(damaged.unpack().is_err(), "marks past a one-entry table");
+        let stored = Stored::Text(Arc::new(damaged));
+        let reader = TextColumn::new(&stored).expect("text");
+        assert_eq!(reader.get(1100), None, "a damaged row reads as none");
+        assert_eq!(reader.get(0).as_deref(), expected[0].as_deref(), "other blocks read on");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! columns; the rest stay together as one JSON object), and [`StoredSpans`] rebuilds a
 //! span from a stored row, for trace lookups.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use datafusion::arrow::{
     array::{
@@ -542,8 +542,8 @@ impl<'a> StoredSpans<'a> {
     }
 
     /// A row's `attributes` JSON text.
-    pub fn attributes_text(&self, row: usize) -> &str {
-        self.attributes.get(row).unwrap_or("{}")
+    pub fn attributes_text(&self, row: usize) -> Cow<'_, str> {
+        self.attributes.get(row).unwrap_or(Cow::Borrowed("{}"))
     }
 
     /// A row's `resource` JSON text.
@@ -556,7 +556,7 @@ impl<'a> StoredSpans<'a> {
     pub fn span(&self, row: usize, resources: &mut Vec<(String, Arc<Resource>)>) -> Option<Span> {
         let trace_id = self.trace_id(row)?;
         let span_id = SpanId(self.span_id.get(row)?);
-        let mut attributes = read_attributes(self.attributes_text(row));
+        let mut attributes = read_attributes(&self.attributes_text(row));
         if self.http_status_code.is_valid(row) && !attributes.iter().any(|(k, _)| &**k == STATUS_CODE) {
             attributes.push((intern(STATUS_CODE), Value::Int(self.http_status_code.value(row))));
         }
@@ -592,10 +592,10 @@ impl<'a> StoredSpans<'a> {
                 "error" => StatusCode::Error,
                 _ => StatusCode::Unset,
             },
-            status_message: self.status_message.get(row).unwrap_or_default().to_owned(),
+            status_message: self.status_message.get(row).unwrap_or_default().into_owned(),
             attributes,
-            events: self.events.get(row).map(read_events).unwrap_or_default(),
-            links: self.links.get(row).map(read_links).unwrap_or_default(),
+            events: self.events.get(row).map(|text| read_events(&text)).unwrap_or_default(),
+            links: self.links.get(row).map(|text| read_links(&text)).unwrap_or_default(),
             resource,
             scope: self.scope.value(row).into(),
         })

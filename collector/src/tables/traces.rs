@@ -103,7 +103,7 @@ fn row_tag_matches(spans: &StoredSpans<'_>, row: usize, key: &str, expected: &st
             let found = |text: &str| {
                 text.contains(key).then(|| attr(&read_attributes(text), key).map(|v| v.to_text())).flatten()
             };
-            found(attributes).or_else(|| found(resource)).is_some_and(|v| v == expected)
+            found(&attributes).or_else(|| found(resource)).is_some_and(|v| v == expected)
         }
     }
 }
