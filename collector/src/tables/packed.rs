@@ -475,7 +475,7 @@ impl BlockKeys {
             self.index = vec![(0, 0); KEY_SLOTS];
         }
         let address = Arc::as_ptr(key).cast::<u8>() as usize;
-        // Fibonacci hashing of the address into the index's nine bits.
+        // Fibonacci hashing of the address into the index's bits.
         let mut slot = (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> (usize::BITS - KEY_SLOTS.trailing_zeros());
         loop {
             match self.index[slot] {
