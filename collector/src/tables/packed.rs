@@ -10,6 +10,7 @@
 use std::{
     borrow::Cow,
     cell::{OnceCell, RefCell},
+    collections::HashMap,
     sync::Arc,
 };
 
@@ -425,34 +426,27 @@ impl Default for TextPacker {
     }
 }
 
-/// Slots of [`BlockKeys`]' index: twice the keys it holds at most.
-const KEY_SLOTS: usize = 2 * MAX_BLOCK_KEYS;
-
-/// The key table of a block being written, with an index from each key's address (keys
-/// are interned, so a key is nearly always the same `Arc`) to its place. The keys are held
-/// until the block closes, so no other key takes an address while it is indexed. A key
-/// whose member start is longer than 255 bytes, and keys past [`MAX_BLOCK_KEYS`], are
-/// written out in full.
+/// The key table of a block being written, with each key's place by the key's address
+/// (keys are interned, so a key is nearly always the same `Arc`). The keys are held until
+/// the block closes, so no other key takes an address while it is known. A key whose member
+/// start is longer than 255 bytes, and keys past [`MAX_BLOCK_KEYS`], are written out in full.
 #[derive(Debug, Clone, Default)]
 struct BlockKeys {
-    /// `(address, place + 1)`, or `(address, LITERAL)` for a key written in full; `(_, 0)`
-    /// is free. Allocated with the first key.
-    index: Vec<(usize, u16)>,
+    /// Each held key's place, `None` for a key written in full.
+    places: HashMap<usize, Option<u8>, ahash::RandomState>,
     /// The table as a block stores it.
     table: Vec<u8>,
     /// Entries in `table`.
-    entries: usize,
+    entries: u8,
     held: Vec<Arc<str>>,
-    /// The last row's keys by position, `(address, place)` as [`BlockKeys::place`] gave it
-    /// (rows of one shape repeat their keys in order, so most are found here first).
+    /// The last row's keys by position, `(address, place)` (rows of one shape repeat their
+    /// keys in order, so most are found here without hashing).
     recent: Vec<(usize, Option<u8>)>,
 }
 
-/// A key [`BlockKeys`] writes in full.
-const LITERAL: u16 = u16::MAX;
-
 impl BlockKeys {
-    /// The place of the key of a row's `n`th member, as [`BlockKeys::place`].
+    /// The place of the key of a row's `n`th member in the table, entered if new; `None` to
+    /// write the key in full.
     fn place_at(&mut self, n: usize, key: &Arc<str>) -> Option<u8> {
         let address = Arc::as_ptr(key).cast::<u8>() as usize;
         if let Some(&(recent, place)) = self.recent.get(n)
@@ -460,7 +454,11 @@ impl BlockKeys {
         {
             return place;
         }
-        let place = self.place(key);
+        let place = match self.places.get(&address) {
+            Some(&place) => place,
+            None if self.held.len() < MAX_BLOCK_KEYS => self.enter(address, key),
+            None => None,
+        };
         if n < self.recent.len() {
             self.recent[n] = (address, place);
         } else if n == self.recent.len() && n < MAX_BLOCK_KEYS {
@@ -469,54 +467,34 @@ impl BlockKeys {
         place
     }
 
-    /// `key`'s place in the table, entered if new; `None` to write it in full.
-    fn place(&mut self, key: &Arc<str>) -> Option<u8> {
-        if self.index.is_empty() {
-            self.index = vec![(0, 0); KEY_SLOTS];
-        }
-        let address = Arc::as_ptr(key).cast::<u8>() as usize;
-        // Fibonacci hashing of the address into the index's bits.
-        let mut slot = (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> (usize::BITS - KEY_SLOTS.trailing_zeros());
-        loop {
-            match self.index[slot] {
-                (_, 0) => break,
-                (held, LITERAL) if held == address => return None,
-                (held, place) if held == address => return u8::try_from(place - 1).ok(),
-                _ => slot = (slot + 1) % KEY_SLOTS,
-            }
-        }
-        if self.held.len() == MAX_BLOCK_KEYS {
-            return None;
-        }
+    /// Enters a new key: its member start goes into the table if it fits.
+    fn enter(&mut self, address: usize, key: &Arc<str>) -> Option<u8> {
         self.held.push(key.clone());
         let start = self.table.len();
         self.table.push(0);
         super::json::write_key(&mut self.table, key);
-        match u8::try_from(self.table.len() - start - 1) {
+        let place = match u8::try_from(self.table.len() - start - 1) {
             Ok(len) => {
                 self.table[start] = len;
-                let place = self.entries;
                 self.entries += 1;
-                self.index[slot] = (address, place as u16 + 1);
-                u8::try_from(place).ok()
+                Some(self.entries - 1)
             }
             Err(_) => {
                 self.table.truncate(start);
-                self.index[slot] = (address, LITERAL);
                 None
             }
-        }
+        };
+        self.places.insert(address, place);
+        place
     }
 
     fn clear(&mut self) {
-        if !self.held.is_empty() {
-            self.index.fill((0, 0));
-            self.table.clear();
-            self.entries = 0;
-            self.held.clear();
-            // Addresses are told apart only while their keys are held.
-            self.recent.clear();
-        }
+        self.places.clear();
+        self.table.clear();
+        self.entries = 0;
+        self.held.clear();
+        // Addresses are told apart only while their keys are held.
+        self.recent.clear();
     }
 }
 
