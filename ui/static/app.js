@@ -10,7 +10,7 @@ const WARN_ERROR_RATIO = 0.01;
 const BAD_ERROR_RATIO = 0.05;
 const LABELED_EDGES = 150;
 
-const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null, zoom: null };
+const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null, zoom: null, extras: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, text) {
@@ -246,55 +246,83 @@ function showSelection() {
   }
 }
 
-// Traces from an SQL query (trace_id, operation, ms), each opening the trace view.
-async function traceList(tableId, titleId, query) {
-  const table = $(tableId);
-  table.replaceChildren();
-  try {
-    const response = await fetch("/api/v1/sql", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ query }) });
-    const result = await response.json();
-    if (!response.ok) throw new Error(result.error);
-    $(titleId).hidden = result.rows.length === 0;
-    for (const [trace, op, ms] of result.rows) {
-      const tr = document.createElement("tr");
-      const a = document.createElement("td"); a.textContent = op;
-      const b = document.createElement("td"); b.textContent = fmt.ms(ms);
-      tr.append(a, b);
-      tr.className = "link";
-      tr.title = `trace ${trace}`;
-      tr.addEventListener("click", () => { showTab("traces"); openTrace(trace); });
-      table.appendChild(tr);
-    }
-  } catch (err) {
-    $(titleId).hidden = true;
-  }
+// The rows of an SQL query, or an error with the collector's reason.
+async function sqlRows(query) {
+  const response = await fetch("/api/v1/sql", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ query }) });
+  const result = await response.json();
+  if (!response.ok) throw new Error(result.error || `HTTP ${response.status}`);
+  return result.rows;
+}
+
+// Traces (trace_id, operation, ms) as table rows, each opening the trace view.
+function traceRows(rows) {
+  return rows.map(([trace, op, ms]) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td"); a.textContent = op;
+    const b = document.createElement("td"); b.textContent = fmt.ms(ms);
+    tr.append(a, b);
+    tr.className = "link";
+    tr.title = `trace ${trace}`;
+    tr.addEventListener("click", () => { showTab("traces"); openTrace(trace); });
+    return tr;
+  });
+}
+
+// The busiest operations (operation, spans, p99 ms) as table rows.
+function opRows(rows) {
+  return rows.map(([op, n, p99]) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td"); a.textContent = op;
+    const b = document.createElement("td"); b.textContent = `${n} spans · p99 ${fmt.ms(p99)}`;
+    tr.append(a, b);
+    return tr;
+  });
 }
 
 // A string as an SQL literal.
 const sqlText = (s) => `'${String(s).replaceAll("'", "''")}'`;
 
-// The busiest operations of a service (or of a caller towards one destination), and a
-// button to its traces.
+// The panel's lists: table, title, rows builder.
+const EXTRAS = [["recent-table", "recent-title", traceRows], ["slowest-table", "slowest-title", traceRows], ["ops-table", "ops-title", opRows]];
+
+// The panel's SQL lists, refreshed with the graph: the recent and slowest traces and the
+// busiest operations of a service (or of a caller towards one destination), and a button to
+// its traces. The queries run one after another, and a round still running when the graph
+// refreshes again is left to finish, so a slow collector is not sent a pile of them. A list
+// is replaced only by new rows: a failed query leaves the last ones in place.
 async function detailExtras(service, destination) {
-  const where = [`service = ${sqlText(service)}`];
-  if (destination) where.push(`destination_service = ${sqlText(destination)}`);
-  const query = `SELECT operation, count(*) AS spans, approx_percentile_cont(duration_ns / 1e6, 0.99) AS p99_ms
-    FROM spans WHERE ${where.join(" AND ")} GROUP BY operation ORDER BY spans DESC LIMIT 5`;
-  const ops = $("ops-table");
-  ops.replaceChildren();
-  traceList("recent-table", "recent-title", `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY start_time DESC LIMIT 5`);
-  traceList("slowest-table", "slowest-title", `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY duration_ns DESC LIMIT 5`);
+  const key = JSON.stringify([service, destination]);
+  if (state.extras?.key === key && state.extras.busy) return;
+  if (state.extras?.key !== key) {
+    for (const [table, title] of EXTRAS) { $(table).replaceChildren(); $(title).hidden = true; }
+  }
+  const round = { key, busy: true };
+  state.extras = round;
   const button = $("detail-traces");
   button.hidden = false;
   button.onclick = () => openTraces(service, destination ? { "meshlens.destination.service": destination } : {});
+  const where = [`service = ${sqlText(service)}`];
+  if (destination) where.push(`destination_service = ${sqlText(destination)}`);
+  const queries = [
+    `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY start_time DESC LIMIT 5`,
+    `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY duration_ns DESC LIMIT 5`,
+    `SELECT operation, count(*) AS spans, approx_percentile_cont(duration_ns / 1e6, 0.99) AS p99_ms
+      FROM spans WHERE ${where.join(" AND ")} GROUP BY operation ORDER BY spans DESC LIMIT 5`,
+  ];
   try {
-    const response = await fetch("/api/v1/sql", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ query }) });
-    const result = await response.json();
-    if (!response.ok) throw new Error(result.error || `HTTP ${response.status}`);
-    $("ops-title").hidden = result.rows.length === 0;
-    for (const [op, n, p99] of result.rows) row(ops, op, `${n} spans · p99 ${fmt.ms(p99)}`);
-  } catch (err) {
-    $("ops-title").hidden = true;
+    for (const [i, [table, title, build]] of EXTRAS.entries()) {
+      let rows;
+      try {
+        rows = await sqlRows(queries[i]);
+      } catch {
+        continue;
+      }
+      if (state.extras !== round) return;
+      $(table).replaceChildren(...build(rows));
+      $(title).hidden = rows.length === 0;
+    }
+  } finally {
+    round.busy = false;
   }
 }
 

@@ -4,7 +4,7 @@
 //! plain text (`?format=csv` then picks CSV). Answers: 200 with the rows; 400 when the
 //! query is not allowed or not valid; 408 when it ran past its time limit; 413 when it
 //! needed more memory than its limit; 429 (with `Retry-After`) when too many queries
-//! run. `GET /api/v1/sql/tables` lists the tables and their documented columns.
+//! run and wait. `GET /api/v1/sql/tables` lists the tables and their documented columns.
 
 use std::sync::Arc;
 

@@ -16,7 +16,10 @@ pub mod guard;
 pub mod snapshot;
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -33,7 +36,7 @@ use datafusion::{
     prelude::{SessionConfig, SessionContext},
 };
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     pipeline::Pipeline,
@@ -49,15 +52,18 @@ pub struct SqlLimits {
     pub memory_bytes: usize,
     /// Most rows returned.
     pub max_rows: usize,
-    /// Queries running at once; more are refused as busy.
+    /// Queries running at once.
     pub concurrency: usize,
+    /// Queries that may wait for a running one to finish (at most their own time limit);
+    /// more are refused as busy.
+    pub queued: usize,
     /// Threads one query runs on; its table scans are split into as many partitions.
     pub threads: usize,
 }
 
 impl Default for SqlLimits {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), memory_bytes: 256 << 20, max_rows: 10_000, concurrency: 2, threads: cores() }
+        Self { timeout: Duration::from_secs(10), memory_bytes: 256 << 20, max_rows: 10_000, concurrency: 2, queued: 16, threads: cores() }
     }
 }
 
@@ -118,6 +124,8 @@ pub struct QueryResult {
 pub struct SqlEngine {
     limits: SqlLimits,
     running: Arc<Semaphore>,
+    /// Queries waiting for a slot.
+    waiting: AtomicUsize,
 }
 
 /// The tables a query may name.
@@ -126,7 +134,7 @@ pub const TABLE_NAMES: [&str; 4] = ["spans", "logs", "edges", "services"];
 impl SqlEngine {
     /// An engine with these limits.
     pub fn new(limits: SqlLimits) -> Self {
-        Self { limits, running: Arc::new(Semaphore::new(limits.concurrency.max(1))) }
+        Self { limits, running: Arc::new(Semaphore::new(limits.concurrency.max(1))), waiting: AtomicUsize::new(0) }
     }
 
     /// The limits.
@@ -136,7 +144,7 @@ impl SqlEngine {
 
     /// Runs `sql` against `pipeline`'s tables.
     pub async fn run(&self, pipeline: Arc<Pipeline>, sql: String) -> Result<QueryResult, SqlError> {
-        let permit = self.running.clone().try_acquire_owned().map_err(|_| SqlError::Busy)?;
+        let permit = self.slot().await?;
         let limits = self.limits;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -170,6 +178,27 @@ impl SqlEngine {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(SqlError::Internal("the query thread ended without an answer".into())),
             Err(_) => Err(SqlError::Timeout(limits.timeout)),
+        }
+    }
+}
+
+impl SqlEngine {
+    /// A running slot: at once when one is free, else after a wait in the bounded queue.
+    /// A dashboard panel sends a few queries together, and the queue spares them a refusal.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, SqlError> {
+        if let Ok(permit) = self.running.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.queued {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(SqlError::Busy);
+        }
+        let waited = tokio::time::timeout(self.limits.timeout, self.running.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match waited {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a wait past the limit is the same answer.
+            _ => Err(SqlError::Busy),
         }
     }
 }
@@ -389,7 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn runaway_queries_are_stopped_by_their_limits() {
-        let limits = SqlLimits { timeout: Duration::from_millis(500), max_rows: 7, memory_bytes: 1 << 20, concurrency: 1, threads: 2 };
+        let limits = SqlLimits { timeout: Duration::from_millis(500), max_rows: 7, memory_bytes: 1 << 20, concurrency: 1, queued: 1, threads: 2 };
         let p = pipeline_with_spans(200, limits);
         let r = query(&p, "SELECT a.span_id FROM spans a, spans b").await.expect("row limit cuts");
         assert_eq!((r.rows, r.truncated), (7, true));
@@ -406,5 +435,35 @@ mod tests {
             .expect_err("sorting 8 million rows needs more than 1 MiB");
         assert!(matches!(e, SqlError::Memory(_)), "{e:?}");
         assert!(query(&p, "SELECT count(*) FROM spans").await.is_ok(), "the engine still answers");
+    }
+
+    #[tokio::test]
+    async fn queries_beyond_the_running_ones_wait_in_a_bounded_queue() {
+        let limits = SqlLimits { timeout: Duration::from_secs(5), concurrency: 1, queued: 2, ..SqlLimits::default() };
+        let p = pipeline_with_spans(20, limits);
+        // The only slot is taken: two queries wait for it, a third is refused at once.
+        let held = p.sql.slot().await.expect("a free slot");
+        let waiting = [tokio::spawn(query_owned(p.clone())), tokio::spawn(query_owned(p.clone()))];
+        let queued = async {
+            while p.sql.waiting.load(Ordering::Relaxed) < 2 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), queued).await.expect("both queries wait for the slot");
+        assert!(matches!(query(&p, "SELECT 1").await, Err(SqlError::Busy)), "the queue is full");
+        drop(held);
+        for w in waiting {
+            let r = w.await.expect("join").expect("a queued query runs once the slot is free");
+            assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([[20]]));
+        }
+        assert_eq!(p.sql.waiting.load(Ordering::Relaxed), 0);
+        // A wait longer than the query's time limit ends as busy, not as a hang.
+        let short = pipeline_with_spans(1, SqlLimits { timeout: Duration::from_millis(200), ..limits });
+        let _held = short.sql.slot().await.expect("a free slot");
+        assert!(matches!(query(&short, "SELECT 1").await, Err(SqlError::Busy)), "waited past the limit");
+    }
+
+    async fn query_owned(p: Arc<Pipeline>) -> Result<QueryResult, SqlError> {
+        query(&p, "SELECT count(*) FROM spans").await
     }
 }
