@@ -156,7 +156,7 @@ pub fn value(v: &AnyValue) -> Option<Value> {
 /// from the `spans` table.
 pub fn attributes(kvs: &[KeyValue]) -> Attributes {
     let mut out: Attributes =
-        kvs.iter().filter_map(|kv| Some((crate::model::intern(&kv.key), value(kv.value.as_ref()?)?))).collect();
+        kvs.iter().filter_map(|kv| Some((crate::model::key(&kv.key), value(kv.value.as_ref()?)?))).collect();
     sort_by_key(&mut out);
     out
 }

@@ -7,11 +7,9 @@
 //! order by that permutation, with no hashing and no comparison sort. Anything else is
 //! interned and sorted as usual, and remembered in place of an older order.
 
-use std::sync::Arc;
-
 use crate::{
     lookup::same_text,
-    model::{Attributes, intern},
+    model::{Attributes, Key, key},
 };
 
 /// Orders remembered at most (instrumentations send a few shapes: server, client, database
@@ -27,7 +25,7 @@ struct Entry {
     /// `KeyValue`s on the wire, values or not: what entries are looked up by.
     encoded: usize,
     /// The kept keys in arrival order.
-    keys: Vec<Arc<str>>,
+    keys: Vec<Key>,
     /// Sorted position `j` holds arrival index `order[j]`.
     order: Vec<u8>,
 }
@@ -68,7 +66,7 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The interned key of the attribute kept at position `index`, from its encoded bytes:
     /// checked to be UTF-8 only when it is not a remembered key; `None` when it is not.
-    pub fn key(&mut self, index: usize, key: &[u8]) -> Option<Arc<str>> {
+    pub fn key(&mut self, index: usize, key: &[u8]) -> Option<Key> {
         if self.matching
             && let (Some(orders), Some(current)) = (&self.orders, self.entry)
         {
@@ -82,7 +80,7 @@ impl Run<'_> {
             let other = entries.iter().position(|e| {
                 e.encoded == self.encoded
                     && e.keys.get(index).is_some_and(|k| same_text(k.as_bytes(), key))
-                    && e.keys[..index].iter().zip(kept).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+                    && e.keys[..index].iter().zip(kept).all(|(a, b)| a == b)
             });
             if let Some(other) = other {
                 self.entry = Some(other);
@@ -90,7 +88,7 @@ impl Run<'_> {
             }
         }
         self.matching = false;
-        std::str::from_utf8(key).ok().map(intern)
+        std::str::from_utf8(key).ok().map(self::key)
     }
 
     /// Sorts the converted list by key (repeated keys keep their order): by the remembered
@@ -108,7 +106,7 @@ impl Run<'_> {
             permute(attributes, &orders.entries[e].order);
             return;
         }
-        let keys: Vec<Arc<str>> = attributes.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<Key> = attributes.iter().map(|(k, _)| k.clone()).collect();
         let mut order: Vec<u8> = (0..n as u8).collect();
         order.sort_by(|&a, &b| keys[usize::from(a)].cmp(&keys[usize::from(b)]));
         permute(attributes, &order);
@@ -160,7 +158,7 @@ mod tests {
     }
 
     fn sorted(keys: &[&str]) -> Attributes {
-        let mut out: Attributes = keys.iter().enumerate().map(|(i, k)| (Arc::from(*k), Value::Int(i as i64))).collect();
+        let mut out: Attributes = keys.iter().enumerate().map(|(i, k)| (Key::from(*k), Value::Int(i as i64))).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

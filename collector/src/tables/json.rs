@@ -11,7 +11,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::{
     lookup::text_order,
-    model::{Attributes, Resource, Value, intern},
+    model::{Attributes, Key, Resource, Value},
 };
 
 /// Writes `attributes` as one JSON object into `out`, leaving out those `skip` accepts (it is
@@ -32,7 +32,7 @@ pub fn write_attributes_keyed(
     out: &mut Vec<u8>,
     attributes: &Attributes,
     skip: impl Fn(usize, &str, &Value) -> bool,
-    mut key_start: impl FnMut(&mut Vec<u8>, &Arc<str>),
+    mut key_start: impl FnMut(&mut Vec<u8>, &Key),
 ) {
     out.push(b'{');
     let mut first = true;
@@ -42,7 +42,7 @@ pub fn write_attributes_keyed(
     for (i, (key, value)) in attributes.iter().enumerate() {
         let repeated = match i.checked_sub(1).map(|p| &attributes[p].0) {
             None => false,
-            Some(previous) if sorted && Arc::ptr_eq(previous, key) => true,
+            Some(previous) if sorted && previous.same(key) => true,
             Some(previous) if sorted => match text_order(previous.as_bytes(), key.as_bytes()) {
                 std::cmp::Ordering::Less => false,
                 std::cmp::Ordering::Equal => true,
@@ -185,7 +185,7 @@ impl<'de> Deserialize<'de> for Ordered {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some((key, value)) = map.next_entry::<std::borrow::Cow<'de, str>, serde_json::Value>()? {
                     if let Some(value) = value_of(value) {
-                        out.push((intern(&key), value));
+                        out.push((crate::model::key(&key), value));
                     }
                 }
                 Ok(Ordered(out))

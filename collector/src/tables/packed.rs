@@ -28,7 +28,7 @@ use datafusion::arrow::{
 use meshlens_common::hex;
 
 use super::schema::Storage;
-use crate::model::{Attributes, Value};
+use crate::model::{Attributes, Key, Value};
 
 /// Rows per compressed block.
 pub const BLOCK_ROWS: usize = 1024;
@@ -427,7 +427,7 @@ impl Default for TextPacker {
 }
 
 /// The key table of a block being written, with each key's place by the key's address
-/// (keys are interned, so a key is nearly always the same `Arc`). The keys are held until
+/// (keys are shared, so a key is nearly always at the same place). The keys are held until
 /// the block closes, so no other key takes an address while it is known. A key whose member
 /// start is longer than 255 bytes, and keys past [`MAX_BLOCK_KEYS`], are written out in full.
 #[derive(Debug, Clone, Default)]
@@ -438,7 +438,7 @@ struct BlockKeys {
     table: Vec<u8>,
     /// Entries in `table`.
     entries: u8,
-    held: Vec<Arc<str>>,
+    held: Vec<Key>,
     /// The last row's keys by position, `(address, place)` (rows of one shape repeat their
     /// keys in order, so most are found here without hashing).
     recent: Vec<(usize, Option<u8>)>,
@@ -447,8 +447,8 @@ struct BlockKeys {
 impl BlockKeys {
     /// The place of the key of a row's `n`th member in the table, entered if new; `None` to
     /// write the key in full.
-    fn place_at(&mut self, n: usize, key: &Arc<str>) -> Option<u8> {
-        let address = Arc::as_ptr(key).cast::<u8>() as usize;
+    fn place_at(&mut self, n: usize, key: &Key) -> Option<u8> {
+        let address = key.address();
         if let Some(&(recent, place)) = self.recent.get(n)
             && recent == address
         {
@@ -468,7 +468,7 @@ impl BlockKeys {
     }
 
     /// Enters a new key: its member start goes into the table if it fits.
-    fn enter(&mut self, address: usize, key: &Arc<str>) -> Option<u8> {
+    fn enter(&mut self, address: usize, key: &Key) -> Option<u8> {
         self.held.push(key.clone());
         let start = self.table.len();
         self.table.push(0);
@@ -741,21 +741,21 @@ mod tests {
 
     #[test]
     fn attributes_packed_with_key_marks_read_back_as_their_json() {
-        use crate::model::intern;
-        // Keys that repeat (interned, and once as another `Arc` of the same text), a key to
+        use crate::model::{Key, key};
+        // Keys that repeat (kept, and once as an `Arc` of the same text), a key to
         // escape, a key too long for the table, 300 distinct keys in one block (past the
         // table's 128), a value holding the mark byte, and rows with nothing left.
         let long = "k".repeat(300);
         let row = |i: usize| -> Attributes {
             let mut a: Attributes = vec![
-                (intern("http.route"), Value::Str(format!("/items/{i}").into())),
-                (intern("a \"quoted\" key"), Value::Int(i as i64)),
-                (intern(&long), Value::Bool(i.is_multiple_of(2))),
-                (Arc::from("http.route"), Value::Str("a second of the same key".into())),
-                (intern("mark"), Value::Str("\u{1}\u{1}x".into())),
+                (key("http.route"), Value::Str(format!("/items/{i}").into())),
+                (key("a \"quoted\" key"), Value::Int(i as i64)),
+                (key(&long), Value::Bool(i.is_multiple_of(2))),
+                (Key::Shared(Arc::new(Box::from("http.route"))), Value::Str("a second of the same key".into())),
+                (key("mark"), Value::Str("\u{1}\u{1}x".into())),
             ];
             if (1100..1400).contains(&i) {
-                a.push((intern(&format!("distinct.{i}")), Value::Double(0.5)));
+                a.push((key(&format!("distinct.{i}")), Value::Double(0.5)));
             }
             a
         };

@@ -20,7 +20,7 @@ use super::{
     packed::{Stored, TextColumn, TextPacker},
 };
 use crate::lookup::KeyLengths;
-use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, intern};
+use crate::model::{Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, StatusCode, TraceId, Value, key};
 
 use super::dict::Dict;
 
@@ -558,13 +558,13 @@ impl<'a> StoredSpans<'a> {
         let span_id = SpanId(self.span_id.get(row)?);
         let mut attributes = read_attributes(&self.attributes_text(row));
         if self.http_status_code.is_valid(row) && !attributes.iter().any(|(k, _)| &**k == STATUS_CODE) {
-            attributes.push((intern(STATUS_CODE), Value::Int(self.http_status_code.value(row))));
+            attributes.push((key(STATUS_CODE), Value::Int(self.http_status_code.value(row))));
         }
         for (column, key) in self.strings.iter().zip(STRING_ATTRIBUTES) {
             if let Some(v) = dict_value(column, row)
                 && !attributes.iter().any(|(k, _)| &**k == key)
             {
-                attributes.push((intern(key), Value::Str(v.into())));
+                attributes.push((self::key(key), Value::Str(v.into())));
             }
         }
         attributes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -623,7 +623,7 @@ fn read_events(text: &str) -> Vec<SpanEvent> {
             name: e["name"].as_str().unwrap_or_default().to_owned(),
             attributes: match e["attributes"].take() {
                 serde_json::Value::Object(map) => {
-                    map.into_iter().filter_map(|(k, v)| Some((intern(&k), value_of(v)?))).collect()
+                    map.into_iter().filter_map(|(k, v)| Some((key(&k), value_of(v)?))).collect()
                 }
                 _ => Vec::new(),
             },
@@ -733,7 +733,7 @@ mod tests {
         };
         let mut s = (*span(1, 2, Some(1), "frontend", SpanKind::Client, 10, 5)).clone();
         s.attributes = column_attributes(0);
-        s.attributes.extend((0..60).map(|i| (format!("k{i}").into(), Value::Int(i))));
+        s.attributes.extend((0..60).map(|i| (key(&format!("k{i}")), Value::Int(i))));
         s.attributes.push((STATUS_CODE.into(), Value::Int(200)));
         s.attributes.extend(column_attributes(1));
         s.attributes.push((semconv::DESTINATION_KEYS.service.into(), Value::Str("reviews".into())));

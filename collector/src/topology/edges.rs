@@ -745,7 +745,7 @@ mod tests {
             ("meshlens.duration_ns".into(), Value::Int(duration_ns)),
             ("http.response.status_code".into(), Value::Int(200)),
         ];
-        attributes.extend(attrs.iter().map(|(k, v)| (Arc::from(*k), Value::Str((*v).into()))));
+        attributes.extend(attrs.iter().map(|(k, v)| (crate::model::Key::from(*k), Value::Str((*v).into()))));
         LogRecord {
             time_unix_nanos: 1,
             severity_number: 9,
