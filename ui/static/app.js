@@ -5,6 +5,9 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 2000;
+// The selection panel's SQL lists (busiest operations, recent and slowest traces) refresh
+// at most this often: each is a scan of the stored spans.
+const EXTRAS_MS = 10000;
 // Health thresholds on the error ratio (documented in the README).
 const WARN_ERROR_RATIO = 0.01;
 const BAD_ERROR_RATIO = 0.05;
@@ -287,16 +290,18 @@ const EXTRAS = [["recent-table", "recent-title", traceRows], ["slowest-table", "
 
 // The panel's SQL lists, refreshed with the graph: the recent and slowest traces and the
 // busiest operations of a service (or of a caller towards one destination), and a button to
-// its traces. The queries run one after another, and a round still running when the graph
-// refreshes again is left to finish, so a slow collector is not sent a pile of them. A list
-// is replaced only by new rows: a failed query leaves the last ones in place.
+// its traces. The queries run one after another, and for one selection a round starts at
+// most every EXTRAS_MS and never while the last is still running, so a slow collector is not
+// sent a pile of scans. A list is replaced only by new rows: a failed query leaves the last
+// ones in place.
 async function detailExtras(service, destination) {
   const key = JSON.stringify([service, destination]);
-  if (state.extras?.key === key && state.extras.busy) return;
-  if (state.extras?.key !== key) {
+  const last = state.extras?.key === key ? state.extras : null;
+  if (last && (last.busy || Date.now() - last.started < EXTRAS_MS)) return;
+  if (!last) {
     for (const [table, title] of EXTRAS) { $(table).replaceChildren(); $(title).hidden = true; }
   }
-  const round = { key, busy: true };
+  const round = { key, busy: true, started: Date.now() };
   state.extras = round;
   const button = $("detail-traces");
   button.hidden = false;
