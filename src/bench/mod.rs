@@ -6,9 +6,10 @@
 //! access log off); and through meshlens-proxy's outbound side (one worker thread) with
 //! telemetry off, with telemetry on at 100 % sampling to a running collector, and with
 //! telemetry on while the collector is down. For each it reports the maximum request rate
-//! with N connections, latency at a fixed open-loop rate (and what the proxy adds over the
-//! direct path), the proxy's resident memory idle and under that load, and its CPU time per
-//! 1,000 requests. The load generator runs on the same cores as everything else.
+//! with N connections (and the cores the machine left idle meanwhile), latency at a fixed
+//! open-loop rate (and what the proxy adds over the direct path), the proxy's resident
+//! memory idle and under that load, and its CPU time per 1,000 requests. The load generator
+//! runs on the same cores as everything else.
 
 pub mod ingest;
 pub mod load;
@@ -49,6 +50,9 @@ pub struct Row {
     pub scenario: String,
     /// Requests per second with `connections` connections.
     pub max_rps: f64,
+    /// Cores the whole machine left idle while that rate was measured: a row that is not
+    /// CPU-bound lost its rate to waiting (for a core, behind other processes), not to work.
+    pub idle_cores_at_max: Option<f64>,
     /// Latency at the fixed rate, microseconds.
     pub p50_us: f64,
     /// 99th percentile, microseconds.
@@ -147,6 +151,14 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
+/// Seconds the machine's cores have spent idle (or waiting for I/O) since boot, summed over
+/// cores, from the first line of `/proc/stat` (in 1/100 s ticks).
+fn idle_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).map_while(|f| f.parse().ok()).collect();
+    Some((fields.get(3)? + fields.get(4)?) as f64 / 100.0)
+}
+
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 /// Measures one scenario: throughput, then latency at the fixed rate while sampling the
@@ -156,7 +168,10 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
     load::fixed_rate(target, 200.0, Duration::from_millis(500), 4).await?;
     let rss_idle = pid.map(rss_bytes);
     let collector_rss = collector.map(PeakRss::sample);
+    let idle_before = idle_seconds();
+    let max_started = std::time::Instant::now();
     let max_rps = load::max_throughput(target, settings.connections, settings.duration).await?;
+    let idle_cores_at_max = idle_before.zip(idle_seconds()).map(|(a, b)| (b - a) / max_started.elapsed().as_secs_f64());
     let cpu_before = pid.map(cpu_seconds);
     let collector_before = collector.map(cpu_seconds);
     let proxy_rss = pid.map(PeakRss::sample);
@@ -168,6 +183,7 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
     Ok(Row {
         scenario: name.into(),
         max_rps,
+        idle_cores_at_max,
         p50_us: latencies.quantile(0.5),
         p99_us: latencies.quantile(0.99),
         p999_us: latencies.quantile(0.999),
@@ -244,15 +260,16 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<36} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
-        "scenario", "max req/s", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
+        "{:<36} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
+        "scenario", "max req/s", "idle", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
         "errors"
     );
     for r in rows {
         println!(
-            "{:<36} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
+            "{:<36} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
             r.scenario,
             r.max_rps,
+            opt(r.idle_cores_at_max, 2),
             r.p50_us,
             r.p99_us,
             r.p999_us,
@@ -267,7 +284,9 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
             r.errors,
         );
     }
-    println!("\nRSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
+    println!("\nidle: cores the machine left idle while the max req/s was measured (a row that is not CPU-bound");
+    println!("lost its rate to waiting, e.g. for a core behind other processes, not to work).");
+    println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");
 }
