@@ -200,12 +200,17 @@ function panZoom() {
   svg.addEventListener("dblclick", () => { state.zoom = null; if (state.view) render(state.view); });
 }
 
-function row(table, label, value) {
+// A two-cell table row.
+function pair(label, value) {
   const tr = document.createElement("tr");
   const a = document.createElement("td"); a.textContent = label;
   const b = document.createElement("td"); b.textContent = value;
   tr.append(a, b);
-  table.appendChild(tr);
+  return tr;
+}
+
+function row(table, label, value) {
+  table.appendChild(pair(label, value));
 }
 
 function showTraffic(title, t, extra) {
@@ -260,10 +265,7 @@ async function sqlRows(query) {
 // Traces (trace_id, operation, ms) as table rows, each opening the trace view.
 function traceRows(rows) {
   return rows.map(([trace, op, ms]) => {
-    const tr = document.createElement("tr");
-    const a = document.createElement("td"); a.textContent = op;
-    const b = document.createElement("td"); b.textContent = fmt.ms(ms);
-    tr.append(a, b);
+    const tr = pair(op, fmt.ms(ms));
     tr.className = "link";
     tr.title = `trace ${trace}`;
     tr.addEventListener("click", () => { showTab("traces"); openTrace(trace); });
@@ -273,13 +275,7 @@ function traceRows(rows) {
 
 // The busiest operations (operation, spans, p99 ms) as table rows.
 function opRows(rows) {
-  return rows.map(([op, n, p99]) => {
-    const tr = document.createElement("tr");
-    const a = document.createElement("td"); a.textContent = op;
-    const b = document.createElement("td"); b.textContent = `${n} spans · p99 ${fmt.ms(p99)}`;
-    tr.append(a, b);
-    return tr;
-  });
+  return rows.map(([op, n, p99]) => pair(op, `${n} spans · p99 ${fmt.ms(p99)}`));
 }
 
 // A string as an SQL literal.

@@ -180,26 +180,35 @@ impl SqlEngine {
             Err(_) => Err(SqlError::Timeout(limits.timeout)),
         }
     }
-}
 
-impl SqlEngine {
     /// A running slot: at once when one is free, else after a wait in the bounded queue.
     /// A dashboard panel sends a few queries together, and the queue spares them a refusal.
     async fn slot(&self) -> Result<OwnedSemaphorePermit, SqlError> {
         if let Ok(permit) = self.running.clone().try_acquire_owned() {
             return Ok(permit);
         }
+        // The place in the queue is given back however the wait ends, also when the caller
+        // stops waiting (a client that hangs up drops its request's future).
+        let place = QueuePlace(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.queued {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(SqlError::Busy);
         }
         let waited = tokio::time::timeout(self.limits.timeout, self.running.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(place);
         match waited {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; a wait past the limit is the same answer.
             _ => Err(SqlError::Busy),
         }
+    }
+}
+
+/// A query's place in the wait queue, counted in `SqlEngine::waiting` while it lives.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -443,16 +452,18 @@ mod tests {
         let p = pipeline_with_spans(20, limits);
         // The only slot is taken: two queries wait for it, a third is refused at once.
         let held = p.sql.slot().await.expect("a free slot");
-        let waiting = [tokio::spawn(query_owned(p.clone())), tokio::spawn(query_owned(p.clone()))];
-        let queued = async {
-            while p.sql.waiting.load(Ordering::Relaxed) < 2 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), queued).await.expect("both queries wait for the slot");
+        let (first, second) = (tokio::spawn(query_owned(p.clone())), tokio::spawn(query_owned(p.clone())));
+        queued(&p, 2).await;
         assert!(matches!(query(&p, "SELECT 1").await, Err(SqlError::Busy)), "the queue is full");
+        assert_eq!(p.sql.waiting.load(Ordering::Relaxed), 2, "a refused query takes no place");
+        // A caller that stops waiting (a client that hung up) gives its place back.
+        second.abort();
+        assert!(second.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(p.sql.waiting.load(Ordering::Relaxed), 1, "an abandoned wait gives its place back");
+        let third = tokio::spawn(query_owned(p.clone()));
+        queued(&p, 2).await;
         drop(held);
-        for w in waiting {
+        for w in [first, third] {
             let r = w.await.expect("join").expect("a queued query runs once the slot is free");
             assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([[20]]));
         }
@@ -461,6 +472,16 @@ mod tests {
         let short = pipeline_with_spans(1, SqlLimits { timeout: Duration::from_millis(200), ..limits });
         let _held = short.sql.slot().await.expect("a free slot");
         assert!(matches!(query(&short, "SELECT 1").await, Err(SqlError::Busy)), "waited past the limit");
+    }
+
+    /// Returns once `n` queries wait for a slot (fails the test after 5 s).
+    async fn queued(p: &Pipeline, n: usize) {
+        let until = async {
+            while p.sql.waiting.load(Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), until).await.expect("the queries wait for the slot");
     }
 
     async fn query_owned(p: Arc<Pipeline>) -> Result<QueryResult, SqlError> {
