@@ -56,7 +56,7 @@ fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Respons
 }
 
 /// Inflates a gzip body, refusing to grow past [`MAX_MESSAGE_BYTES`].
-fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+pub(super) fn gunzip(body: &[u8]) -> Result<Bytes, String> {
     use std::io::Read;
     let mut out = Vec::new();
     let mut decoder = flate2::read::GzDecoder::new(body).take(MAX_MESSAGE_BYTES as u64 + 1);
