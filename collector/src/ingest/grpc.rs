@@ -240,7 +240,8 @@ mod tests {
     async fn a_full_budget_answers_resource_exhausted_with_retry_info() {
         let pipeline = Pipeline::new(&CollectorConfig { ingest_inflight_bytes: 4096, ..Default::default() });
         let ingest = Ingest::new(pipeline.clone(), None);
-        let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() };
+        let span =
+            Span { trace_id: vec![1; 16], span_id: vec![2; 8], start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() };
         let request = || {
             let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
@@ -312,14 +313,19 @@ mod tests {
             ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
                     // Big enough to cross several HTTP/2 frames.
-                    scope_spans: vec![ScopeSpans { spans: (1..=200).map(span).chain([Span { span_id: vec![], ..span(0) }]).collect(), ..Default::default() }],
+                    scope_spans: vec![ScopeSpans {
+                        spans: (1..=200).map(span).chain([Span { span_id: vec![], ..span(0) }]).collect(),
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 }],
             }
         };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect().await.expect("connect");
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+        let channel = endpoint.connect().await.expect("connect");
         let plain = TraceServiceClient::new(channel.clone()).export(spans(1)).await.expect("plain export").into_inner();
-        let gzip = TraceServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip).export(spans(2)).await.expect("gzip export").into_inner();
+        let mut gzip_client = TraceServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let gzip = gzip_client.export(spans(2)).await.expect("gzip export").into_inner();
         for answer in [plain, gzip] {
             let partial = answer.partial_success.expect("the span without an ID is named");
             assert_eq!(partial.rejected_spans, 1, "{partial:?}");
