@@ -305,14 +305,14 @@ mod tests {
             let span = |n: u8| Span {
                 trace_id: vec![first; 16],
                 span_id: vec![n; 8],
-                name: "GET /cart".into(),
+                // 201 spans of 6 KB: over 1 MiB, so more than one HTTP/2 frame.
+                name: "x".repeat(6_000),
                 start_time_unix_nano: 1,
                 end_time_unix_nano: 2,
                 ..Default::default()
             };
             ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
-                    // Big enough to cross several HTTP/2 frames.
                     scope_spans: vec![ScopeSpans {
                         spans: (1..=200).map(span).chain([Span { span_id: vec![], ..span(0) }]).collect(),
                         ..Default::default()
