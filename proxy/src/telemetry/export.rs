@@ -52,8 +52,11 @@ use super::{RequestMetrics, RequestRecord, Side, TelemetryStats, metrics::unix_n
 
 /// First retry delay.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// How often a batch being filled looks at its queue.
+/// How soon a batch being filled looks at its queue again, at the soonest.
 const FILL_TICK: Duration = Duration::from_millis(10);
+/// How long a batch being filled goes without looking at its queue, at the longest: the
+/// default queue (8,192 records) holds about twice that at one request thread's top rate.
+const MAX_LOOK: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -370,14 +373,17 @@ impl Drain {
                 // The queue is looked at every `FILL_TICK` rather than awaited: a waiting
                 // receiver makes every record's send wake this thread (an eventfd write on
                 // the request path, ~8 % of the request thread's CPU at full load).
-                let deadline = Instant::now() + self.flush_interval;
+                let started = Instant::now();
+                let deadline = started + self.flush_interval;
                 while !stopping && batch.len() < self.max_batch {
                     stopping = take_queued(&mut rx, &mut batch, self.max_batch);
-                    if stopping || batch.len() >= self.max_batch || Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if stopping || batch.len() >= self.max_batch || now >= deadline {
                         break;
                     }
+                    let look = next_look(now - started, batch.len(), self.max_batch);
                     tokio::select! {
-                        _ = tokio::time::sleep_until((Instant::now() + FILL_TICK).min(deadline)) => {}
+                        _ = tokio::time::sleep_until((now + look).min(deadline)) => {}
                         _ = shutdown.changed() => stopping = true,
                     }
                 }
@@ -409,6 +415,15 @@ impl Drain {
             }
         })
     }
+}
+
+/// How long a batch being filled waits before it looks at its queue again: half the time
+/// it would take to fill at the rate its records have arrived so far, within [`FILL_TICK`]
+/// and [`MAX_LOOK`]. At a few hundred requests a second a batch is looked at a handful of
+/// times in its flush interval instead of every tick; each look wakes the export thread.
+fn next_look(filling_for: Duration, len: usize, max_batch: usize) -> Duration {
+    let to_fill = max_batch.saturating_sub(len) as f64 / len.max(1) as f64;
+    Duration::try_from_secs_f64(filling_for.as_secs_f64() * to_fill / 2.0).map_or(MAX_LOOK, |d| d.clamp(FILL_TICK, MAX_LOOK))
 }
 
 /// Moves what is queued into `batch`, up to `max` records; true when the queue is closed.
@@ -469,6 +484,22 @@ async fn export_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_filling_slowly_is_looked_at_seldom() {
+        let ms = Duration::from_millis;
+        // Just started: no rate known yet.
+        assert_eq!(next_look(Duration::ZERO, 1, 512), FILL_TICK);
+        // 1,000 records a second: 10 in the first 10 ms, 502 to go, ~250 ms at that rate.
+        assert_eq!(next_look(ms(10), 10, 512), MAX_LOOK);
+        // 20,000 a second: 200 after 10 ms, the rest in ~16 ms; half of that is under a tick.
+        assert_eq!(next_look(ms(10), 200, 512), FILL_TICK);
+        // 2,000 a second: 100 after 50 ms, the rest in ~206 ms.
+        assert_eq!(next_look(ms(50), 100, 512), ms(100));
+        // 6,000 a second: 300 after 50 ms, the rest in ~35 ms.
+        assert!((ms(17)..ms(18)).contains(&next_look(ms(50), 300, 512)));
+        assert_eq!(next_look(Duration::MAX, 1, usize::MAX), MAX_LOOK, "no overflow");
+    }
 
     #[test]
     fn only_retryable_codes_are_retried() {
