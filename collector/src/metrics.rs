@@ -392,10 +392,13 @@ impl CollectorMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::intern, topology::NodeKind};
+    use crate::{
+        model::intern,
+        topology::{Node, NodeKind},
+    };
 
     fn node(service: &str, version: Option<&str>) -> NodeRef {
-        NodeRef { kind: NodeKind::Service, namespace: intern("shop"), service: intern(service), workload: None, version: version.map(intern) }
+        Node { kind: NodeKind::Service, namespace: intern("shop"), service: intern(service), workload: None, version: version.map(intern) }.into()
     }
 
     fn observation(source_version: Option<&str>, code: &str) -> EdgeObservation {

@@ -52,9 +52,15 @@ impl NodeKind {
     }
 }
 
-/// One end of an edge, at the finest grain known (workload and version when reported).
+/// One end of an edge, at the finest grain known (workload and version when reported). Shared:
+/// an observation, a span waiting for its other side and a rollup key each hold one pointer
+/// to it, and copying it is one reference count, not four.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeRef {
+pub struct NodeRef(Arc<Node>);
+
+/// What a [`NodeRef`] names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node {
     /// Kind.
     pub kind: NodeKind,
     /// Namespace (`service.namespace`), empty when unknown.
@@ -67,32 +73,46 @@ pub struct NodeRef {
     pub version: Option<Arc<str>>,
 }
 
+impl std::ops::Deref for NodeRef {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
+
+impl From<Node> for NodeRef {
+    fn from(node: Node) -> Self {
+        Self(Arc::new(node))
+    }
+}
+
 impl NodeRef {
     /// The node for unknown callers.
     pub fn unknown() -> Self {
         thread_local! {
             // Made for nearly every span: one copy per thread, not two interner lookups each.
             static UNKNOWN: NodeRef =
-                NodeRef { kind: NodeKind::Unknown, namespace: intern(""), service: intern("unknown"), workload: None, version: None };
+                Node { kind: NodeKind::Unknown, namespace: intern(""), service: intern("unknown"), workload: None, version: None }.into();
         }
         UNKNOWN.with(Clone::clone)
     }
 
     fn external(host: &str) -> Self {
-        Self { kind: NodeKind::External, namespace: intern(""), service: intern(host), workload: None, version: None }
+        Node { kind: NodeKind::External, namespace: intern(""), service: intern(host), workload: None, version: None }.into()
     }
 
     /// The node a resource describes: its service, namespace, version and workload.
     pub fn of_resource(resource: &crate::model::Resource) -> Self {
         let res = &resource.attributes;
         let text = |k: &str| shared(res, k);
-        Self {
+        Node {
             kind: NodeKind::Service,
             namespace: text("service.namespace").unwrap_or_else(|| intern("")),
             service: resource.service.clone(),
             workload: text(semconv::WORKLOAD),
             version: text("service.version"),
         }
+        .into()
     }
 
     /// The node described by a workload's mesh attributes, if the service is there. A
@@ -106,7 +126,7 @@ impl NodeRef {
     /// [`NodeRef::of_mesh_attrs`] from the four values, in [`WORKLOAD_PARTS`] order.
     fn mesh(parts: &[Option<&str>; WORKLOAD_PARTS]) -> Option<Self> {
         let [service, namespace, workload, version] = parts.map(|part| part.map(shared_str));
-        let mut node = Self {
+        let mut node = Node {
             kind: NodeKind::Service,
             service: service?,
             namespace: namespace.unwrap_or_else(|| intern("")),
@@ -116,7 +136,7 @@ impl NodeRef {
         if node.workload.is_none() && node.namespace.is_empty() {
             node.kind = NodeKind::External;
         }
-        Some(node)
+        Some(node.into())
     }
 }
 

@@ -9,7 +9,7 @@ pub mod sketch;
 
 use crate::model::{LogRecord, Span};
 
-pub use edges::{EdgeObservation, NodeKind, NodeRef};
+pub use edges::{EdgeObservation, Node, NodeKind, NodeRef};
 pub use graph::{Grouping, TopologyView};
 
 /// Edge derivation plus rollups.

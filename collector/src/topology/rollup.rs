@@ -199,12 +199,12 @@ impl Rollups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::NodeKind;
+    use crate::topology::{Node, NodeKind};
 
     /// A node whose strings are fresh copies, not the interned ones: equal text, other
     /// pointers.
     fn node(service: &str) -> NodeRef {
-        NodeRef { kind: NodeKind::Service, namespace: Arc::from("shop"), service: Arc::from(service), workload: None, version: None }
+        Node { kind: NodeKind::Service, namespace: Arc::from("shop"), service: Arc::from(service), workload: None, version: None }.into()
     }
 
     fn observation(start_secs: u64, code: &str, duration_nanos: u64) -> EdgeObservation {
