@@ -321,10 +321,15 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
     }
 
     // The sidecar as deployed is the slim `meshlens-proxy` binary (no collector, no query
-    // engine); `meshlens proxy` runs the same code from the big binary, with more memory.
-    let sidecar = exe.parent().map(|d| d.join("meshlens-proxy")).filter(|p| p.is_file());
-    if sidecar.is_none() {
-        eprintln!("meshlens-proxy is not built next to this binary (cargo build --release builds it): measuring `meshlens proxy`, whose memory includes the collector's code");
+    // engine), built with the `sidecar` profile when it has been; `meshlens proxy` runs the
+    // same code from the big binary, with more memory.
+    let sidecar = exe.parent().and_then(sidecar_binary);
+    match &sidecar {
+        Some(path) => eprintln!("measuring the sidecar {}", path.display()),
+        None => eprintln!(
+            "meshlens-proxy is not built (cargo build --profile sidecar -p meshlens-proxy, or cargo build --release): measuring \
+             `meshlens proxy`, whose memory includes the collector's code"
+        ),
     }
     let collector_grpc = free_addr()?;
     let (http, web) = (free_addr()?, free_addr()?);
@@ -379,4 +384,12 @@ fn which(program: &str) -> Option<PathBuf> {
         .iter()
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
+}
+
+/// The `meshlens-proxy` binary to measure, given the directory of the running `meshlens`
+/// (`target/release`): the `sidecar` profile's build beside it (`target/sidecar`) if there is
+/// one, else the one in the same directory.
+fn sidecar_binary(dir: &Path) -> Option<PathBuf> {
+    let shipped = dir.parent().map(|target| target.join("sidecar").join("meshlens-proxy"));
+    shipped.into_iter().chain([dir.join("meshlens-proxy")]).find(|p| p.is_file())
 }
