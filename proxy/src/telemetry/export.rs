@@ -370,7 +370,7 @@ impl Drain {
                     _ = shutdown.changed() => true,
                 };
                 // Fill the batch until it is full, the flush interval passes, or shutdown.
-                // The queue is looked at every `FILL_TICK` rather than awaited: a waiting
+                // The queue is looked at on a schedule (`next_look`) rather than awaited: a waiting
                 // receiver makes every record's send wake this thread (an eventfd write on
                 // the request path, ~8 % of the request thread's CPU at full load).
                 let started = Instant::now();
