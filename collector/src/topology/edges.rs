@@ -355,6 +355,8 @@ thread_local! {
     // interner for each.
     static HTTP: Arc<str> = intern("http");
     static NONE: Arc<str> = intern("-");
+    /// The host of a call that names none.
+    static EXTERNAL: Arc<str> = intern("external");
 }
 
 /// `-`: no response code or response flags.
@@ -415,23 +417,63 @@ impl Generation {
         self.clients.is_empty() && self.waiting.is_empty() && self.settled.is_empty()
     }
 
-    /// What its unmatched spans say once no match can come: unknown callers, external
-    /// callees. It is left empty, its tables' capacity kept for reuse up to twice what they
-    /// held, so a burst's tables do not stay.
-    fn close(&mut self, out: &mut Vec<EdgeObservation>) {
+    /// Hands its unmatched spans to `retired` once no match can come. It is left empty, its
+    /// tables' capacity kept for reuse up to twice what they held, so a burst's tables do not
+    /// stay.
+    fn close(&mut self, retired: &mut Retired) {
         let held = (self.clients.len(), self.waiting.len(), self.settled.len());
         for (_, children) in self.waiting.drain() {
-            out.extend(children.into_iter().filter(|child| !child.counted).map(|child| child.observation));
+            retired.children.extend(children.into_iter().filter(|child| !child.counted));
         }
-        for (_, client) in self.clients.drain() {
-            let mut obs = client.observation;
-            obs.destination = NodeRef::external(client.peer.as_deref().unwrap_or("external"));
-            out.push(obs);
-        }
+        retired.clients.extend(self.clients.drain().map(|(_, client)| client));
         self.settled.clear();
         self.clients.shrink_to(2 * held.0);
         self.waiting.shrink_to(2 * held.1);
         self.settled.shrink_to(2 * held.2);
+    }
+}
+
+/// Spans of closed generations whose edges are still to be emitted: emitted a bounded number
+/// at a time ([`EdgeDeriver::expire`]), so closing a generation of a million waiting spans
+/// does not stall ingest for the second it takes to count them all.
+#[derive(Debug, Default)]
+struct Retired {
+    /// SERVER spans whose parent never came: calls from an unknown caller.
+    children: Vec<Brief>,
+    /// SDK CLIENT spans whose SERVER side never came: calls to an external host.
+    #[expect(clippy::vec_box, reason = "moved here from the map's boxes: a pointer each, not a brief copied")]
+    clients: Vec<Box<Brief>>,
+    /// The external nodes made so far, by host: a closed generation can hold a million calls
+    /// to a few hosts, and a shared node is one reference count where a new one is an
+    /// allocation, two interner lookups and a rollup key compared string by string.
+    externals: HashMap<Arc<str>, NodeRef, ahash::RandomState>,
+}
+
+/// External hosts whose nodes [`Retired`] keeps (past it, it starts over).
+const MAX_EXTERNALS: usize = 1024;
+
+impl Retired {
+    /// Emits up to `budget` of their edges.
+    fn emit(&mut self, budget: usize, out: &mut Vec<EdgeObservation>) {
+        let children = budget.min(self.children.len());
+        out.extend(self.children.drain(self.children.len() - children..).map(|child| child.observation));
+        let clients = (budget - children).min(self.clients.len());
+        for client in self.clients.drain(self.clients.len() - clients..) {
+            let mut obs = client.observation;
+            let host = client.peer.unwrap_or_else(|| EXTERNAL.with(Arc::clone));
+            obs.destination = match self.externals.get(&host) {
+                Some(node) => node.clone(),
+                None => {
+                    if self.externals.len() >= MAX_EXTERNALS {
+                        self.externals.clear();
+                    }
+                    let node = NodeRef::external(&host);
+                    self.externals.insert(host, node.clone());
+                    node
+                }
+            };
+            out.push(obs);
+        }
     }
 }
 
@@ -447,6 +489,7 @@ pub struct EdgeDeriver {
     max_pending: usize,
     current: Generation,
     previous: Generation,
+    retired: Retired,
     /// Keys the fingerprints (per process, like the maps').
     fingerprint: ahash::RandomState,
     /// The node of the resource the last span came from: the spans of one export request's
@@ -465,6 +508,7 @@ impl EdgeDeriver {
             max_pending,
             current: Generation::default(),
             previous: Generation::default(),
+            retired: Retired::default(),
             fingerprint: ahash::RandomState::new(),
             resource_node: None,
             overflowed: 0,
@@ -624,21 +668,37 @@ impl EdgeDeriver {
         out.push(obs);
     }
 
-    /// Closes out what has waited a whole match window: unknown callers, external callees.
-    pub fn expire(&mut self, now: u64, out: &mut Vec<EdgeObservation>) {
+    /// Closes out what has waited a whole match window (unknown callers, external callees),
+    /// emitting at most `budget` of their edges now and the rest on later calls.
+    pub fn expire(&mut self, now: u64, budget: usize, out: &mut Vec<EdgeObservation>) {
         if self.previous.newest.saturating_add(self.window_nanos) <= now {
-            self.previous.close(out);
+            self.close_previous();
             if self.current.opened.saturating_add(self.window_nanos) <= now {
                 // The current generation is a window old: it becomes the previous one, and
-                // the emptied tables start the next.
+                // the emptied tables (their capacity kept) start the next.
                 std::mem::swap(&mut self.previous, &mut self.current);
                 self.current.opened = now;
                 self.current.newest = now;
                 if self.previous.newest.saturating_add(self.window_nanos) <= now {
-                    self.previous.close(out);
+                    self.close_previous();
                 }
             }
         }
+        self.retired.emit(budget, out);
+    }
+
+    /// Closes the previous generation, unless it is closed already: closing it again would
+    /// shrink the tables it keeps for the next generation.
+    fn close_previous(&mut self) {
+        if !self.previous.is_empty() {
+            self.previous.close(&mut self.retired);
+        }
+    }
+
+    /// Spans of closed generations whose edges are not emitted yet.
+    #[cfg(test)]
+    fn retired(&self) -> usize {
+        self.retired.children.len() + self.retired.clients.len()
     }
 }
 
@@ -676,7 +736,7 @@ mod tests {
             d.observe(s, 0, &mut out);
         }
         if let Some(t) = expire_at {
-            d.expire(t, &mut out);
+            d.expire(t, usize::MAX, &mut out);
         }
         out.iter().map(|o| (o.source.service.to_string(), o.destination.service.to_string())).collect()
     }
@@ -701,26 +761,26 @@ mod tests {
             out.drain(..).map(|o| (o.source.service.to_string(), o.destination.service.to_string())).collect::<Vec<_>>()
         };
         d.observe(&span(1, 1, None, "a", SpanKind::Client, 0, 10), 0, &mut out);
-        d.expire(600, &mut out);
+        d.expire(600, usize::MAX, &mut out);
         d.observe(&span(2, 2, Some(9), "c", SpanKind::Server, 0, 10), 900, &mut out);
         // A window after the first span its generation becomes the previous one.
-        d.expire(1_000, &mut out);
+        d.expire(1_000, usize::MAX, &mut out);
         assert!(seen(&mut out).is_empty());
         // The client's SERVER side, later than a window after it, is still matched.
         d.observe(&span(1, 3, Some(1), "b", SpanKind::Server, 1, 8), 1_500, &mut out);
         assert_eq!(seen(&mut out), vec![pair("a", "b")]);
         // The orphan waits a whole window from its own arrival; the matched client is gone.
-        d.expire(1_899, &mut out);
+        d.expire(1_899, usize::MAX, &mut out);
         assert!(seen(&mut out).is_empty());
-        d.expire(1_900, &mut out);
+        d.expire(1_900, usize::MAX, &mut out);
         assert_eq!(seen(&mut out), vec![pair("unknown", "c")]);
         // At 2,000 the generation holding the SERVER span (opened at 1,000) is a window old
         // and becomes the previous one; from there it still settles its SDK child.
-        d.expire(2_000, &mut out);
+        d.expire(2_000, usize::MAX, &mut out);
         assert!(seen(&mut out).is_empty());
         assert_eq!((d.current.settled.len(), d.previous.settled.len()), (0, 1));
         d.observe(&span(1, 4, Some(3), "b", SpanKind::Server, 2, 6), 2_500, &mut out);
-        d.expire(10_000, &mut out);
+        d.expire(10_000, usize::MAX, &mut out);
         assert!(seen(&mut out).is_empty());
         assert_eq!(d.overflowed, 0);
     }
@@ -735,13 +795,38 @@ mod tests {
             d.observe(&s, 0, &mut out);
         }
         // The burst's generation goes by, then a quiet one with a single span.
-        d.expire(1_000, &mut out);
-        d.expire(2_000, &mut out);
+        d.expire(1_000, usize::MAX, &mut out);
+        d.expire(2_000, usize::MAX, &mut out);
         d.observe(&span(2, 1, None, "a", SpanKind::Server, 2_000, 10), 2_000, &mut out);
-        d.expire(3_000, &mut out);
-        d.expire(4_000, &mut out);
+        d.expire(3_000, usize::MAX, &mut out);
+        d.expire(4_000, usize::MAX, &mut out);
         let capacity = d.current.settled.capacity() + d.previous.settled.capacity();
         assert!(capacity < 1_000, "{capacity} fingerprint slots kept after the burst");
+    }
+
+    #[test]
+    fn a_closed_generation_is_emitted_a_budget_at_a_time() {
+        let mut d = EdgeDeriver::new(1_000, 1_000);
+        let mut out = Vec::new();
+        // Ten SDK CLIENT spans with no SERVER side and three SERVER spans with no parent.
+        for trace in 0..10 {
+            d.observe(&span(trace, 1, None, "a", SpanKind::Client, 0, 10), 0, &mut out);
+        }
+        for trace in 100..103 {
+            d.observe(&span(trace, 2, Some(1), "b", SpanKind::Server, 0, 10), 0, &mut out);
+        }
+        assert!(out.is_empty());
+        // A window on, the generation is closed and four of its edges emitted; four more on
+        // the next call, the rest when the budget allows.
+        d.expire(1_000, 4, &mut out);
+        assert_eq!((out.len(), d.retired()), (4, 9));
+        d.expire(1_001, 4, &mut out);
+        assert_eq!((out.len(), d.retired()), (8, 5));
+        d.expire(1_002, 100, &mut out);
+        assert_eq!((out.len(), d.retired()), (13, 0));
+        let count = |service: &str| out.iter().filter(|o| &*o.source.service == service || &*o.destination.service == service).count();
+        assert_eq!((count("unknown"), count("b"), count("a")), (3, 3, 10));
+        assert_eq!(out.iter().filter(|o| o.destination.kind == NodeKind::External).count(), 10);
     }
 
     #[test]

@@ -19,6 +19,15 @@ pub struct Topology {
     rollups: rollup::Rollups,
 }
 
+/// Edges of closed match generations emitted per span ingested, and per ingest call besides:
+/// at most one span of each ingested batch waits to be retired, so they go out faster than
+/// they come, a few per span, and ingest never stops for a whole generation at once.
+const RETIRED_PER_SPAN: usize = 2;
+const RETIRED_PER_CALL: usize = 1024;
+
+/// Edges of closed match generations emitted per tick (once a second), when no spans come.
+const RETIRED_PER_TICK: usize = 65_536;
+
 impl Topology {
     /// A topology that waits at least `match_window_nanos` for the other side of a hop and keeps
     /// `retention_secs` of rollups.
@@ -34,10 +43,12 @@ impl Topology {
         let spans = spans.into_iter();
         // Nearly every span completes at most one request: allocated once, at that size.
         let mut out = Vec::with_capacity(spans.size_hint().0);
+        let mut observed = 0;
         for span in spans {
             self.deriver.observe(span, now_nanos, &mut out);
+            observed += 1;
         }
-        self.deriver.expire(now_nanos, &mut out);
+        self.deriver.expire(now_nanos, RETIRED_PER_SPAN * observed + RETIRED_PER_CALL, &mut out);
         for o in &out {
             self.rollups.add(o);
         }
@@ -56,7 +67,7 @@ impl Topology {
     /// Settles expired matches and evicts old rollups; returns the requests settled.
     pub fn tick(&mut self, now_nanos: u64) -> Vec<EdgeObservation> {
         let mut out = Vec::new();
-        self.deriver.expire(now_nanos, &mut out);
+        self.deriver.expire(now_nanos, RETIRED_PER_TICK, &mut out);
         for o in &out {
             self.rollups.add(o);
         }
