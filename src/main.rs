@@ -124,6 +124,11 @@ enum BenchCommand {
 
 #[derive(Debug, clap::Args)]
 struct IngestBenchArgs {
+    /// Load sent before the throughput measurement, not measured: the edge matcher keeps
+    /// spans for one to two 15-second match windows, so its state is at its steady size
+    /// after 30 s.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    warmup: Duration,
     /// Length of the throughput measurement.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     duration: Duration,
@@ -331,6 +336,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench(BenchCommand::Ingest(args)) => {
                 bench::ingest::run_ingest(bench::ingest::IngestBench {
+                    warmup: args.warmup,
                     duration: args.duration,
                     connections: args.connections,
                     stored: args.stored,

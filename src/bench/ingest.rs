@@ -1,6 +1,11 @@
 //! `meshlens bench ingest`: OTLP/gRPC span ingest into a collector process, with the
 //! decode-only ceiling measured in the same run, then query latency with the spans stored.
 //!
+//! The throughput phase is measured in rounds: a stretch of load, then, while the collector
+//! idles, a short decode-only measurement. Each ceiling is taken within seconds of the ingest
+//! it is compared with, so a machine whose speed drifts (a VM's can move by a quarter within
+//! a minute) moves both alike.
+//!
 //! The load is the OpenTelemetry Collector testbed's shape: batches of 1,000 spans with 20
 //! attributes each, from several connections. Batches are encoded once (a pool of 64);
 //! each send copies one and stamps a fresh trace-ID prefix into it, so every trace is new
@@ -33,6 +38,8 @@ use crate::demo::mesh::free_addr;
 /// Settings.
 #[derive(Debug, Clone)]
 pub struct IngestBench {
+    /// Load sent before the throughput measurement, not measured.
+    pub warmup: Duration,
     /// Length of the throughput measurement.
     pub duration: Duration,
     /// Sending connections.
@@ -209,6 +216,8 @@ struct Sent {
     refused: AtomicU64,
     failed: AtomicU64,
     stamp: AtomicU64,
+    /// The slowest accepted request so far, microseconds.
+    slowest_us: AtomicU64,
 }
 
 async fn sender(addr: SocketAddr, pool: Arc<Vec<Encoded>>, sent: Arc<Sent>, stop: Arc<AtomicBool>, until_spans: u64) -> anyhow::Result<()> {
@@ -220,8 +229,10 @@ async fn sender(addr: SocketAddr, pool: Arc<Vec<Encoded>>, sent: Arc<Sent>, stop
         let body = encoded.stamped((stamp / pool.len() as u64) as u32 + 1);
         grpc.ready().await.context("the collector's connection")?;
         let path = http::uri::PathAndQuery::from_static(EXPORT);
+        let started = Instant::now();
         match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
             Ok(_) => {
+                sent.slowest_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 sent.accepted.fetch_add(SPANS_PER_BATCH as u64, Ordering::Relaxed);
             }
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
@@ -265,17 +276,17 @@ pub struct IngestReport {
     pub attributes_per_span: usize,
     /// Sending connections.
     pub connections: usize,
-    /// Decode-only ceiling: spans decoded per second on one core (the mean of the two
-    /// measurements, before and after the throughput phase).
+    /// Decode-only ceiling: spans decoded per second on one core (the mean of the rounds').
     pub decode_only_spans_per_s: f64,
-    /// The ceiling measured before and after the throughput phase.
-    pub decode_only_before_after_spans_per_s: [f64; 2],
-    /// Spans accepted per second during the throughput phase.
+    /// Spans accepted per second while load was sent.
     pub accepted_spans_per_s: f64,
-    /// Collector cores used during the throughput phase.
+    /// Collector CPU seconds over the whole throughput phase (its idle pauses included)
+    /// per second of load.
     pub collector_cores: f64,
-    /// Accepted spans per second per collector core.
+    /// Accepted spans per collector CPU second over the whole throughput phase.
     pub accepted_spans_per_s_per_core: f64,
+    /// The throughput phase round by round.
+    pub rounds: Vec<Round>,
     /// Accepted spans per second per collector core while the store was filled to
     /// `spans_stored` after the throughput phase: a longer stretch, with the store and the
     /// edge matcher growing all along (zero when there was nothing left to fill).
@@ -305,6 +316,23 @@ pub struct IngestReport {
     pub sql_p99_per_edge_ms: f64,
 }
 
+/// One round of the throughput phase: load, then the ceiling.
+#[derive(Debug, Serialize)]
+pub struct Round {
+    /// Accepted spans per collector CPU second while this round's load was sent.
+    pub spans_per_s_per_core: f64,
+    /// The decode-only ceiling measured right after.
+    pub decode_only_spans_per_s: f64,
+    /// The slowest accepted export request of the round, milliseconds.
+    pub slowest_request_ms: f64,
+}
+
+/// Rounds of the throughput phase.
+const ROUNDS: u32 = 5;
+
+/// Length of each round's decode-only measurement.
+const CEILING_SLICE: Duration = Duration::from_millis(500);
+
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -331,11 +359,11 @@ fn sample(exposition: &str, prefix: &str) -> f64 {
     exposition.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// Spans per second one core decodes from the pool's batches with prost, over two seconds.
-fn decode_only(pool: &[Encoded]) -> anyhow::Result<f64> {
+/// Spans per second one core decodes from the pool's batches with prost, over `slice`.
+fn decode_only(pool: &[Encoded], slice: Duration) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut decoded = 0u64;
-    while started.elapsed() < Duration::from_secs(2) {
+    while started.elapsed() < slice {
         for e in pool {
             let request = ExportTraceServiceRequest::decode(e.bytes.as_slice())?;
             decoded += request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum::<u64>();
@@ -354,9 +382,6 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
     let requests: Vec<ExportTraceServiceRequest> = (0..POOL).map(|i| batch(i, now)).collect();
     let pool: Arc<Vec<Encoded>> = Arc::new(requests.iter().map(encode).collect());
     anyhow::ensure!(pool.iter().all(|e| e.stamps.len() == SPANS_PER_BATCH), "every span's trace ID is stamped");
-
-    eprintln!("measuring: decode-only ceiling");
-    let ceiling_before = decode_only(&pool)?;
 
     let (grpc, http, web) = (free_addr()?, free_addr()?, free_addr()?);
     // Nothing may be evicted: the trace looked up by ID is from the first batch sent. The
@@ -377,20 +402,37 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
     let pid = collector.0.id();
     let rss_idle = rss_bytes(pid);
 
-    eprintln!("measuring: ingest for {:?} from {} connections", settings.duration, settings.connections);
+    // Measured once the edge matcher's state has reached its steady size (two match
+    // windows), not from an empty collector.
+    eprintln!("warming up: ingest for {:?} from {} connections", settings.warmup, settings.connections);
     let sent = Arc::new(Sent::default());
-    let cpu_before = cpu_seconds(pid);
-    let started = Instant::now();
-    load(grpc, &pool, &sent, settings.connections, settings.duration, u64::MAX).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let accepted = sent.accepted.load(Ordering::Relaxed);
-    let rate = accepted as f64 / elapsed;
-    let cores = cpu / elapsed;
-    // Measured again right after, while the collector idles: the machine's speed drifts, and
-    // the share of the ceiling compares against the mean of both.
-    eprintln!("measuring: decode-only ceiling again");
-    let ceiling_after = decode_only(&pool)?;
+    load(grpc, &pool, &sent, settings.connections, settings.warmup, u64::MAX).await?;
+    eprintln!(
+        "measuring: ingest for {:?} from {} connections, in {ROUNDS} rounds each followed by the decode-only ceiling",
+        settings.duration, settings.connections
+    );
+    let phase_cpu = cpu_seconds(pid);
+    let (mut elapsed, mut rounds, mut rounds_accepted) = (0.0, Vec::new(), 0);
+    for _ in 0..ROUNDS {
+        sent.slowest_us.store(0, Ordering::Relaxed);
+        let (accepted, cpu, started) = (sent.accepted.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
+        load(grpc, &pool, &sent, settings.connections, settings.duration / ROUNDS, u64::MAX).await?;
+        elapsed += started.elapsed().as_secs_f64();
+        let (accepted, cpu) = (sent.accepted.load(Ordering::Relaxed) - accepted, cpu_seconds(pid) - cpu);
+        rounds_accepted += accepted;
+        rounds.push(Round {
+            spans_per_s_per_core: if cpu > 0.0 { accepted as f64 / cpu } else { 0.0 },
+            slowest_request_ms: sent.slowest_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            decode_only_spans_per_s: decode_only(&pool, CEILING_SLICE)?,
+        });
+    }
+    // The collector's CPU over the whole phase, its pauses included: work it put off while
+    // the load was sent counts too.
+    let cpu = cpu_seconds(pid) - phase_cpu;
+    let accepted = rounds_accepted;
+    let rate = accepted as f64 / elapsed.max(f64::EPSILON);
+    let cores = cpu / elapsed.max(f64::EPSILON);
+    let ceiling = rounds.iter().map(|r| r.decode_only_spans_per_s).sum::<f64>() / f64::from(ROUNDS);
 
     eprintln!("storing {} spans", settings.stored);
     let (fill_from, fill_cpu) = (sent.accepted.load(Ordering::Relaxed), cpu_seconds(pid));
@@ -425,11 +467,11 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
         batch_spans: SPANS_PER_BATCH,
         attributes_per_span: 20,
         connections: settings.connections,
-        decode_only_spans_per_s: (ceiling_before + ceiling_after) / 2.0,
-        decode_only_before_after_spans_per_s: [ceiling_before, ceiling_after],
+        decode_only_spans_per_s: ceiling,
         accepted_spans_per_s: rate,
         collector_cores: cores,
-        accepted_spans_per_s_per_core: if cores > 0.0 { rate / cores } else { 0.0 },
+        accepted_spans_per_s_per_core: if cpu > 0.0 { accepted as f64 / cpu } else { 0.0 },
+        rounds,
         fill_spans_per_s_per_core: fill_per_core,
         refused_requests: sent.refused.load(Ordering::Relaxed),
         failed_requests: sent.failed.load(Ordering::Relaxed),
@@ -457,12 +499,18 @@ fn print_report(r: &IngestReport) {
     let row = |what: &str, measured: String, target: &str| println!("{what:<44} {measured:>16}   {target}");
     println!("{:<44} {:>16}   target / reference", "OTLP/gRPC span ingest", "measured");
     row("decode-only ceiling (spans/s, one core)", format!("{:.0}", r.decode_only_spans_per_s), "reference, same run");
-    let [before, after] = r.decode_only_before_after_spans_per_s;
-    row("  measured before / after the ingest phase", format!("{before:.0} / {after:.0}"), "");
+    let range = |f: fn(&Round) -> f64| {
+        let values = r.rounds.iter().map(f);
+        let (low, high) = values.fold((f64::MAX, 0.0_f64), |(low, high), v| (low.min(v), high.max(v)));
+        format!("{low:.0} - {high:.0}")
+    };
+    row("  lowest - highest of the rounds", range(|round| round.decode_only_spans_per_s), "");
     row("accepted spans/s", format!("{:.0}", r.accepted_spans_per_s), "");
     row("collector cores used", format!("{:.2}", r.collector_cores), "");
     row("accepted spans/s per core", format!("{:.0}", r.accepted_spans_per_s_per_core), ">= 250,000 (OTel Collector ~10-12k)");
+    row("  lowest - highest of the rounds", range(|round| round.spans_per_s_per_core), "");
     row("share of the decode-only ceiling", format!("{:.0}%", 100.0 * r.accepted_spans_per_s_per_core / r.decode_only_spans_per_s.max(1.0)), ">= 50%");
+    row("slowest export request (ms)", format!("{:.0}", r.rounds.iter().map(|round| round.slowest_request_ms).fold(0.0, f64::max)), "");
     if r.fill_spans_per_s_per_core > 0.0 {
         row("  per core while filling the store", format!("{:.0}", r.fill_spans_per_s_per_core), "the same, over the whole fill");
     }
