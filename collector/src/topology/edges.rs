@@ -826,7 +826,9 @@ mod tests {
         assert_eq!((out.len(), d.retired()), (13, 0));
         let count = |service: &str| out.iter().filter(|o| &*o.source.service == service || &*o.destination.service == service).count();
         assert_eq!((count("unknown"), count("b"), count("a")), (3, 3, 10));
-        assert_eq!(out.iter().filter(|o| o.destination.kind == NodeKind::External).count(), 10);
+        let externals: Vec<&NodeRef> = out.iter().map(|o| &o.destination).filter(|d| d.kind == NodeKind::External).collect();
+        assert_eq!(externals.len(), 10);
+        assert!(externals.iter().all(|d| Arc::ptr_eq(&d.0, &externals[0].0)), "calls to one host share its node");
     }
 
     #[test]
