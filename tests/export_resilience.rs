@@ -132,7 +132,7 @@ mod refusing {
 fn a_refusing_collector_is_retried_as_it_asks_then_given_up_on() {
     let dir = TestDir::new("refusing");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let listener = std::net::TcpListener::bind(free_addr()).expect("bind");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let otlp = listener.local_addr().expect("addr");
     refusing::serve(&runtime, listener);
     let (tester, _front, _procs) = mesh(&dir, otlp);
