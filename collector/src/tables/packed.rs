@@ -16,12 +16,12 @@ use std::{
 
 use datafusion::arrow::{
     array::{
-        Array, ArrayBuilder, ArrayRef, AsArray, DictionaryArray, FixedSizeBinaryArray, Int16Array, Int32Array, StringArray,
-        UInt32Array,
+        Array, ArrayBuilder, ArrayRef, AsArray, DictionaryArray, FixedSizeBinaryArray, Int16Array, Int32Array, Int64Array,
+        PrimitiveArray, StringArray, UInt32Array,
     },
-    compute::take,
+    compute::{cast, take},
     buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer},
-    datatypes::{Int16Type, Int32Type},
+    datatypes::{ArrowDictionaryKeyType, DataType, Int8Type, Int16Type, Int32Type, Int64Type},
     error::ArrowError,
 };
 
@@ -66,6 +66,10 @@ pub enum Stored {
     Text(Arc<PackedText>),
     /// A dictionary column with 16-bit keys (the schema's are 32-bit).
     SmallKeys(DictionaryArray<Int16Type>),
+    /// A dictionary column of at most 128 values, with 8-bit keys.
+    TinyKeys(DictionaryArray<Int8Type>),
+    /// A 64-bit integer column whose values fit 16 or 32 bits, kept as such.
+    SmallInts(ArrayRef),
 }
 
 impl Stored {
@@ -81,7 +85,8 @@ impl Stored {
                 None => array.as_string_opt::<i32>().and_then(hex_bytes).map(Self::Hex),
             },
             Storage::Compressed => array.as_string_opt::<i32>().and_then(PackedText::pack).map(|p| Self::Text(Arc::new(p))),
-            Storage::SmallKeys => narrow_keys(&array).map(Self::SmallKeys),
+            Storage::SmallKeys => array.as_dictionary_opt::<Int32Type>().and_then(narrow_keys),
+            Storage::SmallInts => array.as_primitive_opt::<Int64Type>().and_then(narrow_ints).map(Self::SmallInts),
         };
         packed.unwrap_or(Self::Plain(array))
     }
@@ -93,6 +98,8 @@ impl Stored {
             Self::Hex(bytes) => Ok(Arc::new(hex_text(bytes)?)),
             Self::Text(text) => Ok(Arc::new(text.unpack()?)),
             Self::SmallKeys(dict) => widen_keys(dict),
+            Self::TinyKeys(dict) => widen_keys(dict),
+            Self::SmallInts(ints) => cast(ints, &DataType::Int64),
         }
     }
 
@@ -103,31 +110,57 @@ impl Stored {
             Self::Hex(bytes) => bytes.get_array_memory_size(),
             Self::Text(text) => text.bytes(),
             Self::SmallKeys(dict) => dict.get_array_memory_size(),
+            Self::TinyKeys(dict) => dict.get_array_memory_size(),
+            Self::SmallInts(ints) => ints.get_array_memory_size(),
         }
     }
 }
 
-/// A 32-bit-keyed dictionary column with 16-bit keys, when its dictionary fits.
-fn narrow_keys(array: &ArrayRef) -> Option<DictionaryArray<Int16Type>> {
-    let dict = array.as_dictionary_opt::<Int32Type>()?;
-    if dict.values().len() > i16::MAX as usize {
-        return None;
-    }
-    let keys: Int16Array = dict.keys().unary_opt(|k| i16::try_from(k).ok());
-    (keys.null_count() == dict.keys().null_count()).then_some(())?;
+/// A 32-bit-keyed dictionary column with 8-bit keys when its dictionary fits them, else
+/// 16-bit keys when it fits those (a sealed batch rarely has more than a few distinct values
+/// in a column: a key is most of what such a column stores per row).
+fn narrow_keys(dict: &DictionaryArray<Int32Type>) -> Option<Stored> {
     // The values are copied into buffers of their size: a builder's are ~5 KiB however few
     // its values, which across a dozen columns was ~8 bytes per stored span.
     let rows = UInt32Array::from_iter_values(0..u32::try_from(dict.values().len()).ok()?);
     let values = take(dict.values(), &rows, None).ok()?;
-    DictionaryArray::try_new(keys, values).ok()
+    match with_keys::<Int8Type>(dict, &values) {
+        Some(tiny) => Some(Stored::TinyKeys(tiny)),
+        None => with_keys::<Int16Type>(dict, &values).map(Stored::SmallKeys),
+    }
 }
 
-/// The schema's 32-bit-keyed form of a 16-bit-keyed dictionary column.
-fn widen_keys(dict: &DictionaryArray<Int16Type>) -> Result<ArrayRef, ArrowError> {
-    let keys: Int32Array = dict.keys().unary(i32::from);
-    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, dict.values().clone())?))
+/// `dict`'s keys as `K`, over `values`; `None` if a key does not fit `K`.
+fn with_keys<K>(dict: &DictionaryArray<Int32Type>, values: &ArrayRef) -> Option<DictionaryArray<K>>
+where
+    K: ArrowDictionaryKeyType,
+    K::Native: TryFrom<i32>,
+{
+    let keys: PrimitiveArray<K> = dict.keys().unary_opt(|k| K::Native::try_from(k).ok());
+    (keys.null_count() == dict.keys().null_count()).then_some(())?;
+    DictionaryArray::try_new(keys, values.clone()).ok()
 }
 
+/// The schema's 32-bit-keyed form of a dictionary column kept with narrower keys.
+fn widen_keys<K: ArrowDictionaryKeyType>(dict: &DictionaryArray<K>) -> Result<ArrayRef, ArrowError> {
+    cast(dict, &DataType::Dictionary(Box::new(DataType::Int32), Box::new(dict.values().data_type().clone())))
+}
+
+/// A 64-bit integer column as 16- or 32-bit integers, when every value fits (durations
+/// under two seconds in nanoseconds, status codes); `None` otherwise.
+fn narrow_ints(ints: &Int64Array) -> Option<ArrayRef> {
+    let valid = |i: usize| ints.is_valid(i).then(|| ints.value(i));
+    let (min, max) = (0..ints.len()).filter_map(valid).fold((0, 0), |(lo, hi), v| (v.min(lo), v.max(hi)));
+    if i16::try_from(min).is_ok() && i16::try_from(max).is_ok() {
+        let narrow: Int16Array = ints.unary(|v| i16::try_from(v).unwrap_or_default());
+        Some(Arc::new(narrow))
+    } else if i32::try_from(min).is_ok() && i32::try_from(max).is_ok() {
+        let narrow: Int32Array = ints.unary(|v| i32::try_from(v).unwrap_or_default());
+        Some(Arc::new(narrow))
+    } else {
+        None
+    }
+}
 
 /// The bytes of a column of lower-case hex IDs of one length; `None` if it has another
 /// value (or only nulls).
@@ -653,7 +686,7 @@ impl<'a> TextColumn<'a> {
         match stored {
             Stored::Plain(array) => array.as_string_opt::<i32>().map(Self::Plain),
             Stored::Text(text) => Some(Self::Packed { text, blocks: (0..text.blocks.len()).map(|_| OnceCell::new()).collect() }),
-            Stored::Hex(_) | Stored::SmallKeys(_) => None,
+            Stored::Hex(_) | Stored::SmallKeys(_) | Stored::TinyKeys(_) | Stored::SmallInts(_) => None,
         }
     }
 
@@ -816,28 +849,64 @@ mod tests {
         }
     }
 
+    /// A dictionary column of `n` distinct values (and a null).
+    fn dictionary_of(n: usize) -> ArrayRef {
+        let values: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let dict: DictionaryArray<Int32Type> = values.iter().map(|v| Some(v.as_str())).chain([None]).collect();
+        Arc::new(dict)
+    }
+
     #[test]
-    fn dictionary_keys_narrow_and_widen_back() {
-        let dict: DictionaryArray<Int32Type> = vec![Some("a"), None, Some("b"), Some("a")].into_iter().collect();
-        let array: ArrayRef = Arc::new(dict);
-        let stored = Stored::pack(array.clone(), Storage::SmallKeys);
-        assert!(matches!(stored, Stored::SmallKeys(_)));
-        assert_eq!(&stored.array().expect("array"), &array);
-        let many: DictionaryArray<Int32Type> = (0..40_000).map(|i| i.to_string()).map(Some).collect::<Vec<_>>().iter().map(|s| s.as_deref()).collect();
-        assert!(matches!(Stored::pack(Arc::new(many), Storage::SmallKeys), Stored::Plain(_)), "too many values for 16 bits");
+    fn dictionary_keys_narrow_as_far_as_their_values_allow_and_widen_back() {
+        for (n, narrowed) in [(1, "8"), (128, "8"), (129, "16"), (32_768, "16"), (32_769, "32")] {
+            let array = dictionary_of(n);
+            let stored = Stored::pack(array.clone(), Storage::SmallKeys);
+            let bits = match stored {
+                Stored::TinyKeys(_) => "8",
+                Stored::SmallKeys(_) => "16",
+                Stored::Plain(_) => "32",
+                _ => "other",
+            };
+            assert_eq!(bits, narrowed, "{n} values");
+            assert_eq!(&stored.array().expect("array"), &array, "{n} values read back");
+        }
     }
 
     #[test]
     fn narrowed_dictionaries_keep_no_spare_capacity() {
         // A builder sized for many values, holding two: the sealed column keeps 1,000 keys
-        // of 2 bytes and two short values, not the builder's buffers.
+        // of 1 byte and two short values, not the builder's buffers.
         let mut builder = datafusion::arrow::array::StringDictionaryBuilder::<Int32Type>::with_capacity(1000, 4096, 65_536);
         for i in 0..1000 {
             builder.append_value(if i % 2 == 0 { "GET" } else { "POST" });
         }
         let stored = Stored::pack(Arc::new(builder.finish()), Storage::SmallKeys);
-        assert!(matches!(stored, Stored::SmallKeys(_)));
-        assert!(stored.bytes() < 2_000 + 512, "{} bytes", stored.bytes());
+        assert!(matches!(stored, Stored::TinyKeys(_)));
+        assert!(stored.bytes() < 1_000 + 512, "{} bytes", stored.bytes());
+    }
+
+    #[test]
+    fn integers_narrow_as_far_as_their_values_allow_and_widen_back() {
+        let cases: [(Vec<Option<i64>>, Option<DataType>); 5] = [
+            (vec![Some(200), None, Some(503), Some(-1)], Some(DataType::Int16)),
+            (vec![None, None], Some(DataType::Int16)),
+            (vec![Some(1_500_000), Some(i64::from(i32::MIN))], Some(DataType::Int32)),
+            (vec![Some(40_000), Some(3_000_000_000)], None),
+            (vec![Some(i64::MIN), None], None),
+        ];
+        for (values, narrowed) in cases {
+            let array: ArrayRef = Arc::new(Int64Array::from(values.clone()));
+            let stored = Stored::pack(array.clone(), Storage::SmallInts);
+            let kept = match &stored {
+                Stored::SmallInts(ints) => Some(ints.data_type().clone()),
+                Stored::Plain(_) => None,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(kept, narrowed, "{values:?}");
+            assert_eq!(&stored.array().expect("array"), &array, "{values:?} read back");
+        }
+        let floats: ArrayRef = Arc::new(datafusion::arrow::array::Float64Array::from(vec![1.5]));
+        assert!(matches!(Stored::pack(floats, Storage::SmallInts), Stored::Plain(_)), "only 64-bit integers narrow");
     }
 
     #[test]

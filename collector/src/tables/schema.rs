@@ -56,16 +56,18 @@ pub enum Storage {
     HexBytes,
     /// Large text kept compressed in blocks.
     Compressed,
-    /// Dictionary-encoded text with 16-bit keys when its dictionary fits (a sealed batch
-    /// rarely has more than a few hundred distinct values in a column).
+    /// Dictionary-encoded text with 8- or 16-bit keys when its dictionary fits (a sealed
+    /// batch rarely has more than a few hundred distinct values in a column).
     SmallKeys,
+    /// 64-bit integers kept as 16- or 32-bit ones when all of a sealed batch's fit.
+    SmallInts,
 }
 
 impl Storage {
     /// Whether a query can share the stored column, or has to rebuild it only cheaply
     /// (no decompression).
     pub fn is_cheap(self) -> bool {
-        matches!(self, Self::Plain | Self::SmallKeys)
+        matches!(self, Self::Plain | Self::SmallKeys | Self::SmallInts)
     }
 }
 
@@ -85,7 +87,11 @@ pub struct Column {
 }
 
 const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static str) -> Column {
-    let storage = if matches!(ty, Dict) { Storage::SmallKeys } else { Storage::Plain };
+    let storage = match ty {
+        Dict => Storage::SmallKeys,
+        Int64 => Storage::SmallInts,
+        _ => Storage::Plain,
+    };
     Column { name, ty, nullable, doc, storage }
 }
 

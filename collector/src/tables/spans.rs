@@ -10,7 +10,7 @@ use datafusion::arrow::{
         Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Array, Int64Builder, StringArray, StringBuilder,
         TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
     },
-    datatypes::{Int16Type, Int32Type, TimestampNanosecondType},
+    datatypes::{Int8Type, Int16Type, Int32Type, Int64Type, TimestampNanosecondType},
 };
 use meshlens_common::{hex, semconv};
 
@@ -335,10 +335,11 @@ impl RowWriter<Span> for SpanRows {
     }
 }
 
-/// A dictionary column of a sealed batch, with 32- or 16-bit keys.
+/// A dictionary column of a sealed batch, with 32-, 16- or 8-bit keys.
 enum DictColumn<'a> {
     Wide(TypedDictionaryArray<'a, Int32Type, StringArray>),
     Narrow(TypedDictionaryArray<'a, Int16Type, StringArray>),
+    Tiny(TypedDictionaryArray<'a, Int8Type, StringArray>),
 }
 
 impl<'a> DictColumn<'a> {
@@ -346,6 +347,7 @@ impl<'a> DictColumn<'a> {
         match self {
             Self::Wide(d) => d.is_valid(row),
             Self::Narrow(d) => d.is_valid(row),
+            Self::Tiny(d) => d.is_valid(row),
         }
     }
 
@@ -354,6 +356,7 @@ impl<'a> DictColumn<'a> {
         match self {
             Self::Wide(d) => d.value(row),
             Self::Narrow(d) => d.value(row),
+            Self::Tiny(d) => d.value(row),
         }
     }
 }
@@ -369,7 +372,7 @@ impl<'a> IdColumn<'a> {
         match stored {
             Stored::Hex(bytes) => Some(Self::Bytes(bytes)),
             Stored::Plain(array) => array.as_string_opt::<i32>().map(Self::Hex),
-            Stored::Text(_) | Stored::SmallKeys(_) => None,
+            Stored::Text(_) | Stored::SmallKeys(_) | Stored::TinyKeys(_) | Stored::SmallInts(_) => None,
         }
     }
 
@@ -406,10 +409,10 @@ pub struct StoredSpans<'a> {
     operation: DictColumn<'a>,
     kind: DictColumn<'a>,
     start_time: &'a TimestampNanosecondArray,
-    duration_ns: &'a Int64Array,
+    duration_ns: Int64Array,
     status: DictColumn<'a>,
     status_message: TextColumn<'a>,
-    http_status_code: &'a Int64Array,
+    http_status_code: Int64Array,
     strings: [DictColumn<'a>; 10],
     attributes: TextColumn<'a>,
     resource: DictColumn<'a>,
@@ -429,6 +432,15 @@ fn dict<'a>(sealed: &'a Sealed, name: &str) -> Option<DictColumn<'a>> {
     match sealed.column_by_name(name)? {
         Stored::Plain(array) => array.as_dictionary_opt::<Int32Type>()?.downcast_dict::<StringArray>().map(DictColumn::Wide),
         Stored::SmallKeys(dict) => dict.downcast_dict::<StringArray>().map(DictColumn::Narrow),
+        Stored::TinyKeys(dict) => dict.downcast_dict::<StringArray>().map(DictColumn::Tiny),
+        _ => None,
+    }
+}
+
+/// A 64-bit integer column of a sealed batch (widened when it is kept narrower).
+fn ints(sealed: &Sealed, name: &str) -> Option<Int64Array> {
+    match sealed.column_by_name(name)? {
+        stored @ (Stored::Plain(_) | Stored::SmallInts(_)) => stored.array().ok()?.as_primitive_opt::<Int64Type>().cloned(),
         _ => None,
     }
 }
@@ -474,10 +486,10 @@ impl<'a> StoredSpans<'a> {
             operation: dict(sealed, "operation")?,
             kind: dict(sealed, "kind")?,
             start_time: plain(sealed, "start_time")?.as_primitive_opt::<TimestampNanosecondType>()?,
-            duration_ns: plain(sealed, "duration_ns")?.as_primitive_opt()?,
+            duration_ns: ints(sealed, "duration_ns")?,
             status: dict(sealed, "status")?,
             status_message: text_column(sealed, "status_message")?,
-            http_status_code: plain(sealed, "http_status_code")?.as_primitive_opt()?,
+            http_status_code: ints(sealed, "http_status_code")?,
             strings: strings.try_into().ok()?,
             attributes: text_column(sealed, "attributes")?,
             resource: dict(sealed, "resource")?,
