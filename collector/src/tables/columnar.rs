@@ -7,8 +7,7 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use datafusion::arrow::{
-    array::{Array, ArrayBuilder, ArrayRef, StringBuilder, UInt32Array},
-    compute::take,
+    array::{Array, ArrayBuilder, ArrayRef, StringBuilder},
     datatypes::{DataType, SchemaRef},
     error::ArrowError,
     record_batch::{RecordBatch, RecordBatchOptions},
@@ -237,8 +236,7 @@ fn seal_columns(builders: Vec<&mut dyn ArrayBuilder>, columns: &[Column]) -> Vec
             if columns.get(i).is_some_and(|c| c.storage != schema::Storage::Plain) {
                 return Finished::Array(array);
             }
-            let rows = UInt32Array::from_iter_values(0..array.len() as u32);
-            Finished::Array(take(&array, &rows, None).unwrap_or(array))
+            Finished::Array(packed::exact(array))
         })
         .collect()
 }

@@ -88,7 +88,8 @@ impl Stored {
             Storage::SmallKeys => array.as_dictionary_opt::<Int32Type>().and_then(narrow_keys),
             Storage::SmallInts => array.as_primitive_opt::<Int64Type>().and_then(narrow_ints).map(Self::SmallInts),
         };
-        packed.unwrap_or(Self::Plain(array))
+        // Kept as it is: as sealing leaves it to the packing, copied to its exact size.
+        packed.unwrap_or_else(|| Self::Plain(if storage == Storage::Plain { array } else { exact(array) }))
     }
 
     /// The column as its schema's Arrow type.
@@ -114,6 +115,13 @@ impl Stored {
             Self::SmallInts(ints) => ints.get_array_memory_size(),
         }
     }
+}
+
+/// `array` copied into buffers of its size: a builder's have room to spare, which a sealed
+/// batch would keep.
+pub fn exact(array: ArrayRef) -> ArrayRef {
+    let Ok(rows) = u32::try_from(array.len()) else { return array };
+    take(&array, &UInt32Array::from_iter_values(0..rows), None).unwrap_or(array)
 }
 
 /// A 32-bit-keyed dictionary column with 8-bit keys when its dictionary fits them, else
@@ -907,6 +915,15 @@ mod tests {
         }
         let floats: ArrayRef = Arc::new(datafusion::arrow::array::Float64Array::from(vec![1.5]));
         assert!(matches!(Stored::pack(floats, Storage::SmallInts), Stored::Plain(_)), "only 64-bit integers narrow");
+    }
+
+    #[test]
+    fn a_column_kept_as_it_is_keeps_no_spare_capacity() {
+        let mut builder = datafusion::arrow::array::Int64Builder::with_capacity(100_000);
+        builder.append_slice(&[i64::MAX; 1000]);
+        let stored = Stored::pack(Arc::new(builder.finish()), Storage::SmallInts);
+        assert!(matches!(stored, Stored::Plain(_)), "too wide to narrow");
+        assert!(stored.bytes() < 8 * 1000 + 512, "{} bytes", stored.bytes());
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::{borrow::Cow, sync::Arc};
 
 use datafusion::arrow::{
     array::{
-        Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Array, Int64Builder, StringArray, StringBuilder,
-        TimestampNanosecondArray, TimestampNanosecondBuilder, TypedDictionaryArray,
+        Array, ArrayAccessor, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int16Array, Int32Array,
+        Int64Array, Int64Builder, StringArray, StringBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder,
+        TypedDictionaryArray,
     },
-    datatypes::{Int8Type, Int16Type, Int32Type, Int64Type, TimestampNanosecondType},
+    datatypes::{DataType, Int8Type, Int16Type, Int32Type, Int64Type, TimestampNanosecondType},
 };
 use meshlens_common::{hex, semconv};
 
@@ -409,10 +410,10 @@ pub struct StoredSpans<'a> {
     operation: DictColumn<'a>,
     kind: DictColumn<'a>,
     start_time: &'a TimestampNanosecondArray,
-    duration_ns: Int64Array,
+    duration_ns: IntColumn<'a>,
     status: DictColumn<'a>,
     status_message: TextColumn<'a>,
-    http_status_code: Int64Array,
+    http_status_code: IntColumn<'a>,
     strings: [DictColumn<'a>; 10],
     attributes: TextColumn<'a>,
     resource: DictColumn<'a>,
@@ -437,10 +438,40 @@ fn dict<'a>(sealed: &'a Sealed, name: &str) -> Option<DictColumn<'a>> {
     }
 }
 
-/// A 64-bit integer column of a sealed batch (widened when it is kept narrower).
-fn ints(sealed: &Sealed, name: &str) -> Option<Int64Array> {
+/// A 64-bit integer column of a sealed batch, read as it is kept (a search reads a row or
+/// two of many batches: widening each whole column first would cost more than the reads).
+enum IntColumn<'a> {
+    Wide(&'a Int64Array),
+    Int32(&'a Int32Array),
+    Int16(&'a Int16Array),
+}
+
+impl IntColumn<'_> {
+    fn is_valid(&self, row: usize) -> bool {
+        match self {
+            Self::Wide(a) => a.is_valid(row),
+            Self::Int32(a) => a.is_valid(row),
+            Self::Int16(a) => a.is_valid(row),
+        }
+    }
+
+    fn value(&self, row: usize) -> i64 {
+        match self {
+            Self::Wide(a) => a.value(row),
+            Self::Int32(a) => a.value(row).into(),
+            Self::Int16(a) => a.value(row).into(),
+        }
+    }
+}
+
+fn ints<'a>(sealed: &'a Sealed, name: &str) -> Option<IntColumn<'a>> {
     match sealed.column_by_name(name)? {
-        stored @ (Stored::Plain(_) | Stored::SmallInts(_)) => stored.array().ok()?.as_primitive_opt::<Int64Type>().cloned(),
+        Stored::Plain(array) => array.as_primitive_opt::<Int64Type>().map(IntColumn::Wide),
+        Stored::SmallInts(array) => match array.data_type() {
+            DataType::Int32 => array.as_primitive_opt::<Int32Type>().map(IntColumn::Int32),
+            DataType::Int16 => array.as_primitive_opt::<Int16Type>().map(IntColumn::Int16),
+            _ => None,
+        },
         _ => None,
     }
 }
