@@ -354,8 +354,8 @@ where
     Ok(times[times.len() / 2])
 }
 
-/// A Prometheus sample's value from an exposition.
-fn sample(exposition: &str, prefix: &str) -> f64 {
+/// The sum of the samples in a Prometheus text exposition whose lines start with `prefix`.
+pub(crate) fn sample(exposition: &str, prefix: &str) -> f64 {
     exposition.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 

@@ -8,8 +8,9 @@
 //! telemetry on while the collector is down. For each it reports the maximum request rate
 //! with N connections (and the cores the machine left idle meanwhile), latency at a fixed
 //! open-loop rate (and what the proxy adds over the direct path), the proxy's resident
-//! memory idle and under that load, and its CPU time per 1,000 requests. The load generator
-//! runs on the same cores as everything else.
+//! memory idle and under that load, its CPU time per 1,000 requests, and how many telemetry
+//! records it exported and dropped. The load generator and the collector run on the same
+//! cores as everything else.
 
 pub mod ingest;
 pub mod load;
@@ -78,6 +79,12 @@ pub struct Row {
     pub collector_rss_mib: Option<f64>,
     /// Requests that failed during the fixed-rate run.
     pub errors: u64,
+    /// Telemetry records (spans and access logs) the sidecar exported over the row, where
+    /// telemetry is on.
+    pub telemetry_exported: Option<u64>,
+    /// Telemetry records it dropped (queue full, export failed or refused): 0 means the
+    /// row's telemetry all reached the collector.
+    pub telemetry_dropped: Option<u64>,
 }
 
 /// A child process, killed when dropped.
@@ -196,6 +203,8 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         collector_cpu_s_per_1k_requests: collector_cpu.filter(|_| requests > 0.0).map(|c| c / requests * 1000.0),
         collector_rss_mib: collector_rss.map(|peak| peak.finish() as f64 / MIB),
         errors: latencies.errors,
+        telemetry_exported: None,
+        telemetry_dropped: None,
     })
 }
 
@@ -239,9 +248,9 @@ fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String 
     )
 }
 
-fn sidecar_config(listen: SocketAddr, upstream: SocketAddr, otlp: Option<SocketAddr>) -> anyhow::Result<String> {
+fn sidecar_config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, otlp: Option<SocketAddr>) -> anyhow::Result<String> {
     Ok(format!(
-        "[workload]\nservice = \"bench-client\"\nnamespace = \"bench\"\n\n\
+        "[workload]\nservice = \"bench-client\"\nnamespace = \"bench\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [inbound]\nlisten = \"{}\"\napp = \"{}\"\n\n[outbound]\nlisten = \"{listen}\"\n\n\
          [telemetry]\notlp_endpoint = \"{}\"\nsampling_ratio = 1.0\n\n\
          [[services]]\nname = \"upstream\"\nendpoints = [{{ address = \"{upstream}\" }}]\n",
@@ -260,13 +269,13 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<36} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
+        "{:<36} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8}",
         "scenario", "max req/s", "idle", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
-        "errors"
+        "errors", "dropped"
     );
     for r in rows {
         println!(
-            "{:<36} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7}",
+            "{:<36} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8}",
             r.scenario,
             r.max_rps,
             opt(r.idle_cores_at_max, 2),
@@ -282,6 +291,7 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
             opt(r.collector_cpu_s_per_1k_requests, 4),
             opt(r.collector_rss_mib, 1),
             r.errors,
+            r.telemetry_dropped.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         );
     }
     println!("\nidle: cores the machine left idle while the max req/s was measured (a row that is not CPU-bound");
@@ -289,6 +299,7 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");
+    println!("dropped: telemetry records the sidecar dropped over the row (0: all of it reached the collector).");
 }
 
 /// Runs every scenario and prints the report.
@@ -344,9 +355,9 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
     let measured = if sidecar.is_some() { "meshlens-proxy" } else { "`meshlens proxy` (no meshlens-proxy built)" };
     for (scenario, otlp) in [("telemetry off", None), ("telemetry on (100%)", Some(collector_grpc)), ("collector down", Some(dead))] {
         let name = &format!("{measured}, {scenario}");
-        let listen = free_addr()?;
+        let (listen, admin) = (free_addr()?, free_addr()?);
         let conf = dir.join(format!("sidecar-{}.toml", rows.len()));
-        std::fs::write(&conf, sidecar_config(listen, upstream_addr, otlp)?)?;
+        std::fs::write(&conf, sidecar_config(listen, admin, upstream_addr, otlp)?)?;
         let config_arg = conf.display().to_string();
         let proc = match &sidecar {
             Some(bin) => spawn(bin, &["--config", &config_arg, "--worker-threads", "1"], &log(scenario))?,
@@ -356,7 +367,15 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
         eprintln!("measuring: {name}");
         let target = Target { addr: listen, host: "upstream".into() };
         let receiving = (otlp == Some(collector_grpc)).then(|| collector.0.id());
-        rows.push(measure(name, &target, Some(proc.0.id()), receiving, &settings).await?);
+        let mut row = measure(name, &target, Some(proc.0.id()), receiving, &settings).await?;
+        if otlp.is_some() {
+            // The last records leave within a flush interval (200 ms).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let exposition = crate::views::get_text(admin, "/metrics").await.context("reading the sidecar's /metrics")?;
+            row.telemetry_exported = Some(ingest::sample(&exposition, "meshlens_proxy_telemetry_exported_total") as u64);
+            row.telemetry_dropped = Some(ingest::sample(&exposition, "meshlens_proxy_telemetry_dropped_total") as u64);
+        }
+        rows.push(row);
     }
 
     let base = rows[0].clone();

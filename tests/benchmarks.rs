@@ -1,0 +1,42 @@
+//! The benchmark commands run from the built binaries and report what they claim to measure.
+//! Their figures are not checked here (a debug build on a shared machine says nothing about
+//! speed); what is checked is that every row is measured and that the telemetry counts say
+//! where the sidecar's records went.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn bench_proxy_measures_every_row_and_counts_the_sidecars_telemetry() {
+    let dir = TestDir::new("bench-proxy");
+    let mut bench = Proc::start(&dir, "bench", &["bench", "proxy", "--duration", "1s", "--rate", "200", "--connections", "4", "--json"]);
+    assert_eq!(bench.wait_exit(Duration::from_secs(180)), Some(0), "bench proxy failed:\n{}", bench.output());
+    let output = bench.output();
+    // Progress lines go to stderr, the report to stdout, after them: the JSON is the rest.
+    let json_at = output.find("\n{").map(|i| i + 1).unwrap_or_else(|| panic!("no JSON report in:\n{output}"));
+    let report: serde_json::Value = serde_json::from_str(&output[json_at..]).expect("JSON report");
+    let rows = report["rows"].as_array().expect("rows");
+    let row = |suffix: &str| {
+        rows.iter()
+            .find(|r| r["scenario"].as_str().is_some_and(|s| s.ends_with(suffix)))
+            .unwrap_or_else(|| panic!("no `{suffix}` row in {report:#}"))
+    };
+    for r in rows {
+        assert!(r["max_rps"].as_f64().is_some_and(|v| v > 0.0), "{r:#}");
+        assert_eq!(r["errors"], 0, "{r:#}");
+    }
+    let off = row("telemetry off");
+    assert!(off["telemetry_exported"].is_null() && off["telemetry_dropped"].is_null(), "{off:#}");
+    // Telemetry on: a span and an access-log record per request reached the collector.
+    let on = row("telemetry on (100%)");
+    let exported = on["telemetry_exported"].as_u64().expect("exported count");
+    assert!(exported >= 2 * 150, "{on:#}");
+    assert!(on["collector_cpu_s_per_1k_requests"].as_f64().is_some(), "{on:#}");
+    // Collector down: nothing exported, the records dropped and counted.
+    let down = row("collector down");
+    assert_eq!(down["telemetry_exported"], 0, "{down:#}");
+    assert!(down["telemetry_dropped"].as_u64().is_some_and(|n| n > 0), "{down:#}");
+}
