@@ -1,6 +1,7 @@
 //! Export never hurts traffic: with the collector down, silent, or refusing, every request
 //! still succeeds, telemetry is dropped and counted on the sidecar's admin `/metrics`,
-//! memory stays bounded, and export resumes by itself when the collector returns.
+//! memory stays bounded, and export resumes by itself when the collector returns; a
+//! collector slow to answer still gets every record.
 
 mod support;
 
@@ -75,9 +76,16 @@ fn a_collector_that_never_answers_costs_nothing_but_telemetry() {
     });
 }
 
-mod refusing {
-    //! A collector that is out of room: RESOURCE_EXHAUSTED with a RetryInfo.
-    use std::time::Duration;
+mod fake {
+    //! Collectors that misbehave: one out of room (RESOURCE_EXHAUSTED with a RetryInfo), one
+    //! slow to answer.
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicU64, Ordering},
+        },
+        time::Duration,
+    };
 
     use opentelemetry_proto::tonic::collector::{
         logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_server::{LogsService, LogsServiceServer}},
@@ -86,60 +94,118 @@ mod refusing {
     };
     use tonic::{Code, Request, Response, Status, codec::CompressionEncoding::Gzip};
 
+    /// How the fake collector answers every export.
+    #[derive(Clone, Copy)]
+    pub enum Answer {
+        /// RESOURCE_EXHAUSTED, asking to come back in 200 ms.
+        Full,
+        /// OK, after this long.
+        After(Duration),
+    }
+
+    /// A fake collector; counts the spans and log records it accepted.
     #[derive(Clone)]
-    pub struct Full;
+    pub struct Fake {
+        answer: Answer,
+        pub spans: Arc<AtomicU64>,
+        pub logs: Arc<AtomicU64>,
+    }
 
-    fn refuse<T>() -> Result<Response<T>, Status> {
-        let details = meshlens_common::rpc::status_with_retry(8, "collector full", Duration::from_millis(200));
-        Err(Status::with_details(Code::ResourceExhausted, "collector full", details.into()))
+    impl Fake {
+        async fn answer<T: Default>(&self, records: usize, accepted: &AtomicU64) -> Result<Response<T>, Status> {
+            match self.answer {
+                Answer::Full => {
+                    let details = meshlens_common::rpc::status_with_retry(8, "collector full", Duration::from_millis(200));
+                    Err(Status::with_details(Code::ResourceExhausted, "collector full", details.into()))
+                }
+                Answer::After(delay) => {
+                    tokio::time::sleep(delay).await;
+                    accepted.fetch_add(records as u64, Ordering::Relaxed);
+                    Ok(Response::new(T::default()))
+                }
+            }
+        }
     }
 
     #[tonic::async_trait]
-    impl TraceService for Full {
-        async fn export(&self, _: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
-            refuse()
+    impl TraceService for Fake {
+        async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            let n = r.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+            self.answer(n, &self.spans).await
         }
     }
     #[tonic::async_trait]
-    impl LogsService for Full {
-        async fn export(&self, _: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
-            refuse()
+    impl LogsService for Fake {
+        async fn export(&self, r: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+            let n = r.get_ref().resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
+            self.answer(n, &self.logs).await
         }
     }
     #[tonic::async_trait]
-    impl MetricsService for Full {
+    impl MetricsService for Fake {
         async fn export(&self, _: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-            refuse()
+            self.answer(0, &AtomicU64::new(0)).await
         }
     }
 
-    /// Serves the refusing collector on `listener` in the background.
-    pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener) {
+    /// Serves a fake collector answering `answer` on `listener` in the background.
+    pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener, answer: Answer) -> Fake {
+        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default() };
+        let served = fake.clone();
         runtime.spawn(async move {
             listener.set_nonblocking(true).expect("nonblocking");
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let _ = tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Full).accept_compressed(Gzip))
-                .add_service(LogsServiceServer::new(Full).accept_compressed(Gzip))
-                .add_service(MetricsServiceServer::new(Full).accept_compressed(Gzip))
+                .add_service(TraceServiceServer::new(served.clone()).accept_compressed(Gzip))
+                .add_service(LogsServiceServer::new(served.clone()).accept_compressed(Gzip))
+                .add_service(MetricsServiceServer::new(served).accept_compressed(Gzip))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await;
         });
+        fake
     }
+}
+
+/// A fake collector answering `answer` on a port of its own, and the mesh exporting to it.
+fn mesh_exporting_to(dir: &TestDir, runtime: &tokio::runtime::Runtime, answer: fake::Answer) -> (fake::Fake, Workload, Vec<Proc>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let collector = fake::serve(runtime, listener, answer);
+    let (tester, _front, procs) = mesh(dir, otlp);
+    (collector, tester, procs)
 }
 
 #[test]
 fn a_refusing_collector_is_retried_as_it_asks_then_given_up_on() {
     let dir = TestDir::new("refusing");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let otlp = listener.local_addr().expect("addr");
-    refusing::serve(&runtime, listener);
-    let (tester, _front, _procs) = mesh(&dir, otlp);
+    let (_collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::Full);
     traffic(&dir, &tester, 300);
     wait_for("refused batches to be retried, then dropped", Duration::from_secs(15), || {
         let retried = admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[("reason", "resource_exhausted")]);
         let dropped = admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]);
         (retried > 0.0 && dropped > 0.0).then_some(())
     });
+}
+
+#[test]
+fn a_collector_slow_to_answer_still_gets_every_record() {
+    // Each export is answered after 200 ms. One request out at a time carries at most a
+    // batch (32 records) per 200 ms, 160 a second: at 300 req/s the 64-record queue would
+    // overflow within a second. Several out at once keep up.
+    let dir = TestDir::new("slow");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::from_millis(200)));
+    let n = 600;
+    let report = load_with(&dir, tester.outbound, "http://front/", n, &["--rate", "300", "--concurrency", "8"]);
+    assert_eq!(report["succeeded"], n, "traffic is unaffected: {report}");
+    wait_for("the tester's records to be exported", Duration::from_secs(15), || {
+        let exported = admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[]);
+        (exported >= 2.0 * n as f64).then_some(())
+    });
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
+    // Both sidecars export: the tester's outbound records and the front's inbound ones.
+    let spans = collector.spans.load(std::sync::atomic::Ordering::Relaxed);
+    let logs = collector.logs.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(spans >= n && logs >= n, "{spans} spans and {logs} log records reached the collector");
 }
