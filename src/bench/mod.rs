@@ -79,8 +79,10 @@ pub struct Row {
     pub collector_rss_mib: Option<f64>,
     /// Requests that failed during the fixed-rate run.
     pub errors: u64,
-    /// Telemetry records (spans and access logs) the sidecar exported over the row, where
-    /// telemetry is on.
+    /// Telemetry records the sidecar made over the row, where telemetry is on: a span and an
+    /// access-log record per request (100 % sampling).
+    pub telemetry_records: Option<u64>,
+    /// Of those, the records it exported: all of them when this equals `telemetry_records`.
     pub telemetry_exported: Option<u64>,
     /// Telemetry records it dropped (queue full, export failed or refused): 0 means the
     /// row's telemetry all reached the collector.
@@ -203,6 +205,7 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         collector_cpu_s_per_1k_requests: collector_cpu.filter(|_| requests > 0.0).map(|c| c / requests * 1000.0),
         collector_rss_mib: collector_rss.map(|peak| peak.finish() as f64 / MIB),
         errors: latencies.errors,
+        telemetry_records: None,
         telemetry_exported: None,
         telemetry_dropped: None,
     })
@@ -269,13 +272,13 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<36} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8}",
+        "{:<36} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
         "scenario", "max req/s", "idle", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
-        "errors", "dropped"
+        "errors", "dropped", "delivered"
     );
     for r in rows {
         println!(
-            "{:<36} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8}",
+            "{:<36} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
             r.scenario,
             r.max_rps,
             opt(r.idle_cores_at_max, 2),
@@ -292,6 +295,10 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
             opt(r.collector_rss_mib, 1),
             r.errors,
             r.telemetry_dropped.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            r.telemetry_records.zip(r.telemetry_exported).map_or_else(
+                || "-".to_owned(),
+                |(made, sent)| format!("{:.1}%", if made > 0 { 100.0 * sent as f64 / made as f64 } else { 100.0 })
+            ),
         );
     }
     println!("\nidle: cores the machine left idle while the max req/s was measured (a row that is not CPU-bound");
@@ -299,7 +306,8 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");
-    println!("dropped: telemetry records the sidecar dropped over the row (0: all of it reached the collector).");
+    println!("dropped: telemetry records the sidecar dropped over the row; delivered: the share of the records it");
+    println!("made (a span and an access-log record per request) that it exported, read a second after the row.");
 }
 
 /// Runs every scenario and prints the report.
@@ -372,8 +380,13 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
             // The last records leave within a flush interval (200 ms).
             tokio::time::sleep(Duration::from_secs(1)).await;
             let exposition = crate::views::get_text(admin, "/metrics").await.context("reading the sidecar's /metrics")?;
-            row.telemetry_exported = Some(ingest::sample(&exposition, "meshlens_proxy_telemetry_exported_total") as u64);
-            row.telemetry_dropped = Some(ingest::sample(&exposition, "meshlens_proxy_telemetry_dropped_total") as u64);
+            row.telemetry_records = Some(2 * ingest::sample(&exposition, "meshlens_proxy_requests_total") as u64);
+            // Spans and logs; the metrics' data points are counted under their own signal.
+            let records = |counter: &str| {
+                ["spans", "logs"].iter().map(|signal| ingest::sample(&exposition, &format!("{counter}{{signal=\"{signal}\""))).sum::<f64>() as u64
+            };
+            row.telemetry_exported = Some(records("meshlens_proxy_telemetry_exported_total"));
+            row.telemetry_dropped = Some(records("meshlens_proxy_telemetry_dropped_total"));
         }
         rows.push(row);
     }
