@@ -84,8 +84,8 @@ pub struct Row {
     pub telemetry_records: Option<u64>,
     /// Of those, the records it exported: all of them when this equals `telemetry_records`.
     pub telemetry_exported: Option<u64>,
-    /// Telemetry records it dropped (queue full, export failed or refused): 0 means the
-    /// row's telemetry all reached the collector.
+    /// Telemetry records it dropped (queue full, export failed or refused). Records neither
+    /// exported nor dropped were still queued or being retried when the counts were read.
     pub telemetry_dropped: Option<u64>,
 }
 
