@@ -77,6 +77,13 @@ enum Command {
         #[arg(long, value_parser = parse_addr)]
         listen: SocketAddr,
     },
+    /// The proxy benchmark's null OTLP receiver: accepts every gRPC export, keeps nothing.
+    #[command(hide = true)]
+    BenchSink {
+        /// Where to listen.
+        #[arg(long, value_parser = parse_addr)]
+        listen: SocketAddr,
+    },
 }
 
 /// Which collector and what view.
@@ -305,7 +312,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = match &cli.command {
         // The sidecar runs on as many worker threads as it is told.
         Command::Proxy(args) => meshlens_proxy::cli::runtime(args.worker_threads)?,
-        Command::BenchUpstream { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Command::BenchUpstream { .. } | Command::BenchSink { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
     };
     runtime.block_on(async move {
@@ -348,6 +355,7 @@ fn main() -> anyhow::Result<()> {
                 bench::ui::run_ui(bench::ui::UiBench { services, edges, json }).await
             }
             Command::BenchUpstream { listen } => bench::upstream::serve(listen).await,
+            Command::BenchSink { listen } => bench::sink::serve(listen).await,
             Command::Sql { schema_markdown: true, .. } => {
                 print!("{}", meshlens_collector::tables::schema::markdown());
                 Ok(())

@@ -37,6 +37,13 @@ fn bench_proxy_measures_every_row_and_counts_the_sidecars_telemetry() {
     assert!(exported >= 2 * 150 && exported <= made, "{on:#}");
     assert!(on["telemetry_dropped"].as_u64().is_some_and(|d| exported + d <= made), "{on:#}");
     assert!(on["collector_cpu_s_per_1k_requests"].as_f64().is_some(), "{on:#}");
+    // The null receiver answers every export unread: all of it leaves the sidecar, and there
+    // is no collector to measure.
+    let null = row("telemetry on, null receiver");
+    let exported = null["telemetry_exported"].as_u64().expect("exported count");
+    assert!(exported >= 2 * 150 && exported <= null["telemetry_records"].as_u64().expect("records made"), "{null:#}");
+    assert_eq!(null["telemetry_dropped"], 0, "{null:#}");
+    assert!(null["collector_cpu_s_per_1k_requests"].is_null(), "{null:#}");
     // Collector down: nothing exported. Whether records were dropped yet depends on how many
     // requests a debug build served: the queue holds 8,192 and a failing batch is retried for
     // `max_retry_time` (15 s) before it is dropped, so only the count's presence is checked.

@@ -4,8 +4,9 @@
 //! Every scenario sends to the same fast upstream (a separate process answering `200 ok`):
 //! directly; through Debian's nginx as a reverse proxy (one worker, upstream keep-alive,
 //! access log off); and through meshlens-proxy's outbound side (one worker thread) with
-//! telemetry off, with telemetry on at 100 % sampling to a running collector, and with
-//! telemetry on while the collector is down. For each it reports the maximum request rate
+//! telemetry off, with telemetry on at 100 % sampling to a running collector, with the same
+//! telemetry sent to a null receiver that keeps nothing (the sidecar's own cost, without a
+//! collector on the same cores), and with telemetry on while the collector is down. For each it reports the maximum request rate
 //! with N connections (and the cores the machine left idle meanwhile), latency at a fixed
 //! open-loop rate (and what the proxy adds over the direct path), the proxy's resident
 //! memory idle and under that load, its CPU time per 1,000 requests, and how many telemetry
@@ -14,6 +15,7 @@
 
 pub mod ingest;
 pub mod load;
+pub mod sink;
 pub mod ui;
 pub mod upstream;
 
@@ -114,6 +116,20 @@ pub(crate) fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     Ok(Proc(child))
+}
+
+/// Accepts connections on `listen` forever, serving each on a task of its own.
+pub(crate) async fn serve_connections<F, Fut>(listen: SocketAddr, serve: F) -> anyhow::Result<()>
+where
+    F: Fn(hyper_util::rt::TokioIo<tokio::net::TcpStream>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(hyper_util::rt::TokioIo::new(stream)));
+    }
 }
 
 pub(crate) async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
@@ -272,13 +288,13 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<36} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
+        "{:<44} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
         "scenario", "max req/s", "idle", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
         "errors", "dropped", "delivered"
     );
     for r in rows {
         println!(
-            "{:<36} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
+            "{:<44} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
             r.scenario,
             r.max_rps,
             opt(r.idle_cores_at_max, 2),
@@ -306,6 +322,8 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");
+    println!("null receiver: the same telemetry sent to a process that answers every export unread (the sidecar's");
+    println!("own telemetry cost, without a collector's on the same cores).");
     println!("dropped: telemetry records the sidecar dropped over the row; delivered: the share of the records it");
     println!("made (a span and an access-log record per request) that it exported, read a second after the row.");
 }
@@ -358,10 +376,19 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
         &log("collector"),
     )?;
     wait_listening(collector_grpc, "the collector").await?;
+    let null_sink = free_addr()?;
+    let _sink = spawn(&exe, &["bench-sink", "--listen", &null_sink.to_string()], &log("sink"))?;
+    wait_listening(null_sink, "the null receiver").await?;
     let dead = free_addr()?;
     // Rows measured through the big binary say so in their names, in the table and the JSON.
     let measured = if sidecar.is_some() { "meshlens-proxy" } else { "`meshlens proxy` (no meshlens-proxy built)" };
-    for (scenario, otlp) in [("telemetry off", None), ("telemetry on (100%)", Some(collector_grpc)), ("collector down", Some(dead))] {
+    let scenarios = [
+        ("telemetry off", None),
+        ("telemetry on (100%)", Some(collector_grpc)),
+        ("telemetry on, null receiver", Some(null_sink)),
+        ("collector down", Some(dead)),
+    ];
+    for (scenario, otlp) in scenarios {
         let name = &format!("{measured}, {scenario}");
         let (listen, admin) = (free_addr()?, free_addr()?);
         let conf = dir.join(format!("sidecar-{}.toml", rows.len()));

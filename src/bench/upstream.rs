@@ -5,19 +5,14 @@ use std::{convert::Infallible, net::SocketAddr};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
 /// Serves `200 ok` on `listen` forever.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|_req| async {
-                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    super::serve_connections(listen, |io| async move {
+        let service = hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
-    }
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+    })
+    .await
 }

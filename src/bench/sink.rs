@@ -1,0 +1,65 @@
+//! The proxy benchmark's null OTLP receiver: accepts every gRPC export and keeps nothing.
+//!
+//! It reads each request's body to the end (so HTTP/2 flow control moves as with a real
+//! collector) and answers an empty message with `grpc-status: 0`, without decoding: what the
+//! sidecar pays for its telemetry, measured apart from what a collector on the same cores
+//! costs the machine (a collector normally runs on other nodes).
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioExecutor;
+
+/// An empty protobuf message in a gRPC frame: not compressed, length 0.
+const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
+
+/// Serves the null receiver on `listen` forever.
+pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+    super::serve_connections(listen, |io| async move {
+        let service = hyper::service::service_fn(answer);
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+    })
+    .await
+}
+
+type Answer = StreamBody<futures_util::stream::Iter<std::array::IntoIter<Result<Frame<Bytes>, Infallible>, 2>>>;
+
+async fn answer(request: http::Request<Incoming>) -> Result<http::Response<Answer>, Infallible> {
+    let mut body = request.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = [Ok(Frame::data(Bytes::from_static(EMPTY_MESSAGE))), Ok(Frame::trailers(trailers))];
+    let mut response = http::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_an_export_with_an_empty_ok_message() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = listener.local_addr().expect("its address");
+        drop(listener);
+        tokio::spawn(serve(addr));
+        let channel = loop {
+            match tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("an endpoint").connect().await {
+                Ok(channel) => break channel,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
+        let answer = TraceServiceClient::new(channel).export(ExportTraceServiceRequest::default()).await.expect("export accepted");
+        assert!(answer.into_inner().partial_success.is_none());
+    }
+}
