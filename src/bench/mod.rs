@@ -6,12 +6,12 @@
 //! access log off); and through meshlens-proxy's outbound side (one worker thread) with
 //! telemetry off, with telemetry on at 100 % sampling to a running collector, with the same
 //! telemetry sent to a null receiver that keeps nothing (the sidecar's own cost, without a
-//! collector on the same cores), and with telemetry on while the collector is down. For each it reports the maximum request rate
-//! with N connections (and the cores the machine left idle meanwhile), latency at a fixed
-//! open-loop rate (and what the proxy adds over the direct path), the proxy's resident
-//! memory idle and under that load, its CPU time per 1,000 requests, and how many telemetry
-//! records it exported and dropped. The load generator and the collector run on the same
-//! cores as everything else.
+//! collector on the same cores), and with telemetry on while the collector is down. For each
+//! it reports the maximum request rate with N connections (and the cores the machine left
+//! idle meanwhile), latency at a fixed open-loop rate (and what the proxy adds over the direct
+//! path), the proxy's resident memory idle and under that load, its CPU time per 1,000
+//! requests, and how many telemetry records it exported and dropped. The load generator and
+//! the collector run on the same cores as everything else.
 
 pub mod ingest;
 pub mod load;
