@@ -118,13 +118,12 @@ pub(crate) fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result
     Ok(Proc(child))
 }
 
-/// Accepts connections on `listen` forever, serving each on a task of its own.
-pub(crate) async fn serve_connections<F, Fut>(listen: SocketAddr, serve: F) -> anyhow::Result<()>
+/// Accepts connections on `listener` forever, serving each on a task of its own.
+pub(crate) async fn serve_connections<F, Fut>(listener: tokio::net::TcpListener, serve: F) -> anyhow::Result<()>
 where
     F: Fn(hyper_util::rt::TokioIo<tokio::net::TcpStream>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

@@ -18,7 +18,11 @@ const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
 
 /// Serves the null receiver on `listen` forever.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
-    super::serve_connections(listen, |io| async move {
+    serve_on(tokio::net::TcpListener::bind(listen).await?).await
+}
+
+async fn serve_on(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    super::serve_connections(listener, |io| async move {
         let service = hyper::service::service_fn(answer);
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
     })
@@ -48,16 +52,12 @@ mod tests {
 
     #[tokio::test]
     async fn answers_an_export_with_an_empty_ok_message() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        // Bound here and kept: no other process can take the port between bind and serve.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let addr = listener.local_addr().expect("its address");
-        drop(listener);
-        tokio::spawn(serve(addr));
-        let channel = loop {
-            match tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("an endpoint").connect().await {
-                Ok(channel) => break channel,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
+        tokio::spawn(serve_on(listener));
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("an endpoint");
+        let channel = endpoint.connect().await.expect("the receiver accepts connections");
         use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
         let answer = TraceServiceClient::new(channel).export(ExportTraceServiceRequest::default()).await.expect("export accepted");
         assert!(answer.into_inner().partial_success.is_none());

@@ -8,7 +8,7 @@ use http_body_util::Full;
 
 /// Serves `200 ok` on `listen` forever.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
-    super::serve_connections(listen, |io| async move {
+    super::serve_connections(tokio::net::TcpListener::bind(listen).await?, |io| async move {
         let service = hyper::service::service_fn(|_req| async {
             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
