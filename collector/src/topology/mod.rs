@@ -7,7 +7,7 @@ pub mod graph;
 pub mod rollup;
 pub mod sketch;
 
-use crate::model::{LogRecord, Span};
+use crate::model::{LogRecord, Span, SpanKind};
 
 pub use edges::{EdgeObservation, Node, NodeKind, NodeRef};
 pub use graph::{Grouping, TopologyView};
@@ -39,12 +39,21 @@ impl Topology {
     }
 
     /// Learns from spans received at `now`; returns the requests they complete.
-    pub fn ingest<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>, now_nanos: u64) -> Vec<EdgeObservation> {
+    ///
+    /// A request's CLIENT spans are matched before its other spans: when a request holds both
+    /// sides of a hop (a gateway forwarding whole traces), the SERVER side then finds its
+    /// caller just placed, instead of looking through every table and waiting.
+    pub fn ingest<'a, I>(&mut self, spans: I, now_nanos: u64) -> Vec<EdgeObservation>
+    where
+        I: IntoIterator<Item = &'a Span>,
+        I::IntoIter: Clone,
+    {
         let spans = spans.into_iter();
         // Nearly every span completes at most one request: allocated once, at that size.
         let mut out = Vec::with_capacity(spans.size_hint().0);
         let mut observed = 0;
-        for span in spans {
+        let is_client = |span: &&Span| span.kind == SpanKind::Client;
+        for span in spans.clone().filter(is_client).chain(spans.filter(|s| !is_client(s))) {
             self.deriver.observe(span, now_nanos, &mut out);
             observed += 1;
         }

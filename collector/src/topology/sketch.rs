@@ -4,14 +4,17 @@
 //! is returned within about 1% of the true value, and two sketches merge by adding
 //! their bucket counts — which is how per-second rollups combine into any time window.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 
 const GAMMA: f64 = 1.02;
 
-/// Latency sketch over non-negative values (nanoseconds).
+/// Latency sketch over non-negative values (nanoseconds). Its buckets are one sorted array:
+/// a second of one edge fills a handful, and finding one is a search in a cache line or two
+/// where a tree of nodes took a load per level (the rollups add one value per request).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sketch {
-    buckets: BTreeMap<i32, u64>,
+    /// `(i, count)` by `i`, counts above zero.
+    buckets: Vec<(i32, u64)>,
     zeros: u64,
     count: u64,
 }
@@ -25,16 +28,46 @@ impl Sketch {
             return;
         }
         let index = (value.ln() / GAMMA.ln()).ceil() as i32;
-        *self.buckets.entry(index).or_default() += 1;
+        match self.buckets.binary_search_by_key(&index, |b| b.0) {
+            Ok(at) => self.buckets[at].1 += 1,
+            Err(at) => self.buckets.insert(at, (index, 1)),
+        }
     }
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Self) {
         self.count += other.count;
         self.zeros += other.zeros;
-        for (i, n) in &other.buckets {
-            *self.buckets.entry(*i).or_default() += n;
+        if other.buckets.is_empty() {
+            return;
         }
+        if self.buckets.is_empty() {
+            self.buckets.clone_from(&other.buckets);
+            return;
+        }
+        let (a, b) = (&self.buckets, &other.buckets);
+        let mut merged = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].0.cmp(&b[j].0) {
+                Ordering::Less => {
+                    merged.push(a[i]);
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    merged.push(b[j]);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    merged.push((a[i].0, a[i].1 + b[j].1));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        merged.extend_from_slice(&a[i..]);
+        merged.extend_from_slice(&b[j..]);
+        self.buckets = merged;
     }
 
     /// Values added.
@@ -52,14 +85,14 @@ impl Sketch {
             return Some(0.0);
         }
         let mut seen = self.zeros;
-        for (i, n) in &self.buckets {
+        for &(i, n) in &self.buckets {
             seen += n;
             if seen > rank {
                 // The bucket's midpoint in relative terms: 2γ^i / (γ + 1).
-                return Some(2.0 * GAMMA.powi(*i) / (GAMMA + 1.0));
+                return Some(2.0 * GAMMA.powi(i) / (GAMMA + 1.0));
             }
         }
-        self.buckets.keys().next_back().map(|i| GAMMA.powi(*i))
+        self.buckets.last().map(|&(i, _)| GAMMA.powi(i))
     }
 }
 
@@ -90,5 +123,20 @@ mod tests {
         a.merge(&b);
         assert_eq!(a, all);
         assert_eq!(Sketch::default().quantile(0.5), None);
+
+        // Disjoint ranges, either side empty, zeros.
+        let (mut low, mut high, mut both) = (Sketch::default(), Sketch::default(), Sketch::default());
+        for x in [0.5, 10.0, 20.0, 1e9, 2e9] {
+            if x < 100.0 { low.add(x) } else { high.add(x) }
+            both.add(x);
+        }
+        let mut merged = high.clone();
+        merged.merge(&low);
+        merged.merge(&Sketch::default());
+        assert_eq!(merged, both);
+        let mut empty = Sketch::default();
+        empty.merge(&both);
+        assert_eq!(empty, both);
+        assert!(both.buckets.windows(2).all(|w| w[0].0 < w[1].0), "buckets stay sorted");
     }
 }
