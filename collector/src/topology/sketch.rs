@@ -45,6 +45,16 @@ impl Sketch {
             self.buckets.clone_from(&other.buckets);
             return;
         }
+        // A window's total takes one second's few buckets at a time: each is found in place.
+        if other.buckets.len() * 8 < self.buckets.len() {
+            for &(i, n) in &other.buckets {
+                match self.buckets.binary_search_by_key(&i, |b| b.0) {
+                    Ok(at) => self.buckets[at].1 += n,
+                    Err(at) => self.buckets.insert(at, (i, n)),
+                }
+            }
+            return;
+        }
         let (a, b) = (&self.buckets, &other.buckets);
         let mut merged = Vec::with_capacity(a.len() + b.len());
         let (mut i, mut j) = (0, 0);
@@ -138,5 +148,20 @@ mod tests {
         empty.merge(&both);
         assert_eq!(empty, both);
         assert!(both.buckets.windows(2).all(|w| w[0].0 < w[1].0), "buckets stay sorted");
+
+        // A long window: many one-second sketches of a few values each merged into a total
+        // (found in place once the total is large), against all the values added to one.
+        let (mut total, mut all) = (Sketch::default(), Sketch::default());
+        for second in 0..3_600u32 {
+            let mut one = Sketch::default();
+            for k in 0..4 {
+                let x = f64::from((second * 7919 + k * 104_729) % 20_000_000 + 20_000);
+                one.add(x);
+                all.add(x);
+            }
+            total.merge(&one);
+        }
+        assert_eq!(total, all);
+        assert!(total.buckets.len() > 32, "the in-place path ran: {} buckets", total.buckets.len());
     }
 }
