@@ -126,16 +126,16 @@ impl Pipeline {
     /// Accepts converted spans.
     pub fn ingest_spans(&self, converted: Converted<Span>, transport: Transport, record: Record) {
         self.count("spans", transport, &converted);
-        let spans: Vec<Arc<Span>> = converted.items.into_iter().map(Arc::new).collect();
+        let spans = converted.items;
         let observations = match self.topology.write() {
-            Ok(mut topology) => topology.ingest(spans.iter().map(|s| &**s), now_nanos()),
+            Ok(mut topology) => topology.ingest(spans.iter(), now_nanos()),
             Err(_) => Vec::new(),
         };
         self.metrics.observe_edges(&observations);
         if let Some(record) = record.table_record()
             && let Ok(mut tables) = self.tables.write()
         {
-            tables.add_spans(spans, record);
+            tables.add_spans(&spans, record);
         }
     }
 

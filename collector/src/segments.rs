@@ -308,7 +308,7 @@ mod tests {
         fs::create_dir_all(&dir).expect("dir");
         let mut tables = Tables::new(Retention { max_age: std::time::Duration::from_secs(3600), memory_budget: usize::MAX, max_spans: usize::MAX });
         let spans: Vec<_> = (0..10u8).map(|i| span(i + 1, 1, None, "a", SpanKind::Server, u64::from(i), 1)).collect();
-        tables.spans.insert(spans, Some(41));
+        tables.spans.insert(&spans, Some(41));
         let sealed = tables.spans.seal().expect("sealed");
         let path = write(&dir, "spans", &sealed).expect("write");
         let columns = tables.spans.table().columns();

@@ -40,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     pipeline::Pipeline,
-    tables::{Part, edges, schema},
+    tables::{Sealed, edges, schema},
 };
 
 /// Bounds on every query.
@@ -288,7 +288,7 @@ fn poisoned<T>(_: T) -> SqlError {
 /// The rows of one table a query reads.
 enum Snapshot {
     /// The appended tables' batches, unpacked as the query reads them.
-    Parts(Vec<Part>),
+    Parts(Vec<Sealed>),
     /// A table built for the query.
     Batches(Vec<RecordBatch>),
 }

@@ -24,7 +24,7 @@ use datafusion::{
 };
 
 use crate::tables::{
-    Part,
+    Sealed,
     schema::{self, Column},
 };
 
@@ -33,12 +33,12 @@ use crate::tables::{
 pub struct SnapshotTable {
     columns: &'static [Column],
     schema: SchemaRef,
-    parts: Arc<[Part]>,
+    parts: Arc<[Sealed]>,
 }
 
 impl SnapshotTable {
     /// The table of these columns holding these parts.
-    pub fn new(columns: &'static [Column], parts: Vec<Part>) -> Self {
+    pub fn new(columns: &'static [Column], parts: Vec<Sealed>) -> Self {
         Self { columns, schema: schema::schema(columns), parts: parts.into() }
     }
 }
@@ -98,7 +98,7 @@ fn partitions(parts: usize, n: usize) -> impl Iterator<Item = std::ops::Range<us
 #[derive(Debug)]
 struct PartStream {
     schema: SchemaRef,
-    parts: Arc<[Part]>,
+    parts: Arc<[Sealed]>,
     range: std::ops::Range<usize>,
     projection: Option<Vec<usize>>,
 }

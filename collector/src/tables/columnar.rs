@@ -7,7 +7,7 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use datafusion::arrow::{
-    array::{Array, ArrayBuilder, ArrayRef, StringBuilder},
+    array::{Array, ArrayBuilder, ArrayRef, AsArray, StringBuilder},
     datatypes::{DataType, SchemaRef},
     error::ArrowError,
     record_batch::{RecordBatch, RecordBatchOptions},
@@ -170,26 +170,6 @@ impl Sealed {
     /// Every column, unpacked.
     pub fn batch(&self) -> Result<RecordBatch, ArrowError> {
         self.project(None)
-    }
-}
-
-/// A part of a table snapshot: a sealed batch, or a copy of the open rows.
-#[derive(Debug, Clone)]
-pub enum Part {
-    /// Sealed rows (columns unpacked when read).
-    Sealed(Sealed),
-    /// A copy of the open rows.
-    Open(RecordBatch),
-}
-
-impl Part {
-    /// The columns at `projection` (all when `None`).
-    pub fn project(&self, projection: Option<&[usize]>) -> Result<RecordBatch, ArrowError> {
-        match (self, projection) {
-            (Self::Sealed(sealed), _) => sealed.project(projection),
-            (Self::Open(batch), Some(p)) => batch.project(p),
-            (Self::Open(batch), None) => Ok(batch.clone()),
-        }
     }
 }
 
@@ -383,17 +363,44 @@ impl<W: NextBatch> Table<W> {
         self.sealed.push_back(sealed);
     }
 
-    /// Every row now: the sealed batches and a copy of the open one.
-    pub fn snapshot(&self) -> Vec<Part> {
-        let mut out: Vec<Part> = self.sealed.iter().map(|s| Part::Sealed(s.clone())).collect();
-        if self.open_rows > 0 {
-            let columns = self.open.each().into_iter().zip(self.columns).map(|(b, c)| packed::schema_form(b.finish_cloned(), c.storage));
-            match columns.collect::<Result<Vec<_>, _>>().and_then(|columns| RecordBatch::try_new(self.schema.clone(), columns)) {
-                Ok(batch) => out.push(Part::Open(batch)),
-                Err(error) => tracing::error!(%error, "the open batch does not match its schema"),
-            }
+    /// Every row now: the sealed batches and a copy of the open one ([`Table::open_batch`]).
+    pub fn snapshot(&self) -> Vec<Sealed> {
+        self.sealed.iter().cloned().chain(self.open_batch()).collect()
+    }
+
+    /// A copy of the open rows as a batch readers read like a sealed one (IDs as bytes,
+    /// packed text with its open block uncompressed, other columns as written), numbered
+    /// as it will be when sealed; `None` when there are no open rows.
+    pub fn open_batch(&self) -> Option<Sealed> {
+        if self.open_rows == 0 {
+            return None;
         }
-        out
+        let columns: Arc<[Stored]> = self
+            .open
+            .each()
+            .into_iter()
+            .map(|builder| match builder.as_any().downcast_ref::<TextPacker>() {
+                Some(packer) => Stored::Text(Arc::new(packer.snapshot())),
+                None => {
+                    let array = builder.finish_cloned();
+                    match array.as_fixed_size_binary_opt() {
+                        Some(bytes) => Stored::Hex(bytes.clone()),
+                        None => Stored::Plain(array),
+                    }
+                }
+            })
+            .collect();
+        let bytes = columns.iter().map(Stored::bytes).sum();
+        Some(Sealed {
+            schema: self.schema.clone(),
+            columns,
+            rows: self.open_rows,
+            newest_nanos: self.open_newest,
+            oldest_nanos: self.open_oldest,
+            records: self.open_records.as_slice().into(),
+            seq: self.next_seq,
+            bytes,
+        })
     }
 
     /// The sealed batches, oldest first.

@@ -11,7 +11,7 @@ use datafusion::arrow::{
 };
 
 use super::{
-    Part,
+    Sealed,
     columnar::{NextBatch, RowWriter, column_builders, with_headroom},
     packed::TextPacker,
     spans::signed,
@@ -143,7 +143,7 @@ const ATTRIBUTES: usize = 8;
 /// and about `trace` (hex), newest first, at most `limit`. A part's service and trace ID
 /// columns are read to find its matching rows; its compressed body and attributes are
 /// unpacked only when it holds one, so the newest records of a large table cost about one part.
-pub fn newest(parts: &[Part], service: Option<&str>, trace: Option<&str>, limit: usize) -> Result<Vec<StoredLog>, ArrowError> {
+pub fn newest(parts: &[Sealed], service: Option<&str>, trace: Option<&str>, limit: usize) -> Result<Vec<StoredLog>, ArrowError> {
     let mut out = Vec::new();
     for part in parts.iter().rev() {
         let room = limit.saturating_sub(out.len());
@@ -299,7 +299,7 @@ mod tests {
         let open: Vec<_> = (4..=6).map(record).collect();
         table.extend(open.iter(), None);
         let parts = table.snapshot();
-        assert!(matches!(parts.as_slice(), [Part::Sealed(_), Part::Open(_)]));
+        assert_eq!(parts.iter().map(Sealed::rows).collect::<Vec<_>>(), [3, 3], "the sealed batch and a copy of the open one");
 
         let bodies = |service, trace: Option<&str>, limit| -> Vec<String> {
             newest(&parts, service, trace, limit).expect("read").into_iter().map(|l| l.body).collect()

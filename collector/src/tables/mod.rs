@@ -18,7 +18,7 @@ pub mod schema;
 pub mod spans;
 pub mod traces;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
     segments::Segments,
 };
 
-pub use columnar::{Part, Sealed, Table};
+pub use columnar::{Sealed, Table};
 
 /// The `spans` table's name.
 pub const SPANS: &str = "spans";
@@ -107,7 +107,7 @@ impl Tables {
     }
 
     /// Appends the spans of one journal record (`record`, when journaled).
-    pub fn add_spans(&mut self, spans: impl IntoIterator<Item = Arc<Span>>, record: Option<u64>) {
+    pub fn add_spans<S: std::borrow::Borrow<Span>>(&mut self, spans: &[S], record: Option<u64>) {
         let sealed = self.spans.insert(spans, record);
         self.persist(SPANS, sealed);
     }
@@ -174,7 +174,7 @@ impl Tables {
     }
 
     /// A snapshot of one appended table by name.
-    pub fn snapshot(&self, name: &str) -> Option<Vec<Part>> {
+    pub fn snapshot(&self, name: &str) -> Option<Vec<Sealed>> {
         match name {
             "spans" => Some(self.spans.table().snapshot()),
             "logs" => Some(self.logs.snapshot()),
@@ -192,10 +192,10 @@ mod tests {
     fn retention_evicts_oldest_batches_by_age_and_by_memory() {
         let mut tables = Tables::new(Retention { max_age: Duration::from_secs(60), memory_budget: usize::MAX, max_spans: usize::MAX });
         let old: Vec<_> = (0..columnar::SEAL_ROWS).map(|i| span(1, (i % 250) as u8 + 1, None, "a", SpanKind::Server, 1_000, 1)).collect();
-        tables.add_spans(old, None);
+        tables.add_spans(&old, None);
         let now_ms = 1_000 + 3_600_000;
         let fresh: Vec<_> = (0..columnar::SEAL_ROWS).map(|_| span(2, 1, None, "a", SpanKind::Server, now_ms, 1)).collect();
-        tables.add_spans(fresh, None);
+        tables.add_spans(&fresh, None);
         assert_eq!(tables.spans.span_count(), 2 * columnar::SEAL_ROWS);
         let evicted = tables.enforce(now_ms * 1_000_000);
         assert_eq!(evicted.spans, columnar::SEAL_ROWS as u64, "the hour-old batch goes");

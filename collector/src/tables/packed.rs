@@ -202,15 +202,6 @@ fn exact_bytes(bytes: &FixedSizeBinaryArray) -> Option<FixedSizeBinaryArray> {
     FixedSizeBinaryArray::try_new(bytes.value_length(), Buffer::from_slice_ref(bytes.value_data()), nulls).ok()
 }
 
-/// A column of IDs kept as bytes in the schema's form: their hex text (other columns as
-/// they are).
-pub fn schema_form(array: ArrayRef, storage: Storage) -> Result<ArrayRef, ArrowError> {
-    match (storage, array.as_fixed_size_binary_opt()) {
-        (Storage::HexBytes, Some(bytes)) => Ok(Arc::new(hex_text(bytes)?)),
-        _ => Ok(array),
-    }
-}
-
 /// The hex text of a column of IDs.
 fn hex_text(bytes: &FixedSizeBinaryArray) -> Result<StringArray, ArrowError> {
     let width = usize::try_from(bytes.value_length()).unwrap_or(0) * 2;
@@ -627,8 +618,9 @@ impl TextPacker {
         std::mem::take(&mut self.packed)
     }
 
-    /// The rows so far as text (the open block is read as it is, not compressed first).
-    fn text(&self) -> StringArray {
+    /// A copy of the rows so far, packed: the closed blocks as they are, the open block
+    /// stored uncompressed (a reader decompresses only the blocks it reads).
+    pub fn snapshot(&self) -> PackedText {
         let mut packed = self.packed.clone();
         if self.open_rows > 0 {
             let mut raw = self.open[..self.open_rows * 4].to_vec();
@@ -636,6 +628,12 @@ impl TextPacker {
             packed.blocks.push(Block::stored(&raw, &self.keys.table));
             packed.rows += self.open_rows;
         }
+        packed
+    }
+
+    /// The rows so far as text (the open block is read as it is, not compressed first).
+    fn text(&self) -> StringArray {
+        let packed = self.snapshot();
         packed.unpack().unwrap_or_else(|error| {
             tracing::error!(%error, "packed rows cannot be read");
             StringArray::new_null(packed.rows)

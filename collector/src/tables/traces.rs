@@ -2,15 +2,18 @@
 //! span is kept once, in columns. An index maps each trace (by the first 8 bytes of its
 //! ID) to the range of sealed batches that hold its spans, so fetching a trace is a hash
 //! lookup and a scan of the ID column of a batch or two.
-//! The open batch's spans are kept as they arrived (at most [`super::columnar::SEAL_ROWS`])
-//! and read directly.
+//! The open batch is read from a copy of its rows, as a sealed batch is ([`Table::open_batch`]):
+//! a span is not kept as an object once its row is written, so an accepted span's converted
+//! form is freed while it is still in cache, and a search or trace read takes one path.
 //!
-//! Readers take a [`SpanView`] (shared batches, no copying) under the lock and read it
+//! Readers take a [`SpanView`] (shared sealed batches, and the open one copied only when
+//! read: a search, or a trace with rows in it) under the lock and read it
 //! after releasing the lock, so a slow search never holds up ingest. Search walks the
 //! newest spans first, filters on the columns (service, operation, kind, time, duration,
 //! then tags) and stops at the limit; the traces it found are then fetched by ID.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
@@ -23,7 +26,7 @@ use super::{
 };
 use crate::{
     lookup::same_text,
-    model::{Span, SpanKind, StatusCode, TraceId, attr},
+    model::{Span, SpanKind, TraceId, attr},
 };
 
 /// Search criteria, as the Jaeger API takes them. A trace matches when one of its spans
@@ -51,12 +54,6 @@ pub struct TraceQuery {
 }
 
 impl TraceQuery {
-    /// Whether a span (of the open batch) matches.
-    fn matches(&self, span: &Span) -> bool {
-        self.matches_columns(span.service(), &span.name, span.kind.as_str(), span.start_unix_nanos, span.duration_nanos())
-            && self.tags.iter().all(|(k, v)| tag_matches(span, k, v))
-    }
-
     fn matches_columns(&self, service: &str, operation: &str, kind: &str, start: u64, duration: u64) -> bool {
         self.service.as_deref().is_none_or(|s| service == s)
             && self.operation.as_deref().is_none_or(|o| operation == o)
@@ -76,17 +73,6 @@ impl TraceQuery {
     /// Whether a sealed batch can hold matching rows, from its time range.
     fn may_match(&self, sealed: &Sealed) -> bool {
         self.start_min.is_none_or(|t| sealed.newest_nanos >= t) && self.start_max.is_none_or(|t| sealed.oldest_nanos <= t)
-    }
-}
-
-fn tag_matches(span: &Span, key: &str, expected: &str) -> bool {
-    match key {
-        "error" => (span.status == StatusCode::Error) == (expected == "true"),
-        "span.kind" => span.kind.as_str() == expected,
-        _ => span
-            .attr(key)
-            .or_else(|| attr(&span.resource.attributes, key))
-            .is_some_and(|v| v.to_text() == expected),
     }
 }
 
@@ -112,8 +98,9 @@ fn row_tag_matches(spans: &StoredSpans<'_>, row: usize, key: &str, expected: &st
 #[derive(Debug)]
 pub struct SpanTable {
     table: Table<SpanRows>,
-    /// The open batch's spans, in arrival order.
-    open: Vec<Arc<Span>>,
+    /// The index key of each of the open batch's rows: a trace read copies the open batch
+    /// only when it holds one of the trace's rows.
+    open_ids: Vec<u64>,
     /// Each service's operations, with the span kinds seen for each.
     services: BTreeMap<Arc<str>, BTreeMap<String, BTreeSet<SpanKind>>>,
     /// The (service, operation, kind)s indexed most recently: most spans repeat one of them
@@ -129,7 +116,7 @@ impl Default for SpanTable {
     fn default() -> Self {
         Self {
             table: Table::new(schema::SPANS),
-            open: Vec::new(),
+            open_ids: Vec::new(),
             services: BTreeMap::new(),
             recent: Vec::new(),
             recent_next: 0,
@@ -159,15 +146,15 @@ fn prefixes(sealed: &Sealed) -> Vec<u64> {
 impl SpanTable {
     /// Appends the spans of one journal record (`record`, when journaled); returns the batch
     /// this sealed, if any.
-    pub fn insert(&mut self, spans: impl IntoIterator<Item = Arc<Span>>, record: Option<u64>) -> Option<Sealed> {
-        let first = self.open.len();
+    pub fn insert<S: Borrow<Span>>(&mut self, spans: &[S], record: Option<u64>) -> Option<Sealed> {
         for span in spans {
+            let span = span.borrow();
             self.index(span.service(), &span.name, span.kind);
-            self.open.push(span);
+            self.open_ids.push(prefix(&span.trace_id));
         }
-        let sealed = self.table.extend(self.open[first..].iter().map(|s| &**s), record);
+        let sealed = self.table.extend(spans.iter().map(Borrow::borrow), record);
         if let Some(sealed) = &sealed {
-            self.open.clear();
+            self.open_ids.clear();
             self.index_batch(sealed);
         }
         sealed
@@ -238,7 +225,7 @@ impl SpanTable {
 
     /// Seals the open batch; returns it.
     pub fn seal(&mut self) -> Option<Sealed> {
-        self.open.clear();
+        self.open_ids.clear();
         let sealed = self.table.seal();
         if let Some(sealed) = &sealed {
             self.index_batch(sealed);
@@ -263,13 +250,13 @@ impl SpanTable {
         &self.table
     }
 
-    /// What readers search: shared batches and the open spans.
+    /// What readers search: shared batches and a copy of the open one.
     pub fn view(&self) -> SpanView {
-        SpanView { sealed: self.table.sealed().cloned().collect(), open: self.open.clone() }
+        SpanView { sealed: self.table.sealed().cloned().collect(), open: self.table.open_batch() }
     }
 
-    /// What reading the traces `ids` needs: only the batches that hold them, and their
-    /// open spans.
+    /// What reading the traces `ids` needs: only the batches that hold them, and a copy of
+    /// the open batch if it holds them.
     pub fn traces(&self, ids: &[TraceId]) -> SpanView {
         let mut seqs: Vec<u64> = Vec::new();
         for id in ids {
@@ -280,7 +267,8 @@ impl SpanTable {
         seqs.sort_unstable();
         seqs.dedup();
         let sealed = seqs.iter().filter_map(|seq| self.table.sealed_by_seq(*seq)).cloned().collect();
-        let open = self.open.iter().filter(|s| ids.contains(&s.trace_id)).cloned().collect();
+        let keys: Vec<u64> = ids.iter().map(prefix).collect();
+        let open = self.open_ids.iter().any(|key| keys.contains(key)).then(|| self.table.open_batch()).flatten();
         SpanView { sealed, open }
     }
 
@@ -312,7 +300,8 @@ impl SpanTable {
 #[derive(Debug)]
 pub struct SpanView {
     sealed: Vec<Sealed>,
-    open: Vec<Arc<Span>>,
+    /// A copy of the open batch, when it is read.
+    open: Option<Sealed>,
 }
 
 impl SpanView {
@@ -320,7 +309,7 @@ impl SpanView {
     pub fn get(&self, id: &TraceId) -> Option<Vec<Arc<Span>>> {
         let mut resources = Vec::new();
         let mut spans: Vec<Arc<Span>> = Vec::new();
-        for sealed in &self.sealed {
+        for sealed in self.sealed.iter().chain(&self.open) {
             // Read the ID column alone first: a full view holds many batches without the trace.
             let rows = rows_of(sealed, id);
             if rows.is_empty() {
@@ -333,7 +322,6 @@ impl SpanView {
                 }
             }
         }
-        spans.extend(self.open.iter().filter(|s| s.trace_id == *id).cloned());
         if spans.is_empty() {
             return None;
         }
@@ -346,15 +334,7 @@ impl SpanView {
     pub fn search(&self, query: &TraceQuery) -> Vec<TraceId> {
         let mut ids: Vec<TraceId> = Vec::new();
         let mut seen: HashSet<TraceId> = HashSet::new();
-        for span in self.open.iter().rev() {
-            if ids.len() >= query.limit {
-                break;
-            }
-            if query.matches(span) && seen.insert(span.trace_id) {
-                ids.push(span.trace_id);
-            }
-        }
-        for sealed in self.sealed.iter().rev() {
+        for sealed in self.open.iter().chain(self.sealed.iter().rev()) {
             if ids.len() >= query.limit {
                 break;
             }
@@ -384,7 +364,7 @@ impl SpanView {
 pub(crate) mod tests {
     use super::*;
     use crate::{
-        model::{Resource, SpanEvent, SpanId, SpanLink, Value},
+        model::{Resource, SpanEvent, SpanId, SpanLink, StatusCode, Value},
         tables::columnar::SEAL_ROWS,
     };
 
@@ -428,7 +408,7 @@ pub(crate) mod tests {
 
     fn table_with(spans: impl IntoIterator<Item = Arc<Span>>) -> SpanTable {
         let mut table = SpanTable::default();
-        table.insert(spans, None);
+        table.insert(&spans.into_iter().collect::<Vec<_>>(), None);
         table
     }
 
@@ -465,13 +445,13 @@ pub(crate) mod tests {
     fn a_sealed_span_reads_back_as_it_went_in() {
         let original = rich(3, 2);
         let mut table = table_with([Arc::new(original.clone())]);
-        let open = table.view().get(&TraceId([3; 16])).expect("open trace");
-        assert_eq!(*open[0], original);
-        table.seal();
-        let back = table.view().get(&TraceId([3; 16])).expect("sealed trace");
         let mut expected = original;
         expected.attributes.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(*back[0], expected, "as ingest gives it: attributes sorted by key");
+        let open = table.view().get(&TraceId([3; 16])).expect("open trace");
+        assert_eq!(*open[0], expected, "as ingest gives it: attributes sorted by key");
+        table.seal();
+        let back = table.view().get(&TraceId([3; 16])).expect("sealed trace");
+        assert_eq!(*back[0], expected, "sealed, the same");
         assert!(table.view().get(&TraceId([4; 16])).is_none(), "unknown trace");
     }
 
@@ -485,12 +465,14 @@ pub(crate) mod tests {
         }
         let rest = spans.split_off(SEAL_ROWS);
         let mut table = table_with(spans);
-        assert!(table.insert(rest, None).is_none(), "the second call leaves an open batch");
+        assert!(table.insert(&rest, None).is_none(), "the second call leaves an open batch");
         assert_eq!(table.table().sealed().count(), 1);
-        assert_eq!(table.open.len(), 10);
+        assert_eq!(table.open_ids.len(), 10);
         let id = TraceId([2; 16]);
         let view = table.traces(&[id]);
-        assert_eq!((view.sealed.len(), view.open.len()), (1, 1), "only the batch that holds the trace, and its open span");
+        assert_eq!((view.sealed.len(), view.open.is_some()), (1, true), "only the batch that holds the trace, and the open one");
+        let other = TraceId([150; 16]);
+        assert!(table.traces(&[other]).open.is_none(), "the open batch is not copied for a trace it does not hold");
         let trace = view.get(&id).expect("trace 2");
         assert_eq!(table.view().get(&id), Some(trace.clone()), "the index finds what a full scan finds");
         let expected = (0..SEAL_ROWS + 10).filter(|i| i % 200 == 1).count();
@@ -507,7 +489,7 @@ pub(crate) mod tests {
     fn search_filters_then_limits_newest_first() {
         for sealed in [false, true] {
             let mut table = table_with((1..=5u8).map(|t| span(t, t, None, "a", SpanKind::Server, u64::from(t), u64::from(t) * 10)));
-            table.insert([Arc::new(rich(6, 6))], None);
+            table.insert(&[rich(6, 6)], None);
             if sealed {
                 table.seal();
             }
