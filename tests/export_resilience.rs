@@ -54,7 +54,11 @@ fn collector_down_then_back() {
         let t = collector.json("/api/v1/topology?window=5m");
         t["edges"].as_array()?.iter().find(|e| e["source"] == "tester.test" && e["requests"].as_u64() >= Some(50)).map(|_| ())
     });
-    assert!(admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[("signal", "logs")]) >= 50.0);
+    // The collector applies a request before it answers: the sidecar counts the export a
+    // moment after the topology shows it.
+    wait_for("the sidecar to count the exported logs", Duration::from_secs(10), || {
+        (admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[("signal", "logs")]) >= 50.0).then_some(())
+    });
 }
 
 #[test]

@@ -54,9 +54,55 @@ impl NodeKind {
 
 /// One end of an edge, at the finest grain known (workload and version when reported). Shared:
 /// an observation, a span waiting for its other side and a rollup key each hold one pointer
-/// to it, and copying it is one reference count, not four.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeRef(Arc<Node>);
+/// to it, and copying it is one reference count, not four. Its hash is computed once, when
+/// it is made: the rollups and per-edge metrics look every request's two nodes up, and
+/// hashing their four strings each time was ~2 % of ingest. Two references to one node
+/// compare by pointer first; to equal nodes made apart, by hash, then by their parts.
+#[derive(Clone)]
+pub struct NodeRef(Arc<Hashed>);
+
+/// A node and its hash.
+struct Hashed {
+    hash: u64,
+    node: Node,
+}
+
+/// Hashes node parts the same way in every thread and for the life of the process.
+fn node_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x6d65_7368, 0x6c65_6e73, 0x6e6f_6465, 0x7265_6673)
+}
+
+impl PartialEq for NodeRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.node == other.0.node)
+    }
+}
+
+impl Eq for NodeRef {}
+
+impl std::hash::Hash for NodeRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for NodeRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.node.cmp(&other.0.node)
+    }
+}
+
+impl std::fmt::Debug for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.node.fmt(f)
+    }
+}
 
 /// What a [`NodeRef`] names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,14 +122,25 @@ pub struct Node {
 impl std::ops::Deref for NodeRef {
     type Target = Node;
     fn deref(&self) -> &Node {
-        &self.0
+        &self.0.node
     }
 }
 
 impl From<Node> for NodeRef {
     fn from(node: Node) -> Self {
-        Self(Arc::new(node))
+        Self(Arc::new(Hashed { hash: node_hasher().hash_one(&node), node }))
     }
+}
+
+/// Most nodes [`NodeRef::mesh`] remembers per thread; past it the memory starts again empty.
+const MAX_REMEMBERED_NODES: usize = 4096;
+
+thread_local! {
+    /// The nodes made from mesh attributes, by the hash of their parts: the same few
+    /// workloads are named on every request, and each is made (its four names looked up
+    /// and an allocation) once, then shared.
+    static MESH_NODES: std::cell::RefCell<HashMap<u64, NodeRef, BuildHasherDefault<Prehashed>>> =
+        std::cell::RefCell::new(HashMap::default());
 }
 
 impl NodeRef {
@@ -123,8 +180,36 @@ impl NodeRef {
         Self::mesh(&[text(keys.service), text(keys.namespace), text(keys.workload), text(keys.version)])
     }
 
-    /// [`NodeRef::of_mesh_attrs`] from the four values, in [`WORKLOAD_PARTS`] order.
+    /// [`NodeRef::of_mesh_attrs`] from the four values, in [`WORKLOAD_PARTS`] order: the
+    /// node made earlier from the same values, if this thread remembers it.
     fn mesh(parts: &[Option<&str>; WORKLOAD_PARTS]) -> Option<Self> {
+        parts[0]?;
+        let hash = node_hasher().hash_one(parts);
+        let remembered = MESH_NODES.with(|nodes| nodes.borrow().get(&hash).filter(|node| node.made_of(parts)).cloned());
+        if remembered.is_some() {
+            return remembered;
+        }
+        let node = Self::make_mesh(parts)?;
+        MESH_NODES.with(|nodes| {
+            let mut nodes = nodes.borrow_mut();
+            if nodes.len() >= MAX_REMEMBERED_NODES {
+                nodes.clear();
+            }
+            nodes.insert(hash, node.clone());
+        });
+        Some(node)
+    }
+
+    /// Whether [`NodeRef::make_mesh`] makes this node of `parts`.
+    fn made_of(&self, [service, namespace, workload, version]: &[Option<&str>; WORKLOAD_PARTS]) -> bool {
+        *service == Some(&*self.service)
+            && *namespace.unwrap_or("") == *self.namespace
+            && *workload == self.workload.as_deref()
+            && *version == self.version.as_deref()
+    }
+
+    /// The node of [`NodeRef::mesh`], made.
+    fn make_mesh(parts: &[Option<&str>; WORKLOAD_PARTS]) -> Option<Self> {
         let [service, namespace, workload, version] = parts.map(|part| part.map(shared_str));
         let mut node = Node {
             kind: NodeKind::Service,
@@ -706,6 +791,34 @@ impl EdgeDeriver {
 mod tests {
     use super::*;
     use crate::tables::traces::tests::span;
+
+    #[test]
+    fn nodes_made_apart_are_equal_and_hash_alike_and_mesh_nodes_are_shared() {
+        let hash = |n: &NodeRef| ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(n);
+        let parts = [Some("cart"), Some("shop"), Some("cart-v2"), Some("v2")];
+        let (a, b) = (NodeRef::mesh(&parts).expect("node"), NodeRef::mesh(&parts).expect("node"));
+        assert!(Arc::ptr_eq(&a.0, &b.0), "the same parts give the node made first");
+        let apart = NodeRef::make_mesh(&parts).expect("node");
+        assert!(!Arc::ptr_eq(&a.0, &apart.0) && a == apart && hash(&a) == hash(&apart), "equal by their parts");
+        let other_thread = std::thread::spawn(move || NodeRef::mesh(&parts)).join().expect("thread").expect("node");
+        assert!(a == other_thread && hash(&a) == hash(&other_thread), "hashed alike in every thread");
+        for different in [
+            [Some("cart"), Some("shop"), Some("cart-v2"), Some("v3")],
+            [Some("cart"), Some("shop"), None, Some("v2")],
+            [Some("cart"), None, Some("cart-v2"), Some("v2")],
+            [Some("carts"), Some("shop"), Some("cart-v2"), Some("v2")],
+        ] {
+            let node = NodeRef::mesh(&different).expect("node");
+            assert!(node != a && node.cmp(&a) != std::cmp::Ordering::Equal, "{different:?}");
+            assert!(node.made_of(&different) && !a.made_of(&different));
+        }
+        assert_eq!(NodeRef::mesh(&[Some("api.example.com"), None, None, None]).expect("node").kind, NodeKind::External);
+        assert_eq!(NodeRef::mesh(&[Some("api.example.com"), Some(""), None, None]).expect("node").kind, NodeKind::External);
+        assert!(NodeRef::mesh(&[None, Some("shop"), None, None]).is_none(), "no service, no node");
+        let mut sorted = [NodeRef::mesh(&[Some("b"), None, None, None]), NodeRef::mesh(&[Some("a"), None, None, None])].map(Option::unwrap);
+        sorted.sort();
+        assert_eq!(&*sorted[0].service, "a", "ordered by their parts");
+    }
 
     #[test]
     fn every_read_key_has_its_own_slot() {
