@@ -113,8 +113,10 @@ impl EdgeStats {
 
 /// Request counts by response code, in the codes' order: an array, since a second of one
 /// edge sees one to a few codes, and a shared code is found by its pointer before its text.
+/// The first two are kept inline, in the bucket itself: a separate array was a cache miss
+/// of its own on every request counted (~2 % of ingest, perf).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Codes(Vec<(Arc<str>, u64)>);
+pub struct Codes(smallvec::SmallVec<[(Arc<str>, u64); 2]>);
 
 impl Codes {
     /// Counts `n` more requests answered `code`.
