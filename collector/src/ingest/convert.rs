@@ -78,6 +78,7 @@ fn truncate(mut s: String) -> String {
 }
 
 /// `s` cut to [`MAX_VALUE_LEN`] at a character boundary (and counted when cut).
+#[inline]
 pub(super) fn truncated(s: &str) -> &str {
     if s.len() <= MAX_VALUE_LEN {
         return s;

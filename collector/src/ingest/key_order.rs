@@ -66,6 +66,7 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The interned key of the attribute kept at position `index`, from its encoded bytes:
     /// checked to be UTF-8 only when it is not a remembered key; `None` when it is not.
+    #[inline]
     pub fn key(&mut self, index: usize, key: &[u8]) -> Option<Key> {
         if self.matching
             && let (Some(orders), Some(current)) = (&self.orders, self.entry)

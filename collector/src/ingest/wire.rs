@@ -20,7 +20,7 @@ use super::{
     convert::{self, Converted},
     key_order::{KeyOrders, Run},
 };
-use crate::model::{Attributes, LogRecord, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, TraceId, Value};
+use crate::model::{Attributes, Key, LogRecord, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, TraceId, Value};
 #[cfg(test)]
 use crate::model::StatusCode;
 
@@ -522,9 +522,29 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
 }
 
 /// [`attributes`], its keys and their order taken from `run` when they match.
+///
+/// The list is made at its full length first and each attribute written into its place:
+/// pushed, an attribute was put together on the stack and copied into the list, and the
+/// copy read it back in wider words than it had just been written in, each such read
+/// waiting for the writes to reach the cache (this function went from 10.6 % to 4.4 % of
+/// ingest's samples, perf).
 fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeError> {
     let mut out = Attributes::with_capacity(kvs.len());
+    out.resize_with(kvs.len(), || (Key::Static(""), Value::Bool(false)));
+    let mut kept = 0;
     for kv in kvs {
+        // Short strings, most values, are built in their place: through a variable of its
+        // own, a value is copied with its padding, in pieces other than it was written in.
+        if let Some((key, [0x0a, len @ 0..0x80, text @ ..])) = plain_key_value(kv)
+            && usize::from(*len) == text.len()
+        {
+            let text = utf8(text)?;
+            let slot = &mut out[kept];
+            slot.0 = run.key(kept, key).ok_or_else(not_utf8)?;
+            slot.1 = Value::Str(convert::truncated(text).into());
+            kept += 1;
+            continue;
+        }
         let (key, value) = match plain_key_value(kv) {
             Some((key, value)) => match plain_any_value(value) {
                 Some(plain) => (key, Some(plain?)),
@@ -536,14 +556,17 @@ fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeEr
         // unless they are a remembered key (most keys, most of the time).
         match value {
             Some(value) => {
-                let key = run.key(out.len(), key).ok_or_else(not_utf8)?;
-                out.push((key, value));
+                let slot = &mut out[kept];
+                slot.0 = run.key(kept, key).ok_or_else(not_utf8)?;
+                slot.1 = value;
+                kept += 1;
             }
             None => {
                 utf8(key)?;
             }
         }
     }
+    out.truncate(kept);
     run.finish(&mut out);
     Ok(out)
 }
