@@ -3,6 +3,7 @@
 //! ([`graph`]).
 
 pub mod edges;
+mod fingerprints;
 pub mod graph;
 pub mod rollup;
 pub mod sketch;
