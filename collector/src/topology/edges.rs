@@ -719,6 +719,15 @@ impl EdgeDeriver {
         self.current.clients.len() + self.current.waiting.len() + self.previous.clients.len() + self.previous.waiting.len()
     }
 
+    /// Reads ahead the settled-set slots of `spans`' SERVER spans, which all settle (see
+    /// [`Fingerprints::touch`]): the set is large and read at random, and its cache miss was
+    /// nearly all of settling's time, ~5 % of ingest (perf).
+    pub fn read_ahead(&self, spans: &[&Span]) {
+        for span in spans.iter().filter(|s| s.kind == SpanKind::Server) {
+            self.current.settled.touch(self.fingerprint.hash_one((span.trace_id, span.span_id)));
+        }
+    }
+
     /// Marks `key` as a span whose children add no edge; false if there was no room.
     fn settle(&mut self, key: Key) -> bool {
         if self.current.settled.len() + self.previous.settled.len() >= self.max_pending.saturating_mul(SETTLED_PER_PENDING) {

@@ -26,6 +26,10 @@ pub struct Topology {
 const RETIRED_PER_SPAN: usize = 2;
 const RETIRED_PER_CALL: usize = 1024;
 
+/// Spans whose settled-set slots are read ahead at a time ([`edges::EdgeDeriver::read_ahead`]):
+/// enough cache misses to overlap, few enough that their lines are still cached when used.
+const READ_AHEAD: usize = 32;
+
 /// Edges of closed match generations emitted per tick (once a second), when no spans come.
 const RETIRED_PER_TICK: usize = 65_536;
 
@@ -44,20 +48,20 @@ impl Topology {
     /// A request's CLIENT spans are matched before its other spans: when a request holds both
     /// sides of a hop (a gateway forwarding whole traces), the SERVER side then finds its
     /// caller just placed, instead of looking through every table and waiting.
-    pub fn ingest<'a, I>(&mut self, spans: I, now_nanos: u64) -> Vec<EdgeObservation>
-    where
-        I: IntoIterator<Item = &'a Span>,
-        I::IntoIter: Clone,
-    {
-        let spans = spans.into_iter();
+    pub fn ingest<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>, now_nanos: u64) -> Vec<EdgeObservation> {
+        let (clients, others): (Vec<&Span>, Vec<&Span>) = spans.into_iter().partition(|span| span.kind == SpanKind::Client);
         // Nearly every span completes at most one request: allocated once, at that size.
-        let mut out = Vec::with_capacity(spans.size_hint().0);
-        let mut observed = 0;
-        let is_client = |span: &&Span| span.kind == SpanKind::Client;
-        for span in spans.clone().filter(is_client).chain(spans.filter(|s| !is_client(s))) {
+        let mut out = Vec::with_capacity(clients.len() + others.len());
+        for span in &clients {
             self.deriver.observe(span, now_nanos, &mut out);
-            observed += 1;
         }
+        for chunk in others.chunks(READ_AHEAD) {
+            self.deriver.read_ahead(chunk);
+            for span in chunk {
+                self.deriver.observe(span, now_nanos, &mut out);
+            }
+        }
+        let observed = clients.len() + others.len();
         self.deriver.expire(now_nanos, RETIRED_PER_SPAN * observed + RETIRED_PER_CALL, &mut out);
         for o in &out {
             self.rollups.add(o);
