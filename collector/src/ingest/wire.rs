@@ -535,8 +535,9 @@ fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeEr
     for kv in kvs {
         // Short strings, most values, are built in their place: through a variable of its
         // own, a value is copied with its padding, in pieces other than it was written in.
-        if let Some((key, [0x0a, len @ 0..0x80, text @ ..])) = plain_key_value(kv)
-            && usize::from(*len) == text.len()
+        let plain = plain_key_value(kv);
+        if let Some((key, value)) = plain
+            && let Some(text) = plain_str(value)
         {
             let text = utf8(text)?;
             let slot = &mut out[kept];
@@ -545,7 +546,7 @@ fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeEr
             kept += 1;
             continue;
         }
-        let (key, value) = match plain_key_value(kv) {
+        let (key, value) = match plain {
             Some((key, value)) => match plain_any_value(value) {
                 Some(plain) => (key, Some(plain?)),
                 None => (key, any_value(value)?),
@@ -602,12 +603,23 @@ fn plain_key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
     (usize::from(*value_len) == value.len()).then_some((key, value))
 }
 
+/// The bytes of an `AnyValue` holding exactly one string field, with a one-byte length.
+#[inline]
+fn plain_str(buf: &[u8]) -> Option<&[u8]> {
+    match buf {
+        [0x0a, len @ 0..0x80, text @ ..] if usize::from(*len) == text.len() => Some(text),
+        _ => None,
+    }
+}
+
 /// An `AnyValue` holding exactly one string (one-byte length), integer, boolean or double
 /// field, as [`any_value`] would convert it; `None` for anything else, which it reads.
 #[inline]
 fn plain_any_value(buf: &[u8]) -> Option<Result<Value, DecodeError>> {
+    if let Some(text) = plain_str(buf) {
+        return Some(utf8(text).map(convert::string_value));
+    }
     match buf {
-        [0x0a, len @ 0..0x80, text @ ..] if usize::from(*len) == text.len() => Some(utf8(text).map(convert::string_value)),
         [0x10, b @ 0..0x80] => Some(Ok(Value::Bool(*b != 0))),
         [0x18, rest @ ..] => {
             let mut fields = Fields::new(rest);
