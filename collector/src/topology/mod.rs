@@ -47,7 +47,8 @@ impl Topology {
     ///
     /// A request's CLIENT spans are matched before its other spans: when a request holds both
     /// sides of a hop (a gateway forwarding whole traces), the SERVER side then finds its
-    /// caller just placed, instead of looking through every table and waiting.
+    /// caller among the request's staged clients, instead of looking through every table and
+    /// waiting. Ends with [`edges::EdgeDeriver::expire`], which places the clients left unjoined.
     pub fn ingest<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>, now_nanos: u64) -> Vec<EdgeObservation> {
         let (clients, others): (Vec<&Span>, Vec<&Span>) = spans.into_iter().partition(|span| span.kind == SpanKind::Client);
         // Nearly every span completes at most one request: allocated once, at that size.
