@@ -476,9 +476,9 @@ type ByKey<V> = HashMap<Key, V, ahash::RandomState>;
 /// spans are the bulk of a busy mesh's, and a window of them must fit.
 const SETTLED_PER_PENDING: usize = 16;
 
-/// Staged CLIENT spans whose table room is kept between requests: a request of a few
-/// thousand spans.
-const STAGED_KEPT: usize = 4096;
+/// Staged CLIENT spans whose table room is kept between requests (a request of a couple of
+/// thousand spans; at 184 bytes an entry, the room is under half a MiB).
+const STAGED_KEPT: usize = 1024;
 
 /// The matcher's state from one stretch of time, at least a match window long.
 #[derive(Debug, Default)]
