@@ -13,7 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
@@ -84,14 +84,14 @@ impl BodyObserver for Arc<AtomicU64> {
 }
 
 /// A body that reports its frames and its end to an observer.
-pub struct ObservedBody<O: BodyObserver> {
-    inner: BoxBody,
+pub struct ObservedBody<O: BodyObserver, B: Body + Unpin = BoxBody> {
+    inner: B,
     observer: Option<O>,
 }
 
-impl<O: BodyObserver> ObservedBody<O> {
+impl<O: BodyObserver, B: Body + Unpin> ObservedBody<O, B> {
     /// Wraps `inner`, reporting to `observer`.
-    pub fn new(inner: BoxBody, observer: O) -> Self {
+    pub fn new(inner: B, observer: O) -> Self {
         Self { inner, observer: Some(observer) }
     }
 
@@ -102,21 +102,21 @@ impl<O: BodyObserver> ObservedBody<O> {
     }
 }
 
-impl<O: BodyObserver> Body for ObservedBody<O> {
-    type Data = Bytes;
-    type Error = BodyError;
+impl<O: BodyObserver, B: Body + Unpin> Body for ObservedBody<O, B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(observer) = this.observer.as_mut() {
                     if let Some(data) = frame.data_ref() {
-                        observer.on_data(data.len());
+                        observer.on_data(data.remaining());
                     } else if let Some(trailers) = frame.trailers_ref() {
                         observer.on_trailers(trailers);
                     }
@@ -141,7 +141,7 @@ impl<O: BodyObserver> Body for ObservedBody<O> {
     }
 }
 
-impl<O: BodyObserver> Drop for ObservedBody<O> {
+impl<O: BodyObserver, B: Body + Unpin> Drop for ObservedBody<O, B> {
     fn drop(&mut self) {
         // An empty body may never be polled: its end is known from `is_end_stream`.
         let end = if self.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };

@@ -1,7 +1,7 @@
 //! Sends the request to its [`Upstream`] and streams the response back.
 //!
-//! HTTP/1.1 requests go over pooled HTTP/1.1 connections, HTTP/2 requests (gRPC among
-//! them) over pooled HTTP/2 connections (prior knowledge, as between sidecars). Bodies
+//! HTTP/1.1 requests go over pooled HTTP/1.1 connections ([`super::pool`]), HTTP/2 requests
+//! (gRPC among them) over pooled HTTP/2 connections (prior knowledge, as between sidecars). Bodies
 //! stream in both directions; hop-by-hop headers are removed. Connections to a known
 //! upstream workload are metered (opened, closed, bytes) under that workload's identity.
 
@@ -25,7 +25,7 @@ use crate::{
     error::ProxyError,
 };
 
-use super::{BoxFuture, Request, Response, Upstream};
+use super::{BoxFuture, Request, Response, Upstream, pool::Http1Pool};
 
 /// Connects over TCP and meters each connection by the upstream it reaches.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl Service<Uri> for MeteredConnector {
 /// Pooled HTTP clients, shared by both sides of a sidecar.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    http1: Client<MeteredConnector, body::BoxBody>,
+    http1: Http1Pool,
     http2: Client<MeteredConnector, body::BoxBody>,
     /// The URI authority of each configured upstream, built once.
     authorities: Arc<HashMap<std::net::SocketAddr, Authority>>,
@@ -85,21 +85,16 @@ impl Forward {
     pub fn new(upstreams: HashMap<std::net::SocketAddr, ConnectionMeter>, app: Option<std::net::SocketAddr>) -> Self {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
-        inner.set_connect_timeout(Some(Duration::from_secs(2)));
+        inner.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let authorities =
             upstreams.keys().chain(&app).filter_map(|a| Some((*a, Authority::try_from(a.to_string()).ok()?))).collect();
         let connector = MeteredConnector {
             inner,
-            upstreams: Arc::new(upstreams.into_iter().map(|(a, m)| (a.to_string(), m)).collect()),
+            upstreams: Arc::new(upstreams.iter().map(|(a, m)| (a.to_string(), m.clone())).collect()),
             other: ConnectionMeter::default(),
         };
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let http1 = Http1Pool::new(upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT);
+        let http2 = Client::builder(TokioExecutor::new()).http2_only(true).pool_idle_timeout(IDLE_TIMEOUT).build(connector);
         Self { http1, http2, authorities: Arc::new(authorities) }
     }
 
@@ -111,6 +106,11 @@ impl Forward {
         }
     }
 }
+
+/// How long connecting to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an upstream connection is kept idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Headers that belong to one connection and must not be forwarded.
 const HOP_BY_HOP: [header::HeaderName; 6] = [
@@ -160,15 +160,30 @@ impl Service<Request> for Forward {
                 "no upstream chosen".into(),
             ))));
         };
+        strip_hop_by_hop(req.headers_mut());
+        if req.version() != http::Version::HTTP_2 {
+            // HTTP/1 goes out in origin form, whatever form it came in.
+            if req.uri().authority().is_some() {
+                let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                match Uri::try_from(path) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
+                }
+            }
+            let pool = self.http1.clone();
+            return Box::pin(async move {
+                let mut response = pool.send(addr, req).await?;
+                strip_hop_by_hop(response.headers_mut());
+                Ok(response)
+            });
+        }
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let uri = match self.authority(addr).and_then(|a| Uri::builder().scheme("http").authority(a).path_and_query(path).build()) {
             Ok(uri) => uri,
             Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
         };
         *req.uri_mut() = uri;
-        strip_hop_by_hop(req.headers_mut());
-        let client = if req.version() == http::Version::HTTP_2 { &self.http2 } else { &self.http1 };
-        let fut = client.request(req);
+        let fut = self.http2.request(req);
         Box::pin(async move {
             match fut.await {
                 Ok(response) => {

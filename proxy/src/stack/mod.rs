@@ -11,6 +11,7 @@ pub mod errors;
 pub mod forward;
 pub mod observe;
 pub mod outlier;
+pub mod pool;
 pub mod retry;
 pub mod route;
 pub mod split;
@@ -103,9 +104,6 @@ impl Resolution {
 pub const RETRY: &str = "retry";
 /// The name of an ejection's note and span event.
 pub const EJECTION: &str = "ejection";
-
-impl Resolution {
-}
 
 /// The host and port a request addresses: the URI's authority, else the `Host` header.
 pub fn request_authority<B>(req: &http::Request<B>) -> Option<(String, Option<u16>)> {

@@ -1,0 +1,292 @@
+//! HTTP/1.1 connections to upstream endpoints, kept open and reused.
+//!
+//! A request takes an idle connection to its endpoint (the most recently used first) or
+//! opens a new one; the connection goes back to the pool when the response body has been
+//! read to its end, and is closed instead if the body is dropped early or fails. A request
+//! that a reused connection refused before sending anything (the upstream closed it while
+//! idle) is sent again on another. Idle connections are closed after `idle_timeout`, and at
+//! most [`MAX_IDLE`] are kept per endpoint. Each connection is metered by its endpoint's
+//! [`ConnectionMeter`].
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http::header;
+use hyper::{body::Incoming, client::conn::http1::SendRequest};
+use hyper_util::rt::TokioIo;
+
+use crate::{
+    body::{self, BodyEnd, BodyObserver, BoxBody, ObservedBody},
+    connection::ConnectionMeter,
+    error::{BoxError, ProxyError},
+};
+
+/// Most idle connections kept per endpoint.
+pub const MAX_IDLE: usize = 1024;
+
+type Sender = SendRequest<BoxBody>;
+
+/// The pool, shared by every clone.
+#[derive(Debug, Clone)]
+pub struct Http1Pool(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, ahash::RandomState>>,
+    /// Meters by endpoint; connections to anything else are counted by `other`.
+    meters: HashMap<SocketAddr, ConnectionMeter>,
+    other: ConnectionMeter,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Http1Pool {
+    /// A pool metering connections to the endpoints in `meters`.
+    pub fn new(meters: HashMap<SocketAddr, ConnectionMeter>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self(Arc::new(Shared {
+            idle: Mutex::default(),
+            meters,
+            other: ConnectionMeter::default(),
+            connect_timeout,
+            idle_timeout,
+        }))
+    }
+
+    /// Sends `req` (origin-form URI, as received) to `addr` and returns its response, whose
+    /// body hands the connection back when read to the end.
+    pub async fn send(&self, addr: SocketAddr, mut req: http::Request<BoxBody>) -> Result<http::Response<BoxBody>, ProxyError> {
+        if !req.headers().contains_key(header::HOST) {
+            let host = http::HeaderValue::try_from(addr.to_string()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        loop {
+            let (mut sender, reused) = match self.take(addr) {
+                Some(sender) => (sender, true),
+                None => (self.connect(addr).await?, false),
+            };
+            if sender.ready().await.is_err() {
+                // Closed while idle (or just opened and refused at once).
+                if reused {
+                    continue;
+                }
+                return Err(ProxyError::UpstreamConnect { addr, source: "connection closed before the request".into() });
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let release = Release { pool: self.clone(), addr, sender: Some(sender) };
+                    return Ok(response.map(|incoming| body::boxed(ObservedBody::<Release, Incoming>::new(incoming, release))));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Nothing was sent: the reused connection had been closed. Try another.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(ProxyError::UpstreamReset { addr, source: e.into_error().into() }),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `addr` that is still open, if any.
+    fn take(&self, addr: SocketAddr) -> Option<Sender> {
+        let mut idle = self.0.idle.lock().ok()?;
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < self.0.idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read to its end.
+    fn put(&self, addr: SocketAddr, sender: Sender) {
+        let Ok(mut idle) = self.0.idle.lock() else { return };
+        let list = idle.entry(addr).or_default();
+        // The oldest come first: drop those past the idle timeout or over the bound.
+        let now = Instant::now();
+        let stale = list.iter().take_while(|e| now.duration_since(e.since) >= self.0.idle_timeout).count();
+        let over = (list.len() - stale + 1).saturating_sub(MAX_IDLE);
+        list.drain(..stale + over);
+        list.push(Idle { sender, since: now });
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, ProxyError> {
+        let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
+        let stream = tokio::time::timeout(self.0.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(format!("connect timed out after {:?}", self.0.connect_timeout).into()))?
+            .map_err(|e| unreachable(e.into()))?;
+        stream.set_nodelay(true).map_err(|e| unreachable(e.into()))?;
+        let meter = self.0.meters.get(&addr).unwrap_or(&self.0.other);
+        let io = TokioIo::new(meter.meter(stream));
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Idle connections kept for `addr`.
+    #[cfg(test)]
+    fn idle(&self, addr: SocketAddr) -> usize {
+        self.0.idle.lock().map(|idle| idle.get(&addr).map_or(0, Vec::len)).unwrap_or(0)
+    }
+}
+
+/// Carries a response's connection until its body ends.
+struct Release {
+    pool: Http1Pool,
+    addr: SocketAddr,
+    sender: Option<Sender>,
+}
+
+impl BodyObserver for Release {
+    fn on_data(&mut self, _len: usize) {}
+
+    fn on_end(&mut self, end: BodyEnd) {
+        // A body dropped early or failed leaves its connection unusable: it closes.
+        if let (BodyEnd::Complete, Some(sender)) = (end, self.sender.take()) {
+            self.pool.put(self.addr, sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// An upstream answering `ok` (and closing after the answer when the path is
+    /// `/close`); it counts the connections it accepted.
+    async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                        let mut response = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+                        if req.uri().path() == "/close" {
+                            response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool(addr: SocketAddr, meter: &ConnectionMeter, idle_timeout: Duration) -> Http1Pool {
+        Http1Pool::new([(addr, meter.clone())].into(), Duration::from_secs(2), idle_timeout)
+    }
+
+    fn get(path: &str) -> http::Request<BoxBody> {
+        http::Request::get(path).header("host", "upstream").body(body::full(Bytes::new())).expect("request")
+    }
+
+    async fn read(pool: &Http1Pool, addr: SocketAddr, path: &str) -> Bytes {
+        let response = pool.send(addr, get(path)).await.expect("response");
+        response.into_body().collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_is_read() {
+        let (addr, accepted) = upstream().await;
+        let meter = ConnectionMeter::default();
+        let pool = pool(addr, &meter, Duration::from_secs(90));
+        for _ in 0..3 {
+            assert_eq!(read(&pool, addr, "/").await, "ok");
+        }
+        assert_eq!((accepted.load(Ordering::SeqCst), meter.opened.get()), (1, 1));
+        assert_eq!(pool.idle(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_connections_of_their_own_and_all_come_back() {
+        let (addr, accepted) = upstream().await;
+        let meter = ConnectionMeter::default();
+        let pool = pool(addr, &meter, Duration::from_secs(90));
+        let first = pool.send(addr, get("/")).await.expect("first");
+        let second = pool.send(addr, get("/")).await.expect("second");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        for response in [first, second] {
+            response.into_body().collect().await.expect("body");
+        }
+        assert_eq!(pool.idle(addr), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_early_closes_its_connection() {
+        let (addr, accepted) = upstream().await;
+        let meter = ConnectionMeter::default();
+        let pool = pool(addr, &meter, Duration::from_secs(90));
+        drop(pool.send(addr, get("/")).await.expect("response"));
+        assert_eq!(pool.idle(addr), 0);
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_used_again() {
+        let (addr, accepted) = upstream().await;
+        let meter = ConnectionMeter::default();
+        let pool = pool(addr, &meter, Duration::from_secs(90));
+        assert_eq!(read(&pool, addr, "/close").await, "ok");
+        // Closed by the upstream after its answer: the next request opens another.
+        for _ in 0..2 {
+            assert_eq!(read(&pool, addr, "/").await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(meter.closed.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_timeout_are_closed_not_reused() {
+        let (addr, accepted) = upstream().await;
+        let meter = ConnectionMeter::default();
+        let pool = pool(addr, &meter, Duration::from_millis(30));
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(meter.closed.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_a_connect_error_and_a_missing_host_is_set() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let pool = pool(addr, &ConnectionMeter::default(), Duration::from_secs(90));
+        let err = pool.send(addr, get("/")).await.expect_err("refused");
+        assert!(matches!(err, ProxyError::UpstreamConnect { .. }), "{err}");
+
+        let (addr, _) = upstream().await;
+        let pool = self::pool(addr, &ConnectionMeter::default(), Duration::from_secs(90));
+        let req = http::Request::get("/").body(body::full(Bytes::new())).expect("request");
+        let response = pool.send(addr, req).await.expect("response");
+        assert!(response.status().is_success());
+    }
+}
