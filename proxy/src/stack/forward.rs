@@ -63,13 +63,17 @@ impl Service<Uri> for MeteredConnector {
     }
 }
 
-/// Pooled HTTP clients, shared by both sides of a sidecar.
+/// Pooled HTTP clients, shared by both sides of a sidecar; a clone (one per request) is a
+/// reference count.
 #[derive(Debug, Clone)]
-pub struct Forward {
+pub struct Forward(Arc<Clients>);
+
+#[derive(Debug)]
+struct Clients {
     http1: Http1Pool,
     http2: Client<MeteredConnector, body::BoxBody>,
     /// The URI authority of each configured upstream, built once.
-    authorities: Arc<HashMap<std::net::SocketAddr, Authority>>,
+    authorities: HashMap<std::net::SocketAddr, Authority>,
 }
 
 impl Default for Forward {
@@ -95,12 +99,12 @@ impl Forward {
         };
         let http1 = Http1Pool::new(upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT);
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).pool_idle_timeout(IDLE_TIMEOUT).build(connector);
-        Self { http1, http2, authorities: Arc::new(authorities) }
+        Self(Arc::new(Clients { http1, http2, authorities }))
     }
 
     /// The URI authority that addresses `addr`.
     fn authority(&self, addr: std::net::SocketAddr) -> Result<Authority, http::Error> {
-        match self.authorities.get(&addr) {
+        match self.0.authorities.get(&addr) {
             Some(authority) => Ok(authority.clone()),
             None => Ok(Authority::try_from(addr.to_string())?),
         }
@@ -170,7 +174,7 @@ impl Service<Request> for Forward {
                     Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
                 }
             }
-            let pool = self.http1.clone();
+            let pool = self.0.http1.clone();
             return Box::pin(async move {
                 let mut response = pool.send(addr, req).await?;
                 strip_hop_by_hop(response.headers_mut());
@@ -183,7 +187,7 @@ impl Service<Request> for Forward {
             Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
         };
         *req.uri_mut() = uri;
-        let fut = self.http2.request(req);
+        let fut = self.0.http2.request(req);
         Box::pin(async move {
             match fut.await {
                 Ok(response) => {

@@ -58,6 +58,29 @@ fn field_len(content: usize) -> usize {
     1 + encoded_len_varint(content as u64) + content
 }
 
+/// Starts a length-delimited field whose content is written next, straight into `buf`: two
+/// bytes are left for its length (the size of a record's length), filled in by
+/// [`close_item`]. Returns where the content starts.
+fn open_item(buf: &mut Vec<u8>, field: u32) -> usize {
+    key(buf, field, WireType::LengthDelimited);
+    buf.extend_from_slice(&[0, 0]);
+    buf.len()
+}
+
+/// Writes the length of the field opened at `start`: in the two bytes left for it when it
+/// takes two, else (a record under 128 bytes or over 16 KiB) moving the content to fit.
+fn close_item(buf: &mut Vec<u8>, start: usize) {
+    let len = buf.len() - start;
+    if (0x80..0x4000).contains(&len) {
+        buf[start - 2] = (len & 0x7f) as u8 | 0x80;
+        buf[start - 1] = (len >> 7) as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        encode_varint(len as u64, &mut prefix);
+        buf.splice(start - 2..start, prefix);
+    }
+}
+
 /// Writes `KeyValue`s as repeated field `field` of the enclosing message.
 struct KeyValues<'a> {
     buf: &'a mut Vec<u8>,
@@ -124,7 +147,6 @@ impl Request {
 #[derive(Debug, Default)]
 pub struct Encoder {
     items: Vec<u8>,
-    item: Vec<u8>,
     nested: Vec<u8>,
     text: String,
     scratch: String,
@@ -136,9 +158,9 @@ impl Encoder {
     pub fn trace_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Request {
         self.items.clear();
         for r in batch {
-            self.item.clear();
+            let start = open_item(&mut self.items, 2); // ScopeSpans.spans = 2
             self.span(r);
-            put_len(&mut self.items, 2, &self.item); // ScopeSpans.spans = 2
+            close_item(&mut self.items, start);
         }
         self.wrap(resource, scope)
     }
@@ -147,9 +169,9 @@ impl Encoder {
     pub fn logs_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Request {
         self.items.clear();
         for r in batch {
-            self.item.clear();
+            let start = open_item(&mut self.items, 2); // ScopeLogs.log_records = 2
             self.log_record(r);
-            put_len(&mut self.items, 2, &self.item); // ScopeLogs.log_records = 2
+            close_item(&mut self.items, start);
         }
         self.wrap(resource, scope)
     }
@@ -178,7 +200,7 @@ impl Encoder {
     }
 
     fn span(&mut self, r: &RequestRecord) {
-        let buf = &mut self.item;
+        let buf = &mut self.items;
         put_len(buf, 1, &r.context.trace_id.0);
         put_len(buf, 2, &r.context.span_id.0);
         if let Some(parent) = r.context.parent_span_id {
@@ -216,7 +238,7 @@ impl Encoder {
     }
 
     fn log_record(&mut self, r: &RequestRecord) {
-        let buf = &mut self.item;
+        let buf = &mut self.items;
         let (severity, text) = match r.classification.outcome {
             Outcome::Success => (9u64, "INFO"),  // SEVERITY_NUMBER_INFO
             Outcome::Failure => (13u64, "WARN"), // SEVERITY_NUMBER_WARN
@@ -291,7 +313,24 @@ mod tests {
         let mut client_4xx = record(true, Outcome::Success, 1);
         client_4xx.status = 404;
         client_4xx.route = Some("/cart".into());
-        vec![Arc::new(plain), Arc::new(rich), Arc::new(client_4xx)]
+        // Over 16 KiB: its length takes three bytes.
+        let mut long_path = record(true, Outcome::Success, 1);
+        long_path.path = format!("/{}", "x".repeat(20_000));
+        vec![Arc::new(plain), Arc::new(rich), Arc::new(client_4xx), Arc::new(long_path)]
+    }
+
+    #[test]
+    fn item_lengths_are_canonical_varints_whatever_their_size() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let mut buf = vec![9u8];
+            let start = open_item(&mut buf, 2);
+            buf.extend(std::iter::repeat_n(7u8, len));
+            close_item(&mut buf, start);
+            let mut expected = vec![9u8, 0x12];
+            encode_varint(len as u64, &mut expected);
+            expected.extend(std::iter::repeat_n(7u8, len));
+            assert_eq!(buf, expected, "content of {len} bytes");
+        }
     }
 
     #[test]
@@ -308,10 +347,13 @@ mod tests {
             assert_eq!(bytes.len(), request.encoded_len());
             let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::trace_request(&resource, &batch));
+            assert_eq!(bytes, decoded.encode_to_vec(), "the same bytes as prost writes");
             encoder.recycle(request);
             let request = encoder.logs_request(&resource_bytes, &scope_bytes, &batch);
-            let decoded = ExportLogsServiceRequest::decode(request.to_vec().as_slice()).expect("valid protobuf");
+            let bytes = request.to_vec();
+            let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::logs_request(&resource, &batch));
+            assert_eq!(bytes, decoded.encode_to_vec(), "the same bytes as prost writes");
             encoder.recycle(request);
         }
     }
