@@ -338,7 +338,7 @@ fn default_queue() -> usize {
     8192
 }
 fn default_batch() -> usize {
-    512
+    256
 }
 fn default_weight() -> u32 {
     1
