@@ -134,7 +134,8 @@ pub struct Classification {
 
 /// Reads `grpc-status` from headers or trailers.
 pub fn grpc_status(map: &HeaderMap) -> Option<i32> {
-    map.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    map.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The canonical name of a gRPC status code.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 /// Header carrying the calling workload's identity between sidecars.
-pub const SOURCE_HEADER: &str = "x-meshlens-source";
+pub const SOURCE_HEADER: http::HeaderName = http::HeaderName::from_static("x-meshlens-source");
 
 /// The identity of one workload: a version of a service in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

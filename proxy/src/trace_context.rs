@@ -7,18 +7,19 @@
 //! configured to emit plus any format the request arrived with, so an application that
 //! propagates B3 keeps working. `tracestate` passes through untouched.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, header::HeaderName};
 use meshlens_common::hex;
 
+// Header names are built once: a `&str` name is parsed on every lookup.
 /// The `traceparent` header name.
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The B3 single header.
-pub const B3: &str = "b3";
-const B3_TRACE_ID: &str = "x-b3-traceid";
-const B3_SPAN_ID: &str = "x-b3-spanid";
-const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
-const B3_SAMPLED: &str = "x-b3-sampled";
-const B3_FLAGS: &str = "x-b3-flags";
+pub const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 pub use meshlens_common::ids::{SpanId, TraceId};
 
@@ -139,7 +140,7 @@ pub fn parse_b3_single(value: &str) -> Option<Incoming> {
     Some(Incoming { trace_id, parent_id, sampled })
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name)?.to_str().ok()
 }
 
@@ -243,7 +244,7 @@ impl SpanContext {
 }
 
 /// The `x-request-id` header.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Returns the request's `x-request-id`, first setting a new one (UUID v4) if it has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> String {

@@ -130,6 +130,14 @@ const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-ali
 const PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names costs less than a hashed
+    // lookup for each.
+    let hop_by_hop = |name: &header::HeaderName| {
+        HOP_BY_HOP.contains(name) || [KEEP_ALIVE, PROXY_CONNECTION, header::TE].contains(name)
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     // Headers named by `Connection` are hop-by-hop too.
     let named: Vec<header::HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -219,5 +227,14 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         assert!(h.get("x-kept").is_some());
+
+        // Any one of them takes the full path; a message with none is left as it is.
+        for name in ["upgrade", "proxy-connection", "te"] {
+            let mut h = HeaderMap::new();
+            h.insert(name, "x".parse().expect("value"));
+            h.insert(header::HOST, "reviews".parse().expect("value"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.keys().collect::<Vec<_>>(), [header::HOST], "{name}");
+        }
     }
 }

@@ -65,7 +65,7 @@ pub struct Observe<S> {
     layer: ObserveLayer,
 }
 
-fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+fn header_string(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
@@ -130,7 +130,7 @@ where
             peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
-            user_agent: header_string(req.headers(), "user-agent"),
+            user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),
             events: Vec::new(),
             retries: 0,
