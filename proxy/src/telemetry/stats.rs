@@ -30,9 +30,21 @@ pub struct RequestLabels {
     pub classification: &'static str,
 }
 
-/// Counters of the telemetry pipeline.
+/// Counters of the telemetry pipeline, shared: a clone (layers take one per request) is a
+/// reference count.
 #[derive(Debug, Clone, Default)]
-pub struct TelemetryStats {
+pub struct TelemetryStats(std::sync::Arc<Counters>);
+
+impl std::ops::Deref for TelemetryStats {
+    type Target = Counters;
+    fn deref(&self) -> &Counters {
+        &self.0
+    }
+}
+
+/// The counters behind [`TelemetryStats`].
+#[derive(Debug, Default)]
+pub struct Counters {
     requests: Family<RequestLabels, Counter>,
     exported: Family<SignalLabels, Counter>,
     dropped: Family<SignalLabels, Counter>,
