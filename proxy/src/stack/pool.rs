@@ -262,6 +262,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_upstream_closing_each_connection_silently_costs_no_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers one request per connection, keep-alive implied, then closes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            }
+        });
+        let meter = ConnectionMeter::default();
+        let pool = pool(addr, &meter, Duration::from_secs(90));
+        for _ in 0..5 {
+            assert_eq!(read(&pool, addr, "/").await, "ok");
+        }
+        assert_eq!(meter.opened.get(), 5);
+    }
+
+    #[tokio::test]
     async fn idle_connections_past_the_timeout_are_closed_not_reused() {
         let (addr, accepted) = upstream().await;
         let meter = ConnectionMeter::default();
