@@ -32,6 +32,31 @@ impl ConnectionMeter {
     }
 }
 
+/// The meters of a sidecar's upstream connections: one per known upstream workload's
+/// address, and one for anything else (the local application).
+#[derive(Debug, Default)]
+pub struct UpstreamMeters {
+    known: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>,
+    other: ConnectionMeter,
+}
+
+impl UpstreamMeters {
+    /// Meters connections to the addresses in `known` by their own counters.
+    pub fn new(known: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
+        Self { known, other: ConnectionMeter::default() }
+    }
+
+    /// The meter of connections to `addr`.
+    pub fn of(&self, addr: std::net::SocketAddr) -> &ConnectionMeter {
+        self.known.get(&addr).unwrap_or(&self.other)
+    }
+
+    /// The meter of connections to addresses that are not known upstreams.
+    pub fn other(&self) -> &ConnectionMeter {
+        &self.other
+    }
+}
+
 /// A stream whose traffic is counted; counted as closed when dropped.
 #[derive(Debug)]
 pub struct Metered<T> {

@@ -21,7 +21,7 @@ use tower::Service;
 
 use crate::{
     body,
-    connection::{ConnectionMeter, Metered},
+    connection::{ConnectionMeter, Metered, UpstreamMeters},
     error::ProxyError,
 };
 
@@ -31,10 +31,7 @@ use super::{BoxFuture, Request, Response, Upstream, pool::Http1Pool};
 #[derive(Debug, Clone)]
 pub struct MeteredConnector {
     inner: HttpConnector,
-    /// Meters by upstream authority (`ip:port`).
-    upstreams: Arc<HashMap<String, ConnectionMeter>>,
-    /// Connections to anything else (the local application).
-    other: ConnectionMeter,
+    meters: Arc<UpstreamMeters>,
 }
 
 type Connected = hyper_util::rt::TokioIo<Metered<tokio::net::TcpStream>>;
@@ -50,11 +47,13 @@ impl Service<Uri> for MeteredConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let meter = uri
-            .authority()
-            .and_then(|a| self.upstreams.get(a.as_str()))
-            .cloned()
-            .unwrap_or_else(|| self.other.clone());
+        // Authorities are `ip:port` (built from the endpoint's address); anything else is
+        // counted with the unknown upstreams.
+        let meter = match uri.authority().and_then(|a| a.as_str().parse().ok()) {
+            Some(addr) => self.meters.of(addr),
+            None => self.meters.other(),
+        }
+        .clone();
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             let io = connecting.await?;
@@ -92,12 +91,9 @@ impl Forward {
         inner.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let authorities =
             upstreams.keys().chain(&app).filter_map(|a| Some((*a, Authority::try_from(a.to_string()).ok()?))).collect();
-        let connector = MeteredConnector {
-            inner,
-            upstreams: Arc::new(upstreams.iter().map(|(a, m)| (a.to_string(), m.clone())).collect()),
-            other: ConnectionMeter::default(),
-        };
-        let http1 = Http1Pool::new(upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT);
+        let meters = Arc::new(UpstreamMeters::new(upstreams));
+        let http1 = Http1Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
+        let connector = MeteredConnector { inner, meters };
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).pool_idle_timeout(IDLE_TIMEOUT).build(connector);
         Self(Arc::new(Clients { http1, http2, authorities }))
     }

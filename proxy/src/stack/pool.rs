@@ -6,7 +6,7 @@
 //! that a reused connection refused before sending anything (the upstream closed it while
 //! idle) is sent again on another. Idle connections are closed after `idle_timeout`, and at
 //! most [`MAX_IDLE`] are kept per endpoint. Each connection is metered by its endpoint's
-//! [`ConnectionMeter`].
+//! meter in [`UpstreamMeters`].
 
 use std::{
     collections::HashMap,
@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     body::{self, BodyEnd, BodyObserver, BoxBody, ObservedBody},
-    connection::ConnectionMeter,
+    connection::UpstreamMeters,
     error::{BoxError, ProxyError},
 };
 
@@ -37,9 +37,7 @@ pub struct Http1Pool(Arc<Shared>);
 #[derive(Debug)]
 struct Shared {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>, ahash::RandomState>>,
-    /// Meters by endpoint; connections to anything else are counted by `other`.
-    meters: HashMap<SocketAddr, ConnectionMeter>,
-    other: ConnectionMeter,
+    meters: Arc<UpstreamMeters>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -51,12 +49,11 @@ struct Idle {
 }
 
 impl Http1Pool {
-    /// A pool metering connections to the endpoints in `meters`.
-    pub fn new(meters: HashMap<SocketAddr, ConnectionMeter>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    /// A pool metering its connections in `meters`.
+    pub fn new(meters: Arc<UpstreamMeters>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
         Self(Arc::new(Shared {
             idle: Mutex::default(),
             meters,
-            other: ConnectionMeter::default(),
             connect_timeout,
             idle_timeout,
         }))
@@ -126,8 +123,7 @@ impl Http1Pool {
             .map_err(|_| unreachable(format!("connect timed out after {:?}", self.0.connect_timeout).into()))?
             .map_err(|e| unreachable(e.into()))?;
         stream.set_nodelay(true).map_err(|e| unreachable(e.into()))?;
-        let meter = self.0.meters.get(&addr).unwrap_or(&self.0.other);
-        let io = TokioIo::new(meter.meter(stream));
+        let io = TokioIo::new(self.0.meters.of(addr).meter(stream));
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.into()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -170,6 +166,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+    use crate::connection::ConnectionMeter;
 
     /// An upstream answering `ok` (and closing after the answer when the path is
     /// `/close`); it counts the connections it accepted.
@@ -197,7 +194,8 @@ mod tests {
     }
 
     fn pool(addr: SocketAddr, meter: &ConnectionMeter, idle_timeout: Duration) -> Http1Pool {
-        Http1Pool::new([(addr, meter.clone())].into(), Duration::from_secs(2), idle_timeout)
+        let meters = UpstreamMeters::new([(addr, meter.clone())].into());
+        Http1Pool::new(Arc::new(meters), Duration::from_secs(2), idle_timeout)
     }
 
     fn get(path: &str) -> http::Request<BoxBody> {
