@@ -193,9 +193,22 @@ mod tests {
         (addr, accepted)
     }
 
-    fn pool(addr: SocketAddr, meter: &ConnectionMeter, idle_timeout: Duration) -> Http1Pool {
+    /// A pool for `addr`, and the meter of its connections there.
+    fn pool(addr: SocketAddr, idle_timeout: Duration) -> (Http1Pool, ConnectionMeter) {
+        let meter = ConnectionMeter::default();
         let meters = UpstreamMeters::new([(addr, meter.clone())].into());
-        Http1Pool::new(Arc::new(meters), Duration::from_secs(2), idle_timeout)
+        (Http1Pool::new(Arc::new(meters), Duration::from_secs(2), idle_timeout), meter)
+    }
+
+    /// Waits up to two seconds for `meter` to count `n` closed connections.
+    async fn closed(meter: &ConnectionMeter, n: u64) -> u64 {
+        for _ in 0..200 {
+            if meter.closed.get() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        meter.closed.get()
     }
 
     fn get(path: &str) -> http::Request<BoxBody> {
@@ -210,8 +223,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (addr, accepted) = upstream().await;
-        let meter = ConnectionMeter::default();
-        let pool = pool(addr, &meter, Duration::from_secs(90));
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
         for _ in 0..3 {
             assert_eq!(read(&pool, addr, "/").await, "ok");
         }
@@ -222,11 +234,10 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_get_connections_of_their_own_and_all_come_back() {
         let (addr, accepted) = upstream().await;
-        let meter = ConnectionMeter::default();
-        let pool = pool(addr, &meter, Duration::from_secs(90));
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
         let first = pool.send(addr, get("/")).await.expect("first");
         let second = pool.send(addr, get("/")).await.expect("second");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!((accepted.load(Ordering::SeqCst), meter.opened.get()), (2, 2));
         for response in [first, second] {
             response.into_body().collect().await.expect("body");
         }
@@ -236,10 +247,10 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_early_closes_its_connection() {
         let (addr, accepted) = upstream().await;
-        let meter = ConnectionMeter::default();
-        let pool = pool(addr, &meter, Duration::from_secs(90));
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
         drop(pool.send(addr, get("/")).await.expect("response"));
         assert_eq!(pool.idle(addr), 0);
+        assert_eq!(closed(&meter, 1).await, 1, "the abandoned connection is closed");
         assert_eq!(read(&pool, addr, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -247,16 +258,14 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_used_again() {
         let (addr, accepted) = upstream().await;
-        let meter = ConnectionMeter::default();
-        let pool = pool(addr, &meter, Duration::from_secs(90));
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
         assert_eq!(read(&pool, addr, "/close").await, "ok");
         // Closed by the upstream after its answer: the next request opens another.
         for _ in 0..2 {
             assert_eq!(read(&pool, addr, "/").await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(meter.closed.get(), 1);
+        assert_eq!(closed(&meter, 1).await, 1);
     }
 
     #[tokio::test]
@@ -272,8 +281,7 @@ mod tests {
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
             }
         });
-        let meter = ConnectionMeter::default();
-        let pool = pool(addr, &meter, Duration::from_secs(90));
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
         for _ in 0..5 {
             assert_eq!(read(&pool, addr, "/").await, "ok");
         }
@@ -283,14 +291,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_past_the_timeout_are_closed_not_reused() {
         let (addr, accepted) = upstream().await;
-        let meter = ConnectionMeter::default();
-        let pool = pool(addr, &meter, Duration::from_millis(30));
+        let (pool, meter) = pool(addr, Duration::from_millis(30));
         assert_eq!(read(&pool, addr, "/").await, "ok");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(read(&pool, addr, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(meter.closed.get(), 1);
+        assert_eq!(closed(&meter, 1).await, 1);
     }
 
     #[tokio::test]
@@ -298,12 +304,12 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = closed.local_addr().expect("addr");
         drop(closed);
-        let pool = pool(addr, &ConnectionMeter::default(), Duration::from_secs(90));
+        let (pool, _) = pool(addr, Duration::from_secs(90));
         let err = pool.send(addr, get("/")).await.expect_err("refused");
         assert!(matches!(err, ProxyError::UpstreamConnect { .. }), "{err}");
 
         let (addr, _) = upstream().await;
-        let pool = self::pool(addr, &ConnectionMeter::default(), Duration::from_secs(90));
+        let (pool, _) = self::pool(addr, Duration::from_secs(90));
         let req = http::Request::get("/").body(body::full(Bytes::new())).expect("request");
         let response = pool.send(addr, req).await.expect("response");
         assert!(response.status().is_success());
