@@ -4,14 +4,16 @@
 //! opens a new one; the connection goes back to the pool when the response body has been
 //! read to its end, and is closed instead if the body is dropped early or fails. A request
 //! that a reused connection refused before sending anything (the upstream closed it while
-//! idle) is sent again on another. Idle connections are closed after `idle_timeout`, and at
+//! idle) is sent again on another. Idle connections are closed after `idle_timeout` (found
+//! stale when their endpoint is next used, and by a sweep every [`sweep_every`] of that
+//! timeout, so an endpoint no longer called does not keep its connections open), and at
 //! most [`MAX_IDLE`] are kept per endpoint. Each connection is metered by its endpoint's
 //! meter in [`UpstreamMeters`].
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -49,14 +51,19 @@ struct Idle {
 }
 
 impl Http1Pool {
-    /// A pool metering its connections in `meters`.
+    /// A pool metering its connections in `meters`. Made within a Tokio runtime, it sweeps
+    /// out stale idle connections on a timer until the last clone is dropped.
     pub fn new(meters: Arc<UpstreamMeters>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             idle: Mutex::default(),
             meters,
             connect_timeout,
             idle_timeout,
-        }))
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&shared), sweep_every(idle_timeout)));
+        }
+        Self(shared)
     }
 
     /// Sends `req` (origin-form URI, as received) to `addr` and returns its response, whose
@@ -137,6 +144,48 @@ impl Http1Pool {
     #[cfg(test)]
     fn idle(&self, addr: SocketAddr) -> usize {
         self.0.idle.lock().map(|idle| idle.get(&addr).map_or(0, Vec::len)).unwrap_or(0)
+    }
+
+    /// Endpoints with idle connections kept.
+    #[cfg(test)]
+    fn endpoints(&self) -> usize {
+        self.0.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+}
+
+impl Shared {
+    /// Drops (and so closes) every idle connection that is closed or past the idle timeout,
+    /// and forgets endpoints left with none. Returns how many were dropped.
+    fn sweep(&self, now: Instant) -> usize {
+        let Ok(mut idle) = self.idle.lock() else { return 0 };
+        let mut dropped = 0;
+        idle.retain(|_, list| {
+            let before = list.len();
+            list.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout);
+            dropped += before - list.len();
+            !list.is_empty()
+        });
+        dropped
+    }
+}
+
+/// How often the pool is swept: a quarter of the idle timeout, between 10 ms and 30 s, so a
+/// connection stays idle at most that much past the timeout.
+pub fn sweep_every(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30))
+}
+
+/// Sweeps the pool every `every` while it exists.
+async fn sweep(pool: Weak<Shared>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let dropped = pool.sweep(Instant::now());
+        if dropped > 0 {
+            tracing::debug!(dropped, "idle upstream connections closed");
+        }
     }
 }
 
@@ -297,6 +346,28 @@ mod tests {
         assert_eq!(read(&pool, addr, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(closed(&meter, 1).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_idle_connections_of_endpoints_no_longer_called_and_ends_with_the_pool() {
+        let (addr, _) = upstream().await;
+        let (pool, meter) = pool(addr, Duration::from_millis(40));
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        assert_eq!(pool.endpoints(), 1);
+        // No request to that endpoint again: the sweep (every 10 ms) closes its connection.
+        assert_eq!(closed(&meter, 1).await, 1, "closed without another request");
+        assert_eq!((pool.idle(addr), pool.endpoints()), (0, 0));
+        let weak = Arc::downgrade(&pool.0);
+        drop(pool);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(weak.upgrade().is_none(), "the sweep task holds no strong reference");
+    }
+
+    #[test]
+    fn sweeps_come_at_a_quarter_of_the_idle_timeout_within_bounds() {
+        assert_eq!(sweep_every(Duration::from_secs(90)), Duration::from_millis(22_500));
+        assert_eq!(sweep_every(Duration::from_secs(3600)), Duration::from_secs(30));
+        assert_eq!(sweep_every(Duration::from_millis(1)), Duration::from_millis(10));
     }
 
     #[tokio::test]
