@@ -1,7 +1,8 @@
 //! Export never hurts traffic: with the collector down, silent, or refusing, every request
 //! still succeeds, telemetry is dropped and counted on the sidecar's admin `/metrics`,
 //! memory stays bounded, and export resumes by itself when the collector returns; a
-//! collector slow to answer still gets every record.
+//! collector slow to answer still gets every record, and so does one receiving
+//! compressed exports.
 
 mod support;
 
@@ -15,11 +16,11 @@ fn admin_metric(w: &Workload, metric: &str, labels: &[(&str, &str)]) -> f64 {
     prom_sum(&get(w.admin, "/metrics").body, metric, labels)
 }
 
-fn mesh(dir: &TestDir, otlp: SocketAddr) -> (Workload, Workload, Vec<Proc>) {
+fn mesh(dir: &TestDir, otlp: SocketAddr, telemetry: &str) -> (Workload, Workload, Vec<Proc>) {
     let mut tester = Workload::new("tester", &[]);
     let mut front = Workload::new("front", &[]);
-    tester.telemetry = EXPORT.into();
-    front.telemetry = EXPORT.into();
+    tester.telemetry = format!("{EXPORT}\n{telemetry}");
+    front.telemetry = format!("{EXPORT}\n{telemetry}");
     let procs = start_mesh(dir, &[&tester, &front], otlp);
     (tester, front, procs)
 }
@@ -34,7 +35,7 @@ fn traffic(dir: &TestDir, tester: &Workload, n: u64) {
 fn collector_down_then_back() {
     let dir = TestDir::new("down");
     let otlp = free_addr();
-    let (tester, _front, procs) = mesh(&dir, otlp);
+    let (tester, _front, procs) = mesh(&dir, otlp, "");
     traffic(&dir, &tester, 1000);
 
     wait_for("drops to be counted", Duration::from_secs(10), || {
@@ -73,7 +74,7 @@ fn a_collector_that_never_answers_costs_nothing_but_telemetry() {
             held.push(stream);
         }
     });
-    let (tester, _front, _procs) = mesh(&dir, otlp);
+    let (tester, _front, _procs) = mesh(&dir, otlp, "");
     traffic(&dir, &tester, 500);
     wait_for("timed-out exports to be dropped and counted", Duration::from_secs(15), || {
         (admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]) > 0.0).then_some(())
@@ -113,9 +114,17 @@ mod fake {
         answer: Answer,
         pub spans: Arc<AtomicU64>,
         pub logs: Arc<AtomicU64>,
+        /// Span and log exports that arrived gzip-compressed.
+        pub gzipped: Arc<AtomicU64>,
     }
 
     impl Fake {
+        fn note_encoding(&self, metadata: &tonic::metadata::MetadataMap) {
+            if metadata.get("grpc-encoding").is_some_and(|v| v == "gzip") {
+                self.gzipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
         async fn answer<T: Default>(&self, records: usize, accepted: &AtomicU64) -> Result<Response<T>, Status> {
             match self.answer {
                 Answer::Full => {
@@ -134,6 +143,7 @@ mod fake {
     #[tonic::async_trait]
     impl TraceService for Fake {
         async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            self.note_encoding(r.metadata());
             let n = r.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
             self.answer(n, &self.spans).await
         }
@@ -141,6 +151,7 @@ mod fake {
     #[tonic::async_trait]
     impl LogsService for Fake {
         async fn export(&self, r: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+            self.note_encoding(r.metadata());
             let n = r.get_ref().resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
             self.answer(n, &self.logs).await
         }
@@ -154,7 +165,7 @@ mod fake {
 
     /// Serves a fake collector answering `answer` on `listener` in the background.
     pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener, answer: Answer) -> Fake {
-        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default() };
+        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default(), gzipped: Arc::default() };
         let served = fake.clone();
         runtime.spawn(async move {
             listener.set_nonblocking(true).expect("nonblocking");
@@ -170,12 +181,18 @@ mod fake {
     }
 }
 
-/// A fake collector answering `answer` on a port of its own, and the mesh exporting to it.
-fn mesh_exporting_to(dir: &TestDir, runtime: &tokio::runtime::Runtime, answer: fake::Answer) -> (fake::Fake, Workload, Vec<Proc>) {
+/// A fake collector answering `answer` on a port of its own, and the mesh exporting to it
+/// (with `telemetry`'s further settings).
+fn mesh_exporting_to(
+    dir: &TestDir,
+    runtime: &tokio::runtime::Runtime,
+    answer: fake::Answer,
+    telemetry: &str,
+) -> (fake::Fake, Workload, Vec<Proc>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let otlp = listener.local_addr().expect("addr");
     let collector = fake::serve(runtime, listener, answer);
-    let (tester, _front, procs) = mesh(dir, otlp);
+    let (tester, _front, procs) = mesh(dir, otlp, telemetry);
     (collector, tester, procs)
 }
 
@@ -183,7 +200,7 @@ fn mesh_exporting_to(dir: &TestDir, runtime: &tokio::runtime::Runtime, answer: f
 fn a_refusing_collector_is_retried_as_it_asks_then_given_up_on() {
     let dir = TestDir::new("refusing");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (_collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::Full);
+    let (_collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::Full, "");
     traffic(&dir, &tester, 300);
     wait_for("refused batches to be retried, then dropped", Duration::from_secs(15), || {
         let retried = admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[("reason", "resource_exhausted")]);
@@ -199,7 +216,7 @@ fn a_collector_slow_to_answer_still_gets_every_record() {
     // overflow within a second. Several out at once keep up.
     let dir = TestDir::new("slow");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::from_millis(200)));
+    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::from_millis(200)), "");
     let n = 600;
     let report = load_with(&dir, tester.outbound, "http://front/", n, &["--rate", "300", "--concurrency", "8"]);
     assert_eq!(report["succeeded"], n, "traffic is unaffected: {report}");
@@ -212,4 +229,23 @@ fn a_collector_slow_to_answer_still_gets_every_record() {
     let spans = collector.spans.load(std::sync::atomic::Ordering::Relaxed);
     let logs = collector.logs.load(std::sync::atomic::Ordering::Relaxed);
     assert!(spans >= n && logs >= n, "{spans} spans and {logs} log records reached the collector");
+}
+
+#[test]
+fn compressed_exports_reach_the_collector_whole() {
+    // With gzip the export tasks run on a thread of their own; without, on the request
+    // runtime (the tests above): both deliver every record.
+    let dir = TestDir::new("gzip");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::ZERO), "compression = \"gzip\"");
+    let n = 200;
+    traffic(&dir, &tester, n);
+    wait_for("the tester's records to be exported", Duration::from_secs(15), || {
+        let exported = admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[]);
+        (exported >= 2.0 * n as f64).then_some(())
+    });
+    let spans = collector.spans.load(std::sync::atomic::Ordering::Relaxed);
+    let logs = collector.logs.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(spans >= n && logs >= n, "{spans} spans and {logs} log records reached the collector");
+    assert!(collector.gzipped.load(std::sync::atomic::Ordering::Relaxed) > 0, "the exports came gzip-compressed");
 }

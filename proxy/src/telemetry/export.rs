@@ -13,9 +13,15 @@
 //! waits. The channel reconnects lazily, so export resumes by itself when the collector comes
 //! back. On shutdown the queues are drained and flushed once more.
 //!
-//! Export runs on a thread of its own with its own single-threaded runtime: building,
-//! compressing and sending batches is real CPU work, and on the request threads it would
-//! stall the requests queued behind it.
+//! The export tasks run on the request runtime (with one worker thread, the sidecar's one
+//! thread), encoding a batch [`ENCODE_STEP`] records at a time between yields to the
+//! requests. On a thread of their own they made the sidecar a second thread waking hundreds
+//! of times a second: sharing two cores with the load and the upstream, the machine left
+//! 0.42–0.44 of them idle and the sidecar exporting to a receiver that does nothing ran at
+//! 49,000–52,500 req/s, against 55,700–60,400 and 0.19–0.24 idle here (`meshlens bench
+//! proxy`, docs/performance.md). Gzip compression, several times the cost of encoding,
+//! keeps a thread of its own: the gRPC client compresses each request in one piece, which
+//! would hold up the requests behind it.
 
 use std::{
     future::Future,
@@ -60,6 +66,10 @@ const FILL_TICK: Duration = Duration::from_millis(10);
 const MAX_LOOK: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Records encoded between two yields to the runtime: on the request thread, about 100 µs
+/// of work (the export side costs a few µs a record), so a request arriving meanwhile waits
+/// at most that long.
+const ENCODE_STEP: usize = 64;
 /// Export requests of one signal out at once. With one, the queue filled while a request
 /// waited for its answer, and a collector slow to answer for a third of a second (busy on
 /// the same cores) made a sidecar at 25,000 req/s drop records (`meshlens bench proxy`).
@@ -181,8 +191,8 @@ trait RecordSignal: Send + Sync + 'static {
     const PATH: &'static str;
     /// The export response.
     type Response: Message + Default + Send + 'static;
-    /// Encodes one batch as an export request.
-    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> wire::Request;
+    /// Appends records to the request being encoded.
+    fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]);
     /// Records the collector rejected, from its response.
     fn rejected(response: &Self::Response) -> u64;
 }
@@ -194,8 +204,8 @@ impl RecordSignal for Spans {
     const SIGNAL: &'static str = "spans";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     type Response = ExportTraceServiceResponse;
-    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> wire::Request {
-        encoder.trace_request(resource, scope, batch)
+    fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) {
+        encoder.push_spans(records);
     }
     fn rejected(response: &Self::Response) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64)
@@ -206,8 +216,8 @@ impl RecordSignal for Logs {
     const SIGNAL: &'static str = "logs";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     type Response = ExportLogsServiceResponse;
-    fn encode(encoder: &mut wire::Encoder, resource: &[u8], scope: &[u8], batch: &[Arc<RequestRecord>]) -> wire::Request {
-        encoder.logs_request(resource, scope, batch)
+    fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) {
+        encoder.push_logs(records);
     }
     fn rejected(response: &Self::Response) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64)
@@ -235,35 +245,48 @@ impl WireClient {
     }
 }
 
-/// The running export thread.
+/// The running export tasks.
 #[derive(Debug)]
 pub struct ExportHandle {
     shutdown: Option<watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    running: Running,
+}
+
+/// Where the export tasks run.
+#[derive(Debug)]
+enum Running {
+    Nothing,
+    /// On the request runtime.
+    Tasks(JoinHandle<()>),
+    /// On a thread of their own (compression on).
+    Thread(std::thread::JoinHandle<()>),
 }
 
 impl ExportHandle {
     /// A handle with nothing to stop (export turned off).
     pub fn disabled() -> Self {
-        Self { shutdown: None, thread: None }
+        Self { shutdown: None, running: Running::Nothing }
     }
 
-    /// Flushes what is queued and stops, waiting at most `limit`; then gives up on the rest
-    /// (the thread ends with the process).
+    /// Flushes what is queued and stops, waiting at most `limit`; then gives up on the rest.
     pub async fn shutdown(mut self, limit: Duration) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }
-        if let Some(thread) = self.thread.take() {
-            let joined = tokio::task::spawn_blocking(move || thread.join());
-            if tokio::time::timeout(limit, joined).await.is_err() {
-                tracing::warn!("telemetry flush did not finish in {limit:?}; remaining records dropped");
-            }
+        let flushed = match std::mem::replace(&mut self.running, Running::Nothing) {
+            Running::Nothing => true,
+            Running::Tasks(tasks) => tokio::time::timeout(limit, tasks).await.is_ok(),
+            Running::Thread(thread) => tokio::time::timeout(limit, tokio::task::spawn_blocking(move || thread.join())).await.is_ok(),
+        };
+        if !flushed {
+            tracing::warn!("telemetry flush did not finish in {limit:?}; remaining records dropped");
         }
     }
 }
 
-/// Starts the export thread: three tasks on a shared lazily connecting channel.
+/// Starts the export: three tasks on a shared lazily connecting channel, on the runtime
+/// this is called from, or on a thread of their own when requests are compressed (or when
+/// called outside a runtime).
 pub(super) fn spawn(
     endpoint: &str,
     config: &TelemetryConfig,
@@ -289,30 +312,33 @@ pub(super) fn spawn(
     };
     let metrics_interval = config.metrics_interval;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let thread = std::thread::Builder::new()
-        .name(format!("export-{}", identity.workload))
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "cannot start the telemetry export runtime; telemetry is dropped");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let channel = endpoint.connect_lazy();
-                let spans = drain.clone().spawn::<Spans>(WireClient::new(channel.clone(), gzip), span_rx, shutdown_rx.clone());
-                let logs = drain.clone().spawn::<Logs>(WireClient::new(channel.clone(), gzip), log_rx, shutdown_rx.clone());
-                let metrics_client = MetricsServiceClient::new(channel);
-                let metrics_client = if gzip { metrics_client.send_compressed(CompressionEncoding::Gzip) } else { metrics_client };
-                let metric_task = tokio::spawn(export_metrics(metrics_client, drain, metrics, metrics_interval, shutdown_rx));
-                for task in [spans, logs, metric_task] {
-                    let _ = task.await;
-                }
-            });
+    let export = async move {
+        let channel = endpoint.connect_lazy();
+        let spans = drain.clone().spawn::<Spans>(WireClient::new(channel.clone(), gzip), span_rx, shutdown_rx.clone());
+        let logs = drain.clone().spawn::<Logs>(WireClient::new(channel.clone(), gzip), log_rx, shutdown_rx.clone());
+        let metrics_client = MetricsServiceClient::new(channel);
+        let metrics_client = if gzip { metrics_client.send_compressed(CompressionEncoding::Gzip) } else { metrics_client };
+        let metric_task = tokio::spawn(export_metrics(metrics_client, drain, metrics, metrics_interval, shutdown_rx));
+        for task in [spans, logs, metric_task] {
+            let _ = task.await;
+        }
+    };
+    let running = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if !gzip => Running::Tasks(runtime.spawn(export)),
+        _ => Running::Thread(export_thread(&identity.workload, export)?),
+    };
+    Ok(ExportHandle { shutdown: Some(shutdown_tx), running })
+}
+
+/// Runs `export` on a thread of its own, with a single-threaded runtime.
+fn export_thread(workload: &str, export: impl Future<Output = ()> + Send + 'static) -> Result<std::thread::JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name(format!("export-{workload}"))
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(export),
+            Err(error) => tracing::error!(%error, "cannot start the telemetry export runtime; telemetry is dropped"),
         })
-        .map_err(|e| StartError::OtlpEndpoint { endpoint: "(export thread)".into(), reason: e.to_string() })?;
-    Ok(ExportHandle { shutdown: Some(shutdown_tx), thread: Some(thread) })
+        .map_err(|e| StartError::OtlpEndpoint { endpoint: "(export thread)".into(), reason: e.to_string() })
 }
 
 /// Tracks whether a signal's export works, so failures are logged once per outage.
@@ -384,8 +410,9 @@ impl Drain {
                 };
                 // Fill the batch until it is full, the flush interval passes, or shutdown.
                 // The queue is looked at on a schedule (`next_look`) rather than awaited: a waiting
-                // receiver makes every record's send wake this thread (an eventfd write on
-                // the request path, ~8 % of the request thread's CPU at full load).
+                // receiver makes every record's send wake this task (on an export thread of its
+                // own, an eventfd write on the request path, ~8 % of the request thread's CPU
+                // at full load).
                 let started = Instant::now();
                 let deadline = started + self.flush_interval;
                 while !stopping && batch.len() < self.max_batch {
@@ -420,7 +447,7 @@ impl Drain {
                         self.finished(sent, &mut health, &mut encoder);
                     }
                     // Encoded once; a retry resends the same bytes.
-                    let request = Arc::new(S::encode(&mut encoder, &self.encoded_resource, &self.encoded_scope, chunk));
+                    let request = Arc::new(self.encode::<S>(&mut encoder, chunk).await);
                     let (retry, stats, sink, records) = (self.retry, self.stats.clone(), sink.clone(), chunk.len() as u64);
                     in_flight.spawn(async move {
                         let result = retry
@@ -441,6 +468,19 @@ impl Drain {
                 }
             }
         })
+    }
+
+    /// Encodes `records` as one export request, [`ENCODE_STEP`] records at a time, letting the
+    /// runtime's other tasks (requests, on the request thread) run between steps.
+    async fn encode<S: RecordSignal>(&self, encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) -> wire::Request {
+        encoder.start();
+        for (i, step) in records.chunks(ENCODE_STEP).enumerate() {
+            if i > 0 {
+                tokio::task::yield_now().await;
+            }
+            S::push(encoder, step);
+        }
+        encoder.finish(&self.encoded_resource, &self.encoded_scope)
     }
 
     /// Counts a finished export and takes its buffer back for the next batch.
@@ -467,7 +507,7 @@ struct Sent {
 /// How long a batch being filled waits before it looks at its queue again: half the time
 /// it would take to fill at the rate its records have arrived so far, within [`FILL_TICK`]
 /// and [`MAX_LOOK`]. At a few hundred requests a second a batch is looked at a handful of
-/// times in its flush interval instead of every tick; each look wakes the export thread.
+/// times in its flush interval instead of every tick; each look wakes the export task.
 fn next_look(filling_for: Duration, len: usize, max_batch: usize) -> Duration {
     let to_fill = max_batch.saturating_sub(len) as f64 / len.max(1) as f64;
     Duration::try_from_secs_f64(filling_for.as_secs_f64() * to_fill / 2.0).map_or(MAX_LOOK, |d| d.clamp(FILL_TICK, MAX_LOOK))

@@ -153,26 +153,33 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An `ExportTraceServiceRequest` for `batch`, with the pre-encoded `resource` and `scope`
-    /// messages.
-    pub fn trace_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Request {
+    /// Starts a request: the records pushed next go into it, until [`Encoder::finish`].
+    pub fn start(&mut self) {
         self.items.clear();
-        for r in batch {
+    }
+
+    /// Appends `records` as spans (`ScopeSpans.spans`).
+    pub fn push_spans(&mut self, records: &[std::sync::Arc<RequestRecord>]) {
+        for r in records {
             let start = open_item(&mut self.items, 2); // ScopeSpans.spans = 2
             self.span(r);
             close_item(&mut self.items, start);
         }
-        self.wrap(resource, scope)
     }
 
-    /// An `ExportLogsServiceRequest` for `batch`.
-    pub fn logs_request(&mut self, resource: &[u8], scope: &[u8], batch: &[std::sync::Arc<RequestRecord>]) -> Request {
-        self.items.clear();
-        for r in batch {
+    /// Appends `records` as access-log records (`ScopeLogs.log_records`).
+    pub fn push_logs(&mut self, records: &[std::sync::Arc<RequestRecord>]) {
+        for r in records {
             let start = open_item(&mut self.items, 2); // ScopeLogs.log_records = 2
             self.log_record(r);
             close_item(&mut self.items, start);
         }
+    }
+
+    /// The request of the records pushed since [`Encoder::start`], with the pre-encoded
+    /// `resource` and `scope` messages: an `ExportTraceServiceRequest` of spans, or an
+    /// `ExportLogsServiceRequest` of log records (the two share their shape).
+    pub fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Request {
         self.wrap(resource, scope)
     }
 
@@ -342,14 +349,22 @@ mod tests {
         let mut encoder = Encoder::default();
         for _ in 0..2 {
             // Twice: reused buffers must not leak one request into the next.
-            let request = encoder.trace_request(&resource_bytes, &scope_bytes, &batch);
+            // Pushed in two parts, as the export task does between yields.
+            let (head, tail) = batch.split_at(2);
+            encoder.start();
+            encoder.push_spans(head);
+            encoder.push_spans(tail);
+            let request = encoder.finish(&resource_bytes, &scope_bytes);
             let bytes = request.to_vec();
             assert_eq!(bytes.len(), request.encoded_len());
             let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::trace_request(&resource, &batch));
             assert_eq!(bytes, decoded.encode_to_vec(), "the same bytes as prost writes");
             encoder.recycle(request);
-            let request = encoder.logs_request(&resource_bytes, &scope_bytes, &batch);
+            encoder.start();
+            encoder.push_logs(head);
+            encoder.push_logs(tail);
+            let request = encoder.finish(&resource_bytes, &scope_bytes);
             let bytes = request.to_vec();
             let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::logs_request(&resource, &batch));
