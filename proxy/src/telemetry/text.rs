@@ -2,7 +2,7 @@
 //!
 //! Every exported span and access-log record carries the peer and upstream addresses and a
 //! few integers as text; through `write!` (`Ipv4Addr`'s `Display` supports width and
-//! padding) they took about a tenth of the export thread's CPU under load. These write the
+//! padding) they took about a tenth of the export's CPU under load. These write the
 //! same text as `Display` straight into a `String`.
 
 use std::net::{IpAddr, SocketAddr};

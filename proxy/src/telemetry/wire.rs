@@ -176,13 +176,6 @@ impl Encoder {
         }
     }
 
-    /// The request of the records pushed since [`Encoder::start`], with the pre-encoded
-    /// `resource` and `scope` messages: an `ExportTraceServiceRequest` of spans, or an
-    /// `ExportLogsServiceRequest` of log records (the two share their shape).
-    pub fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Request {
-        self.wrap(resource, scope)
-    }
-
     /// Takes back the records buffer of a request that was sent, to encode the next one in.
     pub fn recycle(&mut self, request: Request) {
         if request.items.capacity() > self.items.capacity() {
@@ -190,9 +183,11 @@ impl Encoder {
         }
     }
 
-    /// `Request { 1: Resource{Spans,Logs} { 1: resource, 2: Scope{Spans,Logs} { 1: scope, items } } }`;
-    /// the trace and logs messages share this shape.
-    fn wrap(&mut self, resource: &[u8], scope: &[u8]) -> Request {
+    /// The request of the records pushed since [`Encoder::start`], with the pre-encoded
+    /// `resource` and `scope` messages: an `ExportTraceServiceRequest` of spans, or an
+    /// `ExportLogsServiceRequest` of log records, which share one shape:
+    /// `Request { 1: Resource{Spans,Logs} { 1: resource, 2: Scope{Spans,Logs} { 1: scope, items } } }`.
+    pub fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Request {
         let items = std::mem::take(&mut self.items);
         let scoped_len = field_len(scope.len()) + items.len();
         let resourced_len = field_len(resource.len()) + field_len(scoped_len);
