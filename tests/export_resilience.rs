@@ -114,17 +114,9 @@ mod fake {
         answer: Answer,
         pub spans: Arc<AtomicU64>,
         pub logs: Arc<AtomicU64>,
-        /// Span and log exports that arrived gzip-compressed.
-        pub gzipped: Arc<AtomicU64>,
     }
 
     impl Fake {
-        fn note_encoding(&self, metadata: &tonic::metadata::MetadataMap) {
-            if metadata.get("grpc-encoding").is_some_and(|v| v == "gzip") {
-                self.gzipped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-
         async fn answer<T: Default>(&self, records: usize, accepted: &AtomicU64) -> Result<Response<T>, Status> {
             match self.answer {
                 Answer::Full => {
@@ -143,7 +135,6 @@ mod fake {
     #[tonic::async_trait]
     impl TraceService for Fake {
         async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
-            self.note_encoding(r.metadata());
             let n = r.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
             self.answer(n, &self.spans).await
         }
@@ -151,7 +142,6 @@ mod fake {
     #[tonic::async_trait]
     impl LogsService for Fake {
         async fn export(&self, r: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
-            self.note_encoding(r.metadata());
             let n = r.get_ref().resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
             self.answer(n, &self.logs).await
         }
@@ -165,7 +155,7 @@ mod fake {
 
     /// Serves a fake collector answering `answer` on `listener` in the background.
     pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener, answer: Answer) -> Fake {
-        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default(), gzipped: Arc::default() };
+        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default() };
         let served = fake.clone();
         runtime.spawn(async move {
             listener.set_nonblocking(true).expect("nonblocking");
@@ -234,18 +224,19 @@ fn a_collector_slow_to_answer_still_gets_every_record() {
 #[test]
 fn compressed_exports_reach_the_collector_whole() {
     // With gzip the export tasks run on a thread of their own; without, on the request
-    // runtime (the tests above): both deliver every record.
+    // runtime (the tests above): both deliver every record, here to the real collector.
     let dir = TestDir::new("gzip");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::ZERO), "compression = \"gzip\"");
+    let otlp = free_addr();
+    let collector = CollectorProc::start_at(&dir, &dir.path("data"), "collector", otlp);
+    let (tester, _front, _procs) = mesh(&dir, otlp, "compression = \"gzip\"");
     let n = 200;
     traffic(&dir, &tester, n);
     wait_for("the tester's records to be exported", Duration::from_secs(15), || {
         let exported = admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[]);
         (exported >= 2.0 * n as f64).then_some(())
     });
-    let spans = collector.spans.load(std::sync::atomic::Ordering::Relaxed);
-    let logs = collector.logs.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(spans >= n && logs >= n, "{spans} spans and {logs} log records reached the collector");
-    assert!(collector.gzipped.load(std::sync::atomic::Ordering::Relaxed) > 0, "the exports came gzip-compressed");
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
+    let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'");
+    let logs = collector.sql_rows("SELECT count(*) FROM logs WHERE service = 'tester'");
+    assert_eq!((spans[0][0].as_u64(), logs[0][0].as_u64()), (Some(n), Some(n)), "every span and access-log record stored");
 }
