@@ -27,9 +27,17 @@ fn bench_proxy_measures_every_row_and_counts_the_sidecars_telemetry() {
     for r in rows {
         assert!(r["max_rps"].as_f64().is_some_and(|v| v > 0.0), "{r:#}");
         assert_eq!(r["errors"], 0, "{r:#}");
+        // Every proxy ran on a core while the maximum was measured; the direct path has no proxy.
+        if r["scenario"] == "direct" {
+            assert!(r["proxy_busy_at_max"].is_null() && r["proxy_waiting_at_max"].is_null(), "{r:#}");
+        } else {
+            assert!(r["proxy_busy_at_max"].as_f64().is_some_and(|v| v > 0.0 && v < 64.0), "{r:#}");
+            assert!(r["proxy_waiting_at_max"].as_f64().is_some_and(|v| v >= 0.0), "{r:#}");
+        }
     }
     let off = row("telemetry off");
     assert!(off["telemetry_exported"].is_null() && off["telemetry_dropped"].is_null(), "{off:#}");
+    assert!(off["telemetry_bytes_per_request"].is_null(), "{off:#}");
     // Telemetry on: a span and an access-log record per request reached the collector.
     let on = row("telemetry on (100%)");
     let exported = on["telemetry_exported"].as_u64().expect("exported count");
@@ -37,6 +45,8 @@ fn bench_proxy_measures_every_row_and_counts_the_sidecars_telemetry() {
     assert!(exported >= 2 * 150 && exported <= made, "{on:#}");
     assert!(on["telemetry_dropped"].as_u64().is_some_and(|d| exported + d <= made), "{on:#}");
     assert!(on["collector_cpu_s_per_1k_requests"].as_f64().is_some(), "{on:#}");
+    // A span and an access-log record with their attributes: a few hundred bytes each.
+    assert!(on["telemetry_bytes_per_request"].as_f64().is_some_and(|b| (600.0..10_000.0).contains(&b)), "{on:#}");
     // The null receiver answers every export unread: all of it leaves the sidecar, and there
     // is no collector to measure.
     let null = row("telemetry on, null receiver");

@@ -45,6 +45,7 @@ fn collector_down_then_back() {
     assert!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("reason", "queue_full")]) > 0.0);
     assert!(admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[("reason", "unavailable")]) > 0.0);
     assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[("signal", "spans")]), 0.0);
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_exported_bytes_total", &[("signal", "spans")]), 0.0);
     let rss = procs[0].rss_bytes().expect("rss");
     assert!(rss < 64 << 20, "sidecar memory stays bounded: {} MiB", rss >> 20);
 
@@ -239,4 +240,8 @@ fn compressed_exports_reach_the_collector_whole() {
     let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'");
     let logs = collector.sql_rows("SELECT count(*) FROM logs WHERE service = 'tester'");
     assert_eq!((spans[0][0].as_u64(), logs[0][0].as_u64()), (Some(n), Some(n)), "every span and access-log record stored");
+    // Bytes are counted before compression: a span with its attributes is several hundred
+    // bytes of protobuf, gzip makes these near-identical records a fraction of that.
+    let span_bytes = admin_metric(&tester, "meshlens_proxy_telemetry_exported_bytes_total", &[("signal", "spans")]) / n as f64;
+    assert!((300.0..5000.0).contains(&span_bytes), "{span_bytes} bytes per exported span");
 }

@@ -7,8 +7,8 @@
 //! telemetry off, with telemetry on at 100 % sampling to a running collector, with the same
 //! telemetry sent to a null receiver that keeps nothing (the sidecar's own cost, without a
 //! collector on the same cores), and with telemetry on while the collector is down. For each
-//! it reports the maximum request rate with N connections (and the cores the machine left
-//! idle meanwhile), latency at a fixed open-loop rate (and what the proxy adds over the direct
+//! it reports the maximum request rate with N connections (with the cores the machine left
+//! idle meanwhile, and how long the proxy ran and how long it waited for a core), latency at a fixed open-loop rate (and what the proxy adds over the direct
 //! path), the proxy's resident memory idle and under that load, its CPU time per 1,000
 //! requests, and how many telemetry records it exported and dropped. The load generator and
 //! the collector run on the same cores as everything else.
@@ -56,6 +56,12 @@ pub struct Row {
     /// Cores the whole machine left idle while that rate was measured: a row that is not
     /// CPU-bound lost its rate to waiting (for a core, behind other processes), not to work.
     pub idle_cores_at_max: Option<f64>,
+    /// The proxy's threads' time on a core over that measurement, in cores (1.0: its one
+    /// worker thread never stopped).
+    pub proxy_busy_at_max: Option<f64>,
+    /// Their time ready to run but waiting for a core (behind the load generator, the
+    /// upstream or the collector), in cores: what the proxy lost to sharing the machine.
+    pub proxy_waiting_at_max: Option<f64>,
     /// Latency at the fixed rate, microseconds.
     pub p50_us: f64,
     /// 99th percentile, microseconds.
@@ -86,6 +92,9 @@ pub struct Row {
     pub telemetry_records: Option<u64>,
     /// Of those, the records it exported: all of them when this equals `telemetry_records`.
     pub telemetry_exported: Option<u64>,
+    /// Bytes of span and access-log export requests the collector accepted, per request
+    /// (protobuf, uncompressed): what telemetry adds to the network, beside the request itself.
+    pub telemetry_bytes_per_request: Option<f64>,
     /// Telemetry records it dropped (queue full, export failed or refused). Records neither
     /// exported nor dropped were still queued or being retried when the counts were read.
     pub telemetry_dropped: Option<u64>,
@@ -175,6 +184,25 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
+/// Seconds a process tree's threads have spent on a core and waiting in a run queue, from
+/// each thread's `/proc/<pid>/task/<tid>/schedstat` (nanoseconds); `None` where the kernel
+/// does not keep them.
+fn scheduled_seconds(pid: u32) -> Option<(f64, f64)> {
+    let mut totals = None;
+    for p in process_tree(pid) {
+        for task in std::fs::read_dir(format!("/proc/{p}/task")).ok()?.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+            if let (Some(Some(on_cpu)), Some(Some(waiting))) = (fields.next(), fields.next()) {
+                let (a, b) = totals.get_or_insert((0.0, 0.0));
+                *a += on_cpu as f64 / 1e9;
+                *b += waiting as f64 / 1e9;
+            }
+        }
+    }
+    totals
+}
+
 /// Seconds the machine's cores have spent idle (or waiting for I/O) since boot, summed over
 /// cores, from the first line of `/proc/stat` (in 1/100 s ticks).
 fn idle_seconds() -> Option<f64> {
@@ -193,9 +221,16 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
     let rss_idle = pid.map(rss_bytes);
     let collector_rss = collector.map(PeakRss::sample);
     let idle_before = idle_seconds();
+    let scheduled_before = pid.and_then(scheduled_seconds);
     let max_started = std::time::Instant::now();
     let max_rps = load::max_throughput(target, settings.connections, settings.duration).await?;
-    let idle_cores_at_max = idle_before.zip(idle_seconds()).map(|(a, b)| (b - a) / max_started.elapsed().as_secs_f64());
+    let max_elapsed = max_started.elapsed().as_secs_f64();
+    let idle_cores_at_max = idle_before.zip(idle_seconds()).map(|(a, b)| (b - a) / max_elapsed);
+    let scheduled = scheduled_before.zip(pid.and_then(scheduled_seconds));
+    let (proxy_busy_at_max, proxy_waiting_at_max) = match scheduled {
+        Some(((cpu_a, wait_a), (cpu_b, wait_b))) => (Some((cpu_b - cpu_a) / max_elapsed), Some((wait_b - wait_a) / max_elapsed)),
+        None => (None, None),
+    };
     let cpu_before = pid.map(cpu_seconds);
     let collector_before = collector.map(cpu_seconds);
     let proxy_rss = pid.map(PeakRss::sample);
@@ -208,6 +243,8 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         scenario: name.into(),
         max_rps,
         idle_cores_at_max,
+        proxy_busy_at_max,
+        proxy_waiting_at_max,
         p50_us: latencies.quantile(0.5),
         p99_us: latencies.quantile(0.99),
         p999_us: latencies.quantile(0.999),
@@ -222,6 +259,7 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         errors: latencies.errors,
         telemetry_records: None,
         telemetry_exported: None,
+        telemetry_bytes_per_request: None,
         telemetry_dropped: None,
     })
 }
@@ -287,16 +325,18 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<44} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
-        "scenario", "max req/s", "idle", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
-        "errors", "dropped", "delivered"
+        "{:<44} {:>10} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}",
+        "scenario", "max req/s", "idle", "busy", "wait", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
+        "errors", "dropped", "delivered", "B/req"
     );
     for r in rows {
         println!(
-            "{:<44} {:>10.0} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9}",
+            "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}",
             r.scenario,
             r.max_rps,
             opt(r.idle_cores_at_max, 2),
+            opt(r.proxy_busy_at_max, 2),
+            opt(r.proxy_waiting_at_max, 2),
             r.p50_us,
             r.p99_us,
             r.p999_us,
@@ -314,10 +354,13 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
                 || "-".to_owned(),
                 |(made, sent)| format!("{:.1}%", if made > 0 { 100.0 * sent as f64 / made as f64 } else { 100.0 })
             ),
+            opt(r.telemetry_bytes_per_request, 0),
         );
     }
     println!("\nidle: cores the machine left idle while the max req/s was measured (a row that is not CPU-bound");
     println!("lost its rate to waiting, e.g. for a core behind other processes, not to work).");
+    println!("busy, wait: the proxy's threads over that measurement, in cores: on a core, and ready to run but waiting");
+    println!("for one (the share of its time it lost to the other processes on the machine).");
     println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");
@@ -325,6 +368,7 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("own telemetry cost, without a collector's on the same cores).");
     println!("dropped: telemetry records the sidecar dropped over the row; delivered: the share of the records it");
     println!("made (a span and an access-log record per request) that it exported, read a second after the row.");
+    println!("B/req: bytes of span and access-log export requests per request (protobuf, uncompressed).");
 }
 
 /// Runs every scenario and prints the report.
@@ -406,13 +450,16 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
             // The last records leave within a flush interval (200 ms).
             tokio::time::sleep(Duration::from_secs(1)).await;
             let exposition = crate::views::get_text(admin, "/metrics").await.context("reading the sidecar's /metrics")?;
-            row.telemetry_records = Some(2 * ingest::sample(&exposition, "meshlens_proxy_requests_total") as u64);
+            let requests = ingest::sample(&exposition, "meshlens_proxy_requests_total");
+            row.telemetry_records = Some(2 * requests as u64);
             // Spans and logs; the metrics' data points are counted under their own signal.
             let records = |counter: &str| {
                 ["spans", "logs"].iter().map(|signal| ingest::sample(&exposition, &format!("{counter}{{signal=\"{signal}\""))).sum::<f64>() as u64
             };
             row.telemetry_exported = Some(records("meshlens_proxy_telemetry_exported_total"));
             row.telemetry_dropped = Some(records("meshlens_proxy_telemetry_dropped_total"));
+            let bytes = records("meshlens_proxy_telemetry_exported_bytes_total") as f64;
+            row.telemetry_bytes_per_request = (bytes > 0.0 && requests > 0.0).then(|| bytes / requests);
         }
         rows.push(row);
     }

@@ -352,10 +352,11 @@ impl Health {
         Self { signal, failing: false }
     }
 
-    fn account(&mut self, stats: &TelemetryStats, n: u64, result: Result<u64, Status>) {
+    /// Counts an export request of `n` records and `bytes` bytes, sent or given up on.
+    fn account(&mut self, stats: &TelemetryStats, n: u64, bytes: u64, result: Result<u64, Status>) {
         match result {
             Ok(rejected) => {
-                stats.exported(self.signal, n - rejected.min(n));
+                stats.exported(self.signal, n - rejected.min(n), bytes);
                 if rejected > 0 {
                     stats.dropped(self.signal, "rejected", rejected);
                 }
@@ -487,7 +488,7 @@ impl Drain {
     fn finished(&self, sent: Result<Sent, tokio::task::JoinError>, health: &mut Health, encoder: &mut wire::Encoder) {
         match sent {
             Ok(Sent { records, result, request }) => {
-                health.account(&self.stats, records, result);
+                health.account(&self.stats, records, request.encoded_len() as u64, result);
                 if let Ok(request) = Arc::try_unwrap(request) {
                     encoder.recycle(request);
                 }
@@ -560,7 +561,7 @@ async fn export_metrics(
                     }
                 })
                 .await;
-            health.account(&drain.stats, snapshot.len() as u64, result);
+            health.account(&drain.stats, snapshot.len() as u64, request.encoded_len() as u64, result);
         }
         if last {
             return;

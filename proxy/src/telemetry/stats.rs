@@ -21,6 +21,13 @@ pub struct SignalLabels {
     pub reason: &'static str,
 }
 
+/// Label of the exported-bytes counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    /// `spans`, `logs` or `metrics`.
+    pub signal: &'static str,
+}
+
 /// Labels of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -47,6 +54,7 @@ impl std::ops::Deref for TelemetryStats {
 pub struct Counters {
     requests: Family<RequestLabels, Counter>,
     exported: Family<SignalLabels, Counter>,
+    exported_bytes: Family<ExportLabels, Counter>,
     dropped: Family<SignalLabels, Counter>,
     retries: Family<SignalLabels, Counter>,
     label_overflow: Family<OverflowLabels, Counter>,
@@ -96,6 +104,11 @@ impl TelemetryStats {
             "meshlens_proxy_telemetry_exported",
             "Telemetry records accepted by the collector",
             self.exported.clone(),
+        );
+        registry.register(
+            "meshlens_proxy_telemetry_exported_bytes",
+            "Bytes of the export requests the collector accepted (protobuf, before any compression)",
+            self.exported_bytes.clone(),
         );
         registry.register(
             "meshlens_proxy_telemetry_dropped",
@@ -163,8 +176,10 @@ impl TelemetryStats {
         self.requests.get_or_create(&labels).inc();
     }
 
-    pub(crate) fn exported(&self, signal: &'static str, n: u64) {
+    /// Counts `n` records of `signal` accepted in an export request of `bytes` bytes.
+    pub(crate) fn exported(&self, signal: &'static str, n: u64, bytes: u64) {
         self.exported.get_or_create(&SignalLabels { signal, reason: "ok" }).inc_by(n);
+        self.exported_bytes.get_or_create(&ExportLabels { signal }).inc_by(bytes);
     }
 
     pub(crate) fn dropped(&self, signal: &'static str, reason: &'static str, n: u64) {
@@ -192,5 +207,10 @@ impl TelemetryStats {
     /// Records exported so far for `signal`.
     pub fn exported_count(&self, signal: &'static str) -> u64 {
         self.exported.get_or_create(&SignalLabels { signal, reason: "ok" }).get()
+    }
+
+    /// Bytes of the export requests accepted so far for `signal`.
+    pub fn exported_bytes(&self, signal: &'static str) -> u64 {
+        self.exported_bytes.get_or_create(&ExportLabels { signal }).get()
     }
 }
