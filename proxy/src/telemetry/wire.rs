@@ -124,6 +124,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// A message encoded elsewhere (the metrics export, by prost), sent as it is.
+    pub fn encoded(bytes: Vec<u8>) -> Self {
+        Self { head: Vec::new(), items: bytes }
+    }
+
     /// Encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
         self.head.len() + self.items.len()
