@@ -8,10 +8,11 @@
 //! telemetry sent to a null receiver that keeps nothing (the sidecar's own cost, without a
 //! collector on the same cores), and with telemetry on while the collector is down. For each
 //! it reports the maximum request rate with N connections (with the cores the machine left
-//! idle meanwhile, and how long the proxy ran and how long it waited for a core), latency at a fixed open-loop rate (and what the proxy adds over the direct
-//! path), the proxy's resident memory idle and under that load, its CPU time per 1,000
-//! requests, and how many telemetry records it exported and dropped. The load generator and
-//! the collector run on the same cores as everything else.
+//! idle meanwhile, and how long the proxy ran and how long it waited for a core), latency at
+//! a fixed open-loop rate (and what the proxy adds over the direct path), the proxy's
+//! resident memory idle and under that load, its CPU time per 1,000 requests, and how many
+//! telemetry records (and bytes) it exported and dropped. The load generator and the
+//! collector run on the same cores as everything else.
 
 pub mod ingest;
 pub mod load;
@@ -325,13 +326,19 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
         settings.duration.as_secs_f64()
     );
     println!(
-        "{:<44} {:>10} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}",
-        "scenario", "max req/s", "idle", "busy", "wait", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9", "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS",
-        "errors", "dropped", "delivered", "B/req"
+        concat!(
+            "{:<44} {:>10} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            " {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}"
+        ),
+        "scenario", "max req/s", "idle", "busy", "wait", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9",
+        "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS", "errors", "dropped", "delivered", "B/req"
     );
     for r in rows {
         println!(
-            "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}",
+            concat!(
+                "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9}",
+                " {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}"
+            ),
             r.scenario,
             r.max_rps,
             opt(r.idle_cores_at_max, 2),

@@ -567,7 +567,11 @@ async fn export_metrics(
             _ = ticker.tick() => false,
             _ = shutdown.changed() => true,
         };
-        let snapshot = MetricsSnapshot { series: metrics.snapshot(), tcp: tcp_counters(&drain.stats), start_unix_nanos: metrics.start_unix_nanos() };
+        let snapshot = MetricsSnapshot {
+            series: metrics.snapshot(),
+            tcp: tcp_counters(&drain.stats),
+            start_unix_nanos: metrics.start_unix_nanos(),
+        };
         if !snapshot.series.is_empty()
             && let Some(request) = encode_in_background(snapshot, drain.resource.clone()).await
         {

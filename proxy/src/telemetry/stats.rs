@@ -208,9 +208,4 @@ impl TelemetryStats {
     pub fn exported_count(&self, signal: &'static str) -> u64 {
         self.exported.get_or_create(&SignalLabels { signal, reason: "ok" }).get()
     }
-
-    /// Bytes of the export requests accepted so far for `signal`.
-    pub fn exported_bytes(&self, signal: &'static str) -> u64 {
-        self.exported_bytes.get_or_create(&ExportLabels { signal }).get()
-    }
 }
