@@ -572,11 +572,11 @@ async fn export_metrics(
             tcp: tcp_counters(&drain.stats),
             start_unix_nanos: metrics.start_unix_nanos(),
         };
-        if !snapshot.series.is_empty()
+        let series = snapshot.series.len() as u64;
+        if series > 0
             && let Some(request) = encode_in_background(snapshot, drain.resource.clone()).await
         {
-            let series = request.series;
-            let request = Arc::new(request.encoded);
+            let request = Arc::new(request);
             let bytes = request.encoded_len() as u64;
             let result = drain
                 .retry
@@ -600,23 +600,16 @@ struct MetricsSnapshot {
     start_unix_nanos: u64,
 }
 
-/// An encoded metrics export request.
-struct EncodedMetrics {
-    series: u64,
-    encoded: wire::Request,
-}
-
 /// Builds and encodes the export request of `snapshot` on a thread of its own at the lowest
 /// scheduling priority: on a core shared with the request thread, requests come first.
 /// `None` if the thread could not start or panicked (logged).
-async fn encode_in_background(snapshot: MetricsSnapshot, resource: Arc<Resource>) -> Option<EncodedMetrics> {
+async fn encode_in_background(snapshot: MetricsSnapshot, resource: Arc<Resource>) -> Option<wire::Request> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new().name("metrics-encode".into()).spawn(move || {
         lowest_priority();
         let now = unix_nanos(SystemTime::now());
         let request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, &snapshot.series, &snapshot.tcp);
-        let encoded = wire::Request::encoded(request.encode_to_vec());
-        let _ = tx.send(EncodedMetrics { series: snapshot.series.len() as u64, encoded });
+        let _ = tx.send(wire::Request::encoded(request.encode_to_vec()));
     });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the metrics encoder thread: {e}");
