@@ -1,9 +1,10 @@
 //! The proxy benchmark's null OTLP receiver: accepts every gRPC export and keeps nothing.
 //!
 //! It reads each request's body to the end (so HTTP/2 flow control moves as with a real
-//! collector) and answers an empty message with `grpc-status: 0`, without decoding: what the
-//! sidecar pays for its telemetry, measured apart from what a collector on the same cores
-//! costs the machine (a collector normally runs on other nodes).
+//! collector), takes HTTP/2 frames as large as the collector does (so the sidecar writes an
+//! export in as few calls), and answers an empty message with `grpc-status: 0`, without
+//! decoding: what the sidecar pays for its telemetry, measured apart from what a collector
+//! on the same cores costs the machine (a collector normally runs on other nodes).
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -24,7 +25,10 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 async fn serve_on(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     super::serve_connections(listener, |io| async move {
         let service = hyper::service::service_fn(answer);
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_frame_size(meshlens_collector::ingest::grpc::MAX_FRAME_BYTES)
+            .serve_connection(io, service)
+            .await;
     })
     .await
 }
@@ -61,5 +65,27 @@ mod tests {
         use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
         let answer = TraceServiceClient::new(channel).export(ExportTraceServiceRequest::default()).await.expect("export accepted");
         assert!(answer.into_inner().partial_success.is_none());
+    }
+
+    #[tokio::test]
+    async fn takes_frames_as_large_as_the_collector_does() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(serve_on(listener));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the receiver accepts connections");
+        // The client preface and an empty SETTINGS frame; the server's first frame is its SETTINGS.
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("preface sent");
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.expect("a frame header");
+        assert_eq!(head[3], 4, "the first frame is SETTINGS");
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.expect("the settings");
+        let max_frame = payload
+            .chunks_exact(6)
+            .find(|s| s[..2] == [0, 5]) // SETTINGS_MAX_FRAME_SIZE
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+        assert_eq!(max_frame, Some(meshlens_collector::ingest::grpc::MAX_FRAME_BYTES));
     }
 }

@@ -25,8 +25,8 @@ pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Largest HTTP/2 frame senders may send, bytes (HTTP/2's default is 16 KiB). An export
 /// request of a thousand spans is about 330 KB: in 16 KiB frames each one is twenty frames to
-/// read, account for and copy, one at a time.
-const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+/// read, account for and copy, one at a time (and for the sender, twenty writes).
+pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
 /// A gRPC message's prefix: a compression flag and the message's length (four bytes, big-endian).
 const PREFIX_BYTES: usize = 5;
