@@ -161,6 +161,10 @@ struct ProxyBenchArgs {
     /// Connections of the throughput measurement.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Measure every row this many times, one round after another, and report the medians
+    /// and how many rounds met each target.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -338,6 +342,7 @@ fn main() -> anyhow::Result<()> {
                     rate: args.rate,
                     connections: args.connections,
                     json: args.json,
+                    rounds: args.rounds as usize,
                 })
                 .await
             }

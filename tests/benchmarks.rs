@@ -12,13 +12,39 @@ use support::*;
 #[test]
 fn bench_proxy_measures_every_row_and_counts_the_sidecars_telemetry() {
     let dir = TestDir::new("bench-proxy");
-    let mut bench = Proc::start(&dir, "bench", &["bench", "proxy", "--duration", "1s", "--rate", "200", "--connections", "4", "--json"]);
-    assert_eq!(bench.wait_exit(Duration::from_secs(180)), Some(0), "bench proxy failed:\n{}", bench.output());
+    let args = ["bench", "proxy", "--duration", "1s", "--rate", "200", "--connections", "4", "--rounds", "2", "--json"];
+    let mut bench = Proc::start(&dir, "bench", &args);
+    assert_eq!(bench.wait_exit(Duration::from_secs(300)), Some(0), "bench proxy failed:\n{}", bench.output());
     let output = bench.output();
     // Progress lines go to stderr, the report to stdout, after them: the JSON is the rest.
     let json_at = output.find("\n{").map(|i| i + 1).unwrap_or_else(|| panic!("no JSON report in:\n{output}"));
     let report: serde_json::Value = serde_json::from_str(&output[json_at..]).expect("JSON report");
-    let rows = report["rows"].as_array().expect("rows");
+    // Each round's rows, measured apart (the telemetry counts are that round's own).
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{report:#}");
+    for round in rounds {
+        check_rows(round.as_array().expect("a round's rows"));
+    }
+    // The medians: one row per scenario, as in each round.
+    let medians = report["rows"].as_array().expect("rows");
+    assert_eq!(medians.len(), rounds[0].as_array().map_or(0, Vec::len), "{report:#}");
+    assert!(medians.iter().all(|r| r["max_rps"].as_f64().is_some_and(|v| v > 0.0)), "{report:#}");
+    // The targets, judged in both rounds; the nginx ratio only where nginx ran.
+    let targets = report["targets"].as_array().expect("targets");
+    let target = |name: &str| targets.iter().find(|t| t["target"] == name);
+    for name in ["throughput lost to telemetry (on vs off)", "added latency p99, telemetry on", "CPU per 1,000 requests, telemetry on"] {
+        let t = target(name).unwrap_or_else(|| panic!("no `{name}` in {report:#}"));
+        assert_eq!(t["rounds"].as_array().map(Vec::len), Some(2), "{t:#}");
+        assert!(t["met"].as_u64().is_some_and(|met| met <= 2), "{t:#}");
+    }
+    let nginx_ran = medians.iter().any(|r| r["scenario"].as_str().is_some_and(|s| s.starts_with("nginx")));
+    assert_eq!(target("throughput, telemetry on / nginx").is_some(), nginx_ran, "{report:#}");
+    assert_eq!(target("records delivered, telemetry on").map(|t| t["rounds"].as_array().map(Vec::len)), Some(Some(2)));
+}
+
+/// One round's rows: every row measured, and the sidecar's records where its telemetry says.
+fn check_rows(rows: &[serde_json::Value]) {
+    let report = serde_json::Value::from(rows.to_vec());
     let row = |suffix: &str| {
         rows.iter()
             .find(|r| r["scenario"].as_str().is_some_and(|s| s.ends_with(suffix)))

@@ -12,10 +12,13 @@
 //! a fixed open-loop rate (and what the proxy adds over the direct path), the proxy's
 //! resident memory idle and under that load, its CPU time per 1,000 requests, and how many
 //! telemetry records (and bytes) it exported and dropped. The load generator and the
-//! collector run on the same cores as everything else.
+//! collector run on the same cores as everything else. With `--rounds N` every row is
+//! measured N times, one round after another, and the report gives each row's median and
+//! judges the sidecar's targets round by round ([`rounds`]).
 
 pub mod ingest;
 pub mod load;
+pub mod rounds;
 pub mod sink;
 pub mod ui;
 pub mod upstream;
@@ -28,7 +31,7 @@ use std::{
 };
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::demo::mesh::free_addr;
 
@@ -45,10 +48,12 @@ pub struct ProxyBench {
     pub connections: usize,
     /// Print JSON instead of a table.
     pub json: bool,
+    /// How many times every row is measured, one round after another.
+    pub rounds: usize,
 }
 
 /// One scenario's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// Scenario name.
     pub scenario: String,
@@ -317,14 +322,9 @@ fn sidecar_config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, o
     ))
 }
 
-fn print_table(rows: &[Row], settings: &ProxyBench) {
+/// The table's header and one line per row.
+fn print_rows(rows: &[Row]) {
     let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
-    println!(
-        "\nmax req/s with {} connections; latency at {} req/s open loop ({} s); proxy memory and CPU\n",
-        settings.connections,
-        settings.rate,
-        settings.duration.as_secs_f64()
-    );
     println!(
         concat!(
             "{:<44} {:>10} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -364,6 +364,16 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
             opt(r.telemetry_bytes_per_request, 0),
         );
     }
+}
+
+fn print_table(rows: &[Row], settings: &ProxyBench) {
+    println!(
+        "\nmax req/s with {} connections; latency at {} req/s open loop ({} s); proxy memory and CPU\n",
+        settings.connections,
+        settings.rate,
+        settings.duration.as_secs_f64()
+    );
+    print_rows(rows);
     println!("\nidle: cores the machine left idle while the max req/s was measured (a row that is not CPU-bound");
     println!("lost its rate to waiting, e.g. for a core behind other processes, not to work).");
     println!("busy, wait: the proxy's threads over that measurement, in cores: on a core, and ready to run but waiting");
@@ -378,20 +388,71 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("B/req: bytes of span and access-log export requests per request (protobuf, uncompressed).");
 }
 
-/// Runs every scenario and prints the report.
+/// A row to measure: where its requests go and whose figures are taken.
+struct Scenario {
+    kind: rounds::Kind,
+    name: String,
+    target: Target,
+    /// The proxy measured, if any.
+    pid: Option<u32>,
+    /// The collector receiving its telemetry, if any.
+    collector: Option<u32>,
+    /// The sidecar's admin address, where telemetry is on.
+    admin: Option<SocketAddr>,
+}
+
+/// The sidecar's telemetry counters, from its admin `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct TelemetryCounts {
+    requests: f64,
+    exported: f64,
+    dropped: f64,
+    bytes: f64,
+}
+
+impl TelemetryCounts {
+    async fn read(admin: SocketAddr) -> anyhow::Result<Self> {
+        let exposition = crate::views::get_text(admin, "/metrics").await.context("reading the sidecar's /metrics")?;
+        // Spans and logs; the metrics' data points are counted under their own signal.
+        let records = |counter: &str| {
+            ["spans", "logs"].iter().map(|signal| ingest::sample(&exposition, &format!("{counter}{{signal=\"{signal}\""))).sum::<f64>()
+        };
+        Ok(Self {
+            requests: ingest::sample(&exposition, "meshlens_proxy_requests_total"),
+            exported: records("meshlens_proxy_telemetry_exported_total"),
+            dropped: records("meshlens_proxy_telemetry_dropped_total"),
+            bytes: records("meshlens_proxy_telemetry_exported_bytes_total"),
+        })
+    }
+
+    /// Fills `row`'s telemetry figures with what happened between `self` and `after`.
+    fn fill(self, after: Self, row: &mut Row) {
+        let requests = after.requests - self.requests;
+        let bytes = after.bytes - self.bytes;
+        row.telemetry_records = Some(2 * requests as u64);
+        row.telemetry_exported = Some((after.exported - self.exported) as u64);
+        row.telemetry_dropped = Some((after.dropped - self.dropped) as u64);
+        row.telemetry_bytes_per_request = (bytes > 0.0 && requests > 0.0).then(|| bytes / requests);
+    }
+}
+
+/// Runs every scenario, `settings.rounds` times over, and prints the report.
 pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
+    anyhow::ensure!(settings.rounds > 0, "--rounds must be at least 1");
     let exe = std::env::current_exe().context("locating the meshlens binary")?;
     let dir: PathBuf = std::env::temp_dir().join(format!("meshlens-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let log = |name: &str| dir.join(format!("{name}.log"));
-    let mut rows = Vec::new();
+    // Every process the rows need is started first and kept for all the rounds.
+    let mut processes = Vec::new();
+    let mut scenarios = Vec::new();
 
     let upstream_addr = free_addr()?;
-    let _upstream = spawn(&exe, &["bench-upstream", "--listen", &upstream_addr.to_string()], &log("upstream"))?;
+    processes.push(spawn(&exe, &["bench-upstream", "--listen", &upstream_addr.to_string()], &log("upstream"))?);
     wait_listening(upstream_addr, "the upstream").await?;
-    let direct = Target { addr: upstream_addr, host: "upstream".into() };
-    eprintln!("measuring: direct");
-    rows.push(measure("direct", &direct, None, None, &settings).await?);
+    let to = |addr: SocketAddr| Target { addr, host: "upstream".into() };
+    let row = |kind, name: &str, target, pid| Scenario { kind, name: name.into(), target, pid, collector: None, admin: None };
+    scenarios.push(row(rounds::Kind::Direct, "direct", to(upstream_addr), None));
 
     match which("nginx") {
         Some(nginx) => {
@@ -400,9 +461,8 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
             std::fs::write(&conf, nginx_config(&dir, listen, upstream_addr))?;
             let proc = spawn(&nginx, &["-p", &dir.display().to_string(), "-c", &conf.display().to_string()], &log("nginx"))?;
             wait_listening(listen, "nginx").await?;
-            eprintln!("measuring: nginx");
-            let target = Target { addr: listen, host: "upstream".into() };
-            rows.push(measure("nginx (1 worker, keep-alive)", &target, Some(proc.0.id()), None, &settings).await?);
+            scenarios.push(row(rounds::Kind::Nginx, "nginx (1 worker, keep-alive)", to(listen), Some(proc.0.id())));
+            processes.push(proc);
         }
         None => eprintln!("nginx is not installed (apt-get install nginx): its row is left out"),
     }
@@ -427,21 +487,20 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
     )?;
     wait_listening(collector_grpc, "the collector").await?;
     let null_sink = free_addr()?;
-    let _sink = spawn(&exe, &["bench-sink", "--listen", &null_sink.to_string()], &log("sink"))?;
+    processes.push(spawn(&exe, &["bench-sink", "--listen", &null_sink.to_string()], &log("sink"))?);
     wait_listening(null_sink, "the null receiver").await?;
     let dead = free_addr()?;
     // Rows measured through the big binary say so in their names, in the table and the JSON.
     let measured = if sidecar.is_some() { "meshlens-proxy" } else { "`meshlens proxy` (no meshlens-proxy built)" };
-    let scenarios = [
-        ("telemetry off", None),
-        ("telemetry on (100%)", Some(collector_grpc)),
-        ("telemetry on, null receiver", Some(null_sink)),
-        ("collector down", Some(dead)),
+    let sidecars = [
+        (rounds::Kind::TelemetryOff, "telemetry off", None),
+        (rounds::Kind::TelemetryOn, "telemetry on (100%)", Some(collector_grpc)),
+        (rounds::Kind::NullReceiver, "telemetry on, null receiver", Some(null_sink)),
+        (rounds::Kind::CollectorDown, "collector down", Some(dead)),
     ];
-    for (scenario, otlp) in scenarios {
-        let name = &format!("{measured}, {scenario}");
+    for (kind, scenario, otlp) in sidecars {
         let (listen, admin) = (free_addr()?, free_addr()?);
-        let conf = dir.join(format!("sidecar-{}.toml", rows.len()));
+        let conf = dir.join(format!("sidecar-{}.toml", scenarios.len()));
         std::fs::write(&conf, sidecar_config(listen, admin, upstream_addr, otlp)?)?;
         let config_arg = conf.display().to_string();
         let proc = match &sidecar {
@@ -449,43 +508,63 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
             None => spawn(&exe, &["proxy", "--config", &config_arg, "--worker-threads", "1"], &log(scenario))?,
         };
         wait_listening(listen, "meshlens-proxy").await?;
-        eprintln!("measuring: {name}");
-        let target = Target { addr: listen, host: "upstream".into() };
-        let receiving = (otlp == Some(collector_grpc)).then(|| collector.0.id());
-        let mut row = measure(name, &target, Some(proc.0.id()), receiving, &settings).await?;
-        if otlp.is_some() {
-            // The last records leave within a flush interval (200 ms).
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let exposition = crate::views::get_text(admin, "/metrics").await.context("reading the sidecar's /metrics")?;
-            let requests = ingest::sample(&exposition, "meshlens_proxy_requests_total");
-            row.telemetry_records = Some(2 * requests as u64);
-            // Spans and logs; the metrics' data points are counted under their own signal.
-            let records = |counter: &str| {
-                ["spans", "logs"].iter().map(|signal| ingest::sample(&exposition, &format!("{counter}{{signal=\"{signal}\""))).sum::<f64>() as u64
-            };
-            row.telemetry_exported = Some(records("meshlens_proxy_telemetry_exported_total"));
-            row.telemetry_dropped = Some(records("meshlens_proxy_telemetry_dropped_total"));
-            let bytes = records("meshlens_proxy_telemetry_exported_bytes_total") as f64;
-            row.telemetry_bytes_per_request = (bytes > 0.0 && requests > 0.0).then(|| bytes / requests);
-        }
-        rows.push(row);
+        let mut row = row(kind, &format!("{measured}, {scenario}"), to(listen), Some(proc.0.id()));
+        row.collector = (otlp == Some(collector_grpc)).then(|| collector.0.id());
+        row.admin = otlp.is_some().then_some(admin);
+        scenarios.push(row);
+        processes.push(proc);
     }
 
-    let base = rows[0].clone();
-    for row in rows.iter_mut().skip(1) {
-        row.added_p50_us = Some(row.p50_us - base.p50_us);
-        row.added_p99_us = Some(row.p99_us - base.p99_us);
-        row.added_p999_us = Some(row.p999_us - base.p999_us);
+    let mut measured_rounds = Vec::with_capacity(settings.rounds);
+    for round in 1..=settings.rounds {
+        let mut rows = Vec::with_capacity(scenarios.len());
+        for s in &scenarios {
+            eprintln!("round {round}/{}, measuring: {}", settings.rounds, s.name);
+            let before = match s.admin {
+                Some(admin) => Some(TelemetryCounts::read(admin).await?),
+                None => None,
+            };
+            let mut row = measure(&s.name, &s.target, s.pid, s.collector, &settings).await?;
+            if let (Some(admin), Some(before)) = (s.admin, before) {
+                // The last records leave within a flush interval (200 ms).
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                before.fill(TelemetryCounts::read(admin).await?, &mut row);
+            }
+            rows.push(row);
+        }
+        let base = rows[0].clone();
+        for row in rows.iter_mut().skip(1) {
+            row.added_p50_us = Some(row.p50_us - base.p50_us);
+            row.added_p99_us = Some(row.p99_us - base.p99_us);
+            row.added_p999_us = Some(row.p999_us - base.p999_us);
+        }
+        measured_rounds.push(rows);
     }
+    drop(collector);
+    drop(processes);
+
+    let kinds: Vec<rounds::Kind> = scenarios.iter().map(|s| s.kind).collect();
+    let verdicts = rounds::verdicts(&kinds, &measured_rounds);
+    let medians = rounds::medians(&measured_rounds)?;
     if settings.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({
             "connections": settings.connections,
             "rate": settings.rate,
             "duration_s": settings.duration.as_secs_f64(),
-            "rows": rows,
+            "rows": medians,
+            "rounds": measured_rounds,
+            "targets": verdicts,
         }))?);
     } else {
-        print_table(&rows, &settings);
+        if settings.rounds > 1 {
+            for (i, rows) in measured_rounds.iter().enumerate() {
+                println!("\nround {} of {}:", i + 1, settings.rounds);
+                print_rows(rows);
+            }
+            println!("\nmedian of {} rounds:", settings.rounds);
+        }
+        print_table(&medians, &settings);
+        rounds::print_verdicts(&verdicts, settings.rounds);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
