@@ -114,7 +114,8 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     a.string("url.path", r.path.as_str());
     a.string("url.scheme", "http");
     a.integer("http.response.status_code", i64::from(r.status));
-    a.string("network.protocol.name", "http");
+    // `network.protocol.name` is left out: OpenTelemetry's HTTP conventions want it only when
+    // it is not `http`, and a sidecar's records are all HTTP (gRPC says `rpc.system`).
     a.string("network.protocol.version", r.protocol_version());
     a.integer("http.request.body.size", r.request_bytes as i64);
     a.integer("http.response.body.size", r.response_bytes as i64);
