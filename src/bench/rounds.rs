@@ -27,8 +27,13 @@ pub enum Kind {
     CollectorDown,
 }
 
+/// Counts of what went wrong, shown at their largest over the rounds rather than their median,
+/// so that a round that failed requests or dropped telemetry is not hidden.
+const WORST_OF: [&str; 2] = ["errors", "telemetry_dropped"];
+
 /// Each row's median over the rounds: every number is the median of that field's values
-/// (rounds that have none left out), the scenario name that of the first round.
+/// (rounds that have none left out; the largest for [`WORST_OF`]), the scenario name that of
+/// the first round.
 pub fn medians(rounds: &[Vec<Row>]) -> anyhow::Result<Vec<Row>> {
     let Some(first) = rounds.first() else { return Ok(Vec::new()) };
     let mut rows = Vec::with_capacity(first.len());
@@ -37,7 +42,13 @@ pub fn medians(rounds: &[Vec<Row>]) -> anyhow::Result<Vec<Row>> {
         let samples: Vec<Value> = rounds.iter().filter_map(|round| round.get(i)).map(serde_json::to_value).collect::<Result<_, _>>()?;
         if let Value::Object(fields) = &mut median {
             for (name, value) in fields.iter_mut() {
-                if let Some(m) = median_of(samples.iter().filter_map(|s| s.get(name))) {
+                let values = samples.iter().filter_map(|s| s.get(name));
+                let summary = if WORST_OF.contains(&name.as_str()) {
+                    values.filter(|v| v.is_number()).max_by(|a, b| a.as_f64().unwrap_or(0.0).total_cmp(&b.as_f64().unwrap_or(0.0))).cloned()
+                } else {
+                    median_of(values)
+                };
+                if let Some(m) = summary {
                     *value = m;
                 }
             }
@@ -125,7 +136,9 @@ const TARGETS: [(&str, &str, f64, bool, Figure); 10] = [
         let (made, sent) = (on.telemetry_records?, on.telemetry_exported?);
         Some(if made == 0 { 100.0 } else { 100.0 * sent as f64 / made as f64 })
     }),
-    ("throughput, null receiver / nginx", "%", 100.0, true, |row| Some(100.0 * row(Kind::NullReceiver)?.max_rps / row(Kind::Nginx)?.max_rps)),
+    ("throughput, null receiver / nginx", "%", 100.0, true, |row| {
+        Some(100.0 * row(Kind::NullReceiver)?.max_rps / row(Kind::Nginx)?.max_rps)
+    }),
     ("throughput lost to telemetry (null receiver vs off)", "%", 5.0, false, |row| {
         Some(100.0 * (1.0 - row(Kind::NullReceiver)?.max_rps / row(Kind::TelemetryOff)?.max_rps))
     }),
@@ -179,11 +192,17 @@ mod tests {
 
     #[test]
     fn medians_take_each_field_over_the_rounds_that_have_it() {
-        let rounds = vec![vec![row(10.0, Some(5.0), 1)], vec![row(30.0, None, 7)], vec![row(20.0, Some(9.0), 3)], vec![row(40.0, None, 4)]];
+        let mut rounds =
+            vec![vec![row(10.0, Some(5.0), 1)], vec![row(30.0, None, 7)], vec![row(20.0, Some(9.0), 3)], vec![row(40.0, None, 4)]];
+        for (round, records) in rounds.iter_mut().zip([10, 30, 20, 40]) {
+            round[0].telemetry_records = Some(records);
+        }
         let m = medians(&rounds).expect("medians");
+        assert_eq!(m[0].telemetry_records, Some(20), "integers: the lower median");
         assert_eq!(m[0].max_rps, 25.0, "the mean of the middle two");
         assert_eq!(m[0].added_p99_us, Some(7.0), "rounds without the figure left out");
-        assert_eq!(m[0].errors, 3, "integers: the lower median");
+        assert_eq!(m[0].errors, 7, "errors: the largest, not hidden by the median");
+        assert_eq!(m[0].p999_us, 3.0);
         assert_eq!(m[0].proxy_busy_at_max, None);
     }
 
