@@ -451,8 +451,8 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
     processes.push(spawn(&exe, &["bench-upstream", "--listen", &upstream_addr.to_string()], &log("upstream"))?);
     wait_listening(upstream_addr, "the upstream").await?;
     let to = |addr: SocketAddr| Target { addr, host: "upstream".into() };
-    let row = |kind, name: &str, target, pid| Scenario { kind, name: name.into(), target, pid, collector: None, admin: None };
-    scenarios.push(row(rounds::Kind::Direct, "direct", to(upstream_addr), None));
+    let scenario = |kind, name: &str, target, pid| Scenario { kind, name: name.into(), target, pid, collector: None, admin: None };
+    scenarios.push(scenario(rounds::Kind::Direct, "direct", to(upstream_addr), None));
 
     match which("nginx") {
         Some(nginx) => {
@@ -461,7 +461,7 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
             std::fs::write(&conf, nginx_config(&dir, listen, upstream_addr))?;
             let proc = spawn(&nginx, &["-p", &dir.display().to_string(), "-c", &conf.display().to_string()], &log("nginx"))?;
             wait_listening(listen, "nginx").await?;
-            scenarios.push(row(rounds::Kind::Nginx, "nginx (1 worker, keep-alive)", to(listen), Some(proc.0.id())));
+            scenarios.push(scenario(rounds::Kind::Nginx, "nginx (1 worker, keep-alive)", to(listen), Some(proc.0.id())));
             processes.push(proc);
         }
         None => eprintln!("nginx is not installed (apt-get install nginx): its row is left out"),
@@ -498,20 +498,20 @@ pub async fn run_proxy(settings: ProxyBench) -> anyhow::Result<()> {
         (rounds::Kind::NullReceiver, "telemetry on, null receiver", Some(null_sink)),
         (rounds::Kind::CollectorDown, "collector down", Some(dead)),
     ];
-    for (kind, scenario, otlp) in sidecars {
+    for (kind, name, otlp) in sidecars {
         let (listen, admin) = (free_addr()?, free_addr()?);
         let conf = dir.join(format!("sidecar-{}.toml", scenarios.len()));
         std::fs::write(&conf, sidecar_config(listen, admin, upstream_addr, otlp)?)?;
         let config_arg = conf.display().to_string();
         let proc = match &sidecar {
-            Some(bin) => spawn(bin, &["--config", &config_arg, "--worker-threads", "1"], &log(scenario))?,
-            None => spawn(&exe, &["proxy", "--config", &config_arg, "--worker-threads", "1"], &log(scenario))?,
+            Some(bin) => spawn(bin, &["--config", &config_arg, "--worker-threads", "1"], &log(name))?,
+            None => spawn(&exe, &["proxy", "--config", &config_arg, "--worker-threads", "1"], &log(name))?,
         };
         wait_listening(listen, "meshlens-proxy").await?;
-        let mut row = row(kind, &format!("{measured}, {scenario}"), to(listen), Some(proc.0.id()));
-        row.collector = (otlp == Some(collector_grpc)).then(|| collector.0.id());
-        row.admin = otlp.is_some().then_some(admin);
-        scenarios.push(row);
+        let mut sidecar_row = scenario(kind, &format!("{measured}, {name}"), to(listen), Some(proc.0.id()));
+        sidecar_row.collector = (otlp == Some(collector_grpc)).then(|| collector.0.id());
+        sidecar_row.admin = otlp.is_some().then_some(admin);
+        scenarios.push(sidecar_row);
         processes.push(proc);
     }
 
