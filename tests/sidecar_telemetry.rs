@@ -100,8 +100,27 @@ fn b3_callers_are_continued_and_request_ids_follow_the_request() {
     let spans = trace["data"][0]["spans"].as_array().expect("spans");
     let root = spans.iter().find(|s| tag(s, "span.kind") == Some(&"client".into()) && tag(s, "meshlens.source.service") == Some(&"tester".into())).expect("tester's span");
     assert_eq!(root["references"][0]["spanID"], "e457b5a2e4d86bd1", "the B3 caller is the parent");
+    // A sidecar sends only the other end of a hop; the collector writes its own end back from
+    // the resource, so every span and access log names both.
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("-").to_owned();
+    let mut hops: Vec<(String, String)> = spans
+        .iter()
+        .map(|s| (text(tag(s, "meshlens.source.service")), text(tag(s, "meshlens.destination.service"))))
+        .collect();
+    hops.sort();
+    let expected = [("front", "back"), ("front", "back"), ("tester", "front"), ("tester", "front")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(hops, expected, "{trace}");
 
     let logs = collector.json(&format!("/api/v1/logs?trace_id={b3_trace}"));
+    let mut logged: Vec<(String, String)> = logs
+        .as_array()
+        .expect("logs")
+        .iter()
+        .map(|l| (text(l["attributes"].get("meshlens.source.service")), text(l["attributes"].get("meshlens.destination.workload"))))
+        .collect();
+    logged.sort();
+    let workloads = [("front", "back-v1"), ("front", "back-v1"), ("tester", "front-v1"), ("tester", "front-v1")];
+    assert_eq!(logged, workloads.map(|(a, b)| (a.to_owned(), b.to_owned())), "{logs}");
     let ids: Vec<&Value> = logs.as_array().expect("logs").iter().map(|l| &l["attributes"]["meshlens.request_id"]).collect();
     assert_eq!(ids.len(), 4, "{logs}");
     assert!(ids.iter().all(|id| *id == ids[0] && id.as_str().is_some_and(|s| s.len() == 36)), "{ids:?}");

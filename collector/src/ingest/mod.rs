@@ -5,13 +5,16 @@
 //! converted, fed to the [`Pipeline`], and answered — with OTLP's partial success when
 //! some items were invalid. Both receivers are thin adapters over that one path. Protobuf
 //! requests (gRPC, HTTP, the journal) are converted from their bytes ([`wire`] for traces
-//! and logs, the bulk of what arrives; prost for metrics), JSON ones after decoding.
+//! and logs, the bulk of what arrives; prost for metrics), JSON ones after decoding. The
+//! sidecars' records then get their own side of the hop back from their resource
+//! ([`own_side`]).
 
 pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
 mod key_order;
+mod own_side;
 pub mod wire;
 
 use opentelemetry_proto::tonic::collector::{
@@ -78,7 +81,8 @@ impl Signal for Traces {
     fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
         wire::spans(encoded)
     }
-    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
+    fn ingest(pipeline: &Pipeline, mut converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
+        own_side::spans(&mut converted.items);
         let partial_success = (converted.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: converted.rejected as i64,
             error_message: converted.message(),
@@ -101,7 +105,8 @@ impl Signal for Logs {
     fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
         wire::logs(encoded)
     }
-    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
+    fn ingest(pipeline: &Pipeline, mut converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
+        own_side::logs(&mut converted.items);
         let partial_success = (converted.rejected > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: converted.rejected as i64,
             error_message: converted.message(),

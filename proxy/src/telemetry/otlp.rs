@@ -1,8 +1,9 @@
 //! Conversion of the sidecar's records into OTLP messages.
 //!
 //! Spans and access logs carry OpenTelemetry's HTTP semantic-convention attributes
-//! plus the mesh attributes (`meshlens.source.*`, `meshlens.destination.*`); the
-//! resource names the sidecar's workload. Metrics are cumulative histograms and sums.
+//! plus the mesh attributes of the other side of the hop (`meshlens.destination.*` on
+//! outbound records, `meshlens.source.*` on inbound ones); the resource names the
+//! sidecar's own workload. Metrics are cumulative histograms and sums, labelled with both.
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
@@ -169,11 +170,19 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     if let Some(attempt) = r.attempt {
         a.integer(semconv::RETRY_ATTEMPT, i64::from(attempt));
     }
-    if let Some(source) = &r.source {
-        workload_attributes(a, &semconv::SOURCE_KEYS, source);
-    }
-    if let Some(dest) = &r.destination {
-        workload_attributes(a, &semconv::DESTINATION_KEYS, dest);
+    // The sidecar's own workload (the source of an outbound record, the destination of an
+    // inbound one) is the resource's; only the other side is written.
+    match r.side {
+        Side::Inbound => {
+            if let Some(source) = &r.source {
+                workload_attributes(a, &semconv::SOURCE_KEYS, source);
+            }
+        }
+        Side::Outbound => {
+            if let Some(dest) = &r.destination {
+                workload_attributes(a, &semconv::DESTINATION_KEYS, dest);
+            }
+        }
     }
 }
 
@@ -515,7 +524,7 @@ pub(crate) mod reference {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
 
     use super::*;
     use crate::classify::ResponseFlags;
@@ -543,5 +552,35 @@ mod tests {
         line.clear();
         write_access_log_line(&r, &mut line);
         assert_eq!(line, format!("POST /orders/7?x=1 HTTP/2 200 - 17 0 1234ms - {}", trace.as_str()));
+    }
+
+    #[test]
+    fn records_name_the_other_side_of_the_hop_and_leave_their_own_to_the_resource() {
+        let own = Arc::new(WorkloadIdentity::new("shop", "checkout", "checkout-v2", "v2"));
+        let peer = Arc::new(WorkloadIdentity::new("shop", "payments", "payments-v1", "v1"));
+        let keys = |r: &RequestRecord| {
+            let mut a = Attributes::default();
+            write_record_attributes(r, &mut a, &mut String::new());
+            a.0.into_iter()
+                .filter(|kv| kv.key.starts_with("meshlens.source.") || kv.key.starts_with("meshlens.destination."))
+                .map(|kv| kv.key)
+                .collect::<Vec<_>>()
+        };
+        let mut outbound = super::super::tests::record(true, Outcome::Success, 1);
+        outbound.side = Side::Outbound;
+        outbound.source = Some(own.clone());
+        outbound.destination = Some(peer.clone());
+        let outbound_keys = keys(&outbound);
+        let mut inbound = outbound;
+        inbound.side = Side::Inbound;
+        inbound.source = Some(peer);
+        inbound.destination = Some(own);
+        assert_eq!(
+            (outbound_keys, keys(&inbound)),
+            (
+                ["namespace", "service", "workload", "version"].map(|k| format!("meshlens.destination.{k}")).to_vec(),
+                ["namespace", "service", "workload", "version"].map(|k| format!("meshlens.source.{k}")).to_vec(),
+            )
+        );
     }
 }
