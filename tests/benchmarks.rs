@@ -71,6 +71,7 @@ fn check_rows(rows: &[serde_json::Value]) {
     assert!(exported >= 2 * 150 && exported <= made, "{on:#}");
     assert!(on["telemetry_dropped"].as_u64().is_some_and(|d| exported + d <= made), "{on:#}");
     assert!(on["collector_cpu_s_per_1k_requests"].as_f64().is_some(), "{on:#}");
+    assert!(on["collector_busy_at_max"].as_f64().is_some_and(|c| c > 0.0 && c < 64.0), "{on:#}");
     // A span and an access-log record with their attributes: a few hundred bytes each.
     assert!(on["telemetry_bytes_per_request"].as_f64().is_some_and(|b| (600.0..10_000.0).contains(&b)), "{on:#}");
     // The null receiver answers every export unread: all of it leaves the sidecar, and there
@@ -79,7 +80,7 @@ fn check_rows(rows: &[serde_json::Value]) {
     let exported = null["telemetry_exported"].as_u64().expect("exported count");
     assert!(exported >= 2 * 150 && exported <= null["telemetry_records"].as_u64().expect("records made"), "{null:#}");
     assert_eq!(null["telemetry_dropped"], 0, "{null:#}");
-    assert!(null["collector_cpu_s_per_1k_requests"].is_null(), "{null:#}");
+    assert!(null["collector_cpu_s_per_1k_requests"].is_null() && null["collector_busy_at_max"].is_null(), "{null:#}");
     // Collector down: nothing exported. Whether records were dropped yet depends on how many
     // requests a debug build served: the queue holds 8,192 and a failing batch is retried for
     // `max_retry_time` (15 s) before it is dropped, so only the count's presence is checked.

@@ -68,6 +68,9 @@ pub struct Row {
     /// Their time ready to run but waiting for a core (behind the load generator, the
     /// upstream or the collector), in cores: what the proxy lost to sharing the machine.
     pub proxy_waiting_at_max: Option<f64>,
+    /// The collector's CPU over that measurement, in cores, where one receives the telemetry:
+    /// what it took from the two cores the proxy, the load and the upstream share.
+    pub collector_busy_at_max: Option<f64>,
     /// Latency at the fixed rate, microseconds.
     pub p50_us: f64,
     /// 99th percentile, microseconds.
@@ -228,10 +231,12 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
     let collector_rss = collector.map(PeakRss::sample);
     let idle_before = idle_seconds();
     let scheduled_before = pid.and_then(scheduled_seconds);
+    let collector_at_start = collector.map(cpu_seconds);
     let max_started = std::time::Instant::now();
     let max_rps = load::max_throughput(target, settings.connections, settings.duration).await?;
     let max_elapsed = max_started.elapsed().as_secs_f64();
     let idle_cores_at_max = idle_before.zip(idle_seconds()).map(|(a, b)| (b - a) / max_elapsed);
+    let collector_busy_at_max = collector.zip(collector_at_start).map(|(pid, before)| (cpu_seconds(pid) - before) / max_elapsed);
     let scheduled = scheduled_before.zip(pid.and_then(scheduled_seconds));
     let (proxy_busy_at_max, proxy_waiting_at_max) = match scheduled {
         Some(((cpu_a, wait_a), (cpu_b, wait_b))) => (Some((cpu_b - cpu_a) / max_elapsed), Some((wait_b - wait_a) / max_elapsed)),
@@ -251,6 +256,7 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         idle_cores_at_max,
         proxy_busy_at_max,
         proxy_waiting_at_max,
+        collector_busy_at_max,
         p50_us: latencies.quantile(0.5),
         p99_us: latencies.quantile(0.99),
         p999_us: latencies.quantile(0.999),
@@ -327,16 +333,16 @@ fn print_rows(rows: &[Row]) {
     let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
     println!(
         concat!(
-            "{:<44} {:>10} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<44} {:>10} {:>5} {:>5} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             " {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}"
         ),
-        "scenario", "max req/s", "idle", "busy", "wait", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9",
+        "scenario", "max req/s", "idle", "busy", "wait", "coll. busy", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9",
         "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS", "errors", "dropped", "delivered", "B/req"
     );
     for r in rows {
         println!(
             concat!(
-                "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9}",
+                "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9}",
                 " {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}"
             ),
             r.scenario,
@@ -344,6 +350,7 @@ fn print_rows(rows: &[Row]) {
             opt(r.idle_cores_at_max, 2),
             opt(r.proxy_busy_at_max, 2),
             opt(r.proxy_waiting_at_max, 2),
+            opt(r.collector_busy_at_max, 2),
             r.p50_us,
             r.p99_us,
             r.p999_us,
@@ -377,7 +384,8 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("\nidle: cores the machine left idle while the max req/s was measured (a row that is not CPU-bound");
     println!("lost its rate to waiting, e.g. for a core behind other processes, not to work).");
     println!("busy, wait: the proxy's threads over that measurement, in cores: on a core, and ready to run but waiting");
-    println!("for one (the share of its time it lost to the other processes on the machine).");
+    println!("for one (the share of its time it lost to the other processes on the machine); coll. busy: the");
+    println!("collector's CPU over it, in cores, where one receives the telemetry on the same cores.");
     println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");
