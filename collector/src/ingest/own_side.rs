@@ -71,19 +71,22 @@ impl Completer {
     /// Writes the own side of one record (attributes sorted by key, from `resource`) back
     /// into it, when the record is a sidecar's and does not name it.
     fn complete(&mut self, attributes: &mut Attributes, resource: &Arc<Resource>) {
-        let (keys, outbound) = match attr(attributes, semconv::DIRECTION).and_then(Value::as_str) {
-            Some("outbound") => (&semconv::SOURCE_KEYS, true),
-            Some("inbound") => (&semconv::DESTINATION_KEYS, false),
-            _ => return,
-        };
-        if attr(attributes, keys.service).is_some() {
-            return;
-        }
         if !matches!(&self.last, Some((seen, _)) if Arc::ptr_eq(seen, resource)) {
             self.last = Some((resource.clone(), OwnSide::of(resource)));
         }
         let Some((_, Some(own))) = &self.last else { return };
-        for (k, v) in if outbound { &own.source } else { &own.destination } {
+        // Sorted by key: binary searches, not scans (this runs for every record ingested).
+        let find = |key: &str| attributes.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok();
+        let (keys, side) = match find(semconv::DIRECTION).and_then(|i| attributes[i].1.as_str()) {
+            Some("outbound") => (&semconv::SOURCE_KEYS, &own.source),
+            Some("inbound") => (&semconv::DESTINATION_KEYS, &own.destination),
+            _ => return,
+        };
+        if find(keys.service).is_some() {
+            return;
+        }
+        attributes.reserve(side.len());
+        for (k, v) in side {
             let at = attributes.partition_point(|(existing, _)| existing <= k);
             attributes.insert(at, (k.clone(), v.clone()));
         }
