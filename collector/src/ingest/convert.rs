@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span as OtlpSpan, status},
 };
 
+use super::own_side::Completer;
 use crate::model::{
     Attributes, LogRecord, MetricKind, MetricPoint, Resource, Span, SpanEvent, SpanId, SpanKind,
     SpanLink, StatusCode, TraceId, Value,
@@ -243,13 +244,17 @@ pub fn span(s: &OtlpSpan, resource: &Arc<Resource>, scope: &Arc<str>) -> Result<
 /// Converts a trace export request.
 pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
     let mut out = Converted::new();
+    let mut own_side = Completer::default();
     for rs in &req.resource_spans {
         let resource = resource(rs.resource.as_ref());
         for ss in &rs.scope_spans {
             let scope: Arc<str> = ss.scope.as_ref().map_or("", |s| s.name.as_str()).into();
             for s in &ss.spans {
                 match span(s, &resource, &scope) {
-                    Ok(span) => out.items.push(span),
+                    Ok(mut span) => {
+                        own_side.complete(&mut span.attributes, &span.resource);
+                        out.items.push(span);
+                    }
                     Err(reason) => out.reject(reason),
                 }
             }
@@ -261,6 +266,7 @@ pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
 /// Converts a logs export request.
 pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
     let mut out = Converted::new();
+    let mut own_side = Completer::default();
     for rl in &req.resource_logs {
         let resource = resource(rl.resource.as_ref());
         for sl in &rl.scope_logs {
@@ -271,7 +277,7 @@ pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
                     continue;
                 }
                 let time = if l.time_unix_nano != 0 { l.time_unix_nano } else { l.observed_time_unix_nano };
-                out.items.push(LogRecord {
+                let mut record = LogRecord {
                     time_unix_nanos: time,
                     severity_number: l.severity_number,
                     severity_text: l.severity_text.clone(),
@@ -280,7 +286,9 @@ pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
                     trace_id,
                     span_id: SpanId::from_bytes(&l.span_id),
                     resource: resource.clone(),
-                });
+                };
+                own_side.complete(&mut record.attributes, &record.resource);
+                out.items.push(record);
             }
         }
     }

@@ -5,9 +5,9 @@
 //! converted, fed to the [`Pipeline`], and answered — with OTLP's partial success when
 //! some items were invalid. Both receivers are thin adapters over that one path. Protobuf
 //! requests (gRPC, HTTP, the journal) are converted from their bytes ([`wire`] for traces
-//! and logs, the bulk of what arrives; prost for metrics), JSON ones after decoding. The
-//! sidecars' records then get their own side of the hop back from their resource
-//! ([`own_side`]).
+//! and logs, the bulk of what arrives; prost for metrics), JSON ones after decoding. A
+//! sidecar's spans and access logs get their own end of the hop back from their resource
+//! as each is converted ([`own_side`]), while its attributes are still in cache.
 
 pub mod admission;
 pub mod convert;
@@ -81,8 +81,7 @@ impl Signal for Traces {
     fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
         wire::spans(encoded)
     }
-    fn ingest(pipeline: &Pipeline, mut converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
-        own_side::spans(&mut converted.items);
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
         let partial_success = (converted.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: converted.rejected as i64,
             error_message: converted.message(),
@@ -105,8 +104,7 @@ impl Signal for Logs {
     fn convert_encoded(encoded: &[u8]) -> Result<convert::Converted<Self::Item>, wire::DecodeError> {
         wire::logs(encoded)
     }
-    fn ingest(pipeline: &Pipeline, mut converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
-        own_side::logs(&mut converted.items);
+    fn ingest(pipeline: &Pipeline, converted: convert::Converted<Self::Item>, transport: Transport, record: Record) -> Self::Response {
         let partial_success = (converted.rejected > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: converted.rejected as i64,
             error_message: converted.message(),

@@ -13,27 +13,11 @@ use std::sync::Arc;
 
 use meshlens_common::semconv::{self, WorkloadKeys};
 
-use crate::model::{Attributes, Key, LogRecord, Resource, Span, Value, attr, key};
-
-/// Writes the own side back into the sidecars' spans.
-pub fn spans(spans: &mut [Span]) {
-    let mut completer = Completer::default();
-    for s in spans {
-        completer.complete(&mut s.attributes, &s.resource);
-    }
-}
-
-/// Writes the own side back into the sidecars' access-log records.
-pub fn logs(logs: &mut [LogRecord]) {
-    let mut completer = Completer::default();
-    for l in logs {
-        completer.complete(&mut l.attributes, &l.resource);
-    }
-}
+use crate::model::{Attributes, Key, Resource, Value, attr, key};
 
 /// A sidecar's workload as the mesh attributes of either side of a hop.
 struct OwnSide {
-    /// As `meshlens.source.*`, for its outbound records.
+    /// As `meshlens.source.*`, for its outbound records; sorted by key, as each side is.
     source: Vec<(Key, Value)>,
     /// As `meshlens.destination.*`, for its inbound records.
     destination: Vec<(Key, Value)>,
@@ -45,7 +29,7 @@ impl OwnSide {
         let res = &resource.attributes;
         attr(res, semconv::WORKLOAD)?;
         let side = |keys: &WorkloadKeys| {
-            [
+            let mut pairs = [
                 (keys.namespace, "service.namespace"),
                 (keys.service, "service.name"),
                 (keys.workload, semconv::WORKLOAD),
@@ -53,16 +37,18 @@ impl OwnSide {
             ]
             .into_iter()
             .filter_map(|(to, from)| Some((key(to), attr(res, from)?.clone())))
-            .collect()
+            .collect::<Vec<_>>();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs
         };
         Some(Self { source: side(&semconv::SOURCE_KEYS), destination: side(&semconv::DESTINATION_KEYS) })
     }
 }
 
-/// Fills in the own side of sidecar records, one resource's workload read once for the
-/// records that share it.
+/// Fills in the own side of sidecar records as they are converted, one resource's workload
+/// read once for the records that share it.
 #[derive(Default)]
-struct Completer {
+pub(super) struct Completer {
     /// The last resource seen and its workload, if it is a sidecar's.
     last: Option<(Arc<Resource>, Option<OwnSide>)>,
 }
@@ -70,25 +56,32 @@ struct Completer {
 impl Completer {
     /// Writes the own side of one record (attributes sorted by key, from `resource`) back
     /// into it, when the record is a sidecar's and does not name it.
-    fn complete(&mut self, attributes: &mut Attributes, resource: &Arc<Resource>) {
+    pub(super) fn complete(&mut self, attributes: &mut Attributes, resource: &Arc<Resource>) {
         if !matches!(&self.last, Some((seen, _)) if Arc::ptr_eq(seen, resource)) {
             self.last = Some((resource.clone(), OwnSide::of(resource)));
         }
         let Some((_, Some(own))) = &self.last else { return };
-        // Sorted by key: binary searches, not scans (this runs for every record ingested).
-        let find = |key: &str| attributes.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok();
-        let (keys, side) = match find(semconv::DIRECTION).and_then(|i| attributes[i].1.as_str()) {
-            Some("outbound") => (&semconv::SOURCE_KEYS, &own.source),
-            Some("inbound") => (&semconv::DESTINATION_KEYS, &own.destination),
+        // Attributes are sorted by key: one binary search for the direction, one for where the
+        // own end goes, then a step or two per key (this runs for every record ingested).
+        let direction = attributes.binary_search_by(|(k, _)| k.as_str().cmp(semconv::DIRECTION)).ok();
+        let (prefix, side) = match direction.and_then(|i| attributes[i].1.as_str()) {
+            Some("outbound") => (semconv::SOURCE, &own.source),
+            Some("inbound") => (semconv::DESTINATION, &own.destination),
             _ => return,
         };
-        if find(keys.service).is_some() {
+        let Some((first, _)) = side.first() else { return };
+        let mut at = attributes.partition_point(|(k, _)| k < first);
+        let names_it = |k: &Key| k.as_str().strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'));
+        if attributes.get(at).is_some_and(|(k, _)| names_it(k)) {
             return;
         }
         attributes.reserve(side.len());
         for (k, v) in side {
-            let at = attributes.partition_point(|(existing, _)| existing <= k);
+            while attributes.get(at).is_some_and(|(existing, _)| existing <= k) {
+                at += 1;
+            }
             attributes.insert(at, (k.clone(), v.clone()));
+            at += 1;
         }
     }
 }
@@ -159,10 +152,13 @@ mod tests {
     #[test]
     fn records_naming_their_own_side_and_records_of_other_senders_are_left_alone() {
         let mut c = Completer::default();
-        let older = record(&[("meshlens.direction", "outbound"), ("meshlens.source.service", "legacy")]);
-        let mut a = older.clone();
-        c.complete(&mut a, &sidecar());
-        assert_eq!(text(&a), text(&older));
+        let res = sidecar();
+        for named in ["meshlens.source.service", "meshlens.source.workload", "meshlens.source.namespace"] {
+            let older = record(&[("meshlens.direction", "outbound"), (named, "legacy"), ("url.path", "/")]);
+            let mut a = older.clone();
+            c.complete(&mut a, &res);
+            assert_eq!(text(&a), text(&older));
+        }
 
         // An SDK's resource has no `meshlens.workload`; an SDK span has no direction.
         let sdk = resource(&[("service.name", "checkout")]);

@@ -19,6 +19,7 @@ use prost::Message;
 use super::{
     convert::{self, Converted},
     key_order::{KeyOrders, Run},
+    own_side::Completer,
 };
 use crate::model::{Attributes, Key, LogRecord, Resource, Span, SpanEvent, SpanId, SpanKind, SpanLink, TraceId, Value};
 #[cfg(test)]
@@ -220,9 +221,13 @@ pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
     let mut orders = KeyOrders::default();
     // One list of attribute slices for all the spans (it grew from nothing for each).
     let mut attributes = Vec::new();
+    let mut own_side = Completer::default();
     resources(request, |buf, resource, scope, out| {
         match span(buf, resource, scope, &mut orders, &mut attributes)? {
-            Ok(span) => out.items.push(span),
+            Ok(mut span) => {
+                own_side.complete(&mut span.attributes, &span.resource);
+                out.items.push(span);
+            }
             Err(reason) => out.reject(reason),
         }
         Ok(())
@@ -232,9 +237,13 @@ pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
 /// Converts an encoded `ExportLogsServiceRequest`.
 pub fn logs(request: &[u8]) -> Result<Converted<LogRecord>, DecodeError> {
     let mut orders = KeyOrders::default();
+    let mut own_side = Completer::default();
     resources(request, |buf, resource, _scope, out| {
         match log_record(buf, resource, &mut orders)? {
-            Ok(record) => out.items.push(record),
+            Ok(mut record) => {
+                own_side.complete(&mut record.attributes, &record.resource);
+                out.items.push(record);
+            }
             Err(reason) => out.reject(reason),
         }
         Ok(())
@@ -696,8 +705,11 @@ mod tests {
             ..Default::default()
         };
         let rs = &mut req.resource_spans[0];
-        rs.resource = Some(OtlpResource { attributes: vec![kv("service.name", "checkout"), kv("host.name", "h1")], ..Default::default() });
+        let resource = vec![kv("service.name", "checkout"), kv("host.name", "h1"), kv("meshlens.workload", "checkout-v2")];
+        rs.resource = Some(OtlpResource { attributes: resource, ..Default::default() });
         let ss = &mut rs.scope_spans[0];
+        // A sidecar's outbound span: its own end of the hop is the resource's.
+        ss.spans[0].attributes.push(kv("meshlens.direction", "outbound"));
         ss.scope = Some(InstrumentationScope { name: "meshlens-proxy".into(), version: "1".into(), ..Default::default() });
         ss.spans[0].status = Some(Status { message: "boom".into(), code: OtlpStatusCode::Error as i32 });
         ss.spans[1].status = Some(Status { message: "ignored".into(), code: OtlpStatusCode::Unset as i32 });
@@ -724,6 +736,8 @@ mod tests {
         assert!(same(&wire, &decoded), "{:?}\n{:?}", wire.items, decoded.items);
         assert_eq!(&*wire.items[0].resource.service, "checkout");
         assert_eq!(&*wire.items[0].scope, "meshlens-proxy");
+        let own_end = ["service", "workload"].map(|k| wire.items[0].attr_str(&format!("meshlens.source.{k}")));
+        assert_eq!(own_end, [Some("checkout"), Some("checkout-v2")], "written back from the resource");
         assert_eq!((wire.items[0].status, wire.items[0].status_message.as_str()), (StatusCode::Error, "boom"));
         assert_eq!(wire.items[1].status_message, "", "a message without a set code is dropped");
     }
