@@ -44,6 +44,17 @@ pub struct WorkloadKeys {
     pub version: &'static str,
 }
 
+impl WorkloadKeys {
+    /// The four names: namespace, service, workload, version.
+    pub const fn all(&self) -> [&'static str; 4] {
+        [self.namespace, self.service, self.workload, self.version]
+    }
+}
+
+/// The resource attributes naming the workload that sends telemetry (a sidecar's own).
+pub const RESOURCE_KEYS: WorkloadKeys =
+    WorkloadKeys { namespace: "service.namespace", service: "service.name", workload: WORKLOAD, version: "service.version" };
+
 /// The calling workload's attribute names (written once, not formatted per request).
 pub const SOURCE_KEYS: WorkloadKeys = WorkloadKeys {
     namespace: "meshlens.source.namespace",
@@ -67,8 +78,7 @@ mod tests {
     #[test]
     fn workload_keys_follow_their_prefix() {
         for (prefix, keys) in [(SOURCE, SOURCE_KEYS), (DESTINATION, DESTINATION_KEYS)] {
-            let parts = [keys.namespace, keys.service, keys.workload, keys.version];
-            for (key, part) in parts.iter().zip(["namespace", "service", "workload", "version"]) {
+            for (key, part) in keys.all().iter().zip(["namespace", "service", "workload", "version"]) {
                 assert_eq!(*key, format!("{prefix}.{part}"));
             }
         }

@@ -27,17 +27,11 @@ impl OwnSide {
     /// The resource's workload, if it is a meshlens sidecar's (it has `meshlens.workload`).
     fn of(resource: &Resource) -> Option<Self> {
         let res = &resource.attributes;
-        attr(res, semconv::WORKLOAD)?;
+        attr(res, semconv::RESOURCE_KEYS.workload)?;
         let side = |keys: &WorkloadKeys| {
-            let mut pairs = [
-                (keys.namespace, "service.namespace"),
-                (keys.service, "service.name"),
-                (keys.workload, semconv::WORKLOAD),
-                (keys.version, "service.version"),
-            ]
-            .into_iter()
-            .filter_map(|(to, from)| Some((key(to), attr(res, from)?.clone())))
-            .collect::<Vec<_>>();
+            let mut pairs = (keys.all().into_iter().zip(semconv::RESOURCE_KEYS.all()))
+                .filter_map(|(to, from)| Some((key(to), attr(res, from)?.clone())))
+                .collect::<Vec<_>>();
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             pairs
         };

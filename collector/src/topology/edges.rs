@@ -165,10 +165,10 @@ impl NodeRef {
         let text = |k: &str| shared(res, k);
         Node {
             kind: NodeKind::Service,
-            namespace: text("service.namespace").unwrap_or_else(|| intern("")),
+            namespace: text(semconv::RESOURCE_KEYS.namespace).unwrap_or_else(|| intern("")),
             service: resource.service.clone(),
-            workload: text(semconv::WORKLOAD),
-            version: text("service.version"),
+            workload: text(semconv::RESOURCE_KEYS.workload),
+            version: text(semconv::RESOURCE_KEYS.version),
         }
         .into()
     }

@@ -73,10 +73,7 @@ pub fn scope() -> InstrumentationScope {
 pub fn resource(id: &WorkloadIdentity) -> Resource {
     let mut attrs = Attributes::default();
     attrs
-        .str("service.name", &*id.service)
-        .str("service.namespace", &*id.namespace)
-        .str("service.version", &*id.version)
-        .str(semconv::WORKLOAD, &*id.workload)
+        .workload(&semconv::RESOURCE_KEYS, id)
         .str("telemetry.sdk.name", "meshlens-proxy")
         .str("telemetry.sdk.language", "rust")
         .str("telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
