@@ -48,13 +48,27 @@ pub(super) struct Completer {
 }
 
 impl Completer {
-    /// Writes the own side of one record (attributes sorted by key, from `resource`) back
-    /// into it, when the record is a sidecar's and does not name it.
-    pub(super) fn complete(&mut self, attributes: &mut Attributes, resource: &Arc<Resource>) {
+    /// `resource`'s workload as either side of a hop, if it is a sidecar's; read once for
+    /// the records that share the resource.
+    fn own_side(&mut self, resource: &Arc<Resource>) -> Option<&OwnSide> {
         if !matches!(&self.last, Some((seen, _)) if Arc::ptr_eq(seen, resource)) {
             self.last = Some((resource.clone(), OwnSide::of(resource)));
         }
-        let Some((_, Some(own))) = &self.last else { return };
+        self.last.as_ref().and_then(|(_, own)| own.as_ref())
+    }
+
+    /// The attributes [`complete`](Self::complete) may add to a record of `resource`: room
+    /// the converter leaves in each record's list, so that writing the own end back does not
+    /// grow it (a reallocation and a copy of every attribute, 6 % of the collector's samples
+    /// under a sidecar's telemetry).
+    pub(super) fn room(&mut self, resource: &Arc<Resource>) -> usize {
+        self.own_side(resource).map_or(0, |own| own.source.len().max(own.destination.len()))
+    }
+
+    /// Writes the own side of one record (attributes sorted by key, from `resource`) back
+    /// into it, when the record is a sidecar's and does not name it.
+    pub(super) fn complete(&mut self, attributes: &mut Attributes, resource: &Arc<Resource>) {
+        let Some(own) = self.own_side(resource) else { return };
         // Attributes are sorted by key: one binary search for the direction, one for where the
         // own end goes, then a step or two per key (this runs for every record ingested).
         let direction = attributes.binary_search_by(|(k, _)| k.as_str().cmp(semconv::DIRECTION)).ok();
@@ -179,5 +193,19 @@ mod tests {
         assert_eq!(attr(&b, "meshlens.source.service").and_then(Value::as_str), Some("cart"));
         assert_eq!(attr(&b, "meshlens.source.workload").and_then(Value::as_str), Some("cart-v1"));
         assert!(attr(&b, "meshlens.source.version").is_none(), "no service.version in the resource");
+    }
+
+    #[test]
+    fn a_record_given_the_room_is_completed_in_place() {
+        let mut c = Completer::default();
+        let (res, sdk) = (sidecar(), resource(&[("service.name", "checkout")]));
+        assert_eq!((c.room(&res), c.room(&sdk)), (4, 0));
+        let pairs = [("meshlens.destination.service", "payments"), ("meshlens.direction", "outbound"), ("url.path", "/pay")];
+        let mut a = Attributes::with_capacity(pairs.len() + c.room(&res));
+        a.extend(record(&pairs));
+        let before = a.as_ptr();
+        c.complete(&mut a, &res);
+        assert_eq!(a.len(), 7);
+        assert_eq!(a.as_ptr(), before, "written back without growing the list");
     }
 }

@@ -219,11 +219,11 @@ fn each_field<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Wire<'a>) -> Result<(), 
 /// Converts an encoded `ExportTraceServiceRequest`.
 pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
     let mut orders = KeyOrders::default();
-    // One list of attribute slices for all the spans (it grew from nothing for each).
     let mut attributes = Vec::new();
     let mut own_side = Completer::default();
     resources(request, |buf, resource, scope, out| {
-        match span(buf, resource, scope, &mut orders, &mut attributes)? {
+        let room = own_side.room(resource);
+        match span(buf, Item { resource, room, orders: &mut orders, attributes: &mut attributes }, scope)? {
             Ok(mut span) => {
                 own_side.complete(&mut span.attributes, &span.resource);
                 out.items.push(span);
@@ -237,9 +237,11 @@ pub fn spans(request: &[u8]) -> Result<Converted<Span>, DecodeError> {
 /// Converts an encoded `ExportLogsServiceRequest`.
 pub fn logs(request: &[u8]) -> Result<Converted<LogRecord>, DecodeError> {
     let mut orders = KeyOrders::default();
+    let mut attributes = Vec::new();
     let mut own_side = Completer::default();
     resources(request, |buf, resource, _scope, out| {
-        match log_record(buf, resource, &mut orders)? {
+        let room = own_side.room(resource);
+        match log_record(buf, Item { resource, room, orders: &mut orders, attributes: &mut attributes })? {
             Ok(mut record) => {
                 own_side.complete(&mut record.attributes, &record.resource);
                 out.items.push(record);
@@ -326,9 +328,11 @@ fn resource_entry<'a>(buf: &'a [u8], out: &mut Vec<ScopeItems<'a>>) -> Result<()
 
 /// One log record: a decode error fails the request, an invalid record only itself (the
 /// checks and messages of [`convert::logs`]).
-fn log_record(buf: &[u8], resource: &Arc<Resource>, orders: &mut KeyOrders) -> Result<Result<LogRecord, String>, DecodeError> {
+fn log_record<'a>(buf: &'a [u8], item: Item<'_, 'a>) -> Result<Result<LogRecord, String>, DecodeError> {
     let (mut time, mut observed, mut severity_number, mut severity_text) = (0, 0, 0, "");
-    let (mut body, mut attrs): (Option<&[u8]>, Vec<&[u8]>) = (None, Vec::new());
+    let mut body: Option<&[u8]> = None;
+    let Item { resource, room, orders, attributes: attrs } = item;
+    attrs.clear();
     let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
     each_field(buf, |tag, wire| {
         match tag {
@@ -349,20 +353,38 @@ fn log_record(buf: &[u8], resource: &Arc<Resource>, orders: &mut KeyOrders) -> R
     })?;
     let trace = TraceId::from_bytes(trace_id);
     if !trace_id.is_empty() && trace.is_none() {
-        convert::uncounted(|| body.map(any_value).transpose().and(attributes(&attrs)))?;
+        convert::uncounted(|| body.map(any_value).transpose().and(attributes(attrs)))?;
         return Ok(Err(format!("log record: invalid trace_id ({} bytes)", trace_id.len())));
     }
-    let body = body.map(any_value).transpose()?.flatten().map(|v| v.to_text()).unwrap_or_default();
+    // A text body (a sidecar's access-log line) keeps its allocation.
+    let body = match body.map(any_value).transpose()?.flatten() {
+        Some(Value::Str(text)) => text.into_string(),
+        other => other.map(|v| v.to_text()).unwrap_or_default(),
+    };
     Ok(Ok(LogRecord {
         time_unix_nanos: if time != 0 { time } else { observed },
         severity_number,
         severity_text: severity_text.to_owned(),
         body,
-        attributes: attributes_in(&attrs, orders.start(attrs.len()))?,
+        attributes: attributes_in(attrs, orders.start(attrs.len()), room)?,
         trace_id: trace,
         span_id: SpanId::from_bytes(span_id),
         resource: resource.clone(),
     }))
+}
+
+/// What converting one span or log record takes besides its bytes.
+struct Item<'r, 'a> {
+    /// Its resource.
+    resource: &'r Arc<Resource>,
+    /// Room to leave in its attribute list for the own end of a sidecar's hop
+    /// ([`Completer::room`]).
+    room: usize,
+    /// The key orders of the request's attribute lists so far.
+    orders: &'r mut KeyOrders,
+    /// The encoded attributes, a list kept from one item to the next (it grew from nothing
+    /// for each).
+    attributes: &'r mut Vec<&'a [u8]>,
 }
 
 /// The fields of a span as they are on the wire.
@@ -383,17 +405,11 @@ struct RawSpan<'a> {
 }
 
 /// One span: a decode error fails the request, an invalid span only itself.
-fn span<'a>(
-    buf: &'a [u8],
-    resource: &Arc<Resource>,
-    scope: &Arc<str>,
-    orders: &mut KeyOrders,
-    attributes: &mut Vec<&'a [u8]>,
-) -> Result<Result<Span, String>, DecodeError> {
-    attributes.clear();
-    let mut s = RawSpan { attributes: std::mem::take(attributes), ..RawSpan::default() };
-    let converted = span_from(buf, &mut s, resource, scope, orders);
-    *attributes = s.attributes;
+fn span<'a>(buf: &'a [u8], item: Item<'_, 'a>, scope: &Arc<str>) -> Result<Result<Span, String>, DecodeError> {
+    item.attributes.clear();
+    let mut s = RawSpan { attributes: std::mem::take(item.attributes), ..RawSpan::default() };
+    let converted = span_from(buf, &mut s, item.resource, scope, item.orders, item.room);
+    *item.attributes = s.attributes;
     converted
 }
 
@@ -403,6 +419,7 @@ fn span_from<'a>(
     resource: &Arc<Resource>,
     scope: &Arc<str>,
     orders: &mut KeyOrders,
+    room: usize,
 ) -> Result<Result<Span, String>, DecodeError> {
     each_field(buf, |tag, wire| {
         match tag {
@@ -436,11 +453,11 @@ fn span_from<'a>(
         Err(reason) => {
             // A broken nested message fails the whole request even under a rejected span,
             // as decoding the request first would; nothing of it is counted.
-            convert::uncounted(|| nested(s, Run::plain()))?;
+            convert::uncounted(|| nested(s, Run::plain(), 0))?;
             return Ok(Err(reason));
         }
     };
-    let (attributes, events, links) = nested(s, orders.start(s.attributes.len()))?;
+    let (attributes, events, links) = nested(s, orders.start(s.attributes.len()), room)?;
     let (status, status_message) = convert::status(s.status_code, s.status_message);
     Ok(Ok(Span {
         trace_id,
@@ -482,9 +499,9 @@ fn validate(s: &RawSpan<'_>) -> Result<Ids, String> {
     Ok((trace_id, span_id, parent_span_id))
 }
 
-/// A span's attributes, events and links.
-fn nested(s: &RawSpan<'_>, run: Run<'_>) -> Result<(Attributes, Vec<SpanEvent>, Vec<SpanLink>), DecodeError> {
-    let attributes = attributes_in(&s.attributes, run)?;
+/// A span's attributes (with `room` to spare), events and links.
+fn nested(s: &RawSpan<'_>, run: Run<'_>, room: usize) -> Result<(Attributes, Vec<SpanEvent>, Vec<SpanLink>), DecodeError> {
+    let attributes = attributes_in(&s.attributes, run, room)?;
     let events = s.events.iter().map(|e| event(e)).collect::<Result<Vec<_>, _>>()?;
     let links = s.links.iter().map(|l| link(l)).collect::<Result<Vec<Option<_>>, _>>()?;
     Ok((attributes, events, links.into_iter().flatten().collect()))
@@ -527,7 +544,7 @@ fn link(buf: &[u8]) -> Result<Option<SpanLink>, DecodeError> {
 /// Encoded `KeyValue`s converted as [`convert::attributes`] does: without the ones that
 /// have no value, sorted by key.
 fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
-    attributes_in(kvs, Run::plain())
+    attributes_in(kvs, Run::plain(), 0)
 }
 
 /// [`attributes`], its keys and their order taken from `run` when they match.
@@ -537,8 +554,9 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
 /// copy read it back in wider words than it had just been written in, each such read
 /// waiting for the writes to reach the cache (this function went from 10.6 % to 4.4 % of
 /// ingest's samples, perf).
-fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>) -> Result<Attributes, DecodeError> {
-    let mut out = Attributes::with_capacity(kvs.len());
+/// The list has `room` to spare, for attributes added after conversion.
+fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>, room: usize) -> Result<Attributes, DecodeError> {
+    let mut out = Attributes::with_capacity(kvs.len() + room);
     out.resize_with(kvs.len(), || (Key::Static(""), Value::Bool(false)));
     let mut kept = 0;
     for kv in kvs {
