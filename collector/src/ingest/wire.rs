@@ -756,6 +756,9 @@ mod tests {
         assert_eq!(&*wire.items[0].scope, "meshlens-proxy");
         let own_end = ["service", "workload"].map(|k| wire.items[0].attr_str(&format!("meshlens.source.{k}")));
         assert_eq!(own_end, [Some("checkout"), Some("checkout-v2")], "written back from the resource");
+        // `Vec::with_capacity` is exact: converted with room for those two, the list did not grow.
+        let written_back = &wire.items[0].attributes;
+        assert_eq!(written_back.capacity(), written_back.len(), "converted with room for the own end");
         assert_eq!((wire.items[0].status, wire.items[0].status_message.as_str()), (StatusCode::Error, "boom"));
         assert_eq!(wire.items[1].status_message, "", "a message without a set code is dropped");
     }
