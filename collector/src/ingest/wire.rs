@@ -547,14 +547,14 @@ fn attributes(kvs: &[&[u8]]) -> Result<Attributes, DecodeError> {
     attributes_in(kvs, Run::plain(), 0)
 }
 
-/// [`attributes`], its keys and their order taken from `run` when they match.
+/// [`attributes`], its keys and their order taken from `run` when they match, with `room`
+/// to spare for attributes added after conversion.
 ///
 /// The list is made at its full length first and each attribute written into its place:
 /// pushed, an attribute was put together on the stack and copied into the list, and the
 /// copy read it back in wider words than it had just been written in, each such read
 /// waiting for the writes to reach the cache (this function went from 10.6 % to 4.4 % of
 /// ingest's samples, perf).
-/// The list has `room` to spare, for attributes added after conversion.
 fn attributes_in(kvs: &[&[u8]], mut run: Run<'_>, room: usize) -> Result<Attributes, DecodeError> {
     let mut out = Attributes::with_capacity(kvs.len() + room);
     out.resize_with(kvs.len(), || (Key::Static(""), Value::Bool(false)));
