@@ -53,10 +53,8 @@ impl Attributes {
     }
     /// Adds the four mesh attributes of a workload under `keys` (source or destination).
     pub fn workload(&mut self, keys: &semconv::WorkloadKeys, id: &WorkloadIdentity) -> &mut Self {
-        self.str(keys.namespace, &*id.namespace)
-            .str(keys.service, &*id.service)
-            .str(keys.workload, &*id.workload)
-            .str(keys.version, &*id.version)
+        workload_attributes(self, keys, id);
+        self
     }
 }
 
@@ -98,6 +96,8 @@ impl AttributeSink for Attributes {
     }
 }
 
+/// Writes the four mesh attributes of a workload under `keys` (source, destination or
+/// resource), to whichever sink.
 fn workload_attributes(a: &mut impl AttributeSink, keys: &semconv::WorkloadKeys, id: &WorkloadIdentity) {
     a.string(keys.namespace, &id.namespace);
     a.string(keys.service, &id.service);
