@@ -1,7 +1,8 @@
 //! Background export of spans, access logs and metrics to the collector over OTLP/gRPC.
 //!
 //! Spans and logs are drained from their bounded queues in batches (up to `max_batch`
-//! records, or whatever arrived within `flush_interval`); metrics are exported every
+//! records, or whatever arrived by the next flush: every `flush_interval` on a fixed
+//! schedule, the logs' half an interval after the spans'); metrics are exported every
 //! `metrics_interval`. Spans and logs are encoded straight to protobuf ([`wire`]), once
 //! per batch whatever the retries, and copied once into the gRPC frame; a few requests of
 //! each signal may be out at once ([`MAX_IN_FLIGHT`]; one while exports fail). Requests are
@@ -198,6 +199,8 @@ trait Signal: Send + Sync + 'static {
 
 /// A signal made of request records, batched from a queue.
 trait RecordSignal: Signal {
+    /// Where in each flush interval this signal's batches close, as a share of it.
+    const PHASE: f64;
     /// Appends records to the request being encoded.
     fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]);
 }
@@ -216,6 +219,7 @@ impl Signal for Spans {
 }
 
 impl RecordSignal for Spans {
+    const PHASE: f64 = 0.0;
     fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) {
         encoder.push_spans(records);
     }
@@ -231,6 +235,10 @@ impl Signal for Logs {
 }
 
 impl RecordSignal for Logs {
+    /// Halfway between the spans' flushes: a request's span and access-log record are queued
+    /// together, and batches closing together made one burst of export work (the sidecar's
+    /// encoding, the collector's handling) twice the size of each of these two.
+    const PHASE: f64 = 0.5;
     fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) {
         encoder.push_logs(records);
     }
@@ -325,6 +333,7 @@ pub(super) fn spawn(
     let drain = Drain {
         max_batch: config.max_batch,
         flush_interval: config.flush_interval,
+        anchor: Instant::now(),
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
         resource: Arc::new(otlp::resource(&identity)),
         encoded_resource: Arc::new(otlp::resource(&identity).encode_to_vec()),
@@ -398,6 +407,8 @@ impl Health {
 struct Drain {
     max_batch: usize,
     flush_interval: Duration,
+    /// Where the flush schedule starts.
+    anchor: Instant,
     retry: RetryPolicy,
     resource: Arc<Resource>,
     encoded_resource: Arc<Vec<u8>>,
@@ -434,7 +445,7 @@ impl Drain {
                 // own, an eventfd write on the request path, ~8 % of the request thread's CPU
                 // at full load).
                 let started = Instant::now();
-                let deadline = started + self.flush_interval;
+                let deadline = flush_at(self.anchor + self.flush_interval.mul_f64(S::PHASE), self.flush_interval, started);
                 while !stopping && batch.len() < self.max_batch {
                     stopping = take_queued(&mut rx, &mut batch, self.max_batch);
                     let now = Instant::now();
@@ -531,6 +542,19 @@ struct Sent {
 fn next_look(filling_for: Duration, len: usize, max_batch: usize) -> Duration {
     let to_fill = max_batch.saturating_sub(len) as f64 / len.max(1) as f64;
     Duration::try_from_secs_f64(filling_for.as_secs_f64() * to_fill / 2.0).map_or(MAX_LOOK, |d| d.clamp(FILL_TICK, MAX_LOOK))
+}
+
+/// When a batch begun at `started` is sent at the latest: the first point of the schedule
+/// `origin + k × interval` after it. Batches close on a fixed schedule rather than an interval
+/// after their first record, so that the two signals, offset by their [`RecordSignal::PHASE`],
+/// stay apart; a record still waits at most one interval.
+fn flush_at(origin: Instant, interval: Duration, started: Instant) -> Instant {
+    let Some(since) = started.checked_duration_since(origin) else { return origin };
+    let interval_ns = interval.as_nanos().max(1);
+    let periods = since.as_nanos() / interval_ns + 1;
+    let at = u64::try_from(periods * interval_ns).ok().and_then(|ns| origin.checked_add(Duration::from_nanos(ns)));
+    // An interval too long to add to a clock reading: a year is as good as never.
+    at.or_else(|| started.checked_add(interval)).unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Moves what is queued into `batch`, up to `max` records; true when the queue is closed.
@@ -638,6 +662,26 @@ fn tcp_counters(stats: &TelemetryStats) -> Vec<otlp::TcpCounters> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_close_on_the_schedule_and_the_logs_halfway_between_the_spans() {
+        let (origin, ms) = (Instant::now(), Duration::from_millis);
+        let interval = ms(200);
+        assert_eq!(flush_at(origin, interval, origin), origin + interval, "on a point: the next one");
+        assert_eq!(flush_at(origin, interval, origin + ms(1)), origin + interval);
+        assert_eq!(flush_at(origin, interval, origin + ms(199)), origin + interval, "a batch begun late is short");
+        assert_eq!(flush_at(origin, interval, origin + ms(1_000)), origin + ms(1_200));
+        let logs = origin + interval.mul_f64(Logs::PHASE);
+        assert_eq!(flush_at(logs, interval, origin + ms(1)), origin + ms(100), "before its first point");
+        assert_eq!(flush_at(logs, interval, origin + ms(1_150)), origin + ms(1_300));
+        for begun in (0..2_000).step_by(7).map(ms) {
+            let (spans_at, logs_at) = (flush_at(origin, interval, origin + begun), flush_at(logs, interval, origin + begun));
+            assert!(spans_at > origin + begun && spans_at <= origin + begun + interval, "a record waits at most an interval");
+            assert!(logs_at > origin + begun && logs_at <= origin + begun + interval);
+            assert_eq!(spans_at.max(logs_at) - spans_at.min(logs_at), ms(100), "the signals flush half an interval apart");
+        }
+        assert!(flush_at(origin, Duration::MAX, origin + ms(5)) > origin + ms(5), "no overflow");
+    }
 
     #[test]
     fn a_batch_filling_slowly_is_looked_at_seldom() {
