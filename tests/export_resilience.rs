@@ -31,6 +31,16 @@ fn traffic(dir: &TestDir, tester: &Workload, n: u64) {
     assert_eq!(report["succeeded"], n, "traffic is unaffected: {report}");
 }
 
+/// Waits until the tester's sidecar has counted `n` spans and `n` access-log records as
+/// exported. Each signal on its own: the metrics' data points count under the same metric,
+/// and the two record signals close their batches half a flush interval apart.
+fn wait_for_spans_and_logs(tester: &Workload, n: u64) {
+    wait_for("the tester's spans and access logs to be exported", Duration::from_secs(15), || {
+        let exported = |signal| admin_metric(tester, "meshlens_proxy_telemetry_exported_total", &[("signal", signal)]);
+        (exported("spans") >= n as f64 && exported("logs") >= n as f64).then_some(())
+    });
+}
+
 #[test]
 fn collector_down_then_back() {
     let dir = TestDir::new("down");
@@ -211,10 +221,7 @@ fn a_collector_slow_to_answer_still_gets_every_record() {
     let n = 600;
     let report = load_with(&dir, tester.outbound, "http://front/", n, &["--rate", "300", "--concurrency", "8"]);
     assert_eq!(report["succeeded"], n, "traffic is unaffected: {report}");
-    wait_for("the tester's records to be exported", Duration::from_secs(15), || {
-        let exported = admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[]);
-        (exported >= 2.0 * n as f64).then_some(())
-    });
+    wait_for_spans_and_logs(&tester, n);
     assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
     // Both sidecars export: the tester's outbound records and the front's inbound ones.
     let spans = collector.spans.load(std::sync::atomic::Ordering::Relaxed);
@@ -232,10 +239,7 @@ fn compressed_exports_reach_the_collector_whole() {
     let (tester, _front, _procs) = mesh(&dir, otlp, "compression = \"gzip\"");
     let n = 200;
     traffic(&dir, &tester, n);
-    wait_for("the tester's records to be exported", Duration::from_secs(15), || {
-        let exported = admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[]);
-        (exported >= 2.0 * n as f64).then_some(())
-    });
+    wait_for_spans_and_logs(&tester, n);
     assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
     let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'");
     let logs = collector.sql_rows("SELECT count(*) FROM logs WHERE service = 'tester'");
