@@ -189,12 +189,8 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
     assert_eq!(unknown_trace.status, 404);
     assert_eq!(unknown_trace.json()["errors"][0]["code"], 404);
 
-    // Access logs, linked to the trace: one per span. A sidecar closes its log batches half a
-    // flush interval after its span batches, so the last ones may still be on their way.
-    wait_for("one access log per span of the trace", Duration::from_secs(10), || {
-        let logs = collector.json(&format!("/api/v1/logs?trace_id={trace_id}"));
-        (logs.as_array().map(Vec::len) == Some(8)).then_some(())
-    });
+    // Access logs, linked to the trace: one per span.
+    collector.logs(&format!("trace_id={trace_id}"), 8);
 }
 
 #[test]

@@ -74,10 +74,7 @@ fn sampling_keeps_errors_while_counts_stay_exact() {
         }
     }
     // The sidecars' OTLP metrics and access logs still cover every request.
-    wait_for("an access log for every request", Duration::from_secs(10), || {
-        let logs = collector.json("/api/v1/logs?service=tester&limit=1000");
-        (logs.as_array().map(Vec::len) == Some(REQUESTS as usize)).then_some(())
-    });
+    collector.logs("service=tester&limit=1000", REQUESTS as usize);
 }
 
 #[test]
@@ -113,11 +110,7 @@ fn b3_callers_are_continued_and_request_ids_follow_the_request() {
     let expected = [("front", "back"), ("front", "back"), ("tester", "front"), ("tester", "front")].map(|(a, b)| (a.to_owned(), b.to_owned()));
     assert_eq!(hops, expected, "{trace}");
 
-    // Access-log batches close half a flush interval after span batches.
-    let logs = wait_for("the trace's four access logs", Duration::from_secs(10), || {
-        let logs = collector.json(&format!("/api/v1/logs?trace_id={b3_trace}"));
-        (logs.as_array().map(Vec::len) == Some(4)).then_some(logs)
-    });
+    let logs = collector.logs(&format!("trace_id={b3_trace}"), 4);
     let mut logged: Vec<(String, String)> = logs
         .as_array()
         .expect("logs")

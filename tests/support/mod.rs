@@ -352,6 +352,19 @@ impl CollectorProc {
         get(self.web, path).json()
     }
 
+    /// The access-log records `GET /api/v1/logs?{query}` returns once there are at least `n`
+    /// (a sidecar closes its log batches half a flush interval after its span batches, so
+    /// they can trail the spans); fails if there are more than `n`.
+    pub fn logs(&self, query: &str, n: usize) -> serde_json::Value {
+        let path = format!("/api/v1/logs?{query}");
+        let logs = wait_for(&format!("{n} access-log records at {path}"), Duration::from_secs(10), || {
+            let logs = self.json(&path);
+            logs.as_array().is_some_and(|l| l.len() >= n).then_some(logs)
+        });
+        assert_eq!(logs.as_array().map(Vec::len), Some(n), "{path}: {logs}");
+        logs
+    }
+
     /// Runs an SQL query through `POST /api/v1/sql`; returns the reply (JSON rows on 200).
     pub fn sql(&self, query: &str) -> Reply {
         let body = serde_json::json!({ "query": query }).to_string();
