@@ -82,7 +82,7 @@ fn check_rows(rows: &[serde_json::Value]) {
     assert_eq!(null["telemetry_dropped"], 0, "{null:#}");
     assert!(null["collector_cpu_s_per_1k_requests"].is_null() && null["collector_busy_at_max"].is_null(), "{null:#}");
     // Collector down: nothing exported. Whether records were dropped yet depends on how many
-    // requests a debug build served: the queue holds 8,192 and a failing batch is retried for
+    // requests a debug build served: 4,096 records of each signal are held and a failing batch is retried for
     // `max_retry_time` (15 s) before it is dropped, so only the count's presence is checked.
     let down = row("collector down");
     assert_eq!(down["telemetry_exported"], 0, "{down:#}");

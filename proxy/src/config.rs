@@ -124,7 +124,8 @@ pub struct RawTelemetry {
     /// Time limit of one export call.
     #[serde(default = "default_export_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
     pub export_timeout: Duration,
-    /// Capacity of each export queue (spans, logs); when full, new records are dropped and counted.
+    /// Records of each signal (spans, logs) held encoded and unsent at most; past that, new
+    /// records are dropped and counted.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
     /// Largest number of records in one export batch.
@@ -335,7 +336,7 @@ fn default_export_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_queue() -> usize {
-    8192
+    4096
 }
 fn default_batch() -> usize {
     256

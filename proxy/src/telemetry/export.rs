@@ -1,22 +1,21 @@
 //! Background export of spans, access logs and metrics to the collector over OTLP/gRPC.
 //!
-//! Spans and logs are drained from their bounded queues in batches (up to `max_batch`
-//! records, or whatever arrived by the next flush: every `flush_interval` on a fixed
-//! schedule, the logs' half an interval after the spans'); metrics are exported every
-//! `metrics_interval`. Spans and logs are encoded straight to protobuf ([`wire`]), once
-//! per batch whatever the retries, and copied once into the gRPC frame; a few requests of
-//! each signal may be out at once ([`MAX_IN_FLIGHT`]; one while exports fail). Requests are
-//! gzip-compressed when configured. An export that fails with a code OTLP calls retryable
-//! (UNAVAILABLE and the like, or RESOURCE_EXHAUSTED carrying a RetryInfo) is retried with
-//! exponential backoff and jitter, waiting what RetryInfo asks when it says, for at most
-//! `max_retry_time`; then the batch is dropped and counted. Meanwhile the queues keep taking
-//! records until full and drop the rest, so memory stays bounded and the request path never
+//! Spans and logs are encoded into their batches as requests finish ([`batch`]); their
+//! tasks here send each batch when it fills (`max_batch` records) or at its flush time: every
+//! `flush_interval` on a fixed schedule, the logs' half an interval after the spans'. Metrics
+//! are exported every `metrics_interval`. A batch is encoded once whatever the retries, and
+//! copied once into the gRPC frame; a few requests of each signal may be out at once
+//! ([`MAX_IN_FLIGHT`]; one while exports fail). Requests are gzip-compressed when configured.
+//! An export that fails with a code OTLP calls retryable (UNAVAILABLE and the like, or
+//! RESOURCE_EXHAUSTED carrying a RetryInfo) is retried with exponential backoff and jitter,
+//! waiting what RetryInfo asks when it says, for at most `max_retry_time`; then the batch is
+//! dropped and counted. Meanwhile the batches keep taking records until they hold
+//! `queue_capacity` and drop the rest, so memory stays bounded and the request path never
 //! waits. The channel reconnects lazily, so export resumes by itself when the collector comes
-//! back. On shutdown the queues are drained and flushed once more.
+//! back. On shutdown the open batches are closed and flushed once more.
 //!
 //! The export tasks run on the request runtime (with one worker thread, the sidecar's one
-//! thread), encoding a batch [`ENCODE_STEP`] records at a time between yields to the
-//! requests. On a thread of their own they made the sidecar a second thread waking hundreds
+//! thread). On a thread of their own they made the sidecar a second thread waking hundreds
 //! of times a second: sharing two cores with the load and the upstream, the machine left
 //! 0.42–0.44 of them idle and the sidecar exporting to a receiver that does nothing ran at
 //! 49,000–52,500 req/s, against 55,700–60,400 and 0.19–0.24 idle here (`meshlens bench
@@ -41,7 +40,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::watch,
     task::{JoinHandle, JoinSet},
     time::Instant,
 };
@@ -57,21 +56,17 @@ use crate::{
     identity::WorkloadIdentity,
 };
 
-use super::{RequestMetrics, RequestRecord, Side, TelemetryStats, metrics::unix_nanos, otlp, wire};
+use super::{
+    RequestMetrics, RequestRecord, Side, TelemetryStats,
+    batch::{Batches, Closed},
+    metrics::unix_nanos,
+    otlp, wire,
+};
 
 /// First retry delay.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// How soon a batch being filled looks at its queue again, at the soonest.
-const FILL_TICK: Duration = Duration::from_millis(10);
-/// How long a batch being filled goes without looking at its queue, at the longest: the
-/// default queue (8,192 records) holds about twice that at one request thread's top rate.
-const MAX_LOOK: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Records encoded between two yields to the runtime: on the request thread, about 100 µs
-/// of work (the export side costs a few µs a record), so a request arriving meanwhile waits
-/// at most that long.
-const ENCODE_STEP: usize = 64;
 /// Export requests of one signal out at once. With one, the queue filled while a request
 /// waited for its answer, and a collector slow to answer for a third of a second (busy on
 /// the same cores) made a sidecar at 25,000 req/s drop records (`meshlens bench proxy`).
@@ -197,12 +192,12 @@ trait Signal: Send + Sync + 'static {
     fn rejected(response: &Self::Response) -> u64;
 }
 
-/// A signal made of request records, batched from a queue.
+/// A signal made of request records, encoded into [`Batches`] as requests finish.
 trait RecordSignal: Signal {
     /// Where in each flush interval this signal's batches close, as a share of it.
     const PHASE: f64;
-    /// Appends records to the request being encoded.
-    fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]);
+    /// Appends a record to the request being built.
+    fn push(encoder: &mut wire::Encoder, record: &RequestRecord);
 }
 
 struct Spans;
@@ -220,8 +215,8 @@ impl Signal for Spans {
 
 impl RecordSignal for Spans {
     const PHASE: f64 = 0.0;
-    fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) {
-        encoder.push_spans(records);
+    fn push(encoder: &mut wire::Encoder, record: &RequestRecord) {
+        encoder.push_span(record);
     }
 }
 
@@ -239,8 +234,8 @@ impl RecordSignal for Logs {
     /// together, and batches closing together made one burst of export work (the sidecar's
     /// encoding, the collector's handling) twice the size of each of these two.
     const PHASE: f64 = 0.5;
-    fn push(encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) {
-        encoder.push_logs(records);
+    fn push(encoder: &mut wire::Encoder, record: &RequestRecord) {
+        encoder.push_log(record);
     }
 }
 
@@ -320,32 +315,31 @@ pub(super) fn spawn(
     endpoint: &str,
     config: &TelemetryConfig,
     identity: Arc<WorkloadIdentity>,
-    span_rx: mpsc::Receiver<Arc<RequestRecord>>,
-    log_rx: mpsc::Receiver<Arc<RequestRecord>>,
     metrics: RequestMetrics,
     stats: TelemetryStats,
-) -> Result<ExportHandle, StartError> {
+) -> Result<Started, StartError> {
     let endpoint = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(1))
         .timeout(config.export_timeout);
     let gzip = config.compression == Compression::Gzip;
     let drain = Drain {
-        max_batch: config.max_batch,
         flush_interval: config.flush_interval,
         anchor: Instant::now(),
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
         resource: Arc::new(otlp::resource(&identity)),
-        encoded_resource: Arc::new(otlp::resource(&identity).encode_to_vec()),
-        encoded_scope: Arc::new(otlp::scope().encode_to_vec()),
         stats,
     };
+    let (resource, scope) = (Arc::new(otlp::resource(&identity).encode_to_vec()), Arc::new(otlp::scope().encode_to_vec()));
+    let batches = |encode| Batches::new(config.queue_capacity, config.max_batch, encode, resource.clone(), scope.clone());
+    let (span_batches, log_batches) = (batches(Spans::push), batches(Logs::push));
     let metrics_interval = config.metrics_interval;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (to_spans, to_logs) = (span_batches.clone(), log_batches.clone());
     let export = async move {
         let channel = endpoint.connect_lazy();
-        let spans = drain.clone().spawn::<Spans>(WireClient::new(channel.clone(), gzip), span_rx, shutdown_rx.clone());
-        let logs = drain.clone().spawn::<Logs>(WireClient::new(channel.clone(), gzip), log_rx, shutdown_rx.clone());
+        let spans = drain.clone().spawn::<Spans>(WireClient::new(channel.clone(), gzip), to_spans, shutdown_rx.clone());
+        let logs = drain.clone().spawn::<Logs>(WireClient::new(channel.clone(), gzip), to_logs, shutdown_rx.clone());
         let metric_task = tokio::spawn(export_metrics(WireClient::new(channel, gzip), drain, metrics, metrics_interval, shutdown_rx));
         for task in [spans, logs, metric_task] {
             let _ = task.await;
@@ -355,7 +349,14 @@ pub(super) fn spawn(
         Ok(runtime) if !gzip => Running::Tasks(runtime.spawn(export)),
         _ => Running::Thread(export_thread(&identity.workload, export)?),
     };
-    Ok(ExportHandle { shutdown: Some(shutdown_tx), running })
+    Ok(Started { handle: ExportHandle { shutdown: Some(shutdown_tx), running }, spans: span_batches, logs: log_batches })
+}
+
+/// The running export and the batches the request path encodes records into.
+pub(super) struct Started {
+    pub handle: ExportHandle,
+    pub spans: Arc<Batches>,
+    pub logs: Arc<Batches>,
 }
 
 /// Runs `export` on a thread of its own, with a single-threaded runtime.
@@ -402,98 +403,51 @@ impl Health {
     }
 }
 
-/// How queues are drained and batches sent.
+/// How batches are sent.
 #[derive(Debug, Clone)]
 struct Drain {
-    max_batch: usize,
     flush_interval: Duration,
     /// Where the flush schedule starts.
     anchor: Instant,
     retry: RetryPolicy,
     resource: Arc<Resource>,
-    encoded_resource: Arc<Vec<u8>>,
-    encoded_scope: Arc<Vec<u8>>,
     stats: TelemetryStats,
 }
 
 impl Drain {
-    /// Spawns a task that drains `rx` in batches into `sink` until shutdown, then flushes.
-    fn spawn<S: RecordSignal>(
-        self,
-        sink: WireClient,
-        mut rx: mpsc::Receiver<Arc<RequestRecord>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
+    /// Spawns a task that sends `batches` as they fill or their flush time comes, until
+    /// shutdown; then flushes what they hold.
+    fn spawn<S: RecordSignal>(self, sink: WireClient, batches: Arc<Batches>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut health = Health::new(S::SIGNAL);
-            let mut batch = Vec::with_capacity(self.max_batch);
-            let mut encoder = wire::Encoder::default();
             let mut in_flight = JoinSet::new();
+            let origin = self.anchor + self.flush_interval.mul_f64(S::PHASE);
             loop {
-                // Wait for the first record of a batch, taking in the exports that finish.
-                let mut stopping = tokio::select! {
-                    n = rx.recv_many(&mut batch, self.max_batch) => n == 0,
+                while let Some(batch) = batches.take_closed() {
+                    self.send::<S>(batch, &sink, &batches, &mut in_flight, &mut health).await;
+                }
+                // Woken for a batch's first record (to learn its flush time) and for a full
+                // batch; not for every record.
+                let deadline = batches.open_since().map(|since| flush_at(origin, self.flush_interval, since));
+                let stopping = tokio::select! {
+                    _ = batches.changed() => false,
+                    _ = sleep_until_some(deadline) => {
+                        batches.close_open();
+                        false
+                    }
                     _ = shutdown.changed() => true,
                     Some(sent) = in_flight.join_next(), if !in_flight.is_empty() => {
-                        self.finished(sent, &mut health, &mut encoder);
-                        continue;
+                        self.finished(sent, &mut health, &batches);
+                        false
                     }
                 };
-                // Fill the batch until it is full, the flush interval passes, or shutdown.
-                // The queue is looked at on a schedule (`next_look`) rather than awaited: a waiting
-                // receiver makes every record's send wake this task (on an export thread of its
-                // own, an eventfd write on the request path, ~8 % of the request thread's CPU
-                // at full load).
-                let started = Instant::now();
-                let deadline = flush_at(self.anchor + self.flush_interval.mul_f64(S::PHASE), self.flush_interval, started);
-                while !stopping && batch.len() < self.max_batch {
-                    stopping = take_queued(&mut rx, &mut batch, self.max_batch);
-                    let now = Instant::now();
-                    if stopping || batch.len() >= self.max_batch || now >= deadline {
-                        break;
-                    }
-                    let look = next_look(now - started, batch.len(), self.max_batch);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until((now + look).min(deadline)) => {}
-                        _ = shutdown.changed() => stopping = true,
-                    }
-                }
                 if stopping {
-                    rx.close();
-                    while let Ok(record) = rx.try_recv() {
-                        batch.push(record);
+                    batches.shut();
+                    while let Some(batch) = batches.take_closed() {
+                        self.send::<S>(batch, &sink, &batches, &mut in_flight, &mut health).await;
                     }
-                }
-                for chunk in batch.chunks(self.max_batch) {
-                    while let Some(sent) = in_flight.try_join_next() {
-                        self.finished(sent, &mut health, &mut encoder);
-                    }
-                    // At most `MAX_IN_FLIGHT` requests out, one while exports are failing
-                    // (no more retries at a collector that is down): past that the queue
-                    // fills, and what does not fit is dropped and counted.
-                    let limit = if health.failing { 1 } else { MAX_IN_FLIGHT };
-                    while in_flight.len() >= limit
-                        && let Some(sent) = in_flight.join_next().await
-                    {
-                        self.finished(sent, &mut health, &mut encoder);
-                    }
-                    // Encoded once; a retry resends the same bytes.
-                    let request = Arc::new(self.encode::<S>(&mut encoder, chunk).await);
-                    let (retry, stats, sink, records) = (self.retry, self.stats.clone(), sink.clone(), chunk.len() as u64);
-                    in_flight.spawn(async move {
-                        let result = retry
-                            .run(&stats, S::SIGNAL, || {
-                                let (mut sink, request) = (sink.clone(), request.clone());
-                                async move { sink.export::<S>(request).await }
-                            })
-                            .await;
-                        Sent { records, result, request }
-                    });
-                }
-                batch.clear();
-                if stopping {
                     while let Some(sent) = in_flight.join_next().await {
-                        self.finished(sent, &mut health, &mut encoder);
+                        self.finished(sent, &mut health, &batches);
                     }
                     return;
                 }
@@ -501,30 +455,59 @@ impl Drain {
         })
     }
 
-    /// Encodes `records` as one export request, [`ENCODE_STEP`] records at a time, letting the
-    /// runtime's other tasks (requests, on the request thread) run between steps.
-    async fn encode<S: RecordSignal>(&self, encoder: &mut wire::Encoder, records: &[Arc<RequestRecord>]) -> wire::Request {
-        encoder.start();
-        for (i, step) in records.chunks(ENCODE_STEP).enumerate() {
-            if i > 0 {
-                tokio::task::yield_now().await;
-            }
-            S::push(encoder, step);
+    /// Sends `batch` once there is room among the requests out: at most [`MAX_IN_FLIGHT`],
+    /// one while exports are failing (no more retries at a collector that is down). Past that
+    /// the batches fill, and what does not fit is dropped and counted.
+    async fn send<S: RecordSignal>(
+        &self,
+        batch: Closed,
+        sink: &WireClient,
+        batches: &Batches,
+        in_flight: &mut JoinSet<Sent>,
+        health: &mut Health,
+    ) {
+        while let Some(sent) = in_flight.try_join_next() {
+            self.finished(sent, health, batches);
         }
-        encoder.finish(&self.encoded_resource, &self.encoded_scope)
+        let limit = if health.failing { 1 } else { MAX_IN_FLIGHT };
+        while in_flight.len() >= limit
+            && let Some(sent) = in_flight.join_next().await
+        {
+            self.finished(sent, health, batches);
+        }
+        // Encoded once; a retry resends the same bytes.
+        let request = Arc::new(batch.request);
+        let (retry, stats, sink, records) = (self.retry, self.stats.clone(), sink.clone(), batch.records);
+        in_flight.spawn(async move {
+            let result = retry
+                .run(&stats, S::SIGNAL, || {
+                    let (mut sink, request) = (sink.clone(), request.clone());
+                    async move { sink.export::<S>(request).await }
+                })
+                .await;
+            Sent { records, result, request }
+        });
     }
 
-    /// Counts a finished export and takes its buffer back for the next batch.
-    fn finished(&self, sent: Result<Sent, tokio::task::JoinError>, health: &mut Health, encoder: &mut wire::Encoder) {
+    /// Counts a finished export and hands its buffer back for a later batch.
+    fn finished(&self, sent: Result<Sent, tokio::task::JoinError>, health: &mut Health, batches: &Batches) {
         match sent {
             Ok(Sent { records, result, request }) => {
                 health.account(&self.stats, records, request.encoded_len() as u64, result);
                 if let Ok(request) = Arc::try_unwrap(request) {
-                    encoder.recycle(request);
+                    batches.recycle(request);
                 }
             }
             Err(e) => tracing::warn!(signal = health.signal, "an export task ended abnormally: {e}"),
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -533,15 +516,6 @@ struct Sent {
     records: u64,
     result: Result<u64, Status>,
     request: Arc<wire::Request>,
-}
-
-/// How long a batch being filled waits before it looks at its queue again: half the time
-/// it would take to fill at the rate its records have arrived so far, within [`FILL_TICK`]
-/// and [`MAX_LOOK`]. At a few hundred requests a second a batch is looked at a handful of
-/// times in its flush interval instead of every tick; each look wakes the export task.
-fn next_look(filling_for: Duration, len: usize, max_batch: usize) -> Duration {
-    let to_fill = max_batch.saturating_sub(len) as f64 / len.max(1) as f64;
-    Duration::try_from_secs_f64(filling_for.as_secs_f64() * to_fill / 2.0).map_or(MAX_LOOK, |d| d.clamp(FILL_TICK, MAX_LOOK))
 }
 
 /// When a batch begun at `started` is sent at the latest: the first point of the schedule
@@ -555,18 +529,6 @@ fn flush_at(origin: Instant, interval: Duration, started: Instant) -> Instant {
     let at = u64::try_from(periods * interval_ns).ok().and_then(|ns| origin.checked_add(Duration::from_nanos(ns)));
     // An interval too long to add to a clock reading: a year is as good as never.
     at.or_else(|| started.checked_add(interval)).unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
-}
-
-/// Moves what is queued into `batch`, up to `max` records; true when the queue is closed.
-fn take_queued(rx: &mut mpsc::Receiver<Arc<RequestRecord>>, batch: &mut Vec<Arc<RequestRecord>>, max: usize) -> bool {
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(record) => batch.push(record),
-            Err(mpsc::error::TryRecvError::Empty) => return false,
-            Err(mpsc::error::TryRecvError::Disconnected) => return true,
-        }
-    }
-    false
 }
 
 /// Exports the request metrics every `interval`, and once more on shutdown.
@@ -681,22 +643,6 @@ mod tests {
             assert_eq!(spans_at.max(logs_at) - spans_at.min(logs_at), ms(100), "the signals flush half an interval apart");
         }
         assert!(flush_at(origin, Duration::MAX, origin + ms(5)) > origin + ms(5), "no overflow");
-    }
-
-    #[test]
-    fn a_batch_filling_slowly_is_looked_at_seldom() {
-        let ms = Duration::from_millis;
-        // Just started: no rate known yet.
-        assert_eq!(next_look(Duration::ZERO, 1, 512), FILL_TICK);
-        // 1,000 records a second: 10 in the first 10 ms, 502 to go, ~250 ms at that rate.
-        assert_eq!(next_look(ms(10), 10, 512), MAX_LOOK);
-        // 20,000 a second: 200 after 10 ms, the rest in ~16 ms; half of that is under a tick.
-        assert_eq!(next_look(ms(10), 200, 512), FILL_TICK);
-        // 2,000 a second: 100 after 50 ms, the rest in ~206 ms.
-        assert_eq!(next_look(ms(50), 100, 512), ms(100));
-        // 6,000 a second: 300 after 50 ms, the rest in ~35 ms.
-        assert!((ms(17)..ms(18)).contains(&next_look(ms(50), 300, 512)));
-        assert_eq!(next_look(Duration::MAX, 1, usize::MAX), MAX_LOOK, "no overflow");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! What the sidecar observes, and how it leaves the request path.
 //!
 //! The observe layer hands one [`RequestRecord`] per finished exchange to
-//! [`Telemetry::record`], which updates the in-process request metrics and offers the
-//! record to two bounded queues (spans, access logs) without ever waiting. Background
-//! tasks ([`export`]) drain the queues in batches and export them with OTLP/gRPC; when a
-//! queue is full the record is dropped and counted, so the request never pays for a slow
-//! or absent collector.
+//! [`Telemetry::record`], which updates the in-process request metrics and encodes the
+//! record into two bounded sets of export batches (spans, access logs, [`batch`]) without
+//! ever waiting. Background tasks ([`export`]) send the batches with OTLP/gRPC; when the
+//! batches are full the record is dropped and counted, so the request never pays for a
+//! slow or absent collector.
 
 pub mod access_log;
+pub mod batch;
 pub mod export;
 pub mod metrics;
 pub mod otlp;
@@ -16,8 +17,6 @@ pub mod text;
 pub mod wire;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-use tokio::sync::mpsc;
 
 use crate::{
     classify::{Classification, ResponseFlags},
@@ -139,10 +138,10 @@ impl RequestRecord {
     }
 }
 
-/// A bounded queue that never waits: full means dropped, and counted.
+/// One signal's bounded export batches: full means dropped, and counted.
 #[derive(Debug, Clone)]
 struct Queue {
-    tx: mpsc::Sender<Arc<RequestRecord>>,
+    batches: Arc<batch::Batches>,
     signal: &'static str,
 }
 
@@ -174,21 +173,11 @@ impl Telemetry {
         let metrics = RequestMetrics::new(config.labels.clone(), stats.clone());
         let (spans, logs, handle) = match &config.otlp_endpoint {
             Some(endpoint) => {
-                let (span_tx, span_rx) = mpsc::channel(config.queue_capacity);
-                let (log_tx, log_rx) = mpsc::channel(config.queue_capacity);
-                let handle = export::spawn(
-                    endpoint,
-                    config,
-                    identity.clone(),
-                    span_rx,
-                    log_rx,
-                    metrics.clone(),
-                    stats.clone(),
-                )?;
+                let started = export::spawn(endpoint, config, identity.clone(), metrics.clone(), stats.clone())?;
                 (
-                    Some(Queue { tx: span_tx, signal: "spans" }),
-                    Some(Queue { tx: log_tx, signal: "logs" }),
-                    handle,
+                    Some(Queue { batches: started.spans, signal: "spans" }),
+                    Some(Queue { batches: started.logs, signal: "logs" }),
+                    started.handle,
                 )
             }
             None => (None, None, ExportHandle::disabled()),
@@ -244,12 +233,12 @@ impl Telemetry {
         &self.inner.stats
     }
 
-    /// Records one finished exchange. Never blocks: full queues drop and count.
+    /// Records one finished exchange. Never blocks: full batches drop and count.
     pub fn record(&self, record: RequestRecord) {
         let inner = &*self.inner;
         if record.attempt.is_some() {
             if self.keeps_span(&record) {
-                self.offer(inner.spans.as_ref(), Arc::new(record));
+                self.offer(inner.spans.as_ref(), &record);
             }
             return;
         }
@@ -258,17 +247,15 @@ impl Telemetry {
         if let Some(stdout) = &inner.stdout {
             stdout.write(&record, &inner.stats);
         }
-        let keep = self.keeps_span(&record);
-        let record = Arc::new(record);
-        if keep {
-            self.offer(inner.spans.as_ref(), record.clone());
+        if self.keeps_span(&record) {
+            self.offer(inner.spans.as_ref(), &record);
         }
-        self.offer(inner.logs.as_ref(), record);
+        self.offer(inner.logs.as_ref(), &record);
     }
 
-    fn offer(&self, queue: Option<&Queue>, record: Arc<RequestRecord>) {
+    fn offer(&self, queue: Option<&Queue>, record: &RequestRecord) {
         let Some(queue) = queue else { return };
-        if queue.tx.try_send(record).is_err() {
+        if !queue.batches.offer(record) {
             self.inner.stats.dropped(queue.signal, "queue_full", 1);
         }
     }

@@ -140,6 +140,11 @@ impl Request {
         out.put_slice(&self.items);
     }
 
+    /// Its records buffer, to build another request in.
+    pub fn into_items(self) -> Vec<u8> {
+        self.items
+    }
+
     /// The whole message in one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
@@ -158,42 +163,28 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Starts a request: the records pushed next go into it, until [`Encoder::finish`].
-    pub fn start(&mut self) {
-        self.items.clear();
+    /// Appends `r` as a span (`ScopeSpans.spans`) to the request being built.
+    pub fn push_span(&mut self, r: &RequestRecord) {
+        let start = open_item(&mut self.items, 2); // ScopeSpans.spans = 2
+        self.span(r);
+        close_item(&mut self.items, start);
     }
 
-    /// Appends `records` as spans (`ScopeSpans.spans`).
-    pub fn push_spans(&mut self, records: &[std::sync::Arc<RequestRecord>]) {
-        for r in records {
-            let start = open_item(&mut self.items, 2); // ScopeSpans.spans = 2
-            self.span(r);
-            close_item(&mut self.items, start);
-        }
+    /// Appends `r` as an access-log record (`ScopeLogs.log_records`) to the request being built.
+    pub fn push_log(&mut self, r: &RequestRecord) {
+        let start = open_item(&mut self.items, 2); // ScopeLogs.log_records = 2
+        self.log_record(r);
+        close_item(&mut self.items, start);
     }
 
-    /// Appends `records` as access-log records (`ScopeLogs.log_records`).
-    pub fn push_logs(&mut self, records: &[std::sync::Arc<RequestRecord>]) {
-        for r in records {
-            let start = open_item(&mut self.items, 2); // ScopeLogs.log_records = 2
-            self.log_record(r);
-            close_item(&mut self.items, start);
-        }
-    }
-
-    /// Takes back the records buffer of a request that was sent, to encode the next one in.
-    pub fn recycle(&mut self, request: Request) {
-        if request.items.capacity() > self.items.capacity() {
-            self.items = request.items;
-        }
-    }
-
-    /// The request of the records pushed since [`Encoder::start`], with the pre-encoded
-    /// `resource` and `scope` messages: an `ExportTraceServiceRequest` of spans, or an
+    /// The request of the records pushed since the last one, with the pre-encoded `resource`
+    /// and `scope` messages: an `ExportTraceServiceRequest` of spans, or an
     /// `ExportLogsServiceRequest` of log records, which share one shape:
     /// `Request { 1: Resource{Spans,Logs} { 1: resource, 2: Scope{Spans,Logs} { 1: scope, items } } }`.
-    pub fn finish(&mut self, resource: &[u8], scope: &[u8]) -> Request {
-        let items = std::mem::take(&mut self.items);
+    /// The next records go into `next` (a sent request's buffer, emptied here).
+    pub fn finish(&mut self, resource: &[u8], scope: &[u8], mut next: Vec<u8>) -> Request {
+        next.clear();
+        let items = std::mem::replace(&mut self.items, next);
         let scoped_len = field_len(scope.len()) + items.len();
         let resourced_len = field_len(resource.len()) + field_len(scoped_len);
         let mut head = Vec::with_capacity(field_len(resourced_len) - items.len());
@@ -347,29 +338,27 @@ mod tests {
         let (resource_bytes, scope_bytes) = (resource.encode_to_vec(), otlp::scope().encode_to_vec());
         let batch = records();
         let mut encoder = Encoder::default();
+        let mut spare = Vec::new();
         for _ in 0..2 {
             // Twice: reused buffers must not leak one request into the next.
-            // Pushed in two parts, as the export task does between yields.
-            let (head, tail) = batch.split_at(2);
-            encoder.start();
-            encoder.push_spans(head);
-            encoder.push_spans(tail);
-            let request = encoder.finish(&resource_bytes, &scope_bytes);
+            for r in &batch {
+                encoder.push_span(r);
+            }
+            let request = encoder.finish(&resource_bytes, &scope_bytes, spare);
             let bytes = request.to_vec();
             assert_eq!(bytes.len(), request.encoded_len());
             let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::trace_request(&resource, &batch));
             assert_eq!(bytes, decoded.encode_to_vec(), "the same bytes as prost writes");
-            encoder.recycle(request);
-            encoder.start();
-            encoder.push_logs(head);
-            encoder.push_logs(tail);
-            let request = encoder.finish(&resource_bytes, &scope_bytes);
+            for r in &batch {
+                encoder.push_log(r);
+            }
+            let request = encoder.finish(&resource_bytes, &scope_bytes, request.into_items());
             let bytes = request.to_vec();
             let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
             assert_eq!(decoded, otlp::reference::logs_request(&resource, &batch));
             assert_eq!(bytes, decoded.encode_to_vec(), "the same bytes as prost writes");
-            encoder.recycle(request);
+            spare = request.into_items();
         }
     }
 }
