@@ -404,7 +404,7 @@ pub struct TelemetryConfig {
     pub metrics_interval: Duration,
     /// Time limit of one export call.
     pub export_timeout: Duration,
-    /// Capacity of each export queue.
+    /// Records of each signal held encoded and unsent at most.
     pub queue_capacity: usize,
     /// Largest batch.
     pub max_batch: usize,
