@@ -2,7 +2,9 @@
 //! still succeeds, telemetry is dropped and counted on the sidecar's admin `/metrics`,
 //! memory stays bounded, and export resumes by itself when the collector returns; a
 //! collector slow to answer still gets every record, and so does one receiving
-//! compressed exports.
+//! compressed exports. Over OTLP/HTTP too: every record reaches the collector, a collector
+//! answering 429 or 503 is retried after the `Retry-After` it sent, and one answering 400
+//! is not retried.
 
 mod support;
 
@@ -17,10 +19,15 @@ fn admin_metric(w: &Workload, metric: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn mesh(dir: &TestDir, otlp: SocketAddr, telemetry: &str) -> (Workload, Workload, Vec<Proc>) {
+    mesh_configured(dir, otlp, &format!("{EXPORT}\n{telemetry}"))
+}
+
+/// The tester and the front, their sidecars' `[telemetry]` holding `telemetry` only.
+fn mesh_configured(dir: &TestDir, otlp: SocketAddr, telemetry: &str) -> (Workload, Workload, Vec<Proc>) {
     let mut tester = Workload::new("tester", &[]);
     let mut front = Workload::new("front", &[]);
-    tester.telemetry = format!("{EXPORT}\n{telemetry}");
-    front.telemetry = format!("{EXPORT}\n{telemetry}");
+    tester.telemetry = telemetry.to_owned();
+    front.telemetry = telemetry.to_owned();
     let procs = start_mesh(dir, &[&tester, &front], otlp);
     (tester, front, procs)
 }
@@ -248,4 +255,179 @@ fn compressed_exports_reach_the_collector_whole() {
     // bytes of protobuf, gzip makes these near-identical records a fraction of that.
     let span_bytes = admin_metric(&tester, "meshlens_proxy_telemetry_exported_bytes_total", &[("signal", "spans")]) / n as f64;
     assert!((300.0..5000.0).contains(&span_bytes), "{span_bytes} bytes per exported span");
+}
+
+#[test]
+fn otlp_http_exports_reach_the_collector_whole() {
+    let dir = TestDir::new("otlp-http");
+    let collector = CollectorProc::start(&dir);
+    let (tester, _front, _procs) = mesh(&dir, collector.http, "otlp_protocol = \"http/protobuf\"");
+    let n = 200;
+    traffic(&dir, &tester, n);
+    wait_for_spans_and_logs(&tester, n);
+    wait_for("the request metrics to be exported over HTTP", Duration::from_secs(10), || {
+        (admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[("signal", "metrics")]) > 0.0).then_some(())
+    });
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[]), 0.0);
+    let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'");
+    let logs = collector.sql_rows("SELECT count(*) FROM logs WHERE service = 'tester'");
+    assert_eq!((spans[0][0].as_u64(), logs[0][0].as_u64()), (Some(n), Some(n)), "every span and access-log record stored");
+}
+
+mod fake_http {
+    //! An OTLP/HTTP collector that refuses every export for a while with one status (and
+    //! perhaps a `Retry-After`), then takes them; it notes when a refused request comes back.
+    use std::{
+        collections::HashMap,
+        hash::{DefaultHasher, Hash, Hasher},
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response, body::Incoming, service::service_fn};
+    use opentelemetry_proto::tonic::collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest};
+    use prost::Message;
+
+    /// What the fake saw.
+    #[derive(Default)]
+    pub struct Seen {
+        /// Export requests refused.
+        pub refused: u64,
+        /// Spans and log records taken.
+        pub spans: u64,
+        pub logs: u64,
+        /// For each refused request sent again (the same bytes): how long after its refusal.
+        pub resent_after: Vec<Duration>,
+        started: Option<Instant>,
+        refused_at: HashMap<u64, Instant>,
+    }
+
+    /// How the fake answers.
+    #[derive(Clone, Copy)]
+    pub struct Refusal {
+        /// For how long after the first export request it refuses.
+        pub for_: Duration,
+        pub status: u16,
+        pub retry_after: Option<&'static str>,
+    }
+
+    fn answer(seen: &Mutex<Seen>, refusal: Refusal, path: &str, body: &Bytes) -> Response<Full<Bytes>> {
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        let (digest, now) = (hasher.finish(), Instant::now());
+        let mut seen = seen.lock().expect("lock");
+        let started = *seen.started.get_or_insert(now);
+        if let Some(at) = seen.refused_at.remove(&digest) {
+            seen.resent_after.push(now - at);
+        }
+        if now - started < refusal.for_ {
+            seen.refused += 1;
+            seen.refused_at.insert(digest, now);
+            let status = meshlens_common::rpc::RpcStatus { code: 14, message: "not now".into(), details: vec![] };
+            let mut response = Response::builder().status(refusal.status).header("content-type", "application/x-protobuf");
+            if let Some(after) = refusal.retry_after {
+                response = response.header("retry-after", after);
+            }
+            return response.body(Full::new(Bytes::from(status.encode_to_vec()))).expect("response");
+        }
+        match path {
+            "/v1/traces" => {
+                let r = ExportTraceServiceRequest::decode(body.clone()).expect("traces");
+                seen.spans += r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum::<u64>();
+            }
+            "/v1/logs" => {
+                let r = ExportLogsServiceRequest::decode(body.clone()).expect("logs");
+                seen.logs += r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum::<u64>();
+            }
+            _ => {}
+        }
+        Response::builder().header("content-type", "application/x-protobuf").body(Full::new(Bytes::new())).expect("response")
+    }
+
+    /// Serves the fake on `listener` in the background.
+    pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener, refusal: Refusal) -> Arc<Mutex<Seen>> {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        runtime.spawn(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            let body = request.into_body().collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(answer(&seen, refusal, &path, &body))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        seen
+    }
+}
+
+/// A fake OTLP/HTTP collector refusing as `refusal` says, and the mesh exporting to it over
+/// OTLP/HTTP with `telemetry`.
+fn mesh_exporting_over_http(
+    dir: &TestDir,
+    runtime: &tokio::runtime::Runtime,
+    refusal: fake_http::Refusal,
+    telemetry: &str,
+) -> (std::sync::Arc<std::sync::Mutex<fake_http::Seen>>, Workload, Vec<Proc>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let seen = fake_http::serve(runtime, listener, refusal);
+    let (tester, _front, procs) = mesh_configured(dir, otlp, &format!("otlp_protocol = \"http/protobuf\"\n{telemetry}"));
+    (seen, tester, procs)
+}
+
+#[test]
+fn an_otlp_http_collector_asking_to_wait_is_retried_after_its_retry_after() {
+    // Every export is answered 429 or 503 with `Retry-After: 2` for the first 1.5 s, then
+    // taken. Each refused batch is sent again once, two seconds later (the exporter's own
+    // backoff would have come back within 100-150 ms, again and again), and nothing is lost.
+    for (status, reason) in [(503, "http_503"), (429, "http_429")] {
+        let dir = TestDir::new(&format!("http-{status}"));
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let refusal = fake_http::Refusal { for_: Duration::from_millis(1500), status, retry_after: Some("2") };
+        let export = "queue_capacity = 4096\nexport_timeout = \"1s\"\nmax_retry_time = \"10s\"";
+        let (seen, tester, _procs) = mesh_exporting_over_http(&dir, &runtime, refusal, export);
+        let n = 300;
+        let report = load_with(&dir, tester.outbound, "http://front/", n, &["--rate", "200", "--concurrency", "8"]);
+        assert_eq!(report["succeeded"], n, "traffic is unaffected: {report}");
+        wait_for_spans_and_logs(&tester, n);
+        assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0, "{status}: nothing lost");
+        assert!(admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[("reason", reason)]) > 0.0);
+        let seen = seen.lock().expect("lock");
+        assert!(seen.refused > 0 && !seen.resent_after.is_empty(), "{status}: refused {} requests", seen.refused);
+        for gap in &seen.resent_after {
+            assert!(*gap >= Duration::from_millis(1900), "{status}: a refused request came back after {gap:?}, not Retry-After's 2 s");
+        }
+        // Both sidecars export: the tester's outbound records and the front's inbound ones.
+        assert!(seen.spans >= n && seen.logs >= n, "{status}: {} spans and {} log records taken", seen.spans, seen.logs);
+    }
+}
+
+#[test]
+fn an_otlp_http_collector_answering_400_is_not_retried() {
+    let dir = TestDir::new("http-400");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let refusal = fake_http::Refusal { for_: Duration::MAX, status: 400, retry_after: Some("1") };
+    let (seen, tester, _procs) = mesh_exporting_over_http(&dir, &runtime, refusal, EXPORT);
+    traffic(&dir, &tester, 200);
+    wait_for("refused batches to be dropped", Duration::from_secs(15), || {
+        (admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]) > 0.0).then_some(())
+    });
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[]), 0.0, "400 is final");
+    let seen = seen.lock().expect("lock");
+    assert!(seen.refused > 0);
+    assert!(seen.resent_after.is_empty(), "no refused request was sent again: {:?}", seen.resent_after);
 }

@@ -112,9 +112,14 @@ impl Default for RawAdmin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
-    /// OTLP/gRPC endpoint of the collector; empty turns export off.
-    #[serde(default = "default_otlp")]
-    pub otlp_endpoint: String,
+    /// How telemetry reaches the collector: `grpc` (default) or `http/protobuf`.
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// The collector's OTLP endpoint (default `http://127.0.0.1:4317` over gRPC,
+    /// `http://127.0.0.1:4318` over HTTP, where `/v1/traces`, `/v1/logs` and `/v1/metrics` are
+    /// appended to it); empty turns export off.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// Longest time a span or log record waits before its batch is sent.
     #[serde(default = "default_flush", deserialize_with = "meshlens_common::duration::deserialize")]
     pub flush_interval: Duration,
@@ -160,6 +165,28 @@ pub struct RawTelemetry {
     pub max_label_values: usize,
 }
 
+/// The OTLP transport the sidecar exports with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The collector's endpoint on this machine, on the conventional port.
+    pub fn default_endpoint(self) -> &'static str {
+        match self {
+            Self::Grpc => "http://127.0.0.1:4317",
+            Self::HttpProtobuf => "http://127.0.0.1:4318",
+        }
+    }
+}
+
 /// Compression of export requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,7 +200,8 @@ pub enum Compression {
 impl Default for RawTelemetry {
     fn default() -> Self {
         Self {
-            otlp_endpoint: default_otlp(),
+            otlp_protocol: OtlpProtocol::Grpc,
+            otlp_endpoint: None,
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
             export_timeout: default_export_timeout(),
@@ -323,9 +351,6 @@ fn default_namespace() -> String {
 fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
-fn default_otlp() -> String {
-    "http://127.0.0.1:4317".into()
-}
 fn default_flush() -> Duration {
     Duration::from_millis(200)
 }
@@ -396,8 +421,11 @@ pub struct ProxyConfig {
 /// Validated telemetry settings.
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
-    /// OTLP/gRPC endpoint; `None` turns export off (telemetry is still recorded and counted).
+    /// The collector's OTLP endpoint; `None` turns export off (telemetry is still recorded
+    /// and counted).
     pub otlp_endpoint: Option<String>,
+    /// How export requests are sent.
+    pub otlp_protocol: OtlpProtocol,
     /// Longest wait of a record before its batch is sent.
     pub flush_interval: Duration,
     /// Metric export period.
@@ -436,7 +464,8 @@ pub struct Sampling {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            otlp_endpoint: Some(default_otlp()),
+            otlp_endpoint: Some(OtlpProtocol::Grpc.default_endpoint().to_owned()),
+            otlp_protocol: OtlpProtocol::Grpc,
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
             export_timeout: default_export_timeout(),
@@ -471,7 +500,11 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             )));
         }
         Ok(Self {
-            otlp_endpoint: Some(t.otlp_endpoint).filter(|e| !e.trim().is_empty()),
+            otlp_endpoint: match t.otlp_endpoint {
+                None => Some(t.otlp_protocol.default_endpoint().to_owned()),
+                Some(e) => Some(e).filter(|e| !e.trim().is_empty()),
+            },
+            otlp_protocol: t.otlp_protocol,
             flush_interval: t.flush_interval,
             metrics_interval: t.metrics_interval,
             export_timeout: t.export_timeout,
@@ -741,6 +774,19 @@ mod tests {
         let reviews = &cfg.services[0];
         assert_eq!(&*reviews.namespace, "shop");
         assert_eq!(&*reviews.endpoints[1].identity.workload, "reviews-v2");
+    }
+
+    #[test]
+    fn the_default_endpoint_follows_the_otlp_protocol() {
+        let with = |lines: &str| ProxyConfig::from_toml(&GOOD.replace("[telemetry]", &format!("[telemetry]\n{lines}"))).map(|c| c.telemetry);
+        let grpc = with("").expect("valid");
+        assert_eq!((grpc.otlp_protocol, grpc.otlp_endpoint.as_deref()), (OtlpProtocol::Grpc, Some("http://127.0.0.1:4317")));
+        let http = with("otlp_protocol = \"http/protobuf\"").expect("valid");
+        assert_eq!((http.otlp_protocol, http.otlp_endpoint.as_deref()), (OtlpProtocol::HttpProtobuf, Some("http://127.0.0.1:4318")));
+        let chosen = with("otlp_protocol = \"http/protobuf\"\notlp_endpoint = \"http://collector:4318/otlp\"").expect("valid");
+        assert_eq!(chosen.otlp_endpoint.as_deref(), Some("http://collector:4318/otlp"));
+        assert_eq!(with("otlp_endpoint = \"\"").expect("valid").otlp_endpoint, None, "empty: export off");
+        assert!(with("otlp_protocol = \"http/json\"").is_err(), "an unknown protocol is refused at load");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Background export of spans, access logs and metrics to the collector over OTLP/gRPC.
+//! Background export of spans, access logs and metrics to the collector over OTLP/gRPC or
+//! OTLP/HTTP ([`otlp_http`](super::otlp_http)).
 //!
 //! Spans and logs are encoded into their batches as requests finish ([`batch`]); their
 //! tasks here send each batch when it fills (`max_batch` records) or at its flush time: every
@@ -6,9 +7,10 @@
 //! are exported every `metrics_interval`. A batch is encoded once whatever the retries, and
 //! copied once into the gRPC frame; a few requests of each signal may be out at once
 //! ([`MAX_IN_FLIGHT`]; one while exports fail). Requests are gzip-compressed when configured.
-//! An export that fails with a code OTLP calls retryable (UNAVAILABLE and the like, or
-//! RESOURCE_EXHAUSTED carrying a RetryInfo) is retried with exponential backoff and jitter,
-//! waiting what RetryInfo asks when it says, for at most `max_retry_time`; then the batch is
+//! An export that fails with a code OTLP calls retryable (gRPC UNAVAILABLE and the like, or
+//! RESOURCE_EXHAUSTED carrying a RetryInfo; HTTP 429, 502, 503, 504) is retried with
+//! exponential backoff and jitter, waiting what RetryInfo or `Retry-After` asks when the
+//! collector says, for at most `max_retry_time`; then the batch is
 //! dropped and counted. Meanwhile the batches keep taking records until they hold
 //! `queue_capacity` and drop the rest, so memory stays bounded and the request path never
 //! waits. The channel reconnects lazily, so export resumes by itself when the collector comes
@@ -51,7 +53,7 @@ use tonic::{
 };
 
 use crate::{
-    config::{Compression, TelemetryConfig},
+    config::{Compression, OtlpProtocol, TelemetryConfig},
     error::StartError,
     identity::WorkloadIdentity,
 };
@@ -60,7 +62,9 @@ use super::{
     RequestMetrics, RequestRecord, Side, TelemetryStats,
     batch::{Batches, Closed},
     metrics::unix_nanos,
-    otlp, wire,
+    otlp,
+    otlp_http::{HttpClient, Target},
+    wire,
 };
 
 /// First retry delay.
@@ -75,6 +79,57 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// counted): see the benchmark's `delivered` column.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// Why an export attempt failed, whichever the transport.
+#[derive(Debug)]
+pub(super) struct Failed {
+    /// What the retry counter and the log call it: the gRPC code (`unavailable`,
+    /// `resource_exhausted`, ...) or the HTTP status (`http_503`, ...).
+    pub reason: &'static str,
+    /// Whether and when to try again.
+    pub retry: Retry,
+    /// What the collector or the connection said.
+    pub message: String,
+}
+
+/// Whether a failed export is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// No: the collector will not take this request.
+    Never,
+    /// Yes, after the exporter's backoff.
+    Backoff,
+    /// Yes, after what the collector asked.
+    After(Duration),
+}
+
+impl Failed {
+    /// A failure worth retrying after the backoff (the connection, a timeout).
+    pub(super) fn backoff(reason: &'static str, message: String) -> Self {
+        Self { reason, retry: Retry::Backoff, message }
+    }
+
+    /// A failure no retry would mend.
+    pub(super) fn final_error(reason: &'static str, message: String) -> Self {
+        Self { reason, retry: Retry::Never, message }
+    }
+}
+
+impl From<Status> for Failed {
+    /// OTLP/gRPC's retryable codes; RESOURCE_EXHAUSTED only from a server that says when
+    /// to come back (a RetryInfo).
+    fn from(status: Status) -> Self {
+        let hinted = meshlens_common::rpc::retry_delay(status.details());
+        let retry = match status.code() {
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
+                hinted.map_or(Retry::Backoff, Retry::After)
+            }
+            Code::ResourceExhausted => hinted.map_or(Retry::Never, Retry::After),
+            _ => Retry::Never,
+        };
+        Self { reason: code_label(status.code()), retry, message: status.message().to_owned() }
+    }
+}
+
 /// When and how long to retry a failed export.
 #[derive(Debug, Clone, Copy)]
 struct RetryPolicy {
@@ -82,37 +137,33 @@ struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before the next attempt after `status`, or `None` if it must not be retried.
-    fn delay(status: &Status, backoff: Duration) -> Option<Duration> {
-        let hinted = meshlens_common::rpc::retry_delay(status.details());
-        match status.code() {
-            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
-                Some(hinted.unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64())))
-            }
-            // Only a server that says when to come back is retried for exhaustion.
-            Code::ResourceExhausted => hinted,
-            _ => None,
+    /// The wait before the next attempt after `failed`, or `None` if it must not be retried.
+    fn delay(failed: &Failed, backoff: Duration) -> Option<Duration> {
+        match failed.retry {
+            Retry::Never => None,
+            Retry::Backoff => Some(backoff.mul_f64(0.5 + fastrand::f64())),
+            Retry::After(delay) => Some(delay),
         }
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the time is up.
-    async fn run<F, Fut>(&self, stats: &TelemetryStats, signal: &'static str, mut attempt: F) -> Result<u64, Status>
+    async fn run<F, Fut>(&self, stats: &TelemetryStats, signal: &'static str, mut attempt: F) -> Result<u64, Failed>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<u64, Status>>,
+        Fut: Future<Output = Result<u64, Failed>>,
     {
         let started = Instant::now();
         let mut backoff = INITIAL_BACKOFF;
         loop {
-            let status = match attempt().await {
+            let failed = match attempt().await {
                 Ok(rejected) => return Ok(rejected),
-                Err(status) => status,
+                Err(failed) => failed,
             };
-            let Some(delay) = Self::delay(&status, backoff) else { return Err(status) };
+            let Some(delay) = Self::delay(&failed, backoff) else { return Err(failed) };
             if started.elapsed() + delay > self.max_elapsed {
-                return Err(status);
+                return Err(failed);
             }
-            stats.retried(signal, code_label(status.code()));
+            stats.retried(signal, failed.reason);
             tokio::time::sleep(delay).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -186,6 +237,8 @@ trait Signal: Send + Sync + 'static {
     const SIGNAL: &'static str;
     /// The gRPC method.
     const PATH: &'static str;
+    /// The OTLP/HTTP path under the endpoint.
+    const HTTP_PATH: &'static str;
     /// The export response.
     type Response: Message + Default + Send + 'static;
     /// Records (data points, for metrics) the collector rejected, from its response.
@@ -207,6 +260,7 @@ struct Metrics;
 impl Signal for Spans {
     const SIGNAL: &'static str = "spans";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const HTTP_PATH: &'static str = "/v1/traces";
     type Response = ExportTraceServiceResponse;
     fn rejected(response: &Self::Response) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64)
@@ -223,6 +277,7 @@ impl RecordSignal for Spans {
 impl Signal for Logs {
     const SIGNAL: &'static str = "logs";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const HTTP_PATH: &'static str = "/v1/logs";
     type Response = ExportLogsServiceResponse;
     fn rejected(response: &Self::Response) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64)
@@ -242,30 +297,65 @@ impl RecordSignal for Logs {
 impl Signal for Metrics {
     const SIGNAL: &'static str = "metrics";
     const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const HTTP_PATH: &'static str = "/v1/metrics";
     type Response = ExportMetricsServiceResponse;
     fn rejected(response: &Self::Response) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_data_points.max(0) as u64)
     }
 }
 
-/// Sends one signal's encoded requests over the shared channel.
+/// Where export requests go, checked when the sidecar starts; connected once the export runs.
 #[derive(Debug, Clone)]
-struct WireClient {
-    grpc: tonic::client::Grpc<Channel>,
+enum Destination {
+    Grpc(Box<Endpoint>),
+    Http(Target),
+}
+
+impl Destination {
+    fn parse(endpoint: &str, config: &TelemetryConfig) -> Result<Self, StartError> {
+        match config.otlp_protocol {
+            OtlpProtocol::Grpc => Ok(Self::Grpc(Box::new(
+                Endpoint::from_shared(endpoint.to_owned())
+                    .map_err(|e| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(config.export_timeout),
+            ))),
+            OtlpProtocol::HttpProtobuf => Target::parse(endpoint).map(Self::Http),
+        }
+    }
+
+    /// A client the signals share (one lazily connecting gRPC channel, or one HTTP
+    /// connection pool). Called within the runtime the export runs on.
+    fn connect(self, gzip: bool, timeout: Duration) -> WireClient {
+        match self {
+            Self::Grpc(endpoint) => {
+                let grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
+                WireClient::Grpc(if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc })
+            }
+            Self::Http(target) => WireClient::Http(HttpClient::new(target, gzip, timeout)),
+        }
+    }
+}
+
+/// Sends encoded export requests to the collector.
+#[derive(Debug, Clone)]
+enum WireClient {
+    Grpc(tonic::client::Grpc<Channel>),
+    Http(HttpClient),
 }
 
 impl WireClient {
-    fn new(channel: Channel, gzip: bool) -> Self {
-        let grpc = tonic::client::Grpc::new(channel);
-        Self { grpc: if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc } }
-    }
-
     /// Sends one encoded request; returns how many records the collector rejected.
-    async fn export<S: Signal>(&mut self, request: Arc<wire::Request>) -> Result<u64, Status> {
-        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("the collector's channel: {e}")))?;
-        let path = http::uri::PathAndQuery::from_static(S::PATH);
-        let response = self.grpc.unary(tonic::Request::new(request), path, WireCodec::<S::Response>::default()).await?;
-        Ok(S::rejected(response.get_ref()))
+    async fn export<S: Signal>(&mut self, request: Arc<wire::Request>) -> Result<u64, Failed> {
+        match self {
+            Self::Grpc(grpc) => {
+                grpc.ready().await.map_err(|e| Failed::backoff("unavailable", format!("the collector's channel: {e}")))?;
+                let path = http::uri::PathAndQuery::from_static(S::PATH);
+                let response = grpc.unary(tonic::Request::new(request), path, WireCodec::<S::Response>::default()).await?;
+                Ok(S::rejected(response.get_ref()))
+            }
+            Self::Http(client) => Ok(S::rejected(&client.export::<S::Response>(S::HTTP_PATH, &request).await?)),
+        }
     }
 }
 
@@ -308,7 +398,8 @@ impl ExportHandle {
     }
 }
 
-/// Starts the export: three tasks on a shared lazily connecting channel, on the runtime
+/// Starts the export: three tasks on a shared client (a lazily connecting gRPC channel, or a
+/// pool of HTTP connections), on the runtime
 /// this is called from, or on a thread of their own when requests are compressed (or when
 /// called outside a runtime).
 pub(super) fn spawn(
@@ -318,10 +409,8 @@ pub(super) fn spawn(
     metrics: RequestMetrics,
     stats: TelemetryStats,
 ) -> Result<Started, StartError> {
-    let endpoint = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(config.export_timeout);
+    let destination = Destination::parse(endpoint, config)?;
+    let export_timeout = config.export_timeout;
     let gzip = config.compression == Compression::Gzip;
     let drain = Drain {
         flush_interval: config.flush_interval,
@@ -337,10 +426,10 @@ pub(super) fn spawn(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (to_spans, to_logs) = (span_batches.clone(), log_batches.clone());
     let export = async move {
-        let channel = endpoint.connect_lazy();
-        let spans = drain.clone().spawn::<Spans>(WireClient::new(channel.clone(), gzip), to_spans, shutdown_rx.clone());
-        let logs = drain.clone().spawn::<Logs>(WireClient::new(channel.clone(), gzip), to_logs, shutdown_rx.clone());
-        let metric_task = tokio::spawn(export_metrics(WireClient::new(channel, gzip), drain, metrics, metrics_interval, shutdown_rx));
+        let client = destination.connect(gzip, export_timeout);
+        let spans = drain.clone().spawn::<Spans>(client.clone(), to_spans, shutdown_rx.clone());
+        let logs = drain.clone().spawn::<Logs>(client.clone(), to_logs, shutdown_rx.clone());
+        let metric_task = tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, shutdown_rx));
         for task in [spans, logs, metric_task] {
             let _ = task.await;
         }
@@ -382,7 +471,7 @@ impl Health {
     }
 
     /// Counts an export request of `n` records and `bytes` bytes, sent or given up on.
-    fn account(&mut self, stats: &TelemetryStats, n: u64, bytes: u64, result: Result<u64, Status>) {
+    fn account(&mut self, stats: &TelemetryStats, n: u64, bytes: u64, result: Result<u64, Failed>) {
         match result {
             Ok(rejected) => {
                 stats.exported(self.signal, n - rejected.min(n), bytes);
@@ -393,10 +482,10 @@ impl Health {
                     tracing::info!(signal = self.signal, "telemetry export recovered");
                 }
             }
-            Err(status) => {
+            Err(failed) => {
                 stats.dropped(self.signal, "export_failed", n);
                 if !std::mem::replace(&mut self.failing, true) {
-                    tracing::warn!(signal = self.signal, code = ?status.code(), error = %status.message(), "telemetry export failing; dropping batches until the collector answers");
+                    tracing::warn!(signal = self.signal, reason = failed.reason, error = %failed.message, "telemetry export failing; dropping batches until the collector answers");
                 }
             }
         }
@@ -514,7 +603,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// One export request, sent or given up on.
 struct Sent {
     records: u64,
-    result: Result<u64, Status>,
+    result: Result<u64, Failed>,
     request: Arc<wire::Request>,
 }
 
@@ -648,7 +737,7 @@ mod tests {
     #[test]
     fn only_retryable_codes_are_retried() {
         let backoff = Duration::from_millis(100);
-        let wait = |s: Status| RetryPolicy::delay(&s, backoff);
+        let wait = |s: Status| RetryPolicy::delay(&Failed::from(s), backoff);
         assert!(wait(Status::unavailable("down")).is_some_and(|d| d >= backoff / 2 && d <= backoff * 3 / 2));
         assert!(wait(Status::deadline_exceeded("slow")).is_some());
         assert_eq!(wait(Status::invalid_argument("bad")), None);
@@ -667,7 +756,7 @@ mod tests {
         let result = policy
             .run(&stats, "spans", || {
                 attempts += 1;
-                async { Err::<u64, _>(Status::unavailable("down")) }
+                async { Err::<u64, _>(Failed::from(Status::unavailable("down"))) }
             })
             .await;
         assert!(result.is_err());
@@ -676,7 +765,7 @@ mod tests {
         let ok = policy
             .run(&stats, "spans", || {
                 attempts += 1;
-                let outcome = if attempts < 3 { Err(Status::unavailable("down")) } else { Ok(0) };
+                let outcome = if attempts < 3 { Err(Failed::from(Status::unavailable("down"))) } else { Ok(0) };
                 async move { outcome }
             })
             .await;

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod export;
 pub mod metrics;
 pub mod otlp;
+mod otlp_http;
 pub mod stats;
 pub mod text;
 pub mod wire;

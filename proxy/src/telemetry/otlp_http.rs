@@ -1,0 +1,216 @@
+//! OTLP/HTTP transport: export requests `POST`ed as protobuf to `/v1/traces`, `/v1/logs` and
+//! `/v1/metrics` under the configured endpoint, optionally gzip-compressed.
+//!
+//! What an answer means follows OTLP/HTTP: a 2xx carries the export response (with any
+//! partial success); 429, 502, 503 and 504 are retryable, after the `Retry-After` the
+//! server sent (seconds or an HTTP date) or else the exporter's backoff; every other status
+//! is final. A connection that fails or an answer that does not come within the export
+//! timeout is retryable too, as gRPC's UNAVAILABLE and DEADLINE_EXCEEDED are.
+
+use std::{
+    io::Write,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use prost::Message;
+
+use super::{
+    export::{Failed, Retry},
+    wire,
+};
+use crate::error::StartError;
+
+/// Largest answer read: an export response is a few bytes, an error a short message.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Where one collector takes OTLP/HTTP: its endpoint, checked when the sidecar starts.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    base: String,
+}
+
+impl Target {
+    /// Checks `endpoint` (`http://host:port`, perhaps with a path prefix).
+    pub(super) fn parse(endpoint: &str) -> Result<Self, StartError> {
+        let invalid = |reason: String| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason };
+        let uri: Uri = endpoint.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => return Err(invalid("OTLP/HTTP export speaks plain http:// only (no TLS yet)".into())),
+            _ => return Err(invalid("an OTLP/HTTP endpoint starts with http://".into())),
+        }
+        if uri.authority().is_none() || uri.query().is_some() {
+            return Err(invalid("an OTLP/HTTP endpoint is http://host:port, perhaps with a path, without a query".into()));
+        }
+        Ok(Self { base: endpoint.trim_end_matches('/').to_owned() })
+    }
+
+    /// The URI a signal is posted to (`path` is e.g. `/v1/traces`).
+    fn uri(&self, path: &str) -> Result<Uri, Failed> {
+        format!("{}{path}", self.base).parse().map_err(|e: http::uri::InvalidUri| Failed::final_error("invalid_uri", e.to_string()))
+    }
+}
+
+/// Sends export requests to one collector over HTTP/1.1, on a pool of kept-alive connections.
+#[derive(Debug, Clone)]
+pub(super) struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    target: Target,
+    gzip: bool,
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client for `target`; each attempt is given up after `timeout`. Must be called within
+    /// a tokio runtime, which runs its connections.
+    pub(super) fn new(target: Target, gzip: bool, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self { client, target, gzip, timeout }
+    }
+
+    /// Posts `request` to `path` and decodes the export response `R`.
+    pub(super) async fn export<R: Message + Default>(&self, path: &str, request: &wire::Request) -> Result<R, Failed> {
+        let body = if self.gzip { gzip(&request.to_vec())? } else { request.to_vec() };
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.target.uri(path)?)
+            .header(header::CONTENT_TYPE, "application/x-protobuf");
+        if self.gzip {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        }
+        let post = builder.body(Full::new(Bytes::from(body))).map_err(|e| Failed::final_error("invalid_request", e.to_string()))?;
+        let exchange = async {
+            let response = self.client.request(post).await.map_err(|e| Failed::backoff("unavailable", format!("{e:?}")))?;
+            let status = response.status();
+            let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+            let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| Failed::backoff("unavailable", format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, Failed>((status, retry_after, answer))
+        };
+        let (status, retry_after, answer) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| Failed::backoff("deadline_exceeded", format!("no answer within {:?}", self.timeout)))??;
+        if status.is_success() {
+            return R::decode(answer).map_err(|e| Failed::final_error("undecodable_answer", format!("undecodable export response: {e}")));
+        }
+        Err(refused(status, retry_after.as_ref(), &answer, SystemTime::now()))
+    }
+}
+
+/// What a non-2xx answer means (OTLP/HTTP's retryable statuses, and `Retry-After`).
+fn refused(status: StatusCode, retry_after: Option<&HeaderValue>, answer: &[u8], now: SystemTime) -> Failed {
+    // The body of an OTLP/HTTP error is a `google.rpc.Status`; else say what the status says.
+    let message = meshlens_common::rpc::RpcStatus::decode(answer)
+        .ok()
+        .map(|s| s.message)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+    let message = format!("HTTP {}: {message}", status.as_u16());
+    let reason = match status.as_u16() {
+        429 => "http_429",
+        502 => "http_502",
+        503 => "http_503",
+        504 => "http_504",
+        400..=499 => "http_4xx",
+        _ => "http_other",
+    };
+    let retry = match status.as_u16() {
+        429 | 502 | 503 | 504 => retry_after.and_then(|v| after(v, now)).map_or(Retry::Backoff, Retry::After),
+        _ => Retry::Never,
+    };
+    Failed { reason, retry, message }
+}
+
+/// How long a `Retry-After` asks to wait: delay-seconds or an HTTP date (past dates: no wait).
+fn after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// gzip-compresses an export request's bytes.
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>, Failed> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::default());
+    encoder.write_all(bytes).and_then(|()| encoder.finish()).map_err(|e| Failed::final_error("compression", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: u16, retry_after: Option<&str>) -> Failed {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = retry_after.map(|v| HeaderValue::from_str(v).expect("header"));
+        refused(StatusCode::from_u16(code).expect("status"), header.as_ref(), b"", now)
+    }
+
+    #[test]
+    fn only_the_statuses_otlp_calls_retryable_are_retried() {
+        for code in [429, 502, 503, 504] {
+            let failed = refusal(code, None);
+            assert_eq!(failed.retry, Retry::Backoff, "{code} without Retry-After: the exporter's backoff");
+            assert_eq!(failed.reason, format!("http_{code}"));
+        }
+        for code in [400, 401, 403, 404, 413, 415, 500, 501] {
+            assert_eq!(refusal(code, Some("1")).retry, Retry::Never, "{code} is final, whatever Retry-After says");
+        }
+        assert_eq!(refusal(400, None).reason, "http_4xx");
+        assert_eq!(refusal(500, None).reason, "http_other");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_as_seconds_or_as_a_date() {
+        assert_eq!(refusal(503, Some("3")).retry, Retry::After(Duration::from_secs(3)));
+        assert_eq!(refusal(429, Some(" 0 ")).retry, Retry::After(Duration::ZERO));
+        // 1,700,000,000 s after the epoch is Tue, 14 Nov 2023 22:13:20 GMT.
+        assert_eq!(refusal(503, Some("Tue, 14 Nov 2023 22:13:25 GMT")).retry, Retry::After(Duration::from_secs(5)));
+        assert_eq!(refusal(503, Some("Tue, 14 Nov 2023 22:13:00 GMT")).retry, Retry::After(Duration::ZERO), "a past date: no wait");
+        assert_eq!(refusal(503, Some("soon")).retry, Retry::Backoff, "unreadable: the backoff");
+        assert_eq!(refusal(503, Some("-1")).retry, Retry::Backoff);
+    }
+
+    #[test]
+    fn the_error_body_s_message_is_kept() {
+        let status = meshlens_common::rpc::RpcStatus { code: 3, message: "bad span".into(), details: vec![] };
+        let failed = refused(StatusCode::BAD_REQUEST, None, &status.encode_to_vec(), SystemTime::now());
+        assert_eq!(failed.message, "HTTP 400: bad span");
+        let failed = refused(StatusCode::SERVICE_UNAVAILABLE, None, b"<html>busy</html>", SystemTime::now());
+        assert_eq!(failed.message, "HTTP 503: Service Unavailable", "a body that is no Status: the status's own words");
+    }
+
+    #[test]
+    fn endpoints_are_checked_and_signals_appended() {
+        let target = Target::parse("http://127.0.0.1:4318/").expect("plain");
+        assert_eq!(target.uri("/v1/traces").expect("uri"), "http://127.0.0.1:4318/v1/traces");
+        let prefixed = Target::parse("http://collector:4318/otlp").expect("with a path");
+        assert_eq!(prefixed.uri("/v1/logs").expect("uri"), "http://collector:4318/otlp/v1/logs");
+        for bad in ["https://collector:4318", "collector:4318", "http://", "http://c:4318/?x=1", "not a uri"] {
+            assert!(Target::parse(bad).is_err(), "{bad} is refused");
+        }
+    }
+
+    #[test]
+    fn gzip_bodies_inflate_to_the_request() {
+        let bytes: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let packed = gzip(&bytes).expect("gzip");
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(packed.as_slice()), &mut out).expect("gunzip");
+        assert_eq!(out, bytes);
+    }
+}
