@@ -93,11 +93,12 @@ impl HttpClient {
             let response = self.client.request(post).await.map_err(|e| Failed::backoff("unavailable", format!("{e:?}")))?;
             let status = response.status();
             let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-            let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| Failed::backoff("unavailable", format!("reading the answer: {e}")))?
-                .to_bytes();
+            let answer = match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
+                Ok(answer) => answer.to_bytes(),
+                Err(e) if status.is_success() => return Err(Failed::backoff("unavailable", format!("reading the answer: {e}"))),
+                // A refusal is judged by its status, whatever its body.
+                Err(_) => Bytes::new(),
+            };
             Ok::<_, Failed>((status, retry_after, answer))
         };
         let (status, retry_after, answer) = tokio::time::timeout(self.timeout, exchange)
