@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use meshlens_proxy::{
     ProxyConfig, WorkloadIdentity,
-    config::{Endpoint, ServiceConfig, TelemetryConfig},
+    config::{Endpoint, OtlpProtocol, ServiceConfig, TelemetryConfig},
     http_route::RouteTemplates,
 };
 
@@ -156,14 +156,15 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
         .collect()
 }
 
-/// The sidecar configuration of one workload.
+/// The sidecar configuration of one workload, exporting to the collector at `otlp` with
+/// `protocol`.
 pub fn sidecar_config(
     identity: WorkloadIdentity,
     inbound: SocketAddr,
     app: SocketAddr,
     outbound: SocketAddr,
     services: Vec<Arc<ServiceConfig>>,
-    otlp: SocketAddr,
+    (protocol, otlp): (OtlpProtocol, SocketAddr),
 ) -> ProxyConfig {
     ProxyConfig {
         inbound_routes: routes_of(&identity.service),
@@ -174,6 +175,7 @@ pub fn sidecar_config(
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         telemetry: TelemetryConfig {
             otlp_endpoint: Some(format!("http://{otlp}")),
+            otlp_protocol: protocol,
             flush_interval: Duration::from_millis(500),
             metrics_interval: Duration::from_secs(5),
             ..TelemetryConfig::default()

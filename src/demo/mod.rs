@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use meshlens_collector::{Collector, CollectorConfig};
-use meshlens_proxy::{Sidecar, WorkloadIdentity};
+use meshlens_proxy::{Sidecar, WorkloadIdentity, config::OtlpProtocol};
 use tokio::{net::TcpListener, sync::watch};
 
 use self::{loadgen::LoadSpec, workload::WorkloadSpec};
@@ -61,14 +61,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             sidecar: p.outbound,
         };
         apps.push(tokio::spawn(workload::serve(listener, spec, stop_rx.clone())));
-        let config = mesh::sidecar_config(p.identity.clone(), p.inbound, p.app, p.outbound, services.clone(), addrs.otlp_grpc);
+        let otlp = (OtlpProtocol::Grpc, addrs.otlp_grpc);
+        let config = mesh::sidecar_config(p.identity.clone(), p.inbound, p.app, p.outbound, services.clone(), otlp);
         sidecars.push(Sidecar::start(config).await.with_context(|| format!("starting the sidecar of {}", p.identity.workload))?);
     }
 
-    // The load generator is a meshed workload too: its requests leave through its sidecar.
+    // The load generator is a meshed workload too: its requests leave through its sidecar,
+    // which exports over OTLP/HTTP (the others over gRPC), so the demo runs both transports.
     let loadgen_out = mesh::free_addr()?;
     let loadgen_identity = WorkloadIdentity::new(mesh::NAMESPACE, "loadgen", "loadgen", "v1");
-    let loadgen_config = mesh::sidecar_config(loadgen_identity, mesh::free_addr()?, mesh::free_addr()?, loadgen_out, services, addrs.otlp_grpc);
+    let otlp = (OtlpProtocol::HttpProtobuf, addrs.otlp_http);
+    let loadgen_config = mesh::sidecar_config(loadgen_identity, mesh::free_addr()?, mesh::free_addr()?, loadgen_out, services, otlp);
     sidecars.push(Sidecar::start(loadgen_config).await.context("starting the load generator's sidecar")?);
     let load = tokio::spawn(loadgen::run(
         LoadSpec {
@@ -89,8 +92,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("  Topology API     http://{}/api/v1/topology?window=60s", addrs.web);
     println!("  Jaeger API       http://{}/api/services", addrs.web);
     println!("  Prometheus       http://{}/metrics", addrs.web);
-    println!("  OTLP/gRPC        {}", addrs.otlp_grpc);
-    println!("  OTLP/HTTP        http://{}/v1/traces", addrs.otlp_http);
+    println!("  OTLP/gRPC        {}   (the services' sidecars export here)", addrs.otlp_grpc);
+    println!("  OTLP/HTTP        http://{}/v1/traces   (the load generator's sidecar exports here)", addrs.otlp_http);
     println!();
     println!("  Load: {} requests/s to frontend. Press Ctrl-C to stop.", options.rate);
     println!();
