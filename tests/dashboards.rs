@@ -114,11 +114,8 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
     // The load generator's sidecar exports over OTLP/HTTP, every other sidecar over gRPC:
     // both transports' spans and access logs are stored.
     let stored = |table: &str, service: &str| {
-        let query = format!("SELECT count(*) AS n FROM {table} WHERE service = '{service}'");
-        let body = serde_json::json!({ "query": query }).to_string();
-        let reply = http(web, "POST", "/api/v1/sql", &[("content-type", "application/json")], body.as_bytes()).expect("SQL");
-        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
-        reply.json()["rows"][0][0].as_u64().unwrap_or(0)
+        let rows = sql_rows(web, &format!("SELECT count(*) AS n FROM {table} WHERE service = '{service}'"));
+        rows.first().and_then(|r| r[0].as_u64()).unwrap_or(0)
     };
     for table in ["spans", "logs"] {
         for service in ["loadgen", "frontend"] {

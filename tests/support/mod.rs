@@ -367,16 +367,26 @@ impl CollectorProc {
 
     /// Runs an SQL query through `POST /api/v1/sql`; returns the reply (JSON rows on 200).
     pub fn sql(&self, query: &str) -> Reply {
-        let body = serde_json::json!({ "query": query }).to_string();
-        http(self.web, "POST", "/api/v1/sql", &[("content-type", "application/json")], body.as_bytes()).expect("SQL request")
+        sql(self.web, query)
     }
 
     /// The rows of an SQL query that must succeed.
     pub fn sql_rows(&self, query: &str) -> Vec<serde_json::Value> {
-        let reply = self.sql(query);
-        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
-        reply.json()["rows"].as_array().cloned().unwrap_or_default()
+        sql_rows(self.web, query)
     }
+}
+
+/// Runs one SQL query against the collector whose web address is `web`.
+pub fn sql(web: SocketAddr, query: &str) -> Reply {
+    let body = serde_json::json!({ "query": query }).to_string();
+    http(web, "POST", "/api/v1/sql", &[("content-type", "application/json")], body.as_bytes()).expect("SQL request")
+}
+
+/// The rows of an SQL query that must succeed, against the collector at `web`.
+pub fn sql_rows(web: SocketAddr, query: &str) -> Vec<serde_json::Value> {
+    let reply = sql(web, query);
+    assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+    reply.json()["rows"].as_array().cloned().unwrap_or_default()
 }
 
 /// One meshed workload: a sample app and its sidecar.
