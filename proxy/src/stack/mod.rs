@@ -18,6 +18,7 @@ pub mod split;
 pub mod timeout;
 
 use std::{
+    borrow::Cow,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -31,7 +32,10 @@ use crate::{body::BoxBody, config::Endpoint};
 pub type Request = http::Request<BoxBody>;
 /// A response on the proxy's path.
 pub type Response = http::Response<BoxBody>;
-/// A boxed, sendable future.
+/// A boxed, sendable future: what every layer's `call` returns. A layer with nothing to add
+/// to a request (no timeout, no retry policy, no outlier detection configured, or one that
+/// only reads and tags the request) returns its inner layer's future as is, so a request
+/// pays one allocation per layer that does work, not one per layer.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Where [`forward::Forward`] sends the request.
@@ -105,14 +109,35 @@ pub const RETRY: &str = "retry";
 /// The name of an ejection's note and span event.
 pub const EJECTION: &str = "ejection";
 
-/// The host and port a request addresses: the URI's authority, else the `Host` header.
-pub fn request_authority<B>(req: &http::Request<B>) -> Option<(String, Option<u16>)> {
+/// The host (lowercased) and port a request addresses: the URI's authority, else the `Host`
+/// header. Borrowed from the request unless the host had to be lowercased.
+pub fn request_authority<B>(req: &http::Request<B>) -> Option<(Cow<'_, str>, Option<u16>)> {
     if let Some(authority) = req.uri().authority() {
-        return Some((authority.host().to_ascii_lowercase(), authority.port_u16()));
+        return Some((lowercase(authority.host()), authority.port_u16()));
     }
     let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    if let Some((name, port)) = plain_host_port(host) {
+        return Some((lowercase(name), port));
+    }
     let authority: http::uri::Authority = host.parse().ok()?;
-    Some((authority.host().to_ascii_lowercase(), authority.port_u16()))
+    Some((Cow::Owned(authority.host().to_ascii_lowercase()), authority.port_u16()))
+}
+
+/// A `Host` value made of a DNS name or IPv4 address and an optional decimal port, read
+/// without copying it; anything else (IPv6, user info, other characters) is `None` and
+/// left to the URI parser.
+fn plain_host_port(value: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match value.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port.parse().ok()?)),
+        Some(_) => return None,
+        None => (value, None),
+    };
+    let plain = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    plain.then_some((host, port))
+}
+
+fn lowercase(host: &str) -> Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) }
 }
 
 /// Whether a request is a gRPC call.
@@ -135,5 +160,17 @@ mod tests {
         assert_eq!(request_authority(&req), Some(("catalog".into(), None)));
         let req = http::Request::get("/x").body(()).expect("request");
         assert_eq!(request_authority(&req), None);
+    }
+
+    #[test]
+    fn host_headers_read_as_the_uri_parser_reads_them() {
+        for host in ["catalog", "Catalog.Shop:8080", "10.0.0.7:80", "a_b:1", "[::1]:9090", "[::1]", "h:", "h:+80", "h:65536", "h:8:8", "a b", ""] {
+            let req = http::Request::get("/x").header("host", host).body(()).expect("request");
+            let parsed = host.parse::<http::uri::Authority>().ok().map(|a| (a.host().to_ascii_lowercase(), a.port_u16()));
+            let ours = request_authority(&req).map(|(h, p)| (h.into_owned(), p));
+            assert_eq!(ours, parsed, "{host:?}");
+        }
+        let req = http::Request::get("/x").header("host", "catalog:80").body(()).expect("request");
+        assert!(matches!(request_authority(&req), Some((Cow::Borrowed("catalog"), Some(80)))));
     }
 }

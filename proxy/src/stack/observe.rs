@@ -101,10 +101,10 @@ where
                 Some(local.clone())
             }
         };
-        let authority = request_authority(&req);
+        let (authority, authority_port) = request_authority(&req).map_or((None, None), |(h, p)| (Some(Arc::<str>::from(h)), p));
         let destination_service = match side {
             Side::Inbound => local.service.clone(),
-            Side::Outbound => authority.as_ref().map_or_else(|| Arc::from("unknown"), |(h, _)| Arc::from(h.as_str())),
+            Side::Outbound => authority.clone().unwrap_or_else(|| Arc::from("unknown")),
         };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let record = RequestRecord {
@@ -115,8 +115,8 @@ where
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             route: routes.route(req.uri().path()).cloned(),
-            authority_port: authority.as_ref().and_then(|(_, p)| *p),
-            authority: authority.map(|(h, _)| h),
+            authority_port,
+            authority,
             version: req.version(),
             grpc: is_grpc(&req),
             status: 0,

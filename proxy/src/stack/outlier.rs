@@ -128,8 +128,7 @@ fn failed(result: &Result<Response, ProxyError>) -> bool {
 
 impl<S> Service<Request> for Outlier<S>
 where
-    S: Service<Request, Response = Response, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request, Response = Response, Error = ProxyError, Future = BoxFuture<Result<Response, ProxyError>>>,
 {
     type Response = Response;
     type Error = ProxyError;
@@ -144,7 +143,7 @@ where
         let upstream = req.extensions().get::<Upstream>().copied();
         let resolution = req.extensions().get::<Resolution>().cloned();
         let fut = self.inner.call(req);
-        let (Some(service), Some(Upstream(addr))) = (service, upstream) else { return Box::pin(fut) };
+        let (Some(service), Some(Upstream(addr))) = (service, upstream) else { return fut };
         let (detector, stats) = (self.detector.clone(), self.stats.clone());
         Box::pin(async move {
             let result = fut.await;

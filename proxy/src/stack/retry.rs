@@ -63,8 +63,7 @@ pub struct Retry<S> {
 
 impl<S> Service<Request> for Retry<S>
 where
-    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request, Response = Response, Error = ProxyError, Future = BoxFuture<Result<Response, ProxyError>>> + Clone + Send + 'static,
 {
     type Response = Response;
     type Error = ProxyError;
@@ -77,7 +76,7 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let policy = req.extensions().get::<Arc<ServiceConfig>>().and_then(|s| s.retry.clone());
         let Some(policy) = policy.filter(|p| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes)) else {
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req);
         };
         // The ready service takes this request; a fresh clone waits for the next one.
         let clone = self.inner.clone();
@@ -187,8 +186,8 @@ struct AttemptSpan {
 impl AttemptSpan {
     fn start(req: &Request, telemetry: &Telemetry, attempt: u32, context: SpanContext) -> Self {
         let local = telemetry.identity().clone();
-        let authority = request_authority(req);
-        let destination_service: Arc<str> = authority.as_ref().map_or_else(|| Arc::from("unknown"), |(h, _)| Arc::from(h.as_str()));
+        let (authority, authority_port) = request_authority(req).map_or((None, None), |(h, p)| (Some(Arc::<str>::from(h)), p));
+        let destination_service = authority.clone().unwrap_or_else(|| Arc::from("unknown"));
         let record = RequestRecord {
             side: Side::Outbound,
             context,
@@ -197,8 +196,8 @@ impl AttemptSpan {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             route: None,
-            authority_port: authority.as_ref().and_then(|(_, p)| *p),
-            authority: authority.map(|(h, _)| h),
+            authority_port,
+            authority,
             version: req.version(),
             grpc: is_grpc(req),
             status: 0,

@@ -55,8 +55,7 @@ impl<S> Route<S> {
 
 impl<S> Service<Request> for Route<S>
 where
-    S: Service<Request, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request, Error = ProxyError, Future = super::BoxFuture<Result<<S as Service<Request>>::Response, ProxyError>>>,
     S::Response: Send + 'static,
 {
     type Response = S::Response;
@@ -72,12 +71,12 @@ where
             return Box::pin(std::future::ready(Err(ProxyError::NoAuthority)));
         };
         let Some(service) = self.resolve(&host).cloned() else {
-            return Box::pin(std::future::ready(Err(ProxyError::NoRoute { service: host })));
+            return Box::pin(std::future::ready(Err(ProxyError::NoRoute { service: host.into_owned() })));
         };
         if let (Some(resolution), Some(route)) = (req.extensions().get::<Resolution>(), service.routes.route(req.uri().path())) {
             resolution.set_route(route.clone());
         }
         req.extensions_mut().insert(service);
-        Box::pin(self.inner.call(req))
+        self.inner.call(req)
     }
 }

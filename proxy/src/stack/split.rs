@@ -54,8 +54,7 @@ pub fn pick(endpoints: &[Endpoint], roll: u64) -> Option<&Endpoint> {
 
 impl<S> Service<Request> for Split<S>
 where
-    S: Service<Request, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request, Error = ProxyError, Future = super::BoxFuture<Result<<S as Service<Request>>::Response, ProxyError>>>,
     S::Response: Send + 'static,
 {
     type Response = S::Response;
@@ -85,7 +84,7 @@ where
             resolution.set_endpoint(endpoint.clone());
         }
         req.extensions_mut().insert(Upstream(endpoint.address));
-        Box::pin(self.inner.call(req))
+        self.inner.call(req)
     }
 }
 

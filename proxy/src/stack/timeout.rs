@@ -34,8 +34,7 @@ pub struct Timeout<S> {
 
 impl<S> Service<Request> for Timeout<S>
 where
-    S: Service<Request, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request, Error = ProxyError, Future = BoxFuture<Result<<S as Service<Request>>::Response, ProxyError>>>,
     S::Response: Send + 'static,
 {
     type Response = S::Response;
@@ -49,7 +48,7 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let limit = req.extensions().get::<Arc<ServiceConfig>>().and_then(|s| s.timeout);
         let fut = self.inner.call(req);
-        let Some(limit) = limit else { return Box::pin(fut) };
+        let Some(limit) = limit else { return fut };
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {
                 Ok(result) => result,

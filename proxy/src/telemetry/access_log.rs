@@ -175,7 +175,7 @@ fn json_line(r: &RequestRecord) -> String {
         "direction": r.side.as_str(),
         "method": r.method.as_str(),
         "path": r.path,
-        "authority": r.authority,
+        "authority": r.authority.as_deref(),
         "protocol": format!("HTTP/{}", r.protocol_version()),
         "response_code": r.status,
         "grpc_status": r.grpc_status,

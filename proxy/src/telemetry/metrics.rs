@@ -215,14 +215,14 @@ impl RequestMetrics {
             _ => None,
         };
         let (destination_service, destination) = if on(Label::Destination) {
-            let service = self.bounded(table, Label::Destination, &r.destination_service, r.destination_service.clone(), Arc::from(OTHER));
+            let service = self.bounded(table, Label::Destination, &r.destination_service, r.destination_service.clone(), self.other.service.clone());
             let workload = if &*service == OTHER { Some(self.other.clone()) } else { r.destination.clone() };
             (service, workload)
         } else {
             (Arc::from(""), None)
         };
         let route = match &r.route {
-            Some(route) if on(Label::Route) => Some(self.bounded(table, Label::Route, route, route.clone(), Arc::from(OTHER))),
+            Some(route) if on(Label::Route) => Some(self.bounded(table, Label::Route, route, route.clone(), self.other.service.clone())),
             _ => None,
         };
         let key = RequestKey {

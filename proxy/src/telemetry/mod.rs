@@ -67,7 +67,7 @@ pub struct RequestRecord {
     /// The route template the path matched (`http.route`).
     pub route: Option<Arc<str>>,
     /// The authority the caller addressed (`server.address`).
-    pub authority: Option<String>,
+    pub authority: Option<Arc<str>>,
     /// The port the caller addressed, if any.
     pub authority_port: Option<u16>,
     /// HTTP version of the request.

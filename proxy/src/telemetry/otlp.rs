@@ -127,7 +127,7 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         a.string(semconv::DESTINATION_KEYS.service, &r.destination_service);
     }
     if let Some(host) = &r.authority {
-        a.string("server.address", host.as_str());
+        a.string("server.address", host);
     }
     if let Some(route) = &r.route {
         a.string("http.route", route);
