@@ -1,8 +1,9 @@
 //! The sidecar's telemetry under sampling and foreign trace context: with trace sampling
 //! off, only failed requests' spans are kept while the topology still counts every request
-//! (from the access logs); a B3 caller's trace is continued; `x-request-id` is generated
-//! once and follows the request through every hop; timeouts, retries (one CLIENT span per
-//! attempt) and outlier ejections show as flags, spans and span events.
+//! (from the access logs); a B3 caller's trace is continued, and its bare decision (`b3: 0`)
+//! followed; `x-request-id` is generated once and follows the request through every hop;
+//! timeouts, retries (one CLIENT span per attempt) and outlier ejections show as flags,
+//! spans and span events.
 
 mod support;
 
@@ -123,6 +124,31 @@ fn b3_callers_are_continued_and_request_ids_follow_the_request() {
     let ids: Vec<&Value> = logs.as_array().expect("logs").iter().map(|l| &l["attributes"]["meshlens.request_id"]).collect();
     assert_eq!(ids.len(), 4, "{logs}");
     assert!(ids.iter().all(|id| *id == ids[0] && id.as_str().is_some_and(|s| s.len() == 36)), "{ids:?}");
+
+    // A caller may send only a decision (`b3: 0`): the trace the sidecars start for it is not
+    // sampled, though its access logs are written. A request without one, sent after it
+    // (and so exported no earlier), is sampled at the ratio of 1.
+    for (id, decision) in [("b3-deny", Some(("b3", "0"))), ("no-decision", None)] {
+        let mut headers = vec![("host", "front"), ("x-request-id", id)];
+        headers.extend(decision);
+        let reply = http(tester.outbound, "GET", "/", &headers, b"").expect("request");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let trace_of = |id: &str| {
+        wait_for(&format!("the access log of {id}"), Duration::from_secs(10), || {
+            let logs = collector.json("/api/v1/logs?service=tester&limit=100");
+            let log = logs.as_array()?.iter().find(|l| l["attributes"]["meshlens.request_id"] == id)?.clone();
+            log["trace_id"].as_str().map(str::to_owned)
+        })
+    };
+    let (denied, sampled) = (trace_of("b3-deny"), trace_of("no-decision"));
+    wait_for("the undecided request's spans", Duration::from_secs(10), || {
+        let t = collector.json(&format!("/api/traces/{sampled}"));
+        (t["data"][0]["spans"].as_array().map(Vec::len) == Some(4)).then_some(())
+    });
+    let reply = get(collector.web, &format!("/api/traces/{denied}"));
+    let body: String = reply.body.chars().take(300).collect();
+    assert_eq!(reply.status, 404, "the b3: 0 request's trace has no spans: {body}");
 }
 
 #[test]

@@ -125,8 +125,8 @@ pub fn parse_traceparent(value: &str) -> Option<Incoming> {
     Some(Incoming { trace_id, parent_id, sampled: Some(flags & 1 == 1) })
 }
 
-/// Parses a B3 single header: `{trace}-{span}[-{sampled}[-{parent}]]`; a lone `0` or `1`
-/// carries only a decision and no context.
+/// Parses a B3 single header: `{trace}-{span}[-{sampled}[-{parent}]]`. A lone `0`, `1` or
+/// `d` carries only a decision and no context: see [`decision_only`].
 pub fn parse_b3_single(value: &str) -> Option<Incoming> {
     let mut parts = value.trim().split('-');
     let trace_id = parse_b3_trace_id(parts.next()?)?;
@@ -148,26 +148,55 @@ fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<
 pub fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
     let trace_id = parse_b3_trace_id(header(headers, B3_TRACE_ID)?)?;
     let parent_id = parse_b3_span_id(header(headers, B3_SPAN_ID)?)?;
-    let sampled = if header(headers, B3_FLAGS) == Some("1") {
-        Some(true)
-    } else {
-        match header(headers, B3_SAMPLED).map(str::trim) {
-            Some("1") | Some("true") => Some(true),
-            Some("0") | Some("false") => Some(false),
-            _ => None,
-        }
-    };
-    Some(Incoming { trace_id, parent_id, sampled })
+    Some(Incoming { trace_id, parent_id, sampled: b3_multi_sampled(headers) })
 }
 
-/// The first valid context in `headers` (W3C, then B3 single, then B3 multi), and the
-/// formats the request carried.
-pub fn extract(headers: &HeaderMap) -> (Option<Incoming>, Formats) {
+/// The decision of B3's multiple headers: `X-B3-Flags: 1` (debug) or `X-B3-Sampled`.
+fn b3_multi_sampled(headers: &HeaderMap) -> Option<bool> {
+    if header(headers, B3_FLAGS).map(str::trim) == Some("1") {
+        return Some(true);
+    }
+    match header(headers, B3_SAMPLED).map(str::trim) {
+        Some("1") | Some("true") => Some(true),
+        Some("0") | Some("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// A sampling decision sent without a trace: B3 allows a caller to say only "sample" or
+/// "do not sample" (`b3: 0`, `b3: 1`, `b3: d`, or `X-B3-Sampled` / `X-B3-Flags` without
+/// IDs). The trace the sidecar then starts follows that decision instead of its ratio.
+fn decision_only(headers: &HeaderMap) -> (Option<bool>, Formats) {
+    let single = match header(headers, B3).map(str::trim) {
+        Some("0") => Some(false),
+        Some("1") | Some("d") => Some(true),
+        _ => None,
+    };
+    let multi = single.is_none().then(|| b3_multi_sampled(headers)).flatten();
+    (single.or(multi), Formats { w3c: false, b3: single.is_some(), b3multi: multi.is_some() })
+}
+
+/// What the caller sent: the first valid context in `headers` (W3C, then B3 single, then
+/// B3 multi), else a decision made without one; and the formats it came in.
+pub fn extract(headers: &HeaderMap) -> (Caller, Formats) {
     let w3c = header(headers, TRACEPARENT).and_then(parse_traceparent);
     let b3 = header(headers, B3).and_then(parse_b3_single);
     let b3multi = parse_b3_multi(headers);
     let seen = Formats { w3c: w3c.is_some(), b3: b3.is_some(), b3multi: b3multi.is_some() };
-    (w3c.or(b3).or(b3multi), seen)
+    if let Some(context) = w3c.or(b3).or(b3multi) {
+        return (Caller::Context(context), seen);
+    }
+    let (decision, seen) = decision_only(headers);
+    (Caller::Decision(decision), seen)
+}
+
+/// What a request brought of its caller's trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A trace and the caller's span in it.
+    Context(Incoming),
+    /// No trace; maybe a sampling decision for the one the sidecar starts.
+    Decision(Option<bool>),
 }
 
 /// The span context a sidecar works in for one request.
@@ -189,19 +218,20 @@ impl SpanContext {
     /// Continues the trace in `headers` with a new span, or starts one. A caller's decision
     /// is kept (parent-based sampling); without one, `ratio` decides from the trace ID.
     pub fn continue_from(headers: &HeaderMap, ratio: f64, emit: Formats) -> Self {
-        let (incoming, seen) = extract(headers);
+        let (caller, seen) = extract(headers);
         let emit = emit.union(seen);
-        match incoming {
-            Some(parent) => Self {
+        match caller {
+            Caller::Context(parent) => Self {
                 trace_id: parent.trace_id,
                 span_id: SpanId::random(),
                 parent_span_id: Some(parent.parent_id),
                 sampled: parent.sampled.unwrap_or_else(|| parent.trace_id.within_ratio(ratio)),
                 emit,
             },
-            None => {
+            Caller::Decision(decision) => {
                 let trace_id = TraceId::random();
-                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled: trace_id.within_ratio(ratio), emit }
+                let sampled = decision.unwrap_or_else(|| trace_id.within_ratio(ratio));
+                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit }
             }
         }
     }
@@ -335,6 +365,32 @@ mod tests {
         assert_eq!(b3, format!("{}-{}-0", ctx.trace_id, ctx.span_id));
         let child = SpanContext::continue_from(&out, 1.0, Formats::W3C);
         assert_eq!((child.trace_id, child.parent_span_id), (ctx.trace_id, Some(ctx.span_id)));
+    }
+
+    #[test]
+    fn a_decision_without_a_trace_decides_the_new_trace() {
+        for (pairs, sampled, b3, b3multi) in [
+            (&[("b3", "0")][..], false, true, false),
+            (&[("b3", "1")][..], true, true, false),
+            (&[("b3", "d")][..], true, true, false),
+            (&[("x-b3-sampled", "0")][..], false, false, true),
+            (&[("x-b3-sampled", "true")][..], true, false, true),
+            (&[("x-b3-flags", "1")][..], true, false, true),
+        ] {
+            let incoming = headers(pairs);
+            let ratio = if sampled { 0.0 } else { 1.0 };
+            let ctx = SpanContext::continue_from(&incoming, ratio, Formats::W3C);
+            assert_eq!((ctx.sampled, ctx.parent_span_id), (sampled, None), "{pairs:?}");
+            assert_eq!((ctx.emit.b3, ctx.emit.b3multi), (b3, b3multi), "{pairs:?}: the caller's format is written on");
+            let mut out = incoming.clone();
+            ctx.inject(&mut out);
+            let next = SpanContext::continue_from(&out, 1.0 - ratio, Formats::W3C);
+            assert_eq!((next.trace_id, next.sampled), (ctx.trace_id, sampled), "{pairs:?}: the next hop keeps it");
+        }
+        let ctx = SpanContext::continue_from(&headers(&[("b3", "2")]), 1.0, Formats::W3C);
+        assert!(ctx.sampled && !ctx.emit.b3, "an unreadable b3 is ignored");
+        let both = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("b3", "0")]);
+        assert!(SpanContext::continue_from(&both, 0.0, Formats::W3C).sampled, "a full context wins over a bare decision");
     }
 
     #[test]
