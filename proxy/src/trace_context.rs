@@ -5,7 +5,9 @@
 //! span a fresh span ID, and rewrites the context headers so that the next hop's span
 //! becomes its child. Every format is accepted; the sidecar emits the formats it is
 //! configured to emit plus any format the request arrived with, so an application that
-//! propagates B3 keeps working. `tracestate` passes through untouched.
+//! propagates B3 keeps working. `tracestate` passes through untouched with the `traceparent`
+//! it came with, and is dropped when there is none to continue (W3C: a `tracestate` without
+//! a valid `traceparent` is invalid).
 
 use http::{HeaderMap, HeaderValue, header::HeaderName};
 use meshlens_common::hex;
@@ -13,6 +15,7 @@ use meshlens_common::hex;
 // Header names are built once: a `&str` name is parsed on every lookup.
 /// The `traceparent` header name.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The B3 single header.
 pub const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
@@ -212,6 +215,9 @@ pub struct SpanContext {
     pub sampled: bool,
     /// The formats to write towards the next hop.
     pub emit: Formats,
+    /// Whether the trace was continued from a valid `traceparent`, whose `tracestate` is
+    /// passed on; any other `tracestate` is dropped.
+    pub w3c_parent: bool,
 }
 
 impl SpanContext {
@@ -227,11 +233,13 @@ impl SpanContext {
                 parent_span_id: Some(parent.parent_id),
                 sampled: parent.sampled.unwrap_or_else(|| parent.trace_id.within_ratio(ratio)),
                 emit,
+                // A valid `traceparent` is the context read first.
+                w3c_parent: seen.w3c,
             },
             Caller::Decision(decision) => {
                 let trace_id = TraceId::random();
                 let sampled = decision.unwrap_or_else(|| trace_id.within_ratio(ratio));
-                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit }
+                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit, w3c_parent: false }
             }
         }
     }
@@ -251,6 +259,9 @@ impl SpanContext {
         let sampled = if self.sampled { "1" } else { "0" };
         if self.emit.w3c {
             headers.insert(TRACEPARENT, self.traceparent());
+        }
+        if !self.w3c_parent {
+            headers.remove(TRACESTATE);
         }
         if self.emit.b3 {
             // <32 digits>-<16 digits>-<sampled>
@@ -391,6 +402,30 @@ mod tests {
         assert!(ctx.sampled && !ctx.emit.b3, "an unreadable b3 is ignored");
         let both = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("b3", "0")]);
         assert!(SpanContext::continue_from(&both, 0.0, Formats::W3C).sampled, "a full context wins over a bare decision");
+    }
+
+    #[test]
+    fn tracestate_goes_on_only_with_the_traceparent_it_came_with() {
+        let traceparent = ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let b3 = ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1");
+        let state = ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        let invalid = ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01");
+        for (pairs, kept) in [
+            (&[traceparent, state][..], true),
+            (&[traceparent, b3, state][..], true),
+            (&[state][..], false),
+            (&[b3, state][..], false),
+            (&[invalid, state][..], false),
+        ] {
+            let mut h = headers(pairs);
+            let ctx = SpanContext::continue_from(&h, 1.0, Formats::W3C);
+            ctx.inject(&mut h);
+            let out = h.get("tracestate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            assert_eq!(out.as_deref(), kept.then_some(state.1), "{pairs:?}");
+            let retried = SpanContext { span_id: SpanId::random(), parent_span_id: Some(ctx.span_id), ..ctx };
+            retried.inject(&mut h);
+            assert_eq!(h.get("tracestate").and_then(|v| v.to_str().ok()), out.as_deref(), "{pairs:?}: an attempt keeps it too");
+        }
     }
 
     #[test]

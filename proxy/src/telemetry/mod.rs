@@ -283,6 +283,7 @@ pub(crate) mod tests {
                 parent_span_id: None,
                 sampled,
                 emit: Formats::W3C,
+                w3c_parent: false,
             },
             start_unix_nanos: 1,
             duration: Duration::from_millis(duration_ms),
