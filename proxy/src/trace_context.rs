@@ -129,7 +129,7 @@ pub fn parse_traceparent(value: &str) -> Option<Incoming> {
 }
 
 /// Parses a B3 single header: `{trace}-{span}[-{sampled}[-{parent}]]`. A lone `0`, `1` or
-/// `d` carries only a decision and no context: see [`decision_only`].
+/// `d` carries only a decision and no context, which [`extract`] reads.
 pub fn parse_b3_single(value: &str) -> Option<Incoming> {
     let mut parts = value.trim().split('-');
     let trace_id = parse_b3_trace_id(parts.next()?)?;
@@ -169,8 +169,8 @@ fn b3_multi_sampled(headers: &HeaderMap) -> Option<bool> {
 /// A sampling decision sent without a trace: B3 allows a caller to say only "sample" or
 /// "do not sample" (`b3: 0`, `b3: 1`, `b3: d`, or `X-B3-Sampled` / `X-B3-Flags` without
 /// IDs). The trace the sidecar then starts follows that decision instead of its ratio.
-fn decision_only(headers: &HeaderMap) -> (Option<bool>, Formats) {
-    let single = match header(headers, B3).map(str::trim) {
+fn decision_only(b3: Option<&str>, headers: &HeaderMap) -> (Option<bool>, Formats) {
+    let single = match b3.map(str::trim) {
         Some("0") => Some(false),
         Some("1") | Some("d") => Some(true),
         _ => None,
@@ -183,13 +183,14 @@ fn decision_only(headers: &HeaderMap) -> (Option<bool>, Formats) {
 /// B3 multi), else a decision made without one; and the formats it came in.
 pub fn extract(headers: &HeaderMap) -> (Caller, Formats) {
     let w3c = header(headers, TRACEPARENT).and_then(parse_traceparent);
-    let b3 = header(headers, B3).and_then(parse_b3_single);
+    let b3_value = header(headers, B3);
+    let b3 = b3_value.and_then(parse_b3_single);
     let b3multi = parse_b3_multi(headers);
     let seen = Formats { w3c: w3c.is_some(), b3: b3.is_some(), b3multi: b3multi.is_some() };
     if let Some(context) = w3c.or(b3).or(b3multi) {
         return (Caller::Context(context), seen);
     }
-    let (decision, seen) = decision_only(headers);
+    let (decision, seen) = decision_only(b3_value, headers);
     (Caller::Decision(decision), seen)
 }
 
