@@ -82,10 +82,13 @@ fn sampling_keeps_errors_while_counts_stay_exact() {
 fn b3_callers_are_continued_and_request_ids_follow_the_request() {
     let dir = TestDir::new("b3");
     let collector = CollectorProc::start(&dir);
+    // No span is kept for being slow, so that only sampling decides which are (below).
     let mut tester = Workload::new("tester", &[]);
-    tester.telemetry = "propagation = [\"w3c\", \"b3\"]".into();
-    let front = Workload::new("front", &["http://back/work"]);
-    let back = Workload::new("back", &[]);
+    tester.telemetry = "propagation = [\"w3c\", \"b3\"]\nslow_threshold = \"0\"".into();
+    let mut front = Workload::new("front", &["http://back/work"]);
+    front.telemetry = "slow_threshold = \"0\"".into();
+    let mut back = Workload::new("back", &[]);
+    back.telemetry = "slow_threshold = \"0\"".into();
     let _procs = start_mesh(&dir, &[&tester, &front, &back], collector.grpc);
 
     let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
