@@ -182,7 +182,10 @@ fn decision_only(b3: Option<&str>, headers: &HeaderMap) -> (Option<bool>, Format
 /// What the caller sent: the first valid context in `headers` (W3C, then B3 single, then
 /// B3 multi), else a decision made without one; and the formats it came in.
 pub fn extract(headers: &HeaderMap) -> (Caller, Formats) {
-    let w3c = header(headers, TRACEPARENT).and_then(parse_traceparent);
+    // A repeated `traceparent` is invalid (W3C), whatever its values.
+    let mut traceparents = headers.get_all(TRACEPARENT).iter();
+    let first = traceparents.next().and_then(|v| v.to_str().ok());
+    let w3c = if traceparents.next().is_some() { None } else { first.and_then(parse_traceparent) };
     let b3_value = header(headers, B3);
     let b3 = b3_value.and_then(parse_b3_single);
     let b3multi = parse_b3_multi(headers);
@@ -427,6 +430,21 @@ mod tests {
             retried.inject(&mut h);
             assert_eq!(h.get("tracestate").and_then(|v| v.to_str().ok()), out.as_deref(), "{pairs:?}: an attempt keeps it too");
         }
+    }
+
+    #[test]
+    fn a_repeated_traceparent_starts_a_new_trace() {
+        let mut h = HeaderMap::new();
+        for value in ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"] {
+            h.append(TRACEPARENT, HeaderValue::from_static(value));
+        }
+        h.insert("tracestate", HeaderValue::from_static("rojo=00f067aa0ba902b7"));
+        let ctx = SpanContext::continue_from(&h, 1.0, Formats::W3C);
+        assert_eq!((ctx.parent_span_id, ctx.w3c_parent), (None, false));
+        assert_ne!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        ctx.inject(&mut h);
+        assert_eq!(h.get_all(TRACEPARENT).iter().count(), 1, "one traceparent goes on");
+        assert!(h.get("tracestate").is_none());
     }
 
     #[test]
