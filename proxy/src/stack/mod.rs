@@ -123,6 +123,12 @@ pub fn request_authority<B>(req: &http::Request<B>) -> Option<(Cow<'_, str>, Opt
     Some((Cow::Owned(authority.host().to_ascii_lowercase()), authority.port_u16()))
 }
 
+/// [`request_authority`] as a request's record keeps it: the host as a shared string, and
+/// the port.
+pub fn recorded_authority<B>(req: &http::Request<B>) -> (Option<Arc<str>>, Option<u16>) {
+    request_authority(req).map_or((None, None), |(host, port)| (Some(Arc::from(host)), port))
+}
+
 /// A `Host` value made of a DNS name or IPv4 address and an optional decimal port, read
 /// without copying it; anything else (IPv6, user info, other characters) is `None` and
 /// left to the URI parser.

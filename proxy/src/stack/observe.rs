@@ -27,7 +27,7 @@ use crate::{
     trace_context::{SpanContext, ensure_request_id},
 };
 
-use super::{BoxFuture, PeerAddr, Request, Resolution, Response, is_grpc, request_authority};
+use super::{BoxFuture, PeerAddr, Request, Resolution, Response, is_grpc, recorded_authority};
 
 /// Adds [`Observe`] for one side of the sidecar.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ where
                 Some(local.clone())
             }
         };
-        let (authority, authority_port) = request_authority(&req).map_or((None, None), |(h, p)| (Some(Arc::<str>::from(h)), p));
+        let (authority, authority_port) = recorded_authority(&req);
         let destination_service = match side {
             Side::Inbound => local.service.clone(),
             Side::Outbound => authority.clone().unwrap_or_else(|| Arc::from("unknown")),

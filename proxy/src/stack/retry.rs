@@ -32,7 +32,7 @@ use crate::{
     trace_context::{SpanContext, SpanId},
 };
 
-use super::{BoxFuture, RETRY, Request, Resolution, Response, errors, is_grpc, request_authority};
+use super::{BoxFuture, RETRY, Request, Resolution, Response, errors, is_grpc, recorded_authority};
 
 /// Adds [`Retry`].
 #[derive(Debug, Clone)]
@@ -186,7 +186,7 @@ struct AttemptSpan {
 impl AttemptSpan {
     fn start(req: &Request, telemetry: &Telemetry, attempt: u32, context: SpanContext) -> Self {
         let local = telemetry.identity().clone();
-        let (authority, authority_port) = request_authority(req).map_or((None, None), |(h, p)| (Some(Arc::<str>::from(h)), p));
+        let (authority, authority_port) = recorded_authority(req);
         let destination_service = authority.clone().unwrap_or_else(|| Arc::from("unknown"));
         let record = RequestRecord {
             side: Side::Outbound,
