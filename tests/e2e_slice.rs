@@ -128,6 +128,12 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
     }
     let rows = collector.sql_rows("SELECT count(*) FROM spans WHERE kind = 'client' AND source_workload = 'frontend-v1' AND destination_service = 'backend'");
     assert_eq!(rows[0][0].as_u64(), Some(REQUESTS), "one sidecar CLIENT span per request");
+    // The gRPC hop reached store with the authority frontend called (`store`), not the
+    // address of the endpoint it was sent to, so store's SERVER spans name the service.
+    let rows = collector.sql_rows(
+        "SELECT count(*) FROM spans WHERE kind = 'server' AND service = 'store' AND attributes LIKE '%\"server.address\":\"store\"%'",
+    );
+    assert_eq!(rows[0][0].as_u64(), Some(REQUESTS), "store's SERVER spans carry server.address = store");
     let csv = run(&["sql", "--collector", &web, "-o", "csv", "SELECT service, count(*) AS spans FROM spans GROUP BY service ORDER BY service"]);
     assert!(csv.starts_with("service,spans\r\n") && csv.contains("\r\nfrontend,"), "{csv}");
     let refused = std::process::Command::new(meshlens()).args(["sql", "--collector", &web, "DROP TABLE spans"]).output().expect("run meshlens sql");

@@ -64,12 +64,6 @@ pub struct Metered<T> {
     meter: ConnectionMeter,
 }
 
-impl<T: hyper_util::client::legacy::connect::Connection> hyper_util::client::legacy::connect::Connection for Metered<T> {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.inner.connected()
-    }
-}
-
 impl<T> Drop for Metered<T> {
     fn drop(&mut self) {
         self.meter.closed.inc();

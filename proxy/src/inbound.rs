@@ -4,7 +4,7 @@ use tower::{ServiceBuilder, util::BoxCloneService};
 
 use crate::{
     config::ProxyConfig,
-    stack::{Request, Response, Upstream, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer},
+    stack::{Request, Response, Upstream, admit::AdmitLayer, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer},
     telemetry::Telemetry,
 };
 
@@ -21,6 +21,8 @@ pub fn stack(
         .layer(ObserveLayer::inbound(telemetry, app, config.inbound_routes.clone()))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
+        // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.
+        .layer(AdmitLayer)
         // Every inbound request is for the local application.
         .map_request(move |mut req: Request| {
             req.extensions_mut().insert(Upstream(app));

@@ -7,7 +7,7 @@ use tower::{ServiceBuilder, util::BoxCloneService};
 use crate::{
     config::ProxyConfig,
     stack::{
-        Request, Response, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
+        Request, Response, admit::AdmitLayer, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
         outlier::{OutlierDetector, OutlierLayer}, retry::RetryLayer, route::RouteLayer, split::SplitLayer,
         timeout::TimeoutLayer,
     },
@@ -27,6 +27,8 @@ pub fn stack(
         .layer(ObserveLayer::outbound(telemetry.clone()))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
+        // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.
+        .layer(AdmitLayer)
         // Resolves the destination service from the request's authority.
         .layer(RouteLayer::new(&config.services))
         // Bounds how long the service may take to answer, all attempts together.

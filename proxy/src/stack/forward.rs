@@ -1,66 +1,28 @@
 //! Sends the request to its [`Upstream`] and streams the response back.
 //!
 //! HTTP/1.1 requests go over pooled HTTP/1.1 connections ([`super::pool`]), HTTP/2 requests
-//! (gRPC among them) over pooled HTTP/2 connections (prior knowledge, as between sidecars). Bodies
-//! stream in both directions; hop-by-hop headers are removed. Connections to a known
-//! upstream workload are metered (opened, closed, bytes) under that workload's identity.
+//! (gRPC among them) over one HTTP/2 connection per endpoint ([`super::h2_pool`], prior
+//! knowledge, as between sidecars). The upstream sees the authority the caller addressed:
+//! `Host` (taken from the request line when it came in absolute form) or `:authority`,
+//! never the endpoint's address. Bodies stream in both directions; hop-by-hop headers are
+//! removed. Connections to a known upstream workload are metered (opened, closed, bytes)
+//! under that workload's identity.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use http::{HeaderMap, Uri, header, uri::Authority};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use http::{HeaderMap, HeaderValue, Uri, header, uri::Authority};
 use tower::Service;
 
 use crate::{
-    body,
-    connection::{ConnectionMeter, Metered, UpstreamMeters},
+    connection::{ConnectionMeter, UpstreamMeters},
     error::ProxyError,
 };
 
-use super::{BoxFuture, Request, Response, Upstream, pool::Http1Pool};
-
-/// Connects over TCP and meters each connection by the upstream it reaches.
-#[derive(Debug, Clone)]
-pub struct MeteredConnector {
-    inner: HttpConnector,
-    meters: Arc<UpstreamMeters>,
-}
-
-type Connected = hyper_util::rt::TokioIo<Metered<tokio::net::TcpStream>>;
-type ConnectError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Service<Uri> for MeteredConnector {
-    type Response = Connected;
-    type Error = ConnectError;
-    type Future = BoxFuture<Result<Connected, ConnectError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        // Authorities are `ip:port` (built from the endpoint's address); anything else is
-        // counted with the unknown upstreams.
-        let meter = match uri.authority().and_then(|a| a.as_str().parse().ok()) {
-            Some(addr) => self.meters.of(addr),
-            None => self.meters.other(),
-        }
-        .clone();
-        let connecting = self.inner.call(uri);
-        Box::pin(async move {
-            let io = connecting.await?;
-            Ok(hyper_util::rt::TokioIo::new(meter.meter(io.into_inner())))
-        })
-    }
-}
+use super::{BoxFuture, Request, Response, Upstream, h2_pool::Http2Pool, pool::Http1Pool};
 
 /// Pooled HTTP clients, shared by both sides of a sidecar; a clone (one per request) is a
 /// reference count.
@@ -70,40 +32,23 @@ pub struct Forward(Arc<Clients>);
 #[derive(Debug)]
 struct Clients {
     http1: Http1Pool,
-    http2: Client<MeteredConnector, body::BoxBody>,
-    /// The URI authority of each configured upstream, built once.
-    authorities: HashMap<std::net::SocketAddr, Authority>,
+    http2: Http2Pool,
 }
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new(HashMap::new(), None)
+        Self::new(std::collections::HashMap::new())
     }
 }
 
 impl Forward {
     /// Creates the clients; connections to the addresses in `upstreams` are counted by
-    /// their meters. `app` is the local application's address, if any: the inbound side's
-    /// upstream.
-    pub fn new(upstreams: HashMap<std::net::SocketAddr, ConnectionMeter>, app: Option<std::net::SocketAddr>) -> Self {
-        let mut inner = HttpConnector::new();
-        inner.set_nodelay(true);
-        inner.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let authorities =
-            upstreams.keys().chain(&app).filter_map(|a| Some((*a, Authority::try_from(a.to_string()).ok()?))).collect();
+    /// their meters.
+    pub fn new(upstreams: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
         let meters = Arc::new(UpstreamMeters::new(upstreams));
         let http1 = Http1Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
-        let connector = MeteredConnector { inner, meters };
-        let http2 = Client::builder(TokioExecutor::new()).http2_only(true).pool_idle_timeout(IDLE_TIMEOUT).build(connector);
-        Self(Arc::new(Clients { http1, http2, authorities }))
-    }
-
-    /// The URI authority that addresses `addr`.
-    fn authority(&self, addr: std::net::SocketAddr) -> Result<Authority, http::Error> {
-        match self.0.authorities.get(&addr) {
-            Some(authority) => Ok(authority.clone()),
-            None => Ok(Authority::try_from(addr.to_string())?),
-        }
+        let http2 = Http2Pool::new(meters, CONNECT_TIMEOUT, IDLE_TIMEOUT);
+        Self(Arc::new(Clients { http1, http2 }))
     }
 }
 
@@ -170,12 +115,18 @@ impl Service<Request> for Forward {
         };
         strip_hop_by_hop(req.headers_mut());
         if req.version() != http::Version::HTTP_2 {
-            // HTTP/1 goes out in origin form, whatever form it came in.
-            if req.uri().authority().is_some() {
+            // HTTP/1 goes out in origin form, whatever form it came in; a request line in
+            // absolute form names the authority, which replaces any `Host` (RFC 9112, 3.2.2).
+            if let Some(authority) = req.uri().authority() {
+                let host = HeaderValue::from_str(authority.as_str());
                 let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                match Uri::try_from(path) {
-                    Ok(uri) => *req.uri_mut() = uri,
-                    Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
+                match (host, Uri::try_from(path)) {
+                    (Ok(host), Ok(uri)) => {
+                        req.headers_mut().insert(header::HOST, host);
+                        *req.uri_mut() = uri;
+                    }
+                    (Err(e), _) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
+                    (_, Err(e)) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
                 }
             }
             let pool = self.0.http1.clone();
@@ -185,25 +136,32 @@ impl Service<Request> for Forward {
                 Ok(response)
             });
         }
-        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = match self.authority(addr).and_then(|a| Uri::builder().scheme("http").authority(a).path_and_query(path).build()) {
-            Ok(uri) => uri,
-            Err(e) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
-        };
-        *req.uri_mut() = uri;
-        let fut = self.0.http2.request(req);
+        if let Err(e) = absolute_uri(&mut req, addr) {
+            return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string()))));
+        }
+        let pool = self.0.http2.clone();
         Box::pin(async move {
-            match fut.await {
-                Ok(response) => {
-                    let mut response = response.map(body::boxed);
-                    strip_hop_by_hop(response.headers_mut());
-                    Ok(response)
-                }
-                Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect { addr, source: e.into() }),
-                Err(e) => Err(ProxyError::UpstreamReset { addr, source: e.into() }),
-            }
+            let mut response = pool.send(addr, req).await?;
+            strip_hop_by_hop(response.headers_mut());
+            Ok(response)
         })
     }
+}
+
+/// Gives an HTTP/2 request the absolute URI its `:scheme`, `:authority` and `:path` are sent
+/// from: the authority it came with, else its `Host`, else the endpoint's address.
+fn absolute_uri(req: &mut Request, addr: std::net::SocketAddr) -> Result<(), http::Error> {
+    let parts = req.uri().clone().into_parts();
+    let authority = match parts.authority {
+        Some(authority) => authority,
+        None => match req.headers().get(header::HOST).map(|h| Authority::try_from(h.as_bytes())) {
+            Some(host) => host?,
+            None => Authority::try_from(addr.to_string())?,
+        },
+    };
+    let path = parts.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::builder().scheme(parts.scheme.unwrap_or(http::uri::Scheme::HTTP)).authority(authority).path_and_query(path).build()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -232,5 +190,73 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert_eq!(h.keys().collect::<Vec<_>>(), [header::HOST], "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioExecutor;
+
+    use super::*;
+    use crate::{body, stack::testing};
+
+    /// An upstream (HTTP/1.1 and HTTP/2) answering with what it saw: the request target,
+    /// the URI's authority and every `Host` header. It counts the connections it accepted.
+    async fn echo_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        testing::upstream(|stream| {
+            let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let hosts: Vec<_> = req.headers().get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("?")).collect();
+                let authority = req.uri().authority().map_or("-", Authority::as_str);
+                let seen = format!("{} {authority} {hosts:?}", req.uri().path());
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(seen))))
+            });
+            tokio::spawn(
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+        })
+        .await
+    }
+
+    async fn seen(forward: &mut Forward, addr: std::net::SocketAddr, version: http::Version, uri: &str, host: Option<&str>) -> String {
+        let mut req = http::Request::get(uri).version(version);
+        if let Some(host) = host {
+            req = req.header(header::HOST, host);
+        }
+        let mut req = req.body(body::full("")).expect("request");
+        req.extensions_mut().insert(Upstream(addr));
+        let response = forward.call(req).await.expect("forwarded");
+        String::from_utf8(response.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn upstreams_see_the_authority_the_caller_addressed() {
+        use http::Version;
+        let (addr, accepted) = echo_upstream().await;
+        let mut forward = Forward::default();
+        for (version, uri, host, expected) in [
+            // HTTP/1.1: the request line's authority replaces `Host`.
+            (Version::HTTP_11, "http://reviews.shop:9080/x", Some("other"), r#"/x - ["reviews.shop:9080"]"#),
+            (Version::HTTP_11, "/x", Some("reviews.shop"), r#"/x - ["reviews.shop"]"#),
+            // HTTP/2: `:authority` as the caller sent it, or from `Host`.
+            (Version::HTTP_2, "http://reviews.shop:9080/x", None, "/x reviews.shop:9080 []"),
+            (Version::HTTP_2, "http://reviews.shop/x", Some("reviews.shop"), r#"/x reviews.shop ["reviews.shop"]"#),
+            (Version::HTTP_2, "/x", Some("catalog:81"), r#"/x catalog:81 ["catalog:81"]"#),
+        ] {
+            assert_eq!(seen(&mut forward, addr, version, uri, host).await, expected, "{version:?} {uri} {host:?}");
+        }
+        // One HTTP/1.1 connection, then one HTTP/2 connection for all three.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_http2_request_without_an_authority_names_the_endpoint() {
+        let (addr, _) = echo_upstream().await;
+        let seen = seen(&mut Forward::default(), addr, http::Version::HTTP_2, "/x", None).await;
+        assert_eq!(seen, format!("/x {addr} []"));
     }
 }

@@ -7,8 +7,10 @@
 //! route and endpoint were chosen, and what [`retry`] and [`outlier`] did, even when the
 //! request then fails.
 
+pub mod admit;
 pub mod errors;
 pub mod forward;
+pub mod h2_pool;
 pub mod observe;
 pub mod outlier;
 pub mod pool;
@@ -152,6 +154,42 @@ pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Upstreams for the tests of the layers that send requests.
+#[cfg(test)]
+pub mod testing {
+    use std::{
+        net::SocketAddr,
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+    };
+
+    use crate::connection::{ConnectionMeter, UpstreamMeters};
+
+    /// Listens on a loopback port and hands each connection to `serve`; counts the
+    /// connections it accepted.
+    pub async fn upstream(serve: impl Fn(tokio::net::TcpStream) + Send + 'static) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                serve(stream);
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Meters for a pool's connections, with the one of `addr`.
+    pub fn meters(addr: SocketAddr) -> (Arc<UpstreamMeters>, ConnectionMeter) {
+        let meter = ConnectionMeter::default();
+        (Arc::new(UpstreamMeters::new([(addr, meter.clone())].into())), meter)
+    }
 }
 
 #[cfg(test)]

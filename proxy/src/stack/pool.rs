@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     body::{self, BodyEnd, BodyObserver, BoxBody, ObservedBody},
-    connection::UpstreamMeters,
+    connection::{Metered, UpstreamMeters},
     error::{BoxError, ProxyError},
 };
 
@@ -124,13 +124,8 @@ impl Http1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Sender, ProxyError> {
+        let io = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
         let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
-        let stream = tokio::time::timeout(self.0.connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| unreachable(format!("connect timed out after {:?}", self.0.connect_timeout).into()))?
-            .map_err(|e| unreachable(e.into()))?;
-        stream.set_nodelay(true).map_err(|e| unreachable(e.into()))?;
-        let io = TokioIo::new(self.0.meters.of(addr).meter(stream));
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.into()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -153,7 +148,9 @@ impl Http1Pool {
     }
 }
 
-impl Shared {
+impl Sweep for Shared {
+    const WHAT: &'static str = "idle upstream connections closed";
+
     /// Drops (and so closes) every idle connection that is closed or past the idle timeout,
     /// and forgets endpoints left with none. Returns how many were dropped.
     fn sweep(&self, now: Instant) -> usize {
@@ -169,14 +166,37 @@ impl Shared {
     }
 }
 
+/// A metered TCP connection to `addr` (no Nagle delay), opened within `timeout`.
+pub(super) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    meters: &UpstreamMeters,
+) -> Result<TokioIo<Metered<tokio::net::TcpStream>>, ProxyError> {
+    let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable(format!("connect timed out after {timeout:?}").into()))?
+        .map_err(|e| unreachable(e.into()))?;
+    stream.set_nodelay(true).map_err(|e| unreachable(e.into()))?;
+    Ok(TokioIo::new(meters.of(addr).meter(stream)))
+}
+
 /// How often the pool is swept: a quarter of the idle timeout, between 10 ms and 30 s, so a
 /// connection stays idle at most that much past the timeout.
 pub fn sweep_every(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30))
 }
 
-/// Sweeps the pool every `every` while it exists.
-async fn sweep(pool: Weak<Shared>, every: Duration) {
+/// A pool whose stale connections a timer drops.
+pub(super) trait Sweep: Send + Sync + 'static {
+    /// What the log line calls the connections.
+    const WHAT: &'static str;
+    /// Drops the connections that closed or stayed unused too long; returns how many.
+    fn sweep(&self, now: Instant) -> usize;
+}
+
+/// Sweeps `pool` every `every` while it exists.
+pub(super) async fn sweep<P: Sweep>(pool: Weak<P>, every: Duration) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -184,7 +204,7 @@ async fn sweep(pool: Weak<Shared>, every: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         let dropped = pool.sweep(Instant::now());
         if dropped > 0 {
-            tracing::debug!(dropped, "idle upstream connections closed");
+            tracing::debug!(dropped, "{}", P::WHAT);
         }
     }
 }
@@ -215,38 +235,30 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
-    use crate::connection::ConnectionMeter;
+    use crate::{connection::ConnectionMeter, stack::testing};
 
     /// An upstream answering `ok` (and closing after the answer when the path is
     /// `/close`); it counts the connections it accepted.
     async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                        let mut response = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
-                        if req.uri().path() == "/close" {
-                            response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                        }
-                        Ok::<_, std::convert::Infallible>(response)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        testing::upstream(|stream| {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                    let mut response = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+                    if req.uri().path() == "/close" {
+                        response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
                 });
-            }
-        });
-        (addr, accepted)
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        })
+        .await
     }
 
     /// A pool for `addr`, and the meter of its connections there.
     fn pool(addr: SocketAddr, idle_timeout: Duration) -> (Http1Pool, ConnectionMeter) {
-        let meter = ConnectionMeter::default();
-        let meters = UpstreamMeters::new([(addr, meter.clone())].into());
-        (Http1Pool::new(Arc::new(meters), Duration::from_secs(2), idle_timeout), meter)
+        let (meters, meter) = testing::meters(addr);
+        (Http1Pool::new(meters, Duration::from_secs(2), idle_timeout), meter)
     }
 
     /// Waits up to two seconds for `meter` to count `n` closed connections.

@@ -1,0 +1,271 @@
+//! HTTP/2 connections to upstream endpoints: one per endpoint, shared by every request to it.
+//!
+//! A request goes to the endpoint the split layer picked and keeps the `:authority` its
+//! caller wrote (`reviews.shop:9080`, not the endpoint's address), so the upstream and the
+//! next sidecar's telemetry see the service that was called, as they do for HTTP/1.1's
+//! `Host`. The connection to an endpoint is opened by its first request (one at a time: the
+//! requests that arrive meanwhile wait for it) and again once it has closed (GOAWAY, a
+//! reset, the upstream's idle timeout). A request the connection refused before sending
+//! anything (it was closing) is sent again on a new one. A connection unused for the idle
+//! timeout is dropped, and closes once its last stream ends, by a sweep every
+//! [`super::pool::sweep_every`] of that timeout.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::TokioExecutor;
+
+use super::pool::{Sweep, connect, sweep, sweep_every};
+use crate::{
+    body::{self, BoxBody},
+    connection::UpstreamMeters,
+    error::{BoxError, ProxyError},
+};
+
+/// Connections a request may try before it fails: one that was closing, then a new one.
+const ATTEMPTS: usize = 3;
+
+type Sender = SendRequest<BoxBody>;
+
+/// The connections, shared by every clone.
+#[derive(Debug, Clone)]
+pub struct Http2Pool(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    endpoints: Mutex<HashMap<SocketAddr, Endpoint, ahash::RandomState>>,
+    meters: Arc<UpstreamMeters>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// One endpoint's connection, and the gate its opening goes through.
+#[derive(Debug, Default)]
+struct Endpoint {
+    open: Option<Open>,
+    connecting: Arc<tokio::sync::Mutex<()>>,
+    /// Counts the connections opened, to tell a closing one from its successor.
+    opened: u64,
+}
+
+#[derive(Debug)]
+struct Open {
+    sender: Sender,
+    generation: u64,
+    used: Instant,
+}
+
+impl Http2Pool {
+    /// A pool metering its connections in `meters`. Made within a Tokio runtime, it sweeps
+    /// out connections unused for `idle_timeout` until the last clone is dropped.
+    pub fn new(meters: Arc<UpstreamMeters>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let shared = Arc::new(Shared { endpoints: Mutex::default(), meters, connect_timeout, idle_timeout });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&shared), sweep_every(idle_timeout)));
+        }
+        Self(shared)
+    }
+
+    /// Sends `req` (an absolute URI naming the authority to send) to `addr` and returns its
+    /// response.
+    pub async fn send(&self, addr: SocketAddr, mut req: http::Request<BoxBody>) -> Result<http::Response<BoxBody>, ProxyError> {
+        for _ in 0..ATTEMPTS {
+            let (mut sender, generation, reused) = self.sender(addr).await?;
+            if sender.ready().await.is_err() {
+                self.0.forget(addr, generation);
+                if reused {
+                    continue;
+                }
+                return Err(ProxyError::UpstreamConnect { addr, source: "connection closed before the request".into() });
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(response.map(body::boxed)),
+                Err(mut e) => match e.take_message() {
+                    // Nothing was sent: the connection was closing. Try a new one.
+                    Some(unsent) => {
+                        self.0.forget(addr, generation);
+                        req = unsent;
+                    }
+                    None => return Err(ProxyError::UpstreamReset { addr, source: e.into_error().into() }),
+                },
+            }
+        }
+        Err(ProxyError::UpstreamReset { addr, source: "every connection closed before the request was sent".into() })
+    }
+
+    /// The open connection to `addr`, or a new one; with its generation, and whether it was
+    /// open already.
+    async fn sender(&self, addr: SocketAddr) -> Result<(Sender, u64, bool), ProxyError> {
+        let gate = {
+            let mut endpoints = self.0.endpoints();
+            let endpoint = endpoints.entry(addr).or_default();
+            if let Some(open) = endpoint.usable() {
+                return Ok((open.0, open.1, true));
+            }
+            endpoint.connecting.clone()
+        };
+        let _opening = gate.lock().await;
+        // Opened by a request that went through the gate first?
+        if let Some((sender, generation)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
+            return Ok((sender, generation, true));
+        }
+        let sender = self.connect(addr).await?;
+        let mut endpoints = self.0.endpoints();
+        let endpoint = endpoints.entry(addr).or_default();
+        endpoint.opened += 1;
+        let generation = endpoint.opened;
+        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now() });
+        Ok((sender, generation, false))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, ProxyError> {
+        let io = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
+        let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| unreachable(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Endpoints with a connection kept.
+    #[cfg(test)]
+    fn connections(&self) -> usize {
+        self.0.endpoints().values().filter(|e| e.open.is_some()).count()
+    }
+}
+
+impl Endpoint {
+    /// A handle on the open connection, unless it has closed.
+    fn usable(&mut self) -> Option<(Sender, u64)> {
+        let open = self.open.as_mut().filter(|o| !o.sender.is_closed())?;
+        open.used = Instant::now();
+        Some((open.sender.clone(), open.generation))
+    }
+}
+
+impl Shared {
+    fn endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint, ahash::RandomState>> {
+        // Nothing in a critical section panics; a poisoned map still holds whole entries.
+        self.endpoints.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops handing out connection `generation` to `addr` (it refused a request).
+    fn forget(&self, addr: SocketAddr, generation: u64) {
+        if let Some(endpoint) = self.endpoints().get_mut(&addr)
+            && endpoint.open.as_ref().is_some_and(|o| o.generation == generation)
+        {
+            endpoint.open = None;
+        }
+    }
+}
+
+impl Sweep for Shared {
+    const WHAT: &'static str = "unused HTTP/2 upstream connections dropped";
+
+    /// Drops the connections that closed or were not used for the idle timeout, and the
+    /// endpoints left with none that no request is connecting to.
+    fn sweep(&self, now: Instant) -> usize {
+        let mut dropped = 0;
+        self.endpoints().retain(|_, endpoint| {
+            if endpoint.open.as_ref().is_some_and(|o| o.sender.is_closed() || now.duration_since(o.used) >= self.idle_timeout) {
+                endpoint.open = None;
+                dropped += 1;
+            }
+            endpoint.open.is_some() || Arc::strong_count(&endpoint.connecting) > 1
+        });
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::{connection::ConnectionMeter, stack::testing};
+
+    /// An HTTP/2 upstream answering `ok`; it counts the connections it accepted, and drops
+    /// each after `lifetime`.
+    async fn upstream(lifetime: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        testing::upstream(move |stream| {
+            let service = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(tokio::time::timeout(lifetime, connection));
+        })
+        .await
+    }
+
+    fn pool(addr: SocketAddr, idle_timeout: Duration) -> (Http2Pool, ConnectionMeter) {
+        let (meters, meter) = testing::meters(addr);
+        (Http2Pool::new(meters, Duration::from_secs(2), idle_timeout), meter)
+    }
+
+    async fn read(pool: &Http2Pool, addr: SocketAddr) -> Bytes {
+        let req = http::Request::get("http://reviews/").version(http::Version::HTTP_2).body(body::full("")).expect("request");
+        let response = pool.send(addr, req).await.expect("response");
+        response.into_body().collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn requests_at_once_to_a_new_endpoint_share_one_connection() {
+        let (addr, accepted) = upstream(Duration::from_secs(60)).await;
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let pool = pool.clone();
+            reads.spawn(async move { read(&pool, addr).await });
+        }
+        while let Some(body) = reads.join_next().await {
+            assert_eq!(body.expect("read"), "ok");
+        }
+        assert_eq!((accepted.load(Ordering::SeqCst), meter.opened.get(), pool.connections()), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced() {
+        let (addr, accepted) = upstream(Duration::from_millis(50)).await;
+        let (pool, _) = pool(addr, Duration::from_secs(90));
+        assert_eq!(read(&pool, addr).await, "ok");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(read(&pool, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unused_connection_is_dropped_and_closes() {
+        let (addr, _) = upstream(Duration::from_secs(60)).await;
+        let (pool, meter) = pool(addr, Duration::from_millis(30));
+        assert_eq!(read(&pool, addr).await, "ok");
+        for _ in 0..200 {
+            if meter.closed.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((meter.closed.get(), pool.connections()), (1, 0));
+        assert_eq!(pool.0.endpoints().len(), 0, "the endpoint is forgotten too");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_nobody_listens_on_is_a_connect_failure() {
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+        let (pool, _) = pool(addr, Duration::from_secs(90));
+        let req = http::Request::get("http://reviews/").body(body::full("")).expect("request");
+        assert!(matches!(pool.send(addr, req).await, Err(ProxyError::UpstreamConnect { .. })));
+    }
+}
