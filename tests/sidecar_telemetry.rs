@@ -260,7 +260,8 @@ fn retried_requests_show_one_client_span_per_attempt() {
     const SENT: u64 = 40;
     let mut ok = 0;
     for _ in 0..SENT {
-        let reply = http(tester.outbound, "POST", "/work", &[("host", "flaky"), ("content-type", "text/plain")], b"order=7").expect("request");
+        let reply = http(tester.outbound, "POST", "/work?id=7&sig=secret", &[("host", "flaky"), ("content-type", "text/plain")], b"order=7")
+            .expect("request");
         ok += u64::from(reply.status == 200);
     }
     assert!(ok >= SENT * 3 / 4, "4 attempts at 50% failure: most requests succeed ({ok} of {SENT})");
@@ -293,6 +294,12 @@ fn retried_requests_show_one_client_span_per_attempt() {
         assert_eq!(attempt["references"][0]["spanID"], request["spanID"], "attempts are children of the request's span");
         let server = spans.iter().find(|s| s["references"][0]["spanID"] == attempt["spanID"] && tag(s, "span.kind") == Some(&"server".into()));
         assert!(server.is_some(), "flaky's SERVER span of attempt {} is its child: {trace}", i + 1);
+        // OpenTelemetry's HTTP conventions: a resend counts the attempts before it; a client
+        // span has the full URL (its signature redacted) and the port, the scheme's here.
+        assert_eq!(tag(attempt, "http.request.resend_count").and_then(Value::as_i64), (i > 0).then_some(i as i64), "{attempt}");
+        assert_eq!(tag(attempt, "url.full"), Some(&"http://flaky/work?id=7&sig=REDACTED".into()), "{attempt}");
+        assert_eq!(tag(attempt, "server.port").and_then(Value::as_i64), Some(80), "{attempt}");
+        assert_eq!(server.and_then(|s| tag(s, "url.query")), Some(&"id=7&sig=REDACTED".into()));
     }
     let failed = &attempts[0];
     assert!(tag(failed, "http.response.status_code").and_then(Value::as_i64).is_some_and(|s| s >= 500), "{failed}");

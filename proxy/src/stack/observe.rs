@@ -114,6 +114,7 @@ where
             duration: Default::default(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            query: crate::telemetry::recorded_query(req.uri()),
             route: routes.route(req.uri().path()).cloned(),
             authority_port,
             authority,

@@ -195,6 +195,7 @@ impl AttemptSpan {
             duration: Duration::ZERO,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            query: crate::telemetry::recorded_query(req.uri()),
             route: None,
             authority_port,
             authority,

@@ -91,18 +91,7 @@ impl Seen {
 
 /// The HTTP method as a label: the standard ones, else `_OTHER` (as OpenTelemetry says).
 fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
+    super::known_method(method).unwrap_or("_OTHER")
 }
 
 /// Upper bounds of the duration histogram, in seconds: 100 µs to 30 s.

@@ -64,6 +64,9 @@ pub struct RequestRecord {
     pub method: http::Method,
     /// Request path (no query).
     pub path: String,
+    /// The query string, if any, with the values OpenTelemetry lists as secrets replaced
+    /// ([`recorded_query`]).
+    pub query: Option<String>,
     /// The route template the path matched (`http.route`).
     pub route: Option<Arc<str>>,
     /// The authority the caller addressed (`server.address`).
@@ -119,6 +122,46 @@ pub struct SpanEvent {
     pub name: &'static str,
     /// Details, if any.
     pub message: Option<String>,
+}
+
+/// Query keys whose values are secrets (signed-URL signatures and keys), replaced by
+/// `REDACTED` as OpenTelemetry's URL conventions say.
+const SECRET_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// A request's query as its record keeps it (`url.query`, part of `url.full`): `None` when
+/// it has none, else the query with the values of [`SECRET_QUERY_KEYS`] redacted.
+pub fn recorded_query(uri: &http::Uri) -> Option<String> {
+    let query = uri.query()?;
+    let secret = |pair: &str| SECRET_QUERY_KEYS.contains(&pair.split_once('=').map_or(pair, |(k, _)| k));
+    if !query.split('&').any(secret) {
+        return Some(query.to_owned());
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if secret(pair) => format!("{key}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    Some(pairs.join("&"))
+}
+
+/// The method as OpenTelemetry's HTTP conventions write `http.request.method`: the methods
+/// of RFC 9110 and PATCH as they are, anything else `None` (written `_OTHER`, with the
+/// method itself in `http.request.method_original`).
+pub fn known_method(method: &http::Method) -> Option<&'static str> {
+    Some(match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => return None,
+    })
 }
 
 impl RequestRecord {
@@ -289,6 +332,7 @@ pub(crate) mod tests {
             duration: Duration::from_millis(duration_ms),
             method: http::Method::GET,
             path: "/".into(),
+            query: None,
             route: None,
             authority: None,
             authority_port: None,

@@ -108,8 +108,17 @@ fn workload_attributes(a: &mut impl AttributeSink, keys: &semconv::WorkloadKeys,
 /// Writes the attributes shared by a record's span and access log; `scratch` holds the
 /// values that must be formatted.
 pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String) {
-    a.string("http.request.method", r.method.as_str());
+    match super::known_method(&r.method) {
+        Some(method) => a.string("http.request.method", method),
+        None => {
+            a.string("http.request.method", "_OTHER");
+            a.string("http.request.method_original", r.method.as_str());
+        }
+    }
     a.string("url.path", r.path.as_str());
+    if let Some(query) = &r.query {
+        a.string("url.query", query);
+    }
     a.string("url.scheme", "http");
     a.integer("http.response.status_code", i64::from(r.status));
     // `network.protocol.name` is left out: OpenTelemetry's HTTP conventions want it only when
@@ -128,12 +137,11 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     if let Some(host) = &r.authority {
         a.string("server.address", host);
+        // The port addressed, else the scheme's (the conventions require it on clients).
+        a.integer("server.port", i64::from(r.authority_port.unwrap_or(80)));
     }
     if let Some(route) = &r.route {
         a.string("http.route", route);
-    }
-    if let Some(port) = r.authority_port {
-        a.integer("server.port", i64::from(port));
     }
     if let Some(peer) = r.peer {
         scratch.clear();
@@ -166,6 +174,9 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     if let Some(attempt) = r.attempt {
         a.integer(semconv::RETRY_ATTEMPT, i64::from(attempt));
+        if attempt > 1 {
+            a.integer("http.request.resend_count", i64::from(attempt - 1));
+        }
     }
     // The sidecar's own workload (the source of an outbound record, the destination of an
     // inbound one) is the resource's; only the other side is written.
@@ -180,6 +191,34 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
                 workload_attributes(a, &semconv::DESTINATION_KEYS, dest);
             }
         }
+    }
+}
+
+/// Writes the attributes of a record's span: [`write_record_attributes`], and on a CLIENT
+/// span the `url.full` OpenTelemetry's conventions require there (the access-log record
+/// has the path and query in its body line already).
+pub fn write_span_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String) {
+    write_record_attributes(r, a, scratch);
+    if let (Side::Outbound, Some(host)) = (r.side, &r.authority) {
+        scratch.clear();
+        write_url_full(r, host, scratch);
+        a.string("url.full", scratch);
+    }
+}
+
+/// Writes `url.full` of an outbound request: `http://`, the authority the application
+/// addressed, the path and the (redacted) query.
+fn write_url_full(r: &RequestRecord, host: &str, out: &mut String) {
+    out.push_str("http://");
+    out.push_str(host);
+    if let Some(port) = r.authority_port {
+        out.push(':');
+        text::push_uint(out, u64::from(port));
+    }
+    out.push_str(&r.path);
+    if let Some(query) = &r.query {
+        out.push('?');
+        out.push_str(query);
     }
 }
 
@@ -418,6 +457,13 @@ pub(crate) mod reference {
         a.0
     }
 
+    /// The attributes of a record's span, as `KeyValue`s.
+    pub(crate) fn span_attributes(r: &RequestRecord) -> Vec<KeyValue> {
+        let mut a = Attributes::default();
+        write_span_attributes(r, &mut a, &mut String::new());
+        a.0
+    }
+
     /// One record as an OTLP span.
     pub(crate) fn span(r: &RequestRecord) -> Span {
         let kind = match r.side {
@@ -439,7 +485,7 @@ pub(crate) mod reference {
             kind: kind as i32,
             start_time_unix_nano: r.start_unix_nanos,
             end_time_unix_nano: r.start_unix_nanos + r.duration.as_nanos() as u64,
-            attributes: record_attributes(r),
+            attributes: span_attributes(r),
             events: r
                 .events
                 .iter()
@@ -579,5 +625,63 @@ mod tests {
                 ["namespace", "service", "workload", "version"].map(|k| format!("meshlens.source.{k}")).to_vec(),
             )
         );
+    }
+
+    #[test]
+    fn records_follow_the_http_conventions_for_methods_urls_ports_and_resends() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+        let attributes = |r: &RequestRecord| -> Vec<(String, String)> {
+            let mut a = Attributes::default();
+            write_span_attributes(r, &mut a, &mut String::new());
+            a.0.into_iter()
+                .map(|kv| match kv.value.and_then(|v| v.value) {
+                    Some(V::StringValue(s)) => (kv.key, s),
+                    Some(V::IntValue(i)) => (kv.key, i.to_string()),
+                    other => (kv.key, format!("{other:?}")),
+                })
+                .collect()
+        };
+        let get = |a: &[(String, String)], key: &str| a.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+
+        let mut r = super::super::tests::record(true, Outcome::Success, 1);
+        r.method = http::Method::from_bytes(b"PURGE").expect("method");
+        r.path = "/items/7".into();
+        r.query = crate::telemetry::recorded_query(&"/items/7?a=1&sig=abc&X-Goog-Signature=z&signature=kept".parse().expect("uri"));
+        r.authority = Some("reviews.shop".into());
+        r.authority_port = None;
+        r.attempt = Some(3);
+        let out = attributes(&r);
+        let query = "a=1&sig=REDACTED&X-Goog-Signature=REDACTED&signature=kept";
+        for (key, value) in [
+            ("http.request.method", "_OTHER"),
+            ("http.request.method_original", "PURGE"),
+            ("url.path", "/items/7"),
+            ("url.query", query),
+            ("url.full", &format!("http://reviews.shop/items/7?{query}")),
+            ("server.address", "reviews.shop"),
+            ("server.port", "80"),
+            ("http.request.resend_count", "2"),
+        ] {
+            assert_eq!(get(&out, key).as_deref(), Some(value), "{key} in {out:?}");
+        }
+
+        // A known method as it is; the port addressed; no query, no resend on a first attempt;
+        // `url.full` is a client span's attribute only.
+        r.method = http::Method::GET;
+        r.query = None;
+        r.authority_port = Some(9080);
+        r.attempt = Some(1);
+        let out = attributes(&r);
+        assert_eq!(get(&out, "http.request.method").as_deref(), Some("GET"));
+        assert_eq!(get(&out, "url.full").as_deref(), Some("http://reviews.shop:9080/items/7"));
+        assert_eq!(get(&out, "server.port").as_deref(), Some("9080"));
+        for absent in ["http.request.method_original", "url.query", "http.request.resend_count"] {
+            assert_eq!(get(&out, absent), None, "{absent}");
+        }
+        r.side = Side::Inbound;
+        assert_eq!(get(&attributes(&r), "url.full"), None);
+        r.side = Side::Outbound;
+        assert!(super::reference::record_attributes(&r).iter().all(|kv| kv.key != "url.full"), "not on access logs");
+        assert_eq!(crate::telemetry::recorded_query(&"/x".parse().expect("uri")), None);
     }
 }

@@ -214,7 +214,7 @@ impl Encoder {
         put_varint(buf, 6, kind);
         put_fixed64(buf, 7, r.start_unix_nanos);
         put_fixed64(buf, 8, r.start_unix_nanos + r.duration.as_nanos() as u64);
-        otlp::write_record_attributes(r, &mut KeyValues { buf, field: 9 }, &mut self.scratch);
+        otlp::write_span_attributes(r, &mut KeyValues { buf, field: 9 }, &mut self.scratch);
         for e in &r.events {
             // Event { 1: time, 2: name, 3: attributes }
             self.nested.clear();
