@@ -125,6 +125,12 @@ pub struct RequestKey {
     pub outcome: Outcome,
     /// Response flags.
     pub flags: ResponseFlags,
+    /// HTTP version (`network.protocol.version`).
+    pub version: http::Version,
+    /// `error.type`, with the status label.
+    pub error_type: Option<Arc<str>>,
+    /// The port addressed (80 when none was), outbound with the destination label.
+    pub port: Option<u16>,
 }
 
 /// Cumulative values of one series.
@@ -226,6 +232,9 @@ impl RequestMetrics {
             grpc: r.grpc,
             outcome: r.classification.outcome,
             flags: if on(Label::ResponseFlags) { r.flags } else { ResponseFlags::empty() },
+            version: r.version,
+            error_type: r.error_type().filter(|_| on(Label::StatusCode)).map(|e| Arc::from(&*e)),
+            port: (r.side == Side::Outbound && on(Label::Destination) && r.authority.is_some()).then(|| r.authority_port.unwrap_or(80)),
         };
         let seconds = r.duration.as_secs_f64();
         let bucket = DURATION_BOUNDS.partition_point(|b| *b < seconds);

@@ -124,6 +124,17 @@ pub struct SpanEvent {
     pub message: Option<String>,
 }
 
+/// `1.1`, `2`, ... as OpenTelemetry's `network.protocol.version` writes `version`.
+pub fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
 /// Query keys whose values are secrets (signed-URL signatures and keys), replaced by
 /// `REDACTED` as OpenTelemetry's URL conventions say.
 const SECRET_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
@@ -165,15 +176,20 @@ pub fn known_method(method: &http::Method) -> Option<&'static str> {
 }
 
 impl RequestRecord {
+    /// OpenTelemetry's `error.type`: the classifier's (a 5xx status, a gRPC status name, the
+    /// failure kind), and on the client side a 4xx status too, which the HTTP conventions
+    /// count as a client's error.
+    pub fn error_type(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.classification.error_type {
+            Some(error) => Some(std::borrow::Cow::Borrowed(error.as_str())),
+            None if self.side == Side::Outbound && (400..500).contains(&self.status) => Some(self.status.to_string().into()),
+            None => None,
+        }
+    }
+
     /// `1.1`, `2`, ... as OpenTelemetry's `network.protocol.version` writes it.
     pub fn protocol_version(&self) -> &'static str {
-        match self.version {
-            http::Version::HTTP_09 => "0.9",
-            http::Version::HTTP_10 => "1.0",
-            http::Version::HTTP_2 => "2",
-            http::Version::HTTP_3 => "3",
-            _ => "1.1",
-        }
+        protocol_version(self.version)
     }
 
     /// `grpc` or `http`.

@@ -160,8 +160,8 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
             a.integer("rpc.grpc.status_code", i64::from(code));
         }
     }
-    if let Some(error) = &r.classification.error_type {
-        a.string("error.type", error.as_str());
+    if let Some(error) = r.error_type() {
+        a.string("error.type", &error);
     }
     if let Some(ua) = &r.user_agent {
         a.string("user_agent.original", ua.as_str());
@@ -280,6 +280,17 @@ fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     }
     if let Some(route) = &k.route {
         a.str("http.route", &**route);
+    }
+    a.str("url.scheme", "http").str("network.protocol.version", super::protocol_version(k.version));
+    if let Some(error) = &k.error_type {
+        a.str("error.type", &**error);
+    }
+    if k.side == Side::Outbound && !k.destination_service.is_empty() {
+        // What the application addressed: the client metrics' `server.address` and port.
+        a.str("server.address", &*k.destination_service);
+        if let Some(port) = k.port {
+            a.int("server.port", i64::from(port));
+        }
     }
     a.str(semconv::DIRECTION, k.side.as_str())
         .str(semconv::PROTOCOL, if k.grpc { "grpc" } else { "http" })
@@ -683,5 +694,54 @@ mod tests {
         r.side = Side::Outbound;
         assert!(super::reference::record_attributes(&r).iter().all(|kv| kv.key != "url.full"), "not on access logs");
         assert_eq!(crate::telemetry::recorded_query(&"/x".parse().expect("uri")), None);
+    }
+
+    #[test]
+    fn request_metrics_carry_the_http_conventions_attributes() {
+        use opentelemetry_proto::tonic::{common::v1::any_value::Value as V, metrics::v1::metric::Data};
+        use crate::telemetry::{metrics::{LabelPolicy, RequestMetrics}, stats::TelemetryStats};
+        let metrics = RequestMetrics::new(LabelPolicy::default(), TelemetryStats::default());
+        let mut client = super::super::tests::record(true, Outcome::Success, 1);
+        client.status = 404;
+        client.authority = Some("reviews".into());
+        client.authority_port = None;
+        client.destination_service = "reviews".into();
+        metrics.observe(&client);
+        let mut server = super::super::tests::record(true, Outcome::Success, 1);
+        server.side = Side::Inbound;
+        server.version = http::Version::HTTP_2;
+        metrics.observe(&server);
+
+        let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"));
+        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[]);
+        let point = |name: &str| -> Vec<(String, String)> {
+            let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");
+            let Some(Data::Histogram(h)) = &metric.data else { panic!("{name} is a histogram") };
+            h.data_points[0]
+                .attributes
+                .iter()
+                .map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(V::StringValue(s)) => (kv.key.clone(), s.clone()),
+                    Some(V::IntValue(i)) => (kv.key.clone(), i.to_string()),
+                    other => (kv.key.clone(), format!("{other:?}")),
+                })
+                .collect()
+        };
+        let has = |attributes: &[(String, String)], key: &str, value: &str| attributes.iter().any(|(k, v)| k == key && v == value);
+        let client = point("http.client.request.duration");
+        for (key, value) in [
+            ("http.request.method", "GET"),
+            ("url.scheme", "http"),
+            ("network.protocol.version", "1.1"),
+            ("server.address", "reviews"),
+            ("server.port", "80"),
+            ("http.response.status_code", "404"),
+            ("error.type", "404"),
+        ] {
+            assert!(has(&client, key, value), "{key}={value} in {client:?}");
+        }
+        let server = point("http.server.request.duration");
+        assert!(has(&server, "url.scheme", "http") && has(&server, "network.protocol.version", "2"), "{server:?}");
+        assert!(server.iter().all(|(k, _)| k != "server.address" && k != "error.type"), "{server:?}");
     }
 }
