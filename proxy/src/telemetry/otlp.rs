@@ -234,15 +234,17 @@ pub fn status_message(r: &RequestRecord) -> String {
 }
 
 /// Writes the span name: the gRPC method for gRPC calls, else `{method} {http.route}`, or
-/// the method alone when no route template matched (OpenTelemetry's HTTP conventions).
+/// the method alone when no route template matched, `HTTP` standing for a method outside
+/// the known ones (OpenTelemetry's HTTP conventions).
 pub fn write_span_name(r: &RequestRecord, out: &mut String) {
-    use std::fmt::Write;
-    match &r.route {
-        _ if r.grpc => out.push_str(r.path.trim_start_matches('/')),
-        Some(route) => {
-            let _ = write!(out, "{} {route}", r.method);
-        }
-        None => out.push_str(r.method.as_str()),
+    if r.grpc {
+        out.push_str(r.path.trim_start_matches('/'));
+        return;
+    }
+    out.push_str(super::known_method(&r.method).unwrap_or("HTTP"));
+    if let Some(route) = &r.route {
+        out.push(' ');
+        out.push_str(route);
     }
 }
 
@@ -661,6 +663,10 @@ mod tests {
         r.authority = Some("reviews.shop".into());
         r.authority_port = None;
         r.attempt = Some(3);
+        r.route = Some("/items/{id}".into());
+        let mut name = String::new();
+        write_span_name(&r, &mut name);
+        assert_eq!(name, "HTTP /items/{id}", "an unknown method's span is named `HTTP`");
         let out = attributes(&r);
         let query = "a=1&sig=REDACTED&X-Goog-Signature=REDACTED&signature=kept";
         for (key, value) in [
