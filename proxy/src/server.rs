@@ -1,7 +1,8 @@
 //! Accepts connections on a listener and serves HTTP/1.1 and HTTP/2 with one service.
 //!
 //! Each connection is served on its own task; the protocol is detected per connection
-//! (HTTP/2 prior knowledge or HTTP/1.1). On shutdown the listener closes, open
+//! (HTTP/2 prior knowledge or HTTP/1.1), and an HTTP/1.1 connection may switch protocols
+//! ([`crate::stack::upgrade`]). On shutdown the listener closes, open
 //! connections are asked to finish, and stragglers are cut after a grace period.
 
 use std::{convert::Infallible, time::Duration};
@@ -50,7 +51,7 @@ where
                     req.extensions_mut().insert(PeerAddr(peer));
                     service.clone().oneshot(req)
                 });
-                let connection = builder.serve_connection(TokioIo::new(meter.meter(stream)), hyper_service).into_owned();
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(meter.meter(stream)), hyper_service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {

@@ -5,7 +5,7 @@
 //! knowledge, as between sidecars). The upstream sees the authority the caller addressed:
 //! `Host` (taken from the request line when it came in absolute form) or `:authority`,
 //! never the endpoint's address. Bodies stream in both directions; hop-by-hop headers are
-//! removed. Connections to a known upstream workload are metered (opened, closed, bytes)
+//! removed, except those of a protocol upgrade ([`super::upgrade`]). Connections to a known upstream workload are metered (opened, closed, bytes)
 //! under that workload's identity.
 
 use std::{
@@ -22,7 +22,7 @@ use crate::{
     error::ProxyError,
 };
 
-use super::{BoxFuture, Request, Response, Upstream, h2_pool::Http2Pool, pool::Http1Pool};
+use super::{BoxFuture, Request, Response, Upstream, h2_pool::Http2Pool, pool::Http1Pool, upgrade};
 
 /// Pooled HTTP clients, shared by both sides of a sidecar; a clone (one per request) is a
 /// reference count.
@@ -33,6 +33,8 @@ pub struct Forward(Arc<Clients>);
 struct Clients {
     http1: Http1Pool,
     http2: Http2Pool,
+    /// The meters of upgraded requests' own connections.
+    meters: Arc<UpstreamMeters>,
 }
 
 impl Default for Forward {
@@ -47,8 +49,8 @@ impl Forward {
     pub fn new(upstreams: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
         let meters = Arc::new(UpstreamMeters::new(upstreams));
         let http1 = Http1Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
-        let http2 = Http2Pool::new(meters, CONNECT_TIMEOUT, IDLE_TIMEOUT);
-        Self(Arc::new(Clients { http1, http2 }))
+        let http2 = Http2Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
+        Self(Arc::new(Clients { http1, http2, meters }))
     }
 }
 
@@ -70,7 +72,7 @@ const HOP_BY_HOP: [header::HeaderName; 6] = [
 const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names costs less than a hashed
     // lookup for each.
     let hop_by_hop = |name: &header::HeaderName| {
@@ -113,6 +115,7 @@ impl Service<Request> for Forward {
                 "no upstream chosen".into(),
             ))));
         };
+        let upgrade = if req.version() == http::Version::HTTP_11 { upgrade::requested(req.headers()) } else { None };
         strip_hop_by_hop(req.headers_mut());
         if req.version() != http::Version::HTTP_2 {
             // HTTP/1 goes out in origin form, whatever form it came in; a request line in
@@ -128,6 +131,10 @@ impl Service<Request> for Forward {
                     (Err(e), _) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
                     (_, Err(e)) => return Box::pin(std::future::ready(Err(ProxyError::BadRequest(e.to_string())))),
                 }
+            }
+            if let Some(protocol) = upgrade {
+                let clients = self.0.clone();
+                return Box::pin(async move { upgrade::forward(addr, req, protocol, CONNECT_TIMEOUT, &clients.meters).await });
             }
             let pool = self.0.http1.clone();
             return Box::pin(async move {

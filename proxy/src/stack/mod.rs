@@ -18,6 +18,7 @@ pub mod retry;
 pub mod route;
 pub mod split;
 pub mod timeout;
+pub mod upgrade;
 
 use std::{
     borrow::Cow,
