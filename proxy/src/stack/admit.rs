@@ -7,6 +7,7 @@
 //! - an HTTP/1.1 request with neither `Host` nor an absolute-form target (the same rule);
 //! - an HTTP/2 request whose `Host` names another authority than its `:authority` (RFC
 //!   9113, 8.3.1);
+//! - a request target with user information (`http://user@host/`, RFC 9110, 4.2.4);
 //! - `CONNECT`: the sidecar forwards requests, it does not open tunnels.
 
 use std::task::{Context, Poll};
@@ -61,6 +62,10 @@ pub fn refusal<B>(req: &http::Request<B>) -> Option<&'static str> {
     if req.method() == Method::CONNECT {
         return Some("CONNECT is not supported: the sidecar forwards HTTP requests, it does not open tunnels");
     }
+    if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+        // RFC 9110, 4.2.4: user information in an http URI is to be treated as an error.
+        return Some("the request target carries user information");
+    }
     let host = match single_host(req.headers()) {
         Ok(host) => host,
         Err(why) => return Some(why),
@@ -111,7 +116,7 @@ mod tests {
         const HTTP_10: Version = Version::HTTP_10;
         const HTTP_11: Version = Version::HTTP_11;
         const HTTP_2: Version = Version::HTTP_2;
-        let cases: [(&str, Version, &str, &[&str], bool); 17] = [
+        let cases: [(&str, Version, &str, &[&str], bool); 18] = [
             ("GET", HTTP_11, "/", &["reviews"], true),
             ("GET", HTTP_11, "/", &["Reviews.shop:9080"], true),
             ("GET", HTTP_11, "/", &["[::1]:8080"], true),
@@ -127,6 +132,7 @@ mod tests {
             ("GET", HTTP_11, "/", &["reviews:99999"], false),
             ("GET", HTTP_11, "/", &["user@reviews"], false),
             ("GET", HTTP_11, "/", &["reviews:+80"], false),
+            ("GET", HTTP_11, "http://user:secret@reviews/", &["reviews"], false),
             ("GET", HTTP_2, "http://reviews/", &["ratings"], false),
             ("CONNECT", HTTP_11, "reviews:443", &["reviews:443"], false),
         ];

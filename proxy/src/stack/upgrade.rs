@@ -62,8 +62,11 @@ pub async fn forward(
     let mut response = sender.send_request(req).await.map_err(|e| ProxyError::UpstreamReset { addr, source: e.into() })?;
     let agreed = response.headers().get(header::UPGRADE).cloned();
     super::forward::strip_hop_by_hop(response.headers_mut());
-    let (StatusCode::SWITCHING_PROTOCOLS, Some(agreed)) = (response.status(), agreed) else {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(response.map(body::boxed));
+    }
+    let Some(agreed) = agreed else {
+        return Err(ProxyError::UpstreamReset { addr, source: "the upstream switched protocols without naming one".into() });
     };
     restore(response.headers_mut(), agreed);
     let upstream = hyper::upgrade::on(&mut response);
@@ -104,7 +107,8 @@ mod tests {
     }
 
     /// An upstream that switches to `echo` when asked (and sends back what it receives
-    /// after), and answers anything else `426`.
+    /// after), and answers anything else `426`; on `/unnamed` it answers `101` without
+    /// naming a protocol.
     async fn echo_upstream() -> SocketAddr {
         let (addr, _) = crate::stack::testing::upstream(|stream| {
             let service = hyper::service::service_fn(|mut req: http::Request<hyper::body::Incoming>| async move {
@@ -112,6 +116,10 @@ mod tests {
                 if requested(req.headers()).is_none() {
                     *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
                     return Ok::<_, std::convert::Infallible>(response);
+                }
+                if req.uri().path() == "/unnamed" {
+                    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    return Ok(response);
                 }
                 let switched = hyper::upgrade::on(&mut req);
                 tokio::spawn(async move {
@@ -179,6 +187,10 @@ mod tests {
         let head = exchange(&mut stream, "GET /ws HTTP/1.1\r\nhost: chat\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
         assert!(head.contains("connection: upgrade\r\n") && head.contains("upgrade: echo\r\n"), "{head}");
+        let mut unnamed = tokio::net::TcpStream::connect(sidecar).await.expect("connect");
+        let head = exchange(&mut unnamed, "GET /unnamed HTTP/1.1\r\nhost: chat\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n").await;
+        assert!(head.starts_with("http/1.1 502"), "a switch to no protocol is the upstream's fault: {head}");
+
         for message in [&b"ping"[..], b"\x00\x01binary\xff", b"GET / HTTP/1.1\r\n\r\n"] {
             stream.write_all(message).await.expect("write");
             let mut back = vec![0u8; message.len()];
