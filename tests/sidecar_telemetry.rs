@@ -347,3 +347,81 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     let message = ejection["logs"].as_array().and_then(|l| l.iter().find(|l| l["fields"][0]["value"] == "ejection")).map(|l| l["fields"][1]["value"].clone());
     assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("ejected for 60s")), "{message:?}");
 }
+
+/// An app that switches to `echo` when asked and then sends back every byte it receives.
+fn echo_upgrade_app(addr: std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut head = String::new();
+                while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+                let mut stream = stream;
+                if !head.to_ascii_lowercase().contains("upgrade: echo") {
+                    let _ = stream.write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
+    use std::io::{Read, Write};
+    let dir = TestDir::new("upgrade");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let chat = Workload::new("chat", &[]);
+    echo_upgrade_app(chat.app);
+    let mesh = [&tester, &chat];
+    let config = dir.path("chat.toml");
+    std::fs::write(&config, sidecar_toml(&chat, &mesh, collector.grpc)).expect("write");
+    let _chat = Proc::start(&dir, "chat-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]);
+    wait_listening(chat.inbound, "chat inbound");
+    let _tester = start_tester(&dir, &tester, &mesh, &collector, "chat", "");
+
+    let mut stream = std::net::TcpStream::connect(tester.outbound).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(b"GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read the head"), 1, "{}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101") && head.contains("upgrade: echo"), "{head}");
+    for message in [&b"hello"[..], &[7u8; 100_000][..]] {
+        stream.write_all(message).expect("write");
+        let mut back = vec![0u8; message.len()];
+        stream.read_exact(&mut back).expect("echoed");
+        assert!(back == message, "{} bytes come back unchanged", message.len());
+    }
+    drop(stream);
+
+    // Both sidecars recorded the exchange up to the 101, in one trace, as a success.
+    let rows = wait_for("both sides' spans of the upgrade", Duration::from_secs(15), || {
+        let rows = collector.sql_rows(
+            "SELECT kind, service, status FROM spans WHERE http_status_code = 101 ORDER BY kind",
+        );
+        (rows.len() == 2).then_some(rows)
+    });
+    assert_eq!(rows[0][0], "client", "{rows:?}");
+    assert_eq!(rows[0][1], "tester");
+    assert_eq!(rows[1][0], "server");
+    assert_eq!(rows[1][1], "chat");
+    assert!(rows.iter().all(|r| r[2] != "error"), "{rows:?}");
+    let traces = collector.sql_rows("SELECT count(DISTINCT trace_id) FROM spans WHERE http_status_code = 101");
+    assert_eq!(traces[0][0].as_u64(), Some(1), "one trace");
+}
+
