@@ -129,11 +129,13 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
     let rows = collector.sql_rows("SELECT count(*) FROM spans WHERE kind = 'client' AND source_workload = 'frontend-v1' AND destination_service = 'backend'");
     assert_eq!(rows[0][0].as_u64(), Some(REQUESTS), "one sidecar CLIENT span per request");
     // The gRPC hop reached store with the authority frontend called (`store`), not the
-    // address of the endpoint it was sent to, so store's SERVER spans name the service.
+    // address of the endpoint it was sent to, so store's SERVER spans name the service; and
+    // they name the RPC's service and method, as OpenTelemetry's RPC conventions do.
     let rows = collector.sql_rows(
-        "SELECT count(*) FROM spans WHERE kind = 'server' AND service = 'store' AND attributes LIKE '%\"server.address\":\"store\"%'",
+        "SELECT count(*) FROM spans WHERE kind = 'server' AND service = 'store' AND attributes LIKE '%\"server.address\":\"store\"%' \
+         AND attributes LIKE '%\"rpc.method\":\"Get\"%' AND attributes LIKE '%\"rpc.service\":\"demo.Store\"%'",
     );
-    assert_eq!(rows[0][0].as_u64(), Some(REQUESTS), "store's SERVER spans carry server.address = store");
+    assert_eq!(rows[0][0].as_u64(), Some(REQUESTS), "store's SERVER spans carry server.address = store and the RPC's names");
     let csv = run(&["sql", "--collector", &web, "-o", "csv", "SELECT service, count(*) AS spans FROM spans GROUP BY service ORDER BY service"]);
     assert!(csv.starts_with("service,spans\r\n") && csv.contains("\r\nfrontend,"), "{csv}");
     let refused = std::process::Command::new(meshlens()).args(["sql", "--collector", &web, "DROP TABLE spans"]).output().expect("run meshlens sql");

@@ -156,6 +156,11 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     if r.grpc {
         a.string("rpc.system", "grpc");
+        // `/package.Service/Method`: the RPC conventions' service and method.
+        if let Some((service, method)) = r.path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+            a.string("rpc.service", service);
+            a.string("rpc.method", method);
+        }
         if let Some(code) = r.grpc_status {
             a.integer("rpc.grpc.status_code", i64::from(code));
         }
@@ -695,6 +700,12 @@ mod tests {
         for absent in ["http.request.method_original", "url.query", "http.request.resend_count"] {
             assert_eq!(get(&out, absent), None, "{absent}");
         }
+        assert_eq!(get(&out, "rpc.service"), None, "not a gRPC call");
+        r.grpc = true;
+        r.path = "/shop.Inventory/Check".into();
+        let out = attributes(&r);
+        assert_eq!((get(&out, "rpc.service").as_deref(), get(&out, "rpc.method").as_deref()), (Some("shop.Inventory"), Some("Check")));
+        r.grpc = false;
         r.side = Side::Inbound;
         assert_eq!(get(&attributes(&r), "url.full"), None);
         r.side = Side::Outbound;
