@@ -5,8 +5,8 @@
 //! knowledge, as between sidecars). The upstream sees the authority the caller addressed:
 //! `Host` (taken from the request line when it came in absolute form) or `:authority`,
 //! never the endpoint's address. Bodies stream in both directions; hop-by-hop headers are
-//! removed, except those of a protocol upgrade ([`super::upgrade`]). Connections to a known upstream workload are metered (opened, closed, bytes)
-//! under that workload's identity.
+//! removed, except those of a protocol upgrade ([`super::upgrade`]). Connections to a known
+//! upstream workload are metered (opened, closed, bytes) under that workload's identity.
 
 use std::{
     sync::Arc,
