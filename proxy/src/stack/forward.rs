@@ -167,7 +167,8 @@ fn absolute_uri(req: &mut Request, addr: std::net::SocketAddr) -> Result<(), htt
         },
     };
     let path = parts.path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::builder().scheme(parts.scheme.unwrap_or(http::uri::Scheme::HTTP)).authority(authority).path_and_query(path).build()?;
+    let scheme = parts.scheme.unwrap_or(http::uri::Scheme::HTTP);
+    *req.uri_mut() = Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build()?;
     Ok(())
 }
 
