@@ -72,6 +72,11 @@ const HOP_BY_HOP: [header::HeaderName; 6] = [
 const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
 
+/// The comma-separated tokens of every `Connection` header, trimmed.
+pub(super) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names costs less than a hashed
     // lookup for each.
@@ -82,13 +87,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Headers named by `Connection` are hop-by-hop too.
-    let named: Vec<header::HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| name.trim().parse().ok())
-        .collect();
+    let named: Vec<header::HeaderName> = connection_tokens(headers).filter_map(|name| name.parse().ok()).collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }

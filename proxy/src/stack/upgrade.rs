@@ -24,12 +24,7 @@ use crate::{
 /// names `upgrade`.
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = super::forward::connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"));
     asks.then(|| upgrade.clone())
 }
 

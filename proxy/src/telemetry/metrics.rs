@@ -234,7 +234,7 @@ impl RequestMetrics {
             flags: if on(Label::ResponseFlags) { r.flags } else { ResponseFlags::empty() },
             version: r.version,
             error_type: r.error_type().filter(|_| on(Label::StatusCode)).map(|e| Arc::from(&*e)),
-            port: (r.side == Side::Outbound && on(Label::Destination) && r.authority.is_some()).then(|| r.authority_port.unwrap_or(80)),
+            port: r.server_port().filter(|_| r.side == Side::Outbound && on(Label::Destination)),
         };
         let seconds = r.duration.as_secs_f64();
         let bucket = DURATION_BOUNDS.partition_point(|b| *b < seconds);

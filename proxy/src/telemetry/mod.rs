@@ -187,6 +187,12 @@ impl RequestRecord {
         }
     }
 
+    /// OpenTelemetry's `server.port`: the port the caller addressed, else the scheme's (80);
+    /// `None` when no authority was addressed.
+    pub fn server_port(&self) -> Option<u16> {
+        self.authority.as_ref().map(|_| self.authority_port.unwrap_or(80))
+    }
+
     /// `1.1`, `2`, ... as OpenTelemetry's `network.protocol.version` writes it.
     pub fn protocol_version(&self) -> &'static str {
         protocol_version(self.version)

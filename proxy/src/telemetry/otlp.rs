@@ -137,8 +137,9 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     if let Some(host) = &r.authority {
         a.string("server.address", host);
-        // The port addressed, else the scheme's (the conventions require it on clients).
-        a.integer("server.port", i64::from(r.authority_port.unwrap_or(80)));
+    }
+    if let Some(port) = r.server_port() {
+        a.integer("server.port", i64::from(port));
     }
     if let Some(route) = &r.route {
         a.string("http.route", route);
