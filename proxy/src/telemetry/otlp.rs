@@ -144,13 +144,21 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     if let Some(route) = &r.route {
         a.string("http.route", route);
     }
-    if let Some(peer) = r.peer {
+    // The peer of the connection the record describes: a SERVER span's is its client (the
+    // downstream caller), a CLIENT span's its server (the endpoint the request went to), as
+    // OpenTelemetry's conventions have it. So an outbound record's upstream is already
+    // there; an inbound one names the application it was forwarded to apart.
+    let peer = match r.side {
+        Side::Inbound => r.peer,
+        Side::Outbound => r.upstream,
+    };
+    if let Some(peer) = peer {
         scratch.clear();
         text::push_ip(scratch, peer.ip());
         a.string("network.peer.address", scratch);
         a.integer("network.peer.port", i64::from(peer.port()));
     }
-    if let Some(upstream) = r.upstream {
+    if let (Side::Inbound, Some(upstream)) = (r.side, r.upstream) {
         scratch.clear();
         text::push_socket_addr(scratch, upstream);
         a.string(semconv::UPSTREAM_ADDRESS, scratch);
@@ -712,6 +720,19 @@ mod tests {
         r.side = Side::Outbound;
         assert!(super::reference::record_attributes(&r).iter().all(|kv| kv.key != "url.full"), "not on access logs");
         assert_eq!(crate::telemetry::recorded_query(&"/x".parse().expect("uri")), None);
+
+        // A CLIENT span's network peer is the endpoint it called; a SERVER span's is its caller,
+        // and the application the request went on to is named apart.
+        r.peer = Some(([10, 0, 0, 7], 41_000).into());
+        r.upstream = Some(([10, 0, 0, 9], 9080).into());
+        let peers = |r: &RequestRecord| {
+            let out = attributes(r);
+            ["network.peer.address", "network.peer.port", semconv::UPSTREAM_ADDRESS].map(|key| get(&out, key))
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(peers(&r), [some("10.0.0.9"), some("9080"), None], "outbound");
+        r.side = Side::Inbound;
+        assert_eq!(peers(&r), [some("10.0.0.7"), some("41000"), some("10.0.0.9:9080")], "inbound");
     }
 
     #[test]
