@@ -129,6 +129,7 @@ where
             destination: (side == Side::Inbound).then(|| local.clone()),
             upstream: app,
             peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
+            client: (side == Side::Inbound).then(|| crate::telemetry::forwarded_client(req.headers())).flatten(),
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),

@@ -210,6 +210,7 @@ impl AttemptSpan {
             destination: None,
             upstream: None,
             peer: None,
+            client: None,
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: None,

@@ -17,7 +17,11 @@ pub mod stats;
 pub mod text;
 pub mod wire;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     classify::{Classification, ResponseFlags},
@@ -95,6 +99,9 @@ pub struct RequestRecord {
     pub upstream: Option<SocketAddr>,
     /// The downstream peer's address.
     pub peer: Option<SocketAddr>,
+    /// Inbound records: the original client behind any proxies, when a `Forwarded` or
+    /// `X-Forwarded-For` header names one by its IP address ([`forwarded_client`]).
+    pub client: Option<IpAddr>,
     /// What the sidecar itself saw going wrong.
     pub flags: ResponseFlags,
     /// The verdict of the classifier.
@@ -155,6 +162,39 @@ pub fn recorded_query(uri: &http::Uri) -> Option<String> {
         })
         .collect();
     Some(pairs.join("&"))
+}
+
+/// The original client a request's proxies name, as OpenTelemetry's HTTP server conventions
+/// want `client.address`: the first `for=` of `Forwarded` (RFC 7239), else the first entry of
+/// `X-Forwarded-For`. Only an IP address counts (with its port or IPv6 brackets taken off):
+/// `unknown`, obfuscated names and anything else leave the record to its network peer.
+pub fn forwarded_client(headers: &http::HeaderMap) -> Option<IpAddr> {
+    let first = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
+    if let Some(element) = first(http::header::FORWARDED) {
+        let node = element
+            .split(';')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| key.trim().eq_ignore_ascii_case("for"))
+            .map(|(_, value)| value.trim().trim_matches('"'));
+        if let Some(ip) = node.and_then(node_ip) {
+            return Some(ip);
+        }
+    }
+    first(X_FORWARDED_FOR).and_then(|entry| node_ip(entry.trim()))
+}
+
+const X_FORWARDED_FOR: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
+
+/// The IP address of a proxy header's node: `192.0.2.60`, `192.0.2.60:4711`, `2001:db8::1`,
+/// `[2001:db8::1]` or `[2001:db8::1]:4711`.
+fn node_ip(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    node.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// The method as OpenTelemetry's HTTP conventions write `http.request.method`: the methods
@@ -338,6 +378,32 @@ pub(crate) mod tests {
         trace_context::{SpanId, TraceId},
     };
 
+    #[test]
+    fn the_original_client_is_the_first_ip_its_proxies_name() {
+        let client = |headers: &[(&str, &str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in headers {
+                map.append(http::header::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
+            }
+            forwarded_client(&map).map(|ip| ip.to_string())
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(client(&[]), None);
+        assert_eq!(client(&[("x-forwarded-for", "203.0.113.195, 70.41.3.18")]), some("203.0.113.195"));
+        assert_eq!(client(&[("x-forwarded-for", " 2001:db8::1 ")]), some("2001:db8::1"));
+        assert_eq!(client(&[("x-forwarded-for", "203.0.113.195:4711")]), some("203.0.113.195"));
+        assert_eq!(client(&[("x-forwarded-for", "[2001:db8::1]:4711, 10.0.0.1")]), some("2001:db8::1"));
+        // `Forwarded` first, its first element's `for`, quoted or not, in any case.
+        let both = [("forwarded", "proto=http; For=\"[2001:db8:cafe::17]:4711\", for=192.0.2.43"), ("x-forwarded-for", "198.51.100.1")];
+        assert_eq!(client(&both), some("2001:db8:cafe::17"));
+        assert_eq!(client(&[("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43")]), some("192.0.2.60"));
+        // A node that is not an IP address does not count; the other header still may.
+        assert_eq!(client(&[("forwarded", "for=unknown"), ("x-forwarded-for", "198.51.100.1")]), some("198.51.100.1"));
+        assert_eq!(client(&[("forwarded", "for=_hidden")]), None);
+        assert_eq!(client(&[("x-forwarded-for", "<script>alert(1)</script>")]), None);
+        assert_eq!(client(&[("x-forwarded-for", "")]), None);
+    }
+
     /// A finished outbound exchange for tests.
     pub(crate) fn record(sampled: bool, outcome: Outcome, duration_ms: u64) -> RequestRecord {
         RequestRecord {
@@ -369,6 +435,7 @@ pub(crate) mod tests {
             destination: None,
             upstream: None,
             peer: None,
+            client: None,
             flags: ResponseFlags::empty(),
             classification: Classification { outcome, error_type: None },
             user_agent: None,

@@ -158,6 +158,12 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         a.string("network.peer.address", scratch);
         a.integer("network.peer.port", i64::from(peer.port()));
     }
+    // A SERVER span's original client: the one its proxies name, else its peer.
+    if let Some(client) = r.client.or_else(|| r.peer.map(|p| p.ip())).filter(|_| r.side == Side::Inbound) {
+        scratch.clear();
+        text::push_ip(scratch, client);
+        a.string("client.address", scratch);
+    }
     if let (Side::Inbound, Some(upstream)) = (r.side, r.upstream) {
         scratch.clear();
         text::push_socket_addr(scratch, upstream);
@@ -725,14 +731,18 @@ mod tests {
         // and the application the request went on to is named apart.
         r.peer = Some(([10, 0, 0, 7], 41_000).into());
         r.upstream = Some(([10, 0, 0, 9], 9080).into());
+        // `client.address` is a SERVER span's: the client its proxies name, else its peer.
         let peers = |r: &RequestRecord| {
             let out = attributes(r);
-            ["network.peer.address", "network.peer.port", semconv::UPSTREAM_ADDRESS].map(|key| get(&out, key))
+            ["network.peer.address", "network.peer.port", semconv::UPSTREAM_ADDRESS, "client.address"].map(|key| get(&out, key))
         };
         let some = |s: &str| Some(s.to_owned());
-        assert_eq!(peers(&r), [some("10.0.0.9"), some("9080"), None], "outbound");
+        r.client = Some([203, 0, 113, 9].into());
+        assert_eq!(peers(&r), [some("10.0.0.9"), some("9080"), None, None], "outbound");
         r.side = Side::Inbound;
-        assert_eq!(peers(&r), [some("10.0.0.7"), some("41000"), some("10.0.0.9:9080")], "inbound");
+        assert_eq!(peers(&r), [some("10.0.0.7"), some("41000"), some("10.0.0.9:9080"), some("203.0.113.9")], "inbound");
+        r.client = None;
+        assert_eq!(peers(&r)[3], some("10.0.0.7"), "no proxy named a client: the peer");
     }
 
     #[test]
