@@ -93,7 +93,7 @@ fn b3_callers_are_continued_and_request_ids_follow_the_request() {
 
     let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
     let b3 = format!("{b3_trace}-e457b5a2e4d86bd1-1");
-    let forwarded = [("host", "front"), ("b3", &b3), ("x-forwarded-for", "203.0.113.7, 10.0.0.1")];
+    let forwarded = [("host", "front"), ("b3", &b3), ("x-forwarded-for", "203.0.113.7, 10.0.0.1"), ("x-forwarded-proto", "https")];
     let reply = http(tester.outbound, "GET", "/", &forwarded, b"").expect("request");
     assert_eq!(reply.status, 200, "{}", reply.body);
 
@@ -114,15 +114,16 @@ fn b3_callers_are_continued_and_request_ids_follow_the_request() {
     hops.sort();
     let expected = [("front", "back"), ("front", "back"), ("tester", "front"), ("tester", "front")].map(|(a, b)| (a.to_owned(), b.to_owned()));
     assert_eq!(hops, expected, "{trace}");
-    // front's SERVER span names the client its caller's proxies named; back's, whose caller
-    // named none, its network peer.
-    let mut clients: Vec<(String, String)> = spans
+    // front's SERVER span names the client and scheme its caller's proxies named; back's,
+    // whose caller named none, its network peer and plain `http`.
+    let mut clients: Vec<(String, String, String)> = spans
         .iter()
         .filter(|s| tag(s, "span.kind") == Some(&"server".into()))
-        .map(|s| (text(tag(s, "meshlens.destination.service")), text(tag(s, "client.address"))))
+        .map(|s| (text(tag(s, "meshlens.destination.service")), text(tag(s, "client.address")), text(tag(s, "url.scheme"))))
         .collect();
     clients.sort();
-    assert_eq!(clients, [("back", "127.0.0.1"), ("front", "203.0.113.7")].map(|(a, b)| (a.to_owned(), b.to_owned())), "{trace}");
+    let expected = [("back", "127.0.0.1", "http"), ("front", "203.0.113.7", "https")];
+    assert_eq!(clients, expected.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned())), "{trace}");
 
     let logs = collector.logs(&format!("trace_id={b3_trace}"), 4);
     let mut logged: Vec<(String, String)> = logs

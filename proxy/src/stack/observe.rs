@@ -130,6 +130,7 @@ where
             upstream: app,
             peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
             client: (side == Side::Inbound).then(|| crate::telemetry::forwarded_client(req.headers())).flatten(),
+            scheme: if side == Side::Inbound { crate::telemetry::forwarded_scheme(req.headers()) } else { "http" },
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),

@@ -211,6 +211,7 @@ impl AttemptSpan {
             upstream: None,
             peer: None,
             client: None,
+            scheme: "http",
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: None,

@@ -127,6 +127,8 @@ pub struct RequestKey {
     pub flags: ResponseFlags,
     /// HTTP version (`network.protocol.version`).
     pub version: http::Version,
+    /// `url.scheme`.
+    pub scheme: &'static str,
     /// `error.type`, with the status label.
     pub error_type: Option<Arc<str>>,
     /// The port addressed (80 when none was), outbound with the destination label.
@@ -233,6 +235,7 @@ impl RequestMetrics {
             outcome: r.classification.outcome,
             flags: if on(Label::ResponseFlags) { r.flags } else { ResponseFlags::empty() },
             version: r.version,
+            scheme: r.scheme,
             error_type: r.error_type().filter(|_| on(Label::StatusCode)).map(|e| Arc::from(&*e)),
             port: r.server_port().filter(|_| r.side == Side::Outbound && on(Label::Destination)),
         };

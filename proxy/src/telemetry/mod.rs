@@ -102,6 +102,9 @@ pub struct RequestRecord {
     /// Inbound records: the original client behind any proxies, when a `Forwarded` or
     /// `X-Forwarded-For` header names one by its IP address ([`forwarded_client`]).
     pub client: Option<IpAddr>,
+    /// `url.scheme`: `http`, or on an inbound record the original request's scheme when a
+    /// `Forwarded` or `X-Forwarded-Proto` header names `https` ([`forwarded_scheme`]).
+    pub scheme: &'static str,
     /// What the sidecar itself saw going wrong.
     pub flags: ResponseFlags,
     /// The verdict of the classifier.
@@ -169,21 +172,37 @@ pub fn recorded_query(uri: &http::Uri) -> Option<String> {
 /// `X-Forwarded-For`. Only an IP address counts (with its port or IPv6 brackets taken off):
 /// `unknown`, obfuscated names and anything else leave the record to its network peer.
 pub fn forwarded_client(headers: &http::HeaderMap) -> Option<IpAddr> {
-    let first = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
-    if let Some(element) = first(http::header::FORWARDED) {
-        let node = element
-            .split(';')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(key, _)| key.trim().eq_ignore_ascii_case("for"))
-            .map(|(_, value)| value.trim().trim_matches('"'));
-        if let Some(ip) = node.and_then(node_ip) {
-            return Some(ip);
-        }
-    }
-    first(X_FORWARDED_FOR).and_then(|entry| node_ip(entry.trim()))
+    forwarded_param(headers, "for").and_then(node_ip).or_else(|| first_entry(headers, X_FORWARDED_FOR).and_then(node_ip))
 }
 
 const X_FORWARDED_FOR: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
+
+/// The original request's scheme, as OpenTelemetry's HTTP server conventions want `url.scheme`
+/// behind proxies: the first `proto=` of `Forwarded`, else the first entry of
+/// `X-Forwarded-Proto`, when it is `http` or `https` (any case); `http` otherwise.
+pub fn forwarded_scheme(headers: &http::HeaderMap) -> &'static str {
+    let named = forwarded_param(headers, "proto").or_else(|| first_entry(headers, X_FORWARDED_PROTO));
+    match named {
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
+}
+
+/// The value of `param` in the first element of `Forwarded`, unquoted.
+fn forwarded_param<'h>(headers: &'h http::HeaderMap, param: &str) -> Option<&'h str> {
+    first_entry(headers, http::header::FORWARDED)?
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case(param))
+        .map(|(_, value)| value.trim().trim_matches('"'))
+}
+
+/// The first comma-separated entry of a header's first value, trimmed.
+fn first_entry(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<&str> {
+    headers.get(name)?.to_str().ok()?.split(',').next().map(str::trim)
+}
+
+const X_FORWARDED_PROTO: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-proto");
 
 /// The IP address of a proxy header's node: `192.0.2.60`, `192.0.2.60:4711`, `2001:db8::1`,
 /// `[2001:db8::1]` or `[2001:db8::1]:4711`.
@@ -378,15 +397,17 @@ pub(crate) mod tests {
         trace_context::{SpanId, TraceId},
     };
 
+    fn header_map(headers: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.append(http::header::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
+        }
+        map
+    }
+
     #[test]
     fn the_original_client_is_the_first_ip_its_proxies_name() {
-        let client = |headers: &[(&str, &str)]| {
-            let mut map = http::HeaderMap::new();
-            for (name, value) in headers {
-                map.append(http::header::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
-            }
-            forwarded_client(&map).map(|ip| ip.to_string())
-        };
+        let client = |headers: &[(&str, &str)]| forwarded_client(&header_map(headers)).map(|ip| ip.to_string());
         let some = |s: &str| Some(s.to_owned());
         assert_eq!(client(&[]), None);
         assert_eq!(client(&[("x-forwarded-for", "203.0.113.195, 70.41.3.18")]), some("203.0.113.195"));
@@ -402,6 +423,18 @@ pub(crate) mod tests {
         assert_eq!(client(&[("forwarded", "for=_hidden")]), None);
         assert_eq!(client(&[("x-forwarded-for", "<script>alert(1)</script>")]), None);
         assert_eq!(client(&[("x-forwarded-for", "")]), None);
+    }
+
+    #[test]
+    fn the_original_scheme_is_the_one_its_proxies_name_when_it_is_https() {
+        let scheme = |headers: &[(&str, &str)]| forwarded_scheme(&header_map(headers));
+        assert_eq!(scheme(&[]), "http");
+        assert_eq!(scheme(&[("x-forwarded-proto", "https")]), "https");
+        assert_eq!(scheme(&[("x-forwarded-proto", "HTTPS, http")]), "https");
+        assert_eq!(scheme(&[("forwarded", "for=192.0.2.60;proto=\"https\", proto=http")]), "https");
+        assert_eq!(scheme(&[("forwarded", "for=192.0.2.60"), ("x-forwarded-proto", "https")]), "https");
+        assert_eq!(scheme(&[("forwarded", "proto=http"), ("x-forwarded-proto", "https")]), "http", "Forwarded first");
+        assert_eq!(scheme(&[("x-forwarded-proto", "gopher")]), "http", "only http and https");
     }
 
     /// A finished outbound exchange for tests.
@@ -436,6 +469,7 @@ pub(crate) mod tests {
             upstream: None,
             peer: None,
             client: None,
+            scheme: "http",
             flags: ResponseFlags::empty(),
             classification: Classification { outcome, error_type: None },
             user_agent: None,

@@ -119,7 +119,7 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     if let Some(query) = &r.query {
         a.string("url.query", query);
     }
-    a.string("url.scheme", "http");
+    a.string("url.scheme", r.scheme);
     a.integer("http.response.status_code", i64::from(r.status));
     // `network.protocol.name` is left out: OpenTelemetry's HTTP conventions want it only when
     // it is not `http`, and a sidecar's records are all HTTP (gRPC says `rpc.system`).
@@ -303,7 +303,7 @@ fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     if let Some(route) = &k.route {
         a.str("http.route", &**route);
     }
-    a.str("url.scheme", "http").str("network.protocol.version", super::protocol_version(k.version));
+    a.str("url.scheme", k.scheme).str("network.protocol.version", super::protocol_version(k.version));
     if let Some(error) = &k.error_type {
         a.str("error.type", &**error);
     }
@@ -743,6 +743,8 @@ mod tests {
         assert_eq!(peers(&r), [some("10.0.0.7"), some("41000"), some("10.0.0.9:9080"), some("203.0.113.9")], "inbound");
         r.client = None;
         assert_eq!(peers(&r)[3], some("10.0.0.7"), "no proxy named a client: the peer");
+        r.scheme = "https";
+        assert_eq!(get(&attributes(&r), "url.scheme").as_deref(), Some("https"), "the scheme its proxies named");
     }
 
     #[test]
