@@ -22,7 +22,7 @@ use crate::{
     classify::{self, Classification, Outcome, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
-    telemetry::{RequestRecord, Side, Telemetry, metrics::unix_nanos},
+    telemetry::{Origin, RequestRecord, Side, Telemetry, metrics::unix_nanos},
     telemetry::SpanEvent,
     trace_context::{SpanContext, ensure_request_id},
 };
@@ -129,8 +129,7 @@ where
             destination: (side == Side::Inbound).then(|| local.clone()),
             upstream: app,
             peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
-            client: (side == Side::Inbound).then(|| crate::telemetry::forwarded_client(req.headers())).flatten(),
-            scheme: if side == Side::Inbound { crate::telemetry::forwarded_scheme(req.headers()) } else { "http" },
+            origin: if side == Side::Inbound { Origin::of(req.headers()) } else { Origin::PLAIN },
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),

@@ -235,7 +235,7 @@ impl RequestMetrics {
             outcome: r.classification.outcome,
             flags: if on(Label::ResponseFlags) { r.flags } else { ResponseFlags::empty() },
             version: r.version,
-            scheme: r.scheme,
+            scheme: r.origin.scheme,
             error_type: r.error_type().filter(|_| on(Label::StatusCode)).map(|e| Arc::from(&*e)),
             port: r.server_port().filter(|_| r.side == Side::Outbound && on(Label::Destination)),
         };

@@ -99,12 +99,9 @@ pub struct RequestRecord {
     pub upstream: Option<SocketAddr>,
     /// The downstream peer's address.
     pub peer: Option<SocketAddr>,
-    /// Inbound records: the original client behind any proxies, when a `Forwarded` or
-    /// `X-Forwarded-For` header names one by its IP address ([`forwarded_client`]).
-    pub client: Option<IpAddr>,
-    /// `url.scheme`: `http`, or on an inbound record the original request's scheme when a
-    /// `Forwarded` or `X-Forwarded-Proto` header names `https` ([`forwarded_scheme`]).
-    pub scheme: &'static str,
+    /// Inbound records: what the caller's proxies say of the original request
+    /// (`client.address`, `url.scheme`); [`Origin::PLAIN`] on outbound ones.
+    pub origin: Origin,
     /// What the sidecar itself saw going wrong.
     pub flags: ResponseFlags,
     /// The verdict of the classifier.
@@ -167,42 +164,52 @@ pub fn recorded_query(uri: &http::Uri) -> Option<String> {
     Some(pairs.join("&"))
 }
 
-/// The original client a request's proxies name, as OpenTelemetry's HTTP server conventions
-/// want `client.address`: the first `for=` of `Forwarded` (RFC 7239), else the first entry of
-/// `X-Forwarded-For`. Only an IP address counts (with its port or IPv6 brackets taken off):
-/// `unknown`, obfuscated names and anything else leave the record to its network peer.
-pub fn forwarded_client(headers: &http::HeaderMap) -> Option<IpAddr> {
-    forwarded_param(headers, "for").and_then(node_ip).or_else(|| first_entry(headers, X_FORWARDED_FOR).and_then(node_ip))
+/// What a request's proxies say of the original request, as OpenTelemetry's HTTP server
+/// conventions want it behind them: `client.address` and `url.scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The original client, when a proxy names it by its IP address.
+    pub client: Option<IpAddr>,
+    /// `https` when a proxy says the original request was, else `http`.
+    pub scheme: &'static str,
 }
 
-const X_FORWARDED_FOR: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
+impl Origin {
+    /// A request no proxy speaks for (every outbound one).
+    pub const PLAIN: Self = Self { client: None, scheme: "http" };
 
-/// The original request's scheme, as OpenTelemetry's HTTP server conventions want `url.scheme`
-/// behind proxies: the first `proto=` of `Forwarded`, else the first entry of
-/// `X-Forwarded-Proto`, when it is `http` or `https` (any case); `http` otherwise.
-pub fn forwarded_scheme(headers: &http::HeaderMap) -> &'static str {
-    let named = forwarded_param(headers, "proto").or_else(|| first_entry(headers, X_FORWARDED_PROTO));
-    match named {
-        Some(scheme) if scheme.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
+    /// Reads the first element of `Forwarded` (RFC 7239) once, for its `for=` and `proto=`;
+    /// where it names neither, the first entry of `X-Forwarded-For` and of
+    /// `X-Forwarded-Proto`. Only an IP address counts as a client (with its port or IPv6
+    /// brackets taken off: `unknown`, obfuscated names and anything else leave the record to
+    /// its network peer), and only `https` (any case) changes the scheme.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let (mut client, mut proto) = (None, None);
+        for (key, value) in first_entry(headers, http::header::FORWARDED)
+            .into_iter()
+            .flat_map(|element| element.split(';'))
+            .filter_map(|pair| pair.split_once('='))
+        {
+            let value = value.trim().trim_matches('"');
+            match key.trim() {
+                k if k.eq_ignore_ascii_case("for") && client.is_none() => client = node_ip(value),
+                k if k.eq_ignore_ascii_case("proto") && proto.is_none() => proto = Some(value),
+                _ => {}
+            }
+        }
+        let client = client.or_else(|| first_entry(headers, X_FORWARDED_FOR).and_then(node_ip));
+        let https = proto.or_else(|| first_entry(headers, X_FORWARDED_PROTO)).is_some_and(|p| p.eq_ignore_ascii_case("https"));
+        Self { client, scheme: if https { "https" } else { "http" } }
     }
 }
 
-/// The value of `param` in the first element of `Forwarded`, unquoted.
-fn forwarded_param<'h>(headers: &'h http::HeaderMap, param: &str) -> Option<&'h str> {
-    first_entry(headers, http::header::FORWARDED)?
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| key.trim().eq_ignore_ascii_case(param))
-        .map(|(_, value)| value.trim().trim_matches('"'))
-}
+const X_FORWARDED_FOR: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-proto");
 
 /// The first comma-separated entry of a header's first value, trimmed.
 fn first_entry(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<&str> {
     headers.get(name)?.to_str().ok()?.split(',').next().map(str::trim)
 }
-
-const X_FORWARDED_PROTO: http::header::HeaderName = http::header::HeaderName::from_static("x-forwarded-proto");
 
 /// The IP address of a proxy header's node: `192.0.2.60`, `192.0.2.60:4711`, `2001:db8::1`,
 /// `[2001:db8::1]` or `[2001:db8::1]:4711`.
@@ -407,7 +414,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_original_client_is_the_first_ip_its_proxies_name() {
-        let client = |headers: &[(&str, &str)]| forwarded_client(&header_map(headers)).map(|ip| ip.to_string());
+        let client = |headers: &[(&str, &str)]| Origin::of(&header_map(headers)).client.map(|ip| ip.to_string());
         let some = |s: &str| Some(s.to_owned());
         assert_eq!(client(&[]), None);
         assert_eq!(client(&[("x-forwarded-for", "203.0.113.195, 70.41.3.18")]), some("203.0.113.195"));
@@ -427,7 +434,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_original_scheme_is_the_one_its_proxies_name_when_it_is_https() {
-        let scheme = |headers: &[(&str, &str)]| forwarded_scheme(&header_map(headers));
+        let scheme = |headers: &[(&str, &str)]| Origin::of(&header_map(headers)).scheme;
         assert_eq!(scheme(&[]), "http");
         assert_eq!(scheme(&[("x-forwarded-proto", "https")]), "https");
         assert_eq!(scheme(&[("x-forwarded-proto", "HTTPS, http")]), "https");
@@ -468,8 +475,7 @@ pub(crate) mod tests {
             destination: None,
             upstream: None,
             peer: None,
-            client: None,
-            scheme: "http",
+            origin: Origin::PLAIN,
             flags: ResponseFlags::empty(),
             classification: Classification { outcome, error_type: None },
             user_agent: None,

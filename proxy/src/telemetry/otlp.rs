@@ -119,7 +119,7 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     if let Some(query) = &r.query {
         a.string("url.query", query);
     }
-    a.string("url.scheme", r.scheme);
+    a.string("url.scheme", r.origin.scheme);
     a.integer("http.response.status_code", i64::from(r.status));
     // `network.protocol.name` is left out: OpenTelemetry's HTTP conventions want it only when
     // it is not `http`, and a sidecar's records are all HTTP (gRPC says `rpc.system`).
@@ -159,7 +159,7 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         a.integer("network.peer.port", i64::from(peer.port()));
     }
     // A SERVER span's original client: the one its proxies name, else its peer.
-    if let Some(client) = r.client.or_else(|| r.peer.map(|p| p.ip())).filter(|_| r.side == Side::Inbound) {
+    if let Some(client) = r.origin.client.or_else(|| r.peer.map(|p| p.ip())).filter(|_| r.side == Side::Inbound) {
         scratch.clear();
         text::push_ip(scratch, client);
         a.string("client.address", scratch);
@@ -737,13 +737,13 @@ mod tests {
             ["network.peer.address", "network.peer.port", semconv::UPSTREAM_ADDRESS, "client.address"].map(|key| get(&out, key))
         };
         let some = |s: &str| Some(s.to_owned());
-        r.client = Some([203, 0, 113, 9].into());
+        r.origin.client = Some([203, 0, 113, 9].into());
         assert_eq!(peers(&r), [some("10.0.0.9"), some("9080"), None, None], "outbound");
         r.side = Side::Inbound;
         assert_eq!(peers(&r), [some("10.0.0.7"), some("41000"), some("10.0.0.9:9080"), some("203.0.113.9")], "inbound");
-        r.client = None;
+        r.origin.client = None;
         assert_eq!(peers(&r)[3], some("10.0.0.7"), "no proxy named a client: the peer");
-        r.scheme = "https";
+        r.origin.scheme = "https";
         assert_eq!(get(&attributes(&r), "url.scheme").as_deref(), Some("https"), "the scheme its proxies named");
     }
 
