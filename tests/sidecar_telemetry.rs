@@ -412,18 +412,27 @@ fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101") && head.contains("upgrade: echo"), "{head}");
-    for message in [&b"hello"[..], &[7u8; 100_000][..]] {
+    let opened = std::time::Instant::now();
+    let messages = [&b"hello"[..], &[7u8; 100_000][..]];
+    for message in messages {
         stream.write_all(message).expect("write");
         let mut back = vec![0u8; message.len()];
         stream.read_exact(&mut back).expect("echoed");
         assert!(back == message, "{} bytes come back unchanged", message.len());
     }
+    std::thread::sleep(Duration::from_millis(400));
+    let held = opened.elapsed();
+    // The exchange is open, and unrecorded, while the upgraded connection is.
+    std::thread::sleep(Duration::from_secs(1));
+    let open = collector.sql_rows("SELECT count(*) FROM spans WHERE http_status_code = 101");
+    assert_eq!(open[0][0].as_u64(), Some(0), "no span before the close: {open:?}");
     drop(stream);
 
-    // Both sidecars recorded the exchange up to the 101, in one trace, as a success.
+    // Both sidecars recorded the exchange until the close, in one trace, as a success, with
+    // the bytes that crossed after the switch in its body sizes.
     let rows = wait_for("both sides' spans of the upgrade", Duration::from_secs(15), || {
         let rows = collector.sql_rows(
-            "SELECT kind, service, status FROM spans WHERE http_status_code = 101 ORDER BY kind",
+            "SELECT kind, service, status, duration_ns, attributes, events FROM spans WHERE http_status_code = 101 ORDER BY kind",
         );
         (rows.len() == 2).then_some(rows)
     });
@@ -432,6 +441,18 @@ fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     assert_eq!(rows[1][0], "server");
     assert_eq!(rows[1][1], "chat");
     assert!(rows.iter().all(|r| r[2] != "error"), "{rows:?}");
+    let carried: u64 = messages.iter().map(|m| m.len() as u64).sum();
+    for row in &rows {
+        let duration = Duration::from_nanos(row[3].as_u64().unwrap_or_default());
+        assert!(duration >= held, "the {} span lasts as long as the connection ({held:?}): {duration:?}", row[0]);
+        let attributes: Value = serde_json::from_str(row[4].as_str().unwrap_or_default()).expect("attributes JSON");
+        for size in ["http.request.body.size", "http.response.body.size"] {
+            let value = &attributes[size];
+            let n = value.as_u64().or_else(|| value.as_str().and_then(|v| v.parse().ok()));
+            assert_eq!(n, Some(carried), "{size} of the {} span: {attributes}", row[0]);
+        }
+        assert!(row[5].as_str().is_some_and(|e| e.contains("\"upgraded\"")), "an event marks the switch: {row:?}");
+    }
     let traces = collector.sql_rows("SELECT count(DISTINCT trace_id) FROM spans WHERE http_status_code = 101");
     assert_eq!(traces[0][0].as_u64(), Some(1), "one trace");
 }

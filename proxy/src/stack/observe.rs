@@ -4,7 +4,8 @@
 //! `traceparent` so the next hop becomes this span's child; it reads the caller's identity
 //! (inbound) or stamps the sidecar's own (outbound). On the way out it wraps the response
 //! body, and when that body ends — completed, failed or abandoned — it classifies the
-//! exchange and hands a [`RequestRecord`] to [`Telemetry::record`], which never waits.
+//! exchange and hands a [`RequestRecord`] to [`Telemetry::record`], which never waits. An
+//! upgraded exchange (a `101`) ends instead when its connection closes ([`Tunnel`]).
 
 use std::{
     convert::Infallible,
@@ -27,7 +28,7 @@ use crate::{
     trace_context::{SpanContext, ensure_request_id},
 };
 
-use super::{BoxFuture, PeerAddr, Request, Resolution, Response, is_grpc, recorded_authority};
+use super::{BoxFuture, PeerAddr, Request, Resolution, Response, is_grpc, recorded_authority, upgrade::Tunnel};
 
 /// Adds [`Observe`] for one side of the sidecar.
 #[derive(Debug, Clone)]
@@ -171,7 +172,8 @@ where
                 let message = header_string(response.headers(), crate::stack::errors::ERROR_HEADER);
                 record.events.push(SpanEvent { offset: start.elapsed(), name, message });
             }
-            let in_flight = InFlight { telemetry, record: Some(record), start, request_bytes };
+            let tunnel = response.extensions().get::<Tunnel>().cloned();
+            let in_flight = InFlight { telemetry, record: Some(record), start, request_bytes, tunnel };
             Ok(response.map(|b| body::boxed(ObservedBody::new(b, in_flight))))
         })
     }
@@ -183,6 +185,8 @@ struct InFlight {
     record: Option<RequestRecord>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
+    /// On a `101`: the upgraded connection, whose close ends the exchange.
+    tunnel: Option<Tunnel>,
 }
 
 impl BodyObserver for InFlight {
@@ -200,19 +204,37 @@ impl BodyObserver for InFlight {
 
     fn on_end(&mut self, end: BodyEnd) {
         let Some(mut record) = self.record.take() else { return };
-        record.duration = self.start.elapsed();
         record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        match end {
-            BodyEnd::Dropped => {
-                record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
-                record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });
+        let (telemetry, start) = (self.telemetry.clone(), self.start);
+        match self.tunnel.take() {
+            // The `101`'s empty body ends at once; the exchange goes on in the upgraded
+            // connection, and ends when it closes.
+            Some(tunnel) => {
+                record.events.push(SpanEvent { offset: start.elapsed(), name: "upgraded", message: None });
+                tunnel.on_close(move |closed| {
+                    record.request_bytes += closed.sent;
+                    record.response_bytes += closed.received;
+                    finish(&telemetry, record, start, if closed.failed { BodyEnd::Error } else { BodyEnd::Complete });
+                });
             }
-            BodyEnd::Error => {
-                record.events.push(SpanEvent { offset: record.duration, name: "stream_error", message: None });
-            }
-            BodyEnd::Complete => {}
+            None => finish(&telemetry, record, start, end),
         }
-        record.classification = classify::classify(record.status, record.grpc_status, end, record.flags);
-        self.telemetry.record(record);
     }
+}
+
+/// Ends an exchange's record as its response (or upgraded connection) ended, and records it.
+fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end: BodyEnd) {
+    record.duration = start.elapsed();
+    match end {
+        BodyEnd::Dropped => {
+            record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
+            record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });
+        }
+        BodyEnd::Error => {
+            record.events.push(SpanEvent { offset: record.duration, name: "stream_error", message: None });
+        }
+        BodyEnd::Complete => {}
+    }
+    record.classification = classify::classify(record.status, record.grpc_status, end, record.flags);
+    telemetry.record(record);
 }

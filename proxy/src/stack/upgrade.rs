@@ -6,19 +6,103 @@
 //! answers `101 Switching Protocols`, the sidecar answers its caller the same, and once
 //! both connections have switched it copies bytes between them in both directions until
 //! either side closes. Any other answer is an ordinary response, and the connection closes
-//! after it. The request's span, access log and metrics record the exchange up to the
-//! `101`; the listener's and the upstream's TCP counters count the bytes that follow.
+//! after it. As in Envoy, an upgraded exchange lasts until its connection closes: the `101`
+//! carries a [`Tunnel`] through which the request's span, access log and metrics learn, at
+//! the close, the bytes that crossed after the switch (added to the body sizes), and end
+//! there. The listener's and the upstream's TCP counters count those bytes too.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
 use crate::{
     body::{self, BoxBody},
-    connection::UpstreamMeters,
+    connection::{ConnectionMeter, UpstreamMeters},
     error::{BoxError, ProxyError},
 };
+
+/// What an upgraded connection carried, learned when it closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// Bytes from the caller to the upstream after the switch.
+    pub sent: u64,
+    /// Bytes from the upstream to the caller after the switch.
+    pub received: u64,
+    /// Whether it ended in an I/O error (a reset) rather than a close.
+    pub failed: bool,
+}
+
+type OnClose = Box<dyn FnOnce(TunnelEnd) + Send>;
+
+/// Where an upgraded connection's end meets whoever waits for it, in either order.
+enum Meeting {
+    Open,
+    Waiting(OnClose),
+    Ended(TunnelEnd),
+    Done,
+}
+
+/// An extension of a `101` response: the upgraded connection, open until both sides close.
+#[derive(Clone)]
+pub struct Tunnel(Arc<Mutex<Meeting>>);
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tunnel")
+    }
+}
+
+impl Tunnel {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Meeting::Open)))
+    }
+
+    fn meeting(&self) -> std::sync::MutexGuard<'_, Meeting> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls `then` with the connection's end: at once if it has closed, else when it does
+    /// (on the task copying its bytes). Only the first caller is called.
+    pub fn on_close(&self, then: impl FnOnce(TunnelEnd) + Send + 'static) {
+        let mut meeting = self.meeting();
+        match std::mem::replace(&mut *meeting, Meeting::Done) {
+            Meeting::Open => *meeting = Meeting::Waiting(Box::new(then)),
+            Meeting::Ended(end) => {
+                drop(meeting);
+                then(end);
+            }
+            taken @ (Meeting::Waiting(_) | Meeting::Done) => *meeting = taken,
+        }
+    }
+
+    /// The connection closed.
+    fn close(&self, end: TunnelEnd) {
+        let mut meeting = self.meeting();
+        match std::mem::replace(&mut *meeting, Meeting::Done) {
+            Meeting::Open => *meeting = Meeting::Ended(end),
+            Meeting::Waiting(then) => {
+                drop(meeting);
+                then(end);
+            }
+            Meeting::Ended(_) | Meeting::Done => {}
+        }
+    }
+}
+
+/// Closes its tunnel as failed if the copying task ends without closing it (the runtime
+/// shutting down), so a waiting record is still written.
+struct CloseOnDrop(Tunnel);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(TunnelEnd { failed: true, ..TunnelEnd::default() });
+    }
+}
 
 /// The protocol a request asks to switch to: its `Upgrade` header, when `Connection`
 /// names `upgrade`.
@@ -65,16 +149,25 @@ pub async fn forward(
     };
     restore(response.headers_mut(), agreed);
     let upstream = hyper::upgrade::on(&mut response);
+    let tunnel = Tunnel::new();
+    response.extensions_mut().insert(tunnel.clone());
     tokio::spawn(async move {
-        let joined: Result<(u64, u64), BoxError> = async {
+        let closer = CloseOnDrop(tunnel);
+        // The caller's side counted on a meter of its own: what it read is what was sent.
+        let caller = ConnectionMeter::default();
+        let joined: Result<(), BoxError> = async {
             let (downstream, upstream) = (downstream.await?, upstream.await?);
-            Ok(tokio::io::copy_bidirectional(&mut TokioIo::new(downstream), &mut TokioIo::new(upstream)).await?)
+            let mut downstream = caller.meter(TokioIo::new(downstream));
+            tokio::io::copy_bidirectional(&mut downstream, &mut TokioIo::new(upstream)).await?;
+            Ok(())
         }
         .await;
+        let end = TunnelEnd { sent: caller.received.get(), received: caller.sent.get(), failed: joined.is_err() };
         match joined {
-            Ok((sent, received)) => tracing::debug!(%addr, sent, received, "upgraded connection closed"),
+            Ok(()) => tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed"),
             Err(e) => tracing::debug!(%addr, error = %e, "upgraded connection failed"),
         }
+        closer.0.close(end);
     });
     Ok(response.map(body::boxed))
 }
@@ -82,6 +175,30 @@ pub async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tunnels_end_reaches_its_waiter_whichever_comes_first() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |tag: &'static str| {
+            let seen = seen.clone();
+            move |end: TunnelEnd| seen.lock().expect("lock").push((tag, end))
+        };
+        let end = TunnelEnd { sent: 3, received: 5, failed: false };
+        let waited = Tunnel::new();
+        waited.on_close(waiter("waited"));
+        waited.on_close(waiter("second waiter"));
+        assert!(seen.lock().expect("lock").is_empty(), "nothing before the close");
+        waited.close(end);
+        waited.close(TunnelEnd::default());
+        let closed_first = Tunnel::new();
+        closed_first.close(end);
+        closed_first.on_close(waiter("late"));
+        let dropped = Tunnel::new();
+        dropped.on_close(waiter("dropped"));
+        drop(CloseOnDrop(dropped.clone()));
+        let failed = TunnelEnd { failed: true, ..TunnelEnd::default() };
+        assert_eq!(*seen.lock().expect("lock"), [("waited", end), ("late", end), ("dropped", failed)]);
+    }
 
     #[test]
     fn an_upgrade_is_asked_for_with_both_headers() {
@@ -132,17 +249,26 @@ mod tests {
     }
 
     /// A sidecar-like server in front of `upstream`: the server and forward layers only.
-    async fn proxy(upstream: SocketAddr) -> SocketAddr {
+    /// The ends of the connections it upgrades come out of the returned channel.
+    async fn proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TunnelEnd>) {
         use tower::Service;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let forward = crate::stack::forward::Forward::default();
+        let (ends, ended) = tokio::sync::mpsc::unbounded_channel();
         let service = tower::service_fn(move |mut req: crate::stack::Request| {
             req.extensions_mut().insert(crate::stack::Upstream(upstream));
-            let mut forward = forward.clone();
+            let (mut forward, ends) = (forward.clone(), ends.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(match forward.call(req).await {
-                    Ok(response) => response,
+                    Ok(response) => {
+                        if let Some(tunnel) = response.extensions().get::<Tunnel>() {
+                            tunnel.on_close(move |end| {
+                                let _ = ends.send(end);
+                            });
+                        }
+                        response
+                    }
                     Err(e) => crate::stack::errors::error_response(&e, false),
                 })
             }
@@ -152,7 +278,7 @@ mod tests {
             let _keep = _keep;
             crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), shutdown).await;
         });
-        addr
+        (addr, ended)
     }
 
     /// Sends `head` and reads the response head.
@@ -171,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn a_websocket_style_upgrade_joins_the_two_connections() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let sidecar = proxy(echo_upstream().await).await;
+        let (sidecar, mut ended) = proxy(echo_upstream().await).await;
 
         // Without the upgrade headers it is an ordinary request.
         let mut plain = tokio::net::TcpStream::connect(sidecar).await.expect("connect");
@@ -186,11 +312,17 @@ mod tests {
         let head = exchange(&mut unnamed, "GET /unnamed HTTP/1.1\r\nhost: chat\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n").await;
         assert!(head.starts_with("http/1.1 502"), "a switch to no protocol is the upstream's fault: {head}");
 
-        for message in [&b"ping"[..], b"\x00\x01binary\xff", b"GET / HTTP/1.1\r\n\r\n"] {
+        let messages = [&b"ping"[..], b"\x00\x01binary\xff", b"GET / HTTP/1.1\r\n\r\n"];
+        for message in messages {
             stream.write_all(message).await.expect("write");
             let mut back = vec![0u8; message.len()];
             tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.expect("echoed in time").expect("read");
             assert_eq!(back, message, "bytes pass both ways unchanged, HTTP or not");
         }
+        assert!(ended.try_recv().is_err(), "open while both sides are");
+        drop(stream);
+        let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("closed in time").expect("an end");
+        let carried = messages.iter().map(|m| m.len() as u64).sum();
+        assert_eq!(end, TunnelEnd { sent: carried, received: carried, failed: false }, "what crossed after the switch");
     }
 }
