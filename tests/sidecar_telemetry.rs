@@ -34,6 +34,40 @@ fn start_tester(dir: &TestDir, tester: &Workload, mesh: &[&Workload], collector:
     proc
 }
 
+/// A tester's sidecar calling `service`, whose sidecar fronts a hand-made `app` (given its
+/// address), both reporting to one collector: what a test of how the sidecars carry an
+/// unusual exchange needs. The processes stop when it is dropped.
+struct RawHop {
+    collector: CollectorProc,
+    tester: Workload,
+    _sidecars: [Proc; 2],
+}
+
+impl RawHop {
+    fn start(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr)) -> Self {
+        let collector = CollectorProc::start(dir);
+        let tester = Workload::new("tester", &[]);
+        let called = Workload::new(service, &[]);
+        app(called.app);
+        let mesh = [&tester, &called];
+        let config = dir.path(&format!("{service}.toml"));
+        std::fs::write(&config, sidecar_toml(&called, &mesh, collector.grpc)).expect("write");
+        let sidecar = Proc::start(dir, &format!("{service}-sidecar"), &["proxy", "--config", config.to_str().unwrap_or_default()]);
+        wait_listening(called.inbound, "the called inbound");
+        let tester_sidecar = start_tester(dir, &tester, &mesh, &collector, service, "");
+        Self { collector, tester, _sidecars: [sidecar, tester_sidecar] }
+    }
+
+    /// Opens a connection to the tester's sidecar and writes `request` on it.
+    fn send(&self, request: &[u8]) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(self.tester.outbound).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream.write_all(request).expect("write");
+        stream
+    }
+}
+
 #[test]
 fn sampling_keeps_errors_while_counts_stay_exact() {
     let dir = TestDir::new("sampling");
@@ -359,29 +393,34 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("ejected for 60s")), "{message:?}");
 }
 
-/// An app that switches to `echo` when asked and then sends back every byte it receives.
-fn echo_upgrade_app(addr: std::net::SocketAddr) {
-    use std::io::{BufRead, BufReader, Write};
+/// Serves each connection to `addr` with `handle`, on a thread of its own.
+fn serve_raw(addr: std::net::SocketAddr, handle: fn(std::net::TcpStream)) {
     let listener = std::net::TcpListener::bind(addr).expect("bind the app");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut head = String::new();
-                while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
-                let mut stream = stream;
-                if !head.to_ascii_lowercase().contains("upgrade: echo") {
-                    let _ = stream.write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n");
-                    return;
-                }
-                let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+}
+
+/// An app that switches to `echo` when asked and then sends back every byte it receives.
+fn echo_upgrade_app(addr: std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut head = String::new();
+        while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+        let mut stream = stream;
+        if !head.to_ascii_lowercase().contains("upgrade: echo") {
+            let _ = stream.write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n");
+            return;
+        }
+        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
         }
     });
 }
@@ -390,20 +429,9 @@ fn echo_upgrade_app(addr: std::net::SocketAddr) {
 fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     use std::io::{Read, Write};
     let dir = TestDir::new("upgrade");
-    let collector = CollectorProc::start(&dir);
-    let tester = Workload::new("tester", &[]);
-    let chat = Workload::new("chat", &[]);
-    echo_upgrade_app(chat.app);
-    let mesh = [&tester, &chat];
-    let config = dir.path("chat.toml");
-    std::fs::write(&config, sidecar_toml(&chat, &mesh, collector.grpc)).expect("write");
-    let _chat = Proc::start(&dir, "chat-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]);
-    wait_listening(chat.inbound, "chat inbound");
-    let _tester = start_tester(&dir, &tester, &mesh, &collector, "chat", "");
-
-    let mut stream = std::net::TcpStream::connect(tester.outbound).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    stream.write_all(b"GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").expect("write");
+    let hop = RawHop::start(&dir, "chat", echo_upgrade_app);
+    let collector = &hop.collector;
+    let mut stream = hop.send(b"GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -457,3 +485,51 @@ fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     assert_eq!(traces[0][0].as_u64(), Some(1), "one trace");
 }
 
+
+/// An app that answers every request with a chunked body and a trailer.
+fn trailers_app(addr: std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut stream = stream;
+        loop {
+            let mut head = String::new();
+            while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+            if head.is_empty() {
+                return;
+            }
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n";
+            if stream.write_all(format!("{head}5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n").as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[test]
+fn a_response_ending_in_trailers_is_complete_on_both_sides() {
+    use std::io::Read;
+    let dir = TestDir::new("trailers");
+    let hop = RawHop::start(&dir, "ledger", trailers_app);
+    let collector = &hop.collector;
+    let mut stream = hop.send(b"GET /balance HTTP/1.1\r\nHost: ledger\r\nConnection: close\r\n\r\n");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("hello"), "{answer}");
+
+    // Each sidecar read the body to its trailers: a complete exchange, not a cancelled one.
+    let rows = wait_for("both sides' spans", Duration::from_secs(15), || {
+        let rows = collector.sql_rows(
+            "SELECT kind, service, status, response_flags, events FROM spans WHERE attributes LIKE '%/balance%' ORDER BY kind",
+        );
+        (rows.len() == 2).then_some(rows)
+    });
+    assert_eq!((rows[0][0].as_str(), rows[0][1].as_str()), (Some("client"), Some("tester")), "{rows:?}");
+    assert_eq!((rows[1][0].as_str(), rows[1][1].as_str()), (Some("server"), Some("ledger")), "{rows:?}");
+    for row in &rows {
+        assert_ne!(row[2], "error", "{row:?}");
+        assert_eq!(row[3], "-", "no response flags: {row:?}");
+        assert!(row[4].is_null(), "no events: {row:?}");
+    }
+}

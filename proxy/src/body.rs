@@ -114,14 +114,18 @@ impl<O: BodyObserver, B: Body + Unpin> Body for ObservedBody<O, B> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                let mut ended = false;
                 if let Some(observer) = this.observer.as_mut() {
                     if let Some(data) = frame.data_ref() {
                         observer.on_data(data.remaining());
                     } else if let Some(trailers) = frame.trailers_ref() {
                         observer.on_trailers(trailers);
+                        // Trailers are a body's last frame, and whoever reads them may drop
+                        // the body without polling it again (hyper does, writing HTTP/1.1).
+                        ended = true;
                     }
                 }
-                if this.inner.is_end_stream() {
+                if ended || this.inner.is_end_stream() {
                     this.end(BodyEnd::Complete);
                 }
             }
@@ -216,6 +220,21 @@ mod tests {
         assert!(collected.trailers().is_some());
         let s = seen.lock().expect("lock");
         assert_eq!(s.bytes, 11);
+        assert!(s.trailers);
+        assert_eq!(s.end, Some(BodyEnd::Complete));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_once_its_trailers_passed_was_complete() {
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let mut body = ObservedBody::new(frames(), Probe(seen.clone()));
+        while let Some(frame) = body.frame().await {
+            if frame.expect("frame").is_trailers() {
+                break;
+            }
+        }
+        drop(body);
+        let s = seen.lock().expect("lock");
         assert!(s.trailers);
         assert_eq!(s.end, Some(BodyEnd::Complete));
     }
