@@ -403,13 +403,19 @@ fn serve_raw(addr: std::net::SocketAddr, handle: fn(std::net::TcpStream)) {
     });
 }
 
+/// Reads a request head, up to its blank line (empty if the connection closed first).
+fn read_head(reader: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+    head
+}
+
 /// An app that switches to `echo` when asked and then sends back every byte it receives.
 fn echo_upgrade_app(addr: std::net::SocketAddr) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     serve_raw(addr, |stream| {
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut head = String::new();
-        while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+        let head = read_head(&mut reader);
         let mut stream = stream;
         if !head.to_ascii_lowercase().contains("upgrade: echo") {
             let _ = stream.write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n");
@@ -488,13 +494,12 @@ fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
 
 /// An app that answers every request with a chunked body and a trailer.
 fn trailers_app(addr: std::net::SocketAddr) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     serve_raw(addr, |stream| {
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
         let mut stream = stream;
         loop {
-            let mut head = String::new();
-            while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+            let head = read_head(&mut reader);
             if head.is_empty() {
                 return;
             }
@@ -531,5 +536,44 @@ fn a_response_ending_in_trailers_is_complete_on_both_sides() {
         assert_ne!(row[2], "error", "{row:?}");
         assert_eq!(row[3], "-", "no response flags: {row:?}");
         assert!(row[4].is_null(), "no events: {row:?}");
+    }
+}
+
+/// An app that answers with half the body it announces, then closes the connection.
+fn cut_short_app(addr: std::net::SocketAddr) {
+    use std::io::{BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        read_head(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly the first half");
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+#[test]
+fn a_response_the_upstream_breaks_off_is_an_upstream_reset_on_both_sides() {
+    use std::io::Read;
+    let dir = TestDir::new("cut-short");
+    let hop = RawHop::start(&dir, "ledger", cut_short_app);
+    let mut stream = hop.send(b"GET /statement HTTP/1.1\r\nHost: ledger\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("only the first half"), "{answer}");
+
+    // Each side saw its upstream break the body off: `UC` and an upstream_reset event, as
+    // Envoy flags a reset after the response headers, with the 200 kept.
+    let rows = wait_for("both sides' spans", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows(
+            "SELECT kind, status, response_flags, http_status_code, events FROM spans WHERE attributes LIKE '%/statement%' ORDER BY kind",
+        );
+        (rows.len() == 2).then_some(rows)
+    });
+    for row in &rows {
+        assert_eq!(row[1], "error", "{row:?}");
+        assert_eq!(row[2], "UC", "{row:?}");
+        assert_eq!(row[3], 200, "{row:?}");
+        assert!(row[4].as_str().is_some_and(|e| e.contains("\"upstream_reset\"")), "{row:?}");
     }
 }

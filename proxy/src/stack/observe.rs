@@ -217,7 +217,14 @@ impl BodyObserver for InFlight {
                     finish(&telemetry, record, start, if closed.failed { BodyEnd::Error } else { BodyEnd::Complete });
                 });
             }
-            None => finish(&telemetry, record, start, end),
+            None => {
+                if end == BodyEnd::Error {
+                    // The response body is read from the upstream, which broke it off after
+                    // its headers: Envoy's `UC`, whatever the status said.
+                    record.flags |= ResponseFlags::UPSTREAM_RESET;
+                }
+                finish(&telemetry, record, start, end);
+            }
         }
     }
 }
@@ -231,7 +238,8 @@ fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end:
             record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });
         }
         BodyEnd::Error => {
-            record.events.push(SpanEvent { offset: record.duration, name: "stream_error", message: None });
+            let name = if record.flags.contains(ResponseFlags::UPSTREAM_RESET) { "upstream_reset" } else { "stream_error" };
+            record.events.push(SpanEvent { offset: record.duration, name, message: None });
         }
         BodyEnd::Complete => {}
     }

@@ -125,7 +125,7 @@ pub struct RequestRecord {
 pub struct SpanEvent {
     /// When, relative to the start of the exchange.
     pub offset: Duration,
-    /// Event name (`upstream_connect_failure`, `upstream_reset`, `stream_error`, `downstream_terminated`).
+    /// Event name (`upstream_connect_failure`, `upstream_reset`, `stream_error`, `downstream_terminated`, `upgraded`, …).
     pub name: &'static str,
     /// Details, if any.
     pub message: Option<String>,
