@@ -212,7 +212,12 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     std::fs::write(&json_sidecar, format!("{}\n[access_log]\nstdout = \"json\"\n", sidecar_toml(&tester, &mesh, collector.grpc))).expect("write");
     std::fs::write(
         &text_sidecar,
-        format!("{}\n[access_log]\nstdout = \"text\"\nformat = \"%DIRECTION% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %TRACE_ID%\"\n", sidecar_toml(&front, &mesh, collector.grpc)),
+        format!(
+            "{}\n[access_log]\nstdout = \"text\"\nformat = \"{}\"\n",
+            sidecar_toml(&front, &mesh, collector.grpc),
+            "%DIRECTION% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %TRACE_ID% \\\"%REQ(X-FORWARDED-FOR)%\\\" \
+             %RESP(CONTENT-TYPE)% %REQ(X-MISSING?USER-AGENT):7% %REQ(X-MISSING)%",
+        ),
     )
     .expect("write");
     let tester_proc = Proc::start(&dir, "tester-sidecar", &["proxy", "--config", json_sidecar.to_str().unwrap_or_default()]);
@@ -221,7 +226,8 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     for addr in [tester.outbound, front.inbound, front.app] {
         wait_listening(addr, "mesh");
     }
-    let reply = http(tester.outbound, "GET", "/hello", &[("host", "front")], b"").expect("request");
+    let headers = [("host", "front"), ("x-forwarded-for", "203.0.113.9"), ("user-agent", "meshlens-test/1")];
+    let reply = http(tester.outbound, "GET", "/hello", &headers, b"").expect("request");
     assert_eq!(reply.status, 200);
 
     let json_line = wait_for("a JSON access log line", Duration::from_secs(10), || {
@@ -233,7 +239,12 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let text_line = wait_for("a text access log line", Duration::from_secs(10), || {
         front_proc.output().lines().find(|l| l.starts_with("inbound ")).map(str::to_owned)
     });
-    assert_eq!(text_line, format!("inbound GET /hello 200 - {}", v["trace_id"].as_str().unwrap_or_default()), "same trace on both sides");
+    let trace_id = v["trace_id"].as_str().unwrap_or_default();
+    assert_eq!(
+        text_line,
+        format!("inbound GET /hello 200 - {trace_id} \"203.0.113.9\" application/json meshlen -"),
+        "the same trace on both sides, and any header the format names"
+    );
 }
 
 #[test]

@@ -138,6 +138,7 @@ where
             events: Vec::new(),
             retries: 0,
             attempt: None,
+            headers: telemetry.access_log_headers().map(|names| Box::new(names.capture_request(req.headers()))),
         };
         let req = req.map(|b| body::boxed(ObservedBody::new(b, request_bytes.clone())));
         let fut = self.inner.call(req);
@@ -147,6 +148,9 @@ where
             record.status = response.status().as_u16();
             record.grpc_status = classify::grpc_status(response.headers());
             record.flags = response.extensions().get::<ResponseFlags>().copied().unwrap_or_default();
+            if let (Some(names), Some(captured)) = (telemetry.access_log_headers(), record.headers.as_deref_mut()) {
+                names.capture_response(response.headers(), captured);
+            }
             if let Some(endpoint) = resolution.endpoint() {
                 record.destination = Some(endpoint.identity.clone());
                 record.upstream = Some(endpoint.address);

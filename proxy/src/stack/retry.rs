@@ -218,6 +218,7 @@ impl AttemptSpan {
             events: Vec::new(),
             retries: 0,
             attempt: Some(attempt),
+            headers: None,
         };
         Self { record, start: Instant::now() }
     }

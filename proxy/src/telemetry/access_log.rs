@@ -2,12 +2,17 @@
 //! Envoy-style format per request.
 //!
 //! The format is parsed once, when the configuration is loaded, so an unknown `%FIELD%` is
-//! a configuration error rather than a surprise at runtime. Lines are handed to a writer
+//! a configuration error rather than a surprise at runtime. As in Envoy, `%REQ(NAME)%` and
+//! `%RESP(NAME)%` print any request or response header (`%REQ(A?B)%` the first of two that
+//! is present, `-` when none is), and any field may end in `:N` to keep its first N
+//! characters. The headers a format names are the only ones a record keeps
+//! ([`CapturedHeaders`]), and only when the format names any. Lines are handed to a writer
 //! task through a bounded queue; when stdout cannot keep up, lines are dropped and counted
 //! (`signal="stdout_access_log"`), never waited for.
 
 use std::{fmt::Write as _, sync::Arc};
 
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
@@ -46,11 +51,8 @@ impl Field {
     fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "START_TIME" => Self::StartTime,
-            "REQ(:METHOD)" | "METHOD" => Self::Method,
-            "REQ(:PATH)" | "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)" | "PATH" => Self::Path,
-            "REQ(:AUTHORITY)" | "REQ(HOST)" => Self::Authority,
-            "REQ(USER-AGENT)" => Self::UserAgent,
-            "REQ(X-REQUEST-ID)" => Self::RequestId,
+            "METHOD" => Self::Method,
+            "PATH" => Self::Path,
             "PROTOCOL" => Self::Protocol,
             "RESPONSE_CODE" => Self::ResponseCode,
             "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => Self::GrpcStatus,
@@ -71,10 +73,64 @@ impl Field {
     }
 }
 
+/// Where a `%REQ(…)%` or `%RESP(…)%` field reads its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A value the record keeps anyway (`:METHOD`, `:PATH`, `:AUTHORITY`, `USER-AGENT`, …).
+    Record(Field),
+    /// The request header in this slot of [`CapturedHeaders::request`].
+    Request(usize),
+    /// The response header in this slot of [`CapturedHeaders::response`].
+    Response(usize),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Text(String),
-    Field(Field),
+    /// A field, and how many characters of it are kept.
+    Field(Field, Option<usize>),
+    /// A header field: the first of its sources that has a value.
+    Header(Vec<Source>, Option<usize>),
+}
+
+/// The headers a text format names, which each record keeps for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderNames {
+    request: Vec<HeaderName>,
+    response: Vec<HeaderName>,
+}
+
+impl HeaderNames {
+    /// The slot of `name` in `list`, added if new.
+    fn slot(list: &mut Vec<HeaderName>, name: HeaderName) -> usize {
+        list.iter().position(|n| *n == name).unwrap_or_else(|| {
+            list.push(name);
+            list.len() - 1
+        })
+    }
+
+    /// The request's values of the named headers (their first values).
+    pub fn capture_request(&self, headers: &HeaderMap) -> CapturedHeaders {
+        CapturedHeaders {
+            request: self.request.iter().map(|n| headers.get(n).cloned()).collect(),
+            response: vec![None; self.response.len()],
+        }
+    }
+
+    /// Adds the response's values of the named headers.
+    pub fn capture_response(&self, headers: &HeaderMap, into: &mut CapturedHeaders) {
+        for (slot, name) in into.response.iter_mut().zip(&self.response) {
+            *slot = headers.get(name).cloned();
+        }
+    }
+}
+
+/// The header values one record keeps for the access-log format, by [`HeaderNames`] slot.
+/// A value shares the bytes of the header it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapturedHeaders {
+    request: Vec<Option<HeaderValue>>,
+    response: Vec<Option<HeaderValue>>,
 }
 
 /// How access-log lines are written.
@@ -88,12 +144,55 @@ pub enum AccessLogFormat {
 
 /// A parsed `%FIELD%` format.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextFormat(Vec<Piece>);
+pub struct TextFormat {
+    pieces: Vec<Piece>,
+    headers: Arc<HeaderNames>,
+}
+
+/// Parses `N` of a field's `:N` suffix.
+fn max_len(suffix: Option<&str>, field: &str) -> Result<Option<usize>, String> {
+    suffix
+        .map(|n| n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("bad length in access log field %{field}%")))
+        .transpose()
+}
+
+/// Parses the inside of `REQ(…)` or `RESP(…)`: header names separated by `?`.
+fn header_sources(inner: &str, response: bool, names: &mut HeaderNames, field: &str) -> Result<Vec<Source>, String> {
+    let bad = || format!("bad header in access log field %{field}%");
+    let alternatives: Vec<&str> = inner.split('?').collect();
+    if alternatives.len() > 2 {
+        return Err(bad());
+    }
+    alternatives
+        .into_iter()
+        .map(|name| {
+            let known = match name.to_ascii_uppercase().as_str() {
+                _ if response => None,
+                ":METHOD" => Some(Field::Method),
+                ":PATH" | "X-ENVOY-ORIGINAL-PATH" => Some(Field::Path),
+                ":AUTHORITY" | "HOST" => Some(Field::Authority),
+                "USER-AGENT" => Some(Field::UserAgent),
+                "X-REQUEST-ID" => Some(Field::RequestId),
+                _ => None,
+            };
+            if let Some(field) = known {
+                return Ok(Source::Record(field));
+            }
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            Ok(if response {
+                Source::Response(HeaderNames::slot(&mut names.response, header))
+            } else {
+                Source::Request(HeaderNames::slot(&mut names.request, header))
+            })
+        })
+        .collect()
+}
 
 impl AccessLogFormat {
     /// Parses a text format; `%%` is a literal `%`.
     pub fn text(format: &str) -> Result<Self, String> {
         let mut pieces = Vec::new();
+        let mut names = HeaderNames::default();
         let mut rest = format;
         while let Some(start) = rest.find('%') {
             if start > 0 {
@@ -106,27 +205,60 @@ impl AccessLogFormat {
                 continue;
             }
             let end = after.find('%').ok_or_else(|| format!("unterminated %FIELD% in access log format {format:?}"))?;
-            let name = &after[..end];
-            let field = Field::parse(name).ok_or_else(|| format!("unknown access log field %{name}%"))?;
-            pieces.push(Piece::Field(field));
+            let field = &after[..end];
+            // `NAME`, `NAME:N`, `REQ(A?B)` or `REQ(A?B):N`.
+            let (name, suffix) = match field.rfind(')') {
+                Some(close) => (&field[..=close], field[close + 1..].strip_prefix(':')),
+                None => field.split_once(':').map_or((field, None), |(name, n)| (name, Some(n))),
+            };
+            let max = max_len(suffix, field)?;
+            let header = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.strip_suffix(')'));
+            let piece = match (header("REQ("), header("RESP(")) {
+                (Some(inner), _) => Piece::Header(header_sources(inner, false, &mut names, field)?, max),
+                (_, Some(inner)) => Piece::Header(header_sources(inner, true, &mut names, field)?, max),
+                _ => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
+            };
+            pieces.push(piece);
             rest = &after[end + 1..];
         }
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_owned()));
         }
-        Ok(Self::Text(TextFormat(pieces)))
+        Ok(Self::Text(TextFormat { pieces, headers: Arc::new(names) }))
+    }
+
+    /// The headers the format prints, when it prints any beyond what every record keeps.
+    pub fn header_names(&self) -> Option<Arc<HeaderNames>> {
+        match self {
+            Self::Text(TextFormat { headers, .. }) if !(headers.request.is_empty() && headers.response.is_empty()) => Some(headers.clone()),
+            _ => None,
+        }
     }
 
     /// One line (without the newline) for `r`.
     pub fn render(&self, r: &RequestRecord) -> String {
         match self {
             Self::Json => json_line(r),
-            Self::Text(TextFormat(pieces)) => {
+            Self::Text(TextFormat { pieces, .. }) => {
                 let mut line = String::with_capacity(256);
                 for piece in pieces {
-                    match piece {
-                        Piece::Text(t) => line.push_str(t),
-                        Piece::Field(f) => write_field(&mut line, *f, r),
+                    let start = line.len();
+                    let max = match piece {
+                        Piece::Text(t) => {
+                            line.push_str(t);
+                            continue;
+                        }
+                        Piece::Field(f, max) => {
+                            write_field(&mut line, *f, r);
+                            max
+                        }
+                        Piece::Header(sources, max) => {
+                            write_header(&mut line, sources, r);
+                            max
+                        }
+                    };
+                    if let Some((cut, _)) = max.and_then(|max| line[start..].char_indices().nth(max)) {
+                        line.truncate(start + cut);
                     }
                 }
                 line
@@ -141,6 +273,37 @@ fn start_time(r: &RequestRecord) -> String {
 
 fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// Writes the first of `sources` that has a value, or `-`.
+fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) {
+    for source in sources {
+        let captured = |pick: fn(&CapturedHeaders) -> &[Option<HeaderValue>], slot: usize| {
+            r.headers.as_deref().and_then(|h| pick(h).get(slot)).and_then(Option::as_ref)
+        };
+        let value = match *source {
+            Source::Record(field) => {
+                let present = match field {
+                    Field::Authority => r.authority.is_some(),
+                    Field::UserAgent => r.user_agent.is_some(),
+                    Field::RequestId => r.request_id.is_some(),
+                    _ => true,
+                };
+                if present {
+                    write_field(line, field, r);
+                    return;
+                }
+                None
+            }
+            Source::Request(slot) => captured(|h| &h.request, slot),
+            Source::Response(slot) => captured(|h| &h.response, slot),
+        };
+        if let Some(value) = value {
+            line.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            return;
+        }
+    }
+    line.push('-');
 }
 
 fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
@@ -248,6 +411,40 @@ mod tests {
         assert!(AccessLogFormat::text(DEFAULT_FORMAT).is_ok());
         assert!(AccessLogFormat::text("%NOPE%").expect_err("unknown").contains("%NOPE%"));
         assert!(AccessLogFormat::text("%START_TIME").is_err());
+    }
+
+    #[test]
+    fn any_request_or_response_header_prints_as_in_envoy() {
+        let format = "%REQ(X-FORWARDED-FOR)% %RESP(content-type)% %REQ(X-ORIGINAL-HOST?:AUTHORITY)% %REQ(X-A?X-B)% \
+                      %REQ(USER-AGENT):4% %REQ(X-FORWARDED-FOR):5% %RESP(X-NONE)% %REQ(X-NAME):3% %DURATION:1%";
+        let f = AccessLogFormat::text(format).expect("valid");
+        let names = f.header_names().expect("headers to keep");
+        let mut request = HeaderMap::new();
+        request.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7, 10.0.0.1"));
+        request.insert("x-b", HeaderValue::from_static("second"));
+        request.insert("x-name", HeaderValue::from_str("Zoë Ågren").expect("value"));
+        request.insert("x-unprinted", HeaderValue::from_static("kept by no one"));
+        let mut response = HeaderMap::new();
+        response.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut captured = names.capture_request(&request);
+        names.capture_response(&response, &mut captured);
+        assert_eq!(captured.request.len(), 5, "one slot per named header, each once: {captured:?}");
+        let mut r = record(true, crate::classify::Outcome::Success, 12);
+        r.user_agent = Some("curl/8.0".into());
+        r.authority = Some("backend".into());
+        r.headers = Some(Box::new(captured));
+        assert_eq!(f.render(&r), "203.0.113.7, 10.0.0.1 text/plain backend second curl 203.0 - Zoë 1");
+        r.headers = None;
+        assert!(f.render(&r).starts_with("- - backend - curl - -"), "{}", f.render(&r));
+    }
+
+    #[test]
+    fn formats_of_known_fields_keep_no_headers_and_bad_fields_are_refused() {
+        assert_eq!(AccessLogFormat::text(DEFAULT_FORMAT).expect("valid").header_names(), None);
+        assert_eq!(AccessLogFormat::Json.header_names(), None);
+        for bad in ["%REQ()%", "%REQ(A?B?C)%", "%REQ(a b)%", "%RESP(:STATUS)%", "%DURATION:0%", "%DURATION:x%", "%REQ(X):%"] {
+            assert!(AccessLogFormat::text(bad).is_err(), "{bad} is refused");
+        }
     }
 
     #[test]

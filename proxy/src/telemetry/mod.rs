@@ -118,6 +118,8 @@ pub struct RequestRecord {
     /// attempt's number. Such a record is a CLIENT span only (the request's metrics and
     /// access log come from its own record).
     pub attempt: Option<u32>,
+    /// The headers the stdout access log's format prints, when it names any.
+    pub headers: Option<Box<access_log::CapturedHeaders>>,
 }
 
 /// Something that happened during an exchange, recorded as a span event.
@@ -293,6 +295,8 @@ struct Inner {
     spans: Option<Queue>,
     logs: Option<Queue>,
     stdout: Option<access_log::StdoutAccessLog>,
+    /// The headers the stdout access log prints, which records keep for it.
+    access_log_headers: Option<Arc<access_log::HeaderNames>>,
 }
 
 impl Telemetry {
@@ -318,8 +322,10 @@ impl Telemetry {
             .stdout_access_log
             .clone()
             .map(|format| access_log::StdoutAccessLog::start(format, config.queue_capacity));
+        let access_log_headers = config.stdout_access_log.as_ref().and_then(access_log::AccessLogFormat::header_names);
         let inner = Inner {
             stdout,
+            access_log_headers,
             identity,
             sampling: config.sampling,
             propagation: config.propagation,
@@ -344,6 +350,11 @@ impl Telemetry {
     /// Which spans are kept.
     pub fn sampling(&self) -> Sampling {
         self.inner.sampling
+    }
+
+    /// The headers each record keeps for the stdout access log, when its format names any.
+    pub fn access_log_headers(&self) -> Option<&Arc<access_log::HeaderNames>> {
+        self.inner.access_log_headers.as_ref()
     }
 
     /// The trace-context formats to emit.
@@ -483,6 +494,7 @@ pub(crate) mod tests {
             events: Vec::new(),
             retries: 0,
             attempt: None,
+            headers: None,
         }
     }
 
