@@ -236,6 +236,18 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let v: Value = serde_json::from_str(&json_line).expect("JSON");
     assert_eq!((v["direction"].as_str(), v["path"].as_str(), v["response_code"].as_u64()), (Some("outbound"), Some("/hello"), Some(200)));
     assert_eq!(v["destination_workload"], "front-v1");
+    // Envoy's phases: the request's last byte (a GET: at once), the upstream's answer, the end.
+    let phase = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key} in {json_line}"));
+    let (request, response, whole) = (phase("request_duration_ms"), phase("response_duration_ms"), phase("duration_ms"));
+    assert!(request <= response && response <= whole && response > 0.0, "{json_line}");
+    // A response the sidecar makes itself had no upstream answer to wait for.
+    let reply = http(tester.outbound, "GET", "/nowhere", &[("host", "nowhere")], b"").expect("request");
+    assert_eq!(reply.status, 404);
+    let local = wait_for("the 404's JSON line", Duration::from_secs(10), || {
+        tester_proc.output().lines().find(|l| l.contains("/nowhere")).map(str::to_owned)
+    });
+    let local: Value = serde_json::from_str(&local).expect("JSON");
+    assert_eq!((local["response_flags"].as_str(), &local["response_duration_ms"]), (Some("NR"), &Value::Null), "{local}");
     let text_line = wait_for("a text access log line", Duration::from_secs(10), || {
         front_proc.output().lines().find(|l| l.starts_with("inbound ")).map(str::to_owned)
     });

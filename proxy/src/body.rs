@@ -11,6 +11,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use bytes::{Buf, Bytes};
@@ -75,12 +76,48 @@ pub trait BodyObserver: Send + Unpin + 'static {
     fn on_end(&mut self, end: BodyEnd);
 }
 
-/// A byte counter shared with whoever reads it later (the request body's size).
-impl BodyObserver for Arc<AtomicU64> {
-    fn on_data(&mut self, len: usize) {
-        self.fetch_add(len as u64, Ordering::Relaxed);
+/// How far a request body has come, shared with the record of its exchange: its bytes so
+/// far, and when its last byte arrived (Envoy's `%REQUEST_DURATION%`).
+#[derive(Debug)]
+pub struct RequestProgress {
+    start: Instant,
+    bytes: AtomicU64,
+    /// Nanoseconds from `start` to the body's end, plus one; zero until it ends complete.
+    ended: AtomicU64,
+}
+
+impl RequestProgress {
+    /// The progress of a request that arrived at `start`.
+    pub fn new(start: Instant) -> Arc<Self> {
+        Arc::new(Self { start, bytes: AtomicU64::new(0), ended: AtomicU64::new(0) })
     }
-    fn on_end(&mut self, _end: BodyEnd) {}
+
+    /// The body's bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long after the request's start its body ended, if it has ended complete.
+    pub fn ended_after(&self) -> Option<Duration> {
+        self.ended.load(Ordering::Relaxed).checked_sub(1).map(Duration::from_nanos)
+    }
+
+    /// The body has ended complete (now).
+    pub fn end(&self) {
+        let after = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let _ = self.ended.compare_exchange(0, after + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+impl BodyObserver for Arc<RequestProgress> {
+    fn on_data(&mut self, len: usize) {
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    fn on_end(&mut self, end: BodyEnd) {
+        if end == BodyEnd::Complete {
+            self.end();
+        }
+    }
 }
 
 /// A body that reports its frames and its end to an observer.
@@ -237,6 +274,26 @@ mod tests {
         let s = seen.lock().expect("lock");
         assert!(s.trailers);
         assert_eq!(s.end, Some(BodyEnd::Complete));
+    }
+
+    #[tokio::test]
+    async fn a_request_body_counts_its_bytes_and_when_it_ended_complete() {
+        let progress = RequestProgress::new(Instant::now());
+        let mut body = ObservedBody::new(frames(), progress.clone());
+        let _first = body.frame().await;
+        assert_eq!((progress.bytes(), progress.ended_after()), (6, None), "streaming");
+        let collected = body.collect().await.expect("collect");
+        assert!(collected.trailers().is_some());
+        let ended = progress.ended_after().expect("ended");
+        assert_eq!(progress.bytes(), 11);
+        progress.end();
+        assert_eq!(progress.ended_after(), Some(ended), "the first end counts");
+
+        let cut = RequestProgress::new(Instant::now());
+        let mut body = ObservedBody::new(frames(), cut.clone());
+        let _first = body.frame().await;
+        drop(body);
+        assert_eq!(cut.ended_after(), None, "a body dropped before its end never arrived whole");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, atomic::{AtomicU64, Ordering}},
+    sync::Arc,
     task::{Context, Poll},
     time::{Instant, SystemTime},
 };
@@ -19,7 +19,7 @@ use http::HeaderMap;
 use tower::{Layer, Service};
 
 use crate::{
-    body::{self, BodyEnd, BodyObserver, ObservedBody},
+    body::{self, BodyEnd, BodyObserver, ObservedBody, RequestProgress},
     classify::{self, Classification, Outcome, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
@@ -107,12 +107,14 @@ where
             Side::Inbound => local.service.clone(),
             Side::Outbound => authority.clone().unwrap_or_else(|| Arc::from("unknown")),
         };
-        let request_bytes = Arc::new(AtomicU64::new(0));
+        let request = RequestProgress::new(start);
         let record = RequestRecord {
             side,
             context,
             start_unix_nanos,
             duration: Default::default(),
+            request_duration: None,
+            response_duration: None,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             query: crate::telemetry::recorded_query(req.uri()),
@@ -140,7 +142,10 @@ where
             attempt: None,
             headers: telemetry.access_log_headers().map(|names| Box::new(names.capture_request(req.headers()))),
         };
-        let req = req.map(|b| body::boxed(ObservedBody::new(b, request_bytes.clone())));
+        if http_body::Body::is_end_stream(req.body()) {
+            request.end();
+        }
+        let req = req.map(|b| body::boxed(ObservedBody::new(b, request.clone())));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Ok(response) = fut.await;
@@ -177,7 +182,11 @@ where
                 record.events.push(SpanEvent { offset: start.elapsed(), name, message });
             }
             let tunnel = response.extensions().get::<Tunnel>().cloned();
-            let in_flight = InFlight { telemetry, record: Some(record), start, request_bytes, tunnel };
+            if record.flags.is_empty() {
+                // The upstream's own answer, not one the sidecar made.
+                record.response_duration = Some(start.elapsed());
+            }
+            let in_flight = InFlight { telemetry, record: Some(record), start, request, tunnel };
             Ok(response.map(|b| body::boxed(ObservedBody::new(b, in_flight))))
         })
     }
@@ -188,7 +197,7 @@ struct InFlight {
     telemetry: Telemetry,
     record: Option<RequestRecord>,
     start: Instant,
-    request_bytes: Arc<AtomicU64>,
+    request: Arc<RequestProgress>,
     /// On a `101`: the upgraded connection, whose close ends the exchange.
     tunnel: Option<Tunnel>,
 }
@@ -208,7 +217,8 @@ impl BodyObserver for InFlight {
 
     fn on_end(&mut self, end: BodyEnd) {
         let Some(mut record) = self.record.take() else { return };
-        record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        record.request_bytes = self.request.bytes();
+        record.request_duration = self.request.ended_after();
         let (telemetry, start) = (self.telemetry.clone(), self.start);
         match self.tunnel.take() {
             // The `101`'s empty body ends at once; the exchange goes on in the upgraded

@@ -193,6 +193,8 @@ impl AttemptSpan {
             context,
             start_unix_nanos: unix_nanos(SystemTime::now()),
             duration: Duration::ZERO,
+            request_duration: None,
+            response_duration: None,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             query: crate::telemetry::recorded_query(req.uri()),

@@ -37,6 +37,9 @@ enum Field {
     BytesReceived,
     BytesSent,
     Duration,
+    RequestDuration,
+    ResponseDuration,
+    ResponseTxDuration,
     UpstreamHost,
     UpstreamCluster,
     DownstreamRemoteAddress,
@@ -60,6 +63,9 @@ impl Field {
             "BYTES_RECEIVED" => Self::BytesReceived,
             "BYTES_SENT" => Self::BytesSent,
             "DURATION" => Self::Duration,
+            "REQUEST_DURATION" => Self::RequestDuration,
+            "RESPONSE_DURATION" => Self::ResponseDuration,
+            "RESPONSE_TX_DURATION" => Self::ResponseTxDuration,
             "UPSTREAM_HOST" => Self::UpstreamHost,
             "UPSTREAM_CLUSTER" => Self::UpstreamCluster,
             "DOWNSTREAM_REMOTE_ADDRESS" => Self::DownstreamRemoteAddress,
@@ -321,6 +327,9 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::BytesReceived => write!(line, "{}", r.request_bytes),
         Field::BytesSent => write!(line, "{}", r.response_bytes),
         Field::Duration => write!(line, "{}", r.duration.as_millis()),
+        Field::RequestDuration => write!(line, "{}", dash(r.request_duration.map(|d| d.as_millis()))),
+        Field::ResponseDuration => write!(line, "{}", dash(r.response_duration.map(|d| d.as_millis()))),
+        Field::ResponseTxDuration => write!(line, "{}", dash(r.response_duration.map(|d| r.duration.saturating_sub(d).as_millis()))),
         Field::UpstreamHost => write!(line, "{}", dash(r.upstream)),
         Field::UpstreamCluster => write!(line, "{}", r.destination_service),
         Field::DownstreamRemoteAddress => write!(line, "{}", dash(r.peer)),
@@ -347,6 +356,8 @@ fn json_line(r: &RequestRecord) -> String {
         "bytes_received": r.request_bytes,
         "bytes_sent": r.response_bytes,
         "duration_ms": r.duration.as_secs_f64() * 1000.0,
+        "request_duration_ms": r.request_duration.map(|d| d.as_secs_f64() * 1000.0),
+        "response_duration_ms": r.response_duration.map(|d| d.as_secs_f64() * 1000.0),
         "upstream_host": r.upstream.map(|u| u.to_string()),
         "upstream_cluster": &*r.destination_service,
         "downstream_remote_address": r.peer.map(|p| p.to_string()),
@@ -436,6 +447,18 @@ mod tests {
         assert_eq!(f.render(&r), "203.0.113.7, 10.0.0.1 text/plain backend second curl 203.0 - Zoë 1");
         r.headers = None;
         assert!(f.render(&r).starts_with("- - backend - curl - -"), "{}", f.render(&r));
+    }
+
+    #[test]
+    fn the_phases_of_an_exchange_print_as_envoys_durations() {
+        let f = AccessLogFormat::text("%REQUEST_DURATION% %RESPONSE_DURATION% %RESPONSE_TX_DURATION% %DURATION%").expect("valid");
+        let mut r = record(true, crate::classify::Outcome::Success, 250);
+        assert_eq!(f.render(&r), "- - - 250", "a response the sidecar made, a request that never arrived whole");
+        r.request_duration = Some(std::time::Duration::from_micros(1_500));
+        r.response_duration = Some(std::time::Duration::from_millis(40));
+        assert_eq!(f.render(&r), "1 40 210 250");
+        let v: serde_json::Value = serde_json::from_str(&AccessLogFormat::Json.render(&r)).expect("json");
+        assert_eq!((v["request_duration_ms"].as_f64(), v["response_duration_ms"].as_f64()), (Some(1.5), Some(40.0)));
     }
 
     #[test]

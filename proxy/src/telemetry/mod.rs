@@ -64,6 +64,11 @@ pub struct RequestRecord {
     pub start_unix_nanos: u64,
     /// Time from the request's arrival to the response body's end.
     pub duration: Duration,
+    /// Time from the request's arrival to its body's last byte, when it arrived whole.
+    pub request_duration: Option<Duration>,
+    /// Time from the request's arrival to the upstream's response headers; none for a
+    /// response the sidecar made itself.
+    pub response_duration: Option<Duration>,
     /// Request method.
     pub method: http::Method,
     /// Request path (no query).
@@ -469,6 +474,8 @@ pub(crate) mod tests {
             },
             start_unix_nanos: 1,
             duration: Duration::from_millis(duration_ms),
+            request_duration: None,
+            response_duration: None,
             method: http::Method::GET,
             path: "/".into(),
             query: None,
