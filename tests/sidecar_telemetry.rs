@@ -280,6 +280,10 @@ fn ten_thousand_distinct_paths_leave_the_series_count_flat() {
     assert!(admin(&tester, "meshlens_proxy_tcp_connections_opened_total", "outbound") >= 1.0);
     assert!(admin(&tester, "meshlens_proxy_tcp_received_bytes_total", "outbound") > 10_000.0 * 20.0, "request bytes from the app");
     assert!(admin(&front, "meshlens_proxy_tcp_sent_bytes_total", "inbound") > 10_000.0 * 20.0, "response bytes to the caller");
+    // Every request counted in flight was counted out.
+    let active = "meshlens_proxy_active_requests";
+    let in_flight = || admin(&tester, active, "outbound") + admin(&front, active, "inbound");
+    wait_for("no request left in flight", Duration::from_secs(5), || (in_flight() == 0.0).then_some(()));
 }
 
 #[test]
@@ -479,10 +483,12 @@ fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     }
     std::thread::sleep(Duration::from_millis(400));
     let held = opened.elapsed();
-    // The exchange is open, and unrecorded, while the upgraded connection is.
+    // The exchange is open, in flight and unrecorded, while the upgraded connection is.
     std::thread::sleep(Duration::from_secs(1));
     let open = collector.sql_rows("SELECT count(*) FROM spans WHERE http_status_code = 101");
     assert_eq!(open[0][0].as_u64(), Some(0), "no span before the close: {open:?}");
+    let in_flight = || prom_sum(&get(hop.tester.admin, "/metrics").body, "meshlens_proxy_active_requests", &[("direction", "outbound")]);
+    assert_eq!(in_flight(), 1.0);
     drop(stream);
 
     // Both sidecars recorded the exchange until the close, in one trace, as a success, with
@@ -510,6 +516,7 @@ fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
         }
         assert!(row[5].as_str().is_some_and(|e| e.contains("\"upgraded\"")), "an event marks the switch: {row:?}");
     }
+    assert_eq!(in_flight(), 0.0, "no longer in flight once recorded");
     let traces = collector.sql_rows("SELECT count(DISTINCT trace_id) FROM spans WHERE http_status_code = 101");
     assert_eq!(traces[0][0].as_u64(), Some(1), "one trace");
 }

@@ -23,7 +23,7 @@ use crate::{
     classify::{self, Classification, Outcome, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
-    telemetry::{Origin, RequestRecord, Side, Telemetry, metrics::unix_nanos},
+    telemetry::{Origin, RequestRecord, Side, Telemetry, metrics::unix_nanos, stats::ActiveRequest},
     telemetry::SpanEvent,
     trace_context::{SpanContext, ensure_request_id},
 };
@@ -87,6 +87,7 @@ where
         let start = Instant::now();
         let start_unix_nanos = unix_nanos(SystemTime::now());
         let ObserveLayer { side, telemetry, app, routes } = self.layer.clone();
+        let active = telemetry.active(side);
         let local = telemetry.identity().clone();
 
         let context = SpanContext::continue_from(req.headers(), telemetry.sampling().ratio, telemetry.propagation());
@@ -186,7 +187,7 @@ where
                 // The upstream's own answer, not one the sidecar made.
                 record.response_duration = Some(start.elapsed());
             }
-            let in_flight = InFlight { telemetry, record: Some(record), start, request, tunnel };
+            let in_flight = InFlight { telemetry, record: Some(record), start, request, tunnel, active: Some(active) };
             Ok(response.map(|b| body::boxed(ObservedBody::new(b, in_flight))))
         })
     }
@@ -200,6 +201,8 @@ struct InFlight {
     request: Arc<RequestProgress>,
     /// On a `101`: the upgraded connection, whose close ends the exchange.
     tunnel: Option<Tunnel>,
+    /// Counts the exchange in flight until it ends (dropped with this, or with the tunnel).
+    active: Option<ActiveRequest>,
 }
 
 impl BodyObserver for InFlight {
@@ -225,7 +228,9 @@ impl BodyObserver for InFlight {
             // connection, and ends when it closes.
             Some(tunnel) => {
                 record.events.push(SpanEvent { offset: start.elapsed(), name: "upgraded", message: None });
+                let active = self.active.take();
                 tunnel.on_close(move |closed| {
+                    let _active = active;
                     record.request_bytes += closed.sent;
                     record.response_bytes += closed.received;
                     finish(&telemetry, record, start, if closed.failed { BodyEnd::Error } else { BodyEnd::Complete });

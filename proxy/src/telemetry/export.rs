@@ -645,6 +645,7 @@ async fn export_metrics(
         let snapshot = MetricsSnapshot {
             series: metrics.snapshot(),
             tcp: tcp_counters(&drain.stats),
+            active: [Side::Inbound, Side::Outbound].map(|side| (side, drain.stats.active(side).get())),
             start_unix_nanos: metrics.start_unix_nanos(),
         };
         let series = snapshot.series.len() as u64;
@@ -672,6 +673,7 @@ async fn export_metrics(
 struct MetricsSnapshot {
     series: Vec<(super::metrics::RequestKey, super::metrics::RequestStats)>,
     tcp: Vec<otlp::TcpCounters>,
+    active: [(Side, i64); 2],
     start_unix_nanos: u64,
 }
 
@@ -683,7 +685,7 @@ async fn encode_in_background(snapshot: MetricsSnapshot, resource: Arc<Resource>
     let spawned = std::thread::Builder::new().name("metrics-encode".into()).spawn(move || {
         lowest_priority();
         let now = unix_nanos(SystemTime::now());
-        let request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, &snapshot.series, &snapshot.tcp);
+        let request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, &snapshot.series, &snapshot.tcp, &snapshot.active);
         let _ = tx.send(wire::Request::encoded(request.encode_to_vec()));
     });
     if let Err(e) = spawned {

@@ -302,6 +302,8 @@ struct Inner {
     stdout: Option<access_log::StdoutAccessLog>,
     /// The headers the stdout access log prints, which records keep for it.
     access_log_headers: Option<Arc<access_log::HeaderNames>>,
+    /// The requests-in-flight gauges, inbound and outbound.
+    active: [prometheus_client::metrics::gauge::Gauge; 2],
 }
 
 impl Telemetry {
@@ -328,9 +330,11 @@ impl Telemetry {
             .clone()
             .map(|format| access_log::StdoutAccessLog::start(format, config.queue_capacity));
         let access_log_headers = config.stdout_access_log.as_ref().and_then(access_log::AccessLogFormat::header_names);
+        let active = [stats.active(Side::Inbound), stats.active(Side::Outbound)];
         let inner = Inner {
             stdout,
             access_log_headers,
+            active,
             identity,
             sampling: config.sampling,
             propagation: config.propagation,
@@ -360,6 +364,11 @@ impl Telemetry {
     /// The headers each record keeps for the stdout access log, when its format names any.
     pub fn access_log_headers(&self) -> Option<&Arc<access_log::HeaderNames>> {
         self.inner.access_log_headers.as_ref()
+    }
+
+    /// Counts a request arriving on `side` as in flight until the returned guard drops.
+    pub fn active(&self, side: Side) -> stats::ActiveRequest {
+        stats::ActiveRequest::start(&self.inner.active[usize::from(side == Side::Outbound)])
     }
 
     /// The trace-context formats to emit.

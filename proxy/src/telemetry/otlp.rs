@@ -387,6 +387,7 @@ pub fn metrics_request(
     now_unix_nanos: u64,
     snapshot: &[(RequestKey, RequestStats)],
     tcp: &TcpSnapshot,
+    active: &[(Side, i64)],
 ) -> ExportMetricsServiceRequest {
     let cumulative = AggregationTemporality::Cumulative as i32;
     let mut server = Vec::new();
@@ -445,6 +446,24 @@ pub fn metrics_request(
             .collect()
     };
     let connections = |name: &str, description: &str, points| Metric { unit: "{connection}".into(), ..sum(name, description, points) };
+    // An up-down counter: OpenTelemetry's non-monotonic cumulative sum.
+    let in_flight = active
+        .iter()
+        .map(|(side, n)| NumberDataPoint {
+            attributes: vec![string_kv(semconv::DIRECTION, side.as_str())],
+            start_time_unix_nano: start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            value: Some(number_data_point::Value::AsInt(*n)),
+            ..Default::default()
+        })
+        .collect();
+    let active_requests = Metric {
+        name: "meshlens.proxy.requests.active".into(),
+        description: "Requests in flight".into(),
+        unit: "{request}".into(),
+        data: Some(Data::Sum(Sum { data_points: in_flight, aggregation_temporality: cumulative, is_monotonic: false })),
+        ..Default::default()
+    };
     let metrics = vec![
         histogram("http.server.request.duration", "Duration of inbound requests", server),
         histogram("http.client.request.duration", "Duration of outbound requests", client),
@@ -454,6 +473,7 @@ pub fn metrics_request(
         connections("meshlens.proxy.tcp.connections.closed", "TCP connections closed", tcp_points(|t| t.closed)),
         sum("meshlens.proxy.tcp.received", "Bytes received from peers", tcp_points(|t| t.received)),
         sum("meshlens.proxy.tcp.sent", "Bytes sent to peers", tcp_points(|t| t.sent)),
+        active_requests,
     ];
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -764,7 +784,7 @@ mod tests {
         metrics.observe(&server);
 
         let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"));
-        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[]);
+        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[(Side::Inbound, 0), (Side::Outbound, 2)]);
         let point = |name: &str| -> Vec<(String, String)> {
             let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");
             let Some(Data::Histogram(h)) = &metric.data else { panic!("{name} is a histogram") };
@@ -794,5 +814,10 @@ mod tests {
         let server = point("http.server.request.duration");
         assert!(has(&server, "url.scheme", "http") && has(&server, "network.protocol.version", "2"), "{server:?}");
         assert!(server.iter().all(|(k, _)| k != "server.address" && k != "error.type"), "{server:?}");
+        let active = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == "meshlens.proxy.requests.active");
+        let Some(Data::Sum(active)) = active.and_then(|m| m.data.as_ref()) else { panic!("requests in flight: {active:?}") };
+        assert!(!active.is_monotonic, "an up-down counter");
+        let values: Vec<_> = active.data_points.iter().map(|p| p.value).collect();
+        assert_eq!(values, [0, 2].map(|n| Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(n))));
     }
 }

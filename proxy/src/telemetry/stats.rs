@@ -61,11 +61,30 @@ pub struct Counters {
     ejections: Family<ServiceLabels, Counter>,
     /// Series in the request-metrics table (set when `/metrics` is read).
     pub series: Gauge,
+    active: Family<DirectionLabels, Gauge>,
     tcp_opened: Family<DirectionLabels, Counter>,
     tcp_closed: Family<DirectionLabels, Counter>,
     tcp_received: Family<DirectionLabels, Counter>,
     tcp_sent: Family<DirectionLabels, Counter>,
     upstreams: std::sync::Arc<std::sync::Mutex<Vec<UpstreamMeter>>>,
+}
+
+/// One request in flight, counted in `meshlens_proxy_active_requests` until dropped.
+#[derive(Debug)]
+pub struct ActiveRequest(Gauge);
+
+impl ActiveRequest {
+    /// Counts a request arriving on the side whose gauge is `gauge`.
+    pub fn start(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The connection counters of one upstream workload.
@@ -116,6 +135,11 @@ impl TelemetryStats {
             self.dropped.clone(),
         );
         registry.register("meshlens_proxy_metric_series", "Series in the sidecar's request metrics", self.series.clone());
+        registry.register(
+            "meshlens_proxy_active_requests",
+            "Requests in flight: arrived and not yet finished (an upgraded connection until it closes)",
+            self.active.clone(),
+        );
         registry.register("meshlens_proxy_tcp_connections_opened", "TCP connections accepted", self.tcp_opened.clone());
         registry.register("meshlens_proxy_tcp_connections_closed", "TCP connections closed", self.tcp_closed.clone());
         registry.register("meshlens_proxy_tcp_received_bytes", "Bytes received from peers", self.tcp_received.clone());
@@ -135,6 +159,11 @@ impl TelemetryStats {
             "Export attempts retried after a retryable error, by the error's code",
             self.retries.clone(),
         );
+    }
+
+    /// The gauge of one side's requests in flight (a handle onto this registry's).
+    pub fn active(&self, side: Side) -> Gauge {
+        self.active.get_or_create_owned(&DirectionLabels { direction: side.as_str() })
     }
 
     /// Counts an endpoint of `service` ejected by outlier detection.
