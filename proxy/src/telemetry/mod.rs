@@ -24,7 +24,7 @@ use std::{
 };
 
 use crate::{
-    classify::{Classification, ResponseFlags},
+    classify::{Classification, Outcome, ResponseFlags},
     config::{Sampling, TelemetryConfig},
     identity::WorkloadIdentity,
     trace_context::{Formats, SpanContext},
@@ -50,6 +50,11 @@ impl Side {
             Self::Inbound => "inbound",
             Self::Outbound => "outbound",
         }
+    }
+
+    /// 0 inbound, 1 outbound: a position in per-side arrays.
+    pub fn index(self) -> usize {
+        usize::from(self == Self::Outbound)
     }
 }
 
@@ -304,6 +309,8 @@ struct Inner {
     access_log_headers: Option<Arc<access_log::HeaderNames>>,
     /// The requests-in-flight gauges, inbound and outbound.
     active: [prometheus_client::metrics::gauge::Gauge; 2],
+    /// The request counters, by side (inbound, outbound) and outcome (success, failure).
+    requests: [[prometheus_client::metrics::counter::Counter; 2]; 2],
 }
 
 impl Telemetry {
@@ -330,11 +337,13 @@ impl Telemetry {
             .clone()
             .map(|format| access_log::StdoutAccessLog::start(format, config.queue_capacity));
         let access_log_headers = config.stdout_access_log.as_ref().and_then(access_log::AccessLogFormat::header_names);
-        let active = [stats.active(Side::Inbound), stats.active(Side::Outbound)];
+        let active = [Side::Inbound, Side::Outbound].map(|side| stats.active(side));
+        let requests = [Side::Inbound, Side::Outbound].map(|side| [Outcome::Success, Outcome::Failure].map(|o| stats.requests(side, o)));
         let inner = Inner {
             stdout,
             access_log_headers,
             active,
+            requests,
             identity,
             sampling: config.sampling,
             propagation: config.propagation,
@@ -368,7 +377,7 @@ impl Telemetry {
 
     /// Counts a request arriving on `side` as in flight until the returned guard drops.
     pub fn active(&self, side: Side) -> stats::ActiveRequest {
-        stats::ActiveRequest::start(&self.inner.active[usize::from(side == Side::Outbound)])
+        stats::ActiveRequest::start(&self.inner.active[side.index()])
     }
 
     /// The trace-context formats to emit.
@@ -381,7 +390,7 @@ impl Telemetry {
     pub fn keeps_span(&self, record: &RequestRecord) -> bool {
         let s = &self.inner.sampling;
         record.context.sampled
-            || (s.keep_errors && record.classification.outcome == crate::classify::Outcome::Failure)
+            || (s.keep_errors && record.classification.outcome == Outcome::Failure)
             || s.slow_threshold.is_some_and(|t| record.duration >= t)
     }
 
@@ -400,7 +409,7 @@ impl Telemetry {
             return;
         }
         inner.metrics.observe(&record);
-        inner.stats.observe_request(&record);
+        inner.requests[record.side.index()][usize::from(record.classification.outcome == Outcome::Failure)].inc();
         if let Some(stdout) = &inner.stdout {
             stdout.write(&record, &inner.stats);
         }
@@ -523,6 +532,39 @@ pub(crate) mod tests {
         let config = TelemetryConfig { otlp_endpoint: None, sampling, ..TelemetryConfig::default() };
         let identity = Arc::new(WorkloadIdentity::new("ns", "svc", "svc-v1", "v1"));
         Telemetry::start(identity, &config).map(|(t, _)| t).expect("no export")
+    }
+
+    #[test]
+    fn requests_are_counted_by_side_and_outcome_and_in_flight_until_done() {
+        let t = telemetry();
+        let mut inbound = record(true, Outcome::Success, 1);
+        inbound.side = Side::Inbound;
+        t.record(inbound);
+        t.record(record(true, Outcome::Failure, 1));
+        t.record(record(true, Outcome::Failure, 1));
+        let mut retried = record(true, Outcome::Failure, 1);
+        retried.attempt = Some(1);
+        t.record(retried);
+        let in_flight = t.active(Side::Outbound);
+        let mut registry = prometheus_client::registry::Registry::default();
+        t.stats().register(&mut registry);
+        let text = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+            out
+        };
+        let exposed = text();
+        for line in [
+            "meshlens_proxy_requests_total{direction=\"inbound\",classification=\"success\"} 1",
+            "meshlens_proxy_requests_total{direction=\"outbound\",classification=\"failure\"} 2",
+            "meshlens_proxy_requests_total{direction=\"outbound\",classification=\"success\"} 0",
+            "meshlens_proxy_active_requests{direction=\"outbound\"} 1",
+            "meshlens_proxy_active_requests{direction=\"inbound\"} 0",
+        ] {
+            assert!(exposed.lines().any(|l| l == line), "{line} in\n{exposed}");
+        }
+        drop(in_flight);
+        assert!(text().lines().any(|l| l == "meshlens_proxy_active_requests{direction=\"outbound\"} 0"), "counted out");
     }
 
     #[test]

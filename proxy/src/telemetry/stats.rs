@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{RequestRecord, Side};
+use super::Side;
 use crate::connection::ConnectionMeter;
 
 /// Labels of the export counters.
@@ -197,12 +197,10 @@ impl TelemetryStats {
         self.upstreams.lock().map(|u| u.clone()).unwrap_or_default()
     }
 
-    pub(crate) fn observe_request(&self, record: &RequestRecord) {
-        let labels = RequestLabels {
-            direction: record.side.as_str(),
-            classification: record.classification.outcome.as_str(),
-        };
-        self.requests.get_or_create(&labels).inc();
+    /// The counter of one side's requests with one outcome (a handle onto this registry's,
+    /// taken once, so counting a request is one atomic add).
+    pub(crate) fn requests(&self, side: Side, outcome: crate::classify::Outcome) -> Counter {
+        self.requests.get_or_create_owned(&RequestLabels { direction: side.as_str(), classification: outcome.as_str() })
     }
 
     /// Counts `n` records of `signal` accepted in an export request of `bytes` bytes.
