@@ -222,13 +222,13 @@ impl BodyObserver for InFlight {
         let Some(mut record) = self.record.take() else { return };
         record.request_bytes = self.request.bytes();
         record.request_duration = self.request.ended_after();
-        let (telemetry, start) = (self.telemetry.clone(), self.start);
+        let start = self.start;
         match self.tunnel.take() {
             // The `101`'s empty body ends at once; the exchange goes on in the upgraded
             // connection, and ends when it closes.
             Some(tunnel) => {
                 record.events.push(SpanEvent { offset: start.elapsed(), name: "upgraded", message: None });
-                let active = self.active.take();
+                let (telemetry, active) = (self.telemetry.clone(), self.active.take());
                 tunnel.on_close(move |closed| {
                     let _active = active;
                     record.request_bytes += closed.sent;
@@ -242,7 +242,7 @@ impl BodyObserver for InFlight {
                     // its headers: Envoy's `UC`, whatever the status said.
                     record.flags |= ResponseFlags::UPSTREAM_RESET;
                 }
-                finish(&telemetry, record, start, end);
+                finish(&self.telemetry, record, start, end);
             }
         }
     }
