@@ -257,6 +257,35 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
         format!("inbound GET /hello 200 - {trace_id} \"203.0.113.9\" application/json meshlen -"),
         "the same trace on both sides, and any header the format names"
     );
+
+    // Envoy's format dictionary: the keys the user names, lone fields typed, empty ones left out.
+    let shaped = Workload::new("shaped", &[]);
+    let dictionary_sidecar = dir.path("shaped-dictionary.toml");
+    let dictionary = "[access_log]\nstdout = \"json\"\nomit_empty_values = true\n[access_log.json_format]\n\
+        status = \"%RESPONSE_CODE%\"\nbytes_sent = \"%BYTES_SENT%\"\nwhen = \"%START_TIME(%s.%3f)%\"\n\
+        line = \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\"\nforwarded = \"%REQ(X-FORWARDED-FOR)%\"\n\
+        missing = \"%REQ(X-MISSING)%\"\ntrace = \"%TRACE_ID%\"\n\
+        upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\" }\n";
+    let shaped_toml = sidecar_toml(&shaped, &[&shaped, &front], collector.grpc);
+    std::fs::write(&dictionary_sidecar, format!("{shaped_toml}\n{dictionary}")).expect("write");
+    let shaped_proc = Proc::start(&dir, "shaped-sidecar", &["proxy", "--config", dictionary_sidecar.to_str().unwrap_or_default()]);
+    wait_listening(shaped.outbound, "the dictionary sidecar");
+    let reply = http(shaped.outbound, "GET", "/shaped", &headers, b"").expect("request");
+    assert_eq!(reply.status, 200);
+    let line = wait_for("a dictionary access log line", Duration::from_secs(10), || {
+        shaped_proc.output().lines().find(|l| l.starts_with('{')).map(str::to_owned)
+    });
+    let v: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["status"], 200, "a number: {line}");
+    assert!(v["bytes_sent"].as_u64().is_some_and(|n| n > 0), "a number: {line}");
+    assert_eq!((v["line"].as_str(), v["forwarded"].as_str()), (Some("GET /shaped HTTP/1.1"), Some("203.0.113.9")), "{line}");
+    assert_eq!(v["upstream"]["cluster"], "front", "{line}");
+    assert_eq!(v["upstream"]["host"], front.inbound.to_string(), "{line}");
+    assert!(v.get("missing").is_none(), "an unset value is left out: {line}");
+    assert!(v["trace"].as_str().is_some_and(|t| t.len() == 32), "{line}");
+    let when: f64 = v["when"].as_str().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("seconds.millis: {line}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+    assert!((now - when).abs() < 60.0, "{when} is the request's start, now {now}: {line}");
 }
 
 #[test]

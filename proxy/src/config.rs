@@ -228,6 +228,12 @@ pub struct RawAccessLog {
     pub stdout: StdoutAccessLog,
     /// The text format, with Envoy-style `%FIELD%`s; defaults to Envoy's default format.
     pub format: Option<String>,
+    /// With `stdout = "json"`: Envoy's format dictionary, JSON keys to `%FIELD%` formats
+    /// (tables nest); without it, a fixed set of keys.
+    pub json_format: Option<toml::Table>,
+    /// With `json_format`: keys whose value is unset or empty are left out.
+    #[serde(default)]
+    pub omit_empty_values: bool,
 }
 
 /// Whether and how access logs go to stdout.
@@ -241,6 +247,35 @@ pub enum StdoutAccessLog {
     Json,
     /// A text line per request.
     Text,
+}
+
+/// The stdout access log of `[access_log]`, its format parsed; settings of a format other than
+/// the chosen one are refused rather than ignored.
+fn stdout_access_log(raw: RawAccessLog) -> Result<Option<AccessLogFormat>, ConfigError> {
+    let misplaced = |key: &str, stdout: &str| ConfigError::Invalid(format!("access_log.{key} applies only to stdout = \"{stdout}\""));
+    if raw.format.is_some() && raw.stdout != StdoutAccessLog::Text {
+        return Err(misplaced("format", "text"));
+    }
+    if raw.json_format.is_some() && raw.stdout != StdoutAccessLog::Json {
+        return Err(misplaced("json_format", "json"));
+    }
+    if raw.omit_empty_values && raw.json_format.is_none() {
+        return Err(ConfigError::Invalid("access_log.omit_empty_values applies only to a json_format".into()));
+    }
+    let format = match raw.stdout {
+        StdoutAccessLog::Off => return Ok(None),
+        StdoutAccessLog::Text => AccessLogFormat::text(raw.format.as_deref().unwrap_or(access_log::DEFAULT_FORMAT)),
+        StdoutAccessLog::Json => match raw.json_format {
+            None => Ok(AccessLogFormat::Json),
+            Some(table) => serde_json::to_value(table)
+                .map_err(|e| e.to_string())
+                .and_then(|keys| match keys {
+                    serde_json::Value::Object(keys) => AccessLogFormat::dictionary(&keys, raw.omit_empty_values),
+                    _ => Err("access_log.json_format must be a table".into()),
+                }),
+        },
+    };
+    format.map(Some).map_err(ConfigError::Invalid)
 }
 
 /// `[[services]]`.
@@ -684,14 +719,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
         let identity = WorkloadIdentity::new(&w.namespace, &w.service, &workload, &w.version);
 
         let mut telemetry = TelemetryConfig::try_from(raw.telemetry)?;
-        telemetry.stdout_access_log = match raw.access_log.stdout {
-            StdoutAccessLog::Off => None,
-            StdoutAccessLog::Json => Some(AccessLogFormat::Json),
-            StdoutAccessLog::Text => Some(
-                AccessLogFormat::text(raw.access_log.format.as_deref().unwrap_or(access_log::DEFAULT_FORMAT))
-                    .map_err(ConfigError::Invalid)?,
-            ),
-        };
+        telemetry.stdout_access_log = stdout_access_log(raw.access_log)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(raw.services.len());
@@ -804,6 +832,19 @@ mod tests {
         assert!(err.to_string().contains("%BOGUS%"), "{err}");
         let json = format!("{GOOD}\n[access_log]\nstdout = \"json\"\n");
         assert!(ProxyConfig::from_toml(&json).expect("valid").telemetry.stdout_access_log.is_some());
+        let keys = "[access_log.json_format]\nstatus = \"%RESPONSE_CODE%\"";
+        let dictionary = format!("{GOOD}\n[access_log]\nstdout = \"json\"\nomit_empty_values = true\n{keys}\n");
+        let parsed = ProxyConfig::from_toml(&dictionary).expect("valid").telemetry.stdout_access_log;
+        assert!(matches!(parsed, Some(AccessLogFormat::Dictionary(_))), "{parsed:?}");
+        for (extra, named) in [
+            ("stdout = \"text\"\n[access_log.json_format]\nstatus = \"%RESPONSE_CODE%\"", "json_format"),
+            ("stdout = \"json\"\nformat = \"%DURATION%\"", "format"),
+            ("stdout = \"json\"\nomit_empty_values = true", "omit_empty_values"),
+            ("stdout = \"json\"\n[access_log.json_format]\nstatus = \"%BOGUS%\"", "%BOGUS%"),
+        ] {
+            let err = ProxyConfig::from_toml(&format!("{GOOD}\n[access_log]\n{extra}\n")).expect_err(extra).to_string();
+            assert!(err.contains(named), "{extra}: {err}");
+        }
     }
 
     #[test]

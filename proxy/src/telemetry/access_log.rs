@@ -4,8 +4,10 @@
 //! The format is parsed once, when the configuration is loaded, so an unknown `%FIELD%` is
 //! a configuration error rather than a surprise at runtime. As in Envoy, `%REQ(NAME)%` and
 //! `%RESP(NAME)%` print any request or response header (`%REQ(A?B)%` the first of two that
-//! is present, `-` when none is), and any field may end in `:N` to keep its first N
-//! characters. The headers a format names are the only ones a record keeps
+//! is present, `-` when none is), `%START_TIME(…)%` takes a `strftime` format, and any other
+//! field may end in `:N` to keep its first N characters. A format dictionary (Envoy's
+//! `json_format`) names the keys of the JSON objects: each value is a format, and one that is
+//! a single field keeps its type (a number, or `null` when unset). The headers a format names are the only ones a record keeps
 //! ([`CapturedHeaders`]), and only when the format names any. Lines are handed to a writer
 //! task through a bounded queue; when stdout cannot keep up, lines are dropped and counted
 //! (`signal="stdout_access_log"`), never waited for.
@@ -13,7 +15,8 @@
 use std::{fmt::Write as _, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::json;
+use meshlens_common::time::TimeFormat;
+use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use super::{RequestRecord, TelemetryStats};
@@ -97,6 +100,8 @@ enum Piece {
     Field(Field, Option<usize>),
     /// A header field: the first of its sources that has a value.
     Header(Vec<Source>, Option<usize>),
+    /// `%START_TIME(…)%`.
+    StartTime(TimeFormat),
 }
 
 /// The headers a text format names, which each record keeps for it.
@@ -146,6 +151,8 @@ pub enum AccessLogFormat {
     Json,
     /// A text line from a `%FIELD%` format.
     Text(TextFormat),
+    /// One JSON object per line, its keys and values from a format dictionary.
+    Dictionary(JsonFormat),
 }
 
 /// A parsed `%FIELD%` format.
@@ -153,6 +160,21 @@ pub enum AccessLogFormat {
 pub struct TextFormat {
     pieces: Vec<Piece>,
     headers: Arc<HeaderNames>,
+}
+
+/// A format dictionary: JSON keys to `%FIELD%` formats, nested objects allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonFormat {
+    keys: Vec<(String, JsonEntry)>,
+    /// Keys whose value is unset or empty are left out.
+    omit_empty: bool,
+    headers: Arc<HeaderNames>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JsonEntry {
+    Object(Vec<(String, JsonEntry)>),
+    Format(Vec<Piece>),
 }
 
 /// Parses `N` of a field's `:N` suffix.
@@ -194,49 +216,97 @@ fn header_sources(inner: &str, response: bool, names: &mut HeaderNames, field: &
         .collect()
 }
 
+/// Parses a `%FIELD%` format into pieces, adding the headers it names to `names`; `%%` is a
+/// literal `%`.
+fn parse_pieces(format: &str, names: &mut HeaderNames) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = format;
+    while let Some(start) = rest.find('%') {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 1..];
+        if let Some(stripped) = after.strip_prefix('%') {
+            pieces.push(Piece::Text("%".into()));
+            rest = stripped;
+            continue;
+        }
+        // `START_TIME(…)` holds `%`s of its own: it ends at `)%`.
+        if let Some(time) = after.strip_prefix("START_TIME(") {
+            let end = time.find(")%").ok_or_else(|| format!("unterminated %START_TIME(…)% in access log format {format:?}"))?;
+            pieces.push(Piece::StartTime(TimeFormat::parse(&time[..end])?));
+            rest = &time[end + 2..];
+            continue;
+        }
+        let end = after.find('%').ok_or_else(|| format!("unterminated %FIELD% in access log format {format:?}"))?;
+        let field = &after[..end];
+        // `NAME`, `NAME:N`, `REQ(A?B)` or `REQ(A?B):N`.
+        let (name, suffix) = match field.rfind(')') {
+            Some(close) => (&field[..=close], field[close + 1..].strip_prefix(':')),
+            None => field.split_once(':').map_or((field, None), |(name, n)| (name, Some(n))),
+        };
+        let max = max_len(suffix, field)?;
+        let header = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.strip_suffix(')'));
+        let piece = match (header("REQ("), header("RESP(")) {
+            (Some(inner), _) => Piece::Header(header_sources(inner, false, names, field)?, max),
+            (_, Some(inner)) => Piece::Header(header_sources(inner, true, names, field)?, max),
+            _ => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
+        };
+        pieces.push(piece);
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_owned()));
+    }
+    Ok(pieces)
+}
+
+/// Parses one level of a format dictionary: strings are formats, tables nest.
+fn parse_dictionary(
+    keys: &serde_json::Map<String, Value>,
+    names: &mut HeaderNames,
+    path: &str,
+) -> Result<Vec<(String, JsonEntry)>, String> {
+    keys.iter()
+        .map(|(key, value)| {
+            let entry = match value {
+                Value::String(format) => JsonEntry::Format(parse_pieces(format, names)?),
+                Value::Object(inner) => JsonEntry::Object(parse_dictionary(inner, names, &format!("{path}{key}."))?),
+                _ => return Err(format!("access log json_format key {path}{key} must be a format string or a table")),
+            };
+            Ok((key.clone(), entry))
+        })
+        .collect()
+}
+
 impl AccessLogFormat {
     /// Parses a text format; `%%` is a literal `%`.
     pub fn text(format: &str) -> Result<Self, String> {
-        let mut pieces = Vec::new();
         let mut names = HeaderNames::default();
-        let mut rest = format;
-        while let Some(start) = rest.find('%') {
-            if start > 0 {
-                pieces.push(Piece::Text(rest[..start].to_owned()));
-            }
-            let after = &rest[start + 1..];
-            if let Some(stripped) = after.strip_prefix('%') {
-                pieces.push(Piece::Text("%".into()));
-                rest = stripped;
-                continue;
-            }
-            let end = after.find('%').ok_or_else(|| format!("unterminated %FIELD% in access log format {format:?}"))?;
-            let field = &after[..end];
-            // `NAME`, `NAME:N`, `REQ(A?B)` or `REQ(A?B):N`.
-            let (name, suffix) = match field.rfind(')') {
-                Some(close) => (&field[..=close], field[close + 1..].strip_prefix(':')),
-                None => field.split_once(':').map_or((field, None), |(name, n)| (name, Some(n))),
-            };
-            let max = max_len(suffix, field)?;
-            let header = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.strip_suffix(')'));
-            let piece = match (header("REQ("), header("RESP(")) {
-                (Some(inner), _) => Piece::Header(header_sources(inner, false, &mut names, field)?, max),
-                (_, Some(inner)) => Piece::Header(header_sources(inner, true, &mut names, field)?, max),
-                _ => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
-            };
-            pieces.push(piece);
-            rest = &after[end + 1..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_owned()));
-        }
+        let pieces = parse_pieces(format, &mut names)?;
         Ok(Self::Text(TextFormat { pieces, headers: Arc::new(names) }))
+    }
+
+    /// Parses a format dictionary (Envoy's `json_format`): each string value is a format,
+    /// each table a nested object. With `omit_empty`, keys whose value is unset or empty are
+    /// left out of the line.
+    pub fn dictionary(keys: &serde_json::Map<String, Value>, omit_empty: bool) -> Result<Self, String> {
+        if keys.is_empty() {
+            return Err("access log json_format has no keys".into());
+        }
+        let mut names = HeaderNames::default();
+        let keys = parse_dictionary(keys, &mut names, "")?;
+        Ok(Self::Dictionary(JsonFormat { keys, omit_empty, headers: Arc::new(names) }))
     }
 
     /// The headers the format prints, when it prints any beyond what every record keeps.
     pub fn header_names(&self) -> Option<Arc<HeaderNames>> {
         match self {
-            Self::Text(TextFormat { headers, .. }) if !(headers.request.is_empty() && headers.response.is_empty()) => Some(headers.clone()),
+            Self::Text(TextFormat { headers, .. }) | Self::Dictionary(JsonFormat { headers, .. })
+                if !(headers.request.is_empty() && headers.response.is_empty()) =>
+            {
+                Some(headers.clone())
+            }
             _ => None,
         }
     }
@@ -245,30 +315,96 @@ impl AccessLogFormat {
     pub fn render(&self, r: &RequestRecord) -> String {
         match self {
             Self::Json => json_line(r),
-            Self::Text(TextFormat { pieces, .. }) => {
-                let mut line = String::with_capacity(256);
-                for piece in pieces {
-                    let start = line.len();
-                    let max = match piece {
-                        Piece::Text(t) => {
-                            line.push_str(t);
-                            continue;
-                        }
-                        Piece::Field(f, max) => {
-                            write_field(&mut line, *f, r);
-                            max
-                        }
-                        Piece::Header(sources, max) => {
-                            write_header(&mut line, sources, r);
-                            max
-                        }
-                    };
-                    if let Some((cut, _)) = max.and_then(|max| line[start..].char_indices().nth(max)) {
-                        line.truncate(start + cut);
-                    }
-                }
-                line
+            Self::Text(TextFormat { pieces, .. }) => render_pieces(pieces, r),
+            Self::Dictionary(JsonFormat { keys, omit_empty, .. }) => Value::Object(render_object(keys, *omit_empty, r)).to_string(),
+        }
+    }
+}
+
+/// A text format's output for `r`.
+fn render_pieces(pieces: &[Piece], r: &RequestRecord) -> String {
+    let mut line = String::with_capacity(256);
+    for piece in pieces {
+        let start = line.len();
+        let max = match piece {
+            Piece::Text(t) => {
+                line.push_str(t);
+                continue;
             }
+            Piece::StartTime(format) => {
+                format.write(r.start_unix_nanos, &mut line);
+                continue;
+            }
+            Piece::Field(f, max) => {
+                write_field(&mut line, *f, r);
+                max
+            }
+            Piece::Header(sources, max) => {
+                if !write_header(&mut line, sources, r) {
+                    line.push('-');
+                }
+                max
+            }
+        };
+        if let Some((cut, _)) = max.and_then(|max| line[start..].char_indices().nth(max)) {
+            line.truncate(start + cut);
+        }
+    }
+    line
+}
+
+/// One level of a format dictionary's object for `r`.
+fn render_object(keys: &[(String, JsonEntry)], omit_empty: bool, r: &RequestRecord) -> serde_json::Map<String, Value> {
+    let mut object = serde_json::Map::new();
+    for (key, entry) in keys {
+        let value = match entry {
+            JsonEntry::Object(inner) => Value::Object(render_object(inner, omit_empty, r)),
+            JsonEntry::Format(pieces) => match pieces.as_slice() {
+                [Piece::Field(field, None)] => typed_field(*field, r),
+                [Piece::Header(sources, None)] => {
+                    let mut value = String::new();
+                    if write_header(&mut value, sources, r) { Value::String(value) } else { Value::Null }
+                }
+                _ => Value::String(render_pieces(pieces, r)),
+            },
+        };
+        let empty = match &value {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            _ => false,
+        };
+        if !(omit_empty && empty) {
+            object.insert(key.clone(), value);
+        }
+    }
+    object
+}
+
+/// A field alone as a dictionary value: numbers as numbers, an unset value as `null`, as
+/// Envoy's typed JSON logs have them.
+fn typed_field(field: Field, r: &RequestRecord) -> Value {
+    let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+    match field {
+        Field::ResponseCode => r.status.into(),
+        Field::GrpcStatus => r.grpc_status.into(),
+        Field::BytesReceived => r.request_bytes.into(),
+        Field::BytesSent => r.response_bytes.into(),
+        Field::Duration => millis(Some(r.duration)).into(),
+        Field::RequestDuration => millis(r.request_duration).into(),
+        Field::ResponseDuration => millis(r.response_duration).into(),
+        Field::ResponseTxDuration => millis(r.response_duration.map(|d| r.duration.saturating_sub(d))).into(),
+        Field::Authority => r.authority.as_deref().into(),
+        Field::UserAgent => r.user_agent.as_deref().into(),
+        Field::RequestId => r.request_id.as_deref().into(),
+        Field::UpstreamHost => r.upstream.map(|u| u.to_string()).into(),
+        Field::DownstreamRemoteAddress => r.peer.map(|p| p.to_string()).into(),
+        Field::SourceWorkload => r.source.as_ref().map(|s| &*s.workload).into(),
+        Field::DestinationWorkload => r.destination.as_ref().map(|d| &*d.workload).into(),
+        _ => {
+            let mut value = String::new();
+            write_field(&mut value, field, r);
+            Value::String(value)
         }
     }
 }
@@ -281,8 +417,8 @@ fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-/// Writes the first of `sources` that has a value, or `-`.
-fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) {
+/// Writes the first of `sources` that has a value; false when none has.
+fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) -> bool {
     for source in sources {
         let captured = |pick: fn(&CapturedHeaders) -> &[Option<HeaderValue>], slot: usize| {
             r.headers.as_deref().and_then(|h| pick(h).get(slot)).and_then(Option::as_ref)
@@ -297,7 +433,7 @@ fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) {
                 };
                 if present {
                     write_field(line, field, r);
-                    return;
+                    return true;
                 }
                 None
             }
@@ -306,10 +442,10 @@ fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) {
         };
         if let Some(value) = value {
             line.push_str(&String::from_utf8_lossy(value.as_bytes()));
-            return;
+            return true;
         }
     }
-    line.push('-');
+    false
 }
 
 fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
@@ -468,6 +604,75 @@ mod tests {
         for bad in ["%REQ()%", "%REQ(A?B?C)%", "%REQ(a b)%", "%RESP(:STATUS)%", "%DURATION:0%", "%DURATION:x%", "%REQ(X):%"] {
             assert!(AccessLogFormat::text(bad).is_err(), "{bad} is refused");
         }
+    }
+
+    fn dictionary(toml: &str) -> Result<AccessLogFormat, String> {
+        let table: toml::Table = toml::from_str(toml).expect("toml");
+        match serde_json::to_value(table).expect("json") {
+            Value::Object(keys) => AccessLogFormat::dictionary(&keys, false),
+            _ => unreachable!("a table"),
+        }
+    }
+
+    #[test]
+    fn format_dictionaries_keep_the_types_of_lone_fields_as_envoys_json_format_does() {
+        let f = dictionary(
+            r#"
+            status = "%RESPONSE_CODE%"
+            duration = "%DURATION%"
+            duration_text = "%DURATION%ms"
+            upstream = "%UPSTREAM_HOST%"
+            response_ms = "%RESPONSE_DURATION%"
+            request = { method = "%REQ(:METHOD)%", line = "%REQ(:METHOD)% %REQ(:PATH)%", forwarded = "%REQ(X-FORWARDED-FOR)%" }
+            agent = "%REQ(USER-AGENT):4%"
+            when = "%START_TIME(%s.%3f)%"
+            flags = "%RESPONSE_FLAGS%"
+            "#,
+        )
+        .expect("valid");
+        let mut r = record(true, crate::classify::Outcome::Success, 12);
+        r.start_unix_nanos = 1_795_269_600_123_000_000;
+        r.user_agent = Some("curl/8.0".into());
+        let line = f.render(&r);
+        let v: Value = serde_json::from_str(&line).expect("one JSON object");
+        let expected = json!({
+            "status": 200, "duration": 12, "duration_text": "12ms", "upstream": null, "response_ms": null,
+            "request": { "method": "GET", "line": "GET /", "forwarded": null },
+            "agent": "curl", "when": "1795269600.123", "flags": "-",
+        });
+        assert_eq!(v, expected, "{line}");
+        assert!(!line.contains('\n'));
+
+        let names = f.header_names().expect("the dictionary's header is kept");
+        let mut request = HeaderMap::new();
+        request.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        r.headers = Some(Box::new(names.capture_request(&request)));
+        let v: Value = serde_json::from_str(&f.render(&r)).expect("json");
+        assert_eq!(v["request"]["forwarded"], "203.0.113.7");
+    }
+
+    #[test]
+    fn format_dictionaries_can_leave_out_empty_values_and_refuse_what_is_not_a_format() {
+        let source = "a = \"%UPSTREAM_HOST%\"\nb = \"%RESPONSE_CODE%\"\nc = { d = \"%REQ(X-NONE)%\" }\ne = \"\"";
+        let table: toml::Table = toml::from_str(source).expect("toml");
+        let Value::Object(keys) = serde_json::to_value(table).expect("json") else { unreachable!("a table") };
+        let f = AccessLogFormat::dictionary(&keys, true).expect("valid");
+        let r = record(true, crate::classify::Outcome::Success, 1);
+        assert_eq!(f.render(&r), r#"{"b":200}"#);
+        for bad in ["a = 1", "a = \"%NOPE%\"", "a = { b = [\"%DURATION%\"] }", "a = \"%START_TIME(%Q)%\"", "a = \"%START_TIME(%s\""] {
+            let err = dictionary(bad).expect_err(bad);
+            assert!(!err.is_empty(), "{bad}");
+        }
+        assert!(dictionary("").is_err(), "an empty dictionary");
+        assert!(dictionary("a = { b = true }").expect_err("a bool").contains("a.b"), "the key is named");
+    }
+
+    #[test]
+    fn start_time_takes_a_strftime_format_in_text_formats_too() {
+        let f = AccessLogFormat::text("[%START_TIME(%Y-%m-%dT%H:%M:%S.%6f%z)%] %RESPONSE_CODE% %START_TIME%").expect("valid");
+        let mut r = record(true, crate::classify::Outcome::Success, 1);
+        r.start_unix_nanos = 1_795_269_600_123_456_000;
+        assert_eq!(f.render(&r), "[2026-11-21T14:00:00.123456+0000] 200 2026-11-21T14:00:00.123Z");
     }
 
     #[test]
