@@ -264,13 +264,14 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let dictionary = "[access_log]\nstdout = \"json\"\nomit_empty_values = true\n[access_log.json_format]\n\
         status = \"%RESPONSE_CODE%\"\nbytes_sent = \"%BYTES_SENT%\"\nwhen = \"%START_TIME(%s.%3f)%\"\n\
         line = \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\"\nforwarded = \"%REQ(X-FORWARDED-FOR)%\"\n\
-        missing = \"%REQ(X-MISSING)%\"\ntrace = \"%TRACE_ID%\"\n\
+        missing = \"%REQ(X-MISSING)%\"\ntrace = \"%TRACE_ID%\"\ndetails = \"%RESPONSE_CODE_DETAILS%\"\n\
+        attempts = \"%UPSTREAM_REQUEST_ATTEMPT_COUNT%\"\npath = \"%REQ_WITHOUT_QUERY(:PATH)%\"\n\
         upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\" }\n";
     let shaped_toml = sidecar_toml(&shaped, &[&shaped, &front], collector.grpc);
     std::fs::write(&dictionary_sidecar, format!("{shaped_toml}\n{dictionary}")).expect("write");
     let shaped_proc = Proc::start(&dir, "shaped-sidecar", &["proxy", "--config", dictionary_sidecar.to_str().unwrap_or_default()]);
     wait_listening(shaped.outbound, "the dictionary sidecar");
-    let reply = http(shaped.outbound, "GET", "/shaped", &headers, b"").expect("request");
+    let reply = http(shaped.outbound, "GET", "/shaped?page=2", &headers, b"").expect("request");
     assert_eq!(reply.status, 200);
     let line = wait_for("a dictionary access log line", Duration::from_secs(10), || {
         shaped_proc.output().lines().find(|l| l.starts_with('{')).map(str::to_owned)
@@ -278,7 +279,9 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let v: Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(v["status"], 200, "a number: {line}");
     assert!(v["bytes_sent"].as_u64().is_some_and(|n| n > 0), "a number: {line}");
-    assert_eq!((v["line"].as_str(), v["forwarded"].as_str()), (Some("GET /shaped HTTP/1.1"), Some("203.0.113.9")), "{line}");
+    assert_eq!((v["line"].as_str(), v["forwarded"].as_str()), (Some("GET /shaped?page=2 HTTP/1.1"), Some("203.0.113.9")), "{line}");
+    let outcome = |v: &Value| (v["path"].as_str().map(str::to_owned), v["details"].as_str().map(str::to_owned), v["attempts"].as_u64());
+    assert_eq!(outcome(&v), (Some("/shaped".into()), Some("via_upstream".into()), Some(1)), "{line}");
     assert_eq!(v["upstream"]["cluster"], "front", "{line}");
     assert_eq!(v["upstream"]["host"], front.inbound.to_string(), "{line}");
     assert!(v.get("missing").is_none(), "an unset value is left out: {line}");
@@ -286,6 +289,16 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let when: f64 = v["when"].as_str().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("seconds.millis: {line}"));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
     assert!((now - when).abs() < 60.0, "{when} is the request's start, now {now}: {line}");
+    // A request the sidecar answers itself: never sent upstream.
+    let reply = http(shaped.outbound, "GET", "/lost", &[("host", "nowhere")], b"").expect("request");
+    assert_eq!(reply.status, 404);
+    let line = wait_for("the 404's dictionary line", Duration::from_secs(10), || {
+        shaped_proc.output().lines().find(|l| l.contains("/lost")).map(str::to_owned)
+    });
+    let v: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["status"], 404, "{line}");
+    assert_eq!(outcome(&v), (Some("/lost".into()), Some("route_not_found".into()), Some(0)), "{line}");
+    assert!(v.get("upstream").is_some_and(|u| u.get("host").is_none()), "no upstream host, left out: {line}");
 }
 
 #[test]

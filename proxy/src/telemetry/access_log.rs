@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use super::{RequestRecord, TelemetryStats};
+use crate::classify::ResponseFlags;
 
 /// Envoy's default format, with meshlens's trace ID at the end.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %TRACE_ID%";
@@ -29,7 +30,10 @@ pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)% %
 enum Field {
     StartTime,
     Method,
+    /// The path without its query.
     Path,
+    /// The path and its query (secrets redacted), as Envoy's `%REQ(:PATH)%`.
+    PathAndQuery,
     Authority,
     UserAgent,
     RequestId,
@@ -37,6 +41,9 @@ enum Field {
     ResponseCode,
     GrpcStatus,
     ResponseFlags,
+    ResponseCodeDetails,
+    AttemptCount,
+    RouteName,
     BytesReceived,
     BytesSent,
     Duration,
@@ -63,6 +70,9 @@ impl Field {
             "RESPONSE_CODE" => Self::ResponseCode,
             "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => Self::GrpcStatus,
             "RESPONSE_FLAGS" => Self::ResponseFlags,
+            "RESPONSE_CODE_DETAILS" => Self::ResponseCodeDetails,
+            "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Self::AttemptCount,
+            "ROUTE_NAME" => Self::RouteName,
             "BYTES_RECEIVED" => Self::BytesReceived,
             "BYTES_SENT" => Self::BytesSent,
             "DURATION" => Self::Duration,
@@ -98,8 +108,9 @@ enum Piece {
     Text(String),
     /// A field, and how many characters of it are kept.
     Field(Field, Option<usize>),
-    /// A header field: the first of its sources that has a value.
-    Header(Vec<Source>, Option<usize>),
+    /// A header field: the first of its sources that has a value, how many characters of it
+    /// are kept, and whether its query (from the first `?`) is cut (`%REQ_WITHOUT_QUERY(…)%`).
+    Header(Vec<Source>, Option<usize>, bool),
     /// `%START_TIME(…)%`.
     StartTime(TimeFormat),
 }
@@ -185,7 +196,7 @@ fn max_len(suffix: Option<&str>, field: &str) -> Result<Option<usize>, String> {
 }
 
 /// Parses the inside of `REQ(…)` or `RESP(…)`: header names separated by `?`.
-fn header_sources(inner: &str, response: bool, names: &mut HeaderNames, field: &str) -> Result<Vec<Source>, String> {
+fn header_sources(inner: &str, response: bool, without_query: bool, names: &mut HeaderNames, field: &str) -> Result<Vec<Source>, String> {
     let bad = || format!("bad header in access log field %{field}%");
     let alternatives: Vec<&str> = inner.split('?').collect();
     if alternatives.len() > 2 {
@@ -197,7 +208,8 @@ fn header_sources(inner: &str, response: bool, names: &mut HeaderNames, field: &
             let known = match name.to_ascii_uppercase().as_str() {
                 _ if response => None,
                 ":METHOD" => Some(Field::Method),
-                ":PATH" | "X-ENVOY-ORIGINAL-PATH" => Some(Field::Path),
+                ":PATH" | "X-ENVOY-ORIGINAL-PATH" if without_query => Some(Field::Path),
+                ":PATH" | "X-ENVOY-ORIGINAL-PATH" => Some(Field::PathAndQuery),
                 ":AUTHORITY" | "HOST" => Some(Field::Authority),
                 "USER-AGENT" => Some(Field::UserAgent),
                 "X-REQUEST-ID" => Some(Field::RequestId),
@@ -247,9 +259,10 @@ fn parse_pieces(format: &str, names: &mut HeaderNames) -> Result<Vec<Piece>, Str
         };
         let max = max_len(suffix, field)?;
         let header = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.strip_suffix(')'));
-        let piece = match (header("REQ("), header("RESP(")) {
-            (Some(inner), _) => Piece::Header(header_sources(inner, false, names, field)?, max),
-            (_, Some(inner)) => Piece::Header(header_sources(inner, true, names, field)?, max),
+        let piece = match (header("REQ("), header("REQ_WITHOUT_QUERY("), header("RESP(")) {
+            (Some(inner), ..) => Piece::Header(header_sources(inner, false, false, names, field)?, max, false),
+            (_, Some(inner), _) => Piece::Header(header_sources(inner, false, true, names, field)?, max, true),
+            (.., Some(inner)) => Piece::Header(header_sources(inner, true, false, names, field)?, max, false),
             _ => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
         };
         pieces.push(piece);
@@ -339,8 +352,8 @@ fn render_pieces(pieces: &[Piece], r: &RequestRecord) -> String {
                 write_field(&mut line, *f, r);
                 max
             }
-            Piece::Header(sources, max) => {
-                if !write_header(&mut line, sources, r) {
+            Piece::Header(sources, max, without_query) => {
+                if !write_header(&mut line, sources, *without_query, r) {
                     line.push('-');
                 }
                 max
@@ -361,9 +374,9 @@ fn render_object(keys: &[(String, JsonEntry)], omit_empty: bool, r: &RequestReco
             JsonEntry::Object(inner) => Value::Object(render_object(inner, omit_empty, r)),
             JsonEntry::Format(pieces) => match pieces.as_slice() {
                 [Piece::Field(field, None)] => typed_field(*field, r),
-                [Piece::Header(sources, None)] => {
+                [Piece::Header(sources, None, without_query)] => {
                     let mut value = String::new();
-                    if write_header(&mut value, sources, r) { Value::String(value) } else { Value::Null }
+                    if write_header(&mut value, sources, *without_query, r) { Value::String(value) } else { Value::Null }
                 }
                 _ => Value::String(render_pieces(pieces, r)),
             },
@@ -388,6 +401,8 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
     match field {
         Field::ResponseCode => r.status.into(),
         Field::GrpcStatus => r.grpc_status.into(),
+        Field::AttemptCount => attempt_count(r).into(),
+        Field::RouteName => r.route.as_deref().into(),
         Field::BytesReceived => r.request_bytes.into(),
         Field::BytesSent => r.response_bytes.into(),
         Field::Duration => millis(Some(r.duration)).into(),
@@ -409,6 +424,33 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
     }
 }
 
+/// Envoy's `%RESPONSE_CODE_DETAILS%`: who set the status and why, from the record's flags.
+fn response_code_details(r: &RequestRecord) -> &'static str {
+    let answered = r.response_duration.is_some();
+    let details = [
+        (ResponseFlags::NO_ROUTE, "route_not_found"),
+        (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+        (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
+        (ResponseFlags::UPSTREAM_TIMEOUT, "upstream_response_timeout"),
+        (ResponseFlags::BAD_REQUEST, "invalid_request"),
+    ];
+    if let Some((_, detail)) = details.iter().find(|(flag, _)| r.flags.contains(*flag)) {
+        return detail;
+    }
+    match (r.flags.contains(ResponseFlags::UPSTREAM_RESET), answered) {
+        (true, true) => "upstream_reset_after_response_started{connection_termination}",
+        (true, false) => "upstream_reset_before_response_started{connection_termination}",
+        (false, true) => "via_upstream",
+        (false, false) if r.flags.contains(ResponseFlags::DOWNSTREAM_TERMINATED) => "downstream_remote_disconnect",
+        (false, false) => "-",
+    }
+}
+
+/// Envoy's `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`: the tries sent upstream, 0 when none was.
+fn attempt_count(r: &RequestRecord) -> u32 {
+    if r.upstream.is_some() { r.retries + 1 } else { 0 }
+}
+
 fn start_time(r: &RequestRecord) -> String {
     meshlens_common::time::format_rfc3339_millis(r.start_unix_nanos)
 }
@@ -418,7 +460,7 @@ fn dash<T: ToString>(v: Option<T>) -> String {
 }
 
 /// Writes the first of `sources` that has a value; false when none has.
-fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) -> bool {
+fn write_header(line: &mut String, sources: &[Source], without_query: bool, r: &RequestRecord) -> bool {
     for source in sources {
         let captured = |pick: fn(&CapturedHeaders) -> &[Option<HeaderValue>], slot: usize| {
             r.headers.as_deref().and_then(|h| pick(h).get(slot)).and_then(Option::as_ref)
@@ -441,7 +483,9 @@ fn write_header(line: &mut String, sources: &[Source], r: &RequestRecord) -> boo
             Source::Response(slot) => captured(|h| &h.response, slot),
         };
         if let Some(value) = value {
-            line.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            let bytes = value.as_bytes();
+            let end = if without_query { bytes.iter().position(|&b| b == b'?').unwrap_or(bytes.len()) } else { bytes.len() };
+            line.push_str(&String::from_utf8_lossy(&bytes[..end]));
             return true;
         }
     }
@@ -453,6 +497,10 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::StartTime => write!(line, "{}", start_time(r)),
         Field::Method => write!(line, "{}", r.method),
         Field::Path => write!(line, "{}", r.path),
+        Field::PathAndQuery => match &r.query {
+            Some(query) => write!(line, "{}?{query}", r.path),
+            None => write!(line, "{}", r.path),
+        },
         Field::Authority => write!(line, "{}", dash(r.authority.as_ref())),
         Field::UserAgent => write!(line, "{}", dash(r.user_agent.as_ref())),
         Field::RequestId => write!(line, "{}", dash(r.request_id.as_ref())),
@@ -460,6 +508,9 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::ResponseCode => write!(line, "{}", r.status),
         Field::GrpcStatus => write!(line, "{}", dash(r.grpc_status)),
         Field::ResponseFlags => write!(line, "{}", r.flags),
+        Field::ResponseCodeDetails => write!(line, "{}", response_code_details(r)),
+        Field::AttemptCount => write!(line, "{}", attempt_count(r)),
+        Field::RouteName => write!(line, "{}", dash(r.route.as_ref())),
         Field::BytesReceived => write!(line, "{}", r.request_bytes),
         Field::BytesSent => write!(line, "{}", r.response_bytes),
         Field::Duration => write!(line, "{}", r.duration.as_millis()),
@@ -673,6 +724,52 @@ mod tests {
         let mut r = record(true, crate::classify::Outcome::Success, 1);
         r.start_unix_nanos = 1_795_269_600_123_456_000;
         assert_eq!(f.render(&r), "[2026-11-21T14:00:00.123456+0000] 200 2026-11-21T14:00:00.123Z");
+    }
+
+    #[test]
+    fn response_code_details_attempts_and_routes_print_as_in_envoy() {
+        let f = AccessLogFormat::text("%RESPONSE_CODE_DETAILS%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%ROUTE_NAME%").expect("valid");
+        let mut r = record(true, crate::classify::Outcome::Success, 5);
+        assert_eq!(f.render(&r), "-|0|-", "nothing answered, nothing sent upstream");
+        r.response_duration = Some(std::time::Duration::from_millis(3));
+        r.upstream = Some(([127, 0, 0, 1], 9).into());
+        r.retries = 2;
+        r.route = Some("/items/{id}".into());
+        assert_eq!(f.render(&r), "via_upstream|3|/items/{id}");
+        r.flags = ResponseFlags::UPSTREAM_RESET;
+        assert_eq!(f.render(&r), "upstream_reset_after_response_started{connection_termination}|3|/items/{id}");
+        r.response_duration = None;
+        assert!(f.render(&r).starts_with("upstream_reset_before_response_started{connection_termination}|"));
+        for (flag, detail) in [
+            (ResponseFlags::NO_ROUTE, "route_not_found"),
+            (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+            (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
+            (ResponseFlags::UPSTREAM_TIMEOUT, "upstream_response_timeout"),
+            (ResponseFlags::BAD_REQUEST, "invalid_request"),
+            (ResponseFlags::DOWNSTREAM_TERMINATED, "downstream_remote_disconnect"),
+        ] {
+            r.flags = flag;
+            assert_eq!(response_code_details(&r), detail, "{flag}");
+        }
+        let typed = dictionary("attempts = \"%UPSTREAM_REQUEST_ATTEMPT_COUNT%\"\nroute = \"%ROUTE_NAME%\"").expect("valid");
+        r.route = None;
+        assert_eq!(typed.render(&r), r#"{"attempts":3,"route":null}"#);
+    }
+
+    #[test]
+    fn the_path_carries_its_query_unless_asked_without_as_in_envoy() {
+        let format = "%REQ(:PATH)% %REQ_WITHOUT_QUERY(:PATH)% %PATH% %REQ_WITHOUT_QUERY(X-ORIGINAL-URL)% %REQ(X-ORIGINAL-URL)%";
+        let f = AccessLogFormat::text(format).expect("valid");
+        let mut request = HeaderMap::new();
+        request.insert("x-original-url", HeaderValue::from_static("/a/b?token=1"));
+        let mut r = record(true, crate::classify::Outcome::Success, 5);
+        r.path = "/items".into();
+        r.query = Some("page=2&api_key=REDACTED".into());
+        r.headers = Some(Box::new(f.header_names().expect("one header").capture_request(&request)));
+        assert_eq!(f.render(&r), "/items?page=2&api_key=REDACTED /items /items /a/b /a/b?token=1");
+        r.query = None;
+        assert!(f.render(&r).starts_with("/items /items /items "));
+        assert!(AccessLogFormat::text("%REQ_WITHOUT_QUERY()%").is_err());
     }
 
     #[test]
