@@ -88,6 +88,16 @@ impl ResponseFlags {
         }
     }
 
+    /// The flag Envoy writes as `name` (`UF`, `NR`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(flag, _)| *flag)
+    }
+
+    /// Whether any flag of `other` is set.
+    pub const fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Appends the Envoy form (as `Display` writes it) without `core::fmt`: every exported
     /// record carries it.
     pub fn push_to(self, out: &mut String) {

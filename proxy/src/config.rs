@@ -9,10 +9,11 @@ use std::{collections::HashSet, net::SocketAddr, path::Path, sync::Arc, time::Du
 use serde::Deserialize;
 
 use crate::{
+    classify::ResponseFlags,
     http_route::RouteTemplates,
     identity::WorkloadIdentity,
     telemetry::{
-        access_log::{self, AccessLogFormat},
+        access_log::{self, AccessLogFormat, LogFilter},
         metrics::{Label, LabelPolicy},
     },
     trace_context::{Format, Formats},
@@ -234,6 +235,44 @@ pub struct RawAccessLog {
     /// With `json_format`: keys whose value is unset or empty are left out.
     #[serde(default)]
     pub omit_empty_values: bool,
+    /// Write lines only for the requests meeting any of these conditions.
+    pub filter: Option<RawLogFilter>,
+}
+
+/// `[access_log.filter]`: a stdout line is written for a request meeting any condition set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogFilter {
+    /// Requests the classifier called failures.
+    #[serde(default)]
+    pub failures: bool,
+    /// Responses with at least this status.
+    pub status_at_least: Option<u16>,
+    /// Requests lasting at least this long (`"500ms"`).
+    pub duration_at_least: Option<String>,
+    /// Responses with any of these Envoy flags (`UF`, `UH`, …); `[]` for any flag.
+    pub response_flags: Option<Vec<String>>,
+}
+
+impl TryFrom<RawLogFilter> for LogFilter {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawLogFilter) -> Result<Self, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(format!("access_log.filter: {m}"));
+        if let Some(status) = raw.status_at_least.filter(|s| !(100..=599).contains(s)) {
+            return Err(invalid(format!("status_at_least = {status} is not an HTTP status")));
+        }
+        let duration = |d: String| meshlens_common::duration::parse_duration(&d).map_err(|e| invalid(format!("duration_at_least: {e}")));
+        let duration_at_least = raw.duration_at_least.map(duration).transpose()?;
+        let flag = |name: &String| ResponseFlags::from_name(name).ok_or_else(|| invalid(format!("unknown response flag {name:?}")));
+        let flags = |names: Vec<String>| names.iter().map(flag).try_fold(ResponseFlags::empty(), |all, f| Ok::<_, ConfigError>(all | f?));
+        let response_flags = raw.response_flags.map(flags).transpose()?;
+        let filter = LogFilter { failures: raw.failures, status_at_least: raw.status_at_least, duration_at_least, response_flags };
+        if filter == LogFilter::default() {
+            return Err(invalid("no condition is set (failures, status_at_least, duration_at_least, response_flags)".into()));
+        }
+        Ok(filter)
+    }
 }
 
 /// Whether and how access logs go to stdout.
@@ -481,6 +520,8 @@ pub struct TelemetryConfig {
     pub max_retry_time: Duration,
     /// Access logs on stdout, if wanted.
     pub stdout_access_log: Option<AccessLogFormat>,
+    /// Which requests get a stdout line.
+    pub stdout_access_log_filter: LogFilter,
     /// Labels of the request metrics.
     pub labels: LabelPolicy,
 }
@@ -511,6 +552,7 @@ impl Default for TelemetryConfig {
             compression: default_compression(),
             max_retry_time: default_retry_time(),
             stdout_access_log: None,
+            stdout_access_log_filter: LogFilter::default(),
             labels: LabelPolicy::default(),
         }
     }
@@ -554,6 +596,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             compression: t.compression,
             max_retry_time: t.max_retry_time,
             stdout_access_log: None,
+            stdout_access_log_filter: LogFilter::default(),
             labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
         })
     }
@@ -719,7 +762,12 @@ impl TryFrom<RawConfig> for ProxyConfig {
         let identity = WorkloadIdentity::new(&w.namespace, &w.service, &workload, &w.version);
 
         let mut telemetry = TelemetryConfig::try_from(raw.telemetry)?;
-        telemetry.stdout_access_log = stdout_access_log(raw.access_log)?;
+        let mut access_log = raw.access_log;
+        if access_log.filter.is_some() && access_log.stdout == StdoutAccessLog::Off {
+            return Err(ConfigError::Invalid("access_log.filter needs stdout = \"json\" or \"text\"".into()));
+        }
+        telemetry.stdout_access_log_filter = access_log.filter.take().map(LogFilter::try_from).transpose()?.unwrap_or_default();
+        telemetry.stdout_access_log = stdout_access_log(access_log)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(raw.services.len());
@@ -845,6 +893,40 @@ mod tests {
             let err = ProxyConfig::from_toml(&format!("{GOOD}\n[access_log]\n{extra}\n")).expect_err(extra).to_string();
             assert!(err.contains(named), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn access_log_filters_are_checked_at_load() {
+        let filtered =
+            |filter: &str| ProxyConfig::from_toml(&format!("{GOOD}\n[access_log]\nstdout = \"text\"\nfilter = {{ {filter} }}\n"));
+        let parsed = filtered("failures = true, status_at_least = 500, duration_at_least = \"1.5s\", response_flags = [\"UF\", \"UH\"]")
+            .expect("valid")
+            .telemetry
+            .stdout_access_log_filter;
+        let flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::NO_HEALTHY_UPSTREAM;
+        let expected = LogFilter {
+            failures: true,
+            status_at_least: Some(500),
+            duration_at_least: Some(Duration::from_millis(1500)),
+            response_flags: Some(flags),
+        };
+        assert_eq!(parsed, expected);
+        let any_flag = filtered("response_flags = []").expect("valid").telemetry.stdout_access_log_filter;
+        assert_eq!(any_flag.response_flags, Some(ResponseFlags::empty()));
+        for (bad, named) in [
+            ("", "no condition"),
+            ("failures = false", "no condition"),
+            ("status_at_least = 42", "42"),
+            ("response_flags = [\"XX\"]", "XX"),
+            ("duration_at_least = \"soon\"", "duration_at_least"),
+            ("bogus = 1", "bogus"),
+        ] {
+            let err = filtered(bad).expect_err(bad);
+            let err = format!("{err} {}", std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default());
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        let off = ProxyConfig::from_toml(&format!("{GOOD}\n[access_log]\nfilter = {{ failures = true }}\n")).expect_err("no stdout log");
+        assert!(off.to_string().contains("stdout"), "{off}");
     }
 
     #[test]

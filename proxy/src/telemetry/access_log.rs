@@ -7,9 +7,13 @@
 //! is present, `-` when none is), `%START_TIME(…)%` takes a `strftime` format, and any other
 //! field may end in `:N` to keep its first N characters. A format dictionary (Envoy's
 //! `json_format`) names the keys of the JSON objects: each value is a format, and one that is
-//! a single field keeps its type (a number, or `null` when unset). The headers a format names are the only ones a record keeps
-//! ([`CapturedHeaders`]), and only when the format names any. Lines are handed to a writer
-//! task through a bounded queue; when stdout cannot keep up, lines are dropped and counted
+//! a single field keeps its type (a number, or `null` when unset).
+//!
+//! The headers a format names are the only ones a record keeps ([`CapturedHeaders`]), and
+//! only when the format names any. A [`LogFilter`] may narrow the lines to the requests that
+//! failed, were slow or had a response flag (Envoy's access-log filters, joined by *or*); the
+//! OTLP log records cover every request whatever it says. Lines are handed to a writer task
+//! through a bounded queue; when stdout cannot keep up, lines are dropped and counted
 //! (`signal="stdout_access_log"`), never waited for.
 
 use std::{fmt::Write as _, sync::Arc};
@@ -171,6 +175,33 @@ pub enum AccessLogFormat {
 pub struct TextFormat {
     pieces: Vec<Piece>,
     headers: Arc<HeaderNames>,
+}
+
+/// Which requests get a stdout line: every one, or those meeting any of the conditions set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Requests the classifier called failures (5xx, gRPC errors, resets, timeouts).
+    pub failures: bool,
+    /// Responses with at least this status.
+    pub status_at_least: Option<u16>,
+    /// Requests lasting at least this long.
+    pub duration_at_least: Option<std::time::Duration>,
+    /// Responses with any of these flags; an empty set means any flag at all.
+    pub response_flags: Option<ResponseFlags>,
+}
+
+impl LogFilter {
+    /// Whether `r` gets a line.
+    pub fn admits(&self, r: &RequestRecord) -> bool {
+        if *self == Self::default() {
+            return true;
+        }
+        let flagged = |flags: ResponseFlags| if flags.is_empty() { !r.flags.is_empty() } else { r.flags.intersects(flags) };
+        (self.failures && r.classification.outcome == crate::classify::Outcome::Failure)
+            || self.status_at_least.is_some_and(|min| r.status >= min)
+            || self.duration_at_least.is_some_and(|min| r.duration >= min)
+            || self.response_flags.is_some_and(flagged)
+    }
 }
 
 /// A format dictionary: JSON keys to `%FIELD%` formats, nested objects allowed.
@@ -564,12 +595,13 @@ fn json_line(r: &RequestRecord) -> String {
 #[derive(Debug, Clone)]
 pub struct StdoutAccessLog {
     format: Arc<AccessLogFormat>,
+    filter: Arc<LogFilter>,
     tx: mpsc::Sender<String>,
 }
 
 impl StdoutAccessLog {
     /// Starts the writer task; `capacity` lines may wait for it.
-    pub fn start(format: AccessLogFormat, capacity: usize) -> Self {
+    pub fn start(format: AccessLogFormat, filter: LogFilter, capacity: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<String>(capacity.max(1));
         tokio::spawn(async move {
             let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
@@ -585,11 +617,15 @@ impl StdoutAccessLog {
                 }
             }
         });
-        Self { format: Arc::new(format), tx }
+        Self { format: Arc::new(format), filter: Arc::new(filter), tx }
     }
 
-    /// Renders and queues one line; drops it (counted) when the writer is behind.
+    /// Renders and queues one line, if the filter admits the record; drops it (counted) when
+    /// the writer is behind.
     pub fn write(&self, record: &RequestRecord, stats: &TelemetryStats) {
+        if !self.filter.admits(record) {
+            return;
+        }
         if self.tx.try_send(self.format.render(record)).is_err() {
             stats.dropped("stdout_access_log", "queue_full", 1);
         }
@@ -770,6 +806,32 @@ mod tests {
         r.query = None;
         assert!(f.render(&r).starts_with("/items /items /items "));
         assert!(AccessLogFormat::text("%REQ_WITHOUT_QUERY()%").is_err());
+    }
+
+    #[test]
+    fn a_filter_admits_the_requests_meeting_any_of_its_conditions() {
+        let ok = record(true, crate::classify::Outcome::Success, 20);
+        let failed = record(true, crate::classify::Outcome::Failure, 20);
+        assert!(LogFilter::default().admits(&ok), "no filter: every request");
+        let failures = LogFilter { failures: true, ..LogFilter::default() };
+        assert!(failures.admits(&failed) && !failures.admits(&ok));
+        let status = LogFilter { status_at_least: Some(400), ..LogFilter::default() };
+        let mut not_found = ok.clone();
+        not_found.status = 404;
+        assert!(status.admits(&not_found) && status.admits(&failed) && !status.admits(&ok));
+        let slow = LogFilter { duration_at_least: Some(std::time::Duration::from_millis(20)), ..LogFilter::default() };
+        let mut quick = ok.clone();
+        quick.duration = std::time::Duration::from_millis(19);
+        assert!(slow.admits(&ok) && !slow.admits(&quick));
+        let mut flagged = quick.clone();
+        flagged.flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::DOWNSTREAM_TERMINATED;
+        let any_flag = LogFilter { response_flags: Some(ResponseFlags::empty()), ..LogFilter::default() };
+        let timeouts = LogFilter { response_flags: Some(ResponseFlags::UPSTREAM_TIMEOUT), ..LogFilter::default() };
+        let connect = LogFilter { response_flags: Some(ResponseFlags::UPSTREAM_CONNECT_FAILURE), ..LogFilter::default() };
+        assert!(any_flag.admits(&flagged) && !any_flag.admits(&quick));
+        assert!(connect.admits(&flagged) && !timeouts.admits(&flagged));
+        let either = LogFilter { failures: true, ..slow };
+        assert!(either.admits(&ok) && either.admits(&failed) && !either.admits(&quick), "conditions are joined by or");
     }
 
     #[test]

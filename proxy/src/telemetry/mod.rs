@@ -332,10 +332,9 @@ impl Telemetry {
             }
             None => (None, None, ExportHandle::disabled()),
         };
-        let stdout = config
-            .stdout_access_log
-            .clone()
-            .map(|format| access_log::StdoutAccessLog::start(format, config.queue_capacity));
+        let filter = &config.stdout_access_log_filter;
+        let start = |format| access_log::StdoutAccessLog::start(format, filter.clone(), config.queue_capacity);
+        let stdout = config.stdout_access_log.clone().map(start);
         let access_log_headers = config.stdout_access_log.as_ref().and_then(access_log::AccessLogFormat::header_names);
         let active = [Side::Inbound, Side::Outbound].map(|side| stats.active(side));
         let requests = [Side::Inbound, Side::Outbound].map(|side| [Outcome::Success, Outcome::Failure].map(|o| stats.requests(side, o)));
