@@ -45,8 +45,16 @@ struct RawHop {
 
 impl RawHop {
     fn start(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr)) -> Self {
+        Self::start_with(dir, service, app, "")
+    }
+
+    /// [`RawHop::start`], with `settings` (whole TOML tables) in the tester's sidecar.
+    fn start_with(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr), settings: &str) -> Self {
         let collector = CollectorProc::start(dir);
-        let tester = Workload::new("tester", &[]);
+        let mut tester = Workload::new("tester", &[]);
+        if !settings.is_empty() {
+            tester.telemetry = format!("\n{settings}");
+        }
         let called = Workload::new(service, &[]);
         app(called.app);
         let mesh = [&tester, &called];
@@ -518,6 +526,40 @@ fn echo_upgrade_app(addr: std::net::SocketAddr) {
             }
         }
     });
+}
+
+#[test]
+fn an_upgraded_connection_left_idle_is_closed_and_recorded_with_flag_si() {
+    use std::io::{BufReader, Read, Write};
+    let dir = TestDir::new("upgrade-idle");
+    let hop = RawHop::start_with(&dir, "chat", echo_upgrade_app, "[upgrades]\nidle_timeout = \"600ms\"");
+    let mut stream = hop.send(b"GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let head = read_head(&mut reader).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream.write_all(b"hello").expect("write");
+    let mut back = [0u8; 5];
+    reader.read_exact(&mut back).expect("echoed");
+    let quiet = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = reader.read_to_end(&mut rest);
+    let waited = quiet.elapsed();
+    assert!(matches!(read, Ok(0)), "the tester's sidecar closes the connection: {read:?}");
+    assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(4), "closed {waited:?} after the last byte");
+
+    let row = wait_for("the tester's span of the idle upgrade", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows(
+            "SELECT status, response_flags, events, attributes FROM spans WHERE http_status_code = 101 AND kind = 'client'",
+        );
+        rows.into_iter().next()
+    });
+    assert_eq!((row[0].as_str(), row[1].as_str()), (Some("error"), Some("SI")), "{row:?}");
+    assert!(row[2].as_str().is_some_and(|e| e.contains("\"idle_timeout\"")), "an event marks the close: {row:?}");
+    let attributes: Value = serde_json::from_str(row[3].as_str().unwrap_or_default()).expect("attributes JSON");
+    let size = &attributes["http.request.body.size"];
+    assert_eq!(size.as_u64().or_else(|| size.as_str().and_then(|v| v.parse().ok())), Some(5), "{attributes}");
+    let in_flight = prom_sum(&get(hop.tester.admin, "/metrics").body, "meshlens_proxy_active_requests", &[("direction", "outbound")]);
+    assert_eq!(in_flight, 0.0, "no longer in flight");
 }
 
 #[test]

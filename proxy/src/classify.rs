@@ -29,8 +29,10 @@ impl ResponseFlags {
     pub const BAD_REQUEST: Self = Self(1 << 5);
     /// The upstream did not answer in time (`UT`).
     pub const UPSTREAM_TIMEOUT: Self = Self(1 << 6);
+    /// An upgraded connection carried nothing for its idle timeout and was closed (`SI`).
+    pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 7);
 
-    const NAMES: [(Self, &'static str); 7] = [
+    const NAMES: [(Self, &'static str); 8] = [
         (Self::NO_ROUTE, "NR"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::UPSTREAM_RESET, "UC"),
@@ -38,6 +40,7 @@ impl ResponseFlags {
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::BAD_REQUEST, "DPE"),
         (Self::UPSTREAM_TIMEOUT, "UT"),
+        (Self::STREAM_IDLE_TIMEOUT, "SI"),
     ];
 
     /// No flag set.

@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// Access logs on stdout.
     #[serde(default)]
     pub access_log: RawAccessLog,
+    /// Upgraded connections (WebSocket and the like).
+    #[serde(default)]
+    pub upgrades: RawUpgrades,
     /// The services this sidecar can route to.
     #[serde(default)]
     pub services: Vec<RawService>,
@@ -92,6 +95,25 @@ pub struct RawInbound {
 pub struct RawOutbound {
     /// Where the outbound side listens for the application's requests.
     pub listen: SocketAddr,
+}
+
+/// `[upgrades]`: HTTP/1.1 upgraded connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpgrades {
+    /// Close an upgraded connection after this long without a byte either way; `"0"` never.
+    #[serde(default = "default_upgrade_idle", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for RawUpgrades {
+    fn default() -> Self {
+        Self { idle_timeout: default_upgrade_idle() }
+    }
+}
+
+fn default_upgrade_idle() -> Duration {
+    crate::stack::forward::UPGRADE_IDLE_TIMEOUT
 }
 
 /// `[admin]`.
@@ -486,6 +508,8 @@ pub struct ProxyConfig {
     pub outbound_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// How long an upgraded connection may carry nothing before it is closed; `None`: never.
+    pub upgrade_idle_timeout: Option<Duration>,
     /// Telemetry export settings.
     pub telemetry: TelemetryConfig,
     /// Routable services.
@@ -813,6 +837,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
             inbound_routes: Arc::new(RouteTemplates::parse(&raw.inbound.routes).map_err(ConfigError::Invalid)?),
             outbound_listen: raw.outbound.listen,
             admin_listen: raw.admin.listen,
+            upgrade_idle_timeout: Some(raw.upgrades.idle_timeout).filter(|d| !d.is_zero()),
             telemetry,
             services,
         })

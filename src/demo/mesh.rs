@@ -173,6 +173,7 @@ pub fn sidecar_config(
         app,
         outbound_listen: outbound,
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        upgrade_idle_timeout: Some(meshlens_proxy::stack::forward::UPGRADE_IDLE_TIMEOUT),
         telemetry: TelemetryConfig {
             otlp_endpoint: Some(format!("http://{otlp}")),
             otlp_protocol: protocol,

@@ -35,24 +35,33 @@ struct Clients {
     http2: Http2Pool,
     /// The meters of upgraded requests' own connections.
     meters: Arc<UpstreamMeters>,
+    /// How long an upgraded connection may carry nothing before it is closed.
+    upgrade_idle_timeout: Option<Duration>,
 }
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new(std::collections::HashMap::new())
+        Self::new(std::collections::HashMap::new(), Some(UPGRADE_IDLE_TIMEOUT))
     }
 }
 
 impl Forward {
     /// Creates the clients; connections to the addresses in `upstreams` are counted by
-    /// their meters.
-    pub fn new(upstreams: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
+    /// their meters, and upgraded connections closed after `upgrade_idle_timeout` without
+    /// traffic (never with `None`).
+    pub fn new(
+        upstreams: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>,
+        upgrade_idle_timeout: Option<Duration>,
+    ) -> Self {
         let meters = Arc::new(UpstreamMeters::new(upstreams));
         let http1 = Http1Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
         let http2 = Http2Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
-        Self(Arc::new(Clients { http1, http2, meters }))
+        Self(Arc::new(Clients { http1, http2, meters, upgrade_idle_timeout }))
     }
 }
+
+/// How long an upgraded connection may carry nothing, by default: Envoy's stream idle timeout.
+pub const UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -133,7 +142,9 @@ impl Service<Request> for Forward {
             }
             if let Some(protocol) = upgrade {
                 let clients = self.0.clone();
-                return Box::pin(async move { upgrade::forward(addr, req, protocol, CONNECT_TIMEOUT, &clients.meters).await });
+                return Box::pin(async move {
+                    upgrade::forward(addr, req, protocol, CONNECT_TIMEOUT, clients.upgrade_idle_timeout, &clients.meters).await
+                });
             }
             let pool = self.0.http1.clone();
             return Box::pin(async move {

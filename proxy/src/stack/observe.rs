@@ -233,6 +233,10 @@ impl BodyObserver for InFlight {
                     let _active = active;
                     record.request_bytes += closed.sent;
                     record.response_bytes += closed.received;
+                    if closed.idle {
+                        record.flags |= ResponseFlags::STREAM_IDLE_TIMEOUT;
+                        record.events.push(SpanEvent { offset: start.elapsed(), name: "idle_timeout", message: None });
+                    }
                     finish(&telemetry, record, start, if closed.failed { BodyEnd::Error } else { BodyEnd::Complete });
                 });
             }

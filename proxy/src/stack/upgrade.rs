@@ -5,8 +5,10 @@
 //! headers kept (every other hop-by-hop header is still removed). When the upstream
 //! answers `101 Switching Protocols`, the sidecar answers its caller the same, and once
 //! both connections have switched it copies bytes between them in both directions until
-//! either side closes. Any other answer is an ordinary response, and the connection closes
-//! after it. As in Envoy, an upgraded exchange lasts until its connection closes: the `101`
+//! either side closes, or until nothing has crossed either way for the idle timeout (Envoy's
+//! stream idle timeout, 5 minutes by default): then the sidecar closes both connections, and
+//! the exchange ends with flag `SI`. Any other answer is an ordinary response, and the
+//! connection closes after it. As in Envoy, an upgraded exchange lasts until its connection closes: the `101`
 //! carries a [`Tunnel`] through which the request's span, access log and metrics learn, at
 //! the close, the bytes that crossed after the switch (added to the body sizes), and end
 //! there. The listener's and the upstream's TCP counters count those bytes too.
@@ -35,6 +37,8 @@ pub struct TunnelEnd {
     pub received: u64,
     /// Whether it ended in an I/O error (a reset) rather than a close.
     pub failed: bool,
+    /// Whether the sidecar closed it for carrying nothing for its idle timeout.
+    pub idle: bool,
 }
 
 type OnClose = Box<dyn FnOnce(TunnelEnd) + Send>;
@@ -126,6 +130,7 @@ pub async fn forward(
     mut req: http::Request<BoxBody>,
     protocol: HeaderValue,
     connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
     meters: &UpstreamMeters,
 ) -> Result<http::Response<BoxBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
@@ -155,21 +160,68 @@ pub async fn forward(
         let closer = CloseOnDrop(tunnel);
         // The caller's side counted on a meter of its own: what it read is what was sent.
         let caller = ConnectionMeter::default();
-        let joined: Result<(), BoxError> = async {
+        let joined: Result<Closed, BoxError> = async {
             let (downstream, upstream) = (downstream.await?, upstream.await?);
             let mut downstream = caller.meter(TokioIo::new(downstream));
-            tokio::io::copy_bidirectional(&mut downstream, &mut TokioIo::new(upstream)).await?;
-            Ok(())
+            let mut upstream = TokioIo::new(upstream);
+            let copy = tokio::io::copy_bidirectional(&mut downstream, &mut upstream);
+            let Some(idle_timeout) = idle_timeout else {
+                copy.await?;
+                return Ok(Closed::ByPeer);
+            };
+            let crossed = || caller.received.get() + caller.sent.get();
+            until_idle(copy, idle_timeout, crossed).await
         }
         .await;
-        let end = TunnelEnd { sent: caller.received.get(), received: caller.sent.get(), failed: joined.is_err() };
+        let mut end = TunnelEnd { sent: caller.received.get(), received: caller.sent.get(), ..TunnelEnd::default() };
         match joined {
-            Ok(()) => tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed"),
-            Err(e) => tracing::debug!(%addr, error = %e, "upgraded connection failed"),
+            Ok(Closed::ByPeer) => tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed"),
+            Ok(Closed::Idle) => {
+                end.idle = true;
+                tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed for idleness");
+            }
+            Err(e) => {
+                end.failed = true;
+                tracing::debug!(%addr, error = %e, "upgraded connection failed");
+            }
         }
         closer.0.close(end);
     });
     Ok(response.map(body::boxed))
+}
+
+/// How an upgraded connection that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// Both sides closed it.
+    ByPeer,
+    /// Nothing crossed it for the idle timeout.
+    Idle,
+}
+
+/// Drives `copy` until it ends, or until `crossed` (the bytes carried so far) stays the same
+/// for `idle` (checked every quarter of it, so the close comes between 1 and 1.25 times
+/// `idle` after the last byte). Dropping the copy closes both connections.
+async fn until_idle<F>(copy: F, idle: Duration, crossed: impl Fn() -> u64) -> Result<Closed, BoxError>
+where
+    F: std::future::Future<Output = std::io::Result<(u64, u64)>>,
+{
+    let check = (idle / 4).max(Duration::from_millis(1));
+    tokio::pin!(copy);
+    let (mut seen, mut quiet) = (crossed(), Duration::ZERO);
+    loop {
+        tokio::select! {
+            copied = &mut copy => return copied.map(|_| Closed::ByPeer).map_err(Into::into),
+            () = tokio::time::sleep(check) => {
+                let now = crossed();
+                quiet = if now == seen { quiet + check } else { Duration::ZERO };
+                seen = now;
+                if quiet >= idle {
+                    return Ok(Closed::Idle);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +235,7 @@ mod tests {
             let seen = seen.clone();
             move |end: TunnelEnd| seen.lock().expect("lock").push((tag, end))
         };
-        let end = TunnelEnd { sent: 3, received: 5, failed: false };
+        let end = TunnelEnd { sent: 3, received: 5, ..TunnelEnd::default() };
         let waited = Tunnel::new();
         waited.on_close(waiter("waited"));
         waited.on_close(waiter("second waiter"));
@@ -251,10 +303,15 @@ mod tests {
     /// A sidecar-like server in front of `upstream`: the server and forward layers only.
     /// The ends of the connections it upgrades come out of the returned channel.
     async fn proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TunnelEnd>) {
+        proxy_with(upstream, Some(crate::stack::forward::UPGRADE_IDLE_TIMEOUT)).await
+    }
+
+    /// [`proxy`], closing upgraded connections after `idle` without traffic.
+    async fn proxy_with(upstream: SocketAddr, idle: Option<Duration>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TunnelEnd>) {
         use tower::Service;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let forward = crate::stack::forward::Forward::default();
+        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), idle);
         let (ends, ended) = tokio::sync::mpsc::unbounded_channel();
         let service = tower::service_fn(move |mut req: crate::stack::Request| {
             req.extensions_mut().insert(crate::stack::Upstream(upstream));
@@ -294,6 +351,61 @@ mod tests {
         String::from_utf8(got).expect("UTF-8").to_ascii_lowercase()
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_is_closed_once_nothing_crossed_it_for_the_idle_timeout() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let idle = Duration::from_secs(300);
+        let never = std::future::pending::<std::io::Result<(u64, u64)>>();
+        let started = tokio::time::Instant::now();
+        assert_eq!(until_idle(never, idle, || 0).await.ok(), Some(Closed::Idle));
+        let quiet = started.elapsed();
+        assert!(quiet >= idle && quiet <= idle + idle / 4, "closed {quiet:?} after the last byte");
+
+        // A byte every minute keeps it open; the close comes an idle timeout after the last.
+        let crossed = Arc::new(AtomicU64::new(0));
+        let talker = tokio::spawn({
+            let crossed = crossed.clone();
+            async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    crossed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<std::io::Result<(u64, u64)>>();
+        assert_eq!(until_idle(never, idle, || crossed.load(Ordering::Relaxed)).await.ok(), Some(Closed::Idle));
+        let open = started.elapsed();
+        let last = Duration::from_secs(600);
+        assert!(open >= last + idle && open <= last + idle + idle / 4, "open {open:?}, the last byte at {last:?}");
+        talker.await.expect("talker");
+
+        let closed = std::future::ready(Ok((3, 5)));
+        assert_eq!(until_idle(closed, idle, || 0).await.ok(), Some(Closed::ByPeer));
+        let reset = std::future::ready(Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(until_idle(reset, idle, || 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_idle_upgraded_connection_is_closed_and_its_end_says_so() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let idle = Duration::from_millis(300);
+        let (sidecar, mut ended) = proxy_with(echo_upstream().await, Some(idle)).await;
+        let mut stream = tokio::net::TcpStream::connect(sidecar).await.expect("connect");
+        let head = exchange(&mut stream, "GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        stream.write_all(b"ping").await.expect("write");
+        let mut back = [0u8; 4];
+        stream.read_exact(&mut back).await.expect("echoed");
+        let quiet = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "the sidecar closed the caller's side: {read:?}");
+        assert!(quiet.elapsed() >= idle, "not before the idle timeout: {:?}", quiet.elapsed());
+        let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("ended").expect("an end");
+        assert_eq!(end, TunnelEnd { sent: 4, received: 4, idle: true, failed: false });
+    }
+
     #[tokio::test]
     async fn a_websocket_style_upgrade_joins_the_two_connections() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -323,6 +435,6 @@ mod tests {
         drop(stream);
         let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("closed in time").expect("an end");
         let carried = messages.iter().map(|m| m.len() as u64).sum();
-        assert_eq!(end, TunnelEnd { sent: carried, received: carried, failed: false }, "what crossed after the switch");
+        assert_eq!(end, TunnelEnd { sent: carried, received: carried, ..TunnelEnd::default() }, "what crossed after the switch");
     }
 }

@@ -464,6 +464,7 @@ fn response_code_details(r: &RequestRecord) -> &'static str {
         (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
         (ResponseFlags::UPSTREAM_TIMEOUT, "upstream_response_timeout"),
         (ResponseFlags::BAD_REQUEST, "invalid_request"),
+        (ResponseFlags::STREAM_IDLE_TIMEOUT, "stream_idle_timeout"),
     ];
     if let Some((_, detail)) = details.iter().find(|(flag, _)| r.flags.contains(*flag)) {
         return detail;
@@ -783,6 +784,7 @@ mod tests {
             (ResponseFlags::UPSTREAM_TIMEOUT, "upstream_response_timeout"),
             (ResponseFlags::BAD_REQUEST, "invalid_request"),
             (ResponseFlags::DOWNSTREAM_TERMINATED, "downstream_remote_disconnect"),
+            (ResponseFlags::STREAM_IDLE_TIMEOUT, "stream_idle_timeout"),
         ] {
             r.flags = flag;
             assert_eq!(response_code_details(&r), detail, "{flag}");
