@@ -39,6 +39,8 @@ fn bench_proxy_measures_every_row_and_counts_the_sidecars_telemetry() {
     }
     let nginx_ran = medians.iter().any(|r| r["scenario"].as_str().is_some_and(|s| s.starts_with("nginx")));
     assert_eq!(target("throughput, telemetry on / nginx").is_some(), nginx_ran, "{report:#}");
+    let ceiling = target("ceiling: telemetry on / nginx, every core busy");
+    assert_eq!(ceiling.is_some(), nginx_ran, "{report:#}");
     assert_eq!(target("records delivered, telemetry on").map(|t| t["rounds"].as_array().map(Vec::len)), Some(Some(2)));
 }
 
@@ -53,6 +55,8 @@ fn check_rows(rows: &[serde_json::Value]) {
     for r in rows {
         assert!(r["max_rps"].as_f64().is_some_and(|v| v > 0.0), "{r:#}");
         assert_eq!(r["errors"], 0, "{r:#}");
+        // The load generator alone keeps a core partly busy: every row costs the machine CPU.
+        assert!(r["machine_cpu_us_per_request"].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{r:#}");
         // Every proxy ran on a core while the maximum was measured; the direct path has no proxy.
         if r["scenario"] == "direct" {
             assert!(r["proxy_busy_at_max"].is_null() && r["proxy_waiting_at_max"].is_null(), "{r:#}");

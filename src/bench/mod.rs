@@ -71,6 +71,12 @@ pub struct Row {
     /// The collector's CPU over that measurement, in cores, where one receives the telemetry:
     /// what it took from the two cores the proxy, the load and the upstream share.
     pub collector_busy_at_max: Option<f64>,
+    /// The whole machine's CPU per request at that rate, in µs: the cores not idle over the
+    /// rate. It counts everything the row makes the machine do (the load generator, the upstream,
+    /// the proxy and, in the telemetry-on row, the collector), so `cores × 10⁶ / this` is the
+    /// rate the row would reach with every core busy, whatever the scheduling.
+    #[serde(default)]
+    pub machine_cpu_us_per_request: Option<f64>,
     /// Latency at the fixed rate, microseconds.
     pub p50_us: f64,
     /// 99th percentile, microseconds.
@@ -212,6 +218,13 @@ fn scheduled_seconds(pid: u32) -> Option<(f64, f64)> {
     totals
 }
 
+/// The machine's online cores, counted in `/proc/stat` as [`idle_seconds`] sums them.
+fn cores() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let n = stat.lines().filter(|l| l.strip_prefix("cpu").is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))).count();
+    (n > 0).then_some(n as f64)
+}
+
 /// Seconds the machine's cores have spent idle (or waiting for I/O) since boot, summed over
 /// cores, from the first line of `/proc/stat` (in 1/100 s ticks).
 fn idle_seconds() -> Option<f64> {
@@ -236,6 +249,8 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
     let max_rps = load::max_throughput(target, settings.connections, settings.duration).await?;
     let max_elapsed = max_started.elapsed().as_secs_f64();
     let idle_cores_at_max = idle_before.zip(idle_seconds()).map(|(a, b)| (b - a) / max_elapsed);
+    let machine_cpu_us_per_request =
+        cores().zip(idle_cores_at_max).filter(|_| max_rps > 0.0).map(|(cores, idle)| (cores - idle).max(0.0) / max_rps * 1e6);
     let collector_busy_at_max = collector.zip(collector_at_start).map(|(pid, before)| (cpu_seconds(pid) - before) / max_elapsed);
     let scheduled = scheduled_before.zip(pid.and_then(scheduled_seconds));
     let (proxy_busy_at_max, proxy_waiting_at_max) = match scheduled {
@@ -257,6 +272,7 @@ async fn measure(name: &str, target: &Target, pid: Option<u32>, collector: Optio
         proxy_busy_at_max,
         proxy_waiting_at_max,
         collector_busy_at_max,
+        machine_cpu_us_per_request,
         p50_us: latencies.quantile(0.5),
         p99_us: latencies.quantile(0.99),
         p999_us: latencies.quantile(0.999),
@@ -333,16 +349,16 @@ fn print_rows(rows: &[Row]) {
     let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
     println!(
         concat!(
-            "{:<44} {:>10} {:>5} {:>5} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<44} {:>10} {:>5} {:>5} {:>5} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             " {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}"
         ),
-        "scenario", "max req/s", "idle", "busy", "wait", "coll. busy", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9",
+        "scenario", "max req/s", "idle", "busy", "wait", "coll. busy", "µs/req", "p50 µs", "p99 µs", "p99.9 µs", "+p50", "+p99", "+p99.9",
         "RSS idle", "RSS load", "CPU s/1k", "coll. s/1k", "coll. RSS", "errors", "dropped", "delivered", "B/req"
     );
     for r in rows {
         println!(
             concat!(
-                "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9}",
+                "{:<44} {:>10.0} {:>5} {:>5} {:>5} {:>10} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>9}",
                 " {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>8} {:>9} {:>6}"
             ),
             r.scenario,
@@ -351,6 +367,7 @@ fn print_rows(rows: &[Row]) {
             opt(r.proxy_busy_at_max, 2),
             opt(r.proxy_waiting_at_max, 2),
             opt(r.collector_busy_at_max, 2),
+            opt(r.machine_cpu_us_per_request, 1),
             r.p50_us,
             r.p99_us,
             r.p999_us,
@@ -386,6 +403,8 @@ fn print_table(rows: &[Row], settings: &ProxyBench) {
     println!("busy, wait: the proxy's threads over that measurement, in cores: on a core, and ready to run but waiting");
     println!("for one (the share of its time it lost to the other processes on the machine); coll. busy: the");
     println!("collector's CPU over it, in cores, where one receives the telemetry on the same cores.");
+    println!("µs/req: the whole machine's CPU per request at that rate (cores not idle / rate): load generator,");
+    println!("upstream, proxy and, with telemetry on, the collector; cores / µs/req is the row's rate with every core busy.");
     println!("RSS in MiB. CPU s/1k: the proxy's CPU seconds per 1,000 requests, which is also vCPU per 1,000 req/s;");
     println!("coll. s/1k: the same for the collector receiving the telemetry, on the same cores;");
     println!("coll. RSS: its largest resident memory over the row's two measurements.");

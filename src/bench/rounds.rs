@@ -120,9 +120,15 @@ type Figure = fn(&dyn Fn(Kind) -> Option<Row>) -> Option<f64>;
 /// The targets for the sidecar with telemetry on at 100 % sampling and one worker
 /// thread, plus the same two throughput ratios to the null receiver (the sidecar's own
 /// telemetry cost, without a collector on the same cores) and whether every record reached
-/// the collector (otherwise the row's figures are not those of 100 % telemetry).
-const TARGETS: [(&str, &str, f64, bool, Figure); 10] = [
+/// the collector (otherwise the row's figures are not those of 100 % telemetry). The second
+/// figure is the first's ceiling on this machine: the two rows' rates with every core busy,
+/// at the CPU per request each makes the whole machine spend (the collector's included), so
+/// what scheduling could win back is the distance between the two.
+const TARGETS: [(&str, &str, f64, bool, Figure); 11] = [
     ("throughput, telemetry on / nginx", "%", 100.0, true, |row| Some(100.0 * row(Kind::TelemetryOn)?.max_rps / row(Kind::Nginx)?.max_rps)),
+    ("ceiling: telemetry on / nginx, every core busy", "%", 100.0, true, |row| {
+        Some(100.0 * row(Kind::Nginx)?.machine_cpu_us_per_request? / row(Kind::TelemetryOn)?.machine_cpu_us_per_request?)
+    }),
     ("throughput lost to telemetry (on vs off)", "%", 5.0, false, |row| {
         Some(100.0 * (1.0 - row(Kind::TelemetryOn)?.max_rps / row(Kind::TelemetryOff)?.max_rps))
     }),
@@ -223,5 +229,21 @@ mod tests {
         let lost = find("throughput lost to telemetry (on vs off)");
         assert!((lost.rounds[0] - 100.0 * 6.0 / 110.0).abs() < 1e-9);
         assert!(verdicts.iter().all(|v| !v.target.contains("null receiver")), "no null-receiver row, no figure");
+        assert!(verdicts.iter().all(|v| !v.target.contains("every core busy")), "no machine CPU, no ceiling");
+    }
+
+    #[test]
+    fn the_ceiling_compares_what_each_row_costs_the_whole_machine() {
+        let kinds = [Kind::Nginx, Kind::TelemetryOn];
+        // nginx: 1.6 cores at 50,000 req/s, 32 µs a request; telemetry on: 1.6 cores at
+        // 32,000 req/s, 50 µs a request. With every core busy, on would reach 64 % of nginx.
+        let mut nginx = row(50_000.0, None, 0);
+        nginx.machine_cpu_us_per_request = Some(32.0);
+        let mut on = row(32_000.0, Some(100.0), 0);
+        on.machine_cpu_us_per_request = Some(50.0);
+        let verdicts = verdicts(&kinds, &[vec![nginx, on]]);
+        let ceiling = verdicts.iter().find(|v| v.target.contains("every core busy")).expect("the ceiling");
+        assert!((ceiling.rounds[0] - 64.0).abs() < 1e-9, "{ceiling:?}");
+        assert_eq!(ceiling.met, 0);
     }
 }
