@@ -320,12 +320,13 @@ fn stdout_access_log(raw: RawAccessLog) -> Result<Option<AccessLogFormat>, Confi
     if raw.json_format.is_some() && raw.stdout != StdoutAccessLog::Json {
         return Err(misplaced("json_format", "json"));
     }
-    if raw.omit_empty_values && raw.json_format.is_none() {
-        return Err(ConfigError::Invalid("access_log.omit_empty_values applies only to a json_format".into()));
+    if raw.omit_empty_values && (raw.stdout == StdoutAccessLog::Off || (raw.stdout == StdoutAccessLog::Json && raw.json_format.is_none())) {
+        return Err(ConfigError::Invalid("access_log.omit_empty_values applies to a text format or a json_format".into()));
     }
     let format = match raw.stdout {
         StdoutAccessLog::Off => return Ok(None),
-        StdoutAccessLog::Text => AccessLogFormat::text(raw.format.as_deref().unwrap_or(access_log::DEFAULT_FORMAT)),
+        StdoutAccessLog::Text => AccessLogFormat::text(raw.format.as_deref().unwrap_or(access_log::DEFAULT_FORMAT))
+            .map(|f| if raw.omit_empty_values { f.omitting_empty_values() } else { f }),
         StdoutAccessLog::Json => match raw.json_format {
             None => Ok(AccessLogFormat::Json),
             Some(table) => serde_json::to_value(table)
@@ -909,10 +910,14 @@ mod tests {
         let dictionary = format!("{GOOD}\n[access_log]\nstdout = \"json\"\nomit_empty_values = true\n{keys}\n");
         let parsed = ProxyConfig::from_toml(&dictionary).expect("valid").telemetry.stdout_access_log;
         assert!(matches!(parsed, Some(AccessLogFormat::Dictionary(_))), "{parsed:?}");
+        let text = format!("{GOOD}\n[access_log]\nstdout = \"text\"\nomit_empty_values = true\nformat = \"%UPSTREAM_HOST%\"\n");
+        let parsed = ProxyConfig::from_toml(&text).expect("valid").telemetry.stdout_access_log;
+        assert_eq!(parsed, AccessLogFormat::text("%UPSTREAM_HOST%").ok().map(AccessLogFormat::omitting_empty_values));
         for (extra, named) in [
             ("stdout = \"text\"\n[access_log.json_format]\nstatus = \"%RESPONSE_CODE%\"", "json_format"),
             ("stdout = \"json\"\nformat = \"%DURATION%\"", "format"),
             ("stdout = \"json\"\nomit_empty_values = true", "omit_empty_values"),
+            ("omit_empty_values = true", "omit_empty_values"),
             ("stdout = \"json\"\n[access_log.json_format]\nstatus = \"%BOGUS%\"", "%BOGUS%"),
         ] {
             let err = ProxyConfig::from_toml(&format!("{GOOD}\n[access_log]\n{extra}\n")).expect_err(extra).to_string();

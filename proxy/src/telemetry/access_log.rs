@@ -175,6 +175,8 @@ pub enum AccessLogFormat {
 pub struct TextFormat {
     pieces: Vec<Piece>,
     headers: Arc<HeaderNames>,
+    /// A field or header with no value prints nothing instead of `-`.
+    omit_empty: bool,
 }
 
 /// Which requests get a stdout line: every one, or those meeting any of the conditions set.
@@ -328,7 +330,16 @@ impl AccessLogFormat {
     pub fn text(format: &str) -> Result<Self, String> {
         let mut names = HeaderNames::default();
         let pieces = parse_pieces(format, &mut names)?;
-        Ok(Self::Text(TextFormat { pieces, headers: Arc::new(names) }))
+        Ok(Self::Text(TextFormat { pieces, headers: Arc::new(names), omit_empty: false }))
+    }
+
+    /// The same text format, printing a field or header with no value as nothing instead of
+    /// `-` (Envoy's `omit_empty_values` for text formats). Other formats are unchanged.
+    pub fn omitting_empty_values(mut self) -> Self {
+        if let Self::Text(text) = &mut self {
+            text.omit_empty = true;
+        }
+        self
     }
 
     /// Parses a format dictionary (Envoy's `json_format`): each string value is a format,
@@ -359,14 +370,15 @@ impl AccessLogFormat {
     pub fn render(&self, r: &RequestRecord) -> String {
         match self {
             Self::Json => json_line(r),
-            Self::Text(TextFormat { pieces, .. }) => render_pieces(pieces, r),
+            Self::Text(TextFormat { pieces, omit_empty, .. }) => render_pieces(pieces, r, *omit_empty),
             Self::Dictionary(JsonFormat { keys, omit_empty, .. }) => Value::Object(render_object(keys, *omit_empty, r)).to_string(),
         }
     }
 }
 
-/// A text format's output for `r`.
-fn render_pieces(pieces: &[Piece], r: &RequestRecord) -> String {
+/// A text format's output for `r`; with `omit_empty`, what has no value prints nothing
+/// instead of `-`.
+fn render_pieces(pieces: &[Piece], r: &RequestRecord, omit_empty: bool) -> String {
     let mut line = String::with_capacity(256);
     for piece in pieces {
         let start = line.len();
@@ -381,10 +393,14 @@ fn render_pieces(pieces: &[Piece], r: &RequestRecord) -> String {
             }
             Piece::Field(f, max) => {
                 write_field(&mut line, *f, r);
+                // Every field writes an unset value as `-`, and no set value is `-` alone.
+                if omit_empty && &line[start..] == "-" {
+                    line.truncate(start);
+                }
                 max
             }
             Piece::Header(sources, max, without_query) => {
-                if !write_header(&mut line, sources, *without_query, r) {
+                if !write_header(&mut line, sources, *without_query, r) && !omit_empty {
                     line.push('-');
                 }
                 max
@@ -409,7 +425,7 @@ fn render_object(keys: &[(String, JsonEntry)], omit_empty: bool, r: &RequestReco
                     let mut value = String::new();
                     if write_header(&mut value, sources, *without_query, r) { Value::String(value) } else { Value::Null }
                 }
-                _ => Value::String(render_pieces(pieces, r)),
+                _ => Value::String(render_pieces(pieces, r, false)),
             },
         };
         let empty = match &value {
@@ -646,6 +662,22 @@ mod tests {
         assert!(AccessLogFormat::text(DEFAULT_FORMAT).is_ok());
         assert!(AccessLogFormat::text("%NOPE%").expect_err("unknown").contains("%NOPE%"));
         assert!(AccessLogFormat::text("%START_TIME").is_err());
+    }
+
+    #[test]
+    fn a_text_format_omitting_empty_values_prints_nothing_for_what_is_unset() {
+        let format = "%REQ(:METHOD)%|%RESPONSE_FLAGS%|%REQ(X-NONE)%|%REQ(USER-AGENT)%|%UPSTREAM_HOST%|%RESPONSE_CODE%|-";
+        let mut r = record(true, crate::classify::Outcome::Success, 12);
+        r.user_agent = None;
+        r.upstream = None;
+        let plain = AccessLogFormat::text(format).expect("valid");
+        assert_eq!(plain.render(&r), "GET|-|-|-|-|200|-");
+        let omitting = plain.clone().omitting_empty_values();
+        assert_eq!(omitting.render(&r), "GET|||||200|-", "literal text stays");
+        r.user_agent = Some("curl/8.0".into());
+        r.flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE;
+        assert_eq!(omitting.render(&r), "GET|UF||curl/8.0||200|-");
+        assert_eq!(AccessLogFormat::Json.omitting_empty_values(), AccessLogFormat::Json, "only text formats change");
     }
 
     #[test]
