@@ -393,7 +393,8 @@ fn render_pieces(pieces: &[Piece], r: &RequestRecord, omit_empty: bool) -> Strin
             }
             Piece::Field(f, max) => {
                 write_field(&mut line, *f, r);
-                // Every field writes an unset value as `-`, and no set value is `-` alone.
+                // Every field writes an unset value as `-`; a set value that is `-` alone (a
+                // user agent of `-`) is omitted with it, which prints the same nothing.
                 if omit_empty && &line[start..] == "-" {
                     line.truncate(start);
                 }
