@@ -605,9 +605,49 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// The `meshlens-proxy` binary to measure, given the directory of the running `meshlens`
-/// (`target/release`): the `sidecar` profile's build beside it (`target/sidecar`) if there is
-/// one, else the one in the same directory.
+/// (`target/release`): the newer of the `sidecar` profile's builds beside it, with a profile
+/// (`target/pgo/sidecar`, `scripts/build-sidecar-pgo`) or without (`target/sidecar`), if there
+/// is one, else the one in the same directory.
 fn sidecar_binary(dir: &Path) -> Option<PathBuf> {
-    let shipped = dir.parent().map(|target| target.join("sidecar").join("meshlens-proxy"));
-    shipped.into_iter().chain([dir.join("meshlens-proxy")]).find(|p| p.is_file())
+    let built = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok().filter(|_| p.is_file());
+    let shipped = dir.parent().into_iter().flat_map(|target| {
+        [target.join("pgo").join("sidecar").join("meshlens-proxy"), target.join("sidecar").join("meshlens-proxy")]
+    });
+    shipped.filter_map(|p| built(&p).map(|at| (at, p))).max_by_key(|(at, _)| *at).map(|(_, p)| p).or_else(|| {
+        let same = dir.join("meshlens-proxy");
+        same.is_file().then_some(same)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn the_newest_sidecar_build_is_measured() {
+        let target = std::env::temp_dir().join(format!("meshlens-sidecar-binary-{}", std::process::id()));
+        let release = target.join("release");
+        for dir in [&release, &target.join("sidecar"), &target.join("pgo").join("sidecar")] {
+            std::fs::create_dir_all(dir).expect("a target directory");
+        }
+        let make = |path: &Path, age_s: u64| {
+            let file = File::create(path).expect("a binary");
+            file.set_modified(SystemTime::now() - Duration::from_secs(age_s)).expect("its build time");
+            path.to_path_buf()
+        };
+        assert_eq!(sidecar_binary(&release), None);
+        let same = make(&release.join("meshlens-proxy"), 0);
+        assert_eq!(sidecar_binary(&release), Some(same));
+        let plain = make(&target.join("sidecar").join("meshlens-proxy"), 60);
+        assert_eq!(sidecar_binary(&release), Some(plain.clone()));
+        let pgo = make(&target.join("pgo").join("sidecar").join("meshlens-proxy"), 30);
+        assert_eq!(sidecar_binary(&release), Some(pgo));
+        // Rebuilt without a profile after a change to the proxy: that build is the current one.
+        make(&plain, 0);
+        assert_eq!(sidecar_binary(&release), Some(plain));
+        std::fs::remove_dir_all(&target).expect("cleaned up");
+    }
 }
