@@ -609,7 +609,7 @@ fn which(program: &str) -> Option<PathBuf> {
 /// (`target/pgo/sidecar`, `scripts/build-sidecar-pgo`) or without (`target/sidecar`), if there
 /// is one, else the one in the same directory.
 fn sidecar_binary(dir: &Path) -> Option<PathBuf> {
-    let built = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok().filter(|_| p.is_file());
+    let built = |p: &PathBuf| std::fs::metadata(p).ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok());
     let shipped = dir.parent().into_iter().flat_map(|target| {
         [target.join("pgo").join("sidecar").join("meshlens-proxy"), target.join("sidecar").join("meshlens-proxy")]
     });
