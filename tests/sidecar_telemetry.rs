@@ -714,3 +714,49 @@ fn a_response_the_upstream_breaks_off_is_an_upstream_reset_on_both_sides() {
         assert!(row[4].as_str().is_some_and(|e| e.contains("\"upstream_reset\"")), "{row:?}");
     }
 }
+
+/// An app that answers with part of the body it announces, then sends nothing more for ten
+/// seconds with the connection open.
+fn stalling_app(addr: std::net::SocketAddr) {
+    use std::io::{BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        read_head(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nthe first part");
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
+#[test]
+fn a_response_that_stalls_is_cut_off_at_the_stream_idle_timeout_with_flag_si() {
+    use std::io::Read;
+    let dir = TestDir::new("stream-idle");
+    let hop = RawHop::start_with(&dir, "feed", stalling_app, "[streams]\nidle_timeout = \"600ms\"");
+    let sent = std::time::Instant::now();
+    let mut stream = hop.send(b"GET /updates HTTP/1.1\r\nHost: feed\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let waited = sent.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("the first part"), "the head and what came: {answer}");
+    // The tester's sidecar (600 ms) cuts it off long before the app ends it (10 s) or the
+    // other sidecar would (its default, 5 minutes).
+    assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(5), "cut off after {waited:?}");
+
+    let rows = wait_for("both sides' spans", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows(
+            "SELECT kind, status, response_flags, http_status_code, events, attributes FROM spans \
+             WHERE attributes LIKE '%/updates%' ORDER BY kind",
+        );
+        (rows.len() == 2).then_some(rows)
+    });
+    let (client, server) = (&rows[0], &rows[1]);
+    assert_eq!((client[0].as_str(), client[1].as_str(), client[2].as_str()), (Some("client"), Some("error"), Some("SI")), "{client:?}");
+    assert_eq!(client[3], 200, "the app's status is kept: {client:?}");
+    assert!(client[4].as_str().is_some_and(|e| e.contains("\"idle_timeout\"") && !e.contains("upstream_reset")), "{client:?}");
+    let attributes: Value = serde_json::from_str(client[5].as_str().unwrap_or_default()).expect("attributes JSON");
+    assert_eq!(attributes["error.type"], "stream_idle_timeout", "{attributes}");
+    // The called side saw its caller go away.
+    assert_eq!((server[0].as_str(), server[2].as_str()), (Some("server"), Some("DC")), "{server:?}");
+}

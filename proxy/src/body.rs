@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -38,6 +38,13 @@ impl std::fmt::Display for BodyError {
 impl std::error::Error for BodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.0)
+    }
+}
+
+impl BodyError {
+    /// A body error made by the sidecar itself.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
     }
 }
 
@@ -77,19 +84,36 @@ pub trait BodyObserver: Send + Unpin + 'static {
 }
 
 /// How far a request body has come, shared with the record of its exchange: its bytes so
-/// far, and when its last byte arrived (Envoy's `%REQUEST_DURATION%`).
+/// far, when its last byte arrived (Envoy's `%REQUEST_DURATION%`), and whether the sidecar
+/// cut the exchange off for carrying nothing either way ([`crate::stream_idle`]).
 #[derive(Debug)]
 pub struct RequestProgress {
     start: Instant,
     bytes: AtomicU64,
     /// Nanoseconds from `start` to the body's end, plus one; zero until it ends complete.
     ended: AtomicU64,
+    idle: AtomicBool,
 }
 
 impl RequestProgress {
     /// The progress of a request that arrived at `start`.
     pub fn new(start: Instant) -> Arc<Self> {
-        Arc::new(Self { start, bytes: AtomicU64::new(0), ended: AtomicU64::new(0) })
+        Arc::new(Self { start, bytes: AtomicU64::new(0), ended: AtomicU64::new(0), idle: AtomicBool::new(false) })
+    }
+
+    /// A figure that changes whenever the request body moves: its bytes, and its end.
+    pub fn activity(&self) -> u64 {
+        self.bytes().wrapping_add(u64::from(self.ended.load(Ordering::Relaxed) != 0))
+    }
+
+    /// The exchange was cut off for its stream idle timeout.
+    pub fn mark_idle(&self) {
+        self.idle.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the exchange was cut off for its stream idle timeout.
+    pub fn went_idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
     }
 
     /// The body's bytes so far.

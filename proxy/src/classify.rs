@@ -195,6 +195,9 @@ pub fn classify(
     if flags.contains(ResponseFlags::UPSTREAM_TIMEOUT) {
         return failure("timeout".into());
     }
+    if flags.contains(ResponseFlags::STREAM_IDLE_TIMEOUT) {
+        return failure("stream_idle_timeout".into());
+    }
     if status >= 500 {
         return failure(status.to_string());
     }
@@ -236,6 +239,10 @@ mod tests {
         assert_eq!(classify(200, None, BodyEnd::Dropped, ResponseFlags::empty()).outcome, Outcome::Failure);
         let nr = classify(404, None, BodyEnd::Complete, ResponseFlags::NO_ROUTE);
         assert_eq!(nr.error_type.as_deref(), Some("no_route"));
+        for end in [BodyEnd::Error, BodyEnd::Complete] {
+            let idle = classify(200, None, end, ResponseFlags::STREAM_IDLE_TIMEOUT);
+            assert_eq!(idle.error_type.as_deref(), Some("stream_idle_timeout"), "cut off or closed for idleness");
+        }
         assert_eq!((ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::DOWNSTREAM_TERMINATED).to_string(), "UF,DC");
         assert_eq!(ResponseFlags::empty().to_string(), "-");
     }

@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// Access logs on stdout.
     #[serde(default)]
     pub access_log: RawAccessLog,
+    /// Ordinary exchanges' streams.
+    #[serde(default)]
+    pub streams: RawStreams,
     /// Upgraded connections (WebSocket and the like).
     #[serde(default)]
     pub upgrades: RawUpgrades,
@@ -95,6 +98,26 @@ pub struct RawInbound {
 pub struct RawOutbound {
     /// Where the outbound side listens for the application's requests.
     pub listen: SocketAddr,
+}
+
+/// `[streams]`: ordinary (not upgraded) exchanges.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStreams {
+    /// Cut an exchange off once its response has started and neither body has carried a frame
+    /// for this long (flag `SI`); `"0"` never.
+    #[serde(default = "default_stream_idle", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for RawStreams {
+    fn default() -> Self {
+        Self { idle_timeout: default_stream_idle() }
+    }
+}
+
+fn default_stream_idle() -> Duration {
+    crate::stream_idle::STREAM_IDLE_TIMEOUT
 }
 
 /// `[upgrades]`: HTTP/1.1 upgraded connections.
@@ -511,6 +534,9 @@ pub struct ProxyConfig {
     pub admin_listen: SocketAddr,
     /// How long an upgraded connection may carry nothing before it is closed; `None`: never.
     pub upgrade_idle_timeout: Option<Duration>,
+    /// How long an exchange whose response has started may carry nothing before it is cut
+    /// off; `None`: never.
+    pub stream_idle_timeout: Option<Duration>,
     /// Telemetry export settings.
     pub telemetry: TelemetryConfig,
     /// Routable services.
@@ -839,6 +865,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
             outbound_listen: raw.outbound.listen,
             admin_listen: raw.admin.listen,
             upgrade_idle_timeout: Some(raw.upgrades.idle_timeout).filter(|d| !d.is_zero()),
+            stream_idle_timeout: Some(raw.streams.idle_timeout).filter(|d| !d.is_zero()),
             telemetry,
             services,
         })

@@ -18,7 +18,7 @@ pub fn stack(
     BoxCloneService::new(
         ServiceBuilder::new()
         // Records the SERVER span, the access log and the metrics of every request.
-        .layer(ObserveLayer::inbound(telemetry, app, config.inbound_routes.clone()))
+        .layer(ObserveLayer::inbound(telemetry, app, config.inbound_routes.clone(), config.stream_idle_timeout))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
         // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.

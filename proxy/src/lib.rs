@@ -26,6 +26,7 @@ pub mod outbound;
 pub mod server;
 pub mod sidecar;
 pub mod stack;
+pub mod stream_idle;
 pub mod telemetry;
 pub mod trace_context;
 

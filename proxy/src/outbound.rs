@@ -24,7 +24,7 @@ pub fn stack(
     BoxCloneService::new(
         ServiceBuilder::new()
         // Records the CLIENT span, the access log and the metrics of every request.
-        .layer(ObserveLayer::outbound(telemetry.clone()))
+        .layer(ObserveLayer::outbound(telemetry.clone(), config.stream_idle_timeout))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
         // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.

@@ -174,6 +174,7 @@ pub fn sidecar_config(
         outbound_listen: outbound,
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         upgrade_idle_timeout: Some(meshlens_proxy::stack::forward::UPGRADE_IDLE_TIMEOUT),
+        stream_idle_timeout: Some(meshlens_proxy::stream_idle::STREAM_IDLE_TIMEOUT),
         telemetry: TelemetryConfig {
             otlp_endpoint: Some(format!("http://{otlp}")),
             otlp_protocol: protocol,

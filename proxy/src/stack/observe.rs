@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     sync::Arc,
     task::{Context, Poll},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::HeaderMap;
@@ -23,6 +23,7 @@ use crate::{
     classify::{self, Classification, Outcome, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
+    stream_idle::IdleBody,
     telemetry::{Origin, RequestRecord, Side, Telemetry, metrics::unix_nanos, stats::ActiveRequest},
     telemetry::SpanEvent,
     trace_context::{SpanContext, ensure_request_id},
@@ -37,18 +38,20 @@ pub struct ObserveLayer {
     telemetry: Telemetry,
     app: Option<SocketAddr>,
     routes: Arc<RouteTemplates>,
+    /// The stream idle timeout of an exchange once its response has started; `None`: none.
+    stream_idle: Option<Duration>,
 }
 
 impl ObserveLayer {
     /// For the inbound side, whose upstream is always the local application at `app`, whose
     /// paths match `routes`.
-    pub fn inbound(telemetry: Telemetry, app: SocketAddr, routes: Arc<RouteTemplates>) -> Self {
-        Self { side: Side::Inbound, telemetry, app: Some(app), routes }
+    pub fn inbound(telemetry: Telemetry, app: SocketAddr, routes: Arc<RouteTemplates>, stream_idle: Option<Duration>) -> Self {
+        Self { side: Side::Inbound, telemetry, app: Some(app), routes, stream_idle }
     }
 
     /// For the outbound side, whose upstream and route the inner layers choose.
-    pub fn outbound(telemetry: Telemetry) -> Self {
-        Self { side: Side::Outbound, telemetry, app: None, routes: Arc::default() }
+    pub fn outbound(telemetry: Telemetry, stream_idle: Option<Duration>) -> Self {
+        Self { side: Side::Outbound, telemetry, app: None, routes: Arc::default(), stream_idle }
     }
 }
 
@@ -86,7 +89,7 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let start = Instant::now();
         let start_unix_nanos = unix_nanos(SystemTime::now());
-        let ObserveLayer { side, telemetry, app, routes } = self.layer.clone();
+        let ObserveLayer { side, telemetry, app, routes, stream_idle } = self.layer.clone();
         let active = telemetry.active(side);
         let local = telemetry.identity().clone();
 
@@ -187,8 +190,9 @@ where
                 // The upstream's own answer, not one the sidecar made.
                 record.response_duration = Some(start.elapsed());
             }
-            let in_flight = InFlight { telemetry, record: Some(record), start, request, tunnel, active: Some(active) };
-            Ok(response.map(|b| body::boxed(ObservedBody::new(b, in_flight))))
+            let idle = stream_idle.filter(|_| tunnel.is_none());
+            let in_flight = InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active) };
+            Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, idle, request), in_flight))))
         })
     }
 }
@@ -241,7 +245,11 @@ impl BodyObserver for InFlight {
                 });
             }
             None => {
-                if end == BodyEnd::Error {
+                if end == BodyEnd::Error && self.request.went_idle() {
+                    // The sidecar cut it off: nothing crossed either way for its idle timeout.
+                    record.flags |= ResponseFlags::STREAM_IDLE_TIMEOUT;
+                    record.events.push(SpanEvent { offset: start.elapsed(), name: "idle_timeout", message: None });
+                } else if end == BodyEnd::Error {
                     // The response body is read from the upstream, which broke it off after
                     // its headers: Envoy's `UC`, whatever the status said.
                     record.flags |= ResponseFlags::UPSTREAM_RESET;
@@ -260,6 +268,8 @@ fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end:
             record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
             record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });
         }
+        // Its `idle_timeout` event says why.
+        BodyEnd::Error if record.flags.contains(ResponseFlags::STREAM_IDLE_TIMEOUT) => {}
         BodyEnd::Error => {
             let name = if record.flags.contains(ResponseFlags::UPSTREAM_RESET) { "upstream_reset" } else { "stream_error" };
             record.events.push(SpanEvent { offset: record.duration, name, message: None });

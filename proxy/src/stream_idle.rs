@@ -1,0 +1,233 @@
+//! The stream idle timeout of an ordinary exchange (Envoy's `stream_idle_timeout`): once its
+//! response headers have passed, an exchange whose bodies carry nothing either way for
+//! `[streams] idle_timeout` is cut off. Before the headers, the service's `timeout` bounds it.
+//!
+//! [`IdleBody`] wraps a response body. It costs nothing while frames keep coming; the first
+//! time the body has nothing to give, it arms a check every quarter of the timeout, which
+//! compares the frames of both bodies with the last check's, so the cut comes 1 to 1.25
+//! times the timeout after the last frame (as for upgraded connections). A body that is not
+//! read (its reader is held up downstream) is not checked, so a slow reader is never cut.
+//! At the cut the body fails with [`StreamIdleTimeout`], which resets the downstream stream
+//! (closes an HTTP/1.1 connection) and drops the upstream one, and the exchange's
+//! [`RequestProgress`] remembers why, so its record gets flag `SI` and an `idle_timeout` event.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{BodyError, BoxBody, RequestProgress};
+
+/// Why an idle body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout: nothing crossed either way for {0:?}")]
+pub struct StreamIdleTimeout(pub Duration);
+
+/// The default idle timeout: Envoy's default `stream_idle_timeout`.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Checks per timeout: the cut comes after this many quiet checks in a row.
+const CHECKS: u32 = 4;
+
+/// A response body cut off once its exchange has carried nothing for the idle timeout.
+pub struct IdleBody {
+    inner: BoxBody,
+    /// `None`: never cut off.
+    idle: Option<Duration>,
+    request: Arc<RequestProgress>,
+    /// Armed the first time the body has nothing to give.
+    check: Option<Pin<Box<Sleep>>>,
+    /// Frames of this body so far.
+    frames: u64,
+    /// Both bodies' activity at the last check.
+    seen: u64,
+    /// Checks in a row that found nothing new.
+    quiet: u32,
+}
+
+impl IdleBody {
+    /// Wraps the response body `inner` of the exchange whose request is `request`.
+    pub fn new(inner: BoxBody, idle: Option<Duration>, request: Arc<RequestProgress>) -> Self {
+        Self { inner, idle, request, check: None, frames: 0, seen: 0, quiet: 0 }
+    }
+
+    fn activity(&self) -> u64 {
+        self.frames.wrapping_add(self.request.activity())
+    }
+
+    /// With the body pending: whether the exchange has now been idle for `idle`. Leaves the
+    /// next check armed (and its waker registered) when it has not.
+    fn expired(&mut self, idle: Duration, cx: &mut Context<'_>) -> bool {
+        let every = idle / CHECKS;
+        if self.check.is_none() {
+            self.seen = self.activity();
+            self.quiet = 0;
+            self.check = Some(Box::pin(tokio::time::sleep(every)));
+        }
+        loop {
+            let Some(check) = self.check.as_mut() else { return false };
+            if check.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // From now, not from the due time: a check that comes late (nobody read the body)
+            // counts once.
+            check.as_mut().reset(Instant::now() + every);
+            let now = self.activity();
+            if now == self.seen {
+                self.quiet += 1;
+            } else {
+                (self.seen, self.quiet) = (now, 0);
+            }
+            if self.quiet >= CHECKS {
+                self.check = None;
+                return true;
+            }
+        }
+    }
+}
+
+impl Body for IdleBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(Some(frame)) => {
+                this.frames += 1;
+                return Poll::Ready(Some(frame));
+            }
+            Poll::Ready(None) => {
+                this.check = None;
+                return Poll::Ready(None);
+            }
+        }
+        let Some(idle) = this.idle else { return Poll::Pending };
+        if !this.expired(idle, cx) {
+            return Poll::Pending;
+        }
+        this.request.mark_idle();
+        Poll::Ready(Some(Err(BodyError::new(StreamIdleTimeout(idle)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::body::{self, BodyObserver};
+
+    const IDLE: Duration = Duration::from_secs(8);
+
+    /// A body whose frames come from `rx`, pending in between; ends when `rx` closes.
+    struct Fed(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn fed(request: &Arc<RequestProgress>) -> (mpsc::UnboundedSender<Bytes>, IdleBody) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, IdleBody::new(body::boxed(Fed(rx)), Some(IDLE), request.clone()))
+    }
+
+    /// Reads `body` to its end (or failure), from a task of its own, noting when it ended.
+    fn read(mut body: IdleBody) -> tokio::task::JoinHandle<(Result<usize, BodyError>, Instant)> {
+        tokio::spawn(async move {
+            let mut frames = 0;
+            loop {
+                match body.frame().await {
+                    Some(Ok(_)) => frames += 1,
+                    Some(Err(e)) => return (Err(e), Instant::now()),
+                    None => return (Ok(frames), Instant::now()),
+                }
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_is_cut_off_one_to_one_and_a_quarter_timeouts_later() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        let (tx, body) = fed(&request);
+        let reader = read(body);
+        tx.send(Bytes::from_static(b"first")).expect("send");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let last = Instant::now();
+        let (ended, at) = reader.await.expect("reader");
+        let error = ended.expect_err("cut off");
+        assert!(error.to_string().contains("stream idle timeout"), "{error}");
+        let quiet = at - last;
+        assert!(quiet >= IDLE - Duration::from_millis(10) && quiet <= IDLE + IDLE / 4, "cut {quiet:?} after the last frame");
+        assert!(request.went_idle());
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_either_way_keep_the_exchange_open() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        let (tx, body) = fed(&request);
+        let reader = read(body);
+        // A frame of the response one time, of the request body (a bidirectional stream) the
+        // next, each 3/4 of the timeout after the one before: never idle for the timeout.
+        let mut request_body = Arc::clone(&request);
+        for round in 0..10 {
+            tokio::time::sleep(IDLE * 3 / 4).await;
+            if round % 2 == 0 {
+                tx.send(Bytes::from_static(b"response")).expect("send");
+            } else {
+                BodyObserver::on_data(&mut request_body, 7);
+            }
+        }
+        drop(tx);
+        let (ended, _) = reader.await.expect("reader");
+        assert_eq!(ended.expect("ended complete"), 5);
+        assert!(!request.went_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_timeout_a_body_may_wait_for_ever() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let body = IdleBody::new(body::boxed(Fed(rx)), None, request.clone());
+        let reader = read(body);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!reader.is_finished());
+        drop(tx);
+        assert_eq!(reader.await.expect("reader").0.expect("complete"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_nobody_reads_is_not_cut_off() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        let (tx, mut body) = fed(&request);
+        // Read once until it waits, then leave it unread for many timeouts (a slow reader).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        tokio::time::sleep(IDLE * 10).await;
+        tx.send(Bytes::from_static(b"late")).expect("send");
+        let frame = body.frame().await.expect("a frame").expect("not cut off");
+        assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"late")));
+        assert!(!request.went_idle());
+    }
+}
