@@ -760,3 +760,73 @@ fn a_response_that_stalls_is_cut_off_at_the_stream_idle_timeout_with_flag_si() {
     // The called side saw its caller go away.
     assert_eq!((server[0].as_str(), server[2].as_str()), (Some("server"), Some("DC")), "{server:?}");
 }
+
+/// An HTTP/2 (cleartext) app: `/ok` answers `ok`; anything else answers with headers and one
+/// body frame, then sends nothing more on that stream.
+fn stalling_h2_app(addr: std::net::SocketAddr) {
+    use futures_util::StreamExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    type Frame = Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>;
+    type Frames = http_body_util::StreamBody<futures_util::stream::BoxStream<'static, Frame>>;
+    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let ok = req.uri().path() == "/ok";
+                    let first = http_body::Frame::data(bytes::Bytes::from_static(if ok { b"ok" } else { b"the first part" }));
+                    let frames = futures_util::stream::once(async move { Ok(first) });
+                    let frames = if ok { frames.boxed() } else { frames.chain(futures_util::stream::pending()).boxed() };
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Frames::new(frames)))
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                tokio::spawn(connection.serve_connection(TokioIo::new(stream), service));
+            }
+        });
+    });
+}
+
+#[test]
+fn an_http2_stream_that_stalls_is_reset_and_its_connection_kept() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let dir = TestDir::new("stream-idle-h2");
+    let hop = RawHop::start_with(&dir, "feed", stalling_h2_app, "[streams]\nidle_timeout = \"600ms\"");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(hop.tester.outbound).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(connection);
+        let get = |path: &str| {
+            let uri = format!("http://feed{path}");
+            http::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request")
+        };
+        let sent = std::time::Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(get("/updates"))).await;
+        let mut body = response.expect("headers in time").expect("response").into_body();
+        let first = body.frame().await.expect("a frame").expect("the first frame");
+        assert_eq!(first.into_data().ok().as_deref(), Some(&b"the first part"[..]));
+        let next = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("the stream ends in time");
+        let waited = sent.elapsed();
+        assert!(matches!(next, Some(Err(_))), "the stream is reset, not ended: {next:?}");
+        assert!(waited >= Duration::from_millis(600), "cut off after {waited:?}");
+
+        // The connection carries on.
+        let ok = sender.send_request(get("/ok")).await.expect("a second request on the connection");
+        let bytes = ok.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&bytes[..], b"ok");
+    });
+
+    let row = wait_for("the tester's span", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows(
+            "SELECT status, response_flags, http_status_code FROM spans WHERE kind = 'client' AND attributes LIKE '%/updates%'",
+        );
+        rows.into_iter().next()
+    });
+    assert_eq!((row[0].as_str(), row[1].as_str()), (Some("error"), Some("SI")), "{row:?}");
+    assert_eq!(row[2], 200, "{row:?}");
+}
