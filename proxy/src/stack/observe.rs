@@ -190,9 +190,8 @@ where
                 // The upstream's own answer, not one the sidecar made.
                 record.response_duration = Some(start.elapsed());
             }
-            let idle = stream_idle.filter(|_| tunnel.is_none());
             let in_flight = InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active) };
-            Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, idle, request), in_flight))))
+            Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, stream_idle, request), in_flight))))
         })
     }
 }

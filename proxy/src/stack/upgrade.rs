@@ -26,6 +26,7 @@ use crate::{
     body::{self, BoxBody},
     connection::{ConnectionMeter, UpstreamMeters},
     error::{BoxError, ProxyError},
+    stream_idle::IdleCheck,
 };
 
 /// What an upgraded connection carried, learned when it closed.
@@ -200,27 +201,16 @@ enum Closed {
 }
 
 /// Drives `copy` until it ends, or until `crossed` (the bytes carried so far) stays the same
-/// for `idle` (checked every quarter of it, so the close comes between 1 and 1.25 times
-/// `idle` after the last byte). Dropping the copy closes both connections.
+/// for `idle` ([`IdleCheck`]). Dropping the copy closes both connections.
 async fn until_idle<F>(copy: F, idle: Duration, crossed: impl Fn() -> u64) -> Result<Closed, BoxError>
 where
     F: std::future::Future<Output = std::io::Result<(u64, u64)>>,
 {
-    let check = (idle / 4).max(Duration::from_millis(1));
     tokio::pin!(copy);
-    let (mut seen, mut quiet) = (crossed(), Duration::ZERO);
-    loop {
-        tokio::select! {
-            copied = &mut copy => return copied.map(|_| Closed::ByPeer).map_err(Into::into),
-            () = tokio::time::sleep(check) => {
-                let now = crossed();
-                quiet = if now == seen { quiet + check } else { Duration::ZERO };
-                seen = now;
-                if quiet >= idle {
-                    return Ok(Closed::Idle);
-                }
-            }
-        }
+    let mut check = IdleCheck::new(idle, crossed());
+    tokio::select! {
+        copied = &mut copy => copied.map(|_| Closed::ByPeer).map_err(Into::into),
+        () = std::future::poll_fn(|cx| check.poll_idle(cx, &crossed)) => Ok(Closed::Idle),
     }
 }
 
