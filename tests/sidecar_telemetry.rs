@@ -50,12 +50,20 @@ impl RawHop {
 
     /// [`RawHop::start`], with `settings` (whole TOML tables) in the tester's sidecar.
     fn start_with(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr), settings: &str) -> Self {
+        Self::start_configured(dir, service, app, [settings, ""])
+    }
+
+    /// [`RawHop::start`], with settings (whole TOML tables) in the tester's and the called
+    /// service's sidecars.
+    fn start_configured(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr), settings: [&str; 2]) -> Self {
         let collector = CollectorProc::start(dir);
         let mut tester = Workload::new("tester", &[]);
-        if !settings.is_empty() {
-            tester.telemetry = format!("\n{settings}");
+        let mut called = Workload::new(service, &[]);
+        for (workload, settings) in [&mut tester, &mut called].into_iter().zip(settings) {
+            if !settings.is_empty() {
+                workload.telemetry = format!("\n{settings}");
+            }
         }
-        let called = Workload::new(service, &[]);
         app(called.app);
         let mesh = [&tester, &called];
         let config = dir.path(&format!("{service}.toml"));
@@ -64,6 +72,25 @@ impl RawHop {
         wait_listening(called.inbound, "the called inbound");
         let tester_sidecar = start_tester(dir, &tester, &mesh, &collector, service, "");
         Self { collector, tester, _sidecars: [sidecar, tester_sidecar] }
+    }
+
+    /// `columns` of both sides' spans of the request to `path` (CLIENT first), once both came.
+    fn both_spans(&self, columns: &str, path: &str) -> Vec<Value> {
+        wait_for("both sides' spans", Duration::from_secs(15), || {
+            let rows =
+                self.collector.sql_rows(&format!("SELECT {columns} FROM spans WHERE attributes LIKE '%{path}%' ORDER BY kind"));
+            (rows.len() == 2).then_some(rows)
+        })
+    }
+
+    /// Writes `request` to the tester's sidecar and reads until the connection closes (or 5 s
+    /// pass without a byte): what came, and how long it took.
+    fn exchange(&self, request: &[u8]) -> (String, Duration) {
+        use std::io::Read;
+        let sent = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let _ = self.send(request).read_to_end(&mut answer);
+        (String::from_utf8_lossy(&answer).into_owned(), sent.elapsed())
     }
 
     /// Opens a connection to the tester's sidecar and writes `request` on it.
@@ -701,12 +728,7 @@ fn a_response_the_upstream_breaks_off_is_an_upstream_reset_on_both_sides() {
 
     // Each side saw its upstream break the body off: `UC` and an upstream_reset event, as
     // Envoy flags a reset after the response headers, with the 200 kept.
-    let rows = wait_for("both sides' spans", Duration::from_secs(15), || {
-        let rows = hop.collector.sql_rows(
-            "SELECT kind, status, response_flags, http_status_code, events FROM spans WHERE attributes LIKE '%/statement%' ORDER BY kind",
-        );
-        (rows.len() == 2).then_some(rows)
-    });
+    let rows = hop.both_spans("kind, status, response_flags, http_status_code, events", "/statement");
     for row in &rows {
         assert_eq!(row[1], "error", "{row:?}");
         assert_eq!(row[2], "UC", "{row:?}");
@@ -730,27 +752,15 @@ fn stalling_app(addr: std::net::SocketAddr) {
 
 #[test]
 fn a_response_that_stalls_is_cut_off_at_the_stream_idle_timeout_with_flag_si() {
-    use std::io::Read;
     let dir = TestDir::new("stream-idle");
     let hop = RawHop::start_with(&dir, "feed", stalling_app, "[streams]\nidle_timeout = \"600ms\"");
-    let sent = std::time::Instant::now();
-    let mut stream = hop.send(b"GET /updates HTTP/1.1\r\nHost: feed\r\n\r\n");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let waited = sent.elapsed();
-    let answer = String::from_utf8_lossy(&answer);
+    let (answer, waited) = hop.exchange(b"GET /updates HTTP/1.1\r\nHost: feed\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("the first part"), "the head and what came: {answer}");
     // The tester's sidecar (600 ms) cuts it off long before the app ends it (10 s) or the
     // other sidecar would (its default, 5 minutes).
     assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(5), "cut off after {waited:?}");
 
-    let rows = wait_for("both sides' spans", Duration::from_secs(15), || {
-        let rows = hop.collector.sql_rows(
-            "SELECT kind, status, response_flags, http_status_code, events, attributes FROM spans \
-             WHERE attributes LIKE '%/updates%' ORDER BY kind",
-        );
-        (rows.len() == 2).then_some(rows)
-    });
+    let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, attributes", "/updates");
     let (client, server) = (&rows[0], &rows[1]);
     assert_eq!((client[0].as_str(), client[1].as_str(), client[2].as_str()), (Some("client"), Some("error"), Some("SI")), "{client:?}");
     assert_eq!(client[3], 200, "the app's status is kept: {client:?}");
@@ -759,6 +769,38 @@ fn a_response_that_stalls_is_cut_off_at_the_stream_idle_timeout_with_flag_si() {
     assert_eq!(attributes["error.type"], "stream_idle_timeout", "{attributes}");
     // The called side saw its caller go away.
     assert_eq!((server[0].as_str(), server[2].as_str()), (Some("server"), Some("DC")), "{server:?}");
+}
+
+/// An app that reads a request and never answers it, holding the connection for ten seconds.
+fn silent_app(addr: std::net::SocketAddr) {
+    use std::io::BufReader;
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        read_head(&mut reader);
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
+#[test]
+fn an_application_that_never_answers_gets_its_caller_a_408_at_the_stream_idle_timeout() {
+    let dir = TestDir::new("stream-idle-headers");
+    // The called side's inbound is the one to give up: the tester's sidecar keeps its
+    // defaults (a 15 s service timeout, a 5 minute idle timeout).
+    let hop = RawHop::start_configured(&dir, "quiet", silent_app, ["", "[streams]\nidle_timeout = \"600ms\""]);
+    let (answer, waited) = hop.exchange(b"GET /never HTTP/1.1\r\nHost: quiet\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("stream idle timeout"), "{answer}");
+    assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(5), "answered after {waited:?}");
+
+    let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, attributes", "/never");
+    let (client, server) = (&rows[0], &rows[1]);
+    assert_eq!((server[0].as_str(), server[1].as_str(), server[2].as_str()), (Some("server"), Some("error"), Some("SI")), "{server:?}");
+    assert_eq!(server[3], 408, "{server:?}");
+    assert!(server[4].as_str().is_some_and(|e| e.contains("\"idle_timeout\"")), "{server:?}");
+    let attributes: Value = serde_json::from_str(server[5].as_str().unwrap_or_default()).expect("attributes JSON");
+    assert_eq!(attributes["error.type"], "stream_idle_timeout", "{attributes}");
+    // The caller's side passed the answer on as it came.
+    assert_eq!((client[0].as_str(), client[2].as_str()), (Some("client"), Some("-")), "{client:?}");
+    assert_eq!(client[3], 408, "{client:?}");
 }
 
 /// An HTTP/2 (cleartext) app: `/ok` answers `ok`; anything else answers with headers and one

@@ -48,6 +48,12 @@ pub enum ProxyError {
         /// The timeout that expired.
         after: std::time::Duration,
     },
+    /// Nothing crossed either way for the stream idle timeout before the response started.
+    #[error("no response, and nothing from the caller, for {after:?} (stream idle timeout)")]
+    StreamIdle {
+        /// The idle timeout that expired.
+        after: std::time::Duration,
+    },
     /// The request could not be rewritten for the upstream (invalid URI parts).
     #[error("request cannot be forwarded: {0}")]
     BadRequest(String),

@@ -1,18 +1,27 @@
-//! The stream idle timeout of an ordinary exchange (Envoy's `stream_idle_timeout`): once its
-//! response headers have passed, an exchange whose bodies carry nothing either way for
-//! `[streams] idle_timeout` is cut off. Before the headers, the service's `timeout` bounds it.
+//! The stream idle timeout of an ordinary exchange (Envoy's `stream_idle_timeout`): an
+//! exchange that carries nothing either way for `[streams] idle_timeout` is cut off, whether
+//! it is still waiting for its response headers or its response is streaming.
 //!
-//! [`IdleBody`] wraps a response body. It costs nothing while frames keep coming; the first
-//! time the body has nothing to give, it arms a check every quarter of the timeout, which
-//! compares the frames of both bodies with the last check's, so the cut comes 1 to 1.25
-//! times the timeout after the last frame (as for upgraded connections). A body that is not
-//! read (its reader is held up downstream) is not checked, so a slow reader is never cut.
-//! At the cut the body fails with [`StreamIdleTimeout`], which resets the downstream stream
-//! (closes an HTTP/1.1 connection) and drops the upstream one, and the exchange's
-//! [`RequestProgress`] remembers why, so its record gets flag `SI` and an `idle_timeout` event.
+//! Before the headers, [`until_headers`] awaits the response while watching the request's
+//! progress: a request whose body has ended (or stalled) and whose upstream says nothing for
+//! the timeout gets `408` with flag `SI` (the inner exchange, and its upstream stream, are
+//! dropped). On the inbound side this is the only bound on an application that never
+//! answers; on the outbound side a service `timeout` no longer than the idle timeout (15 s
+//! by default) comes first, and then no check is armed.
+//!
+//! After them, [`IdleBody`] wraps the response body. It costs nothing while frames keep
+//! coming; the first time the body has nothing to give, it arms a check every quarter of the
+//! timeout, which compares the frames of both bodies with the last check's, so the cut comes
+//! 1 to 1.25 times the timeout after the last frame (as for upgraded connections). A body
+//! that is not read (its reader is held up downstream) is not checked, so a slow reader is
+//! never cut. At the cut the body fails with [`StreamIdleTimeout`], which resets the
+//! downstream stream (closes an HTTP/1.1 connection) and drops the upstream one, and the
+//! exchange's [`RequestProgress`] remembers why, so its record gets flag `SI` and an
+//! `idle_timeout` event.
 
 use std::{
-    pin::Pin,
+    future::Future,
+    pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -68,6 +77,36 @@ impl IdleCheck {
         }
         Poll::Pending
     }
+}
+
+/// Awaits `response`, the exchange's answer, unless nothing crosses for `idle` first: no
+/// answer and no progress of the request's body (`request`). `None` when it timed out, the
+/// answer's future dropped. The check is armed only once the answer has to be waited for,
+/// and not at all if `bounded` then names a limit on the wait no longer than `idle` (a
+/// service timeout, which always comes first).
+pub async fn until_headers<T>(
+    response: impl Future<Output = T>,
+    idle: Duration,
+    request: &RequestProgress,
+    bounded: impl Fn() -> Option<Duration>,
+) -> Option<T> {
+    let mut response = pin!(response);
+    // `Some(None)`: the wait is bounded by a shorter limit and needs no check.
+    let mut check: Option<Option<IdleCheck>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(answer) = response.as_mut().poll(cx) {
+            return Poll::Ready(Some(answer));
+        }
+        let armed = check.get_or_insert_with(|| {
+            let covered = bounded().is_some_and(|limit| limit <= idle);
+            (!covered).then(|| IdleCheck::new(idle, request.activity()))
+        });
+        match armed {
+            Some(check) => check.poll_idle(cx, || request.activity()).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A response body cut off once its exchange has carried nothing for the idle timeout.
@@ -165,6 +204,56 @@ mod tests {
                 }
             }
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_never_comes_times_out_one_to_one_and_a_quarter_timeouts_after_the_request() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        let mut request_body = Arc::clone(&request);
+        BodyObserver::on_data(&mut request_body, 10);
+        request.end();
+        let ended = Instant::now();
+        let answer = until_headers(std::future::pending::<()>(), IDLE, &request, || None).await;
+        assert_eq!(answer, None);
+        let waited = ended.elapsed();
+        assert!(waited >= IDLE && waited <= IDLE + IDLE / 4, "timed out {waited:?} after the request");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_bounded_by_a_shorter_service_timeout_is_left_to_it() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        request.end();
+        let never = |bound: Duration| {
+            let request = Arc::clone(&request);
+            tokio::spawn(async move { until_headers(std::future::pending::<()>(), IDLE, &request, || Some(bound)).await })
+        };
+        let (shorter, equal, longer) = (never(IDLE / 2), never(IDLE), never(IDLE * 2));
+        tokio::time::sleep(IDLE * 10).await;
+        assert!(!shorter.is_finished() && !equal.is_finished(), "no check armed under a limit no longer than the timeout");
+        assert!(longer.is_finished(), "a longer limit leaves the idle timeout to come first");
+        assert_eq!(longer.await.expect("task"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_still_arriving_keeps_the_wait_for_the_answer_open() {
+        let request = RequestProgress::new(std::time::Instant::now());
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+        let waiting = {
+            let request = Arc::clone(&request);
+            tokio::spawn(async move { until_headers(answer_rx, IDLE, &request, || None).await })
+        };
+        // A request body frame every 3/4 of the timeout (an upload the upstream answers at its
+        // end), then the answer 3/4 of a timeout after the last: never idle for the timeout.
+        let mut request_body = Arc::clone(&request);
+        for _ in 0..8 {
+            tokio::time::sleep(IDLE * 3 / 4).await;
+            BodyObserver::on_data(&mut request_body, 7);
+        }
+        tokio::time::sleep(IDLE * 3 / 4).await;
+        assert!(!waiting.is_finished());
+        answer_tx.send("answer").expect("send");
+        let answer = waiting.await.expect("task").expect("not timed out");
+        assert_eq!(answer, Ok("answer"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,8 +1,8 @@
 //! Turns every [`ProxyError`] into a response the caller can read.
 //!
-//! HTTP callers get a status (404 no route, 503 unreachable, 502 reset, 504 timeout, 400 bad request),
-//! a `meshlens-proxy-error` header and a one-line text body; gRPC callers get a
-//! trailers-only response with the matching `grpc-status`. The response carries the
+//! HTTP callers get a status (404 no route, 503 unreachable, 502 reset, 504 timeout, 400 bad
+//! request; the observe layer's stream idle timeout, 408), a `meshlens-proxy-error` header
+//! and a one-line text body; gRPC callers get a trailers-only response with the matching `grpc-status`. The response carries the
 //! [`ResponseFlags`] that telemetry records. Nothing below this layer can fail the connection.
 
 use std::{convert::Infallible, task::{Context, Poll}};
@@ -78,6 +78,7 @@ pub fn status_and_flags(error: &ProxyError) -> (StatusCode, ResponseFlags, i32) 
         }
         ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, ResponseFlags::UPSTREAM_RESET, 14),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, 4),
+        ProxyError::StreamIdle { .. } => (StatusCode::REQUEST_TIMEOUT, ResponseFlags::STREAM_IDLE_TIMEOUT, 4),
     }
 }
 

@@ -26,7 +26,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{body::BoxBody, config::Endpoint};
@@ -59,6 +59,7 @@ pub struct Resolution(Arc<Resolved>);
 struct Resolved {
     route: OnceLock<Arc<str>>,
     endpoint: OnceLock<Endpoint>,
+    answer_limit: OnceLock<Duration>,
     notes: Mutex<Vec<Note>>,
 }
 
@@ -90,6 +91,14 @@ impl Resolution {
     /// The chosen endpoint, if any.
     pub fn endpoint(&self) -> Option<&Endpoint> {
         self.0.endpoint.get()
+    }
+    /// Records the service timeout that bounds the wait for the response headers.
+    pub fn set_answer_limit(&self, limit: Duration) {
+        let _ = self.0.answer_limit.set(limit);
+    }
+    /// The service timeout that bounds the wait for the response headers, if any.
+    pub fn answer_limit(&self) -> Option<Duration> {
+        self.0.answer_limit.get().copied()
     }
     /// Records a note for the request's span.
     pub fn note(&self, name: &'static str, message: String) {

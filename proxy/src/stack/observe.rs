@@ -23,13 +23,14 @@ use crate::{
     classify::{self, Classification, Outcome, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
-    stream_idle::IdleBody,
+    error::ProxyError,
+    stream_idle::{self, IdleBody},
     telemetry::{Origin, RequestRecord, Side, Telemetry, metrics::unix_nanos, stats::ActiveRequest},
     telemetry::SpanEvent,
     trace_context::{SpanContext, ensure_request_id},
 };
 
-use super::{BoxFuture, PeerAddr, Request, Resolution, Response, is_grpc, recorded_authority, upgrade::Tunnel};
+use super::{BoxFuture, PeerAddr, Request, Resolution, Response, errors, is_grpc, recorded_authority, upgrade::Tunnel};
 
 /// Adds [`Observe`] for one side of the sidecar.
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ pub struct ObserveLayer {
     telemetry: Telemetry,
     app: Option<SocketAddr>,
     routes: Arc<RouteTemplates>,
-    /// The stream idle timeout of an exchange once its response has started; `None`: none.
+    /// The stream idle timeout of an exchange, before and after its response headers; `None`: none.
     stream_idle: Option<Duration>,
 }
 
@@ -149,10 +150,19 @@ where
         if http_body::Body::is_end_stream(req.body()) {
             request.end();
         }
+        let grpc = record.grpc;
         let req = req.map(|b| body::boxed(ObservedBody::new(b, request.clone())));
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let Ok(response) = fut.await;
+            let response = match stream_idle {
+                None => fut.await,
+                Some(after) => match stream_idle::until_headers(fut, after, &request, || resolution.answer_limit()).await {
+                    Some(answer) => answer,
+                    // Dropping the exchange dropped its upstream stream too.
+                    None => Ok(errors::error_response(&ProxyError::StreamIdle { after }, grpc)),
+                },
+            };
+            let Ok(response) = response;
             let mut record = record;
             record.status = response.status().as_u16();
             record.grpc_status = classify::grpc_status(response.headers());
@@ -178,6 +188,7 @@ where
                 (ResponseFlags::UPSTREAM_TIMEOUT, "timeout"),
                 (ResponseFlags::NO_ROUTE, "no_route"),
                 (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+                (ResponseFlags::STREAM_IDLE_TIMEOUT, "idle_timeout"),
             ]
             .into_iter()
             .find(|(flag, _)| record.flags.contains(*flag));

@@ -1,7 +1,8 @@
 //! Bounds how long the upstream may take to answer: the resolved service's `timeout`
 //! (default 15 s, as Envoy's route timeout), counted until the response headers arrive, so
 //! long streaming bodies are not cut. An expired request fails with
-//! [`ProxyError::Timeout`]: 504 with response flag `UT` (gRPC: DEADLINE_EXCEEDED).
+//! [`ProxyError::Timeout`]: 504 with response flag `UT` (gRPC: DEADLINE_EXCEEDED). The limit is
+//! noted in the request's [`Resolution`], so that the observe layer knows the wait is bounded.
 
 use std::{
     sync::Arc,
@@ -13,7 +14,7 @@ use tower::{Layer, Service};
 
 use crate::{config::ServiceConfig, error::ProxyError};
 
-use super::{BoxFuture, Request};
+use super::{BoxFuture, Request, Resolution};
 
 /// Adds [`Timeout`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +48,9 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let limit = req.extensions().get::<Arc<ServiceConfig>>().and_then(|s| s.timeout);
+        if let (Some(limit), Some(resolution)) = (limit, req.extensions().get::<Resolution>()) {
+            resolution.set_answer_limit(limit);
+        }
         let fut = self.inner.call(req);
         let Some(limit) = limit else { return fut };
         Box::pin(async move {
@@ -74,5 +78,34 @@ pub async fn keep_timer_armed() {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_service_timeout_is_noted_for_the_observe_layer() {
+        for limit in [Some(Duration::from_secs(15)), None] {
+            let service = ServiceConfig {
+                name: "reviews".into(),
+                namespace: "shop".into(),
+                endpoints: Vec::new(),
+                routes: Arc::default(),
+                timeout: limit,
+                retry: None,
+                outlier: None,
+            };
+            let resolution = Resolution::default();
+            let mut req = Request::new(crate::body::full(""));
+            req.extensions_mut().insert(Arc::new(service));
+            req.extensions_mut().insert(resolution.clone());
+            let answer = |_: Request| -> BoxFuture<Result<(), ProxyError>> { Box::pin(async { Ok(()) }) };
+            TimeoutLayer.layer(tower::service_fn(answer)).oneshot(req).await.expect("answered");
+            assert_eq!(resolution.answer_limit(), limit);
+        }
     }
 }
