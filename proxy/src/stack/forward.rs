@@ -68,12 +68,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an upstream connection is kept idle.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Headers that belong to one connection and must not be forwarded.
-const HOP_BY_HOP: [header::HeaderName; 6] = [
+/// Headers that belong to one connection and must not be forwarded. `Trailer` is not one
+/// (RFC 9110, 6.6.2): hyper writes an HTTP/1.1 message's trailers only when it names them,
+/// so keeping it lets trailers pass both ways.
+const HOP_BY_HOP: [header::HeaderName; 5] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -194,11 +195,13 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().expect("value"));
         h.insert(header::TE, "trailers".parse().expect("value"));
         h.insert("x-kept", "1".parse().expect("value"));
+        // Which fields a trailer will carry: end to end, so HTTP/1.1 trailers can pass.
+        h.insert(header::TRAILER, "x-checksum".parse().expect("value"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
-        assert!(h.get("x-kept").is_some());
+        assert!(h.get("x-kept").is_some() && h.get(header::TRAILER).is_some());
 
         // Any one of them takes the full path; a message with none is left as it is.
         for name in ["upgrade", "proxy-connection", "te"] {
