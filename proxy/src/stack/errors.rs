@@ -109,3 +109,27 @@ pub fn error_response(error: &ProxyError, grpc: bool) -> Response {
     response.extensions_mut().insert(flags);
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_stream_idle_timeout_answers_408_or_deadline_exceeded_with_flag_si() {
+        let error = ProxyError::StreamIdle { after: Duration::from_secs(300) };
+        let http = error_response(&error, false);
+        assert_eq!(http.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(http.extensions().get::<ResponseFlags>(), Some(&ResponseFlags::STREAM_IDLE_TIMEOUT));
+        let header = http.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(header.contains("stream idle timeout"), "{header}");
+
+        // gRPC callers read the status from a trailers-only response.
+        let grpc = error_response(&error, true);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]));
+        assert_eq!(grpc.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()), Some(&b"application/grpc"[..]));
+        assert_eq!(grpc.extensions().get::<ResponseFlags>(), Some(&ResponseFlags::STREAM_IDLE_TIMEOUT));
+    }
+}
