@@ -2,8 +2,9 @@
 //!
 //! HTTP callers get a status (404 no route, 503 unreachable, 502 reset, 504 timeout, 400 bad
 //! request; the observe layer's stream idle timeout, 408), a `meshlens-proxy-error` header
-//! and a one-line text body; gRPC callers get a trailers-only response with the matching `grpc-status`. The response carries the
-//! [`ResponseFlags`] that telemetry records. Nothing below this layer can fail the connection.
+//! and a one-line text body; gRPC callers get a trailers-only response with the matching
+//! `grpc-status`. The response carries the [`ResponseFlags`] that telemetry records. Nothing
+//! below this layer can fail the connection.
 
 use std::{convert::Infallible, task::{Context, Poll}};
 
