@@ -754,13 +754,22 @@ fn a_response_that_stalls_is_cut_off_at_the_stream_idle_timeout_with_flag_si() {
 
     let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, attributes", "/updates");
     let (client, server) = (&rows[0], &rows[1]);
-    assert_eq!((client[0].as_str(), client[1].as_str(), client[2].as_str()), (Some("client"), Some("error"), Some("SI")), "{client:?}");
-    assert_eq!(client[3], 200, "the app's status is kept: {client:?}");
-    assert!(client[4].as_str().is_some_and(|e| e.contains("\"idle_timeout\"") && !e.contains("upstream_reset")), "{client:?}");
-    let attributes: Value = serde_json::from_str(client[5].as_str().unwrap_or_default()).expect("attributes JSON");
-    assert_eq!(attributes["error.type"], "stream_idle_timeout", "{attributes}");
+    // The app's status is kept.
+    assert_cut_off_at_the_idle_timeout(client, "client", 200);
+    assert!(client[4].as_str().is_some_and(|e| !e.contains("upstream_reset")), "{client:?}");
     // The called side saw its caller go away.
     assert_eq!((server[0].as_str(), server[2].as_str()), (Some("server"), Some("DC")), "{server:?}");
+}
+
+/// Asserts that a span row (`kind, status, response_flags, http_status_code, events,
+/// attributes`) is the side that gave up at the stream idle timeout: an error with flag `SI`,
+/// an `idle_timeout` event and `error.type` `stream_idle_timeout`.
+fn assert_cut_off_at_the_idle_timeout(row: &Value, kind: &str, http_status: u16) {
+    assert_eq!((row[0].as_str(), row[1].as_str(), row[2].as_str()), (Some(kind), Some("error"), Some("SI")), "{row:?}");
+    assert_eq!(row[3], http_status, "{row:?}");
+    assert!(row[4].as_str().is_some_and(|e| e.contains("\"idle_timeout\"")), "{row:?}");
+    let attributes: Value = serde_json::from_str(row[5].as_str().unwrap_or_default()).expect("attributes JSON");
+    assert_eq!(attributes["error.type"], "stream_idle_timeout", "{attributes}");
 }
 
 /// An app that reads a request and never answers it, holding the connection for ten seconds.
@@ -785,11 +794,7 @@ fn an_application_that_never_answers_gets_its_caller_a_408_at_the_stream_idle_ti
 
     let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, attributes", "/never");
     let (client, server) = (&rows[0], &rows[1]);
-    assert_eq!((server[0].as_str(), server[1].as_str(), server[2].as_str()), (Some("server"), Some("error"), Some("SI")), "{server:?}");
-    assert_eq!(server[3], 408, "{server:?}");
-    assert!(server[4].as_str().is_some_and(|e| e.contains("\"idle_timeout\"")), "{server:?}");
-    let attributes: Value = serde_json::from_str(server[5].as_str().unwrap_or_default()).expect("attributes JSON");
-    assert_eq!(attributes["error.type"], "stream_idle_timeout", "{attributes}");
+    assert_cut_off_at_the_idle_timeout(server, "server", 408);
     // The caller's side passed the answer on as it came.
     assert_eq!((client[0].as_str(), client[2].as_str()), (Some("client"), Some("-")), "{client:?}");
     assert_eq!(client[3], 408, "{client:?}");
