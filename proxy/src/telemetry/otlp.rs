@@ -458,7 +458,7 @@ pub fn metrics_request(
         })
         .collect();
     let active_requests = Metric {
-        name: "meshlens.proxy.requests.active".into(),
+        name: "meshlens.proxy.active_requests".into(),
         description: "Requests in flight".into(),
         unit: "{request}".into(),
         data: Some(Data::Sum(Sum { data_points: in_flight, aggregation_temporality: cumulative, is_monotonic: false })),
@@ -814,7 +814,7 @@ mod tests {
         let server = point("http.server.request.duration");
         assert!(has(&server, "url.scheme", "http") && has(&server, "network.protocol.version", "2"), "{server:?}");
         assert!(server.iter().all(|(k, _)| k != "server.address" && k != "error.type"), "{server:?}");
-        let active = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == "meshlens.proxy.requests.active");
+        let active = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == "meshlens.proxy.active_requests");
         let Some(Data::Sum(active)) = active.and_then(|m| m.data.as_ref()) else { panic!("requests in flight: {active:?}") };
         assert!(!active.is_monotonic, "an up-down counter");
         let values: Vec<_> = active.data_points.iter().map(|p| p.value).collect();
