@@ -4,14 +4,14 @@
 //!  loadgen ─▶ frontend ─┬─▶ catalog ─┬─▶ reviews v1 (80%) / v2 (15%) / v3 (5%) ─▶ ratings (slow)
 //!                       │            └─▶ inventory (gRPC)
 //!                       └─▶ checkout ─┬─▶ payments (fails ~5%)
-//!                                     └─▶ inventory (gRPC)
+//!            (502s retried once)      └─▶ inventory (gRPC)
 //! ```
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use meshlens_proxy::{
     ProxyConfig, WorkloadIdentity,
-    config::{Endpoint, OtlpProtocol, ServiceConfig, TelemetryConfig},
+    config::{Endpoint, OtlpProtocol, RetryOn, RetryPolicy, ServiceConfig, TelemetryConfig},
     http_route::RouteTemplates,
 };
 
@@ -149,11 +149,23 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
                     .collect(),
                 routes: routes_of(name),
                 timeout: Some(Duration::from_secs(15)),
-                retry: None,
+                retry: (name == RETRIED).then(|| Arc::new(retry_once())),
                 outlier: None,
             })
         })
         .collect()
+}
+
+/// The service whose callers retry: checkout, which fails when payments does. Traces show
+/// each attempt, and the flaky `checkout → payments` edge keeps its ~5 % of errors.
+pub const RETRIED: &str = "checkout";
+
+/// One retry of a 502, 503 or 504 (or gRPC UNAVAILABLE) after 25 ms, as a mesh user would
+/// set it for an idempotent call.
+fn retry_once() -> RetryPolicy {
+    let mut on = RetryOn { gateway_error: true, ..RetryOn::default() };
+    on.grpc_codes[14] = true;
+    RetryPolicy { attempts: 2, on, per_try_timeout: None, backoff: Duration::from_millis(25), max_body_bytes: 64 * 1024 }
 }
 
 /// The sidecar configuration of one workload, exporting to the collector at `otlp` with
@@ -197,6 +209,12 @@ mod tests {
         let reviews: Vec<u32> = SHOP.iter().filter(|w| w.service == "reviews").map(|w| w.weight).collect();
         assert_eq!(reviews, [80, 15, 5]);
         assert!(SHOP.iter().any(|w| w.error_ratio > 0.0), "a flaky edge");
+        let flaky: Vec<&str> = SHOP.iter().filter(|w| w.error_ratio > 0.0).map(|w| w.service).collect();
+        let retried = SHOP.iter().find(|w| w.service == RETRIED).expect("the retried service is in the shop");
+        assert!(
+            retried.calls.iter().filter_map(|c| c.parse::<Call>().ok()).any(|c| flaky.contains(&c.service.as_str())),
+            "the retried service calls the flaky one, whose own edge stays flaky"
+        );
         assert!(SHOP.iter().any(|w| w.latency_ms >= 50), "a slow workload");
         assert!(SHOP.iter().flat_map(|w| w.calls).any(|c| c.starts_with("grpc://")), "a gRPC edge");
         for w in SHOP {
