@@ -26,8 +26,11 @@ def rate(metric, sel, by=None):
 
 
 def error_ratio(sel, by=None):
-    fail = sel + ',classification="failure"'
-    return f"{rate('meshlens_requests_total', fail, by)} / {rate('meshlens_requests_total', sel, by)}"
+    # Failures `or` the requests times zero: a series that has never failed has no failure
+    # series at all, and its ratio is 0, not "no data".
+    failed = rate("meshlens_requests_total", sel + ',classification="failure"', by)
+    total = rate("meshlens_requests_total", sel, by)
+    return f"({failed} or {total} * 0) / {total}"
 
 
 def quantile(q, sel, by=None):
