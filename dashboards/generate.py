@@ -110,6 +110,9 @@ def overview():
             description="Edges with failures (5xx, gRPC errors, resets, timeouts), highest ratio first.")
     b.panel("Error ratio by edge", "timeseries", error_ratio(EDGE, "source_service, destination_service"), "percentunit",
             legend="{{source_service}} → {{destination_service}}", w=24)
+    b.panel("Retries by edge", "timeseries", rate("meshlens_retries_total", EDGE, "source_service, destination_service"), "reqps",
+            legend="{{source_service}} → {{destination_service}}", w=24,
+            description="Retries the callers' sidecars made; the request rate counts a retried request once.")
     return b
 
 

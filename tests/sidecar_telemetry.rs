@@ -475,12 +475,24 @@ fn retried_requests_show_one_client_span_per_attempt() {
     assert!(tag(failed, "http.response.status_code").and_then(Value::as_i64).is_some_and(|s| s >= 500), "{failed}");
     assert!(failed["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "retried")), "{failed}");
 
-    // Metrics and the topology count requests, not attempts.
-    let topology = wait_for("every request on the edge", Duration::from_secs(15), || {
+    // Metrics and the topology count requests, not attempts, and the edge counts the
+    // retries: flaky received one request per attempt.
+    let retried = |t: &Value| edge(t, "tester.test", "flaky.test").and_then(|e| e["retries"].as_u64());
+    let (topology, received) = wait_for("every request and retry on the edge", Duration::from_secs(15), || {
         let t = collector.json("/api/v1/topology?window=5m");
-        edge(&t, "tester.test", "flaky.test").filter(|e| e["requests"] == SENT).map(|_| t)
+        let rows = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'flaky' AND kind = 'server'");
+        let received = rows.first().and_then(|r| r[0].as_u64())?;
+        let on_edge = edge(&t, "tester.test", "flaky.test").is_some_and(|e| e["requests"] == SENT);
+        (on_edge && retried(&t).is_some_and(|r| r > 0 && SENT + r == received)).then_some((t, received))
     });
-    assert!(edge(&topology, "tester.test", "flaky.test").is_some());
+    let retries = retried(&topology).unwrap_or(0);
+    assert_eq!(SENT + retries, received, "{topology}");
+    let rows = collector.sql_rows("SELECT sum(requests), sum(retries) FROM edges WHERE source_service = 'tester' AND destination_service = 'flaky'");
+    assert_eq!(rows.first().map(|r| (r[0].as_u64(), r[1].as_u64())), Some((Some(SENT), Some(retries))), "{rows:?}");
+    let exposition = get(collector.web, "/metrics").body;
+    let edge_labels = [("source_service", "tester"), ("destination_service", "flaky")];
+    assert_eq!(prom_sum(&exposition, "meshlens_retries_total", &edge_labels), retries as f64, "{exposition}");
+    assert_eq!(prom_sum(&exposition, "meshlens_requests_total", &edge_labels), SENT as f64, "{exposition}");
 }
 
 #[test]

@@ -104,6 +104,7 @@ pub struct CollectorMetrics {
     duration: Family<EdgeLabels, HistogramWithExemplars<TraceExemplar>, fn() -> HistogramWithExemplars<TraceExemplar>>,
     request_bytes: Family<EdgeLabels, Counter>,
     response_bytes: Family<EdgeLabels, Counter>,
+    retries: Family<EdgeLabels, Counter>,
     /// Items received, by signal and transport.
     pub received: Family<IngestLabels, Counter>,
     /// Items accepted.
@@ -173,6 +174,7 @@ struct EdgeSeries {
     duration: HistogramWithExemplars<TraceExemplar>,
     request_bytes: Counter,
     response_bytes: Counter,
+    retries: Counter,
     requests: Counter,
     last: Instant,
 }
@@ -217,6 +219,7 @@ impl CollectorMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
+            retries: Family::default(),
             received: Family::default(),
             accepted: Family::default(),
             rejected: Family::default(),
@@ -259,6 +262,7 @@ impl CollectorMetrics {
         );
         r.register_with_unit("meshlens_request", "Request body bytes between services", prometheus_client::registry::Unit::Bytes, self.request_bytes.clone());
         r.register_with_unit("meshlens_response", "Response body bytes between services", prometheus_client::registry::Unit::Bytes, self.response_bytes.clone());
+        r.register("meshlens_retries", "Retries the callers' sidecars made, by edge (requests count once)", self.retries.clone());
         let c = r.sub_registry_with_prefix("meshlens_collector");
         c.register("received", "Telemetry items received over OTLP", self.received.clone());
         c.register("accepted", "Telemetry items accepted into the store", self.accepted.clone());
@@ -319,6 +323,7 @@ impl CollectorMetrics {
             series.duration.observe(o.duration_nanos as f64 / 1e9, exemplar, Some(at));
             series.request_bytes.inc_by(o.request_bytes);
             series.response_bytes.inc_by(o.response_bytes);
+            series.retries.inc_by(o.retries);
             series.requests.inc();
         }
     }
@@ -345,6 +350,7 @@ impl CollectorMetrics {
             duration: self.duration.get_or_create(&labels.edge).clone(),
             request_bytes: self.request_bytes.get_or_create(&labels.edge).clone(),
             response_bytes: self.response_bytes.get_or_create(&labels.edge).clone(),
+            retries: self.retries.get_or_create(&labels.edge).clone(),
             requests: self.requests.get_or_create(&labels).clone(),
             labels,
             last: Instant::now(),
@@ -378,6 +384,7 @@ impl CollectorMetrics {
                     self.duration.remove(&series.labels.edge);
                     self.request_bytes.remove(&series.labels.edge);
                     self.response_bytes.remove(&series.labels.edge);
+                    self.retries.remove(&series.labels.edge);
                     removed += 1;
                 }
             }
@@ -415,6 +422,7 @@ mod tests {
             response_flags: intern("-"),
             request_bytes: 10,
             response_bytes: 20,
+            retries: u64::from(code == "503"),
             trace_id: None,
         }
     }
@@ -443,6 +451,7 @@ mod tests {
         let text = exposition(&metrics);
         assert_eq!(value(&text, "meshlens_requests_total{"), vec!["1", "6"], "{text}");
         assert_eq!(value(&text, "meshlens_request_bytes_total{"), vec!["70"], "{text}");
+        assert_eq!(value(&text, "meshlens_retries_total{"), vec!["1"], "{text}");
         assert_eq!(value(&text, "meshlens_request_duration_seconds_count{"), vec!["7"], "{text}");
 
         // One key of the shared series stays in use: nothing of it goes.

@@ -58,6 +58,14 @@ try {
   check(true, "the edge panel lists its recent and slowest traces");
   await shot("edge-panel");
 
+  // The frontend's sidecar retries checkout's 502s: that edge's panel counts the retries.
+  await page.dispatchEvent('#graph g.edge[data-id="frontend.shop->checkout.shop"]', "click");
+  const retriesRow = () => [...document.querySelectorAll("#detail-table tr")].some((r) => /^Retries\s*[1-9]/.test(r.textContent));
+  await page.waitForFunction(retriesRow, null, { timeout: 30000 });
+  check(true, "the edge panel counts the retries on frontend → checkout");
+  await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
+  await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
+
   // One click to the edge's traces, then a trace as a waterfall.
   await page.click("#detail-traces");
   await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 30000 });

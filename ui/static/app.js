@@ -221,6 +221,7 @@ function showTraffic(title, t, extra) {
   row(table, "Requests", String(t.requests));
   row(table, "Request rate", fmt.rate(t.request_rate));
   row(table, "Error ratio", fmt.pct(t.error_ratio));
+  if (t.retries > 0) row(table, "Retries", `${t.retries} (${fmt.pct(t.retries / Math.max(t.requests, 1))} of requests)`);
   row(table, "p50", fmt.ms(t.p50_ms));
   row(table, "p90", fmt.ms(t.p90_ms));
   row(table, "p99", fmt.ms(t.p99_ms));

@@ -44,6 +44,7 @@ struct EdgeRows {
     errors: UInt64Builder,
     request_bytes: UInt64Builder,
     response_bytes: UInt64Builder,
+    retries: UInt64Builder,
     p50_ms: Float64Builder,
     p90_ms: Float64Builder,
     p99_ms: Float64Builder,
@@ -54,8 +55,8 @@ struct EdgeRows {
 column_builders!(EdgeRows {
     time, source_kind, source_namespace, source_service, source_workload, source_version,
     destination_kind, destination_namespace, destination_service, destination_workload,
-    destination_version, protocol, requests, errors, request_bytes, response_bytes, p50_ms, p90_ms,
-    p99_ms, p999_ms, response_codes,
+    destination_version, protocol, requests, errors, request_bytes, response_bytes, retries, p50_ms,
+    p90_ms, p99_ms, p999_ms, response_codes,
 });
 
 impl Default for EdgeRows {
@@ -77,6 +78,7 @@ impl Default for EdgeRows {
             errors: UInt64Builder::new(),
             request_bytes: UInt64Builder::new(),
             response_bytes: UInt64Builder::new(),
+            retries: UInt64Builder::new(),
             p50_ms: Float64Builder::new(),
             p90_ms: Float64Builder::new(),
             p99_ms: Float64Builder::new(),
@@ -118,6 +120,7 @@ impl EdgeRows {
         self.errors.append_value(stats.errors);
         self.request_bytes.append_value(stats.request_bytes);
         self.response_bytes.append_value(stats.response_bytes);
+        self.retries.append_value(stats.retries);
         let q = |q| stats.latency.quantile(q).unwrap_or(0.0) / MS;
         self.p50_ms.append_value(q(0.5));
         self.p90_ms.append_value(q(0.9));

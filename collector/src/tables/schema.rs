@@ -170,6 +170,7 @@ pub const EDGES: &[Column] = &[
     col("errors", UInt64, false, "Failed requests (5xx, gRPC failures, resets, timeouts)."),
     col("request_bytes", UInt64, false, "Request body bytes."),
     col("response_bytes", UInt64, false, "Response body bytes."),
+    col("retries", UInt64, false, "Retries the callers' sidecars made for these requests (`meshlens.retry.count`)."),
     col("p50_ms", Float64, false, "Median latency, milliseconds (sketch, within 1%)."),
     col("p90_ms", Float64, false, "90th percentile latency, milliseconds."),
     col("p99_ms", Float64, false, "99th percentile latency, milliseconds."),

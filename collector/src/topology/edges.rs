@@ -253,6 +253,8 @@ pub struct EdgeObservation {
     pub request_bytes: u64,
     /// Response bytes.
     pub response_bytes: u64,
+    /// Retries the caller's sidecar made for it (`meshlens.retry.count`).
+    pub retries: u64,
     /// A trace this request belongs to, for exemplars and drill-down.
     pub trace_id: Option<TraceId>,
 }
@@ -285,8 +287,9 @@ const DIRECTION: usize = 9;
 const EVENT_NAME: usize = 10;
 const PEER_SERVICE: usize = 11;
 const SERVER_ADDRESS: usize = 12;
+const RETRY_COUNT: usize = 13;
 /// The source workload's parts, then the destination's.
-const SOURCE: usize = 13;
+const SOURCE: usize = 14;
 const DESTINATION: usize = SOURCE + WORKLOAD_PARTS;
 const SLOTS: usize = DESTINATION + WORKLOAD_PARTS;
 
@@ -314,6 +317,7 @@ const SLOT_KEYS: [(&str, usize); SLOTS] = [
     ("event.name", EVENT_NAME),
     ("peer.service", PEER_SERVICE),
     ("server.address", SERVER_ADDRESS),
+    (semconv::RETRY_COUNT, RETRY_COUNT),
     (SOURCE_SERVICE, SOURCE),
     (SOURCE_NAMESPACE, SOURCE + 1),
     (SOURCE_WORKLOAD, SOURCE + 2),
@@ -426,6 +430,7 @@ impl<'a> Facts<'a> {
             response_flags: self.text(RESPONSE_FLAGS).map_or_else(none_text, shared_str),
             request_bytes: self.count(REQUEST_BYTES),
             response_bytes: self.count(RESPONSE_BYTES),
+            retries: self.count(RETRY_COUNT),
             trace_id,
         }
     }
@@ -1049,7 +1054,10 @@ mod tests {
             ("meshlens.destination.workload", "b-v1"),
         ];
         let out = from_access_log(&access_log("outbound", &hop, 7_000)).expect("outbound counts");
-        assert_eq!((&*out.source.service, &*out.destination.service, out.duration_nanos), ("a", "b", 7_000));
+        assert_eq!((&*out.source.service, &*out.destination.service, out.duration_nanos, out.retries), ("a", "b", 7_000, 0));
+        let mut retried = access_log("outbound", &hop, 7_000);
+        retried.attributes.push((semconv::RETRY_COUNT.into(), Value::Int(2)));
+        assert_eq!(from_access_log(&retried).map(|o| o.retries), Some(2), "one request, retried twice");
         assert!(from_access_log(&access_log("inbound", &hop, 5_000)).is_none(), "the same hop seen from b");
         let unmeshed = from_access_log(&access_log("inbound", &hop[2..], 5_000)).expect("unmeshed caller");
         assert_eq!(unmeshed.source, NodeRef::unknown());
@@ -1081,8 +1089,8 @@ mod tests {
         let keys = [
             "http.response.status_code", "rpc.grpc.status_code", semconv::CLASSIFICATION, semconv::PROTOCOL, "rpc.system",
             semconv::RESPONSE_FLAGS, "http.request.body.size", "http.response.body.size", semconv::DURATION_NS,
-            semconv::DIRECTION, "event.name", "peer.service", "server.address", SOURCE_SERVICE, SOURCE_NAMESPACE,
-            SOURCE_WORKLOAD, SOURCE_VERSION, DESTINATION_SERVICE, DESTINATION_NAMESPACE, DESTINATION_WORKLOAD,
+            semconv::DIRECTION, "event.name", "peer.service", "server.address", semconv::RETRY_COUNT, SOURCE_SERVICE,
+            SOURCE_NAMESPACE, SOURCE_WORKLOAD, SOURCE_VERSION, DESTINATION_SERVICE, DESTINATION_NAMESPACE, DESTINATION_WORKLOAD,
             DESTINATION_VERSION,
         ];
         assert_eq!(keys.len(), SLOTS);

@@ -52,6 +52,8 @@ pub struct Traffic {
     pub request_bytes: u64,
     /// Response bytes.
     pub response_bytes: u64,
+    /// Retries the callers' sidecars made for these requests (each request is counted once).
+    pub retries: u64,
     /// Requests by response code.
     pub response_codes: BTreeMap<String, u64>,
 }
@@ -72,6 +74,7 @@ impl Traffic {
             p999_ms: ms(0.999),
             request_bytes: stats.request_bytes,
             response_bytes: stats.response_bytes,
+            retries: stats.retries,
             response_codes: stats.codes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
     }

@@ -81,6 +81,8 @@ pub struct EdgeStats {
     pub request_bytes: u64,
     /// Response bytes.
     pub response_bytes: u64,
+    /// Retries made for the requests.
+    pub retries: u64,
     /// Requests by response code.
     pub codes: Codes,
     /// Latency, nanoseconds.
@@ -94,6 +96,7 @@ impl EdgeStats {
         self.errors += u64::from(o.error);
         self.request_bytes += o.request_bytes;
         self.response_bytes += o.response_bytes;
+        self.retries += o.retries;
         self.codes.add(&o.response_code, 1);
         self.latency.add(o.duration_nanos as f64);
     }
@@ -104,6 +107,7 @@ impl EdgeStats {
         self.errors += other.errors;
         self.request_bytes += other.request_bytes;
         self.response_bytes += other.response_bytes;
+        self.retries += other.retries;
         for (code, n) in other.codes.iter() {
             self.codes.add(code, *n);
         }
@@ -239,6 +243,7 @@ mod tests {
             response_flags: Arc::from("-"),
             request_bytes: 10,
             response_bytes: 20,
+            retries: u64::from(code == "503") * 2,
             trace_id: None,
         }
     }
@@ -258,7 +263,7 @@ mod tests {
         assert_eq!(window.len(), 2);
         let (key, stats) = &window[0];
         assert_eq!((&*key.source.service, &*key.destination.service), ("web", "cart"));
-        assert_eq!((stats.requests, stats.errors, stats.request_bytes, stats.response_bytes), (4, 1, 40, 80));
+        assert_eq!((stats.requests, stats.errors, stats.request_bytes, stats.response_bytes, stats.retries), (4, 1, 40, 80, 2));
         let codes: Vec<(&str, u64)> = stats.codes.iter().map(|(c, n)| (&**c, *n)).collect();
         assert_eq!(codes, [("200", 3), ("503", 1)]);
         assert_eq!(stats.latency.count(), 4);
