@@ -84,6 +84,19 @@ try {
   check((await page.textContent("#tv-detail")).includes("http.request.method"), "span details show attributes");
   await shot("trace");
 
+  // A retried request: its span counts the retries, and its attempts are told apart.
+  await page.selectOption("#ts-service", "frontend");
+  await page.fill("#ts-tags", "meshlens.retry.count=1");
+  await page.evaluate(() => document.querySelector("#ts-results tbody").replaceChildren());
+  await page.click('#trace-search button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 30000 });
+  await page.click("#ts-results tbody tr");
+  await page.waitForFunction(() => [...document.querySelectorAll("#tv-waterfall .retry-note")].some((n) => n.textContent === "attempt 2"), null, { timeout: 30000 });
+  const notes = await page.$$eval("#tv-waterfall .retry-note", (n) => n.map((x) => x.textContent));
+  check(notes.includes("1 retry") && notes.includes("attempt 1") && notes.includes("attempt 2"), `a retried request's spans are marked (${notes})`);
+  check((await page.textContent("#tv-detail")).trim() === "", "the span details of the trace opened before are gone");
+  await shot("retried-trace");
+
   // SQL: rows, and a refused statement's message.
   await page.click('#tabs button[data-tab="sql"]');
   await page.waitForFunction(() => document.querySelectorAll("#sql-tables details").length === 4);

@@ -149,6 +149,8 @@ async function openTrace(id) {
   $("tv-title").textContent = `Trace ${id}`;
   const box = $("tv-waterfall");
   box.replaceChildren(document.createTextNode("loading…"));
+  // The span shown below belonged to the trace opened before.
+  $("tv-detail").replaceChildren();
   let trace;
   try {
     trace = (await getJSON(`/api/traces/${encodeURIComponent(id)}`)).data[0];
@@ -191,6 +193,13 @@ async function openTrace(id) {
     svc.className = "service";
     svc.textContent = service;
     name.append(svc, document.createTextNode(span.operationName));
+    const note = retryNote(span);
+    if (note) {
+      const n = document.createElement("span");
+      n.className = "retry-note";
+      n.textContent = note;
+      name.append(n);
+    }
     const track = document.createElement("div");
     track.className = "track";
     const bar = document.createElement("div");
@@ -204,6 +213,16 @@ async function openTrace(id) {
     box.appendChild(row);
   }
   view.scrollIntoView({ block: "nearest" });
+}
+
+/** A sidecar's retries, told apart in the waterfall: "attempt 2" on an attempt's span, "2
+ *  retries" on the request's span over its attempts. */
+function retryNote(span) {
+  const tag = (key) => span.tags?.find((t) => t.key === key)?.value;
+  const attempt = Number(tag("meshlens.retry.attempt"));
+  if (attempt > 0) return `attempt ${attempt}`;
+  const retries = Number(tag("meshlens.retry.count"));
+  return retries > 0 ? `${retries} ${retries === 1 ? "retry" : "retries"}` : "";
 }
 
 function spanDetail(trace, span, rowEl) {
