@@ -72,6 +72,15 @@ fn success(t: &Value) -> String {
     }
 }
 
+/// Retries as a share of the requests they were made for (a request with two retries adds
+/// two): `-` without requests.
+fn retries(t: &Value) -> String {
+    match t["requests"].as_u64() {
+        Some(0) | None => "-".into(),
+        Some(n) => format!("{:.2}%", t["retries"].as_u64().unwrap_or(0) as f64 / n as f64 * 100.0),
+    }
+}
+
 fn rps(t: &Value) -> String {
     format!("{:.1}rps", t["request_rate"].as_f64().unwrap_or(0.0))
 }
@@ -147,11 +156,14 @@ fn edge_rows(view: &Value) -> Vec<Vec<String>> {
     edges.sort_by(|a, b| b["request_rate"].as_f64().unwrap_or(0.0).total_cmp(&a["request_rate"].as_f64().unwrap_or(0.0)));
     edges
         .iter()
-        .map(|e| vec![label(&e["source"]), label(&e["target"]), e["protocol"].as_str().unwrap_or("").to_owned(), success(e), rps(e), ms(&e["p50_ms"]), ms(&e["p95_ms"]), ms(&e["p99_ms"])])
+        .map(|e| {
+            let protocol = e["protocol"].as_str().unwrap_or("").to_owned();
+            vec![label(&e["source"]), label(&e["target"]), protocol, success(e), rps(e), retries(e), ms(&e["p50_ms"]), ms(&e["p95_ms"]), ms(&e["p99_ms"])]
+        })
         .collect()
 }
 
-const EDGE_HEADER: [&str; 8] = ["SRC", "DST", "PROTOCOL", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
+const EDGE_HEADER: [&str; 9] = ["SRC", "DST", "PROTOCOL", "SUCCESS", "RPS", "RETRIES", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
 
 /// `meshlens edges`.
 pub async fn edges(query: &Query, output: Output) -> anyhow::Result<()> {
@@ -186,5 +198,26 @@ pub async fn top(query: &Query, interval: Duration, iterations: Option<u64>, out
             () = tokio::time::sleep(interval) => {},
             () = meshlens_proxy::cli::shutdown_signal() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_row_shows_its_retries_as_a_share_of_its_requests() {
+        let view = json!({
+            "nodes": [{"id": "a", "label": "frontend"}, {"id": "b", "label": "checkout"}, {"id": "c", "label": "idle"}],
+            "edges": [
+                {"source": "a", "target": "b", "protocol": "http", "requests": 400, "retries": 10, "error_ratio": 0.0025,
+                 "request_rate": 6.7, "p50_ms": 16.9, "p95_ms": 40.4, "p99_ms": 49.3},
+                {"source": "a", "target": "c", "protocol": "grpc", "requests": 0, "retries": 0, "request_rate": 0.0},
+            ],
+        });
+        let rows = edge_rows(&view);
+        assert_eq!(rows[0], ["frontend", "checkout", "http", "99.75%", "6.7rps", "2.50%", "17ms", "40ms", "49ms"]);
+        assert_eq!(rows[1][3..6], ["-", "0.0rps", "-"]);
+        assert_eq!(rows[0].len(), EDGE_HEADER.len());
     }
 }
