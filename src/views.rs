@@ -65,20 +65,22 @@ fn ms(v: &Value) -> String {
     v.as_f64().map_or_else(|| "-".into(), |v| if v < 10.0 { format!("{v:.2}ms") } else { format!("{v:.0}ms") })
 }
 
-fn success(t: &Value) -> String {
+/// A share of an edge's or node's requests as a percentage: `-` without requests.
+fn share_of_requests(t: &Value, share: impl FnOnce(f64) -> f64) -> String {
     match t["requests"].as_u64() {
         Some(0) | None => "-".into(),
-        Some(_) => format!("{:.2}%", (1.0 - t["error_ratio"].as_f64().unwrap_or(0.0)) * 100.0),
+        Some(n) => format!("{:.2}%", share(n as f64) * 100.0),
     }
 }
 
+fn success(t: &Value) -> String {
+    share_of_requests(t, |_| 1.0 - t["error_ratio"].as_f64().unwrap_or(0.0))
+}
+
 /// Retries as a share of the requests they were made for (a request with two retries adds
-/// two): `-` without requests.
+/// two).
 fn retries(t: &Value) -> String {
-    match t["requests"].as_u64() {
-        Some(0) | None => "-".into(),
-        Some(n) => format!("{:.2}%", t["retries"].as_u64().unwrap_or(0) as f64 / n as f64 * 100.0),
-    }
+    share_of_requests(t, |n| t["retries"].as_u64().unwrap_or(0) as f64 / n)
 }
 
 fn rps(t: &Value) -> String {
