@@ -83,6 +83,16 @@ fn retries(t: &Value) -> String {
     share_of_requests(t, |n| t["retries"].as_u64().unwrap_or(0) as f64 / n)
 }
 
+/// Linkerd's "actual" success: successful attempts over all attempts, the sidecars' retries
+/// included. The sidecar retries only failed attempts, so each request that succeeded had
+/// exactly one successful attempt and every retry followed a failed one.
+fn actual_success(t: &Value) -> String {
+    share_of_requests(t, |n| {
+        let count = |key: &str| t[key].as_u64().unwrap_or(0) as f64;
+        (n - count("errors")) / (n + count("retries"))
+    })
+}
+
 fn rps(t: &Value) -> String {
     format!("{:.1}rps", t["request_rate"].as_f64().unwrap_or(0.0))
 }
@@ -160,12 +170,13 @@ fn edge_rows(view: &Value) -> Vec<Vec<String>> {
         .iter()
         .map(|e| {
             let protocol = e["protocol"].as_str().unwrap_or("").to_owned();
-            vec![label(&e["source"]), label(&e["target"]), protocol, success(e), rps(e), retries(e), ms(&e["p50_ms"]), ms(&e["p95_ms"]), ms(&e["p99_ms"])]
+            vec![label(&e["source"]), label(&e["target"]), protocol, success(e), rps(e), retries(e), actual_success(e), ms(&e["p50_ms"]), ms(&e["p95_ms"]), ms(&e["p99_ms"])]
         })
         .collect()
 }
 
-const EDGE_HEADER: [&str; 9] = ["SRC", "DST", "PROTOCOL", "SUCCESS", "RPS", "RETRIES", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
+const EDGE_HEADER: [&str; 10] =
+    ["SRC", "DST", "PROTOCOL", "SUCCESS", "RPS", "RETRIES", "ACTUAL_SUCCESS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
 
 /// `meshlens edges`.
 pub async fn edges(query: &Query, output: Output) -> anyhow::Result<()> {
@@ -208,18 +219,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_edge_row_shows_its_retries_as_a_share_of_its_requests() {
+    fn an_edge_row_shows_its_retries_and_the_success_of_every_attempt() {
         let view = json!({
             "nodes": [{"id": "a", "label": "frontend"}, {"id": "b", "label": "checkout"}, {"id": "c", "label": "idle"}],
             "edges": [
-                {"source": "a", "target": "b", "protocol": "http", "requests": 400, "retries": 10, "error_ratio": 0.0025,
+                {"source": "a", "target": "b", "protocol": "http", "requests": 400, "errors": 1, "retries": 10, "error_ratio": 0.0025,
                  "request_rate": 6.7, "p50_ms": 16.9, "p95_ms": 40.4, "p99_ms": 49.3},
                 {"source": "a", "target": "c", "protocol": "grpc", "requests": 0, "retries": 0, "request_rate": 0.0},
             ],
         });
         let rows = edge_rows(&view);
-        assert_eq!(rows[0], ["frontend", "checkout", "http", "99.75%", "6.7rps", "2.50%", "17ms", "40ms", "49ms"]);
-        assert_eq!(rows[1][3..6], ["-", "0.0rps", "-"]);
+        // 399 of 410 attempts succeeded: the 10 retries and the last attempt of the failed request failed.
+        assert_eq!(rows[0], ["frontend", "checkout", "http", "99.75%", "6.7rps", "2.50%", "97.32%", "17ms", "40ms", "49ms"]);
+        assert_eq!(rows[1][3..7], ["-", "0.0rps", "-", "-"]);
         assert_eq!(rows[0].len(), EDGE_HEADER.len());
     }
 }

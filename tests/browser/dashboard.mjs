@@ -63,6 +63,10 @@ try {
   const retriesRow = () => [...document.querySelectorAll("#detail-table tr")].some((r) => /^Retries\s*[1-9]/.test(r.textContent));
   await page.waitForFunction(retriesRow, null, { timeout: 30000 });
   check(true, "the edge panel counts the retries on frontend → checkout");
+  // Every retry followed a failed attempt, so fewer than all attempts succeeded.
+  const actual = await page.$$eval("#detail-table tr", (rows) =>
+    rows.map((r) => /^Actual success\s*([\d.]+)% of attempts/.exec(r.textContent)).find((m) => m)?.[1]);
+  check(actual !== undefined && Number(actual) < 100, `the edge panel shows the success of every attempt (${actual} %)`);
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
   await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
 
