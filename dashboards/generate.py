@@ -33,6 +33,15 @@ def error_ratio(sel, by=None):
     return f"({failed} or {total} * 0) / {total}"
 
 
+def actual_success(sel, by):
+    # Each retry followed a failed attempt and each request that succeeded had one successful
+    # attempt: (requests - failed) / (requests + retries). Every edge has a retries series,
+    # at 0 where its callers never retried.
+    total = rate("meshlens_requests_total", sel, by)
+    failed = rate("meshlens_requests_total", sel + ',classification="failure"', by)
+    return f"({total} - ({failed} or {total} * 0)) / ({total} + {rate('meshlens_retries_total', sel, by)})"
+
+
 def quantile(q, sel, by=None):
     group = f"{by}, le" if by else "le"
     return f"histogram_quantile({q}, sum by ({group}) (rate(meshlens_request_duration_seconds_bucket{{{sel}}}[{RI}])))"
@@ -111,8 +120,12 @@ def overview():
     b.panel("Error ratio by edge", "timeseries", error_ratio(EDGE, "source_service, destination_service"), "percentunit",
             legend="{{source_service}} → {{destination_service}}", w=24)
     b.panel("Retries by edge", "timeseries", rate("meshlens_retries_total", EDGE, "source_service, destination_service"), "reqps",
-            legend="{{source_service}} → {{destination_service}}", w=24,
+            legend="{{source_service}} → {{destination_service}}",
             description="Retries the callers' sidecars made; the request rate counts a retried request once.")
+    b.panel("Actual success by edge", "timeseries", actual_success(EDGE, "source_service, destination_service"), "percentunit",
+            legend="{{source_service}} → {{destination_service}}",
+            description="Successful attempts over all attempts, the callers' retries included. "
+                        "The success ratio counts each request once, by its last attempt.")
     return b
 
 

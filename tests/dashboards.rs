@@ -160,6 +160,18 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
     }
     assert!(failures.is_empty(), "{} of {checked} expressions returned no data:\n{}", failures.len(), failures.join("\n"));
 
+    // Payments failed, so checkout answered 502 and the frontend's sidecar retried: over the
+    // whole run, fewer of frontend → checkout's attempts succeeded than of its requests.
+    let overview: Value = serde_json::from_str(&std::fs::read_to_string(repo("dashboards/grafana/mesh-overview.json")).expect("dashboard")).expect("JSON");
+    let panel = |title: &str| {
+        let (_, expr) = dashboard_exprs(&overview).into_iter().find(|(t, _)| t == title).expect("panel");
+        let edge = [("namespace", "shop"), ("source", "frontend"), ("destination", "checkout")];
+        let query = substitute(&expr, &edge).replace("[1m]", "[10m]");
+        prom.vector(&query).first().map(|(_, v)| *v).expect("one edge")
+    };
+    let (actual, effective) = (panel("Actual success by edge"), panel("Success ratio"));
+    assert!(actual < 1.0 && actual < effective, "actual success {actual}, success ratio {effective}");
+
     // The alerts fire for what the demo breaks, and only there: payments fails ~5% (50x its
     // budget), and its failures reach checkout and frontend, which call it; the services
     // off that path stay quiet.
