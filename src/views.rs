@@ -170,7 +170,9 @@ fn edge_rows(view: &Value) -> Vec<Vec<String>> {
         .iter()
         .map(|e| {
             let protocol = e["protocol"].as_str().unwrap_or("").to_owned();
-            vec![label(&e["source"]), label(&e["target"]), protocol, success(e), rps(e), retries(e), actual_success(e), ms(&e["p50_ms"]), ms(&e["p95_ms"]), ms(&e["p99_ms"])]
+            let (source, target) = (label(&e["source"]), label(&e["target"]));
+            let latency = [&e["p50_ms"], &e["p95_ms"], &e["p99_ms"]].map(ms);
+            [vec![source, target, protocol, success(e), rps(e), retries(e), actual_success(e)], latency.to_vec()].concat()
         })
         .collect()
 }

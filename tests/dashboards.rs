@@ -47,6 +47,11 @@ fn rule_exprs(path: &str) -> Vec<(String, String, bool)> {
     out
 }
 
+/// `dashboards/grafana/{file}.json`.
+fn dashboard(file: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo(&format!("dashboards/grafana/{file}.json"))).expect("dashboard")).expect("JSON")
+}
+
 /// Every expression of a dashboard: panel targets and template-variable queries (Grafana's
 /// `label_values(selector, label)` becomes `group by (label) (selector)`).
 fn dashboard_exprs(board: &Value) -> Vec<(String, String)> {
@@ -134,7 +139,7 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
     let concrete = [("namespace", "shop"), ("service", "checkout"), ("workload", "checkout-v1"), ("source", "checkout"), ("destination", "payments")];
     let all = [("namespace", ".*"), ("service", ".*"), ("workload", ".*"), ("source", ".*"), ("destination", ".*")];
     for file in ["mesh-overview", "service-detail", "workload-detail", "collector-health"] {
-        let board: Value = serde_json::from_str(&std::fs::read_to_string(repo(&format!("dashboards/grafana/{file}.json"))).expect("dashboard")).expect("JSON");
+        let board = dashboard(file);
         assert!(board["uid"].as_str().is_some_and(|u| u.starts_with("meshlens-")), "{file}: uid");
         for (title, expr) in dashboard_exprs(&board) {
             for values in [&concrete[..], &all[..]] {
@@ -162,7 +167,7 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
 
     // Payments failed, so checkout answered 502 and the frontend's sidecar retried: over the
     // whole run, fewer of frontend → checkout's attempts succeeded than of its requests.
-    let overview: Value = serde_json::from_str(&std::fs::read_to_string(repo("dashboards/grafana/mesh-overview.json")).expect("dashboard")).expect("JSON");
+    let overview = dashboard("mesh-overview");
     let panel = |title: &str| {
         let (_, expr) = dashboard_exprs(&overview).into_iter().find(|(t, _)| t == title).expect("panel");
         let edge = [("namespace", "shop"), ("source", "frontend"), ("destination", "checkout")];

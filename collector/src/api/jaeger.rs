@@ -218,7 +218,7 @@ async fn find_traces(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) ->
 
 async fn get_trace(State(p): State<Arc<Pipeline>>, Path(trace_id): Path<String>) -> Result<Response, JaegerError> {
     let id = TraceId::parse_hex(&trace_id)
-        .ok_or_else(|| JaegerError::bad_request(format!("cannot parse traceID {trace_id:?}: expected 1 to 32 hex digits")))?;
+        .ok_or_else(|| JaegerError::bad_request(format!("cannot parse traceID {trace_id:?}: expected 1 to 32 hex digits, not all zero")))?;
     let view = read_store(&p.tables)?.spans.traces(&[id]);
     match view.get(&id) {
         Some(spans) => Ok(envelope([trace_json(&spans)], 1)),
