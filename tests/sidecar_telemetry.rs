@@ -741,6 +741,47 @@ fn a_response_the_upstream_breaks_off_is_an_upstream_reset_on_both_sides() {
     }
 }
 
+/// An app that reads a request's head and its chunked body to the last chunk, then answers
+/// `200`; a connection that closes first gets nothing.
+fn body_reading_app(addr: std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        read_head(&mut reader);
+        let mut line = String::new();
+        while line != "0\r\n" {
+            line.clear();
+            if !reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                return;
+            }
+        }
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    });
+}
+
+#[test]
+fn a_malformed_request_body_is_the_callers_failure_not_the_upstreams() {
+    let dir = TestDir::new("malformed-body");
+    let hop = RawHop::start(&dir, "upload", body_reading_app);
+    let chunked = "POST /whole HTTP/1.1\r\nHost: upload\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let (whole, _) = hop.exchange(format!("{chunked}4\r\nfull\r\n0\r\n\r\n").as_bytes());
+    assert!(whole.starts_with("HTTP/1.1 200"), "the app answers a whole body: {whole}");
+    // An invalid chunk size after the first chunk: the tester's sidecar has already sent the
+    // head and the first chunk upstream when the caller's body breaks.
+    let (answer, _) = hop.exchange(b"POST /broken HTTP/1.1\r\nHost: upload\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\nzz\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("request body from the caller failed"), "{answer}");
+
+    // The caller's side: a bad request (Envoy's DPE), not an upstream reset. The called side
+    // saw its caller (the tester's sidecar) go away mid-body.
+    let rows = hop.both_spans("kind, status, response_flags, http_status_code, events", "/broken");
+    let (client, server) = (&rows[0], &rows[1]);
+    assert_eq!((client[0].as_str(), client[2].as_str(), &client[3]), (Some("client"), Some("DPE"), &Value::from(400)), "{client:?}");
+    assert!(client[4].as_str().is_some_and(|e| e.contains("\"bad_request\"") && !e.contains("upstream_reset")), "{client:?}");
+    assert_eq!((server[0].as_str(), server[2].as_str()), (Some("server"), Some("DC")), "{server:?}");
+    assert!(server[4].as_str().is_some_and(|e| !e.contains("upstream_reset")), "{server:?}");
+}
+
 /// An app that answers with part of the body it announces, then sends nothing more for ten
 /// seconds with the connection open.
 fn stalling_app(addr: std::net::SocketAddr) {

@@ -57,6 +57,52 @@ pub enum ProxyError {
     /// The request could not be rewritten for the upstream (invalid URI parts).
     #[error("request cannot be forwarded: {0}")]
     BadRequest(String),
+    /// The caller's request body failed while it was being sent upstream: it was malformed
+    /// (an invalid chunk, say) or the caller went away. The caller's failure, not the
+    /// upstream's: no outlier counts it and no retry repeats it.
+    #[error("the request body from the caller failed: {reason}")]
+    RequestBody {
+        /// What went wrong, its causes joined.
+        reason: String,
+        /// Malformed (Envoy's `DPE`), rather than cut off by the caller (`DC`).
+        malformed: bool,
+    },
+}
+
+impl ProxyError {
+    /// What a request that failed on its way to `addr` with `error` (hyper's client error)
+    /// failed of. The sidecar's request bodies come from the caller, so when the body it was
+    /// sending failed, the caller did. hyper reports that over HTTP/1.1 as its own error
+    /// (`User(Body)`, the body's error as its source); over HTTP/2 it resets the stream
+    /// itself, and the exchange fails with that reset: `CANCEL` when the caller cancelled
+    /// its stream, `INTERNAL_ERROR` for any other failure, taken as the caller having gone,
+    /// the usual case. Anything else is the upstream's reset.
+    pub fn upstream_send(addr: SocketAddr, error: hyper::Error) -> Self {
+        use std::error::Error as _;
+        let h2 = error.source().and_then(|s| s.downcast_ref::<h2::Error>());
+        if let Some(reset) = h2.filter(|e| e.is_reset() && !e.is_remote() && !e.is_library()) {
+            let reason = reset.reason().unwrap_or(h2::Reason::INTERNAL_ERROR);
+            let malformed = ![h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR].contains(&reason);
+            return Self::RequestBody { reason: format!("the sidecar reset the upstream stream ({reason})"), malformed };
+        }
+        let body = error.is_user().then(|| error.source()).flatten().filter(|s| s.is::<crate::body::BodyError>());
+        let Some(body) = body else {
+            return Self::UpstreamReset { addr, source: error.into() };
+        };
+        let mut reason = body.to_string();
+        let mut malformed = false;
+        let mut cause = body.source();
+        while let Some(e) = cause {
+            let message = e.to_string();
+            if !reason.ends_with(&message) {
+                reason = format!("{reason}: {message}");
+            }
+            let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+            malformed |= matches!(kind, Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput));
+            cause = e.source();
+        }
+        Self::RequestBody { reason, malformed }
+    }
 }
 
 /// Errors of starting or configuring a sidecar.

@@ -80,6 +80,9 @@ pub fn status_and_flags(error: &ProxyError) -> (StatusCode, ResponseFlags, i32) 
         ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, ResponseFlags::UPSTREAM_RESET, 14),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, 4),
         ProxyError::StreamIdle { .. } => (StatusCode::REQUEST_TIMEOUT, ResponseFlags::STREAM_IDLE_TIMEOUT, 4),
+        ProxyError::RequestBody { malformed: true, .. } => (StatusCode::BAD_REQUEST, ResponseFlags::BAD_REQUEST, 3),
+        // The caller is gone and reads no answer; its record says what happened.
+        ProxyError::RequestBody { malformed: false, .. } => (StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_TERMINATED, 1),
     }
 }
 

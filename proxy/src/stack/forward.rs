@@ -274,6 +274,81 @@ mod authority_tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// An upstream (HTTP/1.1 and HTTP/2) that reads the whole request body, then answers
+    /// with its length.
+    async fn reading_upstream() -> std::net::SocketAddr {
+        let (addr, _) = testing::upstream(|stream| {
+            let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let read = req.into_body().collect().await.map(|b| b.to_bytes().len().to_string()).unwrap_or_else(|e| e.to_string());
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(read))))
+            });
+            tokio::spawn(
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+        })
+        .await;
+        addr
+    }
+
+    /// A caller's body that sends four bytes, then fails with its error.
+    struct BrokenBody {
+        sent: bool,
+        error: Option<crate::error::BoxError>,
+    }
+
+    impl http_body::Body for BrokenBody {
+        type Data = bytes::Bytes;
+        type Error = crate::error::BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::error::BoxError>>> {
+            if !std::mem::replace(&mut self.sent, true) {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"half")))));
+            }
+            Poll::Ready(self.error.take().map(Err))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_the_caller_breaks_is_the_callers_failure() {
+        use std::io::{Error, ErrorKind};
+        use http::Version;
+        let addr = reading_upstream().await;
+        let mut forward = Forward::default();
+        // What the caller's side reports: hyper's HTTP/1.1 decoder, an invalid chunk
+        // (`InvalidInput`) or the connection closed mid-body (`UnexpectedEof`); its HTTP/2
+        // streams, a reset. Over HTTP/1.1 the upstream side tells them apart; over HTTP/2 only
+        // the reset's reason is left, and an error that was not a reset counts as the
+        // caller having gone.
+        type Caller = fn() -> crate::error::BoxError;
+        let cases: [(Version, Caller, bool); 6] = [
+            (Version::HTTP_11, || Error::from(ErrorKind::InvalidInput).into(), true),
+            (Version::HTTP_11, || Error::from(ErrorKind::UnexpectedEof).into(), false),
+            (Version::HTTP_2, || Error::from(ErrorKind::InvalidInput).into(), false),
+            (Version::HTTP_2, || Error::from(ErrorKind::UnexpectedEof).into(), false),
+            (Version::HTTP_2, || h2::Error::from(h2::Reason::CANCEL).into(), false),
+            (Version::HTTP_2, || h2::Error::from(h2::Reason::PROTOCOL_ERROR).into(), true),
+        ];
+        for (version, error, malformed) in cases {
+            let broken = BrokenBody { sent: false, error: Some(error()) };
+            let mut req = http::Request::post("http://reviews/x").version(version).body(body::boxed(broken)).expect("request");
+            req.extensions_mut().insert(Upstream(addr));
+            match forward.call(req).await {
+                Err(ProxyError::RequestBody { malformed: m, reason }) => assert_eq!(m, malformed, "{version:?}: {reason}"),
+                other => panic!("{version:?}: {:?}", other.map(|r| r.status())),
+            }
+        }
+        // The upstream connections are still fine for the next request.
+        let mut whole = http::Request::post("http://reviews/x").body(body::full("whole")).expect("request");
+        whole.extensions_mut().insert(Upstream(addr));
+        let response = forward.call(whole).await.expect("forwarded");
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "5");
+    }
+
     #[tokio::test]
     async fn an_http2_request_without_an_authority_names_the_endpoint() {
         let (addr, _) = echo_upstream().await;

@@ -91,7 +91,7 @@ impl Http2Pool {
                         self.0.forget(addr, generation);
                         req = unsent;
                     }
-                    None => return Err(ProxyError::UpstreamReset { addr, source: e.into_error().into() }),
+                    None => return Err(ProxyError::upstream_send(addr, e.into_error())),
                 },
             }
         }

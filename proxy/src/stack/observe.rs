@@ -189,6 +189,8 @@ where
                 (ResponseFlags::NO_ROUTE, "no_route"),
                 (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
                 (ResponseFlags::STREAM_IDLE_TIMEOUT, "idle_timeout"),
+                (ResponseFlags::BAD_REQUEST, "bad_request"),
+                (ResponseFlags::DOWNSTREAM_TERMINATED, "downstream_terminated"),
             ]
             .into_iter()
             .find(|(flag, _)| record.flags.contains(*flag));
@@ -274,6 +276,8 @@ impl BodyObserver for InFlight {
 fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end: BodyEnd) {
     record.duration = start.elapsed();
     match end {
+        // Its `downstream_terminated` event came with the sidecar's answer.
+        BodyEnd::Dropped if record.flags.contains(ResponseFlags::DOWNSTREAM_TERMINATED) => {}
         BodyEnd::Dropped => {
             record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
             record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });

@@ -212,6 +212,17 @@ mod tests {
     }
 
     #[test]
+    fn only_the_upstreams_failures_count_against_it() {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
+        assert!(failed(&Err(ProxyError::UpstreamReset { addr, source: "reset".into() })));
+        assert!(failed(&Err(ProxyError::Timeout { after: Duration::from_secs(1) })));
+        for malformed in [true, false] {
+            let caller = Err(ProxyError::RequestBody { reason: "the caller's body broke".into(), malformed });
+            assert!(!failed(&caller), "the caller's body failing says nothing of the endpoint");
+        }
+    }
+
+    #[test]
     fn ejections_are_capped_and_need_a_policy() {
         let detector = OutlierDetector::default();
         let svc = service(2, Some(POLICY));

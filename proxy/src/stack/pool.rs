@@ -93,7 +93,7 @@ impl Http1Pool {
                 Err(mut e) => match e.take_message() {
                     // Nothing was sent: the reused connection had been closed. Try another.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(ProxyError::UpstreamReset { addr, source: e.into_error().into() }),
+                    _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
                 },
             }
         }
