@@ -853,6 +853,35 @@ fn an_application_that_never_answers_gets_its_caller_a_408_at_the_stream_idle_ti
     assert_eq!(client[3], 408, "{client:?}");
 }
 
+#[test]
+fn a_caller_that_leaves_before_the_answer_is_still_recorded_with_flag_dc() {
+    let dir = TestDir::new("caller-gone");
+    let hop = RawHop::start(&dir, "quiet", silent_app);
+    // The caller gives up after 300 ms; the app would hold the request for ten seconds.
+    let caller = hop.send(b"GET /gone HTTP/1.1\r\nHost: quiet\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(caller);
+
+    // Both sides record the request when their caller leaves (the tester's sidecar, then
+    // the called one, whose caller is that sidecar), as Envoy logs it: no response, `DC`.
+    let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, duration_ns", "/gone");
+    for (row, kind) in rows.iter().zip(["client", "server"]) {
+        assert_eq!((row[0].as_str(), row[1].as_str(), row[2].as_str()), (Some(kind), Some("error"), Some("DC")), "{row:?}");
+        assert!(row[3].is_null(), "no response, no status code: {row:?}");
+        assert!(row[4].as_str().is_some_and(|e| e.contains("\"downstream_terminated\"")), "{row:?}");
+        let waited = Duration::from_nanos(row[5].as_u64().unwrap_or(0));
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "until the caller left: {waited:?}");
+    }
+    let logs = wait_for("an access log on each side", Duration::from_secs(15), || {
+        let logs = hop.collector.sql_rows("SELECT body FROM logs WHERE attributes LIKE '%/gone%'");
+        (logs.len() == 2).then_some(logs)
+    });
+    assert!(logs.iter().all(|l| l[0].as_str().is_some_and(|b| b.starts_with("GET /gone HTTP/1.1 0 DC "))), "{logs:?}");
+    let topology = hop.collector.json("/api/v1/topology?window=60s");
+    let edge = edge(&topology, "tester.test", "quiet.test").expect("the edge");
+    assert_eq!((&edge["requests"], &edge["errors"]), (&Value::from(1), &Value::from(1)), "{edge}");
+}
+
 /// An HTTP/2 (cleartext) app: `/ok` answers `ok`; anything else answers with headers and one
 /// body frame, then sends nothing more on that stream.
 fn stalling_h2_app(addr: std::net::SocketAddr) {

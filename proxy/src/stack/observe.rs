@@ -153,7 +153,10 @@ where
         let grpc = record.grpc;
         let req = req.map(|b| body::boxed(ObservedBody::new(b, request.clone())));
         let fut = self.inner.call(req);
+        let (record, request_progress) = (Some(record), request.clone());
+        let waiting = Waiting { telemetry: telemetry.clone(), record, start, request: request_progress, resolution: resolution.clone() };
         Box::pin(async move {
+            let mut waiting = waiting;
             let response = match stream_idle {
                 None => fut.await,
                 Some(after) => match stream_idle::until_headers(fut, after, &request, || resolution.answer_limit()).await {
@@ -163,25 +166,14 @@ where
                 },
             };
             let Ok(response) = response;
-            let mut record = record;
+            let Some(mut record) = waiting.record.take() else { return Ok(response) };
             record.status = response.status().as_u16();
             record.grpc_status = classify::grpc_status(response.headers());
             record.flags = response.extensions().get::<ResponseFlags>().copied().unwrap_or_default();
             if let (Some(names), Some(captured)) = (telemetry.access_log_headers(), record.headers.as_deref_mut()) {
                 names.capture_response(response.headers(), captured);
             }
-            if let Some(endpoint) = resolution.endpoint() {
-                record.destination = Some(endpoint.identity.clone());
-                record.upstream = Some(endpoint.address);
-            }
-            if let Some(route) = resolution.route() {
-                record.route = Some(route.clone());
-            }
-            for note in resolution.notes() {
-                record.retries += u32::from(note.name == super::RETRY);
-                let offset = note.at.saturating_duration_since(start);
-                record.events.push(SpanEvent { offset, name: note.name, message: Some(note.message) });
-            }
+            resolved(&mut record, &resolution, start);
             let failure = [
                 (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),
                 (ResponseFlags::UPSTREAM_RESET, "upstream_reset"),
@@ -206,6 +198,44 @@ where
             let in_flight = InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active) };
             Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, stream_idle, request), in_flight))))
         })
+    }
+}
+
+/// What the inner layers chose and did for the exchange: its endpoint, route and retries.
+fn resolved(record: &mut RequestRecord, resolution: &Resolution, start: Instant) {
+    if let Some(endpoint) = resolution.endpoint() {
+        record.destination = Some(endpoint.identity.clone());
+        record.upstream = Some(endpoint.address);
+    }
+    if let Some(route) = resolution.route() {
+        record.route = Some(route.clone());
+    }
+    for note in resolution.notes() {
+        record.retries += u32::from(note.name == super::RETRY);
+        let offset = note.at.saturating_duration_since(start);
+        record.events.push(SpanEvent { offset, name: note.name, message: Some(note.message) });
+    }
+}
+
+/// The record of an exchange still waiting for its response headers. When the caller goes
+/// away meanwhile, the server drops the exchange with it; the record is then made here, as
+/// Envoy logs such a request: no response (status 0), flag `DC`, a `downstream_terminated`
+/// event, and what the inner layers had done by then.
+struct Waiting {
+    telemetry: Telemetry,
+    record: Option<RequestRecord>,
+    start: Instant,
+    request: Arc<RequestProgress>,
+    resolution: Resolution,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else { return };
+        resolved(&mut record, &self.resolution, self.start);
+        record.request_bytes = self.request.bytes();
+        record.request_duration = self.request.ended_after();
+        finish(&self.telemetry, record, self.start, BodyEnd::Dropped);
     }
 }
 

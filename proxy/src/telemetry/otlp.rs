@@ -120,7 +120,10 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         a.string("url.query", query);
     }
     a.string("url.scheme", r.origin.scheme);
-    a.integer("http.response.status_code", i64::from(r.status));
+    // None when no response was sent (the caller went away before it).
+    if r.status != 0 {
+        a.integer("http.response.status_code", i64::from(r.status));
+    }
     // `network.protocol.name` is left out: OpenTelemetry's HTTP conventions want it only when
     // it is not `http`, and a sidecar's records are all HTTP (gRPC says `rpc.system`).
     a.string("network.protocol.version", r.protocol_version());
