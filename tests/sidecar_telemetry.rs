@@ -56,6 +56,16 @@ impl RawHop {
     /// [`RawHop::start`], with settings (whole TOML tables) in the tester's and the called
     /// service's sidecars.
     fn start_configured(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr), settings: [&str; 2]) -> Self {
+        Self::launch(dir, service, app, settings, "")
+    }
+
+    /// [`RawHop::start`], with `entry` (keys and tables of its `[[services]]` entry: a
+    /// timeout, a retry policy) for the called service in the tester's sidecar.
+    fn start_routed(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr), entry: &str) -> Self {
+        Self::launch(dir, service, app, ["", ""], entry)
+    }
+
+    fn launch(dir: &TestDir, service: &str, app: fn(std::net::SocketAddr), settings: [&str; 2], entry: &str) -> Self {
         let collector = CollectorProc::start(dir);
         let mut tester = Workload::new("tester", &[]);
         let mut called = Workload::new(service, &[]);
@@ -70,7 +80,7 @@ impl RawHop {
         std::fs::write(&config, sidecar_toml(&called, &mesh, collector.grpc)).expect("write");
         let sidecar = Proc::start(dir, &format!("{service}-sidecar"), &["proxy", "--config", config.to_str().unwrap_or_default()]);
         wait_listening(called.inbound, "the called inbound");
-        let tester_sidecar = start_tester(dir, &tester, &mesh, &collector, service, "");
+        let tester_sidecar = start_tester(dir, &tester, &mesh, &collector, service, entry);
         Self { collector, tester, _sidecars: [sidecar, tester_sidecar] }
     }
 
@@ -880,6 +890,58 @@ fn a_caller_that_leaves_before_the_answer_is_still_recorded_with_flag_dc() {
     let topology = hop.collector.json("/api/v1/topology?window=60s");
     let edge = edge(&topology, "tester.test", "quiet.test").expect("the edge");
     assert_eq!((&edge["requests"], &edge["errors"]), (&Value::from(1), &Value::from(1)), "{edge}");
+}
+
+/// An app that answers its first request `502` at once, and reads every later one and never
+/// answers it (holding the connection for ten seconds).
+fn fails_then_hangs_app(addr: std::net::SocketAddr) {
+    use std::{io::{BufReader, Write}, sync::atomic::{AtomicUsize, Ordering}};
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        if read_head(&mut reader).is_empty() {
+            return;
+        }
+        if SEEN.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    });
+}
+
+#[test]
+fn an_attempt_the_service_timeout_cuts_off_is_still_a_span_with_its_servers_under_it() {
+    let dir = TestDir::new("attempt-cut-off");
+    let entry = "timeout = \"500ms\"\n[services.retry]\nattempts = 2\non = [\"gateway-error\"]\nbackoff = \"5ms\"\n";
+    let hop = RawHop::start_routed(&dir, "slow", fails_then_hangs_app, entry);
+    let (answer, _) = hop.exchange(b"GET /slow HTTP/1.1\r\nHost: slow\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 504"), "the service timeout ends both attempts: {answer}");
+
+    // The request's span, one CLIENT span per attempt, and the called side's SERVER span of
+    // each attempt.
+    let rows = wait_for("five spans", Duration::from_secs(15), || {
+        let sql = "SELECT kind, span_id, parent_span_id, response_flags, http_status_code, events, attributes \
+                   FROM spans WHERE attributes LIKE '%/slow%' ORDER BY start_time";
+        let rows = hop.collector.sql_rows(sql);
+        (rows.len() == 5).then_some(rows)
+    });
+    let attempt = |row: &Value| {
+        let attributes: Value = serde_json::from_str(row[6].as_str().unwrap_or_default()).expect("attributes JSON");
+        attributes["meshlens.retry.attempt"].as_i64()
+    };
+    let find = |kind: &str, n: Option<i64>| rows.iter().find(|r| r[0] == kind && attempt(r) == n).cloned().expect("the span");
+    let request = find("client", None);
+    assert_eq!((request[3].as_str(), &request[4]), (Some("UT"), &Value::from(504)), "{request:?}");
+    let (first, second) = (find("client", Some(1)), find("client", Some(2)));
+    assert!(first[5].as_str().is_some_and(|e| e.contains("\"retried\"")), "{first:?}");
+    assert!(second[4].is_null() && second[5].as_str().is_some_and(|e| e.contains("\"cancelled\"")), "{second:?}");
+    for client in [&first, &second] {
+        assert_eq!(client[2], request[1], "each attempt is a child of the request's span: {client:?}");
+        let server = rows.iter().find(|r| r[0] == "server" && r[2] == client[1]);
+        assert!(server.is_some(), "the called side's span of attempt {:?} hangs under it: {rows:?}", attempt(client));
+    }
 }
 
 /// An HTTP/2 (cleartext) app: `/ok` answers `ok`; anything else answers with headers and one

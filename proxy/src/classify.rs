@@ -59,6 +59,24 @@ impl ResponseFlags {
     }
 }
 
+impl ResponseFlags {
+    /// The span event that marks the failure these flags say the sidecar saw, if any
+    /// (`upstream_connect_failure`, `timeout`, ...).
+    pub fn failure_event(self) -> Option<&'static str> {
+        const EVENTS: [(ResponseFlags, &str); 8] = [
+            (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),
+            (ResponseFlags::UPSTREAM_RESET, "upstream_reset"),
+            (ResponseFlags::UPSTREAM_TIMEOUT, "timeout"),
+            (ResponseFlags::NO_ROUTE, "no_route"),
+            (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+            (ResponseFlags::STREAM_IDLE_TIMEOUT, "idle_timeout"),
+            (ResponseFlags::BAD_REQUEST, "bad_request"),
+            (ResponseFlags::DOWNSTREAM_TERMINATED, "downstream_terminated"),
+        ];
+        EVENTS.iter().find(|(flag, _)| self.contains(*flag)).map(|(_, name)| *name)
+    }
+}
+
 impl std::ops::BitOr for ResponseFlags {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {

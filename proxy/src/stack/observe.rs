@@ -174,19 +174,7 @@ where
                 names.capture_response(response.headers(), captured);
             }
             resolved(&mut record, &resolution, start);
-            let failure = [
-                (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),
-                (ResponseFlags::UPSTREAM_RESET, "upstream_reset"),
-                (ResponseFlags::UPSTREAM_TIMEOUT, "timeout"),
-                (ResponseFlags::NO_ROUTE, "no_route"),
-                (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
-                (ResponseFlags::STREAM_IDLE_TIMEOUT, "idle_timeout"),
-                (ResponseFlags::BAD_REQUEST, "bad_request"),
-                (ResponseFlags::DOWNSTREAM_TERMINATED, "downstream_terminated"),
-            ]
-            .into_iter()
-            .find(|(flag, _)| record.flags.contains(*flag));
-            if let Some((_, name)) = failure {
+            if let Some(name) = record.flags.failure_event() {
                 let message = header_string(response.headers(), crate::stack::errors::ERROR_HEADER);
                 record.events.push(SpanEvent { offset: start.elapsed(), name, message });
             }

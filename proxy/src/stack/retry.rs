@@ -148,7 +148,7 @@ where
         if let Some(context) = &context {
             context.inject(req.headers_mut());
         }
-        let span = context.map(|context| AttemptSpan::start(&req, &telemetry, attempt, context));
+        let span = context.map(|context| AttemptSpan::start(&req, &telemetry, &resolution, attempt, context));
         let result = match inner.ready().await {
             Ok(ready) => {
                 let fut = ready.call(req);
@@ -162,7 +162,7 @@ where
         let reason = retry_reason(&policy.on, &result);
         let last = attempt >= policy.attempts || reason.is_none();
         if let Some(span) = span {
-            telemetry.record(span.finish(&resolution, &result, reason.as_deref().filter(|_| !last)));
+            span.finish(&result, reason.as_deref().filter(|_| !last));
         }
         if last {
             if let Some(endpoint) = resolution.endpoint() {
@@ -177,14 +177,19 @@ where
     }
 }
 
-/// What an attempt's CLIENT span needs from the request, taken before it is sent.
+/// An attempt's CLIENT span, from what it needs of the request, taken before it is sent.
+/// It is recorded when the attempt ends, or, when the request is given up first (the
+/// service's timeout, or the caller going away, drop it), as a cancelled attempt: so the
+/// server side's span of that attempt never hangs under a span that was not sent.
 struct AttemptSpan {
-    record: RequestRecord,
+    record: Option<RequestRecord>,
     start: Instant,
+    telemetry: Telemetry,
+    resolution: Resolution,
 }
 
 impl AttemptSpan {
-    fn start(req: &Request, telemetry: &Telemetry, attempt: u32, context: SpanContext) -> Self {
+    fn start(req: &Request, telemetry: &Telemetry, resolution: &Resolution, attempt: u32, context: SpanContext) -> Self {
         let local = telemetry.identity().clone();
         let (authority, authority_port) = recorded_authority(req);
         let destination_service = authority.clone().unwrap_or_else(|| Arc::from("unknown"));
@@ -222,18 +227,24 @@ impl AttemptSpan {
             attempt: Some(attempt),
             headers: None,
         };
-        Self { record, start: Instant::now() }
+        Self { record: Some(record), start: Instant::now(), telemetry: telemetry.clone(), resolution: resolution.clone() }
     }
 
-    /// The attempt's record: it lasted until its response headers (or its failure).
-    fn finish(self, resolution: &Resolution, result: &Result<Response, ProxyError>, retried: Option<&str>) -> RequestRecord {
-        let Self { mut record, start } = self;
-        record.duration = start.elapsed();
-        record.route = resolution.route().cloned();
-        if let Some(endpoint) = resolution.endpoint() {
+    /// The record so far, timed to now, with the endpoint and route the attempt went to.
+    fn take(&mut self) -> Option<RequestRecord> {
+        let mut record = self.record.take()?;
+        record.duration = self.start.elapsed();
+        record.route = self.resolution.route().cloned();
+        if let Some(endpoint) = self.resolution.endpoint() {
             record.destination = Some(endpoint.identity.clone());
             record.upstream = Some(endpoint.address);
         }
+        Some(record)
+    }
+
+    /// Records the attempt: it lasted until its response headers (or its failure).
+    fn finish(mut self, result: &Result<Response, ProxyError>, retried: Option<&str>) {
+        let Some(mut record) = self.take() else { return };
         match result {
             Ok(response) => {
                 record.status = response.status().as_u16();
@@ -244,13 +255,7 @@ impl AttemptSpan {
                 record.status = if record.grpc { 200 } else { status.as_u16() };
                 record.grpc_status = record.grpc.then_some(grpc_code);
                 record.flags = flags;
-                let name = if flags.contains(ResponseFlags::UPSTREAM_TIMEOUT) {
-                    "timeout"
-                } else if flags.contains(ResponseFlags::UPSTREAM_RESET) {
-                    "upstream_reset"
-                } else {
-                    "upstream_connect_failure"
-                };
+                let name = flags.failure_event().unwrap_or("error");
                 record.events.push(SpanEvent { offset: record.duration, name, message: Some(error.to_string()) });
             }
         }
@@ -258,7 +263,17 @@ impl AttemptSpan {
             record.events.push(SpanEvent { offset: record.duration, name: "retried", message: Some(reason.to_owned()) });
         }
         record.classification = classify::classify(record.status, record.grpc_status, BodyEnd::Complete, record.flags);
-        record
+        self.telemetry.record(record);
+    }
+}
+
+impl Drop for AttemptSpan {
+    fn drop(&mut self) {
+        let Some(mut record) = self.take() else { return };
+        let message = "the request was given up before this attempt was answered".to_owned();
+        record.events.push(SpanEvent { offset: record.duration, name: "cancelled", message: Some(message) });
+        record.classification = classify::classify(record.status, record.grpc_status, BodyEnd::Dropped, record.flags);
+        self.telemetry.record(record);
     }
 }
 
