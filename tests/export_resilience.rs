@@ -81,6 +81,23 @@ fn collector_down_then_back() {
 }
 
 #[test]
+fn large_records_while_the_collector_is_down_keep_memory_bounded() {
+    let dir = TestDir::new("down-large");
+    // The default queues (4,096 records a signal); each request's path is 60 KB, so its span
+    // and its access log take about 60 KB each.
+    let (tester, _front, procs) = mesh_configured(&dir, free_addr(), "");
+    let call = format!("http://front/{}", "a".repeat(60_000));
+    let report = load_with(&dir, tester.outbound, &call, 4_500, &["--rate", "1500", "--concurrency", "16"]);
+    assert_eq!(report["failed"], 0, "traffic is unaffected: {report}");
+    let dropped = admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("signal", "spans"), ("reason", "queue_full")]);
+    // 8 MiB of 60 KB records is about 140; the record bound alone would have held 4,096,
+    // and the sidecar grew to about 1 GiB.
+    assert!(dropped > 4_000.0, "records past the byte bound are dropped and counted: {dropped}");
+    let rss = procs[0].rss_bytes().expect("rss");
+    assert!(rss < 96 << 20, "sidecar memory stays bounded: {} MiB", rss >> 20);
+}
+
+#[test]
 fn a_collector_that_never_answers_costs_nothing_but_telemetry() {
     let dir = TestDir::new("blackhole");
     // Accepts connections and never answers.

@@ -8,11 +8,13 @@
 //! most of the slowest 1 % of requests were those (`meshlens bench proxy`,
 //! docs/performance.md). Now each request pays for its own records, a few µs.
 //!
-//! The batches waiting to be sent hold at most `capacity` records; past that a record is
-//! dropped and counted, so a slow or absent collector costs memory up to that bound and no
-//! time. A batch closes when it holds `max_batch` records, or when the export task closes
-//! it at its flush time; the export task is woken for a batch's first record and for a full
-//! batch, never for each record.
+//! The batches waiting to be sent hold at most `capacity` records and [`HELD_BYTES`] of
+//! them; past either a record is dropped and counted, so a slow or absent collector costs
+//! memory up to that bound and no time, however large the records a caller's requests make
+//! (a path or a `User-Agent` of tens of kilobytes). A batch closes when it holds `max_batch`
+//! records or [`BATCH_BYTES`], or when the export task closes it at its flush time, so no
+//! export request comes near the 4 MiB that OTLP receivers take by default. The export task
+//! is woken for a batch's first record and for a full batch, never for each record.
 
 use std::{
     collections::VecDeque,
@@ -23,6 +25,13 @@ use tokio::{sync::Notify, time::Instant};
 
 use super::{RequestRecord, wire};
 
+/// Encoded records a signal's batches hold unsent at most: twice what the default 4,096
+/// records of under 1 KB take.
+pub const HELD_BYTES: usize = 8 << 20;
+
+/// Encoded records past which a batch closes.
+pub const BATCH_BYTES: usize = 1 << 20;
+
 /// A closed batch, ready to send.
 #[derive(Debug)]
 pub struct Closed {
@@ -30,6 +39,8 @@ pub struct Closed {
     pub request: wire::Request,
     /// The records it holds.
     pub records: u64,
+    /// Their encoded bytes.
+    bytes: usize,
 }
 
 /// One signal's open batch and the closed ones waiting for the export task.
@@ -54,6 +65,8 @@ struct State {
     closed: VecDeque<Closed>,
     /// Records in the open and closed batches.
     held: usize,
+    /// Their encoded bytes.
+    held_bytes: usize,
     /// A sent request's records buffer, for the next batch.
     spare: Option<Vec<u8>>,
     /// Shut down: records are no longer taken.
@@ -92,19 +105,21 @@ impl Batches {
     /// record.
     pub fn offer(&self, record: &RequestRecord) -> bool {
         let mut state = self.state();
-        if state.shut || state.held >= self.capacity {
+        if state.shut || state.held >= self.capacity || state.held_bytes >= HELD_BYTES {
             return false;
         }
+        let before = state.encoder.pushed_bytes();
         (self.encode)(&mut state.encoder, record);
         state.open += 1;
         state.held += 1;
+        state.held_bytes += state.encoder.pushed_bytes() - before;
         let wake = if state.open == 1 {
             state.open_since = Some(Instant::now());
             true
         } else {
             false
         };
-        let full = state.open >= self.max_batch;
+        let full = state.open >= self.max_batch || state.encoder.pushed_bytes() >= BATCH_BYTES;
         if full {
             self.close(&mut state);
         }
@@ -120,8 +135,9 @@ impl Batches {
             return;
         }
         let next = state.spare.take().unwrap_or_default();
+        let bytes = state.encoder.pushed_bytes();
         let request = state.encoder.finish(&self.resource, &self.scope, next);
-        state.closed.push_back(Closed { request, records: state.open as u64 });
+        state.closed.push_back(Closed { request, records: state.open as u64, bytes });
         state.open = 0;
         state.open_since = None;
     }
@@ -137,6 +153,7 @@ impl Batches {
         let mut state = self.state();
         let closed = state.closed.pop_front()?;
         state.held -= closed.records as usize;
+        state.held_bytes -= closed.bytes;
         Some(closed)
     }
 
@@ -204,6 +221,32 @@ mod tests {
         assert!(!b.offer(&record(true, Outcome::Success, 1)), "shut: dropped");
         let left: u64 = std::iter::from_fn(|| b.take_closed()).map(|c| c.records).sum();
         assert_eq!(left, 3, "what was held is flushed");
+    }
+
+    #[test]
+    fn large_records_close_batches_by_size_and_are_held_up_to_a_byte_bound() {
+        // A caller's request with a 60 KB path: about 60 KB encoded.
+        let mut large = record(true, Outcome::Success, 1);
+        large.path = format!("/{}", "a".repeat(60_000));
+        let b = batches(100_000, 1_000);
+        let mut offered = 0_usize;
+        while b.offer(&large) {
+            offered += 1;
+            assert!(offered < 1_000, "the byte bound stops them");
+        }
+        let mut one = wire::Encoder::default();
+        one.push_span(&large);
+        let size = one.pushed_bytes();
+        assert!(size > 60_000, "{size}");
+        assert_eq!(offered, HELD_BYTES.div_ceil(size), "held up to HELD_BYTES, then dropped");
+        let first = b.take_closed().expect("batches closed by size");
+        assert_eq!(first.records as usize, BATCH_BYTES.div_ceil(size));
+        assert!(first.request.encoded_len() < BATCH_BYTES + size + 1_000, "{}", first.request.encoded_len());
+        assert!(b.offer(&large), "room again once a batch is taken");
+        // Ordinary records still fill batches by count.
+        let small = batches(100, 3);
+        (0..3).for_each(|_| assert!(small.offer(&record(true, Outcome::Success, 1))));
+        assert_eq!(small.take_closed().map(|c| c.records), Some(3));
     }
 
     #[tokio::test]

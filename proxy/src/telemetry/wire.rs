@@ -177,6 +177,11 @@ impl Encoder {
         close_item(&mut self.items, start);
     }
 
+    /// Bytes of the records pushed since the last request.
+    pub fn pushed_bytes(&self) -> usize {
+        self.items.len()
+    }
+
     /// The request of the records pushed since the last one, with the pre-encoded `resource`
     /// and `scope` messages: an `ExportTraceServiceRequest` of spans, or an
     /// `ExportLogsServiceRequest` of log records, which share one shape:
