@@ -153,13 +153,13 @@ where
         let grpc = record.grpc;
         let req = req.map(|b| body::boxed(ObservedBody::new(b, request.clone())));
         let fut = self.inner.call(req);
-        let (record, request_progress) = (Some(record), request.clone());
-        let waiting = Waiting { telemetry: telemetry.clone(), record, start, request: request_progress, resolution: resolution.clone() };
+        let waiting = Waiting { telemetry, record: Some(record), start, request, resolution };
         Box::pin(async move {
             let mut waiting = waiting;
+            let (request, resolution) = (&waiting.request, &waiting.resolution);
             let response = match stream_idle {
                 None => fut.await,
-                Some(after) => match stream_idle::until_headers(fut, after, &request, || resolution.answer_limit()).await {
+                Some(after) => match stream_idle::until_headers(fut, after, request, || resolution.answer_limit()).await {
                     Some(answer) => answer,
                     // Dropping the exchange dropped its upstream stream too.
                     None => Ok(errors::error_response(&ProxyError::StreamIdle { after }, grpc)),
@@ -170,10 +170,10 @@ where
             record.status = response.status().as_u16();
             record.grpc_status = classify::grpc_status(response.headers());
             record.flags = response.extensions().get::<ResponseFlags>().copied().unwrap_or_default();
-            if let (Some(names), Some(captured)) = (telemetry.access_log_headers(), record.headers.as_deref_mut()) {
+            if let (Some(names), Some(captured)) = (waiting.telemetry.access_log_headers(), record.headers.as_deref_mut()) {
                 names.capture_response(response.headers(), captured);
             }
-            resolved(&mut record, &resolution, start);
+            resolved(&mut record, &waiting.resolution, start);
             if let Some(name) = record.flags.failure_event() {
                 let message = header_string(response.headers(), crate::stack::errors::ERROR_HEADER);
                 record.events.push(SpanEvent { offset: start.elapsed(), name, message });
@@ -183,6 +183,7 @@ where
                 // The upstream's own answer, not one the sidecar made.
                 record.response_duration = Some(start.elapsed());
             }
+            let (telemetry, request) = (waiting.telemetry.clone(), waiting.request.clone());
             let in_flight = InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active) };
             Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, stream_idle, request), in_flight))))
         })
