@@ -65,8 +65,8 @@ struct State {
     closed: VecDeque<Closed>,
     /// Records in the open and closed batches.
     held: usize,
-    /// Their encoded bytes.
-    held_bytes: usize,
+    /// Encoded bytes of the closed batches (the open one's are the encoder's).
+    closed_bytes: usize,
     /// A sent request's records buffer, for the next batch.
     spare: Option<Vec<u8>>,
     /// Shut down: records are no longer taken.
@@ -105,14 +105,12 @@ impl Batches {
     /// record.
     pub fn offer(&self, record: &RequestRecord) -> bool {
         let mut state = self.state();
-        if state.shut || state.held >= self.capacity || state.held_bytes >= HELD_BYTES {
+        if state.shut || state.held >= self.capacity || state.closed_bytes + state.encoder.pushed_bytes() >= HELD_BYTES {
             return false;
         }
-        let before = state.encoder.pushed_bytes();
         (self.encode)(&mut state.encoder, record);
         state.open += 1;
         state.held += 1;
-        state.held_bytes += state.encoder.pushed_bytes() - before;
         let wake = if state.open == 1 {
             state.open_since = Some(Instant::now());
             true
@@ -138,6 +136,7 @@ impl Batches {
         let bytes = state.encoder.pushed_bytes();
         let request = state.encoder.finish(&self.resource, &self.scope, next);
         state.closed.push_back(Closed { request, records: state.open as u64, bytes });
+        state.closed_bytes += bytes;
         state.open = 0;
         state.open_since = None;
     }
@@ -153,7 +152,7 @@ impl Batches {
         let mut state = self.state();
         let closed = state.closed.pop_front()?;
         state.held -= closed.records as usize;
-        state.held_bytes -= closed.bytes;
+        state.closed_bytes -= closed.bytes;
         Some(closed)
     }
 
