@@ -1013,3 +1013,64 @@ fn an_http2_stream_that_stalls_is_reset_and_its_connection_kept() {
     assert_eq!((row[0].as_str(), row[1].as_str()), (Some("error"), Some("SI")), "{row:?}");
     assert_eq!(row[2], 200, "{row:?}");
 }
+
+/// An app that speaks only HTTP/1.1: `/garbage` gets an unreadable status line, anything else
+/// `ok`; an HTTP/2 connection's preface reads as a request head and gets `ok` too. It holds
+/// each connection a second after answering, as a server waiting for the next request does
+/// (closing at once could reset the HTTP/2 client's writes before it reads the answer).
+fn http1_only_app(addr: std::net::SocketAddr) {
+    use std::io::{BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let head = read_head(&mut reader);
+        let answer: &[u8] = if head.starts_with("GET /garbage ") {
+            b"HTTP/1.1 abc\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        };
+        let mut stream = stream;
+        let _ = stream.write_all(answer);
+        std::thread::sleep(Duration::from_secs(1));
+    });
+}
+
+#[test]
+fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_with_flag_upe() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let dir = TestDir::new("upstream-protocol-error");
+    let hop = RawHop::start(&dir, "legacy", http1_only_app);
+    let (ok, _) = hop.exchange(b"GET /fine HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok"), "the app answers HTTP/1.1: {ok}");
+    let (garbage, _) = hop.exchange(b"GET /garbage HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 502") && garbage.contains("broke the HTTP protocol"), "{garbage}");
+
+    // An HTTP/2 caller: the sidecars keep its protocol up to the app, which cannot speak it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (status, message) = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(hop.tester.outbound).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(connection);
+        let req = http::Request::get("http://legacy/over-h2").body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
+        let response = sender.send_request(req).await.expect("a response");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    });
+    assert_eq!(status, 502, "{message}");
+    assert!(message.contains("broke the HTTP protocol") && message.contains("http2 error: "), "the cause is named: {message}");
+
+    // The called side's sidecar saw the app break the protocol (Envoy's UPE), not a reset;
+    // the caller's side passed its 502 on.
+    for path in ["/garbage", "/over-h2"] {
+        let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, attributes", path);
+        let (client, server) = (&rows[0], &rows[1]);
+        assert_eq!((client[0].as_str(), client[2].as_str(), &client[3]), (Some("client"), Some("-"), &Value::from(502)), "{client:?}");
+        assert_eq!((server[0].as_str(), server[1].as_str(), server[2].as_str()), (Some("server"), Some("error"), Some("UPE")), "{server:?}");
+        assert_eq!(server[3], 502, "{server:?}");
+        assert!(server[4].as_str().is_some_and(|e| e.contains("\"upstream_protocol_error\"") && !e.contains("upstream_reset")), "{server:?}");
+        let attributes: Value = serde_json::from_str(server[5].as_str().unwrap_or_default()).expect("attributes JSON");
+        assert_eq!(attributes["error.type"], "upstream_protocol_error", "{attributes}");
+    }
+}

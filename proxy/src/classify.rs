@@ -31,8 +31,10 @@ impl ResponseFlags {
     pub const UPSTREAM_TIMEOUT: Self = Self(1 << 6);
     /// An upgraded connection carried nothing for its idle timeout and was closed (`SI`).
     pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 7);
+    /// The upstream's answer broke the HTTP protocol (`UPE`).
+    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 8);
 
-    const NAMES: [(Self, &'static str); 8] = [
+    const NAMES: [(Self, &'static str); 9] = [
         (Self::NO_ROUTE, "NR"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::UPSTREAM_RESET, "UC"),
@@ -41,6 +43,7 @@ impl ResponseFlags {
         (Self::BAD_REQUEST, "DPE"),
         (Self::UPSTREAM_TIMEOUT, "UT"),
         (Self::STREAM_IDLE_TIMEOUT, "SI"),
+        (Self::UPSTREAM_PROTOCOL_ERROR, "UPE"),
     ];
 
     /// No flag set.
@@ -63,9 +66,10 @@ impl ResponseFlags {
     /// The span event that marks the failure these flags say the sidecar saw, if any
     /// (`upstream_connect_failure`, `timeout`, ...).
     pub fn failure_event(self) -> Option<&'static str> {
-        const EVENTS: [(ResponseFlags, &str); 8] = [
+        const EVENTS: [(ResponseFlags, &str); 9] = [
             (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_connect_failure"),
             (ResponseFlags::UPSTREAM_RESET, "upstream_reset"),
+            (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_protocol_error"),
             (ResponseFlags::UPSTREAM_TIMEOUT, "timeout"),
             (ResponseFlags::NO_ROUTE, "no_route"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
@@ -209,6 +213,9 @@ pub fn classify(
     }
     if flags.contains(ResponseFlags::UPSTREAM_RESET) {
         return failure("upstream_reset".into());
+    }
+    if flags.contains(ResponseFlags::UPSTREAM_PROTOCOL_ERROR) {
+        return failure("upstream_protocol_error".into());
     }
     if flags.contains(ResponseFlags::UPSTREAM_TIMEOUT) {
         return failure("timeout".into());

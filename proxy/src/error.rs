@@ -27,7 +27,7 @@ pub enum ProxyError {
         service: String,
     },
     /// The upstream could not be reached (connection refused, reset during connect, ...).
-    #[error("upstream {addr} unreachable: {source}")]
+    #[error("upstream {addr} unreachable: {}", causes(.source.as_ref()))]
     UpstreamConnect {
         /// The endpoint's address.
         addr: SocketAddr,
@@ -35,12 +35,22 @@ pub enum ProxyError {
         source: BoxError,
     },
     /// The upstream connection failed after the request was sent.
-    #[error("upstream {addr} failed: {source}")]
+    #[error("upstream {addr} failed: {}", causes(.source.as_ref()))]
     UpstreamReset {
         /// The endpoint's address.
         addr: SocketAddr,
         /// What the client reported.
         source: BoxError,
+    },
+    /// The upstream answered in a way HTTP does not allow: an unreadable status line or
+    /// headers over HTTP/1.1, a protocol violation over HTTP/2 (an application that speaks
+    /// only HTTP/1.1 given an HTTP/2 request, say). Envoy's `UPE`.
+    #[error("upstream {addr} broke the HTTP protocol: {reason}")]
+    UpstreamProtocol {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// What the client reported, its causes joined.
+        reason: String,
     },
     /// The upstream did not answer within the service's timeout.
     #[error("upstream did not answer within {after:?}")]
@@ -76,7 +86,8 @@ impl ProxyError {
     /// (`User(Body)`, the body's error as its source); over HTTP/2 it resets the stream
     /// itself, and the exchange fails with that reset: `CANCEL` when the caller cancelled
     /// its stream, `INTERNAL_ERROR` for any other failure, taken as the caller having gone,
-    /// the usual case. Anything else is the upstream's reset.
+    /// the usual case. An answer hyper could not parse, or an HTTP/2 violation its `h2`
+    /// library caught, is the upstream's protocol error. Anything else is the upstream's reset.
     pub fn upstream_send(addr: SocketAddr, error: hyper::Error) -> Self {
         use std::error::Error as _;
         let h2 = error.source().and_then(|s| s.downcast_ref::<h2::Error>());
@@ -85,24 +96,37 @@ impl ProxyError {
             let malformed = ![h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR].contains(&reason);
             return Self::RequestBody { reason: format!("the sidecar reset the upstream stream ({reason})"), malformed };
         }
+        if error.is_parse() || h2.is_some_and(h2::Error::is_library) {
+            return Self::UpstreamProtocol { addr, reason: causes(&error) };
+        }
         let body = error.is_user().then(|| error.source()).flatten().filter(|s| s.is::<crate::body::BodyError>());
         let Some(body) = body else {
             return Self::UpstreamReset { addr, source: error.into() };
         };
-        let mut reason = body.to_string();
         let mut malformed = false;
         let mut cause = body.source();
         while let Some(e) = cause {
-            let message = e.to_string();
-            if !reason.ends_with(&message) {
-                reason = format!("{reason}: {message}");
-            }
             let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
             malformed |= matches!(kind, Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput));
             cause = e.source();
         }
-        Self::RequestBody { reason, malformed }
+        Self::RequestBody { reason: causes(body), malformed }
     }
+}
+
+/// `error` and its causes, joined with `: `, each left out where the message before it
+/// already ends with it.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let message = e.to_string();
+        if !text.ends_with(&message) {
+            text = format!("{text}: {message}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// Errors of starting or configuring a sidecar.

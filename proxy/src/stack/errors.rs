@@ -78,6 +78,7 @@ pub fn status_and_flags(error: &ProxyError) -> (StatusCode, ResponseFlags, i32) 
             (StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_CONNECT_FAILURE, 14)
         }
         ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, ResponseFlags::UPSTREAM_RESET, 14),
+        ProxyError::UpstreamProtocol { .. } => (StatusCode::BAD_GATEWAY, ResponseFlags::UPSTREAM_PROTOCOL_ERROR, 14),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, 4),
         ProxyError::StreamIdle { .. } => (StatusCode::REQUEST_TIMEOUT, ResponseFlags::STREAM_IDLE_TIMEOUT, 4),
         ProxyError::RequestBody { malformed: true, .. } => (StatusCode::BAD_REQUEST, ResponseFlags::BAD_REQUEST, 3),

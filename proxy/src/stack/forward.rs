@@ -349,6 +349,46 @@ mod authority_tests {
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "5");
     }
 
+    /// An upstream that reads a request's head and answers `reply`, then closes.
+    async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
+        let (addr, _) = testing::upstream(move |mut stream| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(reply).await;
+            });
+        })
+        .await;
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_and_a_cut_one_its_reset() {
+        use http::Version;
+        let mut forward = Forward::default();
+        // An HTTP/1.1 application answering an HTTP/2 request (its preface) with a 400 breaks
+        // HTTP/2, as does an unreadable status line HTTP/1.1; a connection closed before any
+        // answer is a reset.
+        let http1_only = raw_upstream(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let garbage = raw_upstream(b"HTTP/1.1 abc\r\n\r\n").await;
+        let silent = raw_upstream(b"").await;
+        for (addr, version, protocol_error) in
+            [(http1_only, Version::HTTP_2, true), (garbage, Version::HTTP_11, true), (silent, Version::HTTP_11, false)]
+        {
+            let mut req = http::Request::get("http://reviews/x").version(version).body(body::full("")).expect("request");
+            req.extensions_mut().insert(Upstream(addr));
+            match forward.call(req).await {
+                Err(ProxyError::UpstreamProtocol { reason, .. }) if protocol_error => {
+                    // The causes are named, not only hyper's "http2 error".
+                    assert_ne!(reason, "http2 error", "{version:?}");
+                }
+                Err(ProxyError::UpstreamReset { .. }) if !protocol_error => {}
+                other => panic!("{version:?} {protocol_error}: {:?}", other.map(|r| r.status())),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_http2_request_without_an_authority_names_the_endpoint() {
         let (addr, _) = echo_upstream().await;

@@ -121,7 +121,12 @@ pub struct Outlier<S> {
 fn failed(result: &Result<Response, ProxyError>) -> bool {
     match result {
         Ok(response) => response.status().is_server_error(),
-        Err(ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamReset { .. } | ProxyError::Timeout { .. }) => true,
+        Err(
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::Timeout { .. },
+        ) => true,
         Err(_) => false,
     }
 }
@@ -215,6 +220,7 @@ mod tests {
     fn only_the_upstreams_failures_count_against_it() {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
         assert!(failed(&Err(ProxyError::UpstreamReset { addr, source: "reset".into() })));
+        assert!(failed(&Err(ProxyError::UpstreamProtocol { addr, reason: "invalid HTTP status-code parsed".into() })));
         assert!(failed(&Err(ProxyError::Timeout { after: Duration::from_secs(1) })));
         for malformed in [true, false] {
             let caller = Err(ProxyError::RequestBody { reason: "the caller's body broke".into(), malformed });

@@ -87,20 +87,23 @@ where
 
 /// Why an attempt's result may be retried, or `None`.
 fn retry_reason(on: &RetryOn, result: &Result<Response, ProxyError>) -> Option<String> {
+    let gateway = on.server_error || on.gateway_error;
     match result {
         Ok(response) => {
             let status = response.status().as_u16();
             let grpc = classify::grpc_status(response.headers());
-            let gateway = matches!(status, 502..=504);
-            if (on.server_error && status >= 500) || (on.gateway_error && gateway) {
+            if (on.server_error && status >= 500) || (on.gateway_error && matches!(status, 502..=504)) {
                 return Some(format!("upstream answered {status}"));
             }
             let code = grpc.and_then(|c| usize::try_from(c).ok()).filter(|c| on.grpc_codes.get(*c).copied().unwrap_or(false))?;
             Some(format!("upstream answered grpc-status {code}"))
         }
-        Err(ProxyError::UpstreamConnect { .. }) if on.connect_failure => Some("upstream connect failure".into()),
-        Err(ProxyError::UpstreamReset { .. }) if on.reset => Some("upstream reset".into()),
-        Err(ProxyError::Timeout { after }) if on.server_error || on.gateway_error => {
+        // As in Envoy, `5xx` and `gateway-error` count every failure to get an answer as the
+        // 502/503 it ends in: connect failures, resets and protocol errors alike.
+        Err(ProxyError::UpstreamConnect { .. }) if on.connect_failure || gateway => Some("upstream connect failure".into()),
+        Err(ProxyError::UpstreamReset { .. }) if on.reset || gateway => Some("upstream reset".into()),
+        Err(ProxyError::UpstreamProtocol { .. }) if on.reset || gateway => Some("upstream protocol error".into()),
+        Err(ProxyError::Timeout { after }) if gateway => {
             Some(format!("attempt timed out after {after:?}"))
         }
         Err(_) => None,
@@ -312,9 +315,22 @@ mod tests {
         assert!(retry_reason(&on(&["5xx"]), &response(404, None)).is_none());
         assert!(retry_reason(&on(&["unavailable"]), &response(200, Some(14))).is_some());
         assert!(retry_reason(&on(&["unavailable"]), &response(200, Some(13))).is_none());
-        let reset = Err(ProxyError::UpstreamReset { addr: ([127, 0, 0, 1], 1).into(), source: "reset".into() });
-        assert!(retry_reason(&on(&["reset"]), &reset).is_some());
-        assert!(retry_reason(&on(&["connect-failure"]), &reset).is_none());
+        let addr = ([127, 0, 0, 1], 1).into();
+        let reset = Err(ProxyError::UpstreamReset { addr, source: "reset".into() });
+        let protocol = Err(ProxyError::UpstreamProtocol { addr, reason: "invalid HTTP status-code parsed".into() });
+        let connect = Err(ProxyError::UpstreamConnect { addr, source: "refused".into() });
+        for failure in [&reset, &protocol] {
+            assert!(retry_reason(&on(&["reset"]), failure).is_some());
+            assert!(retry_reason(&on(&["connect-failure"]), failure).is_none());
+        }
+        assert!(retry_reason(&on(&["connect-failure"]), &connect).is_some());
+        assert!(retry_reason(&on(&["reset"]), &connect).is_none());
+        // As in Envoy, a failure to get any answer counts as the 5xx it ends in.
+        for failure in [&reset, &protocol, &connect] {
+            assert!(retry_reason(&on(&["5xx"]), failure).is_some());
+            assert!(retry_reason(&on(&["gateway-error"]), failure).is_some());
+            assert!(retry_reason(&on(&["unavailable"]), failure).is_none());
+        }
         assert!(retry_reason(&on(&["5xx"]), &Err(ProxyError::NoRoute { service: "x".into() })).is_none(), "no route is final");
     }
 

@@ -479,6 +479,7 @@ fn response_code_details(r: &RequestRecord) -> &'static str {
         (ResponseFlags::NO_ROUTE, "route_not_found"),
         (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
         (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
+        (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}"),
         (ResponseFlags::UPSTREAM_TIMEOUT, "upstream_response_timeout"),
         (ResponseFlags::BAD_REQUEST, "invalid_request"),
         (ResponseFlags::STREAM_IDLE_TIMEOUT, "stream_idle_timeout"),
@@ -811,6 +812,7 @@ mod tests {
         r.response_duration = None;
         assert!(f.render(&r).starts_with("upstream_reset_before_response_started{connection_termination}|"));
         for (flag, detail) in [
+            (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}"),
             (ResponseFlags::NO_ROUTE, "route_not_found"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
             (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
