@@ -22,6 +22,11 @@ pub struct ConnectionMeter {
     pub received: Counter,
     /// Bytes written to peers.
     pub sent: Counter,
+    /// Connections a peer broke HTTP on (an unreadable request line or headers, an HTTP/2
+    /// violation, TLS sent to a plaintext port): no request reached the sidecar's layers, so
+    /// nothing else records them. Envoy's `downstream_cx_protocol_error`; counted on
+    /// listeners.
+    pub protocol_errors: Counter,
 }
 
 impl ConnectionMeter {

@@ -53,8 +53,12 @@ where
                 });
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(meter.meter(stream)), hyper_service).into_owned();
                 let connection = graceful.watch(connection);
+                let protocol_errors = meter.protocol_errors.clone();
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
+                        if broke_http(error.as_ref()) {
+                            protocol_errors.inc();
+                        }
                         tracing::debug!(%peer, %error, "connection closed with an error");
                     }
                 });
@@ -65,5 +69,66 @@ where
     drop(listener);
     if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
         tracing::debug!("connections still open after the grace period were closed");
+    }
+}
+
+/// Whether a connection ended because its peer broke HTTP: hyper could not parse what it
+/// sent (and answered `400` where it could), or its `h2` library caught an HTTP/2 violation.
+/// A peer that merely went away, or reset its own streams, did not.
+fn broke_http(error: &(dyn std::error::Error + 'static)) -> bool {
+    let Some(hyper) = error.downcast_ref::<hyper::Error>() else { return false };
+    let h2 = std::error::Error::source(hyper).and_then(|s| s.downcast_ref::<h2::Error>());
+    hyper.is_parse() || h2.is_some_and(|e| e.is_library())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_that_break_http_are_counted_and_closed_ones_are_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let meter = ConnectionMeter::default();
+        let (_stop, stop) = watch::channel(false);
+        let ok = tower::service_fn(|_req: Request| async { Ok::<_, Infallible>(Response::new(body::full("ok"))) });
+        tokio::spawn(serve(listener, ok, meter.clone(), stop));
+        let exchange = move |bytes: &'static [u8]| {
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+                stream.write_all(bytes).expect("write");
+                stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                answer
+            })
+        };
+        let cases: [(&[u8], &str, bool); 5] = [
+            (b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "HTTP/1.1 200", false),
+            (b"GET /x?q=\xff HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400", true),
+            // A TLS ClientHello's first bytes on a plaintext port.
+            (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", "", true),
+            // The HTTP/2 preface, then a SETTINGS frame of 5 bytes (a multiple of 6 is required).
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x05\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", "", true),
+            // Closed half-way through a head: the peer left, it did not break HTTP.
+            (b"GET /ok HTTP/1.1\r\nHo", "", false),
+        ];
+        let mut broken = 0;
+        for (i, (bytes, expected, breaks)) in cases.into_iter().enumerate() {
+            let answer = tokio::task::spawn_blocking(move || exchange(bytes).join().expect("client")).await.expect("join");
+            assert!(answer.starts_with(expected), "{bytes:?}: {answer}");
+            // The counters move as the connection's task ends.
+            for _ in 0..100 {
+                if meter.closed.get() == i as u64 + 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            broken += u64::from(breaks);
+            assert_eq!((meter.closed.get(), meter.protocol_errors.get()), (i as u64 + 1, broken), "{bytes:?}");
+        }
     }
 }

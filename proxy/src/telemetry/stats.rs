@@ -66,6 +66,7 @@ pub struct Counters {
     tcp_closed: Family<DirectionLabels, Counter>,
     tcp_received: Family<DirectionLabels, Counter>,
     tcp_sent: Family<DirectionLabels, Counter>,
+    protocol_errors: Family<DirectionLabels, Counter>,
     upstreams: std::sync::Arc<std::sync::Mutex<Vec<UpstreamMeter>>>,
 }
 
@@ -145,6 +146,12 @@ impl TelemetryStats {
         registry.register("meshlens_proxy_tcp_received_bytes", "Bytes received from peers", self.tcp_received.clone());
         registry.register("meshlens_proxy_tcp_sent_bytes", "Bytes sent to peers", self.tcp_sent.clone());
         registry.register(
+            "meshlens_proxy_downstream_protocol_errors",
+            "Connections closed because the peer broke HTTP before any request could be read (bad request line or headers, \
+             HTTP/2 violations, TLS to a plaintext port)",
+            self.protocol_errors.clone(),
+        );
+        registry.register(
             "meshlens_proxy_metric_label_overflow",
             "Observations whose label value was folded into `other` because the label hit its limit",
             self.label_overflow.clone(),
@@ -179,6 +186,7 @@ impl TelemetryStats {
             closed: self.tcp_closed.get_or_create_owned(&labels),
             received: self.tcp_received.get_or_create_owned(&labels),
             sent: self.tcp_sent.get_or_create_owned(&labels),
+            protocol_errors: self.protocol_errors.get_or_create_owned(&labels),
         }
     }
 
