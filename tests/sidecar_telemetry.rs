@@ -1014,8 +1014,9 @@ fn an_http2_stream_that_stalls_is_reset_and_its_connection_kept() {
     assert_eq!(row[2], 200, "{row:?}");
 }
 
-/// An app that speaks only HTTP/1.1: `/garbage` gets an unreadable status line, anything else
-/// `ok`; an HTTP/2 connection's preface reads as a request head and gets `ok` too. It holds
+/// An app that speaks only HTTP/1.1: `/garbage` gets an unreadable status line, `/bad-chunk`
+/// a chunked body whose second chunk size is not hex, anything else `ok`; an HTTP/2
+/// connection's preface reads as a request head and gets `ok` too. It holds
 /// each connection a second after answering, as a server waiting for the next request does
 /// (closing at once could reset the HTTP/2 client's writes before it reads the answer).
 fn http1_only_app(addr: std::net::SocketAddr) {
@@ -1025,6 +1026,8 @@ fn http1_only_app(addr: std::net::SocketAddr) {
         let head = read_head(&mut reader);
         let answer: &[u8] = if head.starts_with("GET /garbage ") {
             b"HTTP/1.1 abc\r\n\r\n"
+        } else if head.starts_with("GET /bad-chunk ") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
         };
@@ -1061,16 +1064,23 @@ fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_with_flag_upe() {
     assert_eq!(status, 502, "{message}");
     assert!(message.contains("broke the HTTP protocol") && message.contains("http2 error: "), "the cause is named: {message}");
 
+    // A bad chunk after the head: the status stays as sent, the body is cut off.
+    let (cut, _) = hop.exchange(b"GET /bad-chunk HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
+    assert!(cut.starts_with("HTTP/1.1 200") && !cut.ends_with("0\r\n\r\n"), "{cut}");
+
     // The called side's sidecar saw the app break the protocol (Envoy's UPE), not a reset;
-    // the caller's side passed its 502 on.
-    for path in ["/garbage", "/over-h2"] {
+    // the caller's side passed its 502 on, or saw the body broken off (UC).
+    for (path, status, caller_flags) in [("/garbage", 502, "-"), ("/over-h2", 502, "-"), ("/bad-chunk", 200, "UC")] {
         let rows = hop.both_spans("kind, status, response_flags, http_status_code, events, attributes", path);
         let (client, server) = (&rows[0], &rows[1]);
-        assert_eq!((client[0].as_str(), client[2].as_str(), &client[3]), (Some("client"), Some("-"), &Value::from(502)), "{client:?}");
+        assert_eq!((client[0].as_str(), client[2].as_str(), &client[3]), (Some("client"), Some(caller_flags), &Value::from(status)), "{client:?}");
         assert_eq!((server[0].as_str(), server[1].as_str(), server[2].as_str()), (Some("server"), Some("error"), Some("UPE")), "{server:?}");
-        assert_eq!(server[3], 502, "{server:?}");
+        assert_eq!(server[3], status, "{server:?}");
         assert!(server[4].as_str().is_some_and(|e| e.contains("\"upstream_protocol_error\"") && !e.contains("upstream_reset")), "{server:?}");
         let attributes: Value = serde_json::from_str(server[5].as_str().unwrap_or_default()).expect("attributes JSON");
         assert_eq!(attributes["error.type"], "upstream_protocol_error", "{attributes}");
     }
+    // The event of the bad chunk names it.
+    let rows = hop.both_spans("events", "/bad-chunk");
+    assert!(rows[1][0].as_str().is_some_and(|e| e.to_lowercase().contains("chunk")), "{rows:?}");
 }

@@ -79,6 +79,9 @@ pub trait BodyObserver: Send + Unpin + 'static {
     fn on_data(&mut self, len: usize);
     /// Trailers passed.
     fn on_trailers(&mut self, _trailers: &HeaderMap) {}
+    /// The stream failed with `error`; [`BodyObserver::on_end`] follows with
+    /// [`BodyEnd::Error`].
+    fn on_error(&mut self, _error: &(dyn std::error::Error + 'static)) {}
     /// The stream ended; called exactly once.
     fn on_end(&mut self, end: BodyEnd);
 }
@@ -163,7 +166,10 @@ impl<O: BodyObserver, B: Body + Unpin> ObservedBody<O, B> {
     }
 }
 
-impl<O: BodyObserver, B: Body + Unpin> Body for ObservedBody<O, B> {
+impl<O: BodyObserver, B: Body + Unpin> Body for ObservedBody<O, B>
+where
+    B::Error: std::error::Error + 'static,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -190,7 +196,12 @@ impl<O: BodyObserver, B: Body + Unpin> Body for ObservedBody<O, B> {
                     this.end(BodyEnd::Complete);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.end(BodyEnd::Error),
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(observer) = this.observer.as_mut() {
+                    observer.on_error(error);
+                }
+                this.end(BodyEnd::Error);
+            }
             Poll::Ready(None) => this.end(BodyEnd::Complete),
             Poll::Pending => {}
         }
@@ -251,11 +262,11 @@ mod tests {
 
     impl Body for Frames {
         type Data = Bytes;
-        type Error = BoxError;
+        type Error = BodyError;
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
             Poll::Ready(self.0.pop_front().map(Ok))
         }
     }

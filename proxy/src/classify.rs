@@ -56,6 +56,11 @@ impl ResponseFlags {
         self.0 == 0
     }
 
+    /// Both sets of flags.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
     /// Whether all of `other`'s flags are set.
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0

@@ -86,8 +86,8 @@ impl ProxyError {
     /// (`User(Body)`, the body's error as its source); over HTTP/2 it resets the stream
     /// itself, and the exchange fails with that reset: `CANCEL` when the caller cancelled
     /// its stream, `INTERNAL_ERROR` for any other failure, taken as the caller having gone,
-    /// the usual case. An answer hyper could not parse, or an HTTP/2 violation its `h2`
-    /// library caught, is the upstream's protocol error. Anything else is the upstream's reset.
+    /// the usual case. An answer that broke HTTP ([`broke_http`]) is the upstream's protocol
+    /// error. Anything else is the upstream's reset.
     pub fn upstream_send(addr: SocketAddr, error: hyper::Error) -> Self {
         use std::error::Error as _;
         let h2 = error.source().and_then(|s| s.downcast_ref::<h2::Error>());
@@ -96,27 +96,35 @@ impl ProxyError {
             let malformed = ![h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR].contains(&reason);
             return Self::RequestBody { reason: format!("the sidecar reset the upstream stream ({reason})"), malformed };
         }
-        if error.is_parse() || h2.is_some_and(h2::Error::is_library) {
-            return Self::UpstreamProtocol { addr, reason: causes(&error) };
-        }
         let body = error.is_user().then(|| error.source()).flatten().filter(|s| s.is::<crate::body::BodyError>());
-        let Some(body) = body else {
-            return Self::UpstreamReset { addr, source: error.into() };
-        };
-        let mut malformed = false;
-        let mut cause = body.source();
-        while let Some(e) = cause {
-            let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
-            malformed |= matches!(kind, Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput));
-            cause = e.source();
+        match body {
+            Some(body) => Self::RequestBody { reason: causes(body), malformed: broke_http(body) },
+            None if broke_http(&error) => Self::UpstreamProtocol { addr, reason: causes(&error) },
+            None => Self::UpstreamReset { addr, source: error.into() },
         }
-        Self::RequestBody { reason: causes(body), malformed }
     }
+}
+
+/// Whether `error` (or one of its causes) says a peer broke HTTP: hyper could not parse what
+/// it sent, hyper's HTTP/1.1 body decoder found invalid data (a bad chunk), or the `h2`
+/// library caught an HTTP/2 violation. A peer that went away, or reset a stream, did not.
+pub fn broke_http(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let parse = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse);
+        let h2 = e.downcast_ref::<h2::Error>().is_some_and(h2::Error::is_library);
+        let io = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        if parse || h2 || matches!(io, Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `error` and its causes, joined with `: `, each left out where the message before it
 /// already ends with it.
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

@@ -56,7 +56,7 @@ where
                 let protocol_errors = meter.protocol_errors.clone();
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
-                        if broke_http(error.as_ref()) {
+                        if crate::error::broke_http(error.as_ref()) {
                             protocol_errors.inc();
                         }
                         tracing::debug!(%peer, %error, "connection closed with an error");
@@ -70,15 +70,6 @@ where
     if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
         tracing::debug!("connections still open after the grace period were closed");
     }
-}
-
-/// Whether a connection ended because its peer broke HTTP: hyper could not parse what it
-/// sent (and answered `400` where it could), or its `h2` library caught an HTTP/2 violation.
-/// A peer that merely went away, or reset its own streams, did not.
-fn broke_http(error: &(dyn std::error::Error + 'static)) -> bool {
-    let Some(hyper) = error.downcast_ref::<hyper::Error>() else { return false };
-    let h2 = std::error::Error::source(hyper).and_then(|s| s.downcast_ref::<h2::Error>());
-    hyper.is_parse() || h2.is_some_and(|e| e.is_library())
 }
 
 #[cfg(test)]

@@ -184,7 +184,8 @@ where
                 record.response_duration = Some(start.elapsed());
             }
             let (telemetry, request) = (waiting.telemetry.clone(), waiting.request.clone());
-            let in_flight = InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active) };
+            let in_flight =
+                InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active), failure: None };
             Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, stream_idle, request), in_flight))))
         })
     }
@@ -238,6 +239,9 @@ struct InFlight {
     tunnel: Option<Tunnel>,
     /// Counts the exchange in flight until it ends (dropped with this, or with the tunnel).
     active: Option<ActiveRequest>,
+    /// How the response body failed, if it did: whether the upstream broke HTTP in it, and
+    /// the error's causes.
+    failure: Option<(bool, String)>,
 }
 
 impl BodyObserver for InFlight {
@@ -251,6 +255,10 @@ impl BodyObserver for InFlight {
         if let (Some(r), Some(code)) = (self.record.as_mut(), classify::grpc_status(trailers)) {
             r.grpc_status = Some(code);
         }
+    }
+
+    fn on_error(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.failure = Some((crate::error::broke_http(error), crate::error::causes(error)));
     }
 
     fn on_end(&mut self, end: BodyEnd) {
@@ -282,14 +290,27 @@ impl BodyObserver for InFlight {
                     record.events.push(SpanEvent { offset: start.elapsed(), name: "idle_timeout", message: None });
                 } else if end == BodyEnd::Error {
                     // The response body is read from the upstream, which broke it off after
-                    // its headers: Envoy's `UC`, whatever the status said.
-                    record.flags |= ResponseFlags::UPSTREAM_RESET;
+                    // its headers (Envoy's `UC`) or broke HTTP in it (`UPE`, a bad chunk),
+                    // whatever the status said.
+                    let (broke_http, cause) = self.failure.take().unwrap_or_default();
+                    let (flag, name) = if broke_http {
+                        (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_protocol_error")
+                    } else {
+                        (ResponseFlags::UPSTREAM_RESET, "upstream_reset")
+                    };
+                    record.flags |= flag;
+                    record.events.push(SpanEvent { offset: start.elapsed(), name, message: Some(cause).filter(|c| !c.is_empty()) });
                 }
                 finish(&self.telemetry, record, start, end);
             }
         }
     }
 }
+
+/// The flags of a response body that failed for a known reason, each with its own event.
+const BROKEN_OFF: ResponseFlags = ResponseFlags::STREAM_IDLE_TIMEOUT
+    .union(ResponseFlags::UPSTREAM_RESET)
+    .union(ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
 
 /// Ends an exchange's record as its response (or upgraded connection) ended, and records it.
 fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end: BodyEnd) {
@@ -301,12 +322,9 @@ fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end:
             record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
             record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });
         }
-        // Its `idle_timeout` event says why.
-        BodyEnd::Error if record.flags.contains(ResponseFlags::STREAM_IDLE_TIMEOUT) => {}
-        BodyEnd::Error => {
-            let name = if record.flags.contains(ResponseFlags::UPSTREAM_RESET) { "upstream_reset" } else { "stream_error" };
-            record.events.push(SpanEvent { offset: record.duration, name, message: None });
-        }
+        // Its `idle_timeout`, `upstream_reset` or `upstream_protocol_error` event says why.
+        BodyEnd::Error if record.flags.intersects(BROKEN_OFF) => {}
+        BodyEnd::Error => record.events.push(SpanEvent { offset: record.duration, name: "stream_error", message: None }),
         BodyEnd::Complete => {}
     }
     record.classification = classify::classify(record.status, record.grpc_status, end, record.flags);
