@@ -223,9 +223,8 @@ function showTraffic(title, t, extra) {
   row(table, "Error ratio", fmt.pct(t.error_ratio));
   if (t.retries > 0) {
     row(table, "Retries", `${t.retries} (${fmt.pct(t.retries / Math.max(t.requests, 1))} of requests)`);
-    // Every attempt, retries included: a retry follows a failed attempt, a request that
-    // succeeded had one successful attempt.
-    row(table, "Actual success", `${fmt.pct((t.requests - t.errors) / (t.requests + t.retries))} of attempts`);
+    // Every attempt, retries included.
+    row(table, "Actual success", `${fmt.pct(t.actual_success_ratio)} of attempts`);
   }
   row(table, "p50", fmt.ms(t.p50_ms));
   row(table, "p90", fmt.ms(t.p90_ms));

@@ -38,6 +38,11 @@ pub struct Traffic {
     pub request_rate: f64,
     /// Failed / all.
     pub error_ratio: f64,
+    /// Linkerd's "actual" success: successful attempts over all attempts, the callers'
+    /// retries included (`None` without requests). The sidecars retry only failed attempts,
+    /// so a request that succeeded had exactly one successful attempt and every retry
+    /// followed a failed one: (requests − errors) / (requests + retries).
+    pub actual_success_ratio: Option<f64>,
     /// Median latency, milliseconds.
     pub p50_ms: Option<f64>,
     /// 90th percentile latency, milliseconds.
@@ -67,6 +72,9 @@ impl Traffic {
             errors: stats.errors,
             request_rate: if seconds > 0.0 { stats.requests as f64 / seconds } else { 0.0 },
             error_ratio: if stats.requests > 0 { stats.errors as f64 / stats.requests as f64 } else { 0.0 },
+            actual_success_ratio: (stats.requests > 0).then(|| {
+                stats.requests.saturating_sub(stats.errors) as f64 / (stats.requests + stats.retries) as f64
+            }),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
             p95_ms: ms(0.95),
@@ -244,4 +252,23 @@ pub fn build(
         .collect();
     edge_views.sort_by(|a, b| a.id.cmp(&b.id));
     TopologyView { grouping, start_unix_ms, end_unix_ms, rate_seconds, nodes, edges: edge_views }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actual_success_counts_every_attempt_retries_included() {
+        // 400 requests, one failed after its retries; 10 retries in all: 399 of 410 attempts
+        // succeeded.
+        let stats = EdgeStats { requests: 400, errors: 1, retries: 10, ..EdgeStats::default() };
+        let traffic = Traffic::from_stats(&stats, 60.0);
+        assert_eq!(traffic.error_ratio, 0.0025);
+        assert_eq!(traffic.actual_success_ratio, Some(399.0 / 410.0));
+        // Without retries it is the success ratio; without requests there is none.
+        let plain = Traffic::from_stats(&EdgeStats { requests: 4, errors: 1, ..EdgeStats::default() }, 60.0);
+        assert_eq!(plain.actual_success_ratio, Some(0.75));
+        assert_eq!(Traffic::from_stats(&EdgeStats::default(), 60.0).actual_success_ratio, None);
+    }
 }
