@@ -166,6 +166,13 @@ fn b3_multi_sampled(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
+/// Whether the caller set B3's debug flag: `d` as the sampling field of `b3` (alone or after
+/// the IDs), or `X-B3-Flags: 1`.
+fn b3_debug(headers: &HeaderMap) -> bool {
+    let single = header(headers, B3).is_some_and(|v| v.trim() == "d" || v.trim().split('-').nth(2) == Some("d"));
+    single || header(headers, B3_FLAGS).map(str::trim) == Some("1")
+}
+
 /// A sampling decision sent without a trace: B3 allows a caller to say only "sample" or
 /// "do not sample" (`b3: 0`, `b3: 1`, `b3: d`, or `X-B3-Sampled` / `X-B3-Flags` without
 /// IDs). The trace the sidecar then starts follows that decision instead of its ratio.
@@ -222,6 +229,9 @@ pub struct SpanContext {
     /// Whether the trace was continued from a valid `traceparent`, whose `tracestate` is
     /// passed on; any other `tracestate` is dropped.
     pub w3c_parent: bool,
+    /// B3's debug flag (`b3: …-d`, `X-B3-Flags: 1`): the caller asked for this trace to be
+    /// recorded whatever any sampler says. Sampled, and written on in B3 as it came.
+    pub debug: bool,
 }
 
 impl SpanContext {
@@ -230,6 +240,7 @@ impl SpanContext {
     pub fn continue_from(headers: &HeaderMap, ratio: f64, emit: Formats) -> Self {
         let (caller, seen) = extract(headers);
         let emit = emit.union(seen);
+        let debug = b3_debug(headers);
         match caller {
             Caller::Context(parent) => Self {
                 trace_id: parent.trace_id,
@@ -239,13 +250,23 @@ impl SpanContext {
                 emit,
                 // A valid `traceparent` is the context read first.
                 w3c_parent: seen.w3c,
+                debug,
             },
             Caller::Decision(decision) => {
                 let trace_id = TraceId::random();
                 let sampled = decision.unwrap_or_else(|| trace_id.within_ratio(ratio));
-                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit, w3c_parent: false }
+                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit, w3c_parent: false, debug }
             }
         }
+    }
+
+    /// The trace ID as B3 writes it: 16 hex digits when its upper half is zero (a 64-bit
+    /// trace, as a B3 caller may have sent it), else 32.
+    fn b3_trace_id(&self) -> ([u8; 32], usize) {
+        let mut text = [b'0'; 32];
+        hex::encode_into(&self.trace_id.0, &mut text);
+        let skip = if self.trace_id.0[..8] == [0; 8] { 16 } else { 0 };
+        (text, skip)
     }
 
     /// The `traceparent` value that makes the next hop's span a child of this one.
@@ -267,19 +288,26 @@ impl SpanContext {
         if !self.w3c_parent {
             headers.remove(TRACESTATE);
         }
+        let (trace_id, skip) = self.b3_trace_id();
         if self.emit.b3 {
-            // <32 digits>-<16 digits>-<sampled>
+            // <32 or 16 digits>-<16 digits>-<sampled, or d>
             let mut text = *b"00000000000000000000000000000000-0000000000000000-0";
-            hex::encode_into(&self.trace_id.0, &mut text[..32]);
+            text[..32].copy_from_slice(&trace_id);
             hex::encode_into(&self.span_id.0, &mut text[33..49]);
-            text[50] = sampled.as_bytes()[0];
-            headers.insert(B3, header_value(&text));
+            text[50] = if self.debug { b'd' } else { sampled.as_bytes()[0] };
+            headers.insert(B3, header_value(&text[skip..]));
         }
         if self.emit.b3multi {
-            headers.insert(B3_TRACE_ID, header_value(self.trace_id.hex().as_str().as_bytes()));
+            headers.insert(B3_TRACE_ID, header_value(&trace_id[skip..]));
             headers.insert(B3_SPAN_ID, header_value(self.span_id.hex().as_str().as_bytes()));
-            headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
-            headers.remove(B3_FLAGS);
+            // Debug implies sampled: B3 sends `X-B3-Flags: 1` instead of `X-B3-Sampled`.
+            if self.debug {
+                headers.insert(B3_FLAGS, HeaderValue::from_static("1"));
+                headers.remove(B3_SAMPLED);
+            } else {
+                headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
+                headers.remove(B3_FLAGS);
+            }
             match self.parent_span_id {
                 Some(p) => headers.insert(B3_PARENT_SPAN_ID, header_value(p.hex().as_str().as_bytes())),
                 None => headers.remove(B3_PARENT_SPAN_ID),
@@ -455,6 +483,36 @@ mod tests {
         assert!(h.get(TRACEPARENT).is_none());
         let read = parse_b3_multi(&h).expect("written");
         assert_eq!((read.trace_id, read.parent_id, read.sampled), (ctx.trace_id, ctx.span_id, Some(true)));
+    }
+
+    #[test]
+    fn b3_is_written_on_with_the_trace_id_width_and_debug_flag_it_came_with() {
+        let b3 = |h: &HeaderMap, name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // A 64-bit trace stays 64-bit in B3 (the traceparent pads it); debug stays debug.
+        let mut h = headers(&[("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-d")]);
+        let ctx = SpanContext::continue_from(&h, 0.0, Formats::W3C);
+        assert!(ctx.sampled && ctx.debug);
+        ctx.inject(&mut h);
+        assert_eq!(b3(&h, "b3"), Some(format!("a3ce929d0e0e4736-{}-d", ctx.span_id)));
+        assert_eq!(b3(&h, "traceparent"), Some(format!("00-0000000000000000a3ce929d0e0e4736-{}-01", ctx.span_id)));
+
+        let mut h = headers(&[("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"), ("x-b3-flags", "1")]);
+        let ctx = SpanContext::continue_from(&h, 0.0, Formats::W3C);
+        assert!(ctx.sampled && ctx.debug);
+        ctx.inject(&mut h);
+        assert_eq!(b3(&h, "x-b3-traceid").as_deref(), Some("a3ce929d0e0e4736"));
+        assert_eq!((b3(&h, "x-b3-flags").as_deref(), b3(&h, "x-b3-sampled")), (Some("1"), None), "debug implies sampled");
+        let next = SpanContext::continue_from(&h, 0.0, Formats::W3C);
+        assert_eq!((next.trace_id, next.parent_span_id, next.debug), (ctx.trace_id, Some(ctx.span_id), true));
+
+        // A 128-bit trace, not debug.
+        let mut h = headers(&[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-sampled", "1")]);
+        let ctx = SpanContext::continue_from(&h, 0.0, Formats::of(&[Format::B3]));
+        assert!(!ctx.debug);
+        ctx.inject(&mut h);
+        assert_eq!(b3(&h, "x-b3-traceid").as_deref(), Some("463ac35c9f6413ad48485a3953bb6124"));
+        assert_eq!(b3(&h, "b3"), Some(format!("463ac35c9f6413ad48485a3953bb6124-{}-1", ctx.span_id)));
+        assert_eq!((b3(&h, "x-b3-flags"), b3(&h, "x-b3-sampled").as_deref()), (None, Some("1")));
     }
 
     #[test]

@@ -488,6 +488,7 @@ pub(crate) mod tests {
                 sampled,
                 emit: Formats::W3C,
                 w3c_parent: false,
+                debug: false,
             },
             start_unix_nanos: 1,
             duration: Duration::from_millis(duration_ms),
