@@ -83,14 +83,15 @@ fn collector_down_then_back() {
 #[test]
 fn large_records_while_the_collector_is_down_keep_memory_bounded() {
     let dir = TestDir::new("down-large");
-    // The default queues (4,096 records a signal); each request's path is 60 KB, so its span
-    // and its access log take about 60 KB each.
+    // The default queues (4,096 records a signal); each request's path is 60 KB, so its
+    // access log takes about 120 KB (the path as an attribute and in the line; its span cuts
+    // its URLs to 256 bytes).
     let (tester, _front, procs) = mesh_configured(&dir, free_addr(), "");
     let call = format!("http://front/{}", "a".repeat(60_000));
     let report = load_with(&dir, tester.outbound, &call, 4_500, &["--rate", "1500", "--concurrency", "16"]);
     assert_eq!(report["failed"], 0, "traffic is unaffected: {report}");
-    let dropped = admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("signal", "spans"), ("reason", "queue_full")]);
-    // 8 MiB of 60 KB records is about 140; the record bound alone would have held 4,096,
+    let dropped = admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("signal", "logs"), ("reason", "queue_full")]);
+    // 8 MiB of 120 KB records is about 70; the record bound alone would have held 4,096,
     // and the sidecar grew to about 1 GiB.
     assert!(dropped > 4_000.0, "records past the byte bound are dropped and counted: {dropped}");
     let rss = procs[0].rss_bytes().expect("rss");

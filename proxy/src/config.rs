@@ -209,6 +209,10 @@ pub struct RawTelemetry {
     /// Distinct values each label admits; the rest fold into `other` and are counted.
     #[serde(default = "default_max_label_values")]
     pub max_label_values: usize,
+    /// Spans' `url.path`, `url.query` and `url.full` are cut to this many bytes (Istio's
+    /// `max_path_tag_length`); `0` keeps them whole. Access-log records keep them whole.
+    #[serde(default = "default_max_path_tag_length")]
+    pub max_path_tag_length: usize,
 }
 
 /// The OTLP transport the sidecar exports with.
@@ -261,6 +265,7 @@ impl Default for RawTelemetry {
             max_retry_time: default_retry_time(),
             metric_labels: default_labels(),
             max_label_values: default_max_label_values(),
+            max_path_tag_length: default_max_path_tag_length(),
         }
     }
 }
@@ -498,6 +503,9 @@ fn default_ratio() -> f64 {
 fn default_true() -> bool {
     true
 }
+fn default_max_path_tag_length() -> usize {
+    256
+}
 fn default_slow() -> Duration {
     Duration::from_secs(1)
 }
@@ -575,6 +583,8 @@ pub struct TelemetryConfig {
     pub stdout_access_log_filter: LogFilter,
     /// Labels of the request metrics.
     pub labels: LabelPolicy,
+    /// Longest URL attributes of a span, in bytes; `None`: whole.
+    pub max_path_tag_length: Option<usize>,
 }
 
 /// Which spans are kept. Metrics and access logs always cover every request.
@@ -605,6 +615,7 @@ impl Default for TelemetryConfig {
             stdout_access_log: None,
             stdout_access_log_filter: LogFilter::default(),
             labels: LabelPolicy::default(),
+            max_path_tag_length: Some(default_max_path_tag_length()),
         }
     }
 }
@@ -649,6 +660,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             stdout_access_log: None,
             stdout_access_log_filter: LogFilter::default(),
             labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
+            max_path_tag_length: Some(t.max_path_tag_length).filter(|n| *n > 0),
         })
     }
 }

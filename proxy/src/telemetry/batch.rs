@@ -75,17 +75,17 @@ struct State {
 
 impl Batches {
     /// Batches of at most `max_batch` records, holding at most `capacity` records unsent,
-    /// each record written by `encode`, the requests wrapped in the pre-encoded `resource`
-    /// and `scope`.
+    /// each record written by `encode` with `encoder`, the requests wrapped in the
+    /// pre-encoded `resource` and `scope`.
     pub fn new(
         capacity: usize,
         max_batch: usize,
-        encode: fn(&mut wire::Encoder, &RequestRecord),
+        (encoder, encode): (wire::Encoder, fn(&mut wire::Encoder, &RequestRecord)),
         resource: Arc<Vec<u8>>,
         scope: Arc<Vec<u8>>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State { encoder, ..State::default() }),
             wake: Notify::new(),
             capacity,
             max_batch: max_batch.max(1),
@@ -189,7 +189,7 @@ mod tests {
     use crate::{classify::Outcome, telemetry::tests::record};
 
     fn batches(capacity: usize, max_batch: usize) -> Arc<Batches> {
-        Batches::new(capacity, max_batch, |e, r| e.push_span(r), Arc::new(Vec::new()), Arc::new(Vec::new()))
+        Batches::new(capacity, max_batch, (wire::Encoder::default(), |e, r| e.push_span(r)), Arc::new(Vec::new()), Arc::new(Vec::new()))
     }
 
     #[test]

@@ -420,8 +420,9 @@ pub(super) fn spawn(
         stats,
     };
     let (resource, scope) = (Arc::new(otlp::resource(&identity).encode_to_vec()), Arc::new(otlp::scope().encode_to_vec()));
-    let batches = |encode| Batches::new(config.queue_capacity, config.max_batch, encode, resource.clone(), scope.clone());
-    let (span_batches, log_batches) = (batches(Spans::push), batches(Logs::push));
+    let batches = |encoding| Batches::new(config.queue_capacity, config.max_batch, encoding, resource.clone(), scope.clone());
+    let span_encoder = wire::Encoder::with_url_limit(config.max_path_tag_length);
+    let (span_batches, log_batches) = (batches((span_encoder, Spans::push)), batches((wire::Encoder::default(), Logs::push)));
     let metrics_interval = config.metrics_interval;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (to_spans, to_logs) = (span_batches.clone(), log_batches.clone());

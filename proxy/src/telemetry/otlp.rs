@@ -105,9 +105,21 @@ fn workload_attributes(a: &mut impl AttributeSink, keys: &semconv::WorkloadKeys,
     a.string(keys.version, &id.version);
 }
 
+/// `text` cut to at most `limit` bytes (at a character boundary), or whole without a limit.
+fn at_most(text: &str, limit: Option<usize>) -> &str {
+    match limit {
+        Some(limit) if text.len() > limit => {
+            let end = (0..=limit).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            &text[..end]
+        }
+        _ => text,
+    }
+}
+
 /// Writes the attributes shared by a record's span and access log; `scratch` holds the
-/// values that must be formatted.
-pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String) {
+/// values that must be formatted. `url_limit` cuts `url.path` and `url.query` (Istio's
+/// `max_path_tag_length` for spans; access logs keep them whole).
+pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String, url_limit: Option<usize>) {
     match super::known_method(&r.method) {
         Some(method) => a.string("http.request.method", method),
         None => {
@@ -115,9 +127,9 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
             a.string("http.request.method_original", r.method.as_str());
         }
     }
-    a.string("url.path", r.path.as_str());
+    a.string("url.path", at_most(&r.path, url_limit));
     if let Some(query) = &r.query {
-        a.string("url.query", query);
+        a.string("url.query", at_most(query, url_limit));
     }
     a.string("url.scheme", r.origin.scheme);
     // None when no response was sent (the caller went away before it).
@@ -219,13 +231,14 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
 
 /// Writes the attributes of a record's span: [`write_record_attributes`], and on a CLIENT
 /// span the `url.full` OpenTelemetry's conventions require there (the access-log record
-/// has the path and query in its body line already).
-pub fn write_span_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String) {
-    write_record_attributes(r, a, scratch);
+/// has the path and query in its body line already). `url_limit` cuts the URL attributes,
+/// `url.full` included.
+pub fn write_span_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String, url_limit: Option<usize>) {
+    write_record_attributes(r, a, scratch, url_limit);
     if let (Side::Outbound, Some(host)) = (r.side, &r.authority) {
         scratch.clear();
         write_url_full(r, host, scratch);
-        a.string("url.full", scratch);
+        a.string("url.full", at_most(scratch, url_limit));
     }
 }
 
@@ -509,14 +522,14 @@ pub(crate) mod reference {
     /// The attributes shared by a record's span and access log, as `KeyValue`s.
     pub(crate) fn record_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         let mut a = Attributes::default();
-        write_record_attributes(r, &mut a, &mut String::new());
+        write_record_attributes(r, &mut a, &mut String::new(), None);
         a.0
     }
 
     /// The attributes of a record's span, as `KeyValue`s.
     pub(crate) fn span_attributes(r: &RequestRecord) -> Vec<KeyValue> {
         let mut a = Attributes::default();
-        write_span_attributes(r, &mut a, &mut String::new());
+        write_span_attributes(r, &mut a, &mut String::new(), None);
         a.0
     }
 
@@ -654,12 +667,43 @@ mod tests {
     }
 
     #[test]
+    fn spans_cut_their_url_attributes_and_access_logs_keep_them_whole() {
+        let mut r = super::super::tests::record(true, Outcome::Success, 1);
+        r.side = Side::Outbound;
+        r.authority = Some("reviews".into());
+        // 300 bytes of path, the last ones two-byte characters; a 300-byte query.
+        r.path = format!("/{}{}", "a".repeat(250), "é".repeat(25));
+        r.query = Some("q".repeat(300));
+        let strings = |a: Attributes| -> Vec<(String, String)> {
+            a.0.into_iter()
+                .filter_map(|kv| match kv.value.and_then(|v| v.value) {
+                    Some(Value::StringValue(s)) if kv.key.starts_with("url.") && kv.key != "url.scheme" => Some((kv.key, s)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut span = Attributes::default();
+        write_span_attributes(&r, &mut span, &mut String::new(), Some(256));
+        let span = strings(span);
+        assert_eq!(span.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["url.path", "url.query", "url.full"]);
+        for (key, value) in &span {
+            assert!(value.len() <= 256 && value.len() >= 255, "{key}: {} bytes", value.len());
+        }
+        assert!(span[0].1.ends_with('é') && r.path.starts_with(span[0].1.as_str()), "cut at a character boundary");
+        assert!(span[2].1.starts_with("http://reviews/aaa"));
+        let mut log = Attributes::default();
+        write_record_attributes(&r, &mut log, &mut String::new(), None);
+        let log = strings(log);
+        assert_eq!((log[0].1.as_str(), log[1].1.len()), (r.path.as_str(), 300), "access logs keep them whole");
+    }
+
+    #[test]
     fn records_name_the_other_side_of_the_hop_and_leave_their_own_to_the_resource() {
         let own = Arc::new(WorkloadIdentity::new("shop", "checkout", "checkout-v2", "v2"));
         let peer = Arc::new(WorkloadIdentity::new("shop", "payments", "payments-v1", "v1"));
         let keys = |r: &RequestRecord| {
             let mut a = Attributes::default();
-            write_record_attributes(r, &mut a, &mut String::new());
+            write_record_attributes(r, &mut a, &mut String::new(), None);
             a.0.into_iter()
                 .filter(|kv| kv.key.starts_with("meshlens.source.") || kv.key.starts_with("meshlens.destination."))
                 .map(|kv| kv.key)
@@ -688,7 +732,7 @@ mod tests {
         use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
         let attributes = |r: &RequestRecord| -> Vec<(String, String)> {
             let mut a = Attributes::default();
-            write_span_attributes(r, &mut a, &mut String::new());
+            write_span_attributes(r, &mut a, &mut String::new(), None);
             a.0.into_iter()
                 .map(|kv| match kv.value.and_then(|v| v.value) {
                     Some(V::StringValue(s)) => (kv.key, s),

@@ -160,9 +160,17 @@ pub struct Encoder {
     nested: Vec<u8>,
     text: String,
     scratch: String,
+    /// Spans' URL attributes are cut to this many bytes.
+    url_limit: Option<usize>,
 }
 
 impl Encoder {
+    /// An encoder whose spans' URL attributes (`url.path`, `url.query`, `url.full`) are cut
+    /// to `url_limit` bytes; access-log records keep them whole.
+    pub fn with_url_limit(url_limit: Option<usize>) -> Self {
+        Self { url_limit, ..Self::default() }
+    }
+
     /// Appends `r` as a span (`ScopeSpans.spans`) to the request being built.
     pub fn push_span(&mut self, r: &RequestRecord) {
         let start = open_item(&mut self.items, 2); // ScopeSpans.spans = 2
@@ -219,7 +227,7 @@ impl Encoder {
         put_varint(buf, 6, kind);
         put_fixed64(buf, 7, r.start_unix_nanos);
         put_fixed64(buf, 8, r.start_unix_nanos + r.duration.as_nanos() as u64);
-        otlp::write_span_attributes(r, &mut KeyValues { buf, field: 9 }, &mut self.scratch);
+        otlp::write_span_attributes(r, &mut KeyValues { buf, field: 9 }, &mut self.scratch, self.url_limit);
         for e in &r.events {
             // Event { 1: time, 2: name, 3: attributes }
             self.nested.clear();
@@ -256,7 +264,7 @@ impl Encoder {
         varint(buf, field_len(self.text.len()) as u64);
         put_len(buf, 1, self.text.as_bytes());
         let mut attributes = KeyValues { buf, field: 6 };
-        otlp::write_record_attributes(r, &mut attributes, &mut self.scratch);
+        otlp::write_record_attributes(r, &mut attributes, &mut self.scratch, None);
         otlp::AttributeSink::string(&mut attributes, "event.name", semconv::ACCESS_LOG_EVENT);
         otlp::AttributeSink::integer(&mut attributes, semconv::DURATION_NS, r.duration.as_nanos() as i64);
         let buf = attributes.buf;
