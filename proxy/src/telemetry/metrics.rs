@@ -144,10 +144,31 @@ pub struct RequestStats {
     pub duration_sum: f64,
     /// Per-bucket counts; one more than the bounds (the overflow bucket).
     pub buckets: [u64; DURATION_BOUNDS.len() + 1],
-    /// Request body bytes.
-    pub request_bytes: u64,
-    /// Response body bytes.
-    pub response_bytes: u64,
+    /// Request body sizes.
+    pub request_size: SizeHistogram,
+    /// Response body sizes.
+    pub response_size: SizeHistogram,
+}
+
+/// Upper bounds of the body-size buckets, bytes: powers of ten, as Istio's
+/// `istio_request_bytes` and `istio_response_bytes`.
+pub const SIZE_BOUNDS: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+
+/// Cumulative body sizes of one series: their sum, and their count per bucket (one more
+/// than the bounds, the overflow bucket).
+#[derive(Debug, Clone, Default)]
+pub struct SizeHistogram {
+    /// Bytes in all.
+    pub sum: u64,
+    /// Bodies per bucket.
+    pub buckets: [u64; SIZE_BOUNDS.len() + 1],
+}
+
+impl SizeHistogram {
+    fn observe(&mut self, bytes: u64) {
+        self.sum += bytes;
+        self.buckets[SIZE_BOUNDS.partition_point(|b| *b < bytes)] += 1;
+    }
 }
 
 /// The table and the values seen per label. Both are looked up for every request: hashed
@@ -245,8 +266,8 @@ impl RequestMetrics {
         stats.count += 1;
         stats.duration_sum += seconds;
         stats.buckets[bucket] += 1;
-        stats.request_bytes += r.request_bytes;
-        stats.response_bytes += r.response_bytes;
+        stats.request_size.observe(r.request_bytes);
+        stats.response_size.observe(r.response_bytes);
     }
 
     /// How many series the table holds.

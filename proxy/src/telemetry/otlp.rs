@@ -22,7 +22,7 @@ use crate::{classify::Outcome, identity::WorkloadIdentity};
 use super::{
     RequestRecord, Side,
     text,
-    metrics::{DURATION_BOUNDS, RequestKey, RequestStats},
+    metrics::{DURATION_BOUNDS, RequestKey, RequestStats, SIZE_BOUNDS},
 };
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -406,40 +406,34 @@ pub fn metrics_request(
     active: &[(Side, i64)],
 ) -> ExportMetricsServiceRequest {
     let cumulative = AggregationTemporality::Cumulative as i32;
-    let mut server = Vec::new();
-    let mut client = Vec::new();
-    let mut req_bytes = Vec::new();
-    let mut resp_bytes = Vec::new();
+    // Per side: durations, request body sizes, response body sizes.
+    let mut server: [Vec<HistogramDataPoint>; 3] = Default::default();
+    let mut client: [Vec<HistogramDataPoint>; 3] = Default::default();
+    let size_bounds: Vec<f64> = SIZE_BOUNDS.iter().map(|b| *b as f64).collect();
     for (key, stats) in snapshot {
         let attributes = key_attributes(key);
-        let point = HistogramDataPoint {
-            attributes: attributes.clone(),
-            start_time_unix_nano: start_unix_nanos,
-            time_unix_nano: now_unix_nanos,
-            count: stats.count,
-            sum: Some(stats.duration_sum),
-            bucket_counts: stats.buckets.to_vec(),
-            explicit_bounds: DURATION_BOUNDS.to_vec(),
-            ..Default::default()
-        };
-        match key.side {
-            Side::Inbound => server.push(point),
-            Side::Outbound => client.push(point),
-        }
-        let number = |v: u64, attributes: Vec<KeyValue>| NumberDataPoint {
+        let point = |sum: f64, buckets: &[u64], bounds: &[f64], attributes: Vec<KeyValue>| HistogramDataPoint {
             attributes,
             start_time_unix_nano: start_unix_nanos,
             time_unix_nano: now_unix_nanos,
-            value: Some(number_data_point::Value::AsInt(v as i64)),
+            count: stats.count,
+            sum: Some(sum),
+            bucket_counts: buckets.to_vec(),
+            explicit_bounds: bounds.to_vec(),
             ..Default::default()
         };
-        req_bytes.push(number(stats.request_bytes, attributes.clone()));
-        resp_bytes.push(number(stats.response_bytes, attributes));
+        let side = match key.side {
+            Side::Inbound => &mut server,
+            Side::Outbound => &mut client,
+        };
+        side[1].push(point(stats.request_size.sum as f64, &stats.request_size.buckets, &size_bounds, attributes.clone()));
+        side[2].push(point(stats.response_size.sum as f64, &stats.response_size.buckets, &size_bounds, attributes.clone()));
+        side[0].push(point(stats.duration_sum, &stats.buckets, &DURATION_BOUNDS, attributes));
     }
-    let histogram = |name: &str, description: &str, points| Metric {
+    let histogram = |name: &str, description: &str, unit: &str, points| Metric {
         name: name.into(),
         description: description.into(),
-        unit: "s".into(),
+        unit: unit.into(),
         data: Some(Data::Histogram(Histogram { data_points: points, aggregation_temporality: cumulative })),
         ..Default::default()
     };
@@ -480,11 +474,15 @@ pub fn metrics_request(
         data: Some(Data::Sum(Sum { data_points: in_flight, aggregation_temporality: cumulative, is_monotonic: false })),
         ..Default::default()
     };
+    let [server_duration, server_request, server_response] = server;
+    let [client_duration, client_request, client_response] = client;
     let metrics = vec![
-        histogram("http.server.request.duration", "Duration of inbound requests", server),
-        histogram("http.client.request.duration", "Duration of outbound requests", client),
-        sum("meshlens.proxy.request.bytes", "Request body bytes", req_bytes),
-        sum("meshlens.proxy.response.bytes", "Response body bytes", resp_bytes),
+        histogram("http.server.request.duration", "Duration of inbound requests", "s", server_duration),
+        histogram("http.client.request.duration", "Duration of outbound requests", "s", client_duration),
+        histogram("http.server.request.body.size", "Body sizes of inbound requests", "By", server_request),
+        histogram("http.server.response.body.size", "Body sizes of the responses to inbound requests", "By", server_response),
+        histogram("http.client.request.body.size", "Body sizes of outbound requests", "By", client_request),
+        histogram("http.client.response.body.size", "Body sizes of the responses to outbound requests", "By", client_response),
         connections("meshlens.proxy.tcp.connections.opened", "TCP connections opened", tcp_points(|t| t.opened)),
         connections("meshlens.proxy.tcp.connections.closed", "TCP connections closed", tcp_points(|t| t.closed)),
         sum("meshlens.proxy.tcp.received", "Bytes received from peers", tcp_points(|t| t.received)),
@@ -824,6 +822,8 @@ mod tests {
         client.authority = Some("reviews".into());
         client.authority_port = None;
         client.destination_service = "reviews".into();
+        client.request_bytes = 0;
+        client.response_bytes = 2_500;
         metrics.observe(&client);
         let mut server = super::super::tests::record(true, Outcome::Success, 1);
         server.side = Side::Inbound;
@@ -861,6 +861,20 @@ mod tests {
         let server = point("http.server.request.duration");
         assert!(has(&server, "url.scheme", "http") && has(&server, "network.protocol.version", "2"), "{server:?}");
         assert!(server.iter().all(|(k, _)| k != "server.address" && k != "error.type"), "{server:?}");
+        // Body sizes: histograms with OpenTelemetry's names and the same attributes, in
+        // Istio's buckets (powers of ten).
+        let sizes = |name: &str| {
+            let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");
+            let Some(Data::Histogram(h)) = &metric.data else { panic!("{name} is a histogram") };
+            assert_eq!(metric.unit, "By");
+            let p = &h.data_points[0];
+            (p.count, p.sum, p.bucket_counts.clone(), p.explicit_bounds.len())
+        };
+        let buckets = |i: usize| (0..10).map(|b| u64::from(b == i)).collect::<Vec<u64>>();
+        assert_eq!(sizes("http.client.request.body.size"), (1, Some(0.0), buckets(0), 9), "an empty body: the first bucket");
+        assert_eq!(sizes("http.client.response.body.size"), (1, Some(2_500.0), buckets(4), 9), "(1,000, 10,000]");
+        assert_eq!(point("http.client.response.body.size"), client, "the duration's attributes");
+        assert_eq!(sizes("http.server.request.body.size").0, 1);
         let active = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == "meshlens.proxy.active_requests");
         let Some(Data::Sum(active)) = active.and_then(|m| m.data.as_ref()) else { panic!("requests in flight: {active:?}") };
         assert!(!active.is_monotonic, "an up-down counter");
