@@ -479,13 +479,19 @@ fn response_code_details(r: &RequestRecord) -> &'static str {
         (ResponseFlags::NO_ROUTE, "route_not_found"),
         (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
         (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
-        (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}"),
         (ResponseFlags::UPSTREAM_TIMEOUT, "upstream_response_timeout"),
         (ResponseFlags::BAD_REQUEST, "invalid_request"),
         (ResponseFlags::STREAM_IDLE_TIMEOUT, "stream_idle_timeout"),
     ];
     if let Some((_, detail)) = details.iter().find(|(flag, _)| r.flags.contains(*flag)) {
         return detail;
+    }
+    if r.flags.contains(ResponseFlags::UPSTREAM_PROTOCOL_ERROR) {
+        return if answered {
+            "upstream_reset_after_response_started{protocol_error}"
+        } else {
+            "upstream_reset_before_response_started{protocol_error}"
+        };
     }
     match (r.flags.contains(ResponseFlags::UPSTREAM_RESET), answered) {
         (true, true) => "upstream_reset_after_response_started{connection_termination}",
@@ -811,8 +817,12 @@ mod tests {
         assert_eq!(f.render(&r), "upstream_reset_after_response_started{connection_termination}|3|/items/{id}");
         r.response_duration = None;
         assert!(f.render(&r).starts_with("upstream_reset_before_response_started{connection_termination}|"));
+        r.flags = ResponseFlags::UPSTREAM_PROTOCOL_ERROR;
+        assert!(f.render(&r).starts_with("upstream_reset_before_response_started{protocol_error}|"));
+        r.response_duration = Some(std::time::Duration::from_millis(3));
+        assert!(f.render(&r).starts_with("upstream_reset_after_response_started{protocol_error}|"), "a bad chunk after the head");
+        r.response_duration = None;
         for (flag, detail) in [
-            (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}"),
             (ResponseFlags::NO_ROUTE, "route_not_found"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
             (ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream_reset_before_response_started{connection_failure}"),
