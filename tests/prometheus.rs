@@ -23,7 +23,11 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
 
     let prom = Prometheus::start(
         &dir,
-        &format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshlens\n    static_configs:\n      - targets: ['{}']\n", collector.web),
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshlens\n    static_configs:\n      - targets: ['{}']\n\
+             \x20 - job_name: sidecar\n    static_configs:\n      - targets: ['{}']\n",
+            collector.web, front.admin
+        ),
     );
     let web = prom.web;
 
@@ -69,6 +73,21 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
             .filter(|v| v.is_finite())
     });
     assert!((0.025..=0.05).contains(&p99), "p99 {p99}s");
+
+    // A sidecar scraped directly (its admin /metrics): the same requests under
+    // OpenTelemetry's names, front's outbound calls to back counted as the topology counts
+    // them, and their p99 in the same bucket.
+    let sidecar_back = "http_client_request_duration_seconds_count{job=\"sidecar\",meshlens_destination_service=\"back\"}";
+    wait_for("Prometheus to scrape front's sidecar", Duration::from_secs(30), || {
+        (prom.value(&format!("sum({sidecar_back})")) == edge["requests"].as_f64()).then_some(())
+    });
+    let sidecar_p99 = wait_for("a sidecar p99", Duration::from_secs(10), || {
+        prom.value("histogram_quantile(0.99, sum by (le) (rate(http_client_request_duration_seconds_bucket{job=\"sidecar\",meshlens_destination_service=\"back\"}[1m])))")
+            .filter(|v| v.is_finite())
+    });
+    assert!((0.025..=0.05).contains(&sidecar_p99), "sidecar p99 {sidecar_p99}s");
+    let sizes = prom.value("sum(http_client_response_body_size_bytes_count{job=\"sidecar\",meshlens_destination_service=\"back\"})");
+    assert_eq!(sizes, edge["requests"].as_f64(), "a body size per request");
 
     // Istio-compatible names: Kiali's graph query, unchanged, finds the mesh's edges.
     let kiali = "sum(rate(istio_requests_total{reporter=\"source\"}[1m])) by (source_workload, destination_workload, response_code)";

@@ -1,4 +1,5 @@
-//! The sidecar's admin server: `/metrics` (its own counters, Prometheus text) and `/ready`.
+//! The sidecar's admin server: `/metrics` (its own counters and its request metrics,
+//! Prometheus text) and `/ready`.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -9,13 +10,14 @@ use tower::util::BoxCloneService;
 use crate::{
     body,
     stack::{Request, Response},
-    telemetry::Telemetry,
+    telemetry::{Telemetry, prometheus::RequestMetricsCollector},
 };
 
 /// Builds the admin service.
 pub fn service(telemetry: &Telemetry) -> BoxCloneService<Request, Response, Infallible> {
     let mut registry = Registry::default();
     telemetry.stats().register(&mut registry);
+    registry.register_collector(Box::new(RequestMetricsCollector(telemetry.metrics().clone())));
     let registry = Arc::new(registry);
     let telemetry = telemetry.clone();
     BoxCloneService::new(tower::service_fn(move |req: Request| {

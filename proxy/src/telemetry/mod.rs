@@ -13,6 +13,7 @@ pub mod export;
 pub mod metrics;
 pub mod otlp;
 mod otlp_http;
+pub mod prometheus;
 pub mod stats;
 pub mod text;
 pub mod wire;

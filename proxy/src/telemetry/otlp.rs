@@ -308,7 +308,8 @@ pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
     meshlens_common::hex::push(&r.context.trace_id.0, out);
 }
 
-fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
+/// The attributes of a request-metrics series.
+pub(crate) fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
     let mut a = Attributes::default();
     if k.status != 0 {
         a.int("http.response.status_code", i64::from(k.status));
@@ -335,7 +336,8 @@ fn key_attributes(k: &RequestKey) -> Vec<KeyValue> {
         .str(semconv::CLASSIFICATION, k.outcome.as_str())
         .str(semconv::RESPONSE_FLAGS, k.flags.to_string())
         ;
-    if !k.destination_service.is_empty() {
+    // The destination's identity names its service; without one, the service addressed.
+    if !k.destination_service.is_empty() && k.destination.is_none() {
         a.str(semconv::DESTINATION_KEYS.service, &*k.destination_service);
     }
     if let Some(code) = k.grpc_status {
