@@ -240,7 +240,8 @@ impl SpanContext {
     pub fn continue_from(headers: &HeaderMap, ratio: f64, emit: Formats) -> Self {
         let (caller, seen) = extract(headers);
         let emit = emit.union(seen);
-        let debug = b3_debug(headers);
+        // Only a request that came with B3 can carry its debug flag.
+        let debug = (seen.b3 || seen.b3multi) && b3_debug(headers);
         match caller {
             Caller::Context(parent) => Self {
                 trace_id: parent.trace_id,
