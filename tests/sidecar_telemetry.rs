@@ -1028,6 +1028,9 @@ fn http1_only_app(addr: std::net::SocketAddr) {
             b"HTTP/1.1 abc\r\n\r\n"
         } else if head.starts_with("GET /bad-chunk ") {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"
+        } else if head.starts_with("GET /length-and-chunks ") {
+            // Both framings: the chunks win (RFC 9112), and the length is stale.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n"
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
         };
@@ -1063,6 +1066,14 @@ fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_with_flag_upe() {
     });
     assert_eq!(status, 502, "{message}");
     assert!(message.contains("broke the HTTP protocol") && message.contains("http2 error: "), "the cause is named: {message}");
+
+    // A response framed both ways is read by its chunks and goes on without its stale
+    // length: the caller gets the whole body, and neither side saw a failure.
+    let (both, _) = hop.exchange(b"GET /length-and-chunks HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
+    assert!(both.starts_with("HTTP/1.1 200") && !both.to_lowercase().contains("content-length: 5"), "{both}");
+    assert!(both.ends_with("2\r\nok\r\n0\r\n\r\n") || both.ends_with("\r\n\r\nok"), "the whole body: {both:?}");
+    let rows = hop.both_spans("kind, status, response_flags", "/length-and-chunks");
+    assert!(rows.iter().all(|r| r[1] == "unset" && r[2] == "-"), "{rows:?}");
 
     // A bad chunk after the head: the status stays as sent, the body is cut off.
     let (cut, _) = hop.exchange(b"GET /bad-chunk HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");

@@ -96,6 +96,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(hop_by_hop) {
         return;
     }
+    // A message framed by `Transfer-Encoding` and carrying a `Content-Length` too was read by
+    // its chunks, and goes on with the length of what was read: an intermediary must remove
+    // the received `Content-Length` (RFC 9112, 6.3), which no longer describes the body.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // Headers named by `Connection` are hop-by-hop too.
     let named: Vec<header::HeaderName> = connection_tokens(headers).filter_map(|name| name.parse().ok()).collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
@@ -202,6 +208,18 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         assert!(h.get("x-kept").is_some() && h.get(header::TRAILER).is_some());
+
+        // Framed by its chunks, a message's received `Content-Length` goes; alone, it stays.
+        let mut both = HeaderMap::new();
+        both.insert(header::CONTENT_LENGTH, "5".parse().expect("value"));
+        both.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("value"));
+        strip_hop_by_hop(&mut both);
+        assert!(both.is_empty(), "{both:?}");
+        let mut length = HeaderMap::new();
+        length.insert(header::CONTENT_LENGTH, "5".parse().expect("value"));
+        length.insert(header::CONNECTION, "close".parse().expect("value"));
+        strip_hop_by_hop(&mut length);
+        assert_eq!(length.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
 
         // Any one of them takes the full path; a message with none is left as it is.
         for name in ["upgrade", "proxy-connection", "te"] {
