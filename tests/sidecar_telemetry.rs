@@ -972,18 +972,23 @@ fn stalling_h2_app(addr: std::net::SocketAddr) {
     });
 }
 
+/// An HTTP/2 (prior knowledge) connection to `addr`, driven on the current runtime.
+async fn http2_caller(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 #[test]
 fn an_http2_stream_that_stalls_is_reset_and_its_connection_kept() {
     use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let dir = TestDir::new("stream-idle-h2");
     let hop = RawHop::start_with(&dir, "feed", stalling_h2_app, "[streams]\nidle_timeout = \"600ms\"");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(hop.tester.outbound).await.expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("handshake");
-        tokio::spawn(connection);
+        let mut sender = http2_caller(hop.tester.outbound).await;
         let get = |path: &str| {
             let uri = format!("http://feed{path}");
             http::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request")
@@ -1043,7 +1048,6 @@ fn http1_only_app(addr: std::net::SocketAddr) {
 #[test]
 fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_with_flag_upe() {
     use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let dir = TestDir::new("upstream-protocol-error");
     let hop = RawHop::start(&dir, "legacy", http1_only_app);
     let (ok, _) = hop.exchange(b"GET /fine HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
@@ -1054,10 +1058,7 @@ fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_with_flag_upe() {
     // An HTTP/2 caller: the sidecars keep its protocol up to the app, which cannot speak it.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (status, message) = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(hop.tester.outbound).await.expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("handshake");
-        tokio::spawn(connection);
+        let mut sender = http2_caller(hop.tester.outbound).await;
         let req = http::Request::get("http://legacy/over-h2").body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
         let response = sender.send_request(req).await.expect("a response");
         let status = response.status();

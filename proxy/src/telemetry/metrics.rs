@@ -152,7 +152,7 @@ pub struct RequestStats {
 
 /// Upper bounds of the body-size buckets, bytes: powers of ten, as Istio's
 /// `istio_request_bytes` and `istio_response_bytes`.
-pub const SIZE_BOUNDS: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+pub const SIZE_BOUNDS: [f64; 9] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
 
 /// Cumulative body sizes of one series: their sum, and their count per bucket (one more
 /// than the bounds, the overflow bucket).
@@ -167,9 +167,92 @@ pub struct SizeHistogram {
 impl SizeHistogram {
     fn observe(&mut self, bytes: u64) {
         self.sum += bytes;
-        self.buckets[SIZE_BOUNDS.partition_point(|b| *b < bytes)] += 1;
+        self.buckets[SIZE_BOUNDS.partition_point(|b| *b < bytes as f64)] += 1;
     }
 }
+
+/// One histogram of a series, as exported: its sum, its per-bucket counts and their upper
+/// bounds (the counts have one more, the overflow bucket).
+#[derive(Debug)]
+pub struct HistogramView<'a> {
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Observations per bucket.
+    pub buckets: &'a [u64],
+    /// Upper bounds of the buckets.
+    pub bounds: &'static [f64],
+}
+
+/// A histogram the request metrics export, for the series of one side: its OpenTelemetry
+/// name, description and unit, and where a series keeps it. The OTLP export and the admin
+/// `/metrics` both read this table.
+#[derive(Debug)]
+pub struct HistogramFamily {
+    /// OpenTelemetry's name (`http.client.request.duration`).
+    pub name: &'static str,
+    /// What it measures.
+    pub description: &'static str,
+    /// UCUM unit: `s` or `By`.
+    pub unit: &'static str,
+    /// The side whose series it holds.
+    pub side: Side,
+    /// The histogram in a series.
+    pub view: fn(&RequestStats) -> HistogramView<'_>,
+}
+
+fn durations(s: &RequestStats) -> HistogramView<'_> {
+    HistogramView { sum: s.duration_sum, buckets: &s.buckets, bounds: &DURATION_BOUNDS }
+}
+
+fn sizes(h: &SizeHistogram) -> HistogramView<'_> {
+    HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &SIZE_BOUNDS }
+}
+
+/// Every histogram of the request metrics.
+pub const HISTOGRAMS: [HistogramFamily; 6] = [
+    HistogramFamily {
+        name: "http.server.request.duration",
+        description: "Duration of inbound requests",
+        unit: "s",
+        side: Side::Inbound,
+        view: durations,
+    },
+    HistogramFamily {
+        name: "http.client.request.duration",
+        description: "Duration of outbound requests",
+        unit: "s",
+        side: Side::Outbound,
+        view: durations,
+    },
+    HistogramFamily {
+        name: "http.server.request.body.size",
+        description: "Body sizes of inbound requests",
+        unit: "By",
+        side: Side::Inbound,
+        view: |s| sizes(&s.request_size),
+    },
+    HistogramFamily {
+        name: "http.server.response.body.size",
+        description: "Body sizes of the responses to inbound requests",
+        unit: "By",
+        side: Side::Inbound,
+        view: |s| sizes(&s.response_size),
+    },
+    HistogramFamily {
+        name: "http.client.request.body.size",
+        description: "Body sizes of outbound requests",
+        unit: "By",
+        side: Side::Outbound,
+        view: |s| sizes(&s.request_size),
+    },
+    HistogramFamily {
+        name: "http.client.response.body.size",
+        description: "Body sizes of the responses to outbound requests",
+        unit: "By",
+        side: Side::Outbound,
+        view: |s| sizes(&s.response_size),
+    },
+];
 
 /// The table and the values seen per label. Both are looked up for every request: hashed
 /// with aHash (randomly keyed), not SipHash, which was ~1 % of a saturated sidecar's CPU.

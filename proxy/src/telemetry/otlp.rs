@@ -22,7 +22,7 @@ use crate::{classify::Outcome, identity::WorkloadIdentity};
 use super::{
     RequestRecord, Side,
     text,
-    metrics::{DURATION_BOUNDS, RequestKey, RequestStats, SIZE_BOUNDS},
+    metrics::{HISTOGRAMS, RequestKey, RequestStats},
 };
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -408,37 +408,35 @@ pub fn metrics_request(
     active: &[(Side, i64)],
 ) -> ExportMetricsServiceRequest {
     let cumulative = AggregationTemporality::Cumulative as i32;
-    // Per side: durations, request body sizes, response body sizes.
-    let mut server: [Vec<HistogramDataPoint>; 3] = Default::default();
-    let mut client: [Vec<HistogramDataPoint>; 3] = Default::default();
-    let size_bounds: Vec<f64> = SIZE_BOUNDS.iter().map(|b| *b as f64).collect();
-    for (key, stats) in snapshot {
-        let attributes = key_attributes(key);
-        let point = |sum: f64, buckets: &[u64], bounds: &[f64], attributes: Vec<KeyValue>| HistogramDataPoint {
-            attributes,
-            start_time_unix_nano: start_unix_nanos,
-            time_unix_nano: now_unix_nanos,
-            count: stats.count,
-            sum: Some(sum),
-            bucket_counts: buckets.to_vec(),
-            explicit_bounds: bounds.to_vec(),
+    // Each series' attributes once, for every histogram of its side.
+    let attributed: Vec<(Side, Vec<KeyValue>, &RequestStats)> =
+        snapshot.iter().map(|(key, stats)| (key.side, key_attributes(key), stats)).collect();
+    let histograms = HISTOGRAMS.iter().map(|family| {
+        let points = attributed
+            .iter()
+            .filter(|(side, _, _)| *side == family.side)
+            .map(|(_, attributes, stats)| {
+                let view = (family.view)(stats);
+                HistogramDataPoint {
+                    attributes: attributes.clone(),
+                    start_time_unix_nano: start_unix_nanos,
+                    time_unix_nano: now_unix_nanos,
+                    count: stats.count,
+                    sum: Some(view.sum),
+                    bucket_counts: view.buckets.to_vec(),
+                    explicit_bounds: view.bounds.to_vec(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Metric {
+            name: family.name.into(),
+            description: family.description.into(),
+            unit: family.unit.into(),
+            data: Some(Data::Histogram(Histogram { data_points: points, aggregation_temporality: cumulative })),
             ..Default::default()
-        };
-        let side = match key.side {
-            Side::Inbound => &mut server,
-            Side::Outbound => &mut client,
-        };
-        side[1].push(point(stats.request_size.sum as f64, &stats.request_size.buckets, &size_bounds, attributes.clone()));
-        side[2].push(point(stats.response_size.sum as f64, &stats.response_size.buckets, &size_bounds, attributes.clone()));
-        side[0].push(point(stats.duration_sum, &stats.buckets, &DURATION_BOUNDS, attributes));
-    }
-    let histogram = |name: &str, description: &str, unit: &str, points| Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Histogram(Histogram { data_points: points, aggregation_temporality: cumulative })),
-        ..Default::default()
-    };
+        }
+    });
     let sum = |name: &str, description: &str, points| Metric {
         name: name.into(),
         description: description.into(),
@@ -476,21 +474,14 @@ pub fn metrics_request(
         data: Some(Data::Sum(Sum { data_points: in_flight, aggregation_temporality: cumulative, is_monotonic: false })),
         ..Default::default()
     };
-    let [server_duration, server_request, server_response] = server;
-    let [client_duration, client_request, client_response] = client;
-    let metrics = vec![
-        histogram("http.server.request.duration", "Duration of inbound requests", "s", server_duration),
-        histogram("http.client.request.duration", "Duration of outbound requests", "s", client_duration),
-        histogram("http.server.request.body.size", "Body sizes of inbound requests", "By", server_request),
-        histogram("http.server.response.body.size", "Body sizes of the responses to inbound requests", "By", server_response),
-        histogram("http.client.request.body.size", "Body sizes of outbound requests", "By", client_request),
-        histogram("http.client.response.body.size", "Body sizes of the responses to outbound requests", "By", client_response),
+    let mut metrics: Vec<Metric> = histograms.collect();
+    metrics.extend([
         connections("meshlens.proxy.tcp.connections.opened", "TCP connections opened", tcp_points(|t| t.opened)),
         connections("meshlens.proxy.tcp.connections.closed", "TCP connections closed", tcp_points(|t| t.closed)),
         sum("meshlens.proxy.tcp.received", "Bytes received from peers", tcp_points(|t| t.received)),
         sum("meshlens.proxy.tcp.sent", "Bytes sent to peers", tcp_points(|t| t.sent)),
         active_requests,
-    ];
+    ]);
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),

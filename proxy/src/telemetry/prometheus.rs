@@ -17,7 +17,7 @@ use prometheus_client::{
 
 use super::{
     Side,
-    metrics::{DURATION_BOUNDS, RequestMetrics, RequestStats, SIZE_BOUNDS, SizeHistogram},
+    metrics::{HISTOGRAMS, RequestKey, RequestMetrics, RequestStats},
     otlp,
 };
 
@@ -25,82 +25,28 @@ use super::{
 #[derive(Debug)]
 pub struct RequestMetricsCollector(pub RequestMetrics);
 
-/// A histogram's sum and its per-bucket counts under their upper bounds.
-type Histogram = (f64, Vec<(f64, u64)>);
-
 /// Prometheus labels.
 type Labels = Vec<(String, String)>;
-
-/// A histogram family: its name without the unit, its help, its unit, and the side whose
-/// series it holds.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    unit: Unit,
-    side: Side,
-    histogram: fn(&RequestStats) -> Histogram,
-}
-
-fn durations(s: &RequestStats) -> Histogram {
-    (s.duration_sum, buckets(&DURATION_BOUNDS, &s.buckets))
-}
-
-fn sizes(h: &SizeHistogram) -> Histogram {
-    (h.sum as f64, buckets(&SIZE_BOUNDS.map(|b| b as f64), &h.buckets))
-}
-
-/// Per-bucket counts under their upper bounds, the last one `+Inf`.
-fn buckets(bounds: &[f64], counts: &[u64]) -> Vec<(f64, u64)> {
-    bounds.iter().copied().chain([f64::INFINITY]).zip(counts.iter().copied()).collect()
-}
-
-const FAMILIES: [Family; 6] = [
-    Family { name: "http_server_request_duration", help: "Duration of inbound requests", unit: Unit::Seconds, side: Side::Inbound, histogram: durations },
-    Family { name: "http_client_request_duration", help: "Duration of outbound requests", unit: Unit::Seconds, side: Side::Outbound, histogram: durations },
-    Family {
-        name: "http_server_request_body_size",
-        help: "Body sizes of inbound requests",
-        unit: Unit::Bytes,
-        side: Side::Inbound,
-        histogram: |s| sizes(&s.request_size),
-    },
-    Family {
-        name: "http_server_response_body_size",
-        help: "Body sizes of the responses to inbound requests",
-        unit: Unit::Bytes,
-        side: Side::Inbound,
-        histogram: |s| sizes(&s.response_size),
-    },
-    Family {
-        name: "http_client_request_body_size",
-        help: "Body sizes of outbound requests",
-        unit: Unit::Bytes,
-        side: Side::Outbound,
-        histogram: |s| sizes(&s.request_size),
-    },
-    Family {
-        name: "http_client_response_body_size",
-        help: "Body sizes of the responses to outbound requests",
-        unit: Unit::Bytes,
-        side: Side::Outbound,
-        histogram: |s| sizes(&s.response_size),
-    },
-];
 
 impl Collector for RequestMetricsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.0.snapshot();
         let labelled: Vec<(Side, Labels, &RequestStats)> =
             snapshot.iter().map(|(key, stats)| (key.side, labels(key), stats)).collect();
-        for family in &FAMILIES {
+        for family in &HISTOGRAMS {
             let mut series = labelled.iter().filter(|(side, _, _)| *side == family.side).peekable();
             if series.peek().is_none() {
                 continue;
             }
-            let mut metric = encoder.encode_descriptor(family.name, family.help, Some(&family.unit), MetricType::Histogram)?;
+            // `http.client.request.duration` in `s`: `http_client_request_duration_seconds`.
+            let name = family.name.replace('.', "_");
+            let unit = if family.unit == "s" { Unit::Seconds } else { Unit::Bytes };
+            let mut metric = encoder.encode_descriptor(&name, family.description, Some(&unit), MetricType::Histogram)?;
             for (_, labels, stats) in series {
-                let (sum, buckets) = (family.histogram)(stats);
-                metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(sum, stats.count, &buckets, None)?;
+                let view = (family.view)(stats);
+                let buckets: Vec<(f64, u64)> =
+                    view.bounds.iter().copied().chain([f64::INFINITY]).zip(view.buckets.iter().copied()).collect();
+                metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(view.sum, stats.count, &buckets, None)?;
             }
         }
         Ok(())
@@ -108,7 +54,7 @@ impl Collector for RequestMetricsCollector {
 }
 
 /// The series' OTLP attributes as Prometheus labels: dots become underscores.
-fn labels(key: &super::metrics::RequestKey) -> Labels {
+fn labels(key: &RequestKey) -> Labels {
     otlp::key_attributes(key)
         .into_iter()
         .filter_map(|kv| {
