@@ -261,6 +261,31 @@ impl SpanContext {
         }
     }
 
+    /// The `tracestate` this span carries in its record: the one the caller sent with the
+    /// `traceparent` it continues (its header fields joined by commas, as RFC 9110 combines
+    /// them), else none. A combined value over [`MAX_TRACE_STATE`] bytes is not recorded
+    /// (W3C: longer ones may be ignored); the header itself goes on untouched.
+    pub fn trace_state(&self, headers: &HeaderMap) -> Option<String> {
+        if !self.w3c_parent {
+            return None;
+        }
+        let mut joined = String::new();
+        for value in headers.get_all(TRACESTATE) {
+            let value = value.to_str().ok()?.trim();
+            if value.is_empty() {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            joined.push_str(value);
+            if joined.len() > MAX_TRACE_STATE {
+                return None;
+            }
+        }
+        (!joined.is_empty()).then_some(joined)
+    }
+
     /// The trace ID as B3 writes it: 16 hex digits when its upper half is zero (a 64-bit
     /// trace, as a B3 caller may have sent it), else 32.
     fn b3_trace_id(&self) -> ([u8; 32], usize) {
@@ -316,6 +341,10 @@ impl SpanContext {
         }
     }
 }
+
+/// The longest combined `tracestate` a span records: the 512 characters W3C Trace Context
+/// asks every participant to propagate.
+pub const MAX_TRACE_STATE: usize = 512;
 
 /// The `x-request-id` header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -455,10 +484,25 @@ mod tests {
             ctx.inject(&mut h);
             let out = h.get("tracestate").and_then(|v| v.to_str().ok()).map(str::to_owned);
             assert_eq!(out.as_deref(), kept.then_some(state.1), "{pairs:?}");
+            assert_eq!(ctx.trace_state(&h).as_deref(), kept.then_some(state.1), "{pairs:?}: the span records what goes on");
             let retried = SpanContext { span_id: SpanId::random(), parent_span_id: Some(ctx.span_id), ..ctx };
             retried.inject(&mut h);
             assert_eq!(h.get("tracestate").and_then(|v| v.to_str().ok()), out.as_deref(), "{pairs:?}: an attempt keeps it too");
         }
+    }
+
+    #[test]
+    fn a_spans_trace_state_joins_the_callers_fields_and_skips_one_too_long() {
+        let mut h = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]);
+        for value in ["rojo=00f067aa0ba902b7", " ", "congo=t61rcWkgMzE "] {
+            h.append(TRACESTATE, HeaderValue::from_static(value));
+        }
+        let ctx = SpanContext::continue_from(&h, 1.0, Formats::W3C);
+        assert_eq!(ctx.trace_state(&h).as_deref(), Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"));
+        h.append(TRACESTATE, HeaderValue::from_str(&format!("long={}", "v".repeat(MAX_TRACE_STATE))).expect("ascii"));
+        assert_eq!(ctx.trace_state(&h), None, "over 512 bytes combined");
+        h.remove(TRACESTATE);
+        assert_eq!(ctx.trace_state(&h), None, "no tracestate sent");
     }
 
     #[test]

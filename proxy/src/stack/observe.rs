@@ -142,6 +142,7 @@ where
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),
+            trace_state: context.trace_state(req.headers()),
             events: Vec::new(),
             retries: 0,
             attempt: None,

@@ -225,6 +225,7 @@ impl AttemptSpan {
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: None,
             request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            trace_state: context.trace_state(req.headers()),
             events: Vec::new(),
             retries: 0,
             attempt: Some(attempt),

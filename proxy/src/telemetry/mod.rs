@@ -121,6 +121,8 @@ pub struct RequestRecord {
     pub user_agent: Option<String>,
     /// The `x-request-id` header.
     pub request_id: Option<String>,
+    /// The W3C `tracestate` of the trace context continued (the span's `trace_state`).
+    pub trace_state: Option<String>,
     /// What happened along the way (failures the sidecar saw, retries).
     pub events: Vec<SpanEvent>,
     /// Retries the sidecar made (attempts beyond the first).
@@ -517,6 +519,7 @@ pub(crate) mod tests {
             classification: Classification { outcome, error_type: None },
             user_agent: None,
             request_id: None,
+            trace_state: None,
             events: Vec::new(),
             retries: 0,
             attempt: None,

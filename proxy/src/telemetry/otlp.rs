@@ -540,6 +540,7 @@ pub(crate) mod reference {
             trace_id: r.context.trace_id.0.to_vec(),
             span_id: r.context.span_id.0.to_vec(),
             parent_span_id: r.context.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+            trace_state: r.trace_state.clone().unwrap_or_default(),
             flags: u32::from(r.context.sampled) | 0x100,
             name: { let mut n = String::new(); write_span_name(r, &mut n); n },
             kind: kind as i32,

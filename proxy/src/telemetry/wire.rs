@@ -214,6 +214,9 @@ impl Encoder {
         let buf = &mut self.items;
         put_len(buf, 1, &r.context.trace_id.0);
         put_len(buf, 2, &r.context.span_id.0);
+        if let Some(state) = &r.trace_state {
+            put_len(buf, 3, state.as_bytes());
+        }
         if let Some(parent) = r.context.parent_span_id {
             put_len(buf, 4, &parent.0);
         }
@@ -317,6 +320,7 @@ mod tests {
         rich.classification.error_type = Some("connect_error".into());
         rich.user_agent = Some("curl/8 ünïcode".into());
         rich.request_id = Some("rid-1".into());
+        rich.trace_state = Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into());
         rich.events = vec![
             SpanEvent { offset: Duration::from_millis(5), name: "retry", message: Some("reset by peer".into()) },
             SpanEvent { offset: Duration::from_millis(9), name: "timeout", message: None },
