@@ -108,7 +108,15 @@ pub struct Incoming {
     pub parent_id: SpanId,
     /// The caller's sampling decision, if it made one.
     pub sampled: Option<bool>,
+    /// W3C Trace Context level 2's random flag (`0x02`): the caller says the trace ID's
+    /// right 7 bytes are random. B3 does not say.
+    pub random: bool,
 }
+
+/// W3C trace flags: sampled.
+const SAMPLED_FLAG: u8 = 0x01;
+/// W3C trace flags (level 2): the trace ID is random.
+const RANDOM_FLAG: u8 = 0x02;
 
 /// Parses a W3C `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`; future versions are
 /// read by their first four fields.
@@ -125,7 +133,7 @@ pub fn parse_traceparent(value: &str) -> Option<Incoming> {
     if trace_id.0 == [0; 16] || parent_id.0 == [0; 8] {
         return None;
     }
-    Some(Incoming { trace_id, parent_id, sampled: Some(flags & 1 == 1) })
+    Some(Incoming { trace_id, parent_id, sampled: Some(flags & SAMPLED_FLAG != 0), random: flags & RANDOM_FLAG != 0 })
 }
 
 /// Parses a B3 single header: `{trace}-{span}[-{sampled}[-{parent}]]`. A lone `0`, `1` or
@@ -140,7 +148,7 @@ pub fn parse_b3_single(value: &str) -> Option<Incoming> {
         Some("0") => Some(false),
         Some(_) => return None,
     };
-    Some(Incoming { trace_id, parent_id, sampled })
+    Some(Incoming { trace_id, parent_id, sampled, random: false })
 }
 
 fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
@@ -151,7 +159,7 @@ fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<
 pub fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
     let trace_id = parse_b3_trace_id(header(headers, B3_TRACE_ID)?)?;
     let parent_id = parse_b3_span_id(header(headers, B3_SPAN_ID)?)?;
-    Some(Incoming { trace_id, parent_id, sampled: b3_multi_sampled(headers) })
+    Some(Incoming { trace_id, parent_id, sampled: b3_multi_sampled(headers), random: false })
 }
 
 /// The decision of B3's multiple headers: `X-B3-Flags: 1` (debug) or `X-B3-Sampled`.
@@ -232,6 +240,9 @@ pub struct SpanContext {
     /// B3's debug flag (`b3: …-d`, `X-B3-Flags: 1`): the caller asked for this trace to be
     /// recorded whatever any sampler says. Sampled, and written on in B3 as it came.
     pub debug: bool,
+    /// W3C level 2's random flag: set on a trace the sidecar starts (its IDs are random)
+    /// and kept as a `traceparent` caller sent it; unknown, so unset, for a B3 caller's.
+    pub random: bool,
 }
 
 impl SpanContext {
@@ -252,11 +263,13 @@ impl SpanContext {
                 // A valid `traceparent` is the context read first.
                 w3c_parent: seen.w3c,
                 debug,
+                random: parent.random,
             },
             Caller::Decision(decision) => {
                 let trace_id = TraceId::random();
                 let sampled = decision.unwrap_or_else(|| trace_id.within_ratio(ratio));
-                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit, w3c_parent: false, debug }
+                let span_id = SpanId::random();
+                Self { trace_id, span_id, parent_span_id: None, sampled, emit, w3c_parent: false, debug, random: true }
             }
         }
     }
@@ -295,13 +308,19 @@ impl SpanContext {
         (text, skip)
     }
 
+    /// The W3C trace flags of this span: sampled (`0x01`) and random (`0x02`), the others
+    /// unset. OTLP's span and log-record `flags` carry them in their low byte.
+    pub fn trace_flags(&self) -> u8 {
+        (if self.sampled { SAMPLED_FLAG } else { 0 }) | (if self.random { RANDOM_FLAG } else { 0 })
+    }
+
     /// The `traceparent` value that makes the next hop's span a child of this one.
     pub fn traceparent(&self) -> HeaderValue {
         // 00-<32 digits>-<16 digits>-<flags>
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex::encode_into(&self.trace_id.0, &mut text[3..35]);
         hex::encode_into(&self.span_id.0, &mut text[36..52]);
-        text[54] = if self.sampled { b'1' } else { b'0' };
+        hex::encode_into(&[self.trace_flags()], &mut text[53..55]);
         header_value(&text)
     }
 
@@ -382,6 +401,22 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).expect("ascii"));
         }
         h
+    }
+
+    #[test]
+    fn the_random_flag_is_set_on_new_traces_and_kept_as_a_caller_sent_it() {
+        let flags = |h: &HeaderMap| h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(|v| v[53..].to_owned());
+        let mut new = HeaderMap::new();
+        SpanContext::continue_from(&new.clone(), 1.0, Formats::W3C).inject(&mut new);
+        assert_eq!(flags(&new).as_deref(), Some("03"), "sampled, and the sidecar's trace IDs are random");
+        for (sent, kept) in [("00", "00"), ("01", "01"), ("02", "02"), ("03", "03"), ("ff", "03")] {
+            let mut h = headers(&[("traceparent", &format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{sent}"))]);
+            SpanContext::continue_from(&h, 1.0, Formats::W3C).inject(&mut h);
+            assert_eq!(flags(&h).as_deref(), Some(kept), "{sent}: flags not defined are not passed on");
+        }
+        let mut b3 = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
+        SpanContext::continue_from(&b3, 1.0, Formats::W3C).inject(&mut b3);
+        assert_eq!(flags(&b3).as_deref(), Some("01"), "B3 does not say its trace ID is random");
     }
 
     #[test]

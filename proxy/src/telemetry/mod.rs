@@ -492,6 +492,7 @@ pub(crate) mod tests {
                 emit: Formats::W3C,
                 w3c_parent: false,
                 debug: false,
+                random: true,
             },
             start_unix_nanos: 1,
             duration: Duration::from_millis(duration_ms),

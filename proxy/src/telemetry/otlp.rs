@@ -258,6 +258,15 @@ fn write_url_full(r: &RequestRecord, host: &str, out: &mut String) {
     }
 }
 
+/// A span's OTLP `flags`: its W3C trace flags in the low byte, and whether its parent is
+/// remote (`0x100`: said; `0x200`: remote). A sidecar's request span continues its caller's
+/// span, in another process; an attempt's CLIENT span is the child of the sidecar's own
+/// span for the request; a span that starts its trace has no parent.
+pub fn span_flags(r: &RequestRecord) -> u32 {
+    let remote_parent = r.context.parent_span_id.is_some() && r.attempt.is_none();
+    u32::from(r.context.trace_flags()) | 0x100 | if remote_parent { 0x200 } else { 0 }
+}
+
 /// Whether a record's span has error status: failures, and 4xx on the client side
 /// (OpenTelemetry's HTTP conventions).
 pub fn span_failed(r: &RequestRecord) -> bool {
@@ -541,7 +550,7 @@ pub(crate) mod reference {
             span_id: r.context.span_id.0.to_vec(),
             parent_span_id: r.context.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
             trace_state: r.trace_state.clone().unwrap_or_default(),
-            flags: u32::from(r.context.sampled) | 0x100,
+            flags: span_flags(r),
             name: { let mut n = String::new(); write_span_name(r, &mut n); n },
             kind: kind as i32,
             start_time_unix_nano: r.start_unix_nanos,
@@ -588,7 +597,7 @@ pub(crate) mod reference {
                 attrs.push(kv(semconv::DURATION_NS, Value::IntValue(r.duration.as_nanos() as i64)));
                 attrs
             },
-            flags: u32::from(r.context.sampled),
+            flags: u32::from(r.context.trace_flags()),
             trace_id: r.context.trace_id.0.to_vec(),
             span_id: r.context.span_id.0.to_vec(),
             ..Default::default()
@@ -656,6 +665,19 @@ mod tests {
         line.clear();
         write_access_log_line(&r, &mut line);
         assert_eq!(line, format!("POST /orders/7?x=1 HTTP/2 200 - 17 0 1234ms - {}", trace.as_str()));
+    }
+
+    #[test]
+    fn span_flags_carry_the_trace_flags_and_say_whose_parent_is_remote() {
+        let mut r = super::super::tests::record(true, Outcome::Success, 1);
+        assert_eq!(span_flags(&r), 0x103, "a trace the sidecar started: sampled, random, no parent");
+        r.context.parent_span_id = Some(crate::trace_context::SpanId::random());
+        r.context.random = false;
+        assert_eq!(span_flags(&r), 0x301, "a caller's span is in another process");
+        r.attempt = Some(2);
+        r.context.sampled = false;
+        assert_eq!(span_flags(&r), 0x100, "an attempt's parent is the sidecar's own span");
+        assert_eq!(reference::log_record(&r).flags, 0, "a log record carries only the trace flags");
     }
 
     #[test]

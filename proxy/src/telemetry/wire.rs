@@ -248,7 +248,7 @@ impl Encoder {
             put_varint(&mut self.nested, 3, 2); // STATUS_CODE_ERROR
         }
         put_len(buf, 15, &self.nested);
-        put_fixed32(buf, 16, u32::from(r.context.sampled) | 0x100);
+        put_fixed32(buf, 16, otlp::span_flags(r));
     }
 
     fn log_record(&mut self, r: &RequestRecord) {
@@ -271,8 +271,10 @@ impl Encoder {
         otlp::AttributeSink::string(&mut attributes, "event.name", semconv::ACCESS_LOG_EVENT);
         otlp::AttributeSink::integer(&mut attributes, semconv::DURATION_NS, r.duration.as_nanos() as i64);
         let buf = attributes.buf;
-        if r.context.sampled {
-            put_fixed32(buf, 8, 1);
+        // LogRecord.flags: the W3C trace flags.
+        let flags = r.context.trace_flags();
+        if flags != 0 {
+            put_fixed32(buf, 8, u32::from(flags));
         }
         put_len(buf, 9, &r.context.trace_id.0);
         put_len(buf, 10, &r.context.span_id.0);
