@@ -268,8 +268,7 @@ impl SpanContext {
             Caller::Decision(decision) => {
                 let trace_id = TraceId::random();
                 let sampled = decision.unwrap_or_else(|| trace_id.within_ratio(ratio));
-                let span_id = SpanId::random();
-                Self { trace_id, span_id, parent_span_id: None, sampled, emit, w3c_parent: false, debug, random: true }
+                Self { trace_id, span_id: SpanId::random(), parent_span_id: None, sampled, emit, w3c_parent: false, debug, random: true }
             }
         }
     }
