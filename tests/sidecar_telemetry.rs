@@ -790,6 +790,16 @@ fn a_malformed_request_body_is_the_callers_failure_not_the_upstreams() {
     assert!(client[4].as_str().is_some_and(|e| e.contains("\"bad_request\"") && !e.contains("upstream_reset")), "{client:?}");
     assert_eq!((server[0].as_str(), server[2].as_str()), (Some("server"), Some("DC")), "{server:?}");
     assert!(server[4].as_str().is_some_and(|e| !e.contains("upstream_reset")), "{server:?}");
+
+    // A body gzip-coded under its chunks would reach the app still coded, with nothing saying
+    // so (`Transfer-Encoding` stops at each hop): refused with 501, recorded as the caller's.
+    let gzipped = "POST /gzipped HTTP/1.1\r\nHost: upload\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n";
+    let (answer, _) = hop.exchange(format!("{gzipped}2\r\nok\r\n0\r\n\r\n").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 501") && answer.contains("transfer coding \"gzip, chunked\""), "{answer}");
+    let row = wait_for("the refused request's span", Duration::from_secs(15), || {
+        hop.collector.sql_rows("SELECT kind, response_flags, http_status_code FROM spans WHERE attributes LIKE '%/gzipped%'").pop()
+    });
+    assert_eq!(row, serde_json::json!(["client", "DPE", 501]), "only the caller's side, refused before any upstream");
 }
 
 /// An app that answers with part of the body it announces, then sends nothing more for ten

@@ -67,6 +67,15 @@ pub enum ProxyError {
     /// The request could not be rewritten for the upstream (invalid URI parts).
     #[error("request cannot be forwarded: {0}")]
     BadRequest(String),
+    /// The request's body is framed by a transfer coding besides `chunked` (`gzip, chunked`,
+    /// say). The sidecar decodes only `chunked`, and `Transfer-Encoding` belongs to one
+    /// connection, so the body would reach the application still coded with nothing saying
+    /// so: refused with 501 (RFC 9112, 6.1), as Envoy refuses it.
+    #[error("transfer coding {codings:?} is not supported: the sidecar forwards plain and chunked bodies only")]
+    UnsupportedTransferCoding {
+        /// The `Transfer-Encoding` the request came with.
+        codings: String,
+    },
     /// The caller's request body failed while it was being sent upstream: it was malformed
     /// (an invalid chunk, say) or the caller went away. The caller's failure, not the
     /// upstream's: no outlier counts it and no retry repeats it.

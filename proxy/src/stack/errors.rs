@@ -70,6 +70,7 @@ pub fn status_and_flags(error: &ProxyError) -> (StatusCode, ResponseFlags, i32) 
         ProxyError::NoAuthority | ProxyError::BadRequest(_) => {
             (StatusCode::BAD_REQUEST, ResponseFlags::BAD_REQUEST, 3)
         }
+        ProxyError::UnsupportedTransferCoding { .. } => (StatusCode::NOT_IMPLEMENTED, ResponseFlags::BAD_REQUEST, 12),
         ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE, 12),
         ProxyError::NoEndpoint { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_HEALTHY_UPSTREAM, 14)

@@ -115,6 +115,20 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The `Transfer-Encoding` of a message framed by anything but one `chunked`, which is all
+/// the sidecar (hyper) decodes. Such a message cannot go on as it came: the header is
+/// hop-by-hop, so its body would reach the peer still coded with nothing saying so (and
+/// `chunked` twice is not allowed at all, RFC 9112, 6.1).
+pub(super) fn codings_beyond_chunked(headers: &HeaderMap) -> Option<String> {
+    let values = headers.get_all(header::TRANSFER_ENCODING);
+    let mut codings = values.iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii).filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(values.iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect::<Vec<_>>().join(", ")),
+    }
+}
+
 impl Service<Request> for Forward {
     type Response = Response;
     type Error = ProxyError;
@@ -156,6 +170,10 @@ impl Service<Request> for Forward {
             let pool = self.0.http1.clone();
             return Box::pin(async move {
                 let mut response = pool.send(addr, req).await?;
+                if let Some(codings) = codings_beyond_chunked(response.headers()) {
+                    let reason = format!("its response is framed by transfer coding {codings:?}, which the sidecar does not decode");
+                    return Err(ProxyError::UpstreamProtocol { addr, reason });
+                }
                 strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             });
@@ -220,6 +238,23 @@ mod tests {
         length.insert(header::CONNECTION, "close".parse().expect("value"));
         strip_hop_by_hop(&mut length);
         assert_eq!(length.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
+
+        // Only `chunked` is decoded; any other coding is named, whichever field carries it.
+        let codings = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, v.parse().expect("value"));
+            }
+            codings_beyond_chunked(&h)
+        };
+        assert_eq!(codings(&[]), None);
+        assert_eq!(codings(&["chunked"]), None);
+        assert_eq!(codings(&["Chunked "]), None);
+        assert_eq!(codings(&["gzip, chunked"]).as_deref(), Some("gzip, chunked"));
+        assert_eq!(codings(&["gzip", "chunked"]).as_deref(), Some("gzip, chunked"));
+        assert_eq!(codings(&["chunked", "identity"]).as_deref(), Some("chunked, identity"));
+        assert_eq!(codings(&["chunked", "chunked"]).as_deref(), Some("chunked, chunked"));
+        assert_eq!(codings(&["chunked,"]), None);
 
         // Any one of them takes the full path; a message with none is left as it is.
         for name in ["upgrade", "proxy-connection", "te"] {
@@ -391,9 +426,14 @@ mod authority_tests {
         let http1_only = raw_upstream(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
         let garbage = raw_upstream(b"HTTP/1.1 abc\r\n\r\n").await;
         let silent = raw_upstream(b"").await;
-        for (addr, version, protocol_error) in
-            [(http1_only, Version::HTTP_2, true), (garbage, Version::HTTP_11, true), (silent, Version::HTTP_11, false)]
-        {
+        // A body still gzip-coded under its chunks would reach the caller unlabelled.
+        let gzipped = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n").await;
+        for (addr, version, protocol_error) in [
+            (http1_only, Version::HTTP_2, true),
+            (garbage, Version::HTTP_11, true),
+            (gzipped, Version::HTTP_11, true),
+            (silent, Version::HTTP_11, false),
+        ] {
             let mut req = http::Request::get("http://reviews/x").version(version).body(body::full("")).expect("request");
             req.extensions_mut().insert(Upstream(addr));
             match forward.call(req).await {
