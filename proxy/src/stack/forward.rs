@@ -174,6 +174,11 @@ impl Service<Request> for Forward {
                     let reason = format!("its response is framed by transfer coding {codings:?}, which the sidecar does not decode");
                     return Err(ProxyError::UpstreamProtocol { addr, reason });
                 }
+                // A proxy sends its own HTTP version (RFC 9110, 6.2). An application's
+                // `HTTP/1.0` passed on would tell an HTTP/1.1 caller, another sidecar among
+                // them, to close its connection after each response (RFC 9112, 9.3); hyper
+                // answers an HTTP/1.0 caller in HTTP/1.0 itself.
+                *response.version_mut() = http::Version::HTTP_11;
                 strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             });
@@ -445,6 +450,16 @@ mod authority_tests {
                 other => panic!("{version:?} {protocol_error}: {:?}", other.map(|r| r.status())),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_http1_0_answer_goes_on_in_the_sidecars_own_version() {
+        let addr = raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let mut req = http::Request::get("http://reviews/x").body(body::full("")).expect("request");
+        req.extensions_mut().insert(Upstream(addr));
+        let response = Forward::default().call(req).await.expect("forwarded");
+        assert_eq!(response.version(), http::Version::HTTP_11);
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
     }
 
     #[tokio::test]
