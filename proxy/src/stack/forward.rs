@@ -167,6 +167,9 @@ impl Service<Request> for Forward {
                     upgrade::forward(addr, req, protocol, CONNECT_TIMEOUT, clients.upgrade_idle_timeout, &clients.meters).await
                 });
             }
+            // In the sidecar's own version too (RFC 9110, 6.2): an HTTP/1.0 request would
+            // cost a connection to the upstream, another sidecar perhaps, each time.
+            *req.version_mut() = http::Version::HTTP_11;
             let pool = self.0.http1.clone();
             return Box::pin(async move {
                 let mut response = pool.send(addr, req).await?;
@@ -174,10 +177,9 @@ impl Service<Request> for Forward {
                     let reason = format!("its response is framed by transfer coding {codings:?}, which the sidecar does not decode");
                     return Err(ProxyError::UpstreamProtocol { addr, reason });
                 }
-                // A proxy sends its own HTTP version (RFC 9110, 6.2). An application's
-                // `HTTP/1.0` passed on would tell an HTTP/1.1 caller, another sidecar among
-                // them, to close its connection after each response (RFC 9112, 9.3); hyper
-                // answers an HTTP/1.0 caller in HTTP/1.0 itself.
+                // The same for the answer. An application's `HTTP/1.0` passed on would tell an
+                // HTTP/1.1 caller, another sidecar among them, to close its connection after
+                // each response (RFC 9112, 9.3); hyper answers an HTTP/1.0 caller in HTTP/1.0.
                 *response.version_mut() = http::Version::HTTP_11;
                 strip_hop_by_hop(response.headers_mut());
                 Ok(response)
@@ -321,6 +323,9 @@ mod authority_tests {
             // HTTP/1.1: the request line's authority replaces `Host`.
             (Version::HTTP_11, "http://reviews.shop:9080/x", Some("other"), r#"/x - ["reviews.shop:9080"]"#),
             (Version::HTTP_11, "/x", Some("reviews.shop"), r#"/x - ["reviews.shop"]"#),
+            // HTTP/1.0 goes on as HTTP/1.1, so its connection stays open for the next.
+            (Version::HTTP_10, "/x", Some("reviews.shop"), r#"/x - ["reviews.shop"]"#),
+            (Version::HTTP_10, "/y", Some("reviews.shop"), r#"/y - ["reviews.shop"]"#),
             // HTTP/2: `:authority` as the caller sent it, or from `Host`.
             (Version::HTTP_2, "http://reviews.shop:9080/x", None, "/x reviews.shop:9080 []"),
             (Version::HTTP_2, "http://reviews.shop/x", Some("reviews.shop"), r#"/x reviews.shop ["reviews.shop"]"#),
@@ -328,7 +333,7 @@ mod authority_tests {
         ] {
             assert_eq!(seen(&mut forward, addr, version, uri, host).await, expected, "{version:?} {uri} {host:?}");
         }
-        // One HTTP/1.1 connection, then one HTTP/2 connection for all three.
+        // One HTTP/1.1 connection for all four, then one HTTP/2 connection for all three.
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
