@@ -12,6 +12,9 @@
 //! carries a [`Tunnel`] through which the request's span, access log and metrics learn, at
 //! the close, the bytes that crossed after the switch (added to the body sizes), and end
 //! there. The listener's and the upstream's TCP counters count those bytes too.
+//!
+//! An offer to switch to cleartext HTTP/2 (`Upgrade: h2c`) is declined, as Envoy declines
+//! it: the request goes on without it, and its caller gets an HTTP/1.1 answer.
 
 use std::{
     net::SocketAddr,
@@ -110,9 +113,15 @@ impl Drop for CloseOnDrop {
 }
 
 /// The protocol a request asks to switch to: its `Upgrade` header, when `Connection`
-/// names `upgrade`.
+/// names `upgrade`. Not `h2c`: as in Envoy, a request offering to switch its connection
+/// to cleartext HTTP/2 (as `curl --http2` does) goes on as the plain request it also is,
+/// over a pooled connection, rather than becoming a tunnel of requests the sidecar would
+/// no longer see.
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
+    if upgrade.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))) {
+        return None;
+    }
     let asks = super::forward::connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"));
     asks.then(|| upgrade.clone())
 }
@@ -258,6 +267,8 @@ mod tests {
         assert_eq!(requested(&headers(&[("upgrade", "websocket")])), None, "Upgrade alone is not a request to switch");
         assert_eq!(requested(&headers(&[("connection", "upgrade")])), None);
         assert_eq!(requested(&headers(&[("connection", "upgrades"), ("upgrade", "h2c")])), None);
+        // The offer of cleartext HTTP/2 is declined; the request goes on as it is.
+        assert_eq!(requested(&headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")])), None);
     }
 
     /// An upstream that switches to `echo` when asked (and sends back what it receives
