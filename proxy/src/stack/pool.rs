@@ -4,7 +4,12 @@
 //! opens a new one; the connection goes back to the pool when the response body has been
 //! read to its end, and is closed instead if the body is dropped early or fails. A request
 //! that a reused connection refused before sending anything (the upstream closed it while
-//! idle) is sent again on another. Idle connections are closed after `idle_timeout` (found
+//! idle) is sent again on another, and so is a request without a body and of an idempotent
+//! method that went out on a connection idle for [`REPLAY_AFTER_IDLE`] or more and found it
+//! closed without an answer: the upstream closed it as idle while the request was on its way,
+//! the race every client of an application with a keep-alive timeout meets (Node's is five
+//! seconds), which would otherwise be the caller's 502. RFC 9110 (9.2.2) allows sending such
+//! a request again; Go's HTTP client does the same. Idle connections are closed after `idle_timeout` (found
 //! stale when their endpoint is next used, and by a sweep every [`sweep_every`] of that
 //! timeout, so an endpoint no longer called does not keep its connections open), and at
 //! most [`MAX_IDLE`] are kept per endpoint. Each connection is metered by its endpoint's
@@ -29,6 +34,11 @@ use crate::{
 
 /// Most idle connections kept per endpoint.
 pub const MAX_IDLE: usize = 1024;
+
+/// How long a connection has been idle before a request that finds it closed under it may
+/// be sent again: keep-alive timeouts are a second or more, and connections busier than that
+/// cost no copy of their requests.
+pub const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 type Sender = SendRequest<BoxBody>;
 
@@ -73,11 +83,16 @@ impl Http1Pool {
             let host = http::HeaderValue::try_from(addr.to_string()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             req.headers_mut().insert(header::HOST, host);
         }
+        let mut may_replay = true;
         loop {
-            let (mut sender, reused) = match self.take(addr) {
-                Some(sender) => (sender, true),
-                None => (self.connect(addr).await?, false),
+            // A request sent again goes on a new connection: the idle ones may have been
+            // closed at the same moment.
+            let taken = if may_replay { self.take(addr) } else { None };
+            let (mut sender, idle_for) = match taken {
+                Some((sender, idle_for)) => (sender, Some(idle_for)),
+                None => (self.connect(addr).await?, None),
             };
+            let reused = idle_for.is_some();
             if sender.ready().await.is_err() {
                 // Closed while idle (or just opened and refused at once).
                 if reused {
@@ -85,27 +100,35 @@ impl Http1Pool {
                 }
                 return Err(ProxyError::UpstreamConnect { addr, source: "connection closed before the request".into() });
             }
+            let replay = (may_replay && idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE)).then(|| replayable(&req)).flatten();
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let release = Release { pool: self.clone(), addr, sender: Some(sender) };
                     return Ok(response.map(|incoming| body::boxed(ObservedBody::<Release, Incoming>::new(incoming, release))));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // Nothing was sent: the reused connection had been closed. Try another.
-                    Some(unsent) if reused => req = unsent,
+                    (Some(unsent), _) if reused => req = unsent,
+                    (None, Some(copy)) if closed_under_it(e.error()) => {
+                        tracing::debug!(%addr, error = %e.error(), "an idle connection closed under a request; sending it again");
+                        may_replay = false;
+                        req = copy;
+                    }
                     _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
                 },
             }
         }
     }
 
-    /// The most recently used idle connection to `addr` that is still open, if any.
-    fn take(&self, addr: SocketAddr) -> Option<Sender> {
+    /// The most recently used idle connection to `addr` that is still open, if any, and how
+    /// long it has been idle.
+    fn take(&self, addr: SocketAddr) -> Option<(Sender, Duration)> {
         let mut idle = self.0.idle.lock().ok()?;
         let list = idle.get_mut(&addr)?;
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < self.0.idle_timeout {
-                return Some(entry.sender);
+            let idle_for = entry.since.elapsed();
+            if !entry.sender.is_closed() && idle_for < self.0.idle_timeout {
+                return Some((entry.sender, idle_for));
             }
         }
         None
@@ -164,6 +187,31 @@ impl Sweep for Shared {
         });
         dropped
     }
+}
+
+/// A copy of `req` to send again should its connection close under it: only for a request
+/// without a body whose method is idempotent (RFC 9110, 9.2.2).
+fn replayable(req: &http::Request<BoxBody>) -> Option<http::Request<BoxBody>> {
+    use http::Method;
+    let idempotent = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE].contains(req.method());
+    if !idempotent || http_body::Body::size_hint(req.body()).exact() != Some(0) {
+        return None;
+    }
+    let mut copy = http::Request::new(body::full(bytes::Bytes::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+/// Whether a request sent on a connection failed because the upstream closed it before
+/// answering: hyper saw the connection end, or the upstream reset it, before any response.
+fn closed_under_it(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    let io = error.source().and_then(|s| s.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+    error.is_incomplete_message() || matches!(io, Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe))
 }
 
 /// A metered TCP connection to `addr` (no Nagle delay), opened within `timeout`.
@@ -347,6 +395,42 @@ mod tests {
             assert_eq!(read(&pool, addr, "/").await, "ok");
         }
         assert_eq!(meter.opened.get(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_request_an_idle_connection_closes_under_is_sent_again_if_it_may_be() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers the first request on each connection, then reads the next and closes
+        // without an answer: as if its keep-alive timeout and that request had crossed.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        let (pool, _) = pool(addr, Duration::from_secs(90));
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
+        // A GET on the connection idle for a second: closed under it, sent again on another.
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
+        // A POST may not be sent twice: the caller gets the failure.
+        let post = http::Request::post("/").header("host", "upstream").body(body::full(Bytes::new())).expect("request");
+        assert!(matches!(pool.send(addr, post).await, Err(ProxyError::UpstreamReset { .. })));
+        // Nor a GET on a connection busy a moment ago: no copy was kept.
+        assert_eq!(read(&pool, addr, "/").await, "ok");
+        assert!(matches!(pool.send(addr, get("/")).await, Err(ProxyError::UpstreamReset { .. })));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
