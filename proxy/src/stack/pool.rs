@@ -4,8 +4,8 @@
 //! opens a new one; the connection goes back to the pool when the response body has been
 //! read to its end, and is closed instead if the body is dropped early or fails. A request
 //! that a reused connection refused before sending anything (the upstream closed it while
-//! idle) is sent again on another, and so is a request without a body and of an idempotent
-//! method that went out on a connection idle for [`REPLAY_AFTER_IDLE`] or more and found it
+//! idle) is sent again on another, and so is a request without a body and safe to repeat
+//! ([`replayable`]) that went out on a connection idle for [`REPLAY_AFTER_IDLE`] or more and found it
 //! closed without an answer: the upstream closed it as idle while the request was on its way,
 //! the race every client of an application with a keep-alive timeout meets (Node's is five
 //! seconds), which would otherwise be the caller's 502. RFC 9110 (9.2.2) allows sending such
@@ -190,11 +190,14 @@ impl Sweep for Shared {
 }
 
 /// A copy of `req` to send again should its connection close under it: only for a request
-/// without a body whose method is idempotent (RFC 9110, 9.2.2).
+/// without a body that is safe to repeat, as Go's client decides it: a GET, HEAD, OPTIONS or
+/// TRACE, or any request carrying an idempotency key. Not a bare PUT or DELETE: idempotent
+/// as HTTP defines them (RFC 9110, 9.2.2), but a DELETE done twice often answers `404`.
 fn replayable(req: &http::Request<BoxBody>) -> Option<http::Request<BoxBody>> {
     use http::Method;
-    let idempotent = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE].contains(req.method());
-    if !idempotent || http_body::Body::size_hint(req.body()).exact() != Some(0) {
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(req.method());
+    let keyed = || ["idempotency-key", "x-idempotency-key"].iter().any(|k| req.headers().contains_key(*k));
+    if !(safe || keyed()) || http_body::Body::size_hint(req.body()).exact() != Some(0) {
         return None;
     }
     let mut copy = http::Request::new(body::full(bytes::Bytes::new()));
@@ -424,13 +427,18 @@ mod tests {
         assert_eq!(read(&pool, addr, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
-        // A POST may not be sent twice: the caller gets the failure.
-        let post = http::Request::post("/").header("host", "upstream").body(body::full(Bytes::new())).expect("request");
-        assert!(matches!(pool.send(addr, post).await, Err(ProxyError::UpstreamReset { .. })));
-        // Nor a GET on a connection busy a moment ago: no copy was kept.
+        // A DELETE may not be sent twice (a second one would find nothing to delete)...
+        let delete = http::Request::delete("/").header("host", "upstream").body(body::full(Bytes::new())).expect("request");
+        assert!(matches!(pool.send(addr, delete).await, Err(ProxyError::UpstreamReset { .. })));
+        // ...unless its caller gave it an idempotency key.
         assert_eq!(read(&pool, addr, "/").await, "ok");
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
+        let keyed = http::Request::delete("/").header("host", "upstream").header("idempotency-key", "k1");
+        let response = pool.send(addr, keyed.body(body::full(Bytes::new())).expect("request")).await.expect("sent again");
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
+        // Nor a GET on a connection that answered a moment ago: no copy was kept.
         assert!(matches!(pool.send(addr, get("/")).await, Err(ProxyError::UpstreamReset { .. })));
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
