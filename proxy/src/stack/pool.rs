@@ -4,16 +4,17 @@
 //! opens a new one; the connection goes back to the pool when the response body has been
 //! read to its end, and is closed instead if the body is dropped early or fails. A request
 //! that a reused connection refused before sending anything (the upstream closed it while
-//! idle) is sent again on another, and so is a request without a body and safe to repeat
-//! ([`replayable`]) that went out on a connection idle for [`REPLAY_AFTER_IDLE`] or more and found it
-//! closed without an answer: the upstream closed it as idle while the request was on its way,
-//! the race every client of an application with a keep-alive timeout meets (Node's is five
-//! seconds), which would otherwise be the caller's 502. RFC 9110 (9.2.2) allows sending such
-//! a request again; Go's HTTP client does the same. Idle connections are closed after `idle_timeout` (found
-//! stale when their endpoint is next used, and by a sweep every [`sweep_every`] of that
-//! timeout, so an endpoint no longer called does not keep its connections open), and at
-//! most [`MAX_IDLE`] are kept per endpoint. Each connection is metered by its endpoint's
-//! meter in [`UpstreamMeters`].
+//! idle) is sent again on another. So is a request without a body and safe to repeat
+//! (`replayable`) that went out on a connection idle for [`REPLAY_AFTER_IDLE`] or more and
+//! found it closed without an answer: the upstream closed it as idle while the request was
+//! on its way, the race every client of an application with a keep-alive timeout meets
+//! (Node's is five seconds), which would otherwise be the caller's 502. RFC 9110 (9.2.2)
+//! allows sending such a request again; Go's HTTP client does the same.
+//!
+//! Idle connections are closed after `idle_timeout` (found stale when their endpoint is next
+//! used, and by a sweep every [`sweep_every`] of that timeout, so an endpoint no longer
+//! called does not keep its connections open), and at most [`MAX_IDLE`] are kept per
+//! endpoint. Each connection is metered by its endpoint's meter in [`UpstreamMeters`].
 
 use std::{
     collections::HashMap,
