@@ -540,6 +540,38 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("ejected for 60s")), "{message:?}");
 }
 
+#[test]
+fn an_ejection_during_a_retried_request_is_an_event_on_the_attempt_that_caused_it() {
+    let dir = TestDir::new("outlier-retry");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let good = Workload::new("pay", &[]);
+    let mut bad = Workload::new("pay", &[]);
+    bad.version = "v2".into();
+    bad.app_args = vec!["--error-ratio".into(), "1.0".into()];
+    let mesh = [&tester, &good, &bad];
+    let _procs = start_mesh(&dir, &[&good, &bad], collector.grpc);
+    let policies = "[services.outlier]\nconsecutive_failures = 2\nbase_ejection_time = \"60s\"\n\
+                    [services.retry]\nattempts = 3\non = [\"5xx\"]\nbackoff = \"5ms\"\n";
+    let _tester = start_tester(&dir, &tester, &mesh, &collector, "pay", policies);
+
+    for _ in 0..30 {
+        let status = http(tester.outbound, "GET", "/work", &[("host", "pay")], b"").expect("request").status;
+        assert_eq!(status, 200, "a failed attempt on v2 is retried, on v1 in the end");
+    }
+    let ejections = prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_outlier_ejections_total", &[("service", "pay")]);
+    assert_eq!(ejections, 1.0, "v2 ejected once");
+    // The attempt whose failure ejected v2 is a CLIENT span of its own; the event is there.
+    let attempt = wait_for("the attempt that ejected v2", Duration::from_secs(15), || {
+        let found = collector.json("/api/traces?service=tester&limit=30");
+        found["data"].as_array()?.iter().flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default()).find(|s| {
+            s["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "ejection"))
+        })
+    });
+    assert!(tag(&attempt, "meshlens.retry.attempt").is_some(), "{attempt}");
+    assert_eq!(tag(&attempt, "meshlens.destination.version"), Some(&"v2".into()), "{attempt}");
+}
+
 /// Serves each connection to `addr` with `handle`, on a thread of its own.
 fn serve_raw(addr: std::net::SocketAddr, handle: fn(std::net::TcpStream)) {
     let listener = std::net::TcpListener::bind(addr).expect("bind the app");

@@ -29,7 +29,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{body::BoxBody, config::Endpoint};
+use crate::{
+    body::BoxBody,
+    config::Endpoint,
+    telemetry::{RequestRecord, SpanEvent},
+};
 
 /// A request on the proxy's path.
 pub type Request = http::Request<BoxBody>;
@@ -110,6 +114,14 @@ impl Resolution {
     pub fn notes(&self) -> Vec<Note> {
         self.0.notes.lock().map(|r| r.clone()).unwrap_or_default()
     }
+    /// Puts the notes on `record` as span events timed from `start`, counting its retries.
+    pub fn record_notes(&self, record: &mut RequestRecord, start: Instant) {
+        for note in self.notes() {
+            record.retries += u32::from(note.name == RETRY);
+            let offset = note.at.saturating_duration_since(start);
+            record.events.push(SpanEvent { offset, name: note.name, message: Some(note.message) });
+        }
+    }
     /// The retries made (`retry` notes).
     pub fn retries(&self) -> usize {
         self.0.notes.lock().map(|n| n.iter().filter(|n| n.name == RETRY).count()).unwrap_or(0)
@@ -120,6 +132,9 @@ impl Resolution {
 pub const RETRY: &str = "retry";
 /// The name of an ejection's note and span event.
 pub const EJECTION: &str = "ejection";
+/// The name of the note and span event of a request sent again because the idle upstream
+/// connection it went out on was closed under it ([`pool`]).
+pub const RESENT: &str = "resent";
 
 /// The host (lowercased) and port a request addresses: the URI's authority, else the `Host`
 /// header. Borrowed from the request unless the host had to be lowercased.

@@ -201,11 +201,7 @@ fn resolved(record: &mut RequestRecord, resolution: &Resolution, start: Instant)
     if let Some(route) = resolution.route() {
         record.route = Some(route.clone());
     }
-    for note in resolution.notes() {
-        record.retries += u32::from(note.name == super::RETRY);
-        let offset = note.at.saturating_duration_since(start);
-        record.events.push(SpanEvent { offset, name: note.name, message: Some(note.message) });
-    }
+    resolution.record_notes(record, start);
 }
 
 /// The record of an exchange still waiting for its response headers. When the caller goes

@@ -111,7 +111,10 @@ impl Http1Pool {
                     // Nothing was sent: the reused connection had been closed. Try another.
                     (Some(unsent), _) if reused => req = unsent,
                     (None, Some(copy)) if closed_under_it(e.error()) => {
-                        tracing::debug!(%addr, error = %e.error(), "an idle connection closed under a request; sending it again");
+                        let why = format!("the idle connection to {addr} was closed under the request ({}); sent again", e.error());
+                        if let Some(resolution) = copy.extensions().get::<super::Resolution>() {
+                            resolution.note(super::RESENT, why);
+                        }
                         may_replay = false;
                         req = copy;
                     }
@@ -424,9 +427,15 @@ mod tests {
         let (pool, _) = pool(addr, Duration::from_secs(90));
         assert_eq!(read(&pool, addr, "/").await, "ok");
         tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
-        // A GET on the connection idle for a second: closed under it, sent again on another.
-        assert_eq!(read(&pool, addr, "/").await, "ok");
+        // A GET on the connection idle for a second: closed under it, sent again on another,
+        // and noted for the request's span.
+        let resolution = crate::stack::Resolution::default();
+        let mut req = get("/");
+        req.extensions_mut().insert(resolution.clone());
+        let response = pool.send(addr, req).await.expect("sent again");
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(resolution.notes().iter().map(|n| n.name).collect::<Vec<_>>(), [crate::stack::RESENT]);
         tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
         // A DELETE may not be sent twice (a second one would find nothing to delete)...
         let delete = http::Request::delete("/").header("host", "upstream").body(body::full(Bytes::new())).expect("request");

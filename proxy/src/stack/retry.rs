@@ -234,7 +234,8 @@ impl AttemptSpan {
         Self { record: Some(record), start: Instant::now(), telemetry: telemetry.clone(), resolution: resolution.clone() }
     }
 
-    /// The record so far, timed to now, with the endpoint and route the attempt went to.
+    /// The record so far, timed to now, with the endpoint and route the attempt went to and
+    /// what the layers under it noted (an ejection its failure caused, say).
     fn take(&mut self) -> Option<RequestRecord> {
         let mut record = self.record.take()?;
         record.duration = self.start.elapsed();
@@ -243,6 +244,7 @@ impl AttemptSpan {
             record.destination = Some(endpoint.identity.clone());
             record.upstream = Some(endpoint.address);
         }
+        self.resolution.record_notes(&mut record, self.start);
         Some(record)
     }
 
