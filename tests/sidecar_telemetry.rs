@@ -505,19 +505,33 @@ fn retried_requests_show_one_client_span_per_attempt() {
     assert_eq!(prom_sum(&exposition, "meshlens_requests_total", &edge_labels), SENT as f64, "{exposition}");
 }
 
+/// `pay` v1, answering, and v2, failing every request; and a tester whose sidecar calls `pay`
+/// with `settings`.
+struct FailingCanary {
+    collector: CollectorProc,
+    tester: Workload,
+    _procs: (Vec<Proc>, Proc),
+}
+
+impl FailingCanary {
+    fn start(dir: &TestDir, settings: &str) -> Self {
+        let collector = CollectorProc::start(dir);
+        let tester = Workload::new("tester", &[]);
+        let good = Workload::new("pay", &[]);
+        let mut bad = Workload::new("pay", &[]);
+        bad.version = "v2".into();
+        bad.app_args = vec!["--error-ratio".into(), "1.0".into()];
+        let procs = start_mesh(dir, &[&good, &bad], collector.grpc);
+        let tester_sidecar = start_tester(dir, &tester, &[&tester, &good, &bad], &collector, "pay", settings);
+        Self { collector, tester, _procs: (procs, tester_sidecar) }
+    }
+}
+
 #[test]
 fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     let dir = TestDir::new("outlier");
-    let collector = CollectorProc::start(&dir);
-    let tester = Workload::new("tester", &[]);
-    let good = Workload::new("pay", &[]);
-    let mut bad = Workload::new("pay", &[]);
-    bad.version = "v2".into();
-    bad.app_args = vec!["--error-ratio".into(), "1.0".into()];
-    let mesh = [&tester, &good, &bad];
-    let _procs = start_mesh(&dir, &[&good, &bad], collector.grpc);
-    let outlier = "[services.outlier]\nconsecutive_failures = 3\nbase_ejection_time = \"60s\"\n";
-    let _tester = start_tester(&dir, &tester, &mesh, &collector, "pay", outlier);
+    let canary = FailingCanary::start(&dir, "[services.outlier]\nconsecutive_failures = 3\nbase_ejection_time = \"60s\"\n");
+    let (collector, tester) = (&canary.collector, &canary.tester);
 
     let mut statuses = Vec::new();
     for _ in 0..60 {
@@ -543,17 +557,10 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
 #[test]
 fn an_ejection_during_a_retried_request_is_an_event_on_the_attempt_that_caused_it() {
     let dir = TestDir::new("outlier-retry");
-    let collector = CollectorProc::start(&dir);
-    let tester = Workload::new("tester", &[]);
-    let good = Workload::new("pay", &[]);
-    let mut bad = Workload::new("pay", &[]);
-    bad.version = "v2".into();
-    bad.app_args = vec!["--error-ratio".into(), "1.0".into()];
-    let mesh = [&tester, &good, &bad];
-    let _procs = start_mesh(&dir, &[&good, &bad], collector.grpc);
     let policies = "[services.outlier]\nconsecutive_failures = 2\nbase_ejection_time = \"60s\"\n\
                     [services.retry]\nattempts = 3\non = [\"5xx\"]\nbackoff = \"5ms\"\n";
-    let _tester = start_tester(&dir, &tester, &mesh, &collector, "pay", policies);
+    let canary = FailingCanary::start(&dir, policies);
+    let (collector, tester) = (&canary.collector, &canary.tester);
 
     for _ in 0..30 {
         let status = http(tester.outbound, "GET", "/work", &[("host", "pay")], b"").expect("request").status;
