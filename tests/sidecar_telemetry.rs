@@ -841,6 +841,34 @@ fn a_malformed_request_body_is_the_callers_failure_not_the_upstreams() {
     assert_eq!(row, serde_json::json!(["client", "DPE", 501]), "only the caller's side, refused before any upstream");
 }
 
+/// An app that answers the first request on each connection, then reads the next and closes
+/// the connection without an answer: as when its keep-alive timeout and a request cross.
+fn answers_once_per_connection_app(addr: std::net::SocketAddr) {
+    use std::io::{BufReader, Write};
+    serve_raw(addr, |stream| {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        read_head(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        read_head(&mut reader);
+    });
+}
+
+#[test]
+fn a_request_an_idle_app_connection_is_closed_under_is_sent_again_and_says_so() {
+    let dir = TestDir::new("resent");
+    let hop = RawHop::start(&dir, "keepalive", answers_once_per_connection_app);
+    let (first, _) = hop.exchange(b"GET /first HTTP/1.1\r\nHost: keepalive\r\nConnection: close\r\n\r\n");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // The called sidecar's connection to the app has been idle a second when the next
+    // request goes out on it, and the app closes it under that request.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (second, _) = hop.exchange(b"GET /second HTTP/1.1\r\nHost: keepalive\r\nConnection: close\r\n\r\n");
+    assert!(second.starts_with("HTTP/1.1 200"), "sent again on a new connection, not a 502: {second}");
+    let rows = hop.both_spans("kind, events", "/second");
+    assert!(rows[1][1].as_str().is_some_and(|e| e.contains("\"resent\"")), "the called side's span says so: {rows:?}");
+}
+
 /// An app that answers with part of the body it announces, then sends nothing more for ten
 /// seconds with the connection open.
 fn stalling_app(addr: std::net::SocketAddr) {

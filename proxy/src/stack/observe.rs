@@ -98,12 +98,14 @@ where
         context.inject(req.headers_mut());
         req.extensions_mut().insert(context);
         let request_id = ensure_request_id(req.headers_mut());
+        // What the layers under this one decide and note (on the inbound side, the pool's
+        // `resent`), read back when the record is made.
         let resolution = Resolution::default();
+        req.extensions_mut().insert(resolution.clone());
         let source = match side {
             Side::Inbound => WorkloadIdentity::take_from(req.headers_mut()).map(Arc::new),
             Side::Outbound => {
                 req.headers_mut().insert(SOURCE_HEADER, local.to_header());
-                req.extensions_mut().insert(resolution.clone());
                 Some(local.clone())
             }
         };
