@@ -754,14 +754,21 @@ fn a_response_ending_in_trailers_is_complete_on_both_sides() {
     }
 }
 
+/// Reads a request head from `stream` and writes `reply`; returns the reader and the stream
+/// for what the app does next.
+fn reply_to_one(stream: std::net::TcpStream, reply: &[u8]) -> (std::io::BufReader<std::net::TcpStream>, std::net::TcpStream) {
+    use std::io::Write;
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+    read_head(&mut reader);
+    let mut stream = stream;
+    let _ = stream.write_all(reply);
+    (reader, stream)
+}
+
 /// An app that answers with half the body it announces, then closes the connection.
 fn cut_short_app(addr: std::net::SocketAddr) {
-    use std::io::{BufReader, Write};
     serve_raw(addr, |stream| {
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        read_head(&mut reader);
-        let mut stream = stream;
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly the first half");
+        let (_, stream) = reply_to_one(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly the first half");
         let _ = stream.shutdown(std::net::Shutdown::Both);
     });
 }
@@ -844,12 +851,8 @@ fn a_malformed_request_body_is_the_callers_failure_not_the_upstreams() {
 /// An app that answers the first request on each connection, then reads the next and closes
 /// the connection without an answer: as when its keep-alive timeout and a request cross.
 fn answers_once_per_connection_app(addr: std::net::SocketAddr) {
-    use std::io::{BufReader, Write};
     serve_raw(addr, |stream| {
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        read_head(&mut reader);
-        let mut stream = stream;
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let (mut reader, _stream) = reply_to_one(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         read_head(&mut reader);
     });
 }
