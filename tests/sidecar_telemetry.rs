@@ -525,13 +525,28 @@ impl FailingCanary {
         let tester_sidecar = start_tester(dir, &tester, &[&tester, &good, &bad], &collector, "pay", settings);
         Self { collector, tester, _procs: (procs, tester_sidecar) }
     }
+
+    /// Endpoints of `pay` ejected, as the tester's admin endpoint counts them.
+    fn ejections(&self) -> f64 {
+        prom_sum(&get(self.tester.admin, "/metrics").body, "meshlens_proxy_outlier_ejections_total", &[("service", "pay")])
+    }
+
+    /// The first span with an `ejection` event among the traces `/api/traces?{query}` finds.
+    fn ejecting_span(&self, what: &str, query: &str) -> Value {
+        wait_for(what, Duration::from_secs(15), || {
+            let found = self.collector.json(&format!("/api/traces?{query}"));
+            found["data"].as_array()?.iter().flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default()).find(|s| {
+                s["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "ejection"))
+            })
+        })
+    }
 }
 
 #[test]
 fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     let dir = TestDir::new("outlier");
     let canary = FailingCanary::start(&dir, "[services.outlier]\nconsecutive_failures = 3\nbase_ejection_time = \"60s\"\n");
-    let (collector, tester) = (&canary.collector, &canary.tester);
+    let tester = &canary.tester;
 
     let mut statuses = Vec::new();
     for _ in 0..60 {
@@ -540,15 +555,9 @@ fn an_endpoint_that_keeps_failing_is_ejected_with_a_span_event() {
     let failures: Vec<usize> = statuses.iter().enumerate().filter(|(_, s)| **s >= 500).map(|(i, _)| i).collect();
     assert_eq!(failures.len(), 3, "three failures in a row from v2 eject it; v1 answers the rest: {statuses:?}");
     assert!(statuses[failures[2] + 1..].iter().all(|s| *s == 200), "{statuses:?}");
-    let ejections = prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_outlier_ejections_total", &[("service", "pay")]);
-    assert_eq!(ejections, 1.0, "the ejection is counted on the admin endpoint");
+    assert_eq!(canary.ejections(), 1.0, "the ejection is counted on the admin endpoint");
 
-    let ejection = wait_for("the span of the request that ejected v2", Duration::from_secs(15), || {
-        let found = collector.json("/api/traces?service=tester&tag=error:true&limit=10");
-        found["data"].as_array()?.iter().flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default()).find(|s| {
-            s["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "ejection"))
-        })
-    });
+    let ejection = canary.ejecting_span("the span of the request that ejected v2", "service=tester&tag=error:true&limit=10");
     assert_eq!(tag(&ejection, "meshlens.destination.version"), Some(&"v2".into()), "{ejection}");
     let message = ejection["logs"].as_array().and_then(|l| l.iter().find(|l| l["fields"][0]["value"] == "ejection")).map(|l| l["fields"][1]["value"].clone());
     assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("ejected for 60s")), "{message:?}");
@@ -560,21 +569,15 @@ fn an_ejection_during_a_retried_request_is_an_event_on_the_attempt_that_caused_i
     let policies = "[services.outlier]\nconsecutive_failures = 2\nbase_ejection_time = \"60s\"\n\
                     [services.retry]\nattempts = 3\non = [\"5xx\"]\nbackoff = \"5ms\"\n";
     let canary = FailingCanary::start(&dir, policies);
-    let (collector, tester) = (&canary.collector, &canary.tester);
+    let tester = &canary.tester;
 
     for _ in 0..30 {
         let status = http(tester.outbound, "GET", "/work", &[("host", "pay")], b"").expect("request").status;
         assert_eq!(status, 200, "a failed attempt on v2 is retried, on v1 in the end");
     }
-    let ejections = prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_outlier_ejections_total", &[("service", "pay")]);
-    assert_eq!(ejections, 1.0, "v2 ejected once");
+    assert_eq!(canary.ejections(), 1.0, "v2 ejected once");
     // The attempt whose failure ejected v2 is a CLIENT span of its own; the event is there.
-    let attempt = wait_for("the attempt that ejected v2", Duration::from_secs(15), || {
-        let found = collector.json("/api/traces?service=tester&limit=30");
-        found["data"].as_array()?.iter().flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default()).find(|s| {
-            s["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "ejection"))
-        })
-    });
+    let attempt = canary.ejecting_span("the attempt that ejected v2", "service=tester&limit=30");
     assert!(tag(&attempt, "meshlens.retry.attempt").is_some(), "{attempt}");
     assert_eq!(tag(&attempt, "meshlens.destination.version"), Some(&"v2".into()), "{attempt}");
 }
