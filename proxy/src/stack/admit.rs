@@ -9,9 +9,6 @@
 //!   9113, 8.3.1);
 //! - a request target with user information (`http://user@host/`, RFC 9110, 4.2.4);
 //! - `CONNECT`: the sidecar forwards requests, it does not open tunnels.
-//!
-//! A body framed by anything but one `chunked` coding gets 501 with `DPE` (RFC 9112,
-//! 6.1): the sidecar would pass it on still coded, with nothing saying so.
 
 use std::task::{Context, Poll};
 
@@ -20,7 +17,7 @@ use tower::{Layer, Service};
 
 use crate::error::ProxyError;
 
-use super::{BoxFuture, Request, forward::codings_beyond_chunked, plain_host_port};
+use super::{BoxFuture, Request, plain_host_port};
 
 /// Adds [`Admit`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,13 +50,9 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let refused = match refusal(&req) {
-            Some(why) => Some(ProxyError::BadRequest(why.into())),
-            None => codings_beyond_chunked(req.headers()).map(|codings| ProxyError::UnsupportedTransferCoding { codings }),
-        };
-        match refused {
+        match refusal(&req) {
             None => self.inner.call(req),
-            Some(error) => Box::pin(std::future::ready(Err(error))),
+            Some(why) => Box::pin(std::future::ready(Err(ProxyError::BadRequest(why.into())))),
         }
     }
 }

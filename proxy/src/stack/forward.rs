@@ -5,8 +5,12 @@
 //! knowledge, as between sidecars). The upstream sees the authority the caller addressed:
 //! `Host` (taken from the request line when it came in absolute form) or `:authority`,
 //! never the endpoint's address. Bodies stream in both directions; hop-by-hop headers are
-//! removed, except those of a protocol upgrade ([`super::upgrade`]). Connections to a known
-//! upstream workload are metered (opened, closed, bytes) under that workload's identity.
+//! removed, except those of a protocol upgrade ([`super::upgrade`]). A message framed by any
+//! transfer coding but one `chunked` cannot go on as it came (its body would arrive still
+//! coded, unlabelled): such a request gets 501 with `DPE` (RFC 9112, 6.1), such a response
+//! 502 with `UPE`, as Envoy answers both. HTTP/1 messages go on in HTTP/1.1, the sidecar's
+//! own version (RFC 9110, 6.2). Connections to a known upstream workload are metered
+//! (opened, closed, bytes) under that workload's identity.
 
 use std::{
     sync::Arc,
@@ -87,15 +91,20 @@ pub(super) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &st
     headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
 }
 
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes a message's hop-by-hop headers. Returns the `Transfer-Encoding` of a message
+/// framed by anything but one `chunked` ([`codings_beyond_chunked`]), which cannot go on
+/// and is the caller's to refuse.
+#[must_use]
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<String> {
     // Most messages carry none of these: one pass over the names costs less than a hashed
     // lookup for each.
     let hop_by_hop = |name: &header::HeaderName| {
         HOP_BY_HOP.contains(name) || [KEEP_ALIVE, PROXY_CONNECTION, header::TE].contains(name)
     };
     if !headers.keys().any(hop_by_hop) {
-        return;
+        return None;
     }
+    let unsupported = codings_beyond_chunked(headers);
     // A message framed by `Transfer-Encoding` and carrying a `Content-Length` too was read by
     // its chunks, and goes on with the length of what was read: an intermediary must remove
     // the received `Content-Length` (RFC 9112, 6.3), which no longer describes the body.
@@ -113,13 +122,26 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
+    unsupported
+}
+
+/// Readies an upstream's response to go on: its hop-by-hop headers removed, and refused as
+/// the upstream's protocol error when its framing cannot go on.
+pub(super) fn strip_response<B>(addr: std::net::SocketAddr, response: &mut http::Response<B>) -> Result<(), ProxyError> {
+    match strip_hop_by_hop(response.headers_mut()) {
+        None => Ok(()),
+        Some(codings) => {
+            let reason = format!("its response is framed by transfer coding {codings:?}, which the sidecar does not decode");
+            Err(ProxyError::UpstreamProtocol { addr, reason })
+        }
+    }
 }
 
 /// The `Transfer-Encoding` of a message framed by anything but one `chunked`, which is all
 /// the sidecar (hyper) decodes. Such a message cannot go on as it came: the header is
 /// hop-by-hop, so its body would reach the peer still coded with nothing saying so (and
 /// `chunked` twice is not allowed at all, RFC 9112, 6.1).
-pub(super) fn codings_beyond_chunked(headers: &HeaderMap) -> Option<String> {
+fn codings_beyond_chunked(headers: &HeaderMap) -> Option<String> {
     let values = headers.get_all(header::TRANSFER_ENCODING);
     let mut codings = values.iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii).filter(|c| !c.is_empty());
     match (codings.next(), codings.next()) {
@@ -145,7 +167,9 @@ impl Service<Request> for Forward {
             ))));
         };
         let upgrade = if req.version() == http::Version::HTTP_11 { upgrade::requested(req.headers()) } else { None };
-        strip_hop_by_hop(req.headers_mut());
+        if let Some(codings) = strip_hop_by_hop(req.headers_mut()) {
+            return Box::pin(std::future::ready(Err(ProxyError::UnsupportedTransferCoding { codings })));
+        }
         if req.version() != http::Version::HTTP_2 {
             // HTTP/1 goes out in origin form, whatever form it came in; a request line in
             // absolute form names the authority, which replaces any `Host` (RFC 9112, 3.2.2).
@@ -173,15 +197,11 @@ impl Service<Request> for Forward {
             let pool = self.0.http1.clone();
             return Box::pin(async move {
                 let mut response = pool.send(addr, req).await?;
-                if let Some(codings) = codings_beyond_chunked(response.headers()) {
-                    let reason = format!("its response is framed by transfer coding {codings:?}, which the sidecar does not decode");
-                    return Err(ProxyError::UpstreamProtocol { addr, reason });
-                }
+                strip_response(addr, &mut response)?;
                 // The same for the answer. An application's `HTTP/1.0` passed on would tell an
                 // HTTP/1.1 caller, another sidecar among them, to close its connection after
                 // each response (RFC 9112, 9.3); hyper answers an HTTP/1.0 caller in HTTP/1.0.
                 *response.version_mut() = http::Version::HTTP_11;
-                strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             });
         }
@@ -191,7 +211,7 @@ impl Service<Request> for Forward {
         let pool = self.0.http2.clone();
         Box::pin(async move {
             let mut response = pool.send(addr, req).await?;
-            strip_hop_by_hop(response.headers_mut());
+            strip_response(addr, &mut response)?;
             Ok(response)
         })
     }
@@ -228,7 +248,7 @@ mod tests {
         h.insert("x-kept", "1".parse().expect("value"));
         // Which fields a trailer will carry: end to end, so HTTP/1.1 trailers can pass.
         h.insert(header::TRAILER, "x-checksum".parse().expect("value"));
-        strip_hop_by_hop(&mut h);
+        assert_eq!(strip_hop_by_hop(&mut h), None);
         assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
@@ -238,12 +258,12 @@ mod tests {
         let mut both = HeaderMap::new();
         both.insert(header::CONTENT_LENGTH, "5".parse().expect("value"));
         both.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("value"));
-        strip_hop_by_hop(&mut both);
+        assert_eq!(strip_hop_by_hop(&mut both), None);
         assert!(both.is_empty(), "{both:?}");
         let mut length = HeaderMap::new();
         length.insert(header::CONTENT_LENGTH, "5".parse().expect("value"));
         length.insert(header::CONNECTION, "close".parse().expect("value"));
-        strip_hop_by_hop(&mut length);
+        assert_eq!(strip_hop_by_hop(&mut length), None);
         assert_eq!(length.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
 
         // Only `chunked` is decoded; any other coding is named, whichever field carries it.
@@ -252,7 +272,7 @@ mod tests {
             for v in values {
                 h.append(header::TRANSFER_ENCODING, v.parse().expect("value"));
             }
-            codings_beyond_chunked(&h)
+            strip_hop_by_hop(&mut h)
         };
         assert_eq!(codings(&[]), None);
         assert_eq!(codings(&["chunked"]), None);
@@ -268,7 +288,7 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(name, "x".parse().expect("value"));
             h.insert(header::HOST, "reviews".parse().expect("value"));
-            strip_hop_by_hop(&mut h);
+            assert_eq!(strip_hop_by_hop(&mut h), None);
             assert_eq!(h.keys().collect::<Vec<_>>(), [header::HOST], "{name}");
         }
     }

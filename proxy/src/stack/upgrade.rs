@@ -155,7 +155,7 @@ pub async fn forward(
     });
     let mut response = sender.send_request(req).await.map_err(|e| ProxyError::UpstreamReset { addr, source: e.into() })?;
     let agreed = response.headers().get(header::UPGRADE).cloned();
-    super::forward::strip_hop_by_hop(response.headers_mut());
+    super::forward::strip_response(addr, &mut response)?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(response.map(body::boxed));
     }
