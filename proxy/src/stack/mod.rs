@@ -128,6 +128,18 @@ impl Resolution {
     }
 }
 
+/// A copy of `req` (method, URI, version, headers and extensions) with `body`: a request
+/// sent again, by the retry layer or the HTTP/1.1 pool.
+pub fn copy_request<B, C>(req: &http::Request<B>, body: C) -> http::Request<C> {
+    let mut copy = http::Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
 /// The name of a retry's note and span event.
 pub const RETRY: &str = "retry";
 /// The name of an ejection's note and span event.

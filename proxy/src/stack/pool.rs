@@ -204,13 +204,7 @@ fn replayable(req: &http::Request<BoxBody>) -> Option<http::Request<BoxBody>> {
     if !(safe || keyed()) || http_body::Body::size_hint(req.body()).exact() != Some(0) {
         return None;
     }
-    let mut copy = http::Request::new(body::full(bytes::Bytes::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+    Some(super::copy_request(req, body::full(bytes::Bytes::new())))
 }
 
 /// Whether a request sent on a connection failed because the upstream closed it before

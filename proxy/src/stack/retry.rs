@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use http::request::Parts;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
@@ -32,7 +31,7 @@ use crate::{
     trace_context::{SpanContext, SpanId},
 };
 
-use super::{BoxFuture, RETRY, Request, Resolution, Response, errors, is_grpc, recorded_authority};
+use super::{BoxFuture, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, recorded_authority};
 
 /// Adds [`Retry`].
 #[derive(Debug, Clone)]
@@ -117,35 +116,26 @@ fn backoff(base: Duration, retry: u32) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-fn copy_parts(parts: &Parts) -> Parts {
-    let mut req = http::Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    *req.extensions_mut() = parts.extensions.clone();
-    req.into_parts().0
-}
-
 async fn attempts<S>(mut inner: S, telemetry: Telemetry, policy: Arc<RetryPolicy>, req: Request) -> Result<Response, ProxyError>
 where
     S: Service<Request, Response = Response, Error = ProxyError>,
 {
     let (parts, body) = req.into_parts();
+    let head = http::Request::from_parts(parts, ());
     let body = body
         .collect()
         .await
         .map_err(|e| ProxyError::BadRequest(format!("the request body could not be read: {e}")))?
         .to_bytes();
-    let request = parts.extensions.get::<Resolution>().cloned().unwrap_or_default();
-    let parent = parts.extensions.get::<SpanContext>().copied();
+    let request = head.extensions().get::<Resolution>().cloned().unwrap_or_default();
+    let parent = head.extensions().get::<SpanContext>().copied();
     let mut attempt = 1;
     loop {
         let resolution = Resolution::default();
         if let Some(route) = request.route() {
             resolution.set_route(route.clone());
         }
-        let mut req = Request::from_parts(copy_parts(&parts), body::full(body.clone()));
+        let mut req = copy_request(&head, body::full(body.clone()));
         req.extensions_mut().insert(resolution.clone());
         let context = parent.map(|p| SpanContext { span_id: SpanId::random(), parent_span_id: Some(p.span_id), ..p });
         if let Some(context) = &context {
