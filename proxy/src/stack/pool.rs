@@ -84,11 +84,11 @@ impl Http1Pool {
             let host = http::HeaderValue::try_from(addr.to_string()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             req.headers_mut().insert(header::HOST, host);
         }
-        let mut may_replay = true;
+        let mut replayed = false;
         loop {
             // A request sent again goes on a new connection: the idle ones may have been
             // closed at the same moment.
-            let taken = if may_replay { self.take(addr) } else { None };
+            let taken = if replayed { None } else { self.take(addr) };
             let (mut sender, idle_for) = match taken {
                 Some((sender, idle_for)) => (sender, Some(idle_for)),
                 None => (self.connect(addr).await?, None),
@@ -101,7 +101,7 @@ impl Http1Pool {
                 }
                 return Err(ProxyError::UpstreamConnect { addr, source: "connection closed before the request".into() });
             }
-            let replay = (may_replay && idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE)).then(|| replayable(&req)).flatten();
+            let replay = (!replayed && idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE)).then(|| replayable(&req)).flatten();
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let release = Release { pool: self.clone(), addr, sender: Some(sender) };
@@ -115,7 +115,7 @@ impl Http1Pool {
                         if let Some(resolution) = copy.extensions().get::<super::Resolution>() {
                             resolution.note(super::RESENT, why);
                         }
-                        may_replay = false;
+                        replayed = true;
                         req = copy;
                     }
                     _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
