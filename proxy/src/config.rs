@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Ordinary exchanges' streams.
     #[serde(default)]
     pub streams: RawStreams,
+    /// Connections the sidecar accepts.
+    #[serde(default)]
+    pub connections: RawConnections,
     /// Upgraded connections (WebSocket and the like).
     #[serde(default)]
     pub upgrades: RawUpgrades,
@@ -118,6 +121,25 @@ impl Default for RawStreams {
 
 fn default_stream_idle() -> Duration {
     crate::stream_idle::STREAM_IDLE_TIMEOUT
+}
+
+/// `[connections]`: connections the sidecar accepts (both sides and the admin server).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    /// Close a connection after this long without a byte either way; `"0"` never.
+    #[serde(default = "default_connection_idle", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for RawConnections {
+    fn default() -> Self {
+        Self { idle_timeout: default_connection_idle() }
+    }
+}
+
+fn default_connection_idle() -> Duration {
+    crate::server::CONNECTION_IDLE_TIMEOUT
 }
 
 /// `[upgrades]`: HTTP/1.1 upgraded connections.
@@ -540,6 +562,8 @@ pub struct ProxyConfig {
     pub outbound_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// How long an accepted connection may carry nothing before it is closed; `None`: never.
+    pub connection_idle_timeout: Option<Duration>,
     /// How long an upgraded connection may carry nothing before it is closed; `None`: never.
     pub upgrade_idle_timeout: Option<Duration>,
     /// How long an exchange whose response has started may carry nothing before it is cut
@@ -876,6 +900,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
             inbound_routes: Arc::new(RouteTemplates::parse(&raw.inbound.routes).map_err(ConfigError::Invalid)?),
             outbound_listen: raw.outbound.listen,
             admin_listen: raw.admin.listen,
+            connection_idle_timeout: Some(raw.connections.idle_timeout).filter(|d| !d.is_zero()),
             upgrade_idle_timeout: Some(raw.upgrades.idle_timeout).filter(|d| !d.is_zero()),
             stream_idle_timeout: Some(raw.streams.idle_timeout).filter(|d| !d.is_zero()),
             telemetry,
@@ -915,6 +940,28 @@ mod tests {
         let reviews = &cfg.services[0];
         assert_eq!(&*reviews.namespace, "shop");
         assert_eq!(&*reviews.endpoints[1].identity.workload, "reviews-v2");
+    }
+
+    #[test]
+    fn the_readmes_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n[workload]").expect("the README shows a sidecar's config") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("the block ends");
+        let cfg = ProxyConfig::from_toml(&readme[start..end]).expect("the README's example loads");
+        assert_eq!(cfg.connection_idle_timeout, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn idle_timeouts_default_to_envoys_and_zero_turns_them_off() {
+        let cfg = ProxyConfig::from_toml(GOOD).expect("valid");
+        let timeouts = |c: &ProxyConfig| (c.connection_idle_timeout, c.upgrade_idle_timeout, c.stream_idle_timeout);
+        let (hour, five_minutes) = (Some(Duration::from_secs(3600)), Some(Duration::from_secs(300)));
+        assert_eq!(timeouts(&cfg), (hour, five_minutes, five_minutes));
+        let off = "[connections]\nidle_timeout = \"0\"\n[upgrades]\nidle_timeout = \"0\"\n[streams]\nidle_timeout = \"0\"\n[outbound]";
+        let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", off)).expect("valid");
+        assert_eq!(timeouts(&cfg), (None, None, None));
+        let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", "[connections]\nidle_timeout = \"10m\"\n[outbound]")).expect("valid");
+        assert_eq!(cfg.connection_idle_timeout, Some(Duration::from_secs(600)));
     }
 
     #[test]

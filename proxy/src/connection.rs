@@ -1,10 +1,16 @@
 //! TCP connection metrics: connections opened and closed, and bytes received and sent, per
 //! listener side. A [`Metered`] stream counts as it goes (one atomic add per read or write);
-//! the counters are served on the admin `/metrics` and exported as OTLP sums.
+//! the counters are served on the admin `/metrics` and exported as OTLP sums. A listener's
+//! stream also keeps its own figure of bytes crossed ([`Activity`]), which its connection's
+//! idle timeout watches.
 
 use std::{
     io,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -27,13 +33,40 @@ pub struct ConnectionMeter {
     /// nothing else records them. Envoy's `downstream_cx_protocol_error`; counted on
     /// listeners.
     pub protocol_errors: Counter,
+    /// Connections the sidecar closed after they carried nothing for the idle timeout
+    /// (Envoy's `downstream_cx_idle_timeout`); counted on listeners.
+    pub idle_closed: Counter,
 }
 
 impl ConnectionMeter {
     /// Counts a new connection and wraps its stream.
     pub fn meter<T>(&self, inner: T) -> Metered<T> {
         self.opened.inc();
-        Metered { inner, meter: self.clone() }
+        Metered { inner, meter: self.clone(), activity: None }
+    }
+
+    /// Counts a new connection and wraps its stream, which also keeps a figure of its own
+    /// traffic for an idle timeout to watch.
+    pub fn meter_watched<T>(&self, inner: T) -> (Metered<T>, Activity) {
+        let activity = Activity::default();
+        let mut metered = self.meter(inner);
+        metered.activity = Some(activity.clone());
+        (metered, activity)
+    }
+}
+
+/// The bytes one stream has carried either way so far.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    /// Bytes carried so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -67,6 +100,23 @@ impl UpstreamMeters {
 pub struct Metered<T> {
     inner: T,
     meter: ConnectionMeter,
+    activity: Option<Activity>,
+}
+
+impl<T> Metered<T> {
+    fn received(&self, n: usize) {
+        self.meter.received.inc_by(n as u64);
+        if let Some(activity) = &self.activity {
+            activity.add(n as u64);
+        }
+    }
+
+    fn sent(&self, n: usize) {
+        self.meter.sent.inc_by(n as u64);
+        if let Some(activity) = &self.activity {
+            activity.add(n as u64);
+        }
+    }
 }
 
 impl<T> Drop for Metered<T> {
@@ -80,7 +130,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            self.meter.received.inc_by((buf.filled().len() - before) as u64);
+            self.received(buf.filled().len() - before);
         }
         polled
     }
@@ -90,7 +140,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            self.meter.sent.inc_by(n as u64);
+            self.sent(n);
         }
         polled
     }
@@ -98,7 +148,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
-            self.meter.sent.inc_by(n as u64);
+            self.sent(n);
         }
         polled
     }
@@ -133,5 +183,12 @@ mod tests {
         drop(metered);
         assert_eq!((meter.opened.get(), meter.closed.get()), (1, 1));
         assert_eq!((meter.sent.get(), meter.received.get()), (5, 8));
+
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut metered, activity) = meter.meter_watched(a);
+        metered.write_all(b"abc").await.expect("write");
+        b.write_all(b"de").await.expect("write");
+        metered.read_exact(&mut buf[..2]).await.expect("read");
+        assert_eq!((activity.get(), meter.sent.get(), meter.received.get()), (5, 8, 10));
     }
 }

@@ -4,34 +4,57 @@
 //! (HTTP/2 prior knowledge or HTTP/1.1), and an HTTP/1.1 connection may switch protocols
 //! ([`crate::stack::upgrade`]). On shutdown the listener closes, open
 //! connections are asked to finish, and stragglers are cut after a grace period.
+//!
+//! A connection that carries nothing either way for the idle timeout is asked to finish the
+//! same way (Envoy's connection `idle_timeout`, an hour by default): an HTTP/1.1 connection
+//! closes at once (or after the response in flight, if one is), an HTTP/2 one gets `GOAWAY`
+//! and closes once its streams end. Idle connections would otherwise hold their memory until
+//! the peer closes them, which a peer that vanished never does.
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    convert::Infallible,
+    future::poll_fn,
+    pin::pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tower::{Service, ServiceExt};
 
 use crate::{
     body,
-    connection::ConnectionMeter,
+    connection::{Activity, ConnectionMeter},
     stack::{PeerAddr, Request, Response},
+    stream_idle::IdleCheck,
 };
 
 /// How long open connections get to finish after shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `service` on `listener` until `shutdown` turns true, counting connections in `meter`.
-pub async fn serve<S>(listener: TcpListener, service: S, meter: ConnectionMeter, mut shutdown: watch::Receiver<bool>)
-where
+/// How long a connection may carry nothing before the sidecar closes it, by default.
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Serves `service` on `listener` until `shutdown` turns true, counting connections in `meter`
+/// and closing those idle for `idle_timeout` (never with `None`).
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    meter: ConnectionMeter,
+    idle_timeout: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    // Every connection's task holds a receiver; the sender sees them all gone.
+    let (open, open_rx) = watch::channel(());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -51,13 +74,35 @@ where
                     req.extensions_mut().insert(PeerAddr(peer));
                     service.clone().oneshot(req)
                 });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(meter.meter(stream)), hyper_service).into_owned();
-                let connection = graceful.watch(connection);
-                let protocol_errors = meter.protocol_errors.clone();
+                let (stream, activity) = meter.meter_watched(stream);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service).into_owned();
+                let (meter, shutdown, open) = (meter.clone(), shutdown.clone(), open_rx.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let _open = open;
+                    let mut connection = pin!(connection);
+                    let mut idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.get()));
+                    let (mut shutdown, mut asked) = (shutdown, false);
+                    // Drives the connection to its end, asking it to finish once the sidecar shuts
+                    // down or once it has carried nothing for the idle timeout.
+                    let ended = loop {
+                        tokio::select! {
+                            biased;
+                            ended = connection.as_mut() => break ended,
+                            _ = shutdown.changed(), if !asked => {
+                                asked = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                            () = poll_fn(|cx| poll_idle(cx, idle.as_mut(), &activity)), if !asked => {
+                                asked = true;
+                                meter.idle_closed.inc();
+                                tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
+                                connection.as_mut().graceful_shutdown();
+                            }
+                        }
+                    };
+                    if let Err(error) = ended {
                         if crate::error::broke_http(error.as_ref()) {
-                            protocol_errors.inc();
+                            meter.protocol_errors.inc();
                         }
                         tracing::debug!(%peer, %error, "connection closed with an error");
                     }
@@ -66,10 +111,15 @@ where
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+    drop((listener, open_rx));
+    if tokio::time::timeout(GRACE, open.closed()).await.is_err() {
         tracing::debug!("connections still open after the grace period were closed");
     }
+}
+
+/// Ready once `idle` sees `activity` unchanged for its timeout; never without a check.
+fn poll_idle(cx: &mut Context<'_>, idle: Option<&mut IdleCheck>, activity: &Activity) -> Poll<()> {
+    idle.map_or(Poll::Pending, |check| check.poll_idle(cx, || activity.get()))
 }
 
 #[cfg(test)]
@@ -85,7 +135,7 @@ mod tests {
         let meter = ConnectionMeter::default();
         let (_stop, stop) = watch::channel(false);
         let ok = tower::service_fn(|_req: Request| async { Ok::<_, Infallible>(Response::new(body::full("ok"))) });
-        tokio::spawn(serve(listener, ok, meter.clone(), stop));
+        tokio::spawn(serve(listener, ok, meter.clone(), None, stop));
         let exchange = move |bytes: &'static [u8], answered: bool| {
             std::thread::spawn(move || {
                 let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -126,5 +176,72 @@ mod tests {
             broken += u64::from(breaks);
             assert_eq!((meter.closed.get(), meter.protocol_errors.get()), (i as u64 + 1, broken), "{bytes:?}");
         }
+    }
+
+    /// Sends one request on `stream` and reads its answer (`ok`).
+    async fn exchange(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut buf = [0; 512];
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(answer).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_carries_nothing_for_the_idle_timeout_is_closed_and_counted() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let meter = ConnectionMeter::default();
+        let (_stop, stop) = watch::channel(false);
+        let idle = Duration::from_millis(400);
+        let app = tower::service_fn(|req: Request| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+            }
+            Ok::<_, Infallible>(Response::new(body::full("ok")))
+        });
+        tokio::spawn(serve(listener, app, meter.clone(), Some(idle), stop));
+
+        // Idle after its answer: closed between the timeout and a quarter more.
+        let mut quiet = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(exchange(&mut quiet, "/").await.starts_with("HTTP/1.1 200"));
+        let answered = std::time::Instant::now();
+        let quiet = tokio::spawn(async move {
+            let read = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut [0; 16])).await;
+            assert_eq!(read.expect("closed within 5 s").expect("read"), 0, "the idle connection is closed");
+            answered.elapsed()
+        });
+        // A request every 150 ms keeps another open on the same connection, well past the timeout.
+        let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..8 {
+            assert!(exchange(&mut busy, "/").await.starts_with("HTTP/1.1 200"));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let closed = quiet.await.expect("reader");
+        assert!(closed >= idle && closed < idle * 2, "closed {closed:?} after the last byte");
+        assert_eq!((meter.idle_closed.get(), meter.closed.get()), (1, 1), "the busy connection is open");
+
+        // A response that takes longer than the timeout is not cut: it says the connection
+        // closes after it, and it does.
+        let slow = exchange(&mut busy, "/slow").await;
+        assert!(slow.starts_with("HTTP/1.1 200") && slow.contains("connection: close"), "{slow}");
+        assert_eq!(busy.read(&mut [0; 16]).await.expect("read"), 0, "then the connection is closed");
+        assert_eq!(meter.idle_closed.get(), 2);
+
+        // An idle HTTP/2 connection gets `GOAWAY` and is closed.
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut h2, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2");
+        let connection = tokio::spawn(connection);
+        let answer = h2.send_request(http::Request::get("http://a/").body(body::full("")).expect("request")).await.expect("answer");
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await.expect("closed within 5 s");
+        assert!(ended.expect("driver").is_ok(), "closed cleanly");
+        assert_eq!(meter.idle_closed.get(), 3);
     }
 }

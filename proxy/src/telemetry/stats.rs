@@ -67,6 +67,7 @@ pub struct Counters {
     tcp_received: Family<DirectionLabels, Counter>,
     tcp_sent: Family<DirectionLabels, Counter>,
     protocol_errors: Family<DirectionLabels, Counter>,
+    idle_closed: Family<DirectionLabels, Counter>,
     upstreams: std::sync::Arc<std::sync::Mutex<Vec<UpstreamMeter>>>,
 }
 
@@ -152,6 +153,11 @@ impl TelemetryStats {
             self.protocol_errors.clone(),
         );
         registry.register(
+            "meshlens_proxy_downstream_idle_timeouts",
+            "Connections the sidecar closed after they carried nothing either way for `[connections] idle_timeout`",
+            self.idle_closed.clone(),
+        );
+        registry.register(
             "meshlens_proxy_metric_label_overflow",
             "Observations whose label value was folded into `other` because the label hit its limit",
             self.label_overflow.clone(),
@@ -187,6 +193,7 @@ impl TelemetryStats {
             received: self.tcp_received.get_or_create_owned(&labels),
             sent: self.tcp_sent.get_or_create_owned(&labels),
             protocol_errors: self.protocol_errors.get_or_create_owned(&labels),
+            idle_closed: self.idle_closed.get_or_create_owned(&labels),
         }
     }
 
