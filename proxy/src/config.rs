@@ -127,7 +127,8 @@ fn default_stream_idle() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConnections {
-    /// Close a connection after this long without a byte either way; `"0"` never.
+    /// Close a connection after this long without an exchange in flight or a byte either
+    /// way; `"0"` never.
     #[serde(default = "default_connection_idle", deserialize_with = "meshlens_common::duration::deserialize")]
     pub idle_timeout: Duration,
 }

@@ -1,8 +1,8 @@
 //! TCP connection metrics: connections opened and closed, and bytes received and sent, per
 //! listener side. A [`Metered`] stream counts as it goes (one atomic add per read or write);
 //! the counters are served on the admin `/metrics` and exported as OTLP sums. A listener's
-//! stream also keeps its own figure of bytes crossed ([`Activity`]), which its connection's
-//! idle timeout watches.
+//! stream also keeps its own [`Activity`] (bytes crossed, exchanges in flight), which its
+//! connection's idle timeout watches.
 
 use std::{
     io,
@@ -55,18 +55,49 @@ impl ConnectionMeter {
     }
 }
 
-/// The bytes one stream has carried either way so far.
+/// What one connection is doing: the bytes it has carried either way, and its exchanges in
+/// flight (from the request's arrival until its response body is dropped).
 #[derive(Debug, Clone, Default)]
-pub struct Activity(Arc<AtomicU64>);
+pub struct Activity(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    bytes: AtomicU64,
+    in_flight: AtomicU64,
+    busy_looks: AtomicU64,
+}
 
 impl Activity {
-    /// Bytes carried so far.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    /// A figure that stays the same between two looks only if the connection was idle
+    /// between them: no byte crossed, and no exchange was in flight at the second (each
+    /// look during one moves it).
+    pub fn figure(&self) -> u64 {
+        let busy = if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+            self.0.busy_looks.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.0.busy_looks.load(Ordering::Relaxed)
+        };
+        self.0.bytes.load(Ordering::Relaxed).wrapping_add(busy)
+    }
+
+    /// Counts an exchange in flight until the returned guard is dropped.
+    pub fn exchange(&self) -> Exchange {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        Exchange(self.clone())
     }
 
     fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One exchange in flight on a connection ([`Activity::exchange`]).
+#[derive(Debug)]
+pub struct Exchange(Activity);
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -189,6 +220,12 @@ mod tests {
         metered.write_all(b"abc").await.expect("write");
         b.write_all(b"de").await.expect("write");
         metered.read_exact(&mut buf[..2]).await.expect("read");
-        assert_eq!((activity.get(), meter.sent.get(), meter.received.get()), (5, 8, 10));
+        assert_eq!((activity.figure(), meter.sent.get(), meter.received.get()), (5, 8, 10));
+        assert_eq!(activity.figure(), 5, "quiet: the same figure at every look");
+        let exchange = activity.exchange();
+        let (busy, busier) = (activity.figure(), activity.figure());
+        assert!(busy != 5 && busier != busy, "an exchange in flight moves it at every look");
+        drop(exchange);
+        assert_eq!(activity.figure(), busier, "and then it stays");
     }
 }

@@ -5,16 +5,17 @@
 //! ([`crate::stack::upgrade`]). On shutdown the listener closes, open
 //! connections are asked to finish, and stragglers are cut after a grace period.
 //!
-//! A connection that carries nothing either way for the idle timeout is asked to finish the
-//! same way (Envoy's connection `idle_timeout`, an hour by default): an HTTP/1.1 connection
-//! closes at once (or after the response in flight, if one is), an HTTP/2 one gets `GOAWAY`
-//! and closes once its streams end. Idle connections would otherwise hold their memory until
-//! the peer closes them, which a peer that vanished never does.
+//! A connection with no exchange in flight that carries nothing either way for the idle
+//! timeout is asked to finish the same way (Envoy's connection `idle_timeout`, an hour by
+//! default): an HTTP/1.1 connection closes, an HTTP/2 one gets `GOAWAY` and closes. Idle
+//! connections would otherwise hold their memory until the peer closes them, which a peer
+//! that vanished never does. One still open and idle a timeout later (a request head stopped
+//! half-way, which hyper waits for) is dropped.
 
 use std::{
     convert::Infallible,
     future::poll_fn,
-    pin::pin,
+    pin::{Pin, pin},
     task::{Context, Poll},
     time::Duration,
 };
@@ -29,7 +30,7 @@ use tower::{Service, ServiceExt};
 
 use crate::{
     body,
-    connection::{Activity, ConnectionMeter},
+    connection::{Activity, ConnectionMeter, Exchange},
     stack::{PeerAddr, Request, Response},
     stream_idle::IdleCheck,
 };
@@ -69,21 +70,29 @@ pub async fn serve<S>(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
+                let (stream, activity) = meter.meter_watched(stream);
+                let exchanges = activity.clone();
                 let hyper_service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let mut req = req.map(body::boxed);
                     req.extensions_mut().insert(PeerAddr(peer));
-                    service.clone().oneshot(req)
+                    let exchange = exchanges.exchange();
+                    let answer = service.clone().oneshot(req);
+                    async move {
+                        let Ok(response) = answer.await;
+                        Ok::<_, Infallible>(response.map(|body| Answer { body, _exchange: exchange }))
+                    }
                 });
-                let (stream, activity) = meter.meter_watched(stream);
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service).into_owned();
                 let (meter, shutdown, open) = (meter.clone(), shutdown.clone(), open_rx.clone());
                 tokio::spawn(async move {
                     let _open = open;
                     let mut connection = pin!(connection);
-                    let mut idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.get()));
+                    let mut idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
                     let (mut shutdown, mut asked) = (shutdown, false);
                     // Drives the connection to its end, asking it to finish once the sidecar shuts
-                    // down or once it has carried nothing for the idle timeout.
+                    // down or once it has carried nothing for the idle timeout, and dropping it if
+                    // it then carries nothing for another (a request head stopped half-way: hyper
+                    // waits for its end before closing).
                     let ended = loop {
                         tokio::select! {
                             biased;
@@ -92,10 +101,15 @@ pub async fn serve<S>(
                                 asked = true;
                                 connection.as_mut().graceful_shutdown();
                             }
-                            () = poll_fn(|cx| poll_idle(cx, idle.as_mut(), &activity)), if !asked => {
+                            () = poll_fn(|cx| poll_idle(cx, idle.as_mut(), &activity)) => {
+                                if asked {
+                                    tracing::debug!(%peer, "dropping a connection still idle after it was asked to finish");
+                                    break Ok(());
+                                }
                                 asked = true;
                                 meter.idle_closed.inc();
                                 tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
+                                idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
                                 connection.as_mut().graceful_shutdown();
                             }
                         }
@@ -119,7 +133,30 @@ pub async fn serve<S>(
 
 /// Ready once `idle` sees `activity` unchanged for its timeout; never without a check.
 fn poll_idle(cx: &mut Context<'_>, idle: Option<&mut IdleCheck>, activity: &Activity) -> Poll<()> {
-    idle.map_or(Poll::Pending, |check| check.poll_idle(cx, || activity.get()))
+    idle.map_or(Poll::Pending, |check| check.poll_idle(cx, || activity.figure()))
+}
+
+/// A response body, its exchange counted in flight until hyper drops it.
+struct Answer {
+    body: body::BoxBody,
+    _exchange: Exchange,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = body::BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +230,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_shutdown_idle_connections_close_and_exchanges_in_flight_finish() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = watch::channel(false);
+        let app = tower::service_fn(|req: Request| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok::<_, Infallible>(Response::new(body::full("ok")))
+        });
+        let server = tokio::spawn(serve(listener, app, ConnectionMeter::default(), Some(CONNECTION_IDLE_TIMEOUT), stopped));
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(exchange(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
+        let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let slow = tokio::spawn(async move { exchange(&mut busy, "/slow").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = std::time::Instant::now();
+        stop.send(true).expect("stop");
+        let read = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut [0; 16])).await;
+        assert_eq!(read.expect("closed at once").expect("read"), 0);
+        let slow = slow.await.expect("the slow exchange");
+        assert!(slow.starts_with("HTTP/1.1 200") && slow.contains("connection: close"), "{slow}");
+        tokio::time::timeout(GRACE, server).await.expect("serving ends once its connections have").expect("server");
+        assert!(asked.elapsed() < Duration::from_secs(2), "ended {:?} after shutdown began", asked.elapsed());
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    }
+
+    #[tokio::test]
     async fn a_connection_that_carries_nothing_for_the_idle_timeout_is_closed_and_counted() {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -227,12 +293,28 @@ mod tests {
         assert!(closed >= idle && closed < idle * 2, "closed {closed:?} after the last byte");
         assert_eq!((meter.idle_closed.get(), meter.closed.get()), (1, 1), "the busy connection is open");
 
-        // A response that takes longer than the timeout is not cut: it says the connection
-        // closes after it, and it does.
+        // An exchange in flight keeps its connection open however quiet (a response three
+        // timeouts late); the timeout runs from its end.
         let slow = exchange(&mut busy, "/slow").await;
-        assert!(slow.starts_with("HTTP/1.1 200") && slow.contains("connection: close"), "{slow}");
-        assert_eq!(busy.read(&mut [0; 16]).await.expect("read"), 0, "then the connection is closed");
+        assert!(slow.starts_with("HTTP/1.1 200") && !slow.contains("connection: close"), "{slow}");
+        let answered = std::time::Instant::now();
+        assert_eq!(meter.idle_closed.get(), 1);
+        assert_eq!(busy.read(&mut [0; 16]).await.expect("read"), 0, "then it is closed as idle");
+        assert!(answered.elapsed() >= idle, "closed {:?} after the answer", answered.elapsed());
         assert_eq!(meter.idle_closed.get(), 2);
+
+        // A head that stopped half-way is dropped an idle timeout after it was asked to finish.
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut partial = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            partial.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+            let started = std::time::Instant::now();
+            let read = tokio::time::timeout(Duration::from_secs(5), partial.read(&mut [0; 64])).await;
+            assert_eq!(read.expect("closed within 5 s").expect("read"), 0);
+            let closed = started.elapsed();
+            assert!(closed >= idle * 2 && closed < idle * 3, "closed {closed:?} after the last byte");
+        }
+        assert_eq!(meter.idle_closed.get(), 3);
 
         // An idle HTTP/2 connection gets `GOAWAY` and is closed.
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -242,6 +324,6 @@ mod tests {
         assert_eq!(answer.status(), http::StatusCode::OK);
         let ended = tokio::time::timeout(Duration::from_secs(5), connection).await.expect("closed within 5 s");
         assert!(ended.expect("driver").is_ok(), "closed cleanly");
-        assert_eq!(meter.idle_closed.get(), 3);
+        assert_eq!(meter.idle_closed.get(), 4);
     }
 }
