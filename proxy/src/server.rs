@@ -229,19 +229,32 @@ mod tests {
         String::from_utf8(answer).expect("utf-8")
     }
 
-    #[tokio::test]
-    async fn at_shutdown_idle_connections_close_and_exchanges_in_flight_finish() {
-        use tokio::io::AsyncReadExt;
+    /// A server answering `ok`, `/slow` after `slow`, closing connections idle for `idle`.
+    struct Served {
+        addr: std::net::SocketAddr,
+        meter: ConnectionMeter,
+        stop: watch::Sender<bool>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    async fn serve_ok(idle: Duration, slow: Duration) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = watch::channel(false);
-        let app = tower::service_fn(|req: Request| async move {
+        let (meter, (stop, stopped)) = (ConnectionMeter::default(), watch::channel(false));
+        let app = tower::service_fn(move |req: Request| async move {
             if req.uri().path() == "/slow" {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(slow).await;
             }
             Ok::<_, Infallible>(Response::new(body::full("ok")))
         });
-        let server = tokio::spawn(serve(listener, app, ConnectionMeter::default(), Some(CONNECTION_IDLE_TIMEOUT), stopped));
+        let server = tokio::spawn(serve(listener, app, meter.clone(), Some(idle), stopped));
+        Served { addr, meter, stop, server }
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_idle_connections_close_and_exchanges_in_flight_finish() {
+        use tokio::io::AsyncReadExt;
+        let Served { addr, stop, server, .. } = serve_ok(CONNECTION_IDLE_TIMEOUT, Duration::from_millis(500)).await;
         let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
         assert!(exchange(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
         let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -261,18 +274,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_carries_nothing_for_the_idle_timeout_is_closed_and_counted() {
         use tokio::io::AsyncReadExt;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let meter = ConnectionMeter::default();
-        let (_stop, stop) = watch::channel(false);
         let idle = Duration::from_millis(400);
-        let app = tower::service_fn(|req: Request| async move {
-            if req.uri().path() == "/slow" {
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-            }
-            Ok::<_, Infallible>(Response::new(body::full("ok")))
-        });
-        tokio::spawn(serve(listener, app, meter.clone(), Some(idle), stop));
+        let Served { addr, meter, stop: _stop, .. } = serve_ok(idle, Duration::from_millis(1200)).await;
 
         // Idle after its answer: closed between the timeout and a quarter more.
         let mut quiet = tokio::net::TcpStream::connect(addr).await.expect("connect");
