@@ -131,12 +131,20 @@ pub struct RawConnections {
     /// way; `"0"` never.
     #[serde(default = "default_connection_idle", deserialize_with = "meshlens_common::duration::deserialize")]
     pub idle_timeout: Duration,
+    /// Close a connection whose request head is still not whole this long after its first
+    /// byte; `"0"` never.
+    #[serde(default = "default_request_headers", deserialize_with = "meshlens_common::duration::deserialize")]
+    pub request_headers_timeout: Duration,
 }
 
 impl Default for RawConnections {
     fn default() -> Self {
-        Self { idle_timeout: default_connection_idle() }
+        Self { idle_timeout: default_connection_idle(), request_headers_timeout: default_request_headers() }
     }
+}
+
+fn default_request_headers() -> Duration {
+    crate::head_timeout::REQUEST_HEADERS_TIMEOUT
 }
 
 fn default_connection_idle() -> Duration {
@@ -563,8 +571,8 @@ pub struct ProxyConfig {
     pub outbound_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
-    /// How long an accepted connection may carry nothing before it is closed; `None`: never.
-    pub connection_idle_timeout: Option<Duration>,
+    /// Bounds on accepted connections: their idle and request headers timeouts.
+    pub connections: crate::server::ConnectionLimits,
     /// How long an upgraded connection may carry nothing before it is closed; `None`: never.
     pub upgrade_idle_timeout: Option<Duration>,
     /// How long an exchange whose response has started may carry nothing before it is cut
@@ -901,7 +909,10 @@ impl TryFrom<RawConfig> for ProxyConfig {
             inbound_routes: Arc::new(RouteTemplates::parse(&raw.inbound.routes).map_err(ConfigError::Invalid)?),
             outbound_listen: raw.outbound.listen,
             admin_listen: raw.admin.listen,
-            connection_idle_timeout: Some(raw.connections.idle_timeout).filter(|d| !d.is_zero()),
+            connections: crate::server::ConnectionLimits {
+                idle_timeout: Some(raw.connections.idle_timeout).filter(|d| !d.is_zero()),
+                request_headers_timeout: Some(raw.connections.request_headers_timeout).filter(|d| !d.is_zero()),
+            },
             upgrade_idle_timeout: Some(raw.upgrades.idle_timeout).filter(|d| !d.is_zero()),
             stream_idle_timeout: Some(raw.streams.idle_timeout).filter(|d| !d.is_zero()),
             telemetry,
@@ -949,20 +960,26 @@ mod tests {
         let start = readme.find("```toml\n[workload]").expect("the README shows a sidecar's config") + "```toml\n".len();
         let end = start + readme[start..].find("```").expect("the block ends");
         let cfg = ProxyConfig::from_toml(&readme[start..end]).expect("the README's example loads");
-        assert_eq!(cfg.connection_idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(cfg.connections, crate::server::ConnectionLimits::default());
     }
 
     #[test]
     fn idle_timeouts_default_to_envoys_and_zero_turns_them_off() {
         let cfg = ProxyConfig::from_toml(GOOD).expect("valid");
-        let timeouts = |c: &ProxyConfig| (c.connection_idle_timeout, c.upgrade_idle_timeout, c.stream_idle_timeout);
-        let (hour, five_minutes) = (Some(Duration::from_secs(3600)), Some(Duration::from_secs(300)));
-        assert_eq!(timeouts(&cfg), (hour, five_minutes, five_minutes));
-        let off = "[connections]\nidle_timeout = \"0\"\n[upgrades]\nidle_timeout = \"0\"\n[streams]\nidle_timeout = \"0\"\n[outbound]";
+        let timeouts = |c: &ProxyConfig| {
+            let connections = c.connections;
+            (connections.idle_timeout, connections.request_headers_timeout, c.upgrade_idle_timeout, c.stream_idle_timeout)
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        let (hour, half_a_minute, five_minutes) = (secs(3600), secs(30), secs(300));
+        assert_eq!(timeouts(&cfg), (hour, half_a_minute, five_minutes, five_minutes));
+        let off = "[connections]\nidle_timeout = \"0\"\nrequest_headers_timeout = \"0\"\n[upgrades]\nidle_timeout = \"0\"\n\
+                   [streams]\nidle_timeout = \"0\"\n[outbound]";
         let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", off)).expect("valid");
-        assert_eq!(timeouts(&cfg), (None, None, None));
-        let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", "[connections]\nidle_timeout = \"10m\"\n[outbound]")).expect("valid");
-        assert_eq!(cfg.connection_idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(timeouts(&cfg), (None, None, None, None));
+        let set = "[connections]\nidle_timeout = \"10m\"\nrequest_headers_timeout = \"5s\"\n[outbound]";
+        let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", set)).expect("valid");
+        assert_eq!((cfg.connections.idle_timeout, cfg.connections.request_headers_timeout), (secs(600), secs(5)));
     }
 
     #[test]

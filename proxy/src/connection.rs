@@ -1,15 +1,15 @@
 //! TCP connection metrics: connections opened and closed, and bytes received and sent, per
 //! listener side. A [`Metered`] stream counts as it goes (one atomic add per read or write);
 //! the counters are served on the admin `/metrics` and exported as OTLP sums. A listener's
-//! stream also keeps its own [`Activity`] (bytes crossed, exchanges in flight), which its
-//! connection's idle timeout watches.
+//! stream also keeps its own [`Activity`] (bytes crossed, exchanges in flight, whether it
+//! opened with HTTP/2's preface), which its connection's idle and request-head timeouts watch.
 
 use std::{
     io,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
     },
     task::{Context, Poll},
 };
@@ -36,6 +36,10 @@ pub struct ConnectionMeter {
     /// Connections the sidecar closed after they carried nothing for the idle timeout
     /// (Envoy's `downstream_cx_idle_timeout`); counted on listeners.
     pub idle_closed: Counter,
+    /// Connections the sidecar closed because a request head took longer than the request
+    /// headers timeout to arrive (Envoy's `downstream_rq_header_timeout`); counted on
+    /// listeners.
+    pub header_timeouts: Counter,
 }
 
 impl ConnectionMeter {
@@ -62,10 +66,23 @@ pub struct Activity(Arc<Counts>);
 
 #[derive(Debug, Default)]
 struct Counts {
-    bytes: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
     in_flight: AtomicU64,
     busy_looks: AtomicU64,
+    /// `received` when the last exchange ended: bytes past it, with no exchange in flight,
+    /// are the next request's head on its way.
+    head_base: AtomicU64,
+    /// What the first bytes read said: [`UNSEEN`], [`HTTP2`] or [`NOT_HTTP2`].
+    opening: AtomicU8,
 }
+
+const UNSEEN: u8 = 0;
+const HTTP2: u8 = 1;
+const NOT_HTTP2: u8 = 2;
+
+/// What an HTTP/2 connection sends first (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Activity {
     /// A figure that stays the same between two looks only if the connection was idle
@@ -77,7 +94,23 @@ impl Activity {
         } else {
             self.0.busy_looks.load(Ordering::Relaxed)
         };
-        self.0.bytes.load(Ordering::Relaxed).wrapping_add(busy)
+        let bytes = self.0.received.load(Ordering::Relaxed).wrapping_add(self.0.sent.load(Ordering::Relaxed));
+        bytes.wrapping_add(busy)
+    }
+
+    /// Some figure naming the request head on its way (the same while it is the same head)
+    /// when bytes have arrived since the last exchange ended and none is in flight; `None`
+    /// between exchanges and during one. HTTP/2 has no heads of this kind: its connections
+    /// carry frames between streams.
+    pub fn head_on_its_way(&self) -> Option<u64> {
+        let base = self.0.head_base.load(Ordering::Relaxed);
+        let waiting = self.0.in_flight.load(Ordering::Relaxed) == 0 && self.0.received.load(Ordering::Relaxed) > base;
+        waiting.then_some(base)
+    }
+
+    /// Whether the connection opened with HTTP/2's preface.
+    pub fn is_http2(&self) -> bool {
+        self.0.opening.load(Ordering::Relaxed) == HTTP2
     }
 
     /// Counts an exchange in flight until the returned guard is dropped.
@@ -86,8 +119,24 @@ impl Activity {
         Exchange(self.clone())
     }
 
-    fn add(&self, n: u64) {
-        self.0.bytes.fetch_add(n, Ordering::Relaxed);
+    /// Counts bytes read from the peer; the first ones tell whether it speaks HTTP/2.
+    fn received(&self, bytes: &[u8]) {
+        let before = self.0.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let rest = HTTP2_PREFACE.get(usize::try_from(before).unwrap_or(usize::MAX)..).filter(|rest| !rest.is_empty());
+        if let Some(rest) = rest {
+            let n = rest.len().min(bytes.len());
+            let opening = match (rest[..n] == bytes[..n], n == rest.len()) {
+                (false, _) => NOT_HTTP2,
+                (true, true) => HTTP2,
+                (true, false) => return,
+            };
+            // A mismatch in an earlier read stands.
+            let _ = self.0.opening.compare_exchange(UNSEEN, opening, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn sent(&self, n: u64) {
+        self.0.sent.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -97,7 +146,9 @@ pub struct Exchange(Activity);
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counts = &self.0.0;
+        counts.head_base.store(counts.received.load(Ordering::Relaxed), Ordering::Relaxed);
+        counts.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -135,17 +186,17 @@ pub struct Metered<T> {
 }
 
 impl<T> Metered<T> {
-    fn received(&self, n: usize) {
-        self.meter.received.inc_by(n as u64);
+    fn received(&self, bytes: &[u8]) {
+        self.meter.received.inc_by(bytes.len() as u64);
         if let Some(activity) = &self.activity {
-            activity.add(n as u64);
+            activity.received(bytes);
         }
     }
 
     fn sent(&self, n: usize) {
         self.meter.sent.inc_by(n as u64);
         if let Some(activity) = &self.activity {
-            activity.add(n as u64);
+            activity.sent(n as u64);
         }
     }
 }
@@ -161,7 +212,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            self.received(buf.filled().len() - before);
+            self.received(&buf.filled()[before..]);
         }
         polled
     }
@@ -227,5 +278,38 @@ mod tests {
         assert!(busy != 5 && busier != busy, "an exchange in flight moves it at every look");
         drop(exchange);
         assert_eq!(activity.figure(), busier, "and then it stays");
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_tell_http2_and_bytes_between_exchanges_are_a_head_on_its_way() {
+        // Reads `chunks` through a watched stream, one read each.
+        async fn read(chunks: &[&[u8]]) -> Activity {
+            let (a, mut b) = tokio::io::duplex(256);
+            let (mut metered, activity) = ConnectionMeter::default().meter_watched(a);
+            for chunk in chunks {
+                b.write_all(chunk).await.expect("write");
+                let mut buf = vec![0; chunk.len()];
+                metered.read_exact(&mut buf).await.expect("read");
+            }
+            activity
+        }
+        assert!(read(&[HTTP2_PREFACE, b"\0\0\0\x04"]).await.is_http2());
+        assert!(read(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM", b"\r\n\r\n"]).await.is_http2(), "in pieces");
+        assert!(!read(&[b"PRI * HTTP/2.0\r\n"]).await.is_http2(), "not yet whole");
+        assert!(!read(&[b"POST / HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]).await.is_http2(), "the rest of it after a mismatch");
+        assert!(!read(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).await.is_http2());
+
+        let activity = read(&[b"GE"]).await;
+        let head = activity.head_on_its_way();
+        assert_eq!(head, Some(0), "the first head, from the connection's first byte");
+        let exchange = activity.exchange();
+        assert_eq!(activity.head_on_its_way(), None, "whole: an exchange is in flight");
+        drop(exchange);
+        assert_eq!(activity.head_on_its_way(), None, "between exchanges");
+        activity.received(b"G");
+        let next = activity.head_on_its_way();
+        assert!(next.is_some() && next != head, "the next head is another");
+        activity.received(b"ET");
+        assert_eq!(activity.head_on_its_way(), next, "the same head while it comes");
     }
 }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod head_timeout;
 pub mod http_route;
 pub mod identity;
 pub mod inbound;

@@ -10,7 +10,8 @@
 //! default): an HTTP/1.1 connection closes, an HTTP/2 one gets `GOAWAY` and closes. Idle
 //! connections would otherwise hold their memory until the peer closes them, which a peer
 //! that vanished never does. One still open and idle a timeout later (a request head stopped
-//! half-way, which hyper waits for) is dropped.
+//! half-way, which hyper waits for) is dropped. A request head still not whole the request
+//! headers timeout after its first byte drops its connection ([`crate::head_timeout`]).
 
 use std::{
     convert::Infallible,
@@ -31,6 +32,7 @@ use tower::{Service, ServiceExt};
 use crate::{
     body,
     connection::{Activity, ConnectionMeter, Exchange},
+    head_timeout::{HeadCheck, REQUEST_HEADERS_TIMEOUT},
     stack::{PeerAddr, Request, Response},
     stream_idle::IdleCheck,
 };
@@ -41,13 +43,33 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long a connection may carry nothing before the sidecar closes it, by default.
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// What a listener bounds its connections by (`[connections]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// How long a connection may carry nothing before it is asked to finish; `None`: ever.
+    pub idle_timeout: Option<Duration>,
+    /// How long a request head may take from its first byte to its last; `None`: any time.
+    pub request_headers_timeout: Option<Duration>,
+}
+
+impl ConnectionLimits {
+    /// No timeout at all.
+    pub const UNBOUNDED: Self = Self { idle_timeout: None, request_headers_timeout: None };
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { idle_timeout: Some(CONNECTION_IDLE_TIMEOUT), request_headers_timeout: Some(REQUEST_HEADERS_TIMEOUT) }
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` turns true, counting connections in `meter`
-/// and closing those idle for `idle_timeout` (never with `None`).
+/// and closing those that outlive `limits`.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     meter: ConnectionMeter,
-    idle_timeout: Option<Duration>,
+    limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -87,12 +109,14 @@ pub async fn serve<S>(
                 tokio::spawn(async move {
                     let _open = open;
                     let mut connection = pin!(connection);
+                    let idle_timeout = limits.idle_timeout;
                     let mut idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
+                    let mut head = limits.request_headers_timeout.map(HeadCheck::new);
                     let (mut shutdown, mut asked) = (shutdown, false);
                     // Drives the connection to its end, asking it to finish once the sidecar shuts
                     // down or once it has carried nothing for the idle timeout, and dropping it if
                     // it then carries nothing for another (a request head stopped half-way: hyper
-                    // waits for its end before closing).
+                    // waits for its end before closing) or if a request head is late.
                     let ended = loop {
                         tokio::select! {
                             biased;
@@ -111,6 +135,11 @@ pub async fn serve<S>(
                                 tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
                                 idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
                                 connection.as_mut().graceful_shutdown();
+                            }
+                            () = poll_fn(|cx| head.as_mut().map_or(Poll::Pending, |check| check.poll_late(cx, &activity))) => {
+                                meter.header_timeouts.inc();
+                                tracing::debug!(%peer, "dropping a connection whose request head is late");
+                                break Ok(());
                             }
                         }
                     };
@@ -172,7 +201,7 @@ mod tests {
         let meter = ConnectionMeter::default();
         let (_stop, stop) = watch::channel(false);
         let ok = tower::service_fn(|_req: Request| async { Ok::<_, Infallible>(Response::new(body::full("ok"))) });
-        tokio::spawn(serve(listener, ok, meter.clone(), None, stop));
+        tokio::spawn(serve(listener, ok, meter.clone(), ConnectionLimits::UNBOUNDED, stop));
         let exchange = move |bytes: &'static [u8], answered: bool| {
             std::thread::spawn(move || {
                 let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -229,7 +258,7 @@ mod tests {
         String::from_utf8(answer).expect("utf-8")
     }
 
-    /// A server answering `ok`, `/slow` after `slow`, closing connections idle for `idle`.
+    /// A server answering `ok`, `/slow` after `slow`, bounding connections by `limits`.
     struct Served {
         addr: std::net::SocketAddr,
         meter: ConnectionMeter,
@@ -237,7 +266,7 @@ mod tests {
         server: tokio::task::JoinHandle<()>,
     }
 
-    async fn serve_ok(idle: Duration, slow: Duration) -> Served {
+    async fn serve_ok(limits: ConnectionLimits, slow: Duration) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (meter, (stop, stopped)) = (ConnectionMeter::default(), watch::channel(false));
@@ -247,14 +276,14 @@ mod tests {
             }
             Ok::<_, Infallible>(Response::new(body::full("ok")))
         });
-        let server = tokio::spawn(serve(listener, app, meter.clone(), Some(idle), stopped));
+        let server = tokio::spawn(serve(listener, app, meter.clone(), limits, stopped));
         Served { addr, meter, stop, server }
     }
 
     #[tokio::test]
     async fn at_shutdown_idle_connections_close_and_exchanges_in_flight_finish() {
         use tokio::io::AsyncReadExt;
-        let Served { addr, stop, server, .. } = serve_ok(CONNECTION_IDLE_TIMEOUT, Duration::from_millis(500)).await;
+        let Served { addr, stop, server, .. } = serve_ok(ConnectionLimits::default(), Duration::from_millis(500)).await;
         let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
         assert!(exchange(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
         let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -275,7 +304,8 @@ mod tests {
     async fn a_connection_that_carries_nothing_for_the_idle_timeout_is_closed_and_counted() {
         use tokio::io::AsyncReadExt;
         let idle = Duration::from_millis(400);
-        let Served { addr, meter, stop: _stop, .. } = serve_ok(idle, Duration::from_millis(1200)).await;
+        let limits = ConnectionLimits { idle_timeout: Some(idle), ..ConnectionLimits::UNBOUNDED };
+        let Served { addr, meter, stop: _stop, .. } = serve_ok(limits, Duration::from_millis(1200)).await;
 
         // Idle after its answer: closed between the timeout and a quarter more.
         let mut quiet = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -328,5 +358,64 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(5), connection).await.expect("closed within 5 s");
         assert!(ended.expect("driver").is_ok(), "closed cleanly");
         assert_eq!(meter.idle_closed.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_request_head_still_not_whole_the_headers_timeout_after_its_first_byte_drops_its_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let late = Duration::from_millis(400);
+        let limits = ConnectionLimits { request_headers_timeout: Some(late), ..ConnectionLimits::UNBOUNDED };
+        let Served { addr, meter, stop: _stop, .. } = serve_ok(limits, Duration::from_millis(1200)).await;
+        // Writes `head` a byte every `pause` (each byte well within any idle timeout), then
+        // reads until the server closes: what came back, and when it closed after the first byte.
+        let dribble = |head: &'static [u8], pause: Duration| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let started = std::time::Instant::now();
+            for byte in head {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+            assert!(read.expect("closed within 5 s").is_ok() || answer.is_empty());
+            (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+        };
+
+        // A slowloris: a byte every 50 ms of a head that would take 2.5 s.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let (answer, closed) = dribble(head, Duration::from_millis(50)).await;
+        assert!(answer.is_empty() && closed >= late && closed < late * 2, "{answer:?} closed after {closed:?}");
+        assert_eq!((meter.header_timeouts.get(), meter.closed.get()), (1, 1));
+        // A preface of HTTP/2 that stops half-way is a late head too.
+        let (_, closed) = dribble(b"PRI * HTTP/2.0\r\n", Duration::ZERO).await;
+        assert!(closed >= late && closed < late * 2, "closed after {closed:?}");
+        assert_eq!(meter.header_timeouts.get(), 2);
+
+        // A slow head that is whole within the timeout is answered.
+        let (answer, _) = dribble(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_millis(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Neither the time between requests nor a slow answer is a head's: a keep-alive
+        // connection idle for three timeouts, then waiting three for its answer, stays open.
+        let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(exchange(&mut kept, "/").await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(late * 3).await;
+        assert!(exchange(&mut kept, "/slow").await.starts_with("HTTP/1.1 200"));
+        assert!(exchange(&mut kept, "/").await.starts_with("HTTP/1.1 200"));
+        // Nor is what crosses an HTTP/2 connection between its streams: `PING`s every 100 ms
+        // for three timeouts.
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        client.timer(hyper_util::rt::TokioTimer::new()).keep_alive_interval(Duration::from_millis(100)).keep_alive_while_idle(true);
+        let (mut h2, connection) = client.handshake(TokioIo::new(stream)).await.expect("h2");
+        let connection = tokio::spawn(connection);
+        let get = || http::Request::get("http://a/").body(body::full("")).expect("request");
+        assert_eq!(h2.send_request(get()).await.expect("answer").status(), http::StatusCode::OK);
+        tokio::time::sleep(late * 3).await;
+        assert_eq!(h2.send_request(get()).await.expect("answer after the pings").status(), http::StatusCode::OK);
+        assert!(!connection.is_finished());
+        let counts = (meter.header_timeouts.get(), meter.closed.get());
+        assert_eq!(counts, (2, 3), "the one that asked to close is closed, the kept and HTTP/2 ones are open");
     }
 }

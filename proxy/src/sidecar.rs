@@ -76,14 +76,14 @@ impl Sidecar {
                 inbound_listener,
                 inbound::stack(&config, telemetry.clone(), forward.clone()),
                 telemetry.stats().connections(Side::Inbound),
-                config.connection_idle_timeout,
+                config.connections,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(server::serve(
                 outbound_listener,
                 outbound::stack(&config, telemetry.clone(), forward),
                 telemetry.stats().connections(Side::Outbound),
-                config.connection_idle_timeout,
+                config.connections,
                 shutdown_rx.clone(),
             )),
             // The admin server's own connections are not the mesh's traffic.
@@ -91,7 +91,7 @@ impl Sidecar {
                 admin_listener,
                 admin::service(&telemetry),
                 ConnectionMeter::default(),
-                config.connection_idle_timeout,
+                config.connections,
                 shutdown_rx,
             )),
         ];

@@ -185,7 +185,7 @@ pub fn sidecar_config(
         app,
         outbound_listen: outbound,
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        connection_idle_timeout: Some(meshlens_proxy::server::CONNECTION_IDLE_TIMEOUT),
+        connections: meshlens_proxy::server::ConnectionLimits::default(),
         upgrade_idle_timeout: Some(meshlens_proxy::stack::forward::UPGRADE_IDLE_TIMEOUT),
         stream_idle_timeout: Some(meshlens_proxy::stream_idle::STREAM_IDLE_TIMEOUT),
         telemetry: TelemetryConfig {

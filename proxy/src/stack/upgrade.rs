@@ -334,7 +334,8 @@ mod tests {
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _keep = _keep;
-            crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), None, shutdown).await;
+            let limits = crate::server::ConnectionLimits::UNBOUNDED;
+            crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), limits, shutdown).await;
         });
         (addr, ended)
     }

@@ -68,6 +68,7 @@ pub struct Counters {
     tcp_sent: Family<DirectionLabels, Counter>,
     protocol_errors: Family<DirectionLabels, Counter>,
     idle_closed: Family<DirectionLabels, Counter>,
+    header_timeouts: Family<DirectionLabels, Counter>,
     upstreams: std::sync::Arc<std::sync::Mutex<Vec<UpstreamMeter>>>,
 }
 
@@ -159,6 +160,12 @@ impl TelemetryStats {
             self.idle_closed.clone(),
         );
         registry.register(
+            "meshlens_proxy_downstream_header_timeouts",
+            "Connections the sidecar closed because a request head was still not whole `[connections] request_headers_timeout` \
+             after its first byte",
+            self.header_timeouts.clone(),
+        );
+        registry.register(
             "meshlens_proxy_metric_label_overflow",
             "Observations whose label value was folded into `other` because the label hit its limit",
             self.label_overflow.clone(),
@@ -195,6 +202,7 @@ impl TelemetryStats {
             sent: self.tcp_sent.get_or_create_owned(&labels),
             protocol_errors: self.protocol_errors.get_or_create_owned(&labels),
             idle_closed: self.idle_closed.get_or_create_owned(&labels),
+            header_timeouts: self.header_timeouts.get_or_create_owned(&labels),
         }
     }
 
