@@ -338,7 +338,7 @@ impl RequestMetrics {
             grpc: r.grpc,
             outcome: r.classification.outcome,
             flags: if on(Label::ResponseFlags) { r.flags } else { ResponseFlags::empty() },
-            version: r.version,
+            version: r.described_version(),
             scheme: r.origin.scheme,
             error_type: r.error_type().filter(|_| on(Label::StatusCode)).map(|e| Arc::from(&*e)),
             port: r.server_port().filter(|_| r.side == Side::Outbound && on(Label::Destination)),

@@ -274,9 +274,20 @@ impl RequestRecord {
         self.authority.as_ref().map(|_| self.authority_port.unwrap_or(80))
     }
 
-    /// `1.1`, `2`, ... as OpenTelemetry's `network.protocol.version` writes it.
+    /// The caller's HTTP version (`1.0`, `1.1`, `2`), as access logs write their protocol
+    /// (Envoy's `%PROTOCOL%` is the downstream one).
     pub fn protocol_version(&self) -> &'static str {
         protocol_version(self.version)
+    }
+
+    /// The HTTP version of the connection the record's span describes: an inbound (SERVER)
+    /// record's caller's, an outbound (CLIENT) record's upstream's, where HTTP/1.0 goes on
+    /// in the sidecar's own HTTP/1.1.
+    pub fn described_version(&self) -> http::Version {
+        match (self.side, self.version) {
+            (Side::Outbound, http::Version::HTTP_09 | http::Version::HTTP_10) => http::Version::HTTP_11,
+            (_, version) => version,
+        }
     }
 
     /// `grpc` or `http`.

@@ -138,7 +138,7 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
     }
     // `network.protocol.name` is left out: OpenTelemetry's HTTP conventions want it only when
     // it is not `http`, and a sidecar's records are all HTTP (gRPC says `rpc.system`).
-    a.string("network.protocol.version", r.protocol_version());
+    a.string("network.protocol.version", super::protocol_version(r.described_version()));
     a.integer("http.request.body.size", r.request_bytes as i64);
     a.integer("http.response.body.size", r.response_bytes as i64);
     a.string(semconv::DIRECTION, r.side.as_str());
@@ -826,6 +826,18 @@ mod tests {
         assert_eq!(peers(&r)[3], some("10.0.0.7"), "no proxy named a client: the peer");
         r.origin.scheme = "https";
         assert_eq!(get(&attributes(&r), "url.scheme").as_deref(), Some("https"), "the scheme its proxies named");
+
+        // An HTTP/1.0 caller: its SERVER span says so, a CLIENT span names the HTTP/1.1 the
+        // request went on in; the access-log line keeps the caller's, as Envoy's `%PROTOCOL%`.
+        r.version = http::Version::HTTP_10;
+        let versions = |r: &RequestRecord| {
+            let mut line = String::new();
+            write_access_log_line(r, &mut line);
+            (get(&attributes(r), "network.protocol.version"), line.split(' ').nth(2).map(str::to_owned))
+        };
+        assert_eq!(versions(&r), (some("1.0"), some("HTTP/1.0")), "inbound");
+        r.side = Side::Outbound;
+        assert_eq!(versions(&r), (some("1.1"), some("HTTP/1.0")), "outbound");
     }
 
     #[test]
@@ -840,6 +852,8 @@ mod tests {
         client.destination_service = "reviews".into();
         client.request_bytes = 0;
         client.response_bytes = 2_500;
+        // Sent upstream in HTTP/1.1, as the attributes say.
+        client.version = http::Version::HTTP_10;
         metrics.observe(&client);
         let mut server = super::super::tests::record(true, Outcome::Success, 1);
         server.side = Side::Inbound;
