@@ -70,8 +70,9 @@ struct Counts {
     sent: AtomicU64,
     in_flight: AtomicU64,
     busy_looks: AtomicU64,
-    /// `received` when the last exchange ended: bytes past it, with no exchange in flight,
-    /// are the next request's head on its way.
+    /// `received` when the last exchange ended (the most, should HTTP/2 streams end
+    /// together): bytes past it, with no exchange in flight, are the next request's head on
+    /// its way.
     head_base: AtomicU64,
     /// What the first bytes read said: [`UNSEEN`], [`HTTP2`] or [`NOT_HTTP2`].
     opening: AtomicU8,
@@ -86,16 +87,23 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Activity {
     /// A figure that stays the same between two looks only if the connection was idle
-    /// between them: no byte crossed, and no exchange was in flight at the second (each
-    /// look during one moves it).
+    /// between them: no exchange was in flight at the second (each look during one moves
+    /// it), none ended between them, and on HTTP/1 no byte crossed. What crosses an HTTP/2
+    /// connection between its streams (`PING`s, `SETTINGS`) does not keep it from being idle,
+    /// as Envoy's connection idle timeout counts streams.
     pub fn figure(&self) -> u64 {
         let busy = if self.0.in_flight.load(Ordering::Relaxed) > 0 {
             self.0.busy_looks.fetch_add(1, Ordering::Relaxed) + 1
         } else {
             self.0.busy_looks.load(Ordering::Relaxed)
         };
-        let bytes = self.0.received.load(Ordering::Relaxed).wrapping_add(self.0.sent.load(Ordering::Relaxed));
-        bytes.wrapping_add(busy)
+        // `head_base` moves whenever an exchange ends.
+        let ended = self.0.head_base.load(Ordering::Relaxed);
+        let bytes = match self.is_http2() {
+            true => 0,
+            false => self.0.received.load(Ordering::Relaxed).wrapping_add(self.0.sent.load(Ordering::Relaxed)),
+        };
+        bytes.wrapping_add(busy).wrapping_add(ended)
     }
 
     /// Some figure naming the request head on its way (the same while it is the same head)
@@ -147,7 +155,7 @@ pub struct Exchange(Activity);
 impl Drop for Exchange {
     fn drop(&mut self) {
         let counts = &self.0.0;
-        counts.head_base.store(counts.received.load(Ordering::Relaxed), Ordering::Relaxed);
+        counts.head_base.fetch_max(counts.received.load(Ordering::Relaxed), Ordering::Relaxed);
         counts.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -277,7 +285,9 @@ mod tests {
         let (busy, busier) = (activity.figure(), activity.figure());
         assert!(busy != 5 && busier != busy, "an exchange in flight moves it at every look");
         drop(exchange);
-        assert_eq!(activity.figure(), busier, "and then it stays");
+        let ended = activity.figure();
+        assert_ne!(ended, busier, "its end moves it");
+        assert_eq!(activity.figure(), ended, "and then it stays");
     }
 
     #[tokio::test]
@@ -298,6 +308,17 @@ mod tests {
         assert!(!read(&[b"PRI * HTTP/2.0\r\n"]).await.is_http2(), "not yet whole");
         assert!(!read(&[b"POST / HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]).await.is_http2(), "the rest of it after a mismatch");
         assert!(!read(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).await.is_http2());
+
+        // Between HTTP/2 streams, frames crossing leave the connection idle; a stream does not.
+        let h2 = read(&[HTTP2_PREFACE]).await;
+        let idle = h2.figure();
+        h2.received(b"\0\0\x08\x06\0\0\0\0\0pingping");
+        h2.sent(17);
+        assert_eq!(h2.figure(), idle, "a PING and its answer");
+        let (first, second) = (h2.exchange(), h2.exchange());
+        h2.received(b"a request");
+        drop((first, second));
+        assert_ne!(h2.figure(), idle, "streams that began and ended between two looks");
 
         let activity = read(&[b"GE"]).await;
         let head = activity.head_on_its_way();

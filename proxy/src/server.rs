@@ -7,9 +7,9 @@
 //!
 //! A connection with no exchange in flight that carries nothing either way for the idle
 //! timeout is asked to finish the same way (Envoy's connection `idle_timeout`, an hour by
-//! default): an HTTP/1.1 connection closes, an HTTP/2 one gets `GOAWAY` and closes. Idle
-//! connections would otherwise hold their memory until the peer closes them, which a peer
-//! that vanished never does. One still open and idle a timeout later (a request head stopped
+//! default; on HTTP/2 only streams count, not `PING`s): an HTTP/1.1 connection closes, an
+//! HTTP/2 one gets `GOAWAY` and closes. Idle connections would otherwise hold their memory
+//! until the peer closes them, which a peer that vanished never does. One still open and idle a timeout later (a request head stopped
 //! half-way, which hyper waits for) is dropped. A request head still not whole the request
 //! headers timeout after its first byte drops its connection ([`crate::head_timeout`]).
 
@@ -349,9 +349,12 @@ mod tests {
         }
         assert_eq!(meter.idle_closed.get(), 3);
 
-        // An idle HTTP/2 connection gets `GOAWAY` and is closed.
+        // An HTTP/2 connection without a stream gets `GOAWAY` and is closed, though its client
+        // sends a `PING` every 50 ms.
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut h2, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2");
+        let mut client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        client.timer(hyper_util::rt::TokioTimer::new()).keep_alive_interval(Duration::from_millis(50)).keep_alive_while_idle(true);
+        let (mut h2, connection) = client.handshake(TokioIo::new(stream)).await.expect("h2");
         let connection = tokio::spawn(connection);
         let answer = h2.send_request(http::Request::get("http://a/").body(body::full("")).expect("request")).await.expect("answer");
         assert_eq!(answer.status(), http::StatusCode::OK);

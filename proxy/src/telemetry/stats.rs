@@ -155,8 +155,8 @@ impl TelemetryStats {
         );
         registry.register(
             "meshlens_proxy_downstream_idle_timeouts",
-            "Connections the sidecar closed after they were idle (no exchange in flight, no byte either way) for \
-             `[connections] idle_timeout`",
+            "Connections the sidecar closed after they were idle (no exchange in flight, no byte either way, HTTP/2 frames \
+             between streams aside) for `[connections] idle_timeout`",
             self.idle_closed.clone(),
         );
         registry.register(
