@@ -360,6 +360,11 @@ pub struct Span {
     pub span_id: SpanId,
     /// Parent span ID; `None` for a root span.
     pub parent_span_id: Option<SpanId>,
+    /// The W3C `tracestate` of the span's context; empty when it has none.
+    pub trace_state: String,
+    /// OTLP's span flags: the W3C trace flags in bits 0–7 (`01`: sampled), and in bits 8
+    /// and 9 whether the parent's remoteness is known and whether it is remote; 0 when unset.
+    pub flags: u32,
     /// Operation name.
     pub name: String,
     /// Kind.

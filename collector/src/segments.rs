@@ -11,11 +11,12 @@ use std::{
     collections::HashSet,
     fs::{self, File},
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, mpsc},
     thread::JoinHandle,
 };
 
 use datafusion::arrow::{
+    array::new_null_array,
     compute::concat_batches,
     datatypes::Schema,
     record_batch::RecordBatch,
@@ -126,7 +127,8 @@ pub fn write(dir: &Path, table: &str, sealed: &Sealed) -> Result<PathBuf, Segmen
     Ok(path)
 }
 
-/// Reads one segment back; its columns must be `columns`.
+/// Reads one segment back; its columns must be `columns`, or the first of them when the
+/// rest may be null (a segment written before they were added: they are null in its rows).
 pub fn read(path: &Path, columns: &'static [Column]) -> Result<Sealed, SegmentError> {
     let schema = &schema::schema(columns);
     let seq = path
@@ -144,14 +146,27 @@ pub fn read(path: &Path, columns: &'static [Column]) -> Result<Sealed, SegmentEr
     let records = meta(RECORDS).and_then(|t| decode_records(&t)).ok_or_else(|| format_err(path, "no record list"))?;
     let oldest = meta(OLDEST).and_then(|t| t.parse().ok()).ok_or_else(|| format_err(path, "no time range"))?;
     let newest = meta(NEWEST).and_then(|t| t.parse().ok()).ok_or_else(|| format_err(path, "no time range"))?;
-    let same_columns = |a: &Schema, b: &Schema| a.fields().iter().map(|f| (f.name(), f.data_type(), f.is_nullable())).eq(b.fields().iter().map(|f| (f.name(), f.data_type(), f.is_nullable())));
-    if !same_columns(builder.schema(), schema) {
+    let written = builder.schema().clone();
+    if !earlier_columns(&written, schema) {
         return Err(format_err(path, "its columns are not this collector's"));
     }
     let reader = builder.with_batch_size(1 << 20).build().map_err(|e| format_err(path, e))?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| format_err(path, e))?;
-    let batch = concat_batches(schema, &batches).map_err(|e| format_err(path, e))?;
+    let batch = concat_batches(&written, &batches).map_err(|e| format_err(path, e))?;
+    let mut arrays = batch.columns().to_vec();
+    arrays.extend(schema.fields()[written.fields().len()..].iter().map(|f| new_null_array(f.data_type(), batch.num_rows())));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| format_err(path, e))?;
     Ok(Sealed::pack(batch, columns, BatchInfo { oldest_nanos: oldest, newest_nanos: newest, records: records.into(), seq }))
+}
+
+/// Whether a segment written with `written`'s columns holds `schema`'s: the same, or the
+/// first of them when the others may be null.
+fn earlier_columns(written: &Schema, schema: &Schema) -> bool {
+    let column = |f: &Arc<datafusion::arrow::datatypes::Field>| (f.name().clone(), f.data_type().clone(), f.is_nullable());
+    let (written, wanted) = (written.fields(), schema.fields());
+    written.len() <= wanted.len()
+        && written.iter().map(column).eq(wanted[..written.len()].iter().map(column))
+        && wanted[written.len()..].iter().all(|f| f.is_nullable())
 }
 
 /// The segments of `table` in `dir`, oldest first.
@@ -322,6 +337,19 @@ mod tests {
         fs::write(dir.join("spans-00000000000000000099.parquet"), b"not parquet").expect("write");
         let loaded = load(&dir, &[("spans", columns)]).expect("load");
         assert_eq!((loaded.skipped, loaded.segments[0].1.len()), (1, 1));
+
+        // Read by a collector whose table has since gained columns: null in its rows if they
+        // may be null, else not this collector's.
+        let grown = |nullable: bool| -> &'static [Column] {
+            let added = schema::Column { name: "added", ty: schema::ColumnType::Int64, nullable, doc: "", storage: schema::Storage::Plain };
+            Box::leak(columns.iter().copied().chain([added]).collect::<Vec<_>>().into_boxed_slice())
+        };
+        let back = read(&path, grown(true)).expect("read with a column more").batch().expect("batch");
+        assert_eq!((back.num_columns(), back.num_rows()), (columns.len() + 1, 10));
+        assert_eq!(back.column(columns.len()).null_count(), 10);
+        assert_eq!(back.project(&(0..columns.len()).collect::<Vec<_>>()).expect("project"), sealed.batch().expect("batch"));
+        assert!(read(&path, grown(false)).is_err(), "a column that may not be null");
+        assert!(read(&path, &columns[1..]).is_err(), "other columns");
         let _ = fs::remove_dir_all(&dir);
     }
 }

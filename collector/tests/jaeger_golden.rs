@@ -74,6 +74,8 @@ fn span_set() -> ExportTraceServiceRequest {
         ..Default::default()
     }];
     server.links = vec![span::Link { trace_id: vec![2; 16], span_id: vec![9; 8], ..Default::default() }];
+    // Sampled, its parent remote; a vendor's entry in its context.
+    (server.trace_state, server.flags) = ("congo=t61rcWkgMzE".into(), 0x301);
     let health = span(2, 9, None, "GET /health", Server, 100, 1, vec![]);
     let scope = |spans| vec![ScopeSpans { spans, ..Default::default() }];
     ExportTraceServiceRequest {

@@ -308,6 +308,10 @@ pub fn trace_json(spans: &[Arc<Span>]) -> Json_ {
             if !s.scope.is_empty() {
                 span_tags.push(tag("otel.scope.name", &Value::Str((*s.scope).into())));
             }
+            // Where Jaeger's own OTLP translation puts a span's `tracestate`.
+            if !s.trace_state.is_empty() {
+                span_tags.push(tag("w3c.tracestate", &Value::Str(s.trace_state.as_str().into())));
+            }
             let logs: Vec<Json_> = s
                 .events
                 .iter()

@@ -88,6 +88,8 @@ fn otlp_span(s: &Span) -> OtlpSpan {
         trace_id: s.trace_id.0.to_vec(),
         span_id: s.span_id.0.to_vec(),
         parent_span_id: s.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        trace_state: s.trace_state.clone(),
+        flags: s.flags,
         name: s.name.clone(),
         kind: kind as i32,
         start_time_unix_nano: s.start_unix_nanos,

@@ -219,6 +219,8 @@ pub fn span(s: &OtlpSpan, resource: &Arc<Resource>, scope: &Arc<str>) -> Result<
         trace_id,
         span_id,
         parent_span_id,
+        trace_state: s.trace_state.clone(),
+        flags: s.flags,
         name: truncated(&s.name).to_owned(),
         kind: SpanKind::from_otlp(s.kind),
         start_unix_nanos: s.start_time_unix_nano,

@@ -50,8 +50,8 @@ const MAX_GROUP_DEPTH: usize = 100;
 enum Wire<'a> {
     Varint(u64),
     Fixed64(u64),
-    /// Read past; fields the collector keeps are never of these types.
-    Fixed32,
+    Fixed32(u32),
+    /// Read past; fields the collector keeps are never groups.
     Group,
     Bytes(&'a [u8]),
 }
@@ -68,6 +68,13 @@ impl<'a> Wire<'a> {
         match self {
             Self::Fixed64(v) => Ok(v),
             _ => Err(DecodeError::new("invalid wire type for a fixed64 field")),
+        }
+    }
+
+    fn fixed32(self) -> Result<u32, DecodeError> {
+        match self {
+            Self::Fixed32(v) => Ok(v),
+            _ => Err(DecodeError::new("invalid wire type for a fixed32 field")),
         }
     }
 
@@ -155,10 +162,7 @@ impl<'a> Fields<'a> {
                 self.skip_group(tag, 1)?;
                 Wire::Group
             }
-            5 => {
-                self.take(4)?;
-                Wire::Fixed32
-            }
+            5 => Wire::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| DecodeError::new("buffer underflow"))?)),
             _ => return Err(DecodeError::new("invalid wire type")),
         };
         Ok(Some((tag, wire)))
@@ -393,6 +397,8 @@ struct RawSpan<'a> {
     trace_id: &'a [u8],
     span_id: &'a [u8],
     parent_span_id: &'a [u8],
+    trace_state: &'a str,
+    flags: u32,
     name: &'a str,
     kind: i32,
     start: u64,
@@ -425,9 +431,7 @@ fn span_from<'a>(
         match tag {
             1 => s.trace_id = wire.bytes()?,
             2 => s.span_id = wire.bytes()?,
-            3 => {
-                wire.str()?;
-            }
+            3 => s.trace_state = wire.str()?,
             4 => s.parent_span_id = wire.bytes()?,
             5 => s.name = wire.str()?,
             6 => s.kind = wire.varint()? as i32,
@@ -444,6 +448,7 @@ fn span_from<'a>(
                 }
                 Ok(())
             })?,
+            16 => s.flags = wire.fixed32()?,
             _ => {}
         }
         Ok(())
@@ -463,6 +468,8 @@ fn span_from<'a>(
         trace_id,
         span_id,
         parent_span_id,
+        trace_state: s.trace_state.to_owned(),
+        flags: s.flags,
         name: convert::truncated(s.name).to_owned(),
         kind: SpanKind::from_otlp(s.kind),
         start_unix_nanos: s.start,
@@ -731,6 +738,8 @@ mod tests {
         ss.scope = Some(InstrumentationScope { name: "meshlens-proxy".into(), version: "1".into(), ..Default::default() });
         ss.spans[0].status = Some(Status { message: "boom".into(), code: OtlpStatusCode::Error as i32 });
         ss.spans[1].status = Some(Status { message: "ignored".into(), code: OtlpStatusCode::Unset as i32 });
+        // Sampled, with a remote parent.
+        (ss.spans[0].trace_state, ss.spans[0].flags) = ("ot=th:8,vendor=x".into(), 0x301);
         let mut bad = ss.spans[1].clone();
         bad.trace_id = vec![0; 16];
         ss.spans.push(bad);
@@ -761,6 +770,8 @@ mod tests {
         assert_eq!(written_back.capacity(), written_back.len(), "converted with room for the own end");
         assert_eq!((wire.items[0].status, wire.items[0].status_message.as_str()), (StatusCode::Error, "boom"));
         assert_eq!(wire.items[1].status_message, "", "a message without a set code is dropped");
+        let context = |s: &Span| (s.trace_state.clone(), s.flags);
+        assert_eq!((context(&wire.items[0]), context(&wire.items[1])), (("ot=th:8,vendor=x".into(), 0x301), (String::new(), 0)));
     }
 
     #[test]

@@ -136,6 +136,14 @@ pub const SPANS: &[Column] = &[
     packed("events", true, "Span events as a JSON array of {time_unix_nano, name, attributes}; null when none."),
     packed("links", true, "Links to other spans as a JSON array of {trace_id, span_id}; null when none."),
     col("scope", Dict, false, "Instrumentation scope name (empty when not given)."),
+    packed("trace_state", true, "The W3C `tracestate` of the span's context; null when it has none."),
+    col(
+        "flags",
+        Int64,
+        true,
+        "OTLP span flags: the W3C trace flags in bits 0–7 (1: sampled), whether the parent's remoteness is known (256) and \
+         whether it is remote (512); null when 0 (unset).",
+    ),
 ];
 
 /// `logs`: one row per log record (sidecar access logs and application logs).

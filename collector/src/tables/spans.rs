@@ -169,6 +169,8 @@ pub struct SpanRows {
     events: StringBuilder,
     links: StringBuilder,
     scope: Dict,
+    trace_state: StringBuilder,
+    flags: Int64Builder,
     resource_json: ResourceJson,
 }
 
@@ -177,7 +179,7 @@ column_builders!(SpanRows {
     status_message, http_method, http_route, http_status_code, peer_service, source_workload,
     source_version, source_namespace, destination_service, destination_workload,
     destination_version, destination_namespace, response_flags, attributes, resource, events,
-    links, scope,
+    links, scope, trace_state, flags,
 });
 
 impl Default for SpanRows {
@@ -210,6 +212,8 @@ impl Default for SpanRows {
             events: StringBuilder::new(),
             links: StringBuilder::new(),
             scope: Dict::new(),
+            trace_state: StringBuilder::new(),
+            flags: Int64Builder::new(),
             resource_json: ResourceJson::default(),
         }
     }
@@ -246,6 +250,8 @@ impl NextBatch for SpanRows {
             events: text_like(&self.events),
             links: text_like(&self.links),
             scope: Dict::like(&self.scope),
+            trace_state: text_like(&self.trace_state),
+            flags: Int64Builder::with_capacity(rows),
             ..Self::default()
         }
     }
@@ -332,6 +338,8 @@ impl RowWriter<Span> for SpanRows {
         self.events.append_option(events_json(span));
         self.links.append_option(links_json(span));
         self.scope.append_value(&span.scope);
+        self.trace_state.append_option(Some(span.trace_state.as_str()).filter(|t| !t.is_empty()));
+        self.flags.append_option((span.flags != 0).then_some(i64::from(span.flags)));
         span.start_unix_nanos
     }
 }
@@ -420,6 +428,8 @@ pub struct StoredSpans<'a> {
     events: TextColumn<'a>,
     links: TextColumn<'a>,
     scope: DictColumn<'a>,
+    trace_state: TextColumn<'a>,
+    flags: IntColumn<'a>,
 }
 
 fn plain<'a>(sealed: &'a Sealed, name: &str) -> Option<&'a ArrayRef> {
@@ -527,6 +537,8 @@ impl<'a> StoredSpans<'a> {
             events: text_column(sealed, "events")?,
             links: text_column(sealed, "links")?,
             scope: dict(sealed, "scope")?,
+            trace_state: text_column(sealed, "trace_state")?,
+            flags: ints(sealed, "flags")?,
         })
     }
 
@@ -626,6 +638,8 @@ impl<'a> StoredSpans<'a> {
             trace_id,
             span_id,
             parent_span_id: self.parent_span_id.get(row).map(SpanId),
+            trace_state: self.trace_state.get(row).unwrap_or_default().into_owned(),
+            flags: if self.flags.is_valid(row) { u32::try_from(self.flags.value(row)).unwrap_or_default() } else { 0 },
             name: self.operation.value(row).to_owned(),
             kind: kind_from_str(self.kind.value(row)),
             start_unix_nanos: start,

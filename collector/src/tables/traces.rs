@@ -374,6 +374,8 @@ pub(crate) mod tests {
             trace_id: TraceId([trace; 16]),
             span_id: SpanId([id; 8]),
             parent_span_id: parent.map(|p| SpanId([p; 8])),
+            trace_state: String::new(),
+            flags: 0,
             name: format!("op-{id}"),
             kind,
             start_unix_nanos: start_ms * 1_000_000,
@@ -403,6 +405,7 @@ pub(crate) mod tests {
         ];
         s.events = vec![SpanEvent { time_unix_nanos: 101, name: "retry".into(), attributes: vec![("attempt".into(), Value::Int(1))] }];
         s.links = vec![SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]) }];
+        (s.trace_state, s.flags) = ("ot=th:c,congo=t61rcWkgMzE".into(), 0x301);
         s
     }
 
