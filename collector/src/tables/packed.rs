@@ -696,10 +696,12 @@ impl<'a> TextColumn<'a> {
         }
     }
 
-    /// Row `row`'s value (`None` when null, or unreadable).
+    /// Row `row`'s value (`None` when null, or unreadable). A column of nulls only is not
+    /// read at all.
     pub fn get(&self, row: usize) -> Option<Cow<'_, str>> {
         match self {
             Self::Plain(array) => (row < array.len() && array.is_valid(row)).then(|| Cow::Borrowed(array.value(row))),
+            Self::Packed { text, .. } if text.nulls == text.rows => None,
             Self::Packed { text, blocks } => blocks
                 .get(row / BLOCK_ROWS)?
                 .get_or_init(|| {
@@ -730,6 +732,11 @@ mod tests {
             assert_eq!(reader.get(row).as_deref(), rows[row].as_deref(), "row {row}");
         }
         assert_eq!(reader.get(2500), None, "past the end");
+        let nulls = Stored::Text(Arc::new(PackedText::pack(&StringArray::new_null(2500)).expect("packs")));
+        let reader = TextColumn::new(&nulls).expect("text");
+        assert_eq!((reader.get(0), reader.get(2499)), (None, None));
+        let TextColumn::Packed { blocks, .. } = &reader else { panic!("packed") };
+        assert!(blocks.iter().all(|b| b.get().is_none()), "no block read");
         let sliced = text.slice(5, 1500);
         assert_eq!(PackedText::pack(&sliced).expect("packs").unpack().expect("unpacks"), sliced, "offsets not from zero");
     }
