@@ -9,9 +9,10 @@
 //! timeout is asked to finish the same way (Envoy's connection `idle_timeout`, an hour by
 //! default; on HTTP/2 only streams count, not `PING`s): an HTTP/1.1 connection closes, an
 //! HTTP/2 one gets `GOAWAY` and closes. Idle connections would otherwise hold their memory
-//! until the peer closes them, which a peer that vanished never does. One still open and idle a timeout later (a request head stopped
-//! half-way, which hyper waits for) is dropped. A request head still not whole the request
-//! headers timeout after its first byte drops its connection ([`crate::head_timeout`]).
+//! until the peer closes them, which a peer that vanished never does. One still open and
+//! idle a timeout later (a request head stopped half-way, which hyper waits for) is dropped.
+//! A request head still not whole the request headers timeout after its first byte drops
+//! its connection ([`crate::head_timeout`]).
 
 use std::{
     convert::Infallible,
@@ -46,9 +47,9 @@ pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// What a listener bounds its connections by (`[connections]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// How long a connection may carry nothing before it is asked to finish; `None`: ever.
+    /// How long a connection may carry nothing before it is asked to finish; `None`: no limit.
     pub idle_timeout: Option<Duration>,
-    /// How long a request head may take from its first byte to its last; `None`: any time.
+    /// How long a request head may take from its first byte to its last; `None`: no limit.
     pub request_headers_timeout: Option<Duration>,
 }
 
