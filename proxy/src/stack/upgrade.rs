@@ -304,11 +304,16 @@ mod tests {
     /// A sidecar-like server in front of `upstream`: the server and forward layers only.
     /// The ends of the connections it upgrades come out of the returned channel.
     async fn proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TunnelEnd>) {
-        proxy_with(upstream, Some(crate::stack::forward::UPGRADE_IDLE_TIMEOUT)).await
+        proxy_with(upstream, Some(crate::stack::forward::UPGRADE_IDLE_TIMEOUT), crate::server::ConnectionLimits::UNBOUNDED).await
     }
 
-    /// [`proxy`], closing upgraded connections after `idle` without traffic.
-    async fn proxy_with(upstream: SocketAddr, idle: Option<Duration>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TunnelEnd>) {
+    /// [`proxy`], closing upgraded connections after `idle` without traffic, and bounding the
+    /// connections it accepts by `limits`.
+    async fn proxy_with(
+        upstream: SocketAddr,
+        idle: Option<Duration>,
+        limits: crate::server::ConnectionLimits,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TunnelEnd>) {
         use tower::Service;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -334,7 +339,6 @@ mod tests {
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _keep = _keep;
-            let limits = crate::server::ConnectionLimits::UNBOUNDED;
             crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), limits, shutdown).await;
         });
         (addr, ended)
@@ -392,7 +396,7 @@ mod tests {
     async fn an_idle_upgraded_connection_is_closed_and_its_end_says_so() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let idle = Duration::from_millis(300);
-        let (sidecar, mut ended) = proxy_with(echo_upstream().await, Some(idle)).await;
+        let (sidecar, mut ended) = proxy_with(echo_upstream().await, Some(idle), crate::server::ConnectionLimits::UNBOUNDED).await;
         let mut stream = tokio::net::TcpStream::connect(sidecar).await.expect("connect");
         let head = exchange(&mut stream, "GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
@@ -438,5 +442,24 @@ mod tests {
         let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("closed in time").expect("an end");
         let carried = messages.iter().map(|m| m.len() as u64).sum();
         assert_eq!(end, TunnelEnd { sent: carried, received: carried, ..TunnelEnd::default() }, "what crossed after the switch");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_no_request_head_however_long_its_bytes_keep_coming() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let late = Duration::from_millis(200);
+        let limits = crate::server::ConnectionLimits { request_headers_timeout: Some(late), ..crate::server::ConnectionLimits::UNBOUNDED };
+        let (sidecar, mut ended) = proxy_with(echo_upstream().await, None, limits).await;
+        let mut stream = tokio::net::TcpStream::connect(sidecar).await.expect("connect");
+        let head = exchange(&mut stream, "GET /ws HTTP/1.1\r\nhost: chat\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n").await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        // A byte every 50 ms for five timeouts, as a head sent that slowly would come.
+        for _ in 0..20 {
+            stream.write_all(b"x").await.expect("write");
+            let mut back = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.expect("echoed in time").expect("read");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ended.try_recv().is_err(), "open while both sides are");
     }
 }
