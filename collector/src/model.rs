@@ -349,6 +349,10 @@ pub struct SpanLink {
     pub trace_id: TraceId,
     /// The linked span.
     pub span_id: SpanId,
+    /// The W3C `tracestate` of the linked span's context; empty when it has none.
+    pub trace_state: String,
+    /// The link's attributes.
+    pub attributes: Attributes,
 }
 
 /// One span.

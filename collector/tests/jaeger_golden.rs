@@ -73,7 +73,13 @@ fn span_set() -> ExportTraceServiceRequest {
         attributes: vec![kv("card.brand", Value::StringValue("visa".into()))],
         ..Default::default()
     }];
-    server.links = vec![span::Link { trace_id: vec![2; 16], span_id: vec![9; 8], ..Default::default() }];
+    server.links = vec![span::Link {
+        trace_id: vec![2; 16],
+        span_id: vec![9; 8],
+        trace_state: "congo=ucfJifl5GOE".into(),
+        attributes: vec![kv("link.reason", Value::StringValue("batch".into()))],
+        ..Default::default()
+    }];
     // Sampled, its parent remote; a vendor's entry in its context.
     (server.trace_state, server.flags) = ("congo=t61rcWkgMzE".into(), 0x301);
     let health = span(2, 9, None, "GET /health", Server, 100, 1, vec![]);

@@ -100,7 +100,17 @@ fn otlp_span(s: &Span) -> OtlpSpan {
             .iter()
             .map(|e| span::Event { time_unix_nano: e.time_unix_nanos, name: e.name.clone(), attributes: key_values(&e.attributes), ..Default::default() })
             .collect(),
-        links: s.links.iter().map(|l| span::Link { trace_id: l.trace_id.0.to_vec(), span_id: l.span_id.0.to_vec(), ..Default::default() }).collect(),
+        links: s
+            .links
+            .iter()
+            .map(|l| span::Link {
+                trace_id: l.trace_id.0.to_vec(),
+                span_id: l.span_id.0.to_vec(),
+                trace_state: l.trace_state.clone(),
+                attributes: key_values(&l.attributes),
+                ..Default::default()
+            })
+            .collect(),
         status: Some(Status { code: code as i32, message: s.status_message.clone() }),
         ..Default::default()
     }

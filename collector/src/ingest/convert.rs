@@ -236,7 +236,14 @@ pub fn span(s: &OtlpSpan, resource: &Arc<Resource>, scope: &Arc<str>) -> Result<
         links: s
             .links
             .iter()
-            .filter_map(|l| Some(SpanLink { trace_id: TraceId::from_bytes(&l.trace_id)?, span_id: SpanId::from_bytes(&l.span_id)? }))
+            .filter_map(|l| {
+                Some(SpanLink {
+                    trace_id: TraceId::from_bytes(&l.trace_id)?,
+                    span_id: SpanId::from_bytes(&l.span_id)?,
+                    trace_state: l.trace_state.clone(),
+                    attributes: attributes(&l.attributes),
+                })
+            })
             .collect(),
         resource: resource.clone(),
         scope: scope.clone(),

@@ -134,7 +134,12 @@ pub const SPANS: &[Column] = &[
     packed("attributes", false, "Every other span attribute (incl. `peer.service`), as a JSON object, keys sorted."),
     col("resource", Dict, false, "Resource attributes, as a JSON object."),
     packed("events", true, "Span events as a JSON array of {time_unix_nano, name, attributes}; null when none."),
-    packed("links", true, "Links to other spans as a JSON array of {trace_id, span_id}; null when none."),
+    packed(
+        "links",
+        true,
+        "Links to other spans as a JSON array of {trace_id, span_id}, with trace_state and attributes when the link has them; \
+         null when none.",
+    ),
     col("scope", Dict, false, "Instrumentation scope name (empty when not given)."),
     packed("trace_state", true, "The W3C `tracestate` of the span's context; null when it has none."),
     col(

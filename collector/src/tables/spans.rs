@@ -283,14 +283,31 @@ fn events_json(span: &Span) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Links as a JSON array, or `None` when there are none.
+/// Links as a JSON array, or `None` when there are none; a link's `trace_state` and
+/// `attributes` only when it has them.
 fn links_json(span: &Span) -> Option<String> {
     if span.links.is_empty() {
         return None;
     }
-    let links: Vec<String> =
-        span.links.iter().map(|l| format!("{{\"trace_id\":\"{}\",\"span_id\":\"{}\"}}", l.trace_id, l.span_id)).collect();
-    Some(format!("[{}]", links.join(",")))
+    let mut out = Vec::with_capacity(80 * span.links.len());
+    out.push(b'[');
+    for (i, l) in span.links.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"trace_id\":\"{}\",\"span_id\":\"{}\"", l.trace_id, l.span_id).as_bytes());
+        if !l.trace_state.is_empty() {
+            out.extend_from_slice(b",\"trace_state\":");
+            let _ = serde_json::to_writer(&mut out, &l.trace_state);
+        }
+        if !l.attributes.is_empty() {
+            out.extend_from_slice(b",\"attributes\":");
+            write_attributes(&mut out, &l.attributes, |_, _, _| false);
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    String::from_utf8(out).ok()
 }
 
 impl RowWriter<Span> for SpanRows {
@@ -671,6 +688,14 @@ pub fn kind_from_str(text: &str) -> SpanKind {
     }
 }
 
+/// The `attributes` object of a stored event or link, taken out of it.
+fn attributes_member(item: &mut serde_json::Value) -> Vec<(crate::model::Key, Value)> {
+    match item["attributes"].take() {
+        serde_json::Value::Object(map) => map.into_iter().filter_map(|(k, v)| Some((key(&k), value_of(v)?))).collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn read_events(text: &str) -> Vec<SpanEvent> {
     let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text) else { return Vec::new() };
     items
@@ -678,12 +703,7 @@ fn read_events(text: &str) -> Vec<SpanEvent> {
         .map(|mut e| SpanEvent {
             time_unix_nanos: e["time_unix_nano"].as_u64().unwrap_or(0),
             name: e["name"].as_str().unwrap_or_default().to_owned(),
-            attributes: match e["attributes"].take() {
-                serde_json::Value::Object(map) => {
-                    map.into_iter().filter_map(|(k, v)| Some((key(&k), value_of(v)?))).collect()
-                }
-                _ => Vec::new(),
-            },
+            attributes: attributes_member(&mut e),
         })
         .collect()
 }
@@ -691,11 +711,13 @@ fn read_events(text: &str) -> Vec<SpanEvent> {
 fn read_links(text: &str) -> Vec<SpanLink> {
     let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text) else { return Vec::new() };
     items
-        .iter()
-        .filter_map(|l| {
+        .into_iter()
+        .filter_map(|mut l| {
             Some(SpanLink {
                 trace_id: TraceId::parse_hex(l["trace_id"].as_str()?)?,
                 span_id: SpanId::parse_hex(l["span_id"].as_str()?)?,
+                trace_state: l["trace_state"].as_str().unwrap_or_default().to_owned(),
+                attributes: attributes_member(&mut l),
             })
         })
         .collect()

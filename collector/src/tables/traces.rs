@@ -404,7 +404,15 @@ pub(crate) mod tests {
             ("meshlens.destination.workload".into(), Value::Str("payments-v1".into())),
         ];
         s.events = vec![SpanEvent { time_unix_nanos: 101, name: "retry".into(), attributes: vec![("attempt".into(), Value::Int(1))] }];
-        s.links = vec![SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]) }];
+        s.links = vec![
+            SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]), trace_state: String::new(), attributes: vec![] },
+            SpanLink {
+                trace_id: TraceId([8; 16]),
+                span_id: SpanId([8; 8]),
+                trace_state: "congo=\"q\"".into(),
+                attributes: vec![("batch".into(), Value::Int(3)), ("queue".into(), Value::Str("<orders>".into()))],
+            },
+        ];
         (s.trace_state, s.flags) = ("ot=th:c,congo=t61rcWkgMzE".into(), 0x301);
         s
     }
