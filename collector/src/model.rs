@@ -351,6 +351,9 @@ pub struct SpanLink {
     pub span_id: SpanId,
     /// The W3C `tracestate` of the linked span's context; empty when it has none.
     pub trace_state: String,
+    /// OTLP's link flags: the linked context's W3C trace flags in bits 0–7, and in bits 8
+    /// and 9 whether its remoteness is known and whether it is remote; 0 when unset.
+    pub flags: u32,
     /// The link's attributes.
     pub attributes: Attributes,
 }

@@ -77,6 +77,7 @@ fn span_set() -> ExportTraceServiceRequest {
         trace_id: vec![2; 16],
         span_id: vec![9; 8],
         trace_state: "congo=ucfJifl5GOE".into(),
+        flags: 0x101,
         attributes: vec![kv("link.reason", Value::StringValue("batch".into()))],
         ..Default::default()
     }];

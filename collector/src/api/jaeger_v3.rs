@@ -107,6 +107,7 @@ fn otlp_span(s: &Span) -> OtlpSpan {
                 trace_id: l.trace_id.0.to_vec(),
                 span_id: l.span_id.0.to_vec(),
                 trace_state: l.trace_state.clone(),
+                flags: l.flags,
                 attributes: key_values(&l.attributes),
                 ..Default::default()
             })

@@ -241,6 +241,7 @@ pub fn span(s: &OtlpSpan, resource: &Arc<Resource>, scope: &Arc<str>) -> Result<
                     trace_id: TraceId::from_bytes(&l.trace_id)?,
                     span_id: SpanId::from_bytes(&l.span_id)?,
                     trace_state: l.trace_state.clone(),
+                    flags: l.flags,
                     attributes: attributes(&l.attributes),
                 })
             })

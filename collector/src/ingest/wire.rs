@@ -531,12 +531,14 @@ fn event(buf: &[u8]) -> Result<SpanEvent, DecodeError> {
 /// A link; `None` (dropped) when its IDs are invalid.
 fn link(buf: &[u8]) -> Result<Option<SpanLink>, DecodeError> {
     let (mut trace_id, mut span_id, mut trace_state, mut attrs): (&[u8], &[u8], &str, Vec<&[u8]>) = (&[], &[], "", Vec::new());
+    let mut flags = 0;
     each_field(buf, |tag, wire| {
         match tag {
             1 => trace_id = wire.bytes()?,
             2 => span_id = wire.bytes()?,
             3 => trace_state = wire.str()?,
             4 => attrs.push(wire.bytes()?),
+            6 => flags = wire.fixed32()?,
             _ => {}
         }
         Ok(())
@@ -544,7 +546,7 @@ fn link(buf: &[u8]) -> Result<Option<SpanLink>, DecodeError> {
     let attributes = attributes(&attrs)?;
     Ok(TraceId::from_bytes(trace_id)
         .zip(SpanId::from_bytes(span_id))
-        .map(|(trace_id, span_id)| SpanLink { trace_id, span_id, trace_state: trace_state.to_owned(), attributes }))
+        .map(|(trace_id, span_id)| SpanLink { trace_id, span_id, trace_state: trace_state.to_owned(), flags, attributes }))
 }
 
 /// Encoded `KeyValue`s converted as [`convert::attributes`] does: without the ones that
@@ -740,7 +742,7 @@ mod tests {
         // Sampled, with a remote parent.
         (ss.spans[0].trace_state, ss.spans[0].flags) = ("ot=th:8,vendor=x".into(), 0x301);
         let link = ss.spans[0].links.first_mut().expect("a link");
-        link.trace_state = "vendor=y".into();
+        (link.trace_state, link.flags) = ("vendor=y".into(), 0x101);
         link.attributes = vec![kv("z.reason", "retry"), kv("a.queue", "orders")];
         let mut bad = ss.spans[1].clone();
         bad.trace_id = vec![0; 16];
@@ -776,7 +778,11 @@ mod tests {
         assert_eq!((context(&wire.items[0]), context(&wire.items[1])), (("ot=th:8,vendor=x".into(), 0x301), (String::new(), 0)));
         let link = &wire.items[0].links[0];
         let keys: Vec<&str> = link.attributes.iter().map(|(k, _)| &**k).collect();
-        assert_eq!((link.trace_state.as_str(), keys), ("vendor=y", vec!["a.queue", "z.reason"]), "a link's context and attributes, sorted");
+        assert_eq!(
+            (link.trace_state.as_str(), link.flags, keys),
+            ("vendor=y", 0x101, vec!["a.queue", "z.reason"]),
+            "a link's context and attributes, sorted"
+        );
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub const SPANS: &[Column] = &[
     packed(
         "links",
         true,
-        "Links to other spans as a JSON array of {trace_id, span_id}, with trace_state and attributes when the link has them; \
+        "Links to other spans as a JSON array of {trace_id, span_id}, with trace_state, flags and attributes when the link has them; \
          null when none.",
     ),
     col("scope", Dict, false, "Instrumentation scope name (empty when not given)."),

@@ -283,8 +283,8 @@ fn events_json(span: &Span) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Links as a JSON array, or `None` when there are none; a link's `trace_state` and
-/// `attributes` only when it has them.
+/// Links as a JSON array, or `None` when there are none; a link's `trace_state`, `flags`
+/// and `attributes` only when it has them.
 fn links_json(span: &Span) -> Option<String> {
     if span.links.is_empty() {
         return None;
@@ -299,6 +299,9 @@ fn links_json(span: &Span) -> Option<String> {
         if !l.trace_state.is_empty() {
             out.extend_from_slice(b",\"trace_state\":");
             let _ = serde_json::to_writer(&mut out, &l.trace_state);
+        }
+        if l.flags != 0 {
+            out.extend_from_slice(format!(",\"flags\":{}", l.flags).as_bytes());
         }
         if !l.attributes.is_empty() {
             out.extend_from_slice(b",\"attributes\":");
@@ -717,6 +720,7 @@ fn read_links(text: &str) -> Vec<SpanLink> {
                 trace_id: TraceId::parse_hex(l["trace_id"].as_str()?)?,
                 span_id: SpanId::parse_hex(l["span_id"].as_str()?)?,
                 trace_state: l["trace_state"].as_str().unwrap_or_default().to_owned(),
+                flags: l["flags"].as_u64().and_then(|f| u32::try_from(f).ok()).unwrap_or(0),
                 attributes: attributes_member(&mut l),
             })
         })

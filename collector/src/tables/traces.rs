@@ -405,11 +405,12 @@ pub(crate) mod tests {
         ];
         s.events = vec![SpanEvent { time_unix_nanos: 101, name: "retry".into(), attributes: vec![("attempt".into(), Value::Int(1))] }];
         s.links = vec![
-            SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]), trace_state: String::new(), attributes: vec![] },
+            SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]), trace_state: String::new(), flags: 0, attributes: vec![] },
             SpanLink {
                 trace_id: TraceId([8; 16]),
                 span_id: SpanId([8; 8]),
                 trace_state: "congo=\"q\"".into(),
+                flags: 0x301,
                 attributes: vec![("batch".into(), Value::Int(3)), ("queue".into(), Value::Str("<orders>".into()))],
             },
         ];
