@@ -73,14 +73,16 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let policy = req.extensions().get::<Arc<ServiceConfig>>().and_then(|s| s.retry.clone());
-        let Some(policy) = policy.filter(|p| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes)) else {
+        let service = req.extensions().get::<Arc<ServiceConfig>>();
+        let policy = service.and_then(|s| Some((s.name.clone(), s.retry.clone()?)));
+        let Some((service, policy)) = policy.filter(|(_, p)| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes))
+        else {
             return self.inner.call(req);
         };
         // The ready service takes this request; a fresh clone waits for the next one.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(attempts(inner, self.telemetry.clone(), policy, req))
+        Box::pin(attempts(inner, self.telemetry.clone(), service, policy, req))
     }
 }
 
@@ -116,7 +118,13 @@ fn backoff(base: Duration, retry: u32) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-async fn attempts<S>(mut inner: S, telemetry: Telemetry, policy: Arc<RetryPolicy>, req: Request) -> Result<Response, ProxyError>
+async fn attempts<S>(
+    mut inner: S,
+    telemetry: Telemetry,
+    service: Arc<str>,
+    policy: Arc<RetryPolicy>,
+    req: Request,
+) -> Result<Response, ProxyError>
 where
     S: Service<Request, Response = Response, Error = ProxyError>,
 {
@@ -164,6 +172,7 @@ where
             return result;
         }
         request.note(RETRY, reason.unwrap_or_default());
+        telemetry.stats().request_retried(&service);
         drop(result);
         tokio::time::sleep(backoff(policy.backoff, attempt)).await;
         attempt += 1;
@@ -411,6 +420,8 @@ mod tests {
     async fn a_failed_attempt_is_retried_with_the_same_body_and_noted() {
         let calls = Arc::new(AtomicU32::new(0));
         let telemetry = crate::telemetry::tests::telemetry();
+        let mut registry = prometheus_client::registry::Registry::default();
+        telemetry.stats().register(&mut registry);
         let mut retry = RetryLayer::new(telemetry).layer(Flaky { calls: calls.clone(), failures: 2 });
         let (req, resolution) = request_for(Some(policy(3)), "card=4242");
         let response = retry.ready().await.expect("ready").call(req).await.expect("response");
@@ -421,6 +432,10 @@ mod tests {
         let notes = resolution.notes();
         assert_eq!((resolution.retries(), notes.len()), (2, 2));
         assert_eq!((notes[0].name, notes[0].message.as_str()), (RETRY, "upstream answered 503"));
+        let mut exposed = String::new();
+        prometheus_client::encoding::text::encode(&mut exposed, &registry).expect("encode");
+        let line = "meshlens_proxy_request_retries_total{service=\"payments\"} 2";
+        assert!(exposed.lines().any(|l| l == line), "{line} in\n{exposed}");
     }
 
     #[tokio::test]

@@ -59,6 +59,7 @@ pub struct Counters {
     retries: Family<SignalLabels, Counter>,
     label_overflow: Family<OverflowLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
+    request_retries: Family<ServiceLabels, Counter>,
     /// Series in the request-metrics table (set when `/metrics` is read).
     pub series: Gauge,
     active: Family<DirectionLabels, Gauge>,
@@ -176,6 +177,11 @@ impl TelemetryStats {
             self.ejections.clone(),
         );
         registry.register(
+            "meshlens_proxy_request_retries",
+            "Requests sent again by their service's retry policy, by destination service (Envoy's `upstream_rq_retry`)",
+            self.request_retries.clone(),
+        );
+        registry.register(
             "meshlens_proxy_telemetry_export_retries",
             "Export attempts retried after a retryable error, by the error's code",
             self.retries.clone(),
@@ -190,6 +196,11 @@ impl TelemetryStats {
     /// Counts an endpoint of `service` ejected by outlier detection.
     pub fn ejected(&self, service: &str) {
         self.ejections.get_or_create(&ServiceLabels { service: service.to_owned() }).inc();
+    }
+
+    /// Counts a request to `service` sent again by its retry policy.
+    pub fn request_retried(&self, service: &str) {
+        self.request_retries.get_or_create(&ServiceLabels { service: service.to_owned() }).inc();
     }
 
     /// The connection counters of one listener (handles onto this registry's counters).
