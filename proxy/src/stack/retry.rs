@@ -74,8 +74,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let service = req.extensions().get::<Arc<ServiceConfig>>();
-        let policy = service.and_then(|s| Some((s.name.clone(), s.retry.clone()?)));
-        let Some((service, policy)) = policy.filter(|(_, p)| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes))
+        let policy = service.and_then(|s| Some((s.retry.clone()?, s.name.clone())));
+        let Some((policy, service)) = policy.filter(|(p, _)| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes))
         else {
             return self.inner.call(req);
         };
