@@ -143,8 +143,13 @@ impl Default for RawConnections {
     }
 }
 
+/// A configured time limit: `"0"` turns it off.
+fn unless_zero(limit: Duration) -> Option<Duration> {
+    Some(limit).filter(|d| !d.is_zero())
+}
+
 fn default_request_headers() -> Duration {
-    crate::head_timeout::REQUEST_HEADERS_TIMEOUT
+    crate::server::REQUEST_HEADERS_TIMEOUT
 }
 
 fn default_connection_idle() -> Duration {
@@ -686,7 +691,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             sampling: Sampling {
                 ratio: t.sampling_ratio,
                 keep_errors: t.keep_errors,
-                slow_threshold: Some(t.slow_threshold).filter(|d| !d.is_zero()),
+                slow_threshold: unless_zero(t.slow_threshold),
             },
             compression: t.compression,
             max_retry_time: t.max_retry_time,
@@ -910,11 +915,11 @@ impl TryFrom<RawConfig> for ProxyConfig {
             outbound_listen: raw.outbound.listen,
             admin_listen: raw.admin.listen,
             connections: crate::server::ConnectionLimits {
-                idle_timeout: Some(raw.connections.idle_timeout).filter(|d| !d.is_zero()),
-                request_headers_timeout: Some(raw.connections.request_headers_timeout).filter(|d| !d.is_zero()),
+                idle_timeout: unless_zero(raw.connections.idle_timeout),
+                request_headers_timeout: unless_zero(raw.connections.request_headers_timeout),
             },
-            upgrade_idle_timeout: Some(raw.upgrades.idle_timeout).filter(|d| !d.is_zero()),
-            stream_idle_timeout: Some(raw.streams.idle_timeout).filter(|d| !d.is_zero()),
+            upgrade_idle_timeout: unless_zero(raw.upgrades.idle_timeout),
+            stream_idle_timeout: unless_zero(raw.streams.idle_timeout),
             telemetry,
             services,
         })

@@ -76,7 +76,12 @@ struct Counts {
     head_base: AtomicU64,
     /// What the first bytes read said: [`UNSEEN`], [`HTTP2`] or [`NOT_HTTP2`].
     opening: AtomicU8,
+    /// Looks at [`Activity::head_figure`] that found no head on its way.
+    head_looks: AtomicU64,
 }
+
+/// Marks the figures of [`Activity::head_figure`] that name no head.
+const HEAD_LOOKS: u64 = 1 << 63;
 
 const UNSEEN: u8 = 0;
 const HTTP2: u8 = 1;
@@ -106,14 +111,20 @@ impl Activity {
         bytes.wrapping_add(busy).wrapping_add(ended)
     }
 
-    /// Some figure naming the request head on its way (the same while it is the same head)
-    /// when bytes have arrived since the last exchange ended and none is in flight; `None`
-    /// between exchanges and during one. HTTP/2 has no heads of this kind: its connections
-    /// carry frames between streams.
-    pub fn head_on_its_way(&self) -> Option<u64> {
+    /// A figure that stays the same between two looks only while one request head is on
+    /// its way: bytes have arrived since the last exchange ended, and none is in flight. At
+    /// any other look (between exchanges, during one, on HTTP/2, whose connections carry
+    /// frames between streams) it moves, so a request headers timeout watches it as an idle
+    /// timeout watches [`Activity::figure`].
+    pub fn head_figure(&self) -> u64 {
         let base = self.0.head_base.load(Ordering::Relaxed);
         let waiting = self.0.in_flight.load(Ordering::Relaxed) == 0 && self.0.received.load(Ordering::Relaxed) > base;
-        waiting.then_some(base)
+        if waiting && !self.is_http2() {
+            // Below 2^63: the bytes received when the last exchange ended.
+            base & !HEAD_LOOKS
+        } else {
+            self.0.head_looks.fetch_add(1, Ordering::Relaxed) | HEAD_LOOKS
+        }
     }
 
     /// Whether the connection opened with HTTP/2's preface.
@@ -321,16 +332,20 @@ mod tests {
         assert_ne!(h2.figure(), idle, "streams that began and ended between two looks");
 
         let activity = read(&[b"GE"]).await;
-        let head = activity.head_on_its_way();
-        assert_eq!(head, Some(0), "the first head, from the connection's first byte");
+        let head = activity.head_figure();
+        assert_eq!(activity.head_figure(), head, "the first head, from the connection's first byte");
         let exchange = activity.exchange();
-        assert_eq!(activity.head_on_its_way(), None, "whole: an exchange is in flight");
+        let during = activity.head_figure();
+        assert!(during != head && activity.head_figure() != during, "whole: an exchange is in flight");
         drop(exchange);
-        assert_eq!(activity.head_on_its_way(), None, "between exchanges");
+        let between = activity.head_figure();
+        assert!(between != during && activity.head_figure() != between, "between exchanges");
         activity.received(b"G");
-        let next = activity.head_on_its_way();
-        assert!(next.is_some() && next != head, "the next head is another");
+        let next = activity.head_figure();
+        assert!(![head, during, between].contains(&next), "the next head is another");
         activity.received(b"ET");
-        assert_eq!(activity.head_on_its_way(), next, "the same head while it comes");
+        assert_eq!(activity.head_figure(), next, "the same head while it comes");
+        let h2 = read(&[HTTP2_PREFACE, b"\0\0\x08\x06"]).await;
+        assert_ne!(h2.head_figure(), h2.head_figure(), "no heads on HTTP/2");
     }
 }

@@ -19,7 +19,6 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
-pub mod head_timeout;
 pub mod http_route;
 pub mod identity;
 pub mod inbound;

@@ -11,8 +11,15 @@
 //! HTTP/2 one gets `GOAWAY` and closes. Idle connections would otherwise hold their memory
 //! until the peer closes them, which a peer that vanished never does. One still open and
 //! idle a timeout later (a request head stopped half-way, which hyper waits for) is dropped.
+//!
 //! A request head still not whole the request headers timeout after its first byte drops
-//! its connection ([`crate::head_timeout`]).
+//! its connection (Envoy's `request_headers_timeout`, nginx's `client_header_timeout`):
+//! otherwise a peer sending a head a byte at a time (a slowloris) holds the connection as
+//! long as it likes, each byte resetting the idle timeout. It is watched as idleness is
+//! ([`Activity::head_figure`]), so the cut comes 1 to 1.25 times the timeout after the
+//! head's first byte; the time between requests is the idle timeout's. A connection that
+//! opened with HTTP/2's preface is no longer watched; a preface that stalls half-way is a
+//! late head.
 
 use std::{
     convert::Infallible,
@@ -33,7 +40,6 @@ use tower::{Service, ServiceExt};
 use crate::{
     body,
     connection::{Activity, ConnectionMeter, Exchange},
-    head_timeout::{HeadCheck, REQUEST_HEADERS_TIMEOUT},
     stack::{PeerAddr, Request, Response},
     stream_idle::IdleCheck,
 };
@@ -43,6 +49,10 @@ pub const GRACE: Duration = Duration::from_secs(5);
 
 /// How long a connection may carry nothing before the sidecar closes it, by default.
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a request head may take from its first byte to its last, by default: hyper's
+/// default `header_read_timeout`, within the 20 to 40 s Apache's `mod_reqtimeout` allows.
+pub const REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a listener bounds its connections by (`[connections]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +122,7 @@ pub async fn serve<S>(
                     let mut connection = pin!(connection);
                     let idle_timeout = limits.idle_timeout;
                     let mut idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
-                    let mut head = limits.request_headers_timeout.map(HeadCheck::new);
+                    let mut head = limits.request_headers_timeout.map(|timeout| IdleCheck::new(timeout, activity.head_figure()));
                     let (mut shutdown, mut asked) = (shutdown, false);
                     // Drives the connection to its end, asking it to finish once the sidecar shuts
                     // down or once it has carried nothing for the idle timeout, and dropping it if
@@ -137,7 +147,13 @@ pub async fn serve<S>(
                                 idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
                                 connection.as_mut().graceful_shutdown();
                             }
-                            () = poll_fn(|cx| head.as_mut().map_or(Poll::Pending, |check| check.poll_late(cx, &activity))) => {
+                            () = poll_fn(|cx| {
+                                // HTTP/2 has no heads to watch: the check is dropped, its timer with it.
+                                if activity.is_http2() {
+                                    head = None;
+                                }
+                                head.as_mut().map_or(Poll::Pending, |check| check.poll_idle(cx, || activity.head_figure()))
+                            }) => {
                                 meter.header_timeouts.inc();
                                 tracing::debug!(%peer, "dropping a connection whose request head is late");
                                 break Ok(());

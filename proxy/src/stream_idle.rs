@@ -46,7 +46,8 @@ const CHECKS: u32 = 4;
 
 /// Watches a figure that moves with a stream's activity for a quiet spell of the idle
 /// timeout. It looks every quarter of the timeout, so the spell is noticed 1 to 1.25 times
-/// the timeout after the figure last moved. Shared by [`IdleBody`] and upgraded connections.
+/// the timeout after the figure last moved. Shared by [`IdleBody`], upgraded connections,
+/// and the idle and request headers timeouts of accepted connections.
 pub struct IdleCheck {
     every: Duration,
     timer: Pin<Box<Sleep>>,
