@@ -57,6 +57,14 @@ fn python_sdk_traces_metrics_and_logs_arrive() {
         serde_json::Value::from(rows),
         serde_json::json!([["py-checkout", "client", "unset", true], ["py-payments", "server", "error", false]])
     );
+    // The SDK's span contexts as it exported them: the root's parent known not remote (256),
+    // the server's remote (768), with the tracestate it continued.
+    let rows = collector.sql_rows(&format!("SELECT service, trace_state, flags FROM spans WHERE trace_id = '{trace_id}' ORDER BY service"));
+    assert_eq!(
+        serde_json::Value::from(rows),
+        serde_json::json!([["py-checkout", null, 256], ["py-payments", "congo=t61rcWkgMzE", 768]])
+    );
+    assert!(server["tags"].as_array().expect("tags").iter().any(|t| t["key"] == "w3c.tracestate" && t["value"] == "congo=t61rcWkgMzE"));
     let rows = collector.sql_rows(&format!("SELECT service, body FROM logs WHERE trace_id = '{trace_id}'"));
     assert_eq!(serde_json::Value::from(rows), serde_json::json!([["py-payments", "payment declined for order 42"]]));
     let rows = collector.sql_rows("SELECT inbound_requests, inbound_errors FROM services WHERE service = 'py-payments'");

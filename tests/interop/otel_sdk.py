@@ -52,6 +52,7 @@ def main() -> None:
     with client_tracer.start_as_current_span("POST /pay", kind=SpanKind.CLIENT, attributes={"http.request.method": "POST", "server.address": "payments"}) as client:
         headers: dict = {}
         TraceContextTextMapPropagator().inject(headers)
+        headers["tracestate"] = "congo=t61rcWkgMzE"  # a vendor's entry, as a caller's tracestate would carry it
         parent = TraceContextTextMapPropagator().extract(headers)
         with server_tracer.start_as_current_span("POST /pay", context=parent, kind=SpanKind.SERVER, attributes={"http.response.status_code": 500}) as server:
             server.add_event("card declined", {"card.brand": "visa"})
