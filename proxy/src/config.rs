@@ -469,7 +469,8 @@ pub struct RawRetry {
     /// First backoff; each retry doubles it (with jitter), up to ten times it.
     #[serde(default = "default_backoff", deserialize_with = "meshlens_common::duration::deserialize")]
     pub backoff: Duration,
-    /// Largest request body buffered for replay; a larger (or unknown-length) body is sent once.
+    /// Most request body bytes kept for replay as the body streams; a request whose body
+    /// turns out larger (or is announced larger) is not retried.
     #[serde(default = "default_replay_bytes")]
     pub max_body_bytes: u64,
 }
@@ -775,7 +776,7 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// First backoff.
     pub backoff: Duration,
-    /// Largest request body buffered for replay.
+    /// Most request body bytes kept for replay.
     pub max_body_bytes: u64,
 }
 

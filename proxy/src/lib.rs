@@ -23,6 +23,7 @@ pub mod http_route;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod replay;
 pub mod server;
 pub mod sidecar;
 pub mod stack;

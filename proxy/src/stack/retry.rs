@@ -4,8 +4,10 @@
 //! jittered exponential backoff between them. It sits inside the service timeout, which
 //! bounds all attempts together, and outside the split, so each attempt picks an endpoint.
 //!
-//! Only requests whose body is known to fit `max_body_bytes` are retried (the body is
-//! buffered for replay); any other request is sent once, untouched.
+//! The request body streams to the first attempt as it arrives and is kept for the next
+//! ones ([`Replay`]), up to `max_body_bytes`: a request whose body turns out larger
+//! (or fails) is not sent again, and one known to be larger from the start is sent once,
+//! untouched. So a body of unknown length, as every gRPC call's, is retried too.
 //!
 //! Every attempt of a retried request is its own CLIENT span, a child of the request's
 //! span, whose ID goes upstream in the trace context, so the server side of each attempt
@@ -19,14 +21,15 @@ use std::{
 };
 
 use http_body::Body as _;
-use http_body_util::BodyExt;
+use http_body_util::BodyExt as _;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::{
-    body::{self, BodyEnd},
+    body::BodyEnd,
     classify::{self, Classification, Outcome, ResponseFlags},
     config::{RetryOn, RetryPolicy, ServiceConfig},
     error::ProxyError,
+    replay::Replay,
     telemetry::{RequestRecord, Side, SpanEvent, Telemetry, metrics::unix_nanos},
     trace_context::{SpanContext, SpanId},
 };
@@ -75,8 +78,7 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let service = req.extensions().get::<Arc<ServiceConfig>>();
         let policy = service.and_then(|s| Some((s.retry.clone()?, s.name.clone())));
-        let Some((policy, service)) = policy.filter(|(p, _)| req.body().size_hint().upper().is_some_and(|n| n <= p.max_body_bytes))
-        else {
+        let Some((policy, service)) = policy.filter(|(p, _)| req.body().size_hint().lower() <= p.max_body_bytes) else {
             return self.inner.call(req);
         };
         // The ready service takes this request; a fresh clone waits for the next one.
@@ -130,11 +132,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let head = http::Request::from_parts(parts, ());
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| ProxyError::BadRequest(format!("the request body could not be read: {e}")))?
-        .to_bytes();
+    let (replay, mut body) = Replay::new(body, usize::try_from(policy.max_body_bytes).unwrap_or(usize::MAX));
     let request = head.extensions().get::<Resolution>().cloned().unwrap_or_default();
     let parent = head.extensions().get::<SpanContext>().copied();
     let mut attempt = 1;
@@ -143,7 +141,7 @@ where
         if let Some(route) = request.route() {
             resolution.set_route(route.clone());
         }
-        let mut req = copy_request(&head, body::full(body.clone()));
+        let mut req = copy_request(&head, body.boxed_unsync());
         req.extensions_mut().insert(resolution.clone());
         let context = parent.map(|p| SpanContext { span_id: SpanId::random(), parent_span_id: Some(p.span_id), ..p });
         if let Some(context) = &context {
@@ -161,16 +159,19 @@ where
             Err(error) => Err(error),
         };
         let reason = retry_reason(&policy.on, &result);
-        let last = attempt >= policy.attempts || reason.is_none();
+        // The next attempt's body takes the source over from this one's, whose request
+        // has failed; none once the body outgrew what is kept of it.
+        let next = (attempt < policy.attempts && reason.is_some()).then(|| replay.body()).flatten();
         if let Some(span) = span {
-            span.finish(&result, reason.as_deref().filter(|_| !last));
+            span.finish(&result, reason.as_deref().filter(|_| next.is_some()), replay.bytes_read());
         }
-        if last {
+        let Some(next) = next else {
             if let Some(endpoint) = resolution.endpoint() {
                 request.set_endpoint(endpoint.clone());
             }
             return result;
-        }
+        };
+        body = next;
         request.note(RETRY, reason.unwrap_or_default());
         telemetry.stats().request_retried(&service);
         drop(result);
@@ -247,9 +248,11 @@ impl AttemptSpan {
         Some(record)
     }
 
-    /// Records the attempt: it lasted until its response headers (or its failure).
-    fn finish(mut self, result: &Result<Response, ProxyError>, retried: Option<&str>) {
+    /// Records the attempt: it lasted until its response headers (or its failure), by when
+    /// `request_bytes` of the body had been read.
+    fn finish(mut self, result: &Result<Response, ProxyError>, retried: Option<&str>, request_bytes: u64) {
         let Some(mut record) = self.take() else { return };
+        record.request_bytes = record.request_bytes.max(request_bytes);
         match result {
             Ok(response) => {
                 record.status = response.status().as_u16();
@@ -284,9 +287,29 @@ impl Drop for AttemptSpan {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::{
+        collections::VecDeque,
+        pin::Pin,
+        sync::atomic::{AtomicU32, Ordering},
+    };
+
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::BodyExt as _;
 
     use super::*;
+    use crate::body::{self, BodyError};
+
+    /// A body of unknown length (as a gRPC call's): chunks with no size hint.
+    struct Chunks(VecDeque<&'static str>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))))
+        }
+    }
 
     fn on(conditions: &[&str]) -> RetryOn {
         let raw = crate::config::RawRetry {
@@ -436,6 +459,23 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut exposed, &registry).expect("encode");
         let line = "meshlens_proxy_request_retries_total{service=\"payments\"} 2";
         assert!(exposed.lines().any(|l| l == line), "{line} in\n{exposed}");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_retried_while_it_fits_and_sent_once_past_it() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut retry = RetryLayer::new(crate::telemetry::tests::telemetry()).layer(Flaky { calls: calls.clone(), failures: 1 });
+        for (chunks, calls_made, answer) in [(vec!["card=", "4242"], 2, ("200", "9")), (vec!["x"; 1025], 1, ("503", "1025"))] {
+            calls.store(0, Ordering::SeqCst);
+            let (mut req, resolution) = request_for(Some(policy(3)), "");
+            *req.body_mut() = body::boxed(Chunks(chunks.into()));
+            assert_eq!(req.body().size_hint().upper(), None);
+            let response = retry.ready().await.expect("ready").call(req).await.expect("response");
+            let status = response.status();
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!((status.as_str(), std::str::from_utf8(&body).expect("text")), answer);
+            assert_eq!((calls.load(Ordering::SeqCst), resolution.retries() as u32), (calls_made, calls_made - 1), "1,024 bytes are kept");
+        }
     }
 
     #[tokio::test]
