@@ -6,7 +6,12 @@
 //! `Host`. The connection to an endpoint is opened by its first request (one at a time: the
 //! requests that arrive meanwhile wait for it) and again once it has closed (GOAWAY, a
 //! reset, the upstream's idle timeout). A request the connection refused before sending
-//! anything (it was closing) is sent again on a new one. A connection unused for the idle
+//! anything (it was closing) is sent again on a new one. So is a request whose stream the
+//! upstream closed unprocessed (RFC 9113, 8.7): refused (`REFUSED_STREAM`, on the same
+//! connection) or left out of a `GOAWAY` (an upstream shutting down, on a new one). Any
+//! request may go again then, not only a safe one, since the upstream did nothing with it;
+//! its body is kept for that as it streams ([`Replay`], up to [`REPLAY_BYTES`]). A
+//! connection unused for the idle
 //! timeout is dropped, and closes once its last stream ends, by a sweep every
 //! [`super::pool::sweep_every`] of that timeout.
 
@@ -20,15 +25,23 @@ use std::{
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioExecutor;
 
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+
 use super::pool::{Sweep, connect, sweep, sweep_every};
 use crate::{
     body::{self, BoxBody},
     connection::UpstreamMeters,
     error::{BoxError, ProxyError},
+    replay::Replay,
 };
 
 /// Connections a request may try before it fails: one that was closing, then a new one.
 const ATTEMPTS: usize = 3;
+
+/// Most request body bytes kept to send a request again after its stream was refused: a
+/// larger body goes once (Linkerd keeps as much for its retries).
+pub const REPLAY_BYTES: usize = 64 * 1024;
 
 type Sender = SendRequest<BoxBody>;
 
@@ -73,7 +86,8 @@ impl Http2Pool {
 
     /// Sends `req` (an absolute URI naming the authority to send) to `addr` and returns its
     /// response.
-    pub async fn send(&self, addr: SocketAddr, mut req: http::Request<BoxBody>) -> Result<http::Response<BoxBody>, ProxyError> {
+    pub async fn send(&self, addr: SocketAddr, req: http::Request<BoxBody>) -> Result<http::Response<BoxBody>, ProxyError> {
+        let (again, mut req) = Again::new(req);
         for _ in 0..ATTEMPTS {
             let (mut sender, generation, reused) = self.sender(addr).await?;
             if sender.ready().await.is_err() {
@@ -91,7 +105,16 @@ impl Http2Pool {
                         self.0.forget(addr, generation);
                         req = unsent;
                     }
-                    None => return Err(ProxyError::upstream_send(addr, e.into_error())),
+                    None => match (unprocessed(e.error()), again.request_again()) {
+                        (Some(why), Some(copy)) => {
+                            if why.going_away {
+                                self.0.forget(addr, generation);
+                            }
+                            again.note(format!("the upstream {addr} {} ({}); sent again", why.what, e.error()));
+                            req = copy;
+                        }
+                        _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
+                    },
                 },
             }
         }
@@ -141,6 +164,74 @@ impl Http2Pool {
     fn connections(&self) -> usize {
         self.0.endpoints().values().filter(|e| e.open.is_some()).count()
     }
+}
+
+/// What a request needs to go again after its stream was closed unprocessed: a copy of
+/// its head and its body's replay (none for a bodiless request), taken as it is first sent.
+struct Again {
+    head: http::request::Parts,
+    replay: Option<Replay>,
+    resolution: Option<super::Resolution>,
+}
+
+impl Again {
+    /// Keeps what `req` needs to go again; with `req` as it is first sent.
+    fn new(req: http::Request<BoxBody>) -> (Self, http::Request<BoxBody>) {
+        let (parts, body) = req.into_parts();
+        let (replay, body) = if body.is_end_stream() {
+            (None, body)
+        } else {
+            let (replay, first) = Replay::new(body, REPLAY_BYTES);
+            (Some(replay), first.boxed_unsync())
+        };
+        // The extensions stay with the request sent (hyper reads an extended CONNECT's).
+        let mut head = http::Request::new(()).into_parts().0;
+        head.method = parts.method.clone();
+        head.uri = parts.uri.clone();
+        head.version = parts.version;
+        head.headers = parts.headers.clone();
+        let resolution = parts.extensions.get::<super::Resolution>().cloned();
+        (Self { head, replay, resolution }, http::Request::from_parts(parts, body))
+    }
+
+    /// The request again from the start, unless its body outgrew what is kept of it.
+    fn request_again(&self) -> Option<http::Request<BoxBody>> {
+        let body = match &self.replay {
+            Some(replay) => replay.body()?.boxed_unsync(),
+            None => body::full(bytes::Bytes::new()),
+        };
+        Some(http::Request::from_parts(self.head.clone(), body))
+    }
+
+    /// Notes on the request's span that it was sent again, and why.
+    fn note(&self, why: String) {
+        if let Some(resolution) = &self.resolution {
+            resolution.note(super::RESENT, why);
+        }
+    }
+}
+
+/// Why a stream the upstream closed was left unprocessed, if it was.
+struct Unprocessed {
+    what: &'static str,
+    /// The connection is closing: the request goes on a new one.
+    going_away: bool,
+}
+
+/// Whether the upstream closed a request's stream without processing it: it refused it
+/// (`RST_STREAM` with `REFUSED_STREAM`), or its `GOAWAY` left it out (the stream's ID is
+/// above the last one it names, or the stream was opened after it).
+fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
+    use std::error::Error as _;
+    let h2 = error.source()?.downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        return Some(Unprocessed { what: "was going away (GOAWAY) before it processed the request", going_away: true });
+    }
+    (h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        .then_some(Unprocessed { what: "refused the request's stream (REFUSED_STREAM)", going_away: false })
 }
 
 impl Endpoint {
@@ -259,6 +350,123 @@ mod tests {
         }
         assert_eq!((meter.closed.get(), pool.connections()), (1, 0));
         assert_eq!(pool.0.endpoints().len(), 0, "the endpoint is forgotten too");
+    }
+
+    /// An HTTP/2 upstream echoing each request's body, except that it resets each
+    /// connection's first stream with `reset` (before reading it); it counts the streams.
+    async fn resetting_upstream(reset: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let counted = streams.clone();
+        let (addr, accepted) = testing::upstream(move |stream| {
+            let streams = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+                let mut first = true;
+                while let Some(Ok((req, mut respond))) = connection.accept().await {
+                    streams.fetch_add(1, Ordering::SeqCst);
+                    if std::mem::take(&mut first) {
+                        respond.send_reset(reset);
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut echo = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            echo.extend_from_slice(&chunk);
+                        }
+                        let Ok(mut send) = respond.send_response(http::Response::new(()), false) else { return };
+                        let _ = send.send_data(Bytes::from(echo), true);
+                    });
+                }
+            });
+        })
+        .await;
+        (addr, accepted, streams)
+    }
+
+    /// A POST of `card=4242` (a body of unknown length), with a resolution to note on.
+    fn post() -> (http::Request<BoxBody>, super::super::Resolution) {
+        let resolution = super::super::Resolution::default();
+        let body = body::boxed(Once(Some(Bytes::from_static(b"card=4242"))));
+        let mut req = http::Request::post("http://payments/charge").version(http::Version::HTTP_2).body(body).expect("request");
+        assert_eq!(http_body::Body::size_hint(req.body()).upper(), None);
+        req.extensions_mut().insert(resolution.clone());
+        (req, resolution)
+    }
+
+    /// A body of one data frame and no size hint.
+    struct Once(Option<Bytes>);
+
+    impl http_body::Body for Once {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.take().map(|d| Ok(http_body::Frame::data(d))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_goes_again_with_its_body_and_other_resets_do_not() {
+        let (addr, accepted, streams) = resetting_upstream(h2::Reason::REFUSED_STREAM).await;
+        let (refusing, _) = pool(addr, Duration::from_secs(90));
+        let (req, resolution) = post();
+        let response = refusing.send(addr, req).await.expect("answered the second time");
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "card=4242");
+        assert_eq!((accepted.load(Ordering::SeqCst), streams.load(Ordering::SeqCst)), (1, 2), "on the same connection");
+        let notes = resolution.notes();
+        assert_eq!(notes.iter().map(|n| n.name).collect::<Vec<_>>(), [super::super::RESENT]);
+        assert!(notes[0].message.contains("REFUSED_STREAM"), "{}", notes[0].message);
+
+        let (addr, _, streams) = resetting_upstream(h2::Reason::INTERNAL_ERROR).await;
+        let (other, _) = pool(addr, Duration::from_secs(90));
+        let (req, resolution) = post();
+        assert!(other.send(addr, req).await.is_err(), "the upstream may have done something with it");
+        assert_eq!((streams.load(Ordering::SeqCst), resolution.notes().len()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_stream_an_upstream_going_away_left_out_goes_again_on_a_new_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (addr, _) = testing::upstream(move |mut stream| {
+            if connections.fetch_add(1, Ordering::SeqCst) > 0 {
+                let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let echo = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(echo)))
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                tokio::spawn(builder.serve_connection(TokioIo::new(stream), service));
+                return;
+            }
+            // The first connection, frame by frame: SETTINGS, then at the first HEADERS a
+            // GOAWAY whose last stream is 0, as an upstream shutting down sends it.
+            tokio::spawn(async move {
+                let _ = stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let mut preface = [0; 24];
+                if stream.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let mut header = [0; 9];
+                while stream.read_exact(&mut header).await.is_ok() {
+                    let mut payload = vec![0; usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2])];
+                    if stream.read_exact(&mut payload).await.is_err() || header[3] != 1 {
+                        continue;
+                    }
+                    let _ = stream.write_all(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+                }
+            });
+        })
+        .await;
+        let (pool, meter) = pool(addr, Duration::from_secs(90));
+        let (req, resolution) = post();
+        let response = pool.send(addr, req).await.expect("answered on the second connection");
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "card=4242");
+        assert_eq!(meter.opened.get(), 2);
+        assert!(resolution.notes().first().is_some_and(|n| n.message.contains("GOAWAY")), "{:?}", resolution.notes());
     }
 
     #[tokio::test]
