@@ -171,18 +171,32 @@ impl Drop for Exchange {
     }
 }
 
+/// The requests the upstream pools sent again by themselves, by why.
+#[derive(Debug, Clone, Default)]
+pub struct Resends {
+    /// The idle HTTP/1.1 connection a request went out on was closed under it.
+    pub idle_closed: Counter,
+    /// The HTTP/2 upstream refused the request's stream.
+    pub refused_stream: Counter,
+    /// The HTTP/2 upstream's GOAWAY left the request's stream out.
+    pub goaway: Counter,
+}
+
 /// The meters of a sidecar's upstream connections: one per known upstream workload's
-/// address, and one for anything else (the local application).
+/// address, and one for anything else (the local application); and the pools' resends.
 #[derive(Debug, Default)]
 pub struct UpstreamMeters {
     known: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>,
     other: ConnectionMeter,
+    /// Requests sent again by the pools.
+    pub resends: Resends,
 }
 
 impl UpstreamMeters {
-    /// Meters connections to the addresses in `known` by their own counters.
-    pub fn new(known: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>) -> Self {
-        Self { known, other: ConnectionMeter::default() }
+    /// Meters connections to the addresses in `known` by their own counters, and resends by
+    /// `resends`.
+    pub fn new(known: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>, resends: Resends) -> Self {
+        Self { known, other: ConnectionMeter::default(), resends }
     }
 
     /// The meter of connections to `addr`.

@@ -69,7 +69,7 @@ impl Sidecar {
             .flat_map(|s| &s.endpoints)
             .map(|e| (e.address, telemetry.stats().upstream_connections(e.identity.clone())))
             .collect();
-        let forward = Forward::new(upstreams, config.upgrade_idle_timeout);
+        let forward = Forward::new(upstreams, telemetry.stats().resends(), config.upgrade_idle_timeout);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let servers = vec![
             tokio::spawn(server::serve(

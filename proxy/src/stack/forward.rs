@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderValue, Uri, header, uri::Authority};
 use tower::Service;
 
 use crate::{
-    connection::{ConnectionMeter, UpstreamMeters},
+    connection::{ConnectionMeter, Resends, UpstreamMeters},
     error::ProxyError,
 };
 
@@ -45,7 +45,7 @@ struct Clients {
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new(std::collections::HashMap::new(), Some(UPGRADE_IDLE_TIMEOUT))
+        Self::new(std::collections::HashMap::new(), Resends::default(), Some(UPGRADE_IDLE_TIMEOUT))
     }
 }
 
@@ -55,9 +55,10 @@ impl Forward {
     /// traffic (never with `None`).
     pub fn new(
         upstreams: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>,
+        resends: Resends,
         upgrade_idle_timeout: Option<Duration>,
     ) -> Self {
-        let meters = Arc::new(UpstreamMeters::new(upstreams));
+        let meters = Arc::new(UpstreamMeters::new(upstreams, resends));
         let http1 = Http1Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
         let http2 = Http2Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
         Self(Arc::new(Clients { http1, http2, meters, upgrade_idle_timeout }))

@@ -109,6 +109,9 @@ impl Http2Pool {
                         (Some(why), Some(copy)) => {
                             if why.going_away {
                                 self.0.forget(addr, generation);
+                                self.0.meters.resends.goaway.inc();
+                            } else {
+                                self.0.meters.resends.refused_stream.inc();
                             }
                             again.note(format!("the upstream {addr} {} ({}); sent again", why.what, e.error()));
                             req = copy;
@@ -420,12 +423,15 @@ mod tests {
         let notes = resolution.notes();
         assert_eq!(notes.iter().map(|n| n.name).collect::<Vec<_>>(), [super::super::RESENT]);
         assert!(notes[0].message.contains("REFUSED_STREAM"), "{}", notes[0].message);
+        let resends = &refusing.0.meters.resends;
+        assert_eq!((resends.refused_stream.get(), resends.goaway.get()), (1, 0));
 
         let (addr, _, streams) = resetting_upstream(h2::Reason::INTERNAL_ERROR).await;
         let (other, _) = pool(addr, Duration::from_secs(90));
         let (req, resolution) = post();
         assert!(other.send(addr, req).await.is_err(), "the upstream may have done something with it");
         assert_eq!((streams.load(Ordering::SeqCst), resolution.notes().len()), (1, 0));
+        assert_eq!(other.0.meters.resends.refused_stream.get(), 0);
     }
 
     #[tokio::test]
@@ -465,7 +471,7 @@ mod tests {
         let (req, resolution) = post();
         let response = pool.send(addr, req).await.expect("answered on the second connection");
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "card=4242");
-        assert_eq!(meter.opened.get(), 2);
+        assert_eq!((meter.opened.get(), pool.0.meters.resends.goaway.get()), (2, 1));
         assert!(resolution.notes().first().is_some_and(|n| n.message.contains("GOAWAY")), "{:?}", resolution.notes());
     }
 

@@ -225,7 +225,7 @@ pub mod testing {
     /// Meters for a pool's connections, with the one of `addr`.
     pub fn meters(addr: SocketAddr) -> (Arc<UpstreamMeters>, ConnectionMeter) {
         let meter = ConnectionMeter::default();
-        (Arc::new(UpstreamMeters::new([(addr, meter.clone())].into())), meter)
+        (Arc::new(UpstreamMeters::new([(addr, meter.clone())].into(), Default::default())), meter)
     }
 }
 

@@ -115,6 +115,7 @@ impl Http1Pool {
                         if let Some(resolution) = copy.extensions().get::<super::Resolution>() {
                             resolution.note(super::RESENT, why);
                         }
+                        self.0.meters.resends.idle_closed.inc();
                         replayed = true;
                         req = copy;
                     }
@@ -443,6 +444,7 @@ mod tests {
         // Nor a GET on a connection that answered a moment ago: no copy was kept.
         assert!(matches!(pool.send(addr, get("/")).await, Err(ProxyError::UpstreamReset { .. })));
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        assert_eq!(pool.0.meters.resends.idle_closed.get(), 2, "the GET and the keyed DELETE");
     }
 
     #[tokio::test]

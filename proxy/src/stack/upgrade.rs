@@ -317,7 +317,7 @@ mod tests {
         use tower::Service;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), idle);
+        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), Default::default(), idle);
         let (ends, ended) = tokio::sync::mpsc::unbounded_channel();
         let service = tower::service_fn(move |mut req: crate::stack::Request| {
             req.extensions_mut().insert(crate::stack::Upstream(upstream));

@@ -10,7 +10,7 @@ use prometheus_client::{
 };
 
 use super::Side;
-use crate::connection::ConnectionMeter;
+use crate::connection::{ConnectionMeter, Resends};
 
 /// Labels of the export counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +60,7 @@ pub struct Counters {
     label_overflow: Family<OverflowLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
     request_retries: Family<ServiceLabels, Counter>,
+    resends: Family<ResendLabels, Counter>,
     /// Series in the request-metrics table (set when `/metrics` is read).
     pub series: Gauge,
     active: Family<DirectionLabels, Gauge>,
@@ -99,6 +100,13 @@ pub type UpstreamMeter = (std::sync::Arc<crate::identity::WorkloadIdentity>, Con
 pub struct DirectionLabels {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
+}
+
+/// Labels of the resend counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResendLabels {
+    /// Why the request went again: `idle_closed`, `refused_stream` or `goaway`.
+    pub reason: &'static str,
 }
 
 /// Labels of the ejection counter.
@@ -182,6 +190,13 @@ impl TelemetryStats {
             self.request_retries.clone(),
         );
         registry.register(
+            "meshlens_proxy_upstream_resends",
+            "Requests the sidecar sent again by itself, whatever the retry policy: the idle HTTP/1.1 connection was closed \
+             under them (`idle_closed`), or the HTTP/2 upstream refused their stream (`refused_stream`) or left it out of its \
+             GOAWAY (`goaway`)",
+            self.resends.clone(),
+        );
+        registry.register(
             "meshlens_proxy_telemetry_export_retries",
             "Export attempts retried after a retryable error, by the error's code",
             self.retries.clone(),
@@ -201,6 +216,13 @@ impl TelemetryStats {
     /// Counts a request to `service` sent again by its retry policy.
     pub fn request_retried(&self, service: &str) {
         self.request_retries.get_or_create(&ServiceLabels { service: service.to_owned() }).inc();
+    }
+
+    /// The counters of the requests the upstream pools send again (handles onto this
+    /// registry's).
+    pub fn resends(&self) -> Resends {
+        let counter = |reason| self.resends.get_or_create_owned(&ResendLabels { reason });
+        Resends { idle_closed: counter("idle_closed"), refused_stream: counter("refused_stream"), goaway: counter("goaway") }
     }
 
     /// The connection counters of one listener (handles onto this registry's counters).
@@ -269,5 +291,26 @@ impl TelemetryStats {
     /// Records exported so far for `signal`.
     pub fn exported_count(&self, signal: &'static str) -> u64 {
         self.exported.get_or_create(&SignalLabels { signal, reason: "ok" }).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pools_resends_are_counted_on_the_admin_metrics_by_reason() {
+        let stats = TelemetryStats::default();
+        let mut registry = Registry::default();
+        stats.register(&mut registry);
+        let resends = stats.resends();
+        resends.goaway.inc_by(2);
+        resends.idle_closed.inc();
+        let mut exposed = String::new();
+        prometheus_client::encoding::text::encode(&mut exposed, &registry).expect("encode");
+        for (reason, n) in [("idle_closed", 1), ("refused_stream", 0), ("goaway", 2)] {
+            let line = format!("meshlens_proxy_upstream_resends_total{{reason=\"{reason}\"}} {n}");
+            assert!(exposed.lines().any(|l| l == line), "{line} in\n{exposed}");
+        }
     }
 }
