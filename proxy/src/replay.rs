@@ -7,7 +7,10 @@
 //! A later attempt gets a body that yields the kept frames from the start and then reads
 //! on from where the source stopped, so the source is read once, whichever attempt reads
 //! it. A body that outgrows its cap stops being kept (its kept frames are freed) and cannot
-//! be sent again; nor can one whose source failed.
+//! be sent again; nor can one whose source failed. Once the [`Replay`] is dropped (the
+//! request has its answer: no attempt will follow), nothing more is kept and the newest
+//! body frees each kept frame as it yields it, so a long request stream (a client-streaming
+//! gRPC call) holds no copy of itself.
 //!
 //! Only the newest body made from a source reads it: an earlier attempt's body that its
 //! connection still polls (an upstream that answered before reading the body, say) gets an
@@ -26,7 +29,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::body::{BodyError, BoxBody};
 
 /// Makes the bodies of one source: each yields its frames from the start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Replay {
     shared: Arc<Mutex<Shared>>,
     /// The source's size hint before anything was read from it.
@@ -59,8 +62,11 @@ struct Shared {
     read: u64,
     /// The source reached its end.
     ended: bool,
-    /// The kept frames were given up (the cap was passed, or the source failed).
+    /// No more bodies will be made (the cap was passed, the source failed, or the [`Replay`]
+    /// was dropped): nothing more is kept.
     spent: bool,
+    /// Kept frames the newest body has yielded.
+    position: usize,
     /// The id of the newest body.
     newest: u64,
 }
@@ -84,6 +90,7 @@ impl Replay {
             read: 0,
             ended: false,
             spent: false,
+            position: 0,
             newest: 0,
         };
         let shared = Arc::new(Mutex::new(shared));
@@ -99,6 +106,7 @@ impl Replay {
             return None;
         }
         shared.newest += 1;
+        shared.position = 0;
         Some(ReplayBody { shared: self.shared.clone(), id: shared.newest, position: 0, hint: self.hint, yielded: 0, trailers_done: false })
     }
 
@@ -124,10 +132,14 @@ impl Body for ReplayBody {
         if this.id != shared.newest {
             return Poll::Ready(Some(Err(BodyError::new("the request body was taken over by a later attempt"))));
         }
-        if let Some(data) = shared.kept.get(this.position) {
+        let spent = shared.spent;
+        if let Some(kept) = shared.kept.get_mut(this.position) {
+            // No body will yield it again once no more are made.
+            let data = if spent { std::mem::take(kept) } else { kept.clone() };
             this.position += 1;
+            shared.position = this.position;
             this.yielded += data.len() as u64;
-            return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if let Some(trailers) = shared.trailers.as_ref().filter(|_| !this.trailers_done) {
             this.trailers_done = true;
@@ -155,6 +167,7 @@ impl Body for ReplayBody {
                     shared.kept_bytes += data.len();
                     shared.kept.push(data.clone());
                     this.position = shared.kept.len();
+                    shared.position = this.position;
                 } else {
                     shared.give_up();
                 }
@@ -189,8 +202,21 @@ impl Body for ReplayBody {
     }
 }
 
+impl Drop for Replay {
+    /// Keeps nothing more, and frees the frames the newest body has yielded.
+    fn drop(&mut self) {
+        let mut shared = lock(&self.shared);
+        shared.spent = true;
+        let yielded = shared.position;
+        for kept in shared.kept.iter_mut().take(yielded) {
+            *kept = Bytes::new();
+        }
+    }
+}
+
 impl Shared {
-    /// Frees the kept frames: no copy can be made any more.
+    /// Frees the kept frames (the newest body has yielded them all): no copy can be made
+    /// any more.
     fn give_up(&mut self) {
         self.spent = true;
         self.kept = Vec::new();
@@ -290,6 +316,29 @@ mod tests {
         let (replay, first) = Replay::new(body::boxed(Failing(false)), 64);
         assert!(first.collect().await.is_err());
         assert!(replay.body().is_none());
+    }
+
+    /// The kept frames not freed.
+    fn held(body: &ReplayBody) -> usize {
+        lock(&body.shared).kept.iter().filter(|b| !b.is_empty()).count()
+    }
+
+    #[tokio::test]
+    async fn once_the_replay_is_dropped_nothing_more_is_kept_and_what_was_is_freed_as_it_goes() {
+        let (replay, first) = Replay::new(source(&["a", "b", "c", "d"], false), 64);
+        assert_eq!(read(first).await.0, "abcd");
+        let mut second = replay.body().expect("a copy");
+        assert_eq!(second.frame().await.expect("a frame").expect("data").into_data().expect("data"), "a");
+        drop(replay);
+        assert_eq!(held(&second), 3, "the frame yielded is freed");
+        assert_eq!(read(second).await.0, "bcd", "the rest, whole");
+
+        let (replay, mut first) = Replay::new(source(&["a", "b", "c"], false), 64);
+        assert_eq!(first.frame().await.expect("a frame").expect("data").into_data().expect("data"), "a");
+        drop(replay);
+        assert_eq!(held(&first), 0);
+        let rest = first.collect().await.expect("body").to_bytes();
+        assert_eq!(rest, "bc", "read on, and not kept");
     }
 
     #[test]
