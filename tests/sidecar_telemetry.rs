@@ -2,8 +2,8 @@
 //! off, only failed requests' spans are kept while the topology still counts every request
 //! (from the access logs); a B3 caller's trace is continued, and its bare decision (`b3: 0`)
 //! followed; `x-request-id` is generated once and follows the request through every hop;
-//! timeouts, retries (one CLIENT span per attempt) and outlier ejections show as flags,
-//! spans and span events.
+//! timeouts, retries (one CLIENT span per attempt; gRPC calls, of unknown length, too) and
+//! outlier ejections show as flags, spans and span events.
 
 mod support;
 
@@ -425,17 +425,31 @@ fn a_slow_upstream_times_out_with_a_flag_an_event_and_an_error_edge() {
     assert_eq!(edge(&topology, "tester.test", "slow.test").map(|e| e["response_codes"]["504"].clone()), Some(1.into()));
 }
 
+/// `flaky`, failing half its requests (503, or gRPC UNAVAILABLE), and a tester whose
+/// sidecar retries it up to 4 attempts on `on`.
+struct Flaky {
+    collector: CollectorProc,
+    tester: Workload,
+    _procs: (Vec<Proc>, Proc),
+}
+
+impl Flaky {
+    fn start(dir: &TestDir, on: &str) -> Self {
+        let collector = CollectorProc::start(dir);
+        let tester = Workload::new("tester", &[]);
+        let mut flaky = Workload::new("flaky", &[]);
+        flaky.app_args = vec!["--error-ratio".into(), "0.5".into()];
+        let procs = start_mesh(dir, &[&flaky], collector.grpc);
+        let retry = format!("[services.retry]\nattempts = 4\non = [\"{on}\"]\nbackoff = \"5ms\"\n");
+        let sidecar = start_tester(dir, &tester, &[&tester, &flaky], &collector, "flaky", &retry);
+        Self { collector, tester, _procs: (procs, sidecar) }
+    }
+}
+
 #[test]
 fn retried_requests_show_one_client_span_per_attempt() {
     let dir = TestDir::new("retry");
-    let collector = CollectorProc::start(&dir);
-    let tester = Workload::new("tester", &[]);
-    let mut flaky = Workload::new("flaky", &[]);
-    flaky.app_args = vec!["--error-ratio".into(), "0.5".into()];
-    let mesh = [&tester, &flaky];
-    let _procs = start_mesh(&dir, &[&flaky], collector.grpc);
-    let retry = "[services.retry]\nattempts = 4\non = [\"5xx\"]\nbackoff = \"5ms\"\n";
-    let _tester = start_tester(&dir, &tester, &mesh, &collector, "flaky", retry);
+    let Flaky { collector, tester, _procs } = Flaky::start(&dir, "5xx");
 
     const SENT: u64 = 40;
     let mut ok = 0;
@@ -503,6 +517,34 @@ fn retried_requests_show_one_client_span_per_attempt() {
     let edge_labels = [("source_service", "tester"), ("destination_service", "flaky")];
     assert_eq!(prom_sum(&exposition, "meshlens_retries_total", &edge_labels), retries as f64, "{exposition}");
     assert_eq!(prom_sum(&exposition, "meshlens_requests_total", &edge_labels), SENT as f64, "{exposition}");
+}
+
+#[test]
+fn grpc_calls_of_unknown_length_are_retried_on_unavailable() {
+    let dir = TestDir::new("grpc-retry");
+    let Flaky { collector, tester, _procs } = Flaky::start(&dir, "unavailable");
+
+    // `meshlens load` calls as gRPC's libraries do: its message streams with no
+    // content-length, and flaky answers UNAVAILABLE in the headers (trailers-only).
+    const SENT: u64 = 40;
+    let report = load_with(&dir, tester.outbound, "grpc://flaky/demo.Flaky/Work", SENT, &["--rate", "200", "--concurrency", "4"]);
+    let succeeded = report["succeeded"].as_u64().unwrap_or(0);
+    assert!(succeeded >= SENT * 3 / 4, "4 attempts at 50% failure: most calls succeed: {report}");
+    let retries = prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_request_retries_total", &[("service", "flaky")]);
+    assert!(retries >= 5.0, "about 40 retries expected, {retries} counted");
+
+    // Each attempt's CLIENT span carries the gRPC status it got; a failed one is `retried`.
+    let failed_attempt = |t: &Value| {
+        let spans = t["spans"].as_array().cloned().unwrap_or_default();
+        let unavailable = |s: &Value| tag(s, "rpc.grpc.status_code").and_then(Value::as_i64) == Some(14);
+        spans.into_iter().find(|s| tag(s, "meshlens.retry.attempt").is_some() && unavailable(s))
+    };
+    let attempt = wait_for("a failed attempt's span", Duration::from_secs(15), || {
+        let found = collector.json(&format!("/api/traces?service=tester&limit={SENT}"));
+        found["data"].as_array()?.iter().find_map(failed_attempt)
+    });
+    assert!(attempt["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "retried")), "{attempt}");
+    assert_eq!(tag(&attempt, "rpc.method"), Some(&"Work".into()), "{attempt}");
 }
 
 /// `pay` v1, answering, and v2, failing every request; and a tester whose sidecar calls `pay`

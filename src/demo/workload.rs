@@ -2,8 +2,10 @@
 //! (latency, error ratio, calls to other services) and calls those services through its
 //! sidecar's outbound side, propagating the trace context as an instrumented app would.
 //!
-//! It speaks plain HTTP and unary gRPC (length-prefixed messages, `grpc-status` in the
-//! trailers), so the mesh carries both protocols.
+//! It speaks plain HTTP and unary gRPC as gRPC's own libraries do, so the mesh carries both
+//! protocols: length-prefixed messages, streamed with no `content-length`; `grpc-status` in
+//! the trailers after the answer's message, or alone in the headers of a call that failed
+//! (a trailers-only response, the answer gRPC servers give an error).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -159,7 +161,7 @@ impl SidecarClient {
                 .version(http::Version::HTTP_2)
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
-                .body(full(grpc_frame(b"\x0a\x04demo")));
+                .body(Frames([Frame::data(grpc_frame(b"\x0a\x04demo"))].into()).boxed_unsync());
             (&self.http2, req)
         } else {
             (&self.http1, builder.method("GET").body(full(Bytes::new())))
@@ -252,26 +254,30 @@ fn http_response(spec: &WorkloadSpec, error: Option<String>, injected: bool) -> 
 }
 
 fn grpc_response(spec: &WorkloadSpec, error: Option<String>) -> Response<Body> {
-    let mut trailers = HeaderMap::new();
-    match &error {
+    let mut response = match &error {
         None => {
+            let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let payload = format!("\x0a{}{}", char::from(spec.version.len() as u8), spec.version);
+            let frames = [Frame::data(grpc_frame(payload.as_bytes())), Frame::trailers(trailers)];
+            Response::new(Frames(frames.into()).boxed_unsync())
         }
+        // UNAVAILABLE, in the headers of an empty answer.
         Some(message) => {
-            trailers.insert("grpc-status", HeaderValue::from_static("14"));
+            let mut response = Response::new(full(Bytes::new()));
+            response.headers_mut().insert("grpc-status", HeaderValue::from_static("14"));
             if let Ok(v) = HeaderValue::from_str(message) {
-                trailers.insert("grpc-message", v);
+                response.headers_mut().insert("grpc-message", v);
             }
+            response
         }
-    }
-    let payload = format!("\x0a{}{}", char::from(spec.version.len() as u8), spec.version);
-    let frames = [Frame::data(grpc_frame(payload.as_bytes())), Frame::trailers(trailers)];
-    let mut response = Response::new(Frames(frames.into()).boxed_unsync());
+    };
     response.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
     response
 }
 
-/// A body of prepared frames (data, then trailers), as a unary gRPC response is.
+/// A body of prepared frames with no size announced: a gRPC call's request (its message),
+/// or its answer (the message, then the trailers).
 struct Frames(std::collections::VecDeque<Frame<Bytes>>);
 
 impl http_body::Body for Frames {
