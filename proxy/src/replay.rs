@@ -67,6 +67,8 @@ struct Shared {
     spent: bool,
     /// Kept frames the newest body has yielded.
     position: usize,
+    /// The source failed.
+    failed: bool,
     /// The id of the newest body.
     newest: u64,
 }
@@ -91,6 +93,7 @@ impl Replay {
             ended: false,
             spent: false,
             position: 0,
+            failed: false,
             newest: 0,
         };
         let shared = Arc::new(Mutex::new(shared));
@@ -108,6 +111,11 @@ impl Replay {
         shared.newest += 1;
         shared.position = 0;
         Some(ReplayBody { shared: self.shared.clone(), id: shared.newest, position: 0, hint: self.hint, yielded: 0, trailers_done: false })
+    }
+
+    /// Whether the source failed (so no body can be made).
+    pub fn failed(&self) -> bool {
+        lock(&self.shared).failed
     }
 
     /// Data bytes read from the source so far, by any of its bodies.
@@ -154,6 +162,7 @@ impl Body for ReplayBody {
                 return Poll::Ready(None);
             }
             Some(Err(error)) => {
+                shared.failed = true;
                 shared.give_up();
                 return Poll::Ready(Some(Err(error)));
             }
@@ -314,8 +323,9 @@ mod tests {
         assert!(replay.body().is_none(), "10 bytes kept in 8: none");
 
         let (replay, first) = Replay::new(body::boxed(Failing(false)), 64);
+        assert!(!replay.failed());
         assert!(first.collect().await.is_err());
-        assert!(replay.body().is_none());
+        assert!(replay.body().is_none() && replay.failed());
     }
 
     /// The kept frames not freed.

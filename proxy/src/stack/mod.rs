@@ -142,6 +142,9 @@ pub fn copy_request<B, C>(req: &http::Request<B>, body: C) -> http::Request<C> {
 
 /// The name of a retry's note and span event.
 pub const RETRY: &str = "retry";
+/// The name of the note and span event of a failure a retry policy covered but that was not
+/// retried: the request body had outgrown what was kept of it.
+pub const NOT_RETRIED: &str = "not_retried";
 /// The name of an ejection's note and span event.
 pub const EJECTION: &str = "ejection";
 /// The name of the note and span event of a request sent again because the idle upstream

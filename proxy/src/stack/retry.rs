@@ -34,7 +34,7 @@ use crate::{
     trace_context::{SpanContext, SpanId},
 };
 
-use super::{BoxFuture, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, recorded_authority};
+use super::{BoxFuture, NOT_RETRIED, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, recorded_authority};
 
 /// Adds [`Retry`].
 #[derive(Debug, Clone)]
@@ -166,6 +166,13 @@ where
             span.finish(&result, reason.as_deref().filter(|_| next.is_some()), replay.bytes_read());
         }
         let Some(next) = next else {
+            if let Some(reason) = reason.filter(|_| attempt < policy.attempts) {
+                let body = match replay.failed() {
+                    true => "the request body failed".to_owned(),
+                    false => format!("the request body outgrew the {} bytes kept to send it again", policy.max_body_bytes),
+                };
+                request.note(NOT_RETRIED, format!("{reason}; {body}"));
+            }
             if let Some(endpoint) = resolution.endpoint() {
                 request.set_endpoint(endpoint.clone());
             }
@@ -475,6 +482,10 @@ mod tests {
             let body = response.into_body().collect().await.expect("body").to_bytes();
             assert_eq!((status.as_str(), std::str::from_utf8(&body).expect("text")), answer);
             assert_eq!((calls.load(Ordering::SeqCst), resolution.retries() as u32), (calls_made, calls_made - 1), "1,024 bytes are kept");
+            let abandoned: Vec<String> = resolution.notes().into_iter().filter(|n| n.name == NOT_RETRIED).map(|n| n.message).collect();
+            let outgrew = "upstream answered 503; the request body outgrew the 1024 bytes kept to send it again";
+            let expected = (calls_made == 1).then(|| outgrew.to_owned());
+            assert_eq!(abandoned, Vec::from_iter(expected));
         }
     }
 
