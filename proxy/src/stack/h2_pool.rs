@@ -8,12 +8,11 @@
 //! reset, the upstream's idle timeout). A request the connection refused before sending
 //! anything (it was closing) is sent again on a new one. So is a request whose stream the
 //! upstream closed unprocessed (RFC 9113, 8.7): refused (`REFUSED_STREAM`, on the same
-//! connection) or left out of a `GOAWAY` (an upstream shutting down, on a new one). Any
-//! request may go again then, not only a safe one, since the upstream did nothing with it;
-//! its body is kept for that as it streams ([`Replay`], up to [`REPLAY_BYTES`]). A
-//! connection unused for the idle
-//! timeout is dropped, and closes once its last stream ends, by a sweep every
-//! [`super::pool::sweep_every`] of that timeout.
+//! connection) or left out of a `GOAWAY` (an upstream closing the connection, on a new
+//! one). Any request may go again then, not only a safe one, since the upstream did nothing
+//! with it; its body is kept for that as it streams ([`Replay`], up to [`REPLAY_BYTES`]).
+//! A connection unused for the idle timeout is dropped, and closes once its last stream
+//! ends, by a sweep every [`super::pool::sweep_every`] of that timeout.
 
 use std::{
     collections::HashMap,
@@ -22,11 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::TokioExecutor;
-
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::TokioExecutor;
 
 use super::pool::{Sweep, connect, sweep, sweep_every};
 use crate::{
@@ -36,7 +34,8 @@ use crate::{
     replay::Replay,
 };
 
-/// Connections a request may try before it fails: one that was closing, then a new one.
+/// Times a request may be sent before it fails: on a connection that was closing (or whose
+/// upstream refused the stream), then again on a new one (or the same).
 const ATTEMPTS: usize = 3;
 
 /// Most request body bytes kept to send a request again after its stream was refused: a
@@ -88,7 +87,7 @@ impl Http2Pool {
     /// response.
     pub async fn send(&self, addr: SocketAddr, req: http::Request<BoxBody>) -> Result<http::Response<BoxBody>, ProxyError> {
         let (again, mut req) = Again::new(req);
-        for _ in 0..ATTEMPTS {
+        for round in 1..=ATTEMPTS {
             let (mut sender, generation, reused) = self.sender(addr).await?;
             if sender.ready().await.is_err() {
                 self.0.forget(addr, generation);
@@ -105,8 +104,8 @@ impl Http2Pool {
                         self.0.forget(addr, generation);
                         req = unsent;
                     }
-                    None => match (unprocessed(e.error()), again.request_again()) {
-                        (Some(why), Some(copy)) => {
+                    None => match unprocessed(e.error()).filter(|_| round < ATTEMPTS).and_then(|why| Some((why, again.request_again()?))) {
+                        Some((why, copy)) => {
                             if why.going_away {
                                 self.0.forget(addr, generation);
                                 self.0.meters.resends.goaway.inc();
@@ -116,7 +115,7 @@ impl Http2Pool {
                             again.note(format!("the upstream {addr} {} ({}); sent again", why.what, e.error()));
                             req = copy;
                         }
-                        _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
+                        None => return Err(ProxyError::upstream_send(addr, e.into_error())),
                     },
                 },
             }
@@ -356,18 +355,20 @@ mod tests {
     }
 
     /// An HTTP/2 upstream echoing each request's body, except that it resets each
-    /// connection's first stream with `reset` (before reading it); it counts the streams.
-    async fn resetting_upstream(reset: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// connection's first `resets` streams with `reset` (before reading them); it counts the
+    /// streams.
+    async fn resetting_upstream(reset: h2::Reason, resets: usize) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let streams = Arc::new(AtomicUsize::new(0));
         let counted = streams.clone();
         let (addr, accepted) = testing::upstream(move |stream| {
             let streams = counted.clone();
             tokio::spawn(async move {
                 let Ok(mut connection) = h2::server::handshake(stream).await else { return };
-                let mut first = true;
+                let mut seen = 0;
                 while let Some(Ok((req, mut respond))) = connection.accept().await {
                     streams.fetch_add(1, Ordering::SeqCst);
-                    if std::mem::take(&mut first) {
+                    seen += 1;
+                    if seen <= resets {
                         respond.send_reset(reset);
                         continue;
                     }
@@ -414,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_stream_goes_again_with_its_body_and_other_resets_do_not() {
-        let (addr, accepted, streams) = resetting_upstream(h2::Reason::REFUSED_STREAM).await;
+        let (addr, accepted, streams) = resetting_upstream(h2::Reason::REFUSED_STREAM, 1).await;
         let (refusing, _) = pool(addr, Duration::from_secs(90));
         let (req, resolution) = post();
         let response = refusing.send(addr, req).await.expect("answered the second time");
@@ -426,12 +427,19 @@ mod tests {
         let resends = &refusing.0.meters.resends;
         assert_eq!((resends.refused_stream.get(), resends.goaway.get()), (1, 0));
 
-        let (addr, _, streams) = resetting_upstream(h2::Reason::INTERNAL_ERROR).await;
+        let (addr, _, streams) = resetting_upstream(h2::Reason::INTERNAL_ERROR, 1).await;
         let (other, _) = pool(addr, Duration::from_secs(90));
         let (req, resolution) = post();
         assert!(other.send(addr, req).await.is_err(), "the upstream may have done something with it");
         assert_eq!((streams.load(Ordering::SeqCst), resolution.notes().len()), (1, 0));
         assert_eq!(other.0.meters.resends.refused_stream.get(), 0);
+
+        // An upstream refusing every stream: three sends, then its refusal is the answer.
+        let (addr, _, streams) = resetting_upstream(h2::Reason::REFUSED_STREAM, usize::MAX).await;
+        let (stubborn, _) = pool(addr, Duration::from_secs(90));
+        let error = stubborn.send(addr, post().0).await.expect_err("refused each time");
+        assert!(error.to_string().contains("refused"), "{error}");
+        assert_eq!((streams.load(Ordering::SeqCst), stubborn.0.meters.resends.refused_stream.get()), (ATTEMPTS, 2));
     }
 
     #[tokio::test]
