@@ -135,8 +135,7 @@ impl Body for ReplayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let shared = this.shared.clone();
-        let mut shared = lock(&shared);
+        let mut shared = lock(&this.shared);
         if this.id != shared.newest {
             return Poll::Ready(Some(Err(BodyError::new("the request body was taken over by a later attempt"))));
         }
