@@ -7,7 +7,8 @@
 //! The request body streams to the first attempt as it arrives and is kept for the next
 //! ones ([`Replay`]), up to `max_body_bytes`: a request whose body turns out larger
 //! (or fails) is not sent again, and one known to be larger from the start is sent once,
-//! untouched. So a body of unknown length, as every gRPC call's, is retried too.
+//! untouched; either's failure gets a `not_retried` event saying why. So a body of unknown
+//! length, as every gRPC call's, is retried too.
 //!
 //! Every attempt of a retried request is its own CLIENT span, a child of the request's
 //! span, whose ID goes upstream in the trace context, so the server side of each attempt
@@ -77,10 +78,24 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let service = req.extensions().get::<Arc<ServiceConfig>>();
-        let policy = service.and_then(|s| Some((s.retry.clone()?, s.name.clone())));
-        let Some((policy, service)) = policy.filter(|(p, _)| req.body().size_hint().lower() <= p.max_body_bytes) else {
+        let Some((policy, service)) = service.and_then(|s| Some((s.retry.clone()?, s.name.clone()))) else {
             return self.inner.call(req);
         };
+        let announced = req.body().size_hint().lower();
+        if announced > policy.max_body_bytes {
+            // Sent once, untouched; a failure the policy covers says why it was not retried.
+            let request = req.extensions().get::<Resolution>().cloned();
+            let sent = self.inner.call(req);
+            return Box::pin(async move {
+                let result = sent.await;
+                if let Some((reason, request)) = retry_reason(&policy.on, &result).zip(request) {
+                    let kept = policy.max_body_bytes;
+                    let body = format!("the request body ({announced} bytes) is larger than the {kept} kept to send it again");
+                    request.note(NOT_RETRIED, format!("{reason}; {body}"));
+                }
+                result
+            });
+        }
         // The ready service takes this request; a fresh clone waits for the next one.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -487,6 +502,20 @@ mod tests {
             let expected = (calls_made == 1).then(|| outgrew.to_owned());
             assert_eq!(abandoned, Vec::from_iter(expected));
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_announced_larger_than_is_kept_goes_once_and_its_failure_says_so() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut retry = RetryLayer::new(crate::telemetry::tests::telemetry()).layer(Flaky { calls: calls.clone(), failures: 1 });
+        let (mut req, resolution) = request_for(Some(policy(3)), "");
+        *req.body_mut() = body::full(vec![b'x'; 2_000]);
+        let response = retry.ready().await.expect("ready").call(req).await.expect("response");
+        assert_eq!((response.status().as_u16(), calls.load(Ordering::SeqCst), resolution.retries()), (503, 1, 0));
+        let notes = resolution.notes();
+        assert_eq!(notes.iter().map(|n| n.name).collect::<Vec<_>>(), [NOT_RETRIED]);
+        let expected = "upstream answered 503; the request body (2000 bytes) is larger than the 1024 kept to send it again";
+        assert_eq!(notes[0].message, expected);
     }
 
     #[tokio::test]
