@@ -275,8 +275,9 @@ impl SpanContext {
 
     /// The `tracestate` this span carries in its record: the one the caller sent with the
     /// `traceparent` it continues (its header fields joined by commas, as RFC 9110 combines
-    /// them), else none. A combined value over [`MAX_TRACE_STATE`] bytes is not recorded
-    /// (W3C: longer ones may be ignored); the header itself goes on untouched.
+    /// them), else none. A combined value over [`MAX_TRACE_STATE`] bytes, or one W3C Trace
+    /// Context's grammar does not allow, is not recorded (as OpenTelemetry's SDKs drop it);
+    /// the header itself goes on untouched.
     pub fn trace_state(&self, headers: &HeaderMap) -> Option<String> {
         if !self.w3c_parent {
             return None;
@@ -295,7 +296,7 @@ impl SpanContext {
                 return None;
             }
         }
-        (!joined.is_empty()).then_some(joined)
+        (!joined.is_empty() && valid_trace_state(&joined)).then_some(joined)
     }
 
     /// The trace ID as B3 writes it: 16 hex digits when its upper half is zero (a 64-bit
@@ -363,6 +364,38 @@ impl SpanContext {
 /// The longest combined `tracestate` a span records: the 512 characters W3C Trace Context
 /// asks every participant to propagate.
 pub const MAX_TRACE_STATE: usize = 512;
+
+/// Whether `list` is a `tracestate` W3C Trace Context allows: at most 32 `key=value`
+/// members between commas (empty ones and spaces or tabs around them aside); a key in
+/// lower case, `vendor` or `tenant@vendor`; a value of 1 to 256 printable ASCII characters
+/// or spaces, no `,` or `=` (spaces at its end are the list's, not the value's).
+fn valid_trace_state(list: &str) -> bool {
+    let extra = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/');
+    // A first character and up to `rest` more.
+    let part = |s: &[u8], first: fn(u8) -> bool, rest: usize| {
+        s.first().is_some_and(|c| first(*c)) && s.len() <= rest + 1 && s[1..].iter().all(|c| extra(*c))
+    };
+    let key = |k: &str| match k.split_once('@') {
+        None => part(k.as_bytes(), |c| c.is_ascii_lowercase(), 255),
+        Some((tenant, system)) => {
+            part(tenant.as_bytes(), |c| c.is_ascii_lowercase() || c.is_ascii_digit(), 240)
+                && part(system.as_bytes(), |c| c.is_ascii_lowercase(), 13)
+        }
+    };
+    let value = |v: &str| {
+        (1..=256).contains(&v.len()) && v.bytes().all(|c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+    };
+    let members = list.split(',').map(|m| m.trim_matches([' ', '\t'])).filter(|m| !m.is_empty());
+    let mut count = 0;
+    for member in members {
+        count += 1;
+        let valid = member.split_once('=').is_some_and(|(k, v)| key(k) && value(v));
+        if !valid || count > 32 {
+            return false;
+        }
+    }
+    true
+}
 
 /// The `x-request-id` header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -537,6 +570,26 @@ mod tests {
         assert_eq!(ctx.trace_state(&h), None, "over 512 bytes combined");
         h.remove(TRACESTATE);
         assert_eq!(ctx.trace_state(&h), None, "no tracestate sent");
+    }
+
+    #[test]
+    fn a_tracestate_w3c_does_not_allow_is_not_recorded_but_goes_on() {
+        let valid = ["congo=t61rcWkgMzE", "a@b=c, ,x1=y z", "fw529a3039@dt=ZmY0ZmU5Y2Y", "k= leading space", "a*/_-9=~"];
+        let thirty_two = (0..32).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+        let too_long_key = format!("{}=v", "k".repeat(257));
+        let invalid = ["Congo=1", "a=", "a=b,c", "a=b=c", "1a=b", "a@B=c", "a@b12345678901234=c", "a=b\tc", "a=\u{e9}"];
+        for (list, ok) in valid.iter().map(|l| (l.to_string(), true)).chain(invalid.iter().map(|l| (l.to_string(), false))) {
+            assert_eq!(valid_trace_state(&list), ok, "{list:?}");
+        }
+        assert!(valid_trace_state(&thirty_two));
+        assert!(!valid_trace_state(&format!("{thirty_two},k32=v")), "33 members");
+        assert!(!valid_trace_state(&too_long_key));
+
+        let mut h = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("tracestate", "Rojo=1")]);
+        let ctx = SpanContext::continue_from(&h, 1.0, Formats::W3C);
+        assert_eq!(ctx.trace_state(&h), None, "not recorded");
+        ctx.inject(&mut h);
+        assert_eq!(h.get("tracestate").and_then(|v| v.to_str().ok()), Some("Rojo=1"), "passed on as it came");
     }
 
     #[test]
