@@ -26,7 +26,10 @@ use http_body_util::BodyExt as _;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioExecutor;
 
-use super::pool::{Sweep, connect, sweep, sweep_every};
+use super::{
+    Request,
+    pool::{Sweep, connect, sweep, sweep_every},
+};
 use crate::{
     body::{self, BoxBody},
     connection::UpstreamMeters,
@@ -104,23 +107,29 @@ impl Http2Pool {
                         self.0.forget(addr, generation);
                         req = unsent;
                     }
-                    None => match unprocessed(e.error()).filter(|_| round < ATTEMPTS).and_then(|why| Some((why, again.request_again()?))) {
-                        Some((why, copy)) => {
-                            if why.going_away {
-                                self.0.forget(addr, generation);
-                                self.0.meters.resends.goaway.inc();
-                            } else {
-                                self.0.meters.resends.refused_stream.inc();
-                            }
-                            again.note(format!("the upstream {addr} {} ({}); sent again", why.what, e.error()));
-                            req = copy;
-                        }
+                    None => match self.resend(addr, generation, &again, e.error(), round) {
+                        Some(copy) => req = copy,
                         None => return Err(ProxyError::upstream_send(addr, e.into_error())),
                     },
                 },
             }
         }
         Err(ProxyError::UpstreamReset { addr, source: "every connection closed before the request was sent".into() })
+    }
+
+    /// The request again, counted and noted, if `error` says the upstream closed its stream
+    /// unprocessed and sends remain; a connection going away is forgotten.
+    fn resend(&self, addr: SocketAddr, generation: u64, again: &Again, error: &hyper::Error, round: usize) -> Option<Request> {
+        let why = unprocessed(error).filter(|_| round < ATTEMPTS)?;
+        let copy = again.request_again()?;
+        if why.going_away {
+            self.0.forget(addr, generation);
+            self.0.meters.resends.goaway.inc();
+        } else {
+            self.0.meters.resends.refused_stream.inc();
+        }
+        again.note(format!("the upstream {addr} {} ({error}); sent again", why.what));
+        Some(copy)
     }
 
     /// The open connection to `addr`, or a new one; with its generation, and whether it was
