@@ -10,7 +10,7 @@
 //! upstream closed unprocessed (RFC 9113, 8.7): refused (`REFUSED_STREAM`, on the same
 //! connection) or left out of a `GOAWAY` (an upstream closing the connection, on a new
 //! one). Any request may go again then, not only a safe one, since the upstream did nothing
-//! with it; its body is kept for that as it streams ([`Replay`], up to [`REPLAY_BYTES`]).
+//! with it; its body is kept for that as it streams ([`Again`], up to [`REPLAY_BYTES`](super::resend::REPLAY_BYTES)).
 //! A connection unused for the idle timeout is dropped, and closes once its last stream
 //! ends, by a sweep every [`super::pool::sweep_every`] of that timeout.
 
@@ -21,29 +21,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body::Body as _;
-use http_body_util::BodyExt as _;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioExecutor;
 
 use super::{
     Request,
     pool::{Sweep, connect, sweep, sweep_every},
+    resend::Again,
 };
 use crate::{
     body::{self, BoxBody},
     connection::UpstreamMeters,
     error::{BoxError, ProxyError},
-    replay::Replay,
 };
 
 /// Times a request may be sent before it fails: on a connection that was closing (or whose
 /// upstream refused the stream), then again on a new one (or the same).
 const ATTEMPTS: usize = 3;
-
-/// Most request body bytes kept to send a request again after its stream was refused: a
-/// larger body goes once (Linkerd keeps as much for its retries).
-pub const REPLAY_BYTES: usize = 64 * 1024;
 
 type Sender = SendRequest<BoxBody>;
 
@@ -174,51 +168,6 @@ impl Http2Pool {
     #[cfg(test)]
     fn connections(&self) -> usize {
         self.0.endpoints().values().filter(|e| e.open.is_some()).count()
-    }
-}
-
-/// What a request needs to go again after its stream was closed unprocessed: a copy of
-/// its head and its body's replay (none for a bodiless request), taken as it is first sent.
-struct Again {
-    head: http::request::Parts,
-    replay: Option<Replay>,
-    resolution: Option<super::Resolution>,
-}
-
-impl Again {
-    /// Keeps what `req` needs to go again; with `req` as it is first sent.
-    fn new(req: http::Request<BoxBody>) -> (Self, http::Request<BoxBody>) {
-        let (parts, body) = req.into_parts();
-        let (replay, body) = if body.is_end_stream() {
-            (None, body)
-        } else {
-            let (replay, first) = Replay::new(body, REPLAY_BYTES);
-            (Some(replay), first.boxed_unsync())
-        };
-        // The extensions stay with the request sent (hyper reads an extended CONNECT's).
-        let mut head = http::Request::new(()).into_parts().0;
-        head.method = parts.method.clone();
-        head.uri = parts.uri.clone();
-        head.version = parts.version;
-        head.headers = parts.headers.clone();
-        let resolution = parts.extensions.get::<super::Resolution>().cloned();
-        (Self { head, replay, resolution }, http::Request::from_parts(parts, body))
-    }
-
-    /// The request again from the start, unless its body outgrew what is kept of it.
-    fn request_again(&self) -> Option<http::Request<BoxBody>> {
-        let body = match &self.replay {
-            Some(replay) => replay.body()?.boxed_unsync(),
-            None => body::full(bytes::Bytes::new()),
-        };
-        Some(http::Request::from_parts(self.head.clone(), body))
-    }
-
-    /// Notes on the request's span that it was sent again, and why.
-    fn note(&self, why: String) {
-        if let Some(resolution) = &self.resolution {
-            resolution.note(super::RESENT, why);
-        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod h2_pool;
 pub mod observe;
 pub mod outlier;
 pub mod pool;
+pub mod resend;
 pub mod retry;
 pub mod route;
 pub mod split;

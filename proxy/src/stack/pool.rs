@@ -4,8 +4,9 @@
 //! opens a new one; the connection goes back to the pool when the response body has been
 //! read to its end, and is closed instead if the body is dropped early or fails. A request
 //! that a reused connection refused before sending anything (the upstream closed it while
-//! idle) is sent again on another. So is a request without a body and safe to repeat
-//! (`replayable`) that went out on a connection idle for [`REPLAY_AFTER_IDLE`] or more and
+//! idle) is sent again on another. So is a request safe to repeat (`repeatable`; its body,
+//! if any, kept as it streams, see [`Again`]) that went out on a connection idle for
+//! [`REPLAY_AFTER_IDLE`] or more and
 //! found it closed without an answer: the upstream closed it as idle while the request was
 //! on its way, the race every client of an application with a keep-alive timeout meets
 //! (Node's is five seconds), which would otherwise be the caller's 502. RFC 9110 (9.2.2)
@@ -27,6 +28,7 @@ use http::header;
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::resend::Again;
 use crate::{
     body::{self, BodyEnd, BodyObserver, BoxBody, ObservedBody},
     connection::{Metered, UpstreamMeters},
@@ -101,26 +103,37 @@ impl Http1Pool {
                 }
                 return Err(ProxyError::UpstreamConnect { addr, source: "connection closed before the request".into() });
             }
-            let replay = (!replayed && idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE)).then(|| replayable(&req)).flatten();
-            match sender.try_send_request(req).await {
+            let (again, sent) = match !replayed && idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE) && repeatable(&req) {
+                true => {
+                    let (again, sent) = Again::new(req);
+                    (Some(again), sent)
+                }
+                false => (None, req),
+            };
+            match sender.try_send_request(sent).await {
                 Ok(response) => {
                     let release = Release { pool: self.clone(), addr, sender: Some(sender) };
                     return Ok(response.map(|incoming| body::boxed(ObservedBody::<Release, Incoming>::new(incoming, release))));
                 }
-                Err(mut e) => match (e.take_message(), replay) {
-                    // Nothing was sent: the reused connection had been closed. Try another.
-                    (Some(unsent), _) if reused => req = unsent,
-                    (None, Some(copy)) if closed_under_it(e.error()) => {
-                        let why = format!("the idle connection to {addr} was closed under the request ({}); sent again", e.error());
-                        if let Some(resolution) = copy.extensions().get::<super::Resolution>() {
-                            resolution.note(super::RESENT, why);
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    // Only a request that went out makes a copy (which takes its body over).
+                    let resend = match (&unsent, again) {
+                        (None, Some(again)) if closed_under_it(e.error()) => again.request_again().map(|copy| (copy, again)),
+                        _ => None,
+                    };
+                    match (unsent, resend) {
+                        // Nothing was sent: the reused connection had been closed. Try another.
+                        (Some(unsent), _) if reused => req = unsent,
+                        (None, Some((copy, again))) => {
+                            again.note(format!("the idle connection to {addr} was closed under the request ({}); sent again", e.error()));
+                            self.0.meters.resends.idle_closed.inc();
+                            replayed = true;
+                            req = copy;
                         }
-                        self.0.meters.resends.idle_closed.inc();
-                        replayed = true;
-                        req = copy;
+                        _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
                     }
-                    _ => return Err(ProxyError::upstream_send(addr, e.into_error())),
-                },
+                }
             }
         }
     }
@@ -194,18 +207,14 @@ impl Sweep for Shared {
     }
 }
 
-/// A copy of `req` to send again should its connection close under it: only for a request
-/// without a body that is safe to repeat, as Go's client decides it: a GET, HEAD, OPTIONS or
-/// TRACE, or any request carrying an idempotency key. Not a bare PUT or DELETE: idempotent
-/// as HTTP defines them (RFC 9110, 9.2.2), but a DELETE done twice often answers `404`.
-fn replayable(req: &http::Request<BoxBody>) -> Option<http::Request<BoxBody>> {
+/// Whether `req` may be sent again should its connection close under it, as Go's client
+/// decides it: a GET, HEAD, OPTIONS or TRACE, or any request carrying an idempotency key (a
+/// POST with its body, say). Not a bare PUT or DELETE: idempotent as HTTP defines them (RFC
+/// 9110, 9.2.2), but a DELETE done twice often answers `404`.
+fn repeatable(req: &http::Request<BoxBody>) -> bool {
     use http::Method;
     let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(req.method());
-    let keyed = || ["idempotency-key", "x-idempotency-key"].iter().any(|k| req.headers().contains_key(*k));
-    if !(safe || keyed()) || http_body::Body::size_hint(req.body()).exact() != Some(0) {
-        return None;
-    }
-    Some(super::copy_request(req, body::full(bytes::Bytes::new())))
+    safe || ["idempotency-key", "x-idempotency-key"].iter().any(|k| req.headers().contains_key(*k))
 }
 
 /// Whether a request sent on a connection failed because the upstream closed it before
@@ -399,6 +408,27 @@ mod tests {
         assert_eq!(meter.opened.get(), 5);
     }
 
+    /// One request's head and body (as its `content-length` says), read whole.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let whole = std::str::from_utf8(&text).ok().and_then(|t| {
+                let (head, body) = t.split_once("\r\n\r\n")?;
+                let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")?.parse().ok()).unwrap_or(0);
+                (body.len() >= length).then(|| t.to_owned())
+            });
+            match whole {
+                Some(request) => return request,
+                None => match stream.read(&mut buf).await {
+                    Ok(n) if n > 0 => text.extend_from_slice(&buf[..n]),
+                    _ => return String::from_utf8_lossy(&text).into_owned(),
+                },
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_request_an_idle_connection_closes_under_is_sent_again_if_it_may_be() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,12 +438,19 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
+        // What each connection's answered request ended with.
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let seen = answered.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
-                    let _ = stream.read(&mut buf).await;
+                    let request = read_request(&mut stream).await;
+                    if let Ok(mut seen) = seen.lock() {
+                        seen.push(request.rsplit("\r\n").next().unwrap_or_default().to_owned());
+                    }
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
                     let _ = stream.read(&mut buf).await;
                 });
@@ -441,10 +478,21 @@ mod tests {
         let keyed = http::Request::delete("/").header("host", "upstream").header("idempotency-key", "k1");
         let response = pool.send(addr, keyed.body(body::full(Bytes::new())).expect("request")).await.expect("sent again");
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
+        // A keyed POST goes again with its body.
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(100)).await;
+        let keyed = http::Request::post("/charge").header("host", "upstream").header("idempotency-key", "k2");
+        let resolution = crate::stack::Resolution::default();
+        let mut req = keyed.body(body::full("card=4242")).expect("request");
+        req.extensions_mut().insert(resolution.clone());
+        let response = pool.send(addr, req).await.expect("sent again");
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
+        assert_eq!(resolution.notes().len(), 1);
+        let last = answered.lock().map(|a| a.last().cloned()).ok().flatten();
+        assert_eq!(last.as_deref(), Some("card=4242"), "the body went again");
         // Nor a GET on a connection that answered a moment ago: no copy was kept.
         assert!(matches!(pool.send(addr, get("/")).await, Err(ProxyError::UpstreamReset { .. })));
-        assert_eq!(accepted.load(Ordering::SeqCst), 4);
-        assert_eq!(pool.0.meters.resends.idle_closed.get(), 2, "the GET and the keyed DELETE");
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        assert_eq!(pool.0.meters.resends.idle_closed.get(), 3, "the GET, the keyed DELETE and the keyed POST");
     }
 
     #[tokio::test]
