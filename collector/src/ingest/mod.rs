@@ -7,7 +7,7 @@
 //! requests (gRPC, HTTP, the journal) are converted from their bytes ([`wire`] for traces
 //! and logs, the bulk of what arrives; prost for metrics), JSON ones after decoding. A
 //! sidecar's spans and access logs get their own end of the hop back from their resource
-//! as each is converted ([`own_side`]), while its attributes are still in cache.
+//! as each is converted (`own_side`), while its attributes are still in cache.
 
 pub mod admission;
 pub mod convert;

@@ -2,10 +2,10 @@
 //!
 //! The OTLP/gRPC trace path is the collector's hottest: decoding a request into prost's
 //! message tree first allocates a string per key and value, a vector per attribute list
-//! and a box per value, all dropped again right after [`convert`](super::convert) has
+//! and a box per value, all dropped again right after [`convert`] has
 //! read them. This reader walks the bytes instead and builds the collector's [`Span`]s
 //! from borrowed slices, with the same validation, the same rejection messages and the
-//! same result as [`convert::spans`](super::convert::spans) over the decoded message (a
+//! same result as [`convert::spans`] over the decoded message (a
 //! property test holds the two to that). An attribute in the layout every encoder writes
 //! (key, then a string, integer, boolean or double value, short lengths) is read by matching
 //! its bytes, without walking its fields. Arrays and maps inside attribute values, which

@@ -214,7 +214,7 @@ fn hex_text(bytes: &FixedSizeBinaryArray) -> Result<StringArray, ArrowError> {
 
 /// A text column compressed in blocks of [`BLOCK_ROWS`] rows. A block, before
 /// compression, is the rows' byte lengths (little-endian `u32`, `u32::MAX` for null)
-/// followed by their text, in which [`KEY_MARK`]s stand for the entries of the block's key
+/// followed by their text, in which `KEY_MARK`s stand for the entries of the block's key
 /// table, if it has one.
 #[derive(Debug, Clone, Default)]
 pub struct PackedText {

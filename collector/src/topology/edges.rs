@@ -743,7 +743,7 @@ impl EdgeDeriver {
     }
 
     /// Reads ahead the settled-set slots of `spans`' SERVER spans, which all settle (see
-    /// [`Fingerprints::touch`]): the set is large and read at random, and its cache miss was
+    /// `Fingerprints::touch`): the set is large and read at random, and its cache miss was
     /// nearly all of settling's time, ~5 % of ingest (perf).
     pub fn read_ahead(&self, spans: &[&Span]) {
         for span in spans.iter().filter(|s| s.kind == SpanKind::Server) {

@@ -1,12 +1,12 @@
 //! Background export of spans, access logs and metrics to the collector over OTLP/gRPC or
-//! OTLP/HTTP ([`otlp_http`](super::otlp_http)).
+//! OTLP/HTTP (`otlp_http`).
 //!
-//! Spans and logs are encoded into their batches as requests finish ([`batch`]); their
+//! Spans and logs are encoded into their batches as requests finish (`batch`); their
 //! tasks here send each batch when it fills (`max_batch` records) or at its flush time: every
 //! `flush_interval` on a fixed schedule, the logs' half an interval after the spans'. Metrics
 //! are exported every `metrics_interval`. A batch is encoded once whatever the retries, and
 //! copied once into the gRPC frame; a few requests of each signal may be out at once
-//! ([`MAX_IN_FLIGHT`]; one while exports fail). Requests are gzip-compressed when configured.
+//! (`MAX_IN_FLIGHT`; one while exports fail). Requests are gzip-compressed when configured.
 //! An export that fails with a code OTLP calls retryable (gRPC UNAVAILABLE and the like, or
 //! RESOURCE_EXHAUSTED carrying a RetryInfo; HTTP 429, 502, 503, 504) is retried with
 //! exponential backoff and jitter, waiting what RetryInfo or `Retry-After` asks when the

@@ -162,7 +162,7 @@ pub fn protocol_version(version: http::Version) -> &'static str {
 const SECRET_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
 
 /// A request's query as its record keeps it (`url.query`, part of `url.full`): `None` when
-/// it has none, else the query with the values of [`SECRET_QUERY_KEYS`] redacted.
+/// it has none, else the query with the values of `SECRET_QUERY_KEYS` redacted.
 pub fn recorded_query(uri: &http::Uri) -> Option<String> {
     let query = uri.query()?;
     let secret = |pair: &str| SECRET_QUERY_KEYS.contains(&pair.split_once('=').map_or(pair, |(k, _)| k));
