@@ -1,7 +1,9 @@
 //! Interop with the OpenTelemetry Python SDK (its OTLP gRPC and HTTP exporters): traces,
 //! metrics and logs from two services are found through the Jaeger API, SQL, the topology,
-//! the logs API and `/metrics`. The Python environment is prepared by `./scripts/test`
-//! (`target/otel-venv`), or named by `MESHLENS_OTEL_PYTHON`.
+//! the logs API and `/metrics`. And with grpcio, gRPC's own library (which the OTLP/gRPC
+//! exporter brings): its calls through a sidecar are retried as the service's policy says.
+//! The Python environment is prepared by `./scripts/test` (`target/otel-venv`), or named by
+//! `MESHLENS_OTEL_PYTHON`.
 
 mod support;
 
@@ -83,4 +85,33 @@ fn python_sdk_traces_metrics_and_logs_arrive() {
     assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "metric_points"), ("transport", "grpc")]) >= 1.0);
     assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "log_records"), ("transport", "http")]) >= 1.0);
     assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "spans"), ("transport", "http")]) >= 1.0);
+}
+
+#[test]
+fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
+    let python = python();
+    let dir = TestDir::new("grpcio-retry");
+    let Flaky { collector, tester, _procs } = Flaky::start(&dir, "unavailable");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py");
+    const CALLS: u64 = 40;
+    let out = Command::new(python)
+        .arg(script)
+        .args([tester.outbound.to_string(), "flaky".into(), "/demo.Flaky/Work".into(), CALLS.to_string()])
+        .output()
+        .expect("run the grpcio client");
+    assert!(out.status.success(), "the grpcio script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    // flaky fails half its calls with UNAVAILABLE; four attempts leave about 1 in 16.
+    let ok = printed["ok"].as_u64().unwrap_or(0);
+    assert!(ok >= CALLS * 3 / 4, "most calls succeed: {printed}");
+    assert!(printed["codes"].as_object().is_some_and(|c| c.keys().all(|k| k == "UNAVAILABLE")), "{printed}");
+    let retries = prom_sum(&get(tester.admin, "/metrics").body, "meshlens_proxy_request_retries_total", &[("service", "flaky")]);
+    assert!(retries >= 5.0, "about 40 retries expected, {retries} counted");
+    // The edge counts calls, not attempts, and its retries.
+    let edge = wait_for("the tester → flaky edge", Duration::from_secs(15), || {
+        let topology = collector.json("/api/v1/topology?window=5m");
+        let edges = topology["edges"].as_array()?.clone();
+        edges.into_iter().find(|e| e["source"] == "tester.test" && e["target"] == "flaky.test" && e["requests"] == CALLS)
+    });
+    assert_eq!((edge["protocol"].as_str(), edge["retries"].as_f64()), (Some("grpc"), Some(retries)), "{edge}");
 }

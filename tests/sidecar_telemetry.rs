@@ -22,18 +22,6 @@ fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["tags"].as_array()?.iter().find(|t| t["key"] == key).map(|t| &t["value"])
 }
 
-/// Starts `tester`'s sidecar with `settings` (keys, then tables) added to `service`'s entry.
-fn start_tester(dir: &TestDir, tester: &Workload, mesh: &[&Workload], collector: &CollectorProc, service: &str, settings: &str) -> Proc {
-    let entry = format!("name = \"{service}\"\n");
-    let toml = sidecar_toml(tester, mesh, collector.grpc).replace(&entry, &format!("{entry}{settings}"));
-    assert!(toml.contains(settings), "{toml}");
-    let config = dir.path("tester.toml");
-    std::fs::write(&config, toml).expect("write");
-    let proc = Proc::start(dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]);
-    wait_listening(tester.outbound, "tester outbound");
-    proc
-}
-
 /// A tester's sidecar calling `service`, whose sidecar fronts a hand-made `app` (given its
 /// address), both reporting to one collector: what a test of how the sidecars carry an
 /// unusual exchange needs. The processes stop when it is dropped.
@@ -423,27 +411,6 @@ fn a_slow_upstream_times_out_with_a_flag_an_event_and_an_error_edge() {
         edge(&t, "tester.test", "slow.test").filter(|e| e["errors"] == 1).map(|_| t)
     });
     assert_eq!(edge(&topology, "tester.test", "slow.test").map(|e| e["response_codes"]["504"].clone()), Some(1.into()));
-}
-
-/// `flaky`, failing half its requests (503, or gRPC UNAVAILABLE), and a tester whose
-/// sidecar retries it up to 4 attempts on `on`.
-struct Flaky {
-    collector: CollectorProc,
-    tester: Workload,
-    _procs: (Vec<Proc>, Proc),
-}
-
-impl Flaky {
-    fn start(dir: &TestDir, on: &str) -> Self {
-        let collector = CollectorProc::start(dir);
-        let tester = Workload::new("tester", &[]);
-        let mut flaky = Workload::new("flaky", &[]);
-        flaky.app_args = vec!["--error-ratio".into(), "0.5".into()];
-        let procs = start_mesh(dir, &[&flaky], collector.grpc);
-        let retry = format!("[services.retry]\nattempts = 4\non = [\"{on}\"]\nbackoff = \"5ms\"\n");
-        let sidecar = start_tester(dir, &tester, &[&tester, &flaky], &collector, "flaky", &retry);
-        Self { collector, tester, _procs: (procs, sidecar) }
-    }
 }
 
 #[test]

@@ -448,6 +448,50 @@ pub fn sidecar_toml(w: &Workload, mesh: &[&Workload], otlp: SocketAddr) -> Strin
     toml
 }
 
+/// Starts `tester`'s sidecar with `settings` (keys, then tables) added to `service`'s entry.
+pub fn start_tester(
+    dir: &TestDir,
+    tester: &Workload,
+    mesh: &[&Workload],
+    collector: &CollectorProc,
+    service: &str,
+    settings: &str,
+) -> Proc {
+    let entry = format!("name = \"{service}\"\n");
+    let toml = sidecar_toml(tester, mesh, collector.grpc).replace(&entry, &format!("{entry}{settings}"));
+    assert!(toml.contains(settings), "{toml}");
+    let config = dir.path("tester.toml");
+    std::fs::write(&config, toml).expect("write");
+    let proc = Proc::start(dir, "tester-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]);
+    wait_listening(tester.outbound, "tester outbound");
+    proc
+}
+
+/// `flaky`, failing half its requests (503, or gRPC UNAVAILABLE), and a tester whose
+/// sidecar retries it up to 4 attempts on `on`.
+pub struct Flaky {
+    /// The collector both sidecars report to.
+    pub collector: CollectorProc,
+    /// The caller, whose sidecar retries.
+    pub tester: Workload,
+    /// The processes, stopped when dropped.
+    pub _procs: (Vec<Proc>, Proc),
+}
+
+impl Flaky {
+    /// Starts them, `on` naming what the tester's sidecar retries.
+    pub fn start(dir: &TestDir, on: &str) -> Self {
+        let collector = CollectorProc::start(dir);
+        let tester = Workload::new("tester", &[]);
+        let mut flaky = Workload::new("flaky", &[]);
+        flaky.app_args = vec!["--error-ratio".into(), "0.5".into()];
+        let procs = start_mesh(dir, &[&flaky], collector.grpc);
+        let retry = format!("[services.retry]\nattempts = 4\non = [\"{on}\"]\nbackoff = \"5ms\"\n");
+        let sidecar = start_tester(dir, &tester, &[&tester, &flaky], &collector, "flaky", &retry);
+        Self { collector, tester, _procs: (procs, sidecar) }
+    }
+}
+
 /// Starts the app and the sidecar of every workload, and waits until all listen.
 pub fn start_mesh(dir: &TestDir, mesh: &[&Workload], otlp: SocketAddr) -> Vec<Proc> {
     let mut procs = Vec::new();
