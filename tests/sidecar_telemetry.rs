@@ -984,6 +984,43 @@ fn a_caller_that_leaves_before_the_answer_is_still_recorded_with_flag_dc() {
     assert_eq!((&edge["requests"], &edge["errors"]), (&Value::from(1), &Value::from(1)), "{edge}");
 }
 
+#[test]
+fn request_heads_the_sidecar_cannot_read_are_still_logged_and_counted() {
+    let dir = TestDir::new("unread-heads");
+    let hop = RawHop::start_with(&dir, "shop", silent_app, "[connections]\nrequest_headers_timeout = \"500ms\"");
+    // A header line without a colon: answered 400 (by hyper), the connection closed.
+    let (broken, _) = hop.exchange(b"GET /items HTTP/1.1\r\nHost: shop\r\nno colon here\r\n\r\n");
+    assert!(broken.starts_with("HTTP/1.1 400"), "{broken}");
+    // A head that stops half-way: its connection dropped at the request headers timeout.
+    let (late, waited) = hop.exchange(b"GET /items HTTP/1.1\r\nHost: shop\r\n");
+    assert!(late.is_empty() && waited >= Duration::from_millis(450) && waited < Duration::from_secs(3), "{late:?} after {waited:?}");
+    // A head its caller gives up on half-way.
+    drop(hop.send(b"GET /items HTTP/1.1\r\nHo"));
+
+    // None reached a layer, let alone the app; each is one request in the access log.
+    let logs = wait_for("three access logs", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows("SELECT body FROM logs WHERE starts_with(body, '_OTHER ') ORDER BY body");
+        (rows.len() == 3).then_some(rows)
+    });
+    let bodies: Vec<&str> = logs.iter().filter_map(|row| row[0].as_str()).collect();
+    for (body, start) in bodies.iter().zip(["_OTHER - HTTP/1.1 0 DC 0 0 ", "_OTHER - HTTP/1.1 400 DPE 0 0 ", "_OTHER - HTTP/1.1 408 - 0 0 "]) {
+        assert!(body.starts_with(start), "{body} for {start} in {bodies:?}");
+    }
+    let row = wait_for("the broken head's span", Duration::from_secs(15), || {
+        let query = "SELECT kind, operation, response_flags, http_status_code, events FROM spans WHERE response_flags = 'DPE'";
+        hop.collector.sql_rows(query).pop()
+    });
+    assert_eq!((&row[0], &row[1], &row[2], &row[3]), (&Value::from("client"), &Value::from("HTTP"), &Value::from("DPE"), &Value::from(400)));
+    assert!(row[4].as_str().is_some_and(|e| e.contains("\"downstream_protocol_error\"") && e.contains("invalid HTTP header")), "{row:?}");
+    // And in the request metrics, with the listener's own counters.
+    let exposition = get(hop.tester.admin, "/metrics").body;
+    let requests = |classification: &str| {
+        prom_sum(&exposition, "meshlens_proxy_requests_total", &[("direction", "outbound"), ("classification", classification)])
+    };
+    assert_eq!((requests("failure"), requests("success")), (2.0, 1.0), "DPE and DC fail; a 408 is the caller's own error");
+    assert_eq!(prom_sum(&exposition, "meshlens_proxy_downstream_header_timeouts_total", &[("direction", "outbound")]), 1.0);
+}
+
 /// An app that answers its first request `502` at once, and reads every later one and never
 /// answers it (holding the connection for ten seconds).
 fn fails_then_hangs_app(addr: std::net::SocketAddr) {

@@ -127,6 +127,12 @@ impl Activity {
         }
     }
 
+    /// Whether a request head is on its way: bytes have arrived since the last exchange
+    /// ended, none is in flight, and the connection speaks HTTP/1.
+    pub fn head_on_its_way(&self) -> bool {
+        self.head_figure() & HEAD_LOOKS == 0
+    }
+
     /// Whether the connection opened with HTTP/2's preface.
     pub fn is_http2(&self) -> bool {
         self.0.opening.load(Ordering::Relaxed) == HTTP2

@@ -19,7 +19,8 @@
 //! ([`Activity::head_figure`]), so the cut comes 1 to 1.25 times the timeout after the
 //! head's first byte; the time between requests is the idle timeout's. A connection that
 //! opened with HTTP/2's preface is no longer watched; a preface that stalls half-way is a
-//! late head.
+//! late head. A head that never became a request (late, unreadable, or cut off by its
+//! caller) is recorded all the same ([`crate::telemetry::unread`]).
 
 use std::{
     convert::Infallible,
@@ -42,6 +43,7 @@ use crate::{
     connection::{Activity, ConnectionMeter, Exchange},
     stack::{PeerAddr, Request, Response},
     stream_idle::IdleCheck,
+    telemetry::unread::{UnreadHead, UnreadHeads},
 };
 
 /// How long open connections get to finish after shutdown starts.
@@ -75,12 +77,14 @@ impl Default for ConnectionLimits {
 }
 
 /// Serves `service` on `listener` until `shutdown` turns true, counting connections in `meter`
-/// and closing those that outlive `limits`.
+/// and closing those that outlive `limits`; request heads that never make a request are
+/// recorded by `unread`.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     meter: ConnectionMeter,
     limits: ConnectionLimits,
+    unread: Option<UnreadHeads>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -116,7 +120,7 @@ pub async fn serve<S>(
                     }
                 });
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service).into_owned();
-                let (meter, shutdown, open) = (meter.clone(), shutdown.clone(), open_rx.clone());
+                let (meter, shutdown, open, unread) = (meter.clone(), shutdown.clone(), open_rx.clone(), unread.clone());
                 tokio::spawn(async move {
                     let _open = open;
                     let mut connection = pin!(connection);
@@ -156,6 +160,9 @@ pub async fn serve<S>(
                             }) => {
                                 meter.header_timeouts.inc();
                                 tracing::debug!(%peer, "dropping a connection whose request head is late");
+                                if let (Some(unread), Some(after)) = (&unread, limits.request_headers_timeout) {
+                                    unread.record(peer, UnreadHead::Late { after });
+                                }
                                 break Ok(());
                             }
                         }
@@ -163,6 +170,10 @@ pub async fn serve<S>(
                     if let Err(error) = ended {
                         if crate::error::broke_http(error.as_ref()) {
                             meter.protocol_errors.inc();
+                        }
+                        let head = unread.as_ref().zip(UnreadHead::of_error(error.as_ref(), activity.head_on_its_way()));
+                        if let Some((unread, head)) = head {
+                            unread.record(peer, head);
                         }
                         tracing::debug!(%peer, %error, "connection closed with an error");
                     }
@@ -218,7 +229,7 @@ mod tests {
         let meter = ConnectionMeter::default();
         let (_stop, stop) = watch::channel(false);
         let ok = tower::service_fn(|_req: Request| async { Ok::<_, Infallible>(Response::new(body::full("ok"))) });
-        tokio::spawn(serve(listener, ok, meter.clone(), ConnectionLimits::UNBOUNDED, stop));
+        tokio::spawn(serve(listener, ok, meter.clone(), ConnectionLimits::UNBOUNDED, None, stop));
         let exchange = move |bytes: &'static [u8], answered: bool| {
             std::thread::spawn(move || {
                 let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -293,7 +304,7 @@ mod tests {
             }
             Ok::<_, Infallible>(Response::new(body::full("ok")))
         });
-        let server = tokio::spawn(serve(listener, app, meter.clone(), limits, stopped));
+        let server = tokio::spawn(serve(listener, app, meter.clone(), limits, None, stopped));
         Served { addr, meter, stop, server }
     }
 

@@ -14,7 +14,7 @@ use crate::{
     inbound, outbound, server,
     stack::forward::Forward,
     connection::ConnectionMeter,
-    telemetry::{ExportHandle, Side, Telemetry},
+    telemetry::{ExportHandle, Side, Telemetry, unread::UnreadHeads},
 };
 
 /// The addresses a running sidecar listens on.
@@ -77,6 +77,7 @@ impl Sidecar {
                 inbound::stack(&config, telemetry.clone(), forward.clone()),
                 telemetry.stats().connections(Side::Inbound),
                 config.connections,
+                Some(UnreadHeads::new(telemetry.clone(), Side::Inbound)),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(server::serve(
@@ -84,6 +85,7 @@ impl Sidecar {
                 outbound::stack(&config, telemetry.clone(), forward),
                 telemetry.stats().connections(Side::Outbound),
                 config.connections,
+                Some(UnreadHeads::new(telemetry.clone(), Side::Outbound)),
                 shutdown_rx.clone(),
             )),
             // The admin server's own connections are not the mesh's traffic.
@@ -92,6 +94,7 @@ impl Sidecar {
                 admin::service(&telemetry),
                 ConnectionMeter::default(),
                 config.connections,
+                None,
                 shutdown_rx,
             )),
         ];

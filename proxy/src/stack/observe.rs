@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 
 use crate::{
     body::{self, BodyEnd, BodyObserver, ObservedBody, RequestProgress},
-    classify::{self, Classification, Outcome, ResponseFlags},
+    classify::{self, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
     error::ProxyError,
@@ -116,13 +116,6 @@ where
         };
         let request = RequestProgress::new(start);
         let record = RequestRecord {
-            side,
-            context,
-            start_unix_nanos,
-            duration: Default::default(),
-            request_duration: None,
-            response_duration: None,
-            method: req.method().clone(),
             path: req.uri().path().to_owned(),
             query: crate::telemetry::recorded_query(req.uri()),
             route: routes.route(req.uri().path()).cloned(),
@@ -130,25 +123,16 @@ where
             authority,
             version: req.version(),
             grpc: is_grpc(&req),
-            status: 0,
-            grpc_status: None,
-            request_bytes: 0,
-            response_bytes: 0,
             source,
-            destination_service,
             destination: (side == Side::Inbound).then(|| local.clone()),
             upstream: app,
             peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
             origin: if side == Side::Inbound { Origin::of(req.headers()) } else { Origin::PLAIN },
-            flags: ResponseFlags::empty(),
-            classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),
             trace_state: context.trace_state(req.headers()),
-            events: Vec::new(),
-            retries: 0,
-            attempt: None,
             headers: telemetry.access_log_headers().map(|names| Box::new(names.capture_request(req.headers()))),
+            ..RequestRecord::new(side, context, start_unix_nanos, req.method().clone(), destination_service)
         };
         if http_body::Body::is_end_stream(req.body()) {
             request.end();

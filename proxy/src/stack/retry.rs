@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::{
     body::BodyEnd,
-    classify::{self, Classification, Outcome, ResponseFlags},
+    classify,
     config::{RetryOn, RetryPolicy, ServiceConfig},
     error::ProxyError,
     replay::Replay,
@@ -219,39 +219,18 @@ impl AttemptSpan {
         let (authority, authority_port) = recorded_authority(req);
         let destination_service = authority.clone().unwrap_or_else(|| Arc::from("unknown"));
         let record = RequestRecord {
-            side: Side::Outbound,
-            context,
-            start_unix_nanos: unix_nanos(SystemTime::now()),
-            duration: Duration::ZERO,
-            request_duration: None,
-            response_duration: None,
-            method: req.method().clone(),
             path: req.uri().path().to_owned(),
             query: crate::telemetry::recorded_query(req.uri()),
-            route: None,
             authority_port,
             authority,
             version: req.version(),
             grpc: is_grpc(req),
-            status: 0,
-            grpc_status: None,
             request_bytes: req.body().size_hint().exact().unwrap_or(0),
-            response_bytes: 0,
             source: Some(local),
-            destination_service,
-            destination: None,
-            upstream: None,
-            peer: None,
-            origin: crate::telemetry::Origin::PLAIN,
-            flags: ResponseFlags::empty(),
-            classification: Classification { outcome: Outcome::Success, error_type: None },
-            user_agent: None,
             request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
             trace_state: context.trace_state(req.headers()),
-            events: Vec::new(),
-            retries: 0,
             attempt: Some(attempt),
-            headers: None,
+            ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), req.method().clone(), destination_service)
         };
         Self { record: Some(record), start: Instant::now(), telemetry: telemetry.clone(), resolution: resolution.clone() }
     }

@@ -339,7 +339,7 @@ mod tests {
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _keep = _keep;
-            crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), limits, shutdown).await;
+            crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), limits, None, shutdown).await;
         });
         (addr, ended)
     }

@@ -474,6 +474,12 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%`: who set the status and why, from the record's flags.
 fn response_code_details(r: &RequestRecord) -> &'static str {
+    // A head never read ([`super::unread`]) says why in its one event.
+    match r.events.first().map(|e| e.name) {
+        Some(super::unread::BROKEN_EVENT) => return "http1.codec_error",
+        Some(super::unread::LATE_EVENT) => return "request_header_timeout",
+        _ => {}
+    }
     let answered = r.response_duration.is_some();
     let details = [
         (ResponseFlags::NO_ROUTE, "route_not_found"),
@@ -552,10 +558,10 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
     let _ = match field {
         Field::StartTime => write!(line, "{}", start_time(r)),
         Field::Method => write!(line, "{}", r.method),
-        Field::Path => write!(line, "{}", r.path),
+        Field::Path => write!(line, "{}", path(r)),
         Field::PathAndQuery => match &r.query {
             Some(query) => write!(line, "{}?{query}", r.path),
-            None => write!(line, "{}", r.path),
+            None => write!(line, "{}", path(r)),
         },
         Field::Authority => write!(line, "{}", dash(r.authority.as_ref())),
         Field::UserAgent => write!(line, "{}", dash(r.user_agent.as_ref())),
@@ -584,12 +590,17 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
     };
 }
 
+/// The path, `-` for a head never read ([`super::unread`]).
+fn path(r: &RequestRecord) -> &str {
+    if r.path.is_empty() { "-" } else { &r.path }
+}
+
 fn json_line(r: &RequestRecord) -> String {
     json!({
         "start_time": start_time(r),
         "direction": r.side.as_str(),
         "method": r.method.as_str(),
-        "path": r.path,
+        "path": (!r.path.is_empty()).then_some(&r.path),
         "authority": r.authority.as_deref(),
         "protocol": format!("HTTP/{}", r.protocol_version()),
         "response_code": r.status,

@@ -16,6 +16,7 @@ mod otlp_http;
 pub mod prometheus;
 pub mod stats;
 pub mod text;
+pub mod unread;
 pub mod wire;
 
 use std::{
@@ -257,6 +258,47 @@ pub fn known_method(method: &http::Method) -> Option<&'static str> {
 }
 
 impl RequestRecord {
+    /// The record of an exchange on `side` begun at `start_unix_nanos` (since the Unix
+    /// epoch): of its request only `method` and where it goes are known yet, of its answer
+    /// nothing. The layers fill in the rest as the exchange goes.
+    pub fn new(side: Side, context: SpanContext, start_unix_nanos: u64, method: http::Method, destination_service: Arc<str>) -> Self {
+        Self {
+            side,
+            context,
+            start_unix_nanos,
+            duration: Duration::ZERO,
+            request_duration: None,
+            response_duration: None,
+            method,
+            path: String::new(),
+            query: None,
+            route: None,
+            authority: None,
+            authority_port: None,
+            version: http::Version::HTTP_11,
+            grpc: false,
+            status: 0,
+            grpc_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            source: None,
+            destination_service,
+            destination: None,
+            upstream: None,
+            peer: None,
+            origin: Origin::PLAIN,
+            flags: ResponseFlags::empty(),
+            classification: Classification { outcome: Outcome::Success, error_type: None },
+            user_agent: None,
+            request_id: None,
+            trace_state: None,
+            events: Vec::new(),
+            retries: 0,
+            attempt: None,
+            headers: None,
+        }
+    }
+
     /// OpenTelemetry's `error.type`: the classifier's (a 5xx status, a gRPC status name, the
     /// failure kind), and on the client side a 4xx status too, which the HTTP conventions
     /// count as a client's error.
@@ -493,49 +535,22 @@ pub(crate) mod tests {
 
     /// A finished outbound exchange for tests.
     pub(crate) fn record(sampled: bool, outcome: Outcome, duration_ms: u64) -> RequestRecord {
+        let context = SpanContext {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            sampled,
+            emit: Formats::W3C,
+            w3c_parent: false,
+            debug: false,
+            random: true,
+        };
         RequestRecord {
-            side: Side::Outbound,
-            context: SpanContext {
-                trace_id: TraceId::random(),
-                span_id: SpanId::random(),
-                parent_span_id: None,
-                sampled,
-                emit: Formats::W3C,
-                w3c_parent: false,
-                debug: false,
-                random: true,
-            },
-            start_unix_nanos: 1,
             duration: Duration::from_millis(duration_ms),
-            request_duration: None,
-            response_duration: None,
-            method: http::Method::GET,
             path: "/".into(),
-            query: None,
-            route: None,
-            authority: None,
-            authority_port: None,
-            version: http::Version::HTTP_11,
-            grpc: false,
             status: if outcome == Outcome::Failure { 503 } else { 200 },
-            grpc_status: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            source: None,
-            destination_service: "svc".into(),
-            destination: None,
-            upstream: None,
-            peer: None,
-            origin: Origin::PLAIN,
-            flags: ResponseFlags::empty(),
             classification: Classification { outcome, error_type: None },
-            user_agent: None,
-            request_id: None,
-            trace_state: None,
-            events: Vec::new(),
-            retries: 0,
-            attempt: None,
-            headers: None,
+            ..RequestRecord::new(Side::Outbound, context, 1, http::Method::GET, "svc".into())
         }
     }
 

@@ -124,10 +124,15 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         Some(method) => a.string("http.request.method", method),
         None => {
             a.string("http.request.method", "_OTHER");
-            a.string("http.request.method_original", r.method.as_str());
+            // Not for a head never read ([`super::unread`]), whose method is `_OTHER` itself.
+            if r.method.as_str() != "_OTHER" {
+                a.string("http.request.method_original", r.method.as_str());
+            }
         }
     }
-    a.string("url.path", at_most(&r.path, url_limit));
+    if !r.path.is_empty() {
+        a.string("url.path", at_most(&r.path, url_limit));
+    }
     if let Some(query) = &r.query {
         a.string("url.query", at_most(query, url_limit));
     }
@@ -297,7 +302,7 @@ pub fn write_span_name(r: &RequestRecord, out: &mut String) {
 pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
     out.push_str(r.method.as_str());
     out.push(' ');
-    out.push_str(r.path.as_str());
+    out.push_str(if r.path.is_empty() { "-" } else { r.path.as_str() });
     out.push_str(" HTTP/");
     out.push_str(r.protocol_version());
     out.push(' ');
