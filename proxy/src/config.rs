@@ -135,11 +135,33 @@ pub struct RawConnections {
     /// byte; `"0"` never.
     #[serde(default = "default_request_headers", deserialize_with = "meshlens_common::duration::deserialize")]
     pub request_headers_timeout: Duration,
+    /// The largest request head taken, in KiB: an HTTP/1 request line and headers, an
+    /// HTTP/2 header list (Envoy's `max_request_headers_kb`, 60 by default); a larger one
+    /// gets `431`.
+    #[serde(default = "default_max_request_headers_kb")]
+    pub max_request_headers_kb: u32,
 }
 
 impl Default for RawConnections {
     fn default() -> Self {
-        Self { idle_timeout: default_connection_idle(), request_headers_timeout: default_request_headers() }
+        Self {
+            idle_timeout: default_connection_idle(),
+            request_headers_timeout: default_request_headers(),
+            max_request_headers_kb: default_max_request_headers_kb(),
+        }
+    }
+}
+
+fn default_max_request_headers_kb() -> u32 {
+    u32::try_from(crate::server::MAX_REQUEST_HEADERS / 1024).unwrap_or(u32::MAX)
+}
+
+/// `[connections] max_request_headers_kb` in bytes: from 8 KiB (the least an HTTP/1 reader
+/// takes) to 8 MiB (Envoy's bound).
+fn request_headers_bytes(kb: u32) -> Result<usize, ConfigError> {
+    match kb {
+        8..=8192 => Ok(kb as usize * 1024),
+        _ => Err(ConfigError::Invalid(format!("connections.max_request_headers_kb must be from 8 to 8192, not {kb}"))),
     }
 }
 
@@ -918,6 +940,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
             connections: crate::server::ConnectionLimits {
                 idle_timeout: unless_zero(raw.connections.idle_timeout),
                 request_headers_timeout: unless_zero(raw.connections.request_headers_timeout),
+                max_request_headers: request_headers_bytes(raw.connections.max_request_headers_kb)?,
             },
             upgrade_idle_timeout: unless_zero(raw.upgrades.idle_timeout),
             stream_idle_timeout: unless_zero(raw.streams.idle_timeout),
@@ -986,6 +1009,20 @@ mod tests {
         let set = "[connections]\nidle_timeout = \"10m\"\nrequest_headers_timeout = \"5s\"\n[outbound]";
         let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", set)).expect("valid");
         assert_eq!((cfg.connections.idle_timeout, cfg.connections.request_headers_timeout), (secs(600), secs(5)));
+    }
+
+    #[test]
+    fn request_heads_are_bounded_at_60_kib_unless_set_from_8_kib_to_8_mib() {
+        let limit = |connections: &str| {
+            let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", &format!("[connections]\n{connections}\n[outbound]")));
+            cfg.map(|c| c.connections.max_request_headers).map_err(|e| e.to_string())
+        };
+        assert_eq!(limit(""), Ok(60 * 1024));
+        assert_eq!(limit("max_request_headers_kb = 96"), Ok(96 * 1024));
+        assert_eq!(limit("max_request_headers_kb = 8"), Ok(8 * 1024));
+        for refused in ["max_request_headers_kb = 7", "max_request_headers_kb = 9000"] {
+            assert!(limit(refused).is_err_and(|e| e.contains("max_request_headers_kb must be from 8 to 8192")), "{refused}");
+        }
     }
 
     #[test]

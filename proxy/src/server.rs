@@ -5,6 +5,9 @@
 //! ([`crate::stack::upgrade`]). On shutdown the listener closes, open
 //! connections are asked to finish, and stragglers are cut after a grace period.
 //!
+//! A request head larger than the limit (60 KiB by default, Envoy's) gets `431`, over
+//! either protocol.
+//!
 //! A connection with no exchange in flight that carries nothing either way for the idle
 //! timeout is asked to finish the same way (Envoy's connection `idle_timeout`, an hour by
 //! default; on HTTP/2 only streams count, not `PING`s): an HTTP/1.1 connection closes, an
@@ -56,6 +59,12 @@ pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// default `header_read_timeout`, within the 20 to 40 s Apache's `mod_reqtimeout` allows.
 pub const REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest request head taken by default, in bytes: Envoy's `max_request_headers_kb`.
+pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
+
+/// The least [`ConnectionLimits::max_request_headers`] hyper's HTTP/1 reader takes.
+const LEAST_REQUEST_HEADERS: usize = 8 * 1024;
+
 /// What a listener bounds its connections by (`[connections]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -63,16 +72,25 @@ pub struct ConnectionLimits {
     pub idle_timeout: Option<Duration>,
     /// How long a request head may take from its first byte to its last; `None`: no limit.
     pub request_headers_timeout: Option<Duration>,
+    /// The largest request head taken, in bytes (at least 8 KiB): an HTTP/1 request line
+    /// and headers (a larger one gets hyper's `431`, and hyper reads no more than this at
+    /// once), an HTTP/2 header list as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (`h2`
+    /// answers a larger one `431`).
+    pub max_request_headers: usize,
 }
 
 impl ConnectionLimits {
     /// No timeout at all.
-    pub const UNBOUNDED: Self = Self { idle_timeout: None, request_headers_timeout: None };
+    pub const UNBOUNDED: Self = Self { idle_timeout: None, request_headers_timeout: None, max_request_headers: MAX_REQUEST_HEADERS };
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { idle_timeout: Some(CONNECTION_IDLE_TIMEOUT), request_headers_timeout: Some(REQUEST_HEADERS_TIMEOUT) }
+        Self {
+            idle_timeout: Some(CONNECTION_IDLE_TIMEOUT),
+            request_headers_timeout: Some(REQUEST_HEADERS_TIMEOUT),
+            max_request_headers: MAX_REQUEST_HEADERS,
+        }
     }
 }
 
@@ -90,7 +108,10 @@ pub async fn serve<S>(
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let head_limit = limits.max_request_headers.max(LEAST_REQUEST_HEADERS);
+    builder.http1().max_buf_size(head_limit);
+    builder.http2().max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX));
     // Every connection's task holds a receiver; the sender sees them all gone.
     let (open, open_rx) = watch::channel(());
     loop {
@@ -306,6 +327,37 @@ mod tests {
         });
         let server = tokio::spawn(serve(listener, app, meter.clone(), limits, None, stopped));
         Served { addr, meter, stop, server }
+    }
+
+    #[tokio::test]
+    async fn request_heads_up_to_the_limit_are_taken_over_either_protocol_and_larger_ones_get_431() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Served { addr, stop: _stop, .. } = serve_ok(ConnectionLimits::default(), Duration::ZERO).await;
+        let cookie = |kib: usize| "c".repeat(kib * 1024);
+        for (kib, status) in [(50, "HTTP/1.1 200"), (70, "HTTP/1.1 431")] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let head = format!("GET / HTTP/1.1\r\nHost: a\r\nCookie: {}\r\nConnection: close\r\n\r\n", cookie(kib));
+            stream.write_all(head.as_bytes()).await.expect("write");
+            let mut answer = String::new();
+            let read = stream.read_to_string(&mut answer).await;
+            // The refused head's last bytes are never read, so its connection may close with
+            // a reset that reaches the client before the answer does.
+            let reset = read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) && answer.is_empty();
+            assert!(answer.starts_with(status) || (reset && kib == 70), "{kib} KiB over HTTP/1.1: {answer}");
+        }
+        // HTTP/2 takes as much (hyper's own default is 16 KiB).
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut h2, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        for (kib, taken) in [(50, true), (70, false)] {
+            let req = http::Request::get(format!("http://{addr}/")).header("cookie", cookie(kib)).body(body::full("")).expect("request");
+            h2.ready().await.expect("ready");
+            let answer = h2.send_request(req).await;
+            let status = answer.as_ref().map(|r| r.status().as_u16());
+            assert_eq!(status.as_ref().is_ok_and(|s| *s == 200), taken, "{kib} KiB over HTTP/2: {status:?}");
+        }
     }
 
     #[tokio::test]
