@@ -1,7 +1,8 @@
 //! Interop with the OpenTelemetry Python SDK (its OTLP gRPC and HTTP exporters): traces,
 //! metrics and logs from two services are found through the Jaeger API, SQL, the topology,
 //! the logs API and `/metrics`. And with grpcio, gRPC's own library (which the OTLP/gRPC
-//! exporter brings): its calls through a sidecar are retried as the service's policy says.
+//! exporter brings): its calls through a sidecar are retried as the service's policy says,
+//! and bounded by their deadline rather than the service's timeout.
 //! The Python environment is prepared by `./scripts/test` (`target/otel-venv`), or named by
 //! `MESHLENS_OTEL_PYTHON`.
 
@@ -114,4 +115,33 @@ fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
         edges.into_iter().find(|e| e["source"] == "tester.test" && e["target"] == "flaky.test" && e["requests"] == CALLS)
     });
     assert_eq!((edge["protocol"].as_str(), edge["retries"].as_f64()), (Some("grpc"), Some(retries)), "{edge}");
+}
+
+#[test]
+fn grpcio_calls_wait_as_long_as_their_deadline_allows_not_the_service_timeout() {
+    let python = python();
+    let dir = TestDir::new("grpcio-deadline");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let mut slow = Workload::new("slow", &[]);
+    slow.app_args = vec!["--latency".into(), "800ms".into()];
+    let _procs = start_mesh(&dir, &[&slow], collector.grpc);
+    // The tester's sidecar gives `slow` 300 ms: its HTTP requests get 504 UT.
+    let _tester = start_tester(&dir, &tester, &[&tester, &slow], &collector, "slow", "timeout = \"300ms\"\n");
+    let http = http(tester.outbound, "GET", "/", &[("host", "slow")], b"").expect("an answer");
+    assert_eq!(http.status, 504, "{}", http.body);
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py");
+    let calls = |deadline: &str| -> Value {
+        let out = Command::new(&python)
+            .arg(&script)
+            .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), "3".into(), deadline.into()])
+            .output()
+            .expect("run the grpcio client");
+        assert!(out.status.success(), "the grpcio script failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON from the script")
+    };
+    // gRPC calls allowed 5 s take their 800 ms; allowed 400 ms they run out of time.
+    assert_eq!(calls("5"), serde_json::json!({"ok": 3, "codes": {}}));
+    assert_eq!(calls("0.4"), serde_json::json!({"ok": 0, "codes": {"DEADLINE_EXCEEDED": 3}}));
 }

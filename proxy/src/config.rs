@@ -442,6 +442,11 @@ pub struct RawService {
     /// How long the service may take to send its response headers; `0` means no limit.
     #[serde(default = "default_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
     pub timeout: Duration,
+    /// The most a gRPC call may wait for its response headers, whatever its deadline
+    /// (`grpc-timeout`) allows, which is otherwise its only limit (Envoy's `max_grpc_timeout`);
+    /// `0` means none.
+    #[serde(default, deserialize_with = "meshlens_common::duration::deserialize")]
+    pub max_grpc_timeout: Duration,
     /// Retries of failed requests; none when absent.
     pub retry: Option<RawRetry>,
     /// Ejection of failing endpoints; none when absent.
@@ -737,8 +742,10 @@ pub struct ServiceConfig {
     pub endpoints: Vec<Endpoint>,
     /// Its route templates.
     pub routes: Arc<RouteTemplates>,
-    /// Its response timeout, if any.
+    /// Its response timeout, if any (HTTP requests).
     pub timeout: Option<Duration>,
+    /// The most its gRPC calls may wait, whatever their deadline, if it bounds them.
+    pub max_grpc_timeout: Option<Duration>,
     /// How its failed requests are retried, if they are.
     pub retry: Option<Arc<RetryPolicy>>,
     /// When its endpoints are ejected, if they are.
@@ -925,6 +932,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
                 endpoints,
                 routes: Arc::new(routes),
                 timeout: Some(s.timeout).filter(|t| !t.is_zero()),
+                max_grpc_timeout: unless_zero(s.max_grpc_timeout),
                 retry: s.retry.map(RetryPolicy::try_from).transpose()?.map(Arc::new),
                 outlier: s.outlier.map(OutlierPolicy::try_from).transpose()?,
             }));

@@ -149,6 +149,7 @@ pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
                     .collect(),
                 routes: routes_of(name),
                 timeout: Some(Duration::from_secs(15)),
+                max_grpc_timeout: None,
                 retry: (name == RETRIED).then(|| Arc::new(retry_once())),
                 outlier: None,
             })

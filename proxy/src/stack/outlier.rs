@@ -182,6 +182,7 @@ mod tests {
                 .collect(),
             routes: Arc::default(),
             timeout: None,
+            max_grpc_timeout: None,
             retry: None,
             outlier: policy,
         }

@@ -1,7 +1,8 @@
 //! Retries failed requests as the resolved service's `[services.retry]` policy says: up
 //! to `attempts` in all, for the failures it names (5xx, gateway errors, resets, connect
-//! failures, gRPC codes), each attempt optionally bounded by `per_try_timeout`, with
-//! jittered exponential backoff between them. It sits inside the service timeout, which
+//! failures, gRPC codes), each attempt optionally bounded by `per_try_timeout` (a gRPC
+//! attempt's `grpc-timeout` says the time it has), with jittered exponential backoff
+//! between them. It sits inside the service timeout, which
 //! bounds all attempts together, and outside the split, so each attempt picks an endpoint.
 //!
 //! The request body streams to the first attempt as it arrives and is kept for the next
@@ -35,7 +36,10 @@ use crate::{
     trace_context::{SpanContext, SpanId},
 };
 
-use super::{BoxFuture, NOT_RETRIED, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, recorded_authority};
+use super::{
+    BoxFuture, NOT_RETRIED, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, recorded_authority,
+    timeout::{Deadline, GRPC_TIMEOUT, grpc_timeout_value},
+};
 
 /// Adds [`Retry`].
 #[derive(Debug, Clone)]
@@ -158,6 +162,13 @@ where
         }
         let mut req = copy_request(&head, body.boxed_unsync());
         req.extensions_mut().insert(resolution.clone());
+        if is_grpc(&req) {
+            // The attempt's server is told the time it has: the call's, or the attempt's own.
+            let left = head.extensions().get::<Deadline>().map(|d| d.0.saturating_duration_since(Instant::now()));
+            if let Some(limit) = [policy.per_try_timeout, left].into_iter().flatten().min() {
+                req.headers_mut().insert(GRPC_TIMEOUT, grpc_timeout_value(limit));
+            }
+        }
         let context = parent.map(|p| SpanContext { span_id: SpanId::random(), parent_span_id: Some(p.span_id), ..p });
         if let Some(context) = &context {
             context.inject(req.headers_mut());
@@ -420,6 +431,7 @@ mod tests {
             endpoints: vec![],
             routes: Arc::default(),
             timeout: None,
+            max_grpc_timeout: None,
             retry: policy.map(Arc::new),
             outlier: None,
         };
@@ -437,6 +449,36 @@ mod tests {
             per_try_timeout: None,
             backoff: Duration::from_millis(1),
             max_body_bytes: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_grpc_attempt_is_told_the_time_it_has() {
+        use super::super::timeout::grpc_timeout;
+        let (ms, secs) = (Duration::from_millis, Duration::from_secs);
+        // (per-try timeout, the call's time left): what each of two attempts may be told.
+        for (per_try, left, most) in [(Some(ms(300)), secs(2), ms(300)), (Some(secs(1)), ms(200), ms(200)), (None, ms(200), ms(200))] {
+            let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = told.clone();
+            let inner = tower::service_fn(move |req: Request| -> BoxFuture<Result<Response, ProxyError>> {
+                let mut told = seen.lock().expect("lock");
+                told.push(grpc_timeout(req.headers()));
+                let status = if told.len() == 1 { 503 } else { 200 };
+                Box::pin(async move { response(status, None) })
+            });
+            let mut retry = RetryLayer::new(crate::telemetry::tests::telemetry()).layer(inner);
+            let (mut req, _) = request_for(Some(RetryPolicy { per_try_timeout: per_try, ..policy(2) }), "");
+            req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            req.headers_mut().insert(super::super::timeout::GRPC_TIMEOUT, http::HeaderValue::from_static("9S"));
+            req.extensions_mut().insert(Deadline(Instant::now() + left));
+            let response = retry.ready().await.expect("ready").call(req).await.expect("response");
+            assert_eq!(response.status(), 200);
+            let told = told.lock().expect("lock").clone();
+            assert_eq!(told.len(), 2, "{told:?}");
+            assert!(told.iter().all(|t| t.is_some_and(|t| t <= most && t > Duration::ZERO)), "{per_try:?} {left:?}: {told:?}");
+            if per_try.is_none_or(|p| p > left) {
+                assert!(told[1] < told[0], "the second attempt has less time left: {told:?}");
+            }
         }
     }
 
