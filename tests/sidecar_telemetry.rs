@@ -608,6 +608,18 @@ fn read_head(reader: &mut impl std::io::BufRead) -> String {
     head
 }
 
+/// Reads an answer's head byte by byte, so that nothing after it is read.
+fn answer_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read the head"), 1, "{}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// An app that switches to `echo` when asked and then sends back every byte it receives.
 fn echo_upgrade_app(addr: std::net::SocketAddr) {
     use std::io::{BufReader, Write};
@@ -664,19 +676,38 @@ fn an_upgraded_connection_left_idle_is_closed_and_recorded_with_flag_si() {
 }
 
 #[test]
+fn an_upgraded_connection_open_when_its_sidecar_stops_is_still_recorded() {
+    use std::io::{Read, Write};
+    let dir = TestDir::new("upgrade-shutdown");
+    let mut hop = RawHop::start(&dir, "chat", echo_upgrade_app);
+    let mut stream = hop.send(b"GET /live HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    answer_head(&mut stream);
+    stream.write_all(b"hello").expect("write");
+    let mut back = [0u8; 5];
+    stream.read_exact(&mut back).expect("echoed");
+    // The tester's sidecar stops (as at a rolling update) with the connection open: it
+    // closes it, and its record goes out in the last export.
+    assert_eq!(hop._sidecars[1].terminate(Duration::from_secs(10)), Some(0), "a clean stop");
+    let mut rest = Vec::new();
+    assert!(matches!(stream.read_to_end(&mut rest), Ok(0) | Err(_)), "closed");
+    let row = wait_for("the stopped sidecar's span of the upgrade", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows("SELECT status, events, attributes FROM spans WHERE http_status_code = 101 AND kind = 'client'");
+        rows.into_iter().next()
+    });
+    assert!(row[1].as_str().is_some_and(|e| e.contains("\"sidecar_shutdown\"")), "an event says why it ended: {row:?}");
+    let attributes: Value = serde_json::from_str(row[2].as_str().unwrap_or_default()).expect("attributes JSON");
+    let size = &attributes["http.request.body.size"];
+    assert_eq!(size.as_u64().or_else(|| size.as_str().and_then(|v| v.parse().ok())), Some(5), "{attributes}");
+}
+
+#[test]
 fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     use std::io::{Read, Write};
     let dir = TestDir::new("upgrade");
     let hop = RawHop::start(&dir, "chat", echo_upgrade_app);
     let collector = &hop.collector;
     let mut stream = hop.send(b"GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).expect("read the head"), 1, "{}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = answer_head(&mut stream).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101") && head.contains("upgrade: echo"), "{head}");
     let opened = std::time::Instant::now();
     let messages = [&b"hello"[..], &[7u8; 100_000][..]];

@@ -12,10 +12,13 @@ use crate::{
     config::ProxyConfig,
     error::StartError,
     inbound, outbound, server,
-    stack::forward::Forward,
+    stack::{forward::Forward, upgrade::{Tunnels, TunnelsClosing}},
     connection::ConnectionMeter,
     telemetry::{ExportHandle, Side, Telemetry, unread::UnreadHeads},
 };
+
+/// How long upgraded connections get to hand on their ends once closed at shutdown.
+const TUNNELS_CLOSE: Duration = Duration::from_secs(1);
 
 /// The addresses a running sidecar listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub struct Sidecar {
     servers: Vec<JoinHandle<()>>,
     /// [`keep_timer_armed`](crate::stack::timeout::keep_timer_armed) on the request thread.
     timer_anchor: JoinHandle<()>,
+    /// Closes the upgraded connections still open at shutdown.
+    tunnels: TunnelsClosing,
     export: ExportHandle,
     export_timeout: Duration,
 }
@@ -69,7 +74,8 @@ impl Sidecar {
             .flat_map(|s| &s.endpoints)
             .map(|e| (e.address, telemetry.stats().upstream_connections(e.identity.clone())))
             .collect();
-        let forward = Forward::new(upstreams, telemetry.stats().resends(), config.upgrade_idle_timeout);
+        let (tunnels, tunnels_closing) = Tunnels::new();
+        let forward = Forward::new(upstreams, telemetry.stats().resends(), config.upgrade_idle_timeout, tunnels);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let servers = vec![
             tokio::spawn(server::serve(
@@ -104,6 +110,7 @@ impl Sidecar {
             shutdown,
             servers,
             timer_anchor: tokio::spawn(crate::stack::timeout::keep_timer_armed()),
+            tunnels: tunnels_closing,
             export,
             export_timeout: config.telemetry.export_timeout,
         })
@@ -119,11 +126,15 @@ impl Sidecar {
         &self.telemetry
     }
 
-    /// Stops accepting, lets open exchanges finish, then flushes telemetry.
+    /// Stops accepting, lets open exchanges finish, closes upgraded connections, then flushes
+    /// telemetry.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for server in self.servers {
             let _ = server.await;
+        }
+        if !self.tunnels.close_all(TUNNELS_CLOSE).await {
+            tracing::debug!("upgraded connections still open after they were closed");
         }
         self.timer_anchor.abort();
         self.export.shutdown(self.export_timeout + Duration::from_secs(1)).await;

@@ -263,6 +263,9 @@ impl BodyObserver for InFlight {
                         record.flags |= ResponseFlags::STREAM_IDLE_TIMEOUT;
                         record.events.push(SpanEvent { offset: start.elapsed(), name: "idle_timeout", message: None });
                     }
+                    if closed.shutdown {
+                        record.events.push(SpanEvent { offset: start.elapsed(), name: SHUTDOWN_EVENT, message: None });
+                    }
                     finish(&telemetry, record, start, if closed.failed { BodyEnd::Error } else { BodyEnd::Complete });
                 });
             }
@@ -289,6 +292,9 @@ impl BodyObserver for InFlight {
         }
     }
 }
+
+/// The event of an upgraded connection the sidecar closed as it shut down.
+pub const SHUTDOWN_EVENT: &str = "sidecar_shutdown";
 
 /// The flags of a response body that failed for a known reason, each with its own event.
 const BROKEN_OFF: ResponseFlags = ResponseFlags::STREAM_IDLE_TIMEOUT

@@ -13,6 +13,11 @@
 //! the close, the bytes that crossed after the switch (added to the body sizes), and end
 //! there. The listener's and the upstream's TCP counters count those bytes too.
 //!
+//! When the sidecar shuts down, the upgraded connections still open are closed together
+//! ([`TunnelsClosing::close_all`]) once its listeners have finished, so that their records
+//! (with a `sidecar_shutdown` event) go out in the telemetry's last export rather than
+//! being lost with the process.
+//!
 //! An offer to switch to cleartext HTTP/2 (`Upgrade: h2c`) is declined, as Envoy declines
 //! it: the request goes on without it, and its caller gets an HTTP/1.1 answer.
 
@@ -24,6 +29,7 @@ use std::{
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use crate::{
     body::{self, BoxBody},
@@ -43,6 +49,48 @@ pub struct TunnelEnd {
     pub failed: bool,
     /// Whether the sidecar closed it for carrying nothing for its idle timeout.
     pub idle: bool,
+    /// Whether the sidecar closed it because it was shutting down.
+    pub shutdown: bool,
+}
+
+/// The upgraded connections of one sidecar, which close together when it shuts down.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    stop: watch::Receiver<bool>,
+    /// Each open tunnel holds a receiver of it, until its end has been handed on.
+    open: Arc<watch::Sender<()>>,
+}
+
+/// Closes a sidecar's [`Tunnels`].
+#[derive(Debug)]
+pub struct TunnelsClosing {
+    stop: watch::Sender<bool>,
+    open: Arc<watch::Sender<()>>,
+}
+
+impl Tunnels {
+    /// Tunnels, and what closes them.
+    pub fn new() -> (Self, TunnelsClosing) {
+        let (stop, stopped) = watch::channel(false);
+        let open = Arc::new(watch::Sender::new(()));
+        (Self { stop: stopped, open: open.clone() }, TunnelsClosing { stop, open })
+    }
+
+    /// Ready once the tunnels are told to close; never if nothing can tell them any more.
+    async fn closing(mut stop: watch::Receiver<bool>) {
+        if stop.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl TunnelsClosing {
+    /// Closes every upgraded connection still open and waits, at most `within`, until each
+    /// has ended and handed its end on (its record made); false if some had not.
+    pub async fn close_all(self, within: Duration) -> bool {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(within, self.open.closed()).await.is_ok()
+    }
 }
 
 type OnClose = Box<dyn FnOnce(TunnelEnd) + Send>;
@@ -142,6 +190,7 @@ pub async fn forward(
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     meters: &UpstreamMeters,
+    tunnels: &Tunnels,
 ) -> Result<http::Response<BoxBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
     restore(req.headers_mut(), protocol);
@@ -166,11 +215,14 @@ pub async fn forward(
     let upstream = hyper::upgrade::on(&mut response);
     let tunnel = Tunnel::new();
     response.extensions_mut().insert(tunnel.clone());
+    let (open, closing) = (tunnels.open.subscribe(), Tunnels::closing(tunnels.stop.clone()));
     tokio::spawn(async move {
+        // Dropped last, once the end has been handed on.
+        let _open = open;
         let closer = CloseOnDrop(tunnel);
         // The caller's side counted on a meter of its own: what it read is what was sent.
         let caller = ConnectionMeter::default();
-        let joined: Result<Closed, BoxError> = async {
+        let copying = async {
             let (downstream, upstream) = (downstream.await?, upstream.await?);
             let mut downstream = caller.meter(TokioIo::new(downstream));
             let mut upstream = TokioIo::new(upstream);
@@ -181,14 +233,21 @@ pub async fn forward(
             };
             let crossed = || caller.received.get() + caller.sent.get();
             until_idle(copy, idle_timeout, crossed).await
-        }
-        .await;
+        };
+        let joined: Result<Closed, BoxError> = tokio::select! {
+            joined = copying => joined,
+            () = closing => Ok(Closed::Shutdown),
+        };
         let mut end = TunnelEnd { sent: caller.received.get(), received: caller.sent.get(), ..TunnelEnd::default() };
         match joined {
             Ok(Closed::ByPeer) => tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed"),
             Ok(Closed::Idle) => {
                 end.idle = true;
                 tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed for idleness");
+            }
+            Ok(Closed::Shutdown) => {
+                end.shutdown = true;
+                tracing::debug!(%addr, end.sent, end.received, "upgraded connection closed at shutdown");
             }
             Err(e) => {
                 end.failed = true;
@@ -207,6 +266,8 @@ enum Closed {
     ByPeer,
     /// Nothing crossed it for the idle timeout.
     Idle,
+    /// The sidecar shut down.
+    Shutdown,
 }
 
 /// Drives `copy` until it ends, or until `crossed` (the bytes carried so far) stays the same
@@ -317,7 +378,7 @@ mod tests {
         use tower::Service;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), Default::default(), idle);
+        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), Default::default(), idle, Tunnels::new().0);
         let (ends, ended) = tokio::sync::mpsc::unbounded_channel();
         let service = tower::service_fn(move |mut req: crate::stack::Request| {
             req.extensions_mut().insert(crate::stack::Upstream(upstream));
@@ -409,7 +470,7 @@ mod tests {
         assert!(matches!(read, Ok(Ok(0))), "the sidecar closed the caller's side: {read:?}");
         assert!(quiet.elapsed() >= idle, "not before the idle timeout: {:?}", quiet.elapsed());
         let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("ended").expect("an end");
-        assert_eq!(end, TunnelEnd { sent: 4, received: 4, idle: true, failed: false });
+        assert_eq!(end, TunnelEnd { sent: 4, received: 4, idle: true, ..TunnelEnd::default() });
     }
 
     #[tokio::test]
