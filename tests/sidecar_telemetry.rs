@@ -701,6 +701,27 @@ fn an_upgraded_connection_open_when_its_sidecar_stops_is_still_recorded() {
 }
 
 #[test]
+fn an_exchange_that_outlives_its_sidecars_grace_period_is_still_recorded() {
+    let dir = TestDir::new("held-at-shutdown");
+    let mut hop = RawHop::start(&dir, "quiet", silent_app);
+    // The app holds the request for ten seconds; the tester's sidecar stops meanwhile, gives
+    // it its grace period (5 s), then closes it and records it before its last export.
+    let _caller = hop.send(b"GET /held HTTP/1.1\r\nHost: quiet\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = std::time::Instant::now();
+    assert_eq!(hop._sidecars[1].terminate(Duration::from_secs(15)), Some(0), "a clean stop");
+    let stopped = stopping.elapsed();
+    assert!(stopped >= Duration::from_secs(4) && stopped < Duration::from_secs(9), "after the grace period: {stopped:?}");
+    let row = wait_for("the stopped sidecar's span of the held request", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows("SELECT status, response_flags, events FROM spans WHERE kind = 'client' AND attributes LIKE '%/held%'");
+        rows.into_iter().next()
+    });
+    assert_eq!((row[0].as_str(), row[1].as_str()), (Some("error"), Some("-")), "cut, by the sidecar and not its caller: {row:?}");
+    let events = row[2].as_str().unwrap_or_default();
+    assert!(events.contains("\"sidecar_shutdown\"") && !events.contains("downstream_terminated"), "{row:?}");
+}
+
+#[test]
 fn a_websocket_style_upgrade_crosses_two_sidecars_in_one_trace() {
     use std::io::{Read, Write};
     let dir = TestDir::new("upgrade");

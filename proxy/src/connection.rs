@@ -78,6 +78,8 @@ struct Counts {
     opening: AtomicU8,
     /// Looks at [`Activity::head_figure`] that found no head on its way.
     head_looks: AtomicU64,
+    /// Kept while the connection or any exchange on it is open ([`Activity::keep`]).
+    held: std::sync::OnceLock<crate::drain::Held>,
 }
 
 /// Marks the figures of [`Activity::head_figure`] that name no head.
@@ -136,6 +138,12 @@ impl Activity {
     /// Whether the connection opened with HTTP/2's preface.
     pub fn is_http2(&self) -> bool {
         self.0.opening.load(Ordering::Relaxed) == HTTP2
+    }
+
+    /// Keeps `held` until the connection and every exchange on it have ended (the first
+    /// one given only).
+    pub fn keep(&self, held: crate::drain::Held) {
+        let _ = self.0.held.set(held);
     }
 
     /// Counts an exchange in flight until the returned guard is dropped.

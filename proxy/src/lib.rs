@@ -18,6 +18,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod error;
 pub mod http_route;
 pub mod identity;

@@ -3,7 +3,8 @@
 //! Each connection is served on its own task; the protocol is detected per connection
 //! (HTTP/2 prior knowledge or HTTP/1.1), and an HTTP/1.1 connection may switch protocols
 //! ([`crate::stack::upgrade`]). On shutdown the listener closes, open
-//! connections are asked to finish, and stragglers are cut after a grace period.
+//! connections are asked to finish, and stragglers after a grace period are left to the
+//! sidecar's [`Drain`], which closes them so that their exchanges are recorded.
 //!
 //! A request head larger than the limit (60 KiB by default, Envoy's) gets `431`, over
 //! either protocol.
@@ -44,6 +45,7 @@ use tower::{Service, ServiceExt};
 use crate::{
     body,
     connection::{Activity, ConnectionMeter, Exchange},
+    drain::Drain,
     stack::{PeerAddr, Request, Response},
     stream_idle::IdleCheck,
     telemetry::unread::{UnreadHead, UnreadHeads},
@@ -96,13 +98,15 @@ impl Default for ConnectionLimits {
 
 /// Serves `service` on `listener` until `shutdown` turns true, counting connections in `meter`
 /// and closing those that outlive `limits`; request heads that never make a request are
-/// recorded by `unread`.
+/// recorded by `unread`. Connections still open after the grace period are left to `drain`,
+/// which holds them open until it closes them.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     meter: ConnectionMeter,
     limits: ConnectionLimits,
     unread: Option<UnreadHeads>,
+    drain: Drain,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -129,6 +133,7 @@ pub async fn serve<S>(
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let (stream, activity) = meter.meter_watched(stream);
+                activity.keep(drain.hold());
                 let exchanges = activity.clone();
                 let hyper_service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let mut req = req.map(body::boxed);
@@ -142,9 +147,11 @@ pub async fn serve<S>(
                 });
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service).into_owned();
                 let (meter, shutdown, open, unread) = (meter.clone(), shutdown.clone(), open_rx.clone(), unread.clone());
+                let closing = drain.closing();
                 tokio::spawn(async move {
                     let _open = open;
                     let mut connection = pin!(connection);
+                    let mut closing = pin!(closing);
                     let idle_timeout = limits.idle_timeout;
                     let mut idle = idle_timeout.map(|timeout| IdleCheck::new(timeout, activity.figure()));
                     let mut head = limits.request_headers_timeout.map(|timeout| IdleCheck::new(timeout, activity.head_figure()));
@@ -160,6 +167,10 @@ pub async fn serve<S>(
                             _ = shutdown.changed(), if !asked => {
                                 asked = true;
                                 connection.as_mut().graceful_shutdown();
+                            }
+                            () = closing.as_mut() => {
+                                tracing::debug!(%peer, "closing a connection still open at shutdown");
+                                break Ok(());
                             }
                             () = poll_fn(|cx| poll_idle(cx, idle.as_mut(), &activity)) => {
                                 if asked {
@@ -205,7 +216,7 @@ pub async fn serve<S>(
     }
     drop((listener, open_rx));
     if tokio::time::timeout(GRACE, open.closed()).await.is_err() {
-        tracing::debug!("connections still open after the grace period were closed");
+        tracing::debug!("connections still open after the grace period are left to the drain");
     }
 }
 
@@ -250,7 +261,7 @@ mod tests {
         let meter = ConnectionMeter::default();
         let (_stop, stop) = watch::channel(false);
         let ok = tower::service_fn(|_req: Request| async { Ok::<_, Infallible>(Response::new(body::full("ok"))) });
-        tokio::spawn(serve(listener, ok, meter.clone(), ConnectionLimits::UNBOUNDED, None, stop));
+        tokio::spawn(serve(listener, ok, meter.clone(), ConnectionLimits::UNBOUNDED, None, Drain::never(), stop));
         let exchange = move |bytes: &'static [u8], answered: bool| {
             std::thread::spawn(move || {
                 let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -325,7 +336,7 @@ mod tests {
             }
             Ok::<_, Infallible>(Response::new(body::full("ok")))
         });
-        let server = tokio::spawn(serve(listener, app, meter.clone(), limits, None, stopped));
+        let server = tokio::spawn(serve(listener, app, meter.clone(), limits, None, Drain::never(), stopped));
         Served { addr, meter, stop, server }
     }
 

@@ -12,13 +12,15 @@ use crate::{
     config::ProxyConfig,
     error::StartError,
     inbound, outbound, server,
-    stack::{forward::Forward, upgrade::{Tunnels, TunnelsClosing}},
+    drain::{Closing, Drain},
+    stack::forward::Forward,
     connection::ConnectionMeter,
     telemetry::{ExportHandle, Side, Telemetry, unread::UnreadHeads},
 };
 
-/// How long upgraded connections get to hand on their ends once closed at shutdown.
-const TUNNELS_CLOSE: Duration = Duration::from_secs(1);
+/// How long the connections still open at the end of the grace period get to end, and
+/// their exchanges to be recorded, once closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The addresses a running sidecar listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +42,8 @@ pub struct Sidecar {
     servers: Vec<JoinHandle<()>>,
     /// [`keep_timer_armed`](crate::stack::timeout::keep_timer_armed) on the request thread.
     timer_anchor: JoinHandle<()>,
-    /// Closes the upgraded connections still open at shutdown.
-    tunnels: TunnelsClosing,
+    /// Closes the connections, upgraded or not, still open at the end of the grace period.
+    closing: Closing,
     export: ExportHandle,
     export_timeout: Duration,
 }
@@ -74,8 +76,8 @@ impl Sidecar {
             .flat_map(|s| &s.endpoints)
             .map(|e| (e.address, telemetry.stats().upstream_connections(e.identity.clone())))
             .collect();
-        let (tunnels, tunnels_closing) = Tunnels::new();
-        let forward = Forward::new(upstreams, telemetry.stats().resends(), config.upgrade_idle_timeout, tunnels);
+        let (drain, closing) = Drain::new();
+        let forward = Forward::new(upstreams, telemetry.stats().resends(), config.upgrade_idle_timeout, drain.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let servers = vec![
             tokio::spawn(server::serve(
@@ -84,6 +86,7 @@ impl Sidecar {
                 telemetry.stats().connections(Side::Inbound),
                 config.connections,
                 Some(UnreadHeads::new(telemetry.clone(), Side::Inbound)),
+                drain.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(server::serve(
@@ -92,6 +95,7 @@ impl Sidecar {
                 telemetry.stats().connections(Side::Outbound),
                 config.connections,
                 Some(UnreadHeads::new(telemetry.clone(), Side::Outbound)),
+                drain.clone(),
                 shutdown_rx.clone(),
             )),
             // The admin server's own connections are not the mesh's traffic.
@@ -101,6 +105,7 @@ impl Sidecar {
                 ConnectionMeter::default(),
                 config.connections,
                 None,
+                drain,
                 shutdown_rx,
             )),
         ];
@@ -110,7 +115,7 @@ impl Sidecar {
             shutdown,
             servers,
             timer_anchor: tokio::spawn(crate::stack::timeout::keep_timer_armed()),
-            tunnels: tunnels_closing,
+            closing,
             export,
             export_timeout: config.telemetry.export_timeout,
         })
@@ -126,15 +131,17 @@ impl Sidecar {
         &self.telemetry
     }
 
-    /// Stops accepting, lets open exchanges finish, closes upgraded connections, then flushes
-    /// telemetry.
+    /// Stops accepting, lets open exchanges finish (for the grace period), closes the
+    /// connections still open, upgraded ones included, then flushes telemetry.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for server in self.servers {
             let _ = server.await;
         }
-        if !self.tunnels.close_all(TUNNELS_CLOSE).await {
-            tracing::debug!("upgraded connections still open after they were closed");
+        // Exchanges dropped from now on are the sidecar's doing, not their callers'.
+        self.telemetry.shutting_down();
+        if !self.closing.close_all(CLOSE_WAIT).await {
+            tracing::debug!("connections still open after they were closed");
         }
         self.timer_anchor.abort();
         self.export.shutdown(self.export_timeout + Duration::from_secs(1)).await;

@@ -23,6 +23,7 @@ use tower::Service;
 
 use crate::{
     connection::{ConnectionMeter, Resends, UpstreamMeters},
+    drain::Drain,
     error::ProxyError,
 };
 
@@ -41,30 +42,30 @@ struct Clients {
     meters: Arc<UpstreamMeters>,
     /// How long an upgraded connection may carry nothing before it is closed.
     upgrade_idle_timeout: Option<Duration>,
-    /// The upgraded connections, closed together at shutdown.
-    tunnels: upgrade::Tunnels,
+    /// What closes the upgraded connections at shutdown.
+    drain: Drain,
 }
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new(std::collections::HashMap::new(), Resends::default(), Some(UPGRADE_IDLE_TIMEOUT), upgrade::Tunnels::new().0)
+        Self::new(std::collections::HashMap::new(), Resends::default(), Some(UPGRADE_IDLE_TIMEOUT), Drain::never())
     }
 }
 
 impl Forward {
     /// Creates the clients; connections to the addresses in `upstreams` are counted by
-    /// their meters, and upgraded connections, among `tunnels`, closed after
-    /// `upgrade_idle_timeout` without traffic (never with `None`).
+    /// their meters, and upgraded connections closed after `upgrade_idle_timeout` without
+    /// traffic (never with `None`), and when `drain` closes.
     pub fn new(
         upstreams: std::collections::HashMap<std::net::SocketAddr, ConnectionMeter>,
         resends: Resends,
         upgrade_idle_timeout: Option<Duration>,
-        tunnels: upgrade::Tunnels,
+        drain: Drain,
     ) -> Self {
         let meters = Arc::new(UpstreamMeters::new(upstreams, resends));
         let http1 = Http1Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
         let http2 = Http2Pool::new(meters.clone(), CONNECT_TIMEOUT, IDLE_TIMEOUT);
-        Self(Arc::new(Clients { http1, http2, meters, upgrade_idle_timeout, tunnels }))
+        Self(Arc::new(Clients { http1, http2, meters, upgrade_idle_timeout, drain }))
     }
 }
 
@@ -192,8 +193,8 @@ impl Service<Request> for Forward {
             if let Some(protocol) = upgrade {
                 let clients = self.0.clone();
                 return Box::pin(async move {
-                    let Clients { upgrade_idle_timeout, meters, tunnels, .. } = &*clients;
-                    upgrade::forward(addr, req, protocol, CONNECT_TIMEOUT, *upgrade_idle_timeout, meters, tunnels).await
+                    let Clients { upgrade_idle_timeout, meters, drain, .. } = &*clients;
+                    upgrade::forward(addr, req, protocol, CONNECT_TIMEOUT, *upgrade_idle_timeout, meters, drain).await
                 });
             }
             // In the sidecar's own version too (RFC 9110, 6.2): an HTTP/1.0 request would

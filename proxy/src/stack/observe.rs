@@ -307,6 +307,10 @@ fn finish(telemetry: &Telemetry, mut record: RequestRecord, start: Instant, end:
     match end {
         // Its `downstream_terminated` event came with the sidecar's answer.
         BodyEnd::Dropped if record.flags.contains(ResponseFlags::DOWNSTREAM_TERMINATED) => {}
+        // Still open at the end of the grace period, closed by the stopping sidecar.
+        BodyEnd::Dropped if telemetry.is_shutting_down() => {
+            record.events.push(SpanEvent { offset: record.duration, name: SHUTDOWN_EVENT, message: None });
+        }
         BodyEnd::Dropped => {
             record.flags |= ResponseFlags::DOWNSTREAM_TERMINATED;
             record.events.push(SpanEvent { offset: record.duration, name: "downstream_terminated", message: None });

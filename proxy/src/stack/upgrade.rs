@@ -14,9 +14,9 @@
 //! there. The listener's and the upstream's TCP counters count those bytes too.
 //!
 //! When the sidecar shuts down, the upgraded connections still open are closed together
-//! ([`TunnelsClosing::close_all`]) once its listeners have finished, so that their records
-//! (with a `sidecar_shutdown` event) go out in the telemetry's last export rather than
-//! being lost with the process.
+//! once its listeners have finished ([`crate::drain`]), so that their records (with a
+//! `sidecar_shutdown` event) go out in the telemetry's last export rather than being lost
+//! with the process.
 //!
 //! An offer to switch to cleartext HTTP/2 (`Upgrade: h2c`) is declined, as Envoy declines
 //! it: the request goes on without it, and its caller gets an HTTP/1.1 answer.
@@ -29,11 +29,11 @@ use std::{
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 
 use crate::{
     body::{self, BoxBody},
     connection::{ConnectionMeter, UpstreamMeters},
+    drain::Drain,
     error::{BoxError, ProxyError},
     stream_idle::IdleCheck,
 };
@@ -51,46 +51,6 @@ pub struct TunnelEnd {
     pub idle: bool,
     /// Whether the sidecar closed it because it was shutting down.
     pub shutdown: bool,
-}
-
-/// The upgraded connections of one sidecar, which close together when it shuts down.
-#[derive(Debug, Clone)]
-pub struct Tunnels {
-    stop: watch::Receiver<bool>,
-    /// Each open tunnel holds a receiver of it, until its end has been handed on.
-    open: Arc<watch::Sender<()>>,
-}
-
-/// Closes a sidecar's [`Tunnels`].
-#[derive(Debug)]
-pub struct TunnelsClosing {
-    stop: watch::Sender<bool>,
-    open: Arc<watch::Sender<()>>,
-}
-
-impl Tunnels {
-    /// Tunnels, and what closes them.
-    pub fn new() -> (Self, TunnelsClosing) {
-        let (stop, stopped) = watch::channel(false);
-        let open = Arc::new(watch::Sender::new(()));
-        (Self { stop: stopped, open: open.clone() }, TunnelsClosing { stop, open })
-    }
-
-    /// Ready once the tunnels are told to close; never if nothing can tell them any more.
-    async fn closing(mut stop: watch::Receiver<bool>) {
-        if stop.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-impl TunnelsClosing {
-    /// Closes every upgraded connection still open and waits, at most `within`, until each
-    /// has ended and handed its end on (its record made); false if some had not.
-    pub async fn close_all(self, within: Duration) -> bool {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(within, self.open.closed()).await.is_ok()
-    }
 }
 
 type OnClose = Box<dyn FnOnce(TunnelEnd) + Send>;
@@ -190,7 +150,7 @@ pub async fn forward(
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     meters: &UpstreamMeters,
-    tunnels: &Tunnels,
+    drain: &Drain,
 ) -> Result<http::Response<BoxBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
     restore(req.headers_mut(), protocol);
@@ -215,7 +175,7 @@ pub async fn forward(
     let upstream = hyper::upgrade::on(&mut response);
     let tunnel = Tunnel::new();
     response.extensions_mut().insert(tunnel.clone());
-    let (open, closing) = (tunnels.open.subscribe(), Tunnels::closing(tunnels.stop.clone()));
+    let (open, closing) = (drain.hold(), drain.closing());
     tokio::spawn(async move {
         // Dropped last, once the end has been handed on.
         let _open = open;
@@ -378,7 +338,7 @@ mod tests {
         use tower::Service;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), Default::default(), idle, Tunnels::new().0);
+        let forward = crate::stack::forward::Forward::new(std::collections::HashMap::new(), Default::default(), idle, Drain::never());
         let (ends, ended) = tokio::sync::mpsc::unbounded_channel();
         let service = tower::service_fn(move |mut req: crate::stack::Request| {
             req.extensions_mut().insert(crate::stack::Upstream(upstream));
@@ -400,7 +360,7 @@ mod tests {
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _keep = _keep;
-            crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), limits, None, shutdown).await;
+            crate::server::serve(listener, service, crate::connection::ConnectionMeter::default(), limits, None, Drain::never(), shutdown).await;
         });
         (addr, ended)
     }

@@ -367,6 +367,8 @@ struct Inner {
     active: [prometheus_client::metrics::gauge::Gauge; 2],
     /// The request counters, by side (inbound, outbound) and outcome (success, failure).
     requests: [[prometheus_client::metrics::counter::Counter; 2]; 2],
+    /// Set when the sidecar closes what is still open as it stops.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Telemetry {
@@ -406,6 +408,7 @@ impl Telemetry {
             stats,
             spans,
             logs,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((Self { inner: Arc::new(inner) }, handle))
     }
@@ -447,6 +450,17 @@ impl Telemetry {
         record.context.sampled
             || (s.keep_errors && record.classification.outcome == Outcome::Failure)
             || s.slow_threshold.is_some_and(|t| record.duration >= t)
+    }
+
+    /// Notes that the sidecar is closing what is still open as it stops: an exchange dropped
+    /// from now on is the sidecar's doing, not its caller's.
+    pub fn shutting_down(&self) {
+        self.inner.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Telemetry::shutting_down`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The recorder's own counters (for the admin `/metrics`).
