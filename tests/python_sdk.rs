@@ -2,7 +2,8 @@
 //! metrics and logs from two services are found through the Jaeger API, SQL, the topology,
 //! the logs API and `/metrics`. And with grpcio, gRPC's own library (which the OTLP/gRPC
 //! exporter brings): its calls through a sidecar are retried as the service's policy says,
-//! and bounded by their deadline rather than the service's timeout.
+//! and bounded by their deadline rather than the service's timeout; one still open when its
+//! sidecar stops is recorded all the same.
 //! The Python environment is prepared by `./scripts/test` (`target/otel-venv`), or named by
 //! `MESHLENS_OTEL_PYTHON`.
 
@@ -144,4 +145,36 @@ fn grpcio_calls_wait_as_long_as_their_deadline_allows_not_the_service_timeout() 
     // gRPC calls allowed 5 s take their 800 ms; allowed 400 ms they run out of time.
     assert_eq!(calls("5"), serde_json::json!({"ok": 3, "codes": {}}));
     assert_eq!(calls("0.4"), serde_json::json!({"ok": 0, "codes": {"DEADLINE_EXCEEDED": 3}}));
+}
+
+#[test]
+fn a_grpc_call_still_open_when_its_sidecar_stops_is_recorded() {
+    let python = python();
+    let dir = TestDir::new("grpcio-shutdown");
+    let collector = CollectorProc::start(&dir);
+    let tester = Workload::new("tester", &[]);
+    let mut slow = Workload::new("slow", &[]);
+    slow.app_args = vec!["--latency".into(), "20s".into()];
+    let _procs = start_mesh(&dir, &[&slow], collector.grpc);
+    let mut sidecar = start_tester(&dir, &tester, &[&tester, &slow], &collector, "slow", "");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py");
+    // One call, over HTTP/2, that the app would answer in 20 s; the sidecar stops meanwhile,
+    // gives it its grace period, closes it, and records it before its last export.
+    let mut call = Command::new(&python)
+        .arg(&script)
+        .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), "1".into(), "30".into()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the grpcio client");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sidecar.terminate(Duration::from_secs(15)), Some(0), "a clean stop");
+    let out = call.wait_with_output().expect("the grpcio client");
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    assert_eq!(printed["ok"], 0, "the call was cut: {printed}");
+    let row = wait_for("the stopped sidecar's span of the call", Duration::from_secs(15), || {
+        let rows = collector.sql_rows("SELECT status, response_flags, events FROM spans WHERE kind = 'client' AND service = 'tester'");
+        rows.into_iter().next()
+    });
+    assert_eq!((row[0].as_str(), row[1].as_str()), (Some("error"), Some("-")), "{row:?}");
+    assert!(row[2].as_str().is_some_and(|e| e.contains("\"sidecar_shutdown\"")), "{row:?}");
 }
