@@ -94,7 +94,7 @@ fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
     let python = python();
     let dir = TestDir::new("grpcio-retry");
     let Flaky { collector, tester, _procs } = Flaky::start(&dir, "unavailable");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py");
+    let script = grpc_calls_script();
     const CALLS: u64 = 40;
     let out = Command::new(python)
         .arg(script)
@@ -118,21 +118,41 @@ fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
     assert_eq!((edge["protocol"].as_str(), edge["retries"].as_f64()), (Some("grpc"), Some(retries)), "{edge}");
 }
 
+/// `slow`, answering after `latency`, and a tester whose sidecar has `settings` in slow's
+/// entry, both reporting to one collector.
+struct SlowMesh {
+    collector: CollectorProc,
+    tester: Workload,
+    /// The processes (slow's and the tester's sidecar), stopped when dropped.
+    _procs: (Vec<Proc>, Proc),
+}
+
+impl SlowMesh {
+    fn start(dir: &TestDir, latency: &str, settings: &str) -> Self {
+        let collector = CollectorProc::start(dir);
+        let tester = Workload::new("tester", &[]);
+        let mut slow = Workload::new("slow", &[]);
+        slow.app_args = vec!["--latency".into(), latency.into()];
+        let procs = start_mesh(dir, &[&slow], collector.grpc);
+        let sidecar = start_tester(dir, &tester, &[&tester, &slow], &collector, "slow", settings);
+        Self { collector, tester, _procs: (procs, sidecar) }
+    }
+}
+
+fn grpc_calls_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py")
+}
+
 #[test]
 fn grpcio_calls_wait_as_long_as_their_deadline_allows_not_the_service_timeout() {
     let python = python();
     let dir = TestDir::new("grpcio-deadline");
-    let collector = CollectorProc::start(&dir);
-    let tester = Workload::new("tester", &[]);
-    let mut slow = Workload::new("slow", &[]);
-    slow.app_args = vec!["--latency".into(), "800ms".into()];
-    let _procs = start_mesh(&dir, &[&slow], collector.grpc);
     // The tester's sidecar gives `slow` 300 ms: its HTTP requests get 504 UT.
-    let _tester = start_tester(&dir, &tester, &[&tester, &slow], &collector, "slow", "timeout = \"300ms\"\n");
+    let SlowMesh { collector: _collector, tester, _procs } = SlowMesh::start(&dir, "800ms", "timeout = \"300ms\"\n");
     let http = http(tester.outbound, "GET", "/", &[("host", "slow")], b"").expect("an answer");
     assert_eq!(http.status, 504, "{}", http.body);
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py");
+    let script = grpc_calls_script();
     let calls = |deadline: &str| -> Value {
         let out = Command::new(&python)
             .arg(&script)
@@ -151,23 +171,18 @@ fn grpcio_calls_wait_as_long_as_their_deadline_allows_not_the_service_timeout() 
 fn a_grpc_call_still_open_when_its_sidecar_stops_is_recorded() {
     let python = python();
     let dir = TestDir::new("grpcio-shutdown");
-    let collector = CollectorProc::start(&dir);
-    let tester = Workload::new("tester", &[]);
-    let mut slow = Workload::new("slow", &[]);
-    slow.app_args = vec!["--latency".into(), "20s".into()];
-    let _procs = start_mesh(&dir, &[&slow], collector.grpc);
-    let mut sidecar = start_tester(&dir, &tester, &[&tester, &slow], &collector, "slow", "");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py");
+    let SlowMesh { collector, tester, mut _procs } = SlowMesh::start(&dir, "20s", "");
+    let script = grpc_calls_script();
     // One call, over HTTP/2, that the app would answer in 20 s; the sidecar stops meanwhile,
     // gives it its grace period, closes it, and records it before its last export.
-    let mut call = Command::new(&python)
+    let call = Command::new(&python)
         .arg(&script)
         .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), "1".into(), "30".into()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("run the grpcio client");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(sidecar.terminate(Duration::from_secs(15)), Some(0), "a clean stop");
+    assert_eq!(_procs.1.terminate(Duration::from_secs(15)), Some(0), "a clean stop");
     let out = call.wait_with_output().expect("the grpcio client");
     let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
     assert_eq!(printed["ok"], 0, "the call was cut: {printed}");
