@@ -143,28 +143,38 @@ fn grpc_calls_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_calls.py")
 }
 
+/// Makes `n` grpcio calls through `tester`'s sidecar to `slow`, each allowed `deadline`
+/// seconds: what the script printed.
+fn slow_calls(python: &std::path::Path, tester: &Workload, n: u32, deadline: &str) -> Value {
+    let out = Command::new(python)
+        .arg(grpc_calls_script())
+        .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), n.to_string(), deadline.into()])
+        .output()
+        .expect("run the grpcio client");
+    assert!(out.status.success(), "the grpcio script failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}
+
 #[test]
-fn grpcio_calls_wait_as_long_as_their_deadline_allows_not_the_service_timeout() {
+fn grpcio_calls_are_bounded_by_their_deadline_capped_by_a_timeout_set_for_the_service() {
     let python = python();
     let dir = TestDir::new("grpcio-deadline");
-    // The tester's sidecar gives `slow` 300 ms: its HTTP requests get 504 UT.
-    let SlowMesh { collector: _collector, tester, _procs } = SlowMesh::start(&dir, "800ms", "timeout = \"300ms\"\n");
-    let http = http(tester.outbound, "GET", "/", &[("host", "slow")], b"").expect("an answer");
-    assert_eq!(http.status, 504, "{}", http.body);
+    // No timeout set for `slow`: a call allowed 5 s takes its 800 ms; allowed 400 ms it
+    // runs out of time.
+    let mesh = SlowMesh::start(&dir, "800ms", "");
+    assert_eq!(slow_calls(&python, &mesh.tester, 3, "5"), serde_json::json!({"ok": 3, "codes": {}}));
+    assert_eq!(slow_calls(&python, &mesh.tester, 3, "0.4"), serde_json::json!({"ok": 0, "codes": {"DEADLINE_EXCEEDED": 3}}));
+    drop(mesh);
 
-    let script = grpc_calls_script();
-    let calls = |deadline: &str| -> Value {
-        let out = Command::new(&python)
-            .arg(&script)
-            .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), "3".into(), deadline.into()])
-            .output()
-            .expect("run the grpcio client");
-        assert!(out.status.success(), "the grpcio script failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("JSON from the script")
-    };
-    // gRPC calls allowed 5 s take their 800 ms; allowed 400 ms they run out of time.
-    assert_eq!(calls("5"), serde_json::json!({"ok": 3, "codes": {}}));
-    assert_eq!(calls("0.4"), serde_json::json!({"ok": 0, "codes": {"DEADLINE_EXCEEDED": 3}}));
+    // A timeout of 300 ms set for `slow`: HTTP requests get 504 UT, and it caps a call's
+    // deadline too, the sidecar answering long before the caller's 5 s.
+    let dir = TestDir::new("grpcio-deadline-capped");
+    let mesh = SlowMesh::start(&dir, "800ms", "timeout = \"300ms\"\n");
+    let http = http(mesh.tester.outbound, "GET", "/", &[("host", "slow")], b"").expect("an answer");
+    assert_eq!(http.status, 504, "{}", http.body);
+    let started = std::time::Instant::now();
+    assert_eq!(slow_calls(&python, &mesh.tester, 1, "5"), serde_json::json!({"ok": 0, "codes": {"DEADLINE_EXCEEDED": 1}}));
+    assert!(started.elapsed() < Duration::from_secs(4), "cut by the sidecar at 300 ms: {:?}", started.elapsed());
 }
 
 #[test]

@@ -439,14 +439,11 @@ pub struct RawService {
     /// Route templates of the service's paths, for `http.route`.
     #[serde(default)]
     pub routes: Vec<String>,
-    /// How long the service may take to send its response headers; `0` means no limit.
-    #[serde(default = "default_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
-    pub timeout: Duration,
-    /// The most a gRPC call may wait for its response headers, whatever its deadline
-    /// (`grpc-timeout`) allows, which is otherwise its only limit (Envoy's `max_grpc_timeout`);
-    /// `0` means none.
-    #[serde(default, deserialize_with = "meshlens_common::duration::deserialize")]
-    pub max_grpc_timeout: Duration,
+    /// How long the service may take to send its response headers; `0` means no limit. An
+    /// HTTP request's limit, 15 s when not set; a gRPC call is bounded by its deadline
+    /// (`grpc-timeout`) alone, capped at this only when it is set (as Istio's route timeout).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
     /// Retries of failed requests; none when absent.
     pub retry: Option<RawRetry>,
     /// Ejection of failing endpoints; none when absent.
@@ -581,6 +578,11 @@ fn default_retry_time() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(15)
+}
+
+/// A duration that may be left out.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    meshlens_common::duration::deserialize(d).map(Some)
 }
 fn default_labels() -> Vec<Label> {
     Label::ALL.to_vec()
@@ -744,7 +746,8 @@ pub struct ServiceConfig {
     pub routes: Arc<RouteTemplates>,
     /// Its response timeout, if any (HTTP requests).
     pub timeout: Option<Duration>,
-    /// The most its gRPC calls may wait, whatever their deadline, if it bounds them.
+    /// The most its gRPC calls may wait, whatever their deadline: its timeout, when one was
+    /// set (Envoy's `max_grpc_timeout`).
     pub max_grpc_timeout: Option<Duration>,
     /// How its failed requests are retried, if they are.
     pub retry: Option<Arc<RetryPolicy>>,
@@ -931,8 +934,8 @@ impl TryFrom<RawConfig> for ProxyConfig {
                 namespace: namespace.into(),
                 endpoints,
                 routes: Arc::new(routes),
-                timeout: Some(s.timeout).filter(|t| !t.is_zero()),
-                max_grpc_timeout: unless_zero(s.max_grpc_timeout),
+                timeout: unless_zero(s.timeout.unwrap_or_else(default_timeout)),
+                max_grpc_timeout: s.timeout.and_then(unless_zero),
                 retry: s.retry.map(RetryPolicy::try_from).transpose()?.map(Arc::new),
                 outlier: s.outlier.map(OutlierPolicy::try_from).transpose()?,
             }));
@@ -1017,6 +1020,18 @@ mod tests {
         let set = "[connections]\nidle_timeout = \"10m\"\nrequest_headers_timeout = \"5s\"\n[outbound]";
         let cfg = ProxyConfig::from_toml(&GOOD.replace("[outbound]", set)).expect("valid");
         assert_eq!((cfg.connections.idle_timeout, cfg.connections.request_headers_timeout), (secs(600), secs(5)));
+    }
+
+    #[test]
+    fn a_service_timeout_bounds_http_by_default_and_grpc_calls_only_when_set() {
+        let timeouts = |entry: &str| {
+            let cfg = ProxyConfig::from_toml(&GOOD.replace("name = \"reviews\"", &format!("name = \"reviews\"\n{entry}"))).expect("valid");
+            (cfg.services[0].timeout, cfg.services[0].max_grpc_timeout)
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(timeouts(""), (secs(15), None), "gRPC calls: their deadline alone");
+        assert_eq!(timeouts("timeout = \"2s\""), (secs(2), secs(2)));
+        assert_eq!(timeouts("timeout = \"0\""), (None, None));
     }
 
     #[test]

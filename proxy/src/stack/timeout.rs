@@ -1,9 +1,9 @@
 //! Bounds how long the upstream may take to answer, counted until the response headers
 //! arrive, so long streaming bodies are not cut: an HTTP request by the resolved service's
 //! `timeout` (default 15 s, as Envoy's route timeout); a gRPC call by its caller's deadline
-//! (`grpc-timeout`), none without one, either capped at the service's `max_grpc_timeout`
-//! if it has one (as Istio has Envoy do: `max_grpc_timeout` 0, no cap, unless a timeout is
-//! set). An expired request fails with [`ProxyError::Timeout`]: 504 with response flag `UT`
+//! (`grpc-timeout`), none without one, either capped at the service's timeout only when
+//! one was set (as Istio has Envoy do: `max_grpc_timeout` 0, no cap, unless a route
+//! timeout is set, which then caps it). An expired request fails with [`ProxyError::Timeout`]: 504 with response flag `UT`
 //! (gRPC: DEADLINE_EXCEEDED). The limit is noted in the request's [`Resolution`], so that
 //! the observe layer knows the wait is bounded.
 //!
