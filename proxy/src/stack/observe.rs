@@ -263,10 +263,13 @@ impl BodyObserver for InFlight {
                         record.flags |= ResponseFlags::STREAM_IDLE_TIMEOUT;
                         record.events.push(SpanEvent { offset: start.elapsed(), name: "idle_timeout", message: None });
                     }
-                    if closed.shutdown {
-                        record.events.push(SpanEvent { offset: start.elapsed(), name: SHUTDOWN_EVENT, message: None });
-                    }
-                    finish(&telemetry, record, start, if closed.failed { BodyEnd::Error } else { BodyEnd::Complete });
+                    // Closed by the stopping sidecar: cut, as an exchange still open then is.
+                    let end = match (closed.failed, closed.shutdown) {
+                        (true, _) => BodyEnd::Error,
+                        (false, true) => BodyEnd::Dropped,
+                        (false, false) => BodyEnd::Complete,
+                    };
+                    finish(&telemetry, record, start, end);
                 });
             }
             None => {
