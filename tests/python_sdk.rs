@@ -178,6 +178,16 @@ fn grpcio_calls_are_bounded_by_their_deadline_capped_by_a_timeout_set_for_the_se
 }
 
 #[test]
+fn a_grpcio_call_allowed_longer_than_the_default_http_timeout_is_not_cut_at_it() {
+    let python = python();
+    let dir = TestDir::new("grpcio-long-call");
+    // No timeout set for `slow`, whose calls take 16 s: HTTP requests would get 504 at the
+    // default 15 s; a call allowed 30 s gets its answer.
+    let mesh = SlowMesh::start(&dir, "16s", "");
+    assert_eq!(slow_calls(&python, &mesh.tester, 1, "30"), serde_json::json!({"ok": 1, "codes": {}}));
+}
+
+#[test]
 fn a_grpc_call_still_open_when_its_sidecar_stops_is_recorded() {
     let python = python();
     let dir = TestDir::new("grpcio-shutdown");
