@@ -815,6 +815,29 @@ mod tests {
     }
 
     #[test]
+    fn istios_default_format_is_refused_for_five_fields_and_passes_without_them() {
+        const ISTIO: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
+            %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \
+            \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
+            %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
+            \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% \
+            %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%";
+        let refused = AccessLogFormat::text(ISTIO).expect_err("five unknown fields");
+        assert!(refused.contains("%CONNECTION_TERMINATION_DETAILS%"), "{refused}");
+        let unknown = [
+            "%CONNECTION_TERMINATION_DETAILS%",
+            "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+            "%UPSTREAM_LOCAL_ADDRESS%",
+            "%DOWNSTREAM_LOCAL_ADDRESS%",
+            "%REQUESTED_SERVER_NAME%",
+        ];
+        let without = unknown.iter().fold(ISTIO.to_owned(), |format, field| format.replace(field, "-"));
+        let format = AccessLogFormat::text(&without).expect("the rest is known");
+        let line = format.render(&record(true, crate::classify::Outcome::Success, 5));
+        assert!(line.starts_with('[') && line.contains("\"GET / HTTP/1.1\" 200 - - - \"-\" 0 0 5 - "), "{line}");
+    }
+
+    #[test]
     fn response_code_details_attempts_and_routes_print_as_in_envoy() {
         let f = AccessLogFormat::text("%RESPONSE_CODE_DETAILS%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%ROUTE_NAME%").expect("valid");
         let mut r = record(true, crate::classify::Outcome::Success, 5);
