@@ -28,6 +28,7 @@
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     future::poll_fn,
     pin::{Pin, pin},
     task::{Context, Poll},
@@ -46,7 +47,7 @@ use crate::{
     body,
     connection::{Activity, ConnectionMeter, Exchange},
     drain::Drain,
-    stack::{PeerAddr, Request, Response},
+    stack::{ConnectionAddrs, Request, Response},
     stream_idle::IdleCheck,
     telemetry::unread::{UnreadHead, UnreadHeads},
 };
@@ -118,6 +119,7 @@ pub async fn serve<S>(
     builder.http2().max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX));
     // Every connection's task holds a receiver; the sender sees them all gone.
     let (open, open_rx) = watch::channel(());
+    let listening = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -131,13 +133,14 @@ pub async fn serve<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let addrs = ConnectionAddrs { peer, local: stream.local_addr().unwrap_or(listening) };
                 let service = service.clone();
                 let (stream, activity) = meter.meter_watched(stream);
                 activity.keep(drain.hold());
                 let exchanges = activity.clone();
                 let hyper_service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let mut req = req.map(body::boxed);
-                    req.extensions_mut().insert(PeerAddr(peer));
+                    req.extensions_mut().insert(addrs);
                     let exchange = exchanges.exchange();
                     let answer = service.clone().oneshot(req);
                     async move {

@@ -67,6 +67,8 @@ struct Open {
     sender: Sender,
     generation: u64,
     used: Instant,
+    /// The connection's local address.
+    local: SocketAddr,
 }
 
 impl Http2Pool {
@@ -83,9 +85,11 @@ impl Http2Pool {
     /// Sends `req` (an absolute URI naming the authority to send) to `addr` and returns its
     /// response.
     pub async fn send(&self, addr: SocketAddr, req: http::Request<BoxBody>) -> Result<http::Response<BoxBody>, ProxyError> {
+        // Where the connection that answered is noted (`%UPSTREAM_LOCAL_ADDRESS%`).
+        let resolution = req.extensions().get::<super::Resolution>().cloned();
         let (again, mut req) = Again::new(req);
         for round in 1..=ATTEMPTS {
-            let (mut sender, generation, reused) = self.sender(addr).await?;
+            let (mut sender, generation, reused, local) = self.sender(addr).await?;
             if sender.ready().await.is_err() {
                 self.0.forget(addr, generation);
                 if reused {
@@ -94,7 +98,12 @@ impl Http2Pool {
                 return Err(ProxyError::UpstreamConnect { addr, source: "connection closed before the request".into() });
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(response.map(body::boxed)),
+                Ok(response) => {
+                    if let Some(resolution) = &resolution {
+                        resolution.set_upstream_local(local);
+                    }
+                    return Ok(response.map(body::boxed));
+                }
                 Err(mut e) => match e.take_message() {
                     // Nothing was sent: the connection was closing. Try a new one.
                     Some(unsent) => {
@@ -128,31 +137,31 @@ impl Http2Pool {
 
     /// The open connection to `addr`, or a new one; with its generation, and whether it was
     /// open already.
-    async fn sender(&self, addr: SocketAddr) -> Result<(Sender, u64, bool), ProxyError> {
+    async fn sender(&self, addr: SocketAddr) -> Result<(Sender, u64, bool, SocketAddr), ProxyError> {
         let gate = {
             let mut endpoints = self.0.endpoints();
             let endpoint = endpoints.entry(addr).or_default();
-            if let Some(open) = endpoint.usable() {
-                return Ok((open.0, open.1, true));
+            if let Some((sender, generation, local)) = endpoint.usable() {
+                return Ok((sender, generation, true, local));
             }
             endpoint.connecting.clone()
         };
         let _opening = gate.lock().await;
         // Opened by a request that went through the gate first?
-        if let Some((sender, generation)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
-            return Ok((sender, generation, true));
+        if let Some((sender, generation, local)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
+            return Ok((sender, generation, true, local));
         }
-        let sender = self.connect(addr).await?;
+        let (sender, local) = self.connect(addr).await?;
         let mut endpoints = self.0.endpoints();
         let endpoint = endpoints.entry(addr).or_default();
         endpoint.opened += 1;
         let generation = endpoint.opened;
-        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now() });
-        Ok((sender, generation, false))
+        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now(), local });
+        Ok((sender, generation, false, local))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, ProxyError> {
-        let io = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
+    async fn connect(&self, addr: SocketAddr) -> Result<(Sender, SocketAddr), ProxyError> {
+        let (io, local) = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
         let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| unreachable(e.into()))?;
@@ -161,7 +170,7 @@ impl Http2Pool {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, local))
     }
 
     /// Endpoints with a connection kept.
@@ -196,10 +205,10 @@ fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
 
 impl Endpoint {
     /// A handle on the open connection, unless it has closed.
-    fn usable(&mut self) -> Option<(Sender, u64)> {
+    fn usable(&mut self) -> Option<(Sender, u64, SocketAddr)> {
         let open = self.open.as_mut().filter(|o| !o.sender.is_closed())?;
         open.used = Instant::now();
-        Some((open.sender.clone(), open.generation))
+        Some((open.sender.clone(), open.generation, open.local))
     }
 }
 

@@ -50,9 +50,14 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upstream(pub SocketAddr);
 
-/// The downstream peer of the connection a request arrived on.
+/// The two ends of the connection a request arrived on (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct ConnectionAddrs {
+    /// The downstream peer.
+    pub peer: SocketAddr,
+    /// The sidecar's own end.
+    pub local: SocketAddr,
+}
 
 /// What inner layers decided about a request, read back by the observe layer (even when
 /// the request then fails): the route template (route layer), the endpoint (split layer)
@@ -65,6 +70,7 @@ struct Resolved {
     route: OnceLock<Arc<str>>,
     endpoint: OnceLock<Endpoint>,
     answer_limit: OnceLock<Duration>,
+    upstream_local: OnceLock<SocketAddr>,
     notes: Mutex<Vec<Note>>,
 }
 
@@ -96,6 +102,14 @@ impl Resolution {
     /// The chosen endpoint, if any.
     pub fn endpoint(&self) -> Option<&Endpoint> {
         self.0.endpoint.get()
+    }
+    /// Records the local address of the upstream connection that answered (the first wins).
+    pub fn set_upstream_local(&self, local: SocketAddr) {
+        let _ = self.0.upstream_local.set(local);
+    }
+    /// The local address of the upstream connection that answered, if one did.
+    pub fn upstream_local(&self) -> Option<SocketAddr> {
+        self.0.upstream_local.get().copied()
     }
     /// Records the service timeout that bounds the wait for the response headers.
     pub fn set_answer_limit(&self, limit: Duration) {

@@ -30,7 +30,7 @@ use crate::{
     trace_context::{SpanContext, ensure_request_id},
 };
 
-use super::{BoxFuture, PeerAddr, Request, Resolution, Response, errors, is_grpc, recorded_authority, upgrade::Tunnel};
+use super::{BoxFuture, ConnectionAddrs, Request, Resolution, Response, errors, is_grpc, recorded_authority, upgrade::Tunnel};
 
 /// Adds [`Observe`] for one side of the sidecar.
 #[derive(Debug, Clone)]
@@ -115,6 +115,7 @@ where
             Side::Outbound => authority.clone().unwrap_or_else(|| Arc::from("unknown")),
         };
         let request = RequestProgress::new(start);
+        let addrs = req.extensions().get::<ConnectionAddrs>().copied();
         let record = RequestRecord {
             path: req.uri().path().to_owned(),
             query: crate::telemetry::recorded_query(req.uri()),
@@ -126,7 +127,8 @@ where
             source,
             destination: (side == Side::Inbound).then(|| local.clone()),
             upstream: app,
-            peer: req.extensions().get::<PeerAddr>().map(|p| p.0),
+            peer: addrs.map(|a| a.peer),
+            local: addrs.map(|a| a.local),
             origin: if side == Side::Inbound { Origin::of(req.headers()) } else { Origin::PLAIN },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),
@@ -187,6 +189,7 @@ fn resolved(record: &mut RequestRecord, resolution: &Resolution, start: Instant)
     if let Some(route) = resolution.route() {
         record.route = Some(route.clone());
     }
+    record.upstream_local = resolution.upstream_local();
     resolution.record_notes(record, start);
 }
 

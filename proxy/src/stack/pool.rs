@@ -43,7 +43,12 @@ pub const MAX_IDLE: usize = 1024;
 /// cost no copy of their requests.
 pub const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
-type Sender = SendRequest<BoxBody>;
+/// A connection's request sender, with the connection's local address.
+#[derive(Debug)]
+struct Sender {
+    send: SendRequest<BoxBody>,
+    local: SocketAddr,
+}
 
 /// The pool, shared by every clone.
 #[derive(Debug, Clone)]
@@ -86,6 +91,8 @@ impl Http1Pool {
             let host = http::HeaderValue::try_from(addr.to_string()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             req.headers_mut().insert(header::HOST, host);
         }
+        // Where the connection that answered is noted (`%UPSTREAM_LOCAL_ADDRESS%`).
+        let resolution = req.extensions().get::<super::Resolution>().cloned();
         let mut replayed = false;
         loop {
             // A request sent again goes on a new connection: the idle ones may have been
@@ -96,7 +103,7 @@ impl Http1Pool {
                 None => (self.connect(addr).await?, None),
             };
             let reused = idle_for.is_some();
-            if sender.ready().await.is_err() {
+            if sender.send.ready().await.is_err() {
                 // Closed while idle (or just opened and refused at once).
                 if reused {
                     continue;
@@ -110,8 +117,11 @@ impl Http1Pool {
                 }
                 false => (None, req),
             };
-            match sender.try_send_request(sent).await {
+            match sender.send.try_send_request(sent).await {
                 Ok(response) => {
+                    if let Some(resolution) = &resolution {
+                        resolution.set_upstream_local(sender.local);
+                    }
                     let release = Release { pool: self.clone(), addr, sender: Some(sender) };
                     return Ok(response.map(|incoming| body::boxed(ObservedBody::<Release, Incoming>::new(incoming, release))));
                 }
@@ -145,7 +155,7 @@ impl Http1Pool {
         let list = idle.get_mut(&addr)?;
         while let Some(entry) = list.pop() {
             let idle_for = entry.since.elapsed();
-            if !entry.sender.is_closed() && idle_for < self.0.idle_timeout {
+            if !entry.sender.send.is_closed() && idle_for < self.0.idle_timeout {
                 return Some((entry.sender, idle_for));
             }
         }
@@ -165,15 +175,15 @@ impl Http1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Sender, ProxyError> {
-        let io = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
+        let (io, local) = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
         let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
-        let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.into()))?;
+        let (send, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.into()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok(Sender { send, local })
     }
 
     /// Idle connections kept for `addr`.
@@ -199,7 +209,7 @@ impl Sweep for Shared {
         let mut dropped = 0;
         idle.retain(|_, list| {
             let before = list.len();
-            list.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout);
+            list.retain(|e| !e.sender.send.is_closed() && now.duration_since(e.since) < self.idle_timeout);
             dropped += before - list.len();
             !list.is_empty()
         });
@@ -225,19 +235,21 @@ fn closed_under_it(error: &hyper::Error) -> bool {
     error.is_incomplete_message() || matches!(io, Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe))
 }
 
-/// A metered TCP connection to `addr` (no Nagle delay), opened within `timeout`.
+/// A metered TCP connection to `addr` (no Nagle delay), opened within `timeout`, and its
+/// local address.
 pub(super) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     meters: &UpstreamMeters,
-) -> Result<TokioIo<Metered<tokio::net::TcpStream>>, ProxyError> {
+) -> Result<(TokioIo<Metered<tokio::net::TcpStream>>, SocketAddr), ProxyError> {
     let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| unreachable(format!("connect timed out after {timeout:?}").into()))?
         .map_err(|e| unreachable(e.into()))?;
     stream.set_nodelay(true).map_err(|e| unreachable(e.into()))?;
-    Ok(TokioIo::new(meters.of(addr).meter(stream)))
+    let local = stream.local_addr().map_err(|e| unreachable(e.into()))?;
+    Ok((TokioIo::new(meters.of(addr).meter(stream)), local))
 }
 
 /// How often the pool is swept: a quarter of the idle timeout, between 10 ms and 30 s, so a

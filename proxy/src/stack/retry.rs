@@ -202,6 +202,9 @@ where
             if let Some(endpoint) = resolution.endpoint() {
                 request.set_endpoint(endpoint.clone());
             }
+            if let Some(local) = resolution.upstream_local() {
+                request.set_upstream_local(local);
+            }
             return result;
         };
         body = next;

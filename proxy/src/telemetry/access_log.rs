@@ -57,6 +57,11 @@ enum Field {
     UpstreamHost,
     UpstreamCluster,
     DownstreamRemoteAddress,
+    DownstreamLocalAddress,
+    UpstreamLocalAddress,
+    RequestedServerName,
+    UpstreamTransportFailureReason,
+    ConnectionTerminationDetails,
     TraceId,
     SpanId,
     Direction,
@@ -86,6 +91,11 @@ impl Field {
             "UPSTREAM_HOST" => Self::UpstreamHost,
             "UPSTREAM_CLUSTER" => Self::UpstreamCluster,
             "DOWNSTREAM_REMOTE_ADDRESS" => Self::DownstreamRemoteAddress,
+            "DOWNSTREAM_LOCAL_ADDRESS" => Self::DownstreamLocalAddress,
+            "UPSTREAM_LOCAL_ADDRESS" => Self::UpstreamLocalAddress,
+            "REQUESTED_SERVER_NAME" => Self::RequestedServerName,
+            "UPSTREAM_TRANSPORT_FAILURE_REASON" => Self::UpstreamTransportFailureReason,
+            "CONNECTION_TERMINATION_DETAILS" => Self::ConnectionTerminationDetails,
             "TRACE_ID" => Self::TraceId,
             "SPAN_ID" => Self::SpanId,
             "DIRECTION" => Self::Direction,
@@ -239,6 +249,8 @@ fn header_sources(inner: &str, response: bool, without_query: bool, names: &mut 
         .into_iter()
         .map(|name| {
             let known = match name.to_ascii_uppercase().as_str() {
+                // The header Envoy adds to responses: the upstream's time to its headers.
+                "X-ENVOY-UPSTREAM-SERVICE-TIME" if response => Some(Field::ResponseDuration),
                 _ if response => None,
                 ":METHOD" => Some(Field::Method),
                 ":PATH" | "X-ENVOY-ORIGINAL-PATH" if without_query => Some(Field::Path),
@@ -462,6 +474,10 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
         Field::RequestId => r.request_id.as_deref().into(),
         Field::UpstreamHost => r.upstream.map(|u| u.to_string()).into(),
         Field::DownstreamRemoteAddress => r.peer.map(|p| p.to_string()).into(),
+        Field::DownstreamLocalAddress => r.local.map(|a| a.to_string()).into(),
+        Field::UpstreamLocalAddress => r.upstream_local.map(|a| a.to_string()).into(),
+        Field::RequestedServerName | Field::ConnectionTerminationDetails => Value::Null,
+        Field::UpstreamTransportFailureReason => transport_failure(r).into(),
         Field::SourceWorkload => r.source.as_ref().map(|s| &*s.workload).into(),
         Field::DestinationWorkload => r.destination.as_ref().map(|d| &*d.workload).into(),
         _ => {
@@ -506,6 +522,12 @@ fn response_code_details(r: &RequestRecord) -> &'static str {
         (false, false) if r.flags.contains(ResponseFlags::DOWNSTREAM_TERMINATED) => "downstream_remote_disconnect",
         (false, false) => "-",
     }
+}
+
+/// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the connection to the upstream failed,
+/// if it did.
+fn transport_failure(r: &RequestRecord) -> Option<&str> {
+    r.events.iter().find(|e| e.name == "upstream_connect_failure").and_then(|e| e.message.as_deref())
 }
 
 /// Envoy's `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`: the tries sent upstream, 0 when none was.
@@ -582,6 +604,11 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::UpstreamHost => write!(line, "{}", dash(r.upstream)),
         Field::UpstreamCluster => write!(line, "{}", r.destination_service),
         Field::DownstreamRemoteAddress => write!(line, "{}", dash(r.peer)),
+        Field::DownstreamLocalAddress => write!(line, "{}", dash(r.local)),
+        Field::UpstreamLocalAddress => write!(line, "{}", dash(r.upstream_local)),
+        // Plaintext connections name no server (SNI), and no network filter ends one.
+        Field::RequestedServerName | Field::ConnectionTerminationDetails => write!(line, "-"),
+        Field::UpstreamTransportFailureReason => write!(line, "{}", dash(transport_failure(r))),
         Field::TraceId => write!(line, "{}", r.context.trace_id),
         Field::SpanId => write!(line, "{}", r.context.span_id),
         Field::Direction => write!(line, "{}", r.side.as_str()),
@@ -615,6 +642,8 @@ fn json_line(r: &RequestRecord) -> String {
         "upstream_host": r.upstream.map(|u| u.to_string()),
         "upstream_cluster": &*r.destination_service,
         "downstream_remote_address": r.peer.map(|p| p.to_string()),
+        "downstream_local_address": r.local.map(|a| a.to_string()),
+        "upstream_local_address": r.upstream_local.map(|a| a.to_string()),
         "user_agent": r.user_agent,
         "request_id": r.request_id,
         "trace_id": r.context.trace_id.to_string(),
@@ -815,26 +844,30 @@ mod tests {
     }
 
     #[test]
-    fn istios_default_format_is_refused_for_five_fields_and_passes_without_them() {
+    fn istios_default_format_prints_every_field() {
         const ISTIO: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
             %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \
             \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
             %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
             \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% \
             %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%";
-        let refused = AccessLogFormat::text(ISTIO).expect_err("five unknown fields");
-        assert!(refused.contains("%CONNECTION_TERMINATION_DETAILS%"), "{refused}");
-        let unknown = [
-            "%CONNECTION_TERMINATION_DETAILS%",
-            "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-            "%UPSTREAM_LOCAL_ADDRESS%",
-            "%DOWNSTREAM_LOCAL_ADDRESS%",
-            "%REQUESTED_SERVER_NAME%",
-        ];
-        let without = unknown.iter().fold(ISTIO.to_owned(), |format, field| format.replace(field, "-"));
-        let format = AccessLogFormat::text(&without).expect("the rest is known");
-        let line = format.render(&record(true, crate::classify::Outcome::Success, 5));
-        assert!(line.starts_with('[') && line.contains("\"GET / HTTP/1.1\" 200 - - - \"-\" 0 0 5 - "), "{line}");
+        let format = AccessLogFormat::text(ISTIO).expect("Istio's default format");
+        let mut r = record(true, crate::classify::Outcome::Success, 5);
+        r.response_duration = Some(std::time::Duration::from_millis(4));
+        r.upstream = Some(([10, 0, 0, 7], 8080).into());
+        r.upstream_local = Some(([10, 0, 0, 2], 40_000).into());
+        r.local = Some(([10, 0, 0, 2], 15_001).into());
+        r.peer = Some(([10, 0, 0, 9], 50_000).into());
+        let line = format.render(&r);
+        let tail = "\"GET / HTTP/1.1\" 200 - via_upstream - \"-\" 0 0 5 4 \"-\" \"-\" \"-\" \"-\" \"10.0.0.7:8080\" svc \
+                    10.0.0.2:40000 10.0.0.2:15001 10.0.0.9:50000 - -";
+        assert!(line.starts_with('[') && line.ends_with(tail), "{line}");
+        r.events.push(crate::telemetry::SpanEvent {
+            offset: std::time::Duration::ZERO,
+            name: "upstream_connect_failure",
+            message: Some("connection refused".into()),
+        });
+        assert!(format.render(&r).contains(" \"connection refused\" 0 0 "), "{}", format.render(&r));
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct RequestRecord {
     pub upstream: Option<SocketAddr>,
     /// The downstream peer's address.
     pub peer: Option<SocketAddr>,
+    /// The sidecar's own address on the downstream connection.
+    pub local: Option<SocketAddr>,
+    /// The sidecar's own address on the upstream connection that answered.
+    pub upstream_local: Option<SocketAddr>,
     /// Inbound records: what the caller's proxies say of the original request
     /// (`client.address`, `url.scheme`); [`Origin::PLAIN`] on outbound ones.
     pub origin: Origin,
@@ -286,6 +290,8 @@ impl RequestRecord {
             destination: None,
             upstream: None,
             peer: None,
+            local: None,
+            upstream_local: None,
             origin: Origin::PLAIN,
             flags: ResponseFlags::empty(),
             classification: Classification { outcome: Outcome::Success, error_type: None },
