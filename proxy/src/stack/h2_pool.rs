@@ -135,8 +135,8 @@ impl Http2Pool {
         Some(copy)
     }
 
-    /// The open connection to `addr`, or a new one; with its generation, and whether it was
-    /// open already.
+    /// The open connection to `addr`, or a new one; with its generation, whether it was open
+    /// already, and its local address.
     async fn sender(&self, addr: SocketAddr) -> Result<(Sender, u64, bool, SocketAddr), ProxyError> {
         let gate = {
             let mut endpoints = self.0.endpoints();
