@@ -1053,11 +1053,11 @@ fn request_heads_the_sidecar_cannot_read_are_still_logged_and_counted() {
 
     // None reached a layer, let alone the app; each is one request in the access log.
     let logs = wait_for("three access logs", Duration::from_secs(15), || {
-        let rows = hop.collector.sql_rows("SELECT body FROM logs WHERE starts_with(body, '_OTHER ') ORDER BY body");
+        let rows = hop.collector.sql_rows("SELECT body FROM logs WHERE starts_with(body, '- - ') ORDER BY body");
         (rows.len() == 3).then_some(rows)
     });
     let bodies: Vec<&str> = logs.iter().filter_map(|row| row[0].as_str()).collect();
-    for (body, start) in bodies.iter().zip(["_OTHER - HTTP/1.1 0 DC 0 0 ", "_OTHER - HTTP/1.1 400 DPE 0 0 ", "_OTHER - HTTP/1.1 408 - 0 0 "]) {
+    for (body, start) in bodies.iter().zip(["- - HTTP/1.1 0 DC 0 0 ", "- - HTTP/1.1 400 DPE 0 0 ", "- - HTTP/1.1 408 - 0 0 "]) {
         assert!(body.starts_with(start), "{body} for {start} in {bodies:?}");
     }
     let row = wait_for("the broken head's span", Duration::from_secs(15), || {

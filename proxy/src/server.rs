@@ -196,7 +196,7 @@ pub async fn serve<S>(
                                 meter.header_timeouts.inc();
                                 tracing::debug!(%peer, "dropping a connection whose request head is late");
                                 if let (Some(unread), Some(after)) = (&unread, limits.request_headers_timeout) {
-                                    unread.record(peer, UnreadHead::Late { after });
+                                    unread.record(peer, addrs.local, UnreadHead::Late { after });
                                 }
                                 break Ok(());
                             }
@@ -208,7 +208,7 @@ pub async fn serve<S>(
                         }
                         let head = unread.as_ref().zip(UnreadHead::of_error(error.as_ref(), activity.head_on_its_way()));
                         if let Some((unread, head)) = head {
-                            unread.record(peer, head);
+                            unread.record(peer, addrs.local, head);
                         }
                         tracing::debug!(%peer, %error, "connection closed with an error");
                     }

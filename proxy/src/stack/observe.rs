@@ -134,7 +134,7 @@ where
             request_id: Some(request_id),
             trace_state: context.trace_state(req.headers()),
             headers: telemetry.access_log_headers().map(|names| Box::new(names.capture_request(req.headers()))),
-            ..RequestRecord::new(side, context, start_unix_nanos, req.method().clone(), destination_service)
+            ..RequestRecord::new(side, context, start_unix_nanos, Some(req.method().clone()), destination_service)
         };
         if http_body::Body::is_end_stream(req.body()) {
             request.end();

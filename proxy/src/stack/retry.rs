@@ -244,7 +244,7 @@ impl AttemptSpan {
             request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
             trace_state: context.trace_state(req.headers()),
             attempt: Some(attempt),
-            ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), req.method().clone(), destination_service)
+            ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), Some(req.method().clone()), destination_service)
         };
         Self { record: Some(record), start: Instant::now(), telemetry: telemetry.clone(), resolution: resolution.clone() }
     }

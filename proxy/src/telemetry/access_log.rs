@@ -490,11 +490,8 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%`: who set the status and why, from the record's flags.
 fn response_code_details(r: &RequestRecord) -> &'static str {
-    // A head never read ([`super::unread`]) says why in its one event.
-    match r.events.first().map(|e| e.name) {
-        Some(super::unread::BROKEN_EVENT) => return "http1.codec_error",
-        Some(super::unread::LATE_EVENT) => return "request_header_timeout",
-        _ => {}
+    if let Some(details) = r.code_details {
+        return details;
     }
     let answered = r.response_duration.is_some();
     let details = [
@@ -579,7 +576,7 @@ fn write_header(line: &mut String, sources: &[Source], without_query: bool, r: &
 fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
     let _ = match field {
         Field::StartTime => write!(line, "{}", start_time(r)),
-        Field::Method => write!(line, "{}", r.method),
+        Field::Method => write!(line, "{}", r.method.as_ref().map_or("-", http::Method::as_str)),
         Field::Path => write!(line, "{}", path(r)),
         Field::PathAndQuery => match &r.query {
             Some(query) => write!(line, "{}?{query}", r.path),
@@ -626,7 +623,7 @@ fn json_line(r: &RequestRecord) -> String {
     json!({
         "start_time": start_time(r),
         "direction": r.side.as_str(),
-        "method": r.method.as_str(),
+        "method": r.method.as_ref().map(http::Method::as_str),
         "path": (!r.path.is_empty()).then_some(&r.path),
         "authority": r.authority.as_deref(),
         "protocol": format!("HTTP/{}", r.protocol_version()),

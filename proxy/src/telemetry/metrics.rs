@@ -90,8 +90,9 @@ impl Seen {
 }
 
 /// The HTTP method as a label: the standard ones, else `_OTHER` (as OpenTelemetry says).
-fn method_label(method: &http::Method) -> &'static str {
-    super::known_method(method).unwrap_or("_OTHER")
+/// A head never read ([`super::unread`]) has no method, so `_OTHER` too.
+fn method_label(method: Option<&http::Method>) -> &'static str {
+    method.and_then(super::known_method).unwrap_or("_OTHER")
 }
 
 /// Upper bounds of the duration histogram, in seconds: 100 µs to 30 s.
@@ -333,7 +334,7 @@ impl RequestMetrics {
             destination,
             status: if on(Label::StatusCode) { r.status } else { 0 },
             grpc_status: r.grpc_status.filter(|_| on(Label::StatusCode)),
-            method: on(Label::Method).then(|| method_label(&r.method)),
+            method: on(Label::Method).then(|| method_label(r.method.as_ref())),
             route,
             grpc: r.grpc,
             outcome: r.classification.outcome,
@@ -412,7 +413,7 @@ mod tests {
         for status in [200, 404, 503] {
             let mut r = record(true, Outcome::Success, 1);
             r.status = status;
-            r.method = http::Method::POST;
+            r.method = Some(http::Method::POST);
             m.observe(&r);
         }
         let snapshot = m.snapshot();

@@ -76,9 +76,10 @@ pub struct RequestRecord {
     /// Time from the request's arrival to the upstream's response headers; none for a
     /// response the sidecar made itself.
     pub response_duration: Option<Duration>,
-    /// Request method.
-    pub method: http::Method,
-    /// Request path (no query).
+    /// Request method; none for a request head never read ([`unread`]).
+    pub method: Option<http::Method>,
+    /// Request path (no query); empty when the request had none (a head never read, or
+    /// `CONNECT`'s authority form).
     pub path: String,
     /// The query string, if any, with the values OpenTelemetry lists as secrets replaced
     /// ([`recorded_query`]).
@@ -120,6 +121,9 @@ pub struct RequestRecord {
     pub origin: Origin,
     /// What the sidecar itself saw going wrong.
     pub flags: ResponseFlags,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` when the code that answered says it itself (a head
+    /// never read, [`unread`]); otherwise the access log derives them from the flags.
+    pub code_details: Option<&'static str>,
     /// The verdict of the classifier.
     pub classification: Classification,
     /// The `user-agent` header.
@@ -265,7 +269,7 @@ impl RequestRecord {
     /// The record of an exchange on `side` begun at `start_unix_nanos` (since the Unix
     /// epoch): of its request only `method` and where it goes are known yet, of its answer
     /// nothing. The layers fill in the rest as the exchange goes.
-    pub fn new(side: Side, context: SpanContext, start_unix_nanos: u64, method: http::Method, destination_service: Arc<str>) -> Self {
+    pub fn new(side: Side, context: SpanContext, start_unix_nanos: u64, method: Option<http::Method>, destination_service: Arc<str>) -> Self {
         Self {
             side,
             context,
@@ -294,6 +298,7 @@ impl RequestRecord {
             upstream_local: None,
             origin: Origin::PLAIN,
             flags: ResponseFlags::empty(),
+            code_details: None,
             classification: Classification { outcome: Outcome::Success, error_type: None },
             user_agent: None,
             request_id: None,
@@ -570,7 +575,7 @@ pub(crate) mod tests {
             path: "/".into(),
             status: if outcome == Outcome::Failure { 503 } else { 200 },
             classification: Classification { outcome, error_type: None },
-            ..RequestRecord::new(Side::Outbound, context, 1, http::Method::GET, "svc".into())
+            ..RequestRecord::new(Side::Outbound, context, 1, Some(http::Method::GET), "svc".into())
         }
     }
 

@@ -120,15 +120,14 @@ fn at_most(text: &str, limit: Option<usize>) -> &str {
 /// values that must be formatted. `url_limit` cuts `url.path` and `url.query` (Istio's
 /// `max_path_tag_length` for spans; access logs keep them whole).
 pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, scratch: &mut String, url_limit: Option<usize>) {
-    match super::known_method(&r.method) {
-        Some(method) => a.string("http.request.method", method),
-        None => {
+    match r.method.as_ref().map(|method| (method, super::known_method(method))) {
+        Some((_, Some(known))) => a.string("http.request.method", known),
+        Some((method, None)) => {
             a.string("http.request.method", "_OTHER");
-            // Not for a head never read ([`super::unread`]), whose method is `_OTHER` itself.
-            if r.method.as_str() != "_OTHER" {
-                a.string("http.request.method_original", r.method.as_str());
-            }
+            a.string("http.request.method_original", method.as_str());
         }
+        // A head never read ([`super::unread`]): its method is not known.
+        None => a.string("http.request.method", "_OTHER"),
     }
     if !r.path.is_empty() {
         a.string("url.path", at_most(&r.path, url_limit));
@@ -291,7 +290,7 @@ pub fn write_span_name(r: &RequestRecord, out: &mut String) {
         out.push_str(r.path.trim_start_matches('/'));
         return;
     }
-    out.push_str(super::known_method(&r.method).unwrap_or("HTTP"));
+    out.push_str(r.method.as_ref().and_then(super::known_method).unwrap_or("HTTP"));
     if let Some(route) = &r.route {
         out.push(' ');
         out.push_str(route);
@@ -300,7 +299,7 @@ pub fn write_span_name(r: &RequestRecord, out: &mut String) {
 
 /// Writes the Envoy-style access-log line used as a log record's body.
 pub fn write_access_log_line(r: &RequestRecord, out: &mut String) {
-    out.push_str(r.method.as_str());
+    out.push_str(r.method.as_ref().map_or("-", http::Method::as_str));
     out.push(' ');
     out.push_str(if r.path.is_empty() { "-" } else { r.path.as_str() });
     out.push_str(" HTTP/");
@@ -650,7 +649,7 @@ mod tests {
     #[test]
     fn access_log_line_has_envoy_style_fields_in_order() {
         let mut r = super::super::tests::record(true, Outcome::Failure, 1234);
-        r.method = http::Method::POST;
+        r.method = Some(http::Method::POST);
         r.path = "/orders/7?x=1".into();
         r.version = http::Version::HTTP_2;
         r.request_bytes = 17;
@@ -763,7 +762,7 @@ mod tests {
         let get = |a: &[(String, String)], key: &str| a.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
 
         let mut r = super::super::tests::record(true, Outcome::Success, 1);
-        r.method = http::Method::from_bytes(b"PURGE").expect("method");
+        r.method = Some(http::Method::from_bytes(b"PURGE").expect("method"));
         r.path = "/items/7".into();
         r.query = crate::telemetry::recorded_query(&"/items/7?a=1&sig=abc&X-Goog-Signature=z&signature=kept".parse().expect("uri"));
         r.authority = Some("reviews.shop".into());
@@ -790,7 +789,7 @@ mod tests {
 
         // A known method as it is; the port addressed; no query, no resend on a first attempt;
         // `url.full` is a client span's attribute only.
-        r.method = http::Method::GET;
+        r.method = Some(http::Method::GET);
         r.query = None;
         r.authority_port = Some(9080);
         r.attempt = Some(1);

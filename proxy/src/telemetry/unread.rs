@@ -4,8 +4,9 @@
 //! the connection), one the request headers timeout cut off, or one the caller stopped
 //! sending half-way and closed on. [`UnreadHeads`] records each as one exchange, as Envoy's
 //! access log records a codec error, so the access log and the request metrics count every
-//! request a caller began. Neither method nor path was read: the record's method is
-//! `_OTHER` and its path empty; it has the caller's address and
+//! request a caller began. Neither method nor path was read, so the record has neither
+//! (`_OTHER` in OpenTelemetry's attributes and labels, `-` in access-log lines); it has the
+//! connection's two addresses and
 //!
 //! - for a broken head, the status hyper answered, response flag `DPE` and a
 //!   `downstream_protocol_error` event saying what was wrong;
@@ -28,10 +29,10 @@ use crate::{
 use super::{RequestRecord, Side, SpanEvent, Telemetry, metrics::unix_nanos};
 
 /// The event of a broken head.
-pub const BROKEN_EVENT: &str = "downstream_protocol_error";
+const BROKEN_EVENT: &str = "downstream_protocol_error";
 
 /// The event of a late head.
-pub const LATE_EVENT: &str = "request_headers_timeout";
+const LATE_EVENT: &str = "request_headers_timeout";
 
 /// What became of a request head that did not make a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,12 +101,13 @@ impl UnreadHeads {
         Self { telemetry, side }
     }
 
-    /// Records `head`, from the caller at `peer`, as one exchange that ended now.
-    pub fn record(&self, peer: SocketAddr, head: UnreadHead) {
-        self.telemetry.record(self.record_of(peer, head));
+    /// Records `head`, from the caller at `peer` to the sidecar's `local` end, as one
+    /// exchange that ended now.
+    pub fn record(&self, peer: SocketAddr, local: SocketAddr, head: UnreadHead) {
+        self.telemetry.record(self.record_of(peer, local, head));
     }
 
-    fn record_of(&self, peer: SocketAddr, head: UnreadHead) -> RequestRecord {
+    fn record_of(&self, peer: SocketAddr, local_addr: SocketAddr, head: UnreadHead) -> RequestRecord {
         let (side, telemetry) = (self.side, &self.telemetry);
         // A trace of its own: the head's trace context, if it had any, was not read.
         let context = SpanContext::continue_from(&http::HeaderMap::new(), telemetry.sampling().ratio, telemetry.propagation());
@@ -119,25 +121,28 @@ impl UnreadHeads {
             Side::Inbound => local.service.clone(),
             Side::Outbound => Arc::from("unknown"),
         };
-        // `_OTHER` is a token, so a valid method; OpenTelemetry's name for one not known.
-        let method = http::Method::from_bytes(b"_OTHER").unwrap_or_default();
         let mut record = RequestRecord {
             duration,
             peer: Some(peer),
+            local: Some(local_addr),
             source: (side == Side::Outbound).then(|| local.clone()),
             destination: (side == Side::Inbound).then(|| local.clone()),
-            ..RequestRecord::new(side, context, start, method, destination_service)
+            ..RequestRecord::new(side, context, start, None, destination_service)
         };
-        let (status, flags, event, message) = match head {
-            UnreadHead::Broken { status, reason } => (status, ResponseFlags::BAD_REQUEST, BROKEN_EVENT, Some(reason)),
+        // Envoy's response code details for the first two; `DC` says the third's.
+        let (status, flags, details, event, message) = match head {
+            UnreadHead::Broken { status, reason } => {
+                (status, ResponseFlags::BAD_REQUEST, Some("http1.codec_error"), BROKEN_EVENT, Some(reason))
+            }
             UnreadHead::Late { after } => {
                 let message = format!("the request head was not whole {after:?} after its first byte");
-                (408, ResponseFlags::empty(), LATE_EVENT, Some(message))
+                (408, ResponseFlags::empty(), Some("request_header_timeout"), LATE_EVENT, Some(message))
             }
-            UnreadHead::CutOff => (0, ResponseFlags::DOWNSTREAM_TERMINATED, "downstream_terminated", None),
+            UnreadHead::CutOff => (0, ResponseFlags::DOWNSTREAM_TERMINATED, None, "downstream_terminated", None),
         };
         record.status = status;
         record.flags = flags;
+        record.code_details = details;
         record.events.push(SpanEvent { offset: duration, name: event, message });
         record.classification = classify::classify(status, None, BodyEnd::Complete, flags);
         record
@@ -199,19 +204,21 @@ mod tests {
     #[test]
     fn access_logs_say_what_became_of_an_unread_head_and_spans_name_no_path() {
         let unread = UnreadHeads::new(crate::telemetry::tests::telemetry(), Side::Inbound);
-        let peer: SocketAddr = ([127, 0, 0, 1], 4711).into();
+        let (peer, local): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], 4711).into(), ([127, 0, 0, 1], 15006).into());
         let format = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %DURATION% \
-                      %DOWNSTREAM_REMOTE_ADDRESS%";
+                      %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%";
         let text = crate::telemetry::access_log::AccessLogFormat::text(format).expect("valid");
-        let broken = unread.record_of(peer, UnreadHead::Broken { status: 431, reason: "message head is too large".into() });
-        assert_eq!(text.render(&broken), "_OTHER - HTTP/1.1 431 DPE http1.codec_error 0 127.0.0.1:4711");
-        let late = unread.record_of(peer, UnreadHead::Late { after: Duration::from_secs(30) });
-        assert_eq!(text.render(&late), "_OTHER - HTTP/1.1 408 - request_header_timeout 30000 127.0.0.1:4711");
+        let broken = unread.record_of(peer, local, UnreadHead::Broken { status: 431, reason: "message head is too large".into() });
+        assert_eq!(text.render(&broken), "- - HTTP/1.1 431 DPE http1.codec_error 0 127.0.0.1:4711 127.0.0.1:15006");
+        let late = unread.record_of(peer, local, UnreadHead::Late { after: Duration::from_secs(30) });
+        assert_eq!(text.render(&late), "- - HTTP/1.1 408 - request_header_timeout 30000 127.0.0.1:4711 127.0.0.1:15006");
         assert_eq!(late.events[0].message.as_deref(), Some("the request head was not whole 30s after its first byte"));
-        let cut = unread.record_of(peer, UnreadHead::CutOff);
-        assert_eq!(text.render(&cut), "_OTHER - HTTP/1.1 0 DC downstream_remote_disconnect 0 127.0.0.1:4711");
-        let keys: Vec<_> = crate::telemetry::otlp::reference::record_attributes(&broken).into_iter().map(|kv| kv.key).collect();
-        assert!(keys.contains(&"http.request.method".to_owned()), "{keys:?}");
+        let cut = unread.record_of(peer, local, UnreadHead::CutOff);
+        assert_eq!(text.render(&cut), "- - HTTP/1.1 0 DC downstream_remote_disconnect 0 127.0.0.1:4711 127.0.0.1:15006");
+        let attributes = crate::telemetry::otlp::reference::record_attributes(&broken);
+        let method = attributes.iter().find(|kv| kv.key == "http.request.method").and_then(|kv| kv.value.clone()?.value);
+        assert_eq!(method, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("_OTHER".into())));
+        let keys: Vec<_> = attributes.into_iter().map(|kv| kv.key).collect();
         for absent in ["url.path", "http.request.method_original"] {
             assert!(!keys.iter().any(|k| k == absent), "{absent} in {keys:?}");
         }
@@ -225,9 +232,9 @@ mod tests {
         let telemetry = crate::telemetry::tests::telemetry();
         let unread = UnreadHeads::new(telemetry.clone(), Side::Inbound);
         let peer: SocketAddr = ([127, 0, 0, 1], 4711).into();
-        unread.record(peer, UnreadHead::Broken { status: 400, reason: "invalid HTTP header parsed".into() });
-        unread.record(peer, UnreadHead::Late { after: Duration::from_secs(30) });
-        UnreadHeads::new(telemetry.clone(), Side::Outbound).record(peer, UnreadHead::CutOff);
+        unread.record(peer, peer, UnreadHead::Broken { status: 400, reason: "invalid HTTP header parsed".into() });
+        unread.record(peer, peer, UnreadHead::Late { after: Duration::from_secs(30) });
+        UnreadHeads::new(telemetry.clone(), Side::Outbound).record(peer, peer, UnreadHead::CutOff);
         let mut registry = prometheus_client::registry::Registry::default();
         telemetry.stats().register(&mut registry);
         let mut exposed = String::new();
