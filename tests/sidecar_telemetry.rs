@@ -28,6 +28,8 @@ fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 struct RawHop {
     collector: CollectorProc,
     tester: Workload,
+    /// The called side's inbound listener.
+    called_inbound: std::net::SocketAddr,
     _sidecars: [Proc; 2],
 }
 
@@ -69,7 +71,7 @@ impl RawHop {
         let sidecar = Proc::start(dir, &format!("{service}-sidecar"), &["proxy", "--config", config.to_str().unwrap_or_default()]);
         wait_listening(called.inbound, "the called inbound");
         let tester_sidecar = start_tester(dir, &tester, &mesh, &collector, service, entry);
-        Self { collector, tester, _sidecars: [sidecar, tester_sidecar] }
+        Self { collector, tester, called_inbound: called.inbound, _sidecars: [sidecar, tester_sidecar] }
     }
 
     /// `columns` of both sides' spans of the request to `path` (CLIENT first), once both came.
@@ -84,21 +86,32 @@ impl RawHop {
     /// Writes `request` to the tester's sidecar and reads until the connection closes (or 5 s
     /// pass without a byte): what came, and how long it took.
     fn exchange(&self, request: &[u8]) -> (String, Duration) {
-        use std::io::Read;
-        let sent = std::time::Instant::now();
-        let mut answer = Vec::new();
-        let _ = self.send(request).read_to_end(&mut answer);
-        (String::from_utf8_lossy(&answer).into_owned(), sent.elapsed())
+        exchange_at(self.tester.outbound, request)
     }
 
     /// Opens a connection to the tester's sidecar and writes `request` on it.
     fn send(&self, request: &[u8]) -> std::net::TcpStream {
-        use std::io::Write;
-        let mut stream = std::net::TcpStream::connect(self.tester.outbound).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream.write_all(request).expect("write");
-        stream
+        send_to(self.tester.outbound, request)
     }
+}
+
+/// Writes `request` to `addr` and reads until the connection closes (or 5 s pass without a
+/// byte): what came, and how long it took.
+fn exchange_at(addr: std::net::SocketAddr, request: &[u8]) -> (String, Duration) {
+    use std::io::Read;
+    let sent = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = send_to(addr, request).read_to_end(&mut answer);
+    (String::from_utf8_lossy(&answer).into_owned(), sent.elapsed())
+}
+
+/// Opens a connection to `addr` and writes `request` on it.
+fn send_to(addr: std::net::SocketAddr, request: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(request).expect("write");
+    stream
 }
 
 #[test]
@@ -1007,6 +1020,23 @@ fn an_application_that_never_answers_gets_its_caller_a_408_at_the_stream_idle_ti
     // The caller's side passed the answer on as it came.
     assert_eq!((client[0].as_str(), client[2].as_str()), (Some("client"), Some("-")), "{client:?}");
     assert_eq!(client[3], 408, "{client:?}");
+}
+
+#[test]
+fn the_called_side_bounds_a_grpc_call_by_its_deadline_whoever_calls() {
+    let dir = TestDir::new("inbound-grpc-deadline");
+    let hop = RawHop::start(&dir, "quiet", silent_app);
+    // A caller outside the mesh (no sidecar of its own to bound the call) allows 500 ms;
+    // the app would hold the call for ten seconds.
+    let call = b"POST /demo.Quiet/Wait HTTP/1.1\r\nHost: quiet\r\ncontent-type: application/grpc\r\ngrpc-timeout: 500m\r\n\
+                 te: trailers\r\ncontent-length: 5\r\nconnection: close\r\n\r\n\0\0\0\0\0";
+    let (answer, waited) = exchange_at(hop.called_inbound, call);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.to_ascii_lowercase().contains("grpc-status: 4\r\n"), "{answer}");
+    assert!(waited >= Duration::from_millis(450) && waited < Duration::from_secs(4), "answered after {waited:?}");
+    let row = wait_for("the called side's span", Duration::from_secs(15), || {
+        hop.collector.sql_rows("SELECT kind, status, response_flags, events FROM spans WHERE service = 'quiet'").pop()
+    });
+    assert_eq!((row[0].as_str(), row[1].as_str(), row[2].as_str()), (Some("server"), Some("error"), Some("UT")), "{row:?}");
 }
 
 #[test]

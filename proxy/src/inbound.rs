@@ -4,7 +4,10 @@ use tower::{ServiceBuilder, util::BoxCloneService};
 
 use crate::{
     config::ProxyConfig,
-    stack::{Request, Response, Upstream, admit::AdmitLayer, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer},
+    stack::{
+        Request, Response, Upstream, admit::AdmitLayer, errors::ErrorsLayer, forward::Forward, observe::ObserveLayer,
+        timeout::TimeoutLayer,
+    },
     telemetry::Telemetry,
 };
 
@@ -23,6 +26,10 @@ pub fn stack(
         .layer(ErrorsLayer)
         // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.
         .layer(AdmitLayer)
+        // Bounds a gRPC call by its caller's deadline, as the caller's own sidecar does: the
+        // call's span here ends with it too, whether or not the caller is in the mesh. Plain
+        // HTTP requests have no inbound timeout (the application's own time).
+        .layer(TimeoutLayer)
         // Every inbound request is for the local application.
         .map_request(move |mut req: Request| {
             req.extensions_mut().insert(Upstream(app));

@@ -1,6 +1,7 @@
 //! Bounds how long the upstream may take to answer, counted until the response headers
-//! arrive, so long streaming bodies are not cut: an HTTP request by the resolved service's
-//! `timeout` (default 15 s, as Envoy's route timeout); a gRPC call by its caller's deadline
+//! arrive, so long streaming bodies are not cut: an outbound HTTP request by the resolved
+//! service's `timeout` (default 15 s, as Envoy's route timeout; inbound ones, which resolve
+//! no service, are not bounded); a gRPC call, on both sides, by its caller's deadline
 //! (`grpc-timeout`), none without one, either capped at the service's timeout only when
 //! one was set (as Istio has Envoy do: `max_grpc_timeout` 0, no cap, unless a route
 //! timeout is set, which then caps it). An expired request fails with [`ProxyError::Timeout`]: 504 with response flag `UT`
