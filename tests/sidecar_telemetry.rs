@@ -1040,6 +1040,36 @@ fn the_called_side_bounds_a_grpc_call_by_its_deadline_whoever_calls() {
 }
 
 #[test]
+fn the_facts_of_a_sidecars_deployment_go_on_its_resource() {
+    let dir = TestDir::new("resource-attributes");
+    let collector = CollectorProc::start(&dir);
+    let mut shop = Workload::new("shop", &[]);
+    shop.telemetry = r#"resource_attributes = { "deployment.environment.name" = "prod", "k8s.cluster.name" = "east" }"#.into();
+    http1_only_app(shop.app);
+    let config = dir.path("shop.toml");
+    std::fs::write(&config, sidecar_toml(&shop, &[&shop], collector.grpc)).expect("write");
+    // What a platform may set for every container of the pod: the table wins a key both
+    // name, and the workload's own keys stay the sidecar's.
+    let env = [("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=shop-7f9c%2Da,deployment.environment.name=dev,service.name=impostor")];
+    let sidecar = Proc::start_with_env(&dir, "shop-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()], &env);
+    wait_listening(shop.inbound, "the inbound");
+    let (answer, _) = exchange_at(shop.inbound, b"GET /fine HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    for table in ["spans", "logs"] {
+        let row = wait_for(&format!("the request's {table}"), Duration::from_secs(15), || {
+            collector.sql_rows(&format!("SELECT service, resource FROM {table} WHERE service = 'shop'")).pop()
+        });
+        let resource: Value = serde_json::from_str(row[1].as_str().unwrap_or_default()).expect("the resource as JSON");
+        let expected = [("deployment.environment.name", "prod"), ("k8s.cluster.name", "east"), ("k8s.pod.name", "shop-7f9c-a"), ("service.name", "shop")];
+        for (key, value) in expected {
+            assert_eq!(resource[key], value, "{key} in {table}: {resource}");
+        }
+    }
+    assert!(sidecar.output().contains("\"service.name\" skipped"), "the skipped key is named: {}", sidecar.output());
+}
+
+#[test]
 fn a_caller_that_leaves_before_the_answer_is_still_recorded_with_flag_dc() {
     let dir = TestDir::new("caller-gone");
     let hop = RawHop::start(&dir, "quiet", silent_app);

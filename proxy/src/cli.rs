@@ -1,13 +1,14 @@
 //! Command-line entry shared by the `meshlens-proxy` binary and `meshlens proxy`.
 //!
-//! Loads the TOML configuration, starts the sidecar and runs it until Ctrl-C or SIGTERM,
-//! then drains connections and flushes telemetry.
+//! Loads the TOML configuration (and the resource attributes of `OTEL_RESOURCE_ATTRIBUTES`),
+//! starts the sidecar and runs it until Ctrl-C or SIGTERM, then drains connections and
+//! flushes telemetry.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::{ProxyConfig, Sidecar};
+use crate::{ProxyConfig, Sidecar, telemetry::resource};
 
 /// Arguments of the sidecar command.
 #[derive(Debug, clap::Parser)]
@@ -44,8 +45,13 @@ pub fn init_logging() {
 
 /// Runs one sidecar until a shutdown signal arrives.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let config = ProxyConfig::from_file(&args.config)
+    let mut config = ProxyConfig::from_file(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
+    if let Ok(value) = std::env::var(resource::ENV_VAR) {
+        for skipped in config.telemetry.resource_attributes.add_environment(&value) {
+            tracing::warn!("{skipped}");
+        }
+    }
     let sidecar = Sidecar::start(config).await?;
     let addrs = sidecar.addrs();
     tracing::info!(

@@ -4,7 +4,13 @@
 //! The service table is static for now: each service lists its endpoints (the inbound
 //! addresses of its workloads' sidecars) with their workload, version and weight.
 
-use std::{collections::HashSet, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -15,6 +21,7 @@ use crate::{
     telemetry::{
         access_log::{self, AccessLogFormat, LogFilter},
         metrics::{Label, LabelPolicy},
+        resource::ResourceAttributes,
     },
     trace_context::{Format, Formats},
 };
@@ -271,6 +278,10 @@ pub struct RawTelemetry {
     /// `max_path_tag_length`); `0` keeps them whole. Access-log records keep them whole.
     #[serde(default = "default_max_path_tag_length")]
     pub max_path_tag_length: usize,
+    /// Resource attributes beyond the workload's (`deployment.environment.name`,
+    /// `k8s.cluster.name`, ...): string values by key.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
 }
 
 /// The OTLP transport the sidecar exports with.
@@ -324,6 +335,7 @@ impl Default for RawTelemetry {
             metric_labels: default_labels(),
             max_label_values: default_max_label_values(),
             max_path_tag_length: default_max_path_tag_length(),
+            resource_attributes: BTreeMap::new(),
         }
     }
 }
@@ -653,6 +665,8 @@ pub struct TelemetryConfig {
     pub labels: LabelPolicy,
     /// Longest URL attributes of a span, in bytes; `None`: whole.
     pub max_path_tag_length: Option<usize>,
+    /// Resource attributes beyond the workload's.
+    pub resource_attributes: ResourceAttributes,
 }
 
 /// Which spans are kept. Metrics and access logs always cover every request.
@@ -684,6 +698,7 @@ impl Default for TelemetryConfig {
             stdout_access_log_filter: LogFilter::default(),
             labels: LabelPolicy::default(),
             max_path_tag_length: Some(default_max_path_tag_length()),
+            resource_attributes: ResourceAttributes::default(),
         }
     }
 }
@@ -729,6 +744,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             stdout_access_log_filter: LogFilter::default(),
             labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
             max_path_tag_length: Some(t.max_path_tag_length).filter(|n| *n > 0),
+            resource_attributes: ResourceAttributes::from_table(t.resource_attributes).map_err(ConfigError::Invalid)?,
         })
     }
 }

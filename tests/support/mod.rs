@@ -79,11 +79,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `meshlens <args>`, logging to `<dir>/<name>.log`.
     pub fn start(dir: &TestDir, name: &str, args: &[&str]) -> Self {
+        Self::start_with_env(dir, name, args, &[])
+    }
+
+    /// [`Proc::start`], with `env` set too.
+    pub fn start_with_env(dir: &TestDir, name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = dir.path(&format!("{name}.log"));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(meshlens())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())

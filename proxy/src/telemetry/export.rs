@@ -416,10 +416,11 @@ pub(super) fn spawn(
         flush_interval: config.flush_interval,
         anchor: Instant::now(),
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
-        resource: Arc::new(otlp::resource(&identity)),
+        resource: Arc::new(otlp::resource(&identity, &config.resource_attributes)),
         stats,
     };
-    let (resource, scope) = (Arc::new(otlp::resource(&identity).encode_to_vec()), Arc::new(otlp::scope().encode_to_vec()));
+    let resource_bytes = otlp::resource(&identity, &config.resource_attributes).encode_to_vec();
+    let (resource, scope) = (Arc::new(resource_bytes), Arc::new(otlp::scope().encode_to_vec()));
     let batches = |encoding| Batches::new(config.queue_capacity, config.max_batch, encoding, resource.clone(), scope.clone());
     let span_encoder = wire::Encoder::with_url_limit(config.max_path_tag_length);
     let (span_batches, log_batches) = (batches((span_encoder, Spans::push)), batches((wire::Encoder::default(), Logs::push)));

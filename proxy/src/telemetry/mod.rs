@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod otlp;
 mod otlp_http;
 pub mod prometheus;
+pub mod resource;
 pub mod stats;
 pub mod text;
 pub mod unread;

@@ -23,6 +23,7 @@ use super::{
     RequestRecord, Side,
     text,
     metrics::{HISTOGRAMS, RequestKey, RequestStats},
+    resource::ResourceAttributes,
 };
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -67,14 +68,18 @@ pub fn scope() -> InstrumentationScope {
     }
 }
 
-/// The resource of every message a sidecar sends.
-pub fn resource(id: &WorkloadIdentity) -> Resource {
+/// The resource of every message a sidecar sends: its workload's, then the `extra`
+/// attributes of its deployment.
+pub fn resource(id: &WorkloadIdentity, extra: &ResourceAttributes) -> Resource {
     let mut attrs = Attributes::default();
     attrs
         .workload(&semconv::RESOURCE_KEYS, id)
         .str("telemetry.sdk.name", "meshlens-proxy")
         .str("telemetry.sdk.language", "rust")
         .str("telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
+    for (key, value) in extra.iter() {
+        attrs.str(key, value);
+    }
     Resource { attributes: attrs.0, ..Default::default() }
 }
 
@@ -864,7 +869,7 @@ mod tests {
         server.version = http::Version::HTTP_2;
         metrics.observe(&server);
 
-        let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"));
+        let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
         let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[(Side::Inbound, 0), (Side::Outbound, 2)]);
         let point = |name: &str| -> Vec<(String, String)> {
             let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");

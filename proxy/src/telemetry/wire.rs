@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn wire_bytes_decode_to_the_prost_messages() {
         let identity = WorkloadIdentity::new("shop", "checkout", "checkout-v1", "v1");
-        let resource = otlp::resource(&identity);
+        let resource = otlp::resource(&identity, &crate::telemetry::resource::ResourceAttributes::default());
         let (resource_bytes, scope_bytes) = (resource.encode_to_vec(), otlp::scope().encode_to_vec());
         let batch = records();
         let mut encoder = Encoder::default();

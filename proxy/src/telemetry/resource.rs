@@ -1,0 +1,159 @@
+//! The resource attributes a sidecar's telemetry carries besides its workload's: the facts
+//! of its deployment (`deployment.environment.name`, `k8s.cluster.name`, `cloud.region`, ...),
+//! as Istio's literal and environment custom tags give them, from the `[telemetry]
+//! resource_attributes` table and from OpenTelemetry's `OTEL_RESOURCE_ATTRIBUTES` variable
+//! (`key=value` pairs joined by commas, values percent-encoded), the table winning a key both
+//! name.
+//!
+//! The keys the sidecar sets itself (its workload's identity, from `[workload]`, and
+//! `telemetry.sdk.*`) are not replaced: the collector's topology rests on them. Naming one in
+//! the table is a configuration error; in the variable, which a platform may fill for every
+//! container of a pod, it is skipped with a warning. A variable that does not parse is
+//! ignored whole with a warning, as OpenTelemetry's SDKs ignore it.
+
+use std::collections::BTreeMap;
+
+use meshlens_common::semconv;
+
+/// The attribute keys the sidecar writes on its resource itself.
+const OWN_KEYS: [&str; 7] = [
+    semconv::RESOURCE_KEYS.namespace,
+    semconv::RESOURCE_KEYS.service,
+    semconv::RESOURCE_KEYS.workload,
+    semconv::RESOURCE_KEYS.version,
+    "telemetry.sdk.name",
+    "telemetry.sdk.language",
+    "telemetry.sdk.version",
+];
+
+/// The variable OpenTelemetry's SDKs read resource attributes from.
+pub const ENV_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
+
+/// Extra resource attributes, by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceAttributes(BTreeMap<String, String>);
+
+impl ResourceAttributes {
+    /// The `[telemetry] resource_attributes` table, checked: no empty key, none of the
+    /// sidecar's own.
+    pub fn from_table(table: BTreeMap<String, String>) -> Result<Self, String> {
+        for key in table.keys() {
+            if key.trim().is_empty() {
+                return Err("telemetry.resource_attributes: an attribute needs a key".into());
+            }
+            if OWN_KEYS.contains(&key.as_str()) {
+                return Err(format!("telemetry.resource_attributes: {key:?} is the sidecar's own (set it in [workload])"));
+            }
+        }
+        Ok(Self(table))
+    }
+
+    /// Adds the attributes of `OTEL_RESOURCE_ATTRIBUTES`'s `value` the table does not name:
+    /// what was left out, and why, for the log.
+    pub fn add_environment(&mut self, value: &str) -> Vec<String> {
+        let pairs = match parse_environment(value) {
+            Ok(pairs) => pairs,
+            Err(error) => return vec![format!("{ENV_VAR} ignored: {error}")],
+        };
+        let mut skipped = Vec::new();
+        for (key, value) in pairs {
+            if OWN_KEYS.contains(&key.as_str()) {
+                skipped.push(format!("{ENV_VAR}: {key:?} skipped, the sidecar's [workload] sets it"));
+            } else {
+                self.0.entry(key).or_insert(value);
+            }
+        }
+        skipped
+    }
+
+    /// The attributes, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// `key=value` pairs joined by commas, blanks around each trimmed, values (and keys)
+/// percent-decoded; empty members are allowed, as in W3C Baggage.
+fn parse_environment(value: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let Some((key, value)) = member.split_once('=') else {
+            return Err(format!("{member:?} is not key=value"));
+        };
+        let key = percent_decoded(key.trim())?;
+        if key.is_empty() {
+            return Err(format!("{member:?} has no key"));
+        }
+        pairs.push((key, percent_decoded(value.trim())?));
+    }
+    Ok(pairs)
+}
+
+/// `text` with its `%XX` escapes decoded; an error for a broken escape or bytes that are not
+/// UTF-8.
+fn percent_decoded(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| format!("a broken %-escape in {text:?}"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} decodes to bytes that are not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn listed(attributes: &ResourceAttributes) -> Vec<(&str, &str)> {
+        attributes.iter().collect()
+    }
+
+    #[test]
+    fn the_table_is_taken_but_for_the_sidecars_own_keys() {
+        let attributes = ResourceAttributes::from_table(table(&[("k8s.cluster.name", "east"), ("deployment.environment.name", "prod")]));
+        let attributes = attributes.expect("valid");
+        assert_eq!(listed(&attributes), [("deployment.environment.name", "prod"), ("k8s.cluster.name", "east")]);
+        for own in ["service.name", "meshlens.workload", "telemetry.sdk.name"] {
+            let error = ResourceAttributes::from_table(table(&[(own, "x")])).expect_err("the sidecar's own");
+            assert!(error.contains(own) && error.contains("[workload]"), "{error}");
+        }
+        assert!(ResourceAttributes::from_table(table(&[(" ", "x")])).is_err());
+    }
+
+    #[test]
+    fn the_variable_adds_what_the_table_does_not_name() {
+        let mut attributes = ResourceAttributes::from_table(table(&[("deployment.environment.name", "prod")])).expect("valid");
+        let skipped = attributes.add_environment(
+            " k8s.pod.name = shop-7f9c ,deployment.environment.name=dev,, team=a%20b%2Cc,service.name=other,empty=",
+        );
+        assert_eq!(
+            listed(&attributes),
+            [("deployment.environment.name", "prod"), ("empty", ""), ("k8s.pod.name", "shop-7f9c"), ("team", "a b,c")],
+        );
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(skipped[0].contains("service.name"), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_variable_that_does_not_parse_is_ignored_whole() {
+        for broken in ["k8s.pod.name=shop,oops", "=value", "team=%zz", "team=%e9"] {
+            let mut attributes = ResourceAttributes::default();
+            let skipped = attributes.add_environment(broken);
+            assert_eq!(listed(&attributes), [], "{broken}");
+            assert!(skipped.len() == 1 && skipped[0].starts_with("OTEL_RESOURCE_ATTRIBUTES ignored: "), "{skipped:?}");
+        }
+    }
+}
