@@ -1070,6 +1070,29 @@ fn the_facts_of_a_sidecars_deployment_go_on_its_resource() {
 }
 
 #[test]
+fn headers_named_in_the_configuration_are_recorded_as_attributes() {
+    let dir = TestDir::new("captured-headers");
+    let settings = "capture_request_headers = [\"X-Tenant\", \"x-absent\"]\ncapture_response_headers = [\"content-length\", \"content-type\"]";
+    let hop = RawHop::start_with(&dir, "legacy", http1_only_app, settings);
+    let request = b"GET /tenant HTTP/1.1\r\nHost: legacy\r\nX-Tenant: acme\r\nx-tenant: <b>beta</b>\r\nX-Other: not kept\r\n\
+                    Connection: close\r\n\r\n";
+    let (answer, _) = hop.exchange(request);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for table in ["spans", "logs"] {
+        let row = wait_for(&format!("the tester's {table}"), Duration::from_secs(15), || {
+            let query = format!("SELECT attributes FROM {table} WHERE service = 'tester' AND attributes LIKE '%/tenant%'");
+            hop.collector.sql_rows(&query).pop()
+        });
+        let attributes: Value = serde_json::from_str(row[0].as_str().unwrap_or_default()).expect("attributes as JSON");
+        assert_eq!(attributes["http.request.header.x-tenant"], serde_json::json!(["acme", "<b>beta</b>"]), "{table}: {attributes}");
+        assert_eq!(attributes["http.response.header.content-length"], serde_json::json!(["2"]), "{table}: {attributes}");
+        let headers: Vec<&String> = attributes.as_object().map(|o| o.keys().filter(|k| k.contains(".header.")).collect()).unwrap_or_default();
+        let expected = ["http.request.header.x-tenant", "http.response.header.content-length"];
+        assert_eq!(headers, expected, "only named headers that came (the app sent no content-type): {attributes}");
+    }
+}
+
+#[test]
 fn a_caller_that_leaves_before_the_answer_is_still_recorded_with_flag_dc() {
     let dir = TestDir::new("caller-gone");
     let hop = RawHop::start(&dir, "quiet", silent_app);

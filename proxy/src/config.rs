@@ -282,6 +282,13 @@ pub struct RawTelemetry {
     /// `k8s.cluster.name`, ...): string values by key.
     #[serde(default)]
     pub resource_attributes: BTreeMap<String, String>,
+    /// Request headers recorded on spans and access-log records as
+    /// `http.request.header.<name>`.
+    #[serde(default)]
+    pub capture_request_headers: Vec<String>,
+    /// Response headers recorded as `http.response.header.<name>`.
+    #[serde(default)]
+    pub capture_response_headers: Vec<String>,
 }
 
 /// The OTLP transport the sidecar exports with.
@@ -336,6 +343,8 @@ impl Default for RawTelemetry {
             max_label_values: default_max_label_values(),
             max_path_tag_length: default_max_path_tag_length(),
             resource_attributes: BTreeMap::new(),
+            capture_request_headers: Vec::new(),
+            capture_response_headers: Vec::new(),
         }
     }
 }
@@ -667,6 +676,10 @@ pub struct TelemetryConfig {
     pub max_path_tag_length: Option<usize>,
     /// Resource attributes beyond the workload's.
     pub resource_attributes: ResourceAttributes,
+    /// Request headers recorded as attributes.
+    pub capture_request_headers: Vec<http::HeaderName>,
+    /// Response headers recorded as attributes.
+    pub capture_response_headers: Vec<http::HeaderName>,
 }
 
 /// Which spans are kept. Metrics and access logs always cover every request.
@@ -699,6 +712,8 @@ impl Default for TelemetryConfig {
             labels: LabelPolicy::default(),
             max_path_tag_length: Some(default_max_path_tag_length()),
             resource_attributes: ResourceAttributes::default(),
+            capture_request_headers: Vec::new(),
+            capture_response_headers: Vec::new(),
         }
     }
 }
@@ -745,8 +760,22 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
             max_path_tag_length: Some(t.max_path_tag_length).filter(|n| *n > 0),
             resource_attributes: ResourceAttributes::from_table(t.resource_attributes).map_err(ConfigError::Invalid)?,
+            capture_request_headers: header_names("telemetry.capture_request_headers", &t.capture_request_headers)?,
+            capture_response_headers: header_names("telemetry.capture_response_headers", &t.capture_response_headers)?,
         })
     }
+}
+
+/// Header `names` as `HeaderName`s (lower case); an error naming `setting` for one that is
+/// not a header name.
+fn header_names(setting: &str, names: &[String]) -> Result<Vec<http::HeaderName>, ConfigError> {
+    names
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| ConfigError::Invalid(format!("{setting}: {name:?} is not a header name")))
+        })
+        .collect()
 }
 
 /// A routable service.
@@ -1083,6 +1112,19 @@ mod tests {
         let err = ProxyConfig::from_toml(&text).expect_err("unknown field");
         let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
         assert!(cause.contains("unknown field `bogus`"), "{cause}");
+    }
+
+    #[test]
+    fn captured_headers_and_resource_attributes_are_checked_at_load() {
+        let with = |keys: &str| ProxyConfig::from_toml(&GOOD.replace("[telemetry]", &format!("[telemetry]\n{keys}")));
+        let cfg = with("capture_request_headers = [\"X-Tenant\"]\nresource_attributes = { \"k8s.cluster.name\" = \"east\" }");
+        let telemetry = cfg.expect("valid").telemetry;
+        assert_eq!(telemetry.capture_request_headers, [http::HeaderName::from_static("x-tenant")], "in lower case");
+        assert_eq!(telemetry.resource_attributes.iter().collect::<Vec<_>>(), [("k8s.cluster.name", "east")]);
+        let err = with("capture_response_headers = [\"bad name\"]").expect_err("not a header name").to_string();
+        assert!(err.contains("capture_response_headers") && err.contains("bad name"), "{err}");
+        let err = with("resource_attributes = { \"service.name\" = \"x\" }").expect_err("the sidecar's own").to_string();
+        assert!(err.contains("service.name"), "{err}");
     }
 
     #[test]

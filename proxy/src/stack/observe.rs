@@ -133,7 +133,7 @@ where
             user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),
             trace_state: context.trace_state(req.headers()),
-            headers: telemetry.access_log_headers().map(|names| Box::new(names.capture_request(req.headers()))),
+            headers: telemetry.kept_headers().map(|names| Box::new(names.capture_request(req.headers()))),
             ..RequestRecord::new(side, context, start_unix_nanos, Some(req.method().clone()), destination_service)
         };
         if http_body::Body::is_end_stream(req.body()) {
@@ -159,8 +159,8 @@ where
             record.status = response.status().as_u16();
             record.grpc_status = classify::grpc_status(response.headers());
             record.flags = response.extensions().get::<ResponseFlags>().copied().unwrap_or_default();
-            if let (Some(names), Some(captured)) = (waiting.telemetry.access_log_headers(), record.headers.as_deref_mut()) {
-                names.capture_response(response.headers(), captured);
+            if let Some(captured) = record.headers.as_deref_mut() {
+                captured.add_response(response.headers());
             }
             resolved(&mut record, &waiting.resolution, start);
             if let Some(name) = record.flags.failure_event() {

@@ -9,8 +9,8 @@
 //! `json_format`) names the keys of the JSON objects: each value is a format, and one that is
 //! a single field keeps its type (a number, or `null` when unset).
 //!
-//! The headers a format names are the only ones a record keeps ([`CapturedHeaders`]), and
-//! only when the format names any. A [`LogFilter`] may narrow the lines to the requests that
+//! The headers a format names are the only ones a record keeps for it
+//! ([`super::headers`]), and only when the format names any. A [`LogFilter`] may narrow the lines to the requests that
 //! failed, were slow or had a response flag (Envoy's access-log filters, joined by *or*); the
 //! OTLP log records cover every request whatever it says. Lines are handed to a writer task
 //! through a bounded queue; when stdout cannot keep up, lines are dropped and counted
@@ -18,12 +18,15 @@
 
 use std::{fmt::Write as _, sync::Arc};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderName;
 use meshlens_common::time::TimeFormat;
 use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
-use super::{RequestRecord, TelemetryStats};
+use super::{
+    RequestRecord, TelemetryStats,
+    headers::HeaderNames,
+};
 use crate::classify::ResponseFlags;
 
 /// Envoy's default format, with meshlens's trace ID at the end.
@@ -129,46 +132,6 @@ enum Piece {
     StartTime(TimeFormat),
 }
 
-/// The headers a text format names, which each record keeps for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderNames {
-    request: Vec<HeaderName>,
-    response: Vec<HeaderName>,
-}
-
-impl HeaderNames {
-    /// The slot of `name` in `list`, added if new.
-    fn slot(list: &mut Vec<HeaderName>, name: HeaderName) -> usize {
-        list.iter().position(|n| *n == name).unwrap_or_else(|| {
-            list.push(name);
-            list.len() - 1
-        })
-    }
-
-    /// The request's values of the named headers (their first values).
-    pub fn capture_request(&self, headers: &HeaderMap) -> CapturedHeaders {
-        CapturedHeaders {
-            request: self.request.iter().map(|n| headers.get(n).cloned()).collect(),
-            response: vec![None; self.response.len()],
-        }
-    }
-
-    /// Adds the response's values of the named headers.
-    pub fn capture_response(&self, headers: &HeaderMap, into: &mut CapturedHeaders) {
-        for (slot, name) in into.response.iter_mut().zip(&self.response) {
-            *slot = headers.get(name).cloned();
-        }
-    }
-}
-
-/// The header values one record keeps for the access-log format, by [`HeaderNames`] slot.
-/// A value shares the bytes of the header it came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CapturedHeaders {
-    request: Vec<Option<HeaderValue>>,
-    response: Vec<Option<HeaderValue>>,
-}
-
 /// How access-log lines are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogFormat {
@@ -265,9 +228,9 @@ fn header_sources(inner: &str, response: bool, without_query: bool, names: &mut 
             }
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
             Ok(if response {
-                Source::Response(HeaderNames::slot(&mut names.response, header))
+                Source::Response(names.response_slot(header))
             } else {
-                Source::Request(HeaderNames::slot(&mut names.request, header))
+                Source::Request(names.request_slot(header))
             })
         })
         .collect()
@@ -369,9 +332,7 @@ impl AccessLogFormat {
     /// The headers the format prints, when it prints any beyond what every record keeps.
     pub fn header_names(&self) -> Option<Arc<HeaderNames>> {
         match self {
-            Self::Text(TextFormat { headers, .. }) | Self::Dictionary(JsonFormat { headers, .. })
-                if !(headers.request.is_empty() && headers.response.is_empty()) =>
-            {
+            Self::Text(TextFormat { headers, .. }) | Self::Dictionary(JsonFormat { headers, .. }) if !headers.is_empty() => {
                 Some(headers.clone())
             }
             _ => None,
@@ -543,9 +504,6 @@ fn dash<T: ToString>(v: Option<T>) -> String {
 /// Writes the first of `sources` that has a value; false when none has.
 fn write_header(line: &mut String, sources: &[Source], without_query: bool, r: &RequestRecord) -> bool {
     for source in sources {
-        let captured = |pick: fn(&CapturedHeaders) -> &[Option<HeaderValue>], slot: usize| {
-            r.headers.as_deref().and_then(|h| pick(h).get(slot)).and_then(Option::as_ref)
-        };
         let value = match *source {
             Source::Record(field) => {
                 let present = match field {
@@ -560,8 +518,8 @@ fn write_header(line: &mut String, sources: &[Source], without_query: bool, r: &
                 }
                 None
             }
-            Source::Request(slot) => captured(|h| &h.request, slot),
-            Source::Response(slot) => captured(|h| &h.response, slot),
+            Source::Request(slot) => r.headers.as_deref().and_then(|h| h.request(slot)),
+            Source::Response(slot) => r.headers.as_deref().and_then(|h| h.response(slot)),
         };
         if let Some(value) = value {
             let bytes = value.as_bytes();
@@ -696,6 +654,8 @@ impl StdoutAccessLog {
 
 #[cfg(test)]
 mod tests {
+    use http::{HeaderMap, HeaderValue};
+
     use super::*;
     use crate::telemetry::tests::record;
 
@@ -739,8 +699,7 @@ mod tests {
         let mut response = HeaderMap::new();
         response.insert("content-type", HeaderValue::from_static("text/plain"));
         let mut captured = names.capture_request(&request);
-        names.capture_response(&response, &mut captured);
-        assert_eq!(captured.request.len(), 5, "one slot per named header, each once: {captured:?}");
+        captured.add_response(&response);
         let mut r = record(true, crate::classify::Outcome::Success, 12);
         r.user_agent = Some("curl/8.0".into());
         r.authority = Some("backend".into());

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod batch;
 pub mod export;
+pub mod headers;
 pub mod metrics;
 pub mod otlp;
 mod otlp_http;
@@ -141,8 +142,9 @@ pub struct RequestRecord {
     /// attempt's number. Such a record is a CLIENT span only (the request's metrics and
     /// access log come from its own record).
     pub attempt: Option<u32>,
-    /// The headers the stdout access log's format prints, when it names any.
-    pub headers: Option<Box<access_log::CapturedHeaders>>,
+    /// The headers the stdout access log's format prints and those kept as attributes, when
+    /// any is named ([`headers`]).
+    pub headers: Option<Box<headers::CapturedHeaders>>,
 }
 
 /// Something that happened during an exchange, recorded as a span event.
@@ -373,8 +375,9 @@ struct Inner {
     spans: Option<Queue>,
     logs: Option<Queue>,
     stdout: Option<access_log::StdoutAccessLog>,
-    /// The headers the stdout access log prints, which records keep for it.
-    access_log_headers: Option<Arc<access_log::HeaderNames>>,
+    /// The headers records keep: those the stdout access log prints and those kept as
+    /// attributes.
+    kept_headers: Option<Arc<headers::HeaderNames>>,
     /// The requests-in-flight gauges, inbound and outbound.
     active: [prometheus_client::metrics::gauge::Gauge; 2],
     /// The request counters, by side (inbound, outbound) and outcome (success, failure).
@@ -405,12 +408,15 @@ impl Telemetry {
         let filter = &config.stdout_access_log_filter;
         let start = |format| access_log::StdoutAccessLog::start(format, filter.clone(), config.queue_capacity);
         let stdout = config.stdout_access_log.clone().map(start);
-        let access_log_headers = config.stdout_access_log.as_ref().and_then(access_log::AccessLogFormat::header_names);
+        let printed = config.stdout_access_log.as_ref().and_then(access_log::AccessLogFormat::header_names);
+        let kept = printed.map(|names| (*names).clone()).unwrap_or_default();
+        let kept = kept.with_attributes(&config.capture_request_headers, &config.capture_response_headers);
+        let kept_headers = (!kept.is_empty()).then(|| Arc::new(kept));
         let active = [Side::Inbound, Side::Outbound].map(|side| stats.active(side));
         let requests = [Side::Inbound, Side::Outbound].map(|side| [Outcome::Success, Outcome::Failure].map(|o| stats.requests(side, o)));
         let inner = Inner {
             stdout,
-            access_log_headers,
+            kept_headers,
             active,
             requests,
             identity,
@@ -440,9 +446,10 @@ impl Telemetry {
         self.inner.sampling
     }
 
-    /// The headers each record keeps for the stdout access log, when its format names any.
-    pub fn access_log_headers(&self) -> Option<&Arc<access_log::HeaderNames>> {
-        self.inner.access_log_headers.as_ref()
+    /// The headers each record keeps, for the stdout access log and as attributes, when any
+    /// is named.
+    pub fn kept_headers(&self) -> Option<&Arc<headers::HeaderNames>> {
+        self.inner.kept_headers.as_ref()
     }
 
     /// Counts a request arriving on `side` as in flight until the returned guard drops.

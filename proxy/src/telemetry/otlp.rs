@@ -7,7 +7,7 @@
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
-    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
     metrics::v1::{
         AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
         ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
@@ -90,6 +90,8 @@ pub trait AttributeSink {
     fn string(&mut self, key: &str, value: &str);
     /// An integer attribute.
     fn integer(&mut self, key: &str, value: i64);
+    /// A string array attribute, of header `values` (bytes that are not UTF-8 replaced).
+    fn header_values(&mut self, key: &str, values: &[http::HeaderValue]);
 }
 
 impl AttributeSink for Attributes {
@@ -98,6 +100,10 @@ impl AttributeSink for Attributes {
     }
     fn integer(&mut self, key: &str, value: i64) {
         self.int(key, value);
+    }
+    fn header_values(&mut self, key: &str, values: &[http::HeaderValue]) {
+        let values = values.iter().map(|v| AnyValue { value: Some(Value::StringValue(String::from_utf8_lossy(v.as_bytes()).into_owned())) });
+        self.push(key, Value::ArrayValue(ArrayValue { values: values.collect() }));
     }
 }
 
@@ -220,6 +226,11 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         a.integer(semconv::RETRY_ATTEMPT, i64::from(attempt));
         if attempt > 1 {
             a.integer("http.request.resend_count", i64::from(attempt - 1));
+        }
+    }
+    if let Some(headers) = &r.headers {
+        for (key, values) in headers.attributes() {
+            a.header_values(key, values);
         }
     }
     // The sidecar's own workload (the source of an outbound record, the destination of an

@@ -112,6 +112,21 @@ impl otlp::AttributeSink for KeyValues<'_> {
         // AnyValue.int_value = 3 (varint of the two's complement)
         self.put(key, 1 + encoded_len_varint(value as u64), |buf| put_varint(buf, 3, value as u64));
     }
+
+    fn header_values(&mut self, name: &str, values: &[http::HeaderValue]) {
+        // AnyValue.array_value = 5: ArrayValue { values = 1: AnyValue { string_value = 1 } }
+        let texts = || values.iter().map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let array_len: usize = texts().map(|t| field_len(field_len(t.len()))).sum();
+        self.put(name, field_len(array_len), |buf| {
+            key(buf, 5, WireType::LengthDelimited);
+            varint(buf, array_len as u64);
+            for text in texts() {
+                key(buf, 1, WireType::LengthDelimited);
+                varint(buf, field_len(text.len()) as u64);
+                put_len(buf, 1, text.as_bytes());
+            }
+        });
+    }
 }
 
 /// One encoded export request: a short envelope (the request, resource and scope fields with
@@ -323,6 +338,14 @@ mod tests {
         rich.user_agent = Some("curl/8 ünïcode".into());
         rich.request_id = Some("rid-1".into());
         rich.trace_state = Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into());
+        let names = crate::telemetry::headers::HeaderNames::default();
+        let names = Arc::new(names.with_attributes(&[http::HeaderName::from_static("x-tenant")], &[http::HeaderName::from_static("x-cache")]));
+        let mut request = http::HeaderMap::new();
+        request.append("x-tenant", http::HeaderValue::from_static("acme"));
+        request.append("x-tenant", http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes"));
+        let mut captured = names.capture_request(&request);
+        captured.add_response(&http::HeaderMap::from_iter([(http::HeaderName::from_static("x-cache"), http::HeaderValue::from_static("HIT"))]));
+        rich.headers = Some(Box::new(captured));
         rich.events = vec![
             SpanEvent { offset: Duration::from_millis(5), name: "retry", message: Some("reset by peer".into()) },
             SpanEvent { offset: Duration::from_millis(9), name: "timeout", message: None },

@@ -1,0 +1,151 @@
+//! The request and response headers records keep, by name, when the configuration names
+//! any: for the stdout access log's `%REQ(…)%` and `%RESP(…)%` fields, and as OpenTelemetry's
+//! `http.request.header.<name>` and `http.response.header.<name>` attributes of spans and
+//! access-log records (`[telemetry] capture_request_headers` and `capture_response_headers`;
+//! Istio's header custom tags). A record keeps only the named headers, each value sharing the
+//! bytes of the header it came from, and nothing at all when none is named.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The headers records keep, each in a slot, and which of them are attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderNames {
+    request: Vec<HeaderName>,
+    response: Vec<HeaderName>,
+    /// Request slots written as attributes, with their attribute keys.
+    request_attributes: Vec<(usize, Box<str>)>,
+    /// Response slots written as attributes, with their attribute keys.
+    response_attributes: Vec<(usize, Box<str>)>,
+}
+
+/// The slot of `name` in `list`, added if new.
+fn slot(list: &mut Vec<HeaderName>, name: HeaderName) -> usize {
+    list.iter().position(|n| *n == name).unwrap_or_else(|| {
+        list.push(name);
+        list.len() - 1
+    })
+}
+
+impl HeaderNames {
+    /// The slot of request header `name`, added if new.
+    pub fn request_slot(&mut self, name: HeaderName) -> usize {
+        slot(&mut self.request, name)
+    }
+
+    /// The slot of response header `name`, added if new.
+    pub fn response_slot(&mut self, name: HeaderName) -> usize {
+        slot(&mut self.response, name)
+    }
+
+    /// Whether no header is named.
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+
+    /// Adds `request` and `response` headers kept as attributes (`http.request.header.<name>`,
+    /// `http.response.header.<name>`, names in lower case as `HeaderName`s are).
+    pub fn with_attributes(mut self, request: &[HeaderName], response: &[HeaderName]) -> Self {
+        for name in request {
+            let slot = self.request_slot(name.clone());
+            if !self.request_attributes.iter().any(|(s, _)| *s == slot) {
+                self.request_attributes.push((slot, format!("http.request.header.{name}").into()));
+            }
+        }
+        for name in response {
+            let slot = self.response_slot(name.clone());
+            if !self.response_attributes.iter().any(|(s, _)| *s == slot) {
+                self.response_attributes.push((slot, format!("http.response.header.{name}").into()));
+            }
+        }
+        self
+    }
+
+    /// What a record keeps of a request's `headers` (none of its response's yet).
+    pub fn capture_request(self: &Arc<Self>, headers: &HeaderMap) -> CapturedHeaders {
+        CapturedHeaders {
+            request: self.request.iter().map(|n| values(headers, n)).collect(),
+            response: vec![Vec::new(); self.response.len()],
+            names: self.clone(),
+        }
+    }
+}
+
+/// Every value of header `name`, in order.
+fn values(headers: &HeaderMap, name: &HeaderName) -> Vec<HeaderValue> {
+    headers.get_all(name).iter().cloned().collect()
+}
+
+/// The header values one record keeps, by [`HeaderNames`] slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedHeaders {
+    names: Arc<HeaderNames>,
+    request: Vec<Vec<HeaderValue>>,
+    response: Vec<Vec<HeaderValue>>,
+}
+
+impl CapturedHeaders {
+    /// Adds what the record keeps of its response's `headers`.
+    pub fn add_response(&mut self, headers: &HeaderMap) {
+        for (slot, name) in self.response.iter_mut().zip(&self.names.response) {
+            *slot = values(headers, name);
+        }
+    }
+
+    /// The first value of the request header in `slot`.
+    pub fn request(&self, slot: usize) -> Option<&HeaderValue> {
+        self.request.get(slot)?.first()
+    }
+
+    /// The first value of the response header in `slot`.
+    pub fn response(&self, slot: usize) -> Option<&HeaderValue> {
+        self.response.get(slot)?.first()
+    }
+
+    /// The headers kept as attributes that were present: their keys and values.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, &[HeaderValue])> {
+        let request = self.names.request_attributes.iter().map(|(slot, key)| (&**key, self.request.get(*slot)));
+        let response = self.names.response_attributes.iter().map(|(slot, key)| (&**key, self.response.get(*slot)));
+        request.chain(response).filter_map(|(key, values)| values.filter(|v| !v.is_empty()).map(|v| (key, v.as_slice())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_headers_are_kept_with_every_value_and_attributes_only_for_those_asked() {
+        let mut names = HeaderNames::default();
+        let printed = names.request_slot(HeaderName::from_static("x-forwarded-for"));
+        let names = names.with_attributes(
+            &[HeaderName::from_static("x-tenant"), HeaderName::from_static("x-forwarded-for"), HeaderName::from_static("x-tenant")],
+            &[HeaderName::from_static("x-cache"), HeaderName::from_static("x-absent")],
+        );
+        let names = Arc::new(names);
+        let mut request = HeaderMap::new();
+        request.append("x-tenant", HeaderValue::from_static("acme"));
+        request.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        request.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        request.append("x-unnamed", HeaderValue::from_static("not kept"));
+        let mut captured = names.capture_request(&request);
+        let mut response = HeaderMap::new();
+        response.append("x-cache", HeaderValue::from_static("HIT"));
+        captured.add_response(&response);
+
+        assert_eq!(captured.request(printed), Some(&HeaderValue::from_static("203.0.113.7")), "the access log's: the first value");
+        let attributes: Vec<(&str, Vec<&str>)> =
+            captured.attributes().map(|(k, v)| (k, v.iter().map(|v| v.to_str().unwrap_or_default()).collect())).collect();
+        assert_eq!(
+            attributes,
+            [
+                ("http.request.header.x-tenant", vec!["acme"]),
+                ("http.request.header.x-forwarded-for", vec!["203.0.113.7", "10.0.0.1"]),
+                ("http.response.header.x-cache", vec!["HIT"]),
+            ],
+            "each named once, absent ones left out",
+        );
+        assert_eq!(captured.request.len(), 2, "one slot per named header");
+    }
+}
