@@ -46,6 +46,19 @@ impl ResponseFlags {
         (Self::UPSTREAM_PROTOCOL_ERROR, "UPE"),
     ];
 
+    /// Envoy's long names of the flags (`%RESPONSE_FLAGS_LONG%`), in [`Self::NAMES`]'s order.
+    const LONG_NAMES: [&'static str; 9] = [
+        "NoRouteFound",
+        "UpstreamConnectionFailure",
+        "UpstreamConnectionTermination",
+        "DownstreamConnectionTermination",
+        "NoHealthyUpstream",
+        "DownstreamProtocolError",
+        "UpstreamRequestTimeout",
+        "StreamIdleTimeout",
+        "UpstreamProtocolError",
+    ];
+
     /// No flag set.
     pub const fn empty() -> Self {
         Self(0)
@@ -116,6 +129,16 @@ impl ResponseFlags {
                 first = false;
             }
         }
+    }
+
+    /// Envoy's long form: `-` when empty, else the long names joined by commas
+    /// (`UpstreamConnectionFailure,DownstreamConnectionTermination`).
+    pub fn long_names(self) -> String {
+        if self.is_empty() {
+            return "-".into();
+        }
+        let set = Self::NAMES.iter().zip(Self::LONG_NAMES).filter(|((flag, _), _)| self.contains(*flag));
+        set.map(|(_, long)| long).collect::<Vec<_>>().join(",")
     }
 
     /// The flag Envoy writes as `name` (`UF`, `NR`, …).

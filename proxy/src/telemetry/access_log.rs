@@ -57,11 +57,11 @@ enum Field {
     RequestDuration,
     ResponseDuration,
     ResponseTxDuration,
-    UpstreamHost,
+    /// Envoy's long flag names (`UpstreamConnectionFailure`).
+    ResponseFlagsLong,
     UpstreamCluster,
-    DownstreamRemoteAddress,
-    DownstreamLocalAddress,
-    UpstreamLocalAddress,
+    /// One of a connection's addresses, whole or a part of it.
+    Address(Addr, AddrPart),
     RequestedServerName,
     UpstreamTransportFailureReason,
     ConnectionTerminationDetails,
@@ -82,6 +82,7 @@ impl Field {
             "RESPONSE_CODE" => Self::ResponseCode,
             "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => Self::GrpcStatus,
             "RESPONSE_FLAGS" => Self::ResponseFlags,
+            "RESPONSE_FLAGS_LONG" => Self::ResponseFlagsLong,
             "RESPONSE_CODE_DETAILS" => Self::ResponseCodeDetails,
             "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Self::AttemptCount,
             "ROUTE_NAME" => Self::RouteName,
@@ -91,11 +92,7 @@ impl Field {
             "REQUEST_DURATION" => Self::RequestDuration,
             "RESPONSE_DURATION" => Self::ResponseDuration,
             "RESPONSE_TX_DURATION" => Self::ResponseTxDuration,
-            "UPSTREAM_HOST" => Self::UpstreamHost,
             "UPSTREAM_CLUSTER" => Self::UpstreamCluster,
-            "DOWNSTREAM_REMOTE_ADDRESS" => Self::DownstreamRemoteAddress,
-            "DOWNSTREAM_LOCAL_ADDRESS" => Self::DownstreamLocalAddress,
-            "UPSTREAM_LOCAL_ADDRESS" => Self::UpstreamLocalAddress,
             "REQUESTED_SERVER_NAME" => Self::RequestedServerName,
             "UPSTREAM_TRANSPORT_FAILURE_REASON" => Self::UpstreamTransportFailureReason,
             "CONNECTION_TERMINATION_DETAILS" => Self::ConnectionTerminationDetails,
@@ -104,9 +101,66 @@ impl Field {
             "DIRECTION" => Self::Direction,
             "SOURCE_WORKLOAD" => Self::SourceWorkload,
             "DESTINATION_WORKLOAD" => Self::DestinationWorkload,
-            _ => return None,
+            _ => return Self::address(name),
         })
     }
+
+    /// Envoy's address fields: `{DOWNSTREAM_REMOTE,DOWNSTREAM_DIRECT_REMOTE,DOWNSTREAM_LOCAL,
+    /// UPSTREAM_REMOTE,UPSTREAM_LOCAL}_ADDRESS`, each also `_WITHOUT_PORT`, and `_PORT`; and
+    /// `UPSTREAM_HOST`. The sidecar reads no PROXY protocol header, so the direct remote
+    /// address is the remote one.
+    fn address(name: &str) -> Option<Self> {
+        if name == "UPSTREAM_HOST" {
+            return Some(Self::Address(Addr::Upstream, AddrPart::Whole));
+        }
+        let (which, part) = if let Some(which) = name.strip_suffix("_ADDRESS_WITHOUT_PORT") {
+            (which, AddrPart::WithoutPort)
+        } else if let Some(which) = name.strip_suffix("_ADDRESS") {
+            (which, AddrPart::Whole)
+        } else {
+            (name.strip_suffix("_PORT")?, AddrPart::Port)
+        };
+        let which = match which {
+            "DOWNSTREAM_REMOTE" | "DOWNSTREAM_DIRECT_REMOTE" => Addr::DownstreamRemote,
+            "DOWNSTREAM_LOCAL" => Addr::DownstreamLocal,
+            "UPSTREAM_REMOTE" => Addr::Upstream,
+            "UPSTREAM_LOCAL" => Addr::UpstreamLocal,
+            _ => return None,
+        };
+        Some(Self::Address(which, part))
+    }
+}
+
+/// A connection address a record keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Addr {
+    /// The caller's end of the downstream connection.
+    DownstreamRemote,
+    /// The sidecar's end of it.
+    DownstreamLocal,
+    /// The upstream endpoint the request went to.
+    Upstream,
+    /// The sidecar's end of the upstream connection that answered.
+    UpstreamLocal,
+}
+
+impl Addr {
+    fn of(self, r: &RequestRecord) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::DownstreamRemote => r.peer,
+            Self::DownstreamLocal => r.local,
+            Self::Upstream => r.upstream,
+            Self::UpstreamLocal => r.upstream_local,
+        }
+    }
+}
+
+/// Which part of an address a field prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddrPart {
+    Whole,
+    WithoutPort,
+    Port,
 }
 
 /// Where a `%REQ(…)%` or `%RESP(…)%` field reads its value.
@@ -433,10 +487,9 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
         Field::Authority => r.authority.as_deref().into(),
         Field::UserAgent => r.user_agent.as_deref().into(),
         Field::RequestId => r.request_id.as_deref().into(),
-        Field::UpstreamHost => r.upstream.map(|u| u.to_string()).into(),
-        Field::DownstreamRemoteAddress => r.peer.map(|p| p.to_string()).into(),
-        Field::DownstreamLocalAddress => r.local.map(|a| a.to_string()).into(),
-        Field::UpstreamLocalAddress => r.upstream_local.map(|a| a.to_string()).into(),
+        Field::Address(which, AddrPart::Port) => which.of(r).map(|a| a.port()).into(),
+        Field::Address(which, AddrPart::WithoutPort) => which.of(r).map(|a| a.ip().to_string()).into(),
+        Field::Address(which, AddrPart::Whole) => which.of(r).map(|a| a.to_string()).into(),
         Field::RequestedServerName | Field::ConnectionTerminationDetails => Value::Null,
         Field::UpstreamTransportFailureReason => transport_failure(r).into(),
         Field::SourceWorkload => r.source.as_ref().map(|s| &*s.workload).into(),
@@ -547,6 +600,7 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::ResponseCode => write!(line, "{}", r.status),
         Field::GrpcStatus => write!(line, "{}", dash(r.grpc_status)),
         Field::ResponseFlags => write!(line, "{}", r.flags),
+        Field::ResponseFlagsLong => write!(line, "{}", r.flags.long_names()),
         Field::ResponseCodeDetails => write!(line, "{}", response_code_details(r)),
         Field::AttemptCount => write!(line, "{}", attempt_count(r)),
         Field::RouteName => write!(line, "{}", dash(r.route.as_ref())),
@@ -556,11 +610,10 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::RequestDuration => write!(line, "{}", dash(r.request_duration.map(|d| d.as_millis()))),
         Field::ResponseDuration => write!(line, "{}", dash(r.response_duration.map(|d| d.as_millis()))),
         Field::ResponseTxDuration => write!(line, "{}", dash(r.response_duration.map(|d| r.duration.saturating_sub(d).as_millis()))),
-        Field::UpstreamHost => write!(line, "{}", dash(r.upstream)),
         Field::UpstreamCluster => write!(line, "{}", r.destination_service),
-        Field::DownstreamRemoteAddress => write!(line, "{}", dash(r.peer)),
-        Field::DownstreamLocalAddress => write!(line, "{}", dash(r.local)),
-        Field::UpstreamLocalAddress => write!(line, "{}", dash(r.upstream_local)),
+        Field::Address(which, AddrPart::Whole) => write!(line, "{}", dash(which.of(r))),
+        Field::Address(which, AddrPart::WithoutPort) => write!(line, "{}", dash(which.of(r).map(|a| a.ip()))),
+        Field::Address(which, AddrPart::Port) => write!(line, "{}", dash(which.of(r).map(|a| a.port()))),
         // Plaintext connections name no server (SNI), and no network filter ends one.
         Field::RequestedServerName | Field::ConnectionTerminationDetails => write!(line, "-"),
         Field::UpstreamTransportFailureReason => write!(line, "{}", dash(transport_failure(r))),
@@ -824,6 +877,31 @@ mod tests {
             message: Some("connection refused".into()),
         });
         assert!(format.render(&r).contains(" \"connection refused\" 0 0 "), "{}", format.render(&r));
+    }
+
+    #[test]
+    fn every_address_field_of_envoy_prints_whole_or_in_parts_and_flags_in_long_form() {
+        let text = "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_REMOTE_PORT% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% \
+                    %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_PORT% %UPSTREAM_REMOTE_ADDRESS% \
+                    %UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UPSTREAM_REMOTE_PORT% %UPSTREAM_LOCAL_PORT% %RESPONSE_FLAGS_LONG%";
+        let format = AccessLogFormat::text(text).expect("Envoy's fields");
+        let mut r = record(true, crate::classify::Outcome::Failure, 5);
+        r.peer = Some("[2001:db8::9]:50000".parse().expect("addr"));
+        r.local = Some(([10, 0, 0, 2], 15_001).into());
+        r.upstream = Some(([10, 0, 0, 7], 8080).into());
+        r.flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE.union(ResponseFlags::DOWNSTREAM_TERMINATED);
+        assert_eq!(
+            format.render(&r),
+            "2001:db8::9 50000 [2001:db8::9]:50000 10.0.0.2 15001 10.0.0.7:8080 10.0.0.7 8080 - \
+             UpstreamConnectionFailure,DownstreamConnectionTermination",
+        );
+        r.flags = ResponseFlags::empty();
+        assert!(format.render(&r).ends_with(" - -"), "no upstream local port, no flag: {}", format.render(&r));
+        let json = dictionary("port = \"%UPSTREAM_REMOTE_PORT%\"\nip = \"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\"").expect("valid");
+        assert_eq!(json.render(&r), r#"{"ip":"2001:db8::9","port":8080}"#, "a port is a number");
+        for bad in ["%UPSTREAM_ADDRESS%", "%DOWNSTREAM_PORT%", "%REMOTE_ADDRESS_WITHOUT_PORT%"] {
+            assert!(AccessLogFormat::text(bad).is_err(), "{bad} is refused");
+        }
     }
 
     #[test]
