@@ -163,6 +163,22 @@ fn grpcio_calls_are_bounded_by_their_deadline_capped_by_a_timeout_set_for_the_se
     // runs out of time.
     let mesh = SlowMesh::start(&dir, "800ms", "");
     assert_eq!(slow_calls(&python, &mesh.tester, 3, "5"), serde_json::json!({"ok": 3, "codes": {}}));
+    // Unary calls: one message each way, on both sides' spans and in the caller's sidecar's
+    // messages-per-call histograms.
+    let spans = wait_for("both sides' spans of the three calls", Duration::from_secs(15), || {
+        let rows = mesh.collector.sql_rows("SELECT kind, attributes FROM spans WHERE operation = 'demo.Slow/Work'");
+        (rows.len() == 6).then_some(rows)
+    });
+    for row in &spans {
+        let attributes: Value = serde_json::from_str(row[1].as_str().unwrap_or_default()).expect("attributes as JSON");
+        let messages = (&attributes["meshlens.grpc.request_messages"], &attributes["meshlens.grpc.response_messages"]);
+        assert_eq!(messages, (&Value::from(1), &Value::from(1)), "{row:?}");
+    }
+    let exposition = get(mesh.tester.admin, "/metrics").body;
+    for family in ["rpc_client_requests_per_rpc", "rpc_client_responses_per_rpc"] {
+        let (count, sum) = (prom_sum(&exposition, &format!("{family}_count"), &[]), prom_sum(&exposition, &format!("{family}_sum"), &[]));
+        assert_eq!((count, sum), (3.0, 3.0), "{family} in {exposition}");
+    }
     assert_eq!(slow_calls(&python, &mesh.tester, 3, "0.4"), serde_json::json!({"ok": 0, "codes": {"DEADLINE_EXCEEDED": 3}}));
     drop(mesh);
 

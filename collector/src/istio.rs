@@ -7,6 +7,9 @@
 //! not know (principals, clusters) are `unknown`; `connection_security_policy` is `none`
 //! until the mesh has mTLS.
 //!
+//! `istio_request_messages_total` and `istio_response_messages_total` count the messages of
+//! gRPC calls, from the counts sidecars put on their records.
+//!
 //! TCP series (`istio_tcp_connections_opened_total`, `…_closed_total`,
 //! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`, reporter `source`) come
 //! from the sidecars' per-upstream connection counters, exported as cumulative OTLP sums
@@ -141,6 +144,8 @@ pub struct IstioMetrics {
     duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
     request_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
     response_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    request_messages: Family<IstioLabels, Counter>,
+    response_messages: Family<IstioLabels, Counter>,
     seen: Arc<LastSeen<IstioLabels>>,
     tcp_opened: Family<IstioTcpLabels, Counter>,
     tcp_closed: Family<IstioTcpLabels, Counter>,
@@ -166,6 +171,8 @@ impl Default for IstioMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
+            request_messages: Family::default(),
+            response_messages: Family::default(),
             seen: Arc::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
@@ -184,6 +191,8 @@ impl IstioMetrics {
         r.register("istio_request_duration_milliseconds", "Request duration, as Istio measures it", self.duration.clone());
         r.register("istio_request_bytes", "Request body sizes", self.request_bytes.clone());
         r.register("istio_response_bytes", "Response body sizes", self.response_bytes.clone());
+        r.register("istio_request_messages", "gRPC messages callers sent", self.request_messages.clone());
+        r.register("istio_response_messages", "gRPC messages callers received", self.response_messages.clone());
         r.register("istio_tcp_connections_opened", "TCP connections opened, as Istio counts them", self.tcp_opened.clone());
         r.register("istio_tcp_connections_closed", "TCP connections closed, as Istio counts them", self.tcp_closed.clone());
         r.register("istio_tcp_sent_bytes", "Bytes the destination sent over TCP", self.tcp_sent.clone());
@@ -233,6 +242,10 @@ impl IstioMetrics {
         self.duration.get_or_create(&labels).observe(o.duration_nanos as f64 / 1e6);
         self.request_bytes.get_or_create(&labels).observe(o.request_bytes as f64);
         self.response_bytes.get_or_create(&labels).observe(o.response_bytes as f64);
+        if let Some((sent, received)) = o.messages {
+            self.request_messages.get_or_create(&labels).inc_by(sent);
+            self.response_messages.get_or_create(&labels).inc_by(received);
+        }
         self.requests.get_or_create(&labels).inc();
     }
 
@@ -244,6 +257,8 @@ impl IstioMetrics {
             self.duration.remove(labels);
             self.request_bytes.remove(labels);
             self.response_bytes.remove(labels);
+            self.request_messages.remove(labels);
+            self.response_messages.remove(labels);
         }
         let idle_tcp = self.tcp_seen.expire(ttl);
         for labels in &idle_tcp {
@@ -255,5 +270,53 @@ impl IstioMetrics {
             }
         }
         idle.len() + idle_tcp.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::intern,
+        topology::{Node, NodeKind},
+    };
+
+    fn call(messages: Option<(u64, u64)>) -> EdgeObservation {
+        let node = |service: &str| -> NodeRef {
+            Node { kind: NodeKind::Service, namespace: intern("shop"), service: intern(service), workload: None, version: None }.into()
+        };
+        EdgeObservation {
+            source: node("web"),
+            destination: node("feed"),
+            protocol: intern("grpc"),
+            start_unix_nanos: 1,
+            duration_nanos: 2_000_000,
+            error: false,
+            response_code: intern("200"),
+            http_status: Some(200),
+            grpc_status: Some(0),
+            response_flags: intern("-"),
+            request_bytes: 10,
+            response_bytes: 20,
+            retries: 0,
+            messages,
+            trace_id: None,
+        }
+    }
+
+    #[test]
+    fn grpc_calls_count_their_messages_as_istio_does() {
+        let metrics = IstioMetrics::default();
+        metrics.observe(&call(Some((1, 40))));
+        metrics.observe(&call(Some((1, 1))));
+        metrics.observe(&call(None));
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let total = |name: &str| text.lines().filter(|l| l.starts_with(name)).map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned()).collect::<Vec<_>>();
+        assert_eq!(total("istio_request_messages_total{"), ["2"], "{text}");
+        assert_eq!(total("istio_response_messages_total{"), ["41"], "{text}");
+        assert_eq!(total("istio_requests_total{"), ["3"], "a call without counts still counts as a request");
     }
 }

@@ -20,6 +20,10 @@ pub const CLASSIFICATION: &str = "meshlens.classification";
 pub const UPSTREAM_ADDRESS: &str = "meshlens.upstream.address";
 /// The request's `x-request-id`.
 pub const REQUEST_ID: &str = "meshlens.request_id";
+/// A gRPC call's request messages (sidecar records of gRPC calls).
+pub const GRPC_REQUEST_MESSAGES: &str = "meshlens.grpc.request_messages";
+/// A gRPC call's response messages.
+pub const GRPC_RESPONSE_MESSAGES: &str = "meshlens.grpc.response_messages";
 /// How many times the sidecar retried the request (on its span and access log, when > 0).
 pub const RETRY_COUNT: &str = "meshlens.retry.count";
 /// On the CLIENT span of one attempt of a retried request: the attempt's number, from 1.

@@ -14,12 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 
-use crate::error::BoxError;
+use crate::{error::BoxError, grpc_messages::MessageCounter};
 
 /// The body type every layer of the request path uses.
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
@@ -75,8 +75,8 @@ pub enum BodyEnd {
 
 /// Watches one body stream.
 pub trait BodyObserver: Send + Unpin + 'static {
-    /// A data frame of `len` bytes passed.
-    fn on_data(&mut self, len: usize);
+    /// A data frame passed.
+    fn on_data(&mut self, data: &[u8]);
     /// Trailers passed.
     fn on_trailers(&mut self, _trailers: &HeaderMap) {}
     /// The stream failed with `error`; [`BodyObserver::on_end`] follows with
@@ -87,12 +87,14 @@ pub trait BodyObserver: Send + Unpin + 'static {
 }
 
 /// How far a request body has come, shared with the record of its exchange: its bytes so
-/// far, when its last byte arrived (Envoy's `%REQUEST_DURATION%`), and whether the sidecar
-/// cut the exchange off for carrying nothing either way ([`crate::stream_idle`]).
+/// far (and a gRPC call's messages), when its last byte arrived (Envoy's
+/// `%REQUEST_DURATION%`), and whether the sidecar cut the exchange off for carrying nothing
+/// either way ([`crate::stream_idle`]).
 #[derive(Debug)]
 pub struct RequestProgress {
     start: Instant,
     bytes: AtomicU64,
+    messages: AtomicU64,
     /// Nanoseconds from `start` to the body's end, plus one; zero until it ends complete.
     ended: AtomicU64,
     idle: AtomicBool,
@@ -101,7 +103,7 @@ pub struct RequestProgress {
 impl RequestProgress {
     /// The progress of a request that arrived at `start`.
     pub fn new(start: Instant) -> Arc<Self> {
-        Arc::new(Self { start, bytes: AtomicU64::new(0), ended: AtomicU64::new(0), idle: AtomicBool::new(false) })
+        Arc::new(Self { start, bytes: AtomicU64::new(0), messages: AtomicU64::new(0), ended: AtomicU64::new(0), idle: AtomicBool::new(false) })
     }
 
     /// A figure that changes whenever the request body moves: its bytes, and its end.
@@ -124,6 +126,11 @@ impl RequestProgress {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// A gRPC call's messages so far ([`RequestObserver::grpc`]).
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
     /// How long after the request's start its body ended, if it has ended complete.
     pub fn ended_after(&self) -> Option<Duration> {
         self.ended.load(Ordering::Relaxed).checked_sub(1).map(Duration::from_nanos)
@@ -136,13 +143,36 @@ impl RequestProgress {
     }
 }
 
-impl BodyObserver for Arc<RequestProgress> {
-    fn on_data(&mut self, len: usize) {
-        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+/// Reports a request body's progress, and for a gRPC call counts its messages.
+#[derive(Debug)]
+pub struct RequestObserver {
+    progress: Arc<RequestProgress>,
+    messages: Option<MessageCounter>,
+}
+
+impl RequestObserver {
+    /// Reports to `progress`.
+    pub fn new(progress: Arc<RequestProgress>) -> Self {
+        Self { progress, messages: None }
+    }
+
+    /// Reports to `progress` and counts the messages of a gRPC call.
+    pub fn grpc(progress: Arc<RequestProgress>) -> Self {
+        Self { progress, messages: Some(MessageCounter::default()) }
+    }
+}
+
+impl BodyObserver for RequestObserver {
+    fn on_data(&mut self, data: &[u8]) {
+        self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(counter) = self.messages.as_mut() {
+            counter.feed(data);
+            self.progress.messages.store(counter.messages(), Ordering::Relaxed);
+        }
     }
     fn on_end(&mut self, end: BodyEnd) {
         if end == BodyEnd::Complete {
-            self.end();
+            self.progress.end();
         }
     }
 }
@@ -166,7 +196,7 @@ impl<O: BodyObserver, B: Body + Unpin> ObservedBody<O, B> {
     }
 }
 
-impl<O: BodyObserver, B: Body + Unpin> Body for ObservedBody<O, B>
+impl<O: BodyObserver, B: Body<Data = Bytes> + Unpin> Body for ObservedBody<O, B>
 where
     B::Error: std::error::Error + 'static,
 {
@@ -184,7 +214,7 @@ where
                 let mut ended = false;
                 if let Some(observer) = this.observer.as_mut() {
                     if let Some(data) = frame.data_ref() {
-                        observer.on_data(data.remaining());
+                        observer.on_data(data);
                     } else if let Some(trailers) = frame.trailers_ref() {
                         observer.on_trailers(trailers);
                         // Trailers are a body's last frame, and whoever reads them may drop
@@ -239,9 +269,9 @@ mod tests {
     struct Probe(Arc<std::sync::Mutex<Seen>>);
 
     impl BodyObserver for Probe {
-        fn on_data(&mut self, len: usize) {
+        fn on_data(&mut self, data: &[u8]) {
             if let Ok(mut s) = self.0.lock() {
-                s.bytes += len;
+                s.bytes += data.len();
             }
         }
         fn on_trailers(&mut self, _: &HeaderMap) {
@@ -314,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_counts_its_bytes_and_when_it_ended_complete() {
         let progress = RequestProgress::new(Instant::now());
-        let mut body = ObservedBody::new(frames(), progress.clone());
+        let mut body = ObservedBody::new(frames(), RequestObserver::new(progress.clone()));
         let _first = body.frame().await;
         assert_eq!((progress.bytes(), progress.ended_after()), (6, None), "streaming");
         let collected = body.collect().await.expect("collect");
@@ -325,7 +355,7 @@ mod tests {
         assert_eq!(progress.ended_after(), Some(ended), "the first end counts");
 
         let cut = RequestProgress::new(Instant::now());
-        let mut body = ObservedBody::new(frames(), cut.clone());
+        let mut body = ObservedBody::new(frames(), RequestObserver::new(cut.clone()));
         let _first = body.frame().await;
         drop(body);
         assert_eq!(cut.ended_after(), None, "a body dropped before its end never arrived whole");

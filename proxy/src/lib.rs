@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod drain;
 pub mod error;
+pub mod grpc_messages;
 pub mod http_route;
 pub mod identity;
 pub mod inbound;

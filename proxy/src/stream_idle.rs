@@ -210,8 +210,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_that_never_comes_times_out_one_to_one_and_a_quarter_timeouts_after_the_request() {
         let request = RequestProgress::new(std::time::Instant::now());
-        let mut request_body = Arc::clone(&request);
-        BodyObserver::on_data(&mut request_body, 10);
+        let mut request_body = crate::body::RequestObserver::new(Arc::clone(&request));
+        BodyObserver::on_data(&mut request_body, &[0; 10]);
         request.end();
         let ended = Instant::now();
         let answer = until_headers(std::future::pending::<()>(), IDLE, &request, || None).await;
@@ -245,10 +245,10 @@ mod tests {
         };
         // A request body frame every 3/4 of the timeout (an upload the upstream answers at its
         // end), then the answer 3/4 of a timeout after the last: never idle for the timeout.
-        let mut request_body = Arc::clone(&request);
+        let mut request_body = crate::body::RequestObserver::new(Arc::clone(&request));
         for _ in 0..8 {
             tokio::time::sleep(IDLE * 3 / 4).await;
-            BodyObserver::on_data(&mut request_body, 7);
+            BodyObserver::on_data(&mut request_body, &[0; 7]);
         }
         tokio::time::sleep(IDLE * 3 / 4).await;
         assert!(!waiting.is_finished());
@@ -281,13 +281,13 @@ mod tests {
         let reader = read(body);
         // A frame of the response one time, of the request body (a bidirectional stream) the
         // next, each 3/4 of the timeout after the one before: never idle for the timeout.
-        let mut request_body = Arc::clone(&request);
+        let mut request_body = crate::body::RequestObserver::new(Arc::clone(&request));
         for round in 0..10 {
             tokio::time::sleep(IDLE * 3 / 4).await;
             if round % 2 == 0 {
                 tx.send(Bytes::from_static(b"response")).expect("send");
             } else {
-                BodyObserver::on_data(&mut request_body, 7);
+                BodyObserver::on_data(&mut request_body, &[0; 7]);
             }
         }
         drop(tx);

@@ -255,6 +255,9 @@ pub struct EdgeObservation {
     pub response_bytes: u64,
     /// Retries the caller's sidecar made for it (`meshlens.retry.count`).
     pub retries: u64,
+    /// A gRPC call's request and response messages, when a sidecar counted them
+    /// (`meshlens.grpc.request_messages`, `meshlens.grpc.response_messages`).
+    pub messages: Option<(u64, u64)>,
     /// A trace this request belongs to, for exemplars and drill-down.
     pub trace_id: Option<TraceId>,
 }
@@ -288,8 +291,10 @@ const EVENT_NAME: usize = 10;
 const PEER_SERVICE: usize = 11;
 const SERVER_ADDRESS: usize = 12;
 const RETRY_COUNT: usize = 13;
+const REQUEST_MESSAGES: usize = 14;
+const RESPONSE_MESSAGES: usize = 15;
 /// The source workload's parts, then the destination's.
-const SOURCE: usize = 14;
+const SOURCE: usize = 16;
 const DESTINATION: usize = SOURCE + WORKLOAD_PARTS;
 const SLOTS: usize = DESTINATION + WORKLOAD_PARTS;
 
@@ -318,6 +323,8 @@ const SLOT_KEYS: [(&str, usize); SLOTS] = [
     ("peer.service", PEER_SERVICE),
     ("server.address", SERVER_ADDRESS),
     (semconv::RETRY_COUNT, RETRY_COUNT),
+    (semconv::GRPC_REQUEST_MESSAGES, REQUEST_MESSAGES),
+    (semconv::GRPC_RESPONSE_MESSAGES, RESPONSE_MESSAGES),
     (SOURCE_SERVICE, SOURCE),
     (SOURCE_NAMESPACE, SOURCE + 1),
     (SOURCE_WORKLOAD, SOURCE + 2),
@@ -431,6 +438,7 @@ impl<'a> Facts<'a> {
             request_bytes: self.count(REQUEST_BYTES),
             response_bytes: self.count(RESPONSE_BYTES),
             retries: self.count(RETRY_COUNT),
+            messages: self.int(REQUEST_MESSAGES).zip(self.int(RESPONSE_MESSAGES)).map(|(q, r)| (q.max(0) as u64, r.max(0) as u64)),
             trace_id,
         }
     }
@@ -1089,7 +1097,8 @@ mod tests {
         let keys = [
             "http.response.status_code", "rpc.grpc.status_code", semconv::CLASSIFICATION, semconv::PROTOCOL, "rpc.system",
             semconv::RESPONSE_FLAGS, "http.request.body.size", "http.response.body.size", semconv::DURATION_NS,
-            semconv::DIRECTION, "event.name", "peer.service", "server.address", semconv::RETRY_COUNT, SOURCE_SERVICE,
+            semconv::DIRECTION, "event.name", "peer.service", "server.address", semconv::RETRY_COUNT,
+            semconv::GRPC_REQUEST_MESSAGES, semconv::GRPC_RESPONSE_MESSAGES, SOURCE_SERVICE,
             SOURCE_NAMESPACE, SOURCE_WORKLOAD, SOURCE_VERSION, DESTINATION_SERVICE, DESTINATION_NAMESPACE, DESTINATION_WORKLOAD,
             DESTINATION_VERSION,
         ];
@@ -1132,6 +1141,17 @@ mod tests {
         assert_eq!(&*Facts::of(&grpc, false).response_code(), "grpc:14");
         assert_eq!(&*Facts::of(&Attributes::new(), true).response_code(), "error");
         assert_eq!(&*Facts::of(&Attributes::new(), false).response_code(), "-");
+    }
+
+    #[test]
+    fn a_sidecars_message_counts_of_a_grpc_call_reach_its_observation() {
+        let (source, destination) = (NodeRef::unknown(), NodeRef::unknown());
+        let counted: Attributes =
+            vec![(semconv::GRPC_REQUEST_MESSAGES.into(), Value::Int(1)), (semconv::GRPC_RESPONSE_MESSAGES.into(), Value::Int(40))];
+        let observed = Facts::of(&counted, false).observation(source.clone(), destination.clone(), 1, 2, None);
+        assert_eq!(observed.messages, Some((1, 40)));
+        let uncounted = Facts::of(&Attributes::new(), false).observation(source, destination, 1, 2, None);
+        assert_eq!(uncounted.messages, None, "an SDK's span says nothing of messages");
     }
 
     #[test]

@@ -244,6 +244,7 @@ mod tests {
             request_bytes: 10,
             response_bytes: 20,
             retries: u64::from(code == "503") * 2,
+            messages: None,
             trace_id: None,
         }
     }

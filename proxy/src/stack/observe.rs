@@ -19,7 +19,8 @@ use http::HeaderMap;
 use tower::{Layer, Service};
 
 use crate::{
-    body::{self, BodyEnd, BodyObserver, ObservedBody, RequestProgress},
+    body::{self, BodyEnd, BodyObserver, ObservedBody, RequestObserver, RequestProgress},
+    grpc_messages::MessageCounter,
     classify::{self, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
@@ -140,7 +141,8 @@ where
             request.end();
         }
         let grpc = record.grpc;
-        let req = req.map(|b| body::boxed(ObservedBody::new(b, request.clone())));
+        let observer = if grpc { RequestObserver::grpc(request.clone()) } else { RequestObserver::new(request.clone()) };
+        let req = req.map(|b| body::boxed(ObservedBody::new(b, observer)));
         let fut = self.inner.call(req);
         let waiting = Waiting { telemetry, record: Some(record), start, request, resolution };
         Box::pin(async move {
@@ -174,7 +176,16 @@ where
             }
             let (telemetry, request) = (waiting.telemetry.clone(), waiting.request.clone());
             let in_flight =
-                InFlight { telemetry, record: Some(record), start, request: request.clone(), tunnel, active: Some(active), failure: None };
+                InFlight {
+                telemetry,
+                messages: record.grpc.then(MessageCounter::default),
+                record: Some(record),
+                start,
+                request: request.clone(),
+                tunnel,
+                active: Some(active),
+                failure: None,
+            };
             Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, stream_idle, request), in_flight))))
         })
     }
@@ -210,6 +221,7 @@ impl Drop for Waiting {
         let Some(mut record) = self.record.take() else { return };
         resolved(&mut record, &self.resolution, self.start);
         record.request_bytes = self.request.bytes();
+        record.request_messages = self.request.messages();
         record.request_duration = self.request.ended_after();
         finish(&self.telemetry, record, self.start, BodyEnd::Dropped);
     }
@@ -228,12 +240,17 @@ struct InFlight {
     /// How the response body failed, if it did: whether the upstream broke HTTP in it, and
     /// the error's causes.
     failure: Option<(bool, String)>,
+    /// A gRPC call's response messages.
+    messages: Option<MessageCounter>,
 }
 
 impl BodyObserver for InFlight {
-    fn on_data(&mut self, len: usize) {
+    fn on_data(&mut self, data: &[u8]) {
         if let Some(r) = self.record.as_mut() {
-            r.response_bytes += len as u64;
+            r.response_bytes += data.len() as u64;
+        }
+        if let Some(counter) = self.messages.as_mut() {
+            counter.feed(data);
         }
     }
 
@@ -250,7 +267,9 @@ impl BodyObserver for InFlight {
     fn on_end(&mut self, end: BodyEnd) {
         let Some(mut record) = self.record.take() else { return };
         record.request_bytes = self.request.bytes();
+        record.request_messages = self.request.messages();
         record.request_duration = self.request.ended_after();
+        record.response_messages = self.messages.map_or(0, |counter| counter.messages());
         let start = self.start;
         match self.tunnel.take() {
             // The `101`'s empty body ends at once; the exchange goes on in the upgraded

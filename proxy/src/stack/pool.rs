@@ -288,7 +288,7 @@ struct Release {
 }
 
 impl BodyObserver for Release {
-    fn on_data(&mut self, _len: usize) {}
+    fn on_data(&mut self, _data: &[u8]) {}
 
     fn on_end(&mut self, end: BodyEnd) {
         // A body dropped early or failed leaves its connection unusable: it closes.

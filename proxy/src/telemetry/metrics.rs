@@ -149,28 +149,47 @@ pub struct RequestStats {
     pub request_size: SizeHistogram,
     /// Response body sizes.
     pub response_size: SizeHistogram,
+    /// A gRPC series' messages per call, request's and response's; none for other series.
+    pub messages: Option<Box<[MessageHistogram; 2]>>,
 }
 
 /// Upper bounds of the body-size buckets, bytes: powers of ten, as Istio's
 /// `istio_request_bytes` and `istio_response_bytes`.
 pub const SIZE_BOUNDS: [f64; 9] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
 
-/// Cumulative body sizes of one series: their sum, and their count per bucket (one more
-/// than the bounds, the overflow bucket).
-#[derive(Debug, Clone, Default)]
-pub struct SizeHistogram {
-    /// Bytes in all.
+/// Upper bounds of the messages-per-call buckets of gRPC series: a unary call's one message,
+/// and streams of up to thousands.
+pub const MESSAGE_BOUNDS: [f64; 11] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 10000.0];
+
+/// Cumulative whole-number observations of one series (body sizes, messages per call):
+/// their sum, and their count per bucket (`N`, one more than the bounds: the overflow bucket).
+#[derive(Debug, Clone)]
+pub struct CountHistogram<const N: usize> {
+    /// The observations added up.
     pub sum: u64,
-    /// Bodies per bucket.
-    pub buckets: [u64; SIZE_BOUNDS.len() + 1],
+    /// Observations per bucket.
+    pub buckets: [u64; N],
 }
 
-impl SizeHistogram {
-    fn observe(&mut self, bytes: u64) {
-        self.sum += bytes;
-        self.buckets[SIZE_BOUNDS.partition_point(|b| *b < bytes as f64)] += 1;
+impl<const N: usize> Default for CountHistogram<N> {
+    fn default() -> Self {
+        Self { sum: 0, buckets: [0; N] }
     }
 }
+
+impl<const N: usize> CountHistogram<N> {
+    /// Adds `value`, counted in the first bucket of `bounds` (`N - 1` of them) that holds it.
+    fn observe(&mut self, value: u64, bounds: &[f64]) {
+        self.sum += value;
+        self.buckets[bounds.partition_point(|b| *b < value as f64).min(N - 1)] += 1;
+    }
+}
+
+/// Body sizes, in [`SIZE_BOUNDS`].
+pub type SizeHistogram = CountHistogram<{ SIZE_BOUNDS.len() + 1 }>;
+
+/// Messages per call, in [`MESSAGE_BOUNDS`].
+pub type MessageHistogram = CountHistogram<{ MESSAGE_BOUNDS.len() + 1 }>;
 
 /// One histogram of a series, as exported: its sum, its per-bucket counts and their upper
 /// bounds (the counts have one more, the overflow bucket).
@@ -197,8 +216,11 @@ pub struct HistogramFamily {
     pub unit: &'static str,
     /// The side whose series it holds.
     pub side: Side,
-    /// The histogram in a series.
-    pub view: fn(&RequestStats) -> HistogramView<'_>,
+    /// The histogram in a series; none when the series has none (messages per call, of a
+    /// series not of gRPC calls).
+    pub view: fn(&RequestStats) -> Option<HistogramView<'_>>,
+    /// The unit on Prometheus's side (a suffix of the name), when there is one.
+    pub prometheus_unit: Option<&'static str>,
 }
 
 fn durations(s: &RequestStats) -> HistogramView<'_> {
@@ -209,49 +231,93 @@ fn sizes(h: &SizeHistogram) -> HistogramView<'_> {
     HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &SIZE_BOUNDS }
 }
 
+/// The request's (0) or the response's (1) messages per call of a gRPC series.
+fn messages(s: &RequestStats, which: usize) -> Option<HistogramView<'_>> {
+    let h = &s.messages.as_ref()?[which];
+    Some(HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &MESSAGE_BOUNDS })
+}
+
 /// Every histogram of the request metrics.
-pub const HISTOGRAMS: [HistogramFamily; 6] = [
+pub const HISTOGRAMS: [HistogramFamily; 10] = [
     HistogramFamily {
         name: "http.server.request.duration",
         description: "Duration of inbound requests",
         unit: "s",
         side: Side::Inbound,
-        view: durations,
+        view: |s| Some(durations(s)),
+        prometheus_unit: Some("seconds"),
     },
     HistogramFamily {
         name: "http.client.request.duration",
         description: "Duration of outbound requests",
         unit: "s",
         side: Side::Outbound,
-        view: durations,
+        view: |s| Some(durations(s)),
+        prometheus_unit: Some("seconds"),
     },
     HistogramFamily {
         name: "http.server.request.body.size",
         description: "Body sizes of inbound requests",
         unit: "By",
         side: Side::Inbound,
-        view: |s| sizes(&s.request_size),
+        view: |s| Some(sizes(&s.request_size)),
+        prometheus_unit: Some("bytes"),
     },
     HistogramFamily {
         name: "http.server.response.body.size",
         description: "Body sizes of the responses to inbound requests",
         unit: "By",
         side: Side::Inbound,
-        view: |s| sizes(&s.response_size),
+        view: |s| Some(sizes(&s.response_size)),
+        prometheus_unit: Some("bytes"),
     },
     HistogramFamily {
         name: "http.client.request.body.size",
         description: "Body sizes of outbound requests",
         unit: "By",
         side: Side::Outbound,
-        view: |s| sizes(&s.request_size),
+        view: |s| Some(sizes(&s.request_size)),
+        prometheus_unit: Some("bytes"),
     },
     HistogramFamily {
         name: "http.client.response.body.size",
         description: "Body sizes of the responses to outbound requests",
         unit: "By",
         side: Side::Outbound,
-        view: |s| sizes(&s.response_size),
+        view: |s| Some(sizes(&s.response_size)),
+        prometheus_unit: Some("bytes"),
+    },
+    HistogramFamily {
+        name: "rpc.server.requests_per_rpc",
+        description: "Messages received per inbound gRPC call",
+        unit: "{count}",
+        side: Side::Inbound,
+        view: |s| messages(s, 0),
+        prometheus_unit: None,
+    },
+    HistogramFamily {
+        name: "rpc.server.responses_per_rpc",
+        description: "Messages sent per inbound gRPC call",
+        unit: "{count}",
+        side: Side::Inbound,
+        view: |s| messages(s, 1),
+        prometheus_unit: None,
+    },
+    HistogramFamily {
+        name: "rpc.client.requests_per_rpc",
+        description: "Messages sent per outbound gRPC call",
+        unit: "{count}",
+        side: Side::Outbound,
+        view: |s| messages(s, 0),
+        prometheus_unit: None,
+    },
+    HistogramFamily {
+        name: "rpc.client.responses_per_rpc",
+        description: "Messages received per outbound gRPC call",
+        unit: "{count}",
+        side: Side::Outbound,
+        view: |s| messages(s, 1),
+        prometheus_unit: None,
     },
 ];
 
@@ -350,8 +416,13 @@ impl RequestMetrics {
         stats.count += 1;
         stats.duration_sum += seconds;
         stats.buckets[bucket] += 1;
-        stats.request_size.observe(r.request_bytes);
-        stats.response_size.observe(r.response_bytes);
+        stats.request_size.observe(r.request_bytes, &SIZE_BOUNDS);
+        stats.response_size.observe(r.response_bytes, &SIZE_BOUNDS);
+        if r.grpc {
+            let messages = stats.messages.get_or_insert_with(Box::default);
+            messages[0].observe(r.request_messages, &MESSAGE_BOUNDS);
+            messages[1].observe(r.response_messages, &MESSAGE_BOUNDS);
+        }
     }
 
     /// How many series the table holds.

@@ -104,6 +104,10 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
+    /// A gRPC call's request messages ([`crate::grpc_messages`]); 0 for other requests.
+    pub request_messages: u64,
+    /// A gRPC call's response messages; 0 for other requests.
+    pub response_messages: u64,
     /// The calling workload, when known.
     pub source: Option<Arc<WorkloadIdentity>>,
     /// The destination service name.
@@ -292,6 +296,8 @@ impl RequestRecord {
             grpc_status: None,
             request_bytes: 0,
             response_bytes: 0,
+            request_messages: 0,
+            response_messages: 0,
             source: None,
             destination_service,
             destination: None,

@@ -209,6 +209,8 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         if let Some(code) = r.grpc_status {
             a.integer("rpc.grpc.status_code", i64::from(code));
         }
+        a.integer(semconv::GRPC_REQUEST_MESSAGES, r.request_messages as i64);
+        a.integer(semconv::GRPC_RESPONSE_MESSAGES, r.response_messages as i64);
     }
     if let Some(error) = r.error_type() {
         a.string("error.type", &error);
@@ -440,13 +442,15 @@ pub fn metrics_request(
     // Each series' attributes once, for every histogram of its side.
     let attributed: Vec<(Side, Vec<KeyValue>, &RequestStats)> =
         snapshot.iter().map(|(key, stats)| (key.side, key_attributes(key), stats)).collect();
-    let histograms = HISTOGRAMS.iter().map(|family| {
-        let points = attributed
+    // A family no series has (a side with no requests yet, messages per call without a gRPC
+    // call) is left out.
+    let histograms = HISTOGRAMS.iter().filter_map(|family| {
+        let points: Vec<HistogramDataPoint> = attributed
             .iter()
             .filter(|(side, _, _)| *side == family.side)
-            .map(|(_, attributes, stats)| {
-                let view = (family.view)(stats);
-                HistogramDataPoint {
+            .filter_map(|(_, attributes, stats)| {
+                let view = (family.view)(stats)?;
+                Some(HistogramDataPoint {
                     attributes: attributes.clone(),
                     start_time_unix_nano: start_unix_nanos,
                     time_unix_nano: now_unix_nanos,
@@ -455,16 +459,16 @@ pub fn metrics_request(
                     bucket_counts: view.buckets.to_vec(),
                     explicit_bounds: view.bounds.to_vec(),
                     ..Default::default()
-                }
+                })
             })
             .collect();
-        Metric {
+        (!points.is_empty()).then(|| Metric {
             name: family.name.into(),
             description: family.description.into(),
             unit: family.unit.into(),
             data: Some(Data::Histogram(Histogram { data_points: points, aggregation_temporality: cumulative })),
             ..Default::default()
-        }
+        })
     });
     let sum = |name: &str, description: &str, points| Metric {
         name: name.into(),
@@ -930,5 +934,42 @@ mod tests {
         assert!(!active.is_monotonic, "an up-down counter");
         let values: Vec<_> = active.data_points.iter().map(|p| p.value).collect();
         assert_eq!(values, [0, 2].map(|n| Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(n))));
+        let names: Vec<&str> = request.resource_metrics[0].scope_metrics[0].metrics.iter().map(|m| m.name.as_str()).collect();
+        assert!(names.iter().all(|n| !n.starts_with("rpc.")), "no gRPC call, no messages per call: {names:?}");
+    }
+
+    #[test]
+    fn grpc_calls_count_their_messages_per_call() {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use crate::telemetry::{metrics::{LabelPolicy, RequestMetrics}, stats::TelemetryStats};
+        let metrics = RequestMetrics::new(LabelPolicy::default(), TelemetryStats::default());
+        let mut call = super::super::tests::record(true, Outcome::Success, 1);
+        call.grpc = true;
+        call.path = "/shop.Feed/Watch".into();
+        (call.request_messages, call.response_messages) = (1, 40);
+        metrics.observe(&call);
+        (call.request_messages, call.response_messages) = (1, 1);
+        metrics.observe(&call);
+        let mut http = super::super::tests::record(true, Outcome::Success, 1);
+        http.side = Side::Inbound;
+        metrics.observe(&http);
+
+        let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
+        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[]);
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let per_call = |name: &str| {
+            let metric = metrics.iter().find(|m| m.name == name)?;
+            let Some(Data::Histogram(h)) = &metric.data else { panic!("{name} is a histogram") };
+            assert_eq!(metric.unit, "{count}");
+            let p = &h.data_points[0];
+            Some((h.data_points.len(), p.count, p.sum, p.bucket_counts.clone()))
+        };
+        let bucket = |counts: &[(usize, u64)]| (0..12).map(|b| counts.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n)).collect::<Vec<_>>();
+        assert_eq!(per_call("rpc.client.requests_per_rpc"), Some((1, 2, Some(2.0), bucket(&[(1, 2)]))), "one message each");
+        assert_eq!(per_call("rpc.client.responses_per_rpc"), Some((1, 2, Some(41.0), bucket(&[(1, 1), (6, 1)]))), "(25, 50]");
+        assert_eq!(per_call("rpc.server.requests_per_rpc"), None, "the inbound series is not of gRPC calls");
+        let attributes = reference::record_attributes(&call);
+        let messages = attributes.iter().filter(|kv| kv.key.starts_with("meshlens.grpc.")).count();
+        assert_eq!(messages, 2, "on the call's span and access log: {attributes:?}");
     }
 }

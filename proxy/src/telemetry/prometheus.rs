@@ -34,16 +34,19 @@ impl Collector for RequestMetricsCollector {
         let labelled: Vec<(Side, Labels, &RequestStats)> =
             snapshot.iter().map(|(key, stats)| (key.side, labels(key), stats)).collect();
         for family in &HISTOGRAMS {
-            let mut series = labelled.iter().filter(|(side, _, _)| *side == family.side).peekable();
+            let mut series = labelled
+                .iter()
+                .filter(|(side, _, _)| *side == family.side)
+                .filter_map(|(_, labels, stats)| Some((labels, stats, (family.view)(stats)?)))
+                .peekable();
             if series.peek().is_none() {
                 continue;
             }
             // `http.client.request.duration` in `s`: `http_client_request_duration_seconds`.
             let name = family.name.replace('.', "_");
-            let unit = if family.unit == "s" { Unit::Seconds } else { Unit::Bytes };
-            let mut metric = encoder.encode_descriptor(&name, family.description, Some(&unit), MetricType::Histogram)?;
-            for (_, labels, stats) in series {
-                let view = (family.view)(stats);
+            let unit = family.prometheus_unit.map(|unit| Unit::Other(unit.into()));
+            let mut metric = encoder.encode_descriptor(&name, family.description, unit.as_ref(), MetricType::Histogram)?;
+            for (labels, stats, view) in series {
                 let buckets: Vec<(f64, u64)> =
                     view.bounds.iter().copied().chain([f64::INFINITY]).zip(view.buckets.iter().copied()).collect();
                 metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(view.sum, stats.count, &buckets, None)?;
