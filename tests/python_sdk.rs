@@ -155,6 +155,51 @@ fn slow_calls(python: &std::path::Path, tester: &Workload, n: u32, deadline: &st
     serde_json::from_slice(&out.stdout).expect("JSON from the script")
 }
 
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn grpcio_streams_count_their_messages_on_both_sides() {
+    let python = python();
+    let dir = TestDir::new("grpcio-stream");
+    let collector = CollectorProc::start(&dir);
+    let (tester, feed) = (Workload::new("tester", &[]), Workload::new("feed", &[]));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_stream.py");
+    let server = Command::new(&python).arg(&script).args(["serve", &feed.app.to_string()]).spawn().expect("the grpcio server");
+    let _server = Killed(server);
+    wait_listening(feed.app, "the grpcio server");
+    let config = dir.path("feed.toml");
+    std::fs::write(&config, sidecar_toml(&feed, &[&tester, &feed], collector.grpc)).expect("write");
+    let _feed = Proc::start(&dir, "feed-sidecar", &["proxy", "--config", config.to_str().unwrap_or_default()]);
+    wait_listening(feed.inbound, "feed's inbound");
+    let _tester = start_tester(&dir, &tester, &[&tester, &feed], &collector, "feed", "");
+
+    let out = Command::new(&python).arg(&script).args(["call", &tester.outbound.to_string(), "feed", "25"]).output().expect("the client");
+    assert!(out.status.success(), "the grpcio client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "25", "every message came through");
+    let rows = wait_for("both sides' spans of the stream", Duration::from_secs(15), || {
+        let rows = collector.sql_rows("SELECT kind, attributes FROM spans WHERE operation = 'demo.Feed/Watch' ORDER BY kind");
+        (rows.len() == 2).then_some(rows)
+    });
+    for row in &rows {
+        let attributes: Value = serde_json::from_str(row[1].as_str().unwrap_or_default()).expect("attributes as JSON");
+        let messages = (&attributes["meshlens.grpc.request_messages"], &attributes["meshlens.grpc.response_messages"]);
+        assert_eq!(messages, (&Value::from(1), &Value::from(25)), "{row:?}");
+    }
+    let exposition = get(tester.admin, "/metrics").body;
+    let sum = prom_sum(&exposition, "rpc_client_responses_per_rpc_sum", &[]);
+    let within_25 = prom_sum(&exposition, "rpc_client_responses_per_rpc_bucket", &[("le", "25.0")]);
+    let within_10 = prom_sum(&exposition, "rpc_client_responses_per_rpc_bucket", &[("le", "10.0")]);
+    assert_eq!((sum, within_10, within_25), (25.0, 0.0, 1.0), "one call of 25 messages: {exposition}");
+}
+
 #[test]
 fn grpcio_calls_are_bounded_by_their_deadline_capped_by_a_timeout_set_for_the_service() {
     let python = python();

@@ -209,8 +209,12 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         if let Some(code) = r.grpc_status {
             a.integer("rpc.grpc.status_code", i64::from(code));
         }
-        a.integer(semconv::GRPC_REQUEST_MESSAGES, r.request_messages as i64);
-        a.integer(semconv::GRPC_RESPONSE_MESSAGES, r.response_messages as i64);
+        // Not on an attempt's span, which ends at its response headers: the call's record
+        // has them.
+        if r.attempt.is_none() {
+            a.integer(semconv::GRPC_REQUEST_MESSAGES, r.request_messages as i64);
+            a.integer(semconv::GRPC_RESPONSE_MESSAGES, r.response_messages as i64);
+        }
     }
     if let Some(error) = r.error_type() {
         a.string("error.type", &error);
@@ -971,5 +975,8 @@ mod tests {
         let attributes = reference::record_attributes(&call);
         let messages = attributes.iter().filter(|kv| kv.key.starts_with("meshlens.grpc.")).count();
         assert_eq!(messages, 2, "on the call's span and access log: {attributes:?}");
+        call.attempt = Some(1);
+        let attributes = reference::record_attributes(&call);
+        assert!(attributes.iter().all(|kv| !kv.key.starts_with("meshlens.grpc.")), "an attempt's span ends at its headers");
     }
 }
