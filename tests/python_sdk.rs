@@ -193,6 +193,14 @@ fn grpcio_streams_count_their_messages_on_both_sides() {
         let messages = (&attributes["meshlens.grpc.request_messages"], &attributes["meshlens.grpc.response_messages"]);
         assert_eq!(messages, (&Value::from(1), &Value::from(25)), "{row:?}");
     }
+    // The topology's gRPC edge, and its SQL rows, count the messages.
+    let edge = wait_for("the tester → feed edge", Duration::from_secs(15), || {
+        let topology = collector.json("/api/v1/topology?window=5m");
+        topology["edges"].as_array()?.iter().find(|e| e["source"] == "tester.test" && e["target"] == "feed.test").cloned()
+    });
+    assert_eq!((&edge["requests"], &edge["request_messages"], &edge["response_messages"]), (&Value::from(1), &Value::from(1), &Value::from(25)));
+    let sql = collector.sql_rows("SELECT sum(request_messages), sum(response_messages) FROM edges WHERE destination_service = 'feed'");
+    assert_eq!(sql, [serde_json::json!([1, 25])], "the edges table");
     let exposition = get(tester.admin, "/metrics").body;
     let sum = prom_sum(&exposition, "rpc_client_responses_per_rpc_sum", &[]);
     let within_25 = prom_sum(&exposition, "rpc_client_responses_per_rpc_bucket", &[("le", "25.0")]);

@@ -226,6 +226,12 @@ function showTraffic(title, t, extra) {
     // Every attempt, retries included.
     row(table, "Actual success", `${fmt.pct(t.actual_success_ratio)} of attempts`);
   }
+  if (t.request_messages + t.response_messages > 0) {
+    // gRPC: messages each way, which streams make more than the calls.
+    const perCall = (n) => (n / Math.max(t.requests, 1)).toFixed(1);
+    row(table, "Messages sent", `${t.request_messages} (${perCall(t.request_messages)} per call)`);
+    row(table, "Messages received", `${t.response_messages} (${perCall(t.response_messages)} per call)`);
+  }
   row(table, "p50", fmt.ms(t.p50_ms));
   row(table, "p90", fmt.ms(t.p90_ms));
   row(table, "p99", fmt.ms(t.p99_ms));

@@ -45,6 +45,8 @@ struct EdgeRows {
     request_bytes: UInt64Builder,
     response_bytes: UInt64Builder,
     retries: UInt64Builder,
+    request_messages: UInt64Builder,
+    response_messages: UInt64Builder,
     p50_ms: Float64Builder,
     p90_ms: Float64Builder,
     p99_ms: Float64Builder,
@@ -55,8 +57,8 @@ struct EdgeRows {
 column_builders!(EdgeRows {
     time, source_kind, source_namespace, source_service, source_workload, source_version,
     destination_kind, destination_namespace, destination_service, destination_workload,
-    destination_version, protocol, requests, errors, request_bytes, response_bytes, retries, p50_ms,
-    p90_ms, p99_ms, p999_ms, response_codes,
+    destination_version, protocol, requests, errors, request_bytes, response_bytes, retries,
+    request_messages, response_messages, p50_ms, p90_ms, p99_ms, p999_ms, response_codes,
 });
 
 impl Default for EdgeRows {
@@ -79,6 +81,8 @@ impl Default for EdgeRows {
             request_bytes: UInt64Builder::new(),
             response_bytes: UInt64Builder::new(),
             retries: UInt64Builder::new(),
+            request_messages: UInt64Builder::new(),
+            response_messages: UInt64Builder::new(),
             p50_ms: Float64Builder::new(),
             p90_ms: Float64Builder::new(),
             p99_ms: Float64Builder::new(),
@@ -121,6 +125,8 @@ impl EdgeRows {
         self.request_bytes.append_value(stats.request_bytes);
         self.response_bytes.append_value(stats.response_bytes);
         self.retries.append_value(stats.retries);
+        self.request_messages.append_value(stats.request_messages);
+        self.response_messages.append_value(stats.response_messages);
         let q = |q| stats.latency.quantile(q).unwrap_or(0.0) / MS;
         self.p50_ms.append_value(q(0.5));
         self.p90_ms.append_value(q(0.9));

@@ -184,6 +184,8 @@ pub const EDGES: &[Column] = &[
     col("request_bytes", UInt64, false, "Request body bytes."),
     col("response_bytes", UInt64, false, "Response body bytes."),
     col("retries", UInt64, false, "Retries the callers' sidecars made for these requests (`meshlens.retry.count`)."),
+    col("request_messages", UInt64, false, "gRPC messages the callers sent, as their sidecars counted them (0 for HTTP)."),
+    col("response_messages", UInt64, false, "gRPC messages the callers received."),
     col("p50_ms", Float64, false, "Median latency, milliseconds (sketch, within 1%)."),
     col("p90_ms", Float64, false, "90th percentile latency, milliseconds."),
     col("p99_ms", Float64, false, "99th percentile latency, milliseconds."),

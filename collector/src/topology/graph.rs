@@ -59,6 +59,10 @@ pub struct Traffic {
     pub response_bytes: u64,
     /// Retries the callers' sidecars made for these requests (each request is counted once).
     pub retries: u64,
+    /// gRPC messages the callers sent (counted by their sidecars; 0 for HTTP).
+    pub request_messages: u64,
+    /// gRPC messages the callers received.
+    pub response_messages: u64,
     /// Requests by response code.
     pub response_codes: BTreeMap<String, u64>,
 }
@@ -83,6 +87,8 @@ impl Traffic {
             request_bytes: stats.request_bytes,
             response_bytes: stats.response_bytes,
             retries: stats.retries,
+            request_messages: stats.request_messages,
+            response_messages: stats.response_messages,
             response_codes: stats.codes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
     }

@@ -83,6 +83,10 @@ pub struct EdgeStats {
     pub response_bytes: u64,
     /// Retries made for the requests.
     pub retries: u64,
+    /// gRPC messages the callers sent, as sidecars counted them.
+    pub request_messages: u64,
+    /// gRPC messages the callers received.
+    pub response_messages: u64,
     /// Requests by response code.
     pub codes: Codes,
     /// Latency, nanoseconds.
@@ -97,6 +101,10 @@ impl EdgeStats {
         self.request_bytes += o.request_bytes;
         self.response_bytes += o.response_bytes;
         self.retries += o.retries;
+        if let Some((sent, received)) = o.messages {
+            self.request_messages += sent;
+            self.response_messages += received;
+        }
         self.codes.add(&o.response_code, 1);
         self.latency.add(o.duration_nanos as f64);
     }
@@ -108,6 +116,8 @@ impl EdgeStats {
         self.request_bytes += other.request_bytes;
         self.response_bytes += other.response_bytes;
         self.retries += other.retries;
+        self.request_messages += other.request_messages;
+        self.response_messages += other.response_messages;
         for (code, n) in other.codes.iter() {
             self.codes.add(code, *n);
         }
@@ -269,6 +279,19 @@ mod tests {
         assert_eq!(codes, [("200", 3), ("503", 1)]);
         assert_eq!(stats.latency.count(), 4);
         assert_eq!(window[1].1.requests, 1);
+    }
+
+    #[test]
+    fn a_grpc_edges_messages_add_up_over_its_seconds() {
+        let mut rollups = Rollups::new(3600);
+        for (second, messages) in [(100, Some((1, 25))), (100, Some((1, 1))), (101, Some((3, 1))), (101, None)] {
+            rollups.add(&EdgeObservation { messages, ..observation(second, "200", 1_000) });
+        }
+        let mut total = EdgeStats::default();
+        for (_, stats) in rollups.window(100, 101) {
+            total.merge(&stats);
+        }
+        assert_eq!((total.requests, total.request_messages, total.response_messages), (4, 5, 27), "uncounted calls add nothing");
     }
 
     #[test]
