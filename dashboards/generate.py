@@ -171,7 +171,7 @@ def workload():
 
 def collector():
     b = Board("meshlens-collector", "meshlens / Collector health",
-              "The collector itself: OTLP items received, accepted, rejected, refused; what it stores and evicts; SQL.",
+              "The collector itself: OTLP items received, accepted, rejected, refused; what it stores and evicts; SQL; its CPU and memory.",
               [datasource_var()])
     b.panel("Items received by signal", "timeseries", "sum by (signal) (rate(meshlens_collector_received_total[$__rate_interval]))", "short", legend="{{signal}}")
     b.panel("Items accepted by transport", "timeseries", "sum by (signal, transport) (rate(meshlens_collector_accepted_total[$__rate_interval]))", "short", legend="{{signal}} {{transport}}")
@@ -183,6 +183,10 @@ def collector():
     b.panel("Table memory", "timeseries", "sum by (kind) (meshlens_collector_store_memory_bytes)", "bytes", legend="{{kind}}", w=8)
     b.panel("Evicted by retention", "timeseries", "sum by (kind) (rate(meshlens_collector_evicted_total[$__rate_interval]))", "short", legend="{{kind}}")
     b.panel("Edge series exported", "stat", "count(meshlens_requests_total)", "none")
+    # The collector process itself (the scrape job of prometheus/scrape.yml).
+    b.panel("Collector CPU", "timeseries", 'rate(process_cpu_seconds_total{job="meshlens"}[$__rate_interval])', "percentunit", legend="{{instance}}", w=8)
+    b.panel("Collector resident memory", "timeseries", 'process_resident_memory_bytes{job="meshlens"}', "bytes", legend="{{instance}}", w=8)
+    b.panel("Collector open files", "timeseries", 'process_open_fds{job="meshlens"}', "short", legend="{{instance}}", w=8)
     return b
 
 

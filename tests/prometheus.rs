@@ -88,6 +88,12 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     assert!((0.025..=0.05).contains(&sidecar_p99), "sidecar p99 {sidecar_p99}s");
     let sizes = prom.value("sum(http_client_response_body_size_bytes_count{job=\"sidecar\",meshlens_destination_service=\"back\"})");
     assert_eq!(sizes, edge["requests"].as_f64(), "a body size per request");
+    // Both processes' own CPU and memory, under the names Prometheus's client libraries use.
+    for job in ["sidecar", "meshlens"] {
+        let rss = prom.value(&format!("max(process_resident_memory_bytes{{job=\"{job}\"}})")).unwrap_or(0.0);
+        let cpu = prom.value(&format!("max(process_cpu_seconds_total{{job=\"{job}\"}})")).unwrap_or(0.0);
+        assert!(rss > 1e6 && rss < 1e9 && cpu > 0.0, "{job}: RSS {rss} B, CPU {cpu} s");
+    }
 
     // Istio-compatible names: Kiali's graph query, unchanged, finds the mesh's edges.
     let kiali = "sum(rate(istio_requests_total{reporter=\"source\"}[1m])) by (source_workload, destination_workload, response_code)";

@@ -283,6 +283,8 @@ impl CollectorMetrics {
         if let Some(istio) = &self.istio {
             istio.register(&mut r);
         }
+        // The collector's own CPU and memory.
+        r.register_collector(Box::new(meshlens_common::process::ProcessCollector));
         r
     }
 

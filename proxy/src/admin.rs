@@ -1,5 +1,5 @@
-//! The sidecar's admin server: `/metrics` (its own counters and its request metrics,
-//! Prometheus text) and `/ready`.
+//! The sidecar's admin server: `/metrics` (its own counters, its request metrics and its
+//! process's CPU and memory, Prometheus text) and `/ready`.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -18,6 +18,8 @@ pub fn service(telemetry: &Telemetry) -> BoxCloneService<Request, Response, Infa
     let mut registry = Registry::default();
     telemetry.stats().register(&mut registry);
     registry.register_collector(Box::new(RequestMetricsCollector(telemetry.metrics().clone())));
+    // The sidecar's own CPU and memory, as Linkerd's proxy and Envoy show theirs.
+    registry.register_collector(Box::new(meshlens_common::process::ProcessCollector));
     let registry = Arc::new(registry);
     let telemetry = telemetry.clone();
     BoxCloneService::new(tower::service_fn(move |req: Request| {
