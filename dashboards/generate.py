@@ -184,7 +184,8 @@ def collector():
     b.panel("Evicted by retention", "timeseries", "sum by (kind) (rate(meshlens_collector_evicted_total[$__rate_interval]))", "short", legend="{{kind}}")
     b.panel("Edge series exported", "stat", "count(meshlens_requests_total)", "none")
     # The collector process itself (the scrape job of prometheus/scrape.yml).
-    b.panel("Collector CPU", "timeseries", 'rate(process_cpu_seconds_total{job="meshlens"}[$__rate_interval])', "percentunit", legend="{{instance}}", w=8)
+    cpu = 'rate(process_cpu_seconds_total{job="meshlens"}[$__rate_interval])'
+    b.panel("Collector CPU", "timeseries", cpu, "percentunit", legend="{{instance}}", w=8)
     b.panel("Collector resident memory", "timeseries", 'process_resident_memory_bytes{job="meshlens"}', "bytes", legend="{{instance}}", w=8)
     b.panel("Collector open files", "timeseries", 'process_open_fds{job="meshlens"}', "short", legend="{{instance}}", w=8)
     return b

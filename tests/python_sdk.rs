@@ -198,7 +198,8 @@ fn grpcio_streams_count_their_messages_on_both_sides() {
         let topology = collector.json("/api/v1/topology?window=5m");
         topology["edges"].as_array()?.iter().find(|e| e["source"] == "tester.test" && e["target"] == "feed.test").cloned()
     });
-    assert_eq!((&edge["requests"], &edge["request_messages"], &edge["response_messages"]), (&Value::from(1), &Value::from(1), &Value::from(25)));
+    let counts = (&edge["requests"], &edge["request_messages"], &edge["response_messages"]);
+    assert_eq!(counts, (&Value::from(1), &Value::from(1), &Value::from(25)), "{edge}");
     let sql = collector.sql_rows("SELECT sum(request_messages), sum(response_messages) FROM edges WHERE destination_service = 'feed'");
     assert_eq!(sql, [serde_json::json!([1, 25])], "the edges table");
     let exposition = get(tester.admin, "/metrics").body;

@@ -1061,7 +1061,12 @@ fn the_facts_of_a_sidecars_deployment_go_on_its_resource() {
             collector.sql_rows(&format!("SELECT service, resource FROM {table} WHERE service = 'shop'")).pop()
         });
         let resource: Value = serde_json::from_str(row[1].as_str().unwrap_or_default()).expect("the resource as JSON");
-        let expected = [("deployment.environment.name", "prod"), ("k8s.cluster.name", "east"), ("k8s.pod.name", "shop-7f9c-a"), ("service.name", "shop")];
+        let expected = [
+            ("deployment.environment.name", "prod"),
+            ("k8s.cluster.name", "east"),
+            ("k8s.pod.name", "shop-7f9c-a"),
+            ("service.name", "shop"),
+        ];
         for (key, value) in expected {
             assert_eq!(resource[key], value, "{key} in {table}: {resource}");
         }
@@ -1072,7 +1077,8 @@ fn the_facts_of_a_sidecars_deployment_go_on_its_resource() {
 #[test]
 fn headers_named_in_the_configuration_are_recorded_as_attributes() {
     let dir = TestDir::new("captured-headers");
-    let settings = "capture_request_headers = [\"X-Tenant\", \"x-absent\"]\ncapture_response_headers = [\"content-length\", \"content-type\"]";
+    let settings =
+        "capture_request_headers = [\"X-Tenant\", \"x-absent\"]\ncapture_response_headers = [\"content-length\", \"content-type\"]";
     let hop = RawHop::start_with(&dir, "legacy", http1_only_app, settings);
     let request = b"GET /tenant HTTP/1.1\r\nHost: legacy\r\nX-Tenant: acme\r\nx-tenant: <b>beta</b>\r\nX-Other: not kept\r\n\
                     Connection: close\r\n\r\n";
@@ -1086,7 +1092,8 @@ fn headers_named_in_the_configuration_are_recorded_as_attributes() {
         let attributes: Value = serde_json::from_str(row[0].as_str().unwrap_or_default()).expect("attributes as JSON");
         assert_eq!(attributes["http.request.header.x-tenant"], serde_json::json!(["acme", "<b>beta</b>"]), "{table}: {attributes}");
         assert_eq!(attributes["http.response.header.content-length"], serde_json::json!(["2"]), "{table}: {attributes}");
-        let headers: Vec<&String> = attributes.as_object().map(|o| o.keys().filter(|k| k.contains(".header.")).collect()).unwrap_or_default();
+        let keys = attributes.as_object().map(|o| o.keys().filter(|k| k.contains(".header.")).collect::<Vec<_>>());
+        let headers = keys.unwrap_or_default();
         let expected = ["http.request.header.x-tenant", "http.response.header.content-length"];
         assert_eq!(headers, expected, "only named headers that came (the app sent no content-type): {attributes}");
     }

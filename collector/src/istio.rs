@@ -314,7 +314,10 @@ mod tests {
         metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-        let total = |name: &str| text.lines().filter(|l| l.starts_with(name)).map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned()).collect::<Vec<_>>();
+        let total = |name: &str| {
+            let values = text.lines().filter(|l| l.starts_with(name)).map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned());
+            values.collect::<Vec<_>>()
+        };
         assert_eq!(total("istio_request_messages_total{"), ["2"], "{text}");
         assert_eq!(total("istio_response_messages_total{"), ["41"], "{text}");
         assert_eq!(total("istio_requests_total{"), ["3"], "a call without counts still counts as a request");

@@ -99,7 +99,9 @@ impl Collector for ProcessCollector {
         let r = Reading::now();
         if let Some(seconds) = r.cpu_seconds {
             let metric = ConstCounter::new(seconds);
-            metric.encode(encoder.encode_descriptor("process_cpu", "CPU time, user and system", Some(&Unit::Seconds), metric.metric_type())?)?;
+            let help = "CPU time, user and system";
+            let descriptor = encoder.encode_descriptor("process_cpu", help, Some(&Unit::Seconds), metric.metric_type())?;
+            metric.encode(descriptor)?;
         }
         let gauges: [(&str, &str, Option<Unit>, Option<u64>); 5] = [
             ("process_resident_memory", "Resident memory", Some(Unit::Bytes), r.resident_bytes),
@@ -116,7 +118,8 @@ impl Collector for ProcessCollector {
         }
         if let Some(start) = r.start_time_seconds {
             let metric = ConstGauge::new(start);
-            let descriptor = encoder.encode_descriptor("process_start_time", "Start time, since the Unix epoch", Some(&Unit::Seconds), metric.metric_type())?;
+            let help = "Start time, since the Unix epoch";
+            let descriptor = encoder.encode_descriptor("process_start_time", help, Some(&Unit::Seconds), metric.metric_type())?;
             metric.encode(descriptor)?;
         }
         Ok(())
@@ -164,7 +167,8 @@ mod tests {
             ] {
                 assert!(text.lines().any(|l| l.starts_with(name)), "{name} in {text}");
             }
-            let start: f64 = text.lines().find_map(|l| l.strip_prefix("process_start_time_seconds ")).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let start = text.lines().find_map(|l| l.strip_prefix("process_start_time_seconds "));
+            let start: f64 = start.and_then(|v| v.parse().ok()).unwrap_or(0.0);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             assert!(start > 1.6e9 && start <= now + 1.0, "started {start}, now {now}");
         }

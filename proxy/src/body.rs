@@ -103,7 +103,8 @@ pub struct RequestProgress {
 impl RequestProgress {
     /// The progress of a request that arrived at `start`.
     pub fn new(start: Instant) -> Arc<Self> {
-        Arc::new(Self { start, bytes: AtomicU64::new(0), messages: AtomicU64::new(0), ended: AtomicU64::new(0), idle: AtomicBool::new(false) })
+        let (bytes, messages, ended) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        Arc::new(Self { start, bytes, messages, ended, idle: AtomicBool::new(false) })
     }
 
     /// A figure that changes whenever the request body moves: its bytes, and its end.

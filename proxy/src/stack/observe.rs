@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 
 use crate::{
     body::{self, BodyEnd, BodyObserver, ObservedBody, RequestObserver, RequestProgress},
-    grpc_messages::MessageCounter,
+    grpc_messages::{self, MessageCounter},
     classify::{self, ResponseFlags},
     http_route::RouteTemplates,
     identity::{SOURCE_HEADER, WorkloadIdentity},
@@ -141,10 +141,13 @@ where
             request.end();
         }
         let grpc = record.grpc;
-        let observer = if grpc { RequestObserver::grpc(request.clone()) } else { RequestObserver::new(request.clone()) };
+        // A gRPC call's messages are counted both ways (not gRPC-Web's base64 text form).
+        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let counted = grpc && content_type.is_some_and(grpc_messages::countable);
+        let observer = if counted { RequestObserver::grpc(request.clone()) } else { RequestObserver::new(request.clone()) };
         let req = req.map(|b| body::boxed(ObservedBody::new(b, observer)));
         let fut = self.inner.call(req);
-        let waiting = Waiting { telemetry, record: Some(record), start, request, resolution };
+        let waiting = Waiting { telemetry, record: Some(record), start, request, resolution, counted };
         Box::pin(async move {
             let mut waiting = waiting;
             let (request, resolution) = (&waiting.request, &waiting.resolution);
@@ -175,10 +178,9 @@ where
                 record.response_duration = Some(start.elapsed());
             }
             let (telemetry, request) = (waiting.telemetry.clone(), waiting.request.clone());
-            let in_flight =
-                InFlight {
+            let in_flight = InFlight {
                 telemetry,
-                messages: record.grpc.then(MessageCounter::default),
+                messages: counted.then(MessageCounter::default),
                 record: Some(record),
                 start,
                 request: request.clone(),
@@ -214,6 +216,8 @@ struct Waiting {
     start: Instant,
     request: Arc<RequestProgress>,
     resolution: Resolution,
+    /// Whether the call's messages are counted.
+    counted: bool,
 }
 
 impl Drop for Waiting {
@@ -221,7 +225,7 @@ impl Drop for Waiting {
         let Some(mut record) = self.record.take() else { return };
         resolved(&mut record, &self.resolution, self.start);
         record.request_bytes = self.request.bytes();
-        record.request_messages = self.request.messages();
+        record.grpc_messages = self.counted.then(|| (self.request.messages(), 0));
         record.request_duration = self.request.ended_after();
         finish(&self.telemetry, record, self.start, BodyEnd::Dropped);
     }
@@ -267,9 +271,8 @@ impl BodyObserver for InFlight {
     fn on_end(&mut self, end: BodyEnd) {
         let Some(mut record) = self.record.take() else { return };
         record.request_bytes = self.request.bytes();
-        record.request_messages = self.request.messages();
+        record.grpc_messages = self.messages.map(|counter| (self.request.messages(), counter.messages()));
         record.request_duration = self.request.ended_after();
-        record.response_messages = self.messages.map_or(0, |counter| counter.messages());
         let start = self.start;
         match self.tunnel.take() {
             // The `101`'s empty body ends at once; the exchange goes on in the upgraded

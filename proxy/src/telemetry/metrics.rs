@@ -149,7 +149,8 @@ pub struct RequestStats {
     pub request_size: SizeHistogram,
     /// Response body sizes.
     pub response_size: SizeHistogram,
-    /// A gRPC series' messages per call, request's and response's; none for other series.
+    /// A gRPC series' messages per call, request's and response's, of the calls counted
+    /// (gRPC-Web's text form is not); none for other series.
     pub messages: Option<Box<[MessageHistogram; 2]>>,
 }
 
@@ -418,10 +419,10 @@ impl RequestMetrics {
         stats.buckets[bucket] += 1;
         stats.request_size.observe(r.request_bytes, &SIZE_BOUNDS);
         stats.response_size.observe(r.response_bytes, &SIZE_BOUNDS);
-        if r.grpc {
+        if let Some((sent, received)) = r.grpc_messages {
             let messages = stats.messages.get_or_insert_with(Box::default);
-            messages[0].observe(r.request_messages, &MESSAGE_BOUNDS);
-            messages[1].observe(r.response_messages, &MESSAGE_BOUNDS);
+            messages[0].observe(sent, &MESSAGE_BOUNDS);
+            messages[1].observe(received, &MESSAGE_BOUNDS);
         }
     }
 

@@ -104,10 +104,9 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
-    /// A gRPC call's request messages ([`crate::grpc_messages`]); 0 for other requests.
-    pub request_messages: u64,
-    /// A gRPC call's response messages; 0 for other requests.
-    pub response_messages: u64,
+    /// A gRPC call's request and response messages, when they were counted
+    /// ([`crate::grpc_messages`]).
+    pub grpc_messages: Option<(u64, u64)>,
     /// The calling workload, when known.
     pub source: Option<Arc<WorkloadIdentity>>,
     /// The destination service name.
@@ -276,7 +275,13 @@ impl RequestRecord {
     /// The record of an exchange on `side` begun at `start_unix_nanos` (since the Unix
     /// epoch): of its request only `method` and where it goes are known yet, of its answer
     /// nothing. The layers fill in the rest as the exchange goes.
-    pub fn new(side: Side, context: SpanContext, start_unix_nanos: u64, method: Option<http::Method>, destination_service: Arc<str>) -> Self {
+    pub fn new(
+        side: Side,
+        context: SpanContext,
+        start_unix_nanos: u64,
+        method: Option<http::Method>,
+        destination_service: Arc<str>,
+    ) -> Self {
         Self {
             side,
             context,
@@ -296,8 +301,7 @@ impl RequestRecord {
             grpc_status: None,
             request_bytes: 0,
             response_bytes: 0,
-            request_messages: 0,
-            response_messages: 0,
+            grpc_messages: None,
             source: None,
             destination_service,
             destination: None,

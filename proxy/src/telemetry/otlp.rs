@@ -102,7 +102,8 @@ impl AttributeSink for Attributes {
         self.int(key, value);
     }
     fn header_values(&mut self, key: &str, values: &[http::HeaderValue]) {
-        let values = values.iter().map(|v| AnyValue { value: Some(Value::StringValue(String::from_utf8_lossy(v.as_bytes()).into_owned())) });
+        let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let values = values.iter().map(|v| AnyValue { value: Some(Value::StringValue(text(v))) });
         self.push(key, Value::ArrayValue(ArrayValue { values: values.collect() }));
     }
 }
@@ -211,9 +212,9 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         }
         // Not on an attempt's span, which ends at its response headers: the call's record
         // has them.
-        if r.attempt.is_none() {
-            a.integer(semconv::GRPC_REQUEST_MESSAGES, r.request_messages as i64);
-            a.integer(semconv::GRPC_RESPONSE_MESSAGES, r.response_messages as i64);
+        if let (Some((sent, received)), None) = (r.grpc_messages, r.attempt) {
+            a.integer(semconv::GRPC_REQUEST_MESSAGES, sent as i64);
+            a.integer(semconv::GRPC_RESPONSE_MESSAGES, received as i64);
         }
     }
     if let Some(error) = r.error_type() {
@@ -458,7 +459,7 @@ pub fn metrics_request(
                     attributes: attributes.clone(),
                     start_time_unix_nano: start_unix_nanos,
                     time_unix_nano: now_unix_nanos,
-                    count: stats.count,
+                    count: view.buckets.iter().sum(),
                     sum: Some(view.sum),
                     bucket_counts: view.buckets.to_vec(),
                     explicit_bounds: view.bounds.to_vec(),
@@ -950,9 +951,9 @@ mod tests {
         let mut call = super::super::tests::record(true, Outcome::Success, 1);
         call.grpc = true;
         call.path = "/shop.Feed/Watch".into();
-        (call.request_messages, call.response_messages) = (1, 40);
+        call.grpc_messages = Some((1, 40));
         metrics.observe(&call);
-        (call.request_messages, call.response_messages) = (1, 1);
+        call.grpc_messages = Some((1, 1));
         metrics.observe(&call);
         let mut http = super::super::tests::record(true, Outcome::Success, 1);
         http.side = Side::Inbound;
@@ -968,7 +969,9 @@ mod tests {
             let p = &h.data_points[0];
             Some((h.data_points.len(), p.count, p.sum, p.bucket_counts.clone()))
         };
-        let bucket = |counts: &[(usize, u64)]| (0..12).map(|b| counts.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n)).collect::<Vec<_>>();
+        let bucket = |counts: &[(usize, u64)]| {
+            (0..12).map(|b| counts.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n)).collect::<Vec<_>>()
+        };
         assert_eq!(per_call("rpc.client.requests_per_rpc"), Some((1, 2, Some(2.0), bucket(&[(1, 2)]))), "one message each");
         assert_eq!(per_call("rpc.client.responses_per_rpc"), Some((1, 2, Some(41.0), bucket(&[(1, 1), (6, 1)]))), "(25, 50]");
         assert_eq!(per_call("rpc.server.requests_per_rpc"), None, "the inbound series is not of gRPC calls");

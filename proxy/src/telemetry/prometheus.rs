@@ -37,7 +37,7 @@ impl Collector for RequestMetricsCollector {
             let mut series = labelled
                 .iter()
                 .filter(|(side, _, _)| *side == family.side)
-                .filter_map(|(_, labels, stats)| Some((labels, stats, (family.view)(stats)?)))
+                .filter_map(|(_, labels, stats)| Some((labels, (family.view)(stats)?)))
                 .peekable();
             if series.peek().is_none() {
                 continue;
@@ -46,10 +46,10 @@ impl Collector for RequestMetricsCollector {
             let name = family.name.replace('.', "_");
             let unit = family.prometheus_unit.map(|unit| Unit::Other(unit.into()));
             let mut metric = encoder.encode_descriptor(&name, family.description, unit.as_ref(), MetricType::Histogram)?;
-            for (labels, stats, view) in series {
+            for (labels, view) in series {
                 let buckets: Vec<(f64, u64)> =
                     view.bounds.iter().copied().chain([f64::INFINITY]).zip(view.buckets.iter().copied()).collect();
-                metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(view.sum, stats.count, &buckets, None)?;
+                metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(view.sum, view.buckets.iter().sum(), &buckets, None)?;
             }
         }
         Ok(())

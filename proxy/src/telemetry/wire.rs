@@ -339,12 +339,13 @@ mod tests {
         rich.request_id = Some("rid-1".into());
         rich.trace_state = Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into());
         let names = crate::telemetry::headers::HeaderNames::default();
-        let names = Arc::new(names.with_attributes(&[http::HeaderName::from_static("x-tenant")], &[http::HeaderName::from_static("x-cache")]));
+        let (tenant, cache) = (http::HeaderName::from_static("x-tenant"), http::HeaderName::from_static("x-cache"));
+        let names = Arc::new(names.with_attributes(&[tenant], std::slice::from_ref(&cache)));
         let mut request = http::HeaderMap::new();
         request.append("x-tenant", http::HeaderValue::from_static("acme"));
         request.append("x-tenant", http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes"));
         let mut captured = names.capture_request(&request);
-        captured.add_response(&http::HeaderMap::from_iter([(http::HeaderName::from_static("x-cache"), http::HeaderValue::from_static("HIT"))]));
+        captured.add_response(&http::HeaderMap::from_iter([(cache, http::HeaderValue::from_static("HIT"))]));
         rich.headers = Some(Box::new(captured));
         rich.events = vec![
             SpanEvent { offset: Duration::from_millis(5), name: "retry", message: Some("reset by peer".into()) },
