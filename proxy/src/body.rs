@@ -94,16 +94,18 @@ pub trait BodyObserver: Send + Unpin + 'static {
 pub struct RequestProgress {
     start: Instant,
     bytes: AtomicU64,
-    messages: AtomicU64,
+    /// A gRPC call's messages so far; none when they are not counted.
+    messages: Option<AtomicU64>,
     /// Nanoseconds from `start` to the body's end, plus one; zero until it ends complete.
     ended: AtomicU64,
     idle: AtomicBool,
 }
 
 impl RequestProgress {
-    /// The progress of a request that arrived at `start`.
-    pub fn new(start: Instant) -> Arc<Self> {
-        let (bytes, messages, ended) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    /// The progress of a request that arrived at `start`, whose gRPC messages are counted
+    /// when `count_messages` ([`crate::grpc_messages`]).
+    pub fn new(start: Instant, count_messages: bool) -> Arc<Self> {
+        let (bytes, messages, ended) = (AtomicU64::new(0), count_messages.then(|| AtomicU64::new(0)), AtomicU64::new(0));
         Arc::new(Self { start, bytes, messages, ended, idle: AtomicBool::new(false) })
     }
 
@@ -127,9 +129,9 @@ impl RequestProgress {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// A gRPC call's messages so far ([`RequestObserver::grpc`]).
-    pub fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
+    /// A gRPC call's messages so far, when they are counted.
+    pub fn messages(&self) -> Option<u64> {
+        self.messages.as_ref().map(|m| m.load(Ordering::Relaxed))
     }
 
     /// How long after the request's start its body ended, if it has ended complete.
@@ -144,7 +146,7 @@ impl RequestProgress {
     }
 }
 
-/// Reports a request body's progress, and for a gRPC call counts its messages.
+/// Reports a request body's progress, counting its messages when the progress counts them.
 #[derive(Debug)]
 pub struct RequestObserver {
     progress: Arc<RequestProgress>,
@@ -154,21 +156,17 @@ pub struct RequestObserver {
 impl RequestObserver {
     /// Reports to `progress`.
     pub fn new(progress: Arc<RequestProgress>) -> Self {
-        Self { progress, messages: None }
-    }
-
-    /// Reports to `progress` and counts the messages of a gRPC call.
-    pub fn grpc(progress: Arc<RequestProgress>) -> Self {
-        Self { progress, messages: Some(MessageCounter::default()) }
+        let messages = progress.messages.is_some().then(MessageCounter::default);
+        Self { progress, messages }
     }
 }
 
 impl BodyObserver for RequestObserver {
     fn on_data(&mut self, data: &[u8]) {
         self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if let Some(counter) = self.messages.as_mut() {
+        if let (Some(counter), Some(messages)) = (self.messages.as_mut(), self.progress.messages.as_ref()) {
             counter.feed(data);
-            self.progress.messages.store(counter.messages(), Ordering::Relaxed);
+            messages.store(counter.messages(), Ordering::Relaxed);
         }
     }
     fn on_end(&mut self, end: BodyEnd) {
@@ -344,7 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_body_counts_its_bytes_and_when_it_ended_complete() {
-        let progress = RequestProgress::new(Instant::now());
+        let progress = RequestProgress::new(Instant::now(), false);
         let mut body = ObservedBody::new(frames(), RequestObserver::new(progress.clone()));
         let _first = body.frame().await;
         assert_eq!((progress.bytes(), progress.ended_after()), (6, None), "streaming");
@@ -355,7 +353,7 @@ mod tests {
         progress.end();
         assert_eq!(progress.ended_after(), Some(ended), "the first end counts");
 
-        let cut = RequestProgress::new(Instant::now());
+        let cut = RequestProgress::new(Instant::now(), false);
         let mut body = ObservedBody::new(frames(), RequestObserver::new(cut.clone()));
         let _first = body.frame().await;
         drop(body);

@@ -209,7 +209,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_that_never_comes_times_out_one_to_one_and_a_quarter_timeouts_after_the_request() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         let mut request_body = crate::body::RequestObserver::new(Arc::clone(&request));
         BodyObserver::on_data(&mut request_body, &[0; 10]);
         request.end();
@@ -222,7 +222,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_bounded_by_a_shorter_service_timeout_is_left_to_it() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         request.end();
         let never = |bound: Duration| {
             let request = Arc::clone(&request);
@@ -237,7 +237,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_body_still_arriving_keeps_the_wait_for_the_answer_open() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
         let waiting = {
             let request = Arc::clone(&request);
@@ -259,7 +259,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_is_cut_off_one_to_one_and_a_quarter_timeouts_later() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         let (tx, body) = fed(&request);
         let reader = read(body);
         tx.send(Bytes::from_static(b"first")).expect("send");
@@ -276,7 +276,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn frames_either_way_keep_the_exchange_open() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         let (tx, body) = fed(&request);
         let reader = read(body);
         // A frame of the response one time, of the request body (a bidirectional stream) the
@@ -298,7 +298,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_a_timeout_a_body_may_wait_for_ever() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         let (tx, rx) = mpsc::unbounded_channel();
         let body = IdleBody::new(body::boxed(Fed(rx)), None, request.clone());
         let reader = read(body);
@@ -310,7 +310,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_nobody_reads_is_not_cut_off() {
-        let request = RequestProgress::new(std::time::Instant::now());
+        let request = RequestProgress::new(std::time::Instant::now(), false);
         let (tx, mut body) = fed(&request);
         // Read once until it waits, then leave it unread for many timeouts (a slow reader).
         let mut cx = Context::from_waker(std::task::Waker::noop());

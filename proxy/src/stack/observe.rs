@@ -115,7 +115,9 @@ where
             Side::Inbound => local.service.clone(),
             Side::Outbound => authority.clone().unwrap_or_else(|| Arc::from("unknown")),
         };
-        let request = RequestProgress::new(start);
+        // A gRPC call's messages are counted both ways (not gRPC-Web's base64 text form).
+        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let request = RequestProgress::new(start, content_type.is_some_and(grpc_messages::countable));
         let addrs = req.extensions().get::<ConnectionAddrs>().copied();
         let record = RequestRecord {
             path: req.uri().path().to_owned(),
@@ -141,13 +143,9 @@ where
             request.end();
         }
         let grpc = record.grpc;
-        // A gRPC call's messages are counted both ways (not gRPC-Web's base64 text form).
-        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let counted = grpc && content_type.is_some_and(grpc_messages::countable);
-        let observer = if counted { RequestObserver::grpc(request.clone()) } else { RequestObserver::new(request.clone()) };
-        let req = req.map(|b| body::boxed(ObservedBody::new(b, observer)));
+        let req = req.map(|b| body::boxed(ObservedBody::new(b, RequestObserver::new(request.clone()))));
         let fut = self.inner.call(req);
-        let waiting = Waiting { telemetry, record: Some(record), start, request, resolution, counted };
+        let waiting = Waiting { telemetry, record: Some(record), start, request, resolution };
         Box::pin(async move {
             let mut waiting = waiting;
             let (request, resolution) = (&waiting.request, &waiting.resolution);
@@ -180,7 +178,7 @@ where
             let (telemetry, request) = (waiting.telemetry.clone(), waiting.request.clone());
             let in_flight = InFlight {
                 telemetry,
-                messages: counted.then(MessageCounter::default),
+                messages: request.messages().map(|_| MessageCounter::default()),
                 record: Some(record),
                 start,
                 request: request.clone(),
@@ -216,8 +214,6 @@ struct Waiting {
     start: Instant,
     request: Arc<RequestProgress>,
     resolution: Resolution,
-    /// Whether the call's messages are counted.
-    counted: bool,
 }
 
 impl Drop for Waiting {
@@ -225,7 +221,7 @@ impl Drop for Waiting {
         let Some(mut record) = self.record.take() else { return };
         resolved(&mut record, &self.resolution, self.start);
         record.request_bytes = self.request.bytes();
-        record.grpc_messages = self.counted.then(|| (self.request.messages(), 0));
+        record.grpc_messages = self.request.messages().map(|sent| (sent, 0));
         record.request_duration = self.request.ended_after();
         finish(&self.telemetry, record, self.start, BodyEnd::Dropped);
     }
@@ -271,7 +267,7 @@ impl BodyObserver for InFlight {
     fn on_end(&mut self, end: BodyEnd) {
         let Some(mut record) = self.record.take() else { return };
         record.request_bytes = self.request.bytes();
-        record.grpc_messages = self.messages.map(|counter| (self.request.messages(), counter.messages()));
+        record.grpc_messages = self.request.messages().zip(self.messages.map(|counter| counter.messages()));
         record.request_duration = self.request.ended_after();
         let start = self.start;
         match self.tunnel.take() {

@@ -28,6 +28,16 @@ fn slot(list: &mut Vec<HeaderName>, name: HeaderName) -> usize {
     })
 }
 
+/// Keeps `names` in `list` and writes each, once, as the attribute `{prefix}{name}`.
+fn add_attributes(list: &mut Vec<HeaderName>, attributes: &mut Vec<(usize, Box<str>)>, names: &[HeaderName], prefix: &str) {
+    for name in names {
+        let slot = slot(list, name.clone());
+        if !attributes.iter().any(|(s, _)| *s == slot) {
+            attributes.push((slot, format!("{prefix}{name}").into()));
+        }
+    }
+}
+
 impl HeaderNames {
     /// The slot of request header `name`, added if new.
     pub fn request_slot(&mut self, name: HeaderName) -> usize {
@@ -47,18 +57,8 @@ impl HeaderNames {
     /// Adds `request` and `response` headers kept as attributes (`http.request.header.<name>`,
     /// `http.response.header.<name>`, names in lower case as `HeaderName`s are).
     pub fn with_attributes(mut self, request: &[HeaderName], response: &[HeaderName]) -> Self {
-        for name in request {
-            let slot = self.request_slot(name.clone());
-            if !self.request_attributes.iter().any(|(s, _)| *s == slot) {
-                self.request_attributes.push((slot, format!("http.request.header.{name}").into()));
-            }
-        }
-        for name in response {
-            let slot = self.response_slot(name.clone());
-            if !self.response_attributes.iter().any(|(s, _)| *s == slot) {
-                self.response_attributes.push((slot, format!("http.response.header.{name}").into()));
-            }
-        }
+        add_attributes(&mut self.request, &mut self.request_attributes, request, "http.request.header.");
+        add_attributes(&mut self.response, &mut self.response_attributes, response, "http.response.header.");
         self
     }
 
