@@ -1,5 +1,5 @@
-//! The collector's `/metrics` as real Prometheus tooling sees it: `promtool check metrics`
-//! accepts it, and a real Prometheus (Debian's `prometheus`, started here on a loopback
+//! The collector's and a sidecar's `/metrics` as real Prometheus tooling sees them:
+//! `promtool check metrics` accepts them, and a real Prometheus (Debian's `prometheus`, started here on a loopback
 //! port) scrapes it and answers PromQL for per-edge request rate, error ratio and p99 with
 //! the values the test traffic implies.
 
@@ -49,6 +49,14 @@ fn promtool_accepts_metrics_and_prometheus_answers_promql() {
     let without_istio: String = exposition.lines().filter(|l| !l.contains("istio_")).map(|l| format!("{l}\n")).collect();
     let (clean, problems) = Command::new(require("promtool")).args(["check", "metrics"]).stdin(std::process::Stdio::piped()).output_with_stdin(without_istio.as_bytes());
     assert!(clean, "the meshlens metrics pass promtool cleanly: {problems}");
+    // A sidecar's too, in the classic text format a scraper gets that does not ask for
+    // OpenMetrics (Prometheus, below, asks for it).
+    let sidecar = get(front.admin, "/metrics");
+    assert!(sidecar.body.contains("http_client_request_duration_seconds_bucket") && !sidecar.body.contains("# EOF"), "{}", sidecar.body);
+    let mut promtool_check = Command::new(require("promtool"));
+    promtool_check.args(["check", "metrics"]).stdin(std::process::Stdio::piped());
+    let (clean, problems) = promtool_check.output_with_stdin(sidecar.body.as_bytes());
+    assert!(clean, "a sidecar's metrics pass promtool cleanly: {problems}");
 
     // Counts: Prometheus sees exactly the requests sent, once scraped after they arrived.
     let tester_front = "meshlens_requests_total{source_service=\"tester\",destination_service=\"front\"}";

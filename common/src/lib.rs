@@ -4,10 +4,12 @@
 //! collector reads them to build the topology. Their names live here, once, so the two
 //! sides cannot drift apart. Duration syntax (`250ms`, `1.5s`, `1m30s`) is shared too, and
 //! so are trace and span IDs and the `google.rpc` messages that carry OTLP errors and retry
-//! hints, as is the `/metrics` collector of the process's own CPU and memory.
+//! hints, as is the `/metrics` collector of the process's own CPU and memory, and the
+//! negotiation of `/metrics`' format.
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod exposition;
 pub mod hex;
 pub mod ids;
 pub mod process;

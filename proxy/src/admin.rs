@@ -1,5 +1,6 @@
 //! The sidecar's admin server: `/metrics` (its own counters, its request metrics and its
-//! process's CPU and memory, Prometheus text) and `/ready`.
+//! process's CPU and memory; OpenMetrics for Prometheus, the classic text format for other
+//! scrapers) and `/ready`.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -13,13 +14,16 @@ use crate::{
     telemetry::{Telemetry, prometheus::RequestMetricsCollector},
 };
 
-/// Builds the admin service.
-pub fn service(telemetry: &Telemetry) -> BoxCloneService<Request, Response, Infallible> {
+/// Builds the admin service. `own_process`: the sidecar is its process's only one, whose
+/// CPU and memory `/metrics` then reports as the sidecar's.
+pub fn service(telemetry: &Telemetry, own_process: bool) -> BoxCloneService<Request, Response, Infallible> {
     let mut registry = Registry::default();
     telemetry.stats().register(&mut registry);
     registry.register_collector(Box::new(RequestMetricsCollector(telemetry.metrics().clone())));
     // The sidecar's own CPU and memory, as Linkerd's proxy and Envoy show theirs.
-    registry.register_collector(Box::new(meshlens_common::process::ProcessCollector));
+    if own_process {
+        registry.register_collector(Box::new(meshlens_common::process::ProcessCollector));
+    }
     let registry = Arc::new(registry);
     let telemetry = telemetry.clone();
     BoxCloneService::new(tower::service_fn(move |req: Request| {
@@ -39,13 +43,38 @@ fn respond(req: &Request, registry: &Registry) -> Response {
     };
     match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/metrics") => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, registry) {
-                Ok(()) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            match meshlens_common::exposition::encode(registry, accept) {
+                Ok((content_type, out)) => text(StatusCode::OK, content_type, out),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")),
             }
         }
         (&http::Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "ready\n".into()),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /ready\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn metrics(own_process: bool) -> String {
+        let svc = service(&crate::telemetry::tests::telemetry(), own_process);
+        let req = http::Request::get("/metrics").header(header::ACCEPT, "application/openmetrics-text");
+        let req = req.body(body::full("")).expect("request");
+        let response = svc.oneshot(req).await.expect("infallible");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], meshlens_common::exposition::OPENMETRICS);
+        let bytes = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("text")
+    }
+
+    #[tokio::test]
+    async fn the_process_figures_are_a_sidecar_s_only_when_it_has_its_process_to_itself() {
+        let own = metrics(true).await;
+        assert!(own.contains("\nprocess_resident_memory_bytes ") && own.contains("meshlens_proxy_metric_series"), "{own}");
+        let shared = metrics(false).await;
+        assert!(!shared.contains("process_") && shared.contains("meshlens_proxy_metric_series"), "{shared}");
     }
 }

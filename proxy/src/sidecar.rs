@@ -33,6 +33,13 @@ pub struct SidecarAddrs {
     pub admin: SocketAddr,
 }
 
+/// Whether a sidecar has its process to itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Process {
+    Own,
+    Shared,
+}
+
 /// A running sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -57,8 +64,20 @@ fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<S
 }
 
 impl Sidecar {
-    /// Binds the listeners and starts serving.
+    /// Binds the listeners and starts serving, as the one sidecar of its process: its admin
+    /// `/metrics` reports the process's CPU and memory as its own.
     pub async fn start(config: ProxyConfig) -> Result<Self, StartError> {
+        Self::start_with(config, Process::Own).await
+    }
+
+    /// Binds the listeners and starts serving in a process shared with others (the demo
+    /// runs every workload and sidecar in one): the process's CPU and memory are not this
+    /// sidecar's, so its admin `/metrics` leaves them out.
+    pub async fn start_embedded(config: ProxyConfig) -> Result<Self, StartError> {
+        Self::start_with(config, Process::Shared).await
+    }
+
+    async fn start_with(config: ProxyConfig, process: Process) -> Result<Self, StartError> {
         let inbound_listener = bind("inbound", config.inbound_listen).await?;
         let outbound_listener = bind("outbound", config.outbound_listen).await?;
         let admin_listener = bind("admin", config.admin_listen).await?;
@@ -101,7 +120,7 @@ impl Sidecar {
             // The admin server's own connections are not the mesh's traffic.
             tokio::spawn(server::serve(
                 admin_listener,
-                admin::service(&telemetry),
+                admin::service(&telemetry, process == Process::Own),
                 ConnectionMeter::default(),
                 config.connections,
                 None,

@@ -63,7 +63,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         apps.push(tokio::spawn(workload::serve(listener, spec, stop_rx.clone())));
         let otlp = (OtlpProtocol::Grpc, addrs.otlp_grpc);
         let config = mesh::sidecar_config(p.identity.clone(), p.inbound, p.app, p.outbound, services.clone(), otlp);
-        sidecars.push(Sidecar::start(config).await.with_context(|| format!("starting the sidecar of {}", p.identity.workload))?);
+        sidecars.push(Sidecar::start_embedded(config).await.with_context(|| format!("starting the sidecar of {}", p.identity.workload))?);
     }
 
     // The load generator is a meshed workload too: its requests leave through its sidecar,
@@ -72,7 +72,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let loadgen_identity = WorkloadIdentity::new(mesh::NAMESPACE, "loadgen", "loadgen", "v1");
     let otlp = (OtlpProtocol::HttpProtobuf, addrs.otlp_http);
     let loadgen_config = mesh::sidecar_config(loadgen_identity, mesh::free_addr()?, mesh::free_addr()?, loadgen_out, services, otlp);
-    sidecars.push(Sidecar::start(loadgen_config).await.context("starting the load generator's sidecar")?);
+    sidecars.push(Sidecar::start_embedded(loadgen_config).await.context("starting the load generator's sidecar")?);
     let load = tokio::spawn(loadgen::run(
         LoadSpec {
             sidecar: loadgen_out,
