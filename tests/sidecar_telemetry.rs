@@ -312,10 +312,12 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
         line = \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\"\nforwarded = \"%REQ(X-FORWARDED-FOR)%\"\n\
         missing = \"%REQ(X-MISSING)%\"\ntrace = \"%TRACE_ID%\"\ndetails = \"%RESPONSE_CODE_DETAILS%\"\n\
         attempts = \"%UPSTREAM_REQUEST_ATTEMPT_COUNT%\"\npath = \"%REQ_WITHOUT_QUERY(:PATH)%\"\n\
-        upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\" }\n";
+        upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\", protocol = \"%UPSTREAM_PROTOCOL%\" }\n\
+        connection = \"%CONNECTION_ID%\"\nhostname = \"%HOSTNAME%\"\ntag = \"%ENVIRONMENT(MESHLENS_TEST_TAG)%\"\n";
     let shaped_toml = sidecar_toml(&shaped, &[&shaped, &front], collector.grpc);
     std::fs::write(&dictionary_sidecar, format!("{shaped_toml}\n{dictionary}")).expect("write");
-    let shaped_proc = Proc::start(&dir, "shaped-sidecar", &["proxy", "--config", dictionary_sidecar.to_str().unwrap_or_default()]);
+    let shaped_args = ["proxy", "--config", dictionary_sidecar.to_str().unwrap_or_default()];
+    let shaped_proc = Proc::start_with_env(&dir, "shaped-sidecar", &shaped_args, &[("MESHLENS_TEST_TAG", "canary")]);
     wait_listening(shaped.outbound, "the dictionary sidecar");
     let reply = http(shaped.outbound, "GET", "/shaped?page=2", &headers, b"").expect("request");
     assert_eq!(reply.status, 200);
@@ -330,6 +332,10 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     assert_eq!(outcome(&v), (Some("/shaped".into()), Some("via_upstream".into()), Some(1)), "{line}");
     assert_eq!(v["upstream"]["cluster"], "front", "{line}");
     assert_eq!(v["upstream"]["host"], front.inbound.to_string(), "{line}");
+    assert_eq!((v["upstream"]["protocol"].as_str(), v["tag"].as_str()), (Some("HTTP/1.1"), Some("canary")), "{line}");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    assert_eq!(v["hostname"].as_str(), Some(hostname.trim()), "{line}");
+    let first_connection = v["connection"].as_u64().unwrap_or_else(|| panic!("a number: {line}"));
     assert!(v.get("missing").is_none(), "an unset value is left out: {line}");
     assert!(v["trace"].as_str().is_some_and(|t| t.len() == 32), "{line}");
     let when: f64 = v["when"].as_str().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("seconds.millis: {line}"));
@@ -344,7 +350,29 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let v: Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(v["status"], 404, "{line}");
     assert_eq!(outcome(&v), (Some("/lost".into()), Some("route_not_found".into()), Some(0)), "{line}");
-    assert!(v.get("upstream").is_some_and(|u| u.get("host").is_none()), "no upstream host, left out: {line}");
+    assert!(v.get("upstream").is_some_and(|u| u.get("host").is_none() && u.get("protocol").is_none()), "no upstream, left out: {line}");
+    let second_connection = v["connection"].as_u64().unwrap_or_else(|| panic!("a number: {line}"));
+    // Exchanges on one connection share its ID; another connection has another.
+    let mut stream = std::net::TcpStream::connect(shaped.outbound).expect("connect");
+    let twice = "GET /again HTTP/1.1\r\nhost: front\r\n\r\nGET /again HTTP/1.1\r\nhost: front\r\nconnection: close\r\n\r\n";
+    std::io::Write::write_all(&mut stream, twice.as_bytes()).expect("send");
+    let mut answers = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answers).expect("read");
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
+    let again: Vec<u64> = wait_for("both lines of one connection", Duration::from_secs(10), || {
+        let ids: Vec<u64> = shaped_proc
+            .output()
+            .lines()
+            .filter(|l| l.contains("/again"))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["connection"].as_u64())
+            .collect();
+        (ids.len() == 2).then_some(ids)
+    });
+    assert_eq!(again[0], again[1], "one connection, one ID");
+    let mut ids = vec![first_connection, second_connection, again[0]];
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three connections, three IDs: {ids:?}");
 
     // A filter narrows stdout to the requests worth a look; the OTLP records still cover all.
     let picky = Workload::new("picky", &[]);

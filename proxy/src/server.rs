@@ -133,7 +133,7 @@ pub async fn serve<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let addrs = ConnectionAddrs { peer, local: stream.local_addr().unwrap_or(listening) };
+                let addrs = ConnectionAddrs::accepted(peer, stream.local_addr().unwrap_or(listening));
                 let service = service.clone();
                 let (stream, activity) = meter.meter_watched(stream);
                 activity.keep(drain.hold());
@@ -196,7 +196,7 @@ pub async fn serve<S>(
                                 meter.header_timeouts.inc();
                                 tracing::debug!(%peer, "dropping a connection whose request head is late");
                                 if let (Some(unread), Some(after)) = (&unread, limits.request_headers_timeout) {
-                                    unread.record(peer, addrs.local, UnreadHead::Late { after });
+                                    unread.record(addrs, UnreadHead::Late { after });
                                 }
                                 break Ok(());
                             }
@@ -208,7 +208,7 @@ pub async fn serve<S>(
                         }
                         let head = unread.as_ref().zip(UnreadHead::of_error(error.as_ref(), activity.head_on_its_way()));
                         if let Some((unread, head)) = head {
-                            unread.record(peer, addrs.local, head);
+                            unread.record(addrs, head);
                         }
                         tracing::debug!(%peer, %error, "connection closed with an error");
                     }

@@ -50,13 +50,24 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upstream(pub SocketAddr);
 
-/// The two ends of the connection a request arrived on (a request extension).
+/// The connection a request arrived on (a request extension): its two ends and its ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionAddrs {
     /// The downstream peer.
     pub peer: SocketAddr,
     /// The sidecar's own end.
     pub local: SocketAddr,
+    /// The connection's number among those the process accepted, from 1 (Envoy's
+    /// `%CONNECTION_ID%`): every exchange on one connection has the same.
+    pub id: u64,
+}
+
+impl ConnectionAddrs {
+    /// A newly accepted connection's, numbered after every one the process accepted before.
+    pub fn accepted(peer: SocketAddr, local: SocketAddr) -> Self {
+        static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self { peer, local, id: ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 }
+    }
 }
 
 /// What inner layers decided about a request, read back by the observe layer (even when

@@ -132,6 +132,7 @@ where
             upstream: app,
             peer: addrs.map(|a| a.peer),
             local: addrs.map(|a| a.local),
+            connection_id: addrs.map(|a| a.id),
             origin: if side == Side::Inbound { Origin::of(req.headers()) } else { Origin::PLAIN },
             user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),

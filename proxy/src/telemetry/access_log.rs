@@ -45,6 +45,10 @@ enum Field {
     UserAgent,
     RequestId,
     Protocol,
+    /// The HTTP version the request went upstream in.
+    UpstreamProtocol,
+    /// The downstream connection's ID.
+    ConnectionId,
     ResponseCode,
     GrpcStatus,
     ResponseFlags,
@@ -79,6 +83,8 @@ impl Field {
             "METHOD" => Self::Method,
             "PATH" => Self::Path,
             "PROTOCOL" => Self::Protocol,
+            "UPSTREAM_PROTOCOL" => Self::UpstreamProtocol,
+            "CONNECTION_ID" => Self::ConnectionId,
             "RESPONSE_CODE" => Self::ResponseCode,
             "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => Self::GrpcStatus,
             "RESPONSE_FLAGS" => Self::ResponseFlags,
@@ -184,6 +190,9 @@ enum Piece {
     Header(Vec<Source>, Option<usize>, bool),
     /// `%START_TIME(…)%`.
     StartTime(TimeFormat),
+    /// A value the same for every line, known when the format is loaded (`%HOSTNAME%`,
+    /// `%ENVIRONMENT(…)%`), already cut to its `:N`; none prints `-`.
+    Constant(Option<String>),
 }
 
 /// How access-log lines are written.
@@ -325,7 +334,10 @@ fn parse_pieces(format: &str, names: &mut HeaderNames) -> Result<Vec<Piece>, Str
             (Some(inner), ..) => Piece::Header(header_sources(inner, false, false, names, field)?, max, false),
             (_, Some(inner), _) => Piece::Header(header_sources(inner, false, true, names, field)?, max, true),
             (.., Some(inner)) => Piece::Header(header_sources(inner, true, false, names, field)?, max, false),
-            _ => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
+            _ => match constant(name, field)? {
+                Some(value) => Piece::Constant(value.map(|v| cut(v, max))),
+                None => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
+            },
         };
         pieces.push(piece);
         rest = &after[end + 1..];
@@ -334,6 +346,34 @@ fn parse_pieces(format: &str, names: &mut HeaderNames) -> Result<Vec<Piece>, Str
         pieces.push(Piece::Text(rest.to_owned()));
     }
     Ok(pieces)
+}
+
+/// The value of a field that is the same on every line, read once: `HOSTNAME` (the host's
+/// name) and `ENVIRONMENT(NAME)` (the sidecar's environment variable `NAME`), as Envoy has
+/// them; `None` for any other field.
+fn constant(name: &str, field: &str) -> Result<Option<Option<String>>, String> {
+    if name == "HOSTNAME" {
+        return Ok(Some(hostname()));
+    }
+    let Some(variable) = name.strip_prefix("ENVIRONMENT(").and_then(|n| n.strip_suffix(')')) else { return Ok(None) };
+    if variable.is_empty() || variable.contains(['(', ')', '=']) {
+        return Err(format!("bad variable name in access log field %{field}%"));
+    }
+    Ok(Some(std::env::var(variable).ok().filter(|v| !v.is_empty())))
+}
+
+/// The host's name, as the kernel has it (`uname -n`).
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok())?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+/// `value`'s first `max` characters.
+fn cut(mut value: String, max: Option<usize>) -> String {
+    if let Some((end, _)) = max.and_then(|max| value.char_indices().nth(max)) {
+        value.truncate(end);
+    }
+    value
 }
 
 /// Parses one level of a format dictionary: strings are formats, tables nest.
@@ -418,6 +458,14 @@ fn render_pieces(pieces: &[Piece], r: &RequestRecord, omit_empty: bool) -> Strin
                 format.write(r.start_unix_nanos, &mut line);
                 continue;
             }
+            Piece::Constant(value) => {
+                match value {
+                    Some(value) => line.push_str(value),
+                    None if !omit_empty => line.push('-'),
+                    None => {}
+                }
+                continue;
+            }
             Piece::Field(f, max) => {
                 write_field(&mut line, *f, r);
                 // Every field writes an unset value as `-`; a set value that is `-` alone (a
@@ -449,6 +497,7 @@ fn render_object(keys: &[(String, JsonEntry)], omit_empty: bool, r: &RequestReco
             JsonEntry::Object(inner) => Value::Object(render_object(inner, omit_empty, r)),
             JsonEntry::Format(pieces) => match pieces.as_slice() {
                 [Piece::Field(field, None)] => typed_field(*field, r),
+                [Piece::Constant(value)] => value.as_deref().into(),
                 [Piece::Header(sources, None, without_query)] => {
                     let mut value = String::new();
                     if write_header(&mut value, sources, *without_query, r) { Value::String(value) } else { Value::Null }
@@ -487,6 +536,8 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
         Field::Authority => r.authority.as_deref().into(),
         Field::UserAgent => r.user_agent.as_deref().into(),
         Field::RequestId => r.request_id.as_deref().into(),
+        Field::ConnectionId => r.connection_id.into(),
+        Field::UpstreamProtocol => r.upstream.map(|_| format!("HTTP/{}", super::protocol_version(r.upstream_version()))).into(),
         Field::Address(which, AddrPart::Port) => which.of(r).map(|a| a.port()).into(),
         Field::Address(which, AddrPart::WithoutPort) => which.of(r).map(|a| a.ip().to_string()).into(),
         Field::Address(which, AddrPart::Whole) => which.of(r).map(|a| a.to_string()).into(),
@@ -597,6 +648,11 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::UserAgent => write!(line, "{}", dash(r.user_agent.as_ref())),
         Field::RequestId => write!(line, "{}", dash(r.request_id.as_ref())),
         Field::Protocol => write!(line, "HTTP/{}", r.protocol_version()),
+        Field::UpstreamProtocol => match r.upstream {
+            Some(_) => write!(line, "HTTP/{}", super::protocol_version(r.upstream_version())),
+            None => write!(line, "-"),
+        },
+        Field::ConnectionId => write!(line, "{}", dash(r.connection_id)),
         Field::ResponseCode => write!(line, "{}", r.status),
         Field::GrpcStatus => write!(line, "{}", dash(r.grpc_status)),
         Field::ResponseFlags => write!(line, "{}", r.flags),
@@ -900,6 +956,33 @@ mod tests {
         let json = dictionary("port = \"%UPSTREAM_REMOTE_PORT%\"\nip = \"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\"").expect("valid");
         assert_eq!(json.render(&r), r#"{"ip":"2001:db8::9","port":8080}"#, "a port is a number");
         for bad in ["%UPSTREAM_ADDRESS%", "%DOWNSTREAM_PORT%", "%REMOTE_ADDRESS_WITHOUT_PORT%"] {
+            assert!(AccessLogFormat::text(bad).is_err(), "{bad} is refused");
+        }
+    }
+
+    #[test]
+    fn connection_ids_upstream_protocols_hostnames_and_environment_variables_print_as_in_envoy() {
+        let text = "%CONNECTION_ID% %PROTOCOL% %UPSTREAM_PROTOCOL% %HOSTNAME% %ENVIRONMENT(PATH):1% %ENVIRONMENT(MESHLENS_UNSET_VARIABLE)%";
+        let format = AccessLogFormat::text(text).expect("Envoy's fields");
+        let host = hostname().expect("a hostname");
+        let mut r = record(true, crate::classify::Outcome::Success, 5);
+        r.version = http::Version::HTTP_10;
+        assert_eq!(format.render(&r), format!("- HTTP/1.0 - {host} / -"), "no connection, no upstream");
+        r.connection_id = Some(42);
+        r.upstream = Some(([10, 0, 0, 7], 8080).into());
+        assert_eq!(format.render(&r), format!("42 HTTP/1.0 HTTP/1.1 {host} / -"), "HTTP/1.0 goes on in HTTP/1.1");
+        r.version = http::Version::HTTP_2;
+        assert_eq!(format.render(&r), format!("42 HTTP/2 HTTP/2 {host} / -"));
+        let omitting = AccessLogFormat::text("[%ENVIRONMENT(MESHLENS_UNSET_VARIABLE)%]").expect("valid").omitting_empty_values();
+        assert_eq!(omitting.render(&r), "[]");
+        let keys = "id = \"%CONNECTION_ID%\"\nhost = \"%HOSTNAME%\"\nunset = \"%ENVIRONMENT(MESHLENS_UNSET_VARIABLE)%\"";
+        let json = dictionary(keys).expect("valid");
+        assert_eq!(json.render(&r), format!(r#"{{"host":"{host}","id":42,"unset":null}}"#), "an ID is a number, an unset variable null");
+        let json = dictionary("upstream = \"%UPSTREAM_PROTOCOL%\"").expect("valid");
+        assert_eq!(json.render(&r), r#"{"upstream":"HTTP/2"}"#);
+        r.upstream = None;
+        assert_eq!(json.render(&r), r#"{"upstream":null}"#, "no upstream");
+        for bad in ["%ENVIRONMENT()%", "%ENVIRONMENT(A=B)%", "%ENVIRONMENT(PATH):0%", "%HOSTNAMES%"] {
             assert!(AccessLogFormat::text(bad).is_err(), "{bad} is refused");
         }
     }

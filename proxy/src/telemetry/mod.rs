@@ -119,6 +119,8 @@ pub struct RequestRecord {
     pub peer: Option<SocketAddr>,
     /// The sidecar's own address on the downstream connection.
     pub local: Option<SocketAddr>,
+    /// The downstream connection's ID ([`crate::stack::ConnectionAddrs::id`]).
+    pub connection_id: Option<u64>,
     /// The sidecar's own address on the upstream connection that answered.
     pub upstream_local: Option<SocketAddr>,
     /// Inbound records: what the caller's proxies say of the original request
@@ -308,6 +310,7 @@ impl RequestRecord {
             upstream: None,
             peer: None,
             local: None,
+            connection_id: None,
             upstream_local: None,
             origin: Origin::PLAIN,
             flags: ResponseFlags::empty(),
@@ -350,9 +353,18 @@ impl RequestRecord {
     /// record's caller's, an outbound (CLIENT) record's upstream's, where HTTP/1.0 goes on
     /// in the sidecar's own HTTP/1.1.
     pub fn described_version(&self) -> http::Version {
-        match (self.side, self.version) {
-            (Side::Outbound, http::Version::HTTP_09 | http::Version::HTTP_10) => http::Version::HTTP_11,
-            (_, version) => version,
+        match self.side {
+            Side::Inbound => self.version,
+            Side::Outbound => self.upstream_version(),
+        }
+    }
+
+    /// The HTTP version the request went upstream in: HTTP/2 stays HTTP/2, and the sidecar
+    /// speaks HTTP/1.1 for the rest.
+    pub fn upstream_version(&self) -> http::Version {
+        match self.version {
+            http::Version::HTTP_2 => http::Version::HTTP_2,
+            _ => http::Version::HTTP_11,
         }
     }
 

@@ -15,7 +15,6 @@
 //! - for a head cut off, no status and response flag `DC`.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -27,6 +26,7 @@ use crate::{
 };
 
 use super::{RequestRecord, Side, SpanEvent, Telemetry, metrics::unix_nanos};
+use crate::stack::ConnectionAddrs;
 
 /// The event of a broken head.
 const BROKEN_EVENT: &str = "downstream_protocol_error";
@@ -101,13 +101,12 @@ impl UnreadHeads {
         Self { telemetry, side }
     }
 
-    /// Records `head`, from the caller at `peer` to the sidecar's `local` end, as one
-    /// exchange that ended now.
-    pub fn record(&self, peer: SocketAddr, local: SocketAddr, head: UnreadHead) {
-        self.telemetry.record(self.record_of(peer, local, head));
+    /// Records `head`, which came on `connection`, as one exchange that ended now.
+    pub fn record(&self, connection: ConnectionAddrs, head: UnreadHead) {
+        self.telemetry.record(self.record_of(connection, head));
     }
 
-    fn record_of(&self, peer: SocketAddr, local_addr: SocketAddr, head: UnreadHead) -> RequestRecord {
+    fn record_of(&self, connection: ConnectionAddrs, head: UnreadHead) -> RequestRecord {
         let (side, telemetry) = (self.side, &self.telemetry);
         // A trace of its own: the head's trace context, if it had any, was not read.
         let context = SpanContext::continue_from(&http::HeaderMap::new(), telemetry.sampling().ratio, telemetry.propagation());
@@ -123,8 +122,9 @@ impl UnreadHeads {
         };
         let mut record = RequestRecord {
             duration,
-            peer: Some(peer),
-            local: Some(local_addr),
+            peer: Some(connection.peer),
+            local: Some(connection.local),
+            connection_id: Some(connection.id),
             source: (side == Side::Outbound).then(|| local.clone()),
             destination: (side == Side::Inbound).then(|| local.clone()),
             ..RequestRecord::new(side, context, start, None, destination_service)
@@ -204,17 +204,17 @@ mod tests {
     #[test]
     fn access_logs_say_what_became_of_an_unread_head_and_spans_name_no_path() {
         let unread = UnreadHeads::new(crate::telemetry::tests::telemetry(), Side::Inbound);
-        let (peer, local): (SocketAddr, SocketAddr) = (([127, 0, 0, 1], 4711).into(), ([127, 0, 0, 1], 15006).into());
+        let connection = ConnectionAddrs { peer: ([127, 0, 0, 1], 4711).into(), local: ([127, 0, 0, 1], 15006).into(), id: 7 };
         let format = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %DURATION% \
-                      %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%";
+                      %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %CONNECTION_ID%";
         let text = crate::telemetry::access_log::AccessLogFormat::text(format).expect("valid");
-        let broken = unread.record_of(peer, local, UnreadHead::Broken { status: 431, reason: "message head is too large".into() });
-        assert_eq!(text.render(&broken), "- - HTTP/1.1 431 DPE http1.codec_error 0 127.0.0.1:4711 127.0.0.1:15006");
-        let late = unread.record_of(peer, local, UnreadHead::Late { after: Duration::from_secs(30) });
-        assert_eq!(text.render(&late), "- - HTTP/1.1 408 - request_header_timeout 30000 127.0.0.1:4711 127.0.0.1:15006");
+        let broken = unread.record_of(connection, UnreadHead::Broken { status: 431, reason: "message head is too large".into() });
+        assert_eq!(text.render(&broken), "- - HTTP/1.1 431 DPE http1.codec_error 0 127.0.0.1:4711 127.0.0.1:15006 7");
+        let late = unread.record_of(connection, UnreadHead::Late { after: Duration::from_secs(30) });
+        assert_eq!(text.render(&late), "- - HTTP/1.1 408 - request_header_timeout 30000 127.0.0.1:4711 127.0.0.1:15006 7");
         assert_eq!(late.events[0].message.as_deref(), Some("the request head was not whole 30s after its first byte"));
-        let cut = unread.record_of(peer, local, UnreadHead::CutOff);
-        assert_eq!(text.render(&cut), "- - HTTP/1.1 0 DC downstream_remote_disconnect 0 127.0.0.1:4711 127.0.0.1:15006");
+        let cut = unread.record_of(connection, UnreadHead::CutOff);
+        assert_eq!(text.render(&cut), "- - HTTP/1.1 0 DC downstream_remote_disconnect 0 127.0.0.1:4711 127.0.0.1:15006 7");
         let attributes = crate::telemetry::otlp::reference::record_attributes(&broken);
         let method = attributes.iter().find(|kv| kv.key == "http.request.method").and_then(|kv| kv.value.clone()?.value);
         assert_eq!(method, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("_OTHER".into())));
@@ -231,10 +231,11 @@ mod tests {
     fn an_unread_head_is_one_request_of_the_side_that_got_it() {
         let telemetry = crate::telemetry::tests::telemetry();
         let unread = UnreadHeads::new(telemetry.clone(), Side::Inbound);
-        let peer: SocketAddr = ([127, 0, 0, 1], 4711).into();
-        unread.record(peer, peer, UnreadHead::Broken { status: 400, reason: "invalid HTTP header parsed".into() });
-        unread.record(peer, peer, UnreadHead::Late { after: Duration::from_secs(30) });
-        UnreadHeads::new(telemetry.clone(), Side::Outbound).record(peer, peer, UnreadHead::CutOff);
+        let peer: std::net::SocketAddr = ([127, 0, 0, 1], 4711).into();
+        let connection = ConnectionAddrs::accepted(peer, peer);
+        unread.record(connection, UnreadHead::Broken { status: 400, reason: "invalid HTTP header parsed".into() });
+        unread.record(connection, UnreadHead::Late { after: Duration::from_secs(30) });
+        UnreadHeads::new(telemetry.clone(), Side::Outbound).record(connection, UnreadHead::CutOff);
         let mut registry = prometheus_client::registry::Registry::default();
         telemetry.stats().register(&mut registry);
         let mut exposed = String::new();
