@@ -121,8 +121,9 @@ mod fake {
     //! Collectors that misbehave: one out of room (RESOURCE_EXHAUSTED with a RetryInfo), one
     //! slow to answer.
     use std::{
+        collections::BTreeSet,
         sync::{
-            Arc,
+            Arc, Mutex,
             atomic::{AtomicU64, Ordering},
         },
         time::Duration,
@@ -144,15 +145,23 @@ mod fake {
         After(Duration),
     }
 
-    /// A fake collector; counts the spans and log records it accepted.
+    /// A fake collector; counts the spans and log records it accepted, and keeps the
+    /// export headers ([`super::EXPORT_HEADERS`]) each request came with.
     #[derive(Clone)]
     pub struct Fake {
         answer: Answer,
         pub spans: Arc<AtomicU64>,
         pub logs: Arc<AtomicU64>,
+        pub headers: Arc<Mutex<BTreeSet<String>>>,
     }
 
     impl Fake {
+        fn saw<R>(&self, r: &Request<R>) {
+            let value = |name: &str| r.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let seen = super::EXPORT_HEADERS.map(value).join("|");
+            self.headers.lock().expect("lock").insert(seen);
+        }
+
         async fn answer<T: Default>(&self, records: usize, accepted: &AtomicU64) -> Result<Response<T>, Status> {
             match self.answer {
                 Answer::Full => {
@@ -171,6 +180,7 @@ mod fake {
     #[tonic::async_trait]
     impl TraceService for Fake {
         async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            self.saw(&r);
             let n = r.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
             self.answer(n, &self.spans).await
         }
@@ -178,20 +188,22 @@ mod fake {
     #[tonic::async_trait]
     impl LogsService for Fake {
         async fn export(&self, r: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+            self.saw(&r);
             let n = r.get_ref().resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
             self.answer(n, &self.logs).await
         }
     }
     #[tonic::async_trait]
     impl MetricsService for Fake {
-        async fn export(&self, _: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        async fn export(&self, r: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+            self.saw(&r);
             self.answer(0, &AtomicU64::new(0)).await
         }
     }
 
     /// Serves a fake collector answering `answer` on `listener` in the background.
     pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener, answer: Answer) -> Fake {
-        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default() };
+        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default(), headers: Arc::default() };
         let served = fake.clone();
         runtime.spawn(async move {
             listener.set_nonblocking(true).expect("nonblocking");
@@ -319,6 +331,8 @@ mod fake_http {
         pub logs: u64,
         /// For each refused request sent again (the same bytes): how long after its refusal.
         pub resent_after: Vec<Duration>,
+        /// The export headers ([`super::EXPORT_HEADERS`]) requests came with.
+        pub headers: std::collections::BTreeSet<String>,
         started: Option<Instant>,
         refused_at: HashMap<u64, Instant>,
     }
@@ -332,11 +346,13 @@ mod fake_http {
         pub retry_after: Option<&'static str>,
     }
 
-    fn answer(seen: &Mutex<Seen>, refusal: Refusal, path: &str, body: &Bytes) -> Response<Full<Bytes>> {
+    fn answer(seen: &Mutex<Seen>, refusal: Refusal, path: &str, headers: &hyper::HeaderMap, body: &Bytes) -> Response<Full<Bytes>> {
         let mut hasher = DefaultHasher::new();
         body.hash(&mut hasher);
         let (digest, now) = (hasher.finish(), Instant::now());
         let mut seen = seen.lock().expect("lock");
+        let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        seen.headers.insert(super::EXPORT_HEADERS.map(value).join("|"));
         let started = *seen.started.get_or_insert(now);
         if let Some(at) = seen.refused_at.remove(&digest) {
             seen.resent_after.push(now - at);
@@ -378,9 +394,9 @@ mod fake_http {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let seen = seen.clone();
                         async move {
-                            let path = request.uri().path().to_owned();
+                            let (path, headers) = (request.uri().path().to_owned(), request.headers().clone());
                             let body = request.into_body().collect().await?.to_bytes();
-                            Ok::<_, hyper::Error>(answer(&seen, refusal, &path, &body))
+                            Ok::<_, hyper::Error>(answer(&seen, refusal, &path, &headers, &body))
                         }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
@@ -448,4 +464,51 @@ fn an_otlp_http_collector_answering_400_is_not_retried() {
     let seen = seen.lock().expect("lock");
     assert!(seen.refused > 0);
     assert!(seen.resent_after.is_empty(), "no refused request was sent again: {:?}", seen.resent_after);
+}
+
+/// The export headers the fakes keep, in this order.
+const EXPORT_HEADERS: [&str; 3] = ["authorization", "x-scope-orgid", "x-tenant"];
+
+#[test]
+fn export_headers_go_with_every_export_over_grpc_and_http() {
+    // A backend's API key and tenant, from the table and from OpenTelemetry's variable; the
+    // table wins a header both name, and a header the exporter writes itself is skipped.
+    let telemetry = "otlp_headers = { authorization = \"Bearer s3cret\", \"x-scope-orgid\" = \"shop\" }";
+    let env = "x-scope-orgid=other,x-tenant=east%20side,content-type=text/plain";
+    let headed = |service: &str| {
+        let mut w = Workload::new(service, &[]);
+        w.telemetry = telemetry.to_owned();
+        w.sidecar_env = vec![("OTEL_EXPORTER_OTLP_HEADERS".into(), env.into())];
+        w
+    };
+    let expected = std::collections::BTreeSet::from(["Bearer s3cret|shop|east side".to_owned()]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+
+    let dir = TestDir::new("headers-grpc");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let collector = fake::serve(&runtime, listener, fake::Answer::After(Duration::ZERO));
+    let (tester, front) = (headed("tester"), headed("front"));
+    let procs = start_mesh(&dir, &[&tester, &front], otlp);
+    traffic(&dir, &tester, 50);
+    wait_for_spans_and_logs(&tester, 50);
+    assert_eq!(*collector.headers.lock().expect("lock"), expected, "every gRPC export carried them");
+    let log = procs[0].output();
+    assert!(log.contains("OTEL_EXPORTER_OTLP_HEADERS: skipped") && !log.contains("s3cret"), "{log}");
+
+    let dir = TestDir::new("headers-http");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let refusal = fake_http::Refusal { for_: Duration::ZERO, status: 503, retry_after: None };
+    let seen = fake_http::serve(&runtime, listener, refusal);
+    let (mut tester, mut front) = (headed("tester"), headed("front"));
+    for w in [&mut tester, &mut front] {
+        w.telemetry = format!("otlp_protocol = \"http/protobuf\"\n{telemetry}");
+    }
+    let _procs = start_mesh(&dir, &[&tester, &front], otlp);
+    traffic(&dir, &tester, 50);
+    wait_for_spans_and_logs(&tester, 50);
+    let seen = seen.lock().expect("lock");
+    assert!(seen.spans >= 50 && seen.logs >= 50, "{} spans, {} log records", seen.spans, seen.logs);
+    assert_eq!(seen.headers, expected, "every OTLP/HTTP export carried them");
 }

@@ -1,6 +1,7 @@
 //! Command-line entry shared by the `meshlens-proxy` binary and `meshlens proxy`.
 //!
-//! Loads the TOML configuration (and the resource attributes of `OTEL_RESOURCE_ATTRIBUTES`),
+//! Loads the TOML configuration (and OpenTelemetry's variables: the resource attributes of
+//! `OTEL_RESOURCE_ATTRIBUTES`, the export headers of `OTEL_EXPORTER_OTLP_HEADERS`),
 //! starts the sidecar and runs it until Ctrl-C or SIGTERM, then drains connections and
 //! flushes telemetry.
 
@@ -8,7 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::{ProxyConfig, Sidecar, telemetry::resource};
+use crate::{
+    ProxyConfig, Sidecar,
+    telemetry::{export_headers, resource},
+};
 
 /// Arguments of the sidecar command.
 #[derive(Debug, clap::Parser)]
@@ -49,6 +53,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     if let Ok(value) = std::env::var(resource::ENV_VAR) {
         for skipped in config.telemetry.resource_attributes.add_environment(&value) {
+            tracing::warn!("{skipped}");
+        }
+    }
+    if let Ok(value) = std::env::var(export_headers::ENV_VAR) {
+        for skipped in config.telemetry.otlp_headers.add_environment(&value) {
             tracing::warn!("{skipped}");
         }
     }

@@ -20,6 +20,7 @@ use crate::{
     identity::WorkloadIdentity,
     telemetry::{
         access_log::{self, AccessLogFormat, LogFilter},
+        export_headers::ExportHeaders,
         metrics::{Label, LabelPolicy},
         resource::ResourceAttributes,
     },
@@ -282,6 +283,9 @@ pub struct RawTelemetry {
     /// `k8s.cluster.name`, ...): string values by key.
     #[serde(default)]
     pub resource_attributes: BTreeMap<String, String>,
+    /// Headers sent with every export request (`authorization`, a tenant, ...).
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, String>,
     /// Request headers recorded on spans and access-log records as
     /// `http.request.header.<name>`.
     #[serde(default)]
@@ -343,6 +347,7 @@ impl Default for RawTelemetry {
             max_label_values: default_max_label_values(),
             max_path_tag_length: default_max_path_tag_length(),
             resource_attributes: BTreeMap::new(),
+            otlp_headers: BTreeMap::new(),
             capture_request_headers: Vec::new(),
             capture_response_headers: Vec::new(),
         }
@@ -676,6 +681,8 @@ pub struct TelemetryConfig {
     pub max_path_tag_length: Option<usize>,
     /// Resource attributes beyond the workload's.
     pub resource_attributes: ResourceAttributes,
+    /// Headers sent with every export request.
+    pub otlp_headers: ExportHeaders,
     /// Request headers recorded as attributes.
     pub capture_request_headers: Vec<http::HeaderName>,
     /// Response headers recorded as attributes.
@@ -712,6 +719,7 @@ impl Default for TelemetryConfig {
             labels: LabelPolicy::default(),
             max_path_tag_length: Some(default_max_path_tag_length()),
             resource_attributes: ResourceAttributes::default(),
+            otlp_headers: ExportHeaders::default(),
             capture_request_headers: Vec::new(),
             capture_response_headers: Vec::new(),
         }
@@ -760,6 +768,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
             max_path_tag_length: Some(t.max_path_tag_length).filter(|n| *n > 0),
             resource_attributes: ResourceAttributes::from_table(t.resource_attributes).map_err(ConfigError::Invalid)?,
+            otlp_headers: ExportHeaders::from_table(&t.otlp_headers).map_err(ConfigError::Invalid)?,
             capture_request_headers: header_names("telemetry.capture_request_headers", &t.capture_request_headers)?,
             capture_response_headers: header_names("telemetry.capture_response_headers", &t.capture_response_headers)?,
         })
@@ -1115,7 +1124,7 @@ mod tests {
     }
 
     #[test]
-    fn captured_headers_and_resource_attributes_are_checked_at_load() {
+    fn captured_headers_resource_attributes_and_export_headers_are_checked_at_load() {
         let with = |keys: &str| ProxyConfig::from_toml(&GOOD.replace("[telemetry]", &format!("[telemetry]\n{keys}")));
         let cfg = with("capture_request_headers = [\"X-Tenant\"]\nresource_attributes = { \"k8s.cluster.name\" = \"east\" }");
         let telemetry = cfg.expect("valid").telemetry;
@@ -1125,6 +1134,10 @@ mod tests {
         assert!(err.contains("capture_response_headers") && err.contains("bad name"), "{err}");
         let err = with("resource_attributes = { \"service.name\" = \"x\" }").expect_err("the sidecar's own").to_string();
         assert!(err.contains("service.name"), "{err}");
+        let cfg = with("otlp_headers = { Authorization = \"Bearer s3cret\" }").expect("valid");
+        assert_eq!(cfg.telemetry.otlp_headers.map()["authorization"], "Bearer s3cret");
+        let err = with("otlp_headers = { \"content-type\" = \"text/plain\" }").expect_err("the exporter's own").to_string();
+        assert!(err.contains("otlp_headers") && err.contains("content-type"), "{err}");
     }
 
     #[test]

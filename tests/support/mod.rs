@@ -415,6 +415,8 @@ pub struct Workload {
     pub app_args: Vec<String>,
     /// More lines for the sidecar's `[telemetry]` table.
     pub telemetry: String,
+    /// Environment variables for the sidecar.
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 impl Workload {
@@ -430,6 +432,7 @@ impl Workload {
             calls: calls.iter().map(|c| (*c).to_owned()).collect(),
             app_args: Vec::new(),
             telemetry: String::new(),
+            sidecar_env: Vec::new(),
         }
     }
 }
@@ -504,7 +507,9 @@ pub fn start_mesh(dir: &TestDir, mesh: &[&Workload], otlp: SocketAddr) -> Vec<Pr
     for w in mesh {
         let config = dir.path(&format!("{}-{}.toml", w.service, w.version));
         fs::write(&config, sidecar_toml(w, mesh, otlp)).expect("write sidecar config");
-        procs.push(Proc::start(dir, &format!("{}-sidecar", w.service), &["proxy", "--config", config.to_str().unwrap_or_default()]));
+        let env: Vec<(&str, &str)> = w.sidecar_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let sidecar_args = ["proxy", "--config", config.to_str().unwrap_or_default()];
+        procs.push(Proc::start_with_env(dir, &format!("{}-sidecar", w.service), &sidecar_args, &env));
         let mut args = vec![
             "workload".to_owned(), "--service".into(), w.service.clone(), "--version".into(), w.version.clone(),
             "--listen".into(), w.app.to_string(), "--sidecar".into(), w.outbound.to_string(),

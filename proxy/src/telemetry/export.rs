@@ -49,6 +49,7 @@ use tokio::{
 use tonic::{
     Code, Status,
     codec::CompressionEncoding,
+    metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 
@@ -61,6 +62,7 @@ use crate::{
 use super::{
     RequestMetrics, RequestRecord, Side, TelemetryStats,
     batch::{Batches, Closed},
+    export_headers::ExportHeaders,
     metrics::unix_nanos,
     otlp,
     otlp_http::{HttpClient, Target},
@@ -325,14 +327,16 @@ impl Destination {
     }
 
     /// A client the signals share (one lazily connecting gRPC channel, or one HTTP
-    /// connection pool). Called within the runtime the export runs on.
-    fn connect(self, gzip: bool, timeout: Duration) -> WireClient {
+    /// connection pool), sending `headers` with every request. Called within the runtime
+    /// the export runs on.
+    fn connect(self, gzip: bool, timeout: Duration, headers: &ExportHeaders) -> WireClient {
         match self {
             Self::Grpc(endpoint) => {
                 let grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
-                WireClient::Grpc(if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc })
+                let grpc = if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc };
+                WireClient::Grpc(grpc, MetadataMap::from_headers(headers.map().clone()))
             }
-            Self::Http(target) => WireClient::Http(HttpClient::new(target, gzip, timeout)),
+            Self::Http(target) => WireClient::Http(HttpClient::new(target, gzip, timeout, headers.map().clone())),
         }
     }
 }
@@ -340,7 +344,8 @@ impl Destination {
 /// Sends encoded export requests to the collector.
 #[derive(Debug, Clone)]
 enum WireClient {
-    Grpc(tonic::client::Grpc<Channel>),
+    /// The channel, and the metadata every request carries ([`ExportHeaders`]).
+    Grpc(tonic::client::Grpc<Channel>, MetadataMap),
     Http(HttpClient),
 }
 
@@ -348,10 +353,11 @@ impl WireClient {
     /// Sends one encoded request; returns how many records the collector rejected.
     async fn export<S: Signal>(&mut self, request: Arc<wire::Request>) -> Result<u64, Failed> {
         match self {
-            Self::Grpc(grpc) => {
+            Self::Grpc(grpc, metadata) => {
                 grpc.ready().await.map_err(|e| Failed::backoff("unavailable", format!("the collector's channel: {e}")))?;
                 let path = http::uri::PathAndQuery::from_static(S::PATH);
-                let response = grpc.unary(tonic::Request::new(request), path, WireCodec::<S::Response>::default()).await?;
+                let request = tonic::Request::from_parts(metadata.clone(), tonic::Extensions::default(), request);
+                let response = grpc.unary(request, path, WireCodec::<S::Response>::default()).await?;
                 Ok(S::rejected(response.get_ref()))
             }
             Self::Http(client) => Ok(S::rejected(&client.export::<S::Response>(S::HTTP_PATH, &request).await?)),
@@ -412,6 +418,7 @@ pub(super) fn spawn(
     let destination = Destination::parse(endpoint, config)?;
     let export_timeout = config.export_timeout;
     let gzip = config.compression == Compression::Gzip;
+    let headers = config.otlp_headers.clone();
     let drain = Drain {
         flush_interval: config.flush_interval,
         anchor: Instant::now(),
@@ -428,7 +435,7 @@ pub(super) fn spawn(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (to_spans, to_logs) = (span_batches.clone(), log_batches.clone());
     let export = async move {
-        let client = destination.connect(gzip, export_timeout);
+        let client = destination.connect(gzip, export_timeout, &headers);
         let spans = drain.clone().spawn::<Spans>(client.clone(), to_spans, shutdown_rx.clone());
         let logs = drain.clone().spawn::<Logs>(client.clone(), to_logs, shutdown_rx.clone());
         let metric_task = tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, shutdown_rx));

@@ -10,8 +10,10 @@
 pub mod access_log;
 pub mod batch;
 pub mod export;
+pub mod export_headers;
 pub mod headers;
 pub mod metrics;
+pub mod otel_env;
 pub mod otlp;
 mod otlp_http;
 pub mod prometheus;

@@ -65,17 +65,19 @@ pub(super) struct HttpClient {
     target: Target,
     gzip: bool,
     timeout: Duration,
+    /// Sent with every request ([`super::export_headers`]).
+    headers: http::HeaderMap,
 }
 
 impl HttpClient {
-    /// A client for `target`; each attempt is given up after `timeout`. Must be called within
-    /// a tokio runtime, which runs its connections.
-    pub(super) fn new(target: Target, gzip: bool, timeout: Duration) -> Self {
+    /// A client for `target` sending `headers` with every request; each attempt is given up
+    /// after `timeout`. Must be called within a tokio runtime, which runs its connections.
+    pub(super) fn new(target: Target, gzip: bool, timeout: Duration, headers: http::HeaderMap) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { client, target, gzip, timeout }
+        Self { client, target, gzip, timeout, headers }
     }
 
     /// Posts `request` to `path` and decodes the export response `R`.
@@ -87,6 +89,9 @@ impl HttpClient {
             .header(header::CONTENT_TYPE, "application/x-protobuf");
         if self.gzip {
             builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        }
+        if let Some(headers) = builder.headers_mut() {
+            headers.extend(self.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
         }
         let post = builder.body(Full::new(Bytes::from(body))).map_err(|e| Failed::final_error("invalid_request", e.to_string()))?;
         let exchange = async {

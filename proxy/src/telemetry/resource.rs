@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 use meshlens_common::semconv;
 
+use super::otel_env;
+
 /// The attribute keys the sidecar writes on its resource itself.
 const OWN_KEYS: [&str; 7] = [
     semconv::RESOURCE_KEYS.namespace,
@@ -51,7 +53,7 @@ impl ResourceAttributes {
     /// Adds the attributes of `OTEL_RESOURCE_ATTRIBUTES`'s `value` the table does not name:
     /// what was left out, and why, for the log.
     pub fn add_environment(&mut self, value: &str) -> Vec<String> {
-        let pairs = match parse_environment(value) {
+        let pairs = match otel_env::parse_list(value) {
             Ok(pairs) => pairs,
             Err(error) => return vec![format!("{ENV_VAR} ignored: {error}")],
         };
@@ -70,43 +72,6 @@ impl ResourceAttributes {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
-}
-
-/// `key=value` pairs joined by commas, blanks around each trimmed, values (and keys)
-/// percent-decoded; empty members are allowed, as in W3C Baggage.
-fn parse_environment(value: &str) -> Result<Vec<(String, String)>, String> {
-    let mut pairs = Vec::new();
-    for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-        let Some((key, value)) = member.split_once('=') else {
-            return Err(format!("{member:?} is not key=value"));
-        };
-        let key = percent_decoded(key.trim())?;
-        if key.is_empty() {
-            return Err(format!("{member:?} has no key"));
-        }
-        pairs.push((key, percent_decoded(value.trim())?));
-    }
-    Ok(pairs)
-}
-
-/// `text` with its `%XX` escapes decoded; an error for a broken escape or bytes that are not
-/// UTF-8.
-fn percent_decoded(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| format!("a broken %-escape in {text:?}"))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{text:?} decodes to bytes that are not UTF-8"))
 }
 
 #[cfg(test)]
