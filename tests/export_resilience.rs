@@ -470,7 +470,7 @@ fn an_otlp_http_collector_answering_400_is_not_retried() {
 const EXPORT_HEADERS: [&str; 3] = ["authorization", "x-scope-orgid", "x-tenant"];
 
 #[test]
-fn export_headers_go_with_every_export_over_grpc_and_http() {
+fn export_headers_go_with_every_export_over_grpc_and_http_as_the_table_and_the_variables_say() {
     // A backend's API key and tenant, from the table and from OpenTelemetry's variable; the
     // table wins a header both name, and a header the exporter writes itself is skipped.
     let telemetry = "otlp_headers = { authorization = \"Bearer s3cret\", \"x-scope-orgid\" = \"shop\" }";
@@ -501,9 +501,10 @@ fn export_headers_go_with_every_export_over_grpc_and_http() {
     let otlp = listener.local_addr().expect("addr");
     let refusal = fake_http::Refusal { for_: Duration::ZERO, status: 503, retry_after: None };
     let seen = fake_http::serve(&runtime, listener, refusal);
+    // OTLP/HTTP chosen by OpenTelemetry's variable, the table naming no protocol.
     let (mut tester, mut front) = (headed("tester"), headed("front"));
     for w in [&mut tester, &mut front] {
-        w.telemetry = format!("otlp_protocol = \"http/protobuf\"\n{telemetry}");
+        w.sidecar_env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()));
     }
     let _procs = start_mesh(&dir, &[&tester, &front], otlp);
     traffic(&dir, &tester, 50);

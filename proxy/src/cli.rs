@@ -1,7 +1,7 @@
 //! Command-line entry shared by the `meshlens-proxy` binary and `meshlens proxy`.
 //!
-//! Loads the TOML configuration (and OpenTelemetry's variables: the resource attributes of
-//! `OTEL_RESOURCE_ATTRIBUTES`, the export headers of `OTEL_EXPORTER_OTLP_HEADERS`),
+//! Loads the TOML configuration (and OpenTelemetry's variables: `OTEL_EXPORTER_OTLP_*`,
+//! `OTEL_RESOURCE_ATTRIBUTES`),
 //! starts the sidecar and runs it until Ctrl-C or SIGTERM, then drains connections and
 //! flushes telemetry.
 
@@ -9,10 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::{
-    ProxyConfig, Sidecar,
-    telemetry::{export_headers, resource},
-};
+use crate::{ProxyConfig, Sidecar};
 
 /// Arguments of the sidecar command.
 #[derive(Debug, clap::Parser)]
@@ -49,17 +46,10 @@ pub fn init_logging() {
 
 /// Runs one sidecar until a shutdown signal arrives.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let mut config = ProxyConfig::from_file(&args.config)
+    let (config, ignored) = ProxyConfig::from_file_with_environment(&args.config, &|name| std::env::var(name).ok())
         .with_context(|| format!("loading {}", args.config.display()))?;
-    if let Ok(value) = std::env::var(resource::ENV_VAR) {
-        for skipped in config.telemetry.resource_attributes.add_environment(&value) {
-            tracing::warn!("{skipped}");
-        }
-    }
-    if let Ok(value) = std::env::var(export_headers::ENV_VAR) {
-        for skipped in config.telemetry.otlp_headers.add_environment(&value) {
-            tracing::warn!("{skipped}");
-        }
+    for ignored in ignored {
+        tracing::warn!("{ignored}");
     }
     let sidecar = Sidecar::start(config).await?;
     let addrs = sidecar.addrs();

@@ -20,9 +20,9 @@ use crate::{
     identity::WorkloadIdentity,
     telemetry::{
         access_log::{self, AccessLogFormat, LogFilter},
-        export_headers::ExportHeaders,
+        export_headers::{self, ExportHeaders},
         metrics::{Label, LabelPolicy},
-        resource::ResourceAttributes,
+        resource::{self, ResourceAttributes},
     },
     trace_context::{Format, Formats},
 };
@@ -226,7 +226,7 @@ impl Default for RawAdmin {
 pub struct RawTelemetry {
     /// How telemetry reaches the collector: `grpc` (default) or `http/protobuf`.
     #[serde(default)]
-    pub otlp_protocol: OtlpProtocol,
+    pub otlp_protocol: Option<OtlpProtocol>,
     /// The collector's OTLP endpoint (default `http://127.0.0.1:4317` over gRPC,
     /// `http://127.0.0.1:4318` over HTTP, where `/v1/traces`, `/v1/logs` and `/v1/metrics` are
     /// appended to it); empty turns export off.
@@ -263,8 +263,8 @@ pub struct RawTelemetry {
     pub slow_threshold: Duration,
     /// Compress export requests: `none` (default) or `gzip`. gzip saves bandwidth between
     /// nodes at a measured cost of about 0.13 CPU-seconds per 1,000 requests.
-    #[serde(default = "default_compression")]
-    pub compression: Compression,
+    #[serde(default)]
+    pub compression: Option<Compression>,
     /// Longest time one batch is retried (only for errors OTLP calls retryable); then it is dropped.
     #[serde(default = "default_retry_time", deserialize_with = "meshlens_common::duration::deserialize")]
     pub max_retry_time: Duration,
@@ -318,19 +318,55 @@ impl OtlpProtocol {
 }
 
 /// Compression of export requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// gzip.
     Gzip,
     /// None.
+    #[default]
     None,
+}
+
+/// The setting of the variable `name`'s `value`, one of `known`; none for a value not
+/// known, which `ignored` notes.
+fn choice<T: Copy>(value: Option<String>, name: &str, known: &[(&str, T)], ignored: &mut Vec<String>) -> Option<T> {
+    let value = value?;
+    let chosen = known.iter().find(|(text, _)| *text == value).map(|(_, v)| *v);
+    if chosen.is_none() {
+        let names: Vec<&str> = known.iter().map(|(text, _)| *text).collect();
+        ignored.push(format!("{name}={value:?} ignored: the sidecar takes {}", names.join(" or ")));
+    }
+    chosen
+}
+
+impl RawTelemetry {
+    /// Fills the export settings the table leaves out from OpenTelemetry's exporter variables
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`), read through `env`, as
+    /// a platform that sets them for every container expects: the table wins what it sets.
+    /// Returns the values ignored, and why.
+    pub fn fill_from_environment(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+        let mut ignored = Vec::new();
+        let read = |name: &str| Some(env(name)?.trim().to_owned()).filter(|v| !v.is_empty());
+        if self.otlp_endpoint.is_none() {
+            self.otlp_endpoint = read("OTEL_EXPORTER_OTLP_ENDPOINT");
+        }
+        if self.otlp_protocol.is_none() {
+            let known = [("grpc", OtlpProtocol::Grpc), ("http/protobuf", OtlpProtocol::HttpProtobuf)];
+            self.otlp_protocol = choice(read("OTEL_EXPORTER_OTLP_PROTOCOL"), "OTEL_EXPORTER_OTLP_PROTOCOL", &known, &mut ignored);
+        }
+        if self.compression.is_none() {
+            let known = [("gzip", Compression::Gzip), ("none", Compression::None)];
+            self.compression = choice(read("OTEL_EXPORTER_OTLP_COMPRESSION"), "OTEL_EXPORTER_OTLP_COMPRESSION", &known, &mut ignored);
+        }
+        ignored
+    }
 }
 
 impl Default for RawTelemetry {
     fn default() -> Self {
         Self {
-            otlp_protocol: OtlpProtocol::Grpc,
+            otlp_protocol: None,
             otlp_endpoint: None,
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
@@ -341,7 +377,7 @@ impl Default for RawTelemetry {
             sampling_ratio: default_ratio(),
             keep_errors: true,
             slow_threshold: default_slow(),
-            compression: default_compression(),
+            compression: None,
             max_retry_time: default_retry_time(),
             metric_labels: default_labels(),
             max_label_values: default_max_label_values(),
@@ -596,9 +632,6 @@ fn default_max_path_tag_length() -> usize {
 fn default_slow() -> Duration {
     Duration::from_secs(1)
 }
-fn default_compression() -> Compression {
-    Compression::None
-}
 fn default_retry_time() -> Duration {
     Duration::from_secs(15)
 }
@@ -712,7 +745,7 @@ impl Default for TelemetryConfig {
             max_batch: default_batch(),
             propagation: Formats::W3C,
             sampling: Sampling { ratio: default_ratio(), keep_errors: true, slow_threshold: Some(default_slow()) },
-            compression: default_compression(),
+            compression: Compression::None,
             max_retry_time: default_retry_time(),
             stdout_access_log: None,
             stdout_access_log_filter: LogFilter::default(),
@@ -744,12 +777,13 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
                 t.sampling_ratio
             )));
         }
+        let otlp_protocol = t.otlp_protocol.unwrap_or_default();
         Ok(Self {
             otlp_endpoint: match t.otlp_endpoint {
-                None => Some(t.otlp_protocol.default_endpoint().to_owned()),
+                None => Some(otlp_protocol.default_endpoint().to_owned()),
                 Some(e) => Some(e).filter(|e| !e.trim().is_empty()),
             },
-            otlp_protocol: t.otlp_protocol,
+            otlp_protocol,
             flush_interval: t.flush_interval,
             metrics_interval: t.metrics_interval,
             export_timeout: t.export_timeout,
@@ -761,7 +795,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
                 keep_errors: t.keep_errors,
                 slow_threshold: unless_zero(t.slow_threshold),
             },
-            compression: t.compression,
+            compression: t.compression.unwrap_or_default(),
             max_retry_time: t.max_retry_time,
             stdout_access_log: None,
             stdout_access_log_filter: LogFilter::default(),
@@ -925,6 +959,28 @@ impl ProxyConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
         Self::try_from(raw)
+    }
+
+    /// Reads and validates a TOML configuration file, taking what it leaves out of the
+    /// export from OpenTelemetry's variables, read through `env`
+    /// ([`RawTelemetry::fill_from_environment`]), and adding the resource attributes of
+    /// `OTEL_RESOURCE_ATTRIBUTES` and the export headers of `OTEL_EXPORTER_OTLP_HEADERS`.
+    /// Returns the configuration and what of the variables was ignored, and why.
+    pub fn from_file_with_environment(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(Self, Vec<String>), ConfigError> {
+        Self::from_toml_with_environment(&std::fs::read_to_string(path)?, env)
+    }
+
+    fn from_toml_with_environment(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text)?;
+        let mut ignored = raw.telemetry.fill_from_environment(env);
+        let mut config = Self::try_from(raw)?;
+        if let Some(value) = env(resource::ENV_VAR) {
+            ignored.extend(config.telemetry.resource_attributes.add_environment(&value));
+        }
+        if let Some(value) = env(export_headers::ENV_VAR) {
+            ignored.extend(config.telemetry.otlp_headers.add_environment(&value));
+        }
+        Ok((config, ignored))
     }
 }
 
@@ -1138,6 +1194,42 @@ mod tests {
         assert_eq!(cfg.telemetry.otlp_headers.map()["authorization"], "Bearer s3cret");
         let err = with("otlp_headers = { \"content-type\" = \"text/plain\" }").expect_err("the exporter's own").to_string();
         assert!(err.contains("otlp_headers") && err.contains("content-type"), "{err}");
+    }
+
+    #[test]
+    fn opentelemetrys_variables_fill_what_the_table_leaves_out() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let otel = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gateway:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=east"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret"),
+        ]);
+        let (cfg, ignored) = ProxyConfig::from_toml_with_environment(GOOD, &otel).expect("valid");
+        let t = &cfg.telemetry;
+        let chosen = (Some("http://gateway:4318"), OtlpProtocol::HttpProtobuf, Compression::Gzip);
+        assert_eq!((t.otlp_endpoint.as_deref(), t.otlp_protocol, t.compression), chosen);
+        assert_eq!(t.resource_attributes.iter().collect::<Vec<_>>(), [("k8s.cluster.name", "east")]);
+        assert_eq!(t.otlp_headers.map()["authorization"], "Bearer s3cret");
+        assert_eq!(ignored, Vec::<String>::new());
+        // The table wins what it sets.
+        let set = GOOD.replace("[telemetry]", "[telemetry]\notlp_endpoint = \"\"\notlp_protocol = \"grpc\"\ncompression = \"none\"");
+        let (cfg, _) = ProxyConfig::from_toml_with_environment(&set, &otel).expect("valid");
+        let t = &cfg.telemetry;
+        assert_eq!((t.otlp_endpoint.as_deref(), t.otlp_protocol, t.compression), (None, OtlpProtocol::Grpc, Compression::None));
+        // Values the sidecar cannot use are ignored, and said so; an empty one is unset.
+        let odd = env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", " "),
+        ]);
+        let (cfg, ignored) = ProxyConfig::from_toml_with_environment(GOOD, &odd).expect("valid");
+        assert_eq!((cfg.telemetry.otlp_protocol, cfg.telemetry.compression), (OtlpProtocol::Grpc, Compression::None));
+        assert_eq!(cfg.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert!(ignored.len() == 2 && ignored[0].contains("http/json") && ignored[1].contains("zstd"), "{ignored:?}");
     }
 
     #[test]
