@@ -250,11 +250,11 @@ pub struct RawTelemetry {
     pub max_batch: usize,
     /// Trace-context formats written to the next hop (`w3c`, `b3`, `b3multi`); formats a
     /// request arrives with are always written back too.
-    #[serde(default = "default_propagation")]
-    pub propagation: Vec<Format>,
-    /// Share of new traces sampled (0 to 1); a caller's decision is always followed.
-    #[serde(default = "default_ratio")]
-    pub sampling_ratio: f64,
+    #[serde(default)]
+    pub propagation: Option<Vec<Format>>,
+    /// Share of new traces sampled (0 to 1, default 1); a caller's decision is always followed.
+    #[serde(default)]
+    pub sampling_ratio: Option<f64>,
     /// Keep the spans of failed requests even when their trace is not sampled.
     #[serde(default = "default_true")]
     pub keep_errors: bool,
@@ -340,11 +340,60 @@ fn choice<T: Copy>(value: Option<String>, name: &str, known: &[(&str, T)], ignor
     chosen
 }
 
+/// The ratio of new traces `OTEL_TRACES_SAMPLER` (with `OTEL_TRACES_SAMPLER_ARG`) samples.
+/// The sidecar's sampler always follows its caller's decision (`parentbased_*`): the
+/// samplers that would not are taken as their parent-based forms, and said so. A ratio that
+/// is missing or not in 0..=1 is 1, as OpenTelemetry's SDKs have it.
+fn sampler_ratio(sampler: &str, arg: Option<String>, ignored: &mut Vec<String>) -> Option<f64> {
+    let parent_based = sampler.strip_prefix("parentbased_");
+    let ratio = match parent_based.unwrap_or(sampler) {
+        "always_on" => 1.0,
+        "always_off" => 0.0,
+        "traceidratio" => match arg.as_deref().map(str::parse::<f64>) {
+            Some(Ok(ratio)) if (0.0..=1.0).contains(&ratio) => ratio,
+            Some(_) => {
+                ignored.push(format!("OTEL_TRACES_SAMPLER_ARG={:?} ignored: a ratio is 0 to 1; 1 taken", arg.unwrap_or_default()));
+                1.0
+            }
+            None => 1.0,
+        },
+        _ => {
+            let known = "parentbased_always_on, _always_off or _traceidratio";
+            ignored.push(format!("OTEL_TRACES_SAMPLER={sampler:?} ignored: the sidecar samples {known}"));
+            return None;
+        }
+    };
+    if parent_based.is_none() {
+        ignored.push(format!("OTEL_TRACES_SAMPLER={sampler:?} taken as parentbased_{sampler}: the sidecar follows its caller's decision"));
+    }
+    Some(ratio)
+}
+
+/// The formats `OTEL_PROPAGATORS` names: `tracecontext`, `b3`, `b3multi`; `baggage` goes on
+/// as it came anyway, and `none` writes no format beyond those a request arrived with.
+/// Others are noted in `ignored`; a list of none the sidecar knows leaves the default.
+fn propagators(value: &str, ignored: &mut Vec<String>) -> Option<Vec<Format>> {
+    let mut formats = Vec::new();
+    let mut none = false;
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => formats.push(Format::W3c),
+            "b3" => formats.push(Format::B3),
+            "b3multi" => formats.push(Format::B3multi),
+            "baggage" => {}
+            "none" => none = true,
+            other => ignored.push(format!("OTEL_PROPAGATORS: {other:?} ignored: the sidecar writes tracecontext, b3 and b3multi")),
+        }
+    }
+    (!formats.is_empty() || none).then_some(formats)
+}
+
 impl RawTelemetry {
-    /// Fills the export settings the table leaves out from OpenTelemetry's exporter variables
-    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`), read through `env`, as
-    /// a platform that sets them for every container expects: the table wins what it sets.
-    /// Returns the values ignored, and why.
+    /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
+    /// `env`, as a platform that sets them for every container expects: the exporter's
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`), the sampler's
+    /// ([`sampler_ratio`]) and the propagators' ([`propagators`]). The table wins what it
+    /// sets. Returns the values ignored, and why.
     pub fn fill_from_environment(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut ignored = Vec::new();
         let read = |name: &str| Some(env(name)?.trim().to_owned()).filter(|v| !v.is_empty());
@@ -358,6 +407,12 @@ impl RawTelemetry {
         if self.compression.is_none() {
             let known = [("gzip", Compression::Gzip), ("none", Compression::None)];
             self.compression = choice(read("OTEL_EXPORTER_OTLP_COMPRESSION"), "OTEL_EXPORTER_OTLP_COMPRESSION", &known, &mut ignored);
+        }
+        if let (None, Some(sampler)) = (self.sampling_ratio, read("OTEL_TRACES_SAMPLER")) {
+            self.sampling_ratio = sampler_ratio(&sampler, read("OTEL_TRACES_SAMPLER_ARG"), &mut ignored);
+        }
+        if let (None, Some(value)) = (&self.propagation, read("OTEL_PROPAGATORS")) {
+            self.propagation = propagators(&value, &mut ignored);
         }
         ignored
     }
@@ -373,8 +428,8 @@ impl Default for RawTelemetry {
             export_timeout: default_export_timeout(),
             queue_capacity: default_queue(),
             max_batch: default_batch(),
-            propagation: default_propagation(),
-            sampling_ratio: default_ratio(),
+            propagation: None,
+            sampling_ratio: None,
             keep_errors: true,
             slow_threshold: default_slow(),
             compression: None,
@@ -771,11 +826,9 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
         if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || t.export_timeout.is_zero() {
             return Err(ConfigError::Invalid("telemetry intervals must be positive".into()));
         }
-        if !(0.0..=1.0).contains(&t.sampling_ratio) {
-            return Err(ConfigError::Invalid(format!(
-                "telemetry.sampling_ratio must be between 0 and 1, not {}",
-                t.sampling_ratio
-            )));
+        let sampling_ratio = t.sampling_ratio.unwrap_or_else(default_ratio);
+        if !(0.0..=1.0).contains(&sampling_ratio) {
+            return Err(ConfigError::Invalid(format!("telemetry.sampling_ratio must be between 0 and 1, not {sampling_ratio}")));
         }
         let otlp_protocol = t.otlp_protocol.unwrap_or_default();
         Ok(Self {
@@ -789,9 +842,9 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             export_timeout: t.export_timeout,
             queue_capacity: t.queue_capacity,
             max_batch: t.max_batch,
-            propagation: Formats::of(&t.propagation),
+            propagation: Formats::of(&t.propagation.unwrap_or_else(default_propagation)),
             sampling: Sampling {
-                ratio: t.sampling_ratio,
+                ratio: sampling_ratio,
                 keep_errors: t.keep_errors,
                 slow_threshold: unless_zero(t.slow_threshold),
             },
@@ -1230,6 +1283,30 @@ mod tests {
         assert_eq!((cfg.telemetry.otlp_protocol, cfg.telemetry.compression), (OtlpProtocol::Grpc, Compression::None));
         assert_eq!(cfg.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
         assert!(ignored.len() == 2 && ignored[0].contains("http/json") && ignored[1].contains("zstd"), "{ignored:?}");
+    }
+
+    #[test]
+    fn opentelemetrys_sampler_and_propagators_set_what_the_table_leaves_out() {
+        let read = |sampler: &'static str, arg: &'static str, propagators: &'static str| {
+            let env = move |name: &str| match name {
+                "OTEL_TRACES_SAMPLER" => Some(sampler.to_owned()),
+                "OTEL_TRACES_SAMPLER_ARG" => Some(arg.to_owned()),
+                "OTEL_PROPAGATORS" => Some(propagators.to_owned()),
+                _ => None,
+            };
+            let (cfg, ignored) = ProxyConfig::from_toml_with_environment(GOOD, &env).expect("valid");
+            (cfg.telemetry.sampling.ratio, cfg.telemetry.propagation, ignored.len())
+        };
+        let formats = |f: &[Format]| Formats::of(f);
+        assert_eq!(read("parentbased_traceidratio", "0.25", "tracecontext,baggage,b3"), (0.25, formats(&[Format::W3c, Format::B3]), 0));
+        assert_eq!(read("parentbased_always_off", "", "b3multi"), (0.0, formats(&[Format::B3multi]), 0));
+        assert_eq!(read("traceidratio", "0.5", "none"), (0.5, formats(&[]), 1), "taken as parent-based, and said so");
+        assert_eq!(read("parentbased_traceidratio", "2", ""), (1.0, Formats::W3C, 1), "a ratio past 1 is 1");
+        assert_eq!(read("jaeger_remote", "", "jaeger,xray"), (1.0, Formats::W3C, 3), "unknown: the defaults");
+        let set = GOOD.replace("[telemetry]", "[telemetry]\nsampling_ratio = 0.1\npropagation = [\"b3\"]");
+        let env = |name: &str| (name == "OTEL_TRACES_SAMPLER").then(|| "parentbased_always_on".to_owned());
+        let (cfg, _) = ProxyConfig::from_toml_with_environment(&set, &env).expect("valid");
+        assert_eq!((cfg.telemetry.sampling.ratio, cfg.telemetry.propagation), (0.1, formats(&[Format::B3])), "the table wins");
     }
 
     #[test]
