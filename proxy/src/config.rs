@@ -239,8 +239,8 @@ pub struct RawTelemetry {
     #[serde(default = "default_metrics_interval", deserialize_with = "meshlens_common::duration::deserialize")]
     pub metrics_interval: Duration,
     /// Time limit of one export call.
-    #[serde(default = "default_export_timeout", deserialize_with = "meshlens_common::duration::deserialize")]
-    pub export_timeout: Duration,
+    #[serde(default, deserialize_with = "some_duration")]
+    pub export_timeout: Option<Duration>,
     /// Records of each signal (spans, logs) held encoded and unsent at most; past that, new
     /// records are dropped and counted.
     #[serde(default = "default_queue")]
@@ -391,7 +391,7 @@ fn propagators(value: &str, ignored: &mut Vec<String>) -> Option<Vec<Format>> {
 impl RawTelemetry {
     /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
     /// `env`, as a platform that sets them for every container expects: the exporter's
-    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`), the sampler's
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), the sampler's
     /// ([`sampler_ratio`]) and the propagators' ([`propagators`]). The table wins what it
     /// sets. Returns the values ignored, and why.
     pub fn fill_from_environment(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
@@ -407,6 +407,12 @@ impl RawTelemetry {
         if self.compression.is_none() {
             let known = [("gzip", Compression::Gzip), ("none", Compression::None)];
             self.compression = choice(read("OTEL_EXPORTER_OTLP_COMPRESSION"), "OTEL_EXPORTER_OTLP_COMPRESSION", &known, &mut ignored);
+        }
+        if let (None, Some(millis)) = (self.export_timeout, read("OTEL_EXPORTER_OTLP_TIMEOUT")) {
+            match millis.parse::<u64>() {
+                Ok(millis) if millis > 0 => self.export_timeout = Some(Duration::from_millis(millis)),
+                _ => ignored.push(format!("OTEL_EXPORTER_OTLP_TIMEOUT={millis:?} ignored: it is a positive number of milliseconds")),
+            }
         }
         if let (None, Some(sampler)) = (self.sampling_ratio, read("OTEL_TRACES_SAMPLER")) {
             self.sampling_ratio = sampler_ratio(&sampler, read("OTEL_TRACES_SAMPLER_ARG"), &mut ignored);
@@ -425,7 +431,7 @@ impl Default for RawTelemetry {
             otlp_endpoint: None,
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
-            export_timeout: default_export_timeout(),
+            export_timeout: None,
             queue_capacity: default_queue(),
             max_batch: default_batch(),
             propagation: None,
@@ -660,6 +666,10 @@ fn default_flush() -> Duration {
 fn default_metrics_interval() -> Duration {
     Duration::from_secs(10)
 }
+/// A duration a table may leave out.
+fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    meshlens_common::duration::deserialize(d).map(Some)
+}
 fn default_export_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -823,7 +833,8 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
                 "telemetry.queue_capacity and telemetry.max_batch must be positive".into(),
             ));
         }
-        if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || t.export_timeout.is_zero() {
+        let export_timeout = t.export_timeout.unwrap_or_else(default_export_timeout);
+        if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || export_timeout.is_zero() {
             return Err(ConfigError::Invalid("telemetry intervals must be positive".into()));
         }
         let sampling_ratio = t.sampling_ratio.unwrap_or_else(default_ratio);
@@ -839,7 +850,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             otlp_protocol,
             flush_interval: t.flush_interval,
             metrics_interval: t.metrics_interval,
-            export_timeout: t.export_timeout,
+            export_timeout,
             queue_capacity: t.queue_capacity,
             max_batch: t.max_batch,
             propagation: Formats::of(&t.propagation.unwrap_or_else(default_propagation)),
@@ -1258,6 +1269,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gateway:4318"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=east"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret"),
         ]);
@@ -1265,24 +1277,28 @@ mod tests {
         let t = &cfg.telemetry;
         let chosen = (Some("http://gateway:4318"), OtlpProtocol::HttpProtobuf, Compression::Gzip);
         assert_eq!((t.otlp_endpoint.as_deref(), t.otlp_protocol, t.compression), chosen);
+        assert_eq!(t.export_timeout, Duration::from_millis(2500));
         assert_eq!(t.resource_attributes.iter().collect::<Vec<_>>(), [("k8s.cluster.name", "east")]);
         assert_eq!(t.otlp_headers.map()["authorization"], "Bearer s3cret");
         assert_eq!(ignored, Vec::<String>::new());
         // The table wins what it sets.
-        let set = GOOD.replace("[telemetry]", "[telemetry]\notlp_endpoint = \"\"\notlp_protocol = \"grpc\"\ncompression = \"none\"");
-        let (cfg, _) = ProxyConfig::from_toml_with_environment(&set, &otel).expect("valid");
+        let set = "[telemetry]\notlp_endpoint = \"\"\notlp_protocol = \"grpc\"\ncompression = \"none\"\nexport_timeout = \"1s\"";
+        let (cfg, _) = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", set), &otel).expect("valid");
         let t = &cfg.telemetry;
         assert_eq!((t.otlp_endpoint.as_deref(), t.otlp_protocol, t.compression), (None, OtlpProtocol::Grpc, Compression::None));
+        assert_eq!(t.export_timeout, Duration::from_secs(1));
         // Values the sidecar cannot use are ignored, and said so; an empty one is unset.
         let odd = env(&[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", " "),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
         ]);
         let (cfg, ignored) = ProxyConfig::from_toml_with_environment(GOOD, &odd).expect("valid");
         assert_eq!((cfg.telemetry.otlp_protocol, cfg.telemetry.compression), (OtlpProtocol::Grpc, Compression::None));
         assert_eq!(cfg.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
-        assert!(ignored.len() == 2 && ignored[0].contains("http/json") && ignored[1].contains("zstd"), "{ignored:?}");
+        assert!(ignored.len() == 3 && ignored[0].contains("http/json") && ignored[1].contains("zstd"), "{ignored:?}");
+        assert!(ignored[2].contains("OTEL_EXPORTER_OTLP_TIMEOUT=\"5s\""), "{ignored:?}");
     }
 
     #[test]
