@@ -313,7 +313,8 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
         missing = \"%REQ(X-MISSING)%\"\ntrace = \"%TRACE_ID%\"\ndetails = \"%RESPONSE_CODE_DETAILS%\"\n\
         attempts = \"%UPSTREAM_REQUEST_ATTEMPT_COUNT%\"\npath = \"%REQ_WITHOUT_QUERY(:PATH)%\"\n\
         upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\", protocol = \"%UPSTREAM_PROTOCOL%\" }\n\
-        connection = \"%CONNECTION_ID%\"\nhostname = \"%HOSTNAME%\"\ntag = \"%ENVIRONMENT(MESHLENS_TEST_TAG)%\"\n";
+        connection = \"%CONNECTION_ID%\"\nhostname = \"%HOSTNAME%\"\ntag = \"%ENVIRONMENT(MESHLENS_TEST_TAG)%\"\n\
+        grpc_status = \"%TRAILER(GRPC-STATUS)%\"\n";
     let shaped_toml = sidecar_toml(&shaped, &[&shaped, &front], collector.grpc);
     std::fs::write(&dictionary_sidecar, format!("{shaped_toml}\n{dictionary}")).expect("write");
     let shaped_args = ["proxy", "--config", dictionary_sidecar.to_str().unwrap_or_default()];
@@ -336,6 +337,7 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     assert_eq!(v["hostname"].as_str(), Some(hostname.trim()), "{line}");
     let first_connection = v["connection"].as_u64().unwrap_or_else(|| panic!("a number: {line}"));
+    assert!(v.get("grpc_status").is_none(), "no trailers: {line}");
     assert!(v.get("missing").is_none(), "an unset value is left out: {line}");
     assert!(v["trace"].as_str().is_some_and(|t| t.len() == 32), "{line}");
     let when: f64 = v["when"].as_str().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("seconds.millis: {line}"));
@@ -373,6 +375,14 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3, "three connections, three IDs: {ids:?}");
+    // A gRPC call's status, from its response trailers.
+    let report = load_with(&dir, shaped.outbound, "grpc://front/demo.Shaped/Call", 1, &["--rate", "10", "--concurrency", "1"]);
+    assert_eq!(report["succeeded"], 1, "{report}");
+    let line = wait_for("the gRPC call's dictionary line", Duration::from_secs(10), || {
+        shaped_proc.output().lines().find(|l| l.contains("demo.Shaped/Call")).map(str::to_owned)
+    });
+    let v: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["grpc_status"], "0", "{line}");
 
     // A filter narrows stdout to the requests worth a look; the OTLP records still cover all.
     let picky = Workload::new("picky", &[]);

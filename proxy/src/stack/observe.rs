@@ -256,8 +256,12 @@ impl BodyObserver for InFlight {
     }
 
     fn on_trailers(&mut self, trailers: &HeaderMap) {
-        if let (Some(r), Some(code)) = (self.record.as_mut(), classify::grpc_status(trailers)) {
+        let Some(r) = self.record.as_mut() else { return };
+        if let Some(code) = classify::grpc_status(trailers) {
             r.grpc_status = Some(code);
+        }
+        if let Some(kept) = r.headers.as_mut() {
+            kept.add_trailers(trailers);
         }
     }
 

@@ -2,9 +2,9 @@
 //! Envoy-style format per request.
 //!
 //! The format is parsed once, when the configuration is loaded, so an unknown `%FIELD%` is
-//! a configuration error rather than a surprise at runtime. As in Envoy, `%REQ(NAME)%` and
-//! `%RESP(NAME)%` print any request or response header (`%REQ(A?B)%` the first of two that
-//! is present, `-` when none is), `%START_TIME(…)%` takes a `strftime` format, and any other
+//! a configuration error rather than a surprise at runtime. As in Envoy, `%REQ(NAME)%`,
+//! `%RESP(NAME)%` and `%TRAILER(NAME)%` print any request or response header or response
+//! trailer (`%REQ(A?B)%` the first of two that is present, `-` when none is), `%START_TIME(…)%` takes a `strftime` format, and any other
 //! field may end in `:N` to keep its first N characters. A format dictionary (Envoy's
 //! `json_format`) names the keys of the JSON objects: each value is a format, and one that is
 //! a single field keeps its type (a number, or `null` when unset).
@@ -169,7 +169,15 @@ enum AddrPart {
     Port,
 }
 
-/// Where a `%REQ(…)%` or `%RESP(…)%` field reads its value.
+/// Which headers a `%REQ(…)%`, `%RESP(…)%` or `%TRAILER(…)%` field reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Request,
+    Response,
+    Trailer,
+}
+
+/// Where a `%REQ(…)%`, `%RESP(…)%` or `%TRAILER(…)%` field reads its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     /// A value the record keeps anyway (`:METHOD`, `:PATH`, `:AUTHORITY`, `USER-AGENT`, …).
@@ -178,6 +186,8 @@ enum Source {
     Request(usize),
     /// The response header in this slot of [`CapturedHeaders::response`].
     Response(usize),
+    /// The response trailer in this slot of [`CapturedHeaders::trailer`].
+    Trailer(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,8 +274,8 @@ fn max_len(suffix: Option<&str>, field: &str) -> Result<Option<usize>, String> {
         .transpose()
 }
 
-/// Parses the inside of `REQ(…)` or `RESP(…)`: header names separated by `?`.
-fn header_sources(inner: &str, response: bool, without_query: bool, names: &mut HeaderNames, field: &str) -> Result<Vec<Source>, String> {
+/// Parses the inside of `REQ(…)`, `RESP(…)` or `TRAILER(…)`: header names separated by `?`.
+fn header_sources(inner: &str, part: Part, without_query: bool, names: &mut HeaderNames, field: &str) -> Result<Vec<Source>, String> {
     let bad = || format!("bad header in access log field %{field}%");
     let alternatives: Vec<&str> = inner.split('?').collect();
     if alternatives.len() > 2 {
@@ -276,8 +286,8 @@ fn header_sources(inner: &str, response: bool, without_query: bool, names: &mut 
         .map(|name| {
             let known = match name.to_ascii_uppercase().as_str() {
                 // The header Envoy adds to responses: the upstream's time to its headers.
-                "X-ENVOY-UPSTREAM-SERVICE-TIME" if response => Some(Field::ResponseDuration),
-                _ if response => None,
+                "X-ENVOY-UPSTREAM-SERVICE-TIME" if part == Part::Response => Some(Field::ResponseDuration),
+                _ if part != Part::Request => None,
                 ":METHOD" => Some(Field::Method),
                 ":PATH" | "X-ENVOY-ORIGINAL-PATH" if without_query => Some(Field::Path),
                 ":PATH" | "X-ENVOY-ORIGINAL-PATH" => Some(Field::PathAndQuery),
@@ -290,14 +300,23 @@ fn header_sources(inner: &str, response: bool, without_query: bool, names: &mut 
                 return Ok(Source::Record(field));
             }
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-            Ok(if response {
-                Source::Response(names.response_slot(header))
-            } else {
-                Source::Request(names.request_slot(header))
+            Ok(match part {
+                Part::Request => Source::Request(names.request_slot(header)),
+                Part::Response => Source::Response(names.response_slot(header)),
+                Part::Trailer => Source::Trailer(names.trailer_slot(header)),
             })
         })
         .collect()
 }
+
+/// The header fields: their prefix, the headers they read, and whether a value is cut at its
+/// `?`.
+const HEADER_FIELDS: [(&str, Part, bool); 4] = [
+    ("REQ(", Part::Request, false),
+    ("REQ_WITHOUT_QUERY(", Part::Request, true),
+    ("RESP(", Part::Response, false),
+    ("TRAILER(", Part::Trailer, false),
+];
 
 /// Parses a `%FIELD%` format into pieces, adding the headers it names to `names`; `%%` is a
 /// literal `%`.
@@ -329,12 +348,15 @@ fn parse_pieces(format: &str, names: &mut HeaderNames) -> Result<Vec<Piece>, Str
             None => field.split_once(':').map_or((field, None), |(name, n)| (name, Some(n))),
         };
         let max = max_len(suffix, field)?;
-        let header = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.strip_suffix(')'));
-        let piece = match (header("REQ("), header("REQ_WITHOUT_QUERY("), header("RESP(")) {
-            (Some(inner), ..) => Piece::Header(header_sources(inner, false, false, names, field)?, max, false),
-            (_, Some(inner), _) => Piece::Header(header_sources(inner, false, true, names, field)?, max, true),
-            (.., Some(inner)) => Piece::Header(header_sources(inner, true, false, names, field)?, max, false),
-            _ => match constant(name, field)? {
+        let header = HEADER_FIELDS.iter().find_map(|&(prefix, part, without_query)| {
+            let inner = name.strip_prefix(prefix)?.strip_suffix(')')?;
+            Some((inner, part, without_query))
+        });
+        let piece = match header {
+            Some((inner, part, without_query)) => {
+                Piece::Header(header_sources(inner, part, without_query, names, field)?, max, without_query)
+            }
+            None => match constant(name, field)? {
                 Some(value) => Piece::Constant(value.map(|v| cut(v, max))),
                 None => Piece::Field(Field::parse(name).ok_or_else(|| format!("unknown access log field %{field}%"))?, max),
             },
@@ -624,6 +646,7 @@ fn write_header(line: &mut String, sources: &[Source], without_query: bool, r: &
             }
             Source::Request(slot) => r.headers.as_deref().and_then(|h| h.request(slot)),
             Source::Response(slot) => r.headers.as_deref().and_then(|h| h.response(slot)),
+            Source::Trailer(slot) => r.headers.as_deref().and_then(|h| h.trailer(slot)),
         };
         if let Some(value) = value {
             let bytes = value.as_bytes();
@@ -816,6 +839,28 @@ mod tests {
         assert_eq!(f.render(&r), "203.0.113.7, 10.0.0.1 text/plain backend second curl 203.0 - Zoë 1");
         r.headers = None;
         assert!(f.render(&r).starts_with("- - backend - curl - -"), "{}", f.render(&r));
+    }
+
+    #[test]
+    fn response_trailers_print_as_in_envoy() {
+        let f = AccessLogFormat::text("%TRAILER(GRPC-MESSAGE)% %TRAILER(X-NONE?grpc-status)% %TRAILER(x-none)% %TRAILER(GRPC-MESSAGE):2%")
+            .expect("valid");
+        let names = f.header_names().expect("trailers to keep");
+        let mut captured = names.capture_request(&HeaderMap::new());
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("5"));
+        trailers.insert("grpc-message", HeaderValue::from_static("no such book"));
+        captured.add_trailers(&trailers);
+        let mut r = record(true, crate::classify::Outcome::Failure, 3);
+        r.headers = Some(Box::new(captured));
+        assert_eq!(f.render(&r), "no such book 5 - no");
+        // A record keeps the slots of the format it is written for.
+        let json = dictionary("message = \"%TRAILER(GRPC-MESSAGE)%\"\nabsent = \"%TRAILER(X-NONE)%\"").expect("valid");
+        let mut captured = json.header_names().expect("trailers to keep").capture_request(&HeaderMap::new());
+        captured.add_trailers(&trailers);
+        r.headers = Some(Box::new(captured));
+        assert_eq!(json.render(&r), r#"{"absent":null,"message":"no such book"}"#);
+        assert!(AccessLogFormat::text("%TRAILER(bad name)%").is_err());
     }
 
     #[test]

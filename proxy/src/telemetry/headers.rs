@@ -1,5 +1,6 @@
-//! The request and response headers records keep, by name, when the configuration names
-//! any: for the stdout access log's `%REQ(…)%` and `%RESP(…)%` fields, and as OpenTelemetry's
+//! The request and response headers and trailers records keep, by name, when the
+//! configuration names any: for the stdout access log's `%REQ(…)%`, `%RESP(…)%` and
+//! `%TRAILER(…)%` fields, and as OpenTelemetry's
 //! `http.request.header.<name>` and `http.response.header.<name>` attributes of spans and
 //! access-log records (`[telemetry] capture_request_headers` and `capture_response_headers`;
 //! Istio's header custom tags). A record keeps only the named headers, each value sharing the
@@ -14,6 +15,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 pub struct HeaderNames {
     request: Vec<HeaderName>,
     response: Vec<HeaderName>,
+    /// Response trailers (gRPC's `grpc-message`, ...).
+    trailer: Vec<HeaderName>,
     /// Request slots written as attributes, with their attribute keys.
     request_attributes: Vec<(usize, Box<str>)>,
     /// Response slots written as attributes, with their attribute keys.
@@ -49,9 +52,14 @@ impl HeaderNames {
         slot(&mut self.response, name)
     }
 
-    /// Whether no header is named.
+    /// The slot of response trailer `name`, added if new.
+    pub fn trailer_slot(&mut self, name: HeaderName) -> usize {
+        slot(&mut self.trailer, name)
+    }
+
+    /// Whether no header or trailer is named.
     pub fn is_empty(&self) -> bool {
-        self.request.is_empty() && self.response.is_empty()
+        self.request.is_empty() && self.response.is_empty() && self.trailer.is_empty()
     }
 
     /// Adds `request` and `response` headers kept as attributes (`http.request.header.<name>`,
@@ -67,6 +75,7 @@ impl HeaderNames {
         CapturedHeaders {
             request: self.request.iter().map(|n| values(headers, n)).collect(),
             response: vec![Vec::new(); self.response.len()],
+            trailer: vec![Vec::new(); self.trailer.len()],
             names: self.clone(),
         }
     }
@@ -83,6 +92,7 @@ pub struct CapturedHeaders {
     names: Arc<HeaderNames>,
     request: Vec<Vec<HeaderValue>>,
     response: Vec<Vec<HeaderValue>>,
+    trailer: Vec<Vec<HeaderValue>>,
 }
 
 impl CapturedHeaders {
@@ -91,6 +101,18 @@ impl CapturedHeaders {
         for (slot, name) in self.response.iter_mut().zip(&self.names.response) {
             *slot = values(headers, name);
         }
+    }
+
+    /// Adds what the record keeps of its response's `trailers`.
+    pub fn add_trailers(&mut self, trailers: &HeaderMap) {
+        for (slot, name) in self.trailer.iter_mut().zip(&self.names.trailer) {
+            *slot = values(trailers, name);
+        }
+    }
+
+    /// The first value of the response trailer in `slot`.
+    pub fn trailer(&self, slot: usize) -> Option<&HeaderValue> {
+        self.trailer.get(slot)?.first()
     }
 
     /// The first value of the request header in `slot`.
@@ -133,6 +155,7 @@ mod tests {
         let mut response = HeaderMap::new();
         response.append("x-cache", HeaderValue::from_static("HIT"));
         captured.add_response(&response);
+        assert_eq!(captured.trailer(0), None, "no trailer named");
 
         assert_eq!(captured.request(printed), Some(&HeaderValue::from_static("203.0.113.7")), "the access log's: the first value");
         let attributes: Vec<(&str, Vec<&str>)> =
@@ -147,5 +170,21 @@ mod tests {
             "each named once, absent ones left out",
         );
         assert_eq!(captured.request.len(), 2, "one slot per named header");
+    }
+
+    #[test]
+    fn named_trailers_are_kept_from_the_response_s_end() {
+        let mut names = HeaderNames::default();
+        let message = names.trailer_slot(HeaderName::from_static("grpc-message"));
+        let names = Arc::new(names);
+        assert!(!names.is_empty(), "a trailer alone makes records keep headers");
+        let mut captured = names.capture_request(&HeaderMap::new());
+        assert_eq!(captured.trailer(message), None);
+        let mut trailers = HeaderMap::new();
+        trailers.append("grpc-status", HeaderValue::from_static("5"));
+        trailers.append("grpc-message", HeaderValue::from_static("no such book"));
+        captured.add_trailers(&trailers);
+        assert_eq!(captured.trailer(message), Some(&HeaderValue::from_static("no such book")));
+        assert_eq!(captured.attributes().count(), 0, "trailers are not attributes");
     }
 }
