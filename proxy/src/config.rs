@@ -22,6 +22,7 @@ use crate::{
         access_log::{self, AccessLogFormat, LogFilter},
         export_headers::{self, ExportHeaders},
         metrics::{Label, LabelPolicy},
+        otel_env,
         resource::{self, ResourceAttributes},
     },
     trace_context::{Format, Formats},
@@ -328,72 +329,12 @@ pub enum Compression {
     None,
 }
 
-/// The setting of the variable `name`'s `value`, one of `known`; none for a value not
-/// known, which `ignored` notes.
-fn choice<T: Copy>(value: Option<String>, name: &str, known: &[(&str, T)], ignored: &mut Vec<String>) -> Option<T> {
-    let value = value?;
-    let chosen = known.iter().find(|(text, _)| *text == value).map(|(_, v)| *v);
-    if chosen.is_none() {
-        let names: Vec<&str> = known.iter().map(|(text, _)| *text).collect();
-        ignored.push(format!("{name}={value:?} ignored: the sidecar takes {}", names.join(" or ")));
-    }
-    chosen
-}
-
-/// The ratio of new traces `OTEL_TRACES_SAMPLER` (with `OTEL_TRACES_SAMPLER_ARG`) samples.
-/// The sidecar's sampler always follows its caller's decision (`parentbased_*`): the
-/// samplers that would not are taken as their parent-based forms, and said so. A ratio that
-/// is missing or not in 0..=1 is 1, as OpenTelemetry's SDKs have it.
-fn sampler_ratio(sampler: &str, arg: Option<String>, ignored: &mut Vec<String>) -> Option<f64> {
-    let parent_based = sampler.strip_prefix("parentbased_");
-    let ratio = match parent_based.unwrap_or(sampler) {
-        "always_on" => 1.0,
-        "always_off" => 0.0,
-        "traceidratio" => match arg.as_deref().map(str::parse::<f64>) {
-            Some(Ok(ratio)) if (0.0..=1.0).contains(&ratio) => ratio,
-            Some(_) => {
-                ignored.push(format!("OTEL_TRACES_SAMPLER_ARG={:?} ignored: a ratio is 0 to 1; 1 taken", arg.unwrap_or_default()));
-                1.0
-            }
-            None => 1.0,
-        },
-        _ => {
-            let known = "parentbased_always_on, _always_off or _traceidratio";
-            ignored.push(format!("OTEL_TRACES_SAMPLER={sampler:?} ignored: the sidecar samples {known}"));
-            return None;
-        }
-    };
-    if parent_based.is_none() {
-        ignored.push(format!("OTEL_TRACES_SAMPLER={sampler:?} taken as parentbased_{sampler}: the sidecar follows its caller's decision"));
-    }
-    Some(ratio)
-}
-
-/// The formats `OTEL_PROPAGATORS` names: `tracecontext`, `b3`, `b3multi`; `baggage` goes on
-/// as it came anyway, and `none` writes no format beyond those a request arrived with.
-/// Others are noted in `ignored`; a list of none the sidecar knows leaves the default.
-fn propagators(value: &str, ignored: &mut Vec<String>) -> Option<Vec<Format>> {
-    let mut formats = Vec::new();
-    let mut none = false;
-    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match name {
-            "tracecontext" => formats.push(Format::W3c),
-            "b3" => formats.push(Format::B3),
-            "b3multi" => formats.push(Format::B3multi),
-            "baggage" => {}
-            "none" => none = true,
-            other => ignored.push(format!("OTEL_PROPAGATORS: {other:?} ignored: the sidecar writes tracecontext, b3 and b3multi")),
-        }
-    }
-    (!formats.is_empty() || none).then_some(formats)
-}
-
 impl RawTelemetry {
     /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
     /// `env`, as a platform that sets them for every container expects: the exporter's
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), the sampler's
-    /// ([`sampler_ratio`]) and the propagators' ([`propagators`]). The table wins what it
-    /// sets. Returns the values ignored, and why.
+    /// ([`otel_env::sampler_ratio`]) and the propagators' ([`otel_env::propagators`]). The
+    /// table wins what it sets. Returns the values ignored, and why.
     pub fn fill_from_environment(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut ignored = Vec::new();
         let read = |name: &str| Some(env(name)?.trim().to_owned()).filter(|v| !v.is_empty());
@@ -402,11 +343,13 @@ impl RawTelemetry {
         }
         if self.otlp_protocol.is_none() {
             let known = [("grpc", OtlpProtocol::Grpc), ("http/protobuf", OtlpProtocol::HttpProtobuf)];
-            self.otlp_protocol = choice(read("OTEL_EXPORTER_OTLP_PROTOCOL"), "OTEL_EXPORTER_OTLP_PROTOCOL", &known, &mut ignored);
+            let name = "OTEL_EXPORTER_OTLP_PROTOCOL";
+            self.otlp_protocol = otel_env::choice(read(name), name, &known, &mut ignored);
         }
         if self.compression.is_none() {
             let known = [("gzip", Compression::Gzip), ("none", Compression::None)];
-            self.compression = choice(read("OTEL_EXPORTER_OTLP_COMPRESSION"), "OTEL_EXPORTER_OTLP_COMPRESSION", &known, &mut ignored);
+            let name = "OTEL_EXPORTER_OTLP_COMPRESSION";
+            self.compression = otel_env::choice(read(name), name, &known, &mut ignored);
         }
         if let (None, Some(millis)) = (self.export_timeout, read("OTEL_EXPORTER_OTLP_TIMEOUT")) {
             match millis.parse::<u64>() {
@@ -415,10 +358,10 @@ impl RawTelemetry {
             }
         }
         if let (None, Some(sampler)) = (self.sampling_ratio, read("OTEL_TRACES_SAMPLER")) {
-            self.sampling_ratio = sampler_ratio(&sampler, read("OTEL_TRACES_SAMPLER_ARG"), &mut ignored);
+            self.sampling_ratio = otel_env::sampler_ratio(&sampler, read("OTEL_TRACES_SAMPLER_ARG"), &mut ignored);
         }
         if let (None, Some(value)) = (&self.propagation, read("OTEL_PROPAGATORS")) {
-            self.propagation = propagators(&value, &mut ignored);
+            self.propagation = otel_env::propagators(&value, &mut ignored);
         }
         ignored
     }

@@ -4,10 +4,11 @@
 //! The format is parsed once, when the configuration is loaded, so an unknown `%FIELD%` is
 //! a configuration error rather than a surprise at runtime. As in Envoy, `%REQ(NAME)%`,
 //! `%RESP(NAME)%` and `%TRAILER(NAME)%` print any request or response header or response
-//! trailer (`%REQ(A?B)%` the first of two that is present, `-` when none is), `%START_TIME(…)%` takes a `strftime` format, and any other
-//! field may end in `:N` to keep its first N characters. A format dictionary (Envoy's
-//! `json_format`) names the keys of the JSON objects: each value is a format, and one that is
-//! a single field keeps its type (a number, or `null` when unset).
+//! trailer (`%REQ(A?B)%` the first of two that is present, `-` when none is),
+//! `%START_TIME(…)%` takes a `strftime` format, and any other field may end in `:N` to keep
+//! its first N characters; `%HOSTNAME%` and `%ENVIRONMENT(NAME)%` are read once, at load. A
+//! format dictionary (Envoy's `json_format`) names the keys of the JSON objects: each value is
+//! a format, and one that is a single field keeps its type (a number, or `null` when unset).
 //!
 //! The headers a format names are the only ones a record keeps for it
 //! ([`super::headers`]), and only when the format names any. A [`LogFilter`] may narrow the lines to the requests that
@@ -559,7 +560,7 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
         Field::UserAgent => r.user_agent.as_deref().into(),
         Field::RequestId => r.request_id.as_deref().into(),
         Field::ConnectionId => r.connection_id.into(),
-        Field::UpstreamProtocol => r.upstream.map(|_| format!("HTTP/{}", super::protocol_version(r.upstream_version()))).into(),
+        Field::UpstreamProtocol => upstream_protocol(r).into(),
         Field::Address(which, AddrPart::Port) => which.of(r).map(|a| a.port()).into(),
         Field::Address(which, AddrPart::WithoutPort) => which.of(r).map(|a| a.ip().to_string()).into(),
         Field::Address(which, AddrPart::Whole) => which.of(r).map(|a| a.to_string()).into(),
@@ -612,6 +613,11 @@ fn response_code_details(r: &RequestRecord) -> &'static str {
 /// if it did.
 fn transport_failure(r: &RequestRecord) -> Option<&str> {
     r.events.iter().find(|e| e.name == "upstream_connect_failure").and_then(|e| e.message.as_deref())
+}
+
+/// Envoy's `%UPSTREAM_PROTOCOL%`: the HTTP version the request went upstream in, if it went.
+fn upstream_protocol(r: &RequestRecord) -> Option<&'static str> {
+    r.upstream.map(|_| if r.upstream_version() == http::Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" })
 }
 
 /// Envoy's `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`: the tries sent upstream, 0 when none was.
@@ -671,10 +677,7 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::UserAgent => write!(line, "{}", dash(r.user_agent.as_ref())),
         Field::RequestId => write!(line, "{}", dash(r.request_id.as_ref())),
         Field::Protocol => write!(line, "HTTP/{}", r.protocol_version()),
-        Field::UpstreamProtocol => match r.upstream {
-            Some(_) => write!(line, "HTTP/{}", super::protocol_version(r.upstream_version())),
-            None => write!(line, "-"),
-        },
+        Field::UpstreamProtocol => write!(line, "{}", dash(upstream_protocol(r))),
         Field::ConnectionId => write!(line, "{}", dash(r.connection_id)),
         Field::ResponseCode => write!(line, "{}", r.status),
         Field::GrpcStatus => write!(line, "{}", dash(r.grpc_status)),

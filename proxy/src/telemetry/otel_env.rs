@@ -1,6 +1,10 @@
-//! The list format of OpenTelemetry's environment variables `OTEL_RESOURCE_ATTRIBUTES` and
-//! `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` members joined by commas, W3C Baggage's
-//! format without its properties.
+//! What OpenTelemetry's environment variables mean to the sidecar: the list format of
+//! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS` (`key=value` members joined by
+//! commas, W3C Baggage's format without its properties), and the values of the exporter's,
+//! sampler's and propagators' variables ([`crate::config::RawTelemetry::fill_from_environment`]
+//! reads them).
+
+use crate::trace_context::Format;
 
 /// `key=value` pairs joined by commas, blanks around each trimmed, values (and keys)
 /// percent-decoded; empty members are allowed, as in W3C Baggage.
@@ -37,6 +41,66 @@ fn percent_decoded(text: &str) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| format!("{text:?} decodes to bytes that are not UTF-8"))
+}
+
+/// The setting of the variable `name`'s `value`, one of `known`; none for a value not
+/// known, which `ignored` notes.
+pub fn choice<T: Copy>(value: Option<String>, name: &str, known: &[(&str, T)], ignored: &mut Vec<String>) -> Option<T> {
+    let value = value?;
+    let chosen = known.iter().find(|(text, _)| *text == value).map(|(_, v)| *v);
+    if chosen.is_none() {
+        let names: Vec<&str> = known.iter().map(|(text, _)| *text).collect();
+        ignored.push(format!("{name}={value:?} ignored: the sidecar takes {}", names.join(" or ")));
+    }
+    chosen
+}
+
+/// The ratio of new traces `OTEL_TRACES_SAMPLER` (with `OTEL_TRACES_SAMPLER_ARG`) samples.
+/// The sidecar's sampler always follows its caller's decision (`parentbased_*`): the
+/// samplers that would not are taken as their parent-based forms, and said so. A ratio that
+/// is missing or not in 0..=1 is 1, as OpenTelemetry's SDKs have it.
+pub fn sampler_ratio(sampler: &str, arg: Option<String>, ignored: &mut Vec<String>) -> Option<f64> {
+    let parent_based = sampler.strip_prefix("parentbased_");
+    let ratio = match parent_based.unwrap_or(sampler) {
+        "always_on" => 1.0,
+        "always_off" => 0.0,
+        "traceidratio" => match arg.as_deref().map(str::parse::<f64>) {
+            Some(Ok(ratio)) if (0.0..=1.0).contains(&ratio) => ratio,
+            Some(_) => {
+                ignored.push(format!("OTEL_TRACES_SAMPLER_ARG={:?} ignored: a ratio is 0 to 1; 1 taken", arg.unwrap_or_default()));
+                1.0
+            }
+            None => 1.0,
+        },
+        _ => {
+            let known = "parentbased_always_on, _always_off or _traceidratio";
+            ignored.push(format!("OTEL_TRACES_SAMPLER={sampler:?} ignored: the sidecar samples {known}"));
+            return None;
+        }
+    };
+    if parent_based.is_none() {
+        ignored.push(format!("OTEL_TRACES_SAMPLER={sampler:?} taken as parentbased_{sampler}: the sidecar follows its caller's decision"));
+    }
+    Some(ratio)
+}
+
+/// The formats `OTEL_PROPAGATORS` names: `tracecontext`, `b3`, `b3multi`; `baggage` goes on
+/// as it came anyway, and `none` writes no format beyond those a request arrived with.
+/// Others are noted in `ignored`; a list of none the sidecar knows leaves the default.
+pub fn propagators(value: &str, ignored: &mut Vec<String>) -> Option<Vec<Format>> {
+    let mut formats = Vec::new();
+    let mut none = false;
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => formats.push(Format::W3c),
+            "b3" => formats.push(Format::B3),
+            "b3multi" => formats.push(Format::B3multi),
+            "baggage" => {}
+            "none" => none = true,
+            other => ignored.push(format!("OTEL_PROPAGATORS: {other:?} ignored: the sidecar writes tracecontext, b3 and b3multi")),
+        }
+    }
+    (!formats.is_empty() || none).then_some(formats)
 }
 
 #[cfg(test)]
