@@ -467,7 +467,8 @@ fn a_slow_upstream_times_out_with_a_flag_an_event_and_an_error_edge() {
 #[test]
 fn retried_requests_show_one_client_span_per_attempt() {
     let dir = TestDir::new("retry");
-    let Flaky { collector, tester, _procs } = Flaky::start(&dir, "5xx");
+    let capture = "capture_request_headers = [\"content-type\"]\ncapture_response_headers = [\"content-length\"]";
+    let Flaky { collector, tester, _procs } = Flaky::start_with(&dir, "5xx", capture);
 
     const SENT: u64 = 40;
     let mut ok = 0;
@@ -512,6 +513,10 @@ fn retried_requests_show_one_client_span_per_attempt() {
         assert_eq!(tag(attempt, "url.full"), Some(&"http://flaky/work?id=7&sig=REDACTED".into()), "{attempt}");
         assert_eq!(tag(attempt, "server.port").and_then(Value::as_i64), Some(80), "{attempt}");
         assert_eq!(server.and_then(|s| tag(s, "url.query")), Some(&"id=7&sig=REDACTED".into()));
+        // The headers the configuration names: the request's as the attempt sent it, the
+        // response's as it came back.
+        assert_eq!(tag(attempt, "http.request.header.content-type"), Some(&r#"["text/plain"]"#.into()), "{attempt}");
+        assert!(tag(attempt, "http.response.header.content-length").is_some(), "{attempt}");
     }
     let failed = &attempts[0];
     assert!(tag(failed, "http.response.status_code").and_then(Value::as_i64).is_some_and(|s| s >= 500), "{failed}");

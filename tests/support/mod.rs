@@ -490,8 +490,14 @@ pub struct Flaky {
 impl Flaky {
     /// Starts them, `on` naming what the tester's sidecar retries.
     pub fn start(dir: &TestDir, on: &str) -> Self {
+        Self::start_with(dir, on, "")
+    }
+
+    /// Starts them, the tester's sidecar with `telemetry`'s lines in its `[telemetry]`.
+    pub fn start_with(dir: &TestDir, on: &str, telemetry: &str) -> Self {
         let collector = CollectorProc::start(dir);
-        let tester = Workload::new("tester", &[]);
+        let mut tester = Workload::new("tester", &[]);
+        tester.telemetry = telemetry.to_owned();
         let mut flaky = Workload::new("flaky", &[]);
         flaky.app_args = vec!["--error-ratio".into(), "0.5".into()];
         let procs = start_mesh(dir, &[&flaky], collector.grpc);

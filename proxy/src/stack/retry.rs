@@ -243,6 +243,7 @@ impl AttemptSpan {
             source: Some(local),
             request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
             trace_state: context.trace_state(req.headers()),
+            headers: telemetry.kept_headers().map(|names| Box::new(names.capture_request(req.headers()))),
             attempt: Some(attempt),
             ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), Some(req.method().clone()), destination_service)
         };
@@ -272,6 +273,9 @@ impl AttemptSpan {
             Ok(response) => {
                 record.status = response.status().as_u16();
                 record.grpc_status = classify::grpc_status(response.headers());
+                if let Some(kept) = record.headers.as_mut() {
+                    kept.add_response(response.headers());
+                }
             }
             Err(error) => {
                 let (status, flags, grpc_code) = errors::status_and_flags(error);
