@@ -1412,3 +1412,38 @@ fn an_answer_that_breaks_http_is_the_upstreams_protocol_error_with_flag_upe() {
     let rows = hop.both_spans("events", "/bad-chunk");
     assert!(rows[1][0].as_str().is_some_and(|e| e.to_lowercase().contains("chunk")), "{rows:?}");
 }
+
+#[test]
+fn check_prints_the_configuration_the_sidecar_would_run_with() {
+    let dir = TestDir::new("check");
+    let tester = Workload::new("tester", &[]);
+    let config = dir.path("tester.toml");
+    // The TOML names no endpoint: OpenTelemetry's variable gives it.
+    let toml = sidecar_toml(&tester, &[&tester], free_addr());
+    let toml: String = toml.lines().filter(|l| !l.starts_with("otlp_endpoint")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&config, toml).expect("write");
+    let check = |env: &[(&str, &str)], path: &std::path::Path| {
+        let out = std::process::Command::new(meshlens())
+            .args(["proxy", "--check", "--config", path.to_str().unwrap_or_default()])
+            .envs(env.iter().copied())
+            .output()
+            .expect("run meshlens proxy --check");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gateway:4317"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret"),
+        ("OTEL_PROPAGATORS", "b3,jaeger"),
+    ];
+    let (ok, stdout, stderr) = check(&env, &config);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("export        http://gateway:4317 over OTLP/gRPC"), "{stdout}");
+    assert!(stdout.contains("export headers x-api-key (value hidden)") && stdout.contains("propagation   b3,"), "{stdout}");
+    assert!(stderr.contains("\"jaeger\" ignored") && !format!("{stdout}{stderr}").contains("s3cret"), "{stderr}");
+    assert!(std::net::TcpStream::connect(tester.outbound).is_err(), "nothing was started");
+    // A configuration the sidecar refuses fails the check, saying why.
+    let broken = dir.path("broken.toml");
+    std::fs::write(&broken, "[workload]\nservice = \"\"\n").expect("write");
+    let (ok, _, stderr) = check(&[], &broken);
+    assert!(!ok && stderr.contains("broken.toml"), "{stderr}");
+}

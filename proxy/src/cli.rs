@@ -21,6 +21,10 @@ pub struct ProxyArgs {
     /// Number of tokio worker threads.
     #[arg(long, default_value_t = 1)]
     pub worker_threads: usize,
+    /// Check the configuration (the TOML file and OpenTelemetry's variables), print it as
+    /// the sidecar would run with it, and exit without starting.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// The runtime the sidecar runs on. With one worker thread (the default) it is tokio's
@@ -50,6 +54,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     for ignored in ignored {
         tracing::warn!("{ignored}");
+    }
+    if args.check {
+        print!("{}", crate::describe::effective(&config));
+        return Ok(());
     }
     let sidecar = Sidecar::start(config).await?;
     let addrs = sidecar.addrs();

@@ -977,7 +977,7 @@ impl ProxyConfig {
         Self::from_toml_with_environment(&std::fs::read_to_string(path)?, env)
     }
 
-    fn from_toml_with_environment(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(Self, Vec<String>), ConfigError> {
+    pub(crate) fn from_toml_with_environment(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(Self, Vec<String>), ConfigError> {
         let mut raw: RawConfig = toml::from_str(text)?;
         let mut ignored = raw.telemetry.fill_from_environment(env);
         let mut config = Self::try_from(raw)?;
@@ -1079,10 +1079,11 @@ impl TryFrom<RawConfig> for ProxyConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A valid configuration: one service of two endpoints.
+    pub(crate) const GOOD: &str = r#"
         [workload]
         service = "catalog"
         namespace = "shop"

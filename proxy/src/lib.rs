@@ -18,6 +18,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod describe;
 pub mod drain;
 pub mod error;
 pub mod grpc_messages;

@@ -446,6 +446,16 @@ impl AccessLogFormat {
         Ok(Self::Dictionary(JsonFormat { keys, omit_empty, headers: Arc::new(names) }))
     }
 
+    /// What kind of line it writes, for a person: `json`, `json (format dictionary)` or
+    /// `text (format)`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text(_) => "text (format)",
+            Self::Dictionary(_) => "json (format dictionary)",
+        }
+    }
+
     /// The headers the format prints, when it prints any beyond what every record keeps.
     pub fn header_names(&self) -> Option<Arc<HeaderNames>> {
         match self {

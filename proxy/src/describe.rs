@@ -1,0 +1,101 @@
+//! `meshlens-proxy --check`: the configuration as the sidecar would run with it, its TOML and
+//! OpenTelemetry's variables taken together, for a person to read: which collector it
+//! exports to, how it samples and propagates, what it calls. Export headers show by name
+//! only: their values are secrets.
+
+use std::{fmt::Write as _, time::Duration};
+
+use crate::config::{Compression, OtlpProtocol, ProxyConfig};
+
+/// A duration as the configuration writes it.
+fn duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+/// `items` joined by commas, or `none`.
+fn listed<I: IntoIterator<Item = String>>(items: I) -> String {
+    let items: Vec<String> = items.into_iter().collect();
+    if items.is_empty() { "none".into() } else { items.join(", ") }
+}
+
+/// The effective configuration, one setting a line.
+pub fn effective(config: &ProxyConfig) -> String {
+    let mut out = String::new();
+    let id = &config.identity;
+    let t = &config.telemetry;
+    let _ = writeln!(out, "workload      {}/{} (service {}, version {})", id.namespace, id.workload, id.service, id.version);
+    let _ = writeln!(out, "inbound       {} -> application {}", config.inbound_listen, config.app);
+    let _ = writeln!(out, "outbound      {}", config.outbound_listen);
+    let _ = writeln!(out, "admin         {} (/metrics, /ready)", config.admin_listen);
+    for service in &config.services {
+        let endpoints = service.endpoints.iter().map(|e| format!("{} {} weight {}", e.address, e.identity.version, e.weight));
+        let _ = writeln!(out, "service       {}.{}: {}", service.name, service.namespace, listed(endpoints));
+    }
+    let protocol = match t.otlp_protocol {
+        OtlpProtocol::Grpc => "OTLP/gRPC",
+        OtlpProtocol::HttpProtobuf => "OTLP/HTTP (protobuf)",
+    };
+    let compression = match t.compression {
+        Compression::Gzip => "gzip",
+        Compression::None => "no compression",
+    };
+    match &t.otlp_endpoint {
+        Some(endpoint) => {
+            let timeout = duration(t.export_timeout);
+            let _ = writeln!(out, "export        {endpoint} over {protocol}, {compression}, timeout {timeout}");
+        }
+        None => {
+            let _ = writeln!(out, "export        off");
+        }
+    }
+    let _ = writeln!(out, "export headers {}", listed(t.otlp_headers.map().keys().map(|name| format!("{name} (value hidden)"))));
+    let _ = writeln!(out, "resource      {}", listed(t.resource_attributes.iter().map(|(k, v)| format!("{k}={v}"))));
+    let slow = t.sampling.slow_threshold.map_or_else(|| "off".to_owned(), duration);
+    let sampling = &t.sampling;
+    let _ = writeln!(
+        out,
+        "sampling      {} of new traces, a caller's decision followed; failed requests kept: {}; slow ones kept: {slow}",
+        sampling.ratio,
+        if sampling.keep_errors { "yes" } else { "no" },
+    );
+    let formats = [(t.propagation.w3c, "w3c"), (t.propagation.b3, "b3"), (t.propagation.b3multi, "b3multi")];
+    let written = listed(formats.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()));
+    let _ = writeln!(out, "propagation   {written}, and whatever a request arrives with");
+    let stdout = match &t.stdout_access_log {
+        None => "off".to_owned(),
+        Some(format) => format.kind().to_owned(),
+    };
+    let _ = writeln!(out, "access log    OTLP log records for every request; stdout {stdout}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_effective_configuration_names_the_export_and_hides_header_values() {
+        let toml = crate::config::tests::GOOD.replace("[telemetry]", "[telemetry]\notlp_headers = { authorization = \"Bearer s3cret\" }");
+        let env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://gateway:4318".to_owned()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_owned()),
+            "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".to_owned()),
+            _ => None,
+        };
+        let (config, _) = ProxyConfig::from_toml_with_environment(&toml, &env).expect("valid");
+        let text = effective(&config);
+        for line in [
+            "workload      shop/catalog-v1 (service catalog, version v1)",
+            "service       reviews.shop: 127.0.0.1:5001 v1 weight 80, 127.0.0.1:5002 v2 weight 20",
+            "export        http://gateway:4318 over OTLP/HTTP (protobuf), no compression, timeout 5s",
+            "export headers authorization (value hidden)",
+            "sampling      0.25 of new traces",
+            "propagation   w3c, and whatever",
+            "access log    OTLP log records for every request; stdout off",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}
