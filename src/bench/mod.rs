@@ -130,9 +130,16 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `program` with `args`, its output to `log`. OpenTelemetry's variables of the
+/// benchmark's own environment are not passed on: a sidecar would take its sampler, export
+/// compression or headers from them, and measure another configuration than the one asked.
 pub(crate) fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
     let out = std::fs::File::create(log)?;
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("OTEL_")) {
+        command.env_remove(name);
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)

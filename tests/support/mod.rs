@@ -82,12 +82,18 @@ impl Proc {
         Self::start_with_env(dir, name, args, &[])
     }
 
-    /// [`Proc::start`], with `env` set too.
+    /// [`Proc::start`], with `env` set too. OpenTelemetry's variables of the test run's own
+    /// environment are not passed on: a sidecar would take its sampler or export settings
+    /// from them.
     pub fn start_with_env(dir: &TestDir, name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = dir.path(&format!("{name}.log"));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(meshlens())
+        let mut command = Command::new(meshlens());
+        for (inherited, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("OTEL_")) {
+            command.env_remove(inherited);
+        }
+        let child = command
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
