@@ -153,6 +153,9 @@ mod fake {
         pub spans: Arc<AtomicU64>,
         pub logs: Arc<AtomicU64>,
         pub headers: Arc<Mutex<BTreeSet<String>>>,
+        /// The trace IDs of the spans exported, and of the duration histograms' exemplars.
+        pub span_traces: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+        pub exemplar_traces: Arc<Mutex<BTreeSet<Vec<u8>>>>,
     }
 
     impl Fake {
@@ -181,6 +184,8 @@ mod fake {
     impl TraceService for Fake {
         async fn export(&self, r: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
             self.saw(&r);
+            let spans = r.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+            self.span_traces.lock().expect("lock").extend(spans.map(|s| s.trace_id.clone()));
             let n = r.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
             self.answer(n, &self.spans).await
         }
@@ -197,13 +202,28 @@ mod fake {
     impl MetricsService for Fake {
         async fn export(&self, r: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
             self.saw(&r);
+            use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+            let metrics = r.get_ref().resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics);
+            let points = metrics.filter_map(|m| match &m.data {
+                Some(Data::Histogram(h)) if m.name.ends_with(".request.duration") => Some(&h.data_points),
+                _ => None,
+            });
+            let exemplars = points.flatten().flat_map(|p| &p.exemplars).map(|e| e.trace_id.clone());
+            self.exemplar_traces.lock().expect("lock").extend(exemplars);
             self.answer(0, &AtomicU64::new(0)).await
         }
     }
 
     /// Serves a fake collector answering `answer` on `listener` in the background.
     pub fn serve(runtime: &tokio::runtime::Runtime, listener: std::net::TcpListener, answer: Answer) -> Fake {
-        let fake = Fake { answer, spans: Arc::default(), logs: Arc::default(), headers: Arc::default() };
+        let fake = Fake {
+            answer,
+            spans: Arc::default(),
+            logs: Arc::default(),
+            headers: Arc::default(),
+            span_traces: Arc::default(),
+            exemplar_traces: Arc::default(),
+        };
         let served = fake.clone();
         runtime.spawn(async move {
             listener.set_nonblocking(true).expect("nonblocking");
@@ -512,4 +532,20 @@ fn export_headers_go_with_every_export_over_grpc_and_http_as_the_table_and_the_v
     let seen = seen.lock().expect("lock");
     assert!(seen.spans >= 50 && seen.logs >= 50, "{} spans, {} log records", seen.spans, seen.logs);
     assert_eq!(seen.headers, expected, "every OTLP/HTTP export carried them");
+}
+
+#[test]
+fn duration_exemplars_link_the_exported_metrics_to_exported_spans() {
+    let dir = TestDir::new("exemplars");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::ZERO), "");
+    traffic(&dir, &tester, 50);
+    wait_for_spans_and_logs(&tester, 50);
+    // The metrics go out every second (the tests' `metrics_interval`).
+    let exemplars = wait_for("exemplars on the duration histograms", Duration::from_secs(10), || {
+        let seen = collector.exemplar_traces.lock().expect("lock").clone();
+        (!seen.is_empty()).then_some(seen)
+    });
+    let spans = collector.span_traces.lock().expect("lock").clone();
+    assert!(exemplars.iter().all(|t| t.len() == 16 && spans.contains(t)), "every exemplar names an exported span's trace");
 }

@@ -652,7 +652,7 @@ async fn export_metrics(
             _ = shutdown.changed() => true,
         };
         let snapshot = MetricsSnapshot {
-            series: metrics.snapshot(),
+            series: metrics.snapshot_for_export(),
             tcp: tcp_counters(&drain.stats),
             active: [Side::Inbound, Side::Outbound].map(|side| (side, drain.stats.active(side).get())),
             start_unix_nanos: metrics.start_unix_nanos(),

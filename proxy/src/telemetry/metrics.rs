@@ -152,7 +152,27 @@ pub struct RequestStats {
     /// A gRPC series' messages per call, request's and response's, of the calls counted
     /// (gRPC-Web's text form is not); none for other series.
     pub messages: Option<Box<[MessageHistogram; 2]>>,
+    /// The duration buckets' exemplars since the last export: the last request of each
+    /// bucket whose span was kept; none until one was.
+    pub exemplars: Option<Box<DurationExemplars>>,
 }
+
+/// A request that landed in a duration bucket, whose span links the bucket to its trace
+/// (OpenTelemetry's exemplars: a trace-based filter, one reservoir slot per bucket).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exemplar {
+    /// The request's trace.
+    pub trace_id: [u8; 16],
+    /// Its span.
+    pub span_id: [u8; 8],
+    /// Its duration, seconds.
+    pub seconds: f64,
+    /// When it ended.
+    pub time_unix_nanos: u64,
+}
+
+/// One exemplar slot per duration bucket.
+pub type DurationExemplars = [Option<Exemplar>; DURATION_BOUNDS.len() + 1];
 
 /// Upper bounds of the body-size buckets, bytes: powers of ten, as Istio's
 /// `istio_request_bytes` and `istio_response_bytes`.
@@ -202,6 +222,8 @@ pub struct HistogramView<'a> {
     pub buckets: &'a [u64],
     /// Upper bounds of the buckets.
     pub bounds: &'static [f64],
+    /// Exemplars, by bucket, for the histograms that keep them (durations).
+    pub exemplars: Option<&'a DurationExemplars>,
 }
 
 /// A histogram the request metrics export, for the series of one side: its OpenTelemetry
@@ -225,17 +247,17 @@ pub struct HistogramFamily {
 }
 
 fn durations(s: &RequestStats) -> HistogramView<'_> {
-    HistogramView { sum: s.duration_sum, buckets: &s.buckets, bounds: &DURATION_BOUNDS }
+    HistogramView { sum: s.duration_sum, buckets: &s.buckets, bounds: &DURATION_BOUNDS, exemplars: s.exemplars.as_deref() }
 }
 
 fn sizes(h: &SizeHistogram) -> HistogramView<'_> {
-    HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &SIZE_BOUNDS }
+    HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &SIZE_BOUNDS, exemplars: None }
 }
 
 /// The request's (0) or the response's (1) messages per call of a gRPC series.
 fn messages(s: &RequestStats, which: usize) -> Option<HistogramView<'_>> {
     let h = &s.messages.as_ref()?[which];
-    Some(HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &MESSAGE_BOUNDS })
+    Some(HistogramView { sum: h.sum as f64, buckets: &h.buckets, bounds: &MESSAGE_BOUNDS, exemplars: None })
 }
 
 /// Every histogram of the request metrics.
@@ -374,8 +396,9 @@ impl RequestMetrics {
         self.start_unix_nanos
     }
 
-    /// Adds one exchange.
-    pub fn observe(&self, r: &RequestRecord) {
+    /// Adds one exchange; `exemplar`: its span is kept, so it may stand for its duration
+    /// bucket.
+    pub fn observe(&self, r: &RequestRecord, exemplar: bool) {
         let on = |l| self.policy.labels.contains(&l);
         let Ok(mut guard) = self.inner.lock() else { return };
         let table = &mut *guard;
@@ -417,6 +440,15 @@ impl RequestMetrics {
         stats.count += 1;
         stats.duration_sum += seconds;
         stats.buckets[bucket] += 1;
+        if exemplar {
+            let slots = stats.exemplars.get_or_insert_with(|| Box::new([None; DURATION_BOUNDS.len() + 1]));
+            slots[bucket] = Some(Exemplar {
+                trace_id: r.context.trace_id.0,
+                span_id: r.context.span_id.0,
+                seconds,
+                time_unix_nanos: r.start_unix_nanos + r.duration.as_nanos() as u64,
+            });
+        }
         stats.request_size.observe(r.request_bytes, &SIZE_BOUNDS);
         stats.response_size.observe(r.response_bytes, &SIZE_BOUNDS);
         if let Some((sent, received)) = r.grpc_messages {
@@ -431,10 +463,26 @@ impl RequestMetrics {
         self.inner.lock().map_or(0, |t| t.series.len())
     }
 
-    /// A copy of every series.
+    /// A copy of every series, without exemplars (the admin `/metrics`).
     pub fn snapshot(&self) -> Vec<(RequestKey, RequestStats)> {
         match self.inner.lock() {
-            Ok(table) => table.series.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Ok(table) => table.series.iter().map(|(k, v)| (k.clone(), RequestStats { exemplars: None, ..v.clone() })).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A copy of every series with the exemplars gathered since the last export, which
+    /// start again empty: each export shows the requests of its own interval.
+    pub fn snapshot_for_export(&self) -> Vec<(RequestKey, RequestStats)> {
+        match self.inner.lock() {
+            Ok(mut table) => table
+                .series
+                .iter_mut()
+                .map(|(k, v)| {
+                    let exemplars = v.exemplars.take();
+                    (k.clone(), RequestStats { exemplars, ..v.clone() })
+                })
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -457,11 +505,31 @@ mod tests {
         for i in 0..10_000 {
             let mut r = record(true, Outcome::Success, 1);
             r.path = format!("/users/{i}");
-            m.observe(&r);
+            m.observe(&r, false);
         }
         let snapshot = m.snapshot();
         assert_eq!(snapshot.len(), 1);
         assert_eq!(snapshot[0].1.count, 10_000);
+    }
+
+    #[test]
+    fn duration_buckets_keep_the_last_kept_span_as_exemplar_until_the_export_takes_it() {
+        let (m, _) = table(&Label::ALL, 200);
+        let (fast, slow) = (record(true, Outcome::Success, 2), record(true, Outcome::Success, 700));
+        let unkept = record(false, Outcome::Success, 3);
+        for (r, kept) in [(&fast, true), (&slow, true), (&unkept, false)] {
+            m.observe(r, kept);
+        }
+        assert!(m.snapshot()[0].1.exemplars.is_none(), "the admin /metrics gets none");
+        let exported = m.snapshot_for_export();
+        let slots = exported[0].1.exemplars.as_deref().expect("exemplars");
+        let bucket = |seconds: f64| DURATION_BOUNDS.partition_point(|b| *b < seconds);
+        let at = |r: &RequestRecord| slots[bucket(r.duration.as_secs_f64())];
+        assert_eq!(at(&fast).map(|e| (e.trace_id, e.span_id)), Some((fast.context.trace_id.0, fast.context.span_id.0)));
+        assert_eq!(at(&slow).map(|e| e.seconds), Some(0.7));
+        assert_eq!(slots.iter().flatten().count(), 2, "the request whose span was not kept stands for nothing");
+        assert!(m.snapshot_for_export()[0].1.exemplars.is_none(), "each export has its own interval's");
+        assert_eq!(m.snapshot()[0].1.count, 3, "counts go on");
     }
 
     #[test]
@@ -470,7 +538,7 @@ mod tests {
         for i in 0..50 {
             let mut r = record(true, Outcome::Success, 1);
             r.route = Some(format!("/route{i}/{{id}}").into());
-            m.observe(&r);
+            m.observe(&r, false);
         }
         let snapshot = m.snapshot();
         assert_eq!(snapshot.len(), 6, "five routes and `other`");
@@ -486,7 +554,7 @@ mod tests {
             let mut r = record(true, Outcome::Success, 1);
             r.status = status;
             r.method = Some(http::Method::POST);
-            m.observe(&r);
+            m.observe(&r, false);
         }
         let snapshot = m.snapshot();
         assert_eq!(snapshot.len(), 1);

@@ -520,12 +520,14 @@ impl Telemetry {
             }
             return;
         }
-        inner.metrics.observe(&record);
+        // A request whose span is exported may stand for its duration bucket (an exemplar).
+        let keeps_span = self.keeps_span(&record);
+        inner.metrics.observe(&record, keeps_span && inner.spans.is_some());
         inner.requests[record.side.index()][usize::from(record.classification.outcome == Outcome::Failure)].inc();
         if let Some(stdout) = &inner.stdout {
             stdout.write(&record, &inner.stats);
         }
-        if self.keeps_span(&record) {
+        if keeps_span {
             self.offer(inner.spans.as_ref(), &record);
         }
         self.offer(inner.logs.as_ref(), &record);

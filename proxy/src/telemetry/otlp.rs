@@ -9,8 +9,8 @@ use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
     metrics::v1::{
-        AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
-        ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+        AggregationTemporality, Exemplar, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum, exemplar, metric::Data, number_data_point,
     },
     resource::v1::Resource,
 };
@@ -434,6 +434,18 @@ impl TcpCounters {
 /// Cumulative TCP counters of the listeners and upstreams.
 pub type TcpSnapshot = [TcpCounters];
 
+/// A duration bucket's exemplar as OTLP has it: the request's trace and span, its duration
+/// in seconds, when it ended.
+fn exemplar(e: &super::metrics::Exemplar) -> Exemplar {
+    Exemplar {
+        time_unix_nano: e.time_unix_nanos,
+        value: Some(exemplar::Value::AsDouble(e.seconds)),
+        span_id: e.span_id.to_vec(),
+        trace_id: e.trace_id.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// A metrics export request from a cumulative snapshot.
 pub fn metrics_request(
     resource: &Resource,
@@ -463,6 +475,7 @@ pub fn metrics_request(
                     sum: Some(view.sum),
                     bucket_counts: view.buckets.to_vec(),
                     explicit_bounds: view.bounds.to_vec(),
+                    exemplars: view.exemplars.map(|slots| slots.iter().flatten().map(exemplar).collect()).unwrap_or_default(),
                     ..Default::default()
                 })
             })
@@ -883,14 +896,25 @@ mod tests {
         client.response_bytes = 2_500;
         // Sent upstream in HTTP/1.1, as the attributes say.
         client.version = http::Version::HTTP_10;
-        metrics.observe(&client);
+        metrics.observe(&client, true);
         let mut server = super::super::tests::record(true, Outcome::Success, 1);
         server.side = Side::Inbound;
         server.version = http::Version::HTTP_2;
-        metrics.observe(&server);
+        metrics.observe(&server, false);
 
         let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
-        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[(Side::Inbound, 0), (Side::Outbound, 2)]);
+        let request = metrics_request(&resource, 0, 1, &metrics.snapshot_for_export(), &[], &[(Side::Inbound, 0), (Side::Outbound, 2)]);
+        // The client's duration bucket links to its span (its span was kept), nothing else does.
+        let exemplars = |name: &str| {
+            let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");
+            let Some(Data::Histogram(h)) = &metric.data else { panic!("{name} is a histogram") };
+            h.data_points[0].exemplars.clone()
+        };
+        let linked = exemplars("http.client.request.duration");
+        assert_eq!(linked.len(), 1, "{linked:?}");
+        assert_eq!((&linked[0].trace_id[..], &linked[0].span_id[..]), (&client.context.trace_id.0[..], &client.context.span_id.0[..]));
+        assert_eq!(linked[0].value, Some(exemplar::Value::AsDouble(0.001)));
+        assert!(exemplars("http.server.request.duration").is_empty() && exemplars("http.client.response.body.size").is_empty());
         let point = |name: &str| -> Vec<(String, String)> {
             let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");
             let Some(Data::Histogram(h)) = &metric.data else { panic!("{name} is a histogram") };
@@ -952,12 +976,12 @@ mod tests {
         call.grpc = true;
         call.path = "/shop.Feed/Watch".into();
         call.grpc_messages = Some((1, 40));
-        metrics.observe(&call);
+        metrics.observe(&call, false);
         call.grpc_messages = Some((1, 1));
-        metrics.observe(&call);
+        metrics.observe(&call, false);
         let mut http = super::super::tests::record(true, Outcome::Success, 1);
         http.side = Side::Inbound;
-        metrics.observe(&http);
+        metrics.observe(&http, false);
 
         let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
         let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[]);

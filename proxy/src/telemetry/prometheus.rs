@@ -88,8 +88,8 @@ mod tests {
         client.status = 503;
         client.destination_service = "reviews".into();
         client.response_bytes = 2_500;
-        metrics.observe(&client);
-        metrics.observe(&client);
+        metrics.observe(&client, false);
+        metrics.observe(&client, false);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(RequestMetricsCollector(metrics)));
         let mut text = String::new();
