@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use support::*;
@@ -28,7 +28,7 @@ fn python_sdk_traces_metrics_and_logs_arrive() {
     let dir = TestDir::new("python-sdk");
     let collector = CollectorProc::start(&dir);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/otel_sdk.py");
-    let out = Command::new(python)
+    let out = command(python)
         .arg(script)
         .arg(format!("http://{}", collector.grpc))
         .arg(format!("http://{}", collector.http))
@@ -96,7 +96,7 @@ fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
     let Flaky { collector, tester, _procs } = Flaky::start(&dir, "unavailable");
     let script = grpc_calls_script();
     const CALLS: u64 = 40;
-    let out = Command::new(python)
+    let out = command(python)
         .arg(script)
         .args([tester.outbound.to_string(), "flaky".into(), "/demo.Flaky/Work".into(), CALLS.to_string()])
         .output()
@@ -146,7 +146,7 @@ fn grpc_calls_script() -> PathBuf {
 /// Makes `n` grpcio calls through `tester`'s sidecar to `slow`, each allowed `deadline`
 /// seconds: what the script printed.
 fn slow_calls(python: &std::path::Path, tester: &Workload, n: u32, deadline: &str) -> Value {
-    let out = Command::new(python)
+    let out = command(python)
         .arg(grpc_calls_script())
         .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), n.to_string(), deadline.into()])
         .output()
@@ -172,7 +172,7 @@ fn grpcio_streams_count_their_messages_on_both_sides() {
     let collector = CollectorProc::start(&dir);
     let (tester, feed) = (Workload::new("tester", &[]), Workload::new("feed", &[]));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_stream.py");
-    let server = Command::new(&python).arg(&script).args(["serve", &feed.app.to_string()]).spawn().expect("the grpcio server");
+    let server = command(&python).arg(&script).args(["serve", &feed.app.to_string()]).spawn().expect("the grpcio server");
     let _server = Killed(server);
     wait_listening(feed.app, "the grpcio server");
     let config = dir.path("feed.toml");
@@ -181,7 +181,7 @@ fn grpcio_streams_count_their_messages_on_both_sides() {
     wait_listening(feed.inbound, "feed's inbound");
     let _tester = start_tester(&dir, &tester, &[&tester, &feed], &collector, "feed", "");
 
-    let out = Command::new(&python).arg(&script).args(["call", &tester.outbound.to_string(), "feed", "25"]).output().expect("the client");
+    let out = command(&python).arg(&script).args(["call", &tester.outbound.to_string(), "feed", "25"]).output().expect("the client");
     assert!(out.status.success(), "the grpcio client failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "25", "every message came through");
     let rows = wait_for("both sides' spans of the stream", Duration::from_secs(15), || {
@@ -265,7 +265,7 @@ fn a_grpc_call_still_open_when_its_sidecar_stops_is_recorded() {
     let script = grpc_calls_script();
     // One call, over HTTP/2, that the app would answer in 20 s; the sidecar stops meanwhile,
     // gives it its grace period, closes it, and records it before its last export.
-    let call = Command::new(&python)
+    let call = command(&python)
         .arg(&script)
         .args([tester.outbound.to_string(), "slow".into(), "/demo.Slow/Work".into(), "1".into(), "30".into()])
         .stdout(std::process::Stdio::piped())

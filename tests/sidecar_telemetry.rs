@@ -1423,7 +1423,7 @@ fn check_prints_the_configuration_the_sidecar_would_run_with() {
     let toml: String = toml.lines().filter(|l| !l.starts_with("otlp_endpoint")).map(|l| format!("{l}\n")).collect();
     std::fs::write(&config, toml).expect("write");
     let check = |env: &[(&str, &str)], path: &std::path::Path| {
-        let out = std::process::Command::new(meshlens())
+        let out = command(meshlens())
             .args(["proxy", "--check", "--config", path.to_str().unwrap_or_default()])
             .envs(env.iter().copied())
             .output()

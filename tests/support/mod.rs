@@ -69,6 +69,17 @@ impl Drop for TestDir {
     }
 }
 
+/// A command for `program` without the test run's own OpenTelemetry variables (`OTEL_*`): a
+/// sidecar, or an OpenTelemetry SDK, would take its sampler, resource or export settings
+/// from them. What a test sets itself still goes through.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (inherited, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("OTEL_")) {
+        command.env_remove(inherited);
+    }
+    command
+}
+
 /// A running process, killed on drop.
 pub struct Proc {
     name: String,
@@ -82,18 +93,12 @@ impl Proc {
         Self::start_with_env(dir, name, args, &[])
     }
 
-    /// [`Proc::start`], with `env` set too. OpenTelemetry's variables of the test run's own
-    /// environment are not passed on: a sidecar would take its sampler or export settings
-    /// from them.
+    /// [`Proc::start`], with `env` set too.
     pub fn start_with_env(dir: &TestDir, name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = dir.path(&format!("{name}.log"));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut command = Command::new(meshlens());
-        for (inherited, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("OTEL_")) {
-            command.env_remove(inherited);
-        }
-        let child = command
+        let child = command(meshlens())
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
