@@ -400,11 +400,8 @@ fn valid_trace_state(list: &str) -> bool {
 /// The `x-request-id` header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Returns the request's `x-request-id`, first setting a new one (UUID v4) if it has none.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
-    if let Some(id) = header(headers, REQUEST_ID).filter(|v| !v.is_empty()) {
-        return id.to_owned();
-    }
+/// A new random UUID (version 4), as its 36 characters of text.
+pub fn uuid_v4() -> [u8; 36] {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = 0x40 | (b[6] & 0x0f); // version 4
     b[8] = 0x80 | (b[8] & 0x3f); // RFC 4122 variant
@@ -412,7 +409,15 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     for (bytes, at) in [(&b[..4], 0), (&b[4..6], 9), (&b[6..8], 14), (&b[8..10], 19), (&b[10..], 24)] {
         hex::encode_into(bytes, &mut text[at..at + 2 * bytes.len()]);
     }
-    let value = header_value(&text);
+    text
+}
+
+/// Returns the request's `x-request-id`, first setting a new one (UUID v4) if it has none.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    if let Some(id) = header(headers, REQUEST_ID).filter(|v| !v.is_empty()) {
+        return id.to_owned();
+    }
+    let value = header_value(&uuid_v4());
     let id = value.to_str().unwrap_or_default().to_owned();
     headers.insert(REQUEST_ID, value);
     id

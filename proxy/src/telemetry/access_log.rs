@@ -50,6 +50,8 @@ enum Field {
     UpstreamProtocol,
     /// The downstream connection's ID.
     ConnectionId,
+    /// A new UUID for each line.
+    UniqueId,
     ResponseCode,
     GrpcStatus,
     ResponseFlags,
@@ -86,6 +88,9 @@ impl Field {
             "PROTOCOL" => Self::Protocol,
             "UPSTREAM_PROTOCOL" => Self::UpstreamProtocol,
             "CONNECTION_ID" => Self::ConnectionId,
+            // Envoy's stream ID is the request's `x-request-id` for HTTP.
+            "STREAM_ID" => Self::RequestId,
+            "UNIQUE_ID" => Self::UniqueId,
             "RESPONSE_CODE" => Self::ResponseCode,
             "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => Self::GrpcStatus,
             "RESPONSE_FLAGS" => Self::ResponseFlags,
@@ -689,6 +694,7 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::Protocol => write!(line, "HTTP/{}", r.protocol_version()),
         Field::UpstreamProtocol => write!(line, "{}", dash(upstream_protocol(r))),
         Field::ConnectionId => write!(line, "{}", dash(r.connection_id)),
+        Field::UniqueId => write!(line, "{}", String::from_utf8_lossy(&crate::trace_context::uuid_v4())),
         Field::ResponseCode => write!(line, "{}", r.status),
         Field::GrpcStatus => write!(line, "{}", dash(r.grpc_status)),
         Field::ResponseFlags => write!(line, "{}", r.flags),
@@ -1016,6 +1022,18 @@ mod tests {
         for bad in ["%UPSTREAM_ADDRESS%", "%DOWNSTREAM_PORT%", "%REMOTE_ADDRESS_WITHOUT_PORT%"] {
             assert!(AccessLogFormat::text(bad).is_err(), "{bad} is refused");
         }
+    }
+
+    #[test]
+    fn stream_ids_are_request_ids_and_unique_ids_are_new_uuids_as_in_envoy() {
+        let format = AccessLogFormat::text("%STREAM_ID% %UNIQUE_ID%").expect("Envoy's fields");
+        let mut r = record(true, crate::classify::Outcome::Success, 5);
+        r.request_id = Some("a3f1c2d4-0000-4000-8000-000000000001".into());
+        let (first, second) = (format.render(&r), format.render(&r));
+        let (stream, unique) = first.split_once(' ').expect("two fields");
+        assert_eq!(stream, "a3f1c2d4-0000-4000-8000-000000000001");
+        assert!(unique.len() == 36 && unique.as_bytes()[14] == b'4', "a UUID v4: {unique}");
+        assert_ne!(second.split_once(' ').map(|(_, u)| u), Some(unique), "a new one each line");
     }
 
     #[test]
