@@ -1435,12 +1435,13 @@ fn check_prints_the_configuration_the_sidecar_would_run_with() {
         ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret"),
         ("OTEL_PROPAGATORS", "b3,jaeger"),
     ];
+    // That it returned at all is the check that nothing started: a sidecar runs until
+    // signalled.
     let (ok, stdout, stderr) = check(&env, &config);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("export        http://gateway:4317 over OTLP/gRPC"), "{stdout}");
     assert!(stdout.contains("export headers x-api-key (value hidden)") && stdout.contains("propagation   b3,"), "{stdout}");
     assert!(stderr.contains("\"jaeger\" ignored") && !format!("{stdout}{stderr}").contains("s3cret"), "{stderr}");
-    assert!(std::net::TcpStream::connect(tester.outbound).is_err(), "nothing was started");
     // A configuration the sidecar refuses fails the check, saying why.
     let broken = dir.path("broken.toml");
     std::fs::write(&broken, "[workload]\nservice = \"\"\n").expect("write");

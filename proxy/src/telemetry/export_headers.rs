@@ -67,21 +67,12 @@ impl ExportHeaders {
     /// what was left out, and why, for the log. A variable that does not parse is ignored
     /// whole, as OpenTelemetry's SDKs ignore it.
     pub fn add_environment(&mut self, value: &str) -> Vec<String> {
-        let pairs = match otel_env::parse_list(value) {
-            Ok(pairs) => pairs,
-            // The parser's message may quote a value: name only the variable.
-            Err(_) => return vec![format!("{ENV_VAR} ignored: it is not a list of name=value pairs")],
-        };
-        let mut skipped = Vec::new();
-        for (name, value) in pairs {
-            match header(&name, &value) {
-                Ok((name, value)) => {
-                    self.0.entry(name).or_insert(value);
-                }
-                Err(e) => skipped.push(format!("{ENV_VAR}: skipped, {e}")),
-            }
-        }
-        skipped
+        // The values are secrets: a list that does not parse is not quoted.
+        otel_env::add_list(ENV_VAR, value, otel_env::Quote::No, |name, value| {
+            let (name, value) = header(&name, &value).map_err(|e| format!("{ENV_VAR}: skipped, {e}"))?;
+            self.0.entry(name).or_insert(value);
+            Ok(())
+        })
     }
 
     /// The headers.

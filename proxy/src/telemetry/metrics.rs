@@ -465,26 +465,33 @@ impl RequestMetrics {
 
     /// A copy of every series, without exemplars (the admin `/metrics`).
     pub fn snapshot(&self) -> Vec<(RequestKey, RequestStats)> {
-        match self.inner.lock() {
-            Ok(table) => table.series.iter().map(|(k, v)| (k.clone(), RequestStats { exemplars: None, ..v.clone() })).collect(),
-            Err(_) => Vec::new(),
-        }
+        self.copies(false)
     }
 
     /// A copy of every series with the exemplars gathered since the last export, which
     /// start again empty: each export shows the requests of its own interval.
     pub fn snapshot_for_export(&self) -> Vec<(RequestKey, RequestStats)> {
-        match self.inner.lock() {
-            Ok(mut table) => table
-                .series
-                .iter_mut()
-                .map(|(k, v)| {
-                    let exemplars = v.exemplars.take();
-                    (k.clone(), RequestStats { exemplars, ..v.clone() })
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        self.copies(true)
+    }
+
+    /// Every series copied without its exemplars, which the copy takes when `take_exemplars`
+    /// and the series keeps otherwise.
+    fn copies(&self, take_exemplars: bool) -> Vec<(RequestKey, RequestStats)> {
+        let Ok(mut table) = self.inner.lock() else { return Vec::new() };
+        table
+            .series
+            .iter_mut()
+            .map(|(key, stats)| {
+                let exemplars = stats.exemplars.take();
+                let mut copy = stats.clone();
+                if take_exemplars {
+                    copy.exemplars = exemplars;
+                } else {
+                    stats.exemplars = exemplars;
+                }
+                (key.clone(), copy)
+            })
+            .collect()
     }
 }
 

@@ -6,9 +6,29 @@
 
 use crate::trace_context::Format;
 
+/// Whether a message about a list may repeat what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quote {
+    /// Yes: its values are no secret (resource attributes).
+    Yes,
+    /// No: its values may be secrets (export headers).
+    No,
+}
+
+/// Adds the pairs of the variable `var`'s list `value` through `add`, which takes a pair or
+/// says why it leaves it out; returns what was left out, and why. A list that does not parse
+/// is ignored whole, as OpenTelemetry's SDKs ignore it.
+pub fn add_list(var: &str, value: &str, quote: Quote, mut add: impl FnMut(String, String) -> Result<(), String>) -> Vec<String> {
+    match parse_list(value) {
+        Ok(pairs) => pairs.into_iter().filter_map(|(key, value)| add(key, value).err()).collect(),
+        Err(error) if quote == Quote::Yes => vec![format!("{var} ignored: {error}")],
+        Err(_) => vec![format!("{var} ignored: it is not a list of name=value pairs")],
+    }
+}
+
 /// `key=value` pairs joined by commas, blanks around each trimmed, values (and keys)
 /// percent-decoded; empty members are allowed, as in W3C Baggage.
-pub fn parse_list(value: &str) -> Result<Vec<(String, String)>, String> {
+fn parse_list(value: &str) -> Result<Vec<(String, String)>, String> {
     let mut pairs = Vec::new();
     for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let Some((key, value)) = member.split_once('=') else {

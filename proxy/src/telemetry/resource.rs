@@ -53,19 +53,13 @@ impl ResourceAttributes {
     /// Adds the attributes of `OTEL_RESOURCE_ATTRIBUTES`'s `value` the table does not name:
     /// what was left out, and why, for the log.
     pub fn add_environment(&mut self, value: &str) -> Vec<String> {
-        let pairs = match otel_env::parse_list(value) {
-            Ok(pairs) => pairs,
-            Err(error) => return vec![format!("{ENV_VAR} ignored: {error}")],
-        };
-        let mut skipped = Vec::new();
-        for (key, value) in pairs {
+        otel_env::add_list(ENV_VAR, value, otel_env::Quote::Yes, |key, value| {
             if OWN_KEYS.contains(&key.as_str()) {
-                skipped.push(format!("{ENV_VAR}: {key:?} skipped, the sidecar's [workload] sets it"));
-            } else {
-                self.0.entry(key).or_insert(value);
+                return Err(format!("{ENV_VAR}: {key:?} skipped, the sidecar's [workload] sets it"));
             }
-        }
-        skipped
+            self.0.entry(key).or_insert(value);
+            Ok(())
+        })
     }
 
     /// The attributes, by key.
