@@ -137,7 +137,7 @@ where
             user_agent: header_string(req.headers(), http::header::USER_AGENT),
             request_id: Some(request_id),
             trace_state: context.trace_state(req.headers()),
-            headers: telemetry.kept_headers().map(|names| Box::new(names.capture_request(req.headers()))),
+            headers: telemetry.keep_request_headers(req.headers()),
             ..RequestRecord::new(side, context, start_unix_nanos, Some(req.method().clone()), destination_service)
         };
         if http_body::Body::is_end_stream(req.body()) {

@@ -243,7 +243,7 @@ impl AttemptSpan {
             source: Some(local),
             request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
             trace_state: context.trace_state(req.headers()),
-            headers: telemetry.kept_headers().map(|names| Box::new(names.capture_request(req.headers()))),
+            headers: telemetry.keep_request_headers(req.headers()),
             attempt: Some(attempt),
             ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), Some(req.method().clone()), destination_service)
         };

@@ -470,10 +470,10 @@ impl Telemetry {
         self.inner.sampling
     }
 
-    /// The headers each record keeps, for the stdout access log and as attributes, when any
-    /// is named.
-    pub fn kept_headers(&self) -> Option<&Arc<headers::HeaderNames>> {
-        self.inner.kept_headers.as_ref()
+    /// What a record keeps of a request's `headers`, for the stdout access log and as
+    /// attributes: nothing when no header is named.
+    pub fn keep_request_headers(&self, headers: &http::HeaderMap) -> Option<Box<headers::CapturedHeaders>> {
+        self.inner.kept_headers.as_ref().map(|names| Box::new(names.capture_request(headers)))
     }
 
     /// Counts a request arriving on `side` as in flight until the returned guard drops.
