@@ -353,6 +353,8 @@ mod fake_http {
         pub resent_after: Vec<Duration>,
         /// The export headers ([`super::EXPORT_HEADERS`]) requests came with.
         pub headers: std::collections::BTreeSet<String>,
+        /// The paths requests were posted to.
+        pub paths: std::collections::BTreeSet<String>,
         started: Option<Instant>,
         refused_at: HashMap<u64, Instant>,
     }
@@ -373,6 +375,7 @@ mod fake_http {
         let mut seen = seen.lock().expect("lock");
         let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
         seen.headers.insert(super::EXPORT_HEADERS.map(value).join("|"));
+        seen.paths.insert(path.to_owned());
         let started = *seen.started.get_or_insert(now);
         if let Some(at) = seen.refused_at.remove(&digest) {
             seen.resent_after.push(now - at);
@@ -388,11 +391,11 @@ mod fake_http {
             return response.body(Full::new(Bytes::from(status.encode_to_vec()))).expect("response");
         }
         match path {
-            "/v1/traces" => {
+            p if p.ends_with("/v1/traces") => {
                 let r = ExportTraceServiceRequest::decode(body.clone()).expect("traces");
                 seen.spans += r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum::<u64>();
             }
-            "/v1/logs" => {
+            p if p.ends_with("/v1/logs") => {
                 let r = ExportLogsServiceRequest::decode(body.clone()).expect("logs");
                 seen.logs += r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum::<u64>();
             }
@@ -548,4 +551,67 @@ fn duration_exemplars_link_the_exported_metrics_to_exported_spans() {
     });
     let spans = collector.span_traces.lock().expect("lock").clone();
     assert!(exemplars.iter().all(|t| t.len() == 16 && spans.contains(t)), "every exemplar names an exported span's trace");
+}
+
+#[test]
+fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let n = 50;
+    let tester_rows = |collector: &CollectorProc, table: &str| {
+        collector.sql_rows(&format!("SELECT count(*) FROM {table} WHERE service = 'tester'"))[0][0].as_u64()
+    };
+    let exported = |w: &Workload, signal| admin_metric(w, "meshlens_proxy_telemetry_exported_total", &[("signal", signal)]);
+    let pair = |telemetry: &str, env: (&str, &str)| {
+        [Workload::new("tester", &[]), Workload::new("front", &[])].map(|mut w| {
+            w.telemetry = telemetry.to_owned();
+            w.sidecar_env = vec![(env.0.to_owned(), env.1.to_owned())];
+            w
+        })
+    };
+
+    // OTLP/gRPC: spans to a tracing backend of their own (OpenTelemetry's variable), access
+    // logs nowhere (the table), metrics to the shared collector.
+    let dir = TestDir::new("signals-grpc");
+    let collector = CollectorProc::start(&dir);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let traces_at = format!("http://{}", listener.local_addr().expect("addr"));
+    let tracing = fake::serve(&runtime, listener, fake::Answer::After(Duration::ZERO));
+    let [tester, front] = pair("logs = { endpoint = \"\" }", ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &traces_at));
+    let procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    traffic(&dir, &tester, n);
+    wait_for("the spans at their own backend and the metrics at the collector", Duration::from_secs(15), || {
+        (exported(&tester, "spans") >= n as f64 && exported(&tester, "metrics") > 0.0).then_some(())
+    });
+    assert!(tracing.spans.load(std::sync::atomic::Ordering::Relaxed) >= n, "the spans reached their backend");
+    assert_eq!(tracing.logs.load(std::sync::atomic::Ordering::Relaxed), 0, "no access logs there");
+    assert_eq!((tester_rows(&collector, "spans"), tester_rows(&collector, "logs")), (Some(0), Some(0)), "nor at the collector");
+    assert_eq!(exported(&tester, "logs"), 0.0);
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0, "a signal not exported drops nothing");
+    drop(procs);
+
+    // OTLP/HTTP: spans under the shared endpoint's /v1/traces, access logs posted to a logs
+    // backend's own URL as written, with its own headers instead of the shared ones (the
+    // table), metrics nowhere (OpenTelemetry's variable).
+    let dir = TestDir::new("signals-http");
+    let collector = CollectorProc::start(&dir);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let logs_at = listener.local_addr().expect("addr");
+    let logging = fake_http::serve(&runtime, listener, fake_http::Refusal { for_: Duration::ZERO, status: 503, retry_after: None });
+    let telemetry = format!(
+        "otlp_protocol = \"http/protobuf\"\notlp_headers = {{ authorization = \"Bearer s3cret\" }}\n\
+         logs = {{ endpoint = \"http://{logs_at}/otlp/v1/logs\", headers = {{ \"x-scope-orgid\" = \"shop\" }} }}"
+    );
+    let [tester, front] = pair(&telemetry, ("OTEL_METRICS_EXPORTER", "none"));
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.http);
+    traffic(&dir, &tester, n);
+    wait_for_spans_and_logs(&tester, n);
+    // Two metrics intervals of the tests' one second.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(exported(&tester, "metrics"), 0.0, "metrics are not exported");
+    let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'")[0][0].as_u64();
+    assert_eq!((spans, tester_rows(&collector, "logs")), (Some(n), Some(0)), "spans only at the collector");
+    let seen = logging.lock().expect("lock");
+    assert!(seen.logs >= n && seen.spans == 0, "{} log records, {} spans at the logs backend", seen.logs, seen.spans);
+    assert_eq!(seen.paths, std::collections::BTreeSet::from(["/otlp/v1/logs".to_owned()]), "posted to the URL as written");
+    assert_eq!(seen.headers, std::collections::BTreeSet::from(["-|shop|-".to_owned()]), "its own headers only");
 }

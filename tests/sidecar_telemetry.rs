@@ -1439,7 +1439,7 @@ fn check_prints_the_configuration_the_sidecar_would_run_with() {
     // signalled.
     let (ok, stdout, stderr) = check(&env, &config);
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("export        http://gateway:4317 over OTLP/gRPC"), "{stdout}");
+    assert!(stdout.contains("export        OTLP/gRPC") && stdout.contains("  traces      http://gateway:4317\n"), "{stdout}");
     assert!(stdout.contains("export headers x-api-key (value hidden)") && stdout.contains("propagation   b3,"), "{stdout}");
     assert!(stderr.contains("\"jaeger\" ignored") && !format!("{stdout}{stderr}").contains("s3cret"), "{stderr}");
     // A configuration the sidecar refuses fails the check, saying why.

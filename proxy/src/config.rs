@@ -233,6 +233,15 @@ pub struct RawTelemetry {
     /// appended to it); empty turns export off.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
+    /// `[telemetry.traces]`: where spans go, if not with the rest.
+    #[serde(default)]
+    pub traces: RawSignal,
+    /// `[telemetry.logs]`: where access-log records go, if not with the rest.
+    #[serde(default)]
+    pub logs: RawSignal,
+    /// `[telemetry.metrics]`: where request metrics go, if not with the rest.
+    #[serde(default)]
+    pub metrics: RawSignal,
     /// Longest time a span or log record waits before its batch is sent.
     #[serde(default = "default_flush", deserialize_with = "meshlens_common::duration::deserialize")]
     pub flush_interval: Duration,
@@ -296,6 +305,18 @@ pub struct RawTelemetry {
     pub capture_response_headers: Vec<String>,
 }
 
+/// `[telemetry.traces]`, `[telemetry.logs]`, `[telemetry.metrics]`: one signal's export,
+/// where it differs from the rest's (OpenTelemetry's signal-specific variables say the same).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignal {
+    /// Where the signal goes instead of `otlp_endpoint`: over HTTP the URL it is posted to,
+    /// as written; empty: the signal is not exported.
+    pub endpoint: Option<String>,
+    /// Headers sent with the signal's exports instead of `otlp_headers`.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
 /// The OTLP transport the sidecar exports with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum OtlpProtocol {
@@ -332,12 +353,33 @@ pub enum Compression {
 impl RawTelemetry {
     /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
     /// `env`, as a platform that sets them for every container expects: the exporter's
-    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), the sampler's
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), each signal's
+    /// ([`otel_env::signal_endpoint`]), `OTEL_SDK_DISABLED`, the sampler's
     /// ([`otel_env::sampler_ratio`]) and the propagators' ([`otel_env::propagators`]). The
     /// table wins what it sets. Returns the values ignored, and why.
     pub fn fill_from_environment(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut ignored = Vec::new();
         let read = |name: &str| Some(env(name)?.trim().to_owned()).filter(|v| !v.is_empty());
+        // `otlp_endpoint = ""` turns export off: no variable turns a signal back on.
+        let table_off = self.otlp_endpoint.as_deref().is_some_and(|e| e.trim().is_empty());
+        if let Some(disabled) = read("OTEL_SDK_DISABLED").filter(|v| v.eq_ignore_ascii_case("true")) {
+            if self.otlp_endpoint.as_ref().is_some_and(|e| !e.trim().is_empty()) {
+                ignored.push(format!("OTEL_SDK_DISABLED={disabled} ignored: [telemetry] otlp_endpoint is set"));
+            } else {
+                // OpenTelemetry: no signal is exported. The table's own endpoints stay.
+                let signals = [&mut self.traces.endpoint, &mut self.logs.endpoint, &mut self.metrics.endpoint];
+                for slot in signals.into_iter().chain([&mut self.otlp_endpoint]) {
+                    slot.get_or_insert_with(String::new);
+                }
+            }
+        }
+        let signals = [("TRACES", &mut self.traces), ("LOGS", &mut self.logs), ("METRICS", &mut self.metrics)];
+        for (signal, slot) in signals.map(|(signal, raw)| (signal, &mut raw.endpoint)) {
+            if slot.is_none() && !table_off {
+                *slot = otel_env::signal_endpoint(signal, &read, &mut ignored);
+            }
+        }
+        ignored.extend(otel_env::per_signal_settings(&read));
         if self.otlp_endpoint.is_none() {
             self.otlp_endpoint = read("OTEL_EXPORTER_OTLP_ENDPOINT");
         }
@@ -372,6 +414,9 @@ impl Default for RawTelemetry {
         Self {
             otlp_protocol: None,
             otlp_endpoint: None,
+            traces: RawSignal::default(),
+            logs: RawSignal::default(),
+            metrics: RawSignal::default(),
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
             export_timeout: None,
@@ -692,6 +737,8 @@ pub struct TelemetryConfig {
     /// The collector's OTLP endpoint; `None` turns export off (telemetry is still recorded
     /// and counted).
     pub otlp_endpoint: Option<String>,
+    /// Where each signal goes: to `otlp_endpoint`, to one of its own, or nowhere.
+    pub signals: SignalExports,
     /// How export requests are sent.
     pub otlp_protocol: OtlpProtocol,
     /// Longest wait of a record before its batch is sent.
@@ -730,6 +777,76 @@ pub struct TelemetryConfig {
     pub capture_response_headers: Vec<http::HeaderName>,
 }
 
+/// Where each signal is exported ([`TelemetryConfig::signal_endpoint`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignalExports {
+    /// Spans.
+    pub traces: SignalExport,
+    /// Access-log records.
+    pub logs: SignalExport,
+    /// Request and connection metrics.
+    pub metrics: SignalExport,
+}
+
+/// Where one signal is exported, and with which headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignalExport {
+    /// Where.
+    pub to: SignalEndpoint,
+    /// Headers instead of `otlp_headers`, if the signal has its own.
+    pub headers: Option<ExportHeaders>,
+}
+
+/// Where one signal's export requests go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SignalEndpoint {
+    /// To `otlp_endpoint`, if export is on: over HTTP under the signal's `/v1/...` path.
+    #[default]
+    Shared,
+    /// To an endpoint of its own, over HTTP the URL posted to as written.
+    Own(String),
+    /// Nowhere: the signal is not exported (metrics are still served on `/metrics`).
+    Off,
+}
+
+impl SignalExport {
+    /// `[telemetry.<signal>]`, checked: an unset endpoint shares `otlp_endpoint`, an empty
+    /// one is off.
+    fn from_raw(signal: &str, raw: RawSignal) -> Result<Self, ConfigError> {
+        let to = match raw.endpoint.as_deref().map(str::trim) {
+            None => SignalEndpoint::Shared,
+            Some("") => SignalEndpoint::Off,
+            Some(endpoint) => SignalEndpoint::Own(endpoint.to_owned()),
+        };
+        let setting = format!("telemetry.{signal}.headers");
+        let headers = raw.headers.map(|table| ExportHeaders::from_table(&setting, &table)).transpose().map_err(ConfigError::Invalid)?;
+        Ok(Self { to, headers })
+    }
+}
+
+impl TelemetryConfig {
+    /// Where a signal exported as `export` goes, if anywhere: the endpoint, and whether the
+    /// signal's OTLP/HTTP path is appended to it (it is for the shared `otlp_endpoint`).
+    pub fn signal_endpoint<'a>(&'a self, export: &'a SignalExport) -> Option<(&'a str, bool)> {
+        match &export.to {
+            SignalEndpoint::Shared => self.otlp_endpoint.as_deref().map(|endpoint| (endpoint, true)),
+            SignalEndpoint::Own(endpoint) => Some((endpoint, false)),
+            SignalEndpoint::Off => None,
+        }
+    }
+
+    /// The headers a signal exported as `export` is sent with: its own, or `otlp_headers`.
+    pub fn signal_headers<'a>(&'a self, export: &'a SignalExport) -> &'a ExportHeaders {
+        export.headers.as_ref().unwrap_or(&self.otlp_headers)
+    }
+
+    /// Whether any signal is exported.
+    pub fn exports(&self) -> bool {
+        let s = &self.signals;
+        [&s.traces, &s.logs, &s.metrics].into_iter().any(|export| self.signal_endpoint(export).is_some())
+    }
+}
+
 /// Which spans are kept. Metrics and access logs always cover every request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
@@ -745,6 +862,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: Some(OtlpProtocol::Grpc.default_endpoint().to_owned()),
+            signals: SignalExports::default(),
             otlp_protocol: OtlpProtocol::Grpc,
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
@@ -790,6 +908,11 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
                 None => Some(otlp_protocol.default_endpoint().to_owned()),
                 Some(e) => Some(e).filter(|e| !e.trim().is_empty()),
             },
+            signals: SignalExports {
+                traces: SignalExport::from_raw("traces", t.traces)?,
+                logs: SignalExport::from_raw("logs", t.logs)?,
+                metrics: SignalExport::from_raw("metrics", t.metrics)?,
+            },
             otlp_protocol,
             flush_interval: t.flush_interval,
             metrics_interval: t.metrics_interval,
@@ -809,7 +932,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             labels: LabelPolicy { labels: t.metric_labels.into_iter().collect(), max_values: t.max_label_values.max(1) },
             max_path_tag_length: Some(t.max_path_tag_length).filter(|n| *n > 0),
             resource_attributes: ResourceAttributes::from_table(t.resource_attributes).map_err(ConfigError::Invalid)?,
-            otlp_headers: ExportHeaders::from_table(&t.otlp_headers).map_err(ConfigError::Invalid)?,
+            otlp_headers: ExportHeaders::from_table("telemetry.otlp_headers", &t.otlp_headers).map_err(ConfigError::Invalid)?,
             capture_request_headers: header_names("telemetry.capture_request_headers", &t.capture_request_headers)?,
             capture_response_headers: header_names("telemetry.capture_response_headers", &t.capture_response_headers)?,
         })
@@ -985,7 +1108,14 @@ impl ProxyConfig {
             ignored.extend(config.telemetry.resource_attributes.add_environment(&value));
         }
         if let Some(value) = env(export_headers::ENV_VAR) {
-            ignored.extend(config.telemetry.otlp_headers.add_environment(&value));
+            ignored.extend(config.telemetry.otlp_headers.add_environment(export_headers::ENV_VAR, &value));
+        }
+        let signals = &mut config.telemetry.signals;
+        for (signal, export) in [("TRACES", &mut signals.traces), ("LOGS", &mut signals.logs), ("METRICS", &mut signals.metrics)] {
+            let var = format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS");
+            if let Some(value) = env(&var) {
+                ignored.extend(export.headers.get_or_insert_with(ExportHeaders::default).add_environment(&var, &value));
+            }
         }
         Ok((config, ignored))
     }
@@ -1204,11 +1334,71 @@ pub(crate) mod tests {
         assert!(err.contains("otlp_headers") && err.contains("content-type"), "{err}");
     }
 
+    /// An environment of `pairs`.
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
+        use SignalEndpoint::{Off, Own, Shared};
+        let signals = |toml: &str, vars: &'static [(&'static str, &'static str)]| {
+            let (cfg, ignored) = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", toml), &env(vars)).expect("valid");
+            let s = cfg.telemetry.signals.clone();
+            (cfg.telemetry, [s.traces, s.logs, s.metrics], ignored)
+        };
+        let to = |exports: &[SignalExport; 3]| exports.clone().map(|e| e.to);
+        let table = "[telemetry.traces]\nendpoint = \"http://tempo:4318/v1/traces\"\n[telemetry.metrics]\nendpoint = \"\"\n[telemetry]";
+        let (t, got, _) = signals(table, &[]);
+        assert_eq!(to(&got), [Own("http://tempo:4318/v1/traces".into()), Shared, Off]);
+        assert_eq!(t.signal_endpoint(&got[0]), Some(("http://tempo:4318/v1/traces", false)), "as written");
+        assert_eq!(t.signal_endpoint(&got[1]), Some(("http://127.0.0.1:4317", true)), "under the shared endpoint");
+        assert!(t.exports());
+        // OpenTelemetry's signal-specific variables; the table wins what it sets.
+        let vars = &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=shared"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://loki:3100/otlp/v1/logs"),
+            ("OTEL_LOGS_EXPORTER", "otlp"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "x-scope-orgid=shop"),
+            ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "1000"),
+        ];
+        let (t, got, ignored) = signals("[telemetry]", vars);
+        assert_eq!(to(&got), [Own("http://jaeger:4317".into()), Own("http://loki:3100/otlp/v1/logs".into()), Off]);
+        assert_eq!(ignored, ["OTEL_EXPORTER_OTLP_LOGS_TIMEOUT ignored: the sidecar has no per-signal timeout"]);
+        let names = |export| t.signal_headers(export).map().keys().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!((names(&got[0]), names(&got[1])), (vec!["authorization".to_owned()], vec!["x-scope-orgid".to_owned()]), "replaced");
+        let (t, got, _) = signals("[telemetry.logs]\nheaders = { \"x-scope-orgid\" = \"ops\" }\n[telemetry]", vars);
+        assert_eq!(t.signal_headers(&got[1]).map()["x-scope-orgid"], "ops", "the table wins");
+        let (_, got, _) = signals("[telemetry.traces]\nendpoint = \"\"\n[telemetry]", vars);
+        assert_eq!(got[0].to, Off);
+        let (_, got, ignored) = signals("[telemetry]", &[("OTEL_TRACES_EXPORTER", "zipkin, otlp")]);
+        assert_eq!(got[0].to, Shared);
+        assert_eq!(ignored, ["OTEL_TRACES_EXPORTER: zipkin ignored: the sidecar exports OTLP (or none)"]);
+        // otlp_endpoint = "" turns export off whatever the variables say.
+        let (t, got, _) = signals("[telemetry]\notlp_endpoint = \"\"", vars);
+        assert_eq!((got[0].to.clone(), t.exports()), (Shared, false));
+        let logs_only = "[telemetry.logs]\nendpoint = \"http://loki:3100/v1/logs\"\n[telemetry]\notlp_endpoint = \"\"";
+        let (t, got, _) = signals(logs_only, &[]);
+        assert_eq!((t.signal_endpoint(&got[0]), t.signal_endpoint(&got[1]).is_some()), (None, true), "logs only");
+        // OTEL_SDK_DISABLED: nothing exported but what the table sets.
+        let disabled = &[("OTEL_SDK_DISABLED", "true"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://jaeger:4317")];
+        let (t, _, ignored) = signals("[telemetry]", disabled);
+        assert!(!t.exports() && ignored.is_empty(), "{ignored:?}");
+        let (t, got, _) = signals("[telemetry.logs]\nendpoint = \"http://loki:3100/v1/logs\"\n[telemetry]", disabled);
+        assert_eq!((t.signal_endpoint(&got[0]), t.signal_endpoint(&got[1]).is_some()), (None, true));
+        let (t, _, ignored) = signals("[telemetry]\notlp_endpoint = \"http://collector:4317\"", disabled);
+        assert!(t.exports() && ignored[0].contains("OTEL_SDK_DISABLED=true ignored"), "{ignored:?}");
+        let (t, _, _) = signals("[telemetry]", &[("OTEL_SDK_DISABLED", "false")]);
+        assert!(t.exports());
+        let bad = GOOD.replace("[telemetry]", "[telemetry.traces]\nheaders = { \"content-type\" = \"x\" }\n[telemetry]");
+        let err = ProxyConfig::from_toml(&bad).expect_err("the exporter's own header").to_string();
+        assert!(err.contains("telemetry.traces.headers"), "{err}");
+    }
+
     #[test]
     fn opentelemetrys_variables_fill_what_the_table_leaves_out() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
-        };
         let otel = env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gateway:4318"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),

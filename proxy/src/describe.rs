@@ -39,14 +39,29 @@ pub fn effective(config: &ProxyConfig) -> String {
         Compression::Gzip => "gzip",
         Compression::None => "no compression",
     };
-    match &t.otlp_endpoint {
-        Some(endpoint) => {
-            let timeout = duration(t.export_timeout);
-            let _ = writeln!(out, "export        {endpoint} over {protocol}, {compression}, timeout {timeout}");
+    if t.exports() {
+        let _ = writeln!(out, "export        {protocol}, {compression}, timeout {}", duration(t.export_timeout));
+        let signals = [("traces", &t.signals.traces), ("logs", &t.signals.logs), ("metrics", &t.signals.metrics)];
+        for (signal, export) in signals {
+            let target = match t.signal_endpoint(export) {
+                None => "off".to_owned(),
+                Some((endpoint, true)) if t.otlp_protocol == OtlpProtocol::HttpProtobuf => {
+                    format!("{}/v1/{signal}", endpoint.trim_end_matches('/'))
+                }
+                Some((endpoint, _)) => endpoint.to_owned(),
+            };
+            match &export.headers {
+                Some(headers) if target != "off" => {
+                    let names = listed(headers.map().keys().map(|name| format!("{name} (value hidden)")));
+                    let _ = writeln!(out, "  {signal:<11} {target}, headers {names}");
+                }
+                _ => {
+                    let _ = writeln!(out, "  {signal:<11} {target}");
+                }
+            }
         }
-        None => {
-            let _ = writeln!(out, "export        off");
-        }
+    } else {
+        let _ = writeln!(out, "export        off");
     }
     let _ = writeln!(out, "export headers {}", listed(t.otlp_headers.map().keys().map(|name| format!("{name} (value hidden)"))));
     let _ = writeln!(out, "resource      {}", listed(t.resource_attributes.iter().map(|(k, v)| format!("{k}={v}"))));
@@ -65,7 +80,8 @@ pub fn effective(config: &ProxyConfig) -> String {
         None => "off".to_owned(),
         Some(format) => format.kind().to_owned(),
     };
-    let _ = writeln!(out, "access log    OTLP log records for every request; stdout {stdout}");
+    let otlp = if t.signal_endpoint(&t.signals.logs).is_some() { "OTLP log records for every request" } else { "no OTLP log records" };
+    let _ = writeln!(out, "access log    {otlp}; stdout {stdout}");
     out
 }
 
@@ -81,6 +97,9 @@ mod tests {
             "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_owned()),
             "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".to_owned()),
             "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".to_owned()),
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" => Some("http://logs:3100/otlp/v1/logs".to_owned()),
+            "OTEL_EXPORTER_OTLP_LOGS_HEADERS" => Some("x-scope-orgid=t3nant".to_owned()),
+            "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
             _ => None,
         };
         let (config, _) = ProxyConfig::from_toml_with_environment(&toml, &env).expect("valid");
@@ -88,7 +107,10 @@ mod tests {
         for line in [
             "workload      shop/catalog-v1 (service catalog, version v1)",
             "service       reviews.shop: 127.0.0.1:5001 v1 weight 80, 127.0.0.1:5002 v2 weight 20",
-            "export        http://gateway:4318 over OTLP/HTTP (protobuf), no compression, timeout 5s",
+            "export        OTLP/HTTP (protobuf), no compression, timeout 5s",
+            "  traces      http://gateway:4318/v1/traces",
+            "  logs        http://logs:3100/otlp/v1/logs, headers x-scope-orgid (value hidden)",
+            "  metrics     off",
             "export headers authorization (value hidden)",
             "sampling      0.25 of new traces",
             "propagation   w3c, and whatever",
@@ -96,6 +118,6 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} in:\n{text}");
         }
-        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("t3nant"), "{text}");
     }
 }

@@ -4,7 +4,8 @@
 //! Spans and logs are encoded into their batches as requests finish (`batch`); their
 //! tasks here send each batch when it fills (`max_batch` records) or at its flush time: every
 //! `flush_interval` on a fixed schedule, the logs' half an interval after the spans'. Metrics
-//! are exported every `metrics_interval`. A batch is encoded once whatever the retries, and
+//! are exported every `metrics_interval`. Each signal goes to the shared endpoint, to one of
+//! its own, or nowhere (`[telemetry.traces]` and the like). A batch is encoded once whatever the retries, and
 //! copied once into the gRPC frame; a few requests of each signal may be out at once
 //! (`MAX_IN_FLIGHT`; one while exports fail). Requests are gzip-compressed when configured.
 //! An export that fails with a code OTLP calls retryable (gRPC UNAVAILABLE and the like, or
@@ -54,7 +55,7 @@ use tonic::{
 };
 
 use crate::{
-    config::{Compression, OtlpProtocol, TelemetryConfig},
+    config::{Compression, OtlpProtocol, SignalExport, TelemetryConfig},
     error::StartError,
     identity::WorkloadIdentity,
 };
@@ -314,7 +315,9 @@ enum Destination {
 }
 
 impl Destination {
-    fn parse(endpoint: &str, config: &TelemetryConfig) -> Result<Self, StartError> {
+    /// Checks `endpoint`; over HTTP, `exact` says it is the URL a signal is posted to rather
+    /// than a prefix of one.
+    fn parse(endpoint: &str, exact: bool, config: &TelemetryConfig) -> Result<Self, StartError> {
         match config.otlp_protocol {
             OtlpProtocol::Grpc => Ok(Self::Grpc(Box::new(
                 Endpoint::from_shared(endpoint.to_owned())
@@ -322,7 +325,7 @@ impl Destination {
                     .connect_timeout(Duration::from_secs(1))
                     .timeout(config.export_timeout),
             ))),
-            OtlpProtocol::HttpProtobuf => Target::parse(endpoint).map(Self::Http),
+            OtlpProtocol::HttpProtobuf => Target::parse(endpoint, exact).map(Self::Http),
         }
     }
 
@@ -404,18 +407,49 @@ impl ExportHandle {
     }
 }
 
-/// Starts the export: three tasks on a shared client (a lazily connecting gRPC channel, or a
-/// pool of HTTP connections), on the runtime
-/// this is called from, or on a thread of their own when requests are compressed (or when
-/// called outside a runtime).
+/// Where one signal's export requests go.
+enum Route {
+    /// To the shared endpoint with the shared headers, on the client the signals sharing
+    /// both share.
+    Shared,
+    /// To an endpoint, or with headers, of the signal's own.
+    Own(Destination, ExportHeaders),
+}
+
+impl Route {
+    /// Where `export` goes, if it is exported, checked.
+    fn of(export: &SignalExport, config: &TelemetryConfig) -> Result<Option<Self>, StartError> {
+        let Some((endpoint, shared)) = config.signal_endpoint(export) else {
+            return Ok(None);
+        };
+        if shared && export.headers.is_none() {
+            return Ok(Some(Self::Shared));
+        }
+        let destination = Destination::parse(endpoint, !shared, config)?;
+        Ok(Some(Self::Own(destination, config.signal_headers(export).clone())))
+    }
+}
+
+/// Starts the export of the signals exported, if any: a task each, on one client for those
+/// sharing `otlp_endpoint` and `otlp_headers` (a lazily connecting gRPC channel, or a pool
+/// of HTTP connections) and a client of its own for a signal with its own endpoint or
+/// headers; on the runtime this is called from, or on a thread of their own when requests
+/// are compressed (or when called outside a runtime). A signal not exported is not encoded.
 pub(super) fn spawn(
-    endpoint: &str,
     config: &TelemetryConfig,
     identity: Arc<WorkloadIdentity>,
     metrics: RequestMetrics,
     stats: TelemetryStats,
-) -> Result<Started, StartError> {
-    let destination = Destination::parse(endpoint, config)?;
+) -> Result<Option<Started>, StartError> {
+    let signals = &config.signals;
+    let routes = [Route::of(&signals.traces, config)?, Route::of(&signals.logs, config)?, Route::of(&signals.metrics, config)?];
+    if routes.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let shared = match &config.otlp_endpoint {
+        Some(endpoint) if routes.iter().any(|r| matches!(r, Some(Route::Shared))) => Some(Destination::parse(endpoint, false, config)?),
+        _ => None,
+    };
     let export_timeout = config.export_timeout;
     let gzip = config.compression == Compression::Gzip;
     let headers = config.otlp_headers.clone();
@@ -429,17 +463,30 @@ pub(super) fn spawn(
     let resource_bytes = otlp::resource(&identity, &config.resource_attributes).encode_to_vec();
     let (resource, scope) = (Arc::new(resource_bytes), Arc::new(otlp::scope().encode_to_vec()));
     let batches = |encoding| Batches::new(config.queue_capacity, config.max_batch, encoding, resource.clone(), scope.clone());
-    let span_encoder = wire::Encoder::with_url_limit(config.max_path_tag_length);
-    let (span_batches, log_batches) = (batches((span_encoder, Spans::push)), batches((wire::Encoder::default(), Logs::push)));
+    let [to_spans, to_logs, to_metrics] = routes;
+    let span_batches = to_spans.is_some().then(|| batches((wire::Encoder::with_url_limit(config.max_path_tag_length), Spans::push)));
+    let log_batches = to_logs.is_some().then(|| batches((wire::Encoder::default(), Logs::push)));
+    let exports_metrics = to_metrics.is_some();
     let metrics_interval = config.metrics_interval;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (to_spans, to_logs) = (span_batches.clone(), log_batches.clone());
+    let (spans, logs) = (span_batches.clone(), log_batches.clone());
     let export = async move {
-        let client = destination.connect(gzip, export_timeout, &headers);
-        let spans = drain.clone().spawn::<Spans>(client.clone(), to_spans, shutdown_rx.clone());
-        let logs = drain.clone().spawn::<Logs>(client.clone(), to_logs, shutdown_rx.clone());
-        let metric_task = tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, shutdown_rx));
-        for task in [spans, logs, metric_task] {
+        let shared = shared.map(|destination| destination.connect(gzip, export_timeout, &headers));
+        let client = |route: Option<Route>| match route? {
+            Route::Shared => shared.clone(),
+            Route::Own(destination, headers) => Some(destination.connect(gzip, export_timeout, &headers)),
+        };
+        let mut tasks = Vec::new();
+        if let (Some(client), Some(batches)) = (client(to_spans), spans) {
+            tasks.push(drain.clone().spawn::<Spans>(client, batches, shutdown_rx.clone()));
+        }
+        if let (Some(client), Some(batches)) = (client(to_logs), logs) {
+            tasks.push(drain.clone().spawn::<Logs>(client, batches, shutdown_rx.clone()));
+        }
+        if let Some(client) = client(to_metrics) {
+            tasks.push(tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, shutdown_rx)));
+        }
+        for task in tasks {
             let _ = task.await;
         }
     };
@@ -447,14 +494,18 @@ pub(super) fn spawn(
         Ok(runtime) if !gzip => Running::Tasks(runtime.spawn(export)),
         _ => Running::Thread(export_thread(&identity.workload, export)?),
     };
-    Ok(Started { handle: ExportHandle { shutdown: Some(shutdown_tx), running }, spans: span_batches, logs: log_batches })
+    let handle = ExportHandle { shutdown: Some(shutdown_tx), running };
+    Ok(Some(Started { handle, spans: span_batches, logs: log_batches, metrics: exports_metrics }))
 }
 
-/// The running export and the batches the request path encodes records into.
+/// The running export and the batches the request path encodes records into, for the
+/// signals exported.
 pub(super) struct Started {
     pub handle: ExportHandle,
-    pub spans: Arc<Batches>,
-    pub logs: Arc<Batches>,
+    pub spans: Option<Arc<Batches>>,
+    pub logs: Option<Arc<Batches>>,
+    /// Whether metrics are exported.
+    pub metrics: bool,
 }
 
 /// Runs `export` on a thread of its own, with a single-threaded runtime.

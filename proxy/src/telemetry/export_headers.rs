@@ -1,7 +1,8 @@
 //! Headers sent with every export request: a backend's API key or tenant
 //! (`authorization`, `x-scope-orgid`, ...), from the `[telemetry] otlp_headers` table and
 //! OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS` variable (`key=value` pairs joined by commas,
-//! values percent-encoded), the table winning a name both set.
+//! values percent-encoded), the table winning a name both set; a signal's own
+//! (`[telemetry.logs] headers`, `OTEL_EXPORTER_OTLP_LOGS_HEADERS`) replace them for it.
 //!
 //! Over OTLP/gRPC they go as metadata, over OTLP/HTTP as headers. The headers the exporter
 //! writes itself (the content's type, encoding and length, the transport's) cannot be set:
@@ -53,23 +54,23 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> 
 }
 
 impl ExportHeaders {
-    /// The `[telemetry] otlp_headers` table, checked.
-    pub fn from_table(table: &BTreeMap<String, String>) -> Result<Self, String> {
+    /// A table of headers (the `setting` named in errors), checked.
+    pub fn from_table(setting: &str, table: &BTreeMap<String, String>) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in table {
-            let (name, value) = header(name, value).map_err(|e| format!("telemetry.otlp_headers: {e}"))?;
+            let (name, value) = header(name, value).map_err(|e| format!("{setting}: {e}"))?;
             headers.insert(name, value);
         }
         Ok(Self(headers))
     }
 
-    /// Adds the headers of `OTEL_EXPORTER_OTLP_HEADERS`'s `value` the table does not name:
-    /// what was left out, and why, for the log. A variable that does not parse is ignored
-    /// whole, as OpenTelemetry's SDKs ignore it.
-    pub fn add_environment(&mut self, value: &str) -> Vec<String> {
+    /// Adds the headers of the variable `var`'s `value` (`OTEL_EXPORTER_OTLP_HEADERS`, or a
+    /// signal's) the table does not name: what was left out, and why, for the log. A
+    /// variable that does not parse is ignored whole, as OpenTelemetry's SDKs ignore it.
+    pub fn add_environment(&mut self, var: &str, value: &str) -> Vec<String> {
         // The values are secrets: a list that does not parse is not quoted.
-        otel_env::add_list(ENV_VAR, value, otel_env::Quote::No, |name, value| {
-            let (name, value) = header(&name, &value).map_err(|e| format!("{ENV_VAR}: skipped, {e}"))?;
+        otel_env::add_list(var, value, otel_env::Quote::No, |name, value| {
+            let (name, value) = header(&name, &value).map_err(|e| format!("{var}: skipped, {e}"))?;
             self.0.entry(name).or_insert(value);
             Ok(())
         })
@@ -95,8 +96,9 @@ mod tests {
 
     #[test]
     fn the_table_sets_headers_but_not_the_exporters_own_and_the_variable_adds_what_it_does_not_name() {
-        let mut headers = ExportHeaders::from_table(&table(&[("Authorization", "Bearer s3cret"), ("x-scope-orgid", "shop")])).expect("valid");
-        let skipped = headers.add_environment("x-scope-orgid=other, x-tenant=east%20side,content-type=text/plain,bad name=1");
+        let set = table(&[("Authorization", "Bearer s3cret"), ("x-scope-orgid", "shop")]);
+        let mut headers = ExportHeaders::from_table("telemetry.otlp_headers", &set).expect("valid");
+        let skipped = headers.add_environment(ENV_VAR, "x-scope-orgid=other, x-tenant=east%20side,content-type=text/plain,bad name=1");
         assert_eq!(
             listed(&headers),
             [("authorization", "Bearer s3cret"), ("x-scope-orgid", "shop"), ("x-tenant", "east side")].map(|(k, v)| (k.into(), v.into())),
@@ -104,7 +106,7 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].contains("content-type") && skipped[1].contains("bad name"), "{skipped:?}");
         for (name, value) in [("content-type", "x"), ("grpc-timeout", "1S"), ("connection", "close"), ("x a", "1"), ("x-key", "a\nb")] {
-            let error = ExportHeaders::from_table(&table(&[(name, value)])).expect_err("refused");
+            let error = ExportHeaders::from_table("telemetry.otlp_headers", &table(&[(name, value)])).expect_err("refused");
             assert!(error.starts_with("telemetry.otlp_headers: ") && !error.contains("a\nb"), "{error}");
         }
         assert_eq!(format!("{headers:?}"), r#"{"authorization", "x-scope-orgid", "x-tenant"}"#, "no value in Debug");
@@ -113,7 +115,7 @@ mod tests {
     #[test]
     fn a_variable_that_does_not_parse_is_ignored_whole_without_repeating_it() {
         let mut headers = ExportHeaders::default();
-        let skipped = headers.add_environment("authorization=Bearer%zzs3cret");
+        let skipped = headers.add_environment(ENV_VAR, "authorization=Bearer%zzs3cret");
         assert!(headers.map().is_empty());
         assert!(skipped.len() == 1 && !skipped[0].contains("s3cret"), "{skipped:?}");
     }

@@ -398,6 +398,8 @@ struct Inner {
     stats: TelemetryStats,
     spans: Option<Queue>,
     logs: Option<Queue>,
+    /// Whether metric points carry exemplars: spans and metrics are both exported.
+    exemplars: bool,
     stdout: Option<access_log::StdoutAccessLog>,
     /// The headers records keep: those the stdout access log prints and those kept as
     /// attributes.
@@ -418,17 +420,17 @@ impl Telemetry {
     ) -> Result<(Self, ExportHandle), crate::error::StartError> {
         let stats = TelemetryStats::default();
         let metrics = RequestMetrics::new(config.labels.clone(), stats.clone());
-        let (spans, logs, handle) = match &config.otlp_endpoint {
-            Some(endpoint) => {
-                let started = export::spawn(endpoint, config, identity.clone(), metrics.clone(), stats.clone())?;
-                (
-                    Some(Queue { batches: started.spans, signal: "spans" }),
-                    Some(Queue { batches: started.logs, signal: "logs" }),
-                    started.handle,
-                )
-            }
-            None => (None, None, ExportHandle::disabled()),
+        let (spans, logs, handle, exemplars) = match export::spawn(config, identity.clone(), metrics.clone(), stats.clone())? {
+            Some(started) => (
+                started.spans.map(|batches| Queue { batches, signal: "spans" }),
+                started.logs.map(|batches| Queue { batches, signal: "logs" }),
+                started.handle,
+                started.metrics,
+            ),
+            None => (None, None, ExportHandle::disabled(), false),
         };
+        // An exemplar names an exported span on an exported metric point.
+        let exemplars = exemplars && spans.is_some();
         let filter = &config.stdout_access_log_filter;
         let start = |format| access_log::StdoutAccessLog::start(format, filter.clone(), config.queue_capacity);
         let stdout = config.stdout_access_log.clone().map(start);
@@ -450,6 +452,7 @@ impl Telemetry {
             stats,
             spans,
             logs,
+            exemplars,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((Self { inner: Arc::new(inner) }, handle))
@@ -522,7 +525,7 @@ impl Telemetry {
         }
         // A request whose span is exported may stand for its duration bucket (an exemplar).
         let keeps_span = self.keeps_span(&record);
-        inner.metrics.observe(&record, keeps_span && inner.spans.is_some());
+        inner.metrics.observe(&record, keeps_span && inner.exemplars);
         inner.requests[record.side.index()][usize::from(record.classification.outcome == Outcome::Failure)].inc();
         if let Some(stdout) = &inner.stdout {
             stdout.write(&record, &inner.stats);

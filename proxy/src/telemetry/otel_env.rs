@@ -1,7 +1,7 @@
 //! What OpenTelemetry's environment variables mean to the sidecar: the list format of
 //! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS` (`key=value` members joined by
-//! commas, W3C Baggage's format without its properties), and the values of the exporter's,
-//! sampler's and propagators' variables ([`crate::config::RawTelemetry::fill_from_environment`]
+//! commas, W3C Baggage's format without its properties), and the values of the exporter's
+//! (the signal-specific ones too), sampler's and propagators' variables ([`crate::config::RawTelemetry::fill_from_environment`]
 //! reads them).
 
 use crate::trace_context::Format;
@@ -73,6 +73,40 @@ pub fn choice<T: Copy>(value: Option<String>, name: &str, known: &[(&str, T)], i
         ignored.push(format!("{name}={value:?} ignored: the sidecar takes {}", names.join(" or ")));
     }
     chosen
+}
+
+/// A signal's endpoint setting from its variables (`signal` is `TRACES`, `LOGS` or
+/// `METRICS`): empty (not exported) when `OTEL_<signal>_EXPORTER` is `none`, else
+/// `OTEL_EXPORTER_OTLP_<signal>_ENDPOINT`, if set. An exporter the sidecar does not have
+/// (`zipkin`, `console`, ...) is noted in `ignored`: the signal goes on as OTLP.
+pub fn signal_endpoint(signal: &str, read: &dyn Fn(&str) -> Option<String>, ignored: &mut Vec<String>) -> Option<String> {
+    let name = format!("OTEL_{signal}_EXPORTER");
+    if let Some(exporters) = read(&name) {
+        let exporters: Vec<&str> = exporters.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+        if exporters == ["none"] {
+            return Some(String::new());
+        }
+        let others: Vec<&str> = exporters.iter().copied().filter(|e| *e != "otlp").collect();
+        if !others.is_empty() {
+            ignored.push(format!("{name}: {} ignored: the sidecar exports OTLP (or none)", others.join(", ")));
+        }
+    }
+    read(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+}
+
+/// Notes for the signal-specific exporter variables the sidecar does not read (protocol,
+/// compression, timeout, TLS): it sends every signal with the same ones.
+pub fn per_signal_settings(read: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut ignored = Vec::new();
+    for signal in ["TRACES", "LOGS", "METRICS"] {
+        for setting in ["PROTOCOL", "COMPRESSION", "TIMEOUT", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE"] {
+            let name = format!("OTEL_EXPORTER_OTLP_{signal}_{setting}");
+            if read(&name).is_some() {
+                ignored.push(format!("{name} ignored: the sidecar has no per-signal {}", setting.to_lowercase().replace('_', " ")));
+            }
+        }
+    }
+    ignored
 }
 
 /// The ratio of new traces `OTEL_TRACES_SAMPLER` (with `OTEL_TRACES_SAMPLER_ARG`) samples.

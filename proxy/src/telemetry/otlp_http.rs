@@ -1,5 +1,6 @@
 //! OTLP/HTTP transport: export requests `POST`ed as protobuf to `/v1/traces`, `/v1/logs` and
-//! `/v1/metrics` under the configured endpoint, optionally gzip-compressed.
+//! `/v1/metrics` under the configured endpoint (or to a signal's own URL), optionally
+//! gzip-compressed.
 //!
 //! What an answer means follows OTLP/HTTP: a 2xx carries the export response (with any
 //! partial success); 429, 502, 503 and 504 are retryable, after the `Retry-After` the
@@ -34,11 +35,14 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     base: String,
+    /// Whether `base` is the URL itself (a signal's own endpoint), not a prefix of one.
+    exact: bool,
 }
 
 impl Target {
-    /// Checks `endpoint` (`http://host:port`, perhaps with a path prefix).
-    pub(super) fn parse(endpoint: &str) -> Result<Self, StartError> {
+    /// Checks `endpoint` (`http://host:port`, perhaps with a path prefix), to which each
+    /// signal's path is appended, or which is the URL itself when `exact`.
+    pub(super) fn parse(endpoint: &str, exact: bool) -> Result<Self, StartError> {
         let invalid = |reason: String| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason };
         let uri: Uri = endpoint.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
         match uri.scheme_str() {
@@ -49,11 +53,13 @@ impl Target {
         if uri.authority().is_none() || uri.query().is_some() {
             return Err(invalid("an OTLP/HTTP endpoint is http://host:port, perhaps with a path, without a query".into()));
         }
-        Ok(Self { base: endpoint.trim_end_matches('/').to_owned() })
+        let base = if exact { endpoint } else { endpoint.trim_end_matches('/') };
+        Ok(Self { base: base.to_owned(), exact })
     }
 
     /// The URI a signal is posted to (`path` is e.g. `/v1/traces`).
     fn uri(&self, path: &str) -> Result<Uri, Failed> {
+        let path = if self.exact { "" } else { path };
         format!("{}{path}", self.base).parse().map_err(|e: http::uri::InvalidUri| Failed::final_error("invalid_uri", e.to_string()))
     }
 }
@@ -202,12 +208,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked_and_signals_appended() {
-        let target = Target::parse("http://127.0.0.1:4318/").expect("plain");
+        let target = Target::parse("http://127.0.0.1:4318/", false).expect("plain");
         assert_eq!(target.uri("/v1/traces").expect("uri"), "http://127.0.0.1:4318/v1/traces");
-        let prefixed = Target::parse("http://collector:4318/otlp").expect("with a path");
+        let prefixed = Target::parse("http://collector:4318/otlp", false).expect("with a path");
         assert_eq!(prefixed.uri("/v1/logs").expect("uri"), "http://collector:4318/otlp/v1/logs");
+        let own = Target::parse("http://logs:3100/otlp/v1/logs", true).expect("a signal's own URL");
+        assert_eq!(own.uri("/v1/logs").expect("uri"), "http://logs:3100/otlp/v1/logs", "as written");
         for bad in ["https://collector:4318", "collector:4318", "http://", "http://c:4318/?x=1", "not a uri"] {
-            assert!(Target::parse(bad).is_err(), "{bad} is refused");
+            assert!(Target::parse(bad, false).is_err() && Target::parse(bad, true).is_err(), "{bad} is refused");
         }
     }
 
