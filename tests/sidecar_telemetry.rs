@@ -1208,6 +1208,35 @@ fn request_heads_the_sidecar_cannot_read_are_still_logged_and_counted() {
     assert_eq!(prom_sum(&exposition, "meshlens_proxy_downstream_header_timeouts_total", &[("direction", "outbound")]), 1.0);
 }
 
+#[test]
+fn an_http2_header_list_over_the_limit_gets_431_and_is_recorded() {
+    let dir = TestDir::new("h2-head-limit");
+    let hop = RawHop::start_with(&dir, "shop", silent_app, "[connections]\nmax_request_headers_kb = 8");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = runtime.block_on(async {
+        let mut sender = http2_caller(hop.tester.outbound).await;
+        let cookie = "c".repeat(12 * 1024);
+        let get = http::Request::get("http://shop/big-cookie").header("cookie", cookie);
+        let answer = sender.send_request(get.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request")).await;
+        answer.expect("an answer").status()
+    });
+    assert_eq!(status, 431);
+    // Recorded as any request the sidecar refuses: access log, span, request metrics.
+    let body = wait_for("the access log", Duration::from_secs(15), || {
+        let rows = hop.collector.sql_rows("SELECT body FROM logs WHERE body LIKE '%/big-cookie%'");
+        rows.into_iter().next().and_then(|row| row[0].as_str().map(str::to_owned))
+    });
+    assert!(body.starts_with("GET /big-cookie HTTP/2 431 DPE "), "{body}");
+    let row = wait_for("the span", Duration::from_secs(15), || {
+        let query = "SELECT response_flags, http_status_code FROM spans WHERE kind = 'client' AND attributes LIKE '%/big-cookie%'";
+        hop.collector.sql_rows(query).pop()
+    });
+    assert_eq!((&row[0], &row[1]), (&Value::from("DPE"), &Value::from(431)));
+    let exposition = get(hop.tester.admin, "/metrics").body;
+    let failures = prom_sum(&exposition, "meshlens_proxy_requests_total", &[("direction", "outbound"), ("classification", "failure")]);
+    assert_eq!(failures, 1.0);
+}
+
 /// An app that answers its first request `502` at once, and reads every later one and never
 /// answers it (holding the connection for ten seconds).
 fn fails_then_hangs_app(addr: std::net::SocketAddr) {

@@ -64,6 +64,14 @@ pub enum ProxyError {
         /// The idle timeout that expired.
         after: std::time::Duration,
     },
+    /// An HTTP/2 request's header list is over `[connections] max_request_headers_kb`.
+    #[error("the request's header list is {size} bytes, over the limit of {limit}")]
+    HeadersTooLarge {
+        /// Its size, as HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE` counts it.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The request could not be rewritten for the upstream (invalid URI parts).
     #[error("request cannot be forwarded: {0}")]
     BadRequest(String),

@@ -24,8 +24,9 @@ pub fn stack(
         .layer(ObserveLayer::inbound(telemetry, app, config.inbound_routes.clone(), config.stream_idle_timeout))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
-        // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.
-        .layer(AdmitLayer)
+        // Refuses requests with an ambiguous target (two `Host`s, a bad one), `CONNECT`, and
+        // HTTP/2 header lists over the limit.
+        .layer(AdmitLayer::new(config.connections.max_request_headers))
         // Bounds a gRPC call by its caller's deadline, as the caller's own sidecar does: the
         // call's span here ends with it too, whether or not the caller is in the mesh. Plain
         // HTTP requests have no inbound timeout (the application's own time).

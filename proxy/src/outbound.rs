@@ -27,8 +27,9 @@ pub fn stack(
         .layer(ObserveLayer::outbound(telemetry.clone(), config.stream_idle_timeout))
         // Turns failures inside the sidecar into responses that carry response flags.
         .layer(ErrorsLayer)
-        // Refuses requests with an ambiguous target (two `Host`s, a bad one) and `CONNECT`.
-        .layer(AdmitLayer)
+        // Refuses requests with an ambiguous target (two `Host`s, a bad one), `CONNECT`, and
+        // HTTP/2 header lists over the limit.
+        .layer(AdmitLayer::new(config.connections.max_request_headers))
         // Resolves the destination service from the request's authority.
         .layer(RouteLayer::new(&config.services))
         // Bounds how long the service may take to answer, all attempts together.

@@ -77,8 +77,9 @@ pub struct ConnectionLimits {
     pub request_headers_timeout: Option<Duration>,
     /// The largest request head taken, in bytes (at least 8 KiB): an HTTP/1 request line
     /// and headers (a larger one gets hyper's `431`, and hyper reads no more than this at
-    /// once), an HTTP/2 header list as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (`h2`
-    /// answers a larger one `431`).
+    /// once), an HTTP/2 header list as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it. A
+    /// connection takes HTTP/2 header lists up to twice this, so that the stack answers (and
+    /// records) those over it (`crate::stack::admit`); `h2` answers a larger one `431` itself.
     pub max_request_headers: usize,
 }
 
@@ -116,7 +117,7 @@ pub async fn serve<S>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let head_limit = limits.max_request_headers.max(LEAST_REQUEST_HEADERS);
     builder.http1().max_buf_size(head_limit);
-    builder.http2().max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX));
+    builder.http2().max_header_list_size(u32::try_from(head_limit.saturating_mul(2)).unwrap_or(u32::MAX));
     // Every connection's task holds a receiver; the sender sees them all gone.
     let (open, open_rx) = watch::channel(());
     let listening = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -359,13 +360,14 @@ mod tests {
             let reset = read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) && answer.is_empty();
             assert!(answer.starts_with(status) || (reset && kib == 70), "{kib} KiB over HTTP/1.1: {answer}");
         }
-        // HTTP/2 takes as much (hyper's own default is 16 KiB).
+        // An HTTP/2 connection takes up to twice as much (hyper's own default is 16 KiB): the
+        // stack refuses what is over the limit, and records it.
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (mut h2, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("handshake");
         tokio::spawn(connection);
-        for (kib, taken) in [(50, true), (70, false)] {
+        for (kib, taken) in [(50, true), (110, true), (130, false)] {
             let req = http::Request::get(format!("http://{addr}/")).header("cookie", cookie(kib)).body(body::full("")).expect("request");
             h2.ready().await.expect("ready");
             let answer = h2.send_request(req).await;

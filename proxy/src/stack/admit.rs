@@ -9,6 +9,12 @@
 //!   9113, 8.3.1);
 //! - a request target with user information (`http://user@host/`, RFC 9110, 4.2.4);
 //! - `CONNECT`: the sidecar forwards requests, it does not open tunnels.
+//!
+//! And an HTTP/2 request whose header list is over `[connections] max_request_headers_kb`
+//! gets 431 (flag `DPE`). The connection takes header lists up to twice that, so that such a
+//! request reaches this layer, under the observing one, and is recorded as any other: `h2`
+//! answers a larger one 431 itself, and nothing records that. HTTP/1.1 heads over the limit
+//! are refused and recorded where they are read (`crate::telemetry::unread`).
 
 use std::task::{Context, Poll};
 
@@ -20,20 +26,30 @@ use crate::error::ProxyError;
 use super::{BoxFuture, Request, plain_host_port};
 
 /// Adds [`Admit`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AdmitLayer;
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitLayer {
+    max_header_list: usize,
+}
+
+impl AdmitLayer {
+    /// Refuses what [`refusal`] refuses, and HTTP/2 header lists over `max_header_list` bytes.
+    pub fn new(max_header_list: usize) -> Self {
+        Self { max_header_list }
+    }
+}
 
 impl<S> Layer<S> for AdmitLayer {
     type Service = Admit<S>;
     fn layer(&self, inner: S) -> Admit<S> {
-        Admit { inner }
+        Admit { inner, max_header_list: self.max_header_list }
     }
 }
 
-/// Passes on the requests [`refusal`] finds nothing wrong with.
+/// Passes on the requests [`refusal`] finds nothing wrong with, and whose header list fits.
 #[derive(Debug, Clone)]
 pub struct Admit<S> {
     inner: S,
+    max_header_list: usize,
 }
 
 impl<S> Service<Request> for Admit<S>
@@ -50,11 +66,29 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match refusal(&req) {
-            None => self.inner.call(req),
-            Some(why) => Box::pin(std::future::ready(Err(ProxyError::BadRequest(why.into())))),
+        if let Some(why) = refusal(&req) {
+            return Box::pin(std::future::ready(Err(ProxyError::BadRequest(why.into()))));
         }
+        if req.version() == Version::HTTP_2 {
+            let size = header_list_size(&req);
+            if size > self.max_header_list {
+                return Box::pin(std::future::ready(Err(ProxyError::HeadersTooLarge { size, limit: self.max_header_list })));
+            }
+        }
+        self.inner.call(req)
     }
+}
+
+/// The size of an HTTP/2 request's header list as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it
+/// (RFC 9113, 6.5.2): each field's name and value and 32 bytes, pseudo-header fields included.
+fn header_list_size<B>(req: &http::Request<B>) -> usize {
+    let field = |name: &str, value: usize| name.len() + value + 32;
+    let uri = req.uri();
+    let pseudo = field(":method", req.method().as_str().len())
+        + uri.scheme_str().map_or(0, |scheme| field(":scheme", scheme.len()))
+        + uri.authority().map_or(0, |authority| field(":authority", authority.as_str().len()))
+        + field(":path", uri.path_and_query().map_or(1, |path| path.as_str().len()));
+    pseudo + req.headers().iter().map(|(name, value)| field(name.as_str(), value.len())).sum::<usize>()
 }
 
 /// Why `req` cannot be forwarded, if it cannot.
@@ -140,5 +174,25 @@ mod tests {
             let req = request(method, version, uri, hosts);
             assert_eq!(refusal(&req).is_none(), admitted, "{method} {version:?} {uri} {hosts:?}: {:?}", refusal(&req));
         }
+    }
+
+    #[tokio::test]
+    async fn http2_header_lists_over_the_limit_get_431_as_the_connection_counts_them() {
+        use tower::ServiceExt;
+        // :method GET (42), :scheme http (43), :authority reviews (49), :path /a (39), and
+        // `cookie: <n bytes>` (38 + n).
+        let sized = |n: usize, version: Version| {
+            let mut req = request("GET", version, "http://reviews/a", &[]).map(|()| crate::body::full(""));
+            req.headers_mut().insert("cookie", http::HeaderValue::from_str(&"c".repeat(n)).expect("value"));
+            req
+        };
+        assert_eq!(header_list_size(&sized(1000, Version::HTTP_2)), 42 + 43 + 49 + 39 + 38 + 1000);
+        let limit = 42 + 43 + 49 + 39 + 38 + 1000;
+        let inner = tower::service_fn(|_: Request| async { Ok::<_, ProxyError>(http::Response::new(crate::body::full("ok"))) });
+        let admit = |req| AdmitLayer::new(limit).layer(tower::util::BoxCloneService::new(inner)).oneshot(req);
+        assert!(admit(sized(1000, Version::HTTP_2)).await.is_ok(), "at the limit");
+        let refused = admit(sized(1001, Version::HTTP_2)).await.expect_err("over it");
+        assert!(matches!(refused, ProxyError::HeadersTooLarge { size, limit: l } if size == limit + 1 && l == limit), "{refused}");
+        assert!(admit(sized(1001, Version::HTTP_11)).await.is_ok(), "HTTP/1.1 heads are bounded where they are read");
     }
 }

@@ -70,6 +70,8 @@ pub fn status_and_flags(error: &ProxyError) -> (StatusCode, ResponseFlags, i32) 
         ProxyError::NoAuthority | ProxyError::BadRequest(_) => {
             (StatusCode::BAD_REQUEST, ResponseFlags::BAD_REQUEST, 3)
         }
+        // gRPC's code for metadata over a limit.
+        ProxyError::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, ResponseFlags::BAD_REQUEST, 8),
         ProxyError::UnsupportedTransferCoding { .. } => (StatusCode::NOT_IMPLEMENTED, ResponseFlags::BAD_REQUEST, 12),
         ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE, 12),
         ProxyError::NoEndpoint { .. } => {
