@@ -43,6 +43,8 @@ enum Field {
     /// The path and its query (secrets redacted), as Envoy's `%REQ(:PATH)%`.
     PathAndQuery,
     Authority,
+    /// The original request's scheme (`https` when its proxies say so), as `url.scheme`.
+    Scheme,
     UserAgent,
     RequestId,
     Protocol,
@@ -298,6 +300,7 @@ fn header_sources(inner: &str, part: Part, without_query: bool, names: &mut Head
                 ":PATH" | "X-ENVOY-ORIGINAL-PATH" if without_query => Some(Field::Path),
                 ":PATH" | "X-ENVOY-ORIGINAL-PATH" => Some(Field::PathAndQuery),
                 ":AUTHORITY" | "HOST" => Some(Field::Authority),
+                ":SCHEME" => Some(Field::Scheme),
                 "USER-AGENT" => Some(Field::UserAgent),
                 "X-REQUEST-ID" => Some(Field::RequestId),
                 _ => None,
@@ -689,6 +692,7 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
             None => write!(line, "{}", path(r)),
         },
         Field::Authority => write!(line, "{}", dash(r.authority.as_ref())),
+        Field::Scheme => write!(line, "{}", r.origin.scheme),
         Field::UserAgent => write!(line, "{}", dash(r.user_agent.as_ref())),
         Field::RequestId => write!(line, "{}", dash(r.request_id.as_ref())),
         Field::Protocol => write!(line, "HTTP/{}", r.protocol_version()),
@@ -812,9 +816,11 @@ mod tests {
 
     #[test]
     fn text_formats_parse_and_render_envoy_fields() {
-        let f = AccessLogFormat::text("%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% 100%% %DURATION%ms").expect("valid");
-        let r = record(true, crate::classify::Outcome::Success, 12);
-        assert_eq!(f.render(&r), "GET / 200 - 100% 12ms");
+        let f = AccessLogFormat::text("%REQ(:METHOD)% %REQ(:SCHEME)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% 100%% %DURATION%ms");
+        let mut r = record(true, crate::classify::Outcome::Success, 12);
+        assert_eq!(f.as_ref().expect("valid").render(&r), "GET http / 200 - 100% 12ms");
+        r.origin.scheme = "https";
+        assert_eq!(f.expect("valid").render(&r), "GET https / 200 - 100% 12ms", "as the caller's proxies say");
         assert!(AccessLogFormat::text(DEFAULT_FORMAT).is_ok());
         assert!(AccessLogFormat::text("%NOPE%").expect_err("unknown").contains("%NOPE%"));
         assert!(AccessLogFormat::text("%START_TIME").is_err());
