@@ -119,9 +119,10 @@ fn a_collector_that_never_answers_costs_nothing_but_telemetry() {
 
 mod fake {
     //! Collectors that misbehave: one out of room (RESOURCE_EXHAUSTED with a RetryInfo), one
-    //! slow to answer.
+    //! slow to answer. They keep what the tests look for: export headers, trace IDs, process
+    //! figures.
     use std::{
-        collections::BTreeSet,
+        collections::{BTreeMap, BTreeSet},
         sync::{
             Arc, Mutex,
             atomic::{AtomicU64, Ordering},
@@ -135,6 +136,9 @@ mod fake {
         trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::{TraceService, TraceServiceServer}},
     };
     use tonic::{Code, Request, Response, Status, codec::CompressionEncoding::Gzip};
+
+    /// A process figure's `service.name`, metric name and `cpu.mode` (or empty).
+    pub type FigureKey = (String, String, String);
 
     /// How the fake collector answers every export.
     #[derive(Clone, Copy)]
@@ -156,6 +160,8 @@ mod fake {
         /// The trace IDs of the spans exported, and of the duration histograms' exemplars.
         pub span_traces: Arc<Mutex<BTreeSet<Vec<u8>>>>,
         pub exemplar_traces: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+        /// The latest `process.*` figures, by `service.name`, metric name and `cpu.mode`.
+        pub process: Arc<Mutex<BTreeMap<FigureKey, f64>>>,
     }
 
     impl Fake {
@@ -202,7 +208,7 @@ mod fake {
     impl MetricsService for Fake {
         async fn export(&self, r: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
             self.saw(&r);
-            use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+            use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
             let metrics = r.get_ref().resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics);
             let points = metrics.filter_map(|m| match &m.data {
                 Some(Data::Histogram(h)) if m.name.ends_with(".request.duration") => Some(&h.data_points),
@@ -210,7 +216,34 @@ mod fake {
             });
             let exemplars = points.flatten().flat_map(|p| &p.exemplars).map(|e| e.trace_id.clone());
             self.exemplar_traces.lock().expect("lock").extend(exemplars);
+            for resource_metrics in &r.get_ref().resource_metrics {
+                let resource = resource_metrics.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
+                let service = string_attribute(resource, "service.name");
+                let metrics = resource_metrics.scope_metrics.iter().flat_map(|s| &s.metrics).filter(|m| m.name.starts_with("process."));
+                for m in metrics {
+                    let Some(Data::Sum(sum)) = &m.data else { continue };
+                    for p in &sum.data_points {
+                        let value = match p.value {
+                            Some(Value::AsDouble(v)) => v,
+                            Some(Value::AsInt(v)) => v as f64,
+                            None => f64::NAN,
+                        };
+                        let key = (service.clone(), m.name.clone(), string_attribute(&p.attributes, "cpu.mode"));
+                        self.process.lock().expect("lock").insert(key, value);
+                    }
+                }
+            }
             self.answer(0, &AtomicU64::new(0)).await
+        }
+    }
+
+    /// The string value of `key` among `attributes`, or empty.
+    fn string_attribute(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> String {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let value = attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref());
+        match value {
+            Some(Value::StringValue(s)) => s.clone(),
+            _ => String::new(),
         }
     }
 
@@ -223,6 +256,7 @@ mod fake {
             headers: Arc::default(),
             span_traces: Arc::default(),
             exemplar_traces: Arc::default(),
+            process: Arc::default(),
         };
         let served = fake.clone();
         runtime.spawn(async move {
@@ -614,4 +648,28 @@ fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
     assert!(seen.logs >= n && seen.spans == 0, "{} log records, {} spans at the logs backend", seen.logs, seen.spans);
     assert_eq!(seen.paths, std::collections::BTreeSet::from(["/otlp/v1/logs".to_owned()]), "posted to the URL as written");
     assert_eq!(seen.headers, std::collections::BTreeSet::from(["-|shop|-".to_owned()]), "its own headers only");
+}
+
+#[test]
+fn a_sidecar_exports_its_process_figures_even_while_idle() {
+    let dir = TestDir::new("process");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // No request at all: the figures go out on the metrics interval (the tests' second).
+    let (collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::After(Duration::ZERO), "");
+    let figure = |name: &str, mode: &str| {
+        let key = ("tester".to_owned(), name.to_owned(), mode.to_owned());
+        collector.process.lock().expect("lock").get(&key).copied()
+    };
+    let rss = wait_for("the tester's process figures", Duration::from_secs(10), || figure("process.memory.usage", ""));
+    let scraped = admin_metric(&tester, "process_resident_memory_bytes", &[]);
+    assert!(rss > 1e6 && (rss - scraped).abs() < scraped * 0.5, "exported {rss} bytes resident, scraped {scraped}");
+    assert!(figure("process.cpu.time", "user").is_some() && figure("process.cpu.time", "system").is_some(), "CPU time by mode");
+    assert!(figure("process.thread.count", "").is_some_and(|n| n >= 1.0));
+    assert!(figure("process.unix.file_descriptor.count", "").is_some_and(|n| n >= 3.0));
+    // Requests cost CPU time, which the next exports show.
+    traffic(&dir, &tester, 500);
+    wait_for("the tester's CPU time to grow", Duration::from_secs(10), || {
+        let cpu = figure("process.cpu.time", "user").unwrap_or(0.0) + figure("process.cpu.time", "system").unwrap_or(0.0);
+        (cpu > 0.0).then_some(())
+    });
 }

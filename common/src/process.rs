@@ -3,7 +3,8 @@
 //! on its `/metrics` as Linkerd's proxy and Envoy show theirs: `process_cpu_seconds_total`,
 //! `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
 //! `process_max_fds`, `process_threads` and `process_start_time_seconds`. A figure that
-//! cannot be read (another system than Linux, a `/proc` not mounted) is left out.
+//! cannot be read (another system than Linux, a `/proc` not mounted) is left out. A sidecar
+//! exports the same [`Reading`] over OTLP too.
 
 use std::fmt;
 
@@ -18,21 +19,30 @@ use prometheus_client::{
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessCollector;
 
-/// One reading of the process's figures.
+/// One reading of the process's figures; each `None` when it cannot be read.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Reading {
-    cpu_seconds: Option<f64>,
-    resident_bytes: Option<u64>,
-    virtual_bytes: Option<u64>,
-    open_fds: Option<u64>,
-    max_fds: Option<u64>,
-    threads: Option<u64>,
-    start_time_seconds: Option<f64>,
+pub struct Reading {
+    /// CPU time in user mode, seconds.
+    pub cpu_user_seconds: Option<f64>,
+    /// CPU time in the kernel on the process's behalf, seconds.
+    pub cpu_system_seconds: Option<f64>,
+    /// Resident memory, bytes.
+    pub resident_bytes: Option<u64>,
+    /// Virtual memory, bytes.
+    pub virtual_bytes: Option<u64>,
+    /// Open file descriptors.
+    pub open_fds: Option<u64>,
+    /// The most file descriptors the process may open.
+    pub max_fds: Option<u64>,
+    /// Operating system threads.
+    pub threads: Option<u64>,
+    /// When the process started, seconds since the Unix epoch.
+    pub start_time_seconds: Option<f64>,
 }
 
 impl Reading {
     /// Reads `/proc/self` (and `/proc/stat` for the boot time).
-    fn now() -> Self {
+    pub fn now() -> Self {
         let read = |path: &str| std::fs::read_to_string(path).ok();
         let ticks = clock_ticks_per_second();
         let stat = read("/proc/self/stat").and_then(|text| Stat::parse(&text));
@@ -40,7 +50,8 @@ impl Reading {
         let status = read("/proc/self/status").unwrap_or_default();
         let kib = |key: &str| field(&status, key).and_then(|v| v.trim_end_matches(" kB").trim().parse::<u64>().ok()).map(|k| k * 1024);
         Self {
-            cpu_seconds: stat.map(|s| (s.utime + s.stime) as f64 / ticks as f64),
+            cpu_user_seconds: stat.map(|s| s.utime as f64 / ticks as f64),
+            cpu_system_seconds: stat.map(|s| s.stime as f64 / ticks as f64),
             resident_bytes: kib("VmRSS"),
             virtual_bytes: kib("VmSize"),
             open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|entries| entries.count() as u64),
@@ -97,7 +108,8 @@ impl Stat {
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let r = Reading::now();
-        if let Some(seconds) = r.cpu_seconds {
+        if let (Some(user), Some(system)) = (r.cpu_user_seconds, r.cpu_system_seconds) {
+            let seconds = user + system;
             let metric = ConstCounter::new(seconds);
             let help = "CPU time, user and system";
             let descriptor = encoder.encode_descriptor("process_cpu", help, Some(&Unit::Seconds), metric.metric_type())?;

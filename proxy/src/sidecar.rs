@@ -65,14 +65,14 @@ fn local_addr(what: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<S
 
 impl Sidecar {
     /// Binds the listeners and starts serving, as the one sidecar of its process: its admin
-    /// `/metrics` reports the process's CPU and memory as its own.
+    /// `/metrics` and its metrics export report the process's CPU and memory as its own.
     pub async fn start(config: ProxyConfig) -> Result<Self, StartError> {
         Self::start_with(config, Process::Own).await
     }
 
     /// Binds the listeners and starts serving in a process shared with others (the demo
     /// runs every workload and sidecar in one): the process's CPU and memory are not this
-    /// sidecar's, so its admin `/metrics` leaves them out.
+    /// sidecar's, so its admin `/metrics` and its metrics export leave them out.
     pub async fn start_embedded(config: ProxyConfig) -> Result<Self, StartError> {
         Self::start_with(config, Process::Shared).await
     }
@@ -87,7 +87,8 @@ impl Sidecar {
             admin: local_addr("admin", config.admin_listen, &admin_listener)?,
         };
 
-        let (telemetry, export) = Telemetry::start(Arc::new(config.identity.clone()), &config.telemetry)?;
+        let own_process = process == Process::Own;
+        let (telemetry, export) = Telemetry::start(Arc::new(config.identity.clone()), &config.telemetry, own_process)?;
         // Connections to each upstream workload are counted under its identity.
         let upstreams = config
             .services
@@ -120,7 +121,7 @@ impl Sidecar {
             // The admin server's own connections are not the mesh's traffic.
             tokio::spawn(server::serve(
                 admin_listener,
-                admin::service(&telemetry, process == Process::Own),
+                admin::service(&telemetry, own_process),
                 ConnectionMeter::default(),
                 config.connections,
                 None,

@@ -440,6 +440,7 @@ pub(super) fn spawn(
     identity: Arc<WorkloadIdentity>,
     metrics: RequestMetrics,
     stats: TelemetryStats,
+    own_process: bool,
 ) -> Result<Option<Started>, StartError> {
     let signals = &config.signals;
     let routes = [Route::of(&signals.traces, config)?, Route::of(&signals.logs, config)?, Route::of(&signals.metrics, config)?];
@@ -484,7 +485,7 @@ pub(super) fn spawn(
             tasks.push(drain.clone().spawn::<Logs>(client, batches, shutdown_rx.clone()));
         }
         if let Some(client) = client(to_metrics) {
-            tasks.push(tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, shutdown_rx)));
+            tasks.push(tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, own_process, shutdown_rx)));
         }
         for task in tasks {
             let _ = task.await;
@@ -680,7 +681,9 @@ fn flush_at(origin: Instant, interval: Duration, started: Instant) -> Instant {
     at.or_else(|| started.checked_add(interval)).unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600))
 }
 
-/// Exports the request metrics every `interval`, and once more on shutdown.
+/// Exports the request metrics every `interval`, and once more on shutdown; with them, when
+/// the sidecar is its process's one (`own_process`), the process's CPU, memory, threads and
+/// file descriptors ([`otlp`]'s `process_metrics`).
 ///
 /// The OTLP message and its encoding are made on a thread of their own at the lowest
 /// priority: for 1,900 series they held the request thread for about 40 ms (a request at
@@ -691,6 +694,7 @@ async fn export_metrics(
     drain: Drain,
     metrics: RequestMetrics,
     interval: Duration,
+    own_process: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut health = Health::new(Metrics::SIGNAL);
@@ -707,9 +711,11 @@ async fn export_metrics(
             tcp: tcp_counters(&drain.stats),
             active: [Side::Inbound, Side::Outbound].map(|side| (side, drain.stats.active(side).get())),
             start_unix_nanos: metrics.start_unix_nanos(),
+            own_process,
         };
+        // The process's figures go out even while no request has come.
         let series = snapshot.series.len() as u64;
-        if series > 0
+        if (series > 0 || own_process)
             && let Some(request) = encode_in_background(snapshot, drain.resource.clone()).await
         {
             let request = Arc::new(request);
@@ -735,6 +741,8 @@ struct MetricsSnapshot {
     tcp: Vec<otlp::TcpCounters>,
     active: [(Side, i64); 2],
     start_unix_nanos: u64,
+    /// Whether the sidecar is its process's one, whose figures are its own.
+    own_process: bool,
 }
 
 /// Builds and encodes the export request of `snapshot` on a thread of its own at the lowest
@@ -745,7 +753,10 @@ async fn encode_in_background(snapshot: MetricsSnapshot, resource: Arc<Resource>
     let spawned = std::thread::Builder::new().name("metrics-encode".into()).spawn(move || {
         lowest_priority();
         let now = unix_nanos(SystemTime::now());
-        let request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, &snapshot.series, &snapshot.tcp, &snapshot.active);
+        // Read here, off the request thread: four files and a directory of `/proc/self`.
+        let process = snapshot.own_process.then(meshlens_common::process::Reading::now);
+        let (series, tcp, active) = (&snapshot.series, &snapshot.tcp, &snapshot.active);
+        let request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, series, tcp, active, process.as_ref());
         let _ = tx.send(wire::Request::encoded(request.encode_to_vec()));
     });
     if let Err(e) = spawned {

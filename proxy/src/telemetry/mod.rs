@@ -414,13 +414,16 @@ struct Inner {
 
 impl Telemetry {
     /// Creates the recorder and, when an OTLP endpoint is configured, its export tasks.
+    /// `own_process`: the sidecar is its process's one, whose CPU and memory its metrics
+    /// export reports.
     pub fn start(
         identity: Arc<WorkloadIdentity>,
         config: &TelemetryConfig,
+        own_process: bool,
     ) -> Result<(Self, ExportHandle), crate::error::StartError> {
         let stats = TelemetryStats::default();
         let metrics = RequestMetrics::new(config.labels.clone(), stats.clone());
-        let (spans, logs, handle, exemplars) = match export::spawn(config, identity.clone(), metrics.clone(), stats.clone())? {
+        let (spans, logs, handle, exemplars) = match export::spawn(config, identity.clone(), metrics.clone(), stats.clone(), own_process)? {
             Some(started) => (
                 started.spans.map(|batches| Queue { batches, signal: "spans" }),
                 started.logs.map(|batches| Queue { batches, signal: "logs" }),
@@ -624,7 +627,7 @@ pub(crate) mod tests {
     fn recorder(sampling: Sampling) -> Telemetry {
         let config = TelemetryConfig { otlp_endpoint: None, sampling, ..TelemetryConfig::default() };
         let identity = Arc::new(WorkloadIdentity::new("ns", "svc", "svc-v1", "v1"));
-        Telemetry::start(identity, &config).map(|(t, _)| t).expect("no export")
+        Telemetry::start(identity, &config, false).map(|(t, _)| t).expect("no export")
     }
 
     #[test]

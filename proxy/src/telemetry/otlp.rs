@@ -454,6 +454,7 @@ pub fn metrics_request(
     snapshot: &[(RequestKey, RequestStats)],
     tcp: &TcpSnapshot,
     active: &[(Side, i64)],
+    process: Option<&meshlens_common::process::Reading>,
 ) -> ExportMetricsServiceRequest {
     let cumulative = AggregationTemporality::Cumulative as i32;
     // Each series' attributes once, for every histogram of its side.
@@ -533,6 +534,7 @@ pub fn metrics_request(
         sum("meshlens.proxy.tcp.sent", "Bytes sent to peers", tcp_points(|t| t.sent)),
         active_requests,
     ]);
+    metrics.extend(process.map(|reading| process_metrics(reading, now_unix_nanos)).into_iter().flatten());
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),
@@ -540,6 +542,50 @@ pub fn metrics_request(
             ..Default::default()
         }],
     }
+}
+
+/// The process's own figures under OpenTelemetry's process metric names, as an SDK's process
+/// instrumentation reports them: `process.cpu.time` by `cpu.mode` (`user`, `system`) since
+/// the process started, and the up-down counters `process.memory.usage` (resident),
+/// `process.memory.virtual`, `process.thread.count` and `process.unix.file_descriptor.count`.
+/// A figure that could not be read is left out.
+fn process_metrics(r: &meshlens_common::process::Reading, now_unix_nanos: u64) -> Vec<Metric> {
+    let start = r.start_time_seconds.map_or(0, |seconds| (seconds * 1e9) as u64);
+    let point = |attributes, value| NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: now_unix_nanos,
+        value: Some(value),
+        ..Default::default()
+    };
+    let sum = |name: &str, description: &str, unit: &str, is_monotonic, data_points: Vec<NumberDataPoint>| {
+        let aggregation_temporality = AggregationTemporality::Cumulative as i32;
+        (!data_points.is_empty()).then(|| Metric {
+            name: name.into(),
+            description: description.into(),
+            unit: unit.into(),
+            data: Some(Data::Sum(Sum { data_points, aggregation_temporality, is_monotonic })),
+            ..Default::default()
+        })
+    };
+    let cpu = [("user", r.cpu_user_seconds), ("system", r.cpu_system_seconds)]
+        .into_iter()
+        .filter_map(|(mode, seconds)| Some(point(vec![string_kv("cpu.mode", mode)], number_data_point::Value::AsDouble(seconds?))))
+        .collect();
+    let count = |value: Option<u64>| -> Vec<NumberDataPoint> {
+        let value = value.and_then(|v| i64::try_from(v).ok());
+        value.map(|v| point(Vec::new(), number_data_point::Value::AsInt(v))).into_iter().collect()
+    };
+    [
+        sum("process.cpu.time", "CPU time, by mode", "s", true, cpu),
+        sum("process.memory.usage", "Resident memory", "By", false, count(r.resident_bytes)),
+        sum("process.memory.virtual", "Virtual memory", "By", false, count(r.virtual_bytes)),
+        sum("process.thread.count", "Operating system threads", "{thread}", false, count(r.threads)),
+        sum("process.unix.file_descriptor.count", "Open file descriptors", "{file_descriptor}", false, count(r.open_fds)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The same span and log messages built as prost structs: the reference `wire`'s bytes are
@@ -883,6 +929,43 @@ mod tests {
     }
 
     #[test]
+    fn the_process_figures_go_under_opentelemetrys_process_metric_names() {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let reading = meshlens_common::process::Reading {
+            cpu_user_seconds: Some(1.5),
+            cpu_system_seconds: Some(0.25),
+            resident_bytes: Some(14_000_000),
+            threads: Some(3),
+            start_time_seconds: Some(1_700_000_000.0),
+            ..Default::default()
+        };
+        let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
+        let request = metrics_request(&resource, 0, 1_800_000_000_000_000_000, &[], &[], &[], Some(&reading));
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let sum = |name: &str| {
+            let metric = metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name}"));
+            let Some(Data::Sum(sum)) = &metric.data else { panic!("{name} is a sum") };
+            (metric.unit.clone(), sum.is_monotonic, sum.data_points.clone())
+        };
+        let (unit, monotonic, cpu) = sum("process.cpu.time");
+        assert_eq!((unit.as_str(), monotonic), ("s", true));
+        let modes: Vec<(String, Option<number_data_point::Value>)> =
+            cpu.iter().map(|p| (format!("{:?}", p.attributes[0].value), p.value)).collect();
+        assert!(modes[0].0.contains("user") && modes[1].0.contains("system"), "{modes:?}");
+        let seconds = |s| Some(number_data_point::Value::AsDouble(s));
+        assert_eq!((modes[0].1, modes[1].1), (seconds(1.5), seconds(0.25)));
+        assert_eq!(cpu[0].start_time_unix_nano, 1_700_000_000_000_000_000, "counted from the process's start");
+        let (unit, monotonic, memory) = sum("process.memory.usage");
+        assert_eq!((unit.as_str(), monotonic, memory[0].value), ("By", false, Some(number_data_point::Value::AsInt(14_000_000))));
+        assert_eq!(sum("process.thread.count").2[0].value, Some(number_data_point::Value::AsInt(3)));
+        for unread in ["process.memory.virtual", "process.unix.file_descriptor.count"] {
+            assert!(metrics.iter().all(|m| m.name != unread), "{unread}: not read, left out");
+        }
+        let without = metrics_request(&resource, 0, 1, &[], &[], &[], None);
+        assert!(without.resource_metrics[0].scope_metrics[0].metrics.iter().all(|m| !m.name.starts_with("process.")));
+    }
+
+    #[test]
     fn request_metrics_carry_the_http_conventions_attributes() {
         use opentelemetry_proto::tonic::{common::v1::any_value::Value as V, metrics::v1::metric::Data};
         use crate::telemetry::{metrics::{LabelPolicy, RequestMetrics}, stats::TelemetryStats};
@@ -903,7 +986,8 @@ mod tests {
         metrics.observe(&server, false);
 
         let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
-        let request = metrics_request(&resource, 0, 1, &metrics.snapshot_for_export(), &[], &[(Side::Inbound, 0), (Side::Outbound, 2)]);
+        let active = [(Side::Inbound, 0), (Side::Outbound, 2)];
+        let request = metrics_request(&resource, 0, 1, &metrics.snapshot_for_export(), &[], &active, None);
         // The client's duration bucket links to its span (its span was kept), nothing else does.
         let exemplars = |name: &str| {
             let metric = request.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).expect("metric");
@@ -984,7 +1068,7 @@ mod tests {
         metrics.observe(&http, false);
 
         let resource = resource(&WorkloadIdentity::new("shop", "catalog", "catalog-v1", "v1"), &ResourceAttributes::default());
-        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[]);
+        let request = metrics_request(&resource, 0, 1, &metrics.snapshot(), &[], &[], None);
         let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
         let per_call = |name: &str| {
             let metric = metrics.iter().find(|m| m.name == name)?;
