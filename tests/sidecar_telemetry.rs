@@ -1476,4 +1476,8 @@ fn check_prints_the_configuration_the_sidecar_would_run_with() {
     std::fs::write(&broken, "[workload]\nservice = \"\"\n").expect("write");
     let (ok, _, stderr) = check(&[], &broken);
     assert!(!ok && stderr.contains("broken.toml"), "{stderr}");
+    // So does an export endpoint the sidecar would refuse at its start.
+    let tls = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://tempo:4318/v1/traces")];
+    let (ok, _, stderr) = check(&tls, &config);
+    assert!(!ok && stderr.contains("https://tempo:4318/v1/traces") && stderr.contains("http:// only"), "{stderr}");
 }

@@ -56,6 +56,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tracing::warn!("{ignored}");
     }
     if args.check {
+        crate::telemetry::export::check_endpoints(&config.telemetry).with_context(|| format!("checking {}", args.config.display()))?;
         print!("{}", crate::describe::effective(&config));
         return Ok(());
     }

@@ -430,6 +430,24 @@ impl Route {
     }
 }
 
+/// Where spans, logs and metrics go (none: not exported), and the shared endpoint when one
+/// of them goes there; every endpoint checked.
+fn routes(config: &TelemetryConfig) -> Result<([Option<Route>; 3], Option<Destination>), StartError> {
+    let signals = &config.signals;
+    let routes = [Route::of(&signals.traces, config)?, Route::of(&signals.logs, config)?, Route::of(&signals.metrics, config)?];
+    let shared = match &config.otlp_endpoint {
+        Some(endpoint) if routes.iter().any(|r| matches!(r, Some(Route::Shared))) => Some(Destination::parse(endpoint, false, config)?),
+        _ => None,
+    };
+    Ok((routes, shared))
+}
+
+/// Checks the export endpoints as the sidecar's start would, without starting anything
+/// (`--check`).
+pub fn check_endpoints(config: &TelemetryConfig) -> Result<(), StartError> {
+    routes(config).map(drop)
+}
+
 /// Starts the export of the signals exported, if any: a task each, on one client for those
 /// sharing `otlp_endpoint` and `otlp_headers` (a lazily connecting gRPC channel, or a pool
 /// of HTTP connections) and a client of its own for a signal with its own endpoint or
@@ -442,15 +460,10 @@ pub(super) fn spawn(
     stats: TelemetryStats,
     own_process: bool,
 ) -> Result<Option<Started>, StartError> {
-    let signals = &config.signals;
-    let routes = [Route::of(&signals.traces, config)?, Route::of(&signals.logs, config)?, Route::of(&signals.metrics, config)?];
+    let (routes, shared) = routes(config)?;
     if routes.iter().all(Option::is_none) {
         return Ok(None);
     }
-    let shared = match &config.otlp_endpoint {
-        Some(endpoint) if routes.iter().any(|r| matches!(r, Some(Route::Shared))) => Some(Destination::parse(endpoint, false, config)?),
-        _ => None,
-    };
     let export_timeout = config.export_timeout;
     let gzip = config.compression == Compression::Gzip;
     let headers = config.otlp_headers.clone();
@@ -786,6 +799,27 @@ fn tcp_counters(stats: &TelemetryStats) -> Vec<otlp::TcpCounters> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_a_signal_goes_to_is_checked_and_no_other() {
+        use crate::config::{SignalEndpoint, SignalExport};
+        let http = TelemetryConfig { otlp_protocol: OtlpProtocol::HttpProtobuf, ..TelemetryConfig::default() };
+        assert!(check_endpoints(&http).is_ok());
+        let own = |to: &str| SignalExport { to: SignalEndpoint::Own(to.into()), headers: None };
+        let mut tls = http.clone();
+        tls.signals.logs = own("https://loki:3100/otlp/v1/logs");
+        let error = check_endpoints(&tls).expect_err("no TLS yet").to_string();
+        assert!(error.contains("https://loki:3100/otlp/v1/logs"), "{error}");
+        // A shared endpoint no signal uses is not.
+        let mut unused = http.clone();
+        unused.otlp_endpoint = Some("https://unused:4318".into());
+        unused.signals.traces = own("http://tempo:4318/v1/traces");
+        unused.signals.logs.to = SignalEndpoint::Off;
+        unused.signals.metrics.to = SignalEndpoint::Off;
+        assert!(check_endpoints(&unused).is_ok());
+        unused.signals.metrics.to = SignalEndpoint::Shared;
+        assert!(check_endpoints(&unused).is_err());
+    }
 
     #[test]
     fn batches_close_on_the_schedule_and_the_logs_halfway_between_the_spans() {
