@@ -243,21 +243,21 @@ pub struct RawTelemetry {
     #[serde(default)]
     pub metrics: RawSignal,
     /// Longest time a span or log record waits before its batch is sent.
-    #[serde(default = "default_flush", deserialize_with = "meshlens_common::duration::deserialize")]
-    pub flush_interval: Duration,
+    #[serde(default, deserialize_with = "some_duration")]
+    pub flush_interval: Option<Duration>,
     /// How often request metrics are exported.
-    #[serde(default = "default_metrics_interval", deserialize_with = "meshlens_common::duration::deserialize")]
-    pub metrics_interval: Duration,
+    #[serde(default, deserialize_with = "some_duration")]
+    pub metrics_interval: Option<Duration>,
     /// Time limit of one export call.
     #[serde(default, deserialize_with = "some_duration")]
     pub export_timeout: Option<Duration>,
     /// Records of each signal (spans, logs) held encoded and unsent at most; past that, new
     /// records are dropped and counted.
-    #[serde(default = "default_queue")]
-    pub queue_capacity: usize,
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
     /// Largest number of records in one export batch.
-    #[serde(default = "default_batch")]
-    pub max_batch: usize,
+    #[serde(default)]
+    pub max_batch: Option<usize>,
     /// Trace-context formats written to the next hop (`w3c`, `b3`, `b3multi`); formats a
     /// request arrives with are always written back too.
     #[serde(default)]
@@ -393,12 +393,19 @@ impl RawTelemetry {
             let name = "OTEL_EXPORTER_OTLP_COMPRESSION";
             self.compression = otel_env::choice(read(name), name, &known, &mut ignored);
         }
-        if let (None, Some(millis)) = (self.export_timeout, read("OTEL_EXPORTER_OTLP_TIMEOUT")) {
-            match millis.parse::<u64>() {
-                Ok(millis) if millis > 0 => self.export_timeout = Some(Duration::from_millis(millis)),
-                _ => ignored.push(format!("OTEL_EXPORTER_OTLP_TIMEOUT={millis:?} ignored: it is a positive number of milliseconds")),
-            }
-        }
+        let mut positive = |name: &str, unit: &str| otel_env::positive(name, read(name), unit, &mut ignored);
+        let mut millis = |name: &str| positive(name, "milliseconds").map(Duration::from_millis);
+        self.export_timeout = self.export_timeout.or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"));
+        self.metrics_interval = self.metrics_interval.or_else(|| millis("OTEL_METRIC_EXPORT_INTERVAL"));
+        // One setting for what OpenTelemetry's batch processors set per signal: the spans'
+        // (`OTEL_BSP_*`), else the log records' (`OTEL_BLRP_*`).
+        let (bsp, blrp) = ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BLRP_SCHEDULE_DELAY");
+        self.flush_interval = self.flush_interval.or_else(|| millis(bsp).or_else(|| millis(blrp)));
+        let mut records = |name: &str| positive(name, "records").and_then(|n| usize::try_from(n).ok());
+        let (bsp, blrp) = ("OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BLRP_MAX_QUEUE_SIZE");
+        self.queue_capacity = self.queue_capacity.or_else(|| records(bsp).or_else(|| records(blrp)));
+        let (bsp, blrp) = ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE");
+        self.max_batch = self.max_batch.or_else(|| records(bsp).or_else(|| records(blrp)));
         if let (None, Some(sampler)) = (self.sampling_ratio, read("OTEL_TRACES_SAMPLER")) {
             self.sampling_ratio = otel_env::sampler_ratio(&sampler, read("OTEL_TRACES_SAMPLER_ARG"), &mut ignored);
         }
@@ -417,11 +424,11 @@ impl Default for RawTelemetry {
             traces: RawSignal::default(),
             logs: RawSignal::default(),
             metrics: RawSignal::default(),
-            flush_interval: default_flush(),
-            metrics_interval: default_metrics_interval(),
+            flush_interval: None,
+            metrics_interval: None,
             export_timeout: None,
-            queue_capacity: default_queue(),
-            max_batch: default_batch(),
+            queue_capacity: None,
+            max_batch: None,
             propagation: None,
             sampling_ratio: None,
             keep_errors: true,
@@ -889,13 +896,16 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
     type Error = ConfigError;
 
     fn try_from(t: RawTelemetry) -> Result<Self, ConfigError> {
-        if t.queue_capacity == 0 || t.max_batch == 0 {
+        let (queue_capacity, max_batch) = (t.queue_capacity.unwrap_or_else(default_queue), t.max_batch.unwrap_or_else(default_batch));
+        if queue_capacity == 0 || max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "telemetry.queue_capacity and telemetry.max_batch must be positive".into(),
             ));
         }
         let export_timeout = t.export_timeout.unwrap_or_else(default_export_timeout);
-        if t.flush_interval.is_zero() || t.metrics_interval.is_zero() || export_timeout.is_zero() {
+        let flush_interval = t.flush_interval.unwrap_or_else(default_flush);
+        let metrics_interval = t.metrics_interval.unwrap_or_else(default_metrics_interval);
+        if flush_interval.is_zero() || metrics_interval.is_zero() || export_timeout.is_zero() {
             return Err(ConfigError::Invalid("telemetry intervals must be positive".into()));
         }
         let sampling_ratio = t.sampling_ratio.unwrap_or_else(default_ratio);
@@ -914,11 +924,11 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
                 metrics: SignalExport::from_raw("metrics", t.metrics)?,
             },
             otlp_protocol,
-            flush_interval: t.flush_interval,
-            metrics_interval: t.metrics_interval,
+            flush_interval,
+            metrics_interval,
             export_timeout,
-            queue_capacity: t.queue_capacity,
-            max_batch: t.max_batch,
+            queue_capacity,
+            max_batch,
             propagation: Formats::of(&t.propagation.unwrap_or_else(default_propagation)),
             sampling: Sampling {
                 ratio: sampling_ratio,
@@ -1406,33 +1416,48 @@ pub(crate) mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=east"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "1000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2048"),
+            ("OTEL_BLRP_MAX_QUEUE_SIZE", "512"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "128"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
         ]);
-        let (cfg, ignored) = ProxyConfig::from_toml_with_environment(GOOD, &otel).expect("valid");
+        let unset = GOOD.replace("flush_interval = \"500ms\"", "");
+        let (cfg, ignored) = ProxyConfig::from_toml_with_environment(&unset, &otel).expect("valid");
         let t = &cfg.telemetry;
         let chosen = (Some("http://gateway:4318"), OtlpProtocol::HttpProtobuf, Compression::Gzip);
         assert_eq!((t.otlp_endpoint.as_deref(), t.otlp_protocol, t.compression), chosen);
         assert_eq!(t.export_timeout, Duration::from_millis(2500));
+        let intervals = (Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!((t.flush_interval, t.metrics_interval), intervals, "the logs' delay, none for spans");
+        assert_eq!((t.queue_capacity, t.max_batch), (2048, 128), "the spans' first");
         assert_eq!(t.resource_attributes.iter().collect::<Vec<_>>(), [("k8s.cluster.name", "east")]);
         assert_eq!(t.otlp_headers.map()["authorization"], "Bearer s3cret");
         assert_eq!(ignored, Vec::<String>::new());
         // The table wins what it sets.
-        let set = "[telemetry]\notlp_endpoint = \"\"\notlp_protocol = \"grpc\"\ncompression = \"none\"\nexport_timeout = \"1s\"";
+        let set = "[telemetry]\notlp_endpoint = \"\"\notlp_protocol = \"grpc\"\ncompression = \"none\"\nexport_timeout = \"1s\"\n\
+                   queue_capacity = 64\nmax_batch = 32\nmetrics_interval = \"5s\"";
         let (cfg, _) = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", set), &otel).expect("valid");
         let t = &cfg.telemetry;
         assert_eq!((t.otlp_endpoint.as_deref(), t.otlp_protocol, t.compression), (None, OtlpProtocol::Grpc, Compression::None));
         assert_eq!(t.export_timeout, Duration::from_secs(1));
+        let table = (Duration::from_millis(500), Duration::from_secs(5), 64, 32);
+        assert_eq!((t.flush_interval, t.metrics_interval, t.queue_capacity, t.max_batch), table);
         // Values the sidecar cannot use are ignored, and said so; an empty one is unset.
         let odd = env(&[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", " "),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
         ]);
         let (cfg, ignored) = ProxyConfig::from_toml_with_environment(GOOD, &odd).expect("valid");
         assert_eq!((cfg.telemetry.otlp_protocol, cfg.telemetry.compression), (OtlpProtocol::Grpc, Compression::None));
         assert_eq!(cfg.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
-        assert!(ignored.len() == 3 && ignored[0].contains("http/json") && ignored[1].contains("zstd"), "{ignored:?}");
+        assert!(ignored.len() == 4 && ignored[0].contains("http/json") && ignored[1].contains("zstd"), "{ignored:?}");
         assert!(ignored[2].contains("OTEL_EXPORTER_OTLP_TIMEOUT=\"5s\""), "{ignored:?}");
+        assert_eq!(ignored[3], "OTEL_BSP_MAX_QUEUE_SIZE=\"0\" ignored: it is a positive number of records");
+        assert_eq!(cfg.telemetry.queue_capacity, 4096);
     }
 
     #[test]

@@ -109,6 +109,17 @@ pub fn per_signal_settings(read: &dyn Fn(&str) -> Option<String>) -> Vec<String>
     ignored
 }
 
+/// The positive whole number (of `unit`) the variable `name`'s `value` holds, if set; one
+/// that is not is noted in `ignored`.
+pub fn positive(name: &str, value: Option<String>, unit: &str, ignored: &mut Vec<String>) -> Option<u64> {
+    let value = value?;
+    let number = value.parse::<u64>().ok().filter(|n| *n > 0);
+    if number.is_none() {
+        ignored.push(format!("{name}={value:?} ignored: it is a positive number of {unit}"));
+    }
+    number
+}
+
 /// The ratio of new traces `OTEL_TRACES_SAMPLER` (with `OTEL_TRACES_SAMPLER_ARG`) samples.
 /// The sidecar's sampler always follows its caller's decision (`parentbased_*`): the
 /// samplers that would not are taken as their parent-based forms, and said so. A ratio that
