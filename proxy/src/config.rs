@@ -354,9 +354,10 @@ impl RawTelemetry {
     /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
     /// `env`, as a platform that sets them for every container expects: the exporter's
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), each signal's
-    /// ([`otel_env::signal_endpoint`]), `OTEL_SDK_DISABLED`, the sampler's
-    /// ([`otel_env::sampler_ratio`]) and the propagators' ([`otel_env::propagators`]). The
-    /// table wins what it sets. Returns the values ignored, and why.
+    /// ([`otel_env::signal_endpoint`]), `OTEL_SDK_DISABLED`, the batch processors' and the
+    /// metric reader's intervals and sizes, the sampler's ([`otel_env::sampler_ratio`]) and
+    /// the propagators' ([`otel_env::propagators`]). The table wins what it sets. Returns
+    /// the values ignored, and why.
     pub fn fill_from_environment(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut ignored = Vec::new();
         let read = |name: &str| Some(env(name)?.trim().to_owned()).filter(|v| !v.is_empty());

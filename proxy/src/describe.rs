@@ -18,6 +18,11 @@ fn listed<I: IntoIterator<Item = String>>(items: I) -> String {
     if items.is_empty() { "none".into() } else { items.join(", ") }
 }
 
+/// Export headers by name, their values hidden.
+fn hidden(headers: &crate::telemetry::export_headers::ExportHeaders) -> String {
+    listed(headers.map().keys().map(|name| format!("{name} (value hidden)")))
+}
+
 /// The effective configuration, one setting a line.
 pub fn effective(config: &ProxyConfig) -> String {
     let mut out = String::new();
@@ -50,20 +55,14 @@ pub fn effective(config: &ProxyConfig) -> String {
                 }
                 Some((endpoint, _)) => endpoint.to_owned(),
             };
-            match &export.headers {
-                Some(headers) if target != "off" => {
-                    let names = listed(headers.map().keys().map(|name| format!("{name} (value hidden)")));
-                    let _ = writeln!(out, "  {signal:<11} {target}, headers {names}");
-                }
-                _ => {
-                    let _ = writeln!(out, "  {signal:<11} {target}");
-                }
-            }
+            let own_headers = export.headers.as_ref().filter(|_| t.signal_endpoint(export).is_some());
+            let headers = own_headers.map_or_else(String::new, |headers| format!(", headers {}", hidden(headers)));
+            let _ = writeln!(out, "  {signal:<11} {target}{headers}");
         }
     } else {
         let _ = writeln!(out, "export        off");
     }
-    let _ = writeln!(out, "export headers {}", listed(t.otlp_headers.map().keys().map(|name| format!("{name} (value hidden)"))));
+    let _ = writeln!(out, "export headers {}", hidden(&t.otlp_headers));
     let _ = writeln!(out, "resource      {}", listed(t.resource_attributes.iter().map(|(k, v)| format!("{k}={v}"))));
     let slow = t.sampling.slow_threshold.map_or_else(|| "off".to_owned(), duration);
     let sampling = &t.sampling;
