@@ -312,7 +312,8 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
         line = \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\"\nforwarded = \"%REQ(X-FORWARDED-FOR)%\"\n\
         missing = \"%REQ(X-MISSING)%\"\ntrace = \"%TRACE_ID%\"\ndetails = \"%RESPONSE_CODE_DETAILS%\"\n\
         attempts = \"%UPSTREAM_REQUEST_ATTEMPT_COUNT%\"\npath = \"%REQ_WITHOUT_QUERY(:PATH)%\"\n\
-        upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\", protocol = \"%UPSTREAM_PROTOCOL%\" }\n\
+        upstream = { cluster = \"%UPSTREAM_CLUSTER%\", host = \"%UPSTREAM_HOST%\", protocol = \"%UPSTREAM_PROTOCOL%\", \
+        connection = \"%UPSTREAM_CONNECTION_ID%\" }\n\
         connection = \"%CONNECTION_ID%\"\nhostname = \"%HOSTNAME%\"\ntag = \"%ENVIRONMENT(MESHLENS_TEST_TAG)%\"\n\
         grpc_status = \"%TRAILER(GRPC-STATUS)%\"\n";
     let shaped_toml = sidecar_toml(&shaped, &[&shaped, &front], collector.grpc);
@@ -337,6 +338,7 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     assert_eq!(v["hostname"].as_str(), Some(hostname.trim()), "{line}");
     let first_connection = v["connection"].as_u64().unwrap_or_else(|| panic!("a number: {line}"));
+    let upstream_connection = v["upstream"]["connection"].as_u64().unwrap_or_else(|| panic!("a number: {line}"));
     assert!(v.get("grpc_status").is_none(), "no trailers: {line}");
     assert!(v.get("missing").is_none(), "an unset value is left out: {line}");
     assert!(v["trace"].as_str().is_some_and(|t| t.len() == 32), "{line}");
@@ -352,7 +354,9 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let v: Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(v["status"], 404, "{line}");
     assert_eq!(outcome(&v), (Some("/lost".into()), Some("route_not_found".into()), Some(0)), "{line}");
-    assert!(v.get("upstream").is_some_and(|u| u.get("host").is_none() && u.get("protocol").is_none()), "no upstream, left out: {line}");
+    let upstream = v.get("upstream");
+    let none = |key| upstream.is_some_and(|u| u.get(key).is_none());
+    assert!(none("host") && none("protocol") && none("connection"), "no upstream, left out: {line}");
     let second_connection = v["connection"].as_u64().unwrap_or_else(|| panic!("a number: {line}"));
     // Exchanges on one connection share its ID; another connection has another.
     let mut stream = std::net::TcpStream::connect(shaped.outbound).expect("connect");
@@ -361,20 +365,24 @@ fn access_logs_go_to_stdout_as_json_or_envoy_text() {
     let mut answers = String::new();
     std::io::Read::read_to_string(&mut stream, &mut answers).expect("read");
     assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
-    let again: Vec<u64> = wait_for("both lines of one connection", Duration::from_secs(10), || {
-        let ids: Vec<u64> = shaped_proc
+    let again: Vec<(u64, Option<u64>)> = wait_for("both lines of one connection", Duration::from_secs(10), || {
+        let ids: Vec<(u64, Option<u64>)> = shaped_proc
             .output()
             .lines()
             .filter(|l| l.contains("/again"))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["connection"].as_u64())
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| Some((v["connection"].as_u64()?, v["upstream"]["connection"].as_u64())))
             .collect();
         (ids.len() == 2).then_some(ids)
     });
-    assert_eq!(again[0], again[1], "one connection, one ID");
-    let mut ids = vec![first_connection, second_connection, again[0]];
+    assert_eq!(again[0].0, again[1].0, "one connection, one ID");
+    // The upstream connection is kept alive and used again, and numbered in the same
+    // sequence as the accepted ones.
+    assert_eq!([again[0].1, again[1].1], [Some(upstream_connection); 2], "{again:?}");
+    let mut ids = vec![first_connection, second_connection, again[0].0, upstream_connection];
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 3, "three connections, three IDs: {ids:?}");
+    assert_eq!(ids.len(), 4, "three connections accepted and one opened, four IDs: {ids:?}");
     // A gRPC call's status, from its response trailers.
     let report = load_with(&dir, shaped.outbound, "grpc://front/demo.Shaped/Call", 1, &["--rate", "10", "--concurrency", "1"]);
     assert_eq!(report["succeeded"], 1, "{report}");

@@ -25,7 +25,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioExecutor;
 
 use super::{
-    Request,
+    Request, UpstreamConnection,
     pool::{Sweep, connect, sweep, sweep_every},
     resend::Again,
 };
@@ -67,8 +67,8 @@ struct Open {
     sender: Sender,
     generation: u64,
     used: Instant,
-    /// The connection's local address.
-    local: SocketAddr,
+    /// The connection as records name it.
+    connection: UpstreamConnection,
 }
 
 impl Http2Pool {
@@ -89,7 +89,7 @@ impl Http2Pool {
         let resolution = req.extensions().get::<super::Resolution>().cloned();
         let (again, mut req) = Again::new(req);
         for round in 1..=ATTEMPTS {
-            let (mut sender, generation, reused, local) = self.sender(addr).await?;
+            let (mut sender, generation, reused, opened) = self.sender(addr).await?;
             if sender.ready().await.is_err() {
                 self.0.forget(addr, generation);
                 if reused {
@@ -100,7 +100,7 @@ impl Http2Pool {
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     if let Some(resolution) = &resolution {
-                        resolution.set_upstream_local(local);
+                        resolution.set_upstream_connection(opened);
                     }
                     return Ok(response.map(body::boxed));
                 }
@@ -136,32 +136,32 @@ impl Http2Pool {
     }
 
     /// The open connection to `addr`, or a new one; with its generation, whether it was open
-    /// already, and its local address.
-    async fn sender(&self, addr: SocketAddr) -> Result<(Sender, u64, bool, SocketAddr), ProxyError> {
+    /// already, and the connection as records name it.
+    async fn sender(&self, addr: SocketAddr) -> Result<(Sender, u64, bool, UpstreamConnection), ProxyError> {
         let gate = {
             let mut endpoints = self.0.endpoints();
             let endpoint = endpoints.entry(addr).or_default();
-            if let Some((sender, generation, local)) = endpoint.usable() {
-                return Ok((sender, generation, true, local));
+            if let Some((sender, generation, opened)) = endpoint.usable() {
+                return Ok((sender, generation, true, opened));
             }
             endpoint.connecting.clone()
         };
         let _opening = gate.lock().await;
         // Opened by a request that went through the gate first?
-        if let Some((sender, generation, local)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
-            return Ok((sender, generation, true, local));
+        if let Some((sender, generation, opened)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
+            return Ok((sender, generation, true, opened));
         }
-        let (sender, local) = self.connect(addr).await?;
+        let (sender, opened) = self.connect(addr).await?;
         let mut endpoints = self.0.endpoints();
         let endpoint = endpoints.entry(addr).or_default();
         endpoint.opened += 1;
         let generation = endpoint.opened;
-        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now(), local });
-        Ok((sender, generation, false, local))
+        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now(), connection: opened });
+        Ok((sender, generation, false, opened))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<(Sender, SocketAddr), ProxyError> {
-        let (io, local) = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
+    async fn connect(&self, addr: SocketAddr) -> Result<(Sender, UpstreamConnection), ProxyError> {
+        let (io, opened) = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
         let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| unreachable(e.into()))?;
@@ -170,7 +170,7 @@ impl Http2Pool {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok((sender, local))
+        Ok((sender, opened))
     }
 
     /// Endpoints with a connection kept.
@@ -205,10 +205,10 @@ fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
 
 impl Endpoint {
     /// A handle on the open connection, unless it has closed.
-    fn usable(&mut self) -> Option<(Sender, u64, SocketAddr)> {
+    fn usable(&mut self) -> Option<(Sender, u64, UpstreamConnection)> {
         let open = self.open.as_mut().filter(|o| !o.sender.is_closed())?;
         open.used = Instant::now();
-        Some((open.sender.clone(), open.generation, open.local))
+        Some((open.sender.clone(), open.generation, open.connection))
     }
 }
 

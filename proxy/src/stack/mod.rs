@@ -63,10 +63,33 @@ pub struct ConnectionAddrs {
 }
 
 impl ConnectionAddrs {
-    /// A newly accepted connection's, numbered after every one the process accepted before.
+    /// A newly accepted connection's, numbered after every one the process opened before.
     pub fn accepted(peer: SocketAddr, local: SocketAddr) -> Self {
-        static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        Self { peer, local, id: ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 }
+        Self { peer, local, id: next_connection_id() }
+    }
+}
+
+/// The next connection number: the connections the process accepts and those it opens
+/// upstream are numbered in one sequence, from 1, as Envoy numbers its connections.
+fn next_connection_id() -> u64 {
+    static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
+/// An upstream connection as records name it: the sidecar's address on it, and its number
+/// (Envoy's `%UPSTREAM_LOCAL_ADDRESS%` and `%UPSTREAM_CONNECTION_ID%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConnection {
+    /// The sidecar's own address on it.
+    pub local: SocketAddr,
+    /// Its number ([`ConnectionAddrs::id`]'s sequence).
+    pub id: u64,
+}
+
+impl UpstreamConnection {
+    /// A connection just opened from `local`, numbered.
+    pub fn opened(local: SocketAddr) -> Self {
+        Self { local, id: next_connection_id() }
     }
 }
 
@@ -81,7 +104,7 @@ struct Resolved {
     route: OnceLock<Arc<str>>,
     endpoint: OnceLock<Endpoint>,
     answer_limit: OnceLock<Duration>,
-    upstream_local: OnceLock<SocketAddr>,
+    upstream: OnceLock<UpstreamConnection>,
     notes: Mutex<Vec<Note>>,
 }
 
@@ -114,13 +137,13 @@ impl Resolution {
     pub fn endpoint(&self) -> Option<&Endpoint> {
         self.0.endpoint.get()
     }
-    /// Records the local address of the upstream connection that answered (the first wins).
-    pub fn set_upstream_local(&self, local: SocketAddr) {
-        let _ = self.0.upstream_local.set(local);
+    /// Records the upstream connection that answered (the first wins).
+    pub fn set_upstream_connection(&self, connection: UpstreamConnection) {
+        let _ = self.0.upstream.set(connection);
     }
-    /// The local address of the upstream connection that answered, if one did.
-    pub fn upstream_local(&self) -> Option<SocketAddr> {
-        self.0.upstream_local.get().copied()
+    /// The upstream connection that answered, if one did.
+    pub fn upstream_connection(&self) -> Option<UpstreamConnection> {
+        self.0.upstream.get().copied()
     }
     /// Records the service timeout that bounds the wait for the response headers.
     pub fn set_answer_limit(&self, limit: Duration) {

@@ -201,7 +201,8 @@ fn resolved(record: &mut RequestRecord, resolution: &Resolution, start: Instant)
     if let Some(route) = resolution.route() {
         record.route = Some(route.clone());
     }
-    record.upstream_local = resolution.upstream_local();
+    let upstream = resolution.upstream_connection();
+    (record.upstream_local, record.upstream_connection_id) = (upstream.map(|c| c.local), upstream.map(|c| c.id));
     resolution.record_notes(record, start);
 }
 

@@ -28,7 +28,7 @@ use http::header;
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::resend::Again;
+use super::{UpstreamConnection, resend::Again};
 use crate::{
     body::{self, BodyEnd, BodyObserver, BoxBody, ObservedBody},
     connection::{Metered, UpstreamMeters},
@@ -43,11 +43,11 @@ pub const MAX_IDLE: usize = 1024;
 /// cost no copy of their requests.
 pub const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
-/// A connection's request sender, with the connection's local address.
+/// A connection's request sender, with the connection as records name it.
 #[derive(Debug)]
 struct Sender {
     send: SendRequest<BoxBody>,
-    local: SocketAddr,
+    connection: UpstreamConnection,
 }
 
 /// The pool, shared by every clone.
@@ -120,7 +120,7 @@ impl Http1Pool {
             match sender.send.try_send_request(sent).await {
                 Ok(response) => {
                     if let Some(resolution) = &resolution {
-                        resolution.set_upstream_local(sender.local);
+                        resolution.set_upstream_connection(sender.connection);
                     }
                     let release = Release { pool: self.clone(), addr, sender: Some(sender) };
                     return Ok(response.map(|incoming| body::boxed(ObservedBody::<Release, Incoming>::new(incoming, release))));
@@ -175,7 +175,7 @@ impl Http1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Sender, ProxyError> {
-        let (io, local) = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
+        let (io, opened) = connect(addr, self.0.connect_timeout, &self.0.meters).await?;
         let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
         let (send, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.into()))?;
         tokio::spawn(async move {
@@ -183,7 +183,7 @@ impl Http1Pool {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok(Sender { send, local })
+        Ok(Sender { send, connection: opened })
     }
 
     /// Idle connections kept for `addr`.
@@ -236,12 +236,12 @@ fn closed_under_it(error: &hyper::Error) -> bool {
 }
 
 /// A metered TCP connection to `addr` (no Nagle delay), opened within `timeout`, and its
-/// local address.
+/// local address and number.
 pub(super) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     meters: &UpstreamMeters,
-) -> Result<(TokioIo<Metered<tokio::net::TcpStream>>, SocketAddr), ProxyError> {
+) -> Result<(TokioIo<Metered<tokio::net::TcpStream>>, UpstreamConnection), ProxyError> {
     let unreachable = |source: BoxError| ProxyError::UpstreamConnect { addr, source };
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
@@ -249,7 +249,7 @@ pub(super) async fn connect(
         .map_err(|e| unreachable(e.into()))?;
     stream.set_nodelay(true).map_err(|e| unreachable(e.into()))?;
     let local = stream.local_addr().map_err(|e| unreachable(e.into()))?;
-    Ok((TokioIo::new(meters.of(addr).meter(stream)), local))
+    Ok((TokioIo::new(meters.of(addr).meter(stream)), UpstreamConnection::opened(local)))
 }
 
 /// How often the pool is swept: a quarter of the idle timeout, between 10 ms and 30 s, so a

@@ -202,8 +202,8 @@ where
             if let Some(endpoint) = resolution.endpoint() {
                 request.set_endpoint(endpoint.clone());
             }
-            if let Some(local) = resolution.upstream_local() {
-                request.set_upstream_local(local);
+            if let Some(connection) = resolution.upstream_connection() {
+                request.set_upstream_connection(connection);
             }
             return result;
         };

@@ -154,9 +154,9 @@ pub async fn forward(
 ) -> Result<http::Response<BoxBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
     restore(req.headers_mut(), protocol);
-    let (io, local) = super::pool::connect(addr, connect_timeout, meters).await?;
+    let (io, opened) = super::pool::connect(addr, connect_timeout, meters).await?;
     if let Some(resolution) = req.extensions().get::<super::Resolution>() {
-        resolution.set_upstream_local(local);
+        resolution.set_upstream_connection(opened);
     }
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| ProxyError::UpstreamConnect { addr, source: e.into() })?;

@@ -52,6 +52,8 @@ enum Field {
     UpstreamProtocol,
     /// The downstream connection's ID.
     ConnectionId,
+    /// The ID of the upstream connection that answered.
+    UpstreamConnectionId,
     /// A new UUID for each line.
     UniqueId,
     ResponseCode,
@@ -90,6 +92,7 @@ impl Field {
             "PROTOCOL" => Self::Protocol,
             "UPSTREAM_PROTOCOL" => Self::UpstreamProtocol,
             "CONNECTION_ID" => Self::ConnectionId,
+            "UPSTREAM_CONNECTION_ID" => Self::UpstreamConnectionId,
             // Envoy's stream ID is the request's `x-request-id` for HTTP.
             "STREAM_ID" => Self::RequestId,
             "UNIQUE_ID" => Self::UniqueId,
@@ -578,6 +581,7 @@ fn typed_field(field: Field, r: &RequestRecord) -> Value {
         Field::UserAgent => r.user_agent.as_deref().into(),
         Field::RequestId => r.request_id.as_deref().into(),
         Field::ConnectionId => r.connection_id.into(),
+        Field::UpstreamConnectionId => r.upstream_connection_id.into(),
         Field::UpstreamProtocol => upstream_protocol(r).into(),
         Field::Address(which, AddrPart::Port) => which.of(r).map(|a| a.port()).into(),
         Field::Address(which, AddrPart::WithoutPort) => which.of(r).map(|a| a.ip().to_string()).into(),
@@ -698,6 +702,7 @@ fn write_field(line: &mut String, field: Field, r: &RequestRecord) {
         Field::Protocol => write!(line, "HTTP/{}", r.protocol_version()),
         Field::UpstreamProtocol => write!(line, "{}", dash(upstream_protocol(r))),
         Field::ConnectionId => write!(line, "{}", dash(r.connection_id)),
+        Field::UpstreamConnectionId => write!(line, "{}", dash(r.upstream_connection_id)),
         Field::UniqueId => write!(line, "{}", String::from_utf8_lossy(&crate::trace_context::uuid_v4())),
         Field::ResponseCode => write!(line, "{}", r.status),
         Field::GrpcStatus => write!(line, "{}", dash(r.grpc_status)),
@@ -1045,16 +1050,16 @@ mod tests {
     #[test]
     fn connection_ids_upstream_protocols_hostnames_and_environment_variables_print_as_in_envoy() {
         let text = "%CONNECTION_ID% %PROTOCOL% %UPSTREAM_PROTOCOL% %HOSTNAME% %ENVIRONMENT(PATH):1% %ENVIRONMENT(MESHLENS_UNSET_VARIABLE)%";
-        let format = AccessLogFormat::text(text).expect("Envoy's fields");
+        let format = AccessLogFormat::text(&format!("{text} %UPSTREAM_CONNECTION_ID%")).expect("Envoy's fields");
         let host = hostname().expect("a hostname");
         let mut r = record(true, crate::classify::Outcome::Success, 5);
         r.version = http::Version::HTTP_10;
-        assert_eq!(format.render(&r), format!("- HTTP/1.0 - {host} / -"), "no connection, no upstream");
-        r.connection_id = Some(42);
+        assert_eq!(format.render(&r), format!("- HTTP/1.0 - {host} / - -"), "no connection, no upstream");
+        (r.connection_id, r.upstream_connection_id) = (Some(42), Some(43));
         r.upstream = Some(([10, 0, 0, 7], 8080).into());
-        assert_eq!(format.render(&r), format!("42 HTTP/1.0 HTTP/1.1 {host} / -"), "HTTP/1.0 goes on in HTTP/1.1");
+        assert_eq!(format.render(&r), format!("42 HTTP/1.0 HTTP/1.1 {host} / - 43"), "HTTP/1.0 goes on in HTTP/1.1");
         r.version = http::Version::HTTP_2;
-        assert_eq!(format.render(&r), format!("42 HTTP/2 HTTP/2 {host} / -"));
+        assert_eq!(format.render(&r), format!("42 HTTP/2 HTTP/2 {host} / - 43"));
         let omitting = AccessLogFormat::text("[%ENVIRONMENT(MESHLENS_UNSET_VARIABLE)%]").expect("valid").omitting_empty_values();
         assert_eq!(omitting.render(&r), "[]");
         let keys = "id = \"%CONNECTION_ID%\"\nhost = \"%HOSTNAME%\"\nunset = \"%ENVIRONMENT(MESHLENS_UNSET_VARIABLE)%\"";

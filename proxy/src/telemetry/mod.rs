@@ -125,6 +125,8 @@ pub struct RequestRecord {
     pub connection_id: Option<u64>,
     /// The sidecar's own address on the upstream connection that answered.
     pub upstream_local: Option<SocketAddr>,
+    /// That connection's ID ([`crate::stack::UpstreamConnection::id`]).
+    pub upstream_connection_id: Option<u64>,
     /// Inbound records: what the caller's proxies say of the original request
     /// (`client.address`, `url.scheme`); [`Origin::PLAIN`] on outbound ones.
     pub origin: Origin,
@@ -314,6 +316,7 @@ impl RequestRecord {
             local: None,
             connection_id: None,
             upstream_local: None,
+            upstream_connection_id: None,
             origin: Origin::PLAIN,
             flags: ResponseFlags::empty(),
             code_details: None,
