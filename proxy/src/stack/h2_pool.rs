@@ -89,7 +89,7 @@ impl Http2Pool {
         let resolution = req.extensions().get::<super::Resolution>().cloned();
         let (again, mut req) = Again::new(req);
         for round in 1..=ATTEMPTS {
-            let (mut sender, generation, reused, opened) = self.sender(addr).await?;
+            let (mut sender, generation, reused, upstream) = self.sender(addr).await?;
             if sender.ready().await.is_err() {
                 self.0.forget(addr, generation);
                 if reused {
@@ -100,7 +100,7 @@ impl Http2Pool {
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     if let Some(resolution) = &resolution {
-                        resolution.set_upstream_connection(opened);
+                        resolution.set_upstream_connection(upstream);
                     }
                     return Ok(response.map(body::boxed));
                 }
@@ -141,23 +141,23 @@ impl Http2Pool {
         let gate = {
             let mut endpoints = self.0.endpoints();
             let endpoint = endpoints.entry(addr).or_default();
-            if let Some((sender, generation, opened)) = endpoint.usable() {
-                return Ok((sender, generation, true, opened));
+            if let Some((sender, generation, upstream)) = endpoint.usable() {
+                return Ok((sender, generation, true, upstream));
             }
             endpoint.connecting.clone()
         };
         let _opening = gate.lock().await;
         // Opened by a request that went through the gate first?
-        if let Some((sender, generation, opened)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
-            return Ok((sender, generation, true, opened));
+        if let Some((sender, generation, upstream)) = self.0.endpoints().get_mut(&addr).and_then(Endpoint::usable) {
+            return Ok((sender, generation, true, upstream));
         }
-        let (sender, opened) = self.connect(addr).await?;
+        let (sender, upstream) = self.connect(addr).await?;
         let mut endpoints = self.0.endpoints();
         let endpoint = endpoints.entry(addr).or_default();
         endpoint.opened += 1;
         let generation = endpoint.opened;
-        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now(), connection: opened });
-        Ok((sender, generation, false, opened))
+        endpoint.open = Some(Open { sender: sender.clone(), generation, used: Instant::now(), connection: upstream });
+        Ok((sender, generation, false, upstream))
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<(Sender, UpstreamConnection), ProxyError> {
