@@ -5,8 +5,8 @@
 //! tasks here send each batch when it fills (`max_batch` records) or at its flush time: every
 //! `flush_interval` on a fixed schedule, the logs' half an interval after the spans'. Metrics
 //! are exported every `metrics_interval`. Each signal goes to the shared endpoint, to one of
-//! its own, or nowhere (`[telemetry.traces]` and the like). A batch is encoded once whatever the retries, and
-//! copied once into the gRPC frame; a few requests of each signal may be out at once
+//! its own, or nowhere (`[telemetry.traces]` and the like). A batch is encoded once whatever
+//! the retries, and copied once into the gRPC frame; a few requests of each signal may be out at once
 //! (`MAX_IN_FLIGHT`; one while exports fail). Requests are gzip-compressed when configured.
 //! An export that fails with a code OTLP calls retryable (gRPC UNAVAILABLE and the like, or
 //! RESOURCE_EXHAUSTED carrying a RetryInfo; HTTP 429, 502, 503, 504) is retried with
