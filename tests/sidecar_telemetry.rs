@@ -1477,6 +1477,8 @@ fn check_prints_the_configuration_the_sidecar_would_run_with() {
     let (ok, stdout, stderr) = check(&env, &config);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("export        OTLP/gRPC") && stdout.contains("  traces      http://gateway:4317\n"), "{stdout}");
+    let batches = "  batches     sent every 200ms or at 256 records, 4096 records a signal queued at most; metrics every 1s\n";
+    assert!(stdout.contains(batches), "{stdout}");
     assert!(stdout.contains("export headers x-api-key (value hidden)") && stdout.contains("propagation   b3,"), "{stdout}");
     assert!(stderr.contains("\"jaeger\" ignored") && !format!("{stdout}{stderr}").contains("s3cret"), "{stderr}");
     // A configuration the sidecar refuses fails the check, saying why.

@@ -59,6 +59,12 @@ pub fn effective(config: &ProxyConfig) -> String {
             let headers = own_headers.map_or_else(String::new, |headers| format!(", headers {}", hidden(headers)));
             let _ = writeln!(out, "  {signal:<11} {target}{headers}");
         }
+        let metrics = match t.signal_endpoint(&t.signals.metrics) {
+            Some(_) => format!("; metrics every {}", duration(t.metrics_interval)),
+            None => String::new(),
+        };
+        let (every, batch, queue) = (duration(t.flush_interval), t.max_batch, t.queue_capacity);
+        let _ = writeln!(out, "  batches     sent every {every} or at {batch} records, {queue} records a signal queued at most{metrics}");
     } else {
         let _ = writeln!(out, "export        off");
     }
@@ -99,6 +105,7 @@ mod tests {
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" => Some("http://logs:3100/otlp/v1/logs".to_owned()),
             "OTEL_EXPORTER_OTLP_LOGS_HEADERS" => Some("x-scope-orgid=t3nant".to_owned()),
             "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+            "OTEL_BSP_MAX_QUEUE_SIZE" => Some("1024".to_owned()),
             _ => None,
         };
         let (config, _) = ProxyConfig::from_toml_with_environment(&toml, &env).expect("valid");
@@ -110,6 +117,7 @@ mod tests {
             "  traces      http://gateway:4318/v1/traces",
             "  logs        http://logs:3100/otlp/v1/logs, headers x-scope-orgid (value hidden)",
             "  metrics     off",
+            "  batches     sent every 500ms or at 256 records, 1024 records a signal queued at most\n",
             "export headers authorization (value hidden)",
             "sampling      0.25 of new traces",
             "propagation   w3c, and whatever",
