@@ -4,7 +4,8 @@
 //! collector slow to answer still gets every record, and so does one receiving
 //! compressed exports. Over OTLP/HTTP too: every record reaches the collector, a collector
 //! answering 429 or 503 is retried after the `Retry-After` it sent, and one answering 400
-//! is not retried.
+//! is not retried. Each signal goes where its settings say, and one whose backend is down
+//! drops alone; the sidecar's process figures go out with its metrics.
 
 mod support;
 
@@ -648,6 +649,31 @@ fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
     assert!(seen.logs >= n && seen.spans == 0, "{} log records, {} spans at the logs backend", seen.logs, seen.spans);
     assert_eq!(seen.paths, std::collections::BTreeSet::from(["/otlp/v1/logs".to_owned()]), "posted to the URL as written");
     assert_eq!(seen.headers, std::collections::BTreeSet::from(["-|shop|-".to_owned()]), "its own headers only");
+}
+
+#[test]
+fn a_signal_whose_backend_is_down_drops_alone() {
+    // The access logs' backend is down (nothing listens at its address); spans and metrics
+    // go to the collector, whole, and traffic is unaffected.
+    let dir = TestDir::new("signals-one-down");
+    let collector = CollectorProc::start(&dir);
+    let mut tester = Workload::new("tester", &[]);
+    tester.telemetry = format!("{EXPORT}\nlogs = {{ endpoint = \"http://{}\" }}", free_addr());
+    let front = Workload::new("front", &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    let n = 200;
+    traffic(&dir, &tester, n);
+    wait_for("the spans exported and the access logs dropped", Duration::from_secs(15), || {
+        let exported = admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[("signal", "spans")]);
+        let dropped = admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("signal", "logs")]);
+        (exported >= n as f64 && dropped > 0.0).then_some(())
+    });
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("signal", "spans")]), 0.0);
+    let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'")[0][0].as_u64();
+    assert_eq!(spans, Some(n), "every span stored");
+    wait_for("the metrics at the collector", Duration::from_secs(10), || {
+        (admin_metric(&tester, "meshlens_proxy_telemetry_exported_total", &[("signal", "metrics")]) > 0.0).then_some(())
+    });
 }
 
 #[test]
