@@ -376,8 +376,13 @@ impl RawTelemetry {
         }
         let signals = [("TRACES", &mut self.traces), ("LOGS", &mut self.logs), ("METRICS", &mut self.metrics)];
         for (signal, slot) in signals.map(|(signal, raw)| (signal, &mut raw.endpoint)) {
-            if slot.is_none() && !table_off {
+            let var = format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT");
+            if slot.is_some() {
+                continue;
+            } else if !table_off {
                 *slot = otel_env::signal_endpoint(signal, &read, &mut ignored);
+            } else if let Some(endpoint) = read(&var) {
+                ignored.push(format!("{var}={endpoint:?} ignored: [telemetry] otlp_endpoint = \"\" turns export off"));
             }
         }
         ignored.extend(otel_env::per_signal_settings(&read));
@@ -1387,9 +1392,11 @@ pub(crate) mod tests {
         let (_, got, ignored) = signals("[telemetry]", &[("OTEL_TRACES_EXPORTER", "zipkin, otlp")]);
         assert_eq!(got[0].to, Shared);
         assert_eq!(ignored, ["OTEL_TRACES_EXPORTER: zipkin ignored: the sidecar exports OTLP (or none)"]);
-        // otlp_endpoint = "" turns export off whatever the variables say.
-        let (t, got, _) = signals("[telemetry]\notlp_endpoint = \"\"", vars);
+        // otlp_endpoint = "" turns export off whatever the variables say, and says so.
+        let (t, got, ignored) = signals("[telemetry]\notlp_endpoint = \"\"", vars);
         assert_eq!((got[0].to.clone(), t.exports()), (Shared, false));
+        let skipped = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=\"http://jaeger:4317\" ignored: [telemetry] otlp_endpoint";
+        assert_eq!(ignored[0], format!("{skipped} = \"\" turns export off"), "{ignored:?}");
         let logs_only = "[telemetry.logs]\nendpoint = \"http://loki:3100/v1/logs\"\n[telemetry]\notlp_endpoint = \"\"";
         let (t, got, _) = signals(logs_only, &[]);
         assert_eq!((t.signal_endpoint(&got[0]), t.signal_endpoint(&got[1]).is_some()), (None, true), "logs only");
