@@ -51,7 +51,7 @@ pub fn effective(config: &ProxyConfig) -> String {
             let target = match t.signal_endpoint(export) {
                 None => "off".to_owned(),
                 Some((endpoint, true)) if t.otlp_protocol == OtlpProtocol::HttpProtobuf => {
-                    format!("{}/v1/{signal}", endpoint.trim_end_matches('/'))
+                    crate::telemetry::otlp_http::signal_url(endpoint, false, &format!("/v1/{signal}"))
                 }
                 Some((endpoint, _)) => endpoint.to_owned(),
             };

@@ -15,7 +15,7 @@ pub mod headers;
 pub mod metrics;
 pub mod otel_env;
 pub mod otlp;
-mod otlp_http;
+pub(crate) mod otlp_http;
 pub mod prometheus;
 pub mod resource;
 pub mod stats;

@@ -53,15 +53,20 @@ impl Target {
         if uri.authority().is_none() || uri.query().is_some() {
             return Err(invalid("an OTLP/HTTP endpoint is http://host:port, perhaps with a path, without a query".into()));
         }
-        let base = if exact { endpoint } else { endpoint.trim_end_matches('/') };
-        Ok(Self { base: base.to_owned(), exact })
+        Ok(Self { base: endpoint.to_owned(), exact })
     }
 
     /// The URI a signal is posted to (`path` is e.g. `/v1/traces`).
     fn uri(&self, path: &str) -> Result<Uri, Failed> {
-        let path = if self.exact { "" } else { path };
-        format!("{}{path}", self.base).parse().map_err(|e: http::uri::InvalidUri| Failed::final_error("invalid_uri", e.to_string()))
+        let url = signal_url(&self.base, self.exact, path);
+        url.parse().map_err(|e: http::uri::InvalidUri| Failed::final_error("invalid_uri", e.to_string()))
     }
+}
+
+/// The URL a signal whose OTLP/HTTP path is `path` (`/v1/traces`) is posted to: `endpoint`
+/// itself when `exact` (a signal's own endpoint), else `path` under it.
+pub(crate) fn signal_url(endpoint: &str, exact: bool, path: &str) -> String {
+    if exact { endpoint.to_owned() } else { format!("{}{path}", endpoint.trim_end_matches('/')) }
 }
 
 /// Sends export requests to one collector over HTTP/1.1, on a pool of kept-alive connections.
