@@ -5,7 +5,10 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::config::{Compression, OtlpProtocol, ProxyConfig};
+use crate::{
+    config::{Compression, OtlpProtocol, ProxyConfig},
+    telemetry::resource,
+};
 
 /// A duration as the configuration writes it.
 fn duration(d: Duration) -> String {
@@ -69,7 +72,10 @@ pub fn effective(config: &ProxyConfig) -> String {
         let _ = writeln!(out, "export        off");
     }
     let _ = writeln!(out, "export headers {}", hidden(&t.otlp_headers));
-    let _ = writeln!(out, "resource      {}", listed(t.resource_attributes.iter().map(|(k, v)| format!("{k}={v}"))));
+    let resource = listed(t.resource_attributes.iter().map(|(k, v)| format!("{k}={v}")));
+    let drawn = t.resource_attributes.iter().all(|(k, _)| k != resource::INSTANCE_ID);
+    let drawn = if drawn { format!("; {} drawn at random at start", resource::INSTANCE_ID) } else { String::new() };
+    let _ = writeln!(out, "resource      {resource}{drawn}");
     let slow = t.sampling.slow_threshold.map_or_else(|| "off".to_owned(), duration);
     let sampling = &t.sampling;
     let _ = writeln!(
@@ -122,9 +128,15 @@ mod tests {
             "sampling      0.25 of new traces",
             "propagation   w3c, and whatever",
             "access log    OTLP log records for every request; stdout off",
+            "resource      none; service.instance.id drawn at random at start\n",
         ] {
             assert!(text.contains(line), "{line:?} in:\n{text}");
         }
         assert!(!text.contains("s3cret") && !text.contains("t3nant"), "{text}");
+        let named = |value: &str| {
+            let env = |name: &str| (name == "OTEL_RESOURCE_ATTRIBUTES").then(|| value.to_owned());
+            effective(&ProxyConfig::from_toml_with_environment(crate::config::tests::GOOD, &env).expect("valid").0)
+        };
+        assert!(named("service.instance.id=shop-7f9c").contains("resource      service.instance.id=shop-7f9c\n"));
     }
 }

@@ -467,14 +467,15 @@ pub(super) fn spawn(
     let export_timeout = config.export_timeout;
     let gzip = config.compression == Compression::Gzip;
     let headers = config.otlp_headers.clone();
+    let extra = config.resource_attributes.with_instance_id();
     let drain = Drain {
         flush_interval: config.flush_interval,
         anchor: Instant::now(),
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
-        resource: Arc::new(otlp::resource(&identity, &config.resource_attributes)),
+        resource: Arc::new(otlp::resource(&identity, &extra)),
         stats,
     };
-    let resource_bytes = otlp::resource(&identity, &config.resource_attributes).encode_to_vec();
+    let resource_bytes = otlp::resource(&identity, &extra).encode_to_vec();
     let (resource, scope) = (Arc::new(resource_bytes), Arc::new(otlp::scope().encode_to_vec()));
     let batches = |encoding| Batches::new(config.queue_capacity, config.max_batch, encoding, resource.clone(), scope.clone());
     let [to_spans, to_logs, to_metrics] = routes;

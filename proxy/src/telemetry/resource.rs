@@ -10,6 +10,11 @@
 //! the table is a configuration error; in the variable, which a platform may fill for every
 //! container of a pod, it is skipped with a warning. A variable that does not parse is
 //! ignored whole with a warning, as OpenTelemetry's SDKs ignore it.
+//!
+//! `service.instance.id`, which tells a workload's replicas apart (the collector keeps each
+//! one's process figures under it), is taken from the table or the variable when they set
+//! it (a pod's name, say); otherwise each start draws a random UUID, as OpenTelemetry's
+//! conventions recommend.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +35,9 @@ const OWN_KEYS: [&str; 7] = [
 
 /// The variable OpenTelemetry's SDKs read resource attributes from.
 pub const ENV_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
+
+/// The key of the attribute that tells instances of one service apart.
+pub const INSTANCE_ID: &str = "service.instance.id";
 
 /// Extra resource attributes, by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,10 +70,26 @@ impl ResourceAttributes {
         })
     }
 
+    /// These attributes with `service.instance.id` drawn at random when none sets it.
+    pub fn with_instance_id(&self) -> Self {
+        let mut attributes = self.clone();
+        attributes.0.entry(INSTANCE_ID.to_owned()).or_insert_with(random_uuid);
+        attributes
+    }
+
     /// The attributes, by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+}
+
+/// A random UUID, version 4 (RFC 9562), in its hyphenated lowercase form.
+fn random_uuid() -> String {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = bytes[6] & 0x0f | 0x40;
+    bytes[8] = bytes[8] & 0x3f | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 #[cfg(test)]
@@ -114,5 +138,22 @@ mod tests {
             assert_eq!(listed(&attributes), [], "{broken}");
             assert!(skipped.len() == 1 && skipped[0].starts_with("OTEL_RESOURCE_ATTRIBUTES ignored: "), "{skipped:?}");
         }
+    }
+
+    #[test]
+    fn an_instance_id_is_drawn_unless_the_table_or_the_variable_sets_one() {
+        let drawn = ResourceAttributes::default().with_instance_id();
+        let id = drawn.iter().find(|(k, _)| *k == INSTANCE_ID).map(|(_, v)| v.to_owned()).expect("drawn");
+        let parts: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{id}");
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+        assert_eq!(&id[14..15], "4", "version 4: {id}");
+        assert!("89ab".contains(&id[19..20]), "RFC variant: {id}");
+        let again = ResourceAttributes::default().with_instance_id();
+        assert_ne!(listed(&drawn), listed(&again), "each start draws its own");
+
+        let mut named = ResourceAttributes::default();
+        named.add_environment("service.instance.id=shop-7f9c");
+        assert_eq!(listed(&named.with_instance_id()), [(INSTANCE_ID, "shop-7f9c")]);
     }
 }
