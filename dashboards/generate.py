@@ -18,6 +18,9 @@ SVC_IN = f'{NS},destination_service=~"$service"'
 SVC_OUT = f'source_namespace=~"$namespace",source_service=~"$service"'
 WL_IN = f'{NS},destination_workload=~"$workload"'
 WL_OUT = f'source_namespace=~"$namespace",source_workload=~"$workload"'
+# The sidecars' own process figures, which they export over OTLP (meshlens_process_*).
+PROXY = 'sdk="meshlens-proxy",namespace=~"$namespace"'
+PROXY_WL = f'{PROXY},workload=~"$workload"'
 
 
 def rate(metric, sel, by=None):
@@ -126,6 +129,10 @@ def overview():
             legend="{{source_service}} → {{destination_service}}",
             description="Successful attempts over all attempts, the callers' retries included. "
                         "The success ratio counts each request once, by its last attempt.")
+    b.panel("Sidecar CPU by workload", "timeseries", rate("meshlens_process_cpu_seconds_total", PROXY, "workload"), "none",
+            legend="{{workload}}", description="Cores the workload's sidecars use, all instances together: what the mesh costs it.")
+    b.panel("Sidecar memory by workload", "timeseries", f"sum by (workload) (meshlens_process_resident_memory_bytes{{{PROXY}}})", "bytes",
+            legend="{{workload}}", description="Resident memory of the workload's sidecars, all instances together.")
     return b
 
 
@@ -166,6 +173,11 @@ def workload():
     b.panel("Outbound error ratio", "timeseries", error_ratio(WL_OUT, "destination_service"), "percentunit", legend="{{destination_service}}")
     b.panel("Inbound bytes", "timeseries",
             [(rate("meshlens_request_bytes_total", WL_IN), "request"), (rate("meshlens_response_bytes_total", WL_IN), "response")], "Bps", w=24)
+    b.panel("Sidecar CPU by instance", "timeseries", rate("meshlens_process_cpu_seconds_total", PROXY_WL, "instance"), "none",
+            legend="{{instance}}", description="Cores each of the workload's sidecars uses (its service.instance.id).")
+    memory = f"sum by (instance) (meshlens_process_resident_memory_bytes{{{PROXY_WL}}})"
+    b.panel("Sidecar memory by instance", "timeseries", memory, "bytes",
+            legend="{{instance}}", description="Resident memory of each of the workload's sidecars.")
     return b
 
 

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: Debian's chromium driven by Playwright
 //! (`tests/browser/dashboard.mjs`, playwright-core from npm) against the demo mesh, plus an
-//! XSS probe (a service and span named with markup) sent over OTLP/HTTP. Screenshots are
+//! XSS probe (a service and span named with markup) and a sidecar's process figures sent
+//! over OTLP/HTTP. Screenshots are
 //! kept in `target/browser-artifacts/`. `./scripts/test` installs chromium and the npm
 //! package.
 
@@ -45,6 +46,12 @@ fn the_dashboard_works_in_chromium() {
     ] });
     let reply = http(http_addr, "POST", "/v1/traces", &[("content-type", "application/json")], body.to_string().as_bytes()).expect("probe");
     assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // Two readings of a payments sidecar's process figures, ten seconds apart (the demo's
+    // own sidecars share its process, so they send none): 0.1 of a core, 24 MiB resident.
+    for (ago, cpu) in [(10_000_000_000u128, 1.0), (0, 2.0)] {
+        post_process_figures(http_addr, "payments", "payments-v1", "payments-pod-1", start - ago, cpu, 24 << 20);
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     let artifacts = root.join("target/browser-artifacts");
@@ -59,7 +66,7 @@ fn the_dashboard_works_in_chromium() {
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{report}");
     assert!(out.status.success(), "browser checks failed (screenshots in {}):\n{report}", artifacts.display());
-    for shot in ["topology", "edge-panel", "trace", "sql", "xss-probe"] {
+    for shot in ["topology", "edge-panel", "node-panel", "trace", "sql", "xss-probe"] {
         assert!(artifacts.join(format!("{shot}.png")).is_file(), "screenshot {shot}.png");
     }
 }

@@ -108,6 +108,10 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
             rules_dir.display()
         ),
     );
+    // A checkout sidecar's process figures (the demo's sidecars send none), for the panels
+    // of what the sidecars cost.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+    post_process_figures(http_addr, "checkout", "checkout-v1", "checkout-pod-1", now, 0.5, 20 << 20);
     // A malformed export, for the malformed-telemetry alert.
     let garbage = http(http_addr, "POST", "/v1/traces", &[("content-type", "application/x-protobuf")], b"\xff\xff\xff").expect("post");
     assert_eq!(garbage.status, 400);
@@ -115,6 +119,10 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
     wait_for("payments' errors in Prometheus", Duration::from_secs(90), || {
         let r = prom.value("sum(rate(meshlens_requests_total{destination_service=\"payments\",classification=\"failure\"}[1m]))");
         r.filter(|v| *v > 0.0)
+    });
+    // Two scrapes of the checkout sidecar's CPU time, for its rate.
+    wait_for("a rate of the sidecar's CPU time", Duration::from_secs(30), || {
+        (!prom.vector("rate(meshlens_process_cpu_seconds_total[1m])").is_empty()).then_some(())
     });
     // The load generator's sidecar exports over OTLP/HTTP, every other sidecar over gRPC:
     // both transports' spans and access logs are stored.

@@ -3,7 +3,8 @@
 //! (from the access logs); a B3 caller's trace is continued, and its bare decision (`b3: 0`)
 //! followed; `x-request-id` is generated once and follows the request through every hop;
 //! timeouts, retries (one CLIENT span per attempt; gRPC calls, of unknown length, too) and
-//! outlier ejections show as flags, spans and span events.
+//! outlier ejections show as flags, spans and span events; each sidecar's own CPU and
+//! memory reach the collector under its instance.
 
 mod support;
 
@@ -1123,6 +1124,50 @@ fn the_facts_of_a_sidecars_deployment_go_on_its_resource() {
         }
     }
     assert!(sidecar.output().contains("\"service.name\" skipped"), "the skipped key is named: {}", sidecar.output());
+}
+
+#[test]
+fn each_sidecars_cpu_and_memory_reach_the_collector_by_instance() {
+    let dir = TestDir::new("instances");
+    let collector = CollectorProc::start(&dir);
+    // One instance named by its platform (a pod's name), one left to draw its own ID.
+    let mut named = Workload::new("shop", &[]);
+    named.sidecar_env = vec![("OTEL_RESOURCE_ATTRIBUTES".into(), "service.instance.id=shop-pod-a".into())];
+    let mut drawn = Workload::new("shop", &[]);
+    drawn.version = "v2".into();
+    let _procs = start_mesh(&dir, &[&named, &drawn], collector.grpc);
+    // Requests through both, so each has CPU time to show.
+    let report = load(&dir, named.outbound, "http://shop/", 400);
+    assert_eq!(report["succeeded"], 400, "{report}");
+
+    // Two readings each (the tests' metrics interval is a second) give each a CPU rate.
+    let instances = wait_for("both sidecars' figures with a CPU rate", Duration::from_secs(20), || {
+        let list = collector.json("/api/v1/instances?service=shop&sdk=meshlens-proxy");
+        let list = list.as_array()?.clone();
+        let ready = |i: &Value| i["cpu_cores"].is_f64() && i["cpu_seconds"].as_f64().is_some_and(|s| s > 0.0);
+        (list.len() == 2 && list.iter().all(ready)).then_some(list)
+    });
+    let by_version = |v: &str| instances.iter().find(|i| i["version"] == v).unwrap_or_else(|| panic!("{v} in {instances:?}"));
+    let (a, b) = (by_version("v1"), by_version("v2"));
+    assert_eq!((a["instance"].as_str(), a["namespace"].as_str()), (Some("shop-pod-a"), Some("test")), "{a}");
+    let id = b["instance"].as_str().unwrap_or_default();
+    assert!(id.len() == 36 && id.as_bytes()[14] == b'4' && id != "shop-pod-a", "a drawn version-4 UUID: {b}");
+    for (instance, sidecar) in [(a, &named), (b, &drawn)] {
+        let cores = instance["cpu_cores"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=2.0).contains(&cores), "{instance}");
+        let exported = instance["resident_bytes"].as_f64().unwrap_or_default();
+        let scraped = prom_sum(&get(sidecar.admin, "/metrics").body, "process_resident_memory_bytes", &[]);
+        assert!(exported > 1e6 && (exported - scraped).abs() < scraped * 0.5, "exported {exported}, scraped {scraped}: {instance}");
+        assert!(instance["threads"].as_f64().is_some_and(|n| n >= 1.0) && instance["open_fds"].as_f64().is_some_and(|n| n >= 3.0));
+    }
+
+    // The same figures on the collector's /metrics, one series set per instance.
+    let exposition = get(collector.web, "/metrics").body;
+    let named_labels = [("service", "shop"), ("workload", "shop-v1"), ("instance", "shop-pod-a"), ("sdk", "meshlens-proxy")];
+    assert!(prom_sum(&exposition, "meshlens_process_resident_memory_bytes", &named_labels) > 1e6, "{exposition}");
+    let user = [named_labels.as_slice(), &[("mode", "user")]].concat();
+    assert!(prom_sum(&exposition, "meshlens_process_cpu_seconds_total", &user) > 0.0, "{exposition}");
+    assert!(prom_sum(&exposition, "meshlens_process_threads", &[("instance", id)]) >= 1.0, "{exposition}");
 }
 
 #[test]

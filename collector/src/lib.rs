@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod instances;
 pub mod istio;
 pub mod journal;
 pub mod lookup;

@@ -14,6 +14,7 @@ use std::{
 };
 
 use crate::{
+    instances::{Instances, InstancesCollector},
     istio::IstioMetrics,
     model::TraceId,
     topology::{EdgeObservation, NodeRef},
@@ -129,6 +130,8 @@ pub struct CollectorMetrics {
     pub match_overflow: Counter,
     /// SQL queries, by outcome.
     pub sql_queries: Family<OutcomeLabels, Counter>,
+    /// The process figures of the instances that export them.
+    pub instances: Arc<Mutex<Instances>>,
     /// Istio-compatible families, when asked for.
     istio: Option<IstioMetrics>,
     /// The per-edge series, found once per edge and outcome.
@@ -214,6 +217,7 @@ impl CollectorMetrics {
     pub fn new(istio: bool) -> Self {
         let metrics = Self {
             istio: istio.then(IstioMetrics::default),
+            instances: Default::default(),
             series: Default::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -283,13 +287,18 @@ impl CollectorMetrics {
         if let Some(istio) = &self.istio {
             istio.register(&mut r);
         }
-        // The collector's own CPU and memory.
+        // The collector's own CPU and memory, and those the sidecars and SDKs export.
         r.register_collector(Box::new(meshlens_common::process::ProcessCollector));
+        r.register_collector(Box::new(InstancesCollector(self.instances.clone())));
         r
     }
 
-    /// Feeds metric points from sidecars to the Istio TCP families (when enabled).
+    /// Feeds metric points to the instances' process figures, and sidecars' to the Istio
+    /// TCP families (when enabled).
     pub fn observe_points(&self, points: &[crate::model::MetricPoint]) {
+        if let Ok(mut instances) = self.instances.lock() {
+            instances.observe(points);
+        }
         if let Some(istio) = &self.istio {
             istio.observe_tcp(points);
         }
@@ -393,6 +402,9 @@ impl CollectorMetrics {
         }
         if let Some(istio) = &self.istio {
             removed += istio.expire_idle(ttl);
+        }
+        if let Ok(mut instances) = self.instances.lock() {
+            removed += instances.expire_idle(ttl);
         }
         removed
     }

@@ -441,8 +441,10 @@ pub struct LogRecord {
 pub enum MetricKind {
     /// A gauge.
     Gauge,
-    /// A sum (counter or up-down counter).
+    /// A sum (counter or up-down counter), cumulative: each point counts since its start.
     Sum,
+    /// A sum whose points each count only since the one before (delta temporality).
+    DeltaSum,
     /// An explicit-bucket histogram.
     Histogram,
     /// An exponential histogram.

@@ -1,5 +1,5 @@
 // Drives the meshlens dashboard in Debian's chromium (playwright-core, headless) against a
-// running demo: the graph's nodes and edges, an edge's panel with data, a trace as a
+// running demo: the graph's nodes and edges, an edge's panel with data, a node's sidecars, a trace as a
 // waterfall, an SQL query's rows and error, and the XSS probe shown as text. Screenshots go
 // to the artifacts directory. Exits non-zero with the failures listed.
 //
@@ -67,8 +67,16 @@ try {
   const actual = await page.$$eval("#detail-table tr", (rows) =>
     rows.map((r) => /^Actual success\s*([\d.]+)% of attempts/.exec(r.textContent)).find((m) => m)?.[1]);
   check(actual !== undefined && Number(actual) < 100, `the edge panel shows the success of every attempt (${actual} %)`);
+  // A node's panel: what its sidecars cost, per instance (the test sent payments' figures).
+  await page.dispatchEvent('#graph g.node[data-id="payments.shop"]', "click");
+  const sidecars = () => [...document.querySelectorAll("#sidecars-table tr")].map((r) => r.textContent).join(" | ");
+  await page.waitForFunction(() => document.querySelector("#sidecars-table").textContent.includes("payments-pod-1"), null, { timeout: 30000 });
+  const costs = await page.evaluate(sidecars);
+  check(/Instances\s*1/.test(costs) && /CPU\s*0\.10 cores/.test(costs) && /Memory\s*24\.0 MiB/.test(costs), `the node panel shows its sidecars' CPU and memory (${costs})`);
+  await shot("node-panel");
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
   await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
+  check(await page.evaluate(() => document.querySelector("#sidecars-title").hidden), "an edge's panel has no sidecars section");
 
   // One click to the edge's traces, then a trace as a waterfall.
   await page.click("#detail-traces");

@@ -592,3 +592,35 @@ pub fn run(args: &[&str]) -> String {
     assert!(out.status.success(), "meshlens {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Posts one reading of a sidecar's process figures over OTLP/HTTP JSON, as a sidecar of
+/// `service` (`workload`, namespace `shop`: the demo's) with `instance` as its
+/// `service.instance.id` would export it: `cpu_seconds` of user CPU and `rss` bytes resident,
+/// read at `at_unix_nanos`. The demo's own sidecars share its process and send none.
+pub fn post_process_figures(
+    http_addr: SocketAddr,
+    service: &str,
+    workload: &str,
+    instance: &str,
+    at_unix_nanos: u128,
+    cpu_seconds: f64,
+    rss: u64,
+) {
+    let at = at_unix_nanos.to_string();
+    let text = |key: &str, value: &str| serde_json::json!({ "key": key, "value": { "stringValue": value } });
+    let body = serde_json::json!({ "resourceMetrics": [{
+        "resource": { "attributes": [
+            text("service.name", service), text("service.namespace", "shop"), text("meshlens.workload", workload),
+            text("service.version", "v1"), text("service.instance.id", instance), text("telemetry.sdk.name", "meshlens-proxy"),
+        ] },
+        "scopeMetrics": [{ "metrics": [
+            { "name": "process.cpu.time", "unit": "s", "sum": { "aggregationTemporality": 2, "isMonotonic": true,
+              "dataPoints": [{ "timeUnixNano": at, "asDouble": cpu_seconds, "attributes": [text("cpu.mode", "user")] }] } },
+            { "name": "process.memory.usage", "unit": "By", "sum": { "aggregationTemporality": 2,
+              "dataPoints": [{ "timeUnixNano": at, "asInt": rss.to_string() }] } },
+        ] }]
+    }] });
+    let json = [("content-type", "application/json")];
+    let reply = http(http_addr, "POST", "/v1/metrics", &json, body.to_string().as_bytes()).expect("post figures");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

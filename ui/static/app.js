@@ -13,7 +13,7 @@ const WARN_ERROR_RATIO = 0.01;
 const BAD_ERROR_RATIO = 0.05;
 const LABELED_EDGES = 150;
 
-const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null, zoom: null, extras: null };
+const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null, zoom: null, extras: null, sidecars: 0 };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, text) {
@@ -34,6 +34,8 @@ const fmt = {
   rate: (v) => `${v.toFixed(v < 10 ? 2 : 1)} rps`,
   pct: (v) => `${(v * 100).toFixed(v < 0.1 ? 2 : 1)}%`,
   ms: (v) => (v === null || v === undefined ? "–" : `${v < 10 ? v.toFixed(2) : v.toFixed(0)} ms`),
+  cores: (v) => (v === null || v === undefined ? "–" : `${v.toFixed(v < 0.1 ? 3 : 2)} cores`),
+  mib: (v) => (v === null || v === undefined ? "–" : `${(v / 1048576).toFixed(1)} MiB`),
 };
 
 function edgeLabel(e) {
@@ -251,6 +253,7 @@ function showSelection() {
   if (kind === "edge") {
     const e = view.edges.find((x) => x.id === id);
     if (e) {
+      showSidecars(null);
       showTraffic(`${e.source} → ${e.target}`, e, [["Protocol", e.protocol]]);
       charts({ source: e.source, target: e.target });
       detailExtras(label(e.source), label(e.target));
@@ -259,10 +262,45 @@ function showSelection() {
     const n = view.nodes.find((x) => x.id === id);
     if (n) {
       showTraffic(n.label, n.inbound, [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]]);
+      showSidecars(n);
       charts({ target: n.id });
       detailExtras(n.label, null);
     }
   }
+}
+
+// What the node's sidecars cost: their instances' CPU (between each one's last two
+// readings) and resident memory, from /api/v1/instances. Hidden for an edge, and for a node
+// without sidecars that export their process figures. Only the latest answer is shown.
+async function showSidecars(n) {
+  const token = ++state.sidecars;
+  const hide = () => { $("sidecars-table").replaceChildren(); $("sidecars-title").hidden = true; };
+  if (!n || n.kind !== "service") return hide();
+  const query = new URLSearchParams({ service: n.service, sdk: "meshlens-proxy" });
+  if (n.namespace) query.set("namespace", n.namespace);
+  if (n.workload) query.set("workload", n.workload);
+  if (n.version) query.set("version", n.version);
+  let list;
+  try {
+    const response = await fetch(`/api/v1/instances?${query}`);
+    if (!response.ok) return;
+    list = await response.json();
+  } catch {
+    return;
+  }
+  if (token !== state.sidecars) return;
+  if (list.length === 0) return hide();
+  const sum = (key) => (list.some((i) => i[key] !== null) ? list.reduce((a, i) => a + (i[key] || 0), 0) : null);
+  const rows = [pair("Instances", String(list.length)), pair("CPU", fmt.cores(sum("cpu_cores"))), pair("Memory", fmt.mib(sum("resident_bytes")))];
+  const SHOWN = 10;
+  for (const i of list.slice(0, SHOWN)) {
+    const tr = pair(i.instance || "(no instance ID)", `${fmt.cores(i.cpu_cores)} · ${fmt.mib(i.resident_bytes)}`);
+    tr.title = `${i.workload} ${i.version}: ${i.threads ?? "–"} threads, ${i.open_fds ?? "–"} open files`;
+    rows.push(tr);
+  }
+  if (list.length > SHOWN) rows.push(pair("…", `${list.length - SHOWN} more`));
+  $("sidecars-table").replaceChildren(...rows);
+  $("sidecars-title").hidden = false;
 }
 
 // The rows of an SQL query, or an error with the collector's reason.

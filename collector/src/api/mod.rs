@@ -2,6 +2,7 @@
 //! function returning a `Router`, merged into one [`app`].
 
 pub mod error;
+pub mod instances;
 pub mod jaeger;
 pub mod jaeger_v3;
 pub mod logs;
@@ -20,6 +21,7 @@ use crate::pipeline::Pipeline;
 pub fn app(pipeline: Arc<Pipeline>) -> Router {
     Router::new()
         .merge(topology::routes())
+        .merge(instances::routes())
         .merge(jaeger::routes())
         .merge(jaeger_v3::routes())
         .merge(logs::routes())

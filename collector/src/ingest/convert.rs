@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::{
         trace::v1::ExportTraceServiceRequest,
     },
     common::v1::{AnyValue, KeyValue, any_value},
-    metrics::v1::{metric::Data, number_data_point},
+    metrics::v1::{AggregationTemporality, metric::Data, number_data_point},
     resource::v1::Resource as OtlpResource,
     trace::v1::{Span as OtlpSpan, status},
 };
@@ -331,9 +331,11 @@ pub fn metrics(req: &ExportMetricsServiceRequest) -> Converted<MetricPoint> {
                     Some(Data::Gauge(g)) => out.items.extend(
                         g.data_points.iter().map(|p| point(MetricKind::Gauge, p.time_unix_nano, number(&p.value), 0, &p.attributes)),
                     ),
-                    Some(Data::Sum(s)) => out.items.extend(
-                        s.data_points.iter().map(|p| point(MetricKind::Sum, p.time_unix_nano, number(&p.value), 0, &p.attributes)),
-                    ),
+                    Some(Data::Sum(s)) => {
+                        let delta = s.aggregation_temporality == AggregationTemporality::Delta as i32;
+                        let kind = if delta { MetricKind::DeltaSum } else { MetricKind::Sum };
+                        out.items.extend(s.data_points.iter().map(|p| point(kind, p.time_unix_nano, number(&p.value), 0, &p.attributes)))
+                    }
                     Some(Data::Histogram(h)) => out.items.extend(h.data_points.iter().map(|p| {
                         point(MetricKind::Histogram, p.time_unix_nano, p.sum.unwrap_or(f64::NAN), p.count, &p.attributes)
                     })),
