@@ -4,8 +4,9 @@
 //! collector slow to answer still gets every record, and so does one receiving
 //! compressed exports. Over OTLP/HTTP too: every record reaches the collector, a collector
 //! answering 429 or 503 is retried after the `Retry-After` it sent, and one answering 400
-//! is not retried. Each signal goes where its settings say, and one whose backend is down
-//! drops alone; the sidecar's process figures go out with its metrics.
+//! is not retried. Each signal goes where its settings say, over the transport and with the
+//! compression they say, and one whose backend is down drops alone; the sidecar's process
+//! figures go out with its metrics.
 
 mod support;
 
@@ -649,6 +650,44 @@ fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
     assert!(seen.logs >= n && seen.spans == 0, "{} log records, {} spans at the logs backend", seen.logs, seen.spans);
     assert_eq!(seen.paths, std::collections::BTreeSet::from(["/otlp/v1/logs".to_owned()]), "posted to the URL as written");
     assert_eq!(seen.headers, std::collections::BTreeSet::from(["-|shop|-".to_owned()]), "its own headers only");
+}
+
+#[test]
+fn a_signal_may_go_over_a_transport_and_compression_of_its_own() {
+    // The mesh exports over OTLP/gRPC; the tester's sidecar sends its access logs over
+    // OTLP/HTTP, gzip-compressed, to the collector's HTTP port (OpenTelemetry's variables).
+    let dir = TestDir::new("signal-transport");
+    let collector = CollectorProc::start(&dir);
+    let n = 50;
+    let mut tester = Workload::new("tester", &[]);
+    tester.sidecar_env = [
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", format!("http://{}/v1/logs", collector.http)),
+        ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "gzip".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec();
+    let front = Workload::new("front", &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    traffic(&dir, &tester, n);
+    wait_for_spans_and_logs(&tester, n);
+    let tester_rows = |table: &str| collector.sql_rows(&format!("SELECT count(*) FROM {table} WHERE service = 'tester'"))[0][0].as_u64();
+    wait_for("the tester's records in the collector's tables", Duration::from_secs(10), || {
+        (tester_rows("spans") == Some(n) && tester_rows("logs") == Some(n)).then_some(())
+    });
+    // Only the tester's access logs came over HTTP; the front's, and every span, over gRPC.
+    let accepted = |signal: &str, transport: &str| {
+        prom_sum(&get(collector.web, "/metrics").body, "meshlens_collector_accepted_total", &[("signal", signal), ("transport", transport)])
+    };
+    assert_eq!(accepted("log_records", "http"), n as f64);
+    assert_eq!(accepted("spans", "http"), 0.0);
+    assert!(accepted("spans", "grpc") >= 2.0 * n as f64 && accepted("log_records", "grpc") >= n as f64);
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
+    let config = dir.path("tester-v1.toml");
+    let check = command(meshlens()).args(["proxy", "--check", "--config"]).arg(&config).envs(tester.sidecar_env.clone()).output();
+    let check = String::from_utf8_lossy(&check.expect("run --check").stdout).into_owned();
+    let logs_line = format!("  logs        http://{}/v1/logs (OTLP/HTTP (protobuf), gzip)\n", collector.http);
+    assert!(check.contains(&logs_line), "--check names the signal's own transport: {check}");
 }
 
 #[test]

@@ -315,6 +315,13 @@ pub struct RawSignal {
     pub endpoint: Option<String>,
     /// Headers sent with the signal's exports instead of `otlp_headers`.
     pub headers: Option<BTreeMap<String, String>>,
+    /// The transport instead of `otlp_protocol`.
+    pub protocol: Option<OtlpProtocol>,
+    /// Compression instead of `compression`.
+    pub compression: Option<Compression>,
+    /// Time limit of one export call instead of `export_timeout`.
+    #[serde(default, deserialize_with = "some_duration")]
+    pub timeout: Option<Duration>,
 }
 
 /// The OTLP transport the sidecar exports with.
@@ -354,7 +361,7 @@ impl RawTelemetry {
     /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
     /// `env`, as a platform that sets them for every container expects: the exporter's
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), each signal's
-    /// ([`otel_env::signal_endpoint`]), `OTEL_SDK_DISABLED`, the batch processors' and the
+    /// endpoint ([`otel_env::signal_endpoint`]), protocol, compression and timeout, `OTEL_SDK_DISABLED`, the batch processors' and the
     /// metric reader's intervals and sizes, the sampler's ([`otel_env::sampler_ratio`]) and
     /// the propagators' ([`otel_env::propagators`]). The table wins what it sets. Returns
     /// the values ignored, and why.
@@ -384,6 +391,18 @@ impl RawTelemetry {
             } else if let Some(endpoint) = read(&var) {
                 ignored.push(format!("{var}={endpoint:?} ignored: [telemetry] otlp_endpoint = \"\" turns export off"));
             }
+        }
+        let signals = [("TRACES", &mut self.traces), ("LOGS", &mut self.logs), ("METRICS", &mut self.metrics)];
+        for (signal, raw) in signals {
+            let name = format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL");
+            let known = [("grpc", OtlpProtocol::Grpc), ("http/protobuf", OtlpProtocol::HttpProtobuf)];
+            raw.protocol = raw.protocol.or_else(|| otel_env::choice(read(&name), &name, &known, &mut ignored));
+            let name = format!("OTEL_EXPORTER_OTLP_{signal}_COMPRESSION");
+            let known = [("gzip", Compression::Gzip), ("none", Compression::None)];
+            raw.compression = raw.compression.or_else(|| otel_env::choice(read(&name), &name, &known, &mut ignored));
+            let name = format!("OTEL_EXPORTER_OTLP_{signal}_TIMEOUT");
+            let timeout = || otel_env::positive(&name, read(&name), "milliseconds", &mut ignored).map(Duration::from_millis);
+            raw.timeout = raw.timeout.or_else(timeout);
         }
         ignored.extend(otel_env::per_signal_settings(&read));
         if self.otlp_endpoint.is_none() {
@@ -801,13 +820,19 @@ pub struct SignalExports {
     pub metrics: SignalExport,
 }
 
-/// Where one signal is exported, and with which headers.
+/// Where one signal is exported, and how, where it differs from the other signals.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SignalExport {
     /// Where.
     pub to: SignalEndpoint,
     /// Headers instead of `otlp_headers`, if the signal has its own.
     pub headers: Option<ExportHeaders>,
+    /// Transport instead of `otlp_protocol`, if the signal has its own.
+    pub protocol: Option<OtlpProtocol>,
+    /// Compression instead of `compression`, if the signal has its own.
+    pub compression: Option<Compression>,
+    /// Time limit of one export call instead of `export_timeout`, if the signal has its own.
+    pub timeout: Option<Duration>,
 }
 
 /// Where one signal's export requests go.
@@ -833,7 +858,10 @@ impl SignalExport {
         };
         let setting = format!("telemetry.{signal}.headers");
         let headers = raw.headers.map(|table| ExportHeaders::from_table(&setting, &table)).transpose().map_err(ConfigError::Invalid)?;
-        Ok(Self { to, headers })
+        if raw.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::Invalid(format!("telemetry.{signal}.timeout must be positive")));
+        }
+        Ok(Self { to, headers, protocol: raw.protocol, compression: raw.compression, timeout: raw.timeout })
     }
 }
 
@@ -851,6 +879,29 @@ impl TelemetryConfig {
     /// The headers a signal exported as `export` is sent with: its own, or `otlp_headers`.
     pub fn signal_headers<'a>(&'a self, export: &'a SignalExport) -> &'a ExportHeaders {
         export.headers.as_ref().unwrap_or(&self.otlp_headers)
+    }
+
+    /// The transport of a signal exported as `export`: its own, or `otlp_protocol`.
+    pub fn signal_protocol(&self, export: &SignalExport) -> OtlpProtocol {
+        export.protocol.unwrap_or(self.otlp_protocol)
+    }
+
+    /// The compression of a signal exported as `export`: its own, or `compression`.
+    pub fn signal_compression(&self, export: &SignalExport) -> Compression {
+        export.compression.unwrap_or(self.compression)
+    }
+
+    /// The time limit of one export call of a signal exported as `export`: its own, or
+    /// `export_timeout`.
+    pub fn signal_timeout(&self, export: &SignalExport) -> Duration {
+        export.timeout.unwrap_or(self.export_timeout)
+    }
+
+    /// The longest time limit of one export call, whichever signal: what the last flush at
+    /// shutdown may take.
+    pub fn longest_export_timeout(&self) -> Duration {
+        let s = &self.signals;
+        [&s.traces, &s.logs, &s.metrics].into_iter().map(|export| self.signal_timeout(export)).fold(self.export_timeout, Duration::max)
     }
 
     /// Whether any signal is exported.
@@ -919,16 +970,29 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             return Err(ConfigError::Invalid(format!("telemetry.sampling_ratio must be between 0 and 1, not {sampling_ratio}")));
         }
         let otlp_protocol = t.otlp_protocol.unwrap_or_default();
+        let mut signals = SignalExports {
+            traces: SignalExport::from_raw("traces", t.traces)?,
+            logs: SignalExport::from_raw("logs", t.logs)?,
+            metrics: SignalExport::from_raw("metrics", t.metrics)?,
+        };
+        if t.otlp_endpoint.is_none() {
+            // No endpoint set: a signal sent over a transport of its own goes to that
+            // transport's port on this machine, as OpenTelemetry's SDKs default it.
+            for (signal, export) in [("traces", &mut signals.traces), ("logs", &mut signals.logs), ("metrics", &mut signals.metrics)] {
+                if let (SignalEndpoint::Shared, Some(protocol)) = (&export.to, export.protocol.filter(|p| *p != otlp_protocol)) {
+                    export.to = SignalEndpoint::Own(match protocol {
+                        OtlpProtocol::Grpc => protocol.default_endpoint().to_owned(),
+                        OtlpProtocol::HttpProtobuf => format!("{}/v1/{signal}", protocol.default_endpoint()),
+                    });
+                }
+            }
+        }
         Ok(Self {
             otlp_endpoint: match t.otlp_endpoint {
                 None => Some(otlp_protocol.default_endpoint().to_owned()),
                 Some(e) => Some(e).filter(|e| !e.trim().is_empty()),
             },
-            signals: SignalExports {
-                traces: SignalExport::from_raw("traces", t.traces)?,
-                logs: SignalExport::from_raw("logs", t.logs)?,
-                metrics: SignalExport::from_raw("metrics", t.metrics)?,
-            },
+            signals,
             otlp_protocol,
             flush_interval,
             metrics_interval,
@@ -1356,6 +1420,52 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_signal_may_have_a_transport_compression_and_time_limit_of_its_own() {
+        let load = |toml: &str, vars: &'static [(&'static str, &'static str)]| {
+            let (cfg, ignored) = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", toml), &env(vars)).expect("valid");
+            (cfg.telemetry, ignored)
+        };
+        let table = "[telemetry.logs]\nprotocol = \"http/protobuf\"\ncompression = \"gzip\"\ntimeout = \"2s\"\n[telemetry]";
+        let (t, _) = load(table, &[]);
+        let logs = &t.signals.logs;
+        assert_eq!(
+            (t.signal_protocol(logs), t.signal_compression(logs), t.signal_timeout(logs)),
+            (OtlpProtocol::HttpProtobuf, Compression::Gzip, Duration::from_secs(2)),
+        );
+        let traces = &t.signals.traces;
+        assert_eq!((t.signal_protocol(traces), t.signal_compression(traces)), (OtlpProtocol::Grpc, Compression::None), "the shared ones");
+        assert_eq!(t.longest_export_timeout(), t.export_timeout.max(Duration::from_secs(2)));
+        // No endpoint set anywhere: the HTTP signal goes to the HTTP port on this machine.
+        assert_eq!(logs.to, SignalEndpoint::Own("http://127.0.0.1:4318/v1/logs".into()));
+        assert_eq!(traces.to, SignalEndpoint::Shared);
+        // With an endpoint set, the signal goes there under its path (`signal_endpoint`).
+        let (t, _) = load(&format!("{table}\notlp_endpoint = \"http://collector:4317\""), &[]);
+        assert_eq!(t.signal_endpoint(&t.signals.logs), Some(("http://collector:4317", true)));
+        // From OpenTelemetry's variables; the table wins what it sets; bad values are said.
+        let vars = &[
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1500"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+        ];
+        let (t, ignored) = load(table, vars);
+        let metrics = &t.signals.metrics;
+        assert_eq!(
+            (t.signal_protocol(metrics), t.signal_compression(metrics), t.signal_timeout(metrics)),
+            (OtlpProtocol::HttpProtobuf, Compression::Gzip, Duration::from_millis(1500)),
+        );
+        assert_eq!(t.signal_protocol(&t.signals.logs), OtlpProtocol::HttpProtobuf, "the table wins");
+        assert_eq!(t.signal_protocol(&t.signals.traces), OtlpProtocol::Grpc);
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(ignored[0].starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"http/json\" ignored"), "{ignored:?}");
+        assert!(ignored[1].starts_with("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT=\"soon\" ignored"), "{ignored:?}");
+        let zero = GOOD.replace("[telemetry]", "[telemetry.traces]\ntimeout = \"0s\"\n[telemetry]");
+        assert!(ProxyConfig::from_toml(&zero).is_err_and(|e| e.to_string().contains("telemetry.traces.timeout")));
+    }
+
+    #[test]
     fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
         use SignalEndpoint::{Off, Own, Shared};
         let signals = |toml: &str, vars: &'static [(&'static str, &'static str)]| {
@@ -1379,10 +1489,12 @@ pub(crate) mod tests {
             ("OTEL_METRICS_EXPORTER", "none"),
             ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "x-scope-orgid=shop"),
             ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "1000"),
+            ("OTEL_EXPORTER_OTLP_LOGS_INSECURE", "true"),
         ];
         let (t, got, ignored) = signals("[telemetry]", vars);
         assert_eq!(to(&got), [Own("http://jaeger:4317".into()), Own("http://loki:3100/otlp/v1/logs".into()), Off]);
-        assert_eq!(ignored, ["OTEL_EXPORTER_OTLP_LOGS_TIMEOUT ignored: the sidecar has no per-signal timeout"]);
+        assert_eq!(t.signal_timeout(&got[1]), Duration::from_secs(1));
+        assert_eq!(ignored, ["OTEL_EXPORTER_OTLP_LOGS_INSECURE ignored: the sidecar has no per-signal insecure"]);
         let names = |export| t.signal_headers(export).map().keys().map(|k| k.to_string()).collect::<Vec<_>>();
         assert_eq!((names(&got[0]), names(&got[1])), (vec!["authorization".to_owned()], vec!["x-scope-orgid".to_owned()]), "replaced");
         let (t, got, _) = signals("[telemetry.logs]\nheaders = { \"x-scope-orgid\" = \"ops\" }\n[telemetry]", vars);

@@ -39,28 +39,38 @@ pub fn effective(config: &ProxyConfig) -> String {
         let endpoints = service.endpoints.iter().map(|e| format!("{} {} weight {}", e.address, e.identity.version, e.weight));
         let _ = writeln!(out, "service       {}.{}: {}", service.name, service.namespace, listed(endpoints));
     }
-    let protocol = match t.otlp_protocol {
+    let protocol = |protocol| match protocol {
         OtlpProtocol::Grpc => "OTLP/gRPC",
         OtlpProtocol::HttpProtobuf => "OTLP/HTTP (protobuf)",
     };
-    let compression = match t.compression {
+    let compression = |compression| match compression {
         Compression::Gzip => "gzip",
         Compression::None => "no compression",
     };
     if t.exports() {
-        let _ = writeln!(out, "export        {protocol}, {compression}, timeout {}", duration(t.export_timeout));
+        let (shared_protocol, shared_compression) = (protocol(t.otlp_protocol), compression(t.compression));
+        let _ = writeln!(out, "export        {shared_protocol}, {shared_compression}, timeout {}", duration(t.export_timeout));
         let signals = [("traces", &t.signals.traces), ("logs", &t.signals.logs), ("metrics", &t.signals.metrics)];
         for (signal, export) in signals {
             let target = match t.signal_endpoint(export) {
                 None => "off".to_owned(),
-                Some((endpoint, true)) if t.otlp_protocol == OtlpProtocol::HttpProtobuf => {
+                Some((endpoint, true)) if t.signal_protocol(export) == OtlpProtocol::HttpProtobuf => {
                     crate::telemetry::otlp_http::signal_url(endpoint, false, &format!("/v1/{signal}"))
                 }
                 Some((endpoint, _)) => endpoint.to_owned(),
             };
-            let own_headers = export.headers.as_ref().filter(|_| t.signal_endpoint(export).is_some());
+            let exported = t.signal_endpoint(export).is_some();
+            let own_headers = export.headers.as_ref().filter(|_| exported);
             let headers = own_headers.map_or_else(String::new, |headers| format!(", headers {}", hidden(headers)));
-            let _ = writeln!(out, "  {signal:<11} {target}{headers}");
+            // The settings of its own, where they differ from the shared ones.
+            let own = [
+                export.protocol.filter(|p| *p != t.otlp_protocol).map(|p| protocol(p).to_owned()),
+                export.compression.filter(|c| *c != t.compression).map(|c| compression(c).to_owned()),
+                export.timeout.filter(|d| *d != t.export_timeout).map(|d| format!("timeout {}", duration(d))),
+            ];
+            let own: Vec<String> = own.into_iter().flatten().filter(|_| exported).collect();
+            let own = if own.is_empty() { String::new() } else { format!(" ({})", own.join(", ")) };
+            let _ = writeln!(out, "  {signal:<11} {target}{own}{headers}");
         }
         let metrics = match t.signal_endpoint(&t.signals.metrics) {
             Some(_) => format!("; metrics every {}", duration(t.metrics_interval)),
@@ -112,6 +122,9 @@ mod tests {
             "OTEL_EXPORTER_OTLP_LOGS_HEADERS" => Some("x-scope-orgid=t3nant".to_owned()),
             "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
             "OTEL_BSP_MAX_QUEUE_SIZE" => Some("1024".to_owned()),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => Some("grpc".to_owned()),
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION" => Some("gzip".to_owned()),
+            "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT" => Some("2500".to_owned()),
             _ => None,
         };
         let (config, _) = ProxyConfig::from_toml_with_environment(&toml, &env).expect("valid");
@@ -120,8 +133,8 @@ mod tests {
             "workload      shop/catalog-v1 (service catalog, version v1)",
             "service       reviews.shop: 127.0.0.1:5001 v1 weight 80, 127.0.0.1:5002 v2 weight 20",
             "export        OTLP/HTTP (protobuf), no compression, timeout 5s",
-            "  traces      http://gateway:4318/v1/traces",
-            "  logs        http://logs:3100/otlp/v1/logs, headers x-scope-orgid (value hidden)",
+            "  traces      http://gateway:4318 (OTLP/gRPC, gzip)\n",
+            "  logs        http://logs:3100/otlp/v1/logs (timeout 2500ms), headers x-scope-orgid (value hidden)",
             "  metrics     off",
             "  batches     sent every 500ms or at 256 records, 1024 records a signal queued at most\n",
             "export headers authorization (value hidden)",

@@ -137,7 +137,7 @@ impl Sidecar {
             timer_anchor: tokio::spawn(crate::stack::timeout::keep_timer_armed()),
             closing,
             export,
-            export_timeout: config.telemetry.export_timeout,
+            export_timeout: config.telemetry.longest_export_timeout(),
         })
     }
 

@@ -5,7 +5,8 @@
 //! tasks here send each batch when it fills (`max_batch` records) or at its flush time: every
 //! `flush_interval` on a fixed schedule, the logs' half an interval after the spans'. Metrics
 //! are exported every `metrics_interval`. Each signal goes to the shared endpoint, to one of
-//! its own, or nowhere (`[telemetry.traces]` and the like). A batch is encoded once whatever
+//! its own, or nowhere, over the shared transport, compression and time limit or its own
+//! (`[telemetry.traces]` and the like). A batch is encoded once whatever
 //! the retries, and copied once into the gRPC frame; a few requests of each signal may be out at once
 //! (`MAX_IN_FLIGHT`; one while exports fail). Requests are gzip-compressed when configured.
 //! An export that fails with a code OTLP calls retryable (gRPC UNAVAILABLE and the like, or
@@ -315,15 +316,15 @@ enum Destination {
 }
 
 impl Destination {
-    /// Checks `endpoint`; over HTTP, `exact` says it is the URL a signal is posted to rather
-    /// than a prefix of one.
-    fn parse(endpoint: &str, exact: bool, config: &TelemetryConfig) -> Result<Self, StartError> {
-        match config.otlp_protocol {
+    /// Checks `endpoint`, reached over `protocol` with calls of at most `timeout`; over HTTP,
+    /// `exact` says it is the URL a signal is posted to rather than a prefix of one.
+    fn parse(endpoint: &str, exact: bool, protocol: OtlpProtocol, timeout: Duration) -> Result<Self, StartError> {
+        match protocol {
             OtlpProtocol::Grpc => Ok(Self::Grpc(Box::new(
                 Endpoint::from_shared(endpoint.to_owned())
                     .map_err(|e| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
                     .connect_timeout(Duration::from_secs(1))
-                    .timeout(config.export_timeout),
+                    .timeout(timeout),
             ))),
             OtlpProtocol::HttpProtobuf => Target::parse(endpoint, exact).map(Self::Http),
         }
@@ -409,11 +410,12 @@ impl ExportHandle {
 
 /// Where one signal's export requests go.
 enum Route {
-    /// To the shared endpoint with the shared headers, on the client the signals sharing
-    /// both share.
+    /// To the shared endpoint with the shared headers and settings, on the client the
+    /// signals sharing all of them share.
     Shared,
-    /// To an endpoint, or with headers, of the signal's own.
-    Own(Destination, ExportHeaders),
+    /// To an endpoint, or with headers, a transport, compression or time limit of the
+    /// signal's own: with these headers, gzip or not, and this time limit.
+    Own(Destination, ExportHeaders, bool, Duration),
 }
 
 impl Route {
@@ -422,11 +424,23 @@ impl Route {
         let Some((endpoint, shared)) = config.signal_endpoint(export) else {
             return Ok(None);
         };
-        if shared && export.headers.is_none() {
+        let (protocol, timeout) = (config.signal_protocol(export), config.signal_timeout(export));
+        let compression = config.signal_compression(export);
+        let same_settings = (protocol, compression, timeout) == (config.otlp_protocol, config.compression, config.export_timeout);
+        if shared && export.headers.is_none() && same_settings {
             return Ok(Some(Self::Shared));
         }
-        let destination = Destination::parse(endpoint, !shared, config)?;
-        Ok(Some(Self::Own(destination, config.signal_headers(export).clone())))
+        let destination = Destination::parse(endpoint, !shared, protocol, timeout)?;
+        let gzip = compression == Compression::Gzip;
+        Ok(Some(Self::Own(destination, config.signal_headers(export).clone(), gzip, timeout)))
+    }
+
+    /// Whether its requests are gzip-compressed, `shared_gzip` saying it for the shared route.
+    fn gzip(&self, shared_gzip: bool) -> bool {
+        match self {
+            Self::Shared => shared_gzip,
+            Self::Own(_, _, gzip, _) => *gzip,
+        }
     }
 }
 
@@ -436,7 +450,9 @@ fn routes(config: &TelemetryConfig) -> Result<([Option<Route>; 3], Option<Destin
     let signals = &config.signals;
     let routes = [Route::of(&signals.traces, config)?, Route::of(&signals.logs, config)?, Route::of(&signals.metrics, config)?];
     let shared = match &config.otlp_endpoint {
-        Some(endpoint) if routes.iter().any(|r| matches!(r, Some(Route::Shared))) => Some(Destination::parse(endpoint, false, config)?),
+        Some(endpoint) if routes.iter().any(|r| matches!(r, Some(Route::Shared))) => {
+            Some(Destination::parse(endpoint, false, config.otlp_protocol, config.export_timeout)?)
+        }
         _ => None,
     };
     Ok((routes, shared))
@@ -450,9 +466,10 @@ pub fn check_endpoints(config: &TelemetryConfig) -> Result<(), StartError> {
 
 /// Starts the export of the signals exported, if any: a task each, on one client for those
 /// sharing `otlp_endpoint` and `otlp_headers` (a lazily connecting gRPC channel, or a pool
-/// of HTTP connections) and a client of its own for a signal with its own endpoint or
-/// headers; on the runtime this is called from, or on a thread of their own when requests
-/// are compressed (or when called outside a runtime). A signal not exported is not encoded.
+/// of HTTP connections) and a client of its own for a signal with its own endpoint,
+/// headers, transport, compression or time limit; on the runtime this is called from, or on
+/// a thread of their own when any signal's requests are compressed (or when called outside
+/// a runtime). A signal not exported is not encoded.
 pub(super) fn spawn(
     config: &TelemetryConfig,
     identity: Arc<WorkloadIdentity>,
@@ -466,6 +483,7 @@ pub(super) fn spawn(
     }
     let export_timeout = config.export_timeout;
     let gzip = config.compression == Compression::Gzip;
+    let any_gzip = routes.iter().flatten().any(|route| route.gzip(gzip));
     let headers = config.otlp_headers.clone();
     let extra = config.resource_attributes.with_instance_id();
     let drain = Drain {
@@ -489,7 +507,7 @@ pub(super) fn spawn(
         let shared = shared.map(|destination| destination.connect(gzip, export_timeout, &headers));
         let client = |route: Option<Route>| match route? {
             Route::Shared => shared.clone(),
-            Route::Own(destination, headers) => Some(destination.connect(gzip, export_timeout, &headers)),
+            Route::Own(destination, headers, gzip, timeout) => Some(destination.connect(gzip, timeout, &headers)),
         };
         let mut tasks = Vec::new();
         if let (Some(client), Some(batches)) = (client(to_spans), spans) {
@@ -506,7 +524,7 @@ pub(super) fn spawn(
         }
     };
     let running = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if !gzip => Running::Tasks(runtime.spawn(export)),
+        Ok(runtime) if !any_gzip => Running::Tasks(runtime.spawn(export)),
         _ => Running::Thread(export_thread(&identity.workload, export)?),
     };
     let handle = ExportHandle { shutdown: Some(shutdown_tx), running };
@@ -806,7 +824,7 @@ mod tests {
         use crate::config::{SignalEndpoint, SignalExport};
         let http = TelemetryConfig { otlp_protocol: OtlpProtocol::HttpProtobuf, ..TelemetryConfig::default() };
         assert!(check_endpoints(&http).is_ok());
-        let own = |to: &str| SignalExport { to: SignalEndpoint::Own(to.into()), headers: None };
+        let own = |to: &str| SignalExport { to: SignalEndpoint::Own(to.into()), ..SignalExport::default() };
         let mut tls = http.clone();
         tls.signals.logs = own("https://loki:3100/otlp/v1/logs");
         let error = check_endpoints(&tls).expect_err("no TLS yet").to_string();
@@ -820,6 +838,25 @@ mod tests {
         assert!(check_endpoints(&unused).is_ok());
         unused.signals.metrics.to = SignalEndpoint::Shared;
         assert!(check_endpoints(&unused).is_err());
+    }
+
+    #[test]
+    fn a_signal_with_settings_of_its_own_gets_a_client_of_its_own() {
+        use crate::config::SignalExport;
+        let grpc = TelemetryConfig { otlp_endpoint: Some("http://collector:4317".into()), ..TelemetryConfig::default() };
+        let mut config = grpc.clone();
+        config.signals.logs = SignalExport { protocol: Some(OtlpProtocol::HttpProtobuf), ..SignalExport::default() };
+        config.signals.metrics = SignalExport { compression: Some(Compression::Gzip), ..SignalExport::default() };
+        config.signals.traces = SignalExport { timeout: Some(grpc.export_timeout), ..SignalExport::default() };
+        let Ok(([Some(traces), Some(logs), Some(metrics)], Some(Destination::Grpc(_)))) = routes(&config) else {
+            panic!("three routes and the shared gRPC endpoint");
+        };
+        assert!(matches!(traces, Route::Shared), "its own timeout is the shared one");
+        let Route::Own(Destination::Http(target), _, false, _) = logs else { panic!("logs over HTTP, uncompressed") };
+        let uri = target.uri("/v1/logs").map(|u| u.to_string()).unwrap_or_default();
+        assert_eq!(uri, "http://collector:4317/v1/logs", "the shared endpoint, the signal's path");
+        assert!(matches!(metrics, Route::Own(Destination::Grpc(_), _, true, _)), "metrics gzip-compressed over gRPC");
+        assert!(metrics.gzip(false) && !traces.gzip(false) && traces.gzip(true));
     }
 
     #[test]

@@ -94,12 +94,12 @@ pub fn signal_endpoint(signal: &str, read: &dyn Fn(&str) -> Option<String>, igno
     read(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
 }
 
-/// Notes for the signal-specific exporter variables the sidecar does not read (protocol,
-/// compression, timeout, TLS): it sends every signal with the same ones.
+/// Notes for the signal-specific exporter variables the sidecar does not read (TLS): it
+/// sends every signal with the same TLS settings.
 pub fn per_signal_settings(read: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut ignored = Vec::new();
     for signal in ["TRACES", "LOGS", "METRICS"] {
-        for setting in ["PROTOCOL", "COMPRESSION", "TIMEOUT", "CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE"] {
+        for setting in ["CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE"] {
             let name = format!("OTEL_EXPORTER_OTLP_{signal}_{setting}");
             if read(&name).is_some() {
                 ignored.push(format!("{name} ignored: the sidecar has no per-signal {}", setting.to_lowercase().replace('_', " ")));

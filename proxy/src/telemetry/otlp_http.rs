@@ -57,7 +57,7 @@ impl Target {
     }
 
     /// The URI a signal is posted to (`path` is e.g. `/v1/traces`).
-    fn uri(&self, path: &str) -> Result<Uri, Failed> {
+    pub(super) fn uri(&self, path: &str) -> Result<Uri, Failed> {
         let url = signal_url(&self.base, self.exact, path);
         url.parse().map_err(|e: http::uri::InvalidUri| Failed::final_error("invalid_uri", e.to_string()))
     }
