@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod sql;
+mod tap;
 mod views;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long)]
         iterations: Option<u64>,
     },
+    /// A sidecar's requests as they finish, from its admin `/tap`, until the limit or the time is up.
+    Tap(tap::TapArgs),
     /// Run one read-only SQL query over the collector's tables (spans, logs, edges, services).
     Sql {
         /// The query, e.g. `SELECT service, count(*) FROM spans GROUP BY 1`.
@@ -366,6 +369,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Sql { query, collector, output, .. } => sql::run(collector, query.as_deref().unwrap_or_default(), output).await,
+            Command::Tap(args) => tap::run(args).await,
             Command::Stat(args) => views::stat(&args.query(), args.output).await,
             Command::Edges(args) => views::edges(&args.query(), args.output).await,
             Command::Top { view, interval, iterations } => views::top(&view.query(), interval, iterations, view.output).await,

@@ -4,7 +4,7 @@
 //! followed; `x-request-id` is generated once and follows the request through every hop;
 //! timeouts, retries (one CLIENT span per attempt; gRPC calls, of unknown length, too) and
 //! outlier ejections show as flags, spans and span events; each sidecar's own CPU and
-//! memory reach the collector under its instance.
+//! memory reach the collector under its instance; a tap streams a sidecar's requests live.
 
 mod support;
 
@@ -1168,6 +1168,47 @@ fn each_sidecars_cpu_and_memory_reach_the_collector_by_instance() {
     let user = [named_labels.as_slice(), &[("mode", "user")]].concat();
     assert!(prom_sum(&exposition, "meshlens_process_cpu_seconds_total", &user) > 0.0, "{exposition}");
     assert!(prom_sum(&exposition, "meshlens_process_threads", &[("instance", id)]) >= 1.0, "{exposition}");
+}
+
+#[test]
+fn a_tap_streams_the_requests_it_picks_as_they_finish() {
+    let dir = TestDir::new("tap");
+    let collector = CollectorProc::start(&dir);
+    let (tester, front) = (Workload::new("tester", &[]), Workload::new("front", &[]));
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    let admin = tester.admin.to_string();
+    let tap = |name: &str, args: &[&str]| {
+        let mut all = vec!["tap", "--admin", admin.as_str(), "--duration", "30s"];
+        all.extend_from_slice(args);
+        Proc::start(&dir, name, &all)
+    };
+    let mut json = tap("tap-json", &["--direction", "outbound", "--path", "/tapped", "--limit", "3", "-o", "json"]);
+    let mut text = tap("tap-text", &["--method", "GET", "--destination", "front", "--limit", "1"]);
+    // Requests until both taps have what they asked for (each tap opens as its process
+    // starts, so the first requests may come before it).
+    let ended = (0..40).any(|_| {
+        for call in ["http://front/other", "http://front/tapped/1"] {
+            assert_eq!(load(&dir, tester.outbound, call, 1)["succeeded"], 1);
+        }
+        !json.running() && !text.running()
+    });
+    assert!(ended, "both taps end at their limits: {}\n{}", json.output(), text.output());
+    assert_eq!((json.wait_exit(Duration::from_secs(5)), text.wait_exit(Duration::from_secs(5))), (Some(0), Some(0)));
+    let printed = json.output();
+    let lines: Vec<Value> = printed.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    for line in &lines {
+        assert_eq!((line["direction"].as_str(), line["response_code"].as_u64()), (Some("outbound"), Some(200)), "{line}");
+        assert_eq!((line["path"].as_str(), line["upstream_cluster"].as_str()), (Some("/tapped/1"), Some("front")), "{line}");
+        assert!(line["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{line}");
+    }
+    let printed = text.output();
+    let line = printed.lines().find(|l| l.contains(" outbound ")).unwrap_or_else(|| panic!("a request's line: {printed}"));
+    assert!(line.contains(" GET front/") && line.contains(" 200 - ") && line.contains(" trace="), "{line}");
+
+    // A query the sidecar cannot take is refused, and said why.
+    let out = command(meshlens()).args(["tap", "--admin", &admin, "--limit", "0"]).output().expect("run tap");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("limit"), "{out:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The sidecar's admin server: `/metrics` (its own counters, its request metrics and its
 //! process's CPU and memory; OpenMetrics for Prometheus, the classic text format for other
-//! scrapers) and `/ready`.
+//! scrapers), `/ready`, and `/tap`, the requests it finishes as they finish
+//! ([`crate::telemetry::tap`]).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -11,7 +12,7 @@ use tower::util::BoxCloneService;
 use crate::{
     body,
     stack::{Request, Response},
-    telemetry::{Telemetry, prometheus::RequestMetricsCollector},
+    telemetry::{Telemetry, prometheus::RequestMetricsCollector, tap::TapQuery},
 };
 
 /// Builds the admin service. `own_process`: the sidecar is its process's only one, whose
@@ -30,17 +31,37 @@ pub fn service(telemetry: &Telemetry, own_process: bool) -> BoxCloneService<Requ
         let registry = registry.clone();
         let stats = telemetry.stats();
         stats.series.set(telemetry.metrics().series_count() as i64);
-        async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+        let response = match (req.method(), req.uri().path()) {
+            (&http::Method::GET, "/tap") => tap(&telemetry, req.uri().query().unwrap_or_default()),
+            _ => respond(&req, &registry),
+        };
+        async move { Ok::<_, Infallible>(response) }
     }))
 }
 
+/// A response of `body`, with its status and content type.
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut r = Response::new(body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// `GET /tap?…`: a JSON line per request the query picks, as they finish; 400 for a query
+/// that does not parse.
+fn tap(telemetry: &Telemetry, query: &str) -> Response {
+    match TapQuery::parse(query) {
+        Ok(query) => {
+            let mut r = Response::new(telemetry.tap().open(query));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(error) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n")),
+    }
+}
+
 fn respond(req: &Request, registry: &Registry) -> Response {
-    let text = |status: StatusCode, content_type: &'static str, body: String| {
-        let mut r = Response::new(body::full(body));
-        *r.status_mut() = status;
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        r
-    };
     match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/metrics") => {
             let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
@@ -50,7 +71,7 @@ fn respond(req: &Request, registry: &Registry) -> Response {
             }
         }
         (&http::Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "ready\n".into()),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /ready\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /ready or /tap\n".into()),
     }
 }
 

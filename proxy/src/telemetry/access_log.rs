@@ -737,7 +737,8 @@ fn path(r: &RequestRecord) -> &str {
     if r.path.is_empty() { "-" } else { &r.path }
 }
 
-fn json_line(r: &RequestRecord) -> String {
+/// The stdout JSON access log's line for `r` (also what the admin `/tap` streams).
+pub(crate) fn json_line(r: &RequestRecord) -> String {
     json!({
         "start_time": start_time(r),
         "direction": r.side.as_str(),

@@ -19,6 +19,7 @@ pub(crate) mod otlp_http;
 pub mod prometheus;
 pub mod resource;
 pub mod stats;
+pub mod tap;
 pub mod text;
 pub mod unread;
 pub mod wire;
@@ -413,6 +414,8 @@ struct Inner {
     requests: [[prometheus_client::metrics::counter::Counter; 2]; 2],
     /// Set when the sidecar closes what is still open as it stops.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The open taps' feed (the admin `/tap`).
+    tap: tap::Tap,
 }
 
 impl Telemetry {
@@ -460,6 +463,7 @@ impl Telemetry {
             logs,
             exemplars,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            tap: tap::Tap::default(),
         };
         Ok((Self { inner: Arc::new(inner) }, handle))
     }
@@ -540,6 +544,12 @@ impl Telemetry {
             self.offer(inner.spans.as_ref(), &record);
         }
         self.offer(inner.logs.as_ref(), &record);
+        inner.tap.offer(record);
+    }
+
+    /// The open taps' feed (the admin `/tap`).
+    pub fn tap(&self) -> &tap::Tap {
+        &self.inner.tap
     }
 
     fn offer(&self, queue: Option<&Queue>, record: &RequestRecord) {
