@@ -4,7 +4,8 @@
 //! followed; `x-request-id` is generated once and follows the request through every hop;
 //! timeouts, retries (one CLIENT span per attempt; gRPC calls, of unknown length, too) and
 //! outlier ejections show as flags, spans and span events; each sidecar's own CPU and
-//! memory reach the collector under its instance; a tap streams a sidecar's requests live.
+//! memory reach the collector under its instance; a tap streams a sidecar's requests live,
+//! and its log filter changes while it runs.
 
 mod support;
 
@@ -1209,6 +1210,40 @@ fn a_tap_streams_the_requests_it_picks_as_they_finish() {
     // A query the sidecar cannot take is refused, and said why.
     let out = command(meshlens()).args(["tap", "--admin", &admin, "--limit", "0"]).output().expect("run tap");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("limit"), "{out:?}");
+}
+
+#[test]
+fn the_admin_server_answers_probes_and_changes_the_log_filter_while_the_sidecar_runs() {
+    let dir = TestDir::new("admin");
+    let collector = CollectorProc::start(&dir);
+    let front = Workload::new("front", &[]);
+    let procs = start_mesh(&dir, &[&front], collector.grpc);
+    let sidecar = &procs[0];
+    assert_eq!(get(front.admin, "/live").body, "live\n");
+    assert_eq!(get(front.admin, "/proxy-log-level").body, "info\n", "RUST_LOG's filter");
+    // A request the sidecar refuses (no such service) is logged at debug level only.
+    let refused = |n: usize| {
+        for _ in 0..n {
+            let reply = http(front.outbound, "GET", "/", &[("host", "nowhere")], b"").expect("answered");
+            assert!(reply.status >= 400, "{}", reply.status);
+        }
+        sidecar.output().matches("request failed in the sidecar").count()
+    };
+    assert_eq!(refused(2), 0, "not at info");
+    let put = |body: &[u8]| http(front.admin, "PUT", "/proxy-log-level", &[], body).expect("answered");
+    let reply = put(b"info,meshlens_proxy=debug");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "info,meshlens_proxy=debug\n"));
+    assert_eq!(get(front.admin, "/proxy-log-level").body, "info,meshlens_proxy=debug\n");
+    wait_for("debug lines", Duration::from_secs(5), || (refused(1) > 0).then_some(()));
+    // A directive that is not one changes nothing, and says why.
+    let reply = put(b"info,[{broken");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.starts_with("not a log filter"), "{}", reply.body);
+    assert_eq!(put(&vec![b'a'; 2000]).status, 413);
+    assert_eq!(get(front.admin, "/proxy-log-level").body, "info,meshlens_proxy=debug\n");
+    assert_eq!(put(b"info").status, 200);
+    let before = refused(0);
+    assert_eq!(refused(2), before, "back at info");
 }
 
 #[test]

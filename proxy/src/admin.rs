@@ -1,7 +1,8 @@
 //! The sidecar's admin server: `/metrics` (its own counters, its request metrics and its
 //! process's CPU and memory; OpenMetrics for Prometheus, the classic text format for other
-//! scrapers), `/ready`, and `/tap`, the requests it finishes as they finish
-//! ([`crate::telemetry::tap`]).
+//! scrapers), `/ready` and `/live` (for readiness and liveness probes), `/tap`, the requests
+//! it finishes as they finish ([`crate::telemetry::tap`]), and `/proxy-log-level`, the log
+//! filter, read with GET and changed with PUT ([`crate::log_level`]).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -10,7 +11,7 @@ use prometheus_client::registry::Registry;
 use tower::util::BoxCloneService;
 
 use crate::{
-    body,
+    body, log_level,
     stack::{Request, Response},
     telemetry::{Telemetry, prometheus::RequestMetricsCollector, tap::TapQuery},
 };
@@ -28,15 +29,31 @@ pub fn service(telemetry: &Telemetry, own_process: bool) -> BoxCloneService<Requ
     let registry = Arc::new(registry);
     let telemetry = telemetry.clone();
     BoxCloneService::new(tower::service_fn(move |req: Request| {
-        let registry = registry.clone();
-        let stats = telemetry.stats();
-        stats.series.set(telemetry.metrics().series_count() as i64);
-        let response = match (req.method(), req.uri().path()) {
-            (&http::Method::GET, "/tap") => tap(&telemetry, req.uri().query().unwrap_or_default()),
-            _ => respond(&req, &registry),
-        };
-        async move { Ok::<_, Infallible>(response) }
+        let (registry, telemetry) = (registry.clone(), telemetry.clone());
+        async move {
+            telemetry.stats().series.set(telemetry.metrics().series_count() as i64);
+            Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                (&http::Method::GET, "/tap") => tap(&telemetry, req.uri().query().unwrap_or_default()),
+                (&http::Method::PUT, "/proxy-log-level") => set_log_level(req).await,
+                _ => respond(&req, &registry),
+            })
+        }
     }))
+}
+
+/// `PUT /proxy-log-level`: the body is the new filter directive ([`log_level::set`]); 400
+/// with the reason when it is not one.
+async fn set_log_level(req: Request) -> Response {
+    let limited = http_body_util::Limited::new(req.into_body(), log_level::MAX_DIRECTIVE);
+    let Ok(body) = http_body_util::BodyExt::collect(limited).await.map(|b| b.to_bytes()) else {
+        let too_long = format!("a log filter is at most {} bytes\n", log_level::MAX_DIRECTIVE);
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", too_long);
+    };
+    let directive = String::from_utf8_lossy(&body);
+    match log_level::set(&directive) {
+        Ok(()) => text(StatusCode::OK, "text/plain", format!("{}\n", directive.trim())),
+        Err(error) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n")),
+    }
 }
 
 /// A response of `body`, with its status and content type.
@@ -71,7 +88,15 @@ fn respond(req: &Request, registry: &Registry) -> Response {
             }
         }
         (&http::Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "ready\n".into()),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /ready or /tap\n".into()),
+        (&http::Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
+        (&http::Method::GET, "/proxy-log-level") => match log_level::current() {
+            Some(directive) => text(StatusCode::OK, "text/plain", format!("{directive}\n")),
+            None => text(StatusCode::NOT_FOUND, "text/plain", "this process's log filter cannot be read\n".into()),
+        },
+        _ => {
+            let known = "try /metrics, /ready, /live, /tap or /proxy-log-level (GET, PUT)";
+            text(StatusCode::NOT_FOUND, "text/plain", format!("not found: {known}\n"))
+        }
     }
 }
 

@@ -38,14 +38,10 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
     }
 }
 
-/// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`), writing to stderr.
+/// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`), writing to stderr;
+/// the admin `/proxy-log-level` changes its filter ([`crate::log_level`]).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::log_level::init();
 }
 
 /// Runs one sidecar until a shutdown signal arrives.

@@ -25,6 +25,7 @@ pub mod grpc_messages;
 pub mod http_route;
 pub mod identity;
 pub mod inbound;
+pub mod log_level;
 pub mod outbound;
 pub mod replay;
 pub mod server;
