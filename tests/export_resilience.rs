@@ -5,7 +5,7 @@
 //! compressed exports. Over OTLP/HTTP too: every record reaches the collector, a collector
 //! answering 429 or 503 is retried after the `Retry-After` it sent, and one answering 400
 //! is not retried. Each signal goes where its settings say, over the transport and with the
-//! compression they say, and one whose backend is down drops alone; the sidecar's process
+//! compression they say, retried for the time they say, and one whose backend is down drops alone; the sidecar's process
 //! figures go out with its metrics.
 
 mod support;
@@ -301,6 +301,22 @@ fn a_refusing_collector_is_retried_as_it_asks_then_given_up_on() {
         let dropped = admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]);
         (retried > 0.0 && dropped > 0.0).then_some(())
     });
+}
+
+#[test]
+fn each_signal_retries_a_refusing_collector_for_its_own_time() {
+    // Spans and metrics give up after the shared 600 ms; access logs keep trying for 20 s
+    // (`[telemetry.logs] max_retry_time`, as `OTEL_BLRP_EXPORT_TIMEOUT` sets it).
+    let dir = TestDir::new("retry-times");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (_collector, tester, _procs) = mesh_exporting_to(&dir, &runtime, fake::Answer::Full, "logs = { max_retry_time = \"20s\" }");
+    traffic(&dir, &tester, 300);
+    let failed = |signal| {
+        admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[("signal", signal), ("reason", "export_failed")])
+    };
+    wait_for("the spans to be given up on", Duration::from_secs(15), || (failed("spans") > 0.0).then_some(()));
+    let logs_retried = admin_metric(&tester, "meshlens_proxy_telemetry_export_retries_total", &[("signal", "logs")]);
+    assert!(logs_retried > 0.0 && failed("logs") == 0.0, "logs retried {logs_retried} times, dropped {}", failed("logs"));
 }
 
 #[test]

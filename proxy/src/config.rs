@@ -322,6 +322,9 @@ pub struct RawSignal {
     /// Time limit of one export call instead of `export_timeout`.
     #[serde(default, deserialize_with = "some_duration")]
     pub timeout: Option<Duration>,
+    /// How long failed exports are retried instead of `max_retry_time`.
+    #[serde(default, deserialize_with = "some_duration")]
+    pub max_retry_time: Option<Duration>,
 }
 
 /// The OTLP transport the sidecar exports with.
@@ -361,7 +364,8 @@ impl RawTelemetry {
     /// Fills the settings the table leaves out from OpenTelemetry's variables, read through
     /// `env`, as a platform that sets them for every container expects: the exporter's
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT`), each signal's
-    /// endpoint ([`otel_env::signal_endpoint`]), protocol, compression and timeout, `OTEL_SDK_DISABLED`, the batch processors' and the
+    /// endpoint ([`otel_env::signal_endpoint`]), protocol, compression and timeout (and its
+    /// processor's or reader's export timeout, its retry time), `OTEL_SDK_DISABLED`, the batch processors' and the
     /// metric reader's intervals and sizes, the sampler's ([`otel_env::sampler_ratio`]) and
     /// the propagators' ([`otel_env::propagators`]). The table wins what it sets. Returns
     /// the values ignored, and why.
@@ -403,6 +407,14 @@ impl RawTelemetry {
             let name = format!("OTEL_EXPORTER_OTLP_{signal}_TIMEOUT");
             let timeout = || otel_env::positive(&name, read(&name), "milliseconds", &mut ignored).map(Duration::from_millis);
             raw.timeout = raw.timeout.or_else(timeout);
+            // The processors' (or the metric reader's) bound on one export, retries included.
+            let name = match signal {
+                "TRACES" => "OTEL_BSP_EXPORT_TIMEOUT",
+                "LOGS" => "OTEL_BLRP_EXPORT_TIMEOUT",
+                _ => "OTEL_METRIC_EXPORT_TIMEOUT",
+            };
+            let bound = || otel_env::positive(name, read(name), "milliseconds", &mut ignored).map(Duration::from_millis);
+            raw.max_retry_time = raw.max_retry_time.or_else(bound);
         }
         ignored.extend(otel_env::per_signal_settings(&read));
         if self.otlp_endpoint.is_none() {
@@ -833,6 +845,8 @@ pub struct SignalExport {
     pub compression: Option<Compression>,
     /// Time limit of one export call instead of `export_timeout`, if the signal has its own.
     pub timeout: Option<Duration>,
+    /// How long failed exports are retried instead of `max_retry_time`, if the signal has its own.
+    pub max_retry_time: Option<Duration>,
 }
 
 /// Where one signal's export requests go.
@@ -861,7 +875,9 @@ impl SignalExport {
         if raw.timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::Invalid(format!("telemetry.{signal}.timeout must be positive")));
         }
-        Ok(Self { to, headers, protocol: raw.protocol, compression: raw.compression, timeout: raw.timeout })
+        // A zero retry time, as the shared one, means a failed export is not retried.
+        let (protocol, compression, timeout, max_retry_time) = (raw.protocol, raw.compression, raw.timeout, raw.max_retry_time);
+        Ok(Self { to, headers, protocol, compression, timeout, max_retry_time })
     }
 }
 
@@ -895,6 +911,12 @@ impl TelemetryConfig {
     /// `export_timeout`.
     pub fn signal_timeout(&self, export: &SignalExport) -> Duration {
         export.timeout.unwrap_or(self.export_timeout)
+    }
+
+    /// How long a signal exported as `export` retries a failed export: its own time, or
+    /// `max_retry_time`.
+    pub fn signal_max_retry_time(&self, export: &SignalExport) -> Duration {
+        export.max_retry_time.unwrap_or(self.max_retry_time)
     }
 
     /// The longest time limit of one export call, whichever signal: what the last flush at
@@ -1449,6 +1471,8 @@ pub(crate) mod tests {
             ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "30000"),
+            ("OTEL_METRIC_EXPORT_TIMEOUT", "7000"),
         ];
         let (t, ignored) = load(table, vars);
         let metrics = &t.signals.metrics;
@@ -1458,6 +1482,8 @@ pub(crate) mod tests {
         );
         assert_eq!(t.signal_protocol(&t.signals.logs), OtlpProtocol::HttpProtobuf, "the table wins");
         assert_eq!(t.signal_protocol(&t.signals.traces), OtlpProtocol::Grpc);
+        let retry = [&t.signals.traces, &t.signals.logs, &t.signals.metrics].map(|e| t.signal_max_retry_time(e));
+        assert_eq!(retry, [Duration::from_secs(30), t.max_retry_time, Duration::from_secs(7)], "the processors' export timeouts");
         assert_eq!(ignored.len(), 2, "{ignored:?}");
         assert!(ignored[0].starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"http/json\" ignored"), "{ignored:?}");
         assert!(ignored[1].starts_with("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT=\"soon\" ignored"), "{ignored:?}");

@@ -486,6 +486,8 @@ pub(super) fn spawn(
     let any_gzip = routes.iter().flatten().any(|route| route.gzip(gzip));
     let headers = config.otlp_headers.clone();
     let extra = config.resource_attributes.with_instance_id();
+    let signals = &config.signals;
+    let retry = [&signals.traces, &signals.logs, &signals.metrics].map(|export| config.signal_max_retry_time(export));
     let drain = Drain {
         flush_interval: config.flush_interval,
         anchor: Instant::now(),
@@ -510,13 +512,15 @@ pub(super) fn spawn(
             Route::Own(destination, headers, gzip, timeout) => Some(destination.connect(gzip, timeout, &headers)),
         };
         let mut tasks = Vec::new();
+        let [spans_retry, logs_retry, metrics_retry] = retry;
         if let (Some(client), Some(batches)) = (client(to_spans), spans) {
-            tasks.push(drain.clone().spawn::<Spans>(client, batches, shutdown_rx.clone()));
+            tasks.push(drain.retrying(spans_retry).spawn::<Spans>(client, batches, shutdown_rx.clone()));
         }
         if let (Some(client), Some(batches)) = (client(to_logs), logs) {
-            tasks.push(drain.clone().spawn::<Logs>(client, batches, shutdown_rx.clone()));
+            tasks.push(drain.retrying(logs_retry).spawn::<Logs>(client, batches, shutdown_rx.clone()));
         }
         if let Some(client) = client(to_metrics) {
+            let drain = drain.retrying(metrics_retry);
             tasks.push(tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, own_process, shutdown_rx)));
         }
         for task in tasks {
@@ -597,6 +601,11 @@ struct Drain {
 }
 
 impl Drain {
+    /// This drain, retrying failed exports for at most `max_elapsed`.
+    fn retrying(&self, max_elapsed: Duration) -> Self {
+        Self { retry: RetryPolicy { max_elapsed }, ..self.clone() }
+    }
+
     /// Spawns a task that sends `batches` as they fill or their flush time comes, until
     /// shutdown; then flushes what they hold.
     fn spawn<S: RecordSignal>(self, sink: WireClient, batches: Arc<Batches>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
