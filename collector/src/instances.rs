@@ -11,7 +11,8 @@
 //! `meshlens_process_threads` and `meshlens_process_open_fds`; `GET /api/v1/instances`
 //! lists them with each one's CPU use between its last two readings, in cores. Only
 //! cumulative CPU sums are read. An instance not heard from for the series TTL is forgotten,
-//! and at most [`MAX_INSTANCES`] are kept: a sender past that is counted, not kept.
+//! and at most [`MAX_INSTANCES`] are kept, each part of their identity cut to
+//! [`MAX_PART_BYTES`]: a sender past that is counted, not kept.
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,23 @@ use crate::model::{MetricKind, MetricPoint, Resource, Value, attr};
 /// The most instances kept.
 pub const MAX_INSTANCES: usize = 10_000;
 
+/// The longest identity part kept, in bytes: longer ones are cut (on a character boundary),
+/// so 10,000 instances stay within a few tens of megabytes whatever their resources say.
+pub const MAX_PART_BYTES: usize = 256;
+
+/// The most CPU modes kept per instance (OpenTelemetry names `user`, `system`, `wait`, and
+/// a few more for a host).
+const MAX_MODES: usize = 8;
+
+/// `text`, cut to [`MAX_PART_BYTES`].
+fn part(text: &str) -> String {
+    let mut end = text.len().min(MAX_PART_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 /// What tells one instance from another: its resource's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct InstanceKey {
@@ -53,10 +71,10 @@ pub struct InstanceKey {
 
 impl InstanceKey {
     fn of(resource: &Resource) -> Self {
-        let text = |key: &str| attr(&resource.attributes, key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let text = |key: &str| part(attr(&resource.attributes, key).and_then(Value::as_str).unwrap_or_default());
         Self {
             namespace: text(RESOURCE_KEYS.namespace),
-            service: resource.service.to_string(),
+            service: part(&resource.service),
             workload: text(RESOURCE_KEYS.workload),
             version: text(RESOURCE_KEYS.version),
             instance: text("service.instance.id"),
@@ -122,14 +140,18 @@ impl Figures {
     /// (the process restarted under the same instance ID) starts the rate afresh.
     fn cpu_seconds(&mut self, at: u64, mode: &str, seconds: f64) {
         match &mut self.cpu {
-            Some(cpu) if cpu.at_unix_nanos == at => match cpu.modes.iter_mut().find(|(m, _)| m == mode) {
-                Some(entry) => entry.1 = seconds,
-                None => cpu.modes.push((mode.to_owned(), seconds)),
-            },
+            Some(cpu) if cpu.at_unix_nanos == at => {
+                let room = cpu.modes.len() < MAX_MODES;
+                match cpu.modes.iter_mut().find(|(m, _)| m == mode) {
+                    Some(entry) => entry.1 = seconds,
+                    None if room => cpu.modes.push((part(mode), seconds)),
+                    None => {}
+                }
+            }
             Some(cpu) if cpu.at_unix_nanos > at => {}
             current => {
                 self.previous_cpu = current.as_ref().map(|cpu| (cpu.at_unix_nanos, cpu.total()));
-                *current = Some(Cpu { at_unix_nanos: at, modes: vec![(mode.to_owned(), seconds)] });
+                *current = Some(Cpu { at_unix_nanos: at, modes: vec![(part(mode), seconds)] });
             }
         }
     }
@@ -402,6 +424,23 @@ pub(crate) mod tests {
         let mut instances = Instances::default();
         instances.observe(&[delta, point(&a, "process.memory.usage", 100, f64::NAN, None), point(&a, "other", 100, 1.0, None)]);
         assert_eq!(instances.list(), []);
+    }
+
+    #[test]
+    fn long_identity_parts_are_cut_on_a_character_boundary() {
+        let mut instances = Instances::default();
+        let long = format!("a{}", "é".repeat(MAX_PART_BYTES));
+        instances.observe(&reading(&resource(&long, &long), 100, 1.0, 0.0, 1.0));
+        let listed = instances.list();
+        let key = &listed[0].key;
+        assert_eq!((key.service.len(), key.instance.len()), (MAX_PART_BYTES - 1, MAX_PART_BYTES - 1), "{key:?}");
+        assert!(key.service.starts_with("aé") && key.workload.len() <= MAX_PART_BYTES);
+
+        let shop = resource("shop", "a");
+        let modes: Vec<MetricPoint> = (0..20).map(|i| point(&shop, "process.cpu.time", 100, 1.0, Some(&i.to_string()))).collect();
+        instances.observe(&modes);
+        let shop = instances.list().into_iter().find(|i| i.key.service == "shop").expect("kept");
+        assert_eq!(shop.cpu_seconds, Some(MAX_MODES as f64), "at most {MAX_MODES} modes kept");
     }
 
     #[test]
