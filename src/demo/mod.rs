@@ -94,6 +94,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("  Prometheus       http://{}/metrics", addrs.web);
     println!("  OTLP/gRPC        {}   (the services' sidecars export here)", addrs.otlp_grpc);
     println!("  OTLP/HTTP        http://{}/v1/traces   (the load generator's sidecar exports here)", addrs.otlp_http);
+    // The frontend's sidecar, the first planned: its requests as they finish.
+    if let (Some(first), Some(sidecar)) = (planned.first(), sidecars.first()) {
+        println!("  Tap {:<12} meshlens tap --admin {}", first.def.service, sidecar.addrs().admin);
+    }
     println!();
     println!("  Load: {} requests/s to frontend. Press Ctrl-C to stop.", options.rate);
     println!();
