@@ -1,7 +1,8 @@
 //! Terminal views of the mesh, read from a collector's topology API: `meshlens stat`
 //! (per service, workload or version: success rate, request rate, latency percentiles, as
-//! `linkerd viz stat` shows them), `meshlens edges`, and `meshlens top` (live, busiest first).
-//! Each prints a table, or JSON with `-o json`.
+//! `linkerd viz stat` shows them, and what the node's sidecars cost when they report their
+//! process figures), `meshlens edges`, and `meshlens top` (live, busiest first). Each prints a
+//! table, or JSON with `-o json`.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -110,8 +111,26 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// Per-node rows: the node's inbound traffic.
-fn stat_rows(view: &Value) -> Vec<Value> {
+/// The sidecars among `instances` (`/api/v1/instances`) that belong to `node`: its
+/// namespace and service, and its workload or version when the nodes are grouped by them.
+fn sidecars_of<'a>(node: &Value, instances: &'a [Value]) -> Vec<&'a Value> {
+    let matches = |key: &str, i: &Value| node[key].is_null() || node[key] == i[key];
+    instances
+        .iter()
+        .filter(|i| i["sdk"] == "meshlens-proxy" && i["service"] == node["service"] && i["namespace"] == node["namespace"])
+        .filter(|i| matches("workload", i) && matches("version", i))
+        .collect()
+}
+
+/// The sum of `key` over `of`, none when no one has it.
+fn sum_of(of: &[&Value], key: &str) -> Option<f64> {
+    let values: Vec<f64> = of.iter().filter_map(|i| i[key].as_f64()).collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Per-node rows: the node's inbound traffic, and its sidecars' CPU (cores) and resident
+/// memory, all instances together, from `instances`.
+fn stat_rows(view: &Value, instances: &[Value]) -> Vec<Value> {
     let mut nodes: Vec<Value> = view["nodes"]
         .as_array()
         .map(|n| n.iter().filter(|n| n["kind"] == "service").cloned().collect())
@@ -121,10 +140,13 @@ fn stat_rows(view: &Value) -> Vec<Value> {
         .iter()
         .map(|n| {
             let t = &n["inbound"];
+            let sidecars = sidecars_of(n, instances);
             json!({
                 "name": n["label"], "namespace": n["namespace"], "requests": t["requests"],
                 "success_rate": t["requests"].as_u64().filter(|r| *r > 0).map(|_| 1.0 - t["error_ratio"].as_f64().unwrap_or(0.0)),
                 "request_rate": t["request_rate"], "p50_ms": t["p50_ms"], "p95_ms": t["p95_ms"], "p99_ms": t["p99_ms"],
+                "proxy_instances": sidecars.len(), "proxy_cpu_cores": sum_of(&sidecars, "cpu_cores"),
+                "proxy_memory_bytes": sum_of(&sidecars, "resident_bytes"),
             })
         })
         .collect()
@@ -133,15 +155,32 @@ fn stat_rows(view: &Value) -> Vec<Value> {
 /// `meshlens stat`.
 pub async fn stat(query: &Query, output: Output) -> anyhow::Result<()> {
     let view = topology(query).await?;
-    let rows = stat_rows(&view);
+    // A collector that lists no instances (none report, or an older one): no proxy columns.
+    let instances = match get_raw(query.collector, "/api/v1/instances?sdk=meshlens-proxy").await {
+        Ok((status, body)) if status.is_success() => serde_json::from_slice::<Vec<Value>>(&body).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let rows = stat_rows(&view, &instances);
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let table: Vec<Vec<String>> = rows
+    let (header, table) = stat_table(&rows);
+    print_table(&header, &table);
+    Ok(())
+}
+
+/// `meshlens stat`'s table: the proxy columns only when some node's sidecars report.
+fn stat_table(rows: &[Value]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let proxies = rows.iter().any(|r| r["proxy_instances"].as_u64().is_some_and(|n| n > 0));
+    let mut header = vec!["NAME", "NAMESPACE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
+    if proxies {
+        header.extend(["PROXY_CPU", "PROXY_MEM"]);
+    }
+    let table = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r["name"].as_str().unwrap_or("").to_owned(),
                 r["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or("-").to_owned(),
                 r["success_rate"].as_f64().map_or_else(|| "-".into(), |s| format!("{:.2}%", s * 100.0)),
@@ -149,11 +188,15 @@ pub async fn stat(query: &Query, output: Output) -> anyhow::Result<()> {
                 ms(&r["p50_ms"]),
                 ms(&r["p95_ms"]),
                 ms(&r["p99_ms"]),
-            ]
+            ];
+            if proxies {
+                row.push(r["proxy_cpu_cores"].as_f64().map_or_else(|| "-".into(), |c| format!("{:.0}m", c * 1000.0)));
+                row.push(r["proxy_memory_bytes"].as_f64().map_or_else(|| "-".into(), |b| format!("{:.1}Mi", b / 1_048_576.0)));
+            }
+            row
         })
         .collect();
-    print_table(&["NAME", "NAMESPACE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"], &table);
-    Ok(())
+    (header, table)
 }
 
 fn edge_rows(view: &Value) -> Vec<Vec<String>> {
@@ -231,5 +274,30 @@ mod tests {
         assert_eq!(rows[0], ["frontend", "checkout", "http", "99.75%", "6.7rps", "2.50%", "97.32%", "17ms", "40ms", "49ms"]);
         assert_eq!(rows[1][3..7], ["-", "0.0rps", "-", "-"]);
         assert_eq!(rows[0].len(), EDGE_HEADER.len());
+    }
+
+    #[test]
+    fn a_node_shows_what_its_sidecars_cost_when_they_report() {
+        let node = |id: &str, service: &str, version: Value| {
+            json!({"id": id, "label": id, "kind": "service", "namespace": "shop", "service": service, "version": version,
+                   "inbound": {"requests": 10, "error_ratio": 0.0, "request_rate": 1.0}})
+        };
+        let view = json!({"nodes": [node("shop-v1", "shop", json!("v1")), node("cart", "cart", Value::Null)]});
+        let instance = |version: &str, cores: Value, rss: f64| {
+            json!({"sdk": "meshlens-proxy", "namespace": "shop", "service": "shop", "version": version,
+                   "cpu_cores": cores, "resident_bytes": rss})
+        };
+        let instances =
+            [instance("v1", json!(0.012), 10_485_760.0), instance("v1", Value::Null, 5_242_880.0), instance("v2", json!(0.5), 1.0)];
+        let rows = stat_rows(&view, &instances);
+        // Sorted by ID: cart has no reporting sidecar; shop-v1 has two (v2's is another node's).
+        assert_eq!((rows[0]["proxy_instances"].as_u64(), rows[0]["proxy_cpu_cores"].as_f64()), (Some(0), None));
+        assert_eq!(rows[1]["proxy_instances"], 2);
+        assert_eq!((rows[1]["proxy_cpu_cores"].as_f64(), rows[1]["proxy_memory_bytes"].as_f64()), (Some(0.012), Some(15_728_640.0)));
+        let (header, table) = stat_table(&rows);
+        assert_eq!(header[7..], ["PROXY_CPU", "PROXY_MEM"]);
+        assert_eq!((table[0][7..].join(" "), table[1][7..].join(" ")), ("- -".to_owned(), "12m 15.0Mi".to_owned()));
+        let (header, table) = stat_table(&stat_rows(&view, &[]));
+        assert_eq!((header.len(), table[0].len()), (7, 7), "no proxy columns when no sidecar reports");
     }
 }

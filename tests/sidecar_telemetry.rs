@@ -1169,6 +1169,15 @@ fn each_sidecars_cpu_and_memory_reach_the_collector_by_instance() {
     let user = [named_labels.as_slice(), &[("mode", "user")]].concat();
     assert!(prom_sum(&exposition, "meshlens_process_cpu_seconds_total", &user) > 0.0, "{exposition}");
     assert!(prom_sum(&exposition, "meshlens_process_threads", &[("instance", id)]) >= 1.0, "{exposition}");
+
+    // `meshlens stat`: the shop node's two sidecars together, and the columns in the table.
+    let web = collector.web.to_string();
+    let rows: Value = serde_json::from_str(&run(&["stat", "--collector", &web, "-o", "json"])).expect("JSON");
+    let shop = rows.as_array().into_iter().flatten().find(|r| r["name"] == "shop").unwrap_or_else(|| panic!("shop in {rows}"));
+    assert_eq!(shop["proxy_instances"], 2, "{shop}");
+    assert!(shop["proxy_memory_bytes"].as_f64().is_some_and(|b| b > 2e6) && shop["proxy_cpu_cores"].is_f64(), "{shop}");
+    let table = run(&["stat", "--collector", &web]);
+    assert!(table.lines().next().is_some_and(|h| h.ends_with("PROXY_CPU   PROXY_MEM")), "{table}");
 }
 
 #[test]
