@@ -544,7 +544,9 @@ impl Telemetry {
             self.offer(inner.spans.as_ref(), &record);
         }
         self.offer(inner.logs.as_ref(), &record);
-        inner.tap.offer(record);
+        if inner.tap.listening() {
+            inner.tap.offer(record);
+        }
     }
 
     /// The open taps' feed (the admin `/tap`).

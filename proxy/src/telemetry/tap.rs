@@ -62,12 +62,17 @@ impl Drop for Open {
 }
 
 impl Tap {
-    /// Offers a finished request to the open taps, if any.
+    /// Whether a tap is open: the request path asks before it hands a record over, so
+    /// with none open the record is not even moved.
+    #[inline]
+    pub fn listening(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
+    }
+
+    /// Hands a finished request to the open taps ([`Tap::listening`] said there were some;
+    /// one that closed since has no receiver left, and nothing is sent).
     pub fn offer(&self, record: RequestRecord) {
-        if self.open.load(Ordering::Relaxed) > 0 {
-            // A tap that closed since the check leaves no receiver: nothing is sent.
-            let _ = self.tx.send(Arc::new(record));
-        }
+        let _ = self.tx.send(Arc::new(record));
     }
 
     /// Opens a tap: the body streams the JSON lines of the requests `query` picks, from now
@@ -247,7 +252,7 @@ mod tests {
     #[tokio::test]
     async fn a_tap_streams_what_it_picks_until_its_limit_and_a_slow_reader_misses_records() {
         let tap = Tap::default();
-        tap.offer(record(true, Outcome::Failure, 1));
+        assert!(!tap.listening());
         let body = tap.open(TapQuery::parse("failures=true&limit=2").expect("valid"));
         for outcome in [Outcome::Success, Outcome::Failure, Outcome::Success, Outcome::Failure, Outcome::Failure] {
             tap.offer(record(true, outcome, 1));
