@@ -52,6 +52,8 @@ fn the_dashboard_works_in_chromium() {
     for (ago, cpu) in [(10_000_000_000u128, 1.0), (0, 2.0)] {
         post_process_figures(http_addr, "payments", "payments-v1", "payments-pod-1", start - ago, cpu, 24 << 20);
     }
+    // A second instance with a drawn UUID and one reading so far: memory, no CPU rate yet.
+    post_process_figures(http_addr, "payments", "payments-v1", "5f0c8a0e-6a1f-4c3e-9b7d-2a1b3c4d5e6f", start, 0.5, 8 << 20);
     std::thread::sleep(Duration::from_secs(2));
 
     let artifacts = root.join("target/browser-artifacts");

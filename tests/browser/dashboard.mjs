@@ -72,7 +72,8 @@ try {
   const sidecars = () => [...document.querySelectorAll("#sidecars-table tr")].map((r) => r.textContent).join(" | ");
   await page.waitForFunction(() => document.querySelector("#sidecars-table").textContent.includes("payments-pod-1"), null, { timeout: 30000 });
   const costs = await page.evaluate(sidecars);
-  check(/Instances\s*1/.test(costs) && /CPU\s*0\.10 cores/.test(costs) && /Memory\s*24\.0 MiB/.test(costs), `the node panel shows its sidecars' CPU and memory (${costs})`);
+  check(/Instances\s*2/.test(costs) && /CPU\s*0\.10 cores/.test(costs) && /Memory\s*32\.0 MiB/.test(costs), `the node panel shows its sidecars' CPU and memory (${costs})`);
+  check(costs.includes("5f0c8a0e…– · 8.0 MiB"), `a drawn instance ID is shortened, and a CPU rate not yet known shows as – (${costs})`);
   await shot("node-panel");
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
   await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));

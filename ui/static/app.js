@@ -12,6 +12,7 @@ const EXTRAS_MS = 10000;
 const WARN_ERROR_RATIO = 0.01;
 const BAD_ERROR_RATIO = 0.05;
 const LABELED_EDGES = 150;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const state = { paused: false, selected: null, positions: new Map(), view: null, timer: null, zoom: null, extras: null, sidecars: 0 };
 const $ = (id) => document.getElementById(id);
@@ -294,8 +295,10 @@ async function showSidecars(n) {
   const rows = [pair("Instances", String(list.length)), pair("CPU", fmt.cores(sum("cpu_cores"))), pair("Memory", fmt.mib(sum("resident_bytes")))];
   const SHOWN = 10;
   for (const i of list.slice(0, SHOWN)) {
-    const tr = pair(i.instance || "(no instance ID)", `${fmt.cores(i.cpu_cores)} · ${fmt.mib(i.resident_bytes)}`);
-    tr.title = `${i.workload} ${i.version}: ${i.threads ?? "–"} threads, ${i.open_fds ?? "–"} open files`;
+    // A drawn UUID says nothing past its first digits; a pod's name is shown whole.
+    const name = UUID.test(i.instance) ? `${i.instance.slice(0, 8)}…` : i.instance || "(no instance ID)";
+    const tr = pair(name, `${fmt.cores(i.cpu_cores)} · ${fmt.mib(i.resident_bytes)}`);
+    tr.title = `${i.instance} (${i.workload} ${i.version}): ${i.threads ?? "–"} threads, ${i.open_fds ?? "–"} open files`;
     rows.push(tr);
   }
   if (list.length > SHOWN) rows.push(pair("…", `${list.length - SHOWN} more`));
