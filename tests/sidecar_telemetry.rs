@@ -1241,15 +1241,16 @@ fn the_admin_server_answers_probes_and_changes_the_log_filter_while_the_sidecar_
     assert_eq!(refused(2), 0, "not at info");
     let put = |body: &[u8]| http(front.admin, "PUT", "/proxy-log-level", &[], body).expect("answered");
     let reply = put(b"info,meshlens_proxy=debug");
-    assert_eq!((reply.status, reply.body.as_str()), (200, "info,meshlens_proxy=debug\n"));
-    assert_eq!(get(front.admin, "/proxy-log-level").body, "info,meshlens_proxy=debug\n");
+    // The answer is the filter in effect, its directives in the filter's own order.
+    assert_eq!((reply.status, reply.body.as_str()), (200, "meshlens_proxy=debug,info\n"));
+    assert_eq!(get(front.admin, "/proxy-log-level").body, "meshlens_proxy=debug,info\n");
     wait_for("debug lines", Duration::from_secs(5), || (refused(1) > 0).then_some(()));
     // A directive that is not one changes nothing, and says why.
     let reply = put(b"info,[{broken");
     assert_eq!(reply.status, 400);
     assert!(reply.body.starts_with("not a log filter"), "{}", reply.body);
     assert_eq!(put(&vec![b'a'; 2000]).status, 413);
-    assert_eq!(get(front.admin, "/proxy-log-level").body, "info,meshlens_proxy=debug\n");
+    assert_eq!(get(front.admin, "/proxy-log-level").body, "meshlens_proxy=debug,info\n");
     assert_eq!(put(b"info").status, 200);
     let before = refused(0);
     assert_eq!(refused(2), before, "back at info");

@@ -30,7 +30,10 @@ use prometheus_client::{
 };
 use serde::Serialize;
 
-use crate::model::{MetricKind, MetricPoint, Resource, Value, attr};
+use crate::{
+    ingest::convert::char_prefix,
+    model::{MetricKind, MetricPoint, Resource, Value, attr},
+};
 
 /// The most instances kept.
 pub const MAX_INSTANCES: usize = 10_000;
@@ -45,11 +48,7 @@ const MAX_MODES: usize = 8;
 
 /// `text`, cut to [`MAX_PART_BYTES`].
 fn part(text: &str) -> String {
-    let mut end = text.len().min(MAX_PART_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    char_prefix(text, MAX_PART_BYTES).to_owned()
 }
 
 /// What tells one instance from another: its resource's identity.

@@ -26,7 +26,7 @@ use prometheus_client::{
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    model::{MetricPoint, Value, attr},
+    model::{MetricKind, MetricPoint, Value, attr},
     series_ttl::LastSeen,
     topology::{EdgeObservation, NodeKind, NodeRef},
 };
@@ -210,7 +210,10 @@ impl IstioMetrics {
                 "meshlens.proxy.tcp.sent" => (&self.tcp_received, "received"),
                 _ => continue,
             };
-            if attr(&p.attributes, meshlens_common::semconv::DIRECTION).and_then(Value::as_str) != Some("upstream") {
+            // Growth is read between cumulative points; a delta sum is not one.
+            if p.kind != MetricKind::Sum
+                || attr(&p.attributes, meshlens_common::semconv::DIRECTION).and_then(Value::as_str) != Some("upstream")
+            {
                 continue;
             }
             let Some(destination) = NodeRef::of_mesh_attrs(&p.attributes, &meshlens_common::semconv::DESTINATION_KEYS) else {
@@ -321,5 +324,34 @@ mod tests {
         assert_eq!(total("istio_request_messages_total{"), ["2"], "{text}");
         assert_eq!(total("istio_response_messages_total{"), ["41"], "{text}");
         assert_eq!(total("istio_requests_total{"), ["3"], "a call without counts still counts as a request");
+    }
+
+    #[test]
+    fn tcp_bytes_grow_from_cumulative_sums_only() {
+        use crate::model::{Resource, key};
+        let text = |k: &str, v: &str| (key(k), Value::Str(v.into()));
+        let resource = Arc::new(Resource { service: "shop".into(), attributes: vec![text("service.namespace", "test")] });
+        let point = |kind, value| MetricPoint {
+            name: "meshlens.proxy.tcp.sent".into(),
+            unit: "By".into(),
+            kind,
+            time_unix_nanos: 1,
+            value,
+            count: 0,
+            attributes: vec![
+                text(meshlens_common::semconv::DIRECTION, "upstream"),
+                text("meshlens.destination.service", "db"),
+                text("meshlens.destination.namespace", "test"),
+            ],
+            resource: resource.clone(),
+        };
+        let metrics = IstioMetrics::default();
+        metrics.observe_tcp(&[point(MetricKind::Sum, 100.0), point(MetricKind::DeltaSum, 7.0), point(MetricKind::Sum, 150.0)]);
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+        let received: Vec<&str> = out.lines().filter(|l| l.starts_with("istio_tcp_received_bytes_total{")).collect();
+        assert!(received.len() == 1 && received[0].ends_with(" 150"), "the delta point left out:\n{out}");
     }
 }

@@ -51,7 +51,7 @@ async fn set_log_level(req: Request) -> Response {
     };
     let directive = String::from_utf8_lossy(&body);
     match log_level::set(&directive) {
-        Ok(()) => text(StatusCode::OK, "text/plain", format!("{}\n", directive.trim())),
+        Ok(()) => text(StatusCode::OK, "text/plain", format!("{}\n", log_level::current().unwrap_or_default())),
         Err(error) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n")),
     }
 }

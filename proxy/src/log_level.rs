@@ -3,12 +3,12 @@
 //! directive such as `info,meshlens_proxy=debug`. It starts from `RUST_LOG` (default `info`).
 //! The filter is the process's: in the demo, every embedded sidecar and the collector share it.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
-/// The installed filter's handle, and its directive as last set.
-static FILTER: OnceLock<(reload::Handle<EnvFilter, Registry>, Mutex<String>)> = OnceLock::new();
+/// The installed filter's handle.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// The longest directive taken.
 pub const MAX_DIRECTIVE: usize = 1024;
@@ -20,14 +20,13 @@ pub fn init() {
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&directive));
     let installed = tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init();
     if installed.is_ok() {
-        let _ = FILTER.set((handle, Mutex::new(directive)));
+        let _ = FILTER.set(handle);
     }
 }
 
-/// The filter's directive, if [`init`] installed it.
+/// The filter in effect, as its directives, if [`init`] installed it.
 pub fn current() -> Option<String> {
-    let (_, directive) = FILTER.get()?;
-    directive.lock().ok().map(|d| d.clone())
+    FILTER.get()?.with_current(ToString::to_string).ok()
 }
 
 /// Replaces the filter with `directive`; an error says why it was not.
@@ -37,11 +36,8 @@ pub fn set(directive: &str) -> Result<(), String> {
         return Err(format!("a log filter is 1 to {MAX_DIRECTIVE} bytes, such as info,meshlens_proxy=debug"));
     }
     let filter = EnvFilter::try_new(directive).map_err(|e| format!("not a log filter: {e}"))?;
-    let (handle, current) = FILTER.get().ok_or("this process's log filter cannot be changed")?;
+    let handle = FILTER.get().ok_or("this process's log filter cannot be changed")?;
     handle.reload(filter).map_err(|e| format!("the log filter could not be changed: {e}"))?;
-    if let Ok(mut current) = current.lock() {
-        directive.clone_into(&mut current);
-    }
     tracing::info!(filter = directive, "log filter changed");
     Ok(())
 }

@@ -85,7 +85,12 @@ pub(super) fn truncated(s: &str) -> &str {
         return s;
     }
     TRUNCATED.set(TRUNCATED.get() + 1);
-    let mut cut = MAX_VALUE_LEN;
+    char_prefix(s, MAX_VALUE_LEN)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn char_prefix(s: &str, max: usize) -> &str {
+    let mut cut = s.len().min(max);
     while !s.is_char_boundary(cut) {
         cut -= 1;
     }

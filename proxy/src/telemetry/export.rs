@@ -485,17 +485,17 @@ pub(super) fn spawn(
     let gzip = config.compression == Compression::Gzip;
     let any_gzip = routes.iter().flatten().any(|route| route.gzip(gzip));
     let headers = config.otlp_headers.clone();
-    let extra = config.resource_attributes.with_instance_id();
+    let resource = otlp::resource(&identity, &config.resource_attributes.with_instance_id());
+    let resource_bytes = resource.encode_to_vec();
     let signals = &config.signals;
     let retry = [&signals.traces, &signals.logs, &signals.metrics].map(|export| config.signal_max_retry_time(export));
     let drain = Drain {
         flush_interval: config.flush_interval,
         anchor: Instant::now(),
         retry: RetryPolicy { max_elapsed: config.max_retry_time },
-        resource: Arc::new(otlp::resource(&identity, &extra)),
+        resource: Arc::new(resource),
         stats,
     };
-    let resource_bytes = otlp::resource(&identity, &extra).encode_to_vec();
     let (resource, scope) = (Arc::new(resource_bytes), Arc::new(otlp::scope().encode_to_vec()));
     let batches = |encoding| Batches::new(config.queue_capacity, config.max_batch, encoding, resource.clone(), scope.clone());
     let [to_spans, to_logs, to_metrics] = routes;
