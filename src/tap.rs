@@ -120,6 +120,9 @@ fn text_line(json: &str) -> String {
     if let Some(missed) = r["tap_missed"].as_u64() {
         return format!("… {missed} requests missed: this terminal fell behind the sidecar");
     }
+    if let Some(reason) = r["tap_end"].as_str() {
+        return format!("… ended: {reason}");
+    }
     let text = |key: &str| r[key].as_str().unwrap_or("-").to_owned();
     let status = match (r["response_code"].as_u64(), r["grpc_status"].as_i64()) {
         (Some(code), Some(grpc)) => format!("{code} grpc:{grpc}"),
@@ -154,6 +157,7 @@ mod tests {
             "2026-12-07T10:00:00.000Z outbound GET shop/cart 503 UF 1.23ms -> 127.0.0.1:9 trace=4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(text_line(r#"{"tap_missed":7}"#), "… 7 requests missed: this terminal fell behind the sidecar");
+        assert_eq!(text_line(r#"{"tap_end":"the sidecar is stopping"}"#), "… ended: the sidecar is stopping");
         assert_eq!(text_line("not json"), "not json");
     }
 }

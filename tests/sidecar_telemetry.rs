@@ -1185,7 +1185,7 @@ fn a_tap_streams_the_requests_it_picks_as_they_finish() {
     let dir = TestDir::new("tap");
     let collector = CollectorProc::start(&dir);
     let (tester, front) = (Workload::new("tester", &[]), Workload::new("front", &[]));
-    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    let mut procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
     let admin = tester.admin.to_string();
     let tap = |name: &str, args: &[&str]| {
         let mut all = vec!["tap", "--admin", admin.as_str(), "--duration", "30s"];
@@ -1219,6 +1219,19 @@ fn a_tap_streams_the_requests_it_picks_as_they_finish() {
     // A query the sidecar cannot take is refused, and said why.
     let out = command(meshlens()).args(["tap", "--admin", &admin, "--limit", "0"]).output().expect("run tap");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("limit"), "{out:?}");
+
+    // A tap open when the sidecar stops ends at once, and says why, rather than holding the
+    // sidecar's stop for its grace period (5 s).
+    let mut open = tap("tap-open", &[]);
+    wait_for("the tap to print a request", Duration::from_secs(10), || {
+        assert_eq!(load(&dir, tester.outbound, "http://front/while-open", 1)["succeeded"], 1);
+        open.output().contains("/while-open").then_some(())
+    });
+    let asked = std::time::Instant::now();
+    assert_eq!(procs[0].terminate(Duration::from_secs(10)), Some(0), "{}", procs[0].output());
+    assert!(asked.elapsed() < Duration::from_secs(3), "the sidecar stopped {:?} after it was asked", asked.elapsed());
+    assert_eq!(open.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(open.output().contains("… ended: the sidecar is stopping"), "{}", open.output());
 }
 
 #[test]

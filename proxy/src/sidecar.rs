@@ -155,6 +155,8 @@ impl Sidecar {
     /// connections still open, upgraded ones included, then flushes telemetry.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // A tap would otherwise hold the admin connection through the grace period.
+        self.telemetry.tap().stop();
         for server in self.servers {
             let _ = server.await;
         }

@@ -8,7 +8,9 @@
 //! Records reach the tap last, after the metrics, spans and access logs are done with them,
 //! through a bounded broadcast channel: with no tap open that costs one atomic load a
 //! request. A reader that falls behind misses records, which a line `{"tap_missed": n}`
-//! says; it never slows a request.
+//! says; it never slows a request. When the sidecar starts to stop, each open tap ends with
+//! a line `{"tap_end": "the sidecar is stopping"}` instead of holding its connection through
+//! the grace period.
 
 use std::{
     pin::Pin,
@@ -22,7 +24,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{RequestRecord, Side, access_log};
 use crate::{
@@ -44,13 +46,18 @@ pub struct Tap {
     /// Taps open: read on every request, so the check is one atomic load (the channel's
     /// own receiver count takes a lock).
     open: Arc<AtomicUsize>,
+    /// Turns true when the sidecar starts to stop.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Tap {
     fn default() -> Self {
-        Self { tx: broadcast::channel(CAPACITY).0, open: Arc::default() }
+        Self { tx: broadcast::channel(CAPACITY).0, open: Arc::default(), stopping: Arc::new(watch::Sender::new(false)) }
     }
 }
+
+/// The last line of a tap the sidecar's stop ended.
+const STOPPING: &str = "{\"tap_end\":\"the sidecar is stopping\"}\n";
 
 /// Counts a tap as open until it drops.
 struct Open(Arc<AtomicUsize>);
@@ -75,10 +82,17 @@ impl Tap {
         let _ = self.tx.send(Arc::new(record));
     }
 
+    /// Ends the open taps, and any opened from now on, with a line that says the sidecar is
+    /// stopping.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
     /// Opens a tap: the body streams the JSON lines of the requests `query` picks, from now
     /// on, until its limit or its time is up or the reader goes away.
     pub fn open(&self, query: TapQuery) -> BoxBody {
         let mut records = self.tx.subscribe();
+        let mut stopping = self.stopping.subscribe();
         self.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(self.open.clone());
         let (lines, out) = mpsc::channel::<Bytes>(16);
@@ -91,6 +105,10 @@ impl Tap {
                 let received = tokio::select! {
                     () = &mut deadline => break,
                     () = lines.closed() => break,
+                    () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
+                        let _ = lines.send(Bytes::from_static(STOPPING.as_bytes())).await;
+                        break;
+                    }
                     received = records.recv() => received,
                 };
                 let mut line = match received {
@@ -276,5 +294,21 @@ mod tests {
         drop(body);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(tap.open.load(Ordering::Relaxed), 0, "ended taps are not counted as open");
+    }
+
+    #[tokio::test]
+    async fn taps_end_when_the_sidecar_stops() {
+        let tap = Tap::default();
+        let body = tap.open(TapQuery::default());
+        tap.offer(record(true, Outcome::Success, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tap.stop();
+        let ended = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("ends before its duration");
+        let text = String::from_utf8(ended.expect("body").to_bytes().to_vec()).expect("UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(format!("{}\n", lines[1]), STOPPING);
+        let late = tap.open(TapQuery::default()).collect().await.expect("body").to_bytes();
+        assert_eq!(late, STOPPING.as_bytes(), "one opened while stopping ends at once");
     }
 }
