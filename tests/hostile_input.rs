@@ -538,6 +538,43 @@ fn otlp_grpc_case(rng: &mut fastrand::Rng, signal: &str, message: &[u8]) -> Vec<
     out
 }
 
+/// A protobuf varint.
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited protobuf field.
+fn field(number: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![number << 3 | 2];
+    varint(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// A trace export whose one span has an attribute `levels` arrays deep, encoded by hand
+/// (a message that deep would overflow the encoder's own stack).
+fn deep_protobuf(levels: usize) -> Vec<u8> {
+    let mut value = field(1, b"x");
+    for _ in 0..levels {
+        value = field(5, &field(1, &value));
+    }
+    let attribute = [field(1, b"deep"), field(2, &value)].concat();
+    let span = [field(1, &[7; 16]), field(2, &[7; 8]), field(5, b"deep"), field(9, &attribute)].concat();
+    field(1, &field(2, &field(2, &span)))
+}
+
+/// The same in OTLP/JSON.
+fn deep_json(levels: usize) -> Vec<u8> {
+    let value = format!("{}{{\"stringValue\":\"x\"}}{}", "{\"arrayValue\":{\"values\":[".repeat(levels), "]}}".repeat(levels));
+    let (trace, span) = ("07".repeat(16), "07".repeat(8));
+    let span = format!(r#"{{"traceId":"{trace}","spanId":"{span}","name":"deep","attributes":[{{"key":"deep","value":{value}}}]}}"#);
+    format!("{{\"resourceSpans\":[{{\"scopeSpans\":[{{\"spans\":[{span}]}}]}}]}}").into_bytes()
+}
+
 /// `body` with a few bytes changed, cut short, a slice repeated, or noise in place of it.
 fn mangled_body(rng: &mut fastrand::Rng, body: &[u8]) -> Vec<u8> {
     let mut out = body.to_vec();
@@ -615,6 +652,22 @@ fn the_collector_refuses_mangled_exports_and_keeps_what_it_accepted() {
     }
     send_all(collector.http, http_cases);
     send_all(collector.grpc, grpc_cases);
+    // Values nested far past any recursion limit, in protobuf and in JSON: each is refused
+    // whole, and the collector's stack holds. Three levels are taken.
+    for (levels, status) in [(3, 200), (50_000, 400)] {
+        for (content_type, body) in [("application/x-protobuf", deep_protobuf(levels)), ("application/json", deep_json(levels))] {
+            let reply = http(collector.http, "POST", "/v1/traces", &[("content-type", content_type)], &body).expect("answered");
+            assert_eq!(reply.status, status, "{content_type}, {levels} levels: {}", reply.body);
+        }
+    }
+    // Queries that nest past what DataFusion's recursion can take (2,000 chained operators
+    // once aborted the collector) are refused before they are planned.
+    let chained = format!("SELECT 1{}", " + 1".repeat(20_000));
+    let negated = format!("SELECT count(*) FROM spans WHERE {}true", "NOT ".repeat(20_000));
+    for query in [chained, negated] {
+        let reply = collector.sql(&query);
+        assert_eq!(reply.status, 400, "{}", reply.body);
+    }
 
     assert!(collector.proc.running(), "the collector stopped (seed {seed}):\n{}", collector.proc.output());
     assert!(!collector.proc.output().contains("panicked"), "the collector panicked (seed {seed}):\n{}", collector.proc.output());

@@ -1,5 +1,6 @@
 //! What a query may do: one read-only statement, over our tables only, without functions
-//! that build unbounded values. Checked on the parsed statement and again on the plan.
+//! that build unbounded values, and of a bounded size. Checked on its tokens, on the parsed
+//! statement and again on the plan.
 
 use datafusion::{
     common::{
@@ -8,7 +9,15 @@ use datafusion::{
     },
     execution::context::SQLOptions,
     logical_expr::{Expr, LogicalPlan},
-    sql::{parser::Statement, sqlparser::ast},
+    sql::{
+        parser::Statement,
+        sqlparser::{
+            ast,
+            dialect::GenericDialect,
+            keywords::Keyword,
+            tokenizer::{Token, Tokenizer},
+        },
+    },
 };
 
 use super::{SqlError, TABLE_NAMES};
@@ -20,6 +29,47 @@ fn rejected(what: impl std::fmt::Display) -> SqlError {
     SqlError::Rejected(format!(
         "only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN); {what} is rejected"
     ))
+}
+
+/// The most operators, keywords and brackets a query may hold. A chain of binary operators
+/// (`a = 1 OR a = 2 OR …`) parses into a tree as deep as the chain is long, and DataFusion
+/// walks and clones its expressions recursively: a chain of 2,000 overflowed a query
+/// thread's stack and aborted the whole collector. With this bound a tree stays within a
+/// depth the query threads' stack ([`super::QUERY_STACK`]) holds; lists (`IN (…)`, a
+/// `SELECT` list) are flat and their items are not counted.
+pub const MAX_OPERATORS: usize = 1_000;
+
+/// The query must hold at most [`MAX_OPERATORS`] tokens that are not literals, plain
+/// identifiers, commas or whitespace. Tokenizing is a loop, so this holds for any text.
+pub fn bounded(sql: &str) -> Result<(), SqlError> {
+    // A text that does not tokenize is left to the parser, which says why.
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return Ok(()) };
+    let operators = tokens.iter().filter(|t| counts(t)).count();
+    if operators > MAX_OPERATORS {
+        return Err(SqlError::Rejected(format!(
+            "the query is too large: {operators} operators, keywords and brackets, at most {MAX_OPERATORS} \
+             (long chains of AND, OR or arithmetic nest too deeply; a list such as IN ('a', 'b', …) is not counted)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a token can make a node with children: anything but a literal, a plain
+/// identifier, a comma or whitespace.
+fn counts(token: &Token) -> bool {
+    !matches!(
+        token,
+        Token::Whitespace(_)
+            | Token::Comma
+            | Token::EOF
+            | Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    ) && !matches!(token, Token::Word(w) if w.keyword == Keyword::NoKeyword)
 }
 
 /// The statement must be a query, or an `EXPLAIN` of one.

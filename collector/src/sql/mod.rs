@@ -6,7 +6,8 @@
 //! query keeps a query to one core). Before anything runs:
 //! exactly one statement, and it must be a query (`SELECT`, `WITH`, `VALUES`,
 //! `EXPLAIN`); only our tables (and `information_schema`) can be named; functions that
-//! can build unbounded values are refused ([`guard`]). While it runs: a time limit (the
+//! can build unbounded values are refused, and so are queries with more than
+//! [`guard::MAX_OPERATORS`] operators ([`guard`]). While it runs: a time limit (the
 //! query is cancelled), a memory limit for its operators (no spilling to disk), and a
 //! row limit on what is returned (the rest is cut, and the answer says so).
 
@@ -42,6 +43,12 @@ use crate::{
     pipeline::Pipeline,
     tables::{Sealed, edges, schema},
 };
+
+/// The stack of each thread a query runs on. DataFusion walks and clones expression trees
+/// recursively; with the 2 MiB threads get by default, a query of a few thousand chained
+/// operators aborted the collector. The memory is reserved, not used, until a deep tree
+/// needs it.
+pub const QUERY_STACK: usize = 64 << 20;
 
 /// Bounds on every query.
 #[derive(Debug, Clone, Copy)]
@@ -149,10 +156,16 @@ impl SqlEngine {
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("meshlens-sql".into())
+            .stack_size(QUERY_STACK)
             .spawn(move || {
                 let runtime = match limits.threads {
                     0 | 1 => tokio::runtime::Builder::new_current_thread().enable_time().build(),
-                    n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).thread_name("meshlens-sql").enable_time().build(),
+                    n => tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(n)
+                        .thread_name("meshlens-sql")
+                        .thread_stack_size(QUERY_STACK)
+                        .enable_time()
+                        .build(),
                 };
                 let result = match runtime {
                     Ok(rt) => rt.block_on(async move {
@@ -236,6 +249,7 @@ fn context(limits: SqlLimits) -> Result<SessionContext, SqlError> {
 
 async fn execute(pipeline: &Pipeline, sql: &str, limits: SqlLimits) -> Result<QueryResult, SqlError> {
     let started = Instant::now();
+    guard::bounded(sql)?;
     let ctx = context(limits)?;
     let state = ctx.state();
     let statement = state.sql_to_statement(sql, &Dialect::Generic)?;
@@ -390,6 +404,28 @@ mod tests {
         }
         let r = query(&p, "EXPLAIN SELECT count(*) FROM spans").await.expect("EXPLAIN is read-only");
         assert!(r.rows > 0);
+    }
+
+    #[tokio::test]
+    async fn a_query_as_deep_as_allowed_runs_and_a_deeper_one_is_refused() {
+        let p = pipeline_with_spans(3, SqlLimits::default());
+        // Chains of single-token operators: each is a level of the expression tree.
+        let chain = |n: usize, op: &str| format!("SELECT count(*) FROM spans WHERE duration_ns >= 0{}", format!(" {op} 0").repeat(n));
+        let r = query(&p, &chain(guard::MAX_OPERATORS - 9, "+")).await.expect("a tree as deep as the limit allows");
+        assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([[3]]));
+        // In the select list, where a chain of 2,000 aborted the collector.
+        let r = query(&p, &format!("SELECT 0{}", " + 0".repeat(guard::MAX_OPERATORS - 1))).await.expect("as deep, selected");
+        assert_eq!(r.rows, 1);
+        for too_deep in [chain(guard::MAX_OPERATORS, "+"), chain(20_000, "OR duration_ns ="), chain(20_000, "::BIGINT")] {
+            match query(&p, &too_deep).await {
+                Err(SqlError::Rejected(message)) => assert!(message.contains("too large"), "{message}"),
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+        }
+        // Lists are flat, and as long as they need to be.
+        let ids = (0..20_000).map(|i| format!("'{i:032x}'")).collect::<Vec<_>>().join(", ");
+        let r = query(&p, &format!("SELECT count(*) FROM spans WHERE trace_id IN ({ids})")).await.expect("a long IN list");
+        assert_eq!(format::to_json(&r).expect("json")["rows"], serde_json::json!([[0]]));
     }
 
     #[tokio::test]
