@@ -27,7 +27,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event},
 };
 use prost::Message;
-use support::{CollectorProc, TestDir, Workload, get, http, prom_sum, start_mesh, wait_for};
+use support::{CollectorProc, Proc, TestDir, Workload, get, http, prom_sum, sidecar_toml, start_mesh, wait_for, wait_listening};
 
 /// Cases a run sends to each target: `MESHLENS_HOSTILE_CASES`, or 2,000.
 fn cases() -> usize {
@@ -44,8 +44,9 @@ fn seed() -> u64 {
 }
 
 /// Sends every case of `cases` to `addr`, `SENDERS` connections at a time: each case on a
-/// connection of its own, the write side closed after it, the answer read for at most a second.
-fn send_all(addr: SocketAddr, cases: Vec<Vec<u8>>) {
+/// connection of its own, the write side closed after it if `half_close`, the answer read
+/// until the connection closes or nothing comes for a second.
+fn send_all(addr: SocketAddr, cases: Vec<Vec<u8>>, half_close: bool) {
     let cases = Arc::new(std::sync::Mutex::new(cases));
     let senders: Vec<_> = (0..SENDERS)
         .map(|_| {
@@ -58,7 +59,9 @@ fn send_all(addr: SocketAddr, cases: Vec<Vec<u8>>) {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                     let _ = stream.write_all(&case);
-                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    if half_close {
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                    }
                     let mut answer = [0u8; 16 * 1024];
                     while matches!(stream.read(&mut answer), Ok(n) if n > 0) {}
                 }
@@ -231,17 +234,26 @@ fn http1_case(rng: &mut fastrand::Rng) -> Vec<u8> {
     for (name, value) in hostile_headers(rng) {
         out.extend([name, b": ".to_vec(), value, b"\r\n".to_vec()].concat());
     }
+    const TAILS: [&[u8]; 4] = [
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"4\r\nhalf\r\nzz\r\n",
+        b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx: y\r\n\r\n",
+        b"GET /second HTTP/1.1\r\nHost: echo\r\n\r\n",
+    ];
+    end_message(rng, &mut out, TAILS, 6);
+    out
+}
+
+/// Ends a message's head, adds one of `tails` (a body, a broken one, the next message on
+/// the connection), noise or nothing, then sometimes (one in `odds`) mangles the whole.
+fn end_message(rng: &mut fastrand::Rng, out: &mut Vec<u8>, tails: [&[u8]; 4], odds: u8) {
     out.extend(b"\r\n");
-    match rng.u8(..6) {
-        0 => out.extend(b"5\r\nhello\r\n0\r\n\r\n"),
-        1 => out.extend(b"4\r\nhalf\r\nzz\r\n"),
-        2 => out.extend(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx: y\r\n\r\n"),
-        3 => out.extend(bytes(rng, 0..2000)),
-        4 => out.extend(b"GET /second HTTP/1.1\r\nHost: echo\r\n\r\n"),
+    match rng.usize(..6) {
+        i @ 0..4 => out.extend(tails[i]),
+        4 => out.extend(bytes(rng, 0..3000)),
         _ => {}
     }
-    mangle(rng, &mut out, 6);
-    out
+    mangle(rng, out, odds);
 }
 
 /// Sometimes (one in `odds`) cuts `out` short, changes a few bytes or repeats a slice.
@@ -380,7 +392,7 @@ fn sidecars_keep_serving_and_exporting_through_hostile_requests() {
     let mut rng = fastrand::Rng::with_seed(seed);
     for target in [tester.outbound, echo.inbound] {
         let cases: Vec<Vec<u8>> = (0..cases()).map(|i| if i % 3 == 2 { http2_case(&mut rng) } else { http1_case(&mut rng) }).collect();
-        send_all(target, cases);
+        send_all(target, cases, true);
     }
 
     for proc in &mut procs {
@@ -413,6 +425,135 @@ fn sidecars_keep_serving_and_exporting_through_hostile_requests() {
         (opened == closed && opened >= cases() as f64).then_some(())
     });
     assert!(!collector.proc.output().contains("panicked"), "{}", collector.proc.output());
+}
+
+/// One response an application might send, drawn: odd status lines, framing that
+/// contradicts itself, gRPC statuses and messages of any text, informational and switching
+/// responses, trailers, bodies cut short or running long; sometimes with bytes changed.
+fn hostile_response(rng: &mut fastrand::Rng) -> Vec<u8> {
+    const STATUSES: &[&str] = &["200 OK", "204 No Content", "304 Not Modified", "404 Not Found", "500 Oops", "503 Busy", "206 Part"];
+    const ODD_STATUSES: &[&str] =
+        &["100 Continue", "101 Switching Protocols", "103 Early Hints", "199 Odd", "999 Nine", "42 Low", "200", "abc"];
+    const HEADERS: &[(&str, &[&str])] = &[
+        ("content-length", &["0", "5", "100", "-1", "18446744073709551616", "5, 6", " 5"]),
+        ("transfer-encoding", &["chunked", "gzip, chunked", "identity", "chunked, chunked"]),
+        ("content-type", &["application/grpc", "application/grpc+proto", "text/plain", ""]),
+        ("grpc-status", &["0", "2", "14", "-1", "99999999999", "abc", ""]),
+        ("grpc-message", &["ok", "%E2%9C%93", "%zz", "tr\u{e9}s", ""]),
+        ("connection", &["close", "keep-alive", "upgrade"]),
+        ("upgrade", &["websocket", "h2c"]),
+        ("trailer", &["grpc-status", "grpc-message, x-end"]),
+        ("content-encoding", &["gzip", "br"]),
+        ("set-cookie", &["a=b", "c=d; Path=/"]),
+        ("traceparent", &["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "garbage"]),
+    ];
+    let pick = |rng: &mut fastrand::Rng, list: &[&str]| list[rng.usize(..list.len())].as_bytes().to_vec();
+    let status = if rng.u8(..5) == 0 { pick(rng, ODD_STATUSES) } else { pick(rng, STATUSES) };
+    let version = if rng.u8(..12) == 0 { b"HTTP/1.0".to_vec() } else { b"HTTP/1.1".to_vec() };
+    let mut out = [version, b" ".to_vec(), status, b"\r\n".to_vec()].concat();
+    if rng.u8(..8) == 0 {
+        // An informational response first, then the real one.
+        out = [b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), out].concat();
+    }
+    for _ in 0..rng.usize(0..6) {
+        let (name, values) = HEADERS[rng.usize(..HEADERS.len())];
+        out.extend([name.as_bytes(), b": ", &pick(rng, values), b"\r\n"].concat());
+    }
+    match rng.u8(..16) {
+        0 => out.extend([b"x-big: ".to_vec(), text(rng, b"b", 8_000..120_000), b"\r\n".to_vec()].concat()),
+        1 => (0..rng.usize(100..300)).for_each(|i| out.extend(format!("x-many-{i}: v\r\n").into_bytes())),
+        _ => {}
+    }
+    const TAILS: [&[u8]; 4] = [
+        b"hello",
+        b"5\r\nhello\r\n0\r\ngrpc-status: 13\r\ngrpc-message: broke\r\n\r\n",
+        b"5\r\nhel",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ];
+    end_message(rng, &mut out, TAILS, 8);
+    out
+}
+
+/// An application answering each request with [`hostile_response`], drawn from `seed` and
+/// the request's order; it mostly closes the connection after it (a body without framing
+/// ends there), and otherwise waits 100 ms for the next request on it.
+fn hostile_app(addr: SocketAddr, seed: u64) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let answered = Arc::clone(&answered);
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut stream = stream;
+                loop {
+                    let mut head = String::new();
+                    while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+                    if head.is_empty() {
+                        return;
+                    }
+                    let n = answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut rng = fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    if stream.write_all(&hostile_response(&mut rng)).is_err() || rng.u8(..4) > 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn sidecars_answer_every_request_to_an_application_that_answers_anything() {
+    let seed = seed();
+    let dir = TestDir::new("hostile-upstream");
+    let collector = CollectorProc::start(&dir);
+    let (caller, echo, odd) = (Workload::new("caller", &[]), Workload::new("echo", &[]), Workload::new("odd", &[]));
+    let mut procs = start_mesh(&dir, &[&echo], collector.grpc);
+    hostile_app(odd.app, seed);
+    for w in [&odd, &caller] {
+        let config = dir.path(&format!("{}.toml", w.service));
+        std::fs::write(&config, sidecar_toml(w, &[&caller, &echo, &odd], collector.grpc)).expect("write");
+        procs.push(Proc::start(&dir, &format!("{}-sidecar", w.service), &["proxy", "--config", config.to_str().unwrap_or_default()]));
+        wait_listening(w.outbound, "a sidecar");
+    }
+
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let requests: Vec<Vec<u8>> = (0..cases() / 2)
+        .map(|_| {
+            let (method, body) = match rng.u8(..4) {
+                0 => ("HEAD", "\r\n"),
+                1 => ("POST", "content-length: 5\r\n\r\nhello"),
+                2 => ("GET", "connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+                _ => ("GET", "\r\n"),
+            };
+            format!("{method} /odd/{} HTTP/1.1\r\nhost: odd\r\nconnection: close\r\n{body}", rng.u32(..)).into_bytes()
+        })
+        .collect();
+    let sent = requests.len();
+    send_all(caller.outbound, requests, false);
+
+    for proc in &mut procs {
+        assert!(proc.running(), "a process stopped (seed {seed}):\n{}", proc.output());
+        assert!(!proc.output().contains("panicked"), "a process panicked (seed {seed}):\n{}", proc.output());
+    }
+    assert_eq!(answered(caller.outbound, "/after"), 200, "the sidecars still serve (seed {seed})");
+    // Every request was recorded on the calling side, whatever came back, and ended.
+    let counted = |admin, metric, labels: &[(&str, &str)]| prom_sum(&get(admin, "/metrics").body, metric, labels);
+    wait_for("every request recorded, none in flight", Duration::from_secs(15), || {
+        let recorded = counted(caller.admin, "meshlens_proxy_requests_total", &[("direction", "outbound")]);
+        let active = counted(caller.admin, "meshlens_proxy_active_requests", &[("direction", "outbound")])
+            + counted(odd.admin, "meshlens_proxy_active_requests", &[("direction", "inbound")]);
+        (recorded >= sent as f64 && active == 0.0).then_some(())
+    });
+    let failed = counted(odd.admin, "meshlens_proxy_requests_total", &[("direction", "inbound"), ("classification", "failure")]);
+    assert!(failed >= (sent / 10) as f64, "the odd answers were recorded as failures: {failed}");
+    // A switch of protocols the request did not ask for never reaches the caller: it would
+    // wait for an answer after it.
+    let probe = |path: &str| http(caller.outbound, "GET", path, &[("host", "odd")], b"").map(|r| r.status).unwrap_or(0);
+    assert!((0..200).all(|i| probe(&format!("/odd/probe/{i}")) != 101), "an unasked-for 101 went on to the caller");
 }
 
 /// One export body of each signal, valid, with some of everything a collector reads.
@@ -650,8 +791,8 @@ fn the_collector_refuses_mangled_exports_and_keeps_what_it_accepted() {
             _ => grpc_cases.push(otlp_grpc_case(&mut rng, signal, &mangled)),
         }
     }
-    send_all(collector.http, http_cases);
-    send_all(collector.grpc, grpc_cases);
+    send_all(collector.http, http_cases, true);
+    send_all(collector.grpc, grpc_cases, true);
     // Values nested far past any recursion limit, in protobuf and in JSON: each is refused
     // whole, and the collector's stack holds. Three levels are taken.
     for (levels, status) in [(3, 200), (50_000, 400)] {

@@ -8,7 +8,8 @@
 //! removed, except those of a protocol upgrade ([`super::upgrade`]). A message framed by any
 //! transfer coding but one `chunked` cannot go on as it came (its body would arrive still
 //! coded, unlabelled): such a request gets 501 with `DPE` (RFC 9112, 6.1), such a response
-//! 502 with `UPE`, as Envoy answers both. HTTP/1 messages go on in HTTP/1.1, the sidecar's
+//! 502 with `UPE`, as Envoy answers both, and so does a `101` to a request that asked for
+//! no upgrade. HTTP/1 messages go on in HTTP/1.1, the sidecar's
 //! own version (RFC 9110, 6.2). Connections to a known upstream workload are metered
 //! (opened, closed, bytes) under that workload's identity.
 
@@ -203,6 +204,12 @@ impl Service<Request> for Forward {
             let pool = self.0.http1.clone();
             return Box::pin(async move {
                 let mut response = pool.send(addr, req).await?;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // Not allowed without an `Upgrade` asked for (RFC 9110, 15.2.2), and a caller
+                    // would take it for an interim answer and wait for the real one.
+                    let reason = "it switched protocols (101) on a request that asked for no upgrade".to_owned();
+                    return Err(ProxyError::UpstreamProtocol { addr, reason });
+                }
                 strip_response(addr, &mut response)?;
                 // The same for the answer. An application's `HTTP/1.0` passed on would tell an
                 // HTTP/1.1 caller, another sidecar among them, to close its connection after
@@ -464,10 +471,13 @@ mod authority_tests {
         let silent = raw_upstream(b"").await;
         // A body still gzip-coded under its chunks would reach the caller unlabelled.
         let gzipped = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n").await;
+        // A switch of protocols no one asked for: a caller would wait for the real answer.
+        let switched = raw_upstream(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await;
         for (addr, version, protocol_error) in [
             (http1_only, Version::HTTP_2, true),
             (garbage, Version::HTTP_11, true),
             (gzipped, Version::HTTP_11, true),
+            (switched, Version::HTTP_11, true),
             (silent, Version::HTTP_11, false),
         ] {
             let mut req = http::Request::get("http://reviews/x").version(version).body(body::full("")).expect("request");
