@@ -52,10 +52,11 @@ fn send_all(addr: SocketAddr, cases: Vec<Vec<u8>>, half_close: bool) {
         .map(|_| {
             let cases = Arc::clone(&cases);
             std::thread::spawn(move || {
-                while let Some(case) = cases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop() {
-                    let Ok(mut stream) = TcpStream::connect(addr) else {
-                        continue;
-                    };
+                loop {
+                    // Taken in a statement of its own: the lock is not held while the case runs.
+                    let next = cases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+                    let Some(case) = next else { break };
+                    let Ok(mut stream) = TcpStream::connect(addr) else { continue };
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                     let _ = stream.write_all(&case);
@@ -505,21 +506,58 @@ fn hostile_app(addr: SocketAddr, seed: u64) {
     });
 }
 
+/// A caller's sidecar and the sidecar of an application `app` serves, reporting to one
+/// collector; `echo`, a well-behaved service, answers probes.
+struct OddHop {
+    collector: CollectorProc,
+    caller: Workload,
+    odd: Workload,
+    procs: Vec<Proc>,
+}
+
+impl OddHop {
+    fn start(dir: &TestDir, app: fn(SocketAddr, u64), seed: u64) -> Self {
+        let collector = CollectorProc::start(dir);
+        let (caller, echo, odd) = (Workload::new("caller", &[]), Workload::new("echo", &[]), Workload::new("odd", &[]));
+        let mut procs = start_mesh(dir, &[&echo], collector.grpc);
+        app(odd.app, seed);
+        for w in [&odd, &caller] {
+            let config = dir.path(&format!("{}.toml", w.service));
+            std::fs::write(&config, sidecar_toml(w, &[&caller, &echo, &odd], collector.grpc)).expect("write");
+            let args = ["proxy", "--config", config.to_str().unwrap_or_default()];
+            procs.push(Proc::start(dir, &format!("{}-sidecar", w.service), &args));
+            wait_listening(w.outbound, "a sidecar");
+        }
+        Self { collector, caller, odd, procs }
+    }
+
+    /// After `sent` requests: no process panicked or stopped, the sidecars still serve,
+    /// every request was recorded on the calling side and has ended on both, and at least
+    /// a tenth were failures on the called side.
+    fn check(&mut self, seed: u64, sent: usize) {
+        for proc in &mut self.procs {
+            assert!(proc.running(), "a process stopped (seed {seed}):\n{}", proc.output());
+            assert!(!proc.output().contains("panicked"), "a process panicked (seed {seed}):\n{}", proc.output());
+        }
+        assert_eq!(answered(self.caller.outbound, "/after"), 200, "the sidecars still serve (seed {seed})");
+        let counted = |admin, metric, labels: &[(&str, &str)]| prom_sum(&get(admin, "/metrics").body, metric, labels);
+        wait_for("every request recorded, none in flight", Duration::from_secs(15), || {
+            let recorded = counted(self.caller.admin, "meshlens_proxy_requests_total", &[("direction", "outbound")]);
+            let active = counted(self.caller.admin, "meshlens_proxy_active_requests", &[("direction", "outbound")])
+                + counted(self.odd.admin, "meshlens_proxy_active_requests", &[("direction", "inbound")]);
+            (recorded >= sent as f64 && active == 0.0).then_some(())
+        });
+        let failed = counted(self.odd.admin, "meshlens_proxy_requests_total", &[("direction", "inbound"), ("classification", "failure")]);
+        assert!(failed >= (sent / 10) as f64, "the odd answers were recorded as failures: {failed} (seed {seed})");
+        assert!(!self.collector.proc.output().contains("panicked"), "{}", self.collector.proc.output());
+    }
+}
+
 #[test]
 fn sidecars_answer_every_request_to_an_application_that_answers_anything() {
     let seed = seed();
     let dir = TestDir::new("hostile-upstream");
-    let collector = CollectorProc::start(&dir);
-    let (caller, echo, odd) = (Workload::new("caller", &[]), Workload::new("echo", &[]), Workload::new("odd", &[]));
-    let mut procs = start_mesh(&dir, &[&echo], collector.grpc);
-    hostile_app(odd.app, seed);
-    for w in [&odd, &caller] {
-        let config = dir.path(&format!("{}.toml", w.service));
-        std::fs::write(&config, sidecar_toml(w, &[&caller, &echo, &odd], collector.grpc)).expect("write");
-        procs.push(Proc::start(&dir, &format!("{}-sidecar", w.service), &["proxy", "--config", config.to_str().unwrap_or_default()]));
-        wait_listening(w.outbound, "a sidecar");
-    }
-
+    let mut hop = OddHop::start(&dir, hostile_app, seed);
     let mut rng = fastrand::Rng::with_seed(seed);
     let requests: Vec<Vec<u8>> = (0..cases() / 2)
         .map(|_| {
@@ -533,27 +571,146 @@ fn sidecars_answer_every_request_to_an_application_that_answers_anything() {
         })
         .collect();
     let sent = requests.len();
-    send_all(caller.outbound, requests, false);
-
-    for proc in &mut procs {
-        assert!(proc.running(), "a process stopped (seed {seed}):\n{}", proc.output());
-        assert!(!proc.output().contains("panicked"), "a process panicked (seed {seed}):\n{}", proc.output());
-    }
-    assert_eq!(answered(caller.outbound, "/after"), 200, "the sidecars still serve (seed {seed})");
-    // Every request was recorded on the calling side, whatever came back, and ended.
-    let counted = |admin, metric, labels: &[(&str, &str)]| prom_sum(&get(admin, "/metrics").body, metric, labels);
-    wait_for("every request recorded, none in flight", Duration::from_secs(15), || {
-        let recorded = counted(caller.admin, "meshlens_proxy_requests_total", &[("direction", "outbound")]);
-        let active = counted(caller.admin, "meshlens_proxy_active_requests", &[("direction", "outbound")])
-            + counted(odd.admin, "meshlens_proxy_active_requests", &[("direction", "inbound")]);
-        (recorded >= sent as f64 && active == 0.0).then_some(())
-    });
-    let failed = counted(odd.admin, "meshlens_proxy_requests_total", &[("direction", "inbound"), ("classification", "failure")]);
-    assert!(failed >= (sent / 10) as f64, "the odd answers were recorded as failures: {failed}");
+    send_all(hop.caller.outbound, requests, false);
+    hop.check(seed, sent);
     // A switch of protocols the request did not ask for never reaches the caller: it would
     // wait for an answer after it.
-    let probe = |path: &str| http(caller.outbound, "GET", path, &[("host", "odd")], b"").map(|r| r.status).unwrap_or(0);
+    let probe = |path: &str| http(hop.caller.outbound, "GET", path, &[("host", "odd")], b"").map(|r| r.status).unwrap_or(0);
     assert!((0..200).all(|i| probe(&format!("/odd/probe/{i}")) != 101), "an unasked-for 101 went on to the caller");
+}
+
+/// One HTTP/2 answer to the request on `stream`, drawn: a gRPC response with any status
+/// in its trailers, a trailers-only one, the stream reset or refused, the connection gone
+/// away, a head HTTP/2 does not allow, data before any head, an informational head first,
+/// a body cut off; and whether the connection stays open after it.
+fn hostile_h2_answer(rng: &mut fastrand::Rng, stream: u32) -> (Vec<u8>, bool) {
+    let field = |name: &str, value: &str| (name.as_bytes().to_vec(), value.as_bytes().to_vec());
+    let status = |code: &str| vec![field(":status", code), field("content-type", "application/grpc")];
+    let grpc = [&["0", "2", "13", "14", "99", "-1", "abc", ""][..], &["ok", "%zz", "caf\u{e9}"][..]];
+    let trailers = |rng: &mut fastrand::Rng| {
+        vec![field("grpc-status", grpc[0][rng.usize(..grpc[0].len())]), field("grpc-message", grpc[1][rng.usize(..grpc[1].len())])]
+    };
+    let message = [&[0u8, 0, 0, 0, 3][..], b"abc"].concat();
+    let mut out = Vec::new();
+    let mut keep = true;
+    match rng.u8(..10) {
+        0 | 1 => {
+            out.extend(frame(1, 0x4, stream, &hpack(&status("200"))));
+            out.extend(frame(0, 0, stream, &message));
+            out.extend(frame(1, 0x5, stream, &hpack(&trailers(rng))));
+        }
+        2 => out.extend(frame(1, 0x5, stream, &hpack(&[status("200"), trailers(rng)].concat()))),
+        3 => out.extend(frame(3, 0, stream, &[0, 0, 0, rng.u8(..14)])),
+        4 => {
+            let last = [0, stream.saturating_sub(2), stream][rng.usize(..3)];
+            out.extend(frame(7, 0, 0, &[last.to_be_bytes(), rng.u32(..14).to_be_bytes()].concat()));
+            keep = false;
+        }
+        5 => {
+            let heads = [vec![field("content-type", "application/grpc")], status("abc"), [status("200"), status("204")].concat()];
+            let odd = [heads[rng.usize(..3)].clone(), vec![field("connection", "close")], vec![field("Upper", "x")]];
+            out.extend(frame(1, 0x5, stream, &hpack(&odd[rng.usize(..3)])));
+        }
+        6 => out.extend(frame(0, 0x1, stream, &message)),
+        7 => {
+            out.extend(frame(1, 0x4, stream, &hpack(&[field(":status", ["100", "103"][rng.usize(..2)])])));
+            out.extend(frame(1, 0x5, stream, &hpack(&[status("200"), trailers(rng)].concat())));
+        }
+        8 => {
+            out.extend(frame(1, 0x4, stream, &hpack(&[status("200"), vec![field("content-length", "100")]].concat())));
+            out.extend(frame(0, 0, stream, &message));
+            keep = false;
+        }
+        _ => {
+            out.extend(frame(1, 0x4, stream, &hpack(&status("503"))));
+            out.extend(frame(8, 0, 0, &[0x7f, 0xff, 0xff, 0xff]));
+            out.extend(frame(8, 0, 0, &[0x7f, 0xff, 0xff, 0xff]));
+        }
+    }
+    mangle(rng, &mut out, 10);
+    (out, keep)
+}
+
+/// An HTTP/2 application (prior knowledge, as gRPC servers take calls from the sidecar)
+/// answering each request with [`hostile_h2_answer`], drawn from `seed` and the
+/// connection's order. It reads frames only to know when a request is whole.
+fn hostile_h2_app(addr: SocketAddr, seed: u64) {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let n = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let (mut reader, mut writer) = (stream.try_clone().expect("clone"), stream);
+                let mut preface = [0u8; PREFACE.len()];
+                if reader.read_exact(&mut preface).is_err() || writer.write_all(&frame(4, 0, 0, &[])).is_err() {
+                    return;
+                }
+                let mut head = [0u8; 9];
+                while reader.read_exact(&mut head).is_ok() {
+                    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    let mut payload = vec![0u8; len];
+                    if reader.read_exact(&mut payload).is_err() {
+                        return;
+                    }
+                    let reply = match kind {
+                        4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
+                        6 if flags & 1 == 0 => frame(6, 1, 0, &payload),
+                        0 | 1 if flags & 1 == 1 => {
+                            let (answer, keep) = hostile_h2_answer(&mut rng, stream);
+                            if writer.write_all(&answer).is_err() || !keep {
+                                return;
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if writer.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn sidecars_answer_every_grpc_call_to_an_application_that_answers_anything() {
+    let seed = seed();
+    let dir = TestDir::new("hostile-h2-upstream");
+    let mut hop = OddHop::start(&dir, hostile_h2_app, seed);
+    // gRPC calls over HTTP/2 from the caller: a few on each connection.
+    let calls_per_connection = 4;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let connections: Vec<Vec<u8>> = (0..cases() / 8)
+        .map(|_| {
+            let mut out = PREFACE.to_vec();
+            out.extend(frame(4, 0, 0, &[]));
+            for i in 0..calls_per_connection {
+                let stream = 2 * i + 1;
+                let fields = [
+                    (b":method".to_vec(), b"POST".to_vec()),
+                    (b":scheme".to_vec(), b"http".to_vec()),
+                    (b":authority".to_vec(), b"odd".to_vec()),
+                    (b":path".to_vec(), format!("/odd.Svc/Call{}", rng.u8(..4)).into_bytes()),
+                    (b"content-type".to_vec(), b"application/grpc".to_vec()),
+                    (b"te".to_vec(), b"trailers".to_vec()),
+                ];
+                out.extend(frame(1, 0x4, stream, &hpack(&fields)));
+                out.extend(frame(0, 0x1, stream, &[0, 0, 0, 0, 2, b'h', b'i']));
+            }
+            // No more calls on this connection: the sidecar closes it once they are answered.
+            out.extend(frame(7, 0, 0, &[0; 8]));
+            out
+        })
+        .collect();
+    let sent = connections.len() * calls_per_connection as usize;
+    send_all(hop.caller.outbound, connections, false);
+    hop.check(seed, sent);
 }
 
 /// One export body of each signal, valid, with some of everything a collector reads.
