@@ -9,9 +9,9 @@
 //! transfer coding but one `chunked` cannot go on as it came (its body would arrive still
 //! coded, unlabelled): such a request gets 501 with `DPE` (RFC 9112, 6.1), such a response
 //! 502 with `UPE`, as Envoy answers both, and so does a `101` to a request that asked for
-//! no upgrade. HTTP/1 messages go on in HTTP/1.1, the sidecar's
-//! own version (RFC 9110, 6.2). Connections to a known upstream workload are metered
-//! (opened, closed, bytes) under that workload's identity.
+//! no upgrade. HTTP/1 messages go on in HTTP/1.1, the sidecar's own version (RFC 9110,
+//! 6.2). Connections to a known upstream workload are metered (opened, closed, bytes) under
+//! that workload's identity.
 
 use std::{
     sync::Arc,
