@@ -375,6 +375,33 @@ fn http2_case(rng: &mut fastrand::Rng) -> Vec<u8> {
     out
 }
 
+/// A request to a sidecar's admin server: a tap with any query, a log filter of any text,
+/// or any of its other paths with any method.
+fn admin_case(rng: &mut fastrand::Rng) -> Vec<u8> {
+    const PARAMS: &[&str] = &["direction", "method", "path", "authority", "destination", "source", "failures", "limit", "duration", "x"];
+    const METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE"];
+    let method = METHODS[rng.usize(..METHODS.len())];
+    let target = match rng.u8(..3) {
+        0 => {
+            let mut params = Vec::new();
+            for _ in 0..rng.usize(0..5) {
+                let name = PARAMS[rng.usize(..PARAMS.len())];
+                params.push(format!("{name}={}", String::from_utf8_lossy(&text(rng, b"0123456789smh%-_/a.", 0..12))));
+            }
+            format!("/tap?{}&duration=1s", params.join("&"))
+        }
+        1 => "/proxy-log-level".to_owned(),
+        _ => ["/metrics", "/ready", "/live", "/", "/metrics?x=%ff"][rng.usize(..5)].to_owned(),
+    };
+    // A filter of any text, never a level that would flood the test's logs.
+    let bodies = [b"info".to_vec(), text(rng, b"abc=,[]{}_:.*/info", 0..60), bytes(rng, 0..40), text(rng, b"x", 2000..3000)];
+    let body = &bodies[rng.usize(..bodies.len())];
+    let mut out = format!("{method} {target} HTTP/1.1\r\nhost: admin\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    out.extend(body);
+    mangle(rng, &mut out, 8);
+    out
+}
+
 /// A request to `addr` that must be answered `200`, through the sidecars.
 fn answered(addr: SocketAddr, path: &str) -> u16 {
     http(addr, "GET", path, &[("host", "echo")], b"").map(|reply| reply.status).unwrap_or(0)
@@ -395,6 +422,11 @@ fn sidecars_keep_serving_and_exporting_through_hostile_requests() {
         let cases: Vec<Vec<u8>> = (0..cases()).map(|i| if i % 3 == 2 { http2_case(&mut rng) } else { http1_case(&mut rng) }).collect();
         send_all(target, cases, true);
     }
+    // And at an admin server: its tap and log filter take queries and bodies.
+    let admin: Vec<Vec<u8>> = (0..cases() / 4).map(|_| admin_case(&mut rng)).collect();
+    send_all(echo.admin, admin, true);
+    let restored = http(echo.admin, "PUT", "/proxy-log-level", &[], b"info").expect("answered");
+    assert_eq!((restored.status, restored.body.as_str()), (200, "info\n"), "the log filter still takes a directive");
 
     for proc in &mut procs {
         assert!(proc.running(), "a process stopped under hostile requests (seed {seed}):\n{}", proc.output());
@@ -950,6 +982,12 @@ fn the_collector_refuses_mangled_exports_and_keeps_what_it_accepted() {
     }
     send_all(collector.http, http_cases, true);
     send_all(collector.grpc, grpc_cases, true);
+    // Hostile HTTP itself at each of the collector's ports: the web server, OTLP/HTTP and
+    // OTLP/gRPC's HTTP/2.
+    for port in [collector.web, collector.http, collector.grpc] {
+        let cases: Vec<Vec<u8>> = (0..cases() / 4).map(|i| if i % 2 == 0 { http2_case(&mut rng) } else { http1_case(&mut rng) }).collect();
+        send_all(port, cases, true);
+    }
     // Values nested far past any recursion limit, in protobuf and in JSON: each is refused
     // whole, and the collector's stack holds. Three levels are taken.
     for (levels, status) in [(3, 200), (50_000, 400)] {
