@@ -233,6 +233,11 @@ struct CollectorArgs {
     /// meshlens_collector_edge_match_overflow_total.
     #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_pending_matches: u32,
+    /// Most edges (caller workload, destination workload, protocol) kept at once in the
+    /// topology and the per-edge metrics. Requests of new edges past it are counted in
+    /// meshlens_collector_edge_overflow_total; their spans are still stored.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_edges: u32,
     /// Per-edge Prometheus series not updated for this long are removed.
     #[arg(long, value_parser = parse_duration, default_value = "15m")]
     series_ttl: Duration,
@@ -386,6 +391,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         max_spans: args.max_spans,
         match_window: args.match_window,
         max_pending_matches: args.max_pending_matches as usize,
+        max_edges: args.max_edges as usize,
         istio_metrics: args.listen.istio_metrics,
         series_ttl: args.series_ttl,
         retention: args.retention,

@@ -1016,3 +1016,44 @@ fn the_collector_refuses_mangled_exports_and_keeps_what_it_accepted() {
     let sql = collector.sql("SELECT count(*) AS n FROM spans WHERE service = 'hostile-seed'");
     assert_eq!(sql.status, 200, "{}", sql.body);
 }
+
+#[test]
+fn a_sender_naming_a_new_service_in_every_span_cannot_grow_the_collector_without_bound() {
+    let dir = TestDir::new("hostile-edges");
+    let collector = CollectorProc::start_with_args(&dir, &["--max-edges", "100"]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default();
+    // 300 requests, each from and to services of their own (a request ID in `service.name`):
+    // both sides of each hop in one export, so each completes an edge at once.
+    let side = |service: String, trace: &str, id: String, parent: &str, kind: u8| {
+        serde_json::json!({
+            "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": service } }] },
+            "scopeSpans": [{ "spans": [{
+                "traceId": trace, "spanId": id, "parentSpanId": parent, "name": "GET /", "kind": kind,
+                "startTimeUnixNano": now.to_string(), "endTimeUnixNano": (now + 1_000_000).to_string(),
+                "attributes": [{ "key": "http.response.status_code", "value": { "intValue": "200" } }],
+            }] }],
+        })
+    };
+    let mut spans = Vec::new();
+    for i in 0..300 {
+        let (trace, client) = (format!("{:032x}", i + 1), format!("{:016x}", 2 * i + 1));
+        spans.push(side(format!("client-{i}"), &trace, client.clone(), "", 3));
+        spans.push(side(format!("server-{i}"), &trace, format!("{:016x}", 2 * i + 2), &client, 2));
+    }
+    let body = serde_json::json!({ "resourceSpans": spans }).to_string();
+    let reply = http(collector.http, "POST", "/v1/traces", &[("content-type", "application/json")], body.as_bytes()).expect("post");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // The first 100 edges are kept; the other 200 requests are counted, not kept.
+    let metrics = wait_for("the overflow counted", Duration::from_secs(10), || {
+        let metrics = get(collector.web, "/metrics").body;
+        (prom_sum(&metrics, "meshlens_collector_edge_overflow_total", &[]) == 200.0).then_some(metrics)
+    });
+    assert_eq!(prom_sum(&metrics, "meshlens_collector_stored", &[("kind", "edges")]), 100.0);
+    assert_eq!(prom_sum(&metrics, "meshlens_requests_total", &[]), 100.0, "per-edge series only for the kept edges");
+    let topology = collector.json("/api/v1/topology?window=5m");
+    assert_eq!(topology["edges"].as_array().map(Vec::len), Some(100), "{topology}");
+    // The spans themselves are all stored.
+    let rows = collector.sql_rows("SELECT count(*) FROM spans");
+    assert_eq!(rows, [serde_json::json!([600])]);
+}

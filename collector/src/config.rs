@@ -23,6 +23,9 @@ pub struct CollectorConfig {
     /// Most spans waiting for a match. Spans that need none but may still be named as a
     /// parent (most of them) are kept as fingerprints, up to 16 times as many.
     pub max_pending_matches: usize,
+    /// Most edges (caller workload, destination workload, protocol) kept at once in the
+    /// topology and the per-edge metrics; requests of new edges past it are counted only.
+    pub max_edges: usize,
     /// Also expose the mesh metrics under Istio's names and labels.
     pub istio_metrics: bool,
     /// Per-edge Prometheus series not updated for this long are removed.
@@ -48,6 +51,7 @@ impl Default for CollectorConfig {
             rollup_retention: Duration::from_secs(3600),
             match_window: Duration::from_secs(15),
             max_pending_matches: 500_000,
+            max_edges: 10_000,
             istio_metrics: false,
             series_ttl: Duration::from_secs(15 * 60),
             retention: Duration::from_secs(6 * 3600),

@@ -128,6 +128,8 @@ pub struct CollectorMetrics {
     pub memory: Family<StoreLabels, Gauge>,
     /// CLIENT and SERVER spans the edge matcher could not hold (its pending state was full).
     pub match_overflow: Counter,
+    /// Requests of new edges not kept because `max_edges` edges were.
+    pub edge_overflow: Counter,
     /// SQL queries, by outcome.
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// The process figures of the instances that export them.
@@ -235,6 +237,7 @@ impl CollectorMetrics {
             evicted: Family::default(),
             memory: Family::default(),
             match_overflow: Counter::default(),
+            edge_overflow: Counter::default(),
             sql_queries: Family::default(),
         };
         for signal in SIGNALS {
@@ -283,6 +286,12 @@ impl CollectorMetrics {
             "edge_match_overflow",
             "CLIENT and SERVER spans the edge matcher could not hold because max_pending_matches was reached; edges they would have completed are missing",
             self.match_overflow.clone(),
+        );
+        c.register(
+            "edge_overflow",
+            "Requests of new edges not kept because max_edges edges already were; they are missing from the topology and \
+             the per-edge metrics (their spans are stored)",
+            self.edge_overflow.clone(),
         );
         if let Some(istio) = &self.istio {
             istio.register(&mut r);

@@ -99,6 +99,7 @@ impl Pipeline {
                 config.match_window.as_nanos() as u64,
                 config.max_pending_matches,
                 config.rollup_retention.as_secs(),
+                config.max_edges,
             )),
             tables: RwLock::new(Tables::new(Retention {
                 max_age: config.retention,
@@ -179,6 +180,8 @@ impl Pipeline {
                 let overflowed = topology.overflowed();
                 let counted = self.metrics.match_overflow.get();
                 self.metrics.match_overflow.inc_by(overflowed.saturating_sub(counted));
+                let refused = topology.rollups().refused;
+                self.metrics.edge_overflow.inc_by(refused.saturating_sub(self.metrics.edge_overflow.get()));
                 topology.tick(now_nanos())
             }
             Err(_) => Vec::new(),
@@ -208,6 +211,7 @@ impl Pipeline {
         }
         if let Ok(topology) = self.topology.read() {
             set("edge_buckets", topology.rollups().bucket_count());
+            set("edges", topology.rollups().edge_count());
             let (waiting, settled) = topology.matcher_load();
             set("edge_match_waiting", waiting);
             set("edge_match_fingerprints", settled);

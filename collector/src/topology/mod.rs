@@ -35,12 +35,18 @@ const RETIRED_PER_TICK: usize = 65_536;
 
 impl Topology {
     /// A topology that waits at least `match_window_nanos` for the other side of a hop and keeps
-    /// `retention_secs` of rollups.
-    pub fn new(match_window_nanos: u64, max_pending: usize, retention_secs: u64) -> Self {
+    /// `retention_secs` of rollups, of at most `max_edges` edges.
+    pub fn new(match_window_nanos: u64, max_pending: usize, retention_secs: u64, max_edges: usize) -> Self {
         Self {
             deriver: edges::EdgeDeriver::new(match_window_nanos, max_pending),
-            rollups: rollup::Rollups::new(retention_secs),
+            rollups: rollup::Rollups::new(retention_secs, max_edges),
         }
+    }
+
+    /// Keeps the requests whose edges the rollups keep ([`rollup::Rollups::admit`]); the
+    /// per-edge metrics then see only those.
+    fn admit(&mut self, out: &mut Vec<EdgeObservation>) {
+        out.retain(|o| self.rollups.admit(o));
     }
 
     /// Learns from spans received at `now`; returns the requests they complete.
@@ -64,18 +70,14 @@ impl Topology {
         }
         let observed = clients.len() + others.len();
         self.deriver.expire(now_nanos, RETIRED_PER_SPAN * observed + RETIRED_PER_CALL, &mut out);
-        for o in &out {
-            self.rollups.add(o);
-        }
+        self.admit(&mut out);
         out
     }
 
     /// Counts the requests that sidecars' access-log records describe; returns them.
     pub fn ingest_access_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>) -> Vec<EdgeObservation> {
-        let out: Vec<EdgeObservation> = logs.into_iter().filter_map(edges::from_access_log).collect();
-        for o in &out {
-            self.rollups.add(o);
-        }
+        let mut out: Vec<EdgeObservation> = logs.into_iter().filter_map(edges::from_access_log).collect();
+        self.admit(&mut out);
         out
     }
 
@@ -83,9 +85,7 @@ impl Topology {
     pub fn tick(&mut self, now_nanos: u64) -> Vec<EdgeObservation> {
         let mut out = Vec::new();
         self.deriver.expire(now_nanos, RETIRED_PER_TICK, &mut out);
-        for o in &out {
-            self.rollups.add(o);
-        }
+        self.admit(&mut out);
         self.rollups.evict(now_nanos / 1_000_000_000);
         out
     }

@@ -1,6 +1,9 @@
 //! Per-edge rollups in one-second buckets: requests, errors, bytes, response codes and a
 //! latency sketch. Any time window's figures are the merge of its buckets, so topology
-//! queries never scan raw spans. Buckets older than the retention are evicted.
+//! queries never scan raw spans. Buckets older than the retention are evicted. At most
+//! `max_edges` edges are kept at once: a sender naming a new service in every span (a
+//! request ID in `service.name`) would otherwise grow them, and the per-edge metrics fed
+//! from the same observations, without bound.
 
 use std::{
     borrow::Borrow,
@@ -155,14 +158,34 @@ pub struct Rollups {
     /// Hashed with aHash: SipHash over the key's strings took ~1 % of ingest CPU.
     edges: HashMap<EdgeKey, BTreeMap<u64, EdgeStats>, ahash::RandomState>,
     retention_secs: u64,
+    max_edges: usize,
     /// Buckets evicted so far.
     pub evicted_buckets: u64,
+    /// Requests of new edges not kept because `max_edges` edges were.
+    pub refused: u64,
 }
 
 impl Rollups {
-    /// Empty rollups that keep `retention_secs` of history.
-    pub fn new(retention_secs: u64) -> Self {
-        Self { edges: HashMap::default(), retention_secs: retention_secs.max(1), evicted_buckets: 0 }
+    /// Empty rollups that keep `retention_secs` of history, of at most `max_edges` edges.
+    pub fn new(retention_secs: u64, max_edges: usize) -> Self {
+        Self { edges: HashMap::default(), retention_secs: retention_secs.max(1), max_edges, evicted_buckets: 0, refused: 0 }
+    }
+
+    /// Adds `o` if its edge is kept: one already kept, or a new one while fewer than
+    /// `max_edges` are. Returns whether it was added; a request refused is counted.
+    pub fn admit(&mut self, o: &EdgeObservation) -> bool {
+        let kept = self.edges.len() < self.max_edges || self.edges.contains_key(o as &dyn EdgeParts);
+        if kept {
+            self.add(o);
+        } else {
+            self.refused += 1;
+        }
+        kept
+    }
+
+    /// Edges kept.
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
     }
 
     /// Adds one request to its edge's bucket (by start second).
@@ -261,7 +284,7 @@ mod tests {
 
     #[test]
     fn requests_on_one_edge_share_its_buckets_whatever_their_strings_point_to() {
-        let mut rollups = Rollups::new(3600);
+        let mut rollups = Rollups::new(3600, 10);
         for (second, code) in [(100, "200"), (100, "200"), (100, "503"), (101, "200")] {
             rollups.add(&observation(second, code, 1_000_000));
         }
@@ -283,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_grpc_edges_messages_add_up_over_its_seconds() {
-        let mut rollups = Rollups::new(3600);
+        let mut rollups = Rollups::new(3600, 10);
         for (second, messages) in [(100, Some((1, 25))), (100, Some((1, 1))), (101, Some((3, 1))), (101, None)] {
             rollups.add(&EdgeObservation { messages, ..observation(second, "200", 1_000) });
         }
@@ -292,6 +315,21 @@ mod tests {
             total.merge(&stats);
         }
         assert_eq!((total.requests, total.request_messages, total.response_messages), (4, 5, 27), "uncounted calls add nothing");
+    }
+
+    #[test]
+    fn new_edges_past_the_limit_are_refused_and_counted_until_old_ones_are_evicted() {
+        let mut rollups = Rollups::new(60, 2);
+        let to = |service: &str, second: u64| EdgeObservation { destination: node(service), ..observation(second, "200", 1_000) };
+        assert!(rollups.admit(&to("cart", 100)) && rollups.admit(&to("payments", 100)));
+        assert!(!rollups.admit(&to("ads", 101)), "a third edge");
+        assert!(rollups.admit(&to("cart", 150)), "a kept edge still counts its requests");
+        assert_eq!((rollups.edge_count(), rollups.refused), (2, 1));
+        assert_eq!(rollups.window(100, 150).iter().map(|(_, s)| s.requests).sum::<u64>(), 3);
+        // payments' last bucket (second 100) leaves the retention at 161: room again.
+        rollups.evict(161);
+        assert!(rollups.admit(&to("ads", 161)));
+        assert_eq!((rollups.edge_count(), rollups.refused), (2, 1));
     }
 
     #[test]
