@@ -27,7 +27,9 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event},
 };
 use prost::Message;
-use support::{CollectorProc, Proc, TestDir, Workload, get, http, prom_sum, sidecar_toml, start_mesh, wait_for, wait_listening};
+use support::{
+    CollectorProc, Proc, TestDir, Workload, get, http, prom_sum, read_head, serve_raw, sidecar_toml, start_mesh, wait_for, wait_listening,
+};
 
 /// Cases a run sends to each target: `MESHLENS_HOSTILE_CASES`, or 2,000.
 fn cases() -> usize {
@@ -511,29 +513,20 @@ fn hostile_response(rng: &mut fastrand::Rng) -> Vec<u8> {
 /// the request's order; it mostly closes the connection after it (a body without framing
 /// ends there), and otherwise waits 100 ms for the next request on it.
 fn hostile_app(addr: SocketAddr, seed: u64) {
-    use std::io::BufRead;
-    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
-    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let answered = Arc::clone(&answered);
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
-                let mut stream = stream;
-                loop {
-                    let mut head = String::new();
-                    while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
-                    if head.is_empty() {
-                        return;
-                    }
-                    let n = answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut rng = fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                    if stream.write_all(&hostile_response(&mut rng)).is_err() || rng.u8(..4) > 0 {
-                        return;
-                    }
-                }
-            });
+    let answered = std::sync::atomic::AtomicU64::new(0);
+    serve_raw(addr, move |stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+        let Ok(reader) = stream.try_clone() else { return };
+        let (mut reader, mut stream) = (std::io::BufReader::new(reader), stream);
+        loop {
+            if read_head(&mut reader).is_empty() {
+                return;
+            }
+            let n = answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut rng = fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            if stream.write_all(&hostile_response(&mut rng)).is_err() || rng.u8(..4) > 0 {
+                return;
+            }
         }
     });
 }
@@ -667,45 +660,41 @@ fn hostile_h2_answer(rng: &mut fastrand::Rng, stream: u32) -> (Vec<u8>, bool) {
 /// answering each request with [`hostile_h2_answer`], drawn from `seed` and the
 /// connection's order. It reads frames only to know when a request is whole.
 fn hostile_h2_app(addr: SocketAddr, seed: u64) {
-    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
-    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let n = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            std::thread::spawn(move || {
-                let mut rng = fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let (mut reader, mut writer) = (stream.try_clone().expect("clone"), stream);
-                let mut preface = [0u8; PREFACE.len()];
-                if reader.read_exact(&mut preface).is_err() || writer.write_all(&frame(4, 0, 0, &[])).is_err() {
-                    return;
-                }
-                let mut head = [0u8; 9];
-                while reader.read_exact(&mut head).is_ok() {
-                    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-                    let (kind, flags) = (head[3], head[4]);
-                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                    let mut payload = vec![0u8; len];
-                    if reader.read_exact(&mut payload).is_err() {
+    let connections = std::sync::atomic::AtomicU64::new(0);
+    serve_raw(addr, move |stream| {
+        let n = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let Ok(mut reader) = stream.try_clone() else { return };
+        let mut writer = stream;
+        let mut preface = [0u8; PREFACE.len()];
+        if reader.read_exact(&mut preface).is_err() || writer.write_all(&frame(4, 0, 0, &[])).is_err() {
+            return;
+        }
+        let mut head = [0u8; 9];
+        while reader.read_exact(&mut head).is_ok() {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).is_err() {
+                return;
+            }
+            let reply = match kind {
+                4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
+                6 if flags & 1 == 0 => frame(6, 1, 0, &payload),
+                0 | 1 if flags & 1 == 1 => {
+                    let (answer, keep) = hostile_h2_answer(&mut rng, stream);
+                    if writer.write_all(&answer).is_err() || !keep {
                         return;
                     }
-                    let reply = match kind {
-                        4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
-                        6 if flags & 1 == 0 => frame(6, 1, 0, &payload),
-                        0 | 1 if flags & 1 == 1 => {
-                            let (answer, keep) = hostile_h2_answer(&mut rng, stream);
-                            if writer.write_all(&answer).is_err() || !keep {
-                                return;
-                            }
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    if writer.write_all(&reply).is_err() {
-                        return;
-                    }
+                    continue;
                 }
-            });
+                _ => continue,
+            };
+            if writer.write_all(&reply).is_err() {
+                return;
+            }
         }
     });
 }

@@ -657,23 +657,6 @@ fn an_ejection_during_a_retried_request_is_an_event_on_the_attempt_that_caused_i
     assert_eq!(tag(&attempt, "meshlens.destination.version"), Some(&"v2".into()), "{attempt}");
 }
 
-/// Serves each connection to `addr` with `handle`, on a thread of its own.
-fn serve_raw(addr: std::net::SocketAddr, handle: fn(std::net::TcpStream)) {
-    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || handle(stream));
-        }
-    });
-}
-
-/// Reads a request head, up to its blank line (empty if the connection closed first).
-fn read_head(reader: &mut impl std::io::BufRead) -> String {
-    let mut head = String::new();
-    while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
-    head
-}
-
 /// Reads an answer's head byte by byte, so that nothing after it is read.
 fn answer_head(stream: &mut std::net::TcpStream) -> String {
     use std::io::Read;

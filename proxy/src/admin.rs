@@ -8,6 +8,7 @@ use std::{convert::Infallible, sync::Arc};
 
 use http::{HeaderValue, StatusCode, header};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tower::util::BoxCloneService;
 
 use crate::{
@@ -17,8 +18,13 @@ use crate::{
 };
 
 /// Builds the admin service. `own_process`: the sidecar is its process's only one, whose
-/// CPU and memory `/metrics` then reports as the sidecar's.
-pub fn service(telemetry: &Telemetry, own_process: bool) -> BoxCloneService<Request, Response, Infallible> {
+/// CPU and memory `/metrics` then reports as the sidecar's. `shutdown` turns true when the
+/// sidecar starts to stop: open taps end then.
+pub fn service(
+    telemetry: &Telemetry,
+    own_process: bool,
+    shutdown: watch::Receiver<bool>,
+) -> BoxCloneService<Request, Response, Infallible> {
     let mut registry = Registry::default();
     telemetry.stats().register(&mut registry);
     registry.register_collector(Box::new(RequestMetricsCollector(telemetry.metrics().clone())));
@@ -29,11 +35,11 @@ pub fn service(telemetry: &Telemetry, own_process: bool) -> BoxCloneService<Requ
     let registry = Arc::new(registry);
     let telemetry = telemetry.clone();
     BoxCloneService::new(tower::service_fn(move |req: Request| {
-        let (registry, telemetry) = (registry.clone(), telemetry.clone());
+        let (registry, telemetry, shutdown) = (registry.clone(), telemetry.clone(), shutdown.clone());
         async move {
             telemetry.stats().series.set(telemetry.metrics().series_count() as i64);
             Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
-                (&http::Method::GET, "/tap") => tap(&telemetry, req.uri().query().unwrap_or_default()),
+                (&http::Method::GET, "/tap") => tap(&telemetry, req.uri().query().unwrap_or_default(), shutdown),
                 (&http::Method::PUT, "/proxy-log-level") => set_log_level(req).await,
                 _ => respond(&req, &registry),
             })
@@ -66,10 +72,10 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 /// `GET /tap?…`: a JSON line per request the query picks, as they finish; 400 for a query
 /// that does not parse.
-fn tap(telemetry: &Telemetry, query: &str) -> Response {
+fn tap(telemetry: &Telemetry, query: &str, shutdown: watch::Receiver<bool>) -> Response {
     match TapQuery::parse(query) {
         Ok(query) => {
-            let mut r = Response::new(telemetry.tap().open(query));
+            let mut r = Response::new(telemetry.tap().open(query, shutdown));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             r
@@ -107,7 +113,7 @@ mod tests {
     use super::*;
 
     async fn metrics(own_process: bool) -> String {
-        let svc = service(&crate::telemetry::tests::telemetry(), own_process);
+        let svc = service(&crate::telemetry::tests::telemetry(), own_process, watch::channel(false).1);
         let req = http::Request::get("/metrics").header(header::ACCEPT, "application/openmetrics-text");
         let req = req.body(body::full("")).expect("request");
         let response = svc.oneshot(req).await.expect("infallible");

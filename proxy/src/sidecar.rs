@@ -121,7 +121,7 @@ impl Sidecar {
             // The admin server's own connections are not the mesh's traffic.
             tokio::spawn(server::serve(
                 admin_listener,
-                admin::service(&telemetry, own_process),
+                admin::service(&telemetry, own_process, shutdown_rx.clone()),
                 ConnectionMeter::default(),
                 config.connections,
                 None,
@@ -155,8 +155,6 @@ impl Sidecar {
     /// connections still open, upgraded ones included, then flushes telemetry.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        // A tap would otherwise hold the admin connection through the grace period.
-        self.telemetry.tap().stop();
         for server in self.servers {
             let _ = server.await;
         }

@@ -624,3 +624,23 @@ pub fn post_process_figures(
     let reply = http(http_addr, "POST", "/v1/metrics", &json, body.to_string().as_bytes()).expect("post figures");
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
+
+/// Serves each connection to `addr` with `handle`, on a thread of its own: an application
+/// that answers in raw bytes what a real server would not.
+pub fn serve_raw(addr: SocketAddr, handle: impl Fn(TcpStream) + Send + Sync + 'static) {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the app");
+    let handle = std::sync::Arc::new(handle);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handle = std::sync::Arc::clone(&handle);
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+}
+
+/// Reads a request head, up to its blank line (empty if the connection closed first).
+pub fn read_head(reader: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+    head
+}

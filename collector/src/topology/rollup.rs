@@ -171,32 +171,27 @@ impl Rollups {
         Self { edges: HashMap::default(), retention_secs: retention_secs.max(1), max_edges, evicted_buckets: 0, refused: 0 }
     }
 
-    /// Adds `o` if its edge is kept: one already kept, or a new one while fewer than
-    /// `max_edges` are. Returns whether it was added; a request refused is counted.
+    /// Adds one request to its edge's bucket (by start second) if the edge is kept: one
+    /// already kept, or a new one while fewer than `max_edges` are. Returns whether it was
+    /// added; a request refused is counted. One lookup for a kept edge, as most are.
     pub fn admit(&mut self, o: &EdgeObservation) -> bool {
-        let kept = self.edges.len() < self.max_edges || self.edges.contains_key(o as &dyn EdgeParts);
-        if kept {
-            self.add(o);
-        } else {
-            self.refused += 1;
+        let second = o.start_unix_nanos / 1_000_000_000;
+        if let Some(buckets) = self.edges.get_mut(o as &dyn EdgeParts) {
+            buckets.entry(second).or_default().add(o);
+            return true;
         }
-        kept
+        if self.edges.len() >= self.max_edges {
+            self.refused += 1;
+            return false;
+        }
+        let key = EdgeKey { source: o.source.clone(), destination: o.destination.clone(), protocol: o.protocol.clone() };
+        self.edges.entry(key).or_default().entry(second).or_default().add(o);
+        true
     }
 
     /// Edges kept.
     pub fn edge_count(&self) -> usize {
         self.edges.len()
-    }
-
-    /// Adds one request to its edge's bucket (by start second).
-    pub fn add(&mut self, o: &EdgeObservation) {
-        let second = o.start_unix_nanos / 1_000_000_000;
-        if let Some(buckets) = self.edges.get_mut(o as &dyn EdgeParts) {
-            buckets.entry(second).or_default().add(o);
-            return;
-        }
-        let key = EdgeKey { source: o.source.clone(), destination: o.destination.clone(), protocol: o.protocol.clone() };
-        self.edges.entry(key).or_default().entry(second).or_default().add(o);
     }
 
     /// Drops buckets older than the retention, relative to `now_secs`.
@@ -286,11 +281,11 @@ mod tests {
     fn requests_on_one_edge_share_its_buckets_whatever_their_strings_point_to() {
         let mut rollups = Rollups::new(3600, 10);
         for (second, code) in [(100, "200"), (100, "200"), (100, "503"), (101, "200")] {
-            rollups.add(&observation(second, code, 1_000_000));
+            rollups.admit(&observation(second, code, 1_000_000));
         }
         let mut other = observation(101, "200", 3_000_000);
         other.destination = node("payments");
-        rollups.add(&other);
+        rollups.admit(&other);
 
         assert_eq!(rollups.bucket_count(), 3, "two seconds of web → cart, one of web → payments");
         let window = rollups.window(100, 101);
@@ -308,7 +303,7 @@ mod tests {
     fn a_grpc_edges_messages_add_up_over_its_seconds() {
         let mut rollups = Rollups::new(3600, 10);
         for (second, messages) in [(100, Some((1, 25))), (100, Some((1, 1))), (101, Some((3, 1))), (101, None)] {
-            rollups.add(&EdgeObservation { messages, ..observation(second, "200", 1_000) });
+            rollups.admit(&EdgeObservation { messages, ..observation(second, "200", 1_000) });
         }
         let mut total = EdgeStats::default();
         for (_, stats) in rollups.window(100, 101) {

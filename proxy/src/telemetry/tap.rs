@@ -8,9 +8,10 @@
 //! Records reach the tap last, after the metrics, spans and access logs are done with them,
 //! through a bounded broadcast channel: with no tap open that costs one atomic load a
 //! request. A reader that falls behind misses records, which a line `{"tap_missed": n}`
-//! says; it never slows a request. When the sidecar starts to stop, each open tap ends with
-//! a line `{"tap_end": "the sidecar is stopping"}` instead of holding its connection through
-//! the grace period.
+//! says; it never slows a request. When the sidecar starts to stop (its shutdown signal,
+//! which the admin server hands each tap), each open tap ends with a line
+//! `{"tap_end": "the sidecar is stopping"}` instead of holding its connection through the
+//! grace period.
 
 use std::{
     pin::Pin,
@@ -46,13 +47,11 @@ pub struct Tap {
     /// Taps open: read on every request, so the check is one atomic load (the channel's
     /// own receiver count takes a lock).
     open: Arc<AtomicUsize>,
-    /// Turns true when the sidecar starts to stop.
-    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Tap {
     fn default() -> Self {
-        Self { tx: broadcast::channel(CAPACITY).0, open: Arc::default(), stopping: Arc::new(watch::Sender::new(false)) }
+        Self { tx: broadcast::channel(CAPACITY).0, open: Arc::default() }
     }
 }
 
@@ -82,17 +81,11 @@ impl Tap {
         let _ = self.tx.send(Arc::new(record));
     }
 
-    /// Ends the open taps, and any opened from now on, with a line that says the sidecar is
-    /// stopping.
-    pub fn stop(&self) {
-        self.stopping.send_replace(true);
-    }
-
     /// Opens a tap: the body streams the JSON lines of the requests `query` picks, from now
-    /// on, until its limit or its time is up or the reader goes away.
-    pub fn open(&self, query: TapQuery) -> BoxBody {
+    /// on, until its limit or its time is up, the reader goes away, or `stopping` (the
+    /// sidecar's shutdown signal) turns true, which a last line says.
+    pub fn open(&self, query: TapQuery, mut stopping: watch::Receiver<bool>) -> BoxBody {
         let mut records = self.tx.subscribe();
-        let mut stopping = self.stopping.subscribe();
         self.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(self.open.clone());
         let (lines, out) = mpsc::channel::<Bytes>(16);
@@ -105,7 +98,8 @@ impl Tap {
                 let received = tokio::select! {
                     () = &mut deadline => break,
                     () = lines.closed() => break,
-                    () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
+                    // A signal whose sender is gone never turns true.
+                    Ok(()) = async { stopping.wait_for(|stopping| *stopping).await.map(drop) } => {
                         let _ = lines.send(Bytes::from_static(STOPPING.as_bytes())).await;
                         break;
                     }
@@ -233,6 +227,11 @@ mod tests {
     use super::*;
     use crate::telemetry::tests::record;
 
+    /// A shutdown signal that never turns true (its sender is gone).
+    fn running() -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
+
     #[test]
     fn queries_are_read_and_checked() {
         let q = TapQuery::parse("direction=outbound&method=get&path=%2Fapi&failures=true&limit=5&duration=2s").expect("valid");
@@ -271,7 +270,7 @@ mod tests {
     async fn a_tap_streams_what_it_picks_until_its_limit_and_a_slow_reader_misses_records() {
         let tap = Tap::default();
         assert!(!tap.listening());
-        let body = tap.open(TapQuery::parse("failures=true&limit=2").expect("valid"));
+        let body = tap.open(TapQuery::parse("failures=true&limit=2").expect("valid"), running());
         for outcome in [Outcome::Success, Outcome::Failure, Outcome::Success, Outcome::Failure, Outcome::Failure] {
             tap.offer(record(true, outcome, 1));
         }
@@ -281,7 +280,7 @@ mod tests {
         assert!(lines.iter().all(|l| l["classification"] == "failure"), "{text}");
 
         // Nobody reads: past the channel's room, the tap says what it missed.
-        let mut body = tap.open(TapQuery::parse(&format!("limit={MAX_LIMIT}&duration=1s")).expect("valid"));
+        let mut body = tap.open(TapQuery::parse(&format!("limit={MAX_LIMIT}&duration=1s")).expect("valid"), running());
         for _ in 0..CAPACITY + 100 {
             tap.offer(record(true, Outcome::Success, 1));
         }
@@ -299,16 +298,17 @@ mod tests {
     #[tokio::test]
     async fn taps_end_when_the_sidecar_stops() {
         let tap = Tap::default();
-        let body = tap.open(TapQuery::default());
+        let (shutdown, stopping) = watch::channel(false);
+        let body = tap.open(TapQuery::default(), stopping.clone());
         tap.offer(record(true, Outcome::Success, 1));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tap.stop();
+        let _ = shutdown.send(true);
         let ended = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("ends before its duration");
         let text = String::from_utf8(ended.expect("body").to_bytes().to_vec()).expect("UTF-8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(format!("{}\n", lines[1]), STOPPING);
-        let late = tap.open(TapQuery::default()).collect().await.expect("body").to_bytes();
+        let late = tap.open(TapQuery::default(), stopping).collect().await.expect("body").to_bytes();
         assert_eq!(late, STOPPING.as_bytes(), "one opened while stopping ends at once");
     }
 }
