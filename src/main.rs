@@ -263,6 +263,16 @@ struct CollectorArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256)
     )]
     sql_threads: usize,
+    /// TLS on both OTLP receivers: the collector's certificate chain (PEM). Senders then use
+    /// https:// endpoints.
+    #[arg(long, requires = "otlp_tls_key", value_name = "FILE")]
+    otlp_tls_cert: Option<PathBuf>,
+    /// The private key of --otlp-tls-cert (PEM).
+    #[arg(long, requires = "otlp_tls_cert", value_name = "FILE")]
+    otlp_tls_key: Option<PathBuf>,
+    /// Require senders to present a certificate issued by one of these CAs (PEM): mutual TLS.
+    #[arg(long, requires = "otlp_tls_cert", value_name = "FILE")]
+    otlp_tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -383,10 +393,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
+    let tls_files = meshlens_common::tls::TlsFiles { ca: args.otlp_tls_client_ca, certificate: args.otlp_tls_cert, key: args.otlp_tls_key };
+    let otlp_tls = match tls_files.certificate.is_some() {
+        true => Some(meshlens_common::tls::ServerTls::read(&tls_files, "--otlp-tls-cert")?),
+        false => None,
+    };
     let config = meshlens_collector::CollectorConfig {
         otlp_grpc: args.listen.otlp_grpc,
         otlp_http: args.listen.otlp_http,
         web: args.listen.web,
+        otlp_tls,
         data_dir: args.data_dir,
         max_spans: args.max_spans,
         match_window: args.match_window,
@@ -405,9 +421,15 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
+    let config_tls = config.otlp_tls.clone();
     let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;
     let a = collector.addrs();
-    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, web = %a.web, "collector ready");
+    let otlp = match &config_tls {
+        None => "plain text",
+        Some(tls) if tls.requires_client_certificates() => "TLS, client certificates required",
+        Some(_) => "TLS",
+    };
+    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, otlp, web = %a.web, "collector ready");
     meshlens_proxy::cli::shutdown_signal().await;
     collector.shutdown().await;
     Ok(())

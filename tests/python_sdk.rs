@@ -90,6 +90,45 @@ fn python_sdk_traces_metrics_and_logs_arrive() {
 }
 
 #[test]
+fn python_sdk_exports_over_tls_to_a_collector_it_trusts_by_otel_exporter_otlp_certificate() {
+    // gRPC's own TLS (grpcio, BoringSSL) and Python's (requests, OpenSSL) against the
+    // collector's receivers, the SDK trusting the CA by OpenTelemetry's variable.
+    let python = python();
+    let dir = TestDir::new("python-sdk-tls");
+    let pki = Pki::new(&dir, "sdk");
+    let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]);
+    let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let collector = CollectorProc::start_with_args(&dir, &["--otlp-tls-cert", &cert, "--otlp-tls-key", &key]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/otel_sdk.py");
+    let out = command(python)
+        .arg(script)
+        .arg(format!("https://localhost:{}", collector.grpc.port()))
+        .arg(format!("https://127.0.0.1:{}", collector.http.port()))
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.ca)
+        // requests lets these variables override the CA file a session is given, which is
+        // how the SDK's OTLP/HTTP exporter passes OTEL_EXPORTER_OTLP_CERTIFICATE on.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()
+        .expect("run the Python SDK");
+    assert!(out.status.success(), "the SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let trace_id = printed["trace_id"].as_str().expect("trace id").to_owned();
+    let spans = format!("SELECT service FROM spans WHERE trace_id = '{trace_id}' ORDER BY service");
+    let rows = wait_for("the SDK's spans", Duration::from_secs(10), || Some(collector.sql_rows(&spans)).filter(|r| r.len() == 2));
+    assert_eq!(serde_json::Value::from(rows), serde_json::json!([["py-checkout"], ["py-payments"]]), "over gRPC and HTTP");
+    let logs = format!("SELECT service, body FROM logs WHERE trace_id = '{trace_id}'");
+    let rows = wait_for("the SDK's log record", Duration::from_secs(10), || Some(collector.sql_rows(&logs)).filter(|r| !r.is_empty()));
+    assert_eq!(serde_json::Value::from(rows), serde_json::json!([["py-payments", "payment declined for order 42"]]));
+    let metrics = get(collector.web, "/metrics").body;
+    assert!(prom_sum(&metrics, "meshlens_collector_accepted_total", &[("signal", "metric_points"), ("transport", "grpc")]) >= 1.0);
+    for transport in ["grpc", "http"] {
+        let labels = [("transport", transport), ("outcome", "ok")];
+        assert!(prom_sum(&metrics, "meshlens_collector_tls_handshakes_total", &labels) >= 1.0, "{transport}: {metrics}");
+    }
+}
+
+#[test]
 fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
     let python = python();
     let dir = TestDir::new("grpcio-retry");

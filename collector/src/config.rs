@@ -11,6 +11,9 @@ pub struct CollectorConfig {
     pub otlp_http: SocketAddr,
     /// Web UI and query APIs (default 127.0.0.1:16686, Jaeger's query port).
     pub web: SocketAddr,
+    /// TLS of both OTLP receivers, if they speak it (and whether they require client
+    /// certificates); `None`: plain text.
+    pub otlp_tls: Option<meshlens_common::tls::ServerTls>,
     /// Directory for the collector's files; created if missing.
     pub data_dir: Option<PathBuf>,
     /// Most spans held in memory; the oldest traces are evicted beyond it.
@@ -46,6 +49,7 @@ impl Default for CollectorConfig {
             otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
             otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
             web: SocketAddr::from(([127, 0, 0, 1], 16686)),
+            otlp_tls: None,
             data_dir: None,
             max_spans: 1_000_000,
             rollup_retention: Duration::from_secs(3600),

@@ -27,6 +27,7 @@ pub mod segments;
 pub mod series_ttl;
 pub mod sql;
 pub mod tables;
+pub mod tls;
 pub mod topology;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -110,6 +111,22 @@ impl Collector {
             None => (None, None, None),
         };
         let ingest = ingest::Ingest::new(pipeline.clone(), journal);
+        let (grpc_listener, http_listener) = match &config.otlp_tls {
+            None => (tls::Listener::Plain(grpc_listener), tls::Listener::Plain(http_listener)),
+            Some(otlp_tls) => {
+                let config = |alpn: &[&[u8]]| otlp_tls.config(alpn).map(Arc::new).map_err(|e| CollectorError::Config(e.to_string()));
+                let handshakes = || pipeline.metrics.tls_handshakes.clone();
+                let listen = |listener, config, transport| {
+                    tls::TlsListener::new(listener, config, handshakes(), transport).map(tls::Listener::Tls).map_err(|source| {
+                        let (what, addr) = if transport == "grpc" { ("OTLP/gRPC", otlp_grpc) } else { ("OTLP/HTTP", otlp_http) };
+                        CollectorError::Bind { what, addr, source }
+                    })
+                };
+                // gRPC is HTTP/2 only; OTLP/HTTP is served over either version.
+                let grpc = listen(grpc_listener, config(&[b"h2"])?, "grpc")?;
+                (grpc, listen(http_listener, config(&[b"h2", b"http/1.1"])?, "http")?)
+            }
+        };
         let (shutdown, rx) = watch::channel(false);
 
         let grpc = {
@@ -125,7 +142,11 @@ impl Collector {
             let app = ingest::http::routes().with_state(Arc::new(ingest));
             let rx = rx.clone();
             tokio::spawn(async move {
-                if let Err(error) = axum::serve(http_listener, app).with_graceful_shutdown(stopped(rx)).await {
+                let served = match http_listener {
+                    tls::Listener::Plain(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await,
+                    tls::Listener::Tls(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await,
+                };
+                if let Err(error) = served {
                     tracing::error!(%error, "OTLP/HTTP server failed");
                 }
             })

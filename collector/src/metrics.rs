@@ -82,6 +82,17 @@ pub struct IngestLabels {
     pub transport: &'static str,
 }
 
+/// Labels of the OTLP receivers' TLS handshakes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `grpc` or `http`.
+    pub transport: &'static str,
+    /// `ok`, `refused` (not TLS, no common protocol, a client certificate missing or not
+    /// trusted, or the client refusing the collector's), `closed` (the client closed the
+    /// connection before the handshake ended, as port probes do) or `timeout`.
+    pub outcome: &'static str,
+}
+
 /// Labels of store gauges and eviction counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
@@ -130,6 +141,8 @@ pub struct CollectorMetrics {
     pub match_overflow: Counter,
     /// Requests of new edges not kept because `max_edges` edges were.
     pub edge_overflow: Counter,
+    /// TLS handshakes on the OTLP receivers, by outcome.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// SQL queries, by outcome.
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// The process figures of the instances that export them.
@@ -238,6 +251,7 @@ impl CollectorMetrics {
             memory: Family::default(),
             match_overflow: Counter::default(),
             edge_overflow: Counter::default(),
+            tls_handshakes: Family::default(),
             sql_queries: Family::default(),
         };
         for signal in SIGNALS {
@@ -246,6 +260,12 @@ impl CollectorMetrics {
                 for family in [&metrics.received, &metrics.accepted, &metrics.rejected, &metrics.malformed, &metrics.refused, &metrics.truncated] {
                     let _ = family.get_or_create(&labels);
                 }
+            }
+        }
+        // At zero from the start, as the ingest counters, so rates read 0 rather than nothing.
+        for transport in TRANSPORTS {
+            for outcome in ["ok", "refused", "closed", "timeout"] {
+                let _ = metrics.tls_handshakes.get_or_create(&HandshakeLabels { transport, outcome });
             }
         }
         metrics
@@ -282,6 +302,7 @@ impl CollectorMetrics {
         c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
         c.register_with_unit("store_memory", "Memory held by the columnar tables", prometheus_client::registry::Unit::Bytes, self.memory.clone());
         c.register("sql_queries", "SQL queries run, by outcome", self.sql_queries.clone());
+        c.register("tls_handshakes", "TLS handshakes on the OTLP receivers, by outcome", self.tls_handshakes.clone());
         c.register(
             "edge_match_overflow",
             "CLIENT and SERVER spans the edge matcher could not hold because max_pending_matches was reached; edges they would have completed are missing",

@@ -5,7 +5,7 @@
 //! sides cannot drift apart. Duration syntax (`250ms`, `1.5s`, `1m30s`) is shared too, and
 //! so are trace and span IDs and the `google.rpc` messages that carry OTLP errors and retry
 //! hints, as is the `/metrics` collector of the process's own CPU and memory, and the
-//! negotiation of `/metrics`' format.
+//! negotiation of `/metrics`' format, and the TLS settings read from PEM files.
 #![forbid(unsafe_code)]
 
 pub mod duration;
@@ -16,3 +16,4 @@ pub mod process;
 pub mod rpc;
 pub mod semconv;
 pub mod time;
+pub mod tls;

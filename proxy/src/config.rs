@@ -7,11 +7,12 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
+use meshlens_common::tls::{ClientTls, TlsFiles};
 use serde::Deserialize;
 
 use crate::{
@@ -296,6 +297,9 @@ pub struct RawTelemetry {
     /// Headers sent with every export request (`authorization`, a tenant, ...).
     #[serde(default)]
     pub otlp_headers: BTreeMap<String, String>,
+    /// `[telemetry.tls]`: the TLS of `https://` endpoints.
+    #[serde(default)]
+    pub tls: RawExportTls,
     /// Request headers recorded on spans and access-log records as
     /// `http.request.header.<name>`.
     #[serde(default)]
@@ -325,6 +329,43 @@ pub struct RawSignal {
     /// How long failed exports are retried instead of `max_retry_time`.
     #[serde(default, deserialize_with = "some_duration")]
     pub max_retry_time: Option<Duration>,
+    /// `[telemetry.<signal>.tls]`: TLS instead of `[telemetry.tls]` (the whole table).
+    pub tls: Option<RawExportTls>,
+}
+
+/// `[telemetry.tls]` and `[telemetry.<signal>.tls]`: the TLS of export to `https://`
+/// endpoints (an `http://` endpoint is plain text whatever this says). PEM files.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExportTls {
+    /// CA certificates trusted to issue the collector's certificate, instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The sidecar's certificate chain, presented when the collector asks for one (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl RawExportTls {
+    /// Fills what the table leaves out from OpenTelemetry's variables `prefix` + `CERTIFICATE`,
+    /// `CLIENT_CERTIFICATE` and `CLIENT_KEY`.
+    fn fill_from_environment(&mut self, prefix: &str, read: &dyn Fn(&str) -> Option<String>) {
+        let file = |setting: &str| read(&format!("{prefix}{setting}")).map(PathBuf::from);
+        self.ca_file = self.ca_file.take().or_else(|| file("CERTIFICATE"));
+        self.cert_file = self.cert_file.take().or_else(|| file("CLIENT_CERTIFICATE"));
+        self.key_file = self.key_file.take().or_else(|| file("CLIENT_KEY"));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
+
+    /// The files read and checked; `setting` names the table in errors.
+    fn read(self, setting: &str) -> Result<ClientTls, ConfigError> {
+        let files = TlsFiles { ca: self.ca_file, certificate: self.cert_file, key: self.key_file };
+        ClientTls::read(&files, setting).map_err(|e| ConfigError::Invalid(format!("{setting}: {e}")))
+    }
 }
 
 /// The OTLP transport the sidecar exports with.
@@ -415,8 +456,13 @@ impl RawTelemetry {
             };
             let bound = || otel_env::positive(name, read(name), "milliseconds", &mut ignored).map(Duration::from_millis);
             raw.max_retry_time = raw.max_retry_time.or_else(bound);
+            // A signal's TLS variables make a TLS table of its own, as its SDK exporter has.
+            let mut tls = raw.tls.take().unwrap_or_default();
+            tls.fill_from_environment(&format!("OTEL_EXPORTER_OTLP_{signal}_"), &read);
+            raw.tls = Some(tls).filter(|tls| !tls.is_empty());
         }
-        ignored.extend(otel_env::per_signal_settings(&read));
+        self.tls.fill_from_environment("OTEL_EXPORTER_OTLP_", &read);
+        ignored.extend(otel_env::insecure_settings(&read));
         if self.otlp_endpoint.is_none() {
             self.otlp_endpoint = read("OTEL_EXPORTER_OTLP_ENDPOINT");
         }
@@ -477,6 +523,7 @@ impl Default for RawTelemetry {
             max_path_tag_length: default_max_path_tag_length(),
             resource_attributes: BTreeMap::new(),
             otlp_headers: BTreeMap::new(),
+            tls: RawExportTls::default(),
             capture_request_headers: Vec::new(),
             capture_response_headers: Vec::new(),
         }
@@ -815,6 +862,8 @@ pub struct TelemetryConfig {
     pub resource_attributes: ResourceAttributes,
     /// Headers sent with every export request.
     pub otlp_headers: ExportHeaders,
+    /// The TLS of `https://` endpoints.
+    pub tls: ClientTls,
     /// Request headers recorded as attributes.
     pub capture_request_headers: Vec<http::HeaderName>,
     /// Response headers recorded as attributes.
@@ -847,6 +896,8 @@ pub struct SignalExport {
     pub timeout: Option<Duration>,
     /// How long failed exports are retried instead of `max_retry_time`, if the signal has its own.
     pub max_retry_time: Option<Duration>,
+    /// TLS instead of `tls`, if the signal has files of its own.
+    pub tls: Option<ClientTls>,
 }
 
 /// Where one signal's export requests go.
@@ -863,8 +914,8 @@ pub enum SignalEndpoint {
 
 impl SignalExport {
     /// `[telemetry.<signal>]`, checked: an unset endpoint shares `otlp_endpoint`, an empty
-    /// one is off.
-    fn from_raw(signal: &str, raw: RawSignal) -> Result<Self, ConfigError> {
+    /// one is off; a TLS table of its own takes the files it leaves out from `shared_tls`.
+    fn from_raw(signal: &str, raw: RawSignal, shared_tls: &RawExportTls) -> Result<Self, ConfigError> {
         let to = match raw.endpoint.as_deref().map(str::trim) {
             None => SignalEndpoint::Shared,
             Some("") => SignalEndpoint::Off,
@@ -875,9 +926,18 @@ impl SignalExport {
         if raw.timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::Invalid(format!("telemetry.{signal}.timeout must be positive")));
         }
+        let tls = raw.tls.map(|own| {
+            let shared = shared_tls.clone();
+            let tls = RawExportTls {
+                ca_file: own.ca_file.or(shared.ca_file),
+                cert_file: own.cert_file.or(shared.cert_file),
+                key_file: own.key_file.or(shared.key_file),
+            };
+            tls.read(&format!("telemetry.{signal}.tls"))
+        });
         // A zero retry time, as the shared one, means a failed export is not retried.
         let (protocol, compression, timeout, max_retry_time) = (raw.protocol, raw.compression, raw.timeout, raw.max_retry_time);
-        Ok(Self { to, headers, protocol, compression, timeout, max_retry_time })
+        Ok(Self { to, headers, protocol, compression, timeout, max_retry_time, tls: tls.transpose()? })
     }
 }
 
@@ -895,6 +955,11 @@ impl TelemetryConfig {
     /// The headers a signal exported as `export` is sent with: its own, or `otlp_headers`.
     pub fn signal_headers<'a>(&'a self, export: &'a SignalExport) -> &'a ExportHeaders {
         export.headers.as_ref().unwrap_or(&self.otlp_headers)
+    }
+
+    /// The TLS of a signal exported as `export`: its own, or `tls`.
+    pub fn signal_tls<'a>(&'a self, export: &'a SignalExport) -> &'a ClientTls {
+        export.tls.as_ref().unwrap_or(&self.tls)
     }
 
     /// The transport of a signal exported as `export`: its own, or `otlp_protocol`.
@@ -965,6 +1030,7 @@ impl Default for TelemetryConfig {
             max_path_tag_length: Some(default_max_path_tag_length()),
             resource_attributes: ResourceAttributes::default(),
             otlp_headers: ExportHeaders::default(),
+            tls: ClientTls::default(),
             capture_request_headers: Vec::new(),
             capture_response_headers: Vec::new(),
         }
@@ -993,9 +1059,9 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
         }
         let otlp_protocol = t.otlp_protocol.unwrap_or_default();
         let mut signals = SignalExports {
-            traces: SignalExport::from_raw("traces", t.traces)?,
-            logs: SignalExport::from_raw("logs", t.logs)?,
-            metrics: SignalExport::from_raw("metrics", t.metrics)?,
+            traces: SignalExport::from_raw("traces", t.traces, &t.tls)?,
+            logs: SignalExport::from_raw("logs", t.logs, &t.tls)?,
+            metrics: SignalExport::from_raw("metrics", t.metrics, &t.tls)?,
         };
         if t.otlp_endpoint.is_none() {
             // No endpoint set: a signal sent over a transport of its own goes to that
@@ -1035,6 +1101,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             max_path_tag_length: Some(t.max_path_tag_length).filter(|n| *n > 0),
             resource_attributes: ResourceAttributes::from_table(t.resource_attributes).map_err(ConfigError::Invalid)?,
             otlp_headers: ExportHeaders::from_table("telemetry.otlp_headers", &t.otlp_headers).map_err(ConfigError::Invalid)?,
+            tls: t.tls.read("telemetry.tls")?,
             capture_request_headers: header_names("telemetry.capture_request_headers", &t.capture_request_headers)?,
             capture_response_headers: header_names("telemetry.capture_response_headers", &t.capture_response_headers)?,
         })
@@ -1492,6 +1559,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tls_files_come_from_the_table_then_the_variables_and_a_signal_s_own_take_the_rest_shared() {
+        let dir = std::env::temp_dir().join(format!("meshlens-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("directory");
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write");
+            path.to_string_lossy().into_owned()
+        };
+        let ca_pem = || {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca.self_signed(&key).expect("CA").pem()
+        };
+        let (shared_ca, own_ca) = (write("shared-ca.pem", ca_pem()), write("own-ca.pem", ca_pem()));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let certificate = rcgen::CertificateParams::new(vec!["sidecar".to_owned()]).expect("params").self_signed(&key).expect("cert");
+        let (cert, key) = (write("sidecar.pem", certificate.pem()), write("sidecar-key.pem", key.serialize_pem()));
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", own_ca.clone()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.clone()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.clone()),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", own_ca.clone()),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "false".to_owned()),
+        ];
+        let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+        let toml = format!("[telemetry.logs.tls]\nca_file = \"{own_ca}\"\n[telemetry.tls]\nca_file = \"{shared_ca}\"\n[telemetry]");
+        let (cfg, ignored) = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", &toml), &env).expect("valid");
+        let t = &cfg.telemetry;
+        let files = |ca: &str| TlsFiles { ca: Some(ca.into()), certificate: Some(cert.clone().into()), key: Some(key.clone().into()) };
+        let read = |ca: &str| ClientTls::read(&files(ca), "expected").expect("expected");
+        assert_eq!(t.tls, read(&shared_ca), "the table's CA, the variables' certificate and key");
+        assert!(t.tls.presents_certificate());
+        assert_eq!(t.signals.traces.tls, None, "shared");
+        assert_eq!(t.signals.logs.tls, Some(read(&own_ca)), "its own CA, the shared certificate and key");
+        assert_eq!(t.signals.metrics.tls, Some(read(&own_ca)), "from its own variable");
+        assert_eq!(t.signal_tls(&t.signals.traces), &t.tls);
+        assert_eq!(ignored, ["OTEL_EXPORTER_OTLP_INSECURE ignored: an endpoint's scheme says it, http:// plain text and https:// TLS"]);
+
+        let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+        let toml = format!("[telemetry.traces.tls]\nca_file = \"{missing}\"\n[telemetry]");
+        let error = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", &toml), &|_| None).expect_err("missing");
+        let error = error.to_string();
+        assert!(error.contains("telemetry.traces.tls") && error.contains("missing.pem") && error.contains("cannot read it"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
         use SignalEndpoint::{Off, Own, Shared};
         let signals = |toml: &str, vars: &'static [(&'static str, &'static str)]| {
@@ -1520,7 +1635,8 @@ pub(crate) mod tests {
         let (t, got, ignored) = signals("[telemetry]", vars);
         assert_eq!(to(&got), [Own("http://jaeger:4317".into()), Own("http://loki:3100/otlp/v1/logs".into()), Off]);
         assert_eq!(t.signal_timeout(&got[1]), Duration::from_secs(1));
-        assert_eq!(ignored, ["OTEL_EXPORTER_OTLP_LOGS_INSECURE ignored: the sidecar has no per-signal insecure"]);
+        let insecure = "OTEL_EXPORTER_OTLP_LOGS_INSECURE ignored: an endpoint's scheme says it, http:// plain text and https:// TLS";
+        assert_eq!(ignored, [insecure]);
         let names = |export| t.signal_headers(export).map().keys().map(|k| k.to_string()).collect::<Vec<_>>();
         assert_eq!((names(&got[0]), names(&got[1])), (vec!["authorization".to_owned()], vec!["x-scope-orgid".to_owned()]), "replaced");
         let (t, got, _) = signals("[telemetry.logs]\nheaders = { \"x-scope-orgid\" = \"ops\" }\n[telemetry]", vars);

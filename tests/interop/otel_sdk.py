@@ -6,6 +6,8 @@ W3C trace-context headers; py-payments logs inside its span; py-checkout counts 
 Prints {"trace_id": ...} on stdout.
 
 Usage: otel_sdk.py GRPC_ENDPOINT HTTP_ENDPOINT   (e.g. http://127.0.0.1:4317 http://127.0.0.1:4318)
+With https:// endpoints the exporters speak TLS, trusting the CA that the variable
+OTEL_EXPORTER_OTLP_CERTIFICATE names.
 """
 import json
 import logging
@@ -29,15 +31,17 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 def main() -> None:
     grpc_endpoint, http_endpoint = sys.argv[1], sys.argv[2]
+    # https:// endpoints: TLS, trusting OTEL_EXPORTER_OTLP_CERTIFICATE's CA.
+    insecure = grpc_endpoint.startswith("http://")
     checkout = Resource.create({"service.name": "py-checkout", "service.version": "1.4.2"})
     payments = Resource.create({"service.name": "py-payments"})
 
     checkout_traces = TracerProvider(resource=checkout)
-    checkout_traces.add_span_processor(BatchSpanProcessor(GrpcSpanExporter(endpoint=grpc_endpoint, insecure=True)))
+    checkout_traces.add_span_processor(BatchSpanProcessor(GrpcSpanExporter(endpoint=grpc_endpoint, insecure=insecure)))
     payments_traces = TracerProvider(resource=payments)
     payments_traces.add_span_processor(BatchSpanProcessor(HttpSpanExporter(endpoint=f"{http_endpoint}/v1/traces")))
 
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=grpc_endpoint, insecure=True), export_interval_millis=500)
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=grpc_endpoint, insecure=insecure), export_interval_millis=500)
     meters = MeterProvider(resource=checkout, metric_readers=[reader])
     orders = meters.get_meter("interop").create_counter("orders", unit="{order}", description="Orders placed")
 

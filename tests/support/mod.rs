@@ -424,7 +424,8 @@ pub struct Workload {
     pub calls: Vec<String>,
     /// More `meshlens workload` arguments (`--error-ratio 0.2`, ...).
     pub app_args: Vec<String>,
-    /// More lines for the sidecar's `[telemetry]` table.
+    /// More lines for the sidecar's `[telemetry]` table; one setting `otlp_endpoint`
+    /// replaces the collector's address given to [`sidecar_toml`].
     pub telemetry: String,
     /// Environment variables for the sidecar.
     pub sidecar_env: Vec<(String, String)>,
@@ -448,12 +449,17 @@ impl Workload {
     }
 }
 
-/// The sidecar TOML of `w`, routing to every workload in `mesh`.
+/// The sidecar TOML of `w`, routing to every workload in `mesh`, exporting to `otlp` unless
+/// its `telemetry` names an endpoint.
 pub fn sidecar_toml(w: &Workload, mesh: &[&Workload], otlp: SocketAddr) -> String {
+    let endpoint = match w.telemetry.lines().any(|l| l.trim_start().starts_with("otlp_endpoint")) {
+        true => String::new(),
+        false => format!("otlp_endpoint = \"http://{otlp}\"\n"),
+    };
     let mut toml = format!(
         "[workload]\nservice = \"{}\"\nversion = \"{}\"\nnamespace = \"test\"\n\n\
          [inbound]\nlisten = \"{}\"\napp = \"{}\"\n\n[outbound]\nlisten = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n\
-         [telemetry]\notlp_endpoint = \"http://{otlp}\"\nflush_interval = \"200ms\"\nmetrics_interval = \"1s\"\n{}\n",
+         [telemetry]\n{endpoint}flush_interval = \"200ms\"\nmetrics_interval = \"1s\"\n{}\n",
         w.service, w.version, w.inbound, w.app, w.outbound, w.admin, w.telemetry
     );
     let mut services: Vec<&str> = mesh.iter().map(|m| m.service.as_str()).collect();
@@ -643,4 +649,39 @@ pub fn read_head(reader: &mut impl std::io::BufRead) -> String {
     let mut head = String::new();
     while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
     head
+}
+
+/// Certificates for TLS tests, as PEM files in a test directory: a CA, a server certificate
+/// it issued for `localhost` and `127.0.0.1`, and client certificates it issued.
+pub struct Pki {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate.
+    pub ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A new CA named `name`, its certificate written to `<name>-ca.pem` in `dir`.
+    pub fn new(dir: &TestDir, name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let certificate = params.self_signed(&key).expect("CA certificate");
+        let ca = dir.path(&format!("{name}-ca.pem"));
+        fs::write(&ca, certificate.pem()).expect("write the CA");
+        Self { issuer: rcgen::Issuer::new(params, key), ca, dir: dir.0.clone() }
+    }
+
+    /// A certificate for `names` (host names or IP addresses) and its key, written to
+    /// `<file>.pem` and `<file>-key.pem`.
+    pub fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let certificate = rcgen::CertificateParams::new(names).expect("params").signed_by(&key, &self.issuer).expect("issue");
+        let (cert_path, key_path) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}-key.pem")));
+        fs::write(&cert_path, certificate.pem()).expect("write the certificate");
+        fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        (cert_path, key_path)
+    }
 }

@@ -16,7 +16,10 @@ use meshlens_common::rpc::status_with_retry;
 use prost::Message;
 use tonic::{Code, Status};
 
-use crate::pipeline::{Pipeline, Transport};
+use crate::{
+    pipeline::{Pipeline, Transport},
+    tls::Listener,
+};
 
 use super::{Ingest, Logs, Metrics, Signal, Traces};
 
@@ -46,17 +49,21 @@ impl OtlpGrpc {
     /// Serves the three services on `listener` until `shutdown` resolves.
     pub async fn serve(
         self,
-        listener: tokio::net::TcpListener,
+        listener: Listener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .max_frame_size(MAX_FRAME_BYTES)
             .add_service(WireExport::<Traces>::new(self.ingest.clone()))
             .add_service(WireExport::<Metrics>::new(self.ingest.clone()))
-            .add_service(WireExport::<Logs>::new(self.ingest))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
+            .add_service(WireExport::<Logs>::new(self.ingest));
+        match listener {
+            Listener::Plain(listener) => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                server.serve_with_incoming_shutdown(incoming, shutdown).await
+            }
+            Listener::Tls(listener) => server.serve_with_incoming_shutdown(listener.into_incoming(), shutdown).await,
+        }
     }
 }
 
@@ -288,7 +295,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = grpc
-                .serve(listener, async {
+                .serve(crate::tls::Listener::Plain(listener), async {
                     let _ = stopped.await;
                 })
                 .await;

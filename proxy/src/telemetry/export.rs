@@ -55,6 +55,8 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use meshlens_common::tls::ClientTls;
+
 use crate::{
     config::{Compression, OtlpProtocol, SignalExport, TelemetryConfig},
     error::StartError,
@@ -67,6 +69,7 @@ use super::{
     export_headers::ExportHeaders,
     metrics::unix_nanos,
     otlp,
+    export_tls::{self, Alpn},
     otlp_http::{HttpClient, Target},
     wire,
 };
@@ -130,7 +133,17 @@ impl From<Status> for Failed {
             Code::ResourceExhausted => hinted.map_or(Retry::Never, Retry::After),
             _ => Retry::Never,
         };
-        Self { reason: code_label(status.code()), retry, message: status.message().to_owned() }
+        // A connection's failure (a refused TLS certificate, say) is in the status's sources.
+        let mut message = status.message().to_owned();
+        let mut source = std::error::Error::source(&status);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message = format!("{message}: {cause_text}");
+            }
+            source = cause.source();
+        }
+        Self { reason: code_label(status.code()), retry, message }
     }
 }
 
@@ -308,25 +321,42 @@ impl Signal for Metrics {
     }
 }
 
-/// Where export requests go, checked when the sidecar starts; connected once the export runs.
+/// Where export requests go, checked when the sidecar starts; connected once the export
+/// runs. An `https://` endpoint carries the TLS configuration its connections use.
 #[derive(Debug, Clone)]
 enum Destination {
-    Grpc(Box<Endpoint>),
-    Http(Target),
+    Grpc(Box<Endpoint>, Option<Arc<rustls::ClientConfig>>),
+    Http(Target, Option<Arc<rustls::ClientConfig>>),
 }
 
 impl Destination {
-    /// Checks `endpoint`, reached over `protocol` with calls of at most `timeout`; over HTTP,
-    /// `exact` says it is the URL a signal is posted to rather than a prefix of one.
-    fn parse(endpoint: &str, exact: bool, protocol: OtlpProtocol, timeout: Duration) -> Result<Self, StartError> {
+    /// Checks `endpoint`, reached over `protocol` with calls of at most `timeout`, and over
+    /// `tls` when it is an `https://` endpoint; over HTTP, `exact` says it is the URL a signal
+    /// is posted to rather than a prefix of one.
+    fn parse(endpoint: &str, exact: bool, protocol: OtlpProtocol, timeout: Duration, tls: &ClientTls) -> Result<Self, StartError> {
+        let invalid = |reason: String| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason };
+        // The system's roots are read here, once per endpoint, only for TLS endpoints.
+        let tls_config = |https: bool| {
+            https.then(|| tls.config().map(Arc::new).map_err(|e| invalid(format!("its TLS: {e}")))).transpose()
+        };
         match protocol {
-            OtlpProtocol::Grpc => Ok(Self::Grpc(Box::new(
-                Endpoint::from_shared(endpoint.to_owned())
-                    .map_err(|e| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(timeout),
-            ))),
-            OtlpProtocol::HttpProtobuf => Target::parse(endpoint, exact).map(Self::Http),
+            OtlpProtocol::Grpc => {
+                let grpc = Endpoint::from_shared(endpoint.to_owned())
+                    .map_err(|e| invalid(e.to_string()))?
+                    .connect_timeout(export_tls::CONNECT_TIMEOUT)
+                    .timeout(timeout);
+                match grpc.uri().scheme_str() {
+                    Some("http" | "https") => {}
+                    _ => return Err(invalid("an OTLP/gRPC endpoint starts with http:// or https://".into())),
+                }
+                let config = tls_config(grpc.uri().scheme_str() == Some("https"))?;
+                Ok(Self::Grpc(Box::new(grpc), config))
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let target = Target::parse(endpoint, exact)?;
+                let config = tls_config(target.https())?;
+                Ok(Self::Http(target, config))
+            }
         }
     }
 
@@ -335,12 +365,16 @@ impl Destination {
     /// the export runs on.
     fn connect(self, gzip: bool, timeout: Duration, headers: &ExportHeaders) -> WireClient {
         match self {
-            Self::Grpc(endpoint) => {
-                let grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
+            Self::Grpc(endpoint, tls) => {
+                let channel = match tls {
+                    Some(config) => endpoint.connect_with_connector_lazy(export_tls::tls(&config, Alpn::H2)),
+                    None => endpoint.connect_lazy(),
+                };
+                let grpc = tonic::client::Grpc::new(channel);
                 let grpc = if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc };
                 WireClient::Grpc(grpc, MetadataMap::from_headers(headers.map().clone()))
             }
-            Self::Http(target) => WireClient::Http(HttpClient::new(target, gzip, timeout, headers.map().clone())),
+            Self::Http(target, tls) => WireClient::Http(HttpClient::new(target, tls.as_ref(), gzip, timeout, headers.map().clone())),
         }
     }
 }
@@ -413,9 +447,17 @@ enum Route {
     /// To the shared endpoint with the shared headers and settings, on the client the
     /// signals sharing all of them share.
     Shared,
-    /// To an endpoint, or with headers, a transport, compression or time limit of the
-    /// signal's own: with these headers, gzip or not, and this time limit.
-    Own(Destination, ExportHeaders, bool, Duration),
+    /// To an endpoint, or with headers, a transport, compression, time limit or TLS of the
+    /// signal's own.
+    Own(OwnRoute),
+}
+
+/// A signal's own destination, and how its requests are sent there.
+struct OwnRoute {
+    destination: Destination,
+    headers: ExportHeaders,
+    gzip: bool,
+    timeout: Duration,
 }
 
 impl Route {
@@ -427,19 +469,19 @@ impl Route {
         let (protocol, timeout) = (config.signal_protocol(export), config.signal_timeout(export));
         let compression = config.signal_compression(export);
         let same_settings = (protocol, compression, timeout) == (config.otlp_protocol, config.compression, config.export_timeout);
-        if shared && export.headers.is_none() && same_settings {
+        if shared && export.headers.is_none() && export.tls.is_none() && same_settings {
             return Ok(Some(Self::Shared));
         }
-        let destination = Destination::parse(endpoint, !shared, protocol, timeout)?;
-        let gzip = compression == Compression::Gzip;
-        Ok(Some(Self::Own(destination, config.signal_headers(export).clone(), gzip, timeout)))
+        let destination = Destination::parse(endpoint, !shared, protocol, timeout, config.signal_tls(export))?;
+        let (headers, gzip) = (config.signal_headers(export).clone(), compression == Compression::Gzip);
+        Ok(Some(Self::Own(OwnRoute { destination, headers, gzip, timeout })))
     }
 
     /// Whether its requests are gzip-compressed, `shared_gzip` saying it for the shared route.
     fn gzip(&self, shared_gzip: bool) -> bool {
         match self {
             Self::Shared => shared_gzip,
-            Self::Own(_, _, gzip, _) => *gzip,
+            Self::Own(own) => own.gzip,
         }
     }
 }
@@ -451,7 +493,7 @@ fn routes(config: &TelemetryConfig) -> Result<([Option<Route>; 3], Option<Destin
     let routes = [Route::of(&signals.traces, config)?, Route::of(&signals.logs, config)?, Route::of(&signals.metrics, config)?];
     let shared = match &config.otlp_endpoint {
         Some(endpoint) if routes.iter().any(|r| matches!(r, Some(Route::Shared))) => {
-            Some(Destination::parse(endpoint, false, config.otlp_protocol, config.export_timeout)?)
+            Some(Destination::parse(endpoint, false, config.otlp_protocol, config.export_timeout, &config.tls)?)
         }
         _ => None,
     };
@@ -509,7 +551,7 @@ pub(super) fn spawn(
         let shared = shared.map(|destination| destination.connect(gzip, export_timeout, &headers));
         let client = |route: Option<Route>| match route? {
             Route::Shared => shared.clone(),
-            Route::Own(destination, headers, gzip, timeout) => Some(destination.connect(gzip, timeout, &headers)),
+            Route::Own(own) => Some(own.destination.connect(own.gzip, own.timeout, &own.headers)),
         };
         let mut tasks = Vec::new();
         let [spans_retry, logs_retry, metrics_retry] = retry;
@@ -836,11 +878,13 @@ mod tests {
         let own = |to: &str| SignalExport { to: SignalEndpoint::Own(to.into()), ..SignalExport::default() };
         let mut tls = http.clone();
         tls.signals.logs = own("https://loki:3100/otlp/v1/logs");
-        let error = check_endpoints(&tls).expect_err("no TLS yet").to_string();
-        assert!(error.contains("https://loki:3100/otlp/v1/logs"), "{error}");
+        assert!(check_endpoints(&tls).is_ok(), "TLS, trusting the system's roots");
+        tls.signals.logs = own("ftp://loki:3100/otlp/v1/logs");
+        let error = check_endpoints(&tls).expect_err("not HTTP").to_string();
+        assert!(error.contains("ftp://loki:3100/otlp/v1/logs"), "{error}");
         // A shared endpoint no signal uses is not.
         let mut unused = http.clone();
-        unused.otlp_endpoint = Some("https://unused:4318".into());
+        unused.otlp_endpoint = Some("ftp://unused:4318".into());
         unused.signals.traces = own("http://tempo:4318/v1/traces");
         unused.signals.logs.to = SignalEndpoint::Off;
         unused.signals.metrics.to = SignalEndpoint::Off;
@@ -857,14 +901,16 @@ mod tests {
         config.signals.logs = SignalExport { protocol: Some(OtlpProtocol::HttpProtobuf), ..SignalExport::default() };
         config.signals.metrics = SignalExport { compression: Some(Compression::Gzip), ..SignalExport::default() };
         config.signals.traces = SignalExport { timeout: Some(grpc.export_timeout), ..SignalExport::default() };
-        let Ok(([Some(traces), Some(logs), Some(metrics)], Some(Destination::Grpc(_)))) = routes(&config) else {
+        let Ok(([Some(traces), Some(logs), Some(metrics)], Some(Destination::Grpc(..)))) = routes(&config) else {
             panic!("three routes and the shared gRPC endpoint");
         };
         assert!(matches!(traces, Route::Shared), "its own timeout is the shared one");
-        let Route::Own(Destination::Http(target), _, false, _) = logs else { panic!("logs over HTTP, uncompressed") };
+        let Route::Own(OwnRoute { destination: Destination::Http(target, None), gzip: false, .. }) = logs else {
+            panic!("logs over HTTP, uncompressed")
+        };
         let uri = target.uri("/v1/logs").map(|u| u.to_string()).unwrap_or_default();
         assert_eq!(uri, "http://collector:4317/v1/logs", "the shared endpoint, the signal's path");
-        assert!(matches!(metrics, Route::Own(Destination::Grpc(_), _, true, _)), "metrics gzip-compressed over gRPC");
+        assert!(matches!(metrics, Route::Own(OwnRoute { destination: Destination::Grpc(..), gzip: true, .. })), "gzip over gRPC");
         assert!(metrics.gzip(false) && !traces.gzip(false) && traces.gzip(true));
     }
 

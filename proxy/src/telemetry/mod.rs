@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod batch;
 pub mod export;
+mod export_tls;
 pub mod export_headers;
 pub mod headers;
 pub mod metrics;

@@ -94,19 +94,15 @@ pub fn signal_endpoint(signal: &str, read: &dyn Fn(&str) -> Option<String>, igno
     read(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
 }
 
-/// Notes for the signal-specific exporter variables the sidecar does not read (TLS): it
-/// sends every signal with the same TLS settings.
-pub fn per_signal_settings(read: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
-    let mut ignored = Vec::new();
-    for signal in ["TRACES", "LOGS", "METRICS"] {
-        for setting in ["CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE"] {
-            let name = format!("OTEL_EXPORTER_OTLP_{signal}_{setting}");
-            if read(&name).is_some() {
-                ignored.push(format!("{name} ignored: the sidecar has no per-signal {}", setting.to_lowercase().replace('_', " ")));
-            }
-        }
-    }
-    ignored
+/// Notes for the `insecure` variables (`OTEL_EXPORTER_OTLP_INSECURE` and each signal's):
+/// the sidecar takes its endpoints' scheme for it, `http://` plain and `https://` TLS.
+pub fn insecure_settings(read: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    ["", "TRACES_", "LOGS_", "METRICS_"]
+        .into_iter()
+        .map(|signal| format!("OTEL_EXPORTER_OTLP_{signal}INSECURE"))
+        .filter(|name| read(name).is_some())
+        .map(|name| format!("{name} ignored: an endpoint's scheme says it, http:// plain text and https:// TLS"))
+        .collect()
 }
 
 /// The positive whole number (of `unit`) the variable `name`'s `value` holds, if set; one

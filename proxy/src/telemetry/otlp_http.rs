@@ -10,20 +10,23 @@
 
 use std::{
     io::Write,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::{Client, ResponseFuture, connect::HttpConnector},
     rt::TokioExecutor,
 };
 use prost::Message;
 
 use super::{
     export::{Failed, Retry},
+    export_tls::{self, Alpn},
     wire,
 };
 use crate::error::StartError;
@@ -37,23 +40,30 @@ pub(super) struct Target {
     base: String,
     /// Whether `base` is the URL itself (a signal's own endpoint), not a prefix of one.
     exact: bool,
+    /// Whether it is an `https://` endpoint.
+    https: bool,
 }
 
 impl Target {
-    /// Checks `endpoint` (`http://host:port`, perhaps with a path prefix), to which each
-    /// signal's path is appended, or which is the URL itself when `exact`.
+    /// Checks `endpoint` (`http://host:port` or `https://host:port`, perhaps with a path
+    /// prefix), to which each signal's path is appended, or which is the URL itself when `exact`.
     pub(super) fn parse(endpoint: &str, exact: bool) -> Result<Self, StartError> {
         let invalid = |reason: String| StartError::OtlpEndpoint { endpoint: endpoint.to_owned(), reason };
         let uri: Uri = endpoint.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(invalid("OTLP/HTTP export speaks plain http:// only (no TLS yet)".into())),
-            _ => return Err(invalid("an OTLP/HTTP endpoint starts with http://".into())),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(invalid("an OTLP/HTTP endpoint starts with http:// or https://".into())),
+        };
         if uri.authority().is_none() || uri.query().is_some() {
-            return Err(invalid("an OTLP/HTTP endpoint is http://host:port, perhaps with a path, without a query".into()));
+            return Err(invalid("an OTLP/HTTP endpoint is http(s)://host:port, perhaps with a path, without a query".into()));
         }
-        Ok(Self { base: endpoint.to_owned(), exact })
+        Ok(Self { base: endpoint.to_owned(), exact, https })
+    }
+
+    /// Whether its connections are TLS.
+    pub(super) fn https(&self) -> bool {
+        self.https
     }
 
     /// The URI a signal is posted to (`path` is e.g. `/v1/traces`).
@@ -72,7 +82,7 @@ pub(crate) fn signal_url(endpoint: &str, exact: bool, path: &str) -> String {
 /// Sends export requests to one collector over HTTP/1.1, on a pool of kept-alive connections.
 #[derive(Debug, Clone)]
 pub(super) struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Pool,
     target: Target,
     gzip: bool,
     timeout: Duration,
@@ -81,13 +91,21 @@ pub(super) struct HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `target` sending `headers` with every request; each attempt is given up
-    /// after `timeout`. Must be called within a tokio runtime, which runs its connections.
-    pub(super) fn new(target: Target, gzip: bool, timeout: Duration, headers: http::HeaderMap) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+    /// A client for `target` sending `headers` with every request, over TLS configured by
+    /// `tls` (given for an `https://` target); each attempt is given up after `timeout`.
+    /// Must be called within a tokio runtime, which runs its connections.
+    pub(super) fn new(
+        target: Target,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        gzip: bool,
+        timeout: Duration,
+        headers: http::HeaderMap,
+    ) -> Self {
+        let builder = Client::builder(TokioExecutor::new());
+        let client = match tls {
+            Some(config) => Pool::Tls(Box::new(builder.build(export_tls::tls(config, Alpn::Http1)))),
+            None => Pool::Plain(Box::new(builder.build(export_tls::tcp()))),
+        };
         Self { client, target, gzip, timeout, headers }
     }
 
@@ -124,6 +142,22 @@ impl HttpClient {
             return R::decode(answer).map_err(|e| Failed::final_error("undecodable_answer", format!("undecodable export response: {e}")));
         }
         Err(refused(status, retry_after.as_ref(), &answer, SystemTime::now()))
+    }
+}
+
+/// The kept-alive connections, plain or TLS (boxed: a client is a few hundred bytes).
+#[derive(Debug, Clone)]
+enum Pool {
+    Plain(Box<Client<HttpConnector, Full<Bytes>>>),
+    Tls(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
+}
+
+impl Pool {
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Self::Plain(client) => client.request(request),
+            Self::Tls(client) => client.request(request),
+        }
     }
 }
 
@@ -219,7 +253,7 @@ mod tests {
         assert_eq!(prefixed.uri("/v1/logs").expect("uri"), "http://collector:4318/otlp/v1/logs");
         let own = Target::parse("http://logs:3100/otlp/v1/logs", true).expect("a signal's own URL");
         assert_eq!(own.uri("/v1/logs").expect("uri"), "http://logs:3100/otlp/v1/logs", "as written");
-        for bad in ["https://collector:4318", "collector:4318", "http://", "http://c:4318/?x=1", "not a uri"] {
+        for bad in ["collector:4318", "ftp://collector:4318", "http://", "http://c:4318/?x=1", "not a uri"] {
             assert!(Target::parse(bad, false).is_err() && Target::parse(bad, true).is_err(), "{bad} is refused");
         }
     }

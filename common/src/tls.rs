@@ -1,0 +1,431 @@
+//! TLS settings read from PEM files: a client's (a sidecar exporting to an `https://`
+//! collector endpoint) and a server's (the collector's OTLP receivers), built into rustls
+//! configurations with the ring provider.
+//!
+//! The files are read once, when a configuration is checked, so a missing or unreadable file
+//! or one without the PEM block it should hold stops the start with its path named. A client
+//! trusts the CA certificates of its CA file, or the system's roots when it names none; it
+//! presents a certificate (mutual TLS) only when given one. A server asks its clients for
+//! certificates only when given the CAs that issue them, and then refuses clients without one.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+
+/// Why TLS settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read, or does not hold what it should.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The files do not make a usable configuration together.
+    #[error("{0}")]
+    Settings(String),
+}
+
+impl TlsError {
+    fn file(path: &Path, reason: impl fmt::Display) -> Self {
+        Self::File { path: path.to_owned(), reason: reason.to_string() }
+    }
+}
+
+/// The cryptography every configuration here uses: ring's. rustls calls it deprecated for
+/// its lack of post-quantum key exchange; the other provider, aws-lc-rs, builds a C library
+/// of its own, minutes on a two-core machine.
+#[allow(deprecated)]
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of the PEM file at `path`, in order; at least one.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::file(path, pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::file(path, pem_reason(e)))?;
+    if certificates.is_empty() {
+        return Err(TlsError::file(path, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    Ok(certificates)
+}
+
+/// The first private key (PKCS #8, PKCS #1 or SEC1) of the PEM file at `path`.
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::file(path, "holds no PEM private key (-----BEGIN PRIVATE KEY-----)"),
+        other => TlsError::file(path, pem_reason(other)),
+    })
+}
+
+fn pem_reason(error: rustls::pki_types::pem::Error) -> String {
+    match error {
+        rustls::pki_types::pem::Error::Io(io) => format!("cannot read it: {io}"),
+        other => format!("not a valid PEM file: {other}"),
+    }
+}
+
+/// CA certificates as a store of trust anchors; `file` names them in errors.
+fn root_store(certificates: &[CertificateDer<'static>], file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate.clone()).map_err(|e| TlsError::file(file, format!("a certificate that cannot be a trust anchor: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A certificate chain and the private key of its first certificate.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    files: (PathBuf, PathBuf),
+}
+
+impl Identity {
+    /// Reads the chain from `certificate` and the key from `key`.
+    pub fn read(certificate: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self { chain: read_certificates(certificate)?, key: read_private_key(key)?, files: (certificate.to_owned(), key.to_owned()) })
+    }
+
+    fn pair(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain.clone(), self.key.clone_key())
+    }
+
+    fn mismatch(&self, error: rustls::Error) -> TlsError {
+        let (certificate, key) = (self.files.0.display(), self.files.1.display());
+        TlsError::Settings(format!("the certificate of {certificate} and the key of {key} do not make a usable pair: {error}"))
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        let (chain, key) = self.pair();
+        Self { chain, key, files: self.files.clone() }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("Identity").field("certificate", &self.files.0).field("key", &self.files.1).finish()
+    }
+}
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
+    }
+}
+
+impl Eq for Identity {}
+
+/// The files a client's or a server's TLS is read from, as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates: those a client trusts instead of the system's roots, or those that
+    /// issue the client certificates a server asks for.
+    pub ca: Option<PathBuf>,
+    /// The own certificate chain (a client's only for mutual TLS).
+    pub certificate: Option<PathBuf>,
+    /// The private key of `certificate`.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether no file is named.
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.certificate.is_none() && self.key.is_none()
+    }
+
+    /// The own certificate and key, read, if named; `what` names the setting in errors.
+    fn identity(&self, what: &str) -> Result<Option<Identity>, TlsError> {
+        match (&self.certificate, &self.key) {
+            (Some(certificate), Some(key)) => Identity::read(certificate, key).map(Some),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(TlsError::Settings(format!("{what}: a certificate needs its private key file too"))),
+            (None, Some(_)) => Err(TlsError::Settings(format!("{what}: a private key needs its certificate file too"))),
+        }
+    }
+}
+
+/// A client's TLS: whom it trusts, and what it presents if asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA certificates trusted, with their file; none: the system's roots.
+    roots: Option<(Vec<CertificateDer<'static>>, PathBuf)>,
+    identity: Option<Identity>,
+}
+
+impl Default for ClientTls {
+    /// The system's roots, no certificate of its own.
+    fn default() -> Self {
+        Self { roots: None, identity: None }
+    }
+}
+
+impl ClientTls {
+    /// Reads `files`; `what` names the setting in errors.
+    pub fn read(files: &TlsFiles, what: &str) -> Result<Self, TlsError> {
+        let roots = files.ca.as_deref().map(|ca| read_certificates(ca).map(|certificates| (certificates, ca.to_owned()))).transpose()?;
+        let tls = Self { roots, identity: files.identity(what)? };
+        // Built once here, so a key that does not fit its certificate is found at the start.
+        tls.config_with(RootCertStore::empty())?;
+        Ok(tls)
+    }
+
+    /// Whether it presents a certificate when the server asks for one.
+    pub fn presents_certificate(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The rustls configuration: the CA file's certificates, or the system's roots (an error
+    /// when the system has none that can be read).
+    pub fn config(&self) -> Result<ClientConfig, TlsError> {
+        let roots = match &self.roots {
+            Some((certificates, file)) => root_store(certificates, file)?,
+            None => system_roots()?,
+        };
+        self.config_with(roots)
+    }
+
+    fn config_with(&self, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Settings(e.to_string()))?
+            .with_root_certificates(roots);
+        match &self.identity {
+            Some(identity) => {
+                let (chain, key) = identity.pair();
+                builder.with_client_auth_cert(chain, key).map_err(|e| identity.mismatch(e))
+            }
+            None => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+/// The roots of the system's certificate store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else
+/// the distribution's bundle).
+fn system_roots() -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found.errors.first().map_or_else(|| "none found".to_owned(), ToString::to_string);
+        return Err(TlsError::Settings(format!("the system has no trusted CA certificates ({why}); name a CA file")));
+    }
+    Ok(roots)
+}
+
+/// A server's TLS: what it presents, and whom it asks for certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    identity: Identity,
+    /// The CAs that issue the client certificates required, with their file; none: clients
+    /// are not asked for one.
+    client_roots: Option<(Vec<CertificateDer<'static>>, PathBuf)>,
+}
+
+impl ServerTls {
+    /// Reads `files` (a certificate and its key are required); `what` names the setting in errors.
+    pub fn read(files: &TlsFiles, what: &str) -> Result<Self, TlsError> {
+        let identity = files.identity(what)?.ok_or_else(|| TlsError::Settings(format!("{what}: TLS needs a certificate and its key")))?;
+        let client_roots = files.ca.as_deref().map(|ca| read_certificates(ca).map(|c| (c, ca.to_owned()))).transpose()?;
+        let tls = Self { identity, client_roots };
+        tls.config(&[])?;
+        Ok(tls)
+    }
+
+    /// Whether clients must present a certificate issued by the configured CAs.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_roots.is_some()
+    }
+
+    /// The rustls configuration, offering `alpn` (most preferred first).
+    pub fn config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Settings(e.to_string()))?;
+        let builder = match &self.client_roots {
+            Some((certificates, file)) => {
+                let roots = Arc::new(root_store(certificates, file)?);
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| TlsError::file(file, format!("cannot verify client certificates with it: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let (chain, key) = self.identity.pair();
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| self.identity.mismatch(e))?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("meshlens-tls-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temporary directory");
+            Self(dir)
+        }
+
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named_with_what_is_wrong() {
+        let dir = Dir::new("files");
+        let missing = dir.0.join("missing.pem");
+        let error = read_certificates(&missing).expect_err("missing").to_string();
+        assert!(error.contains("missing.pem") && error.contains("cannot read it"), "{error}");
+        let text = dir.file("text.pem", "not a certificate\n");
+        let error = read_certificates(&text).expect_err("no block").to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let error = read_private_key(&text).expect_err("no key").to_string();
+        assert!(error.contains("holds no PEM private key"), "{error}");
+        let broken = dir.file("broken.pem", "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n");
+        let error = read_certificates(&broken).expect_err("broken base64").to_string();
+        assert!(error.contains("not a valid PEM file"), "{error}");
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_and_a_server_without_either_are_refused() {
+        let dir = Dir::new("pairs");
+        let files = TlsFiles { certificate: Some(dir.file("c.pem", "")), ..TlsFiles::default() };
+        let error = ClientTls::read(&files, "telemetry.tls").expect_err("no key").to_string();
+        assert_eq!(error, "telemetry.tls: a certificate needs its private key file too");
+        let files = TlsFiles { key: Some(dir.file("k.pem", "")), ..TlsFiles::default() };
+        let error = ClientTls::read(&files, "telemetry.tls").expect_err("no certificate").to_string();
+        assert_eq!(error, "telemetry.tls: a private key needs its certificate file too");
+        let error = ServerTls::read(&TlsFiles::default(), "--otlp-tls").expect_err("nothing").to_string();
+        assert_eq!(error, "--otlp-tls: TLS needs a certificate and its key");
+        assert!(ClientTls::read(&TlsFiles::default(), "t").is_ok_and(|tls| !tls.presents_certificate()));
+    }
+
+    /// A CA, and a certificate it issued for `name` (written to `<file>.pem` and `<file>-key.pem`).
+    struct Pki {
+        ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+        ca_pem: String,
+    }
+
+    impl Pki {
+        fn new(name: &str) -> Self {
+            let key = rcgen::KeyPair::generate().expect("CA key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca_pem = params.self_signed(&key).expect("CA certificate").pem();
+            Self { ca: rcgen::Issuer::new(params, key), ca_pem }
+        }
+
+        fn issue(&self, dir: &Dir, file: &str, name: &str) -> (PathBuf, PathBuf) {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let certificate =
+                rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params").signed_by(&key, &self.ca).expect("issue");
+            (dir.file(&format!("{file}.pem"), &certificate.pem()), dir.file(&format!("{file}-key.pem"), &key.serialize_pem()))
+        }
+    }
+
+    /// Runs a handshake between the two in memory; the error of the side that failed.
+    fn handshake(client: ClientConfig, server: ServerConfig, name: &str) -> Result<(), rustls::Error> {
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("server name");
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut server = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).expect("to memory");
+            server.read_tls(&mut bytes.as_slice()).expect("from memory");
+            server.process_new_packets()?;
+            let mut bytes = Vec::new();
+            server.write_tls(&mut bytes).expect("to memory");
+            client.read_tls(&mut bytes.as_slice()).expect("from memory");
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                // The server learns of a refused certificate from the client's last flight.
+                let mut bytes = Vec::new();
+                client.write_tls(&mut bytes).expect("to memory");
+                server.read_tls(&mut bytes.as_slice()).expect("from memory");
+                server.process_new_packets()?;
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("the handshake did not end".into()))
+    }
+
+    #[test]
+    fn a_client_trusting_the_ca_file_connects_and_mutual_tls_refuses_clients_without_a_certificate() {
+        let dir = Dir::new("handshake");
+        let (servers, clients, other) = (Pki::new("servers"), Pki::new("clients"), Pki::new("other"));
+        let servers_ca = dir.file("servers-ca.pem", &servers.ca_pem);
+        let clients_ca = dir.file("clients-ca.pem", &clients.ca_pem);
+        let other_ca = dir.file("other-ca.pem", &other.ca_pem);
+        let (certificate, key) = servers.issue(&dir, "collector", "collector.example");
+        let (client_certificate, client_key) = clients.issue(&dir, "sidecar", "sidecar");
+        let (stranger_certificate, stranger_key) = other.issue(&dir, "stranger", "sidecar");
+
+        let server = |ca: Option<&PathBuf>| {
+            let files = TlsFiles { ca: ca.cloned(), certificate: Some(certificate.clone()), key: Some(key.clone()) };
+            ServerTls::read(&files, "server").expect("server TLS").config(&[b"h2"]).expect("server config")
+        };
+        let client = |ca: &PathBuf, identity: Option<(&PathBuf, &PathBuf)>| {
+            let (certificate, key) = identity.map_or((None, None), |(c, k)| (Some(c.clone()), Some(k.clone())));
+            ClientTls::read(&TlsFiles { ca: Some(ca.clone()), certificate, key }, "client").expect("client TLS").config().expect("config")
+        };
+
+        assert_eq!(handshake(client(&servers_ca, None), server(None), "collector.example"), Ok(()));
+        let wrong_name = handshake(client(&servers_ca, None), server(None), "elsewhere.example");
+        assert!(matches!(wrong_name, Err(rustls::Error::InvalidCertificate(_))), "{wrong_name:?}");
+        let untrusted = handshake(client(&other_ca, None), server(None), "collector.example");
+        assert!(matches!(untrusted, Err(rustls::Error::InvalidCertificate(_))), "{untrusted:?}");
+
+        let mutual = || server(Some(&clients_ca));
+        let with_certificate = client(&servers_ca, Some((&client_certificate, &client_key)));
+        assert_eq!(handshake(with_certificate, mutual(), "collector.example"), Ok(()));
+        let without = handshake(client(&servers_ca, None), mutual(), "collector.example");
+        assert!(matches!(without, Err(rustls::Error::NoCertificatesPresented)), "{without:?}");
+        let stranger = handshake(client(&servers_ca, Some((&stranger_certificate, &stranger_key))), mutual(), "collector.example");
+        assert!(matches!(stranger, Err(rustls::Error::InvalidCertificate(_))), "{stranger:?}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_at_read() {
+        let dir = Dir::new("mismatch");
+        let pki = Pki::new("ca");
+        let (certificate, _) = pki.issue(&dir, "a", "a.example");
+        let (_, other_key) = pki.issue(&dir, "b", "b.example");
+        let files = TlsFiles { ca: None, certificate: Some(certificate), key: Some(other_key) };
+        let error = ServerTls::read(&files, "server").expect_err("mismatch").to_string();
+        assert!(error.contains("do not make a usable pair"), "{error}");
+        let error = ClientTls::read(&files, "client").expect_err("mismatch").to_string();
+        assert!(error.contains("do not make a usable pair"), "{error}");
+    }
+}

@@ -1,0 +1,181 @@
+//! OTLP over TLS: a collector started with `--otlp-tls-cert` and `--otlp-tls-key` takes
+//! exports over TLS on both receivers, from sidecars exporting to `https://` endpoints over
+//! gRPC and over HTTP, trusting its CA by their `[telemetry.tls]` table or OpenTelemetry's
+//! variables. A sidecar that does not trust the collector's certificate, or that speaks plain
+//! text to it, drops its telemetry and counts it, its traffic untouched, and the collector
+//! counts the refused handshakes. With `--otlp-tls-client-ca` (mutual TLS) only sidecars
+//! presenting a certificate of that CA are taken. Files that are missing or hold no
+//! certificate stop the start with their path named.
+
+mod support;
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use support::*;
+
+fn admin_metric(w: &Workload, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    prom_sum(&get(w.admin, "/metrics").body, metric, labels)
+}
+
+fn handshakes(collector: &CollectorProc, transport: &str, outcome: &str) -> f64 {
+    let exposition = get(collector.web, "/metrics").body;
+    prom_sum(&exposition, "meshlens_collector_tls_handshakes_total", &[("transport", transport), ("outcome", outcome)])
+}
+
+/// The number of spans the collector holds from `service`.
+fn spans_of(collector: &CollectorProc, service: &str) -> u64 {
+    let rows = collector.sql_rows(&format!("SELECT count(*) FROM spans WHERE service = '{service}'"));
+    rows.first().and_then(|r| r[0].as_u64()).unwrap_or(0)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// A collector whose OTLP receivers speak TLS with a certificate of `pki` for localhost
+/// and 127.0.0.1, asking for client certificates of `client_ca` if given.
+fn tls_collector(dir: &TestDir, pki: &Pki, client_ca: Option<&Path>) -> CollectorProc {
+    let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]);
+    let mut args = vec!["--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&key)];
+    if let Some(ca) = client_ca {
+        args.extend(["--otlp-tls-client-ca", path(ca)]);
+    }
+    CollectorProc::start_with_args(dir, &args)
+}
+
+/// Sends `n` requests from `tester` to `front`; all must succeed.
+fn traffic(dir: &TestDir, tester: &Workload, n: u64) {
+    let report = load(dir, tester.outbound, "http://front/", n);
+    assert_eq!(report["succeeded"], n, "traffic is unaffected: {report}");
+}
+
+/// A workload exporting with `telemetry` and `env`.
+fn workload(service: &str, telemetry: String, env: &[(&str, &str)]) -> Workload {
+    let mut w = Workload::new(service, &[]);
+    w.telemetry = format!("export_timeout = \"500ms\"\nmax_retry_time = \"1s\"\n{telemetry}");
+    w.sidecar_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    w
+}
+
+#[test]
+fn sidecars_export_over_tls_by_grpc_and_http_and_one_not_trusting_the_collector_drops_and_counts() {
+    let dir = TestDir::new("otlp-tls");
+    let pki = Pki::new(&dir, "mesh");
+    let collector = tls_collector(&dir, &pki, None);
+    let (grpc, http) = (collector.grpc.port(), collector.http.port());
+
+    // The caller over gRPC, trusting the CA by its table; the callee over OTLP/HTTP to
+    // `localhost`, trusting it by OpenTelemetry's variable.
+    let tester =
+        workload("tester", format!("otlp_endpoint = \"https://127.0.0.1:{grpc}\"\n[telemetry.tls]\nca_file = \"{}\"", path(&pki.ca)), &[]);
+    let front = workload(
+        "front",
+        format!("otlp_protocol = \"http/protobuf\"\notlp_endpoint = \"https://localhost:{http}\""),
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&pki.ca))],
+    );
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    traffic(&dir, &tester, 100);
+    wait_for("both sidecars' spans in the collector", Duration::from_secs(15), || {
+        (spans_of(&collector, "tester") >= 100 && spans_of(&collector, "front") >= 100).then_some(())
+    });
+    for w in [&tester, &front] {
+        assert_eq!(admin_metric(w, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0, "{}: nothing dropped", w.service);
+    }
+    let logs = collector.sql_rows("SELECT service, count(*) FROM logs GROUP BY service ORDER BY service");
+    assert_eq!(serde_json::Value::from(logs), serde_json::json!([["front", 100], ["tester", 100]]), "access logs too");
+    assert!(handshakes(&collector, "grpc", "ok") >= 1.0 && handshakes(&collector, "http", "ok") >= 1.0);
+    assert_eq!(handshakes(&collector, "grpc", "refused") + handshakes(&collector, "http", "refused"), 0.0);
+
+    // A sidecar trusting the system's roots only, and one speaking plain text to the TLS port.
+    let dir = TestDir::new("otlp-tls-untrusted");
+    let stranger = workload("tester", format!("otlp_endpoint = \"https://127.0.0.1:{grpc}\""), &[]);
+    let plain = workload("front", format!("otlp_endpoint = \"http://127.0.0.1:{grpc}\""), &[]);
+    let procs = start_mesh(&dir, &[&stranger, &plain], collector.grpc);
+    traffic(&dir, &stranger, 50);
+    wait_for("both sidecars to drop their telemetry", Duration::from_secs(20), || {
+        let dropped = |w| admin_metric(w, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]);
+        (dropped(&stranger) > 0.0 && dropped(&plain) > 0.0).then_some(())
+    });
+    assert!(handshakes(&collector, "grpc", "refused") >= 2.0, "the collector counted both refusals");
+    let log = procs[0].output();
+    assert!(log.contains("UnknownIssuer") || log.contains("unknown issuer"), "the stranger says why:\n{log}");
+    assert_eq!(spans_of(&collector, "tester"), 100, "nothing from the stranger was taken");
+}
+
+#[test]
+fn with_mutual_tls_only_sidecars_presenting_a_certificate_of_the_client_ca_are_taken() {
+    let dir = TestDir::new("otlp-mtls");
+    let (servers, clients, others) = (Pki::new(&dir, "servers"), Pki::new(&dir, "sidecars"), Pki::new(&dir, "others"));
+    let collector = tls_collector(&dir, &servers, Some(&clients.ca));
+    let endpoint = format!("https://127.0.0.1:{}", collector.grpc.port());
+    let (cert, key) = clients.issue("tester", &["tester.test"]);
+    let (other_cert, other_key) = others.issue("front", &["front.test"]);
+
+    // The tester's certificate by its table; the front's, of another CA, by the variables.
+    let tester = workload(
+        "tester",
+        format!(
+            "otlp_endpoint = \"{endpoint}\"\n[telemetry.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            path(&servers.ca),
+            path(&cert),
+            path(&key)
+        ),
+        &[],
+    );
+    let env = [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&servers.ca)),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path(&other_cert)),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path(&other_key)),
+    ];
+    let front = workload("front", format!("otlp_endpoint = \"{endpoint}\""), &env);
+    let procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    traffic(&dir, &tester, 50);
+    wait_for("the tester's spans in the collector", Duration::from_secs(15), || (spans_of(&collector, "tester") >= 50).then_some(()));
+    wait_for("the front to drop its telemetry", Duration::from_secs(20), || {
+        (admin_metric(&front, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]) > 0.0).then_some(())
+    });
+    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
+    assert_eq!(spans_of(&collector, "front"), 0, "the front's certificate is not of the sidecars' CA");
+    assert!(handshakes(&collector, "grpc", "refused") >= 1.0);
+    drop(procs);
+
+    // A sidecar presenting no certificate at all.
+    let dir = TestDir::new("otlp-mtls-none");
+    let bare = workload("tester", format!("otlp_endpoint = \"{endpoint}\""), &[("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&servers.ca))]);
+    let front = workload("front", String::new(), &[]);
+    let _procs = start_mesh(&dir, &[&bare, &front], collector.grpc);
+    let before = spans_of(&collector, "tester");
+    traffic(&dir, &bare, 20);
+    wait_for("the bare sidecar to drop its telemetry", Duration::from_secs(20), || {
+        (admin_metric(&bare, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]) > 0.0).then_some(())
+    });
+    assert_eq!(spans_of(&collector, "tester"), before, "nothing from the sidecar without a certificate");
+}
+
+#[test]
+fn tls_files_that_are_missing_or_hold_no_certificate_stop_the_start_with_their_path() {
+    let dir = TestDir::new("otlp-tls-files");
+    let missing = dir.path("missing.pem");
+    let empty = dir.path("empty.pem");
+    std::fs::write(&empty, "no PEM here\n").expect("write");
+    let pki = Pki::new(&dir, "files");
+    let (cert, _) = pki.issue("collector", &["localhost"]);
+
+    let out = command(meshlens())
+        .args(["collector", "--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&missing)])
+        .args(["--otlp-grpc", &free_addr().to_string(), "--otlp-http", &free_addr().to_string(), "--web", &free_addr().to_string()])
+        .output()
+        .expect("run the collector");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("missing.pem") && stderr.contains("cannot read it"), "{stderr}");
+    let out = command(meshlens()).args(["collector", "--otlp-tls-cert", path(&cert)]).output().expect("run the collector");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--otlp-tls-key"), "a certificate needs its key");
+
+    let w = workload("tester", format!("otlp_endpoint = \"https://127.0.0.1:4317\"\n[telemetry.tls]\nca_file = \"{}\"", path(&empty)), &[]);
+    let config = dir.path("sidecar.toml");
+    std::fs::write(&config, sidecar_toml(&w, &[&w], SocketAddr::from(([127, 0, 0, 1], 4317)))).expect("write");
+    let out = command(meshlens()).args(["proxy", "--check", "--config", path(&config)]).output().expect("run the sidecar");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && printed.contains("telemetry.tls") && printed.contains("empty.pem"), "{printed}");
+    assert!(printed.contains("holds no PEM certificate"), "{printed}");
+}
