@@ -4,8 +4,9 @@
 //! variables. A sidecar that does not trust the collector's certificate, or that speaks plain
 //! text to it, drops its telemetry and counts it, its traffic untouched, and the collector
 //! counts the refused handshakes. With `--otlp-tls-client-ca` (mutual TLS) only sidecars
-//! presenting a certificate of that CA are taken. Files that are missing or hold no
-//! certificate stop the start with their path named.
+//! presenting a certificate of that CA are taken. A certificate renewed in its files is
+//! presented without a restart. Files that are missing or hold no certificate stop the
+//! start with their path named.
 
 mod support;
 
@@ -33,7 +34,8 @@ fn path(p: &Path) -> &str {
 }
 
 /// A collector whose OTLP receivers speak TLS with a certificate of `pki` for localhost
-/// and 127.0.0.1, asking for client certificates of `client_ca` if given.
+/// and 127.0.0.1 (in `collector.pem` and `collector-key.pem`), asking for client
+/// certificates of `client_ca` if given.
 fn tls_collector(dir: &TestDir, pki: &Pki, client_ca: Option<&Path>) -> CollectorProc {
     let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]);
     let mut args = vec!["--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&key)];
@@ -178,4 +180,28 @@ fn tls_files_that_are_missing_or_hold_no_certificate_stop_the_start_with_their_p
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && printed.contains("telemetry.tls") && printed.contains("empty.pem"), "{printed}");
     assert!(printed.contains("holds no PEM certificate"), "{printed}");
+}
+
+#[test]
+fn a_renewed_collector_certificate_is_presented_without_a_restart() {
+    // The collector's certificate files are replaced by one of another CA; a sidecar
+    // trusting only that CA exports once the collector has looked at its files again.
+    let dir = TestDir::new("otlp-tls-renewal");
+    let (old, new) = (Pki::new(&dir, "old"), Pki::new(&dir, "new"));
+    let collector = tls_collector(&dir, &old, None);
+    let (cert, key) = new.issue("renewed", &["127.0.0.1"]);
+    std::fs::copy(&cert, dir.path("collector.pem")).expect("renew the certificate");
+    std::fs::copy(&key, dir.path("collector-key.pem")).expect("renew the key");
+    let endpoint = format!("otlp_endpoint = \"https://127.0.0.1:{}\"", collector.grpc.port());
+    let mut tester = Workload::new("tester", &[]);
+    tester.telemetry = format!("max_retry_time = \"15s\"\n{endpoint}\n[telemetry.tls]\nca_file = \"{}\"", path(&new.ca));
+    let front = workload("front", String::new(), &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    // Retried for 15 s, past the collector's next look at its files (at most 5 s).
+    let report = load(&dir, tester.outbound, "http://front/", 20);
+    assert_eq!(report["succeeded"], 20, "{report}");
+    wait_for("the tester's spans, over the renewed certificate", Duration::from_secs(20), || {
+        (spans_of(&collector, "tester") >= 20).then_some(())
+    });
+    assert!(collector.proc.output().contains("TLS certificate read again"), "the collector says so");
 }

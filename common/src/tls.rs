@@ -2,8 +2,9 @@
 //! collector endpoint) and a server's (the collector's OTLP receivers), built into rustls
 //! configurations with the ring provider.
 //!
-//! The files are read once, when a configuration is checked, so a missing or unreadable file
-//! or one without the PEM block it should hold stops the start with its path named. A client
+//! The files are read when a configuration is checked, so a missing or unreadable file or one
+//! without the PEM block it should hold stops the start with its path named. A certificate
+//! and its key are read again when their files change ([`Identity`]); CA files are read once. A client
 //! trusts the CA certificates of its CA file, or the system's roots when it names none; it
 //! presents a certificate (mutual TLS) only when given one. A server asks its clients for
 //! certificates only when given the CAs that issue them, and then refuses clients without one.
@@ -11,7 +12,8 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rustls::{
@@ -19,6 +21,7 @@ use rustls::{
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
+    sign::CertifiedKey,
 };
 
 /// Why TLS settings cannot be used.
@@ -87,50 +90,114 @@ fn root_store(certificates: &[CertificateDer<'static>], file: &Path) -> Result<R
     Ok(roots)
 }
 
-/// A certificate chain and the private key of its first certificate.
-pub struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    files: (PathBuf, PathBuf),
+/// How often, at most, the files of a certificate in use are looked at again.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// A certificate chain and the private key of its first certificate, read again when their
+/// files change: looked at on a handshake, at most every [`RECHECK`], so a renewed
+/// certificate (cert-manager's, say) is presented from the next connection on, without a
+/// restart. A renewed pair that cannot be used (unreadable, half written, the key not the
+/// certificate's) leaves the pair before it in use, and is logged.
+#[derive(Clone)]
+pub struct Identity(Arc<LiveIdentity>);
+
+struct LiveIdentity {
+    certificate: PathBuf,
+    key: PathBuf,
+    recheck: Duration,
+    state: Mutex<Loaded>,
+}
+
+/// The pair in use, and what its files looked like when it was read.
+struct Loaded {
+    pair: Arc<CertifiedKey>,
+    stamps: [Option<(SystemTime, u64)>; 2],
+    checked: Instant,
+}
+
+/// When a file was last written, and its length.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 impl Identity {
-    /// Reads the chain from `certificate` and the key from `key`.
+    /// Reads the chain from `certificate` and the key from `key`; an error when either
+    /// cannot be read or the key is not the certificate's.
     pub fn read(certificate: &Path, key: &Path) -> Result<Self, TlsError> {
-        Ok(Self { chain: read_certificates(certificate)?, key: read_private_key(key)?, files: (certificate.to_owned(), key.to_owned()) })
+        Self::reading_every(certificate, key, RECHECK)
     }
 
-    fn pair(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        (self.chain.clone(), self.key.clone_key())
+    fn reading_every(certificate: &Path, key: &Path, recheck: Duration) -> Result<Self, TlsError> {
+        let stamps = [stamp(certificate), stamp(key)];
+        let pair = Arc::new(load_pair(certificate, key)?);
+        let state = Mutex::new(Loaded { pair, stamps, checked: Instant::now() });
+        Ok(Self(Arc::new(LiveIdentity { certificate: certificate.to_owned(), key: key.to_owned(), recheck, state })))
     }
 
-    fn mismatch(&self, error: rustls::Error) -> TlsError {
-        let (certificate, key) = (self.files.0.display(), self.files.1.display());
-        TlsError::Settings(format!("the certificate of {certificate} and the key of {key} do not make a usable pair: {error}"))
+    /// The pair to present: the one in use, read again first if its files changed.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let live = &self.0;
+        let mut loaded = live.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loaded.checked.elapsed() >= live.recheck {
+            loaded.checked = Instant::now();
+            let stamps = [stamp(&live.certificate), stamp(&live.key)];
+            if stamps != loaded.stamps {
+                match load_pair(&live.certificate, &live.key) {
+                    Ok(pair) => {
+                        tracing::info!(certificate = %live.certificate.display(), "TLS certificate read again after its files changed");
+                        (loaded.pair, loaded.stamps) = (Arc::new(pair), stamps);
+                    }
+                    // Tried again at the next check: a renewal may be half written.
+                    Err(error) => tracing::warn!(%error, "the changed TLS certificate cannot be used; the one before stays in use"),
+                }
+            }
+        }
+        loaded.pair.clone()
     }
 }
 
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        let (chain, key) = self.pair();
-        Self { chain, key, files: self.files.clone() }
-    }
+/// The chain of `certificate` with the key of `key`, checked to belong together.
+fn load_pair(certificate: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let (chain, private_key) = (read_certificates(certificate)?, read_private_key(key)?);
+    CertifiedKey::from_der(chain, private_key, &provider()).map_err(|error| {
+        let (certificate, key) = (certificate.display(), key.display());
+        TlsError::Settings(format!("the certificate of {certificate} and the key of {key} do not make a usable pair: {error}"))
+    })
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the key.
-        f.debug_struct("Identity").field("certificate", &self.files.0).field("key", &self.files.1).finish()
+        f.debug_struct("Identity").field("certificate", &self.0.certificate).field("key", &self.0.key).finish()
     }
 }
 
 impl PartialEq for Identity {
+    /// The same files, presenting the same chain now.
     fn eq(&self, other: &Self) -> bool {
-        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
+        let files = |i: &Self| (i.0.certificate.clone(), i.0.key.clone());
+        files(self) == files(other) && self.current().cert == other.current().cert
     }
 }
 
 impl Eq for Identity {}
+
+impl rustls::server::ResolvesServerCert for Identity {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Identity {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
 
 /// The files a client's or a server's TLS is read from, as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -206,13 +273,10 @@ impl ClientTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Settings(e.to_string()))?
             .with_root_certificates(roots);
-        match &self.identity {
-            Some(identity) => {
-                let (chain, key) = identity.pair();
-                builder.with_client_auth_cert(chain, key).map_err(|e| identity.mismatch(e))
-            }
-            None => Ok(builder.with_no_client_auth()),
-        }
+        Ok(match &self.identity {
+            Some(identity) => builder.with_client_cert_resolver(Arc::new(identity.clone())),
+            None => builder.with_no_client_auth(),
+        })
     }
 }
 
@@ -268,8 +332,7 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let (chain, key) = self.identity.pair();
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| self.identity.mismatch(e))?;
+        let mut config = builder.with_cert_resolver(Arc::new(self.identity.clone()));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
@@ -357,6 +420,11 @@ mod tests {
 
     /// Runs a handshake between the two in memory; the error of the side that failed.
     fn handshake(client: ClientConfig, server: ServerConfig, name: &str) -> Result<(), rustls::Error> {
+        presented(client, server, name).map(drop)
+    }
+
+    /// The certificate the server presented in a handshake between the two in memory.
+    fn presented(client: ClientConfig, server: ServerConfig, name: &str) -> Result<CertificateDer<'static>, rustls::Error> {
         let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("server name");
         let mut client = rustls::ClientConnection::new(Arc::new(client), name)?;
         let mut server = rustls::ServerConnection::new(Arc::new(server))?;
@@ -375,7 +443,8 @@ mod tests {
                 client.write_tls(&mut bytes).expect("to memory");
                 server.read_tls(&mut bytes.as_slice()).expect("from memory");
                 server.process_new_packets()?;
-                return Ok(());
+                let presented = client.peer_certificates().and_then(|chain| chain.first().cloned());
+                return presented.map(CertificateDer::into_owned).ok_or(rustls::Error::NoCertificatesPresented);
             }
         }
         Err(rustls::Error::General("the handshake did not end".into()))
@@ -414,6 +483,31 @@ mod tests {
         assert!(matches!(without, Err(rustls::Error::NoCertificatesPresented)), "{without:?}");
         let stranger = handshake(client(&servers_ca, Some((&stranger_certificate, &stranger_key))), mutual(), "collector.example");
         assert!(matches!(stranger, Err(rustls::Error::InvalidCertificate(_))), "{stranger:?}");
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_presented_from_the_next_handshake_and_a_broken_renewal_is_not() {
+        let dir = Dir::new("renewal");
+        let pki = Pki::new("ca");
+        let ca = dir.file("ca.pem", &pki.ca_pem);
+        let (certificate, key) = pki.issue(&dir, "collector", "collector.example");
+        let server = ServerTls { identity: Identity::reading_every(&certificate, &key, Duration::ZERO).expect("read"), client_roots: None };
+        let client =
+            || ClientTls::read(&TlsFiles { ca: Some(ca.clone()), ..TlsFiles::default() }, "c").expect("client").config().expect("config");
+        let first = presented(client(), server.config(&[]).expect("config"), "collector.example").expect("handshake");
+        assert_eq!(first.as_ref(), read_certificates(&certificate).expect("first")[0].as_ref());
+
+        // Renewed in place (the same names, a new key), then a renewal caught half written.
+        let (renewed, renewed_key) = pki.issue(&dir, "renewed", "collector.example");
+        std::fs::copy(&renewed, &certificate).expect("copy");
+        std::fs::copy(&renewed_key, &key).expect("copy");
+        let config = server.config(&[]).expect("config");
+        let second = presented(client(), config.clone(), "collector.example").expect("handshake");
+        assert_eq!(second.as_ref(), read_certificates(&renewed).expect("renewed")[0].as_ref(), "the renewed one, same configuration");
+        assert_ne!(first, second);
+        std::fs::write(&certificate, "-----BEGIN CERTIFICATE-----\n").expect("half written");
+        let third = presented(client(), config, "collector.example").expect("the renewed pair stays in use");
+        assert_eq!(third, second);
     }
 
     #[test]
