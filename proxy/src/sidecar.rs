@@ -161,7 +161,9 @@ impl Sidecar {
         // Exchanges dropped from now on are the sidecar's doing, not their callers'.
         self.telemetry.shutting_down();
         if !self.closing.close_all(CLOSE_WAIT).await {
-            tracing::debug!("connections still open after they were closed");
+            // Each exchange records itself as it lets go: one that has not by now may miss
+            // the last export.
+            tracing::warn!("exchanges still open {CLOSE_WAIT:?} after they were told to close; their records may miss the last export");
         }
         self.timer_anchor.abort();
         self.export.shutdown(self.export_timeout + Duration::from_secs(1)).await;
