@@ -1614,7 +1614,11 @@ fn check_prints_the_configuration_the_sidecar_would_run_with() {
     let (ok, _, stderr) = check(&[], &broken);
     assert!(!ok && stderr.contains("broken.toml"), "{stderr}");
     // So does an export endpoint the sidecar would refuse at its start.
+    let ftp = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://tempo:4318/v1/traces")];
+    let (ok, _, stderr) = check(&ftp, &config);
+    assert!(!ok && stderr.contains("ftp://tempo:4318/v1/traces") && stderr.contains("starts with http:// or https://"), "{stderr}");
+    // An https:// endpoint is reached over TLS, as the check says.
     let tls = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://tempo:4318/v1/traces")];
-    let (ok, _, stderr) = check(&tls, &config);
-    assert!(!ok && stderr.contains("https://tempo:4318/v1/traces") && stderr.contains("http:// only"), "{stderr}");
+    let (ok, stdout, stderr) = check(&tls, &config);
+    assert!(ok && stdout.contains("  traces      https://tempo:4318/v1/traces (TLS trusting the system's roots)\n"), "{stdout}{stderr}");
 }

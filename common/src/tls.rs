@@ -258,6 +258,16 @@ impl ClientTls {
         self.identity.is_some()
     }
 
+    /// What it trusts and presents, in words (`TLS trusting the system's roots`, `TLS
+    /// trusting ca.pem, presenting sidecar.pem`).
+    pub fn describe(&self) -> String {
+        let trusted = self.roots.as_ref().map_or_else(|| "the system's roots".to_owned(), |(_, file)| file.display().to_string());
+        match &self.identity {
+            Some(identity) => format!("TLS trusting {trusted}, presenting {}", identity.0.certificate.display()),
+            None => format!("TLS trusting {trusted}"),
+        }
+    }
+
     /// The rustls configuration: the CA file's certificates, or the system's roots (an error
     /// when the system has none that can be read).
     pub fn config(&self) -> Result<ClientConfig, TlsError> {
@@ -391,7 +401,9 @@ mod tests {
         assert_eq!(error, "telemetry.tls: a private key needs its certificate file too");
         let error = ServerTls::read(&TlsFiles::default(), "--otlp-tls").expect_err("nothing").to_string();
         assert_eq!(error, "--otlp-tls: TLS needs a certificate and its key");
-        assert!(ClientTls::read(&TlsFiles::default(), "t").is_ok_and(|tls| !tls.presents_certificate()));
+        let system = ClientTls::read(&TlsFiles::default(), "t").expect("the system's roots");
+        assert!(!system.presents_certificate());
+        assert_eq!(system.describe(), "TLS trusting the system's roots");
     }
 
     /// A CA, and a certificate it issued for `name` (written to `<file>.pem` and `<file>-key.pem`).

@@ -68,6 +68,7 @@ pub fn effective(config: &ProxyConfig) -> String {
                 export.compression.filter(|c| *c != t.compression).map(|c| compression(c).to_owned()),
                 export.timeout.filter(|d| *d != t.export_timeout).map(|d| format!("timeout {}", duration(d))),
                 export.max_retry_time.filter(|d| *d != t.max_retry_time).map(|d| format!("retried for {}", duration(d))),
+                target.starts_with("https://").then(|| t.signal_tls(export).describe()),
             ];
             let own: Vec<String> = own.into_iter().flatten().filter(|_| exported).collect();
             let own = if own.is_empty() { String::new() } else { format!(" ({})", own.join(", ")) };
@@ -127,6 +128,7 @@ mod tests {
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION" => Some("gzip".to_owned()),
             "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT" => Some("2500".to_owned()),
             "OTEL_BLRP_EXPORT_TIMEOUT" => Some("30000".to_owned()),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("https://tempo:4317".to_owned()),
             _ => None,
         };
         let (config, _) = ProxyConfig::from_toml_with_environment(&toml, &env).expect("valid");
@@ -135,7 +137,7 @@ mod tests {
             "workload      shop/catalog-v1 (service catalog, version v1)",
             "service       reviews.shop: 127.0.0.1:5001 v1 weight 80, 127.0.0.1:5002 v2 weight 20",
             "export        OTLP/HTTP (protobuf), no compression, timeout 5s",
-            "  traces      http://gateway:4318 (OTLP/gRPC, gzip)\n",
+            "  traces      https://tempo:4317 (OTLP/gRPC, gzip, TLS trusting the system's roots)\n",
             "  logs        http://logs:3100/otlp/v1/logs (timeout 2500ms, retried for 30s), headers x-scope-orgid (value hidden)",
             "  metrics     off",
             "  batches     sent every 500ms or at 256 records, 1024 records a signal queued at most\n",
