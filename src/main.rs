@@ -394,9 +394,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let tls_files = meshlens_common::tls::TlsFiles { ca: args.otlp_tls_client_ca, certificate: args.otlp_tls_cert, key: args.otlp_tls_key };
-    let otlp_tls = match tls_files.certificate.is_some() {
-        true => Some(meshlens_common::tls::ServerTls::read(&tls_files, "--otlp-tls-cert")?),
-        false => None,
+    let read = || meshlens_common::tls::ServerTls::read(&tls_files, "--otlp-tls-cert");
+    let otlp_tls = tls_files.certificate.is_some().then(read).transpose()?;
+    let otlp = match &otlp_tls {
+        None => "plain text",
+        Some(tls) if tls.requires_client_certificates() => "TLS, client certificates required",
+        Some(_) => "TLS",
     };
     let config = meshlens_collector::CollectorConfig {
         otlp_grpc: args.listen.otlp_grpc,
@@ -421,14 +424,8 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    let config_tls = config.otlp_tls.clone();
     let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;
     let a = collector.addrs();
-    let otlp = match &config_tls {
-        None => "plain text",
-        Some(tls) if tls.requires_client_certificates() => "TLS, client certificates required",
-        Some(_) => "TLS",
-    };
     tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, otlp, web = %a.web, "collector ready");
     meshlens_proxy::cli::shutdown_signal().await;
     collector.shutdown().await;

@@ -329,7 +329,8 @@ pub struct RawSignal {
     /// How long failed exports are retried instead of `max_retry_time`.
     #[serde(default, deserialize_with = "some_duration")]
     pub max_retry_time: Option<Duration>,
-    /// `[telemetry.<signal>.tls]`: TLS instead of `[telemetry.tls]` (the whole table).
+    /// `[telemetry.<signal>.tls]`: TLS files of the signal's own; those it leaves out are
+    /// `[telemetry.tls]`'s.
     pub tls: Option<RawExportTls>,
 }
 
