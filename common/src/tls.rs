@@ -174,10 +174,10 @@ impl fmt::Debug for Identity {
 }
 
 impl PartialEq for Identity {
-    /// The same files, presenting the same chain now.
+    /// The same files, holding the same chain (as last read: comparing reads no file).
     fn eq(&self, other: &Self) -> bool {
-        let files = |i: &Self| (i.0.certificate.clone(), i.0.key.clone());
-        files(self) == files(other) && self.current().cert == other.current().cert
+        let chain = |i: &Self| i.0.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pair.cert.clone();
+        (&self.0.certificate, &self.0.key) == (&other.0.certificate, &other.0.key) && chain(self) == chain(other)
     }
 }
 
@@ -248,8 +248,11 @@ impl ClientTls {
     pub fn read(files: &TlsFiles, what: &str) -> Result<Self, TlsError> {
         let roots = files.ca.as_deref().map(|ca| read_certificates(ca).map(|certificates| (certificates, ca.to_owned()))).transpose()?;
         let tls = Self { roots, identity: files.identity(what)? };
-        // Built once here, so a key that does not fit its certificate is found at the start.
-        tls.config_with(RootCertStore::empty())?;
+        // The CA file's certificates taken as trust anchors now, not at the first connection
+        // (the key was checked against its certificate as it was read).
+        if let Some((certificates, file)) = &tls.roots {
+            root_store(certificates, file)?;
+        }
         Ok(tls)
     }
 
@@ -275,10 +278,6 @@ impl ClientTls {
             Some((certificates, file)) => root_store(certificates, file)?,
             None => system_roots()?,
         };
-        self.config_with(roots)
-    }
-
-    fn config_with(&self, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Settings(e.to_string()))?
@@ -318,6 +317,7 @@ impl ServerTls {
         let identity = files.identity(what)?.ok_or_else(|| TlsError::Settings(format!("{what}: TLS needs a certificate and its key")))?;
         let client_roots = files.ca.as_deref().map(|ca| read_certificates(ca).map(|c| (c, ca.to_owned()))).transpose()?;
         let tls = Self { identity, client_roots };
+        // Built once here, so CAs that cannot verify client certificates are found at the start.
         tls.config(&[])?;
         Ok(tls)
     }
