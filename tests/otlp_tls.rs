@@ -3,7 +3,8 @@
 //! gRPC and over HTTP, trusting its CA by their `[telemetry.tls]` table or OpenTelemetry's
 //! variables. A sidecar that does not trust the collector's certificate, or that speaks plain
 //! text to it, drops its telemetry and counts it, its traffic untouched, and the collector
-//! counts the refused handshakes. With `--otlp-tls-client-ca` (mutual TLS) only sidecars
+//! counts the refused handshakes; plain text is told, in its own protocol, that the port
+//! expects TLS. With `--otlp-tls-client-ca` (mutual TLS) only sidecars
 //! presenting a certificate of that CA are taken. A certificate renewed in its files is
 //! presented without a restart. Files that are missing or hold no certificate stop the
 //! start with their path named.
@@ -98,10 +99,18 @@ fn sidecars_export_over_tls_by_grpc_and_http_and_one_not_trusting_the_collector_
         let dropped = |w| admin_metric(w, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]);
         (dropped(&stranger) > 0.0 && dropped(&plain) > 0.0).then_some(())
     });
-    assert!(handshakes(&collector, "grpc", "refused") >= 2.0, "the collector counted both refusals");
+    assert!(handshakes(&collector, "grpc", "refused") >= 1.0, "the collector counted the stranger's refusal");
+    assert!(handshakes(&collector, "grpc", "plaintext") >= 1.0, "and the plain text");
     let log = procs[0].output();
     assert!(log.contains("UnknownIssuer") || log.contains("unknown issuer"), "the stranger says why:\n{log}");
+    let log = procs[2].output();
+    assert!(log.contains("this port expects TLS: send to an https:// endpoint"), "so does the plain one:\n{log}");
     assert_eq!(spans_of(&collector, "tester"), 100, "nothing from the stranger was taken");
+
+    // Plain HTTP/1 to the OTLP/HTTP port, as from a sender given an `http://` endpoint.
+    let reply = support::http(collector.http, "POST", "/v1/traces", &[("content-type", "application/x-protobuf")], b"").expect("an answer");
+    assert_eq!((reply.status, reply.body.as_str()), (400, "this port expects TLS: send to an https:// endpoint\n"));
+    assert!(handshakes(&collector, "http", "plaintext") >= 1.0);
 }
 
 #[test]

@@ -88,8 +88,9 @@ pub struct HandshakeLabels {
     /// `grpc` or `http`.
     pub transport: &'static str,
     /// `ok`, `refused` (not TLS, no common protocol, a client certificate missing or not
-    /// trusted, or the client refusing the collector's), `closed` (the client closed the
-    /// connection before the handshake ended, as port probes do) or `timeout`.
+    /// trusted, or the client refusing the collector's), `plaintext` (plain HTTP/1 or HTTP/2,
+    /// answered saying TLS is expected), `closed` (the client closed the connection before
+    /// the handshake ended, as port probes do) or `timeout`.
     pub outcome: &'static str,
 }
 
@@ -264,7 +265,7 @@ impl CollectorMetrics {
         }
         // At zero from the start, as the ingest counters, so rates read 0 rather than nothing.
         for transport in TRANSPORTS {
-            for outcome in ["ok", "refused", "closed", "timeout"] {
+            for outcome in ["ok", "refused", "plaintext", "closed", "timeout"] {
                 let _ = metrics.tls_handshakes.get_or_create(&HandshakeLabels { transport, outcome });
             }
         }

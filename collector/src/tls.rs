@@ -6,7 +6,10 @@
 //! as an [`axum::serve::Listener`], or tonic's, as a stream ([`TlsListener::into_incoming`]).
 //! Every handshake is counted by outcome in `meshlens_collector_tls_handshakes_total`, so a
 //! sender that does not trust the collector's certificate, or presents none when one is
-//! required, shows there as well as in the collector's debug log.
+//! required, shows there as well as in the collector's debug log. A sender speaking plain
+//! HTTP to the port is told so in its own protocol ([`plain`]).
+
+mod plain;
 
 use std::{io, net::SocketAddr, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
@@ -139,6 +142,15 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// How a connection's handshake went.
+#[allow(clippy::large_enum_variant, reason = "one per accepted connection, moved once")]
+enum Handshake {
+    /// The TLS handshake, done or failed.
+    Tls(io::Result<TlsStream<TcpStream>>),
+    /// Plain HTTP, answered ([`plain`]).
+    Plain(TcpStream),
+}
+
 /// Accepts connections until the listener is dropped, each handshake on a task of its own.
 async fn accept(
     listener: TcpListener,
@@ -147,7 +159,7 @@ async fn accept(
     count: impl Fn(&'static str) + Clone + Send + Sync + 'static,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors, most likely: wait for some to be closed.
@@ -159,15 +171,27 @@ async fn accept(
         let _ = tcp.set_nodelay(true);
         let (acceptor, ready, count) = (acceptor.clone(), ready.clone(), count.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
+            let handshake = async {
+                if plain::speaks_http(&tcp).await {
+                    plain::answer(&mut tcp).await;
+                    return Handshake::Plain(tcp);
+                }
+                Handshake::Tls(acceptor.accept(tcp).await)
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Handshake::Tls(Ok(tls))) => {
                     count("ok");
                     let _ = ready.send((TlsConnection(tls), peer)).await;
                 }
+                Ok(Handshake::Plain(tcp)) => {
+                    count("plaintext");
+                    tracing::debug!(%peer, "plain text on the TLS port, answered: {}", plain::MESSAGE);
+                    plain::linger(tcp).await;
+                }
                 // Closed before the handshake ended, without a TLS error: a port probe, or a
                 // client that gave up.
-                Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => count("closed"),
-                Ok(Err(error)) => {
+                Ok(Handshake::Tls(Err(error))) if error.kind() == io::ErrorKind::UnexpectedEof => count("closed"),
+                Ok(Handshake::Tls(Err(error))) => {
                     count("refused");
                     tracing::debug!(%peer, %error, "TLS handshake refused");
                 }
