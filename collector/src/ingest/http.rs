@@ -39,9 +39,27 @@ enum Encoding {
 fn encoded<M: Message + serde::Serialize>(status: StatusCode, encoding: Encoding, message: &M) -> Response {
     let (content_type, body) = match encoding {
         Encoding::Protobuf => ("application/x-protobuf", message.encode_to_vec()),
-        Encoding::Json => ("application/json", serde_json::to_vec(message).unwrap_or_default()),
+        Encoding::Json => ("application/json", json(message)),
     };
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+}
+
+/// A message in OTLP's JSON: fields left unset are left out, as protobuf's JSON mapping
+/// writes them (`{}` for a response without a partial success), not written as `null`.
+fn json<M: serde::Serialize>(message: &M) -> Vec<u8> {
+    fn without_nulls(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                fields.retain(|_, v| !v.is_null());
+                fields.values_mut().for_each(without_nulls);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(without_nulls),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(message).unwrap_or_default();
+    without_nulls(&mut value);
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Response {
@@ -170,5 +188,18 @@ mod tests {
         drop(held);
         assert_eq!(post(app.clone(), b"").await.status(), StatusCode::OK, "an empty request is valid");
         assert_eq!(post(app, b"\xff\xff\xff").await.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_json_answer_leaves_unset_fields_out() {
+        let app = routes().with_state(Arc::new(Ingest::new(Pipeline::new(&CollectorConfig::default()), None)));
+        let request = axum::http::Request::post("/v1/traces")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"resourceSpans":[]}"#))
+            .expect("request");
+        let r = app.oneshot(request).await.expect("infallible");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(r.into_body()).await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"{}");
     }
 }
