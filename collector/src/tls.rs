@@ -159,16 +159,7 @@ async fn accept(
     count: impl Fn(&'static str) + Clone + Send + Sync + 'static,
 ) {
     loop {
-        let (mut tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors, most likely: wait for some to be closed.
-                tracing::warn!(%error, "cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+        let (mut tcp, peer) = meshlens_common::accept::next(&listener).await;
         let (acceptor, ready, count) = (acceptor.clone(), ready.clone(), count.clone());
         tokio::spawn(async move {
             let handshake = async {

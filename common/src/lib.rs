@@ -8,6 +8,7 @@
 //! negotiation of `/metrics`' format, and the TLS settings read from PEM files.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod duration;
 pub mod exposition;
 pub mod hex;
@@ -15,5 +16,7 @@ pub mod ids;
 pub mod process;
 pub mod rpc;
 pub mod semconv;
+#[cfg(any(test, feature = "test-pki"))]
+pub mod test_pki;
 pub mod time;
 pub mod tls;

@@ -351,6 +351,7 @@ impl ServerTls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_pki::Pki;
 
     struct Dir(PathBuf);
 
@@ -406,30 +407,6 @@ mod tests {
         assert_eq!(system.describe(), "TLS trusting the system's roots");
     }
 
-    /// A CA, and a certificate it issued for `name` (written to `<file>.pem` and `<file>-key.pem`).
-    struct Pki {
-        ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-        ca_pem: String,
-    }
-
-    impl Pki {
-        fn new(name: &str) -> Self {
-            let key = rcgen::KeyPair::generate().expect("CA key");
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let ca_pem = params.self_signed(&key).expect("CA certificate").pem();
-            Self { ca: rcgen::Issuer::new(params, key), ca_pem }
-        }
-
-        fn issue(&self, dir: &Dir, file: &str, name: &str) -> (PathBuf, PathBuf) {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let certificate =
-                rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params").signed_by(&key, &self.ca).expect("issue");
-            (dir.file(&format!("{file}.pem"), &certificate.pem()), dir.file(&format!("{file}-key.pem"), &key.serialize_pem()))
-        }
-    }
-
     /// Runs a handshake between the two in memory; the error of the side that failed.
     fn handshake(client: ClientConfig, server: ServerConfig, name: &str) -> Result<(), rustls::Error> {
         presented(client, server, name).map(drop)
@@ -465,13 +442,11 @@ mod tests {
     #[test]
     fn a_client_trusting_the_ca_file_connects_and_mutual_tls_refuses_clients_without_a_certificate() {
         let dir = Dir::new("handshake");
-        let (servers, clients, other) = (Pki::new("servers"), Pki::new("clients"), Pki::new("other"));
-        let servers_ca = dir.file("servers-ca.pem", &servers.ca_pem);
-        let clients_ca = dir.file("clients-ca.pem", &clients.ca_pem);
-        let other_ca = dir.file("other-ca.pem", &other.ca_pem);
-        let (certificate, key) = servers.issue(&dir, "collector", "collector.example");
-        let (client_certificate, client_key) = clients.issue(&dir, "sidecar", "sidecar");
-        let (stranger_certificate, stranger_key) = other.issue(&dir, "stranger", "sidecar");
+        let (servers, clients, other) = (Pki::new(&dir.0, "servers"), Pki::new(&dir.0, "clients"), Pki::new(&dir.0, "other"));
+        let (servers_ca, clients_ca, other_ca) = (&servers.ca, &clients.ca, &other.ca);
+        let (certificate, key) = servers.issue("collector", &["collector.example"]);
+        let (client_certificate, client_key) = clients.issue("sidecar", &["sidecar"]);
+        let (stranger_certificate, stranger_key) = other.issue("stranger", &["sidecar"]);
 
         let server = |ca: Option<&PathBuf>| {
             let files = TlsFiles { ca: ca.cloned(), certificate: Some(certificate.clone()), key: Some(key.clone()) };
@@ -482,27 +457,27 @@ mod tests {
             ClientTls::read(&TlsFiles { ca: Some(ca.clone()), certificate, key }, "client").expect("client TLS").config().expect("config")
         };
 
-        assert_eq!(handshake(client(&servers_ca, None), server(None), "collector.example"), Ok(()));
-        let wrong_name = handshake(client(&servers_ca, None), server(None), "elsewhere.example");
+        assert_eq!(handshake(client(servers_ca, None), server(None), "collector.example"), Ok(()));
+        let wrong_name = handshake(client(servers_ca, None), server(None), "elsewhere.example");
         assert!(matches!(wrong_name, Err(rustls::Error::InvalidCertificate(_))), "{wrong_name:?}");
-        let untrusted = handshake(client(&other_ca, None), server(None), "collector.example");
+        let untrusted = handshake(client(other_ca, None), server(None), "collector.example");
         assert!(matches!(untrusted, Err(rustls::Error::InvalidCertificate(_))), "{untrusted:?}");
 
-        let mutual = || server(Some(&clients_ca));
-        let with_certificate = client(&servers_ca, Some((&client_certificate, &client_key)));
+        let mutual = || server(Some(clients_ca));
+        let with_certificate = client(servers_ca, Some((&client_certificate, &client_key)));
         assert_eq!(handshake(with_certificate, mutual(), "collector.example"), Ok(()));
-        let without = handshake(client(&servers_ca, None), mutual(), "collector.example");
+        let without = handshake(client(servers_ca, None), mutual(), "collector.example");
         assert!(matches!(without, Err(rustls::Error::NoCertificatesPresented)), "{without:?}");
-        let stranger = handshake(client(&servers_ca, Some((&stranger_certificate, &stranger_key))), mutual(), "collector.example");
+        let stranger = handshake(client(servers_ca, Some((&stranger_certificate, &stranger_key))), mutual(), "collector.example");
         assert!(matches!(stranger, Err(rustls::Error::InvalidCertificate(_))), "{stranger:?}");
     }
 
     #[test]
     fn a_renewed_certificate_is_presented_from_the_next_handshake_and_a_broken_renewal_is_not() {
         let dir = Dir::new("renewal");
-        let pki = Pki::new("ca");
-        let ca = dir.file("ca.pem", &pki.ca_pem);
-        let (certificate, key) = pki.issue(&dir, "collector", "collector.example");
+        let pki = Pki::new(&dir.0, "renewal");
+        let ca = pki.ca.clone();
+        let (certificate, key) = pki.issue("collector", &["collector.example"]);
         let server = ServerTls { identity: Identity::reading_every(&certificate, &key, Duration::ZERO).expect("read"), client_roots: None };
         let client =
             || ClientTls::read(&TlsFiles { ca: Some(ca.clone()), ..TlsFiles::default() }, "c").expect("client").config().expect("config");
@@ -510,7 +485,7 @@ mod tests {
         assert_eq!(first.as_ref(), read_certificates(&certificate).expect("first")[0].as_ref());
 
         // Renewed in place (the same names, a new key), then a renewal caught half written.
-        let (renewed, renewed_key) = pki.issue(&dir, "renewed", "collector.example");
+        let (renewed, renewed_key) = pki.issue("renewed", &["collector.example"]);
         std::fs::copy(&renewed, &certificate).expect("copy");
         std::fs::copy(&renewed_key, &key).expect("copy");
         let config = server.config(&[]).expect("config");
@@ -525,9 +500,9 @@ mod tests {
     #[test]
     fn a_key_that_is_not_the_certificates_is_refused_at_read() {
         let dir = Dir::new("mismatch");
-        let pki = Pki::new("ca");
-        let (certificate, _) = pki.issue(&dir, "a", "a.example");
-        let (_, other_key) = pki.issue(&dir, "b", "b.example");
+        let pki = Pki::new(&dir.0, "mismatch");
+        let (certificate, _) = pki.issue("a", &["a.example"]);
+        let (_, other_key) = pki.issue("b", &["b.example"]);
         let files = TlsFiles { ca: None, certificate: Some(certificate), key: Some(other_key) };
         let error = ServerTls::read(&files, "server").expect_err("mismatch").to_string();
         assert!(error.contains("do not make a usable pair"), "{error}");

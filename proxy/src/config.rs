@@ -1381,6 +1381,7 @@ impl TryFrom<RawConfig> for ProxyConfig {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use meshlens_common::test_pki::Pki;
 
     /// A valid configuration: one service of two endpoints.
     pub(crate) const GOOD: &str = r#"
@@ -1563,21 +1564,11 @@ pub(crate) mod tests {
     fn tls_files_come_from_the_table_then_the_variables_and_a_signal_s_own_take_the_rest_shared() {
         let dir = std::env::temp_dir().join(format!("meshlens-config-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("directory");
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).expect("write");
-            path.to_string_lossy().into_owned()
-        };
-        let ca_pem = || {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca.self_signed(&key).expect("CA").pem()
-        };
-        let (shared_ca, own_ca) = (write("shared-ca.pem", ca_pem()), write("own-ca.pem", ca_pem()));
-        let key = rcgen::KeyPair::generate().expect("key");
-        let certificate = rcgen::CertificateParams::new(vec!["sidecar".to_owned()]).expect("params").self_signed(&key).expect("cert");
-        let (cert, key) = (write("sidecar.pem", certificate.pem()), write("sidecar-key.pem", key.serialize_pem()));
+        let text = |path: std::path::PathBuf| path.to_string_lossy().into_owned();
+        let (shared, own) = (Pki::new(&dir, "shared"), Pki::new(&dir, "own"));
+        let (shared_ca, own_ca) = (text(shared.ca.clone()), text(own.ca.clone()));
+        let (cert, key) = shared.issue("sidecar", &["sidecar"]);
+        let (cert, key) = (text(cert), text(key));
         let vars = [
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", own_ca.clone()),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.clone()),

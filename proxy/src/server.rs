@@ -123,17 +123,7 @@ pub async fn serve<S>(
     let listening = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = meshlens_common::accept::next(&listener) => {
                 let addrs = ConnectionAddrs::accepted(peer, stream.local_addr().unwrap_or(listening));
                 let service = service.clone();
                 let (stream, activity) = meter.meter_watched(stream);

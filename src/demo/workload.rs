@@ -187,17 +187,9 @@ pub async fn serve(listener: TcpListener, spec: WorkloadSpec, mut shutdown: watc
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(%error, "workload accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = meshlens_common::accept::next(&listener) => accepted,
             _ = shutdown.changed() => return,
         };
-        let _ = stream.set_nodelay(true);
         let (spec, client) = (spec.clone(), client.clone());
         let service = hyper::service::service_fn(move |req| handle(req, spec.clone(), client.clone()));
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();

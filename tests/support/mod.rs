@@ -651,37 +651,12 @@ pub fn read_head(reader: &mut impl std::io::BufRead) -> String {
     head
 }
 
-/// Certificates for TLS tests, as PEM files in a test directory: a CA, a server certificate
-/// it issued for `localhost` and `127.0.0.1`, and client certificates it issued.
-pub struct Pki {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    /// The CA's certificate.
-    pub ca: PathBuf,
-    dir: PathBuf,
-}
+/// Certificates for TLS tests, written into a test directory.
+#[allow(unused_imports, reason = "used by the TLS tests only")]
+pub use meshlens_common::test_pki::Pki;
 
-impl Pki {
-    /// A new CA named `name`, its certificate written to `<name>-ca.pem` in `dir`.
-    pub fn new(dir: &TestDir, name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let certificate = params.self_signed(&key).expect("CA certificate");
-        let ca = dir.path(&format!("{name}-ca.pem"));
-        fs::write(&ca, certificate.pem()).expect("write the CA");
-        Self { issuer: rcgen::Issuer::new(params, key), ca, dir: dir.0.clone() }
-    }
-
-    /// A certificate for `names` (host names or IP addresses) and its key, written to
-    /// `<file>.pem` and `<file>-key.pem`.
-    pub fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let certificate = rcgen::CertificateParams::new(names).expect("params").signed_by(&key, &self.issuer).expect("issue");
-        let (cert_path, key_path) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}-key.pem")));
-        fs::write(&cert_path, certificate.pem()).expect("write the certificate");
-        fs::write(&key_path, key.serialize_pem()).expect("write the key");
-        (cert_path, key_path)
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
     }
 }
