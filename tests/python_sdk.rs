@@ -162,6 +162,7 @@ fn grpcio_calls_through_a_sidecar_are_retried_on_unavailable() {
 struct SlowMesh {
     collector: CollectorProc,
     tester: Workload,
+    slow: Workload,
     /// The processes (slow's and the tester's sidecar), stopped when dropped.
     _procs: (Vec<Proc>, Proc),
 }
@@ -174,7 +175,7 @@ impl SlowMesh {
         slow.app_args = vec!["--latency".into(), latency.into()];
         let procs = start_mesh(dir, &[&slow], collector.grpc);
         let sidecar = start_tester(dir, &tester, &[&tester, &slow], &collector, "slow", settings);
-        Self { collector, tester, _procs: (procs, sidecar) }
+        Self { collector, tester, slow, _procs: (procs, sidecar) }
     }
 }
 
@@ -300,7 +301,7 @@ fn a_grpcio_call_allowed_longer_than_the_default_http_timeout_is_not_cut_at_it()
 fn a_grpc_call_still_open_when_its_sidecar_stops_is_recorded() {
     let python = python();
     let dir = TestDir::new("grpcio-shutdown");
-    let SlowMesh { collector, tester, mut _procs } = SlowMesh::start(&dir, "20s", "");
+    let SlowMesh { collector, tester, slow, mut _procs } = SlowMesh::start(&dir, "20s", "");
     let script = grpc_calls_script();
     // One call, over HTTP/2, that the app would answer in 20 s; the sidecar stops meanwhile,
     // gives it its grace period, closes it, and records it before its last export.
@@ -310,7 +311,14 @@ fn a_grpc_call_still_open_when_its_sidecar_stops_is_recorded() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("run the grpcio client");
-    std::thread::sleep(Duration::from_secs(1));
+    // The call is out once the tester's sidecar holds a connection to the slow one open (the
+    // client can take seconds to start on a busy machine; the start's port probes are closed).
+    wait_for("the call to reach the slow workload's sidecar", Duration::from_secs(30), || {
+        let metrics = get(slow.admin, "/metrics").body;
+        let count = |name| prom_sum(&metrics, name, &[("direction", "inbound")]);
+        let open = count("meshlens_proxy_tcp_connections_opened_total") - count("meshlens_proxy_tcp_connections_closed_total");
+        (open >= 1.0).then_some(())
+    });
     assert_eq!(_procs.1.terminate(Duration::from_secs(15)), Some(0), "a clean stop");
     let out = call.wait_with_output().expect("the grpcio client");
     let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
