@@ -32,6 +32,8 @@ struct RawHop {
     tester: Workload,
     /// The called side's inbound listener.
     called_inbound: std::net::SocketAddr,
+    /// The called side's admin listener.
+    called_admin: std::net::SocketAddr,
     _sidecars: [Proc; 2],
 }
 
@@ -73,7 +75,7 @@ impl RawHop {
         let sidecar = Proc::start(dir, &format!("{service}-sidecar"), &["proxy", "--config", config.to_str().unwrap_or_default()]);
         wait_listening(called.inbound, "the called inbound");
         let tester_sidecar = start_tester(dir, &tester, &mesh, &collector, service, entry);
-        Self { collector, tester, called_inbound: called.inbound, _sidecars: [sidecar, tester_sidecar] }
+        Self { collector, tester, called_inbound: called.inbound, called_admin: called.admin, _sidecars: [sidecar, tester_sidecar] }
     }
 
     /// `columns` of both sides' spans of the request to `path` (CLIENT first), once both came.
@@ -83,6 +85,15 @@ impl RawHop {
                 self.collector.sql_rows(&format!("SELECT {columns} FROM spans WHERE attributes LIKE '%{path}%' ORDER BY kind"));
             (rows.len() == 2).then_some(rows)
         })
+    }
+
+    /// Waits until one request is in flight through both sidecars: sent, and not yet answered
+    /// (a fixed pause would not do on a busy machine).
+    fn wait_in_flight(&self) {
+        wait_for("the request in flight through both sidecars", Duration::from_secs(15), || {
+            let active = |admin, direction| prom_sum(&get(admin, "/metrics").body, "meshlens_proxy_active_requests", &[("direction", direction)]);
+            (active(self.tester.admin, "outbound") == 1.0 && active(self.called_admin, "inbound") == 1.0).then_some(())
+        });
     }
 
     /// Writes `request` to the tester's sidecar and reads until the connection closes (or 5 s
@@ -758,7 +769,7 @@ fn an_exchange_that_outlives_its_sidecars_grace_period_is_still_recorded() {
     // The app holds the request for ten seconds; the tester's sidecar stops meanwhile, gives
     // it its grace period (5 s), then closes it and records it before its last export.
     let _caller = hop.send(b"GET /held HTTP/1.1\r\nHost: quiet\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    hop.wait_in_flight();
     let stopping = std::time::Instant::now();
     assert_eq!(hop._sidecars[1].terminate(Duration::from_secs(15)), Some(0), "a clean stop");
     let stopped = stopping.elapsed();
@@ -1281,8 +1292,10 @@ fn headers_named_in_the_configuration_are_recorded_as_attributes() {
 fn a_caller_that_leaves_before_the_answer_is_still_recorded_with_flag_dc() {
     let dir = TestDir::new("caller-gone");
     let hop = RawHop::start(&dir, "quiet", silent_app);
-    // The caller gives up after 300 ms; the app would hold the request for ten seconds.
+    // The caller gives up 300 ms after the request is out; the app would hold it for ten
+    // seconds.
     let caller = hop.send(b"GET /gone HTTP/1.1\r\nHost: quiet\r\n\r\n");
+    hop.wait_in_flight();
     std::thread::sleep(Duration::from_millis(300));
     drop(caller);
 
