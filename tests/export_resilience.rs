@@ -164,6 +164,13 @@ mod fake {
         pub exemplar_traces: Arc<Mutex<BTreeSet<Vec<u8>>>>,
         /// The latest `process.*` figures, by `service.name`, metric name and `cpu.mode`.
         pub process: Arc<Mutex<BTreeMap<FigureKey, f64>>>,
+        /// Each metrics export's outbound request durations: their temporality (an
+        /// `AggregationTemporality` number) and the count over their points.
+        pub client_durations: Arc<Mutex<Vec<(i32, u64)>>>,
+        /// Each `process.cpu.time` point's `service.name`, temporality and value.
+        pub cpu_times: Arc<Mutex<Vec<(String, i32, f64)>>>,
+        /// The `service.name` and temporality of each export's requests in flight.
+        pub in_flight: Arc<Mutex<Vec<(String, i32)>>>,
     }
 
     impl Fake {
@@ -218,6 +225,29 @@ mod fake {
             });
             let exemplars = points.flatten().flat_map(|p| &p.exemplars).map(|e| e.trace_id.clone());
             self.exemplar_traces.lock().expect("lock").extend(exemplars);
+            let by_service = r.get_ref().resource_metrics.iter().flat_map(|r| {
+                let service = string_attribute(r.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default(), "service.name");
+                r.scope_metrics.iter().flat_map(|s| &s.metrics).map(move |m| (service.clone(), m))
+            });
+            for (service, m) in by_service {
+                match &m.data {
+                    Some(Data::Histogram(h)) if m.name == "http.client.request.duration" => {
+                        let count = h.data_points.iter().map(|p| p.count).sum();
+                        self.client_durations.lock().expect("lock").push((h.aggregation_temporality, count));
+                    }
+                    Some(Data::Sum(sum)) if m.name == "process.cpu.time" => {
+                        let values = sum.data_points.iter().map(|p| match p.value {
+                            Some(Value::AsDouble(v)) => (service.clone(), sum.aggregation_temporality, v),
+                            _ => (service.clone(), sum.aggregation_temporality, f64::NAN),
+                        });
+                        self.cpu_times.lock().expect("lock").extend(values);
+                    }
+                    Some(Data::Sum(sum)) if m.name == "meshlens.proxy.active_requests" => {
+                        self.in_flight.lock().expect("lock").push((service, sum.aggregation_temporality));
+                    }
+                    _ => {}
+                }
+            }
             for resource_metrics in &r.get_ref().resource_metrics {
                 let resource = resource_metrics.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
                 let service = string_attribute(resource, "service.name");
@@ -259,6 +289,9 @@ mod fake {
             span_traces: Arc::default(),
             exemplar_traces: Arc::default(),
             process: Arc::default(),
+            client_durations: Arc::default(),
+            cpu_times: Arc::default(),
+            in_flight: Arc::default(),
         };
         let served = fake.clone();
         runtime.spawn(async move {
@@ -603,6 +636,43 @@ fn duration_exemplars_link_the_exported_metrics_to_exported_spans() {
     });
     let spans = collector.span_traces.lock().expect("lock").clone();
     assert!(exemplars.iter().all(|t| t.len() == 16 && spans.contains(t)), "every exemplar names an exported span's trace");
+}
+
+#[test]
+fn with_a_delta_preference_each_metrics_export_counts_what_happened_since_the_last() {
+    use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality::{Cumulative, Delta};
+    let dir = TestDir::new("delta");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let collector = fake::serve(&runtime, listener, fake::Answer::After(Duration::ZERO));
+    let mut tester = Workload::new("tester", &[]);
+    tester.sidecar_env = vec![("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE".into(), "delta".into())];
+    let front = Workload::new("front", &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front], otlp);
+    let counted = || collector.client_durations.lock().expect("lock").clone();
+    let total = |exports: &[(i32, u64)]| exports.iter().map(|(_, n)| n).sum::<u64>();
+
+    // Two bursts, then quiet: exported cumulatively, the counts would be sent again every
+    // second (the tests' metrics interval).
+    traffic(&dir, &tester, 30);
+    wait_for("the first burst's export", Duration::from_secs(10), || (total(&counted()) == 30).then_some(()));
+    traffic(&dir, &tester, 20);
+    wait_for("the second burst's export", Duration::from_secs(10), || (total(&counted()) == 50).then_some(()));
+    std::thread::sleep(Duration::from_millis(2500));
+    let exports = counted();
+    assert_eq!(total(&exports), 50, "the deltas add up to the requests, nothing counted twice: {exports:?}");
+    assert!(exports.iter().all(|(temporality, n)| *temporality == Delta as i32 && *n > 0), "idle intervals send none: {exports:?}");
+
+    // The CPU time goes as deltas too, every export, by mode; requests in flight stay
+    // cumulative. The front's sidecar, with no preference, sends cumulative sums.
+    let cpu = collector.cpu_times.lock().expect("lock").clone();
+    let of = |service: &str| -> Vec<(i32, f64)> { cpu.iter().filter(|(s, ..)| s == service).map(|(_, t, v)| (*t, *v)).collect() };
+    let tester_cpu = of("tester");
+    assert!(tester_cpu.len() >= 6 && tester_cpu.iter().all(|(t, v)| *t == Delta as i32 && *v >= 0.0), "{tester_cpu:?}");
+    assert!(of("front").iter().all(|(t, _)| *t == Cumulative as i32), "{cpu:?}");
+    let in_flight = collector.in_flight.lock().expect("lock").clone();
+    assert!(in_flight.iter().any(|(s, _)| s == "tester") && in_flight.iter().all(|(_, t)| *t == Cumulative as i32), "{in_flight:?}");
 }
 
 #[test]

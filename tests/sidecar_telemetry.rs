@@ -1130,6 +1130,8 @@ fn each_sidecars_cpu_and_memory_reach_the_collector_by_instance() {
     named.sidecar_env = vec![("OTEL_RESOURCE_ATTRIBUTES".into(), "service.instance.id=shop-pod-a".into())];
     let mut drawn = Workload::new("shop", &[]);
     drawn.version = "v2".into();
+    // Its CPU time exported as deltas, which the collector adds up.
+    drawn.sidecar_env = vec![("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE".into(), "delta".into())];
     let _procs = start_mesh(&dir, &[&named, &drawn], collector.grpc);
     // Requests through both, so each has CPU time to show.
     let report = load(&dir, named.outbound, "http://shop/", 400);

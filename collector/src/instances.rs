@@ -112,6 +112,8 @@ struct Figures {
     cpu: Option<Cpu>,
     /// The reading before `cpu`: when, and its total.
     previous_cpu: Option<(u64, f64)>,
+    /// The CPU seconds by mode of a sender exporting them as deltas, added up.
+    cpu_from_deltas: Vec<(String, f64)>,
     resident_bytes: Option<f64>,
     virtual_bytes: Option<f64>,
     threads: Option<f64>,
@@ -125,6 +127,7 @@ impl Figures {
         Self {
             cpu: None,
             previous_cpu: None,
+            cpu_from_deltas: Vec::new(),
             resident_bytes: None,
             virtual_bytes: None,
             threads: None,
@@ -152,6 +155,23 @@ impl Figures {
                 self.previous_cpu = current.as_ref().map(|cpu| (cpu.at_unix_nanos, cpu.total()));
                 *current = Some(Cpu { at_unix_nanos: at, modes: vec![(part(mode), seconds)] });
             }
+        }
+    }
+
+    /// Adds a delta of the CPU seconds of `mode`; their total so far, or `None` past
+    /// [`MAX_MODES`] modes.
+    fn add_cpu_delta(&mut self, mode: &str, seconds: f64) -> Option<f64> {
+        let room = self.cpu_from_deltas.len() < MAX_MODES;
+        match self.cpu_from_deltas.iter_mut().find(|(m, _)| m == mode) {
+            Some(entry) => {
+                entry.1 += seconds;
+                Some(entry.1)
+            }
+            None if room => {
+                self.cpu_from_deltas.push((part(mode), seconds));
+                Some(seconds)
+            }
+            None => None,
         }
     }
 
@@ -203,7 +223,7 @@ impl Instances {
         let mut last: Option<(&Arc<Resource>, InstanceKey)> = None;
         for p in points {
             let field = match p.name.as_str() {
-                "process.cpu.time" if p.kind == MetricKind::Sum => None,
+                "process.cpu.time" if matches!(p.kind, MetricKind::Sum | MetricKind::DeltaSum) => None,
                 "process.memory.usage" => Some(Field::Resident),
                 "process.memory.virtual" => Some(Field::Virtual),
                 "process.thread.count" => Some(Field::Threads),
@@ -238,7 +258,11 @@ impl Instances {
             match field {
                 None => {
                     let mode = attr(&p.attributes, "cpu.mode").and_then(Value::as_str).unwrap_or("total");
-                    figures.cpu_seconds(p.time_unix_nanos, mode, p.value);
+                    // A delta, even one arriving late, adds to the total the next reading shows.
+                    let seconds = if p.kind == MetricKind::DeltaSum { figures.add_cpu_delta(mode, p.value) } else { Some(p.value) };
+                    if let Some(seconds) = seconds {
+                        figures.cpu_seconds(p.time_unix_nanos, mode, seconds);
+                    }
                 }
                 _ if !fresh => {}
                 Some(Field::Resident) => figures.resident_bytes = value,
@@ -416,13 +440,27 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn delta_sums_broken_values_and_other_metrics_are_left_out() {
+    fn broken_values_and_other_metrics_are_left_out() {
         let a = resource("checkout", "a");
-        let mut delta = point(&a, "process.cpu.time", 100, 1.0, Some("user"));
-        delta.kind = MetricKind::DeltaSum;
         let mut instances = Instances::default();
-        instances.observe(&[delta, point(&a, "process.memory.usage", 100, f64::NAN, None), point(&a, "other", 100, 1.0, None)]);
+        instances.observe(&[point(&a, "process.memory.usage", 100, f64::NAN, None), point(&a, "other", 100, 1.0, None)]);
         assert_eq!(instances.list(), []);
+    }
+
+    #[test]
+    fn cpu_time_sent_as_deltas_adds_up_to_the_same_figures() {
+        let a = resource("checkout", "a");
+        let delta = |at, user, system| {
+            let mut points = reading(&a, at, user, system, 10e6);
+            points.iter_mut().filter(|p| p.name == "process.cpu.time").for_each(|p| p.kind = MetricKind::DeltaSum);
+            points
+        };
+        let mut instances = Instances::default();
+        instances.observe(&delta(100, 1.0, 0.5));
+        instances.observe(&delta(110, 0.15, 0.05));
+        let a_now = instances.list().into_iter().next().expect("listed");
+        assert!((a_now.cpu_seconds.expect("total") - 1.7).abs() < 1e-9, "{a_now:?}");
+        assert!((a_now.cpu_cores.expect("rate") - 0.02).abs() < 1e-9, "{a_now:?}");
     }
 
     #[test]

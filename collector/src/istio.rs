@@ -210,8 +210,8 @@ impl IstioMetrics {
                 "meshlens.proxy.tcp.sent" => (&self.tcp_received, "received"),
                 _ => continue,
             };
-            // Growth is read between cumulative points; a delta sum is not one.
-            if p.kind != MetricKind::Sum
+            // Growth is read between cumulative points, or is the point (a delta sum).
+            if !matches!(p.kind, MetricKind::Sum | MetricKind::DeltaSum)
                 || attr(&p.attributes, meshlens_common::semconv::DIRECTION).and_then(Value::as_str) != Some("upstream")
             {
                 continue;
@@ -226,12 +226,16 @@ impl IstioMetrics {
                 connection_security_policy: "none",
             };
             let value = p.value.max(0.0) as u64;
-            let Ok(mut last) = self.tcp_last.lock() else { return };
-            let previous = last.insert((labels.clone(), metric), value);
-            // A smaller value means the sidecar restarted: count from zero.
-            let growth = match previous {
-                Some(before) if value >= before => value - before,
-                _ => value,
+            let growth = if p.kind == MetricKind::DeltaSum {
+                value
+            } else {
+                let Ok(mut last) = self.tcp_last.lock() else { return };
+                let previous = last.insert((labels.clone(), metric), value);
+                // A smaller value means the sidecar restarted: count from zero.
+                match previous {
+                    Some(before) if value >= before => value - before,
+                    _ => value,
+                }
             };
             self.tcp_seen.touch(&labels);
             family.get_or_create(&labels).inc_by(growth);
@@ -327,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_bytes_grow_from_cumulative_sums_only() {
+    fn tcp_bytes_grow_between_cumulative_sums_and_by_each_delta() {
         use crate::model::{Resource, key};
         let text = |k: &str, v: &str| (key(k), Value::Str(v.into()));
         let resource = Arc::new(Resource { service: "shop".into(), attributes: vec![text("service.namespace", "test")] });
@@ -346,12 +350,12 @@ mod tests {
             resource: resource.clone(),
         };
         let metrics = IstioMetrics::default();
-        metrics.observe_tcp(&[point(MetricKind::Sum, 100.0), point(MetricKind::DeltaSum, 7.0), point(MetricKind::Sum, 150.0)]);
+        metrics.observe_tcp(&[point(MetricKind::Sum, 100.0), point(MetricKind::Sum, 150.0), point(MetricKind::DeltaSum, 7.0)]);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
         let received: Vec<&str> = out.lines().filter(|l| l.starts_with("istio_tcp_received_bytes_total{")).collect();
-        assert!(received.len() == 1 && received[0].ends_with(" 150"), "the delta point left out:\n{out}");
+        assert!(received.len() == 1 && received[0].ends_with(" 157"), "150 grown, then 7 more:\n{out}");
     }
 }

@@ -25,6 +25,7 @@ use crate::{
         metrics::{Label, LabelPolicy},
         otel_env,
         resource::{self, ResourceAttributes},
+        temporality::Temporality,
     },
     trace_context::{Format, Formats},
 };
@@ -249,6 +250,9 @@ pub struct RawTelemetry {
     /// How often request metrics are exported.
     #[serde(default, deserialize_with = "some_duration")]
     pub metrics_interval: Option<Duration>,
+    /// `cumulative` (default), `delta` or `lowmemory`: the metrics export's temporality.
+    #[serde(default)]
+    pub metrics_temporality: Option<Temporality>,
     /// Time limit of one export call.
     #[serde(default, deserialize_with = "some_duration")]
     pub export_timeout: Option<Duration>,
@@ -477,6 +481,12 @@ impl RawTelemetry {
             let name = "OTEL_EXPORTER_OTLP_COMPRESSION";
             self.compression = otel_env::choice(read(name), name, &known, &mut ignored);
         }
+        if self.metrics_temporality.is_none() {
+            // Case-insensitive, as OpenTelemetry has it.
+            let name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+            let known = [Temporality::Cumulative, Temporality::Delta, Temporality::LowMemory].map(|t| (t.as_str(), t));
+            self.metrics_temporality = otel_env::choice(read(name).map(|v| v.to_ascii_lowercase()), name, &known, &mut ignored);
+        }
         let mut positive = |name: &str, unit: &str| otel_env::positive(name, read(name), unit, &mut ignored);
         let mut millis = |name: &str| positive(name, "milliseconds").map(Duration::from_millis);
         self.export_timeout = self.export_timeout.or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"));
@@ -510,6 +520,7 @@ impl Default for RawTelemetry {
             metrics: RawSignal::default(),
             flush_interval: None,
             metrics_interval: None,
+            metrics_temporality: None,
             export_timeout: None,
             queue_capacity: None,
             max_batch: None,
@@ -837,6 +848,8 @@ pub struct TelemetryConfig {
     pub flush_interval: Duration,
     /// Metric export period.
     pub metrics_interval: Duration,
+    /// The metrics export's temporality.
+    pub metrics_temporality: Temporality,
     /// Time limit of one export call.
     pub export_timeout: Duration,
     /// Records of each signal held encoded and unsent at most.
@@ -1018,6 +1031,7 @@ impl Default for TelemetryConfig {
             otlp_protocol: OtlpProtocol::Grpc,
             flush_interval: default_flush(),
             metrics_interval: default_metrics_interval(),
+            metrics_temporality: Temporality::Cumulative,
             export_timeout: default_export_timeout(),
             queue_capacity: default_queue(),
             max_batch: default_batch(),
@@ -1085,6 +1099,7 @@ impl TryFrom<RawTelemetry> for TelemetryConfig {
             otlp_protocol,
             flush_interval,
             metrics_interval,
+            metrics_temporality: t.metrics_temporality.unwrap_or_default(),
             export_timeout,
             queue_capacity,
             max_batch,
@@ -1508,6 +1523,25 @@ pub(crate) mod tests {
     /// An environment of `pairs`.
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn the_metrics_temporality_comes_from_the_table_else_opentelemetry_s_preference() {
+        let load = |toml: &str, vars: &'static [(&'static str, &'static str)]| {
+            let (cfg, ignored) = ProxyConfig::from_toml_with_environment(&GOOD.replace("[telemetry]", toml), &env(vars)).expect("valid");
+            (cfg.telemetry.metrics_temporality, ignored)
+        };
+        const VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+        let var = VAR;
+        assert_eq!(load("[telemetry]", &[]), (Temporality::Cumulative, vec![]));
+        assert_eq!(load("[telemetry]\nmetrics_temporality = \"lowmemory\"", &[(VAR, "delta")]).0, Temporality::LowMemory, "the table wins");
+        assert_eq!(load("[telemetry]", &[(VAR, "Delta")]).0, Temporality::Delta, "any case");
+        let (temporality, ignored) = load("[telemetry]", &[(VAR, "sometimes")]);
+        assert_eq!(temporality, Temporality::Cumulative);
+        assert_eq!(ignored, [format!("{var}=\"sometimes\" ignored: the sidecar takes cumulative or delta or lowmemory")]);
+        let error = ProxyConfig::from_toml(&GOOD.replace("[telemetry]", "[telemetry]\nmetrics_temporality = \"monthly\"")).expect_err("bad");
+        let why = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+        assert!(why.contains("unknown variant `monthly`, expected one of `cumulative`, `delta`, `lowmemory`"), "{why}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use crate::{
     config::{Compression, OtlpProtocol, ProxyConfig},
-    telemetry::resource,
+    telemetry::{resource, temporality::Temporality},
 };
 
 /// A duration as the configuration writes it.
@@ -75,7 +75,10 @@ pub fn effective(config: &ProxyConfig) -> String {
             let _ = writeln!(out, "  {signal:<11} {target}{own}{headers}");
         }
         let metrics = match t.signal_endpoint(&t.signals.metrics) {
-            Some(_) => format!("; metrics every {}", duration(t.metrics_interval)),
+            Some(_) => match t.metrics_temporality {
+                Temporality::Cumulative => format!("; metrics every {}", duration(t.metrics_interval)),
+                other => format!("; metrics every {}, {}", duration(t.metrics_interval), other.as_str()),
+            },
             None => String::new(),
         };
         let (every, batch, queue) = (duration(t.flush_interval), t.max_batch, t.queue_capacity);
@@ -155,5 +158,8 @@ mod tests {
             effective(&ProxyConfig::from_toml_with_environment(crate::config::tests::GOOD, &env).expect("valid").0)
         };
         assert!(named("service.instance.id=shop-7f9c").contains("resource      service.instance.id=shop-7f9c\n"));
+        let delta = crate::config::tests::GOOD.replace("[telemetry]", "[telemetry]\nmetrics_temporality = \"delta\"");
+        let text = effective(&ProxyConfig::from_toml(&delta).expect("valid"));
+        assert!(text.contains("records a signal queued at most; metrics every 10s, delta\n"), "{text}");
     }
 }

@@ -71,6 +71,7 @@ use super::{
     otlp,
     export_tls::{self, Alpn},
     otlp_http::{HttpClient, Target},
+    temporality::Deltas,
     wire,
 };
 
@@ -544,7 +545,7 @@ pub(super) fn spawn(
     let span_batches = to_spans.is_some().then(|| batches((wire::Encoder::with_url_limit(config.max_path_tag_length), Spans::push)));
     let log_batches = to_logs.is_some().then(|| batches((wire::Encoder::default(), Logs::push)));
     let exports_metrics = to_metrics.is_some();
-    let metrics_interval = config.metrics_interval;
+    let (metrics_interval, metrics_temporality) = (config.metrics_interval, config.metrics_temporality);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (spans, logs) = (span_batches.clone(), log_batches.clone());
     let export = async move {
@@ -563,7 +564,8 @@ pub(super) fn spawn(
         }
         if let Some(client) = client(to_metrics) {
             let drain = drain.retrying(metrics_retry);
-            tasks.push(tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, own_process, shutdown_rx)));
+            let deltas = Deltas::new(metrics_temporality);
+            tasks.push(tokio::spawn(export_metrics(client, drain, metrics, metrics_interval, own_process, deltas, shutdown_rx)));
         }
         for task in tasks {
             let _ = task.await;
@@ -772,14 +774,18 @@ fn flush_at(origin: Instant, interval: Duration, started: Instant) -> Instant {
 /// priority: for 1,900 series they held the request thread for about 40 ms (a request at
 /// 1.2 KB a series), holding up every request behind them, every interval. What takes a
 /// lock the request path also takes (the table, the counters) is copied here first.
+/// `deltas`, if the export is not cumulative, turns each request into deltas there
+/// ([`super::temporality`]).
 async fn export_metrics(
     sink: WireClient,
     drain: Drain,
     metrics: RequestMetrics,
     interval: Duration,
     own_process: bool,
+    deltas: Option<Deltas>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let deltas = Arc::new(std::sync::Mutex::new(deltas));
     let mut health = Health::new(Metrics::SIGNAL);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -799,7 +805,7 @@ async fn export_metrics(
         // The process's figures go out even while no request has come.
         let series = snapshot.series.len() as u64;
         if (series > 0 || own_process)
-            && let Some(request) = encode_in_background(snapshot, drain.resource.clone()).await
+            && let Some(request) = encode_in_background(snapshot, drain.resource.clone(), deltas.clone()).await
         {
             let request = Arc::new(request);
             let bytes = request.encoded_len() as u64;
@@ -831,7 +837,11 @@ struct MetricsSnapshot {
 /// Builds and encodes the export request of `snapshot` on a thread of its own at the lowest
 /// scheduling priority: on a core shared with the request thread, requests come first.
 /// `None` if the thread could not start or panicked (logged).
-async fn encode_in_background(snapshot: MetricsSnapshot, resource: Arc<Resource>) -> Option<wire::Request> {
+async fn encode_in_background(
+    snapshot: MetricsSnapshot,
+    resource: Arc<Resource>,
+    deltas: Arc<std::sync::Mutex<Option<Deltas>>>,
+) -> Option<wire::Request> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new().name("metrics-encode".into()).spawn(move || {
         lowest_priority();
@@ -839,7 +849,10 @@ async fn encode_in_background(snapshot: MetricsSnapshot, resource: Arc<Resource>
         // Read here, off the request thread: four files and a directory of `/proc/self`.
         let process = snapshot.own_process.then(meshlens_common::process::Reading::now);
         let (series, tcp, active) = (&snapshot.series, &snapshot.tcp, &snapshot.active);
-        let request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, series, tcp, active, process.as_ref());
+        let mut request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, series, tcp, active, process.as_ref());
+        if let Some(deltas) = deltas.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            deltas.apply(&mut request);
+        }
         let _ = tx.send(wire::Request::encoded(request.encode_to_vec()));
     });
     if let Err(e) = spawned {

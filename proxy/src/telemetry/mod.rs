@@ -21,6 +21,7 @@ pub mod prometheus;
 pub mod resource;
 pub mod stats;
 pub mod tap;
+pub mod temporality;
 pub mod text;
 pub mod unread;
 pub mod wire;
