@@ -6,6 +6,7 @@ mod demo;
 mod sql;
 mod tap;
 mod views;
+mod web_client;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -60,9 +61,8 @@ enum Command {
         /// The query, e.g. `SELECT service, count(*) FROM spans GROUP BY 1`.
         #[arg(required_unless_present = "schema_markdown")]
         query: Option<String>,
-        /// The collector's web address (or port).
-        #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:16686")]
-        collector: SocketAddr,
+        #[command(flatten)]
+        collector: CollectorArg,
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value = "table")]
         output: sql::SqlOutput,
@@ -89,12 +89,28 @@ enum Command {
     },
 }
 
+/// Which collector the CLI asks.
+#[derive(Debug, clap::Args)]
+struct CollectorArg {
+    /// The collector's web address: a port, host:port, or either behind http:// or https://.
+    #[arg(long, default_value = "127.0.0.1:16686")]
+    collector: web_client::WebAddress,
+    /// CA certificates (PEM) trusted for an https:// --collector, instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    collector_ca: Option<PathBuf>,
+}
+
+impl CollectorArg {
+    fn client(&self) -> anyhow::Result<web_client::WebClient> {
+        web_client::WebClient::new(self.collector.clone(), self.collector_ca.as_deref())
+    }
+}
+
 /// Which collector and what view.
 #[derive(Debug, clap::Args)]
 struct ViewArgs {
-    /// The collector's web address (or port).
-    #[arg(long, value_parser = parse_addr, default_value = "127.0.0.1:16686")]
-    collector: SocketAddr,
+    #[command(flatten)]
+    collector: CollectorArg,
     /// The time window, e.g. `1m`, `15m`, `1h`.
     #[arg(long, short = 'w', default_value = "1m")]
     window: String,
@@ -107,8 +123,8 @@ struct ViewArgs {
 }
 
 impl ViewArgs {
-    fn query(&self) -> views::Query {
-        views::Query { collector: self.collector, window: self.window.clone(), group: self.group.clone() }
+    fn query(&self) -> anyhow::Result<views::Query> {
+        Ok(views::Query { collector: self.collector.client()?, window: self.window.clone(), group: self.group.clone() })
     }
 }
 
@@ -273,6 +289,16 @@ struct CollectorArgs {
     /// Require senders to present a certificate issued by one of these CAs (PEM): mutual TLS.
     #[arg(long, requires = "otlp_tls_cert", value_name = "FILE")]
     otlp_tls_client_ca: Option<PathBuf>,
+    /// TLS on the web port (UI, query APIs, /metrics): its certificate chain (PEM). Browsers,
+    /// Prometheus, Grafana and the CLI then use https://.
+    #[arg(long, requires = "web_tls_key", value_name = "FILE")]
+    web_tls_cert: Option<PathBuf>,
+    /// The private key of --web-tls-cert (PEM).
+    #[arg(long, requires = "web_tls_cert", value_name = "FILE")]
+    web_tls_key: Option<PathBuf>,
+    /// Require web clients to present a certificate issued by one of these CAs (PEM).
+    #[arg(long, requires = "web_tls_cert", value_name = "FILE")]
+    web_tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -383,29 +409,35 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", meshlens_collector::tables::schema::markdown());
                 Ok(())
             }
-            Command::Sql { query, collector, output, .. } => sql::run(collector, query.as_deref().unwrap_or_default(), output).await,
+            Command::Sql { query, collector, output, .. } => sql::run(&collector.client()?, query.as_deref().unwrap_or_default(), output).await,
             Command::Tap(args) => tap::run(args).await,
-            Command::Stat(args) => views::stat(&args.query(), args.output).await,
-            Command::Edges(args) => views::edges(&args.query(), args.output).await,
-            Command::Top { view, interval, iterations } => views::top(&view.query(), interval, iterations, view.output).await,
+            Command::Stat(args) => views::stat(&args.query()?, args.output).await,
+            Command::Edges(args) => views::edges(&args.query()?, args.output).await,
+            Command::Top { view, interval, iterations } => views::top(&view.query()?, interval, iterations, view.output).await,
         }
     })
 }
 
 async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
-    let tls_files = meshlens_common::tls::TlsFiles { ca: args.otlp_tls_client_ca, certificate: args.otlp_tls_cert, key: args.otlp_tls_key };
-    let read = || meshlens_common::tls::ServerTls::read(&tls_files, "--otlp-tls-cert");
-    let otlp_tls = tls_files.certificate.is_some().then(read).transpose()?;
-    let otlp = match &otlp_tls {
+    use meshlens_common::tls::{ServerTls, TlsFiles};
+    let server_tls = |ca, certificate, key, what| -> anyhow::Result<Option<ServerTls>> {
+        let files = TlsFiles { ca, certificate, key };
+        Ok(files.certificate.is_some().then(|| ServerTls::read(&files, what)).transpose()?)
+    };
+    let otlp_tls = server_tls(args.otlp_tls_client_ca, args.otlp_tls_cert, args.otlp_tls_key, "--otlp-tls-cert")?;
+    let web_tls = server_tls(args.web_tls_client_ca, args.web_tls_cert, args.web_tls_key, "--web-tls-cert")?;
+    let described = |tls: &Option<ServerTls>| match tls {
         None => "plain text",
         Some(tls) if tls.requires_client_certificates() => "TLS, client certificates required",
         Some(_) => "TLS",
     };
+    let (otlp, web_security) = (described(&otlp_tls), described(&web_tls));
     let config = meshlens_collector::CollectorConfig {
         otlp_grpc: args.listen.otlp_grpc,
         otlp_http: args.listen.otlp_http,
         web: args.listen.web,
         otlp_tls,
+        web_tls,
         data_dir: args.data_dir,
         max_spans: args.max_spans,
         match_window: args.match_window,
@@ -426,7 +458,7 @@ async fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     };
     let collector = meshlens_collector::Collector::start(config).await.context("starting the collector")?;
     let a = collector.addrs();
-    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, otlp, web = %a.web, "collector ready");
+    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, otlp, web = %a.web, web_security, "collector ready");
     meshlens_proxy::cli::shutdown_signal().await;
     collector.shutdown().await;
     Ok(())

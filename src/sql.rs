@@ -2,13 +2,11 @@
 //! prints the rows as a table, JSON or CSV. `--schema-markdown` prints the documented
 //! table schemas (the source of `docs/sql.md`).
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
+
+use crate::web_client::WebClient;
 
 /// How to print the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,23 +20,12 @@ pub enum SqlOutput {
 }
 
 /// Posts `query` to the collector's SQL API; returns the status and body.
-pub async fn post(collector: SocketAddr, query: &str, format: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let body = serde_json::json!({ "query": query, "format": format }).to_string();
-    let request = hyper::Request::post(format!("http://{collector}/api/v1/sql"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .context("building the SQL request")?;
-    let response = client
-        .request(request)
-        .await
-        .with_context(|| format!("cannot reach the collector at {collector} (is it running? see --collector)"))?;
-    let status = response.status();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
+pub async fn post(collector: &WebClient, query: &str, format: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    collector.post_json("/api/v1/sql", serde_json::json!({ "query": query, "format": format }).to_string()).await
 }
 
 /// Runs `query` and prints the result.
-pub async fn run(collector: SocketAddr, query: &str, output: SqlOutput) -> anyhow::Result<()> {
+pub async fn run(collector: &WebClient, query: &str, output: SqlOutput) -> anyhow::Result<()> {
     let format = if output == SqlOutput::Csv { "csv" } else { "json" };
     let (status, body) = post(collector, query, format).await?;
     if !status.is_success() {

@@ -4,19 +4,19 @@
 //! process figures), `meshlens edges`, and `meshlens top` (live, busiest first). Each prints a
 //! table, or JSON with `-o json`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
+
+use crate::web_client::WebClient;
 
 /// What to ask the collector.
 #[derive(Debug, Clone)]
 pub struct Query {
-    /// The collector's web address.
-    pub collector: SocketAddr,
+    /// The collector's web port.
+    pub collector: WebClient,
     /// Window, e.g. `1m`.
     pub window: String,
     /// `service`, `workload` or `version`.
@@ -32,31 +32,25 @@ pub enum Output {
     Json,
 }
 
-/// `GET path` on a collector's web port: the status and the body.
-pub async fn get_raw(addr: SocketAddr, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
-        .get(format!("http://{addr}{path}").parse().context("building the URL")?)
-        .await
-        .with_context(|| format!("cannot reach the collector at {addr} (is it running? see --collector)"))?;
-    let status = response.status();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
+/// `GET path` on a web port: the status and the body.
+pub async fn get_raw(web: &WebClient, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    web.get(path).await
 }
 
 /// The body of `GET path`, as text.
-pub async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let (_, body) = get_raw(addr, path).await?;
+pub async fn get_text(web: &WebClient, path: &str) -> anyhow::Result<String> {
+    let (_, body) = get_raw(web, path).await?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The status of `GET path`, once the body has been read.
-pub async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    Ok(get_raw(addr, path).await?.0.as_u16())
+pub async fn get_status(web: &WebClient, path: &str) -> anyhow::Result<u16> {
+    Ok(get_raw(web, path).await?.0.as_u16())
 }
 
 async fn topology(query: &Query) -> anyhow::Result<Value> {
     let path = format!("/api/v1/topology?window={}&group={}", query.window, query.group);
-    let (status, body) = get_raw(query.collector, &path).await?;
+    let (status, body) = get_raw(&query.collector, &path).await?;
     let value: Value = serde_json::from_slice(&body).with_context(|| format!("the collector answered {status} with no JSON"))?;
     anyhow::ensure!(status.is_success(), "the collector refused the query: {}", value["error"].as_str().unwrap_or("unknown error"));
     Ok(value)
@@ -156,7 +150,7 @@ fn stat_rows(view: &Value, instances: &[Value]) -> Vec<Value> {
 pub async fn stat(query: &Query, output: Output) -> anyhow::Result<()> {
     let view = topology(query).await?;
     // A collector that lists no instances (none report, or an older one): no proxy columns.
-    let instances = match get_raw(query.collector, "/api/v1/instances?sdk=meshlens-proxy").await {
+    let instances = match get_raw(&query.collector, "/api/v1/instances?sdk=meshlens-proxy").await {
         Ok((status, body)) if status.is_success() => serde_json::from_slice::<Vec<Value>>(&body).unwrap_or_default(),
         _ => Vec::new(),
     };
@@ -240,7 +234,7 @@ pub async fn top(query: &Query, interval: Duration, iterations: Option<u64>, out
             Output::Table => {
                 // Clear the screen and go home, as `top` does.
                 print!("\x1b[2J\x1b[H");
-                println!("meshlens top · {} · window {} · every {:?} · Ctrl-C to quit\n", query.collector, query.window, interval);
+                println!("meshlens top · {} · window {} · every {:?} · Ctrl-C to quit\n", query.collector.address(), query.window, interval);
                 print_table(&EDGE_HEADER, &edge_rows(&view));
             }
         }

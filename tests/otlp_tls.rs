@@ -7,7 +7,8 @@
 //! expects TLS. With `--otlp-tls-client-ca` (mutual TLS) only sidecars
 //! presenting a certificate of that CA are taken. A certificate renewed in its files is
 //! presented without a restart. Files that are missing or hold no certificate stop the
-//! start with their path named.
+//! start with their path named. With `--web-tls-cert` the web port speaks TLS too, to the
+//! CLI (`--collector https://…`, `--collector-ca`) and to a real Prometheus.
 
 mod support;
 
@@ -213,4 +214,49 @@ fn a_renewed_collector_certificate_is_presented_without_a_restart() {
         (spans_of(&collector, "tester") >= 20).then_some(())
     });
     assert!(collector.proc.output().contains("TLS certificate read again"), "the collector says so");
+}
+
+#[test]
+fn a_web_port_over_tls_serves_prometheus_the_cli_and_tells_plain_http_so() {
+    let dir = TestDir::new("web-tls");
+    let pki = Pki::new(&dir, "web");
+    let (cert, key) = pki.issue("collector-web", &["localhost", "127.0.0.1"]);
+    let collector = CollectorProc::start_with_args(&dir, &["--web-tls-cert", path(&cert), "--web-tls-key", path(&key)]);
+    let web = format!("https://localhost:{}", collector.web.port());
+
+    // The CLI, trusting the CA; the OTLP ports stay plain text.
+    let tester = Workload::new("tester", &[]);
+    let front = Workload::new("front", &[]);
+    let _procs = start_mesh(&dir, &[&tester, &front], collector.grpc);
+    traffic(&dir, &tester, 20);
+    let ca = path(&pki.ca);
+    let rows = wait_for("the CLI to show the front over https", Duration::from_secs(15), || {
+        let rows: serde_json::Value = serde_json::from_str(&run(&["stat", "--collector", &web, "--collector-ca", ca, "-o", "json"])).ok()?;
+        rows.as_array()?.iter().any(|r| r["name"] == "front").then_some(rows)
+    });
+    assert!(rows.to_string().contains("tester"), "{rows}");
+    let count = run(&["sql", "--collector", &web, "--collector-ca", ca, "-o", "csv", "SELECT count(*) AS n FROM spans WHERE service = 'front'"]);
+    let n: u64 = count.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    assert!(count.lines().next().is_some_and(|h| h.trim() == "n") && n > 0, "{count:?}");
+
+    // Without the CA the CLI does not trust the collector, and says why.
+    let out = std::process::Command::new(meshlens()).args(["stat", "--collector", &web]).output().expect("run meshlens");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && (error.contains("UnknownIssuer") || error.contains("unknown issuer")), "{error}");
+
+    // Plain HTTP to the port is told to use TLS.
+    let reply = get(collector.web, "/metrics");
+    assert_eq!((reply.status, reply.body.as_str()), (400, "this port expects TLS: send to an https:// endpoint\n"));
+
+    // A real Prometheus scraping over TLS, trusting the CA.
+    let prom = support::prometheus::Prometheus::start(
+        &dir,
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: meshlens\n    scheme: https\n    \
+             tls_config:\n      ca_file: {ca}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            collector.web.port()
+        ),
+    );
+    assert!(prom.value("sum(meshlens_collector_tls_handshakes_total{transport=\"web\",outcome=\"ok\"})").is_some_and(|n| n >= 2.0));
+    assert!(prom.value("sum(meshlens_collector_tls_handshakes_total{transport=\"web\",outcome=\"plaintext\"})").is_some_and(|n| n >= 1.0));
 }

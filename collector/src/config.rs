@@ -14,6 +14,8 @@ pub struct CollectorConfig {
     /// TLS of both OTLP receivers, if they speak it (and whether they require client
     /// certificates); `None`: plain text.
     pub otlp_tls: Option<meshlens_common::tls::ServerTls>,
+    /// TLS of the web port (UI, query APIs, `/metrics`), if it speaks it; `None`: plain HTTP.
+    pub web_tls: Option<meshlens_common::tls::ServerTls>,
     /// Directory for the collector's files; created if missing.
     pub data_dir: Option<PathBuf>,
     /// Most spans held in memory; the oldest traces are evicted beyond it.
@@ -50,6 +52,7 @@ impl Default for CollectorConfig {
             otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
             web: SocketAddr::from(([127, 0, 0, 1], 16686)),
             otlp_tls: None,
+            web_tls: None,
             data_dir: None,
             max_spans: 1_000_000,
             rollup_retention: Duration::from_secs(3600),

@@ -32,6 +32,7 @@ pub mod topology;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use meshlens_common::tls::ServerTls;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use config::CollectorConfig;
@@ -94,6 +95,17 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Serves `app` on `listener` until `rx` says stop.
+async fn serve(listener: tls::Listener, app: axum::Router, rx: watch::Receiver<bool>, what: &'static str) {
+    let served = match listener {
+        tls::Listener::Plain(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await,
+        tls::Listener::Tls(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await,
+    };
+    if let Err(error) = served {
+        tracing::error!(%error, "{what} server failed");
+    }
+}
+
 impl Collector {
     /// Binds every listener, then starts serving.
     pub async fn start(config: CollectorConfig) -> Result<Self, CollectorError> {
@@ -111,22 +123,20 @@ impl Collector {
             None => (None, None, None),
         };
         let ingest = ingest::Ingest::new(pipeline.clone(), journal);
-        let (grpc_listener, http_listener) = match &config.otlp_tls {
-            None => (tls::Listener::Plain(grpc_listener), tls::Listener::Plain(http_listener)),
-            Some(otlp_tls) => {
-                let config = |alpn: &[&[u8]]| otlp_tls.config(alpn).map(Arc::new).map_err(|e| CollectorError::Config(e.to_string()));
-                let handshakes = || pipeline.metrics.tls_handshakes.clone();
-                let listen = |listener, config, transport| {
-                    tls::TlsListener::new(listener, config, handshakes(), transport).map(tls::Listener::Tls).map_err(|source| {
-                        let (what, addr) = if transport == "grpc" { ("OTLP/gRPC", otlp_grpc) } else { ("OTLP/HTTP", otlp_http) };
-                        CollectorError::Bind { what, addr, source }
-                    })
-                };
-                // gRPC is HTTP/2 only; OTLP/HTTP is served over either version.
-                let grpc = listen(grpc_listener, config(&[b"h2"])?, "grpc")?;
-                (grpc, listen(http_listener, config(&[b"h2", b"http/1.1"])?, "http")?)
-            }
+        // A listener speaking `tls` if given, counting its handshakes under `transport`.
+        let listen = |listener: TcpListener, tls: Option<&ServerTls>, alpn: &[&[u8]], transport, what, addr| {
+            let Some(tls) = tls else { return Ok(tls::Listener::Plain(listener)) };
+            let config = tls.config(alpn).map(Arc::new).map_err(|e| CollectorError::Config(e.to_string()))?;
+            tls::TlsListener::new(listener, config, pipeline.metrics.tls_handshakes.clone(), transport)
+                .map(tls::Listener::Tls)
+                .map_err(|source| CollectorError::Bind { what, addr, source })
         };
+        // gRPC is HTTP/2 only; OTLP/HTTP and the web port are served over either version.
+        let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+        let otlp_tls = config.otlp_tls.as_ref();
+        let grpc_listener = listen(grpc_listener, otlp_tls, &[b"h2"], "grpc", "OTLP/gRPC", otlp_grpc)?;
+        let http_listener = listen(http_listener, otlp_tls, both, "http", "OTLP/HTTP", otlp_http)?;
+        let web_listener = listen(web_listener, config.web_tls.as_ref(), both, "web", "web", web)?;
         let (shutdown, rx) = watch::channel(false);
 
         let grpc = {
@@ -138,28 +148,8 @@ impl Collector {
                 }
             })
         };
-        let http = {
-            let app = ingest::http::routes().with_state(Arc::new(ingest));
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let served = match http_listener {
-                    tls::Listener::Plain(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await,
-                    tls::Listener::Tls(listener) => axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await,
-                };
-                if let Err(error) = served {
-                    tracing::error!(%error, "OTLP/HTTP server failed");
-                }
-            })
-        };
-        let web_task = {
-            let app = api::app(pipeline.clone());
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                if let Err(error) = axum::serve(web_listener, app).with_graceful_shutdown(stopped(rx)).await {
-                    tracing::error!(%error, "web server failed");
-                }
-            })
-        };
+        let http = tokio::spawn(serve(http_listener, ingest::http::routes().with_state(Arc::new(ingest)), rx.clone(), "OTLP/HTTP"));
+        let web_task = tokio::spawn(serve(web_listener, api::app(pipeline.clone()), rx.clone(), "web"));
         let ticker = {
             let pipeline = pipeline.clone();
             let mut rx = rx.clone();

@@ -82,10 +82,10 @@ pub struct IngestLabels {
     pub transport: &'static str,
 }
 
-/// Labels of the OTLP receivers' TLS handshakes.
+/// Labels of the TLS handshakes on the OTLP receivers and the web port.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
-    /// `grpc` or `http`.
+    /// `grpc` or `http` (the OTLP receivers), or `web`.
     pub transport: &'static str,
     /// `ok`, `refused` (not TLS, no common protocol, a client certificate missing or not
     /// trusted, or the client refusing the collector's), `plaintext` (plain HTTP/1 or HTTP/2,
@@ -264,7 +264,7 @@ impl CollectorMetrics {
             }
         }
         // At zero from the start, as the ingest counters, so rates read 0 rather than nothing.
-        for transport in TRANSPORTS {
+        for transport in TRANSPORTS.into_iter().chain(["web"]) {
             for outcome in ["ok", "refused", "plaintext", "closed", "timeout"] {
                 let _ = metrics.tls_handshakes.get_or_create(&HandshakeLabels { transport, outcome });
             }
@@ -303,7 +303,7 @@ impl CollectorMetrics {
         c.register("evicted", "Telemetry items evicted by retention", self.evicted.clone());
         c.register_with_unit("store_memory", "Memory held by the columnar tables", prometheus_client::registry::Unit::Bytes, self.memory.clone());
         c.register("sql_queries", "SQL queries run, by outcome", self.sql_queries.clone());
-        c.register("tls_handshakes", "TLS handshakes on the OTLP receivers, by outcome", self.tls_handshakes.clone());
+        c.register("tls_handshakes", "TLS handshakes on the OTLP receivers and the web port, by outcome", self.tls_handshakes.clone());
         c.register(
             "edge_match_overflow",
             "CLIENT and SERVER spans the edge matcher could not hold because max_pending_matches was reached; edges they would have completed are missing",

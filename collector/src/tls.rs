@@ -1,4 +1,5 @@
-//! The OTLP receivers' TLS (`--otlp-tls-cert`, `--otlp-tls-key`, `--otlp-tls-client-ca`).
+//! The TLS of the OTLP receivers (`--otlp-tls-cert`, `--otlp-tls-key`, `--otlp-tls-client-ca`)
+//! and of the web port (`--web-tls-*`).
 //!
 //! A [`TlsListener`] accepts TCP connections and runs each one's handshake on a task of its
 //! own, so a client that stalls its handshake holds up no other and one that never finishes

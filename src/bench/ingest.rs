@@ -442,7 +442,8 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
     let fill_per_core = if fill_cpu > 0.0 { (stored - fill_from) as f64 / fill_cpu } else { 0.0 };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rss_bytes(pid);
-    let exposition = crate::views::get_text(web, "/metrics").await?;
+    let client = crate::web_client::WebClient::plain(web);
+    let exposition = crate::views::get_text(&client, "/metrics").await?;
     let table_bytes = sample(&exposition, "meshlens_collector_store_memory_bytes{kind=\"spans\"}");
     let table_rows = sample(&exposition, "meshlens_collector_stored{kind=\"span_rows\"}");
     let overflow = sample(&exposition, "meshlens_collector_edge_match_overflow_total");
@@ -455,13 +456,20 @@ pub async fn run_ingest(settings: IngestBench) -> anyhow::Result<()> {
         id[8..].copy_from_slice(&7u64.to_be_bytes());
         id.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
-    let get = |path: String| async move { crate::views::get_status(web, &path).await };
+    let get = |path: String| {
+        let client = client.clone();
+        async move { crate::views::get_status(&client, &path).await }
+    };
     let topology = median_ms(5, || get("/api/v1/topology?window=15m".into())).await?;
     let search = median_ms(5, || get("/api/traces?service=svc-3&tag=http.response.status_code:500&minDuration=5ms&limit=20&lookback=1h".into())).await?;
     let by_id = median_ms(5, || get(format!("/api/traces/{trace_id}"))).await?;
     let sql = "SELECT service, peer_service, approx_percentile_cont(duration_ns, 0.99) AS p99_ns, count(*) AS n \
                FROM spans WHERE kind = 'client' GROUP BY service, peer_service";
-    let sql_ms = median_ms(3, || async move { crate::sql::post(web, sql, "json").await.map(|(s, _)| s.as_u16()) }).await?;
+    let sql_ms = median_ms(3, || {
+        let client = client.clone();
+        async move { crate::sql::post(&client, sql, "json").await.map(|(s, _)| s.as_u16()) }
+    })
+    .await?;
 
     let report = IngestReport {
         batch_spans: SPANS_PER_BATCH,

@@ -446,7 +446,8 @@ struct TelemetryCounts {
 
 impl TelemetryCounts {
     async fn read(admin: SocketAddr) -> anyhow::Result<Self> {
-        let exposition = crate::views::get_text(admin, "/metrics").await.context("reading the sidecar's /metrics")?;
+        let admin = crate::web_client::WebClient::plain(admin);
+        let exposition = crate::views::get_text(&admin, "/metrics").await.context("reading the sidecar's /metrics")?;
         // Spans and logs; the metrics' data points are counted under their own signal.
         let records = |counter: &str| {
             ["spans", "logs"].iter().map(|signal| ingest::sample(&exposition, &format!("{counter}{{signal=\"{signal}\""))).sum::<f64>()

@@ -102,7 +102,7 @@ async fn median_get(web: std::net::SocketAddr, path: &str) -> anyhow::Result<f64
     let mut times = Vec::new();
     for _ in 0..10 {
         let started = Instant::now();
-        let status = crate::views::get_status(web, path).await?;
+        let status = crate::views::get_status(&crate::web_client::WebClient::plain(web), path).await?;
         anyhow::ensure!(status == 200, "{path} answered {status}");
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
@@ -129,7 +129,7 @@ pub async fn run_ui(settings: UiBench) -> anyhow::Result<()> {
         client.export(spans_for(&mesh, round)).await.context("sending the generated mesh")?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let topology = crate::views::get_text(web, "/api/v1/topology?window=5m").await?;
+    let topology = crate::views::get_text(&crate::web_client::WebClient::plain(web), "/api/v1/topology?window=5m").await?;
     let view: serde_json::Value = serde_json::from_str(&topology)?;
     let (nodes, edge_count) = (view["nodes"].as_array().map_or(0, Vec::len), view["edges"].as_array().map_or(0, Vec::len));
     anyhow::ensure!(nodes >= settings.services && edge_count >= mesh.len(), "the collector shows {nodes} nodes and {edge_count} edges");
