@@ -373,23 +373,27 @@ fn a_collector_slow_to_answer_still_gets_every_record() {
 
 #[test]
 fn compressed_exports_reach_the_collector_whole() {
-    // With gzip the export tasks run on a thread of their own; without, on the request
+    // Compressed, the export tasks run on a thread of their own; without, on the request
     // runtime (the tests above): both deliver every record, here to the real collector.
-    let dir = TestDir::new("gzip");
-    let otlp = free_addr();
-    let collector = CollectorProc::start_at(&dir, &dir.path("data"), "collector", otlp);
-    let (tester, _front, _procs) = mesh(&dir, otlp, "compression = \"gzip\"");
-    let n = 200;
-    traffic(&dir, &tester, n);
-    wait_for_spans_and_logs(&tester, n);
-    assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0);
-    let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'");
-    let logs = collector.sql_rows("SELECT count(*) FROM logs WHERE service = 'tester'");
-    assert_eq!((spans[0][0].as_u64(), logs[0][0].as_u64()), (Some(n), Some(n)), "every span and access-log record stored");
-    // Bytes are counted before compression: a span with its attributes is several hundred
-    // bytes of protobuf, gzip makes these near-identical records a fraction of that.
-    let span_bytes = admin_metric(&tester, "meshlens_proxy_telemetry_exported_bytes_total", &[("signal", "spans")]) / n as f64;
-    assert!((300.0..5000.0).contains(&span_bytes), "{span_bytes} bytes per exported span");
+    for compression in ["gzip", "zstd"] {
+        let dir = TestDir::new(compression);
+        let otlp = free_addr();
+        let collector = CollectorProc::start_at(&dir, &dir.path("data"), "collector", otlp);
+        let (tester, _front, _procs) = mesh(&dir, otlp, &format!("compression = \"{compression}\""));
+        let n = 200;
+        traffic(&dir, &tester, n);
+        wait_for_spans_and_logs(&tester, n);
+        assert_eq!(admin_metric(&tester, "meshlens_proxy_telemetry_dropped_total", &[]), 0.0, "{compression}");
+        let spans = collector.sql_rows("SELECT count(*) FROM spans WHERE service = 'tester' AND kind = 'client'");
+        let logs = collector.sql_rows("SELECT count(*) FROM logs WHERE service = 'tester'");
+        let stored = (spans[0][0].as_u64(), logs[0][0].as_u64());
+        assert_eq!(stored, (Some(n), Some(n)), "every span and access-log record stored ({compression})");
+        // Bytes are counted before compression: a span with its attributes is several
+        // hundred bytes of protobuf, compression makes these near-identical records a
+        // fraction of that.
+        let span_bytes = admin_metric(&tester, "meshlens_proxy_telemetry_exported_bytes_total", &[("signal", "spans")]) / n as f64;
+        assert!((300.0..5000.0).contains(&span_bytes), "{span_bytes} bytes per exported span");
+    }
 }
 
 #[test]
@@ -741,7 +745,7 @@ fn each_signal_goes_to_the_shared_endpoint_to_its_own_or_nowhere() {
 #[test]
 fn a_signal_may_go_over_a_transport_and_compression_of_its_own() {
     // The mesh exports over OTLP/gRPC; the tester's sidecar sends its access logs over
-    // OTLP/HTTP, gzip-compressed, to the collector's HTTP port (OpenTelemetry's variables).
+    // OTLP/HTTP, zstd-compressed, to the collector's HTTP port (OpenTelemetry's variables).
     let dir = TestDir::new("signal-transport");
     let collector = CollectorProc::start(&dir);
     let n = 50;
@@ -749,7 +753,7 @@ fn a_signal_may_go_over_a_transport_and_compression_of_its_own() {
     tester.sidecar_env = [
         ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", format!("http://{}/v1/logs", collector.http)),
         ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf".to_owned()),
-        ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "gzip".to_owned()),
+        ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "zstd".to_owned()),
     ]
     .map(|(k, v)| (k.to_owned(), v))
     .to_vec();
@@ -772,7 +776,7 @@ fn a_signal_may_go_over_a_transport_and_compression_of_its_own() {
     let config = dir.path("tester-v1.toml");
     let check = command(meshlens()).args(["proxy", "--check", "--config"]).arg(&config).envs(tester.sidecar_env.clone()).output();
     let check = String::from_utf8_lossy(&check.expect("run --check").stdout).into_owned();
-    let logs_line = format!("  logs        http://{}/v1/logs (OTLP/HTTP (protobuf), gzip)\n", collector.http);
+    let logs_line = format!("  logs        http://{}/v1/logs (OTLP/HTTP (protobuf), zstd)\n", collector.http);
     assert!(check.contains(&logs_line), "--check names the signal's own transport: {check}");
 }
 

@@ -43,9 +43,9 @@ pub fn effective(config: &ProxyConfig) -> String {
         OtlpProtocol::Grpc => "OTLP/gRPC",
         OtlpProtocol::HttpProtobuf => "OTLP/HTTP (protobuf)",
     };
-    let compression = |compression| match compression {
-        Compression::Gzip => "gzip",
+    let compression = |compression: Compression| match compression {
         Compression::None => "no compression",
+        other => other.as_str(),
     };
     if t.exports() {
         let (shared_protocol, shared_compression) = (protocol(t.otlp_protocol), compression(t.compression));

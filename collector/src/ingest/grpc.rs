@@ -21,7 +21,7 @@ use crate::{
     tls::Listener,
 };
 
-use super::{Ingest, Logs, Metrics, Signal, Traces};
+use super::{Ingest, Logs, Metrics, Signal, Traces, http::Coding};
 
 /// Largest export request accepted, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -129,17 +129,20 @@ where
     B: tonic::codegen::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let gzip = match request.headers().get("grpc-encoding").map(http::HeaderValue::as_bytes) {
-        None | Some(b"identity") => false,
-        Some(b"gzip") => true,
-        Some(other) => {
-            let mut status = Status::unimplemented(format!(
-                "grpc-encoding {:?} is not supported: use gzip or identity",
-                String::from_utf8_lossy(other)
-            ));
-            status.metadata_mut().insert("grpc-accept-encoding", tonic::metadata::MetadataValue::from_static("gzip,identity"));
-            return Err(status);
-        }
+    let coding = match request.headers().get("grpc-encoding").map(http::HeaderValue::as_bytes) {
+        None | Some(b"identity") => None,
+        Some(name) => match Coding::named(name) {
+            Some(coding) => Some(coding),
+            None => {
+                let mut status = Status::unimplemented(format!(
+                    "grpc-encoding {:?} is not supported: use gzip, zstd or identity",
+                    String::from_utf8_lossy(name)
+                ));
+                let accepted = tonic::metadata::MetadataValue::from_static("gzip,zstd,identity");
+                status.metadata_mut().insert("grpc-accept-encoding", accepted);
+                return Err(status);
+            }
+        },
     };
     let body = match http_body_util::Limited::new(request.into_body(), PREFIX_BYTES + MAX_MESSAGE_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -152,10 +155,10 @@ where
     if !message.compressed {
         return Ok(message.bytes);
     }
-    if !gzip {
+    let Some(coding) = coding else {
         return Err(Status::internal("a compressed message in a request without grpc-encoding"));
-    }
-    super::http::gunzip(&message.bytes).map_err(|e| {
+    };
+    super::http::inflate(coding, &message.bytes).map_err(|e| {
         ingest.pipeline().malformed(S::NAME, Transport::Grpc);
         Status::invalid_argument(e)
     })
@@ -331,13 +334,15 @@ mod tests {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
         let channel = endpoint.connect().await.expect("connect");
         let plain = TraceServiceClient::new(channel.clone()).export(spans(1)).await.expect("plain export").into_inner();
-        let mut gzip_client = TraceServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let mut gzip_client = TraceServiceClient::new(channel.clone()).send_compressed(tonic::codec::CompressionEncoding::Gzip);
         let gzip = gzip_client.export(spans(2)).await.expect("gzip export").into_inner();
-        for answer in [plain, gzip] {
+        let mut zstd_client = TraceServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Zstd);
+        let zstd = zstd_client.export(spans(3)).await.expect("zstd export").into_inner();
+        for answer in [plain, gzip, zstd] {
             let partial = answer.partial_success.expect("the span without an ID is named");
             assert_eq!(partial.rejected_spans, 1, "{partial:?}");
         }
-        assert_eq!(pipeline.tables.read().expect("tables").spans.span_count(), 400);
+        assert_eq!(pipeline.tables.read().expect("tables").spans.span_count(), 600);
         let _ = stop.send(());
         let _ = server.await;
     }

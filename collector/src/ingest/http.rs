@@ -1,7 +1,8 @@
 //! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, with protobuf
 //! (`application/x-protobuf`) or JSON (`application/json`) bodies, answered in the same
 //! encoding. A body that cannot be decoded gets 400 with a `google.rpc.Status`-shaped
-//! message saying why; an unsupported content type or encoding gets 415. When the ingest
+//! message saying why; an unsupported content type or encoding gets 415 (gzip and zstd
+//! bodies are inflated, up to the size limit). When the ingest
 //! budget is full the answer is 429 with `Retry-After` (retryable, per OTLP).
 
 use std::sync::Arc;
@@ -73,12 +74,37 @@ fn rpc_error(status: StatusCode, encoding: Encoding, message: String) -> Respons
     encoded(status, encoding, &RpcStatus { code, message, details: Vec::new() })
 }
 
-/// Inflates a gzip body, refusing to grow past [`MAX_MESSAGE_BYTES`].
-pub(super) fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+/// How a body is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coding {
+    /// gzip.
+    Gzip,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Coding {
+    /// The coding named `name` (a `Content-Encoding` or `grpc-encoding`), if it is one of
+    /// these.
+    pub(super) fn named(name: &[u8]) -> Option<Self> {
+        match name {
+            b"gzip" => Some(Self::Gzip),
+            b"zstd" => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Inflates a compressed body, refusing to grow past [`MAX_MESSAGE_BYTES`].
+pub(super) fn inflate(coding: Coding, body: &[u8]) -> Result<Bytes, String> {
     use std::io::Read;
     let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(body).take(MAX_MESSAGE_BYTES as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(|e| format!("malformed gzip body: {e}"))?;
+    let limit = MAX_MESSAGE_BYTES as u64 + 1;
+    let read = match coding {
+        Coding::Gzip => flate2::read::GzDecoder::new(body).take(limit).read_to_end(&mut out),
+        Coding::Zstd => zstd::stream::read::Decoder::new(body).and_then(|decoder| decoder.take(limit).read_to_end(&mut out)),
+    };
+    read.map_err(|e| format!("malformed {} body: {e}", if coding == Coding::Gzip { "gzip" } else { "zstd" }))?;
     if out.len() > MAX_MESSAGE_BYTES {
         return Err(format!("body inflates past {MAX_MESSAGE_BYTES} bytes"));
     }
@@ -119,20 +145,21 @@ async fn export<S: Signal>(State(ingest): State<Arc<Ingest>>, headers: HeaderMap
         }
     };
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
-    let body = match content_encoding.trim().to_ascii_lowercase().as_str() {
-        "identity" | "" => body,
-        "gzip" => match gunzip(&body) {
+    let content_encoding = content_encoding.trim().to_ascii_lowercase();
+    let body = match (content_encoding.as_str(), Coding::named(content_encoding.as_bytes())) {
+        ("identity" | "", _) => body,
+        (_, Some(coding)) => match inflate(coding, &body) {
             Ok(inflated) => inflated,
             Err(message) => {
                 ingest.pipeline().malformed(S::NAME, Transport::Http);
                 return rpc_error(StatusCode::BAD_REQUEST, encoding, message);
             }
         },
-        other => {
+        (other, None) => {
             return rpc_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 encoding,
-                format!("unsupported content encoding {other:?}: use gzip or none"),
+                format!("unsupported content encoding {other:?}: use gzip, zstd or none"),
             );
         }
     };
@@ -188,6 +215,31 @@ mod tests {
         drop(held);
         assert_eq!(post(app.clone(), b"").await.status(), StatusCode::OK, "an empty request is valid");
         assert_eq!(post(app, b"\xff\xff\xff").await.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn gzip_and_zstd_bodies_are_inflated_and_broken_ones_answered_400() {
+        use std::io::Write;
+        let app = routes().with_state(Arc::new(Ingest::new(Pipeline::new(&CollectorConfig::default()), None)));
+        let json = br#"{"resourceSpans":[]}"#;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(json).expect("gzip");
+        let zstd = zstd::bulk::compress(json, 1).expect("zstd");
+        let cases = [
+            ("gzip", gzip.finish().expect("gzip"), StatusCode::OK),
+            ("zstd", zstd, StatusCode::OK),
+            ("ZSTD", b"not zstd".to_vec(), StatusCode::BAD_REQUEST),
+            ("br", json.to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ];
+        for (coding, body, status) in cases {
+            let request = axum::http::Request::post("/v1/traces")
+                .header("content-type", "application/json")
+                .header("content-encoding", coding)
+                .body(Body::from(body))
+                .expect("request");
+            let r = app.clone().oneshot(request).await.expect("infallible");
+            assert_eq!(r.status(), status, "{coding}");
+        }
     }
 
     #[tokio::test]

@@ -364,7 +364,7 @@ impl Destination {
     /// A client the signals share (one lazily connecting gRPC channel, or one HTTP
     /// connection pool), sending `headers` with every request. Called within the runtime
     /// the export runs on.
-    fn connect(self, gzip: bool, timeout: Duration, headers: &ExportHeaders) -> WireClient {
+    fn connect(self, compression: Compression, timeout: Duration, headers: &ExportHeaders) -> WireClient {
         match self {
             Self::Grpc(endpoint, tls) => {
                 let channel = match tls {
@@ -372,10 +372,16 @@ impl Destination {
                     None => endpoint.connect_lazy(),
                 };
                 let grpc = tonic::client::Grpc::new(channel);
-                let grpc = if gzip { grpc.send_compressed(CompressionEncoding::Gzip) } else { grpc };
+                let grpc = match compression {
+                    Compression::Gzip => grpc.send_compressed(CompressionEncoding::Gzip),
+                    Compression::Zstd => grpc.send_compressed(CompressionEncoding::Zstd),
+                    Compression::None => grpc,
+                };
                 WireClient::Grpc(grpc, MetadataMap::from_headers(headers.map().clone()))
             }
-            Self::Http(target, tls) => WireClient::Http(HttpClient::new(target, tls.as_ref(), gzip, timeout, headers.map().clone())),
+            Self::Http(target, tls) => {
+                WireClient::Http(HttpClient::new(target, tls.as_ref(), compression, timeout, headers.map().clone()))
+            }
         }
     }
 }
@@ -457,7 +463,7 @@ enum Route {
 struct OwnRoute {
     destination: Destination,
     headers: ExportHeaders,
-    gzip: bool,
+    compression: Compression,
     timeout: Duration,
 }
 
@@ -474,15 +480,15 @@ impl Route {
             return Ok(Some(Self::Shared));
         }
         let destination = Destination::parse(endpoint, !shared, protocol, timeout, config.signal_tls(export))?;
-        let (headers, gzip) = (config.signal_headers(export).clone(), compression == Compression::Gzip);
-        Ok(Some(Self::Own(OwnRoute { destination, headers, gzip, timeout })))
+        let headers = config.signal_headers(export).clone();
+        Ok(Some(Self::Own(OwnRoute { destination, headers, compression, timeout })))
     }
 
-    /// Whether its requests are gzip-compressed, `shared_gzip` saying it for the shared route.
-    fn gzip(&self, shared_gzip: bool) -> bool {
+    /// How its requests are compressed, `shared` saying it for the shared route.
+    fn compression(&self, shared: Compression) -> Compression {
         match self {
-            Self::Shared => shared_gzip,
-            Self::Own(own) => own.gzip,
+            Self::Shared => shared,
+            Self::Own(own) => own.compression,
         }
     }
 }
@@ -525,8 +531,8 @@ pub(super) fn spawn(
         return Ok(None);
     }
     let export_timeout = config.export_timeout;
-    let gzip = config.compression == Compression::Gzip;
-    let any_gzip = routes.iter().flatten().any(|route| route.gzip(gzip));
+    let compression = config.compression;
+    let any_compressed = routes.iter().flatten().any(|route| route.compression(compression) != Compression::None);
     let headers = config.otlp_headers.clone();
     let resource = otlp::resource(&identity, &config.resource_attributes.with_instance_id());
     let resource_bytes = resource.encode_to_vec();
@@ -549,10 +555,10 @@ pub(super) fn spawn(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (spans, logs) = (span_batches.clone(), log_batches.clone());
     let export = async move {
-        let shared = shared.map(|destination| destination.connect(gzip, export_timeout, &headers));
+        let shared = shared.map(|destination| destination.connect(compression, export_timeout, &headers));
         let client = |route: Option<Route>| match route? {
             Route::Shared => shared.clone(),
-            Route::Own(own) => Some(own.destination.connect(own.gzip, own.timeout, &own.headers)),
+            Route::Own(own) => Some(own.destination.connect(own.compression, own.timeout, &own.headers)),
         };
         let mut tasks = Vec::new();
         let [spans_retry, logs_retry, metrics_retry] = retry;
@@ -572,7 +578,7 @@ pub(super) fn spawn(
         }
     };
     let running = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if !any_gzip => Running::Tasks(runtime.spawn(export)),
+        Ok(runtime) if !any_compressed => Running::Tasks(runtime.spawn(export)),
         _ => Running::Thread(export_thread(&identity.workload, export)?),
     };
     let handle = ExportHandle { shutdown: Some(shutdown_tx), running };
@@ -918,13 +924,14 @@ mod tests {
             panic!("three routes and the shared gRPC endpoint");
         };
         assert!(matches!(traces, Route::Shared), "its own timeout is the shared one");
-        let Route::Own(OwnRoute { destination: Destination::Http(target, None), gzip: false, .. }) = logs else {
+        let Route::Own(OwnRoute { destination: Destination::Http(target, None), compression: Compression::None, .. }) = logs else {
             panic!("logs over HTTP, uncompressed")
         };
         let uri = target.uri("/v1/logs").map(|u| u.to_string()).unwrap_or_default();
         assert_eq!(uri, "http://collector:4317/v1/logs", "the shared endpoint, the signal's path");
-        assert!(matches!(metrics, Route::Own(OwnRoute { destination: Destination::Grpc(..), gzip: true, .. })), "gzip over gRPC");
-        assert!(metrics.gzip(false) && !traces.gzip(false) && traces.gzip(true));
+        assert!(matches!(metrics, Route::Own(OwnRoute { destination: Destination::Grpc(..), compression: Compression::Gzip, .. })), "gzip");
+        assert_eq!(metrics.compression(Compression::None), Compression::Gzip);
+        assert_eq!(traces.compression(Compression::Zstd), Compression::Zstd, "the shared one");
     }
 
     #[test]

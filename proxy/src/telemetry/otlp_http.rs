@@ -29,7 +29,7 @@ use super::{
     export_tls::{self, Alpn},
     wire,
 };
-use crate::error::StartError;
+use crate::{config::Compression, error::StartError};
 
 /// Largest answer read: an export response is a few bytes, an error a short message.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -84,7 +84,7 @@ pub(crate) fn signal_url(endpoint: &str, exact: bool, path: &str) -> String {
 pub(super) struct HttpClient {
     client: Pool,
     target: Target,
-    gzip: bool,
+    compression: Compression,
     timeout: Duration,
     /// Sent with every request ([`super::export_headers`]).
     headers: http::HeaderMap,
@@ -97,7 +97,7 @@ impl HttpClient {
     pub(super) fn new(
         target: Target,
         tls: Option<&Arc<rustls::ClientConfig>>,
-        gzip: bool,
+        compression: Compression,
         timeout: Duration,
         headers: http::HeaderMap,
     ) -> Self {
@@ -106,18 +106,18 @@ impl HttpClient {
             Some(config) => Pool::Tls(Box::new(builder.build(export_tls::tls(config, Alpn::Http1)))),
             None => Pool::Plain(Box::new(builder.build(export_tls::tcp()))),
         };
-        Self { client, target, gzip, timeout, headers }
+        Self { client, target, compression, timeout, headers }
     }
 
     /// Posts `request` to `path` and decodes the export response `R`.
     pub(super) async fn export<R: Message + Default>(&self, path: &str, request: &wire::Request) -> Result<R, Failed> {
-        let body = if self.gzip { gzip(&request.to_vec())? } else { request.to_vec() };
+        let body = compressed(self.compression, request.to_vec())?;
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(self.target.uri(path)?)
             .header(header::CONTENT_TYPE, "application/x-protobuf");
-        if self.gzip {
-            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        if self.compression != Compression::None {
+            builder = builder.header(header::CONTENT_ENCODING, self.compression.as_str());
         }
         if let Some(headers) = builder.headers_mut() {
             headers.extend(self.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
@@ -195,10 +195,20 @@ fn after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// gzip-compresses an export request's bytes.
-fn gzip(bytes: &[u8]) -> Result<Vec<u8>, Failed> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::default());
-    encoder.write_all(bytes).and_then(|()| encoder.finish()).map_err(|e| Failed::final_error("compression", e.to_string()))
+/// The Zstandard level of export requests: the fastest of the regular ones.
+const ZSTD_LEVEL: i32 = 1;
+
+/// An export request's bytes, compressed as `compression` says.
+fn compressed(compression: Compression, bytes: Vec<u8>) -> Result<Vec<u8>, Failed> {
+    let failed = |e: std::io::Error| Failed::final_error("compression", e.to_string());
+    match compression {
+        Compression::None => Ok(bytes),
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::default());
+            encoder.write_all(&bytes).and_then(|()| encoder.finish()).map_err(failed)
+        }
+        Compression::Zstd => zstd::bulk::compress(&bytes, ZSTD_LEVEL).map_err(failed),
+    }
 }
 
 #[cfg(test)]
@@ -259,11 +269,15 @@ mod tests {
     }
 
     #[test]
-    fn gzip_bodies_inflate_to_the_request() {
+    fn gzip_and_zstd_bodies_inflate_to_the_request() {
         let bytes: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        let packed = gzip(&bytes).expect("gzip");
+        let packed = compressed(Compression::Gzip, bytes.clone()).expect("gzip");
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(packed.as_slice()), &mut out).expect("gunzip");
         assert_eq!(out, bytes);
+        let packed = compressed(Compression::Zstd, bytes.clone()).expect("zstd");
+        assert!(packed.len() < bytes.len() / 4);
+        assert_eq!(zstd::bulk::decompress(&packed, bytes.len()).expect("unzstd"), bytes);
+        assert_eq!(compressed(Compression::None, bytes.clone()).expect("as is"), bytes);
     }
 }
