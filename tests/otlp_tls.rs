@@ -260,3 +260,24 @@ fn a_web_port_over_tls_serves_prometheus_the_cli_and_tells_plain_http_so() {
     assert!(prom.value("sum(meshlens_collector_tls_handshakes_total{transport=\"web\",outcome=\"ok\"})").is_some_and(|n| n >= 2.0));
     assert!(prom.value("sum(meshlens_collector_tls_handshakes_total{transport=\"web\",outcome=\"plaintext\"})").is_some_and(|n| n >= 1.0));
 }
+
+#[test]
+fn a_server_name_lets_a_sidecar_reach_the_collector_by_an_address_its_certificate_does_not_name() {
+    let dir = TestDir::new("otlp-tls-server-name");
+    let pki = Pki::new(&dir, "names");
+    let (cert, key) = pki.issue("collector", &["collector.mesh"]);
+    let collector = CollectorProc::start_with_args(&dir, &["--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&key)]);
+    let endpoint = format!("https://127.0.0.1:{}", collector.grpc.port());
+    let tls = |name: &str| format!("otlp_endpoint = \"{endpoint}\"\n[telemetry.tls]\nca_file = \"{}\"\n{name}", path(&pki.ca));
+    let named = workload("tester", tls("server_name = \"collector.mesh\""), &[]);
+    let unnamed = workload("front", tls(""), &[]);
+    let procs = start_mesh(&dir, &[&named, &unnamed], collector.grpc);
+    traffic(&dir, &named, 30);
+    wait_for("the named sidecar's spans", Duration::from_secs(15), || (spans_of(&collector, "tester") >= 30).then_some(()));
+    wait_for("the other to drop its telemetry", Duration::from_secs(20), || {
+        (admin_metric(&unnamed, "meshlens_proxy_telemetry_dropped_total", &[("reason", "export_failed")]) > 0.0).then_some(())
+    });
+    assert_eq!(spans_of(&collector, "front"), 0);
+    let log = procs[2].output();
+    assert!(log.contains("certificate not valid for name \"127.0.0.1\""), "the certificate does not name 127.0.0.1:\n{log}");
+}

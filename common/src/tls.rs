@@ -6,8 +6,12 @@
 //! without the PEM block it should hold stops the start with its path named. A certificate
 //! and its key are read again when their files change ([`Identity`]); CA files are read once. A client
 //! trusts the CA certificates of its CA file, or the system's roots when it names none; it
-//! presents a certificate (mutual TLS) only when given one. A server asks its clients for
-//! certificates only when given the CAs that issue them, and then refuses clients without one.
+//! presents a certificate (mutual TLS) only when given one, and checks the server's for the
+//! name it connects to, or for the one it is given ([`server_name`]). A server asks its
+//! clients for certificates only when given the CAs that issue them, and then refuses
+//! clients without one.
+
+mod server_name;
 
 use std::{
     fmt,
@@ -19,7 +23,7 @@ use std::{
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
     server::WebPkiClientVerifier,
     sign::CertifiedKey,
 };
@@ -234,12 +238,14 @@ pub struct ClientTls {
     /// The CA certificates trusted, with their file; none: the system's roots.
     roots: Option<(Vec<CertificateDer<'static>>, PathBuf)>,
     identity: Option<Identity>,
+    /// The name the server's certificate is checked for instead of the one connected to.
+    server_name: Option<ServerName<'static>>,
 }
 
 impl Default for ClientTls {
     /// The system's roots, no certificate of its own.
     fn default() -> Self {
-        Self { roots: None, identity: None }
+        Self { roots: None, identity: None, server_name: None }
     }
 }
 
@@ -247,13 +253,22 @@ impl ClientTls {
     /// Reads `files`; `what` names the setting in errors.
     pub fn read(files: &TlsFiles, what: &str) -> Result<Self, TlsError> {
         let roots = files.ca.as_deref().map(|ca| read_certificates(ca).map(|certificates| (certificates, ca.to_owned()))).transpose()?;
-        let tls = Self { roots, identity: files.identity(what)? };
+        let tls = Self { roots, identity: files.identity(what)?, server_name: None };
         // The CA file's certificates taken as trust anchors now, not at the first connection
         // (the key was checked against its certificate as it was read).
         if let Some((certificates, file)) = &tls.roots {
             root_store(certificates, file)?;
         }
         Ok(tls)
+    }
+
+    /// Checks the server's certificate for `name` (a DNS name or an IP address) instead of
+    /// the name connected to; `what` names the setting in errors.
+    pub fn with_server_name(mut self, name: &str, what: &str) -> Result<Self, TlsError> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| TlsError::Settings(format!("{what}: {name:?} is not a DNS name or an IP address")))?;
+        self.server_name = Some(name);
+        Ok(self)
     }
 
     /// Whether it presents a certificate when the server asks for one.
@@ -265,10 +280,14 @@ impl ClientTls {
     /// trusting ca.pem, presenting sidecar.pem`).
     pub fn describe(&self) -> String {
         let trusted = self.roots.as_ref().map_or_else(|| "the system's roots".to_owned(), |(_, file)| file.display().to_string());
-        match &self.identity {
-            Some(identity) => format!("TLS trusting {trusted}, presenting {}", identity.0.certificate.display()),
-            None => format!("TLS trusting {trusted}"),
+        let mut text = format!("TLS trusting {trusted}");
+        if let Some(name) = &self.server_name {
+            text.push_str(&format!(" for the name {}", name.to_str()));
         }
+        if let Some(identity) = &self.identity {
+            text.push_str(&format!(", presenting {}", identity.0.certificate.display()));
+        }
+        text
     }
 
     /// The rustls configuration: the CA file's certificates, or the system's roots (an error
@@ -280,8 +299,16 @@ impl ClientTls {
         };
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Settings(e.to_string()))?
-            .with_root_certificates(roots);
+            .map_err(|e| TlsError::Settings(e.to_string()))?;
+        let builder = match &self.server_name {
+            None => builder.with_root_certificates(roots),
+            Some(name) => {
+                let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| TlsError::Settings(e.to_string()))?;
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(server_name::ForName::new(verifier, name.clone())))
+            }
+        };
         Ok(match &self.identity {
             Some(identity) => builder.with_client_cert_resolver(Arc::new(identity.clone())),
             None => builder.with_no_client_auth(),
@@ -470,6 +497,37 @@ mod tests {
         assert!(matches!(without, Err(rustls::Error::NoCertificatesPresented)), "{without:?}");
         let stranger = handshake(client(servers_ca, Some((&stranger_certificate, &stranger_key))), mutual(), "collector.example");
         assert!(matches!(stranger, Err(rustls::Error::InvalidCertificate(_))), "{stranger:?}");
+    }
+
+    #[test]
+    fn a_server_name_checks_the_certificate_for_that_name_whatever_was_connected_to() {
+        let dir = Dir::new("server-name");
+        let pki = Pki::new(&dir.0, "names");
+        let (certificate, key) = pki.issue("collector", &["collector.example"]);
+        let files = TlsFiles { ca: None, certificate: Some(certificate), key: Some(key) };
+        let server = || ServerTls::read(&files, "server").expect("server").config(&[]).expect("config");
+        let client = |name: Option<&str>| {
+            let tls = ClientTls::read(&TlsFiles { ca: Some(pki.ca.clone()), ..TlsFiles::default() }, "client").expect("client");
+            let tls = match name {
+                Some(name) => tls.with_server_name(name, "telemetry.tls.server_name").expect("a name"),
+                None => tls,
+            };
+            tls.config().expect("config")
+        };
+        let by_address = handshake(client(None), server(), "10.0.0.7");
+        assert!(matches!(by_address, Err(rustls::Error::InvalidCertificate(_))), "{by_address:?}");
+        assert_eq!(handshake(client(Some("collector.example")), server(), "10.0.0.7"), Ok(()));
+        let other = handshake(client(Some("other.example")), server(), "collector.example");
+        assert!(matches!(other, Err(rustls::Error::InvalidCertificate(_))), "the given name, not the connected one: {other:?}");
+        let other_ca = Pki::new(&dir.0, "other").ca;
+        let untrusted = ClientTls::read(&TlsFiles { ca: Some(other_ca), ..TlsFiles::default() }, "c").expect("other CA");
+        let untrusted = untrusted.with_server_name("collector.example", "n").expect("a name").config().expect("config");
+        let untrusted = handshake(untrusted, server(), "10.0.0.7");
+        assert!(matches!(untrusted, Err(rustls::Error::InvalidCertificate(_))), "the chain is still checked: {untrusted:?}");
+        let error = ClientTls::default().with_server_name("not a name!", "telemetry.tls.server_name").expect_err("bad").to_string();
+        assert_eq!(error, "telemetry.tls.server_name: \"not a name!\" is not a DNS name or an IP address");
+        let described = ClientTls::default().with_server_name("collector.example", "n").expect("a name").describe();
+        assert_eq!(described, "TLS trusting the system's roots for the name collector.example");
     }
 
     #[test]

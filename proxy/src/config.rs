@@ -350,6 +350,9 @@ pub struct RawExportTls {
     pub cert_file: Option<PathBuf>,
     /// The private key of `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// The name the collector's certificate is checked for, when the endpoint names an
+    /// address the certificate does not (an IP address, a tunnel).
+    pub server_name: Option<String>,
 }
 
 impl RawExportTls {
@@ -363,13 +366,17 @@ impl RawExportTls {
     }
 
     fn is_empty(&self) -> bool {
-        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() && self.server_name.is_none()
     }
 
-    /// The files read and checked; `setting` names the table in errors.
+    /// The files read and checked, and the server name; `setting` names the table in errors.
     fn read(self, setting: &str) -> Result<ClientTls, ConfigError> {
         let files = TlsFiles { ca: self.ca_file, certificate: self.cert_file, key: self.key_file };
-        ClientTls::read(&files, setting).map_err(|e| ConfigError::Invalid(format!("{setting}: {e}")))
+        let tls = ClientTls::read(&files, setting).map_err(|e| ConfigError::Invalid(format!("{setting}: {e}")))?;
+        match &self.server_name {
+            None => Ok(tls),
+            Some(name) => tls.with_server_name(name, &format!("{setting}.server_name")).map_err(|e| ConfigError::Invalid(e.to_string())),
+        }
     }
 }
 
@@ -961,6 +968,7 @@ impl SignalExport {
                 ca_file: own.ca_file.or(shared.ca_file),
                 cert_file: own.cert_file.or(shared.cert_file),
                 key_file: own.key_file.or(shared.key_file),
+                server_name: own.server_name.or(shared.server_name),
             };
             tls.read(&format!("telemetry.{signal}.tls"))
         });
@@ -1538,6 +1546,19 @@ pub(crate) mod tests {
     /// An environment of `pairs`.
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn a_server_name_is_checked_and_a_signal_s_own_table_may_name_another() {
+        let toml = "[telemetry.traces.tls]\nserver_name = \"tempo.example\"\n\
+                    [telemetry.tls]\nserver_name = \"collector.example\"\n[telemetry]";
+        let t = ProxyConfig::from_toml(&GOOD.replace("[telemetry]", toml)).expect("valid").telemetry;
+        assert_eq!(t.tls.describe(), "TLS trusting the system's roots for the name collector.example");
+        let traces = t.signals.traces.tls.as_ref().map(ClientTls::describe);
+        assert_eq!(traces.as_deref(), Some("TLS trusting the system's roots for the name tempo.example"));
+        let bad = GOOD.replace("[telemetry]", "[telemetry.tls]\nserver_name = \"a b\"\n[telemetry]");
+        let error = ProxyConfig::from_toml(&bad).expect_err("not a name").to_string();
+        assert!(error.contains("telemetry.tls.server_name: \"a b\" is not a DNS name or an IP address"), "{error}");
     }
 
     #[test]
