@@ -3,6 +3,11 @@
 //! scrapers), `/ready` and `/live` (for readiness and liveness probes), `/tap`, the requests
 //! it finishes as they finish ([`crate::telemetry::tap`]), and `/proxy-log-level`, the log
 //! filter, read with GET and changed with PUT ([`crate::log_level`]).
+//!
+//! The admin port may listen beyond loopback so that Prometheus and a platform's probes
+//! reach it; the tap (requests' paths, headers, peers) and changing the log filter are then
+//! still for this machine's clients only (loopback peers, as `kubectl port-forward` is),
+//! as Linkerd keeps its proxy's log level: others get 403.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -13,7 +18,7 @@ use tower::util::BoxCloneService;
 
 use crate::{
     body, log_level,
-    stack::{Request, Response},
+    stack::{ConnectionAddrs, Request, Response},
     telemetry::{Telemetry, prometheus::RequestMetricsCollector, tap::TapQuery},
 };
 
@@ -39,12 +44,22 @@ pub fn service(
         async move {
             telemetry.stats().series.set(telemetry.metrics().series_count() as i64);
             Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                (&http::Method::GET, "/tap") | (&http::Method::PUT, "/proxy-log-level") if !from_this_machine(&req) => {
+                    let why = format!("{} is only answered to clients on this machine (loopback)\n", req.uri().path());
+                    text(StatusCode::FORBIDDEN, "text/plain", why)
+                }
                 (&http::Method::GET, "/tap") => tap(&telemetry, req.uri().query().unwrap_or_default(), shutdown),
                 (&http::Method::PUT, "/proxy-log-level") => set_log_level(req).await,
                 _ => respond(&req, &registry),
             })
         }
     }))
+}
+
+/// Whether the request came over a loopback connection (an IPv4-mapped loopback address
+/// too); not when the connection is unknown.
+fn from_this_machine(req: &Request) -> bool {
+    req.extensions().get::<ConnectionAddrs>().is_some_and(|addrs| addrs.peer.ip().to_canonical().is_loopback())
 }
 
 /// `PUT /proxy-log-level`: the body is the new filter directive ([`log_level::set`]); 400
@@ -120,6 +135,29 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], meshlens_common::exposition::OPENMETRICS);
         let bytes = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
         String::from_utf8(bytes.to_vec()).expect("text")
+    }
+
+    #[tokio::test]
+    async fn the_tap_and_a_new_log_filter_are_for_clients_on_this_machine_only() {
+        let svc = service(&crate::telemetry::tests::telemetry(), false, watch::channel(false).1);
+        let status = |method: &str, path: &str, peer: Option<&str>| {
+            let mut req = http::Request::builder().method(method).uri(path).body(body::full("not a directive=")).expect("request");
+            if let Some(peer) = peer {
+                let local = "127.0.0.1:4191".parse().expect("addr");
+                req.extensions_mut().insert(ConnectionAddrs::accepted(peer.parse().expect("peer"), local));
+            }
+            let svc = svc.clone();
+            async move { svc.oneshot(req).await.expect("infallible").status() }
+        };
+        for peer in [Some("10.0.0.5:40000"), Some("[2001:db8::1]:40000"), None] {
+            assert_eq!(status("GET", "/tap?limit=1", peer).await, StatusCode::FORBIDDEN, "{peer:?}");
+            assert_eq!(status("PUT", "/proxy-log-level", peer).await, StatusCode::FORBIDDEN, "{peer:?}");
+            assert_eq!(status("GET", "/live", peer).await, StatusCode::OK, "probes and scrapes from anywhere");
+        }
+        for peer in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
+            // Taken, and refused for what it says: the filter is not a directive.
+            assert_eq!(status("PUT", "/proxy-log-level", Some(peer)).await, StatusCode::BAD_REQUEST, "{peer}");
+        }
     }
 
     #[tokio::test]
