@@ -120,12 +120,13 @@ pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // Children first: nginx's workers outlive a killed master.
+        // nginx's workers outlive a killed master, and a master outliving its killed worker
+        // starts another: the children are read first, the parent killed, then they are.
         let pids: Vec<String> = process_tree(self.0.id()).iter().skip(1).map(u32::to_string).collect();
+        let _ = self.0.kill();
         if !pids.is_empty() {
             let _ = Command::new("kill").arg("-KILL").args(&pids).status();
         }
-        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
