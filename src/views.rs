@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::web_client::WebClient;
@@ -32,25 +31,20 @@ pub enum Output {
     Json,
 }
 
-/// `GET path` on a web port: the status and the body.
-pub async fn get_raw(web: &WebClient, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    web.get(path).await
-}
-
 /// The body of `GET path`, as text.
 pub async fn get_text(web: &WebClient, path: &str) -> anyhow::Result<String> {
-    let (_, body) = get_raw(web, path).await?;
+    let (_, body) = web.get(path).await?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The status of `GET path`, once the body has been read.
 pub async fn get_status(web: &WebClient, path: &str) -> anyhow::Result<u16> {
-    Ok(get_raw(web, path).await?.0.as_u16())
+    Ok(web.get(path).await?.0.as_u16())
 }
 
 async fn topology(query: &Query) -> anyhow::Result<Value> {
     let path = format!("/api/v1/topology?window={}&group={}", query.window, query.group);
-    let (status, body) = get_raw(&query.collector, &path).await?;
+    let (status, body) = query.collector.get(&path).await?;
     let value: Value = serde_json::from_slice(&body).with_context(|| format!("the collector answered {status} with no JSON"))?;
     anyhow::ensure!(status.is_success(), "the collector refused the query: {}", value["error"].as_str().unwrap_or("unknown error"));
     Ok(value)
@@ -150,7 +144,7 @@ fn stat_rows(view: &Value, instances: &[Value]) -> Vec<Value> {
 pub async fn stat(query: &Query, output: Output) -> anyhow::Result<()> {
     let view = topology(query).await?;
     // A collector that lists no instances (none report, or an older one): no proxy columns.
-    let instances = match get_raw(&query.collector, "/api/v1/instances?sdk=meshlens-proxy").await {
+    let instances = match query.collector.get("/api/v1/instances?sdk=meshlens-proxy").await {
         Ok((status, body)) if status.is_success() => serde_json::from_slice::<Vec<Value>>(&body).unwrap_or_default(),
         _ => Vec::new(),
     };

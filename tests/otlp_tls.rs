@@ -39,7 +39,7 @@ fn path(p: &Path) -> &str {
 /// and 127.0.0.1 (in `collector.pem` and `collector-key.pem`), asking for client
 /// certificates of `client_ca` if given.
 fn tls_collector(dir: &TestDir, pki: &Pki, client_ca: Option<&Path>) -> CollectorProc {
-    let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]);
+    let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]).expect("a test certificate");
     let mut args = vec!["--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&key)];
     if let Some(ca) = client_ca {
         args.extend(["--otlp-tls-client-ca", path(ca)]);
@@ -64,7 +64,7 @@ fn workload(service: &str, telemetry: String, env: &[(&str, &str)]) -> Workload 
 #[test]
 fn sidecars_export_over_tls_by_grpc_and_http_and_one_not_trusting_the_collector_drops_and_counts() {
     let dir = TestDir::new("otlp-tls");
-    let pki = Pki::new(&dir, "mesh");
+    let pki = Pki::new(&dir, "mesh").expect("a test CA");
     let collector = tls_collector(&dir, &pki, None);
     let (grpc, http) = (collector.grpc.port(), collector.http.port());
 
@@ -117,11 +117,12 @@ fn sidecars_export_over_tls_by_grpc_and_http_and_one_not_trusting_the_collector_
 #[test]
 fn with_mutual_tls_only_sidecars_presenting_a_certificate_of_the_client_ca_are_taken() {
     let dir = TestDir::new("otlp-mtls");
-    let (servers, clients, others) = (Pki::new(&dir, "servers"), Pki::new(&dir, "sidecars"), Pki::new(&dir, "others"));
+    let ca = |name| Pki::new(&dir, name).expect("a test CA");
+    let (servers, clients, others) = (ca("servers"), ca("sidecars"), ca("others"));
     let collector = tls_collector(&dir, &servers, Some(&clients.ca));
     let endpoint = format!("https://127.0.0.1:{}", collector.grpc.port());
-    let (cert, key) = clients.issue("tester", &["tester.test"]);
-    let (other_cert, other_key) = others.issue("front", &["front.test"]);
+    let (cert, key) = clients.issue("tester", &["tester.test"]).expect("a test certificate");
+    let (other_cert, other_key) = others.issue("front", &["front.test"]).expect("a test certificate");
 
     // The tester's certificate by its table; the front's, of another CA, by the variables.
     let tester = workload(
@@ -170,8 +171,8 @@ fn tls_files_that_are_missing_or_hold_no_certificate_stop_the_start_with_their_p
     let missing = dir.path("missing.pem");
     let empty = dir.path("empty.pem");
     std::fs::write(&empty, "no PEM here\n").expect("write");
-    let pki = Pki::new(&dir, "files");
-    let (cert, _) = pki.issue("collector", &["localhost"]);
+    let pki = Pki::new(&dir, "files").expect("a test CA");
+    let (cert, _) = pki.issue("collector", &["localhost"]).expect("a test certificate");
 
     let out = command(meshlens())
         .args(["collector", "--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&missing)])
@@ -197,9 +198,9 @@ fn a_renewed_collector_certificate_is_presented_without_a_restart() {
     // The collector's certificate files are replaced by one of another CA; a sidecar
     // trusting only that CA exports once the collector has looked at its files again.
     let dir = TestDir::new("otlp-tls-renewal");
-    let (old, new) = (Pki::new(&dir, "old"), Pki::new(&dir, "new"));
+    let (old, new) = (Pki::new(&dir, "old").expect("a test CA"), Pki::new(&dir, "new").expect("a test CA"));
     let collector = tls_collector(&dir, &old, None);
-    let (cert, key) = new.issue("renewed", &["127.0.0.1"]);
+    let (cert, key) = new.issue("renewed", &["127.0.0.1"]).expect("a test certificate");
     std::fs::copy(&cert, dir.path("collector.pem")).expect("renew the certificate");
     std::fs::copy(&key, dir.path("collector-key.pem")).expect("renew the key");
     let endpoint = format!("otlp_endpoint = \"https://127.0.0.1:{}\"", collector.grpc.port());
@@ -219,8 +220,8 @@ fn a_renewed_collector_certificate_is_presented_without_a_restart() {
 #[test]
 fn a_web_port_over_tls_serves_prometheus_the_cli_and_tells_plain_http_so() {
     let dir = TestDir::new("web-tls");
-    let pki = Pki::new(&dir, "web");
-    let (cert, key) = pki.issue("collector-web", &["localhost", "127.0.0.1"]);
+    let pki = Pki::new(&dir, "web").expect("a test CA");
+    let (cert, key) = pki.issue("collector-web", &["localhost", "127.0.0.1"]).expect("a test certificate");
     let collector = CollectorProc::start_with_args(&dir, &["--web-tls-cert", path(&cert), "--web-tls-key", path(&key)]);
     let web = format!("https://localhost:{}", collector.web.port());
 
@@ -264,8 +265,8 @@ fn a_web_port_over_tls_serves_prometheus_the_cli_and_tells_plain_http_so() {
 #[test]
 fn a_server_name_lets_a_sidecar_reach_the_collector_by_an_address_its_certificate_does_not_name() {
     let dir = TestDir::new("otlp-tls-server-name");
-    let pki = Pki::new(&dir, "names");
-    let (cert, key) = pki.issue("collector", &["collector.mesh"]);
+    let pki = Pki::new(&dir, "names").expect("a test CA");
+    let (cert, key) = pki.issue("collector", &["collector.mesh"]).expect("a test certificate");
     let collector = CollectorProc::start_with_args(&dir, &["--otlp-tls-cert", path(&cert), "--otlp-tls-key", path(&key)]);
     let endpoint = format!("https://127.0.0.1:{}", collector.grpc.port());
     let tls = |name: &str| format!("otlp_endpoint = \"{endpoint}\"\n[telemetry.tls]\nca_file = \"{}\"\n{name}", path(&pki.ca));

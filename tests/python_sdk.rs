@@ -95,8 +95,8 @@ fn python_sdk_exports_over_tls_to_a_collector_it_trusts_by_otel_exporter_otlp_ce
     // collector's receivers, the SDK trusting the CA by OpenTelemetry's variable.
     let python = python();
     let dir = TestDir::new("python-sdk-tls");
-    let pki = Pki::new(&dir, "sdk");
-    let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]);
+    let pki = Pki::new(&dir, "sdk").expect("a test CA");
+    let (cert, key) = pki.issue("collector", &["localhost", "127.0.0.1"]).expect("a test certificate");
     let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
     let collector = CollectorProc::start_with_args(&dir, &["--otlp-tls-cert", &cert, "--otlp-tls-key", &key]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/otel_sdk.py");

@@ -143,11 +143,8 @@ impl Figures {
     fn cpu_seconds(&mut self, at: u64, mode: &str, seconds: f64) {
         match &mut self.cpu {
             Some(cpu) if cpu.at_unix_nanos == at => {
-                let room = cpu.modes.len() < MAX_MODES;
-                match cpu.modes.iter_mut().find(|(m, _)| m == mode) {
-                    Some(entry) => entry.1 = seconds,
-                    None if room => cpu.modes.push((part(mode), seconds)),
-                    None => {}
+                if let Some(entry) = mode_entry(&mut cpu.modes, mode) {
+                    *entry = seconds;
                 }
             }
             Some(cpu) if cpu.at_unix_nanos > at => {}
@@ -161,18 +158,9 @@ impl Figures {
     /// Adds a delta of the CPU seconds of `mode`; their total so far, or `None` past
     /// [`MAX_MODES`] modes.
     fn add_cpu_delta(&mut self, mode: &str, seconds: f64) -> Option<f64> {
-        let room = self.cpu_from_deltas.len() < MAX_MODES;
-        match self.cpu_from_deltas.iter_mut().find(|(m, _)| m == mode) {
-            Some(entry) => {
-                entry.1 += seconds;
-                Some(entry.1)
-            }
-            None if room => {
-                self.cpu_from_deltas.push((part(mode), seconds));
-                Some(seconds)
-            }
-            None => None,
-        }
+        let total = mode_entry(&mut self.cpu_from_deltas, mode)?;
+        *total += seconds;
+        Some(*total)
     }
 
     /// CPU use between the last two readings, in cores.
@@ -183,6 +171,20 @@ impl Figures {
         let used = cpu.total() - total_before;
         (used >= 0.0).then_some(used / seconds)
     }
+}
+
+/// The seconds of `mode` among `modes`, added at 0 if there is room for it
+/// ([`MAX_MODES`]).
+fn mode_entry<'a>(modes: &'a mut Vec<(String, f64)>, mode: &str) -> Option<&'a mut f64> {
+    let at = match modes.iter().position(|(m, _)| m == mode) {
+        Some(at) => at,
+        None if modes.len() < MAX_MODES => {
+            modes.push((part(mode), 0.0));
+            modes.len() - 1
+        }
+        None => return None,
+    };
+    modes.get_mut(at).map(|(_, seconds)| seconds)
 }
 
 /// One instance as `GET /api/v1/instances` lists it.

@@ -469,11 +469,12 @@ mod tests {
     #[test]
     fn a_client_trusting_the_ca_file_connects_and_mutual_tls_refuses_clients_without_a_certificate() {
         let dir = Dir::new("handshake");
-        let (servers, clients, other) = (Pki::new(&dir.0, "servers"), Pki::new(&dir.0, "clients"), Pki::new(&dir.0, "other"));
+        let ca = |name| Pki::new(&dir.0, name).expect("a test CA");
+        let (servers, clients, other) = (ca("servers"), ca("clients"), ca("other"));
         let (servers_ca, clients_ca, other_ca) = (&servers.ca, &clients.ca, &other.ca);
-        let (certificate, key) = servers.issue("collector", &["collector.example"]);
-        let (client_certificate, client_key) = clients.issue("sidecar", &["sidecar"]);
-        let (stranger_certificate, stranger_key) = other.issue("stranger", &["sidecar"]);
+        let (certificate, key) = servers.issue("collector", &["collector.example"]).expect("a test certificate");
+        let (client_certificate, client_key) = clients.issue("sidecar", &["sidecar"]).expect("a test certificate");
+        let (stranger_certificate, stranger_key) = other.issue("stranger", &["sidecar"]).expect("a test certificate");
 
         let server = |ca: Option<&PathBuf>| {
             let files = TlsFiles { ca: ca.cloned(), certificate: Some(certificate.clone()), key: Some(key.clone()) };
@@ -502,8 +503,8 @@ mod tests {
     #[test]
     fn a_server_name_checks_the_certificate_for_that_name_whatever_was_connected_to() {
         let dir = Dir::new("server-name");
-        let pki = Pki::new(&dir.0, "names");
-        let (certificate, key) = pki.issue("collector", &["collector.example"]);
+        let pki = Pki::new(&dir.0, "names").expect("a test CA");
+        let (certificate, key) = pki.issue("collector", &["collector.example"]).expect("a test certificate");
         let files = TlsFiles { ca: None, certificate: Some(certificate), key: Some(key) };
         let server = || ServerTls::read(&files, "server").expect("server").config(&[]).expect("config");
         let client = |name: Option<&str>| {
@@ -519,7 +520,7 @@ mod tests {
         assert_eq!(handshake(client(Some("collector.example")), server(), "10.0.0.7"), Ok(()));
         let other = handshake(client(Some("other.example")), server(), "collector.example");
         assert!(matches!(other, Err(rustls::Error::InvalidCertificate(_))), "the given name, not the connected one: {other:?}");
-        let other_ca = Pki::new(&dir.0, "other").ca;
+        let other_ca = Pki::new(&dir.0, "other").expect("a test CA").ca;
         let untrusted = ClientTls::read(&TlsFiles { ca: Some(other_ca), ..TlsFiles::default() }, "c").expect("other CA");
         let untrusted = untrusted.with_server_name("collector.example", "n").expect("a name").config().expect("config");
         let untrusted = handshake(untrusted, server(), "10.0.0.7");
@@ -533,9 +534,9 @@ mod tests {
     #[test]
     fn a_renewed_certificate_is_presented_from_the_next_handshake_and_a_broken_renewal_is_not() {
         let dir = Dir::new("renewal");
-        let pki = Pki::new(&dir.0, "renewal");
+        let pki = Pki::new(&dir.0, "renewal").expect("a test CA");
         let ca = pki.ca.clone();
-        let (certificate, key) = pki.issue("collector", &["collector.example"]);
+        let (certificate, key) = pki.issue("collector", &["collector.example"]).expect("a test certificate");
         let server = ServerTls { identity: Identity::reading_every(&certificate, &key, Duration::ZERO).expect("read"), client_roots: None };
         let client =
             || ClientTls::read(&TlsFiles { ca: Some(ca.clone()), ..TlsFiles::default() }, "c").expect("client").config().expect("config");
@@ -543,7 +544,7 @@ mod tests {
         assert_eq!(first.as_ref(), read_certificates(&certificate).expect("first")[0].as_ref());
 
         // Renewed in place (the same names, a new key), then a renewal caught half written.
-        let (renewed, renewed_key) = pki.issue("renewed", &["collector.example"]);
+        let (renewed, renewed_key) = pki.issue("renewed", &["collector.example"]).expect("a test certificate");
         std::fs::copy(&renewed, &certificate).expect("copy");
         std::fs::copy(&renewed_key, &key).expect("copy");
         let config = server.config(&[]).expect("config");
@@ -558,9 +559,9 @@ mod tests {
     #[test]
     fn a_key_that_is_not_the_certificates_is_refused_at_read() {
         let dir = Dir::new("mismatch");
-        let pki = Pki::new(&dir.0, "mismatch");
-        let (certificate, _) = pki.issue("a", &["a.example"]);
-        let (_, other_key) = pki.issue("b", &["b.example"]);
+        let pki = Pki::new(&dir.0, "mismatch").expect("a test CA");
+        let (certificate, _) = pki.issue("a", &["a.example"]).expect("a test certificate");
+        let (_, other_key) = pki.issue("b", &["b.example"]).expect("a test certificate");
         let files = TlsFiles { ca: None, certificate: Some(certificate), key: Some(other_key) };
         let error = ServerTls::read(&files, "server").expect_err("mismatch").to_string();
         assert!(error.contains("do not make a usable pair"), "{error}");

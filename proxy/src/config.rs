@@ -1635,9 +1635,9 @@ pub(crate) mod tests {
         let dir = std::env::temp_dir().join(format!("meshlens-config-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("directory");
         let text = |path: std::path::PathBuf| path.to_string_lossy().into_owned();
-        let (shared, own) = (Pki::new(&dir, "shared"), Pki::new(&dir, "own"));
+        let (shared, own) = (Pki::new(&dir, "shared").expect("a test CA"), Pki::new(&dir, "own").expect("a test CA"));
         let (shared_ca, own_ca) = (text(shared.ca.clone()), text(own.ca.clone()));
-        let (cert, key) = shared.issue("sidecar", &["sidecar"]);
+        let (cert, key) = shared.issue("sidecar", &["sidecar"]).expect("a test certificate");
         let (cert, key) = (text(cert), text(key));
         let vars = [
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", own_ca.clone()),

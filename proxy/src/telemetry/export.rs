@@ -791,7 +791,7 @@ async fn export_metrics(
     deltas: Option<Deltas>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let deltas = Arc::new(std::sync::Mutex::new(deltas));
+    let deltas = deltas.map(|deltas| Arc::new(std::sync::Mutex::new(deltas)));
     let mut health = Health::new(Metrics::SIGNAL);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -846,7 +846,7 @@ struct MetricsSnapshot {
 async fn encode_in_background(
     snapshot: MetricsSnapshot,
     resource: Arc<Resource>,
-    deltas: Arc<std::sync::Mutex<Option<Deltas>>>,
+    deltas: Option<Arc<std::sync::Mutex<Deltas>>>,
 ) -> Option<wire::Request> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new().name("metrics-encode".into()).spawn(move || {
@@ -856,8 +856,8 @@ async fn encode_in_background(
         let process = snapshot.own_process.then(meshlens_common::process::Reading::now);
         let (series, tcp, active) = (&snapshot.series, &snapshot.tcp, &snapshot.active);
         let mut request = otlp::metrics_request(&resource, snapshot.start_unix_nanos, now, series, tcp, active, process.as_ref());
-        if let Some(deltas) = deltas.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
-            deltas.apply(&mut request);
+        if let Some(deltas) = &deltas {
+            deltas.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(&mut request);
         }
         let _ = tx.send(wire::Request::encoded(request.encode_to_vec()));
     });

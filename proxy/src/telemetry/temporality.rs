@@ -130,7 +130,7 @@ impl Deltas {
             Some(number_data_point::Value::AsDouble(v)) => Counted::Double(v),
             None => return false,
         };
-        let before = self.since(&key, point.start_time_unix_nano, &mut point.start_time_unix_nano);
+        let before = self.since(&key, &mut point.start_time_unix_nano).map(|(counted, _)| counted);
         let (value, changed) = match (&now, before) {
             (Counted::Int(now), Some(Counted::Int(before))) if now >= before => (number_data_point::Value::AsInt(now - before), now != before),
             (Counted::Double(now), Some(Counted::Double(before))) if now >= before => {
@@ -149,10 +149,8 @@ impl Deltas {
     /// Makes `point` a delta; whether anything was recorded since the previous export.
     fn histogram(&self, key: SeriesKey, point: &mut HistogramDataPoint, seen: &mut HashMap<SeriesKey, (Counted, u64)>) -> bool {
         let now = Counted::Histogram { count: point.count, sum: point.sum.unwrap_or(0.0), buckets: point.bucket_counts.clone() };
-        let previous_end = self.previous.get(&key).map(|(_, end)| *end);
-        let before = self.since(&key, point.start_time_unix_nano, &mut point.start_time_unix_nano);
-        let changed = match before {
-            Some(Counted::Histogram { count, sum, buckets })
+        let changed = match self.since(&key, &mut point.start_time_unix_nano) {
+            Some((Counted::Histogram { count, sum, buckets }, previous_end))
                 if point.count >= *count && buckets.len() == point.bucket_counts.len()
                     && point.bucket_counts.iter().zip(buckets).all(|(now, before)| now >= before) =>
             {
@@ -160,9 +158,7 @@ impl Deltas {
                 point.sum = point.sum.map(|now| now - sum);
                 point.bucket_counts.iter_mut().zip(buckets).for_each(|(now, before)| *now -= before);
                 // Exemplars of earlier intervals were sent with them.
-                if let Some(end) = previous_end {
-                    point.exemplars.retain(|e| e.time_unix_nano > end);
-                }
+                point.exemplars.retain(|e| e.time_unix_nano > previous_end);
                 point.count > 0
             }
             _ => true,
@@ -171,12 +167,12 @@ impl Deltas {
         changed
     }
 
-    /// What the series counted at the previous export, if it was exported; `start` becomes
-    /// that export's time (it stays the series' start for a new one).
-    fn since(&self, key: &SeriesKey, series_start: u64, start: &mut u64) -> Option<&Counted> {
+    /// What the series counted at the previous export, and that export's time, if it was
+    /// exported; `start` then becomes that time (it stays the series' start for a new one).
+    fn since(&self, key: &SeriesKey, start: &mut u64) -> Option<(&Counted, u64)> {
         let (counted, end) = self.previous.get(key)?;
-        *start = (*end).max(series_start);
-        Some(counted)
+        *start = (*end).max(*start);
+        Some((counted, *end))
     }
 }
 
