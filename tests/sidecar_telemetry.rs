@@ -974,6 +974,47 @@ fn a_malformed_request_body_is_the_callers_failure_not_the_upstreams() {
     assert_eq!(row, serde_json::json!(["client", "DPE", 501]), "only the caller's side, refused before any upstream");
 }
 
+/// An app that answers every request with its head as it arrived (`app saw:` first).
+fn head_echo_app(addr: std::net::SocketAddr) {
+    use std::io::{BufReader, Write};
+    serve_raw(addr, |stream| {
+        let head = read_head(&mut BufReader::new(stream.try_clone().expect("clone")));
+        let body = format!("app saw:\r\n{head}");
+        let mut stream = stream;
+        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    });
+}
+
+#[test]
+fn max_forwards_counts_each_sidecar_and_the_hop_it_runs_out_at_answers_trace() {
+    let dir = TestDir::new("max-forwards");
+    let hop = RawHop::start(&dir, "catalog", head_echo_app);
+    let trace = |path: &str, max_forwards: u32| {
+        let request = format!(
+            "TRACE {path} HTTP/1.1\r\nHost: catalog\r\nMax-Forwards: {max_forwards}\r\nCookie: session=secret\r\n\
+             Connection: close\r\n\r\n"
+        );
+        hop.exchange(request.as_bytes()).0
+    };
+    // 0: the tester's sidecar answers, with the request as it received it.
+    let first = trace("/first", 0);
+    assert!(first.starts_with("HTTP/1.1 200") && first.contains("message/http"), "{first}");
+    assert!(first.contains("\r\n\r\nTRACE /first HTTP/1.1\r\n") && !first.contains("secret"), "{first}");
+    // 1: the called service's sidecar answers, with what the tester's sidecar sent it: one
+    // hop less, and the trace context it added.
+    let second = trace("/second", 1);
+    assert!(second.contains("\r\n\r\nTRACE /second HTTP/1.1\r\n") && !second.contains("app saw"), "{second}");
+    assert!(second.contains("max-forwards: 0\r\n") && second.contains("traceparent: 00-"), "{second}");
+    // 2: the application gets it, with none left.
+    let app = trace("/app", 2);
+    assert!(app.contains("app saw:") && app.to_ascii_lowercase().contains("max-forwards: 0\r\n"), "{app}");
+    assert!(app.contains("session=secret"), "forwarded requests keep their cookies: {app}");
+
+    // Each answer is a request of the sidecar that gave it: the second one's on both sides.
+    let rows = hop.both_spans("kind, http_status_code, response_flags", "/second");
+    assert_eq!(rows, vec![serde_json::json!(["client", 200, "-"]), serde_json::json!(["server", 200, "-"])], "{rows:?}");
+}
+
 /// An app that answers the first request on each connection, then reads the next and closes
 /// the connection without an answer: as when its keep-alive timeout and a request cross.
 fn answers_once_per_connection_app(addr: std::net::SocketAddr) {

@@ -15,15 +15,25 @@
 //! request reaches this layer, under the observing one, and is recorded as any other: `h2`
 //! answers a larger one 431 itself, and nothing records that. HTTP/1.1 heads over the limit
 //! are refused and recorded where they are read (`crate::telemetry::unread`).
+//!
+//! `Max-Forwards` on `TRACE` and `OPTIONS` is kept as RFC 9110 (7.6.2) asks of an
+//! intermediary: a request that arrives with `0` is answered here, as its final recipient
+//! (`OPTIONS` with an empty 200, `TRACE` with the request as received, credentials left
+//! out, as `message/http`), and one with more is forwarded with one less. So a `TRACE`
+//! with `Max-Forwards: n` shows what the n-th hop received.
 
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Method, Version, header::HOST, uri::Authority};
+use http::{
+    HeaderMap, HeaderValue, Method, Version,
+    header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, MAX_FORWARDS, PROXY_AUTHORIZATION},
+    uri::Authority,
+};
 use tower::{Layer, Service};
 
 use crate::error::ProxyError;
 
-use super::{BoxFuture, Request, plain_host_port};
+use super::{BoxFuture, Request, Response, plain_host_port};
 
 /// Adds [`Admit`].
 #[derive(Debug, Clone, Copy)]
@@ -54,18 +64,17 @@ pub struct Admit<S> {
 
 impl<S> Service<Request> for Admit<S>
 where
-    S: Service<Request, Error = ProxyError, Future = BoxFuture<Result<<S as Service<Request>>::Response, ProxyError>>>,
-    S::Response: Send + 'static,
+    S: Service<Request, Response = Response, Error = ProxyError, Future = BoxFuture<Result<Response, ProxyError>>>,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<S::Response, ProxyError>>;
+    type Future = BoxFuture<Result<Response, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         if let Some(why) = refusal(&req) {
             return Box::pin(std::future::ready(Err(ProxyError::BadRequest(why.into()))));
         }
@@ -75,8 +84,60 @@ where
                 return Box::pin(std::future::ready(Err(ProxyError::HeadersTooLarge { size, limit: self.max_header_list })));
             }
         }
+        if let Some(answer) = last_hop(&mut req) {
+            return Box::pin(std::future::ready(Ok(answer)));
+        }
         self.inner.call(req)
     }
+}
+
+/// Keeps `Max-Forwards` on a `TRACE` or `OPTIONS` request: the answer when it arrived with
+/// `0`, else counts this hop (RFC 9110, 7.6.2). A value that is not one decimal number is
+/// left as it is.
+fn last_hop(req: &mut Request) -> Option<Response> {
+    if req.method() != Method::TRACE && req.method() != Method::OPTIONS {
+        return None;
+    }
+    let mut values = req.headers().get_all(MAX_FORWARDS).iter();
+    let (Some(value), None) = (values.next(), values.next()) else { return None };
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Past u64's range the count is as good as endless.
+    let left = digits.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
+    if left > 0 {
+        req.headers_mut().insert(MAX_FORWARDS, HeaderValue::from(left - 1));
+        return None;
+    }
+    if req.method() == Method::OPTIONS {
+        return Some(Response::new(crate::body::full("")));
+    }
+    let mut answer = Response::new(crate::body::full(reflection(req)));
+    answer.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("message/http"));
+    Some(answer)
+}
+
+/// A `TRACE` request's head as this hop received it (RFC 9110, 9.3.8), without the fields
+/// that carry credentials.
+fn reflection(req: &Request) -> Vec<u8> {
+    let mut text = Vec::with_capacity(256);
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    text.extend_from_slice(format!("TRACE {target} {:?}\r\n", req.version()).as_bytes());
+    if let (None, Some(authority)) = (req.headers().get(HOST), req.uri().authority()) {
+        text.extend_from_slice(format!("host: {authority}\r\n").as_bytes());
+    }
+    for (name, value) in req.headers() {
+        if name == COOKIE || name == AUTHORIZATION || name == PROXY_AUTHORIZATION {
+            continue;
+        }
+        text.extend_from_slice(name.as_str().as_bytes());
+        text.extend_from_slice(b": ");
+        text.extend_from_slice(value.as_bytes());
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(b"\r\n");
+    text
 }
 
 /// The size of an HTTP/2 request's header list as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it
@@ -194,5 +255,57 @@ mod tests {
         let refused = admit(sized(1001, Version::HTTP_2)).await.expect_err("over it");
         assert!(matches!(refused, ProxyError::HeadersTooLarge { size, limit: l } if size == limit + 1 && l == limit), "{refused}");
         assert!(admit(sized(1001, Version::HTTP_11)).await.is_ok(), "HTTP/1.1 heads are bounded where they are read");
+    }
+
+    #[tokio::test]
+    async fn max_forwards_on_trace_and_options_is_counted_and_zero_is_answered_here() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        // The inner service says which Max-Forwards it was given.
+        let inner = tower::service_fn(|req: Request| async move {
+            let seen = req.headers().get(MAX_FORWARDS).cloned().unwrap_or(HeaderValue::from_static("none"));
+            let mut answer = http::Response::new(crate::body::full("forwarded"));
+            answer.headers_mut().insert("seen", seen);
+            Ok::<_, ProxyError>(answer)
+        });
+        let send = |method: &str, max_forwards: &[&str]| {
+            let mut req = request(method, Version::HTTP_11, "/items?x=1", &["reviews"]).map(|()| crate::body::full(""));
+            for value in max_forwards {
+                req.headers_mut().append(MAX_FORWARDS, HeaderValue::from_str(value).expect("value"));
+            }
+            req.headers_mut().insert(COOKIE, HeaderValue::from_static("session=secret"));
+            req.headers_mut().insert("x-hop", HeaderValue::from_static("1"));
+            AdmitLayer::new(1 << 16).layer(tower::util::BoxCloneService::new(inner)).oneshot(req)
+        };
+        let seen = |response: &Response| response.headers().get("seen").map(|v| v.to_str().unwrap_or("?").to_owned());
+
+        for (method, given, forwarded) in [
+            ("TRACE", &["3"][..], "2"),
+            ("OPTIONS", &["1"][..], "0"),
+            ("OPTIONS", &["99999999999999999999999"][..], "18446744073709551614"),
+            // Not a number, more than one, or another method: passed on as they came.
+            ("TRACE", &["x"][..], "x"),
+            ("TRACE", &["-1"][..], "-1"),
+            ("GET", &["0"][..], "0"),
+            ("POST", &["2"][..], "2"),
+            ("TRACE", &[][..], "none"),
+        ] {
+            let response = send(method, given).await.expect("response");
+            assert_eq!(seen(&response).as_deref(), Some(forwarded), "{method} {given:?}");
+        }
+        let twice = send("TRACE", &["0", "0"]).await.expect("response");
+        assert!(seen(&twice).is_some(), "two Max-Forwards fields are not one count: forwarded");
+
+        // Zero: this hop is the final recipient.
+        let options = send("OPTIONS", &["0"]).await.expect("response");
+        assert_eq!((options.status(), seen(&options)), (http::StatusCode::OK, None));
+        assert!(options.into_body().collect().await.expect("body").to_bytes().is_empty());
+        let trace = send("TRACE", &["0"]).await.expect("response");
+        assert_eq!((trace.status(), seen(&trace)), (http::StatusCode::OK, None));
+        assert_eq!(trace.headers().get(CONTENT_TYPE).map(|v| v.as_bytes()), Some(&b"message/http"[..]));
+        let text = String::from_utf8(trace.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("text");
+        assert!(text.starts_with("TRACE /items?x=1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: reviews\r\n") && text.contains("x-hop: 1\r\n") && text.contains("max-forwards: 0\r\n"), "{text}");
+        assert!(!text.contains("secret") && text.ends_with("\r\n\r\n"), "credentials are not reflected: {text}");
     }
 }
