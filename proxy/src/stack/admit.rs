@@ -20,7 +20,7 @@
 //! intermediary: a request that arrives with `0` is answered here, as its final recipient
 //! (`OPTIONS` with an empty 200, `TRACE` with the request as received, credentials left
 //! out, as `message/http`), and one with more is forwarded with one less. So a `TRACE`
-//! with `Max-Forwards: n` shows what the n-th hop received.
+//! with `Max-Forwards: n` shows what the hop after `n` others received.
 
 use std::task::{Context, Poll};
 
