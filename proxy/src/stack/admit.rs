@@ -123,7 +123,8 @@ fn last_hop(req: &mut Request) -> Option<Response> {
 fn reflection(req: &Request) -> Vec<u8> {
     let mut text = Vec::with_capacity(256);
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    text.extend_from_slice(format!("TRACE {target} {:?}\r\n", req.version()).as_bytes());
+    let version = crate::telemetry::protocol_version(req.version());
+    text.extend_from_slice(format!("TRACE {target} HTTP/{version}\r\n").as_bytes());
     if let (None, Some(authority)) = (req.headers().get(HOST), req.uri().authority()) {
         text.extend_from_slice(format!("host: {authority}\r\n").as_bytes());
     }
@@ -307,5 +308,12 @@ mod tests {
         assert!(text.starts_with("TRACE /items?x=1 HTTP/1.1\r\n"), "{text}");
         assert!(text.contains("host: reviews\r\n") && text.contains("x-hop: 1\r\n") && text.contains("max-forwards: 0\r\n"), "{text}");
         assert!(!text.contains("secret") && text.ends_with("\r\n\r\n"), "credentials are not reflected: {text}");
+
+        // HTTP/2: the version by its name, the authority as the host.
+        let mut h2 = request("TRACE", Version::HTTP_2, "http://reviews/items", &[]).map(|()| crate::body::full(""));
+        h2.headers_mut().insert(MAX_FORWARDS, HeaderValue::from_static("0"));
+        let answer = AdmitLayer::new(1 << 16).layer(tower::util::BoxCloneService::new(inner)).oneshot(h2).await.expect("response");
+        let text = String::from_utf8(answer.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("text");
+        assert!(text.starts_with("TRACE /items HTTP/2\r\nhost: reviews\r\nmax-forwards: 0\r\n"), "{text}");
     }
 }
