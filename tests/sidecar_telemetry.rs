@@ -589,6 +589,19 @@ fn grpc_calls_of_unknown_length_are_retried_on_unavailable() {
     });
     assert!(attempt["logs"].as_array().is_some_and(|l| l.iter().any(|l| l["fields"][0]["value"] == "retried")), "{attempt}");
     assert_eq!(tag(&attempt, "rpc.method"), Some(&"Work".into()), "{attempt}");
+    let messages = |s: &Value| ["request", "response"].map(|way| tag(s, &format!("meshlens.grpc.{way}_messages")).and_then(Value::as_i64));
+    assert_eq!(messages(&attempt), [Some(1), Some(0)], "it sent the call's message; its answer was not read: {attempt}");
+
+    // The attempt whose answer went back ends with that answer: its message, and the status
+    // in its trailers.
+    let answered = wait_for("a retried call's answered attempt", Duration::from_secs(15), || {
+        let found = collector.json(&format!("/api/traces?service=tester&limit={SENT}"));
+        let spans = found["data"].as_array()?.iter().filter(|t| failed_attempt(t).is_some()).flat_map(|t| t["spans"].as_array().cloned());
+        let ok = |s: &Value| tag(s, "rpc.grpc.status_code").and_then(Value::as_i64) == Some(0);
+        spans.flatten().find(|s| tag(s, "meshlens.retry.attempt").is_some() && ok(s))
+    });
+    assert_eq!(messages(&answered), [Some(1), Some(1)], "{answered}");
+    assert!(tag(&answered, "http.response.body.size").and_then(Value::as_i64).is_some_and(|n| n > 5), "{answered}");
 }
 
 /// `pay` v1, answering, and v2, failing every request; and a tester whose sidecar calls `pay`
@@ -1477,6 +1490,73 @@ fn an_attempt_the_service_timeout_cuts_off_is_still_a_span_with_its_servers_unde
         assert_eq!(client[2], request[1], "each attempt is a child of the request's span: {client:?}");
         let server = rows.iter().find(|r| r[0] == "server" && r[2] == client[1]);
         assert!(server.is_some(), "the called side's span of attempt {:?} hangs under it: {rows:?}", attempt(client));
+    }
+}
+
+/// An app that answers every other request `502`, and the rest, by path: `/stream` with
+/// `hello`, then, 400 ms later, ` world`; `/cut` with half the body it announces, then
+/// closing the connection.
+fn fails_then_streams_app(addr: std::net::SocketAddr) {
+    use std::{io::{BufReader, Write}, sync::atomic::{AtomicUsize, Ordering}};
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    serve_raw(addr, |stream| {
+        let head = read_head(&mut BufReader::new(stream.try_clone().expect("clone")));
+        let mut stream = stream;
+        if SEEN.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+            let _ = stream.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        } else if head.contains("/stream") {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello");
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = stream.write_all(b" world");
+        } else {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly the first half");
+        }
+    });
+}
+
+#[test]
+fn the_attempt_whose_answer_goes_back_lasts_until_that_answer_ends() {
+    let dir = TestDir::new("attempt-answer");
+    let entry = "[services.retry]\nattempts = 2\non = [\"gateway-error\"]\nbackoff = \"5ms\"\n";
+    let hop = RawHop::start_routed(&dir, "stream", fails_then_streams_app, entry);
+    let spans = |path: &str| {
+        wait_for("the request's span and both attempts'", Duration::from_secs(15), || {
+            let sql = format!(
+                "SELECT duration_ns, http_status_code, response_flags, events, attributes FROM spans \
+                 WHERE kind = 'client' AND attributes LIKE '%{path}%' ORDER BY start_time"
+            );
+            let rows = hop.collector.sql_rows(&sql);
+            (rows.len() == 3).then_some(rows)
+        })
+    };
+    let attribute = |row: &Value, key: &str| {
+        let attributes: Value = serde_json::from_str(row[4].as_str().unwrap_or_default()).expect("attributes JSON");
+        attributes[key].clone()
+    };
+
+    // The first attempt is answered 502 and retried; the second's answer streams for 400 ms.
+    let (answer, took) = hop.exchange(b"GET /stream HTTP/1.1\r\nHost: stream\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello world"), "{answer}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    let rows = spans("/stream");
+    let (request, first, last) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!((attribute(first, "meshlens.retry.attempt"), attribute(last, "meshlens.retry.attempt")), (1.into(), 2.into()));
+    assert!(first[3].as_str().is_some_and(|e| e.contains("\"retried\"")), "{first:?}");
+    assert!(first[0].as_u64().is_some_and(|d| d < 300_000_000), "a retried attempt ends with its answer's head: {first:?}");
+    // The last attempt ends with its answer's body, as the request does, and says what it
+    // carried.
+    assert!(last[0].as_u64().is_some_and(|d| d >= 400_000_000), "{last:?}");
+    assert!(request[0].as_u64() >= last[0].as_u64(), "{request:?} {last:?}");
+    assert_eq!((&last[1], attribute(last, "http.response.body.size")), (&Value::from(200), 11.into()), "{last:?}");
+
+    // An answer the app breaks off: the last attempt is marked as the request is.
+    let (answer, _) = hop.exchange(b"GET /cut HTTP/1.1\r\nHost: stream\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("only the first half"), "{answer}");
+    let rows = spans("/cut");
+    for span in [&rows[0], &rows[2]] {
+        assert_eq!((&span[1], span[2].as_str()), (&Value::from(200), Some("UC")), "{rows:?}");
+        assert!(span[3].as_str().is_some_and(|e| e.contains("\"upstream_reset\"")), "{span:?}");
+        assert_eq!(attribute(span, "error.type"), "upstream_reset", "{span:?}");
     }
 }
 

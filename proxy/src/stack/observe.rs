@@ -177,16 +177,8 @@ where
                 record.response_duration = Some(start.elapsed());
             }
             let (telemetry, request) = (waiting.telemetry.clone(), waiting.request.clone());
-            let in_flight = InFlight {
-                telemetry,
-                messages: request.messages().map(|_| MessageCounter::default()),
-                record: Some(record),
-                start,
-                request: request.clone(),
-                tunnel,
-                active: Some(active),
-                failure: None,
-            };
+            let response_body = Streaming::new(record, request.messages().is_some());
+            let in_flight = InFlight { telemetry, response_body, start, request: request.clone(), tunnel, active: Some(active) };
             Ok(response.map(|b| body::boxed(ObservedBody::new(IdleBody::new(b, stream_idle, request), in_flight))))
         })
     }
@@ -232,48 +224,32 @@ impl Drop for Waiting {
 /// The record of an exchange whose response body is still streaming.
 struct InFlight {
     telemetry: Telemetry,
-    record: Option<RequestRecord>,
+    response_body: Streaming,
     start: Instant,
     request: Arc<RequestProgress>,
     /// On a `101`: the upgraded connection, whose close ends the exchange.
     tunnel: Option<Tunnel>,
     /// Counts the exchange in flight until it ends (dropped with this, or with the tunnel).
     active: Option<ActiveRequest>,
-    /// How the response body failed, if it did: whether the upstream broke HTTP in it, and
-    /// the error's causes.
-    failure: Option<(bool, String)>,
-    /// A gRPC call's response messages.
-    messages: Option<MessageCounter>,
 }
 
 impl BodyObserver for InFlight {
     fn on_data(&mut self, data: &[u8]) {
-        if let Some(r) = self.record.as_mut() {
-            r.response_bytes += data.len() as u64;
-        }
-        if let Some(counter) = self.messages.as_mut() {
-            counter.feed(data);
-        }
+        self.response_body.data(data);
     }
 
     fn on_trailers(&mut self, trailers: &HeaderMap) {
-        let Some(r) = self.record.as_mut() else { return };
-        if let Some(code) = classify::grpc_status(trailers) {
-            r.grpc_status = Some(code);
-        }
-        if let Some(kept) = r.headers.as_mut() {
-            kept.add_trailers(trailers);
-        }
+        self.response_body.trailers(trailers);
     }
 
     fn on_error(&mut self, error: &(dyn std::error::Error + 'static)) {
-        self.failure = Some((crate::error::broke_http(error), crate::error::causes(error)));
+        self.response_body.error(error);
     }
 
     fn on_end(&mut self, end: BodyEnd) {
-        let Some(mut record) = self.record.take() else { return };
+        let Some(mut record) = self.response_body.record.take() else { return };
         record.request_bytes = self.request.bytes();
-        record.grpc_messages = self.request.messages().zip(self.messages.map(|counter| counter.messages()));
+        record.grpc_messages = self.request.messages().zip(self.response_body.messages());
         record.request_duration = self.request.ended_after();
         let start = self.start;
         match self.tunnel.take() {
@@ -305,21 +281,76 @@ impl BodyObserver for InFlight {
                     record.flags |= ResponseFlags::STREAM_IDLE_TIMEOUT;
                     record.events.push(SpanEvent { offset: start.elapsed(), name: "idle_timeout", message: None });
                 } else if end == BodyEnd::Error {
-                    // The response body is read from the upstream, which broke it off after
-                    // its headers (Envoy's `UC`) or broke HTTP in it (`UPE`, a bad chunk),
-                    // whatever the status said.
-                    let (broke_http, cause) = self.failure.take().unwrap_or_default();
-                    let (flag, name) = if broke_http {
-                        (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_protocol_error")
-                    } else {
-                        (ResponseFlags::UPSTREAM_RESET, "upstream_reset")
-                    };
-                    record.flags |= flag;
-                    record.events.push(SpanEvent { offset: start.elapsed(), name, message: Some(cause).filter(|c| !c.is_empty()) });
+                    self.response_body.broken_off(&mut record, start.elapsed());
                 }
                 finish(&self.telemetry, record, start, end);
             }
         }
+    }
+}
+
+/// A record whose response body is streaming, and what the body has carried so far: its
+/// bytes, a gRPC call's messages, the status in its trailers and the trailers kept, and how
+/// it failed, if it did. The request's span follows its answer with one, and so does the
+/// last attempt of a retried request ([`super::retry`]).
+pub(crate) struct Streaming {
+    /// The record, until the body ends and it is taken.
+    pub(crate) record: Option<RequestRecord>,
+    /// A gRPC call's response messages.
+    messages: Option<MessageCounter>,
+    /// How the body failed: whether the upstream broke HTTP in it, and the error's causes.
+    failure: Option<(bool, String)>,
+}
+
+impl Streaming {
+    /// Follows the body of `record`'s answer, counting its messages if `count_messages`.
+    pub(crate) fn new(record: RequestRecord, count_messages: bool) -> Self {
+        Self { record: Some(record), messages: count_messages.then(MessageCounter::default), failure: None }
+    }
+
+    /// A data frame passed.
+    pub(crate) fn data(&mut self, data: &[u8]) {
+        if let Some(r) = self.record.as_mut() {
+            r.response_bytes += data.len() as u64;
+        }
+        if let Some(counter) = self.messages.as_mut() {
+            counter.feed(data);
+        }
+    }
+
+    /// The trailers passed.
+    pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
+        let Some(r) = self.record.as_mut() else { return };
+        if let Some(code) = classify::grpc_status(trailers) {
+            r.grpc_status = Some(code);
+        }
+        if let Some(kept) = r.headers.as_mut() {
+            kept.add_trailers(trailers);
+        }
+    }
+
+    /// The body failed with `error`.
+    pub(crate) fn error(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.failure = Some((crate::error::broke_http(error), crate::error::causes(error)));
+    }
+
+    /// The messages received, when they are counted.
+    pub(crate) fn messages(&self) -> Option<u64> {
+        self.messages.map(|counter| counter.messages())
+    }
+
+    /// Marks `record`, whose response body failed, as the upstream's doing, whatever the
+    /// status said: it broke the body off after its headers (Envoy's `UC`), or broke HTTP in
+    /// it (`UPE`, a bad chunk).
+    pub(crate) fn broken_off(&mut self, record: &mut RequestRecord, offset: Duration) {
+        let (broke_http, cause) = self.failure.take().unwrap_or_default();
+        let (flag, name) = if broke_http {
+            (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_protocol_error")
+        } else {
+            (ResponseFlags::UPSTREAM_RESET, "upstream_reset")
+        };
+        record.flags |= flag;
+        record.events.push(SpanEvent { offset, name, message: Some(cause).filter(|c| !c.is_empty()) });
     }
 }
 

@@ -27,17 +27,18 @@ use http_body_util::BodyExt as _;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::{
-    body::BodyEnd,
+    body::{self, BodyEnd, BodyObserver, ObservedBody, RequestObserver, RequestProgress},
     classify,
     config::{RetryOn, RetryPolicy, ServiceConfig},
     error::ProxyError,
+    grpc_messages,
     replay::Replay,
     telemetry::{RequestRecord, Side, SpanEvent, Telemetry, metrics::unix_nanos},
     trace_context::{SpanContext, SpanId},
 };
 
 use super::{
-    BoxFuture, NOT_RETRIED, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, recorded_authority,
+    BoxFuture, NOT_RETRIED, RETRY, Request, Resolution, Response, copy_request, errors, is_grpc, observe, recorded_authority,
     timeout::{Deadline, GRPC_TIMEOUT, grpc_timeout_value},
 };
 
@@ -173,7 +174,7 @@ where
         if let Some(context) = &context {
             context.inject(req.headers_mut());
         }
-        let span = context.map(|context| AttemptSpan::start(&req, &telemetry, &resolution, attempt, context));
+        let span = context.map(|context| AttemptSpan::start(&mut req, &telemetry, &resolution, attempt, context));
         let result = match inner.ready().await {
             Ok(ready) => {
                 let fut = ready.call(req);
@@ -188,9 +189,15 @@ where
         // The next attempt's body takes the source over from this one's, whose request
         // has failed; none once the body outgrew what is kept of it.
         let next = (attempt < policy.attempts && reason.is_some()).then(|| replay.body()).flatten();
-        if let Some(span) = span {
-            span.finish(&result, reason.as_deref().filter(|_| next.is_some()), replay.bytes_read());
-        }
+        let result = match span {
+            // The attempt whose answer goes back lasts as long as that answer's body.
+            Some(span) if next.is_none() => span.follow(result),
+            Some(span) => {
+                span.finish(&result, reason.as_deref());
+                result
+            }
+            None => result,
+        };
         let Some(next) = next else {
             if let Some(reason) = reason.filter(|_| attempt < policy.attempts) {
                 let body = match replay.failed() {
@@ -217,21 +224,30 @@ where
 }
 
 /// An attempt's CLIENT span, from what it needs of the request, taken before it is sent.
-/// It is recorded when the attempt ends, or, when the request is given up first (the
-/// service's timeout, or the caller going away, drop it), as a cancelled attempt: so the
-/// server side's span of that attempt never hangs under a span that was not sent.
+/// A retried attempt is recorded at its response headers (or its failure): its answer is
+/// never read. The attempt whose answer goes back is recorded when that answer's body ends,
+/// as the request's own span is, with what the body carried. When the request is given up
+/// first (the service's timeout, or the caller going away, drop it), the attempt is
+/// recorded as cancelled: so the server side's span of that attempt never hangs under a
+/// span that was not sent.
 struct AttemptSpan {
     record: Option<RequestRecord>,
     start: Instant,
     telemetry: Telemetry,
     resolution: Resolution,
+    /// What the attempt's request body has sent: its bytes, and a gRPC call's messages.
+    request: Arc<RequestProgress>,
 }
 
 impl AttemptSpan {
-    fn start(req: &Request, telemetry: &Telemetry, resolution: &Resolution, attempt: u32, context: SpanContext) -> Self {
+    /// Starts the span of the attempt `req` makes, and has its body report to the span.
+    fn start(req: &mut Request, telemetry: &Telemetry, resolution: &Resolution, attempt: u32, context: SpanContext) -> Self {
         let local = telemetry.identity().clone();
         let (authority, authority_port) = recorded_authority(req);
         let destination_service = authority.clone().unwrap_or_else(|| Arc::from("unknown"));
+        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let start = Instant::now();
+        let request = RequestProgress::new(start, content_type.is_some_and(grpc_messages::countable));
         let record = RequestRecord {
             path: req.uri().path().to_owned(),
             query: crate::telemetry::recorded_query(req.uri()),
@@ -247,11 +263,14 @@ impl AttemptSpan {
             attempt: Some(attempt),
             ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), Some(req.method().clone()), destination_service)
         };
-        Self { record: Some(record), start: Instant::now(), telemetry: telemetry.clone(), resolution: resolution.clone() }
+        let body = std::mem::replace(req.body_mut(), body::full(""));
+        *req.body_mut() = body::boxed(ObservedBody::new(body, RequestObserver::new(request.clone())));
+        Self { record: Some(record), start, telemetry: telemetry.clone(), resolution: resolution.clone(), request }
     }
 
-    /// The record so far, timed to now, with the endpoint and route the attempt went to and
-    /// what the layers under it noted (an ejection its failure caused, say).
+    /// The record so far, timed to now, with the endpoint and route the attempt went to,
+    /// what the layers under it noted (an ejection its failure caused, say), and what its
+    /// request body has sent (and no response messages: none of its answer was read).
     fn take(&mut self) -> Option<RequestRecord> {
         let mut record = self.record.take()?;
         record.duration = self.start.elapsed();
@@ -261,22 +280,16 @@ impl AttemptSpan {
             record.upstream = Some(endpoint.address);
         }
         self.resolution.record_notes(&mut record, self.start);
+        sent(&mut record, &self.request, 0);
         Some(record)
     }
 
-    /// Records the attempt: it lasted until its response headers (or its failure), by when
-    /// `request_bytes` of the body had been read.
-    fn finish(mut self, result: &Result<Response, ProxyError>, retried: Option<&str>, request_bytes: u64) {
+    /// Records the attempt at its response headers (or its failure), `retried` saying why
+    /// another attempt follows.
+    fn finish(mut self, result: &Result<Response, ProxyError>, retried: Option<&str>) {
         let Some(mut record) = self.take() else { return };
-        record.request_bytes = record.request_bytes.max(request_bytes);
         match result {
-            Ok(response) => {
-                record.status = response.status().as_u16();
-                record.grpc_status = classify::grpc_status(response.headers());
-                if let Some(kept) = record.headers.as_mut() {
-                    kept.add_response(response.headers());
-                }
-            }
+            Ok(response) => answered(&mut record, response),
             Err(error) => {
                 let (status, flags, grpc_code) = errors::status_and_flags(error);
                 record.status = if record.grpc { 200 } else { status.as_u16() };
@@ -292,6 +305,23 @@ impl AttemptSpan {
         record.classification = classify::classify(record.status, record.grpc_status, BodyEnd::Complete, record.flags);
         self.telemetry.record(record);
     }
+
+    /// The last attempt: a failure is recorded now; an answer, when its body ends.
+    fn follow(mut self, result: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let result = Err(error);
+                self.finish(&result, None);
+                return result;
+            }
+        };
+        let Some(mut record) = self.take() else { return Ok(response) };
+        answered(&mut record, &response);
+        let response_body = observe::Streaming::new(record, self.request.messages().is_some());
+        let answer = Answer { response_body, start: self.start, telemetry: self.telemetry.clone(), request: self.request.clone() };
+        Ok(response.map(|b| body::boxed(ObservedBody::new(b, answer))))
+    }
 }
 
 impl Drop for AttemptSpan {
@@ -300,6 +330,61 @@ impl Drop for AttemptSpan {
         let message = "the request was given up before this attempt was answered".to_owned();
         record.events.push(SpanEvent { offset: record.duration, name: "cancelled", message: Some(message) });
         record.classification = classify::classify(record.status, record.grpc_status, BodyEnd::Dropped, record.flags);
+        self.telemetry.record(record);
+    }
+}
+
+/// What an attempt's response headers say: its status, a gRPC status sent with them, and
+/// the headers the configuration keeps.
+fn answered(record: &mut RequestRecord, response: &Response) {
+    record.status = response.status().as_u16();
+    record.grpc_status = classify::grpc_status(response.headers());
+    if let Some(kept) = record.headers.as_mut() {
+        kept.add_response(response.headers());
+    }
+}
+
+/// What the attempt's request body has sent, and for a gRPC call the messages `received`.
+fn sent(record: &mut RequestRecord, request: &RequestProgress, received: u64) {
+    record.request_bytes = record.request_bytes.max(request.bytes());
+    record.grpc_messages = request.messages().map(|sent| (sent, received));
+}
+
+/// The span of the last attempt while its answer's body streams to the caller.
+struct Answer {
+    response_body: observe::Streaming,
+    start: Instant,
+    telemetry: Telemetry,
+    request: Arc<RequestProgress>,
+}
+
+impl BodyObserver for Answer {
+    fn on_data(&mut self, data: &[u8]) {
+        self.response_body.data(data);
+    }
+
+    fn on_trailers(&mut self, trailers: &http::HeaderMap) {
+        self.response_body.trailers(trailers);
+    }
+
+    fn on_error(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.response_body.error(error);
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        let Some(mut record) = self.response_body.record.take() else { return };
+        record.duration = self.start.elapsed();
+        let offset = record.duration;
+        sent(&mut record, &self.request, self.response_body.messages().unwrap_or(0));
+        match end {
+            BodyEnd::Complete => {}
+            BodyEnd::Error => self.response_body.broken_off(&mut record, offset),
+            BodyEnd::Dropped => {
+                let message = "the request was given up before this attempt's answer ended".to_owned();
+                record.events.push(SpanEvent { offset, name: "cancelled", message: Some(message) });
+            }
+        }
+        record.classification = classify::classify(record.status, record.grpc_status, end, record.flags);
         self.telemetry.record(record);
     }
 }

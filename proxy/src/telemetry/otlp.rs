@@ -210,9 +210,8 @@ pub fn write_record_attributes(r: &RequestRecord, a: &mut impl AttributeSink, sc
         if let Some(code) = r.grpc_status {
             a.integer("rpc.grpc.status_code", i64::from(code));
         }
-        // Not on an attempt's span, which ends at its response headers: the call's record
-        // has them.
-        if let (Some((sent, received)), None) = (r.grpc_messages, r.attempt) {
+        // A retried attempt's answer is not read: it received none.
+        if let Some((sent, received)) = r.grpc_messages {
             a.integer(semconv::GRPC_REQUEST_MESSAGES, sent as i64);
             a.integer(semconv::GRPC_RESPONSE_MESSAGES, received as i64);
         }
@@ -1087,7 +1086,8 @@ mod tests {
         let messages = attributes.iter().filter(|kv| kv.key.starts_with("meshlens.grpc.")).count();
         assert_eq!(messages, 2, "on the call's span and access log: {attributes:?}");
         call.attempt = Some(1);
+        call.grpc_messages = None;
         let attributes = reference::record_attributes(&call);
-        assert!(attributes.iter().all(|kv| !kv.key.starts_with("meshlens.grpc.")), "an attempt's span ends at its headers");
+        assert!(attributes.iter().all(|kv| !kv.key.starts_with("meshlens.grpc.")), "none counted, none said");
     }
 }
