@@ -93,12 +93,17 @@ fn requests_through_sidecars_reach_topology_metrics_traces_and_logs() {
         "{versions}"
     );
 
-    // The edge's history (the dashboard's charts) adds up to the same count.
-    let series = collector.json("/api/v1/series?source=frontend.test&target=backend.test&window=5m");
-    let points = series.as_array().expect("points");
-    let step = (points[1]["t"].as_f64().unwrap_or(0.0) - points[0]["t"].as_f64().unwrap_or(0.0)) / 1000.0;
-    let total: f64 = points.iter().map(|p| p["request_rate"].as_f64().unwrap_or(0.0) * step).sum();
-    assert!((total - REQUESTS as f64).abs() < 1e-6, "history sums to {total}");
+    // The edge's history (the dashboard's charts) adds up to the same count, once its
+    // newest seconds, which it leaves out while they may still be arriving, have passed.
+    let total = || {
+        let series = collector.json("/api/v1/series?source=frontend.test&target=backend.test&window=5m");
+        let points = series.as_array().cloned().unwrap_or_default();
+        let count = |p: &Value| p["request_rate"].as_f64().unwrap_or(0.0) * p["seconds"].as_f64().unwrap_or(0.0);
+        points.iter().map(count).sum::<f64>()
+    };
+    wait_for("the edge's history to hold every request", Duration::from_secs(10), || {
+        ((total() - REQUESTS as f64).abs() < 1e-6).then_some(())
+    });
 
     // Terminal views read the same numbers.
     let web = collector.web.to_string();

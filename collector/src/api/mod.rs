@@ -62,12 +62,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn series_cover_the_window_and_need_a_target() {
+    async fn series_cover_the_window_but_its_newest_seconds_and_need_a_target() {
         let (status, _, body) = call("/api/v1/series?target=a&window=60s").await;
         assert_eq!(status, 200);
         let points: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
-        assert!((60..=62).contains(&points.len()), "{} points", points.len());
-        assert!(points.iter().all(|p| p["request_rate"] == 0.0));
+        assert!((58..=60).contains(&points.len()), "{} points", points.len());
+        assert!(points.iter().all(|p| p["request_rate"] == 0.0 && p["seconds"] == 1));
+        let now_ms = crate::pipeline::now_nanos() / 1_000_000;
+        let newest = points.last().and_then(|p| p["t"].as_u64()).unwrap_or(u64::MAX);
+        assert!(newest + 2_000 <= now_ms, "the seconds still arriving are left out: {newest} at {now_ms}");
         let (status, _, _) = call("/api/v1/series?window=60s").await;
         assert_eq!(status, 400);
     }

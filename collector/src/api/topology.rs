@@ -60,6 +60,9 @@ pub struct SeriesParams {
 pub struct SeriesPoint {
     /// Bucket start, Unix milliseconds.
     pub t: u64,
+    /// The seconds of the bucket the point covers: the step, or fewer for the series' first
+    /// and last buckets, which the window cuts.
+    pub seconds: u64,
     /// Requests per second in the bucket.
     pub request_rate: f64,
     /// Failed / all in the bucket (0 when idle).
@@ -75,20 +78,27 @@ pub struct SeriesPoint {
 /// Points per series: the window is cut into this many steps (at least one second each).
 const POINTS: u64 = 60;
 
+/// Seconds a series stops short of now. Requests are counted in the second they started,
+/// and a sidecar exports them a flush interval (200 ms) after they end: the newest seconds
+/// are still on their way, and drawn as they stand they would end every chart in a dip.
+const SETTLING_SECS: u64 = 2;
+
 async fn series(
     State(pipeline): State<Arc<Pipeline>>,
     Query(p): Query<SeriesParams>,
 ) -> Result<Json<Vec<SeriesPoint>>, ApiError> {
     let (from, to, _) = resolve_window(p.window.as_deref(), None, None, pipeline.started_unix_nanos)?;
     let step = ((to - from) / POINTS).max(1);
+    let to = to.min((now_nanos() / 1_000_000_000).saturating_sub(SETTLING_SECS)).max(from);
     let topology = pipeline.topology.read().map_err(poisoned)?;
     let points = topology
         .series(from, to, step, p.group, p.source.as_deref(), &p.target)
         .into_iter()
-        .map(|(t, stats)| {
-            let traffic = crate::topology::graph::Traffic::from_stats(&stats, step as f64);
+        .map(|(t, seconds, stats)| {
+            let traffic = crate::topology::graph::Traffic::from_stats(&stats, seconds as f64);
             SeriesPoint {
                 t: t * 1000,
+                seconds,
                 request_rate: traffic.request_rate,
                 error_ratio: traffic.error_ratio,
                 p50_ms: traffic.p50_ms,

@@ -98,7 +98,8 @@ impl Topology {
 
     /// Traffic over time between `[from, to]` (Unix seconds) in steps of `step` seconds, for
     /// the edge `source → target` or, with no source, everything `target` receives (node IDs
-    /// as the grouping writes them).
+    /// as the grouping writes them): each step's start, the seconds of it within the window,
+    /// and its figures.
     pub fn series(
         &self,
         from_secs: u64,
@@ -107,20 +108,22 @@ impl Topology {
         grouping: Grouping,
         source: Option<&str>,
         target: &str,
-    ) -> Vec<(u64, rollup::EdgeStats)> {
+    ) -> Vec<(u64, u64, rollup::EdgeStats)> {
         let step = step.max(1);
         let per_second = self.rollups.series(from_secs, to_secs, |key| {
             graph::node_id(&key.destination, grouping) == target
                 && source.is_none_or(|s| graph::node_id(&key.source, grouping) == s)
         });
-        let mut out: Vec<(u64, rollup::EdgeStats)> = Vec::new();
+        let mut out = Vec::new();
         let mut t = from_secs - from_secs % step;
         while t <= to_secs {
+            // The window's first and last steps may cover only part of theirs.
+            let (first, last) = (t.max(from_secs), (t + step - 1).min(to_secs));
             let mut bucket = rollup::EdgeStats::default();
-            for (_, stats) in per_second.range(t..t + step) {
+            for (_, stats) in per_second.range(first..=last) {
                 bucket.merge(stats);
             }
-            out.push((t, bucket));
+            out.push((t, last - first + 1, bucket));
             t += step;
         }
         out
@@ -139,5 +142,29 @@ impl Topology {
     /// Spans waiting for the other side of their hop, and fingerprints of settled spans.
     pub fn matcher_load(&self) -> (usize, usize) {
         self.deriver.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_step_counts_only_the_seconds_of_it_within_the_window() {
+        let mut topology = Topology::new(1_000_000_000, 100, 3600, 10);
+        for second in 100..120 {
+            for _ in 0..2 {
+                assert!(topology.rollups.admit(&rollup::tests::observation(second, "200", 1_000_000)));
+            }
+        }
+        // Seconds 103 to 117 in steps of five: the first step has two of its seconds in the
+        // window, the last three.
+        let points = topology.series(103, 117, 5, Grouping::Service, Some("web.shop"), "cart.shop");
+        let shape: Vec<(u64, u64, u64)> = points.iter().map(|(t, seconds, stats)| (*t, *seconds, stats.requests)).collect();
+        assert_eq!(shape, [(100, 2, 4), (105, 5, 10), (110, 5, 10), (115, 3, 6)]);
+        let rate = |(_, seconds, stats): &(u64, u64, rollup::EdgeStats)| graph::Traffic::from_stats(stats, *seconds as f64).request_rate;
+        let rates: Vec<f64> = points.iter().map(rate).collect();
+        assert_eq!(rates, [2.0; 4], "the rate over the seconds covered: no dip at either end");
+        assert!(topology.series(103, 117, 5, Grouping::Service, None, "web.shop").iter().all(|(_, _, s)| s.requests == 0));
     }
 }

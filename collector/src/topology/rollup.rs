@@ -247,7 +247,7 @@ impl Rollups {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::topology::{Node, NodeKind};
 
@@ -257,7 +257,8 @@ mod tests {
         Node { kind: NodeKind::Service, namespace: Arc::from("shop"), service: Arc::from(service), workload: None, version: None }.into()
     }
 
-    fn observation(start_secs: u64, code: &str, duration_nanos: u64) -> EdgeObservation {
+    /// A request from `web` to `cart` (namespace `shop`) that started at `start_secs`.
+    pub(crate) fn observation(start_secs: u64, code: &str, duration_nanos: u64) -> EdgeObservation {
         EdgeObservation {
             source: node("web"),
             destination: node("cart"),
