@@ -116,8 +116,13 @@ fn sum_of(of: &[&Value], key: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-/// Per-node rows: the node's inbound traffic, and its sidecars' CPU (cores) and resident
-/// memory, all instances together, from `instances`.
+/// Per-node rows: the node's inbound traffic as the node itself received it, and its
+/// sidecars' CPU (cores) and resident memory, all instances together, from `instances`.
+///
+/// As `linkerd viz stat` reads a workload's inbound side, every attempt its callers'
+/// sidecars made counts: a request retried once is two requests received, the first of them
+/// failed, so a service whose failures its callers' retries hide still shows them (what the
+/// callers got in the end is `edges`' `SUCCESS`). Latency is of the callers' requests.
 fn stat_rows(view: &Value, instances: &[Value]) -> Vec<Value> {
     let mut nodes: Vec<Value> = view["nodes"]
         .as_array()
@@ -129,10 +134,15 @@ fn stat_rows(view: &Value, instances: &[Value]) -> Vec<Value> {
         .map(|n| {
             let t = &n["inbound"];
             let sidecars = sidecars_of(n, instances);
+            let (requests, retries) = (t["requests"].as_u64().unwrap_or(0), t["retries"].as_u64().unwrap_or(0));
+            // Every retry followed a failed attempt (see `actual_success_ratio`).
+            let received = requests + retries;
+            let effective = 1.0 - t["error_ratio"].as_f64().unwrap_or(0.0);
+            let success = (requests > 0).then(|| t["actual_success_ratio"].as_f64().unwrap_or(effective));
+            let rate = t["request_rate"].as_f64().unwrap_or(0.0) * if requests > 0 { received as f64 / requests as f64 } else { 1.0 };
             json!({
-                "name": n["label"], "namespace": n["namespace"], "requests": t["requests"],
-                "success_rate": t["requests"].as_u64().filter(|r| *r > 0).map(|_| 1.0 - t["error_ratio"].as_f64().unwrap_or(0.0)),
-                "request_rate": t["request_rate"], "p50_ms": t["p50_ms"], "p95_ms": t["p95_ms"], "p99_ms": t["p99_ms"],
+                "name": n["label"], "namespace": n["namespace"], "requests": received, "success_rate": success,
+                "request_rate": rate, "p50_ms": t["p50_ms"], "p95_ms": t["p95_ms"], "p99_ms": t["p99_ms"],
                 "proxy_instances": sidecars.len(), "proxy_cpu_cores": sum_of(&sidecars, "cpu_cores"),
                 "proxy_memory_bytes": sum_of(&sidecars, "resident_bytes"),
             })
@@ -262,6 +272,19 @@ mod tests {
         assert_eq!(rows[0], ["frontend", "checkout", "http", "99.75%", "6.7rps", "2.50%", "97.32%", "17ms", "40ms", "49ms"]);
         assert_eq!(rows[1][3..7], ["-", "0.0rps", "-", "-"]);
         assert_eq!(rows[0].len(), EDGE_HEADER.len());
+    }
+
+    #[test]
+    fn a_node_counts_every_attempt_it_received_so_retries_hide_no_failure() {
+        let inbound = json!({"requests": 400, "errors": 1, "retries": 10, "error_ratio": 0.0025,
+                             "actual_success_ratio": 0.973_170_731_707_317, "request_rate": 6.7, "p50_ms": 16.9});
+        let view = json!({"nodes": [{"id": "checkout", "label": "checkout", "kind": "service", "namespace": "shop", "inbound": inbound}]});
+        let rows = stat_rows(&view, &[]);
+        assert_eq!((rows[0]["requests"].as_u64(), rows[0]["success_rate"].as_f64()), (Some(410), Some(0.973_170_731_707_317)));
+        assert!((rows[0]["request_rate"].as_f64().unwrap_or(0.0) - 6.7 * 410.0 / 400.0).abs() < 1e-9, "{}", rows[0]);
+        assert_eq!(stat_table(&rows).1[0][2..4], ["97.32%", "6.9rps"]);
+        let idle = json!({"nodes": [{"id": "x", "label": "x", "kind": "service", "inbound": {"requests": 0, "request_rate": 0.0}}]});
+        assert_eq!(stat_rows(&idle, &[])[0]["success_rate"], Value::Null, "no requests, no success rate");
     }
 
     #[test]

@@ -561,6 +561,17 @@ fn retried_requests_show_one_client_span_per_attempt() {
     let edge_labels = [("source_service", "tester"), ("destination_service", "flaky")];
     assert_eq!(prom_sum(&exposition, "meshlens_retries_total", &edge_labels), retries as f64, "{exposition}");
     assert_eq!(prom_sum(&exposition, "meshlens_requests_total", &edge_labels), SENT as f64, "{exposition}");
+
+    // `meshlens stat` counts what flaky received, every attempt: its failures show, though
+    // the retries hid most of them from the tester. Each request that succeeded had one
+    // successful attempt.
+    let web = collector.web.to_string();
+    let rows: Value = serde_json::from_str(&run(&["stat", "--collector", &web, "--window", "5m", "-o", "json"])).expect("stat JSON");
+    let flaky = rows.as_array().into_iter().flatten().find(|r| r["name"] == "flaky").cloned();
+    let flaky = flaky.unwrap_or_else(|| panic!("flaky in {rows}"));
+    assert_eq!(flaky["requests"].as_u64(), Some(received), "{flaky}");
+    let success = flaky["success_rate"].as_f64().unwrap_or(1.0);
+    assert!((success - ok as f64 / received as f64).abs() < 1e-9, "{ok} of {received} attempts succeeded: {flaky}");
 }
 
 #[test]
