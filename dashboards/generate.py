@@ -45,6 +45,18 @@ def actual_success(sel, by):
     return f"({total} - ({failed} or {total} * 0)) / ({total} + {rate('meshlens_retries_total', sel, by)})"
 
 
+def received(sel):
+    # What a service received: every attempt its callers' sidecars made, as the service's own
+    # side counts them (Istio's destination-reported requests, linkerd viz stat's inbound).
+    return f"{rate('meshlens_requests_total', sel)} + {rate('meshlens_retries_total', sel)}"
+
+
+RECEIVED = ("Requests received: every attempt the callers' sidecars made, so a request retried once counts twice "
+            "(the panels below count each request once).")
+RECEIVED_SUCCESS = ("Successful attempts over all attempts received: the callers' retries do not hide the failures "
+                    "they retried. What the callers got in the end is the mesh overview's success ratio.")
+
+
 def quantile(q, sel, by=None):
     group = f"{by}, le" if by else "le"
     return f"histogram_quantile({q}, sum by ({group}) (rate(meshlens_request_duration_seconds_bucket{{{sel}}}[{RI}])))"
@@ -142,8 +154,8 @@ def service():
               [datasource_var(),
                query_var("namespace", "Namespace", "label_values(meshlens_requests_total, destination_namespace)"),
                query_var("service", "Service", 'label_values(meshlens_requests_total{destination_namespace=~"$namespace"}, destination_service)', multi=False)])
-    b.panel("Inbound request rate", "stat", rate("meshlens_requests_total", SVC_IN), "reqps", w=8, h=5)
-    b.panel("Inbound success ratio", "stat", f"1 - ({error_ratio(SVC_IN)})", "percentunit", w=8, h=5)
+    b.panel("Inbound request rate", "stat", received(SVC_IN), "reqps", w=8, h=5, description=RECEIVED)
+    b.panel("Inbound success ratio", "stat", actual_success(SVC_IN, None), "percentunit", w=8, h=5, description=RECEIVED_SUCCESS)
     b.panel("Inbound p99", "stat", quantile(0.99, SVC_IN), "s", w=8, h=5)
     b.panel("Inbound by caller", "timeseries", rate("meshlens_requests_total", SVC_IN, "source_service"), "reqps", legend="{{source_service}}")
     b.panel("Inbound by version", "timeseries", rate("meshlens_requests_total", SVC_IN, "destination_version"), "reqps", legend="{{destination_version}}")
@@ -163,8 +175,8 @@ def workload():
               [datasource_var(),
                query_var("namespace", "Namespace", "label_values(meshlens_requests_total, destination_namespace)"),
                query_var("workload", "Workload", 'label_values(meshlens_requests_total{destination_namespace=~"$namespace"}, destination_workload)', multi=False)])
-    b.panel("Inbound request rate", "stat", rate("meshlens_requests_total", WL_IN), "reqps", w=8, h=5)
-    b.panel("Inbound success ratio", "stat", f"1 - ({error_ratio(WL_IN)})", "percentunit", w=8, h=5)
+    b.panel("Inbound request rate", "stat", received(WL_IN), "reqps", w=8, h=5, description=RECEIVED)
+    b.panel("Inbound success ratio", "stat", actual_success(WL_IN, None), "percentunit", w=8, h=5, description=RECEIVED_SUCCESS)
     b.panel("Inbound p99", "stat", quantile(0.99, WL_IN), "s", w=8, h=5)
     b.panel("Inbound by caller workload", "timeseries", rate("meshlens_requests_total", WL_IN, "source_workload"), "reqps", legend="{{source_workload}}")
     b.panel("Inbound latency", "timeseries",
