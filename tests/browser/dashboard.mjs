@@ -32,6 +32,12 @@ try {
   check(edgeIds.includes("checkout.shop->payments.shop"), "edge checkout → payments is drawn");
   await shot("topology");
 
+  // A node's colour counts every attempt it received, an edge's what its caller got: 10
+  // retries of 100 requests that all succeeded in the end are 10 failed attempts of 110.
+  const retried = { requests: 100, retries: 10, error_ratio: 0, actual_success_ratio: 100 / 110 };
+  const colours = await page.evaluate((t) => [health(t, "service", true), health(t, "service")], retried);
+  check(colours[0] === "bad" && colours[1] === "ok", `retries hide no failure of the node they were made to (${colours})`);
+
   // Find dims the others; hide takes the healthy ones away.
   await page.fill("#find", "pay");
   check(await page.$$eval("#graph g.node.dim", (n) => n.length) >= 5, "find dims the nodes that do not match");

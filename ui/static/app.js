@@ -24,10 +24,18 @@ function el(tag, attrs, text) {
   return e;
 }
 
-function health(traffic, kind) {
+// The share that failed: of the requests an edge's caller got answers to, or, for a node
+// (`attempts`), of every attempt it received, its callers' retries included (as `meshlens
+// stat` counts them), so that retries do not hide a failing service.
+function failed(traffic, attempts) {
+  const actual = traffic.actual_success_ratio;
+  return attempts && traffic.retries > 0 && typeof actual === "number" ? 1 - actual : traffic.error_ratio;
+}
+
+function health(traffic, kind, attempts = false) {
   if (kind === "unknown" || kind === "external" || !traffic || traffic.requests === 0) return "idle";
-  if (traffic.error_ratio >= BAD_ERROR_RATIO) return "bad";
-  if (traffic.error_ratio >= WARN_ERROR_RATIO) return "warn";
+  if (failed(traffic, attempts) >= BAD_ERROR_RATIO) return "bad";
+  if (failed(traffic, attempts) >= WARN_ERROR_RATIO) return "warn";
   return "ok";
 }
 
@@ -102,10 +110,10 @@ function visible(view) {
   const hide = $("hide").value;
   const hidden = new Set();
   for (const n of view.nodes) {
-    const h = health(n.inbound, n.kind);
+    const h = health(n.inbound, n.kind, true);
     const outside = n.kind === "unknown" || n.kind === "external";
     if ((hide === "healthy" && (h === "ok" || h === "idle")) ||
-        (hide === "under5" && !(n.inbound && n.inbound.error_ratio > BAD_ERROR_RATIO)) ||
+        (hide === "under5" && !(n.inbound && failed(n.inbound, true) > BAD_ERROR_RATIO)) ||
         (hide === "outside" && outside)) hidden.add(n.id);
   }
   return {
@@ -163,7 +171,7 @@ function draw(full) {
     const p = place.get(n.id);
     const dim = matches(n) ? "" : " dim";
     const g = el("g", { class: `node${state.selected === `node:${n.id}` ? " selected" : ""}${dim}`, "data-id": n.id, transform: `translate(${p.x},${p.y})` });
-    g.appendChild(el("circle", { r: n.kind === "service" ? 16 : 12, class: health(n.inbound, n.kind) }));
+    g.appendChild(el("circle", { r: n.kind === "service" ? 16 : 12, class: health(n.inbound, n.kind, true) }));
     g.appendChild(el("text", { y: 32, "text-anchor": "middle" }, n.label));
     g.addEventListener("click", () => select(`node:${n.id}`));
     svg.appendChild(g);
