@@ -47,8 +47,8 @@ fn the_dashboard_works_in_chromium() {
     let reply = http(http_addr, "POST", "/v1/traces", &[("content-type", "application/json")], body.to_string().as_bytes()).expect("probe");
     assert_eq!(reply.status, 200, "{}", reply.body);
 
-    // Two readings of a payments sidecar's process figures, ten seconds apart (the demo's
-    // own sidecars share its process, so they send none): 0.1 of a core, 24 MiB resident.
+    // Two readings of another payments sidecar's process figures, ten seconds apart, beside
+    // the demo's own: 0.1 of a core, 24 MiB resident.
     for (ago, cpu) in [(10_000_000_000u128, 1.0), (0, 2.0)] {
         post_process_figures(http_addr, "payments", "payments-v1", "payments-pod-1", start - ago, cpu, 24 << 20);
     }

@@ -108,7 +108,7 @@ fn every_dashboard_and_rule_expression_returns_data_from_the_demo_mesh() {
             rules_dir.display()
         ),
     );
-    // A checkout sidecar's process figures (the demo's sidecars send none), for the panels
+    // One more checkout sidecar's process figures, beside the demo's own, for the panels
     // of what the sidecars cost.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
     post_process_figures(http_addr, "checkout", "checkout-v1", "checkout-pod-1", now, 0.5, 20 << 20);

@@ -2,8 +2,8 @@
 //!
 //! Loads the TOML configuration (and OpenTelemetry's variables: `OTEL_EXPORTER_OTLP_*`,
 //! `OTEL_RESOURCE_ATTRIBUTES`),
-//! starts the sidecar and runs it until Ctrl-C or SIGTERM, then drains connections and
-//! flushes telemetry.
+//! starts the sidecar and runs it until Ctrl-C or SIGTERM (or, when a parent asks, until its
+//! standard input closes), then drains connections and flushes telemetry.
 
 use std::path::PathBuf;
 
@@ -25,6 +25,11 @@ pub struct ProxyArgs {
     /// the sidecar would run with it, and exit without starting.
     #[arg(long)]
     pub check: bool,
+    /// Also stop when standard input closes: a parent process that keeps the other end of
+    /// the pipe open (`meshlens demo`) then stops its sidecars by closing it, and they stop
+    /// with it however it ends.
+    #[arg(long)]
+    pub stop_when_stdin_closes: bool,
 }
 
 /// The runtime the sidecar runs on. With one worker thread (the default) it is tokio's
@@ -62,10 +67,33 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         inbound = %addrs.inbound, outbound = %addrs.outbound, admin = %addrs.admin,
         "sidecar ready"
     );
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {},
+        () = stdin_closed(), if args.stop_when_stdin_closes => {},
+    }
     tracing::info!("shutting down");
     sidecar.shutdown().await;
     Ok(())
+}
+
+/// Resolves when standard input reaches its end or fails. The read blocks a thread of its
+/// own, which the process's exit ends: tokio's `stdin` would hold the runtime's shutdown
+/// until the read returned.
+async fn stdin_closed() {
+    let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
+    let reader = std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 256];
+        while std::io::Read::read(&mut stdin, &mut buf).is_ok_and(|n| n > 0) {}
+        drop(closed);
+    });
+    match reader {
+        // The sender dropped: the end of the input.
+        Ok(_) => {
+            let _ = on_close.await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -7,13 +7,9 @@
 //!            (502s retried once)      └─▶ inventory (gRPC)
 //! ```
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::net::SocketAddr;
 
-use meshlens_proxy::{
-    ProxyConfig, WorkloadIdentity,
-    config::{Endpoint, OtlpProtocol, RetryOn, RetryPolicy, ServiceConfig, TelemetryConfig},
-    http_route::RouteTemplates,
-};
+use meshlens_proxy::{WorkloadIdentity, config::OtlpProtocol};
 
 use super::workload::Call;
 
@@ -114,9 +110,9 @@ pub fn plan(defs: &[WorkloadDef]) -> std::io::Result<Vec<Planned>> {
         .collect()
 }
 
-/// The paths callers use on `service` (the load generator calls the frontend's `/`), as
+/// The paths callers use on `service` (the load generator calls the frontend's `/`): its
 /// route templates.
-pub fn routes_of(service: &str) -> Arc<RouteTemplates> {
+pub fn route_paths(service: &str) -> Vec<String> {
     let mut paths: Vec<String> = SHOP
         .iter()
         .flat_map(|w| w.calls)
@@ -129,75 +125,74 @@ pub fn routes_of(service: &str) -> Arc<RouteTemplates> {
     }
     paths.sort();
     paths.dedup();
-    Arc::new(RouteTemplates::parse(&paths).unwrap_or_default())
-}
-
-/// The service table every sidecar shares: each service's endpoints with their weights.
-pub fn services(planned: &[Planned]) -> Vec<Arc<ServiceConfig>> {
-    let mut seen = std::collections::HashSet::new();
-    let names: Vec<&str> = planned.iter().map(|p| p.def.service).filter(|s| seen.insert(*s)).collect();
-    names
-        .into_iter()
-        .map(|name| {
-            Arc::new(ServiceConfig {
-                name: name.into(),
-                namespace: NAMESPACE.into(),
-                endpoints: planned
-                    .iter()
-                    .filter(|p| p.def.service == name)
-                    .map(|p| Endpoint { address: p.inbound, identity: Arc::new(p.identity.clone()), weight: p.def.weight })
-                    .collect(),
-                routes: routes_of(name),
-                timeout: Some(Duration::from_secs(15)),
-                max_grpc_timeout: None,
-                retry: (name == RETRIED).then(|| Arc::new(retry_once())),
-                outlier: None,
-            })
-        })
-        .collect()
+    paths
 }
 
 /// The service whose callers retry: checkout, which fails when payments does. Traces show
 /// each attempt, and the flaky `checkout → payments` edge keeps its ~5 % of errors.
 pub const RETRIED: &str = "checkout";
 
-/// One retry of a 502, 503 or 504 (or gRPC UNAVAILABLE) after 25 ms, as a mesh user would
-/// set it for an idempotent call.
-fn retry_once() -> RetryPolicy {
-    let mut on = RetryOn { gateway_error: true, ..RetryOn::default() };
-    on.grpc_codes[14] = true;
-    RetryPolicy { attempts: 2, on, per_try_timeout: None, backoff: Duration::from_millis(25), max_body_bytes: 64 * 1024 }
+/// Where one sidecar listens, and its application.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    /// Other sidecars call it here.
+    pub inbound: SocketAddr,
+    /// Its application.
+    pub app: SocketAddr,
+    /// Its application calls out through here.
+    pub outbound: SocketAddr,
+    /// Its admin server (`/metrics`, `/tap`).
+    pub admin: SocketAddr,
 }
 
-/// The sidecar configuration of one workload, exporting to the collector at `otlp` with
-/// `protocol`.
-pub fn sidecar_config(
-    identity: WorkloadIdentity,
-    inbound: SocketAddr,
-    app: SocketAddr,
-    outbound: SocketAddr,
-    services: Vec<Arc<ServiceConfig>>,
+/// A list of TOML strings.
+fn toml_strings(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The configuration file of one workload's sidecar: its identity and listeners, the shop's
+/// service table (each service's endpoints with their weights and its routes, the default
+/// timeouts;
+/// checkout's callers retry a 502, 503 or 504, or gRPC UNAVAILABLE, once after 25 ms, as a
+/// mesh user would set it for an idempotent call), and the collector at `otlp`, reached
+/// over `protocol`.
+pub fn sidecar_toml(
+    identity: &WorkloadIdentity,
+    at: Listeners,
+    planned: &[Planned],
     (protocol, otlp): (OtlpProtocol, SocketAddr),
-) -> ProxyConfig {
-    ProxyConfig {
-        inbound_routes: routes_of(&identity.service),
-        identity,
-        inbound_listen: inbound,
-        app,
-        outbound_listen: outbound,
-        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        connections: meshlens_proxy::server::ConnectionLimits::default(),
-        upgrade_idle_timeout: Some(meshlens_proxy::stack::forward::UPGRADE_IDLE_TIMEOUT),
-        stream_idle_timeout: Some(meshlens_proxy::stream_idle::STREAM_IDLE_TIMEOUT),
-        telemetry: TelemetryConfig {
-            otlp_endpoint: Some(format!("http://{otlp}")),
-            otlp_protocol: protocol,
-            flush_interval: Duration::from_millis(500),
-            metrics_interval: Duration::from_secs(5),
-            ..TelemetryConfig::default()
-        },
-        services,
+) -> String {
+    let protocol = match protocol {
+        OtlpProtocol::Grpc => "grpc",
+        OtlpProtocol::HttpProtobuf => "http/protobuf",
+    };
+    let mut toml = format!(
+        "[workload]\nservice = {:?}\nworkload = {:?}\nversion = {:?}\nnamespace = {:?}\n\n\
+         [inbound]\nlisten = \"{}\"\napp = \"{}\"\nroutes = {}\n\n[outbound]\nlisten = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n\
+         [telemetry]\notlp_endpoint = \"http://{otlp}\"\notlp_protocol = \"{protocol}\"\nflush_interval = \"500ms\"\n\
+         metrics_interval = \"5s\"\n",
+        &*identity.service, &*identity.workload, &*identity.version, &*identity.namespace,
+        at.inbound, at.app, toml_strings(&route_paths(&identity.service)), at.outbound, at.admin,
+    );
+    let mut seen = std::collections::HashSet::new();
+    for name in planned.iter().map(|p| p.def.service).filter(|s| seen.insert(*s)) {
+        let endpoints: Vec<String> = planned
+            .iter()
+            .filter(|p| p.def.service == name)
+            .map(|p| format!("{{ address = \"{}\", version = {:?}, weight = {} }}", p.inbound, p.def.version, p.def.weight))
+            .collect();
+        toml.push_str(&format!(
+            "\n[[services]]\nname = {name:?}\nnamespace = {NAMESPACE:?}\nendpoints = [{}]\nroutes = {}\n",
+            endpoints.join(", "),
+            toml_strings(&route_paths(name)),
+        ));
+        if name == RETRIED {
+            toml.push_str("[services.retry]\nattempts = 2\non = [\"gateway-error\", \"unavailable\"]\n");
+            toml.push_str("backoff = \"25ms\"\nmax_body_bytes = 65536\n");
+        }
     }
+    toml
 }
 
 #[cfg(test)]
@@ -223,6 +218,35 @@ mod tests {
             for c in w.calls {
                 let call: Call = c.parse().expect("valid call");
                 assert!(services.contains(call.service.as_str()), "{c} calls an unknown service");
+            }
+        }
+    }
+
+    #[test]
+    fn every_sidecar_configuration_loads_as_the_shop_describes_it() {
+        use meshlens_proxy::ProxyConfig;
+        let planned = plan(SHOP).expect("ports");
+        let otlp = (OtlpProtocol::HttpProtobuf, SocketAddr::from(([127, 0, 0, 1], 4318)));
+        for p in &planned {
+            let at = Listeners { inbound: p.inbound, app: p.app, outbound: p.outbound, admin: free_addr().expect("port") };
+            let toml = sidecar_toml(&p.identity, at, &planned, otlp);
+            let config = ProxyConfig::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+            assert_eq!(config.identity.workload, p.identity.workload);
+            let listeners = (config.inbound_listen, config.app, config.outbound_listen, config.admin_listen);
+            assert_eq!(listeners, (p.inbound, p.app, p.outbound, at.admin));
+            assert_eq!(config.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+            assert_eq!(config.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+            assert_eq!(config.services.len(), 7, "{toml}");
+            let reviews = config.services.iter().find(|s| &*s.name == "reviews").expect("reviews");
+            assert_eq!(reviews.endpoints.iter().map(|e| e.weight).collect::<Vec<_>>(), [80, 15, 5]);
+            assert_eq!(reviews.endpoints[1].identity.workload.as_ref(), "reviews-v2");
+            for service in &config.services {
+                let retry = service.retry.as_deref();
+                assert_eq!(retry.is_some(), &*service.name == RETRIED, "{}", service.name);
+                if let Some(retry) = retry {
+                    assert_eq!(retry.attempts, 2);
+                    assert!(retry.on.gateway_error && retry.on.grpc_codes[14] && !retry.on.server_error);
+                }
             }
         }
     }

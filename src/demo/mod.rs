@@ -1,18 +1,20 @@
 //! `meshlens demo`: the collector, a sample mesh with a sidecar beside every workload,
-//! and a load generator, in one process, until Ctrl-C.
+//! and a load generator, until Ctrl-C. The collector, the workloads and the load generator
+//! run in the demo's process; each sidecar is a process of its own ([`sidecars`]).
 
 pub mod loadgen;
 pub mod mesh;
+pub mod sidecars;
 pub mod workload;
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use meshlens_collector::{Collector, CollectorConfig};
-use meshlens_proxy::{Sidecar, WorkloadIdentity, config::OtlpProtocol};
+use meshlens_proxy::{WorkloadIdentity, config::OtlpProtocol};
 use tokio::{net::TcpListener, sync::watch};
 
-use self::{loadgen::LoadSpec, workload::WorkloadSpec};
+use self::{loadgen::LoadSpec, mesh::Listeners, sidecars::SidecarProcess, workload::WorkloadSpec};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -45,7 +47,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let addrs = collector.addrs();
 
     let planned = mesh::plan(mesh::SHOP).context("choosing ports for the sample mesh")?;
-    let services = mesh::services(&planned);
+    let exe = std::env::current_exe().context("locating the meshlens binary, which runs the sidecars")?;
+    let dir = std::env::temp_dir().join(format!("meshlens-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (stop, stop_rx) = watch::channel(false);
     let mut apps = Vec::new();
     let mut sidecars = Vec::new();
@@ -61,18 +65,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             sidecar: p.outbound,
         };
         apps.push(tokio::spawn(workload::serve(listener, spec, stop_rx.clone())));
-        let otlp = (OtlpProtocol::Grpc, addrs.otlp_grpc);
-        let config = mesh::sidecar_config(p.identity.clone(), p.inbound, p.app, p.outbound, services.clone(), otlp);
-        sidecars.push(Sidecar::start_embedded(config).await.with_context(|| format!("starting the sidecar of {}", p.identity.workload))?);
+        let at = Listeners { inbound: p.inbound, app: p.app, outbound: p.outbound, admin: mesh::free_addr()? };
+        let config = mesh::sidecar_toml(&p.identity, at, &planned, (OtlpProtocol::Grpc, addrs.otlp_grpc));
+        sidecars.push((SidecarProcess::start(&exe, &dir, &p.identity.workload, &config, at.admin)?, at));
     }
 
     // The load generator is a meshed workload too: its requests leave through its sidecar,
     // which exports over OTLP/HTTP (the others over gRPC), so the demo runs both transports.
-    let loadgen_out = mesh::free_addr()?;
     let loadgen_identity = WorkloadIdentity::new(mesh::NAMESPACE, "loadgen", "loadgen", "v1");
-    let otlp = (OtlpProtocol::HttpProtobuf, addrs.otlp_http);
-    let loadgen_config = mesh::sidecar_config(loadgen_identity, mesh::free_addr()?, mesh::free_addr()?, loadgen_out, services, otlp);
-    sidecars.push(Sidecar::start_embedded(loadgen_config).await.context("starting the load generator's sidecar")?);
+    let at = Listeners { inbound: mesh::free_addr()?, app: mesh::free_addr()?, outbound: mesh::free_addr()?, admin: mesh::free_addr()? };
+    let config = mesh::sidecar_toml(&loadgen_identity, at, &planned, (OtlpProtocol::HttpProtobuf, addrs.otlp_http));
+    sidecars.push((SidecarProcess::start(&exe, &dir, "loadgen", &config, at.admin)?, at));
+    for (sidecar, at) in &mut sidecars {
+        sidecar.ready(&[at.inbound, at.outbound, at.admin]).await?;
+    }
+    let loadgen_out = at.outbound;
+    let sidecars: Vec<SidecarProcess> = sidecars.into_iter().map(|(sidecar, _)| sidecar).collect();
     let load = tokio::spawn(loadgen::run(
         LoadSpec {
             sidecar: loadgen_out,
@@ -86,7 +94,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     ));
 
     println!();
-    println!("  meshlens demo is running: {} workloads in {} services, each with its sidecar.", planned.len(), mesh::services(&planned).len());
+    let services: std::collections::BTreeSet<&str> = planned.iter().map(|p| p.def.service).collect();
+    println!("  meshlens demo is running: {} workloads in {} services, each with its sidecar.", planned.len(), services.len());
     println!();
     println!("  Dashboard        http://{}/", addrs.web);
     println!("  Topology API     http://{}/api/v1/topology?window=60s", addrs.web);
@@ -96,8 +105,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("  OTLP/HTTP        http://{}/v1/traces   (the load generator's sidecar exports here)", addrs.otlp_http);
     // The frontend's sidecar, the first planned: its requests as they finish.
     if let (Some(first), Some(sidecar)) = (planned.first(), sidecars.first()) {
-        println!("  Tap {:<12} meshlens tap --admin {}", first.def.service, sidecar.addrs().admin);
+        println!("  Tap {:<12} meshlens tap --admin {}", first.def.service, sidecar.admin);
     }
+    println!("  Sidecar logs     {}   (removed when the demo stops)", dir.display());
     println!();
     println!("  Load: {} requests/s to frontend. Press Ctrl-C to stop.", options.rate);
     println!();
@@ -112,13 +122,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("stopping: draining requests and flushing telemetry...");
     let _ = stop.send(true);
     let report = load.await.unwrap_or_default();
-    for sidecar in sidecars {
-        sidecar.shutdown().await;
-    }
+    sidecars::stop_all(sidecars).await;
     for app in apps {
         let _ = app.await;
     }
     collector.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "stopped. load generator sent {} requests ({} succeeded, {} failed).",
         report.sent, report.succeeded, report.failed

@@ -73,12 +73,15 @@ try {
   const actual = await page.$$eval("#detail-table tr", (rows) =>
     rows.map((r) => /^Actual success\s*([\d.]+)% of attempts/.exec(r.textContent)).find((m) => m)?.[1]);
   check(actual !== undefined && Number(actual) < 100, `the edge panel shows the success of every attempt (${actual} %)`);
-  // A node's panel: what its sidecars cost, per instance (the test sent payments' figures).
+  // A node's panel: what its sidecars cost, per instance: the demo's payments sidecar (a
+  // process of its own) and the two instances whose figures the test sent.
   await page.dispatchEvent('#graph g.node[data-id="payments.shop"]', "click");
   const sidecars = () => [...document.querySelectorAll("#sidecars-table tr")].map((r) => r.textContent).join(" | ");
-  await page.waitForFunction(() => document.querySelector("#sidecars-table").textContent.includes("payments-pod-1"), null, { timeout: 30000 });
+  await page.waitForFunction(() => /Instances\s*3/.test(document.querySelector("#sidecars-table").textContent), null, { timeout: 30000 });
   const costs = await page.evaluate(sidecars);
-  check(/Instances\s*2/.test(costs) && /CPU\s*0\.10 cores/.test(costs) && /Memory\s*32\.0 MiB/.test(costs), `the node panel shows its sidecars' CPU and memory (${costs})`);
+  const memory = Number(/Memory\s*([\d.]+) MiB/.exec(costs)?.[1]);
+  const sent = costs.includes("payments-pod-10.10 cores · 24.0 MiB");
+  check(sent && memory > 32, `the node panel shows its sidecars' CPU and memory (${costs})`);
   check(costs.includes("5f0c8a0e…– · 8.0 MiB"), `a drawn instance ID is shortened, and a CPU rate not yet known shows as – (${costs})`);
   await shot("node-panel");
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");

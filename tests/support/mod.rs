@@ -288,7 +288,9 @@ pub fn start_demo(dir: &TestDir, rate: &str, duration: &str) -> Demo {
         let (grpc, http, web) = (free_addr(), free_addr(), free_addr());
         let (grpc_arg, http_arg, web_arg) = (grpc.to_string(), http.to_string(), web.to_string());
         let args = ["demo", "--otlp-grpc", &grpc_arg, "--otlp-http", &http_arg, "--web", &web_arg, "--rate", rate, "--duration", duration];
-        let mut proc = Proc::start(dir, &format!("demo-{attempt}"), &args);
+        // Its sidecars' configurations and logs go into the test's directory, not /tmp.
+        let tmp = dir.0.display().to_string();
+        let mut proc = Proc::start_with_env(dir, &format!("demo-{attempt}"), &args, &[("TMPDIR", &tmp)]);
         let up = wait_for(&format!("the demo's collector to listen on {web} or the demo to exit"), Duration::from_secs(60), || {
             if TcpStream::connect_timeout(&web, Duration::from_millis(200)).is_ok() {
                 return Some(true);
