@@ -117,11 +117,6 @@ impl Replay {
     pub fn failed(&self) -> bool {
         lock(&self.shared).failed
     }
-
-    /// Data bytes read from the source so far, by any of its bodies.
-    pub fn bytes_read(&self) -> u64 {
-        lock(&self.shared).read
-    }
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -298,7 +293,7 @@ mod tests {
         assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
         let third = replay.body().expect("kept");
         assert_eq!(read(third).await.0, "card=4242", "and again");
-        assert_eq!(replay.bytes_read(), 9, "the source was read once");
+        assert_eq!(lock(&replay.shared).read, 9, "the source was read once");
         let mut earlier = std::pin::pin!(first);
         let polled = std::future::poll_fn(|cx| earlier.as_mut().poll_frame(cx)).await;
         assert!(matches!(polled, Some(Err(_))), "a body made before the newest may not read");

@@ -247,7 +247,7 @@ impl BodyObserver for InFlight {
     }
 
     fn on_end(&mut self, end: BodyEnd) {
-        let Some(mut record) = self.response_body.record.take() else { return };
+        let Some(mut record) = self.response_body.take() else { return };
         record.request_bytes = self.request.bytes();
         record.grpc_messages = self.request.messages().zip(self.response_body.messages());
         record.request_duration = self.request.ended_after();
@@ -295,7 +295,7 @@ impl BodyObserver for InFlight {
 /// last attempt of a retried request ([`super::retry`]).
 pub(crate) struct Streaming {
     /// The record, until the body ends and it is taken.
-    pub(crate) record: Option<RequestRecord>,
+    record: Option<RequestRecord>,
     /// A gRPC call's response messages.
     messages: Option<MessageCounter>,
     /// How the body failed: whether the upstream broke HTTP in it, and the error's causes.
@@ -332,6 +332,11 @@ impl Streaming {
     /// The body failed with `error`.
     pub(crate) fn error(&mut self, error: &(dyn std::error::Error + 'static)) {
         self.failure = Some((crate::error::broke_http(error), crate::error::causes(error)));
+    }
+
+    /// The record, once: when the body has ended.
+    pub(crate) fn take(&mut self) -> Option<RequestRecord> {
+        self.record.take()
     }
 
     /// The messages received, when they are counted.

@@ -263,7 +263,7 @@ impl AttemptSpan {
             attempt: Some(attempt),
             ..RequestRecord::new(Side::Outbound, context, unix_nanos(SystemTime::now()), Some(req.method().clone()), destination_service)
         };
-        let body = std::mem::replace(req.body_mut(), body::full(""));
+        let body = std::mem::take(req.body_mut());
         *req.body_mut() = body::boxed(ObservedBody::new(body, RequestObserver::new(request.clone())));
         Self { record: Some(record), start, telemetry: telemetry.clone(), resolution: resolution.clone(), request }
     }
@@ -372,7 +372,7 @@ impl BodyObserver for Answer {
     }
 
     fn on_end(&mut self, end: BodyEnd) {
-        let Some(mut record) = self.response_body.record.take() else { return };
+        let Some(mut record) = self.response_body.take() else { return };
         record.duration = self.start.elapsed();
         let offset = record.duration;
         sent(&mut record, &self.request, self.response_body.messages().unwrap_or(0));
