@@ -20,6 +20,10 @@ const dialogs = [];
 page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss(); });
 const pageErrors = [];
 page.on("pageerror", (e) => pageErrors.push(e.message));
+const panelQueries = [];
+page.on("request", (r) => {
+  if (r.url().endsWith("/api/v1/sql") && r.postData()?.includes("FROM spans")) panelQueries.push(JSON.parse(r.postData()).query);
+});
 const shot = (name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
 
 try {
@@ -62,6 +66,9 @@ try {
   check(page.url().includes("select=edge"), "the selection is in the URL");
   await page.waitForFunction(() => document.querySelectorAll("#slowest-table tr").length > 0 && document.querySelectorAll("#recent-table tr").length > 0, null, { timeout: 30000 });
   check(true, "the edge panel lists its recent and slowest traces");
+  const unbounded = panelQueries.filter((q) => !/start_time >= to_timestamp_millis\(\d+\)/.test(q));
+  const covered = panelQueries.length >= 3 && unbounded.length === 0;
+  check(covered, `the panel's lists cover the graph's window (${unbounded[0] ?? panelQueries.length})`);
   await shot("edge-panel");
 
   // The frontend's sidecar retries checkout's 502s: that edge's panel counts the retries.
@@ -122,6 +129,8 @@ try {
   // SQL: rows, and a refused statement's message.
   await page.click('#tabs button[data-tab="sql"]');
   await page.waitForFunction(() => document.querySelectorAll("#sql-tables details").length === 4);
+  const inUrl = page.url().endsWith("#tab=sql") && await page.isHidden("#graph-controls");
+  check(inUrl, `the SQL tab is in the URL, the graph's controls hidden (${page.url()})`);
   await page.fill("#sql-query", "SELECT service, count(*) AS spans FROM spans GROUP BY service ORDER BY spans DESC");
   await page.click("#sql-run");
   await page.waitForFunction(() => document.querySelectorAll("#sql-results tbody tr").length > 0);
@@ -149,6 +158,17 @@ try {
   check(waterfall.includes("<script>alert(2)</script>") && waterfall.includes(probe), `span and service names stay text (${waterfall})`);
   await shot("xss-probe");
   check(await page.$$eval("script", (s) => s.every((x) => x.src.includes("/ui/"))), "no script element was created from telemetry");
+
+  // A link to a tab opens it with its contents loaded.
+  for (const [tab, loaded] of [["sql", "#sql-tables details"], ["traces", "#ts-service option"]]) {
+    const linked = await browser.newPage();
+    linked.on("pageerror", (e) => pageErrors.push(e.message));
+    await linked.goto(`${base}/#tab=${tab}`);
+    const ok = await linked.waitForFunction((s) => document.querySelectorAll(s).length > 0, loaded, { timeout: 30000 })
+      .then(() => true, () => false);
+    check(ok && await linked.isVisible(`#tab-${tab}`), `a link to #tab=${tab} opens that tab with its contents loaded`);
+    await linked.close();
+  }
   check(dialogs.length === 0, `no dialog was opened (${dialogs})`);
   check(pageErrors.length === 0, `no page errors (${pageErrors})`);
 } catch (err) {

@@ -351,7 +351,7 @@ const EXTRAS = [["recent-table", "recent-title", traceRows], ["slowest-table", "
 // sent a pile of scans. A list is replaced only by new rows: a failed query leaves the last
 // ones in place.
 async function detailExtras(service, destination) {
-  const key = JSON.stringify([service, destination]);
+  const key = JSON.stringify([service, destination, windowParams()]);
   const last = state.extras?.key === key ? state.extras : null;
   if (last && (last.busy || Date.now() - last.started < EXTRAS_MS)) return;
   if (!last) {
@@ -362,7 +362,10 @@ async function detailExtras(service, destination) {
   const button = $("detail-traces");
   button.hidden = false;
   button.onclick = () => openTraces(service, destination ? { "meshlens.destination.service": destination } : {});
-  const where = [`service = ${sqlText(service)}`];
+  // The lists cover the graph's window, as the panel's figures do.
+  const [start, end] = windowRange();
+  const where = [`service = ${sqlText(service)}`, `start_time >= to_timestamp_millis(${Math.floor(start)})`];
+  if (end !== null) where.push(`start_time < to_timestamp_millis(${Math.ceil(end)})`);
   if (destination) where.push(`destination_service = ${sqlText(destination)}`);
   const queries = [
     `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY start_time DESC LIMIT 5`,
@@ -462,6 +465,14 @@ function render(view) {
 }
 
 // The window as query parameters: `window=5m`, or `start`/`end` in Unix ms when custom.
+// The window as Unix milliseconds [start, end], for the panel's SQL lists.
+function windowRange() {
+  const params = windowParams();
+  if (params.start) return [Number(params.start), Number(params.end)];
+  const unit = { s: 1000, m: 60000, h: 3600000 }[params.window.slice(-1)];
+  return [Date.now() - Number(params.window.slice(0, -1)) * unit, null];
+}
+
 function windowParams() {
   if ($("window").value !== "custom") return { window: $("window").value };
   const start = Date.parse($("window-start").value), end = Date.parse($("window-end").value);
@@ -489,18 +500,27 @@ function schedule() {
 }
 
 // Tabs: the topology, trace search and the SQL console; the open tab is in the URL too.
+// The graph's controls (window, grouping, labels, find, hide, pause) show on its tab only.
 function showTab(name) {
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const t of document.querySelectorAll(".tab")) t.hidden = t.id !== `tab-${name}`;
-  for (const id of ["custom-window", "pause"]) $(id).classList.toggle("off", name !== "topology");
+  $("graph-controls").hidden = name !== "topology";
   document.dispatchEvent(new CustomEvent("meshlens:tab", { detail: name }));
+}
+
+// A tab chosen by hand goes into the URL fragment, so a reload or a link opens it again.
+function linkTab(name) {
+  const fragment = name !== "topology" ? `#tab=${name}` : state.selected ? `#select=${encodeURIComponent(state.selected)}` : "";
+  history.replaceState(null, "", fragment || location.pathname + location.search);
 }
 
 window.addEventListener("DOMContentLoaded", () => {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const linked = fragment.get("select");
   if (linked) state.selected = linked;
-  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.addEventListener("click", () => { showTab(b.dataset.tab); linkTab(b.dataset.tab); });
+  }
   if (fragment.get("tab")) showTab(fragment.get("tab"));
   const local = (ms) => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
   $("window-start").value = local(Date.now() - 15 * 60000);

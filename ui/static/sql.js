@@ -93,6 +93,11 @@ async function downloadCsv() {
   $("sql-status").textContent = "CSV downloaded";
 }
 
+// Listening from the start: a link to the tab (#tab=sql) opens it while the page loads.
+document.addEventListener("meshlens:tab", (e) => {
+  if (e.detail === "sql" && !sqlConsole.loaded) loadTables();
+});
+
 window.addEventListener("DOMContentLoaded", () => {
   $("sql-run").addEventListener("click", runQuery);
   $("sql-csv").addEventListener("click", downloadCsv);
@@ -101,8 +106,5 @@ window.addEventListener("DOMContentLoaded", () => {
       e.preventDefault();
       runQuery();
     }
-  });
-  document.addEventListener("meshlens:tab", (e) => {
-    if (e.detail === "sql" && !sqlConsole.loaded) loadTables();
   });
 });

@@ -256,6 +256,11 @@ async function openTraces(service, tags) {
   await search();
 }
 
+// Listening from the start: a link to the tab (#tab=traces) opens it while the page loads.
+document.addEventListener("meshlens:tab", (e) => {
+  if (e.detail === "traces" && !traces.loaded) loadServices().catch((err) => { $("ts-status").textContent = err.message; });
+});
+
 window.addEventListener("DOMContentLoaded", () => {
   $("trace-search").addEventListener("submit", search);
   const local = (ms) => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
@@ -263,12 +268,9 @@ window.addEventListener("DOMContentLoaded", () => {
   $("ts-end").value = local(Date.now() + 60000);
   $("ts-lookback").addEventListener("change", () => { $("ts-range").hidden = $("ts-lookback").value !== "custom"; });
   $("ts-service").addEventListener("change", () => loadOperations().catch(() => {}));
-  document.addEventListener("meshlens:tab", (e) => {
-    if (e.detail === "traces" && !traces.loaded) loadServices().catch((err) => { $("ts-status").textContent = err.message; });
-  });
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (fragment.get("trace")) {
-    loadServices().catch(() => {});
+    if (fragment.get("tab") !== "traces") showTab("traces");
     openTrace(fragment.get("trace"));
   }
 });
