@@ -106,8 +106,14 @@ try {
   check(await page.$$eval("#ts-results tbody tr", (r) => r.length) > 0, "a custom time range finds the traces too");
   await page.selectOption("#ts-lookback", "1h");
   await page.click("#ts-results tbody tr");
-  await page.waitForFunction(() => document.querySelectorAll("#tv-waterfall .span-row").length >= 2, null, { timeout: 30000 });
+  await page.waitForFunction(() => document.querySelectorAll("#tv-waterfall .span-row[data-span]").length >= 2, null, { timeout: 30000 });
   check(await page.$$eval("#tv-waterfall .bar.critical", (b) => b.length) >= 1, "the critical path is marked");
+  const ticks = await page.$$eval("#tv-waterfall .ruler .tick", (t) => t.map((x) => x.textContent));
+  const title = await page.textContent("#tv-title");
+  const ruled = ticks.length === 5 && ticks[0] === "0 ms" && title.includes(` · ${ticks[4]} · `);
+  check(ruled, `the time ruler runs to the trace's duration (${ticks}; ${title})`);
+  const durationLabels = await page.$$eval("#tv-waterfall .bar-label", (l) => l.length);
+  check(durationLabels === await page.$$eval("#tv-waterfall .bar", (b) => b.length), "each span's bar is labelled with its duration");
   await page.click("#tv-waterfall .span-row:nth-child(2)");
   await page.waitForFunction(() => document.querySelector("#tv-detail").textContent.includes("Attributes"));
   check((await page.textContent("#tv-detail")).includes("http.request.method"), "span details show attributes");

@@ -180,6 +180,7 @@ async function openTrace(id) {
     for (const c of children.get(span.spanID) || []) visit(c, depth + 1);
   };
   for (const root of children.get("") || []) visit(root, 0);
+  box.appendChild(ruler(total));
   for (const [span, depth] of rows) {
     const service = trace.processes?.[span.processID]?.serviceName ?? "";
     const failed = span.tags?.some((t) => t.key === "error" && t.value === true);
@@ -207,12 +208,40 @@ async function openTrace(id) {
     bar.style.left = `${((span.startTime - t0) / total) * 100}%`;
     bar.style.width = `${Math.max(0.2, (span.duration / total) * 100)}%`;
     bar.title = usText(span.duration);
-    track.appendChild(bar);
+    // The duration beside its bar: after it, or before it when the bar ends near the right.
+    const label = document.createElement("span");
+    label.className = "bar-label";
+    label.textContent = usText(span.duration);
+    const end = (span.startTime - t0 + span.duration) / total;
+    if (end < 0.85) label.style.left = `calc(${end * 100}% + 4px)`;
+    else label.style.right = `calc(${(1 - (span.startTime - t0) / total) * 100}% + 4px)`;
+    track.append(bar, label);
     row.append(name, track);
     row.addEventListener("click", () => spanDetail(trace, span, row));
     box.appendChild(row);
   }
   view.scrollIntoView({ block: "nearest" });
+}
+
+// The waterfall's time ruler: ticks at each quarter of the trace, from its start.
+function ruler(total) {
+  const row = document.createElement("div");
+  row.className = "span-row ruler";
+  const name = document.createElement("div");
+  name.className = "name";
+  name.textContent = "Service · operation";
+  const track = document.createElement("div");
+  track.className = "track";
+  for (const q of [0, 0.25, 0.5, 0.75, 1]) {
+    const tick = document.createElement("span");
+    tick.className = "tick";
+    tick.textContent = q === 0 ? "0 ms" : usText(total * q);
+    if (q < 1) tick.style.left = `${q * 100}%`;
+    else tick.style.right = "0";
+    track.appendChild(tick);
+  }
+  row.append(name, track);
+  return row;
 }
 
 /** A sidecar's retries, told apart in the waterfall: "attempt 2" on an attempt's span, "2
