@@ -144,7 +144,7 @@ impl Pipeline {
     pub fn ingest_logs(&self, converted: Converted<LogRecord>, transport: Transport, record: Record) {
         self.count("log_records", transport, &converted);
         let observations = match self.topology.write() {
-            Ok(mut topology) => topology.ingest_access_logs(&converted.items),
+            Ok(mut topology) => topology.ingest_access_logs(&converted.items, now_nanos()),
             Err(_) => Vec::new(),
         };
         self.metrics.observe_edges(&observations);

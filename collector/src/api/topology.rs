@@ -78,19 +78,18 @@ pub struct SeriesPoint {
 /// Points per series: the window is cut into this many steps (at least one second each).
 const POINTS: u64 = 60;
 
-/// Seconds a series stops short of now. Requests are counted in the second they started,
-/// and a sidecar exports them a flush interval (200 ms) after they end: the newest seconds
-/// are still on their way, and drawn as they stand they would end every chart in a dip.
-const SETTLING_SECS: u64 = 2;
-
 async fn series(
     State(pipeline): State<Arc<Pipeline>>,
     Query(p): Query<SeriesParams>,
 ) -> Result<Json<Vec<SeriesPoint>>, ApiError> {
     let (from, to, _) = resolve_window(p.window.as_deref(), None, None, pipeline.started_unix_nanos)?;
     let step = ((to - from) / POINTS).max(1);
-    let to = to.min((now_nanos() / 1_000_000_000).saturating_sub(SETTLING_SECS)).max(from);
     let topology = pipeline.topology.read().map_err(poisoned)?;
+    // Requests are counted in the second they started and arrive some time after they end
+    // (a sidecar's flush interval, an SDK's batch): the series stops before the seconds still
+    // receiving them, which drawn as they stand would end every chart in a dip.
+    let settled = topology.settled_end(now_nanos() / 1_000_000_000, p.group, p.source.as_deref(), &p.target);
+    let to = to.min(settled).max(from);
     let points = topology
         .series(from, to, step, p.group, p.source.as_deref(), &p.target)
         .into_iter()

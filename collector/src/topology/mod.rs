@@ -5,6 +5,7 @@
 pub mod edges;
 mod fingerprints;
 pub mod graph;
+pub mod lateness;
 pub mod rollup;
 pub mod sketch;
 
@@ -44,9 +45,10 @@ impl Topology {
     }
 
     /// Keeps the requests whose edges the rollups keep ([`rollup::Rollups::admit`]); the
-    /// per-edge metrics then see only those.
-    fn admit(&mut self, out: &mut Vec<EdgeObservation>) {
-        out.retain(|o| self.rollups.admit(o));
+    /// per-edge metrics then see only those. They arrived at `now_nanos`.
+    fn admit(&mut self, out: &mut Vec<EdgeObservation>, now_nanos: u64) {
+        let now_secs = now_nanos / 1_000_000_000;
+        out.retain(|o| self.rollups.admit(o, now_secs));
     }
 
     /// Learns from spans received at `now`; returns the requests they complete.
@@ -70,14 +72,15 @@ impl Topology {
         }
         let observed = clients.len() + others.len();
         self.deriver.expire(now_nanos, RETIRED_PER_SPAN * observed + RETIRED_PER_CALL, &mut out);
-        self.admit(&mut out);
+        self.admit(&mut out, now_nanos);
         out
     }
 
-    /// Counts the requests that sidecars' access-log records describe; returns them.
-    pub fn ingest_access_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>) -> Vec<EdgeObservation> {
+    /// Counts the requests that sidecars' access-log records, received at `now`, describe;
+    /// returns them.
+    pub fn ingest_access_logs<'a>(&mut self, logs: impl IntoIterator<Item = &'a LogRecord>, now_nanos: u64) -> Vec<EdgeObservation> {
         let mut out: Vec<EdgeObservation> = logs.into_iter().filter_map(edges::from_access_log).collect();
-        self.admit(&mut out);
+        self.admit(&mut out, now_nanos);
         out
     }
 
@@ -85,7 +88,7 @@ impl Topology {
     pub fn tick(&mut self, now_nanos: u64) -> Vec<EdgeObservation> {
         let mut out = Vec::new();
         self.deriver.expire(now_nanos, RETIRED_PER_TICK, &mut out);
-        self.admit(&mut out);
+        self.admit(&mut out, now_nanos);
         self.rollups.evict(now_nanos / 1_000_000_000);
         out
     }
@@ -110,10 +113,7 @@ impl Topology {
         target: &str,
     ) -> Vec<(u64, u64, rollup::EdgeStats)> {
         let step = step.max(1);
-        let per_second = self.rollups.series(from_secs, to_secs, |key| {
-            graph::node_id(&key.destination, grouping) == target
-                && source.is_none_or(|s| graph::node_id(&key.source, grouping) == s)
-        });
+        let per_second = self.rollups.series(from_secs, to_secs, |key| into(key, grouping, source, target));
         let mut out = Vec::new();
         let mut t = from_secs - from_secs % step;
         while t <= to_secs {
@@ -127,6 +127,17 @@ impl Topology {
             t += step;
         }
         out
+    }
+
+    /// The last second of a series of `source → target` (or of everything `target` receives)
+    /// that is settled at `now_secs`: the seconds since are still receiving requests. Its
+    /// edges' requests of the last minute or two arrived within some lag of the second they
+    /// started in (99 % of them; [`lateness`]); seconds up to `now - 1 - lag` have them all.
+    /// The lag is at least a second: a sidecar exports a flush interval after a request
+    /// ends, and the current second is never over.
+    pub fn settled_end(&self, now_secs: u64, grouping: Grouping, source: Option<&str>, target: &str) -> u64 {
+        let lag = self.rollups.settling_lag(now_secs, |key| into(key, grouping, source, target));
+        now_secs.saturating_sub(1 + lag.unwrap_or(1).max(1))
     }
 
     /// The rollups, for per-edge series.
@@ -145,6 +156,12 @@ impl Topology {
     }
 }
 
+/// Whether the edge `key` goes into `target` (from `source`, when given), in node IDs as
+/// `grouping` writes them.
+fn into(key: &rollup::EdgeKey, grouping: Grouping, source: Option<&str>, target: &str) -> bool {
+    graph::node_id(&key.destination, grouping) == target && source.is_none_or(|s| graph::node_id(&key.source, grouping) == s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +171,7 @@ mod tests {
         let mut topology = Topology::new(1_000_000_000, 100, 3600, 10);
         for second in 100..120 {
             for _ in 0..2 {
-                assert!(topology.rollups.admit(&rollup::tests::observation(second, "200", 1_000_000)));
+                assert!(topology.rollups.admit(&rollup::tests::observation(second, "200", 1_000_000), second));
             }
         }
         // Seconds 103 to 117 in steps of five: the first step has two of its seconds in the
@@ -166,5 +183,28 @@ mod tests {
         let rates: Vec<f64> = points.iter().map(rate).collect();
         assert_eq!(rates, [2.0; 4], "the rate over the seconds covered: no dip at either end");
         assert!(topology.series(103, 117, 5, Grouping::Service, None, "web.shop").iter().all(|(_, _, s)| s.requests == 0));
+    }
+
+    #[test]
+    fn a_series_ends_before_the_seconds_whose_requests_are_still_arriving() {
+        let mut topology = Topology::new(1_000_000_000, 100, 3600, 10);
+        let end = |t: &Topology| t.settled_end(6_060, Grouping::Service, None, "cart.shop");
+        assert_eq!(end(&topology), 6_058, "no traffic: the current second and the one before");
+        // A sidecar's requests: exported within a second of their end.
+        for second in 6_000..6_060 {
+            assert!(topology.rollups.admit(&rollup::tests::observation(second, "200", 1_000_000), second + second % 2));
+        }
+        assert_eq!(end(&topology), 6_058);
+        // An SDK's: in batches every 5 s, a request arriving up to 6 s after its second.
+        let mut late = rollup::tests::observation(0, "200", 1_000_000);
+        (late.source, late.destination) = (rollup::tests::node("cart"), rollup::tests::node("ledger"));
+        for second in 6_000..6_054 {
+            late.start_unix_nanos = second * 1_000_000_000;
+            assert!(topology.rollups.admit(&late, second + 6 - second % 5));
+        }
+        assert_eq!(end(&topology), 6_058, "another node's lateness does not hold cart's series back");
+        assert_eq!(topology.settled_end(6_060, Grouping::Service, None, "ledger.shop"), 6_053);
+        assert_eq!(topology.settled_end(6_060, Grouping::Service, Some("cart.shop"), "ledger.shop"), 6_053);
+        assert_eq!(topology.settled_end(6_060, Grouping::Service, Some("web.shop"), "ledger.shop"), 6_058, "no such edge");
     }
 }

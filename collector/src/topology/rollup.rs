@@ -14,6 +14,7 @@ use std::{
 
 use super::{
     edges::{EdgeObservation, NodeRef},
+    lateness::{self, Lateness},
     sketch::Sketch,
 };
 
@@ -152,11 +153,26 @@ impl Codes {
     }
 }
 
+/// One edge's per-second buckets, and how late its requests arrive.
+#[derive(Debug, Default)]
+struct EdgeRollup {
+    buckets: BTreeMap<u64, EdgeStats>,
+    lateness: Lateness,
+}
+
+impl EdgeRollup {
+    fn add(&mut self, o: &EdgeObservation, now_secs: u64) {
+        let second = o.start_unix_nanos / 1_000_000_000;
+        self.buckets.entry(second).or_default().add(o);
+        self.lateness.record(now_secs, second);
+    }
+}
+
 /// All edges' per-second buckets.
 #[derive(Debug)]
 pub struct Rollups {
     /// Hashed with aHash: SipHash over the key's strings took ~1 % of ingest CPU.
-    edges: HashMap<EdgeKey, BTreeMap<u64, EdgeStats>, ahash::RandomState>,
+    edges: HashMap<EdgeKey, EdgeRollup, ahash::RandomState>,
     retention_secs: u64,
     max_edges: usize,
     /// Buckets evicted so far.
@@ -174,10 +190,10 @@ impl Rollups {
     /// Adds one request to its edge's bucket (by start second) if the edge is kept: one
     /// already kept, or a new one while fewer than `max_edges` are. Returns whether it was
     /// added; a request refused is counted. One lookup for a kept edge, as most are.
-    pub fn admit(&mut self, o: &EdgeObservation) -> bool {
-        let second = o.start_unix_nanos / 1_000_000_000;
-        if let Some(buckets) = self.edges.get_mut(o as &dyn EdgeParts) {
-            buckets.entry(second).or_default().add(o);
+    /// `now_secs` is when it arrived, for the edge's [`Lateness`].
+    pub fn admit(&mut self, o: &EdgeObservation, now_secs: u64) -> bool {
+        if let Some(edge) = self.edges.get_mut(o as &dyn EdgeParts) {
+            edge.add(o, now_secs);
             return true;
         }
         if self.edges.len() >= self.max_edges {
@@ -185,7 +201,7 @@ impl Rollups {
             return false;
         }
         let key = EdgeKey { source: o.source.clone(), destination: o.destination.clone(), protocol: o.protocol.clone() };
-        self.edges.entry(key).or_default().entry(second).or_default().add(o);
+        self.edges.entry(key).or_default().add(o, now_secs);
         true
     }
 
@@ -197,20 +213,20 @@ impl Rollups {
     /// Drops buckets older than the retention, relative to `now_secs`.
     pub fn evict(&mut self, now_secs: u64) {
         let oldest = now_secs.saturating_sub(self.retention_secs);
-        self.edges.retain(|_, buckets| {
-            let keep = buckets.split_off(&oldest);
-            self.evicted_buckets += buckets.len() as u64;
-            *buckets = keep;
-            !buckets.is_empty()
+        self.edges.retain(|_, edge| {
+            let keep = edge.buckets.split_off(&oldest);
+            self.evicted_buckets += edge.buckets.len() as u64;
+            edge.buckets = keep;
+            !edge.buckets.is_empty()
         });
     }
 
     /// Each edge's merged stats over `[from_secs, to_secs]`, for edges with traffic then.
     pub fn window(&self, from_secs: u64, to_secs: u64) -> Vec<(EdgeKey, EdgeStats)> {
         let mut out = Vec::new();
-        for (key, buckets) in &self.edges {
+        for (key, edge) in &self.edges {
             let mut total = EdgeStats::default();
-            for stats in buckets.range(from_secs..=to_secs).map(|(_, s)| s) {
+            for stats in edge.buckets.range(from_secs..=to_secs).map(|(_, s)| s) {
                 total.merge(stats);
             }
             if total.requests > 0 {
@@ -224,25 +240,35 @@ impl Rollups {
     /// Per-second series of one set of edges (merged), for charts.
     pub fn series(&self, from_secs: u64, to_secs: u64, mut keep: impl FnMut(&EdgeKey) -> bool) -> BTreeMap<u64, EdgeStats> {
         let mut out: BTreeMap<u64, EdgeStats> = BTreeMap::new();
-        for (key, buckets) in &self.edges {
+        for (key, edge) in &self.edges {
             if !keep(key) {
                 continue;
             }
-            for (second, stats) in buckets.range(from_secs..=to_secs) {
+            for (second, stats) in edge.buckets.range(from_secs..=to_secs) {
                 out.entry(*second).or_default().merge(stats);
             }
         }
         out
     }
 
+    /// The lag within which 99 % of the last minute or two's requests of a set of edges
+    /// arrived ([`lateness`]), or `None` when none came.
+    pub fn settling_lag(&self, now_secs: u64, mut keep: impl FnMut(&EdgeKey) -> bool) -> Option<u64> {
+        let mut counts = [0; lateness::SLOTS];
+        for (_, edge) in self.edges.iter().filter(|(key, _)| keep(key)) {
+            edge.lateness.add_to(now_secs, &mut counts);
+        }
+        lateness::settling_lag(&counts)
+    }
+
     /// Every (edge, second, stats) bucket held.
     pub fn buckets(&self) -> impl Iterator<Item = (&EdgeKey, u64, &EdgeStats)> + '_ {
-        self.edges.iter().flat_map(|(key, buckets)| buckets.iter().map(move |(second, stats)| (key, *second, stats)))
+        self.edges.iter().flat_map(|(key, edge)| edge.buckets.iter().map(move |(second, stats)| (key, *second, stats)))
     }
 
     /// Number of (edge, second) buckets held.
     pub fn bucket_count(&self) -> usize {
-        self.edges.values().map(BTreeMap::len).sum()
+        self.edges.values().map(|edge| edge.buckets.len()).sum()
     }
 }
 
@@ -253,7 +279,7 @@ pub(crate) mod tests {
 
     /// A node whose strings are fresh copies, not the interned ones: equal text, other
     /// pointers.
-    fn node(service: &str) -> NodeRef {
+    pub(crate) fn node(service: &str) -> NodeRef {
         Node { kind: NodeKind::Service, namespace: Arc::from("shop"), service: Arc::from(service), workload: None, version: None }.into()
     }
 
@@ -282,11 +308,11 @@ pub(crate) mod tests {
     fn requests_on_one_edge_share_its_buckets_whatever_their_strings_point_to() {
         let mut rollups = Rollups::new(3600, 10);
         for (second, code) in [(100, "200"), (100, "200"), (100, "503"), (101, "200")] {
-            rollups.admit(&observation(second, code, 1_000_000));
+            rollups.admit(&observation(second, code, 1_000_000), second);
         }
         let mut other = observation(101, "200", 3_000_000);
         other.destination = node("payments");
-        rollups.admit(&other);
+        rollups.admit(&other, 101);
 
         assert_eq!(rollups.bucket_count(), 3, "two seconds of web → cart, one of web → payments");
         let window = rollups.window(100, 101);
@@ -304,7 +330,7 @@ pub(crate) mod tests {
     fn a_grpc_edges_messages_add_up_over_its_seconds() {
         let mut rollups = Rollups::new(3600, 10);
         for (second, messages) in [(100, Some((1, 25))), (100, Some((1, 1))), (101, Some((3, 1))), (101, None)] {
-            rollups.admit(&EdgeObservation { messages, ..observation(second, "200", 1_000) });
+            rollups.admit(&EdgeObservation { messages, ..observation(second, "200", 1_000) }, second);
         }
         let mut total = EdgeStats::default();
         for (_, stats) in rollups.window(100, 101) {
@@ -317,14 +343,14 @@ pub(crate) mod tests {
     fn new_edges_past_the_limit_are_refused_and_counted_until_old_ones_are_evicted() {
         let mut rollups = Rollups::new(60, 2);
         let to = |service: &str, second: u64| EdgeObservation { destination: node(service), ..observation(second, "200", 1_000) };
-        assert!(rollups.admit(&to("cart", 100)) && rollups.admit(&to("payments", 100)));
-        assert!(!rollups.admit(&to("ads", 101)), "a third edge");
-        assert!(rollups.admit(&to("cart", 150)), "a kept edge still counts its requests");
+        assert!(rollups.admit(&to("cart", 100), 100) && rollups.admit(&to("payments", 100), 100));
+        assert!(!rollups.admit(&to("ads", 101), 101), "a third edge");
+        assert!(rollups.admit(&to("cart", 150), 150), "a kept edge still counts its requests");
         assert_eq!((rollups.edge_count(), rollups.refused), (2, 1));
         assert_eq!(rollups.window(100, 150).iter().map(|(_, s)| s.requests).sum::<u64>(), 3);
         // payments' last bucket (second 100) leaves the retention at 161: room again.
         rollups.evict(161);
-        assert!(rollups.admit(&to("ads", 161)));
+        assert!(rollups.admit(&to("ads", 161), 161));
         assert_eq!((rollups.edge_count(), rollups.refused), (2, 1));
     }
 
