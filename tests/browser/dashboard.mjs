@@ -99,6 +99,8 @@ try {
   await page.click("#detail-traces");
   await page.waitForFunction(() => document.querySelectorAll("#ts-results tbody tr").length > 0, null, { timeout: 30000 });
   check(await page.$$eval("#ts-scatter circle", (c) => c.length) > 0, "search results are plotted");
+  const axis = await page.$$eval("#ts-scatter .axis", (t) => t.map((x) => x.textContent));
+  check(axis.length >= 2 && /\d:\d\d/.test(axis[1]), `the plot's axes show the longest duration and when traces started (${axis})`);
   await page.selectOption("#ts-lookback", "custom");
   await page.evaluate(() => { document.querySelector("#ts-status").textContent = ""; document.querySelector("#ts-results tbody").replaceChildren(); });
   await page.click('#trace-search button[type="submit"]');

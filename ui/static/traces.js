@@ -114,6 +114,10 @@ function renderResults() {
   const t0 = Math.min(...traces.results.map((t) => t.start)), t1 = Math.max(...traces.results.map((t) => t.start), t0 + 1);
   const dmax = Math.max(...traces.results.map((t) => t.duration), 1);
   svg.appendChild(el("text", { x: 4, y: 12, class: "axis" }, usText(dmax)));
+  // The time axis: when the first and the last trace found started.
+  const clock = (us) => new Date(us / 1000).toLocaleTimeString();
+  svg.appendChild(el("text", { x: pad, y: h - 6, class: "axis" }, clock(t0)));
+  if (t1 > t0 + 1) svg.appendChild(el("text", { x: w - pad, y: h - 6, class: "axis", "text-anchor": "end" }, clock(t1)));
   for (const t of traces.results) {
     const c = el("circle", { cx: pad + ((t.start - t0) / (t1 - t0)) * (w - 2 * pad), cy: h - pad - (t.duration / dmax) * (h - 2 * pad), r: 4 + Math.min(6, Math.log2(t.spans)), class: t.errors ? "error" : "" });
     c.appendChild(el("title", {}, `${t.root} · ${usText(t.duration)}`));
