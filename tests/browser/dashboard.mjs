@@ -91,6 +91,27 @@ try {
   check(sent && memory > 32, `the node panel shows its sidecars' CPU and memory (${costs})`);
   check(costs.includes("5f0c8a0e…– · 8.0 MiB"), `a drawn instance ID is shortened, and a CPU rate not yet known shows as – (${costs})`);
   await shot("node-panel");
+
+  // Grouped by version: an edge to one of reviews' versions is named as people write it, and
+  // its lists hold the spans towards that version, as do a version's own.
+  await page.selectOption("#group", "version");
+  const canary = "version:catalog.shop:v1->version:reviews.shop:v2";
+  await page.waitForSelector(`#graph g.edge[data-id="${canary}"]`);
+  await page.dispatchEvent(`#graph g.edge[data-id="${canary}"]`, "click");
+  await page.waitForFunction(() => document.querySelectorAll("#ops-table tr").length > 0, null, { timeout: 30000 });
+  const canaryTitle = await page.textContent("#detail-title");
+  const canaryOps = await page.$$eval("#ops-table tr", (rows) => rows.map((r) => r.firstChild.textContent));
+  check(canaryTitle === "catalog.shop v1 → reviews.shop v2" && canaryOps.join() === "GET /reviews",
+    `a version's edge is named by its versions and lists its spans (${canaryTitle}: ${canaryOps})`);
+  const names = await page.$$eval("#edges tbody tr", (rows) => rows.map((r) => r.firstChild.textContent));
+  check(names.includes("reviews.shop v3") && !names.some((n) => n.startsWith("version:")), `the edge table names versions (${names})`);
+  await page.dispatchEvent('#graph g.node[data-id="version:reviews.shop:v2"]', "click");
+  await page.waitForFunction(() => document.querySelector("#detail-title").textContent === "reviews.shop v2");
+  await page.waitForFunction(() => document.querySelectorAll("#ops-table tr").length > 1, null, { timeout: 30000 });
+  const ownOps = await page.$$eval("#ops-table tr", (rows) => rows.map((r) => r.firstChild.textContent).sort());
+  check(ownOps.join() === "GET /ratings,GET /reviews", `a version's lists hold its own spans (${ownOps})`);
+  await page.selectOption("#group", "service");
+  await page.waitForSelector('#graph g.edge[data-id="checkout.shop->payments.shop"]');
   await page.dispatchEvent('#graph g.edge[data-id="checkout.shop->payments.shop"]', "click");
   await page.waitForFunction(() => document.querySelector("#detail-title").textContent.includes("payments"));
   check(await page.evaluate(() => document.querySelector("#sidecars-title").hidden), "an edge's panel has no sidecars section");

@@ -258,22 +258,23 @@ function showSelection() {
   if (!view || !state.selected) return;
   const [kind, ...rest] = state.selected.split(":");
   const id = rest.join(":");
-  const label = (nodeId) => view.nodes.find((x) => x.id === nodeId)?.label ?? nodeId;
+  const node = (nodeId) => view.nodes.find((x) => x.id === nodeId);
   if (kind === "edge") {
     const e = view.edges.find((x) => x.id === id);
     if (e) {
       showSidecars(null);
-      showTraffic(`${e.source} → ${e.target}`, e, [["Protocol", e.protocol]]);
+      showTraffic(`${displayName(node(e.source), e.source)} → ${displayName(node(e.target), e.target)}`, e, [["Protocol", e.protocol]]);
       charts({ source: e.source, target: e.target });
-      detailExtras(label(e.source), label(e.target));
+      detailExtras(node(e.source), node(e.target));
     }
   } else {
-    const n = view.nodes.find((x) => x.id === id);
+    const n = node(id);
     if (n) {
-      showTraffic(n.label, n.inbound, [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]]);
+      const facts = [["Kind", n.kind], ["Namespace", n.namespace || "–"], ["Requests sent", String(n.outbound_requests)]];
+      showTraffic(displayName(n), n.inbound, facts);
       showSidecars(n);
       charts({ target: n.id });
-      detailExtras(n.label, null);
+      detailExtras(n, null);
     }
   }
 }
@@ -344,29 +345,70 @@ const sqlText = (s) => `'${String(s).replaceAll("'", "''")}'`;
 // The panel's lists: table, title, rows builder.
 const EXTRAS = [["recent-table", "recent-title", traceRows], ["slowest-table", "slowest-title", traceRows], ["ops-table", "ops-title", opRows]];
 
+// A node as people write it: `reviews.shop`, with its workload (`reviews-v2.shop`) or its
+// version (`reviews.shop v2`) when the graph is grouped so; its ID when it is not in the view.
+function displayName(n, id) {
+  if (!n) return id;
+  if (n.kind !== "service") return n.label;
+  const qualified = (name) => (n.namespace ? `${name}.${n.namespace}` : name);
+  return n.version ? `${qualified(n.service)} ${n.version}` : qualified(n.workload ?? n.service);
+}
+
+// The SQL conditions that pick a node's spans out of the spans table: its service's, and,
+// when the graph is grouped by workload or version, those of that workload or version. A
+// span's own side is its source on a CLIENT span and its destination on the others; a span
+// that names no workload or version counts as the topology counts it (the service's
+// workload, version "unknown").
+function ownSide(n) {
+  const where = [`service = ${sqlText(n.service)}`];
+  const own = (column) => `CASE WHEN kind = 'client' THEN source_${column} ELSE destination_${column} END`;
+  if (n.workload) where.push(`coalesce(${own("workload")}, service) = ${sqlText(n.workload)}`);
+  if (n.version) where.push(`coalesce(${own("version")}, 'unknown') = ${sqlText(n.version)}`);
+  return where;
+}
+
+// The conditions on a caller's spans that pick those towards a destination node.
+function towards(n) {
+  const where = [`destination_service = ${sqlText(n.service)}`];
+  if (n.workload) where.push(`coalesce(destination_workload, destination_service) = ${sqlText(n.workload)}`);
+  if (n.version) where.push(`coalesce(destination_version, 'unknown') = ${sqlText(n.version)}`);
+  return where;
+}
+
 // The panel's SQL lists, refreshed with the graph: the recent and slowest traces and the
 // busiest operations of a service (or of a caller towards one destination), and a button to
 // its traces. The queries run one after another, and for one selection a round starts at
 // most every EXTRAS_MS and never while the last is still running, so a slow collector is not
 // sent a pile of scans. A list is replaced only by new rows: a failed query leaves the last
 // ones in place.
-async function detailExtras(service, destination) {
-  const key = JSON.stringify([service, destination, windowParams()]);
+async function detailExtras(source, destination) {
+  const key = JSON.stringify([source?.id, destination?.id, windowParams()]);
   const last = state.extras?.key === key ? state.extras : null;
   if (last && (last.busy || Date.now() - last.started < EXTRAS_MS)) return;
   if (!last) {
     for (const [table, title] of EXTRAS) { $(table).replaceChildren(); $(title).hidden = true; }
   }
+  const button = $("detail-traces");
+  // An unknown caller or an external host reported no spans of its own.
+  button.hidden = source?.kind !== "service";
+  if (button.hidden) {
+    state.extras = null;
+    return;
+  }
   const round = { key, busy: true, started: Date.now() };
   state.extras = round;
-  const button = $("detail-traces");
-  button.hidden = false;
-  button.onclick = () => openTraces(service, destination ? { "meshlens.destination.service": destination } : {});
+  const tags = {};
+  if (destination) {
+    tags["meshlens.destination.service"] = destination.service;
+    if (destination.workload) tags["meshlens.destination.workload"] = destination.workload;
+    if (destination.version) tags["meshlens.destination.version"] = destination.version;
+  }
+  button.onclick = () => openTraces(source.service, tags);
   // The lists cover the graph's window, as the panel's figures do.
   const [start, end] = windowRange();
-  const where = [`service = ${sqlText(service)}`, `start_time >= to_timestamp_millis(${Math.floor(start)})`];
+  const where = [...ownSide(source), `start_time >= to_timestamp_millis(${Math.floor(start)})`];
   if (end !== null) where.push(`start_time < to_timestamp_millis(${Math.ceil(end)})`);
-  if (destination) where.push(`destination_service = ${sqlText(destination)}`);
+  if (destination) where.push(...towards(destination));
   const queries = [
     `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY start_time DESC LIMIT 5`,
     `SELECT trace_id, operation, duration_ns / 1e6 AS ms FROM spans WHERE ${where.join(" AND ")} ORDER BY duration_ns DESC LIMIT 5`,
@@ -448,7 +490,10 @@ function table(view) {
   for (const e of [...view.edges].sort((a, b) => b.request_rate - a.request_rate)) {
     const tr = document.createElement("tr");
     if (state.selected === `edge:${e.id}`) tr.className = "selected";
-    for (const v of [e.source, e.target, e.protocol, fmt.rate(e.request_rate), fmt.pct(e.error_ratio), fmt.ms(e.p50_ms), fmt.ms(e.p90_ms), fmt.ms(e.p99_ms), String(e.requests)]) {
+    const name = (nodeId) => displayName(view.nodes.find((n) => n.id === nodeId), nodeId);
+    const latency = [e.p50_ms, e.p90_ms, e.p99_ms].map(fmt.ms);
+    const figures = [fmt.rate(e.request_rate), fmt.pct(e.error_ratio), ...latency, String(e.requests)];
+    for (const v of [name(e.source), name(e.target), e.protocol, ...figures]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.appendChild(td);
