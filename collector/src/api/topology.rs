@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::{
     pipeline::{Pipeline, now_nanos},
-    topology::{Grouping, TopologyView},
+    topology::{Grouping, TopologyView, rollup::Rates},
 };
 
 use super::error::{ApiError, poisoned};
@@ -144,6 +144,15 @@ async fn topology(
 ) -> Result<Json<TopologyView>, ApiError> {
     let (from, to, rate_seconds) =
         resolve_window(params.window.as_deref(), params.start, params.end, pipeline.started_unix_nanos)?;
+    // A window ending now rates each edge over its seconds whose requests have all arrived.
+    let rates = match params.end {
+        Some(_) => Rates::Over(rate_seconds),
+        None => Rates::Settled {
+            now_secs: now_nanos() / 1_000_000_000,
+            listening_from_secs: pipeline.started_unix_nanos.div_ceil(1_000_000_000),
+            seconds: rate_seconds,
+        },
+    };
     let topology = pipeline.topology.read().map_err(poisoned)?;
-    Ok(Json(topology.view(from, to, params.group, rate_seconds)))
+    Ok(Json(topology.view(from, to, params.group, rate_seconds, rates)))
 }

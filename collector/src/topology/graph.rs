@@ -186,12 +186,15 @@ struct NodeAcc {
 
 struct EdgeAcc {
     stats: EdgeStats,
+    /// Requests per second: the sum of its edges' (one per protocol).
+    rate: f64,
     protocols: BTreeSet<String>,
 }
 
-/// Builds the view of a window from its merged edge stats.
+/// Builds the view of a window from its merged edge stats and their request rates; a
+/// node's inbound rate is the sum of its incoming edges'.
 pub fn build(
-    edges: &[(EdgeKey, EdgeStats)],
+    edges: &[(EdgeKey, EdgeStats, f64)],
     grouping: Grouping,
     start_unix_ms: u64,
     end_unix_ms: u64,
@@ -217,28 +220,31 @@ pub fn build(
             })
         })
     };
-    for (key, stats) in edges {
+    for (key, stats, rate) in edges {
         let a = node(&mut graph, &key.source);
         let b = node(&mut graph, &key.destination);
         match graph.find_edge(a, b) {
             Some(e) => {
                 graph[e].stats.merge(stats);
+                graph[e].rate += rate;
                 graph[e].protocols.insert(key.protocol.to_string());
             }
             None => {
-                graph.add_edge(a, b, EdgeAcc { stats: stats.clone(), protocols: [key.protocol.to_string()].into() });
+                graph.add_edge(a, b, EdgeAcc { stats: stats.clone(), rate: *rate, protocols: [key.protocol.to_string()].into() });
             }
         }
     }
     let mut nodes = Vec::with_capacity(graph.node_count());
     for n in graph.node_indices() {
         let mut inbound = EdgeStats::default();
+        let mut inbound_rate = 0.0;
         for e in graph.edges_directed(n, Direction::Incoming) {
             inbound.merge(&e.weight().stats);
+            inbound_rate += e.weight().rate;
         }
         let outbound: u64 = graph.edges_directed(n, Direction::Outgoing).map(|e| e.weight().stats.requests).sum();
         let mut view = graph[n].view.clone();
-        view.inbound = Traffic::from_stats(&inbound, rate_seconds);
+        view.inbound = Traffic { request_rate: inbound_rate, ..Traffic::from_stats(&inbound, rate_seconds) };
         view.outbound_requests = outbound;
         nodes.push(view);
     }
@@ -252,7 +258,7 @@ pub fn build(
                 source: source.clone(),
                 target: target.clone(),
                 protocol: e.weight().protocols.iter().cloned().collect::<Vec<_>>().join("+"),
-                traffic: Traffic::from_stats(&e.weight().stats, rate_seconds),
+                traffic: Traffic { request_rate: e.weight().rate, ..Traffic::from_stats(&e.weight().stats, rate_seconds) },
             }
         })
         .collect();

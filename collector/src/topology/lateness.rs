@@ -45,6 +45,21 @@ impl Lateness {
             }
         }
     }
+
+    /// [`settling_lag`] of this edge's arrivals at `now_secs`.
+    pub fn lag(&self, now_secs: u64) -> Option<u64> {
+        let mut counts = [0; SLOTS];
+        self.add_to(now_secs, &mut counts);
+        settling_lag(&counts)
+    }
+}
+
+/// The last second settled at `now_secs` when requests arrive within `lag` seconds of the
+/// second they started in: seconds up to `now - 1 - lag` have them all. The lag is taken as
+/// at least a second (and as one when nothing came): a sidecar exports a flush interval
+/// after a request ends, and the current second is never over.
+pub fn settled_end(now_secs: u64, lag: Option<u64>) -> u64 {
+    now_secs.saturating_sub(1 + lag.unwrap_or(1).max(1))
 }
 
 /// The share of arrivals a settled second waits for.

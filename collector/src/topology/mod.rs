@@ -93,9 +93,10 @@ impl Topology {
         out
     }
 
-    /// The graph over `[from, to]` (Unix seconds), with rates over `rate_seconds`.
-    pub fn view(&self, from_secs: u64, to_secs: u64, grouping: Grouping, rate_seconds: f64) -> TopologyView {
-        let edges = self.rollups.window(from_secs, to_secs);
+    /// The graph over `[from, to]` (Unix seconds), with request rates as `rates` says;
+    /// `rate_seconds` is the window's length the view reports (and its rates', over it).
+    pub fn view(&self, from_secs: u64, to_secs: u64, grouping: Grouping, rate_seconds: f64, rates: rollup::Rates) -> TopologyView {
+        let edges = self.rollups.window(from_secs, to_secs, rates);
         graph::build(&edges, grouping, from_secs * 1000, to_secs * 1000, rate_seconds)
     }
 
@@ -132,12 +133,9 @@ impl Topology {
     /// The last second of a series of `source → target` (or of everything `target` receives)
     /// that is settled at `now_secs`: the seconds since are still receiving requests. Its
     /// edges' requests of the last minute or two arrived within some lag of the second they
-    /// started in (99 % of them; [`lateness`]); seconds up to `now - 1 - lag` have them all.
-    /// The lag is at least a second: a sidecar exports a flush interval after a request
-    /// ends, and the current second is never over.
+    /// started in (99 % of them; [`lateness`]).
     pub fn settled_end(&self, now_secs: u64, grouping: Grouping, source: Option<&str>, target: &str) -> u64 {
-        let lag = self.rollups.settling_lag(now_secs, |key| into(key, grouping, source, target));
-        now_secs.saturating_sub(1 + lag.unwrap_or(1).max(1))
+        lateness::settled_end(now_secs, self.rollups.settling_lag(now_secs, |key| into(key, grouping, source, target)))
     }
 
     /// The rollups, for per-edge series.
@@ -183,6 +181,54 @@ mod tests {
         let rates: Vec<f64> = points.iter().map(rate).collect();
         assert_eq!(rates, [2.0; 4], "the rate over the seconds covered: no dip at either end");
         assert!(topology.series(103, 117, 5, Grouping::Service, None, "web.shop").iter().all(|(_, _, s)| s.requests == 0));
+    }
+
+    #[test]
+    fn a_window_ending_now_rates_each_edge_over_its_settled_seconds() {
+        let mut topology = Topology::new(1_000_000_000, 100, 3600, 10);
+        let mut request = rollup::tests::observation(0, "200", 1_000_000);
+        // Two requests a second on each edge: web → cart's arrive within a second, cart →
+        // ledger's (an SDK's batches) up to 6 s late, so its last 6 seconds are still to come.
+        for (destination, lag, last) in [("cart", 1, 6_059), ("ledger", 6, 6_053)] {
+            request.source = rollup::tests::node(if destination == "cart" { "web" } else { "cart" });
+            request.destination = rollup::tests::node(destination);
+            for second in 5_940..=last {
+                request.start_unix_nanos = second * 1_000_000_000;
+                for _ in 0..2 {
+                    assert!(topology.rollups.admit(&request, second + lag));
+                }
+            }
+        }
+        let rate = |view: &TopologyView, target: &str| {
+            let edge = view.edges.iter().find(|e| e.target == target).map(|e| (e.traffic.requests, e.traffic.request_rate));
+            let node = view.nodes.iter().find(|n| n.id == target).map(|n| n.inbound.request_rate);
+            (edge, node)
+        };
+        let over = topology.view(6_000, 6_060, Grouping::Service, 60.0, rollup::Rates::Over(60.0));
+        assert_eq!(rate(&over, "ledger.shop"), (Some((108, 1.8)), Some(1.8)), "the seconds still to come lower the rate");
+        let settled_from = |listening_from_secs, seconds| rollup::Rates::Settled { now_secs: 6_060, listening_from_secs, seconds };
+        let settled = topology.view(6_000, 6_060, Grouping::Service, 60.0, settled_from(0, 60.0));
+        assert_eq!(rate(&settled, "ledger.shop"), (Some((108, 2.0)), Some(2.0)), "rated over its settled seconds, counted as arrived");
+        assert_eq!(rate(&settled, "cart.shop"), (Some((120, 2.0)), Some(2.0)));
+        // A collector listening since 6030 has only the requests since.
+        let mut young = Topology::new(1_000_000_000, 100, 3600, 10);
+        for second in 6_030..=6_053 {
+            request.start_unix_nanos = second * 1_000_000_000;
+            for _ in 0..2 {
+                assert!(young.rollups.admit(&request, second + 6));
+            }
+        }
+        let young = young.view(6_000, 6_060, Grouping::Service, 30.0, settled_from(6_030, 30.0));
+        assert_eq!(rate(&young, "ledger.shop").0, Some((48, 2.0)), "over the seconds the collector was listening");
+        // No second settled since the collector started: its rate as the window's.
+        let newborn = topology.view(6_000, 6_060, Grouping::Service, 60.0, settled_from(6_059, 60.0));
+        assert_eq!(rate(&newborn, "cart.shop"), (Some((120, 2.0)), Some(2.0)));
+        // A new edge whose requests are all still recent: not rated at zero.
+        request.start_unix_nanos = 6_059 * 1_000_000_000;
+        request.destination = rollup::tests::node("ads");
+        assert!(topology.rollups.admit(&request, 6_060));
+        let new_edge = topology.view(6_000, 6_060, Grouping::Service, 60.0, settled_from(0, 60.0));
+        assert_eq!(rate(&new_edge, "ads.shop").0, Some((1, 1.0 / 60.0)));
     }
 
     #[test]

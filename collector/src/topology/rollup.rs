@@ -153,6 +153,30 @@ impl Codes {
     }
 }
 
+/// How a window's request rates are reckoned.
+#[derive(Debug, Clone, Copy)]
+pub enum Rates {
+    /// Its requests over so many seconds (the window's, or the part of it the collector was
+    /// listening).
+    Over(f64),
+    /// For a window ending now: each edge's over a window as long, ending before its seconds
+    /// that are still receiving requests ([`Lateness`]), and starting no earlier than the
+    /// first whole second the collector was listening; never below its requests over
+    /// `seconds`, as [`Rates::Over`] reckons them. The counts and latencies stay those of the
+    /// window asked for, so that a request shows as soon as it arrives; the rate, over
+    /// seconds whose requests have all arrived, is not lowered by those still on their way
+    /// (an SDK's, batched every 5 s, by about a tenth of a minute's), and a new edge, or a
+    /// collector just started, whose requests are all still recent, is not rated at zero.
+    Settled {
+        /// The current second.
+        now_secs: u64,
+        /// The collector's first whole second.
+        listening_from_secs: u64,
+        /// The seconds of the window the collector was listening.
+        seconds: f64,
+    },
+}
+
 /// One edge's per-second buckets, and how late its requests arrive.
 #[derive(Debug, Default)]
 struct EdgeRollup {
@@ -221,17 +245,37 @@ impl Rollups {
         });
     }
 
-    /// Each edge's merged stats over `[from_secs, to_secs]`, for edges with traffic then.
-    pub fn window(&self, from_secs: u64, to_secs: u64) -> Vec<(EdgeKey, EdgeStats)> {
+    /// Each edge's merged stats over `[from_secs, to_secs]`, for edges with traffic then, and
+    /// its requests per second, reckoned as `rates` says.
+    pub fn window(&self, from_secs: u64, to_secs: u64, rates: Rates) -> Vec<(EdgeKey, EdgeStats, f64)> {
         let mut out = Vec::new();
         for (key, edge) in &self.edges {
             let mut total = EdgeStats::default();
             for stats in edge.buckets.range(from_secs..=to_secs).map(|(_, s)| s) {
                 total.merge(stats);
             }
-            if total.requests > 0 {
-                out.push((key.clone(), total));
+            if total.requests == 0 {
+                continue;
             }
+            let over = |seconds: f64| total.requests as f64 / seconds.max(f64::MIN_POSITIVE);
+            let rate = match rates {
+                Rates::Over(seconds) => over(seconds),
+                Rates::Settled { now_secs, listening_from_secs, seconds } => {
+                    // The window's length of whole seconds, ending before the edge's seconds
+                    // that are still receiving requests; none when the collector started
+                    // after the last of those.
+                    let end = to_secs.min(lateness::settled_end(now_secs, edge.lateness.lag(now_secs)));
+                    let start = (end + 1).saturating_sub(to_secs - from_secs).max(listening_from_secs);
+                    let settled = if start > end {
+                        0.0
+                    } else {
+                        let requests: u64 = edge.buckets.range(start..=end).map(|(_, s)| s.requests).sum();
+                        requests as f64 / (end + 1 - start) as f64
+                    };
+                    settled.max(over(seconds))
+                }
+            };
+            out.push((key.clone(), total, rate));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -315,9 +359,9 @@ pub(crate) mod tests {
         rollups.admit(&other, 101);
 
         assert_eq!(rollups.bucket_count(), 3, "two seconds of web → cart, one of web → payments");
-        let window = rollups.window(100, 101);
+        let window = rollups.window(100, 101, Rates::Over(1.0));
         assert_eq!(window.len(), 2);
-        let (key, stats) = &window[0];
+        let (key, stats, _) = &window[0];
         assert_eq!((&*key.source.service, &*key.destination.service), ("web", "cart"));
         assert_eq!((stats.requests, stats.errors, stats.request_bytes, stats.response_bytes, stats.retries), (4, 1, 40, 80, 2));
         let codes: Vec<(&str, u64)> = stats.codes.iter().map(|(c, n)| (&**c, *n)).collect();
@@ -333,7 +377,7 @@ pub(crate) mod tests {
             rollups.admit(&EdgeObservation { messages, ..observation(second, "200", 1_000) }, second);
         }
         let mut total = EdgeStats::default();
-        for (_, stats) in rollups.window(100, 101) {
+        for (_, stats, _) in rollups.window(100, 101, Rates::Over(1.0)) {
             total.merge(&stats);
         }
         assert_eq!((total.requests, total.request_messages, total.response_messages), (4, 5, 27), "uncounted calls add nothing");
@@ -347,7 +391,7 @@ pub(crate) mod tests {
         assert!(!rollups.admit(&to("ads", 101), 101), "a third edge");
         assert!(rollups.admit(&to("cart", 150), 150), "a kept edge still counts its requests");
         assert_eq!((rollups.edge_count(), rollups.refused), (2, 1));
-        assert_eq!(rollups.window(100, 150).iter().map(|(_, s)| s.requests).sum::<u64>(), 3);
+        assert_eq!(rollups.window(100, 150, Rates::Over(1.0)).iter().map(|(_, s, _)| s.requests).sum::<u64>(), 3);
         // payments' last bucket (second 100) leaves the retention at 161: room again.
         rollups.evict(161);
         assert!(rollups.admit(&to("ads", 161), 161));
