@@ -487,10 +487,11 @@ function select(key) {
 function table(view) {
   const body = $("edges").tBodies[0];
   body.replaceChildren();
+  const nodes = new Map(view.nodes.map((n) => [n.id, n]));
+  const name = (nodeId) => displayName(nodes.get(nodeId), nodeId);
   for (const e of [...view.edges].sort((a, b) => b.request_rate - a.request_rate)) {
     const tr = document.createElement("tr");
     if (state.selected === `edge:${e.id}`) tr.className = "selected";
-    const name = (nodeId) => displayName(view.nodes.find((n) => n.id === nodeId), nodeId);
     const latency = [e.p50_ms, e.p90_ms, e.p99_ms].map(fmt.ms);
     const figures = [fmt.rate(e.request_rate), fmt.pct(e.error_ratio), ...latency, String(e.requests)];
     for (const v of [name(e.source), name(e.target), e.protocol, ...figures]) {
@@ -510,19 +511,20 @@ function render(view) {
 }
 
 // The window as query parameters: `window=5m`, or `start`/`end` in Unix ms when custom.
-// The window as Unix milliseconds [start, end], for the panel's SQL lists.
-function windowRange() {
-  const params = windowParams();
-  if (params.start) return [Number(params.start), Number(params.end)];
-  const unit = { s: 1000, m: 60000, h: 3600000 }[params.window.slice(-1)];
-  return [Date.now() - Number(params.window.slice(0, -1)) * unit, null];
-}
-
 function windowParams() {
   if ($("window").value !== "custom") return { window: $("window").value };
   const start = Date.parse($("window-start").value), end = Date.parse($("window-end").value);
   if (Number.isNaN(start) || Number.isNaN(end) || end <= start) return { window: "15m" };
   return { start: String(start), end: String(end) };
+}
+
+// The window as Unix milliseconds [start, end], for the panel's SQL lists; no end when it
+// ends now.
+function windowRange() {
+  const params = windowParams();
+  if (params.start) return [Number(params.start), Number(params.end)];
+  const unit = { s: 1000, m: 60000, h: 3600000 }[params.window.slice(-1)];
+  return [Date.now() - Number(params.window.slice(0, -1)) * unit, null];
 }
 
 async function refresh() {
