@@ -231,7 +231,7 @@ async fn dependencies(State(p): State<Arc<Pipeline>>, RawQuery(raw): RawQuery) -
     let end_ms = params.int("endTs")?.map_or(now_nanos() / 1_000_000, |v| v.max(0) as u64);
     let lookback_ms = params.int("lookback")?.map_or(24 * 3600 * 1000, |v| v.max(0) as u64);
     let from = end_ms.saturating_sub(lookback_ms) / 1000;
-    let view = read_store(&p.topology)?.view(from, end_ms / 1000, Grouping::Service, 1.0, Rates::Over(1.0));
+    let view = read_store(&p.topology)?.view(from, end_ms / 1000, Grouping::Service, Rates::Over(1.0));
     let label: HashMap<&str, &str> = view.nodes.iter().map(|n| (n.id.as_str(), n.label.as_str())).collect();
     let kinds: HashMap<&str, NodeKind> = view.nodes.iter().map(|n| (n.id.as_str(), n.kind)).collect();
     let links: Vec<Json_> = view

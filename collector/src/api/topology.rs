@@ -154,5 +154,5 @@ async fn topology(
         },
     };
     let topology = pipeline.topology.read().map_err(poisoned)?;
-    Ok(Json(topology.view(from, to, params.group, rate_seconds, rates)))
+    Ok(Json(topology.view(from, to, params.group, rates)))
 }

@@ -93,11 +93,10 @@ impl Topology {
         out
     }
 
-    /// The graph over `[from, to]` (Unix seconds), with request rates as `rates` says;
-    /// `rate_seconds` is the window's length the view reports (and its rates', over it).
-    pub fn view(&self, from_secs: u64, to_secs: u64, grouping: Grouping, rate_seconds: f64, rates: rollup::Rates) -> TopologyView {
+    /// The graph over `[from, to]` (Unix seconds), with request rates as `rates` says.
+    pub fn view(&self, from_secs: u64, to_secs: u64, grouping: Grouping, rates: rollup::Rates) -> TopologyView {
         let edges = self.rollups.window(from_secs, to_secs, rates);
-        graph::build(&edges, grouping, from_secs * 1000, to_secs * 1000, rate_seconds)
+        graph::build(&edges, grouping, from_secs * 1000, to_secs * 1000, rates.seconds())
     }
 
     /// Traffic over time between `[from, to]` (Unix seconds) in steps of `step` seconds, for
@@ -204,10 +203,10 @@ mod tests {
             let node = view.nodes.iter().find(|n| n.id == target).map(|n| n.inbound.request_rate);
             (edge, node)
         };
-        let over = topology.view(6_000, 6_060, Grouping::Service, 60.0, rollup::Rates::Over(60.0));
+        let over = topology.view(6_000, 6_060, Grouping::Service, rollup::Rates::Over(60.0));
         assert_eq!(rate(&over, "ledger.shop"), (Some((108, 1.8)), Some(1.8)), "the seconds still to come lower the rate");
         let settled_from = |listening_from_secs, seconds| rollup::Rates::Settled { now_secs: 6_060, listening_from_secs, seconds };
-        let settled = topology.view(6_000, 6_060, Grouping::Service, 60.0, settled_from(0, 60.0));
+        let settled = topology.view(6_000, 6_060, Grouping::Service, settled_from(0, 60.0));
         assert_eq!(rate(&settled, "ledger.shop"), (Some((108, 2.0)), Some(2.0)), "rated over its settled seconds, counted as arrived");
         assert_eq!(rate(&settled, "cart.shop"), (Some((120, 2.0)), Some(2.0)));
         // A collector listening since 6030 has only the requests since.
@@ -218,16 +217,16 @@ mod tests {
                 assert!(young.rollups.admit(&request, second + 6));
             }
         }
-        let young = young.view(6_000, 6_060, Grouping::Service, 30.0, settled_from(6_030, 30.0));
+        let young = young.view(6_000, 6_060, Grouping::Service, settled_from(6_030, 30.0));
         assert_eq!(rate(&young, "ledger.shop").0, Some((48, 2.0)), "over the seconds the collector was listening");
         // No second settled since the collector started: its rate as the window's.
-        let newborn = topology.view(6_000, 6_060, Grouping::Service, 60.0, settled_from(6_059, 60.0));
+        let newborn = topology.view(6_000, 6_060, Grouping::Service, settled_from(6_059, 60.0));
         assert_eq!(rate(&newborn, "cart.shop"), (Some((120, 2.0)), Some(2.0)));
         // A new edge whose requests are all still recent: not rated at zero.
         request.start_unix_nanos = 6_059 * 1_000_000_000;
         request.destination = rollup::tests::node("ads");
         assert!(topology.rollups.admit(&request, 6_060));
-        let new_edge = topology.view(6_000, 6_060, Grouping::Service, 60.0, settled_from(0, 60.0));
+        let new_edge = topology.view(6_000, 6_060, Grouping::Service, settled_from(0, 60.0));
         assert_eq!(rate(&new_edge, "ads.shop").0, Some((1, 1.0 / 60.0)));
     }
 

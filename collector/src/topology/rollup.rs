@@ -177,6 +177,15 @@ pub enum Rates {
     },
 }
 
+impl Rates {
+    /// The seconds of the window the collector was listening, which a view reports.
+    pub fn seconds(self) -> f64 {
+        match self {
+            Rates::Over(seconds) | Rates::Settled { seconds, .. } => seconds,
+        }
+    }
+}
+
 /// One edge's per-second buckets, and how late its requests arrive.
 #[derive(Debug, Default)]
 struct EdgeRollup {
